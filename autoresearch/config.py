@@ -1,0 +1,198 @@
+"""program.md front matter: the human's steering, validated.
+
+Errors name the field and the line of program.md, so a typo at 2 a.m. is a
+one-line fix, and a broken program.md stops the loop instead of guessing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+PROGRAM_FILE = "program.md"
+
+
+class ConfigError(ValueError):
+    """program.md is missing, unreadable or invalid; the message names the field and line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metric(_Strict):
+    name: str = "val_bpb"
+    direction: Literal["minimize", "maximize"] = "minimize"
+
+    def better(self, a: float, b: float) -> bool:
+        """True when a is strictly better than b."""
+        return a < b if self.direction == "minimize" else a > b
+
+    def improvement(self, new: float, best: float) -> float:
+        """How much better new is than best (positive = better), in metric units."""
+        return best - new if self.direction == "minimize" else new - best
+
+
+class Budget(_Strict):
+    train_seconds: float = Field(300, gt=0)
+    grace_seconds: float = Field(60, ge=0)       # start-up, compile, checkpoint save
+    eval_seconds: float = Field(300, gt=0)       # the EVAL stage's own hard limit
+
+
+class Noise(_Strict):
+    k_sigma: float = Field(2.0, ge=0)            # threshold = max(min_improvement, k_sigma * sigma)
+    confirm_margin: float = Field(0.0, ge=0)     # wins by less than threshold + this are re-run with another seed
+    calibrate_runs: int = Field(3, ge=2)
+
+
+class Sandbox(_Strict):
+    backend: Literal["auto", "docker", "bwrap", "none"] = "auto"
+    memory_gb: float = Field(8, gt=0)
+    pids: int = Field(512, ge=16)
+    image: str = "autoresearch-sandbox:latest"
+
+
+class Run(_Strict):
+    """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
+    `inline`: for legacy code that can only print its own metric -- a weaker guarantee."""
+    mode: Literal["two_stage", "inline"] = "two_stage"
+    train_script: str = "train.py"
+    command: list[str] | None = None             # inline mode: the training command
+    metric_regex: str | None = None              # inline mode: a regex with one group capturing the metric
+
+    @model_validator(mode="after")
+    def _inline_needs(self) -> "Run":
+        if self.mode == "inline" and (not self.command or not self.metric_regex):
+            raise ValueError("inline mode needs run.command and run.metric_regex")
+        return self
+
+
+class Phase(_Strict):
+    name: str = Field(min_length=1)
+    focus: str = ""
+    max_experiments: int = Field(20, ge=1)
+    web: bool = False
+    editable: list[str] = []                     # extra editable files in this phase
+
+
+class Program(_Strict):
+    objective: str = ""
+    metric: Metric = Metric()
+    budget: Budget = Budget()
+    editable: list[str] = ["train.py", "scratchpad.md"]
+    min_improvement: float = Field(0.0, ge=0)
+    noise: Noise = Noise()
+    sandbox: Sandbox = Sandbox()
+    run: Run = Run()
+    deadline_hours: float | None = Field(None, gt=0)
+    phase: str = "default"
+    phases: list[Phase] = [Phase(name="default")]
+    body: str = ""                               # the prose below the front matter
+
+    @model_validator(mode="after")
+    def _phase_exists(self) -> "Program":
+        names = [p.name for p in self.phases]
+        if len(set(names)) != len(names):
+            raise ValueError(f"phases: duplicate phase names in {names}")
+        if self.phase not in names:
+            raise ValueError(f"phase: {self.phase!r} is not one of the phases {names}")
+        for f in self.editable + [f for p in self.phases for f in p.editable]:
+            if f.startswith("/") or ".." in Path(f).parts or f in ("", "."):
+                raise ValueError(f"editable: {f!r} must be a path relative to the project, without '..'")
+        return self
+
+    @property
+    def current(self) -> Phase:
+        return next(p for p in self.phases if p.name == self.phase)
+
+    def editable_files(self) -> list[str]:
+        """The editable set in the current phase (program-wide plus the phase's extras)."""
+        return list(dict.fromkeys(self.editable + self.current.editable))
+
+
+def split_front_matter(text: str) -> tuple[str, str, int]:
+    """Return (yaml, body, line offset of the yaml). A file without front matter is an error."""
+    lines = text.splitlines(keepends=True)
+    if not lines or lines[0].strip() != "---":
+        raise ConfigError(f"{PROGRAM_FILE}: line 1: expected YAML front matter starting with '---'")
+    for i in range(1, len(lines)):
+        if lines[i].strip() == "---":
+            return "".join(lines[1:i]), "".join(lines[i + 1:]), 1
+    raise ConfigError(f"{PROGRAM_FILE}: the front matter opened on line 1 is never closed with '---'")
+
+
+def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    """Follow a pydantic error location through the YAML node tree to a 0-based line."""
+    line = node.start_mark.line if node is not None else None
+    for key in loc:
+        if isinstance(node, yaml.MappingNode):
+            nxt = next((v for k, v in node.value if k.value == key), None)
+            if nxt is None:
+                key_node = next((k for k, v in node.value if k.value == key), None)
+                return key_node.start_mark.line if key_node is not None else line
+            node = nxt
+        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
+            node = node.value[key]
+        else:
+            break
+        line = node.start_mark.line
+    return line
+
+
+def parse_program(text: str) -> Program:
+    """Parse and validate program.md's text."""
+    front, body, offset = split_front_matter(text)
+    try:
+        data = yaml.safe_load(front) or {}
+        node = yaml.compose(front)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1 + offset}: " if mark is not None else ""
+        raise ConfigError(f"{PROGRAM_FILE}: {where}invalid YAML: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{PROGRAM_FILE}: the front matter must be a mapping of fields")
+    try:
+        return Program(**data, body=body)
+    except ValidationError as e:
+        msgs = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if not loc and ": " in msg:           # model-level checks start with the field they blame
+                head, msg = msg.split(": ", 1)
+                loc = (head,)
+            field = ".".join(str(p) for p in loc) or "front matter"
+            line = _line_of(node, loc)
+            where = f"line {line + 1 + offset}: " if line is not None else ""
+            msgs.append(f"{PROGRAM_FILE}: {where}{field}: {msg}")
+        raise ConfigError("\n".join(msgs)) from None
+
+
+def load_program(root: Path) -> Program:
+    path = root / PROGRAM_FILE
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"{PROGRAM_FILE}: cannot read {path}: {e.strerror}") from None
+    return parse_program(text)
+
+
+def program_hash(root: Path) -> str:
+    """sha256 of program.md (cache key for anything derived from it)."""
+    return hashlib.sha256((root / PROGRAM_FILE).read_bytes()).hexdigest()
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The project: $CLAUDE_PROJECT_DIR, else the nearest folder upwards holding program.md."""
+    env = os.environ.get("CLAUDE_PROJECT_DIR")
+    if env:
+        return Path(env).resolve()
+    here = (start or Path.cwd()).resolve()
+    for d in (here, *here.parents):
+        if (d / PROGRAM_FILE).is_file():
+            return d
+    raise ConfigError(f"no {PROGRAM_FILE} found in {here} or any folder above it")

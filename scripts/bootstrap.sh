@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv, install the project and prepare the data. Idempotent: a stamp
+# keyed on pyproject.toml makes later calls free; a changed pyproject re-installs.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+venv="$root/.venv"
+stamp="$venv/.autoresearch-installed"
+want="$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" | sha256sum | cut -d' ' -f1)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+
+py="${PYTHON:-python3}"
+if ! "$py" -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
+  echo "autoresearch needs Python 3.10 or newer (set PYTHON=/path/to/python3.x)" >&2
+  exit 1
+fi
+echo "autoresearch: first run, setting up $venv (once)..." >&2
+[ -x "$venv/bin/python" ] || "$py" -m venv "$venv"
+pip=("$venv/bin/python" -m pip install --disable-pip-version-check -q)
+# torch first, pinned, so that the project's ">=" requirement never pulls a different (multi-GB) build.
+if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  "${pip[@]}" "${AUTORESEARCH_TORCH:-torch==2.13.0}"
+fi
+"${pip[@]}" -e "$root[test]"
+"$venv/bin/python" "$root/prepare.py"
+echo "$want" > "$stamp"

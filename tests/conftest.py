@@ -1,0 +1,63 @@
+"""Shared fixtures. Backends a test needs are fixtures: missing locally means skip,
+but a group named in AUTORESEARCH_REQUIRE (set by .ci/run) must run, so a skip there fails the session."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYTHON = sys.executable
+REQUIRED = set(os.environ.get("AUTORESEARCH_REQUIRE", "").split())
+_skipped_required: list[str] = []
+
+
+def need(group: str, available: bool, why: str) -> None:
+    """Skip when a backend is missing, unless CI requires this group: then fail."""
+    if available:
+        return
+    if group in REQUIRED:
+        pytest.fail(f"{group} is required here (AUTORESEARCH_REQUIRE) but unavailable: {why}")
+    pytest.skip(f"{group} unavailable: {why}")
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and any(f" {g} " in f" {' '.join(report.keywords)} " for g in REQUIRED):
+        _skipped_required.append(report.nodeid)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _skipped_required and session.exitstatus == 0:
+        print(f"\nrequired test groups were skipped: {_skipped_required}", file=sys.stderr)
+        session.exitstatus = 1
+
+
+@pytest.fixture(scope="session")
+def root() -> Path:
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The prepared default dataset (scripts/bootstrap.sh prepares it)."""
+    sys.path.insert(0, str(ROOT))
+    import prepare
+    return prepare.prepare()
+
+
+@pytest.fixture(scope="session")
+def docker_available() -> None:
+    ok = shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+    need("docker", ok, "no Docker engine answers `docker info`")
+
+
+@pytest.fixture(scope="session")
+def bwrap_available() -> None:
+    ok = shutil.which("bwrap") is not None and subprocess.run(
+        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0
+    need("bwrap", ok, "bubblewrap is not installed or cannot create namespaces")

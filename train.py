@@ -1,0 +1,181 @@
+"""
+The editable baseline: a small byte-level GPT trained for a fixed time budget.
+
+The agent edits this file. The harness runs it inside a sandbox with
+AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set, kills it
+from outside when the budget (plus a grace) is spent, and then scores the
+checkpoint with the trusted evaluator in prepare.py. This file never computes
+the official metric; what it prints is progress for humans.
+
+Contract with the evaluator: `build_model()` returns the nn.Module for the
+constants below, and training saves its state_dict to $AUTORESEARCH_OUT/model.pt.
+The model maps (B, CONTEXT_LEN) bytes to (B, CONTEXT_LEN, VOCAB_SIZE) logits.
+"""
+import math
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from prepare import CONTEXT_LEN, VOCAB_SIZE, load_split
+
+# ---------------------------------------------------------------------------
+# Hyperparameters (edit these)
+
+N_LAYER = 2
+N_HEAD = 4
+N_EMBD = 64
+MLP_RATIO = 4
+DROPOUT = 0.0
+BATCH_SIZE = 16
+LEARNING_RATE = 3e-3
+WEIGHT_DECAY = 0.01
+BETAS = (0.9, 0.95)
+WARMUP_FRACTION = 0.03      # of the time budget
+FINAL_LR_FRACTION = 0.05    # the LR decays (cosine) to this fraction of the peak
+GRAD_CLIP = 1.0
+USE_COMPILE = False         # torch.compile on CUDA (slower start-up, faster steps)
+SAVE_MARGIN = 0.02          # stop this fraction of the budget early, to save the checkpoint
+LOG_EVERY_SECONDS = 10
+
+# ---------------------------------------------------------------------------
+# Given by the harness (do not edit: the harness decides these)
+
+TRAIN_SECONDS = float(os.environ.get("AUTORESEARCH_TRAIN_SECONDS", "300"))
+SEED = int(os.environ.get("AUTORESEARCH_SEED", "0"))
+OUT_DIR = os.environ.get("AUTORESEARCH_OUT", "out")
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# ---------------------------------------------------------------------------
+# Model
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(N_EMBD)
+        self.qkv = nn.Linear(N_EMBD, 3 * N_EMBD)
+        self.proj = nn.Linear(N_EMBD, N_EMBD)
+        self.ln2 = nn.LayerNorm(N_EMBD)
+        self.mlp = nn.Sequential(
+            nn.Linear(N_EMBD, MLP_RATIO * N_EMBD),
+            nn.GELU(),
+            nn.Linear(MLP_RATIO * N_EMBD, N_EMBD),
+        )
+        self.drop = nn.Dropout(DROPOUT)
+
+    def forward(self, x):
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=DROPOUT if self.training else 0.0)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        x = x + self.drop(self.proj(y))
+        x = x + self.drop(self.mlp(self.ln2(x)))
+        return x
+
+
+class GPT(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.tok = nn.Embedding(VOCAB_SIZE, N_EMBD)
+        self.pos = nn.Embedding(CONTEXT_LEN, N_EMBD)
+        self.blocks = nn.ModuleList(Block() for _ in range(N_LAYER))
+        self.ln_f = nn.LayerNorm(N_EMBD)
+        self.head = nn.Linear(N_EMBD, VOCAB_SIZE, bias=False)
+        self.head.weight = self.tok.weight   # weight tying
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    def forward(self, idx):
+        T = idx.size(1)
+        x = self.tok(idx) + self.pos(torch.arange(T, device=idx.device))
+        for block in self.blocks:
+            x = block(x)
+        return self.head(self.ln_f(x))
+
+
+def build_model():
+    """The evaluator calls this to rebuild the model before loading the checkpoint."""
+    return GPT()
+
+
+# ---------------------------------------------------------------------------
+# Training
+
+def lr_at(progress):
+    """Warmup then cosine decay, on the fraction of the time budget used."""
+    if progress < WARMUP_FRACTION:
+        return LEARNING_RATE * progress / WARMUP_FRACTION
+    p = min(1.0, (progress - WARMUP_FRACTION) / (1 - WARMUP_FRACTION))
+    return LEARNING_RATE * (FINAL_LR_FRACTION + (1 - FINAL_LR_FRACTION) * 0.5 * (1 + math.cos(math.pi * p)))
+
+
+def get_batch(data, gen):
+    ix = torch.randint(len(data) - CONTEXT_LEN - 1, (BATCH_SIZE,), generator=gen)
+    x = torch.stack([data[i:i + CONTEXT_LEN] for i in ix])
+    y = torch.stack([data[i + 1:i + 1 + CONTEXT_LEN] for i in ix])
+    return x.to(DEVICE, non_blocking=True), y.to(DEVICE, non_blocking=True)
+
+
+def main():
+    torch.manual_seed(SEED)
+    gen = torch.Generator().manual_seed(SEED)
+    data = torch.from_numpy(load_split("train").astype("int64"))
+    model = build_model().to(DEVICE)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"device {DEVICE} | params {n_params:,} | train bytes {len(data):,} | budget {TRAIN_SECONDS:.0f}s | seed {SEED}")
+
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=LEARNING_RATE, betas=BETAS, fused=DEVICE == "cuda")
+    fwd = torch.compile(model) if USE_COMPILE and DEVICE == "cuda" else model
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
+
+    t0 = time.time()
+    stop_at = TRAIN_SECONDS * (1 - SAVE_MARGIN)
+    step, last_log, smooth = 0, t0, None
+    model.train()
+    while True:
+        elapsed = time.time() - t0
+        if elapsed >= stop_at:
+            break
+        lr = lr_at(elapsed / stop_at)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = get_batch(data, gen)
+        with amp:
+            logits = fwd(x)
+            loss = F.cross_entropy(logits.float().view(-1, VOCAB_SIZE), y.view(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
+        opt.step()
+        step += 1
+        smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
+        if time.time() - last_log >= LOG_EVERY_SECONDS:
+            last_log = time.time()
+            tok_s = step * BATCH_SIZE * CONTEXT_LEN / (last_log - t0)
+            print(f"step {step:6d} | {elapsed:6.1f}s | lr {lr:.2e} | train loss {smooth:.3f} "
+                  f"({smooth / math.log(2):.3f} bits) | {tok_s:,.0f} tok/s", flush=True)
+
+    os.makedirs(OUT_DIR, exist_ok=True)
+    tmp = os.path.join(OUT_DIR, "model.pt.tmp")
+    torch.save(model.state_dict(), tmp)
+    os.replace(tmp, os.path.join(OUT_DIR, "model.pt"))
+    dt = time.time() - t0
+    print(f"done: {step} steps in {dt:.1f}s ({step / dt:.1f} steps/s); checkpoint saved to {OUT_DIR}/model.pt")
+
+
+if __name__ == "__main__":
+    main()
