@@ -89,6 +89,7 @@ class Program(_Strict):
     sandbox: Sandbox = Sandbox()
     run: Run = Run()
     deadline_hours: float | None = Field(None, gt=0)
+    seed: int = 0                                # base seed; the harness derives each run's seed from it
     phase: str = "default"
     phases: list[Phase] = [Phase(name="default")]
     body: str = ""                               # the prose below the front matter
