@@ -222,8 +222,8 @@ def evaluate_bpb(model, data: np.ndarray, device: str = "cpu") -> tuple[float, i
             if logits.shape != (*xb.shape, VOCAB_SIZE):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
                                  f"expected {(*xb.shape, VOCAB_SIZE)}")
-            nats = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), yb.reshape(-1), reduction="sum")
-            total_nats += float(nats)
+            nats = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), yb.reshape(-1), reduction="none")
+            total_nats += float(nats.double().sum())   # float64 accumulation: no drift with eval size
             total_bytes += yb.numel()
     return total_nats / total_bytes / math.log(2), total_bytes
 
