@@ -27,6 +27,9 @@ class _Strict(BaseModel):
 class Metric(_Strict):
     name: str = "val_bpb"
     direction: Literal["minimize", "maximize"] = "minimize"
+    # The physical limit for this task: a minimized value below it (a maximized one above it)
+    # is not a better model but a leak or a bug, and the run is marked invalid.
+    floor: float | None = None
 
     def better(self, a: float, b: float) -> bool:
         """True when a is strictly better than b."""
