@@ -134,16 +134,17 @@ def _line_of(node: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     line = node.start_mark.line if node is not None else None
     for key in loc:
         if isinstance(node, yaml.MappingNode):
-            nxt = next((v for k, v in node.value if k.value == key), None)
-            if nxt is None:
-                key_node = next((k for k, v in node.value if k.value == key), None)
-                return key_node.start_mark.line if key_node is not None else line
-            node = nxt
+            pair = next(((k, v) for k, v in node.value if k.value == key), None)
+            if pair is None:
+                return line
+            key_node, node = pair
+            # a nested block (`run:` then its fields below) is blamed on its key's line
+            line = key_node.start_mark.line if isinstance(node, yaml.CollectionNode) else node.start_mark.line
         elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
             node = node.value[key]
+            line = node.start_mark.line
         else:
             break
-        line = node.start_mark.line
     return line
 
 

@@ -1,0 +1,133 @@
+"""program.md: the shipped plan parses, and every kind of mistake names its field and its line."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from autoresearch.config import ConfigError, load_program, parse_program
+
+ROOT = Path(__file__).resolve().parents[1]
+SHIPPED = (ROOT / "program.md").read_text()
+
+
+def line_of(text: str, needle: str) -> int:
+    """1-based line number of the first line containing needle."""
+    return next(i for i, line in enumerate(text.splitlines(), 1) if needle in line)
+
+
+def error_for(text: str) -> str:
+    with pytest.raises(ConfigError) as e:
+        parse_program(text)
+    return str(e.value)
+
+
+def test_shipped_program_has_a_four_phase_plan_ending_with_web_moonshot():
+    p = parse_program(SHIPPED)
+    assert p.metric.name == "val_bpb" and p.metric.direction == "minimize"
+    names = [ph.name for ph in p.phases]
+    assert names == ["hyperparameters", "architecture", "optimisation", "moonshot"]
+    assert p.phase == names[0]
+    assert [ph.web for ph in p.phases] == [False, False, False, True]
+    assert all(ph.focus and ph.max_experiments >= 1 for ph in p.phases)
+    assert p.editable_files() == ["train.py", "scratchpad.md"]
+    assert p.budget.train_seconds == 300 and p.run.mode == "two_stage"
+
+
+def test_shipped_prose_covers_loop_rules_and_scratchpad_discipline():
+    body = parse_program(SHIPPED).body
+    for heading in ("## The loop", "## The rules", "## The scratchpad"):
+        assert heading in body
+    for section in ("Current best", "Experiment log", "Hypotheses", "Next experiments", "Failed patterns"):
+        assert section in body
+        assert f"## {section}" in (ROOT / "scratchpad.md").read_text()
+    assert "./run.sh -m" in body
+
+
+def test_changing_phase_changes_the_current_phase_and_its_web_access():
+    p = parse_program(SHIPPED.replace("phase: hyperparameters", "phase: moonshot"))
+    assert p.current.name == "moonshot" and p.current.web is True
+
+
+@pytest.mark.parametrize("old,new,field,anchor", [
+    ("direction: minimize", "direction: lower", "metric.direction", "direction: lower"),
+    ("phase: hyperparameters", "phase: hyperparams", "phase", "phase: hyperparams"),
+    ("deadline_hours: 10", "deadline_hours: 10\nmax_runs: 5", "max_runs", "max_runs: 5"),
+    ("max_experiments: 25", "max_experiments: -3", "phases.1.max_experiments", "max_experiments: -3"),
+    ("train_seconds: 300", "train_seconds: 0", "budget.train_seconds", "train_seconds: 0"),
+    ("min_improvement: 0.003", "min_improvement: -1", "min_improvement", "min_improvement: -1"),
+    ("web: true", "web: maybe", "phases.3.web", "web: maybe"),
+    ("backend: auto", "backend: podman", "sandbox.backend", "backend: podman"),
+    ("k_sigma: 2.0", "k_sigma: 2.0\n  sigma: 0.1", "noise.sigma", "sigma: 0.1"),
+    ("editable: [train.py, scratchpad.md]", "editable: [../prepare.py]", "editable", "editable: [../"),
+])
+def test_schema_errors_name_the_field_and_the_line(old, new, field, anchor):
+    assert old in SHIPPED
+    text = SHIPPED.replace(old, new, 1)
+    msg = error_for(text)
+    assert f"line {line_of(text, anchor)}: {field}:" in msg, msg
+    assert msg.startswith("program.md: ")
+
+
+def test_an_unknown_phase_lists_the_phases_that_exist():
+    msg = error_for(SHIPPED.replace("phase: hyperparameters", "phase: hyperparams"))
+    assert "'hyperparams' is not one of the phases" in msg and "moonshot" in msg
+
+
+def test_duplicate_phase_names_are_refused():
+    text = SHIPPED.replace("- name: architecture", "- name: hyperparameters")
+    assert "phases: duplicate phase names" in error_for(text)
+
+
+def test_invalid_yaml_names_its_line():
+    text = SHIPPED.replace("  name: val_bpb", "  name: [val_bpb")
+    msg = error_for(text)
+    m = re.search(r"line (\d+): invalid YAML", msg)
+    assert m, msg
+    assert abs(int(m.group(1)) - line_of(text, "name: [val_bpb")) <= 1   # the parser notices on that line or the next
+
+
+def test_a_tab_in_the_front_matter_is_invalid_yaml_on_its_line():
+    text = SHIPPED.replace("metric:\n", "metric:\n\t", 1)
+    assert f"line {line_of(text, chr(9))}: invalid YAML" in error_for(text)
+
+
+def test_missing_front_matter():
+    assert "line 1: expected YAML front matter" in error_for("# just prose\n")
+    assert "line 1: expected YAML front matter" in error_for("")
+
+
+def test_unclosed_front_matter():
+    assert "never closed" in error_for("---\nphase: default\n# no closing fence\n")
+
+
+def test_front_matter_that_is_not_a_mapping():
+    assert "must be a mapping" in error_for("---\n- a\n- b\n---\n")
+
+
+def test_inline_mode_needs_a_command_and_a_regex():
+    msg = error_for("---\nrun:\n  mode: inline\n  command: [python, train.py]\n---\n")
+    assert "line 2: run: inline mode needs run.command and run.metric_regex" in msg
+
+
+def test_several_errors_are_all_reported():
+    text = SHIPPED.replace("direction: minimize", "direction: up").replace("pids: 512", "pids: 1")
+    msg = error_for(text)
+    assert "metric.direction" in msg and "sandbox.pids" in msg
+    assert len(msg.splitlines()) == 2
+
+
+def test_load_program_reports_a_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_program(tmp_path)
+
+
+def test_load_program_reads_the_project(tmp_path):
+    (tmp_path / "program.md").write_text(SHIPPED)
+    assert load_program(tmp_path).phase == "hyperparameters"
+
+
+def test_an_error_in_a_nested_block_is_blamed_on_its_key_line():
+    text = "---\nobjective: x\neditable:\n  - train.py\n  - ../secret.py\n---\n"
+    assert "line 3: editable:" in error_for(text)
