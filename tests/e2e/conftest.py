@@ -1,0 +1,53 @@
+"""Fixtures for the end-to-end scenarios: the real CLI, a fresh project copy, the fake API."""
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import need
+from e2e.fake_api import FakeAPI
+from e2e.harness import ROOT, Project, cli_path, make_project
+
+
+def _stamp_current(root: Path) -> bool:
+    """bootstrap.sh's stamp matches pyproject.toml + bootstrap.sh (so run.sh will not reinstall)."""
+    stamp = root / ".venv" / ".autoresearch-installed"
+    want = subprocess.run(f'cat "{root}/pyproject.toml" "{root}/scripts/bootstrap.sh" | sha256sum',
+                          shell=True, capture_output=True, text=True).stdout.split()[0]
+    return stamp.is_file() and stamp.read_text().strip() == want
+
+
+@pytest.fixture(scope="session")
+def claude_cli() -> Path:
+    p = cli_path()
+    need("claude", p is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
+    assert p is not None
+    return p
+
+
+@pytest.fixture(scope="session")
+def bootstrapped() -> None:
+    """The shared .venv is bootstrapped for the current pyproject (./test.sh does this first,
+    so in CI it is free). Project copies symlink that .venv; if its stamp were stale, the
+    copy's run.sh would reinstall the package from a temporary folder into the shared venv."""
+    if not _stamp_current(ROOT):
+        subprocess.run([str(ROOT / "scripts" / "bootstrap.sh")], check=True)
+    assert _stamp_current(ROOT), "scripts/bootstrap.sh did not leave a current stamp in .venv"
+
+
+@pytest.fixture
+def project(tmp_path: Path, claude_cli: Path, bootstrapped: None) -> Project:
+    """A committed copy of the current working tree, with its own HOME."""
+    proj = make_project(tmp_path)
+    assert _stamp_current(proj.root), "the project copy's pyproject differs from the bootstrapped one"
+    return proj
+
+
+@pytest.fixture
+def fake(project: Project) -> Iterator[FakeAPI]:
+    """The scripted model; tests set `fake.script` before running the CLI."""
+    with FakeAPI(project=str(project.root)) as api:
+        yield api
