@@ -35,10 +35,11 @@ from urllib.parse import urlsplit
 @dataclass(frozen=True)
 class Block:
     """One content block of an assistant reply: text, or a tool call."""
-    kind: str                                  # "text" | "tool_use"
+    kind: str                                  # "text" | "tool_use" | "action"
     text: str = ""
     name: str = ""
     input: dict[str, Any] | Callable[[str], dict[str, Any]] = field(default_factory=dict)
+    action: Callable[[], None] | None = None   # "action": runs in the server when the turn is served
 
     def resolved_input(self, project: str) -> dict[str, Any]:
         """Tool inputs may depend on the project path (Edit needs an absolute file_path)."""
@@ -69,6 +70,13 @@ def say(text: str) -> Turn:
 def end_turn(text: str = "Done for this turn.") -> Turn:
     """A reply with no tool call: the model ends its turn (and the Stop hook runs)."""
     return say(text)
+
+
+def human(action: Callable[[], None]) -> Turn:
+    """Something the researcher does while the model is thinking (e.g. pause the loop).
+    It runs when this turn is served, before the reply is sent; it must be idempotent,
+    since the CLI may retry a request."""
+    return Turn((Block("action", action=action),))
 
 
 def tool(name: str, input: dict[str, Any] | Callable[[str], dict[str, Any]]) -> Turn:
@@ -179,6 +187,8 @@ def _message(turn: Turn, model: str, project: str) -> tuple[dict[str, Any], list
     """A complete Message and its content blocks (with ids and resolved inputs)."""
     content: list[dict[str, Any]] = []
     for b in turn.blocks:
+        if b.kind == "action":
+            continue
         if b.kind == "text":
             content.append({"type": "text", "text": b.text})
         else:
@@ -236,7 +246,7 @@ class FakeAPI:
         self.project = project
         self.broken_streams = broken_streams     # answer this many streaming requests with a broken stream
         self.requests: list[Recorded] = []
-        self.overruns = 0                        # main requests past the end of the script
+        self.overruns = 0                        # main requests past the end of the script (answered 400)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -277,17 +287,21 @@ class FakeAPI:
 
     # -- serving ---------------------------------------------------------------
 
-    def reply_for(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], int | None]:
+    def reply_for(self, body: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]], int | None] | None:
+        """The reply, or None when the script has run out (the CLI then gets a 400 and stops:
+        a loop that should have ended fails fast instead of spinning)."""
         model = body.get("model", "claude-sonnet-4-5")
         if not is_main_request(body):
             return (*_message(say("Research session"), model, self.project), None)
         step = count_assistant(body)
-        if step < len(self.script):
-            turn = self.script[step]
-        else:
+        if step >= len(self.script):
             with self._lock:
                 self.overruns += 1
-            turn = end_turn("(the script has ended)")
+            return None
+        turn = self.script[step]
+        for b in turn.blocks:
+            if b.kind == "action" and b.action:
+                b.action()
         return (*_message(turn, model, self.project), step)
 
     def _take_broken(self) -> bool:
@@ -340,7 +354,16 @@ class FakeAPI:
                         "type": "not_found_error", "message": f"fake API: no {path}"}}).encode(),
                         "application/json")
                     return
-                msg, content, step = api.reply_for(body)
+                reply = api.reply_for(body)
+                if reply is None:
+                    with api._lock:
+                        api.requests.append(Recorded(path, body, main=True, step=count_assistant(body)))
+                    self._send(400, json.dumps({"type": "error", "error": {
+                        "type": "invalid_request_error",
+                        "message": f"fake API: the script has ended (asked for step {count_assistant(body)})",
+                    }}).encode(), "application/json")
+                    return
+                msg, content, step = reply
                 with api._lock:
                     api.requests.append(Recorded(path, body, main=step is not None, step=step))
                 if body.get("stream") and api._take_broken():
