@@ -1,0 +1,235 @@
+"""results.tsv: one row per decision the loop made, kept or not. Written only by trusted code.
+
+Columns, in order (tab-separated, one header line). karpathy/autoresearch's five first, so
+his tools read ours:
+
+    commit        short sha. keep: the commit that recorded the change; discard/crash: the
+                  commit it was tried on top of (its diff is runs/<run_id>/diff.patch)
+    <metric>      the metric, named as in program.md (e.g. val_bpb): the mean over `runs`.
+                  EMPTY for a crash -- never 0.0, which would look like the best of a
+                  minimised metric
+    memory_gb     peak memory of the run (empty when unknown)
+    status        keep | discard | crash
+    description   the runner's `-m` message (tabs/newlines flattened)
+    --- ours ---
+    experiment    1-based number on this run branch (the baseline is 1)
+    run_id        the runs/NNNN folder that decided it (the last of `runs`)
+    runs          every run the decision covers, comma-separated (a confirmed win has 2+)
+    run_status    ok | crash | timeout | oom | invalid | interrupted | missing (of run_id)
+    phase         program.md's phase at decision time
+    branch        the run branch (autoresearch/<date-time>)
+    seeds         comma-separated seeds of `runs`
+    delta         metric - prev_best (raw; negative is better when minimising); empty if n/a
+    prev_best     the best before this decision (empty before the baseline)
+    best          the best after this decision
+    threshold     the noise threshold used: max(min_improvement, k_sigma * sigma)
+    sigma         the calibrated seed noise (empty if not calibrated)
+    train_seconds wall time of the TRAIN stage of run_id
+    sandbox       docker | bwrap | none
+    session       the Claude Code session that ended its turn
+    note          baseline | confirmed | superseded | unconfirmed | ...
+    decided_at    ISO 8601, UTC
+
+Rows are idempotent by run id: a run that appears in any row's `runs` is decided, and
+`append_rows` skips rows already there, so a hook killed halfway and run again never
+double counts. Every write rewrites the whole file through a temp file + rename
+(atomic.write_atomic): a reader or a kill at any instant sees the old or the new file,
+never a torn line. Callers hold the loop lock (`state.loop_lock`) around writes.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .atomic import write_atomic
+from .config import Metric
+from .gitops import current_branch, git, is_run_branch, trailers
+
+LEDGER_FILE = "results.tsv"
+Outcome = Literal["keep", "discard", "crash"]
+
+KARPATHY = ["commit", "<metric>", "memory_gb", "status", "description"]
+OURS = ["experiment", "run_id", "runs", "run_status", "phase", "branch", "seeds", "delta",
+        "prev_best", "best", "threshold", "sigma", "train_seconds", "sandbox", "session",
+        "note", "decided_at"]
+
+
+class LedgerError(ValueError):
+    """results.tsv cannot be read; the message names the line."""
+
+
+class LedgerRow(BaseModel):
+    """One decision. `value` is the metric column (its header is the metric's name)."""
+    model_config = ConfigDict(extra="forbid")
+
+    commit: str
+    value: float | None
+    memory_gb: float | None = None
+    status: Outcome
+    description: str = ""
+    experiment: int
+    run_id: str
+    runs: list[str]
+    run_status: str
+    phase: str
+    branch: str
+    seeds: list[int] = []
+    delta: float | None = None
+    prev_best: float | None = None
+    best: float | None = None
+    threshold: float | None = None
+    sigma: float | None = None
+    train_seconds: float | None = None
+    sandbox: str = ""
+    session: str = ""
+    note: str = ""
+    decided_at: datetime
+
+
+def columns(metric_name: str) -> list[str]:
+    return [metric_name if c == "<metric>" else c for c in KARPATHY] + OURS
+
+
+def _fmt(v: object) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return "" if math.isnan(v) else f"{v:.6f}"
+    if isinstance(v, list):
+        return ",".join(str(x) for x in v)
+    if isinstance(v, datetime):
+        return v.astimezone(timezone.utc).isoformat(timespec="seconds")
+    return " ".join(str(v).split())          # no tabs or newlines inside a cell
+
+
+def _row_cells(row: LedgerRow) -> list[str]:
+    d = row.model_dump()
+    return [_fmt(d["value"] if c == "<metric>" else d[c]) for c in KARPATHY + OURS]
+
+
+def _parse(rec: dict[str, str], metric_col: str, line: int) -> LedgerRow:
+    def num(k: str) -> float | None:
+        s = (rec.get(k) or "").strip()
+        return float(s) if s else None
+
+    try:
+        runs = [r for r in (rec.get("runs") or rec.get("run_id") or "").split(",") if r]
+        return LedgerRow(
+            commit=rec.get("commit") or "",
+            value=num(metric_col),
+            memory_gb=num("memory_gb"),
+            status=rec.get("status") or "",
+            description=rec.get("description") or "",
+            experiment=int(rec.get("experiment") or 0),
+            run_id=rec.get("run_id") or (runs[-1] if runs else ""),
+            runs=runs,
+            run_status=rec.get("run_status") or "",
+            phase=rec.get("phase") or "",
+            branch=rec.get("branch") or "",
+            seeds=[int(s) for s in (rec.get("seeds") or "").split(",") if s.strip()],
+            delta=num("delta"), prev_best=num("prev_best"), best=num("best"),
+            threshold=num("threshold"), sigma=num("sigma"), train_seconds=num("train_seconds"),
+            sandbox=rec.get("sandbox") or "", session=rec.get("session") or "",
+            note=rec.get("note") or "",
+            decided_at=rec.get("decided_at") or datetime.fromtimestamp(0, timezone.utc),
+        )
+    except (ValidationError, ValueError) as e:
+        first = str(e).splitlines()[0]
+        raise LedgerError(f"{LEDGER_FILE}: line {line}: cannot parse the row: {first}") from None
+
+
+def _read(path: Path) -> tuple[list[str] | None, list[LedgerRow]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, []
+    reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
+    header = next(reader, None)
+    if not header:
+        return None, []
+    if len(header) < 2 or header[0] != "commit":
+        raise LedgerError(f"{LEDGER_FILE}: line 1: expected a header starting with 'commit'")
+    rows = [_parse(dict(zip(header, cells)), header[1], i)
+            for i, cells in enumerate(reader, start=2) if any(c.strip() for c in cells)]
+    return header, rows
+
+
+def ledger_path(root: Path) -> Path:
+    return Path(root) / LEDGER_FILE
+
+
+def read_rows(root: Path) -> list[LedgerRow]:
+    """Every row of results.tsv, in file order ([] when it does not exist yet)."""
+    return _read(ledger_path(root))[1]
+
+
+def metric_column(root: Path) -> str | None:
+    """The metric's column name as written in the header (None when there is no file)."""
+    header, _ = _read(ledger_path(root))
+    return header[1] if header else None
+
+
+def decided_runs(rows: list[LedgerRow]) -> set[str]:
+    return {r for row in rows for r in row.runs}
+
+
+def append_rows(root: Path, new: list[LedgerRow], metric_name: str) -> list[LedgerRow]:
+    """Add the rows whose run_id is not in the ledger yet; returns the ones written.
+    The caller holds the loop lock."""
+    path = ledger_path(root)
+    header, rows = _read(path)
+    have = decided_runs(rows) | {r.run_id for r in rows}
+    todo = [r for r in new if r.run_id not in have]
+    if not todo:
+        return []
+    cols = columns(header[1] if header else metric_name)
+    out = io.StringIO()
+    out.write("\t".join(cols) + "\n")
+    for r in rows + todo:
+        out.write("\t".join(_row_cells(r)) + "\n")
+    write_atomic(path, out.getvalue())
+    return todo
+
+
+def branch_rows(rows: list[LedgerRow], branch: str | None) -> list[LedgerRow]:
+    return [r for r in rows if branch and r.branch == branch]
+
+
+def kept_values_from_git(root: Path, branch: str) -> list[float]:
+    """Metric values recorded in the keep commits of `branch` (Autoresearch-* trailers).
+    The commits are the second, independent record: a deleted results.tsv cannot turn the
+    next experiment into a 'baseline' that is kept whatever it scores."""
+    p = git(root, "log", "--first-parent", "--format=%B%x00", branch, "--", check=False)
+    vals = []
+    for msg in p.stdout.split("\x00"):
+        t = trailers(msg)
+        if t.get("Autoresearch-Branch") == branch and t.get("Autoresearch-Value"):
+            try:
+                vals.append(float(t["Autoresearch-Value"]))
+            except ValueError:
+                pass
+    return vals
+
+
+def best_of(values: list[float], metric: Metric) -> float | None:
+    best = None
+    for v in values:
+        if v is not None and not math.isnan(v) and (best is None or metric.better(v, best)):
+            best = v
+    return best
+
+
+def current_best(root: Path, metric: Metric, branch: str | None = None) -> float | None:
+    """The best kept value on the current run branch; None before the baseline (or when HEAD
+    is not a run branch: the first decision there starts a fresh branch and a baseline)."""
+    branch = branch or current_branch(Path(root))
+    if not is_run_branch(branch):
+        return None
+    kept = [r.value for r in branch_rows(read_rows(root), branch) if r.status == "keep" and r.value is not None]
+    return best_of(kept + kept_values_from_git(Path(root), branch), metric)
