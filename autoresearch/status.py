@@ -1,0 +1,160 @@
+"""`autoresearch status`: the morning table. Read-only: it never takes the loop lock or writes.
+
+Gathering (`gather`) is separate from drawing (`render`) so tests check the numbers, not the pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from .config import Program, load_program
+from .decide import threshold
+from .gitops import current_branch, is_run_branch
+from .ledger import LedgerRow, read_rows
+
+
+class Report(BaseModel):
+    """Everything the status table shows."""
+    root: str
+    metric: str
+    direction: str
+    branch: str | None                 # the run branch shown (None: no experiment yet)
+    phase: str
+    focus: str
+    rows: list[LedgerRow]              # the branch's rows, in order
+    best: LedgerRow | None
+    kept: int
+    discarded: int
+    crashed: int
+    phase_done: int                    # experiments decided in the current phase on this branch
+    phase_max: int
+    budget_left: int | None            # experiments left in the phase (None when unknown)
+    deadline: str | None               # ISO time the loop stops, when one is set
+    sigma: float | None
+    threshold: float | None
+    paused: str | None                 # the pause reason, when paused
+    finished: str | None = None        # why and when a spent budget let the agent stop
+
+
+def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
+    """The branch asked for; else the checked-out run branch; else the branch of the latest row."""
+    if branch:
+        return branch
+    here = current_branch(root)
+    if is_run_branch(here) and any(r.branch == here for r in rows):
+        return here
+    return rows[-1].branch if rows else (here if is_run_branch(here) else None)
+
+
+def best_row(rows: list[LedgerRow], program: Program) -> LedgerRow | None:
+    best = None
+    for r in rows:
+        if r.status == "keep" and r.value is not None and (best is None or program.metric.better(r.value, best.value)):
+            best = r
+    return best
+
+
+def _loop_state(root: Path, program: Program) -> dict:
+    """What the loop's own state knows: sigma, the pause, the deadline clock, the budget."""
+    from . import state
+    st = state.read_state(root)
+    pause = state.paused(root)
+    out: dict = {"sigma": st.sigma,
+                 "paused": (pause.reason or "paused") if pause else None}
+    if st.finished_at is not None:
+        out["finished"] = f"{st.finish_reason or 'finished'} at {st.finished_at:%Y-%m-%d %H:%M} UTC"
+    if st.started_at is not None and program.deadline_hours:
+        from datetime import timedelta
+        out["deadline"] = st.started_at + timedelta(hours=program.deadline_hours)
+    return out
+
+
+def gather(root: Path, branch: str | None = None) -> Report:
+    program = load_program(root)
+    all_rows = read_rows(root)
+    shown = shown_branch(root, all_rows, branch)
+    rows = [r for r in all_rows if r.branch == shown] if shown else []
+    best = best_row(rows, program)
+    phase_done = sum(1 for r in rows if r.phase == program.phase)
+    st = _loop_state(root, program)
+    sigma = st["sigma"]
+    if sigma is None:                         # state.json lost: the ledger still says what was used
+        sigma = next((r.sigma for r in reversed(rows) if r.sigma is not None), None)
+    left = max(program.current.max_experiments - phase_done, 0)
+    deadline = st.get("deadline")
+    return Report(
+        root=str(root), metric=program.metric.name, direction=program.metric.direction, branch=shown,
+        phase=program.phase, focus=" ".join(program.current.focus.split()), rows=rows, best=best,
+        kept=sum(r.status == "keep" for r in rows), discarded=sum(r.status == "discard" for r in rows),
+        crashed=sum(r.status == "crash" for r in rows), phase_done=phase_done,
+        phase_max=program.current.max_experiments, budget_left=left,
+        deadline=f"{deadline:%Y-%m-%d %H:%M} UTC" if deadline else None,
+        sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
+    )
+
+
+def _num(v: float | None, signed: bool = False) -> str:
+    if v is None:
+        return "-"
+    return f"{v:+.4f}" if signed else f"{v:.4f}"
+
+
+STYLE = {"keep": "bold green", "discard": "dim", "crash": "red"}
+
+
+def render(rep: Report, last: int | None = 20) -> "object":
+    """A rich renderable: a summary grid over the experiments table."""
+    from rich.console import Group
+    from rich.table import Table
+    from rich.text import Text
+
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    best = (f"{_num(rep.best.value)} {rep.metric} (experiment {rep.best.experiment}, {rep.best.commit})"
+            if rep.best else "none yet")
+    head.add_row("project", rep.root)
+    head.add_row("branch", rep.branch or "no run branch yet")
+    head.add_row("metric", f"{rep.metric} ({'lower' if rep.direction == 'minimize' else 'higher'} is better)")
+    head.add_row("best", Text(best, style="bold green" if rep.best else ""))
+    head.add_row("experiments", f"{len(rep.rows)}: {rep.kept} kept, {rep.discarded} discarded, {rep.crashed} crashed")
+    head.add_row("phase", f"{rep.phase}: {rep.focus}" if rep.focus else rep.phase)
+    budget = f"{rep.budget_left} of {rep.phase_max} experiments left in this phase"
+    if rep.deadline:
+        budget += f"; deadline {rep.deadline}"
+    head.add_row("budget left", budget)
+    noise = (f"sigma {rep.sigma:.4f}, keep threshold {rep.threshold:.4f}" if rep.sigma is not None
+             else f"not calibrated (run `autoresearch calibrate`); keep threshold {_num(rep.threshold)}")
+    head.add_row("noise", noise)
+    if rep.paused:
+        head.add_row("paused", Text(rep.paused, style="bold yellow"))
+    if rep.finished:
+        head.add_row("finished", rep.finished)
+
+    table = Table(title=None, show_lines=False, expand=False)
+    for col, kw in (("#", {"justify": "right"}), ("commit", {}), (rep.metric, {"justify": "right"}),
+                    ("delta", {"justify": "right"}), ("status", {}), ("phase", {}), ("run", {}),
+                    ("description", {"overflow": "fold", "max_width": 60})):
+        table.add_column(col, **kw)
+    rows = rep.rows[-last:] if last else rep.rows
+    if len(rows) < len(rep.rows):
+        table.caption = f"last {len(rows)} of {len(rep.rows)} (--all for every row)"
+    for r in rows:
+        style = "bold green" if rep.best is not None and r.run_id == rep.best.run_id else STYLE.get(r.status, "")
+        table.add_row(str(r.experiment), r.commit, _num(r.value), _num(r.delta, signed=True),
+                      r.status + (f" ({r.run_status})" if r.status == "crash" and r.run_status not in ("", "crash") else ""),
+                      r.phase, r.run_id, r.description, style=style)
+    return Group(head, table)
+
+
+def main(root: Path, branch: str | None = None, show_all: bool = False) -> int:
+    from rich.console import Console
+    rep = gather(root, branch)
+    console = Console()
+    if not rep.rows:
+        console.print(render(rep, last=None))
+        console.print("No experiments yet: run the baseline with `./run.sh -m \"baseline\"` and let the loop start.")
+        return 0
+    console.print(render(rep, last=None if show_all else 20))
+    return 0

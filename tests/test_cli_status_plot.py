@@ -1,0 +1,169 @@
+"""`autoresearch status` and `autoresearch plot` over a real results.tsv written through the ledger's API."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from autoresearch import state
+from autoresearch.config import load_program
+from autoresearch.ledger import LedgerRow, append_rows
+from autoresearch.plot import draw, running_best
+from autoresearch.status import gather
+
+ROOT = Path(__file__).resolve().parents[1]
+BRANCH = "autoresearch/20260101-220000"
+
+# (status, value, description): a believable night, minimised val_bpb
+NIGHT = [
+    ("keep", 2.300, "baseline"),
+    ("discard", 2.310, "lr 3e-3"),
+    ("keep", 2.250, "lr 1e-3 with warmup"),
+    ("crash", None, "swiglu with a shape bug"),
+    ("discard", 2.900, "batch 4 (diverged)"),
+    ("keep", 2.210, "width 96"),
+    ("discard", 2.215, "dropout 0.1"),
+]
+
+
+def _git(root: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(root), *args], check=True, capture_output=True)
+
+
+def make_project(tmp: Path, night=NIGHT, branch: str = BRANCH, phase_of=lambda i: "hyperparameters") -> Path:
+    root = tmp / "proj"
+    root.mkdir()
+    shutil.copy(ROOT / "program.md", root / "program.md")
+    (root / "train.py").write_text("print('hi')\n")
+    _git(root, "init", "-q", "-b", "main")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "add", "program.md", "train.py")
+    _git(root, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "base")
+    _git(root, "checkout", "-qb", branch)
+    rows, best = [], None
+    for i, (status, value, desc) in enumerate(night, 1):
+        prev = best
+        if status == "keep":
+            best = value
+        rows.append(LedgerRow(
+            commit=f"c{i:06d}", value=value, memory_gb=0.1, status=status, description=desc,
+            experiment=i, run_id=f"{i:04d}", runs=[f"{i:04d}"],
+            run_status="crash" if status == "crash" else "ok", phase=phase_of(i), branch=branch,
+            seeds=[i], delta=None if value is None or prev is None else value - prev, prev_best=prev,
+            best=best, threshold=0.003, sigma=0.004 if i > 1 else None, sandbox="bwrap",
+            decided_at=datetime(2026, 1, 1, 22, i, tzinfo=timezone.utc)))
+    append_rows(root, rows, "val_bpb")
+    return root
+
+
+def cli(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "autoresearch", *args], cwd=root, capture_output=True,
+                          text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(root)})
+
+
+def test_gather_counts_best_budget_and_sigma(tmp_path):
+    root = make_project(tmp_path)
+    rep = gather(root)
+    assert rep.branch == BRANCH
+    assert (len(rep.rows), rep.kept, rep.discarded, rep.crashed) == (7, 3, 3, 1)
+    assert rep.best is not None and rep.best.value == pytest.approx(2.21) and rep.best.experiment == 6
+    program = load_program(root)
+    assert rep.phase == "hyperparameters" and rep.phase_max == program.current.max_experiments
+    assert rep.budget_left == program.current.max_experiments - 7
+    assert rep.sigma == pytest.approx(0.004)                    # from the ledger: no state.json here
+    assert rep.threshold == pytest.approx(max(program.min_improvement, program.noise.k_sigma * 0.004))
+    assert rep.paused is None
+
+
+def test_gather_reads_the_pause_and_calibration_from_the_loop_state(tmp_path):
+    root = make_project(tmp_path)
+    state.record_calibration(root, [2.30, 2.31, 2.32], ["0101", "0102", "0103"], [1, 2, 3], "x", 300)
+    state.pause(root, "going to bed")
+    rep = gather(root)
+    assert rep.sigma == pytest.approx(0.01)
+    assert rep.threshold == pytest.approx(0.02)                 # k_sigma 2 x 0.01 > min_improvement
+    assert rep.paused == "going to bed"
+
+
+def test_status_prints_the_table(tmp_path):
+    root = make_project(tmp_path)
+    p = cli(root, "status")
+    assert p.returncode == 0, p.stderr
+    out = p.stdout
+    assert BRANCH in out and "2.2100" in out and "experiment 6" in out
+    assert "7: 3 kept, 3 discarded, 1 crashed" in out
+    assert "lr 1e-3 with warmup" in out and "swiglu with a shape bug" in out
+    assert "13 of 20 experiments left" in out
+    assert "sigma 0.0040" in out
+
+
+def test_status_shows_the_latest_run_branch_from_the_users_branch(tmp_path):
+    root = make_project(tmp_path)
+    _git(root, "checkout", "-q", "main")
+    assert gather(root).branch == BRANCH
+
+
+def test_status_without_experiments_says_what_to_do(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    shutil.copy(ROOT / "program.md", root / "program.md")
+    _git(root, "init", "-q")
+    p = cli(root, "status")
+    assert p.returncode == 0, p.stderr
+    assert "No experiments yet" in p.stdout
+
+
+def test_status_names_a_broken_program_line(tmp_path):
+    root = make_project(tmp_path)
+    text = (root / "program.md").read_text().replace("direction: minimize", "direction: down")
+    (root / "program.md").write_text(text)
+    p = cli(root, "status")
+    assert p.returncode == 2
+    assert "line 9: metric.direction" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_running_best_steps_only_at_improving_keeps():
+    rows = [LedgerRow(commit="c", value=v, status=s, experiment=i, run_id=str(i), runs=[str(i)],
+                      run_status="ok", phase="p", branch="b", decided_at=datetime.now(timezone.utc))
+            for i, (s, v) in enumerate([("keep", 3.0), ("discard", 2.0), ("keep", 2.5), ("keep", 2.6)], 1)]
+    assert running_best(rows, lambda a, b: a < b) == ([1, 3], [3.0, 2.5])
+    assert running_best(rows, lambda a, b: a > b) == ([1], [3.0])       # maximising: 3.0 was never beaten
+
+
+def test_plot_writes_a_png_with_every_experiment(tmp_path):
+    root = make_project(tmp_path)
+    p = cli(root, "plot")
+    assert p.returncode == 0, p.stderr
+    png = root / "progress.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "7 experiments" in p.stdout
+    from matplotlib import image
+    img = image.imread(png)
+    assert img.shape[1] > 1000 and img.shape[0] > 500
+    # the kept points are drawn in green: some pixels must be close to #2ecc71
+    green = ((abs(img[..., 0] - 0x2e / 255) < 0.05) & (abs(img[..., 1] - 0xcc / 255) < 0.05)
+             & (abs(img[..., 2] - 0x71 / 255) < 0.05))
+    assert green.sum() > 50
+    red = (img[..., 0] > 0.85) & (img[..., 1] < 0.4) & (img[..., 2] < 0.35)
+    assert red.sum() > 10                                        # the crash is on the picture too
+
+
+def test_plot_handles_a_maximised_metric_and_a_single_row(tmp_path):
+    rows = [LedgerRow(commit="c", value=0.61, status="keep", experiment=1, run_id="0001", runs=["0001"],
+                      run_status="ok", phase="p", branch="b", description="baseline",
+                      decided_at=datetime.now(timezone.utc))]
+    out = draw(rows, tmp_path / "p.png", "val_acc", "maximize")
+    assert out.stat().st_size > 10_000
+
+
+def test_plot_without_rows_fails_clearly(tmp_path):
+    root = tmp_path / "empty"
+    root.mkdir()
+    shutil.copy(ROOT / "program.md", root / "program.md")
+    _git(root, "init", "-q")
+    p = cli(root, "plot")
+    assert p.returncode == 1 and "nothing to plot" in p.stdout
+    assert not (root / "progress.png").exists()
