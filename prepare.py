@@ -209,10 +209,13 @@ def evaluate_bpb(model, data: np.ndarray, device: str = "cpu") -> tuple[float, i
     """
     import torch
     import torch.nn.functional as F
+    # Bind what scores the outputs before the model runs: a forward pass that patches
+    # F.cross_entropy or torch.no_grad cannot change how its own outputs are scored.
+    cross_entropy, no_grad = F.cross_entropy, torch.no_grad
     x, y = eval_windows(data)
     total_nats, total_bytes = 0.0, 0
     model.eval()
-    with torch.no_grad():
+    with no_grad():
         for i in range(0, x.size(0), EVAL_BATCH):
             xb, yb = x[i:i + EVAL_BATCH].to(device), y[i:i + EVAL_BATCH].to(device)
             logits = model(xb)
@@ -222,7 +225,7 @@ def evaluate_bpb(model, data: np.ndarray, device: str = "cpu") -> tuple[float, i
             if logits.shape != (*xb.shape, VOCAB_SIZE):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
                                  f"expected {(*xb.shape, VOCAB_SIZE)}")
-            nats = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE), yb.reshape(-1), reduction="none")
+            nats = cross_entropy(logits.reshape(-1, VOCAB_SIZE), yb.reshape(-1), reduction="none")
             total_nats += float(nats.double().sum())   # float64 accumulation: no drift with eval size
             total_bytes += yb.numel()
     return total_nats / total_bytes / math.log(2), total_bytes
