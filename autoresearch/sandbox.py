@@ -288,6 +288,17 @@ def _write(path: Path, value: str) -> None:
         os.close(fd)
 
 
+def _remove_stale(base: Path) -> None:
+    """Delete empty per-run cgroups left by a process that was SIGKILLed (nothing else can)."""
+    with contextlib.suppress(OSError):
+        for d in base.iterdir():
+            parts = d.name.split("-")
+            if len(parts) == 3 and parts[0] == "autoresearch" and parts[1].isdigit() \
+                    and not _pid_alive(int(parts[1])):
+                with contextlib.suppress(OSError):
+                    d.rmdir()                       # fails (EBUSY) if anything still runs in it
+
+
 class _Cgroups:
     """Per-run memory (+ pids) cgroups under this process's own cgroup.
 
@@ -313,6 +324,7 @@ class _Cgroups:
                     base = _under(mounts_v1[ctrl], own_v1[ctrl])
                     if base is None:
                         continue
+                    _remove_stale(base)
                     d = base / name
                     d.mkdir()
                     made[ctrl] = d
@@ -331,6 +343,7 @@ class _Cgroups:
         if mount_v2 is not None and own_v2 is not None:
             base = _under(mount_v2, own_v2)
             if base is not None:
+                _remove_stale(base)
                 d = base / name
                 try:
                     d.mkdir()

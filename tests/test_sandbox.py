@@ -1,0 +1,363 @@
+"""The sandbox against a real Docker engine and real bubblewrap: each test runs a Python
+snippet inside with the project's own interpreter and checks what it could and could not do."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from autoresearch.sandbox import (NONE_WARNING, BwrapBackend, DockerBackend, Mount, NoneBackend,
+                                  SandboxSpec, SandboxUnavailable, choose_backend)
+
+ROOT = Path(__file__).resolve().parents[1]
+_backends: dict[str, object] = {}
+
+
+@pytest.fixture(params=[pytest.param("docker", marks=pytest.mark.docker),
+                        pytest.param("bwrap", marks=pytest.mark.bwrap)])
+def backend(request):
+    request.getfixturevalue(f"{request.param}_available")
+    if request.param not in _backends:
+        _backends[request.param] = choose_backend(request.param)
+    return _backends[request.param]
+
+
+def spec(backend, code: str, *, mounts=(), env=None, timeout=20.0, memory=512 << 20, **kw) -> SandboxSpec:
+    rt = backend.runtime()
+    return SandboxSpec(argv=[rt.python, "-c", textwrap.dedent(code)], mounts=rt.mounts + list(mounts),
+                       env={**rt.env, "HOME": str(Path.home()), **(env or {})}, cwd="/tmp",
+                       timeout_s=timeout, memory_bytes=memory, **{"capture_stdout": True, **kw})
+
+
+def run_json(backend, code: str, **kw) -> dict:
+    r = backend.run(spec(backend, code, **kw))
+    assert r.exit_code == 0, r
+    return json.loads(r.stdout)
+
+
+def marker_procs(marker: str) -> list[int]:
+    """Host pids whose command line carries marker (the sandbox's own and everything below it)."""
+    found = []
+    for p in Path("/proc").iterdir():
+        if p.name.isdigit() and int(p.name) != os.getpid():
+            try:
+                if marker.encode() in (p / "cmdline").read_bytes():
+                    found.append(int(p.name))
+            except OSError:
+                pass
+    return found
+
+
+def our_containers(pid: int | None = None) -> list[str]:
+    """Sandbox containers started by pid (default: this test process); other sessions may run their own."""
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.autoresearch.sandbox",
+                          "--filter", f"label=org.autoresearch.sandbox.pid={pid or os.getpid()}"],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+@pytest.fixture
+def listener():
+    """A TCP listener on the host's loopback, as a local service the sandbox must not reach."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    yield srv.getsockname()[1]
+    srv.close()
+
+
+NET_PROBE = """
+    import json, socket
+    out = {}
+    try:
+        socket.getaddrinfo("pypi.org", 443); out["dns"] = "ok"
+    except OSError as e:
+        out["dns"] = repr(e)
+    for name, addr in (("ip", ("1.1.1.1", 80)), ("local", ("127.0.0.1", PORT))):
+        s = socket.socket(); s.settimeout(3)
+        try:
+            s.connect(addr); out[name] = "ok"
+        except OSError as e:
+            out[name] = repr(e)
+    print(json.dumps(out))
+"""
+
+
+def test_no_network(backend, listener):
+    out = run_json(backend, NET_PROBE.replace("PORT", str(listener)))
+    assert out["dns"] != "ok" and out["ip"] != "ok" and out["local"] != "ok", out
+
+
+def test_host_listener_is_reachable_without_sandbox(listener):
+    """The control for test_no_network: the same probe does reach the listener unsandboxed."""
+    out = run_json(NoneBackend(), NET_PROBE.replace("PORT", str(listener)))
+    assert out["local"] == "ok", out
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A temp copy of the project's trusted files, a data folder with train and val splits, an output folder."""
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for f in ("prepare.py", "train.py", "program.md"):
+        shutil.copy(ROOT / f, proj / f)
+    for split in ("train", "val"):
+        (tmp_path / "data" / split).mkdir(parents=True)
+        (tmp_path / "data" / split / f"{split}.bin").write_bytes(os.urandom(64))
+    (proj / "out").mkdir()
+    secret = Path.home() / f".autoresearch-test-secret-{uuid.uuid4().hex[:8]}"
+    secret.write_text("host secret")
+    yield proj, tmp_path / "data", secret
+    secret.unlink()
+
+
+FS_PROBE = """
+    import json, os
+    P, D, SECRET = PATHS
+    out = {}
+    def attempt(name, fn):
+        try:
+            fn(); out[name] = "ok"
+        except OSError as e:
+            out[name] = e.__class__.__name__
+    attempt("edit_prepare", lambda: open(os.path.join(P, "prepare.py"), "a").write("# pwned"))
+    attempt("new_in_project", lambda: open(os.path.join(P, "forged.json"), "w").write("{}"))
+    attempt("home", lambda: open(os.path.join(os.environ["HOME"], "x"), "w").write("x"))
+    attempt("out", lambda: open(os.path.join(P, "out", "model.pt"), "w").write("weights"))
+    attempt("tmp", lambda: open("/tmp/scratch", "w").write("x"))
+    out["read_train"] = open(os.path.join(D, "train", "train.bin"), "rb").read() != b""
+    out["sees_val"] = os.path.exists(os.path.join(D, "val", "val.bin"))
+    out["sees_secret"] = os.path.exists(SECRET)
+    out["host_pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
+    out["uid"] = os.getuid()
+    out["env"] = sorted(os.environ)
+    print(json.dumps(out))
+"""
+
+
+def test_filesystem_and_env(backend, project):
+    proj, data, secret = project
+    before = (proj / "prepare.py").read_bytes()
+    code = FS_PROBE.replace("PATHS", repr((str(proj), str(data), str(secret))))
+    mounts = [Mount(proj, str(proj)), Mount(data / "train", str(data / "train")),
+              Mount(proj / "out", str(proj / "out"), writable=True)]
+    os.environ["AUTORESEARCH_TEST_HOST_ONLY"] = "leak"
+    try:
+        out = run_json(backend, code, mounts=mounts, env={"ONLY_THIS": "1"})
+    finally:
+        del os.environ["AUTORESEARCH_TEST_HOST_ONLY"]
+    assert out["edit_prepare"] != "ok" and out["new_in_project"] != "ok" and out["home"] != "ok", out
+    assert out["out"] == "ok" and out["tmp"] == "ok", out
+    assert (proj / "out" / "model.pt").read_text() == "weights"
+    assert (proj / "prepare.py").read_bytes() == before and not (proj / "forged.json").exists()
+    assert out["read_train"] and not out["sees_val"] and not out["sees_secret"], out
+    assert out["host_pids"] < 5 and out["uid"] != 0, out
+    assert "AUTORESEARCH_TEST_HOST_ONLY" not in out["env"] and "ONLY_THIS" in out["env"], out
+    assert not (Path.home() / "x").exists()
+
+
+def test_runtime_runs_torch(backend):
+    """runtime_mounts() is enough for the real workload: numpy and torch import and compute."""
+    out = run_json(backend, "import json, torch, numpy; print(json.dumps({'s': float(torch.ones(3).sum())}))",
+                   memory=2 << 30)
+    assert out == {"s": 3.0}
+
+
+def test_hang_is_killed_near_timeout(backend):
+    r = backend.run(spec(backend, "import time; time.sleep(60)", timeout=1.5))
+    assert r.timed_out and r.exit_code is None, r
+    assert 1.5 <= r.wall_seconds < 3.5, r
+
+
+def test_memory_limit_is_oom(backend):
+    r = backend.run(spec(backend, "x = b'x' * (400 << 20); print(len(x))", memory=150 << 20))
+    assert r.oom and r.exit_code != 0 and not r.timed_out, r
+    assert r.stdout == b""
+
+
+def test_peak_memory_is_measured(backend):
+    r = backend.run(spec(backend, "x = b'x' * (120 << 20); print(len(x))", memory=400 << 20))
+    assert r.exit_code == 0 and not r.oom, r
+    assert r.peak_memory_bytes is not None and 120 << 20 <= r.peak_memory_bytes < 400 << 20, r
+
+
+def test_crash_exit_code_and_log(backend, tmp_path):
+    log = tmp_path / "train.log"
+    r = backend.run(spec(backend, "import sys; print('partial', flush=True); 1/0", log_path=log,
+                         capture_stdout=False))
+    assert r.exit_code == 1 and not r.oom and not r.timed_out, r
+    text = log.read_text()
+    assert "partial" in text and "ZeroDivisionError" in text
+    r = backend.run(spec(backend, "raise SystemExit(7)"))
+    assert r.exit_code == 7, r
+
+
+def test_stdin_reaches_process_and_stdout_stays_out_of_log(backend, tmp_path):
+    log = tmp_path / "eval.log"
+    data = os.urandom(200_000)          # bigger than a pipe buffer
+    code = """
+        import sys, hashlib
+        d = sys.stdin.buffer.read()
+        print("to-the-log", file=sys.stderr)
+        print(hashlib.sha256(d).hexdigest(), len(d))
+    """
+    r = backend.run(spec(backend, code, stdin_data=data, log_path=log))
+    assert r.exit_code == 0, (r, log.read_text())
+    import hashlib
+    assert r.stdout.decode().split() == [hashlib.sha256(data).hexdigest(), str(len(data))]
+    text = log.read_text()
+    assert "to-the-log" in text and hashlib.sha256(data).hexdigest() not in text
+
+
+def test_pids_limit_stops_fork_bomb(backend):
+    marker = f"forkbomb-{uuid.uuid4().hex[:8]}"
+    code = f"""
+        import os, time  # {marker}
+        n = 0
+        try:
+            for _ in range(200):
+                if os.fork() == 0:
+                    time.sleep(30); os._exit(0)
+                n += 1
+        except OSError as e:
+            print("blocked", n)
+    """
+    r = backend.run(spec(backend, code, timeout=15, ** {"pids": 24}))
+    assert r.exit_code == 0 and r.stdout.split()[0] == b"blocked", r
+    assert int(r.stdout.split()[1]) < 24
+    assert r.wall_seconds < 10, r         # the sleeping children died with the sandbox
+    assert marker_procs(marker) == []
+
+
+def _interrupt_soon(after: float) -> threading.Timer:
+    t = threading.Timer(after, os.kill, (os.getpid(), signal.SIGINT))
+    t.start()
+    return t
+
+
+@pytest.mark.parametrize("name", [pytest.param("docker", marks=pytest.mark.docker),
+                                  pytest.param("bwrap", marks=pytest.mark.bwrap), "none"])
+def test_keyboard_interrupt_leaves_nothing(name, request):
+    if name != "none":
+        request.getfixturevalue(f"{name}_available")
+    b = choose_backend(name)
+    marker = f"hang-{uuid.uuid4().hex[:8]}"
+    # the sandboxed code starts a child in its own session, the classic way to escape a process-group kill
+    code = f"""
+        import subprocess, sys, time  # {marker}
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {marker}"], start_new_session=True)
+        time.sleep(60)
+    """
+    timer = _interrupt_soon(1.5)
+    t0 = time.monotonic()
+    with pytest.raises(KeyboardInterrupt):
+        b.run(spec(b, code, timeout=30))
+    timer.join()
+    assert time.monotonic() - t0 < 10
+    assert marker_procs(marker) == []
+    if name == "docker":
+        assert our_containers() == []
+
+
+@pytest.mark.docker
+def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path):
+    """kill -9 of run.sh cannot run any cleanup; the next run removes what it left."""
+    marker = f"orphan-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "runner.py"
+    script.write_text(textwrap.dedent(f"""
+        from autoresearch.sandbox import *
+        b = choose_backend("docker"); rt = b.runtime()
+        b.run(SandboxSpec(argv=[rt.python, "-c", "import time; time.sleep(60)  # {marker}"], mounts=rt.mounts,
+                          env=rt.env, cwd="/tmp", timeout_s=60, memory_bytes=256 << 20))
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not marker_procs(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker_procs(marker), "the sandboxed process never started"
+    p.kill()
+    p.wait()
+    assert our_containers(p.pid), "expected the killed runner to leave its container"
+    assert DockerBackend().cleanup_orphans() >= 1
+    assert our_containers(p.pid) == [] and marker_procs(marker) == []
+
+
+@pytest.mark.bwrap
+def test_bwrap_dies_with_a_killed_runner(bwrap_available, tmp_path):
+    marker = f"orphan-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "runner.py"
+    script.write_text(textwrap.dedent(f"""
+        from autoresearch.sandbox import *
+        b = choose_backend("bwrap"); rt = b.runtime()
+        b.run(SandboxSpec(argv=[rt.python, "-c", "import time; time.sleep(60)  # {marker}"], mounts=rt.mounts,
+                          env=rt.env, cwd="/tmp", timeout_s=60, memory_bytes=256 << 20))
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not marker_procs(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert marker_procs(marker), "the sandboxed process never started"
+    p.kill()
+    p.wait()
+    deadline = time.monotonic() + 5
+    while marker_procs(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker_procs(marker) == []
+
+
+def test_none_backend_enforces_timeout_and_kills_tree():
+    b = choose_backend("none")
+    marker = f"none-{uuid.uuid4().hex[:8]}"
+    code = f"""
+        import subprocess, sys, time  # {marker}
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {marker}"])
+        time.sleep(60)
+    """
+    r = b.run(spec(b, code, timeout=1.5))
+    assert r.backend == "none" and r.timed_out and r.exit_code is None and 1.5 <= r.wall_seconds < 3.5, r
+    assert marker_procs(marker) == []
+    assert "SANDBOX DISABLED" in NONE_WARNING and b.available() == (True, NONE_WARNING)
+
+
+def test_none_is_never_chosen_silently(monkeypatch, tmp_path):
+    """auto with no docker engine and no bwrap fails with both fixes; it does not fall back to none."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no-engine.sock")
+    monkeypatch.setenv("PATH", str(tmp_path))          # no bwrap on PATH
+    monkeypatch.setattr(BwrapBackend, "_probe", None)
+    with pytest.raises(SandboxUnavailable) as e:
+        choose_backend("auto")
+    msg = str(e.value)
+    assert "start it" in msg and "install bubblewrap" in msg, msg
+    with pytest.raises(SandboxUnavailable, match="install bubblewrap"):
+        choose_backend("bwrap")
+    with pytest.raises(SandboxUnavailable, match="docker"):
+        choose_backend("docker")
+    with pytest.raises(SandboxUnavailable, match="unknown sandbox backend"):
+        choose_backend("chroot")
+    monkeypatch.setattr(BwrapBackend, "_probe", None)
+
+
+@pytest.mark.docker
+def test_auto_prefers_docker(docker_available):
+    assert choose_backend("auto").name == "docker"
+
+
+def test_bad_spec_is_rejected_before_running(tmp_path):
+    b = NoneBackend()
+    with pytest.raises(ValueError, match="does not exist"):
+        b.run(SandboxSpec(argv=["true"], mounts=[Mount(tmp_path / "missing", "/x", True)], env={},
+                          cwd="/tmp", timeout_s=1, memory_bytes=1 << 20))
+    with pytest.raises(ValueError, match="absolute"):
+        b.run(SandboxSpec(argv=["true"], mounts=[Mount(tmp_path, "rel")], env={}, cwd="/tmp",
+                          timeout_s=1, memory_bytes=1 << 20))
