@@ -14,7 +14,44 @@ def build_parser() -> argparse.ArgumentParser:
     # `set_defaults(func=...)`, where func(args) -> int imports what it needs.
     _ = sub
     _operator_commands(sub)
+    _loop_commands(sub)
     return ap
+
+
+# --- loop commands: calibrate, pause, resume ----------------------------------------------------
+
+def _loop_commands(sub) -> None:
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
+        p.set_defaults(func=_friendly(func))
+        return p
+
+    def calibrate(a):
+        from .calibrate import main as run
+        return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
+    p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
+                         "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate)
+    p.add_argument("-n", "--runs", type=int, help="how many runs (default: noise.calibrate_runs in program.md)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+
+    def pause(a):
+        from .state import pause as do_pause
+        do_pause(_project(a), " ".join(a.reason))
+        print("paused: the agent may stop at its next turn end (a finished run is still decided first). "
+              "`autoresearch resume` to go on.")
+        return 0
+    p = add("pause", "let the agent stop at its next turn end (the loop's Stop hook stops blocking)", pause)
+    p.add_argument("reason", nargs="*", help="why (shown in the summary)")
+
+    def resume(a):
+        from .state import resume as do_resume
+        st = do_resume(_project(a))
+        print(f"resumed: the pause is lifted and the deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC. "
+              "Start the agent again if it stopped (e.g. `claude -c`).")
+        return 0
+    add("resume", "lift a pause and restart the deadline clock", resume)
 
 
 # --- operator commands: init, status, plot, doctor, final, overnight ------------------------
@@ -62,6 +99,21 @@ def _operator_commands(sub) -> None:
     p = add("plot", "draw progress.png: every experiment, the kept ones, the running best", plot)
     p.add_argument("--out", "-o", metavar="PNG", help="where to write (default: progress.png in the project)")
     p.add_argument("--branch", help="the run branch to draw (default: the current or latest one)")
+
+    def doctor(a):
+        from .doctor import main as run
+        return run(_project(a))
+    add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
+        doctor)
+
+    def final(a):
+        from .final import main as run
+        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend)
+    p = add("final", "score the best kept experiment once on the held-out test split", final)
+    p.add_argument("--branch", help="the run branch (default: the current or latest one)")
+    p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
+    p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,293 @@
+"""`autoresearch doctor`: is this machine and this project ready for a night of experiments?
+
+Each check says what it found and, when something is missing, how to fix it. The hook
+check does not just read .claude/settings.json: it runs the wired PreToolUse command the
+way Claude Code would, and expects a deny for `pip install` and an allow for `./run.sh -m`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable, Literal
+
+from pydantic import BaseModel
+
+from .config import ConfigError, Program, load_program
+
+TESTED_CLAUDE_VERSION = "2.1.332"          # the Claude Code version claude-code-facts.md was checked against
+Level = Literal["ok", "warn", "fail", "info"]
+
+
+class Check(BaseModel):
+    name: str
+    level: Level
+    found: str
+    fix: str = ""
+
+
+def claude_cli() -> Path | None:
+    """The Claude Code CLI: `claude` on PATH, else the one bundled in the claude-agent-sdk wheel."""
+    on_path = shutil.which("claude")
+    if on_path:
+        return Path(on_path)
+    try:
+        import claude_agent_sdk
+    except ImportError:
+        return None
+    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
+    return bundled if bundled.is_file() and os.access(bundled, os.X_OK) else None
+
+
+def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess[str] | None:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kw)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+# --- the checks ---------------------------------------------------------------------------
+
+def check_python(root: Path, program: Program | None) -> Check:
+    import autoresearch
+    ok = sys.version_info >= (3, 10)
+    return Check(name="python", level="ok" if ok else "fail",
+                 found=f"{sys.version.split()[0]} at {sys.executable}; package at {Path(autoresearch.__file__).parent}",
+                 fix="" if ok else "use Python 3.10 or newer (PYTHON=/path/to/python3.x scripts/bootstrap.sh)")
+
+
+def check_program(root: Path) -> tuple[Check, Program | None]:
+    try:
+        p = load_program(root)
+    except ConfigError as e:
+        return Check(name="program.md", level="fail", found=str(e),
+                     fix="fix the named line; `autoresearch init` writes a valid one"), None
+    return Check(name="program.md", level="ok",
+                 found=f"metric {p.metric.name} ({p.metric.direction}), phase {p.phase!r}, "
+                       f"budget {p.budget.train_seconds:g}s, mode {p.run.mode}"), p
+
+
+def check_git(root: Path, program: Program | None) -> Check:
+    from .gitops import current_branch, git
+    p = git(root, "rev-parse", "--show-toplevel", check=False)
+    if p.returncode != 0:
+        return Check(name="git", level="fail", found=f"{root} is not a git repository",
+                     fix="git init && git add -A && git commit -m baseline")
+    script = program.run.train_script if program else "train.py"
+    tracked = git(root, "ls-files", "--error-unmatch", script, check=False).returncode == 0
+    branch = current_branch(root) or "(detached HEAD)"
+    if not tracked:
+        return Check(name="git", level="fail", found=f"on {branch}; {script} is not tracked by git",
+                     fix=f"git add {script} && git commit -m 'baseline': the loop reverts it from the branch head")
+    return Check(name="git", level="ok", found=f"on {branch}; {script} tracked")
+
+
+def check_sandbox(root: Path, program: Program | None) -> list[Check]:
+    from .sandbox import BwrapBackend, DockerBackend, SandboxUnavailable, choose_backend
+    want = program.sandbox.backend if program else "auto"
+    image = program.sandbox.image if program else None
+    out = []
+    for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
+        ok, why = backend.available()
+        out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
+                                                                          ("fail" if want == name else "info")),
+                         found=why if ok else "unavailable", fix="" if ok else why))
+    try:
+        chosen = choose_backend(want, image)
+        level: Level = "warn" if chosen.name == "none" else "ok"
+        out.append(Check(name="sandbox: chosen", level=level, found=f"{want} -> {chosen.describe()}",
+                         fix="set sandbox.backend to auto, docker or bwrap in program.md" if level == "warn" else ""))
+    except SandboxUnavailable as e:
+        out.append(Check(name="sandbox: chosen", level="fail", found=f"sandbox.backend {want}: none available",
+                         fix=str(e)))
+    return out
+
+
+def check_gpu(root: Path, program: Program | None) -> Check:
+    smi = shutil.which("nvidia-smi")
+    gpus = []
+    if smi:
+        p = _run([smi, "-L"], timeout=20)
+        gpus = [ln for ln in (p.stdout.splitlines() if p and p.returncode == 0 else []) if ln.startswith("GPU")]
+    probe = _run([sys.executable, "-c", "import torch, json; print(json.dumps([torch.__version__, "
+                  "torch.cuda.is_available(), torch.version.cuda]))"], timeout=120)
+    try:
+        tv, cuda_ok, cuda_ver = json.loads(probe.stdout.strip().splitlines()[-1]) if probe else (None, False, None)
+    except (ValueError, IndexError):
+        tv, cuda_ok, cuda_ver = None, False, None
+    if tv is None:
+        return Check(name="gpu / torch", level="fail", found="torch does not import in this environment",
+                     fix="scripts/bootstrap.sh (installs the pinned torch)")
+    if gpus and not cuda_ok:
+        return Check(name="gpu / torch", level="warn", found=f"{len(gpus)} GPU(s) but torch {tv} has no CUDA",
+                     fix="install a CUDA build of torch into .venv (AUTORESEARCH_TORCH='torch==2.13.0 "
+                         "--index-url https://download.pytorch.org/whl/cu126' scripts/bootstrap.sh)")
+    if gpus:
+        return Check(name="gpu / torch", level="ok", found=f"torch {tv} (CUDA {cuda_ver}); " + "; ".join(gpus))
+    return Check(name="gpu / torch", level="info", found=f"no GPU: training runs on the CPU (torch {tv})")
+
+
+def check_claude(root: Path, program: Program | None) -> Check:
+    cli = claude_cli()
+    if cli is None:
+        return Check(name="claude code", level="fail", found="no `claude` on PATH and no bundled CLI",
+                     fix="pip install claude-agent-sdk (bundles the CLI) or npm install -g @anthropic-ai/claude-code")
+    p = _run([str(cli), "--version"], timeout=60,
+             env={**os.environ, "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
+    ver = (p.stdout.strip().split() or ["?"])[0] if p and p.returncode == 0 else None
+    if ver is None:
+        return Check(name="claude code", level="fail", found=f"{cli} does not run (`--version` failed)",
+                     fix="reinstall it: pip install --force-reinstall claude-agent-sdk")
+    if ver != TESTED_CLAUDE_VERSION:
+        return Check(name="claude code", level="warn", found=f"{ver} at {cli}",
+                     fix=f"tested with {TESTED_CLAUDE_VERSION}; run the test suite (`./test.sh -m claude`) "
+                         "to check the hook protocol on this version")
+    return Check(name="claude code", level="ok", found=f"{ver} at {cli}")
+
+
+def _hook_input(root: Path, tool: str, tool_input: dict) -> str:
+    return json.dumps({"session_id": "doctor", "transcript_path": "/dev/null", "cwd": str(root),
+                       "hook_event_name": "PreToolUse", "permission_mode": "default",
+                       "tool_name": tool, "tool_input": tool_input, "tool_use_id": "toolu_doctor"})
+
+
+def run_hook(command: str, root: Path, payload: str, timeout: float = 30,
+             env: dict[str, str] | None = None) -> str:
+    """Run a wired hook command as Claude Code does (a shell, the project as cwd and
+    $CLAUDE_PROJECT_DIR); return its decision: allow, deny, ask or none."""
+    e = {**os.environ, **(env or {}), "CLAUDE_PROJECT_DIR": str(root)}
+    p = _run(["bash", "-c", command] if shutil.which("bash") else ["sh", "-c", command], timeout=timeout,
+             input=payload, cwd=root, env=e)
+    if p is None:
+        return "none"                            # a hook timeout is "no decision" to Claude Code
+    if p.returncode == 2:
+        return "deny"
+    if p.returncode != 0:
+        return "none"
+    try:
+        out = json.loads(p.stdout.strip() or "{}")
+    except ValueError:
+        return "none"
+    return (out.get("hookSpecificOutput") or {}).get("permissionDecision") or "none"
+
+
+def wired_commands(settings: dict, event: str, tool: str | None = None) -> list[tuple[str, float]]:
+    """(command, timeout) of every command hook wired for `event` whose matcher matches `tool`."""
+    out = []
+    for group in (settings.get("hooks") or {}).get(event) or []:
+        matcher = group.get("matcher") or "*"
+        if tool is not None and matcher not in ("*", "") and not re.fullmatch(matcher, tool):
+            continue
+        for h in group.get("hooks") or []:
+            if h.get("type") == "command" and h.get("command"):
+                out.append((h["command"], float(h.get("timeout") or 60)))
+    return out
+
+
+def check_hooks(root: Path, program: Program | None) -> list[Check]:
+    path = root / ".claude" / "settings.json"
+    try:
+        settings = json.loads(path.read_text())
+    except FileNotFoundError:
+        return [Check(name="hooks", level="fail", found=f"{path} does not exist",
+                      fix="autoresearch init (writes the hook wiring), or install the plugin")]
+    except ValueError as e:
+        return [Check(name="hooks", level="fail", found=f"{path} is not valid JSON: {e}",
+                      fix="restore it from git (git checkout -- .claude/settings.json)")]
+    out = []
+    missing = [ev for ev in ("PreToolUse", "Stop", "SessionStart") if not wired_commands(settings, ev)]
+    out.append(Check(name="hooks: wiring", level="fail" if missing else "ok",
+                     found=f"missing {', '.join(missing)}" if missing else "PreToolUse, Stop, SessionStart wired",
+                     fix="autoresearch init --force rewrites .claude/settings.json" if missing else ""))
+    pre = wired_commands(settings, "PreToolUse", "Bash")
+    if pre:
+        bad = _hook_input(root, "Bash", {"command": "pip install requests"})
+        good = _hook_input(root, "Bash", {"command": './run.sh -m "doctor probe"'})
+        verdicts = [(run_hook(c, root, bad, t), run_hook(c, root, good, t)) for c, t in pre]
+        denies = any(b == "deny" for b, _ in verdicts)
+        allows = all(g in ("allow", "none") for _, g in verdicts) and any(g == "allow" for _, g in verdicts)
+        level: Level = "ok" if denies and allows else "fail"
+        out.append(Check(name="hooks: guard", level=level,
+                         found=f"pip install -> {'deny' if denies else 'NOT denied'}; "
+                               f"./run.sh -m -> {'allow' if allows else 'not allowed'}",
+                         fix="" if level == "ok" else "the guard hook does not answer: check that the python in its "
+                                                      "command exists (scripts/bootstrap.sh) and program.md is valid"))
+    deny_rules = (settings.get("permissions") or {}).get("deny") or []
+    out.append(Check(name="hooks: deny rules", level="ok" if deny_rules else "warn",
+                     found=f"{len(deny_rules)} permissions.deny rules",
+                     fix="" if deny_rules else "add the permissions.deny rules (second layer) from the bundle"))
+    if program is not None:
+        need_ms = int((program.budget.train_seconds + program.budget.grace_seconds + program.budget.eval_seconds
+                       + 120) * 1000)
+        env = settings.get("env") or {}
+        try:
+            have = int(env.get("BASH_MAX_TIMEOUT_MS") or 0)
+        except ValueError:
+            have = 0
+        ok = have >= need_ms
+        out.append(Check(name="hooks: bash timeout", level="ok" if ok else "fail",
+                         found=f"BASH_MAX_TIMEOUT_MS={have or 'unset'}; one experiment may take {need_ms} ms",
+                         fix="" if ok else f"set env.BASH_MAX_TIMEOUT_MS and BASH_DEFAULT_TIMEOUT_MS to at least "
+                                           f"{need_ms} in .claude/settings.json, or an experiment is cut off"))
+    return out
+
+
+def check_data(root: Path, program: Program | None) -> Check:
+    if program is not None and program.run.mode == "inline":
+        return Check(name="data", level="info", found="inline mode: the training command reads its own data")
+    prep = root / "prepare.py"
+    if not prep.is_file():
+        return Check(name="data", level="fail", found="no prepare.py in the project (two_stage mode needs its evaluator)",
+                     fix="use `autoresearch init --mode inline` for code that prints its own metric")
+    p = _run([sys.executable, "-c", "import json, prepare; d = prepare.data_dir(); "
+              "print(json.dumps([str(d), [(d / s / (s + '.bin')).is_file() for s in prepare.SPLITS], "
+              "(d / 'meta.json').is_file()]))"], timeout=60, cwd=root)
+    try:
+        where, splits, meta = json.loads(p.stdout.strip().splitlines()[-1])
+    except (AttributeError, ValueError, IndexError):
+        return Check(name="data", level="fail", found="prepare.py does not import",
+                     fix="scripts/bootstrap.sh, then python prepare.py")
+    if all(splits) and meta:
+        return Check(name="data", level="ok", found=f"train/val/test cached in {where}")
+    return Check(name="data", level="fail", found=f"the dataset cache in {where} is incomplete",
+                 fix=".venv/bin/python prepare.py (fetches and splits the corpus once)")
+
+
+def run_checks(root: Path) -> list[Check]:
+    prog_check, program = check_program(root)
+    checks = [check_python(root, program), prog_check]
+    steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
+        check_git, check_sandbox, check_gpu, check_claude, check_hooks, check_data]
+    for step in steps:
+        try:
+            got = step(root, program)
+        except Exception as e:                # a broken check is a failed check, never a crash
+            got = Check(name=step.__name__.removeprefix("check_"), level="fail", found=f"{type(e).__name__}: {e}",
+                        fix="please report this")
+        checks += got if isinstance(got, list) else [got]
+    return checks
+
+
+def main(root: Path) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    checks = run_checks(root)
+    style = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
+    table = Table(title=f"autoresearch doctor: {root}", show_lines=True)
+    table.add_column("check", style="bold")
+    table.add_column("", justify="center")
+    table.add_column("found", overflow="fold")
+    table.add_column("fix", overflow="fold")
+    for c in checks:
+        table.add_row(c.name, f"[{style[c.level]}]{c.level}[/]", c.found, c.fix)
+    Console().print(table)
+    failed = [c.name for c in checks if c.level == "fail"]
+    if failed:
+        print(f"{len(failed)} check(s) failed: {', '.join(failed)}")
+        return 1
+    print("ready")
+    return 0

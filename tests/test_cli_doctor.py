@@ -1,0 +1,119 @@
+"""`autoresearch doctor`: each check finds what is there and names the fix for what is not."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from autoresearch.doctor import check_claude, check_hooks, run_checks, run_hook, wired_commands
+
+ROOT = Path(__file__).resolve().parents[1]
+DENY = ('{"hookSpecificOutput":{"hookEventName":"PreToolUse","permissionDecision":"deny",'
+        '"permissionDecisionReason":"no"}}')
+ALLOW = DENY.replace('"deny"', '"allow"')
+# a tiny but real policy: deny pip, allow the rest
+GUARD = f"""if grep -q 'pip install'; then echo '{DENY}'; else echo '{ALLOW}'; fi"""
+
+
+def project(tmp: Path, settings: dict | None) -> Path:
+    root = tmp / "proj"
+    root.mkdir()
+    shutil.copy(ROOT / "program.md", root / "program.md")
+    (root / "train.py").write_text("print(1)\n")
+    subprocess.run(["git", "init", "-q", str(root)], check=True)
+    subprocess.run(["git", "-C", str(root), "add", "train.py"], check=True)
+    if settings is not None:
+        (root / ".claude").mkdir()
+        (root / ".claude" / "settings.json").write_text(json.dumps(settings))
+    return root
+
+
+def wiring(pre: str, bash_ms: int = 3_600_000) -> dict:
+    return {"hooks": {"PreToolUse": [{"matcher": "Bash|Edit", "hooks": [{"type": "command", "command": pre}]}],
+                      "Stop": [{"hooks": [{"type": "command", "command": "true"}]}],
+                      "SessionStart": [{"hooks": [{"type": "command", "command": "true"}]}]},
+            "permissions": {"deny": ["Bash(pip:*)"]},
+            "env": {"BASH_MAX_TIMEOUT_MS": str(bash_ms)}}
+
+
+def by_name(checks, name):
+    return next(c for c in checks if c.name == name)
+
+
+def test_a_working_guard_passes(tmp_path):
+    root = project(tmp_path, wiring(GUARD))
+    checks = {c.name: c for c in check_hooks(root, None)}
+    assert checks["hooks: wiring"].level == "ok"
+    assert checks["hooks: guard"].level == "ok", checks["hooks: guard"]
+    assert checks["hooks: deny rules"].level == "ok"
+
+
+def test_a_guard_whose_interpreter_is_missing_fails(tmp_path):
+    root = project(tmp_path, wiring("/nonexistent/.venv/bin/python hooks/pre_tool_use.py"))
+    c = by_name(check_hooks(root, None), "hooks: guard")
+    assert c.level == "fail" and "NOT denied" in c.found and "python" in c.fix
+
+
+def test_a_guard_that_allows_everything_fails(tmp_path):
+    root = project(tmp_path, wiring(f"echo '{ALLOW}'"))
+    assert by_name(check_hooks(root, None), "hooks: guard").level == "fail"
+
+
+def test_exit_code_2_counts_as_deny_and_a_crash_as_no_decision(tmp_path):
+    root = tmp_path
+    assert run_hook("cat >/dev/null; echo blocked >&2; exit 2", root, "{}") == "deny"
+    assert run_hook("cat >/dev/null; exit 1", root, "{}") == "none"
+    assert run_hook(f"cat >/dev/null; echo '{DENY}'", root, "{}") == "deny"
+    assert run_hook("sleep 5", root, "{}", timeout=0.5) == "none"
+
+
+def test_matchers_select_the_hooks_for_a_tool():
+    s = wiring("x")
+    assert wired_commands(s, "PreToolUse", "Bash") == [("x", 60.0)]
+    assert wired_commands(s, "PreToolUse", "Read") == []
+    assert wired_commands(s, "Stop") == [("true", 60.0)]
+
+
+def test_missing_settings_and_short_bash_timeout(tmp_path):
+    root = project(tmp_path, None)
+    c = check_hooks(root, None)[0]
+    assert c.level == "fail" and "does not exist" in c.found and "autoresearch init" in c.fix
+    from autoresearch.config import load_program
+    (root / ".claude").mkdir()
+    (root / ".claude" / "settings.json").write_text(json.dumps(wiring(GUARD, bash_ms=120_000)))
+    t = by_name(check_hooks(root, load_program(root)), "hooks: bash timeout")
+    assert t.level == "fail" and "BASH_MAX_TIMEOUT_MS" in t.fix
+
+
+def test_broken_program_is_named_and_the_rest_still_runs(tmp_path):
+    root = project(tmp_path, wiring(GUARD))
+    text = (root / "program.md").read_text().replace("phase: hyperparameters", "phase: nope")
+    (root / "program.md").write_text(text)
+    checks = run_checks(root)
+    prog = by_name(checks, "program.md")
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("phase: nope"))
+    assert prog.level == "fail" and f"line {line}: phase" in prog.found
+    assert by_name(checks, "hooks: guard").level == "ok"
+    assert {c.name for c in checks} >= {"python", "git", "gpu / torch", "claude code", "data"}
+
+
+def test_untracked_train_script_fails_git(tmp_path):
+    root = project(tmp_path, wiring(GUARD))
+    subprocess.run(["git", "-C", str(root), "rm", "-q", "--cached", "train.py"], check=True)
+    c = by_name(run_checks(root), "git")
+    assert c.level == "fail" and "not tracked" in c.found
+
+
+def test_claude_cli_version_is_reported():
+    c = check_claude(ROOT, None)
+    assert c.level in ("ok", "warn") and "claude" in c.found
+
+
+def test_doctor_command_exit_code(tmp_path):
+    root = project(tmp_path, None)
+    p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor"], cwd=root, capture_output=True, text=True,
+                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home())})
+    assert p.returncode == 1
+    assert "check(s) failed" in p.stdout and "hooks" in p.stdout
