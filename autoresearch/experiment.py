@@ -284,6 +284,13 @@ def project_mounts(lay: Layout, data: Path | None) -> list[Mount]:
     return mounts
 
 
+def runtime_mounts(backend: Backend, root: Path) -> list[Mount]:
+    """The backend's runtime mounts, less those inside the project: the project mount already
+    shows them, and a target under a symlink there (a project's .venv linked to a shared one)
+    cannot be mounted onto; the link's resolved target is itself a runtime mount."""
+    return [m for m in backend.runtime().mounts if not _inside(Path(m.target), root)]
+
+
 def package_mount() -> tuple[list[Mount], str]:
     """The autoresearch package (for the evaluator), and the PYTHONPATH entry that finds it."""
     pkg = Path(__file__).resolve().parent
@@ -306,7 +313,7 @@ def base_env(backend: Backend, lay: Layout, home: str, budget: float, seed: int)
 
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str]) -> SandboxSpec:
-    mounts = list(backend.runtime().mounts) + project_mounts(lay, data)
+    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data)
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env = {**env, "AUTORESEARCH_DATA": str(data)}
@@ -321,7 +328,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path, env: 
               nonce: str) -> SandboxSpec:
     pkg_mounts, pkg_path = package_mount()
     rt = backend.runtime()
-    mounts = list(rt.mounts) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not _inside(m.source, lay.root)]
     env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     m = program.metric
