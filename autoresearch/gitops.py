@@ -24,14 +24,18 @@ class GitError(RuntimeError):
     """A git command failed; the message carries git's own words."""
 
 
-def git(root: Path, *args: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess[str]:
+def git(root: Path, *args: str, check: bool = True, input: str | None = None,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `git -C root <args>` safely. Attributes-driven filters/textconv are disabled with --no-ext-diff
-    and --no-textconv by callers that diff; push is never called by this project."""
+    and --no-textconv by callers that diff; push is never called by this project.
+    `env`: extra variables set after the caller's GIT_* ones are dropped (e.g. GIT_INDEX_FILE)."""
     cmd = ["git", "-C", str(root)]
     for c in SAFE_CONFIG:
         cmd += ["-c", c]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_OPTIONAL_LOCKS="0")
+    env_ = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env_.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_OPTIONAL_LOCKS="0")
+    env_.update(env or {})
+    env = env_
     proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, input=input)
     if check and proc.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
@@ -46,7 +50,7 @@ RUN_BRANCH_PREFIX = "autoresearch/"
 def current_branch(root: Path) -> str | None:
     """The checked-out branch's short name, or None on a detached HEAD."""
     p = git(root, "symbolic-ref", "-q", "--short", "HEAD", check=False)
-    return p.stdout.strip() or None if p.returncode == 0 else None
+    return (p.stdout.strip() or None) if p.returncode == 0 else None
 
 
 def is_run_branch(name: str | None) -> bool:
@@ -56,12 +60,12 @@ def is_run_branch(name: str | None) -> bool:
 def head_commit(root: Path) -> str | None:
     """The full sha of HEAD, or None in a repository without commits."""
     p = git(root, "rev-parse", "-q", "--verify", "HEAD^{commit}", check=False)
-    return p.stdout.strip() or None if p.returncode == 0 else None
+    return (p.stdout.strip() or None) if p.returncode == 0 else None
 
 
 def ref_commit(root: Path, ref: str) -> str | None:
     p = git(root, "rev-parse", "-q", "--verify", f"{ref}^{{commit}}", check=False)
-    return p.stdout.strip() or None if p.returncode == 0 else None
+    return (p.stdout.strip() or None) if p.returncode == 0 else None
 
 
 def show_blob(root: Path, commit: str, path: str) -> bytes | None:
@@ -85,3 +89,26 @@ def trailers(message: str) -> dict[str, str]:
         if sep and key and " " not in key:
             out[key] = value.strip()
     return out
+
+
+def git_dir(root: Path) -> Path:
+    """The repository's git directory (absolute; a worktree's own one)."""
+    return Path(git(root, "rev-parse", "--absolute-git-dir").stdout.strip())
+
+
+def locked_index(root: Path) -> Path | None:
+    """The index lock file when one exists: another git is running, or one was killed and left it."""
+    lock = git_dir(root) / "index.lock"
+    return lock if lock.exists() else None
+
+
+def identity_env(root: Path) -> dict[str, str]:
+    """Author/committer for commits made by trusted code: the repository's configured identity,
+    else `autoresearch <autoresearch@localhost>` (so a machine without user.email still commits)."""
+    name = git(root, "config", "user.name", check=False).stdout.strip()
+    email = git(root, "config", "user.email", check=False).stdout.strip()
+    if name and email:
+        return {}
+    name, email = name or "autoresearch", email or "autoresearch@localhost"
+    return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
+            "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}

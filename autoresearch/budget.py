@@ -1,0 +1,89 @@
+"""How much loop is left: the phase's experiment count, the deadline, the pause, and the
+per-session override. Read-only; the Stop hook asks `budget()` after every decision.
+
+- Count: experiments (ledger rows) decided in the current phase on the current run branch,
+  against the phase's `max_experiments`. `AUTORESEARCH_MAX_EXPERIMENTS=N` replaces that for
+  one Claude Code session: N experiments decided in this session (tests and short runs use it).
+- Deadline: `deadline_hours` after `state.started_at`, the loop's clock. The clock starts at the
+  first hook call of a loop (SessionStart or Stop), restarts at the next session startup after a
+  spent budget ended the loop, and on `autoresearch resume`. It does not restart on
+  resume/compact/clear, nor when a crashed session is restarted, so a flaky night still ends on time.
+- Pause: `.autoresearch/PAUSE` (`autoresearch pause`): stop at the next decision.
+"""
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+
+from pydantic import BaseModel
+
+from .config import ConfigError, Program
+from .ledger import LedgerRow
+from .state import LoopState, Pause, now
+
+MAX_EXPERIMENTS_ENV = "AUTORESEARCH_MAX_EXPERIMENTS"
+
+
+class BudgetStatus(BaseModel):
+    phase: str
+    done: int                            # experiments counted against `limit`
+    limit: int
+    limit_source: str                    # "phase" or MAX_EXPERIMENTS_ENV
+    left: int
+    deadline_at: datetime | None
+    hours_left: float | None
+    paused: Pause | None
+    spent: bool
+    reason: str | None                   # why it is spent (for the human's summary)
+
+    def line(self) -> str:
+        """One short line for the agent."""
+        parts = [f"{self.left} experiment{'s' if self.left != 1 else ''} left"
+                 + (f" in phase '{self.phase}'" if self.limit_source == "phase" else " in this session")]
+        if self.hours_left is not None:
+            parts.append(f"{max(self.hours_left, 0):.1f} h to the deadline")
+        return "; ".join(parts)
+
+
+def session_limit() -> int | None:
+    raw = os.environ.get(MAX_EXPERIMENTS_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        raise ConfigError(f"{MAX_EXPERIMENTS_ENV}={raw!r}: expected a whole number of experiments") from None
+    if n < 0:
+        raise ConfigError(f"{MAX_EXPERIMENTS_ENV}={raw!r}: must be 0 or more")
+    return n
+
+
+def budget(program: Program, st: LoopState, rows: list[LedgerRow], branch: str | None,
+           session: str | None, paused: Pause | None, at: datetime | None = None) -> BudgetStatus:
+    """`rows`: the whole ledger; counted here by branch / phase / session."""
+    at = at or now()
+    limit_env = session_limit()
+    if limit_env is not None:
+        done = sum(1 for r in rows if session and r.session == session)
+        limit, source = limit_env, MAX_EXPERIMENTS_ENV
+    else:
+        done = sum(1 for r in rows if branch and r.branch == branch and r.phase == program.phase)
+        limit, source = program.current.max_experiments, "phase"
+    left = max(limit - done, 0)
+    deadline_at = hours_left = None
+    if program.deadline_hours and st.started_at:
+        deadline_at = st.started_at + timedelta(hours=program.deadline_hours)
+        hours_left = (deadline_at - at).total_seconds() / 3600
+    reason = None
+    if paused:
+        reason = "paused" + (f" ({paused.reason})" if paused.reason else "") + ": `autoresearch resume` to go on"
+    elif left <= 0:
+        reason = (f"the session's budget of {limit} experiments ({MAX_EXPERIMENTS_ENV}) is spent" if source != "phase"
+                  else f"phase '{program.phase}' has used its {limit} experiments: edit `phase:` in program.md "
+                       f"(or raise max_experiments) to go on")
+    elif hours_left is not None and hours_left <= 0:
+        reason = (f"the deadline ({program.deadline_hours:g} h from {st.started_at:%Y-%m-%d %H:%M} UTC) has passed: "
+                  f"`autoresearch resume` restarts the clock")
+    return BudgetStatus(phase=program.phase, done=done, limit=limit, limit_source=source, left=left,
+                        deadline_at=deadline_at, hours_left=hours_left, paused=paused,
+                        spent=reason is not None, reason=reason)

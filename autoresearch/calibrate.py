@@ -1,0 +1,75 @@
+"""`autoresearch calibrate`: measure the seed noise of the current train.py.
+
+Runs it N times (program.md `noise.calibrate_runs`) with different seeds -- the runner gives
+each re-run of the same train.py a fresh seed -- and stores sigma, the sample standard
+deviation of the metric, in the loop state. The Stop hook's keep threshold is then
+max(min_improvement, k_sigma * sigma). The runs are marked as measurements, so the Stop hook
+never decides them as experiments.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from .config import load_program
+from .runscan import run_ids
+from .state import add_measurement_run, record_calibration, sha256_file
+
+
+def main(root: Path, runs: int | None = None, budget: float | None = None, backend: str | None = None) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from .decide import threshold
+    from .experiment import HarnessError, run_experiment
+    from .gitops import head_commit, show_blob
+
+    console = Console()
+    program = load_program(root)
+    n = runs or program.noise.calibrate_runs
+    if n < 2:
+        print("autoresearch calibrate: needs at least 2 runs to measure a spread", file=sys.stderr)
+        return 2
+    script = program.run.train_script
+    sha = sha256_file(root / script)
+    head = head_commit(root)
+    if head and show_blob(root, head, script) != (root / script).read_bytes():
+        console.print(f"[yellow]note:[/] {script} differs from HEAD; calibrating the working copy")
+    before = set(run_ids(root))
+    values, ids, seeds, failed, shown = [], [], [], [], []
+    try:
+        for i in range(n):
+            console.print(f"[bold]calibrate[/] run {i + 1}/{n} of {script} ({sha[:12] if sha else '?'})")
+            try:
+                m = run_experiment(root, f"calibrate {i + 1}/{n}", budget=budget, backend=backend, echo=sys.stdout)
+            except HarnessError as e:
+                print(f"autoresearch calibrate: {e}", file=sys.stderr)
+                return 2
+            add_measurement_run(root, m.run_id)
+            ids.append(m.run_id)
+            seeds.append(m.seed)
+            if m.status == "ok" and m.metric_value is not None:
+                values.append(m.metric_value)
+                shown.append((m.run_id, m.seed, f"{m.metric_value:.6f}"))
+            else:
+                failed.append(f"{m.run_id} {m.status}")
+                shown.append((m.run_id, m.seed, m.status))
+    finally:
+        for rid in set(run_ids(root)) - before:    # interrupted: still a measurement, never an experiment
+            add_measurement_run(root, rid)
+    if len(values) < 2:
+        print(f"autoresearch calibrate: only {len(values)} of {n} runs succeeded ({', '.join(failed)}); "
+              f"sigma not stored. Fix the crash (see runs/<id>/train.log) and calibrate again.", file=sys.stderr)
+        return 1
+    cal = record_calibration(root, values, ids, seeds, sha or "", budget)
+    table = Table(title=f"noise of {program.metric.name} over seeds")
+    for col in ("run", "seed", program.metric.name):
+        table.add_column(col)
+    for rid, seed, shown_value in shown:
+        table.add_row(rid, str(seed), shown_value)
+    console.print(table)
+    mean = sum(values) / len(values)
+    console.print(f"mean {mean:.6f}  sigma {cal.sigma:.6f}  ->  keep threshold "
+                  f"max(min_improvement {program.min_improvement:g}, {program.noise.k_sigma:g} x sigma) = "
+                  f"[bold]{threshold(program, cal.sigma):.6f}[/]")
+    return 0

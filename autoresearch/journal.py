@@ -1,0 +1,243 @@
+"""One decision, applied so that a kill at any instant is finished by the next hook call.
+
+The Stop hook first writes everything the decision needs into .autoresearch/pending/ (snapshots
+of the files to commit, then journal.json, atomically, last). From then on `apply` runs steps
+that each check whether they are already done, so running it twice never does anything twice:
+
+  1. branch   HEAD on the run branch (created from the user's HEAD if new; refs only, the
+              work tree is not touched, the user's branch never moves)
+  2. commit   keep: a commit of the snapshots on top of `parent`, built in a private index and
+              moved in with a compare-and-swap update-ref; done if the branch tip already is
+              our commit (its Autoresearch-Run trailer). Then the real index learns the new blobs.
+     revert   discard/crash: each code file gets its content at `parent` back -- only if it
+              still holds what was decided on (newer edits by the agent are left alone); a copy
+              of what ran is in runs/NNNN/ (or .autoresearch/reverted/) before anything is reverted.
+  3. ledger   rows appended unless their run id is there (ledger.append_rows is idempotent)
+  4. state    last decision, idle counter (idempotent assignments)
+  5. done     the pending folder is removed
+
+Nothing is reverted before the commit exists: a keep only commits, and a revert only follows
+a decision to discard. `recover(root)` (called under the loop lock by every hook) finishes a
+journal a killed hook left behind. AUTORESEARCH_TEST_CRASH_AT=<step> makes the process exit
+hard right after that step; only the tests set it.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from .gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
+from .ledger import LedgerRow, append_rows
+from .state import LastDecision, read_state, state_dir, write_state
+
+PENDING = "pending"
+JOURNAL = "journal.json"
+CRASH_ENV = "AUTORESEARCH_TEST_CRASH_AT"
+
+
+class LoopError(RuntimeError):
+    """The loop cannot apply a decision (git refused, the branch moved). The message says what to do."""
+
+
+class Journal(BaseModel):
+    action: Literal["keep", "discard", "crash", "record"]   # record: ledger rows only
+    created_at: datetime
+    branch: str                          # the run branch the decision belongs to
+    branch_from: str | None = None       # commit to start the branch at, when it does not exist yet
+    from_name: str | None = None         # what the branch was started from (user branch or commit)
+    parent: str                          # the run branch's tip the decision was made against
+    run_id: str                          # the deciding run (a keep commit's Autoresearch-Run)
+    commit_files: dict[str, str] = {}    # keep: repo path -> snapshot file name in pending/
+    revert_files: dict[str, str | None] = {}   # discard/crash: repo path -> sha256 it had when decided
+    message: str = ""                    # keep: the commit message
+    rows: list[LedgerRow]
+    keep_row: int | None = None          # index in rows of the row that gets the keep commit
+    metric_name: str
+    last_decision: LastDecision | None = None
+
+
+def pending_dir(root: Path) -> Path:
+    return state_dir(root) / PENDING
+
+
+def crash_point(step: str) -> None:
+    """Tests only: die here, like a SIGKILL would, to prove the next call recovers."""
+    if os.environ.get(CRASH_ENV) == step:
+        os._exit(137)
+
+
+def begin(root: Path, j: Journal, snapshots: dict[str, bytes]) -> None:
+    """Write the snapshots, then the journal (atomically, last): the transaction now exists."""
+    d = pending_dir(root)
+    if d.exists():
+        shutil.rmtree(d)
+    (d / "files").mkdir(parents=True)
+    for name, data in snapshots.items():
+        (d / "files" / name).write_bytes(data)
+    _write_file(d / JOURNAL, j.model_dump_json(indent=2).encode(), mode=0o644)
+    crash_point("journal")
+
+
+def load(root: Path) -> Journal | None:
+    path = pending_dir(root) / JOURNAL
+    try:
+        return Journal.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        if pending_dir(root).exists():          # killed while writing snapshots: nothing began
+            shutil.rmtree(pending_dir(root), ignore_errors=True)
+        return None
+
+
+def recover(root: Path) -> Journal | None:
+    """Finish the journal a killed hook left, if any. Returns it (None when there was none)."""
+    j = load(root)
+    if j is not None:
+        apply(root, j)
+    return j
+
+
+def apply(root: Path, j: Journal) -> str | None:
+    """Run (or finish) the transaction; returns the keep commit's sha, if any."""
+    _ensure_branch(root, j)
+    crash_point("branch")
+    commit = None
+    if j.action == "keep":
+        commit = _ensure_commit(root, j)
+        crash_point("commit")
+        _sync_index(root, j, commit)
+        crash_point("index")
+    elif j.action in ("discard", "crash"):
+        _revert(root, j)
+        crash_point("revert")
+    rows = [r.model_copy(update={"commit": commit[:7]}) if i == j.keep_row and commit else r
+            for i, r in enumerate(j.rows)]
+    append_rows(root, rows, j.metric_name)
+    crash_point("ledger")
+    st = read_state(root)
+    if j.last_decision is not None:
+        st.last_decision = j.last_decision
+        st.idle_stops = 0
+    if j.from_name:
+        st.branches.setdefault(j.branch, j.from_name)
+    write_state(root, st)
+    crash_point("state")
+    shutil.rmtree(pending_dir(root), ignore_errors=True)
+    return commit
+
+
+# --- steps ---------------------------------------------------------------------------------
+
+def _ensure_branch(root: Path, j: Journal) -> None:
+    if current_branch(root) == j.branch:
+        return
+    ref = f"refs/heads/{j.branch}"
+    head = head_commit(root)
+    tip = ref_commit(root, ref)
+    if tip is None:
+        if head != j.branch_from:
+            raise LoopError(f"HEAD moved (to {head}) before the run branch {j.branch} could be started "
+                            f"from {j.branch_from}; check out {j.branch_from} again")
+        git(root, "update-ref", "-m", "autoresearch: start run branch", ref, head, "")
+        tip = head
+    if head != tip:
+        raise LoopError(f"HEAD ({head and head[:7]}) is not at the run branch {j.branch} ({tip[:7]}): "
+                        f"`git checkout {j.branch}` to continue that run")
+    git(root, "symbolic-ref", "-m", "autoresearch: switch to run branch", "HEAD", ref)
+
+
+def _ensure_commit(root: Path, j: Journal) -> str:
+    ref = f"refs/heads/{j.branch}"
+    tip = ref_commit(root, ref)
+    if tip != j.parent:
+        if tip and _is_our_commit(root, tip, j):
+            return tip
+        raise LoopError(f"the run branch {j.branch} moved from {j.parent[:7]} to {tip and tip[:7]} "
+                        f"while run {j.run_id} was being decided; nothing was committed or reverted")
+    files = pending_dir(root) / "files"
+    tmp_index = pending_dir(root) / "index.tmp"
+    env = {"GIT_INDEX_FILE": str(tmp_index)}
+    git(root, "read-tree", j.parent, env=env)
+    for path, snap in j.commit_files.items():
+        blob = git(root, "hash-object", "-w", "--no-filters", "--", str(files / snap)).stdout.strip()
+        git(root, "update-index", "--add", "--cacheinfo", f"{_mode(root, j.parent, path)},{blob},{path}", env=env)
+    tree = git(root, "write-tree", env=env).stdout.strip()
+    commit = git(root, "commit-tree", tree, "-p", j.parent, "-F", "-", input=j.message,
+                 env=identity_env(root)).stdout.strip()
+    git(root, "update-ref", "-m", f"autoresearch: keep run {j.run_id}", ref, commit, j.parent)
+    return commit
+
+
+def _is_our_commit(root: Path, commit: str, j: Journal) -> bool:
+    p = git(root, "log", "-1", "--format=%P%x00%B", commit)
+    parents, _, msg = p.stdout.partition("\x00")
+    return parents.split()[:1] == [j.parent] and trailers(msg).get("Autoresearch-Run") == j.run_id
+
+
+def _sync_index(root: Path, j: Journal, commit: str) -> None:
+    """Point the real index at the committed blobs, so `git status` shows only newer edits."""
+    args = []
+    for path in j.commit_files:
+        line = git(root, "ls-tree", commit, "--", path).stdout.split()
+        if len(line) >= 3:
+            args += ["--cacheinfo", f"{line[0]},{line[2]},{path}"]
+    if args:
+        git(root, "update-index", "--add", *args)
+
+
+def _revert(root: Path, j: Journal) -> None:
+    for path, decided_sha in j.revert_files.items():
+        want = show_blob(root, j.parent, path)
+        if want is None:
+            continue                           # not in the branch: nothing to go back to
+        target = Path(root) / path
+        try:
+            cur = target.read_bytes()
+        except FileNotFoundError:
+            cur = None
+        if cur == want:
+            continue
+        if cur is not None and hashlib.sha256(cur).hexdigest() != decided_sha:
+            continue                           # edited again since the decision: that is newer work, keep it
+        _write_file(target, want, mode=_file_mode(target))
+
+
+def _mode(root: Path, commit: str, path: str) -> str:
+    line = git(root, "ls-tree", commit, "--", path).stdout.split()
+    return line[0] if line and line[0] in ("100644", "100755") else "100644"
+
+
+def _file_mode(path: Path) -> int:
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return 0o644
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Atomic replace that keeps the file's permission bits."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+__all__ = ["Journal", "LoopError", "GitError", "begin", "apply", "recover", "load", "pending_dir", "crash_point"]

@@ -1,0 +1,543 @@
+"""What the Stop, SessionStart and PreCompact hooks do. hooks/*.py are thin, fail-safe entries
+that call `stop_hook`, `session_start_hook` and `pre_compact_hook` here.
+
+Stop, in order, under the loop lock:
+  0. finish a decision a killed hook left half done (journal.recover)
+  1. a run of the current train.py still writing?          -> block: wait for it
+  2. undecided runs of OTHER train.py versions              -> ledger rows (superseded), no git
+  3. an undecided run of the current train.py (by sha256):
+       scratchpad.md unchanged since the last decision      -> block: say what to add
+       decide.decide(): confirm                             -> block: re-run the same train.py
+                        keep | discard | crash              -> journal: commit | revert, row, state
+  4. budget spent (count, deadline, pause)                  -> allow the stop, summary for the human
+  5. otherwise block with the next step: after a decision, the outcome and what comes next;
+     with nothing to decide: "run ./run.sh" (train.py changed) or "form a hypothesis" (idle).
+     AUTORESEARCH_MAX_IDLE_STOPS (default 20) consecutive idle stops end the loop: an agent that
+     keeps ending its turn without experimenting is burning money, not researching.
+
+Failure semantics (for Stop, letting the stop through ends the overnight loop):
+  - program.md invalid (or a bad AUTORESEARCH_MAX_EXPERIMENTS): the loop cannot know what to
+    optimise; the agent cannot fix it (program.md is the human's). Allow the stop with a clear
+    message for the human -- a deliberate, visible end, not an accident.
+  - No git repository / no commit yet: same (a setup problem only the human can fix).
+  - Anything else (git refusing, a lock held, a bug): block with a short actionable message and
+    log the traceback to .autoresearch/hook-errors.log (hooks/stop.py does this; after
+    AUTORESEARCH_MAX_HOOK_ERRORS consecutive errors it lets the stop through, loudly).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+from filelock import Timeout as LockTimeout
+from pydantic import BaseModel
+
+from . import journal
+from .budget import BudgetStatus, budget
+from .config import ConfigError, Program, load_program, project_root
+from .decide import Verdict, decide, threshold
+from .gitops import (GitError, current_branch, git, head_commit, is_run_branch, locked_index, ref_commit,
+                     show_blob, RUN_BRANCH_PREFIX)
+from .journal import Journal, LoopError
+from .ledger import LedgerRow, branch_rows, current_best, decided_runs, read_rows
+from .runscan import RunRecord, undecided_runs
+from .state import (LastDecision, LoopState, loop_lock, now, paused, read_state, sha256_file, state_dir,
+                    write_state)
+
+SCRATCHPAD = "scratchpad.md"
+MAX_IDLE_ENV = "AUTORESEARCH_MAX_IDLE_STOPS"
+DEFAULT_MAX_IDLE = 20
+RUN_OVERHEAD_S = 120            # start-up, sandbox, copy: added to train+grace+eval for "still running"
+log = logging.getLogger("autoresearch.loop")
+
+
+class SetupError(RuntimeError):
+    """The project cannot run the loop at all (no git repository, no commit): the human must act."""
+
+
+# --- replies -------------------------------------------------------------------------------
+
+def block(reason: str) -> dict:
+    return {"decision": "block", "reason": reason}
+
+
+def allow(message: str) -> dict:
+    """Let the agent stop; `systemMessage` is shown to the human."""
+    return {"systemMessage": message}
+
+
+# --- the Stop hook -------------------------------------------------------------------------
+
+def stop_hook(data: dict) -> dict:
+    root = project_root(Path(data.get("cwd") or os.getcwd()))
+    t0 = time.perf_counter()
+    try:
+        program = load_program(root)
+    except ConfigError as e:
+        return allow(f"autoresearch: the loop stopped because program.md is invalid. Fix it, then start "
+                     f"the agent again:\n{e}")
+    try:
+        with loop_lock(root):
+            journal.recover(root)
+            reply = _stop(root, program, data)
+    except (ConfigError, SetupError) as e:
+        reply = allow(f"autoresearch: the loop stopped: {e}")
+    except LockTimeout:
+        reply = block("autoresearch: another autoresearch command holds the loop lock (.autoresearch/loop.lock). "
+                      "Wait a minute, then end your turn again.")
+    _trace(root, "stop", reply, time.perf_counter() - t0)
+    return reply
+
+
+class _Ctx(BaseModel):
+    """What one Stop call knows about the project."""
+    model_config = {"arbitrary_types_allowed": True}
+    head: str
+    branch: str                         # the run branch (planned name if HEAD is not one yet)
+    on_run_branch: bool
+    from_name: str | None
+    session: str
+    train: str
+    cur_sha: str | None
+    head_sha: str | None
+    rows: list[LedgerRow]
+    best: float | None
+
+
+def _stop(root: Path, program: Program, data: dict) -> dict:
+    st = read_state(root)
+    if st.started_at is None:
+        st.started_at = now()
+        write_state(root, st)
+    ctx = _context(root, program, data, st)
+    b = program.budget
+    wall = b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S
+    decided = decided_runs(ctx.rows) | set(st.measurement_runs)
+    if st.calibration:
+        decided |= set(st.calibration.run_ids)
+    runs = undecided_runs(root, decided, ctx.train, wall)
+    running = [r for r in runs if r.in_progress]
+    if running:
+        return block(f"autoresearch: run {running[-1].run_id} is still running. Wait for ./run.sh to finish and "
+                     f"print its result (do not run it in the background), then end your turn.")
+    cands = [r for r in runs if ctx.cur_sha and r.sha == ctx.cur_sha]
+    others = [r for r in runs if r not in cands]
+    bud = budget(program, st, ctx.rows, ctx.branch, ctx.session, paused(root))
+
+    if cands:
+        nag = _scratchpad_rule(root, program, st, ctx, cands[-1])
+        if nag:
+            return block(nag)
+        thresh = threshold(program, st.sigma)
+        can_confirm = not bud.paused and not (bud.hours_left is not None and bud.hours_left <= 0)
+        views = [r.view(program.metric.name, program.metric.direction) for r in cands]
+        v = decide(views, ctx.best, program.metric, thresh, program.noise.confirm_margin, can_confirm)
+        if v.action == "confirm":
+            if others:
+                _record(root, program, st, ctx, others, thresh)
+            return block(_confirm_message(program, v, cands))
+        rows, commit = _decide(root, program, st, ctx, cands, others, v, thresh)
+        all_rows = ctx.rows + rows
+        bud = budget(program, read_state(root), all_rows, ctx.branch, ctx.session, paused(root))
+        if bud.spent:
+            return _finish(root, program, ctx.branch, all_rows, bud.reason or "budget spent")
+        return block(_outcome_message(program, v, rows[-1], commit, bud, ctx.best))
+
+    if others:
+        ctx.rows = ctx.rows + _record(root, program, st, ctx, others, threshold(program, st.sigma))
+        bud = budget(program, read_state(root), ctx.rows, ctx.branch, ctx.session, paused(root))
+    if bud.spent:
+        return _finish(root, program, ctx.branch, ctx.rows, bud.reason or "budget spent")
+    st = read_state(root)
+    st.idle_stops += 1
+    write_state(root, st)
+    max_idle = _int_env(MAX_IDLE_ENV, DEFAULT_MAX_IDLE)
+    if st.idle_stops > max_idle:
+        return _finish(root, program, ctx.branch, ctx.rows,
+                       f"the agent ended {st.idle_stops} turns in a row without a new experiment")
+    if ctx.cur_sha is None:
+        return block(f"autoresearch: {ctx.train} is missing. Restore it (its last kept version is "
+                     f"`git show HEAD:{ctx.train}`), then run ./run.sh -m \"<what and why>\".")
+    if ctx.cur_sha != ctx.head_sha:
+        return block(f"autoresearch: {ctx.train} has changed but has no run yet. Run it first: "
+                     f"./run.sh -m \"<what changed and why>\" -- then update scratchpad.md and end your turn.")
+    if ctx.best is None:
+        return block("autoresearch: no baseline yet on this run. Run the baseline first: "
+                     "./run.sh -m \"baseline\" -- then note the result in scratchpad.md and end your turn.")
+    return block(f"autoresearch: nothing to decide: {ctx.train} is unchanged and has no new run. "
+                 f"{bud.line()}. Next: pick the next idea from scratchpad.md (phase '{program.phase}': "
+                 f"{_short(program.current.focus)}), edit {ctx.train}, run ./run.sh -m \"<what and why>\".")
+
+
+def _context(root: Path, program: Program, data: dict, st: LoopState) -> _Ctx:
+    p = git(root, "rev-parse", "--is-inside-work-tree", check=False)
+    if p.returncode != 0:
+        raise SetupError(f"{root} is not a git repository; run `git init` and commit the project first")
+    head = head_commit(root)
+    if head is None:
+        raise SetupError("the repository has no commit yet; commit the project (the baseline) first")
+    name = current_branch(root)
+    on_run = is_run_branch(name)
+    branch = name if on_run else _new_branch_name(root)
+    train = program.run.train_script
+    head_train = show_blob(root, head, train)
+    rows = read_rows(root)
+    best = current_best(root, program.metric, branch=branch) if on_run else None
+    return _Ctx(head=head, branch=branch, on_run_branch=on_run, from_name=None if on_run else (name or head[:12]),
+                session=str(data.get("session_id") or ""), train=train,
+                cur_sha=sha256_file(Path(root) / train),
+                head_sha=hashlib.sha256(head_train).hexdigest() if head_train is not None else None,
+                rows=rows, best=best)
+
+
+def _new_branch_name(root: Path) -> str:
+    base = f"{RUN_BRANCH_PREFIX}{datetime.now():%Y%m%d-%H%M%S}"
+    name, i = base, 2
+    while ref_commit(root, f"refs/heads/{name}"):
+        name, i = f"{base}-{i}", i + 1
+    return name
+
+
+def _scratchpad_rule(root: Path, program: Program, st: LoopState, ctx: _Ctx, run: RunRecord) -> str | None:
+    """The scratchpad must have changed since the last decision (its content then), or since the
+    commit the run branch starts from, before a run is decided."""
+    if SCRATCHPAD not in program.editable_files():
+        return None
+    cur = sha256_file(Path(root) / SCRATCHPAD)
+    if st.last_decision and st.last_decision.branch == ctx.branch:
+        ref = st.last_decision.scratchpad_sha256
+    else:
+        blob = show_blob(root, ctx.head, SCRATCHPAD)
+        ref = hashlib.sha256(blob).hexdigest() if blob is not None else None
+    if cur is not None and cur != ref:
+        return None
+    m = run.metrics
+    result = (f"{program.metric.name} {m.metric_value:.6f}" if m and m.status == "ok" and m.metric_value is not None
+              else f"{run.status}" + (f" ({m.reason})" if m and m.reason else ""))
+    what = "is missing: recreate it" if cur is None else "has not changed since the last decision"
+    return (f"autoresearch: {SCRATCHPAD} {what}. Before ending your turn, write down what run {run.run_id} "
+            f"showed ({result}): add a line to 'Experiment log' (change | result | your read of it) and update "
+            f"'Next experiments'. Then end your turn; the harness decides keep or revert.")
+
+
+def _run_row(program: Program, ctx: _Ctx, r: RunRecord, exp: int, status: str, value: float | None,
+             thresh: float, sigma: float | None, note: str, runs: list[RunRecord] | None = None,
+             prev_best: float | None = None, best: float | None = None, description: str | None = None) -> LedgerRow:
+    runs = runs or [r]
+    m = r.metrics
+    return LedgerRow(
+        commit=ctx.head[:7], value=value, memory_gb=m.peak_memory_gb if m else None, status=status,
+        description=description if description is not None else (m.description if m else r.problem or ""),
+        experiment=exp, run_id=r.run_id, runs=[x.run_id for x in runs], run_status=r.status,
+        phase=program.phase, branch=ctx.branch, seeds=[x.metrics.seed for x in runs if x.metrics],
+        delta=(value - prev_best) if value is not None and prev_best is not None else None,
+        prev_best=prev_best, best=best, threshold=thresh, sigma=sigma,
+        train_seconds=m.train_seconds if m else None, sandbox=m.sandbox if m else "",
+        session=ctx.session, note=note, decided_at=now())
+
+
+def _superseded_rows(program: Program, st: LoopState, ctx: _Ctx, others: list[RunRecord], thresh: float,
+                     first_exp: int) -> list[LedgerRow]:
+    rows = []
+    for i, r in enumerate(others):
+        v = r.view(program.metric.name, program.metric.direction)
+        ok = v.status == "ok"
+        rows.append(_run_row(program, ctx, r, first_exp + i, "discard" if ok else "crash", v.value, thresh,
+                             st.sigma, "superseded: train.py changed before this run was decided",
+                             prev_best=ctx.best, best=ctx.best))
+    return rows
+
+
+def _journal_base(ctx: _Ctx) -> dict:
+    return dict(created_at=now(), branch=ctx.branch, branch_from=None if ctx.on_run_branch else ctx.head,
+                from_name=ctx.from_name, parent=ctx.head)
+
+
+def _record(root: Path, program: Program, st: LoopState, ctx: _Ctx, others: list[RunRecord],
+            thresh: float) -> list[LedgerRow]:
+    """Ledger rows for runs whose train.py is gone (the agent moved on before a decision)."""
+    rows = _superseded_rows(program, st, ctx, others, thresh, len(branch_rows(ctx.rows, ctx.branch)) + 1)
+    _preflight(root)
+    j = Journal(action="record", run_id=others[-1].run_id, rows=rows, metric_name=program.metric.name,
+                **_journal_base(ctx))
+    journal.begin(root, j, {})
+    journal.apply(root, j)
+    ctx.on_run_branch, ctx.from_name = True, None
+    return rows
+
+
+def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
+            others: list[RunRecord], v: Verdict, thresh: float) -> tuple[list[LedgerRow], str | None]:
+    _preflight(root)
+    exp0 = len(branch_rows(ctx.rows, ctx.branch)) + 1
+    rows = _superseded_rows(program, st, ctx, others, thresh, exp0)
+    exp = exp0 + len(rows)
+    last = cands[-1]
+    desc = next((c.metrics.description for c in cands if c.metrics and not c.metrics.description.startswith("confirm")),
+                last.metrics.description if last.metrics else last.problem or "")
+    status = "crash" if v.action == "crash" else v.action
+    best_after = v.value if v.action == "keep" else ctx.best
+    note = v.note if v.action != "crash" else (last.problem or (last.metrics.reason if last.metrics else "") or "")
+    rows.append(_run_row(program, ctx, last, exp, status, v.value, thresh, st.sigma, note, runs=cands,
+                         prev_best=ctx.best, best=best_after, description=desc))
+    code = [f for f in program.editable_files() if f != SCRATCHPAD and (Path(root) / f).is_file()]
+    if ctx.train not in code:
+        code.insert(0, ctx.train)
+    snaps: dict[str, bytes] = {}
+    commit_files: dict[str, str] = {}
+    revert_files: dict[str, str | None] = {}
+    message = ""
+    if v.action == "keep":
+        for i, path in enumerate(code + ([SCRATCHPAD] if (Path(root) / SCRATCHPAD).is_file() else [])):
+            data = (_run_copy(last, ctx) if path == ctx.train else None) or (Path(root) / path).read_bytes()
+            if path == ctx.train and hashlib.sha256(data).hexdigest() != last.sha:
+                raise LoopError(f"{ctx.train} changed while run {last.run_id} was being decided; end your turn again")
+            snaps[str(i)] = data
+            commit_files[path] = str(i)
+        message = _commit_message(program, ctx, v, rows[-1], cands, desc)
+    else:
+        for path in code:
+            revert_files[path] = sha256_file(Path(root) / path)
+        _preserve(root, ctx, last, code)
+    sp = sha256_file(Path(root) / SCRATCHPAD)
+    j = Journal(action=status, run_id=last.run_id, rows=rows,
+                keep_row=len(rows) - 1 if v.action == "keep" else None, commit_files=commit_files,
+                revert_files=revert_files, message=message, metric_name=program.metric.name,
+                last_decision=LastDecision(run_id=last.run_id, runs=[c.run_id for c in cands], experiment=exp,
+                                           outcome=status, branch=ctx.branch, scratchpad_sha256=sp, at=now()),
+                **_journal_base(ctx))
+    journal.begin(root, j, snaps)
+    commit = journal.apply(root, j)
+    if commit:
+        rows[-1] = rows[-1].model_copy(update={"commit": commit[:7]})
+    return rows, commit
+
+
+def _run_copy(run: RunRecord, ctx: _Ctx) -> bytes | None:
+    """The train.py that ran: the run's own copy when it matches (None when there is none)."""
+    for p in (run.path / Path(ctx.train).name, run.path / "train.py"):
+        try:
+            data = p.read_bytes()
+        except OSError:
+            continue
+        if hashlib.sha256(data).hexdigest() == run.sha:
+            return data
+    return None
+
+
+def _preserve(root: Path, ctx: _Ctx, run: RunRecord, code: list[str]) -> None:
+    """Before a revert: every code file's content must exist somewhere besides the work tree."""
+    for path in code:
+        cur = sha256_file(Path(root) / path)
+        if cur is None:
+            continue
+        if path == ctx.train and _run_copy(run, ctx) is not None:
+            continue
+        dest = state_dir(root) / "reverted" / run.run_id / path
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(Path(root) / path, dest)
+
+
+def _preflight(root: Path) -> None:
+    lock = locked_index(root)
+    if lock is not None:
+        raise LoopError(f"git is locked: {lock} exists (another git command is running, or one was killed "
+                        f"and left it). Nothing was decided and nothing is lost. If no git command is running, "
+                        f"a human must remove that file.")
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.6f}"
+
+
+def _commit_message(program: Program, ctx: _Ctx, v: Verdict, row: LedgerRow, cands: list[RunRecord], desc: str) -> str:
+    m = program.metric.name
+    flat = " ".join(desc.split())
+    delta = f" ({v.delta:+.6f})" if v.delta is not None else " (baseline)"
+    subject = f"autoresearch #{row.experiment}: {m} {v.value:.6f}{delta} {flat}"[:120].rstrip()
+    trailers = {
+        "Experiment": row.experiment, "Run": row.run_id, "Runs": ",".join(row.runs), "Metric": m,
+        "Direction": program.metric.direction, "Value": _fmt(v.value), "Previous-Best": _fmt(ctx.best),
+        "Delta": _fmt(v.delta), "Threshold": _fmt(v.threshold), "Phase": program.phase,
+        "Seeds": ",".join(str(s) for s in row.seeds), "Branch": ctx.branch, "Note": row.note or "-",
+        "Train-Sha256": cands[-1].sha, "Description": flat or "-",
+    }
+    body = f"{flat}\n\n" if flat else ""
+    return f"{subject}\n\n{body}" + "\n".join(f"Autoresearch-{k}: {val}" for k, val in trailers.items()) + "\n"
+
+
+def _short(text: str, n: int = 160) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def _confirm_message(program: Program, v: Verdict, cands: list[RunRecord]) -> str:
+    last = cands[-1]
+    desc = last.metrics.description if last.metrics else ""
+    return (f"autoresearch: run {last.run_id} beat the best by {v.improvement:.6f} {program.metric.name}, more than "
+            f"the threshold {v.threshold:.6f} but less than threshold + confirm_margin "
+            f"({v.threshold + program.noise.confirm_margin:.6f}): not kept yet. Confirm it with another seed: "
+            f"leave train.py as it is and run ./run.sh -m \"confirm: {_short(desc, 80)}\", then end your turn; "
+            f"the mean of both runs decides.")
+
+
+def _outcome_message(program: Program, v: Verdict, row: LedgerRow, commit: str | None, bud: BudgetStatus,
+                     prev_best: float | None) -> str:
+    m = program.metric.name
+    head = f"autoresearch: experiment #{row.experiment} (run {row.run_id})"
+    if v.action == "keep":
+        if prev_best is None:
+            what = f"is the BASELINE: {m} {v.value:.6f}, committed {commit[:7] if commit else ''}."
+        else:
+            what = (f"KEPT: {m} {v.value:.6f}, previous best {prev_best:.6f} ({v.delta:+.6f}; threshold "
+                    f"{v.threshold:.6f}). Committed {commit[:7] if commit else ''}.")
+    elif v.action == "discard":
+        what = (f"DISCARDED ({v.note}): {m} {v.value:.6f} vs best {prev_best:.6f} ({v.delta:+.6f}; "
+                f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "
+                f"the change stays in runs/{row.run_id}/diff.patch.")
+    else:
+        what = (f"CRASHED ({row.run_status}{': ' + row.note if row.note and row.note != row.run_status else ''}). "
+                f"train.py is back to the best version; see runs/{row.run_id}/train.log.")
+    best = row.best if row.best is not None else prev_best
+    return (f"{head} {what} Best so far: {_fmt(best)}. {bud.line()}. Phase '{program.phase}': "
+            f"{_short(program.current.focus)} Next: record this in scratchpad.md, form ONE new hypothesis, edit "
+            f"train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+def _finish(root: Path, program: Program, branch: str, rows: list[LedgerRow], reason: str) -> dict:
+    st = read_state(root)
+    st.finished_at, st.finish_reason = now(), reason
+    write_state(root, st)
+    return allow(summary(program, branch, rows, f"stopping: {reason}."))
+
+
+def summary(program: Program, branch: str | None, rows: list[LedgerRow], lead: str) -> str:
+    """A few lines for the human: what the loop did on this branch."""
+    mine = branch_rows(rows, branch)
+    kept = [r for r in mine if r.status == "keep" and r.value is not None]
+    n = {s: sum(r.status == s for r in mine) for s in ("keep", "discard", "crash")}
+    lines = [f"autoresearch {lead}",
+             f"Run branch {branch}: {len(mine)} experiments ({n['keep']} kept, {n['discard']} discarded, "
+             f"{n['crash']} crashed)."]
+    if kept:
+        best = min(kept, key=lambda r: r.value if program.metric.direction == "minimize" else -r.value)
+        base = kept[0]
+        lines.append(f"Best {program.metric.name} {best.value:.6f} (experiment #{best.experiment}, run {best.run_id}, "
+                     f"commit {best.commit}); baseline {base.value:.6f} ({best.value - base.value:+.6f}).")
+    lines.append("`autoresearch status` shows the table; `autoresearch resume` goes on.")
+    return "\n".join(lines)
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+def _trace(root: Path, event: str, reply: dict, seconds: float) -> None:
+    """One line per hook call in .autoresearch/loop.log, for the morning after."""
+    try:
+        what = reply.get("decision") or ("allow" if "systemMessage" in reply else "-")
+        text = (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:200] if reply else ""
+        with open(state_dir(root) / "loop.log", "a", encoding="utf-8") as f:
+            f.write(f"{now().isoformat(timespec='seconds')}\t{event}\t{what}\t{seconds * 1000:.0f}ms\t{text}\n")
+    except OSError:
+        pass
+
+
+# --- SessionStart and PreCompact -----------------------------------------------------------
+
+def session_start_hook(data: dict) -> dict:
+    root = project_root(Path(data.get("cwd") or os.getcwd()))
+    source = str(data.get("source") or "startup")
+    text = session_context(root, source, str(data.get("session_id") or ""))
+    return {"hookSpecificOutput": {"hookEventName": "SessionStart", "additionalContext": text}}
+
+
+def session_context(root: Path, source: str = "startup", session: str = "") -> str:
+    """The compact state summary a (re)started or compacted session needs to go on correctly."""
+    try:
+        program = load_program(root)
+    except ConfigError as e:
+        return f"autoresearch: program.md is invalid, so the loop cannot run until a human fixes it:\n{e}"
+    try:
+        with loop_lock(root, timeout=10):
+            journal.recover(root)
+            st = read_state(root)
+            if st.started_at is None or (source == "startup" and st.finished_at is not None):
+                st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
+                write_state(root, st)
+    except (LockTimeout, LoopError, GitError) as e:
+        log.warning("session start could not recover: %s", e)
+    st = read_state(root)
+    rows = read_rows(root)
+    name = current_branch(root)
+    branch = name if is_run_branch(name) else None
+    mine = branch_rows(rows, branch)
+    best = current_best(root, program.metric, branch=branch) if branch else None
+    try:
+        bud = budget(program, st, rows, branch, session, paused(root))
+    except ConfigError as e:
+        return f"autoresearch: {e}"
+    m = program.metric.name
+    thresh = threshold(program, st.sigma)
+    lines = ["autoresearch loop state (from the harness; trust it over memory):",
+             f"- Phase '{program.phase}': {_short(program.current.focus, 240)}",
+             f"- Run branch: {branch or '(none yet: the first decision starts one)'}; best {m}: "
+             f"{_fmt(best) if best is not None else 'none yet (the first run is the baseline)'}; "
+             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma is not None else " (noise not calibrated)")
+             + ".",
+             f"- Budget: {bud.line()}." + (f" STOP: {bud.reason}." if bud.spent else "")]
+    if mine:
+        lines.append("- Last results: " + "; ".join(
+            f"#{r.experiment} {r.status} {_fmt(r.value) if r.value is not None else r.run_status} {_short(r.description, 60)}"
+            for r in mine[-5:]))
+    nxt = _next_experiments(root)
+    if nxt:
+        lines.append("- scratchpad.md 'Next experiments': " + _short(nxt, 400))
+    lines.append("Go on with program.md's loop: read scratchpad.md, one hypothesis, edit train.py, "
+                 "./run.sh -m \"<what and why>\", update scratchpad.md, end your turn.")
+    return "\n".join(lines)
+
+
+def _next_experiments(root: Path) -> str:
+    try:
+        text = (Path(root) / SCRATCHPAD).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    out, on = [], False
+    for line in text.splitlines():
+        if line.startswith("#"):
+            on = "next" in line.lower()
+            continue
+        if on and line.strip():
+            out.append(line.strip())
+    return " ".join(out)
+
+
+def pre_compact_hook(data: dict) -> dict:
+    """Before compaction: finish any half-done decision and snapshot the state, so what the
+    compacted session is told (SessionStart source=compact) is current, and nothing depends on
+    the conversation that is about to be summarised."""
+    root = project_root(Path(data.get("cwd") or os.getcwd()))
+    with loop_lock(root, timeout=10):
+        journal.recover(root)
+        st = read_state(root)
+    snap_dir = state_dir(root) / "snapshots"
+    snap_dir.mkdir(parents=True, exist_ok=True)
+    from .atomic import write_atomic
+    import json
+    rows = read_rows(root)
+    snap = {"at": now().isoformat(), "trigger": data.get("trigger"), "state": json.loads(st.model_dump_json()),
+            "last_rows": [json.loads(r.model_dump_json()) for r in rows[-10:]],
+            "scratchpad": (Path(root) / SCRATCHPAD).read_text(errors="replace") if (Path(root) / SCRATCHPAD).exists() else None}
+    write_atomic(snap_dir / f"precompact-{now():%Y%m%d-%H%M%S}.json", json.dumps(snap, indent=2))
+    for old in sorted(snap_dir.glob("precompact-*.json"))[:-20]:
+        old.unlink(missing_ok=True)
+    return {}

@@ -1,0 +1,120 @@
+"""Read runs/NNNN/ folders for the loop: which runs exist, what code each ran, how it ended.
+
+A missing or corrupt metrics.json is a crash ("missing"), never an error that stops the loop.
+A run without `finished_at` (the runner writes metrics.json at the start and again at the end)
+that still looks alive is "in progress": the Stop hook asks the agent to wait instead of
+deciding on half a run; one that is too old to be alive was killed, and counts as interrupted.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import math
+import os
+import re
+import time
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from .decide import RunView
+from .metrics import METRICS_FILE, RunMetrics
+
+RUNS_DIR = "runs"
+RUN_ID = re.compile(r"^\d{4,}$")
+RUNNING_LOCK = ".running"                 # optional: the runner holds an flock on it while it runs
+FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created
+
+
+class RunRecord(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+    run_id: str
+    path: Path
+    metrics: RunMetrics | None           # None: missing or corrupt metrics.json
+    sha: str | None                      # sha256 of the train.py that ran (None: unknown)
+    problem: str | None = None           # why metrics is None
+    in_progress: bool = False
+
+    @property
+    def status(self) -> str:
+        return self.metrics.status if self.metrics else "missing"
+
+    def view(self, metric_name: str, direction: str) -> RunView:
+        m = self.metrics
+        if m is None:
+            return RunView(run_id=self.run_id, status="missing")
+        status, value = m.status, m.metric_value
+        if status == "ok" and (value is None or not math.isfinite(value)
+                               or m.metric_name != metric_name or m.direction != direction):
+            status, value = "invalid", None  # a result we cannot compare is not a result
+        return RunView(run_id=self.run_id, status=status, value=value if status == "ok" else None, seed=m.seed)
+
+
+def run_ids(root: Path) -> list[str]:
+    d = Path(root) / RUNS_DIR
+    try:
+        return sorted((p.name for p in d.iterdir() if RUN_ID.match(p.name) and p.is_dir()), key=int)
+    except FileNotFoundError:
+        return []
+
+
+def _newest_mtime(path: Path) -> float:
+    try:
+        return max([path.stat().st_mtime] + [p.stat().st_mtime for p in path.iterdir()])
+    except OSError:
+        return 0.0
+
+
+def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float) -> bool:
+    """Is this run still going? The runner writes metrics.json at the start with no finished_at
+    (status "interrupted", rewritten at the end). A lock file the runner holds (`.running`, flock)
+    answers for sure; without one, a run is live while it is younger than the longest a run can take."""
+    if metrics is not None and metrics.finished_at is not None:
+        return False
+    lock = path / RUNNING_LOCK
+    if lock.exists():
+        try:
+            fd = os.open(lock, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return False                         # nobody holds it: the runner is gone
+        except OSError:
+            return True
+        finally:
+            os.close(fd)
+    if wall_limit_s <= 0:
+        return False
+    if metrics is None:                          # only in the instant between mkdir and the first write
+        return time.time() - _newest_mtime(path) < FRESH_DIR_S
+    return time.time() - metrics.started_at.timestamp() < wall_limit_s
+
+
+def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s: float = 0.0) -> RunRecord:
+    """One run. `wall_limit_s`: how long a run may take; a run without metrics.json whose folder
+    changed within that window is still in progress."""
+    path = Path(root) / RUNS_DIR / run_id
+    metrics, problem = None, None
+    try:
+        metrics = RunMetrics.read(path)
+    except FileNotFoundError:
+        problem = f"runs/{run_id}/{METRICS_FILE} is missing"
+    except (OSError, ValidationError, ValueError) as e:
+        problem = f"runs/{run_id}/{METRICS_FILE} is unreadable: {str(e).splitlines()[0]}"
+    sha = metrics.train_py_sha256 if metrics else None
+    if sha is None:
+        for name in dict.fromkeys([Path(train_name).name, "train.py"]):
+            try:
+                sha = hashlib.sha256((path / name).read_bytes()).hexdigest()
+                break
+            except OSError:
+                continue
+    in_progress = _running(path, metrics, wall_limit_s)
+    return RunRecord(run_id=run_id, path=path, metrics=metrics, sha=sha, problem=problem, in_progress=in_progress)
+
+
+def undecided_runs(root: Path, decided: set[str], train_name: str = "train.py",
+                   wall_limit_s: float = 0.0) -> list[RunRecord]:
+    """Runs not yet covered by a ledger row or a calibration, oldest first."""
+    return [load_run(root, r, train_name, wall_limit_s) for r in run_ids(root) if r not in decided]

@@ -1,0 +1,259 @@
+"""The loop's own state, .autoresearch/state.json: the deadline clock, the calibrated noise, the
+last decision (for the scratchpad rule), and the pause file. Written only by trusted code, under
+the loop lock, atomically.
+
+The ledger (results.tsv) and the run branch's commits are the record of what happened; this file
+holds only what they cannot: when the loop started, sigma, and what the scratchpad looked like at
+the last decision. Losing it is survivable: the clock restarts, sigma falls back to 0 (threshold =
+min_improvement) and the scratchpad rule compares with the committed scratchpad.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import statistics
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .atomic import write_atomic
+
+STATE_DIR = ".autoresearch"
+STATE_FILE = "state.json"
+PAUSE_FILE = "PAUSE"
+LOCK_FILE = "loop.lock"
+LOCK_TIMEOUT_S = 30.0
+
+
+def now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def sha256_file(path: Path) -> str | None:
+    """sha256 of a file's bytes, or None when it does not exist."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+class Calibration(BaseModel):
+    """`autoresearch calibrate`: the baseline run N times with different seeds."""
+    model_config = ConfigDict(extra="ignore")
+    sigma: float = Field(ge=0)               # sample standard deviation (ddof=1) of `values`
+    values: list[float]
+    run_ids: list[str]                       # these runs are measurements, never decisions
+    seeds: list[int] = []
+    train_py_sha256: str = ""
+    budget_seconds: float | None = None
+    at: datetime
+
+
+class LastDecision(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    run_id: str
+    runs: list[str]
+    experiment: int
+    outcome: str                             # keep | discard | crash
+    branch: str
+    scratchpad_sha256: str | None            # the scratchpad as it was when this was decided
+    at: datetime
+
+
+class LoopState(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    version: int = 1
+    started_at: datetime | None = None       # the deadline clock (see budget.py)
+    finished_at: datetime | None = None      # set when a spent budget let the agent stop
+    finish_reason: str | None = None
+    calibration: Calibration | None = None
+    last_decision: LastDecision | None = None
+    idle_stops: int = 0                      # consecutive stops with nothing to decide
+    measurement_runs: list[str] = []         # calibration runs: measurements, never decisions
+    branches: dict[str, str] = {}            # run branch -> the branch (or commit) it was started from
+
+    @property
+    def sigma(self) -> float | None:
+        return self.calibration.sigma if self.calibration else None
+
+
+class Pause(BaseModel):
+    reason: str = ""
+    at: datetime | None = None
+
+
+def state_dir(root: Path) -> Path:
+    return Path(root) / STATE_DIR
+
+
+def state_path(root: Path) -> Path:
+    return state_dir(root) / STATE_FILE
+
+
+def read_state(root: Path) -> LoopState:
+    """The state; a fresh one when there is none. A corrupt file is moved aside (kept, not lost)
+    and a fresh state returned, so a damaged file cannot wedge the loop."""
+    path = state_path(root)
+    try:
+        return LoopState.model_validate_json(path.read_bytes())
+    except FileNotFoundError:
+        return LoopState()
+    except (ValidationError, ValueError, OSError):
+        aside = path.with_name(f"{STATE_FILE}.corrupt-{now():%Y%m%d-%H%M%S}")
+        try:
+            os.replace(path, aside)
+        except OSError:
+            pass
+        return LoopState()
+
+
+def write_state(root: Path, st: LoopState) -> None:
+    write_atomic(state_path(root), st.model_dump_json(indent=2) + "\n")
+
+
+def loop_lock(root: Path, timeout: float = LOCK_TIMEOUT_S) -> FileLock:
+    """The one lock around every write to the ledger, the state and the run branch."""
+    state_dir(root).mkdir(parents=True, exist_ok=True)
+    return FileLock(str(state_dir(root) / LOCK_FILE), timeout=timeout)
+
+
+# --- pause -------------------------------------------------------------------------------
+
+def pause_path(root: Path) -> Path:
+    return state_dir(root) / PAUSE_FILE
+
+
+def paused(root: Path) -> Pause | None:
+    """The pause, if `.autoresearch/PAUSE` exists (its content, JSON or text, is the reason)."""
+    p = pause_path(root)
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace").strip()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return Pause(reason="(unreadable pause file)")
+    try:
+        return Pause.model_validate(json.loads(text))
+    except (ValueError, ValidationError):
+        return Pause(reason=text[:200])
+
+
+def pause(root: Path, reason: str = "") -> Pause:
+    """Ask the loop to stop at the next decision (the experiment in flight is still decided)."""
+    p = Pause(reason=reason, at=now())
+    write_atomic(pause_path(root), p.model_dump_json() + "\n")
+    return p
+
+
+def resume(root: Path) -> LoopState:
+    """Remove the pause and restart the deadline clock (a new stretch of the loop)."""
+    with loop_lock(root):
+        try:
+            pause_path(root).unlink()
+        except FileNotFoundError:
+            pass
+        st = read_state(root)
+        st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
+        write_state(root, st)
+        return st
+
+
+def add_measurement_run(root: Path, run_id: str) -> None:
+    """Mark a run as a measurement (calibration) as soon as it exists, so the Stop hook never
+    mistakes it for an experiment, even if calibration is interrupted halfway."""
+    with loop_lock(root):
+        st = read_state(root)
+        if run_id not in st.measurement_runs:
+            st.measurement_runs.append(run_id)
+            write_state(root, st)
+
+
+def record_calibration(root: Path, values: list[float], run_ids: list[str], seeds: list[int],
+                       sha: str, budget_seconds: float | None) -> Calibration:
+    """Store sigma = the sample standard deviation of the baseline's metric over seeds."""
+    if len(values) < 2:
+        raise ValueError(f"calibration needs at least 2 successful runs, got {len(values)}")
+    cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=run_ids, seeds=seeds,
+                      train_py_sha256=sha, budget_seconds=budget_seconds, at=now())
+    with loop_lock(root):
+        st = read_state(root)
+        st.calibration = cal
+        write_state(root, st)
+    return cal
+
+
+# --- read-only views for `autoresearch status` and friends (no lock taken) --------------------
+
+class Progress(BaseModel):
+    """Where the loop stands, in one object (see `progress`)."""
+    phase: str
+    focus: str
+    branch: str | None                   # the run branch these numbers are about
+    metric: str
+    direction: str
+    best: float | None
+    experiments: int                     # decided on `branch` (all phases)
+    phase_done: int
+    phase_max: int
+    budget_left: int
+    limit_source: str                    # "phase" or AUTORESEARCH_MAX_EXPERIMENTS
+    started_at: datetime | None
+    deadline: datetime | None
+    hours_left: float | None
+    paused: str | None                   # the pause reason ("" when none was given), None when not paused
+    sigma: float | None
+    threshold: float
+    finished: str | None                 # why the loop last ended, if it has
+
+
+def _branch_for(root: Path, rows: list) -> str | None:
+    from .gitops import current_branch, is_run_branch
+    here = current_branch(root)
+    if is_run_branch(here):
+        return here
+    return rows[-1].branch if rows else None
+
+
+def progress(root: Path, program=None, session: str | None = None) -> Progress:
+    """Phase, best, budget left, deadline, pause, sigma and threshold for the current (or latest)
+    run branch. `program` defaults to load_program(root) (raises ConfigError when invalid)."""
+    from .budget import budget
+    from .config import load_program
+    from .decide import threshold as thresh
+    from .ledger import current_best, read_rows
+    program = program or load_program(root)
+    st = read_state(root)
+    rows = read_rows(root)
+    branch = _branch_for(root, rows)
+    pz = paused(root)
+    b = budget(program, st, rows, branch, session, pz)
+    return Progress(
+        phase=program.phase, focus=" ".join(program.current.focus.split()), branch=branch,
+        metric=program.metric.name, direction=program.metric.direction,
+        best=current_best(root, program.metric, branch=branch) if branch else None,
+        experiments=sum(1 for r in rows if r.branch == branch), phase_done=b.done if b.limit_source == "phase" else
+        sum(1 for r in rows if r.branch == branch and r.phase == program.phase),
+        phase_max=program.current.max_experiments, budget_left=b.left, limit_source=b.limit_source,
+        started_at=st.started_at, deadline=b.deadline_at, hours_left=b.hours_left,
+        paused=pz.reason if pz else None, sigma=st.sigma, threshold=thresh(program, st.sigma),
+        finished=st.finish_reason if st.finished_at else None)
+
+
+def sigma(root: Path) -> float | None:
+    return read_state(root).sigma
+
+
+def threshold(root: Path, program) -> float:
+    from .decide import threshold as thresh
+    return thresh(program, read_state(root).sigma)
+
+
+def budget_left(root: Path, program) -> int:
+    return progress(root, program).budget_left
+
+
+def deadline(root: Path, program) -> datetime | None:
+    return progress(root, program).deadline

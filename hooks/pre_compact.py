@@ -1,0 +1,16 @@
+#!/usr/bin/env python3
+"""Claude Code PreCompact hook: finish any half-done decision and snapshot the loop state to
+.autoresearch/snapshots/ before the conversation is summarised. Never blocks compaction."""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stop_runner import run  # noqa: E402
+
+
+def on_error(root, exc, n):
+    return {}
+
+
+if __name__ == "__main__":
+    run("PreCompact", "pre_compact_hook", on_error)

@@ -1,0 +1,34 @@
+#!/usr/bin/env python3
+"""Claude Code Stop hook: decide the experiment that just ran, record it, and send the agent on.
+
+Logic lives in autoresearch.loop.stop_hook. This entry guarantees a defined outcome: letting a
+stop through ends the overnight loop, so an internal error BLOCKS with a short, actionable
+message (traceback in .autoresearch/hook-errors.log) -- until AUTORESEARCH_MAX_HOOK_ERRORS
+(default 10) consecutive errors, when it lets the stop through and tells the human why.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from stop_runner import run  # noqa: E402
+
+
+def on_error(root, exc, n):
+    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if isinstance(exc, ImportError):
+        first = (f"{first}. The project's .venv looks incomplete: run ./run.sh once (it bootstraps .venv)")
+    try:
+        limit = int(os.environ.get("AUTORESEARCH_MAX_HOOK_ERRORS", "10"))
+    except ValueError:
+        limit = 10
+    if n > limit:
+        return {"systemMessage": f"autoresearch: the Stop hook failed {n} times in a row, so the loop stopped. "
+                                 f"Last error: {first}. Details: {root}/.autoresearch/hook-errors.log"}
+    return {"decision": "block",
+            "reason": f"autoresearch: the Stop hook hit an error, so nothing was decided yet and nothing is lost: "
+                      f"{first}. Do not work around it; end your turn again (it retries). "
+                      f"Details: .autoresearch/hook-errors.log"}
+
+
+if __name__ == "__main__":
+    run("Stop", "stop_hook", on_error, count_errors=True)
