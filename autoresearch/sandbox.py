@@ -176,10 +176,13 @@ def runtime_mounts() -> list[Mount]:
     return mounts
 
 
+_USER_ENV = {"USER": "sandbox", "LOGNAME": "sandbox"}   # getpass.getuser() without a passwd lookup
+
+
 def host_runtime() -> Runtime:
     venv_bin = str(Path(host_python()).parent)
     return Runtime(python=host_python(), mounts=runtime_mounts(),
-                   env={"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin"})
+                   env={"PATH": f"{venv_bin}:/usr/local/bin:/usr/bin:/bin", **_USER_ENV})
 
 
 def sandbox_ids() -> tuple[int, int]:
@@ -698,6 +701,14 @@ def _chown_tree(path: Path, uid: int, gid: int) -> None:
             os.lchown(p, uid, gid)
 
 
+def _readable_by(path: Path, uid: int, gids: set[int]) -> bool:
+    """Whether uid (with gids) may read path (and enter it, for a folder) by its mode bits."""
+    st = path.stat()
+    need = 0o5 if path.is_dir() else 0o4
+    shift = 6 if st.st_uid == uid else 3 if st.st_gid in gids else 0
+    return (st.st_mode >> shift) & need == need
+
+
 class DockerBackend:
     """Docker through its Python SDK. With an image built from container/Dockerfile the
     image's own Python runs; otherwise a local image built without any pull (FROM scratch:
@@ -749,7 +760,7 @@ class DockerBackend:
                 if labels.get("org.autoresearch.runtime") != "host":
                     py = labels.get("org.autoresearch.python", "python3")
                     path = labels.get("org.autoresearch.path", "/usr/local/bin:/usr/bin:/bin")
-                    self._image_id, self._runtime = img.id, Runtime(py, [], {"PATH": path})
+                    self._image_id, self._runtime = img.id, Runtime(py, [], {"PATH": path, **_USER_ENV})
                     self._tag = self.image
                     return
             except docker.errors.ImageNotFound:
@@ -816,7 +827,9 @@ class DockerBackend:
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
                     for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
             cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,
-            mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids, **extra)
+            mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
+            group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
+            **extra)
         stdin = spec.stdin_data is not None
         c = api.create_container(
             image=self._image_id, command=list(spec.argv), environment=env, working_dir=spec.cwd,
@@ -850,10 +863,14 @@ class DockerBackend:
         client = self.client()
         self.cleanup_orphans()
         uid, gid = sandbox_ids()
-        if os.getuid() == 0:
-            for m in spec.mounts:
-                if m.writable:
-                    _chown_tree(Path(m.source), uid, gid)
+        gids = {gid, *(os.getgroups() if os.getuid() != 0 else ())}
+        for m in spec.mounts:
+            if m.writable and os.getuid() == 0:
+                _chown_tree(Path(m.source), uid, gid)
+            elif not _readable_by(Path(m.source), uid, gids):
+                raise SandboxUnavailable(
+                    f"docker runs the sandbox as uid {uid}, which cannot read {m.source} "
+                    f"(mode {Path(m.source).stat().st_mode & 0o777:o}): chmod o+rX it, or use sandbox.backend: bwrap")
         cg_parent, cg_dir = self._cgroup_parent()
         api = client.api
         log = open(spec.log_path, "ab", buffering=0) if spec.log_path else None

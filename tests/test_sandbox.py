@@ -361,3 +361,29 @@ def test_bad_spec_is_rejected_before_running(tmp_path):
     with pytest.raises(ValueError, match="absolute"):
         b.run(SandboxSpec(argv=["true"], mounts=[Mount(tmp_path, "rel")], env={}, cwd="/tmp",
                           timeout_s=1, memory_bytes=1 << 20))
+
+
+@pytest.mark.docker
+def test_docker_image_choice(docker_available):
+    """A configured image built from container/Dockerfile runs its own Python with no host mounts;
+    a configured image that is absent falls back to the no-pull local image, built once."""
+    import docker
+    from autoresearch.sandbox import LOCAL_IMAGE_REPO, host_python, local_image_tar
+    client = docker.from_env()
+    tag = f"autoresearch-test-image:{uuid.uuid4().hex[:8]}"
+    _, data = local_image_tar()
+    client.api.import_image_from_data(data, repository=tag.split(":")[0], tag=tag.split(":")[1], changes=[
+        "LABEL org.autoresearch.runtime=image", "LABEL org.autoresearch.python=/opt/venv/bin/python",
+        "LABEL org.autoresearch.path=/opt/venv/bin:/usr/bin"])
+    try:
+        rt = DockerBackend(tag).runtime()
+        assert rt.python == "/opt/venv/bin/python" and rt.mounts == [] and rt.env["PATH"] == "/opt/venv/bin:/usr/bin"
+    finally:
+        client.images.remove(tag, force=True)
+    absent = DockerBackend("autoresearch-sandbox:absent-" + uuid.uuid4().hex[:8])
+    assert absent.runtime().python == host_python() and absent.runtime().mounts
+    assert f"image {LOCAL_IMAGE_REPO}:" in absent.describe()
+    assert local_image_tar() == local_image_tar()            # content-addressed: same tag, no rebuild
+    again = DockerBackend(None)
+    again.runtime()
+    assert again._image_id == absent._image_id

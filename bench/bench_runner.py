@@ -1,0 +1,128 @@
+"""Harness overhead of the experiment runner, per sandbox backend (prints numbers; not a test).
+
+  stage   : one sandbox stage start-up + tear-down = backend.run() wall time for `python -c pass`
+            minus the same command run directly (median of --repeat runs). An experiment has two.
+  full    : (with --full) ./run.sh wall time - train seconds - eval seconds, at --budget seconds
+            (issue 3's definition), in a throwaway copy of the project so nothing here changes.
+
+Goals (issue 3): full overhead <= 3 s with bwrap, <= 5 s with docker.
+
+    .venv/bin/python bench/bench_runner.py [--full] [--budget 30] [--repeat 7] [--backends docker bwrap none]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from autoresearch.sandbox import SandboxSpec, SandboxUnavailable, choose_backend  # noqa: E402
+
+
+def stage_overhead(name: str, repeat: int) -> tuple[float, float, float]:
+    """(median run() wall, median direct wall, first-run wall incl. one-time setup) in seconds."""
+    t0 = time.perf_counter()
+    b = choose_backend(name)
+    rt = b.runtime()
+    first_setup = time.perf_counter() - t0
+    spec = SandboxSpec(argv=[rt.python, "-c", "pass"], mounts=rt.mounts, env=dict(rt.env), cwd="/tmp",
+                       timeout_s=60, memory_bytes=1 << 30)
+    walls, direct = [], []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        r = b.run(spec)
+        walls.append(time.perf_counter() - t)
+        assert r.exit_code == 0, r
+        t = time.perf_counter()
+        subprocess.run([rt.python if Path(rt.python).exists() else sys.executable, "-c", "pass"], check=True)
+        direct.append(time.perf_counter() - t)
+    return statistics.median(walls), statistics.median(direct), first_setup
+
+
+def project_copy(dest: Path) -> Path:
+    """The tracked project files plus a link to the real .venv, in a fresh git repo."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    (dest / ".venv").symlink_to(ROOT / ".venv")
+    for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=bench", "-c", "user.email=bench@localhost",
+                                                  "commit", "-qm", "bench"]):
+        subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def full_overhead(name: str, budget: float, proj: Path) -> dict:
+    t = time.perf_counter()
+    p = subprocess.run(["./run.sh", "-m", f"bench {name}", "--budget", str(budget), "--backend", name],
+                       cwd=proj, capture_output=True, text=True)
+    wall = time.perf_counter() - t
+    runs = sorted((proj / "runs").glob("[0-9]*"))
+    m = json.loads((runs[-1] / "metrics.json").read_text()) if runs else {}
+    if p.returncode != 0 or m.get("status") != "ok":
+        return {"error": (p.stdout + p.stderr)[-600:], "status": m.get("status")}
+    train, ev = m.get("train_seconds") or 0.0, m.get("eval_seconds") or 0.0
+    return {"wall": wall, "train": train, "eval": ev, "overhead": wall - train - ev}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--backends", nargs="+", default=["docker", "bwrap", "none"])
+    ap.add_argument("--repeat", type=int, default=7)
+    ap.add_argument("--full", action="store_true", help="also time ./run.sh end to end")
+    ap.add_argument("--budget", type=float, default=30.0)
+    args = ap.parse_args()
+    console = Console()
+
+    t = Table(title="sandbox stage overhead (python -c pass)")
+    for col in ("backend", "run() wall s", "direct s", "overhead per stage s", "x2 stages s", "one-time setup s"):
+        t.add_column(col, justify="right" if col != "backend" else "left")
+    avail = []
+    for name in args.backends:
+        try:
+            wall, direct, setup = stage_overhead(name, args.repeat)
+        except SandboxUnavailable as e:
+            t.add_row(name, "-", "-", f"unavailable: {e}"[:60], "-", "-")
+            continue
+        avail.append(name)
+        t.add_row(name, f"{wall:.3f}", f"{direct:.3f}", f"{wall - direct:.3f}", f"{2 * (wall - direct):.3f}",
+                  f"{setup:.3f}")
+    console.print(t)
+
+    if not args.full:
+        return
+    goals = {"bwrap": 3.0, "docker": 5.0}
+    t = Table(title=f"./run.sh harness overhead at a {args.budget:g} s budget")
+    for col in ("backend", "run.sh wall s", "train s", "eval s", "overhead s", "goal s"):
+        t.add_column(col, justify="right" if col != "backend" else "left")
+    with tempfile.TemporaryDirectory(prefix="bench-runner-") as tmp:
+        Path(tmp).chmod(0o755)              # docker's sandbox user must be able to enter the project
+        proj = project_copy(Path(tmp))
+        for name in avail:
+            r = full_overhead(name, args.budget, proj)
+            if "error" in r:
+                t.add_row(name, "failed", str(r.get("status")), "", r["error"][-60:], "")
+                console.print(f"[red]{name} failed:[/red]\n{r['error']}")
+                continue
+            goal = goals.get(name)
+            ok = goal is None or r["overhead"] <= goal
+            t.add_row(name, f"{r['wall']:.2f}", f"{r['train']:.2f}", f"{r['eval']:.2f}",
+                      f"[{'green' if ok else 'red'}]{r['overhead']:.2f}[/]", f"{goal:g}" if goal else "-")
+    console.print(t)
+
+
+if __name__ == "__main__":
+    main()
