@@ -46,7 +46,16 @@ Contracts the caller can rely on:
   included: the process tree is killed, the container removed, the cgroup
   deleted; a second Ctrl-C during that cleanup waits until it is done.
 - The process runs as a non-root user: the host uid, or 65534 when the host is
-  root (docker then chowns the writable mounts to 65534 so it can write them).
+  root (docker then chowns the writable mounts to 65534 so it can write them,
+  and refuses, with the fix, a read-only mount that user cannot read).
+- `peak_memory_bytes` is the cgroup's max usage (it includes page cache the run
+  faulted in first), else the process tree's max RSS. GPU memory is not in it.
+- docker image: `sandbox.image` (program.md) when that image exists locally
+  (built from container/Dockerfile; its labels say which Python to run, and
+  `runtime()` then has no host mounts); otherwise `autoresearch-local:<hash>`,
+  imported once without any pull, which runs the host's interpreter and venv
+  bind-mounted read-only. Always build specs from `backend.runtime()`.
+- `describe()` is the one line to print saying which sandbox ran.
 """
 from __future__ import annotations
 
@@ -806,7 +815,7 @@ class DockerBackend:
         return n
 
     # -- one run
-    def _create(self, spec: SandboxSpec, cgroup_parent: str | None) -> str:
+    def _create(self, spec: SandboxSpec, cgroup_parent: str | None, name: str) -> str:
         """Create (not start) the container; return its id."""
         import docker.types
         api = self.client().api
@@ -832,7 +841,7 @@ class DockerBackend:
             **extra)
         stdin = spec.stdin_data is not None
         c = api.create_container(
-            image=self._image_id, command=list(spec.argv), environment=env, working_dir=spec.cwd,
+            name=name, image=self._image_id, command=list(spec.argv), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
             stdin_open=stdin, tty=False,   # detach=False: StdinOnce, so closing our stdin is EOF
             labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname()})
@@ -884,9 +893,10 @@ class DockerBackend:
         peak: int | None = None
         oom = False
         sampler: _StatsSampler | None = None
+        name = f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # removable even if create is interrupted
         try:
             try:
-                cid = self._create(spec, cg_parent)
+                cid = self._create(spec, cg_parent, name)
             except docker.errors.APIError as e:
                 if "capabilities: [[gpu]]" in str(e):
                     raise SandboxUnavailable(
@@ -925,8 +935,8 @@ class DockerBackend:
                             oom = bool(api.inspect_container(cid)["State"].get("OOMKilled"))
                     for t in threads:
                         t.join(timeout=_KILL_WAIT_S)
-                    with contextlib.suppress(Exception):
-                        api.remove_container(cid, force=True, v=True)
+                with contextlib.suppress(Exception):
+                    api.remove_container(cid or name, force=True, v=True)
                 if stdin_sock is not None:
                     with contextlib.suppress(Exception):
                         stdin_sock.close()

@@ -141,6 +141,7 @@ FS_PROBE = """
     out["sees_secret"] = os.path.exists(SECRET)
     out["host_pids"] = len([p for p in os.listdir("/proc") if p.isdigit()])
     out["uid"] = os.getuid()
+    out["root_ro"] = any(l.split()[1] == "/" and "ro" in l.split()[3].split(",") for l in open("/proc/mounts"))
     out["env"] = sorted(os.environ)
     print(json.dumps(out))
 """
@@ -162,7 +163,7 @@ def test_filesystem_and_env(backend, project):
     assert (proj / "out" / "model.pt").read_text() == "weights"
     assert (proj / "prepare.py").read_bytes() == before and not (proj / "forged.json").exists()
     assert out["read_train"] and not out["sees_val"] and not out["sees_secret"], out
-    assert out["host_pids"] < 5 and out["uid"] != 0, out
+    assert out["host_pids"] < 5 and out["uid"] != 0 and out["root_ro"], out
     assert "AUTORESEARCH_TEST_HOST_ONLY" not in out["env"] and "ONLY_THIS" in out["env"], out
     assert not (Path.home() / "x").exists()
 
@@ -387,3 +388,19 @@ def test_docker_image_choice(docker_available):
     again = DockerBackend(None)
     again.runtime()
     assert again._image_id == absent._image_id
+
+
+def test_captured_stdout_is_capped(backend):
+    r = backend.run(spec(backend, "import sys; sys.stdout.write('x' * 50000)", stdout_limit=1000))
+    assert r.exit_code == 0 and r.stdout == b"x" * 1000 and r.stdout_truncated, r
+
+
+@pytest.mark.bwrap
+def test_bwrap_gpu_selection_passes_through(bwrap_available, monkeypatch):
+    """With gpus=True the host's CUDA_VISIBLE_DEVICES selection reaches the process."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
+    b = choose_backend("bwrap")
+    r = b.run(spec(b, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))", gpus=True))
+    assert r.stdout.strip() == b"1", r
+    r = b.run(spec(b, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))", gpus=False))
+    assert r.stdout.strip() == b"None", r
