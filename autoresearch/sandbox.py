@@ -458,12 +458,17 @@ def _feed_stdin(pipe: IO[bytes], data: bytes) -> None:
 
 
 class _Capture:
-    """Collects a stream up to a limit in a thread; the rest is read and dropped."""
+    """Collects a stream up to a limit in a thread; the rest is read and dropped
+    (or, with keep_tail, the oldest part is dropped)."""
 
-    def __init__(self, limit: int):
-        self.limit, self.buf, self.truncated = limit, bytearray(), False
+    def __init__(self, limit: int, keep_tail: bool = False):
+        self.limit, self.buf, self.truncated, self.keep_tail = limit, bytearray(), False, keep_tail
 
     def add(self, chunk: bytes) -> None:
+        if self.keep_tail:
+            self.buf += chunk
+            del self.buf[:max(0, len(self.buf) - self.limit)]
+            return
         room = self.limit - len(self.buf)
         if len(chunk) > room:
             self.truncated = True
@@ -504,6 +509,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = []
     cap = _Capture(spec.stdout_limit)
+    err_tail = _Capture(65536, keep_tail=True)    # stderr's end when there is no log (OOM text under rlimit)
     start = time.monotonic()
     status: int | None = None
     rusage = None
@@ -514,7 +520,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
                 argv, env=spec.env, cwd=None if name != "none" else spec.cwd,
                 stdin=subprocess.PIPE if spec.stdin_data is not None else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if spec.capture_stdout else (log or subprocess.DEVNULL),
-                stderr=log or subprocess.DEVNULL,
+                stderr=log or subprocess.PIPE,
                 start_new_session=True, preexec_fn=preexec, pass_fds=pass_fds, close_fds=True)
         except FileNotFoundError as e:
             raise SandboxUnavailable(f"{name}: cannot start {argv[0]!r}: {e.strerror}") from None
@@ -525,6 +531,9 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         if spec.capture_stdout:
             assert proc.stdout is not None
             threads.append(threading.Thread(target=cap.drain, args=(proc.stdout,), daemon=True))
+        if log is None:
+            assert proc.stderr is not None
+            threads.append(threading.Thread(target=err_tail.drain, args=(proc.stderr,), daemon=True))
         for t in threads:
             t.start()
         deadline = start + spec.timeout_s
@@ -552,7 +561,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
                 cg.kill_all()
             for t in threads:
                 t.join(timeout=_KILL_WAIT_S)
-            for stream in (proc.stdin, proc.stdout) if proc is not None else ():
+            for stream in (proc.stdin, proc.stdout, proc.stderr) if proc is not None else ():
                 if stream is not None:
                     with contextlib.suppress(OSError, ValueError):
                         stream.close()
@@ -567,7 +576,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
     if peak is None and rusage is not None:
         peak = rusage.ru_maxrss * 1024
     if not oom and not timed_out and code not in (0, None) and limits == "rlimit-as":
-        oom = bool(_OOM_TEXT.search(_tail(spec.log_path)) or _OOM_TEXT.search(bytes(cap.buf[-65536:])))
+        oom = any(_OOM_TEXT.search(t) for t in (_tail(spec.log_path), bytes(err_tail.buf), bytes(cap.buf[-65536:])))
     return SandboxResult(backend=name, exit_code=code, timed_out=timed_out, oom=oom, wall_seconds=wall,
                          peak_memory_bytes=peak, stdout=bytes(cap.buf), stdout_truncated=cap.truncated,
                          limits=limits)

@@ -404,3 +404,16 @@ def test_bwrap_gpu_selection_passes_through(bwrap_available, monkeypatch):
     assert r.stdout.strip() == b"1", r
     r = b.run(spec(b, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))", gpus=False))
     assert r.stdout.strip() == b"None", r
+
+
+@pytest.mark.bwrap
+def test_bwrap_without_cgroups_falls_back_to_rlimit(bwrap_available, monkeypatch, tmp_path):
+    """Hosts where no cgroup can be made (cgroup v2 without delegation): RLIMIT_AS still
+    bounds memory, and the allocation failure is still reported as oom."""
+    from autoresearch import sandbox
+    monkeypatch.setattr(sandbox._Cgroups, "create", classmethod(lambda cls, *a: None))
+    b = choose_backend("bwrap")
+    r = b.run(spec(b, "x = b'x' * (400 << 20)", memory=300 << 20))
+    assert r.limits == "rlimit-as" and r.oom and r.exit_code == 1, r
+    r = b.run(spec(b, "print('fine')", memory=300 << 20, log_path=tmp_path / "log"))
+    assert r.limits == "rlimit-as" and not r.oom and r.exit_code == 0 and r.peak_memory_bytes, r
