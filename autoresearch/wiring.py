@@ -1,0 +1,123 @@
+"""Hook wiring derived from the bundle's own .claude/settings.json, so there is one source of truth.
+
+The bundle wires its hooks as `"$CLAUDE_PROJECT_DIR/.venv/bin/python" ... "$CLAUDE_PROJECT_DIR/hooks/X.py"`.
+Two other places need the same commands with other paths:
+
+- the plugin (hooks/hooks.json): the hook scripts come from `${CLAUDE_PLUGIN_ROOT}`, the interpreter
+  from the plugin's own .venv, else the project's. Plugin hooks act only in a project that has a
+  program.md (a plugin installed for the user must not lock down every other project), and the
+  loop's hooks (Stop, SessionStart, PreCompact) step aside when the project wires them itself, so
+  a decision is never made twice. The guard (PreToolUse) never steps aside: a second deny costs
+  milliseconds, a missing one costs the sandbox's integrity.
+- a legacy repo set up by `autoresearch init`: absolute paths to the installed bundle's scripts and
+  its .venv python, recorded at init time.
+
+Every rewrite keeps the bundle's fail-closed wrapper around the interpreter call: a missing
+interpreter still ends in a deny. `derive` refuses a command it does not recognise rather than
+guess, so a change to the bundle's wiring breaks a test instead of producing a silent hole.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+from pathlib import Path
+
+PY = '"$CLAUDE_PROJECT_DIR/.venv/bin/python"'
+HOOKS = '"$CLAUDE_PROJECT_DIR/hooks/'
+LOOP_EVENTS = ("Stop", "SessionStart", "PreCompact")
+PLUGIN_ROOT = "${CLAUDE_PLUGIN_ROOT}"
+PROJECT = '"${CLAUDE_PROJECT_DIR:-$PWD}"'
+
+
+class WiringError(ValueError):
+    """The bundle's settings.json has a hook command this module does not know how to rewrite."""
+
+
+def load_settings(bundle: Path) -> dict:
+    return json.loads((bundle / ".claude" / "settings.json").read_text())
+
+
+def _rewrite(command: str, python: str, hooks_dir: str) -> str:
+    if PY not in command or HOOKS not in command:
+        raise WiringError(f"unrecognised hook command (expected {PY} and {HOOKS}...): {command[:120]}")
+    return command.replace(PY, python).replace(HOOKS, f'"{hooks_dir}/')
+
+
+def _hook_script(command: str) -> str:
+    """The hooks/<name>.py a command runs (for the step-aside check)."""
+    rest = command.split(HOOKS, 1)[1]
+    return "hooks/" + rest.split('"', 1)[0]
+
+
+def plugin_hooks(settings: dict) -> dict:
+    """hooks/hooks.json for the plugin, from the bundle's settings.json."""
+    out: dict = {}
+    for event, groups in (settings.get("hooks") or {}).items():
+        new_groups = []
+        for g in groups:
+            g = copy.deepcopy(g)
+            for h in g.get("hooks", []):
+                if h.get("type") != "command":
+                    continue
+                cmd = h["command"]
+                _rewrite(cmd, "", "")                   # refuse an unknown shape before anything else
+                script = _hook_script(cmd)
+                pick = (f'py="{PLUGIN_ROOT}/.venv/bin/python"; [ -x "$py" ] || py={PROJECT}/.venv/bin/python; ')
+                gate = f'[ -f {PROJECT}/program.md ] || exit 0; '
+                if event in LOOP_EVENTS:
+                    gate += (f'grep -qs "{script}" {PROJECT}/.claude/settings.json && exit 0; ')
+                h["command"] = gate + pick + _rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks")
+            new_groups.append(g)
+        out[event] = new_groups
+    return {"description": "autoresearch: the fail-closed guard and the keep-or-revert loop "
+                           "(derived from .claude/settings.json by autoresearch.wiring)",
+            "hooks": out}
+
+
+def legacy_settings(settings: dict, bundle: Path, python: Path) -> dict:
+    """.claude/settings.json for a legacy repo: the bundle's wiring with absolute paths."""
+    new = copy.deepcopy(settings)
+    py = shlex.quote(str(python)) if "'" not in str(python) else None
+    if py is None or '"' in str(bundle) or "$" in str(bundle) or "`" in str(bundle):
+        raise WiringError(f"the bundle path {bundle} has quotes or $ in it; move it to a plainer path")
+    for groups in (new.get("hooks") or {}).values():
+        for g in groups:
+            for h in g.get("hooks", []):
+                if h.get("type") == "command":
+                    h["command"] = _rewrite(h["command"], f'"{python}"', f"{bundle}/hooks")
+    return new
+
+
+def merge_settings(existing: dict, ours: dict) -> dict:
+    """The user's settings with ours added: our hooks appended per event (replacing earlier
+    autoresearch wiring), deny rules unioned, our env values set. Nothing of theirs is dropped."""
+    out = copy.deepcopy(existing)
+    hooks = out.setdefault("hooks", {})
+    for event, groups in (ours.get("hooks") or {}).items():
+        theirs = [g for g in hooks.get(event, [])
+                  if not any(_is_ours(h.get("command", "")) for h in g.get("hooks", []))]
+        hooks[event] = theirs + copy.deepcopy(groups)
+    perms = out.setdefault("permissions", {})
+    deny = list(perms.get("deny", []))
+    for rule in (ours.get("permissions") or {}).get("deny", []):
+        if rule not in deny:
+            deny.append(rule)
+    perms["deny"] = deny
+    out.setdefault("env", {}).update((ours.get("env") or {}))
+    return out
+
+
+def _is_ours(command: str) -> bool:
+    return any(f"hooks/{n}.py" in command for n in ("pre_tool_use", "stop", "session_start", "pre_compact"))
+
+
+def write_plugin_hooks(bundle: Path) -> Path:
+    """Regenerate hooks/hooks.json from .claude/settings.json (`python -m autoresearch.wiring`)."""
+    out = bundle / "hooks" / "hooks.json"
+    out.write_text(json.dumps(plugin_hooks(load_settings(bundle)), indent=2) + "\n")
+    return out
+
+
+if __name__ == "__main__":
+    print(write_plugin_hooks(Path(__file__).resolve().parents[1]))

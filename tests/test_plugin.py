@@ -1,0 +1,217 @@
+"""The plugin: it validates, its hooks are the bundle's own (derived, not copied by hand), and the
+real Claude Code CLI loads it with --plugin-dir and is then guarded by it -- fail-closed when no
+interpreter can be found, inert in a project that is not an autoresearch project."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from autoresearch.doctor import _hook_input, run_hook
+from autoresearch.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
+from conftest import need
+from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
+from e2e.harness import Project, base_env, cli_path, make_project, run_claude
+
+ROOT = Path(__file__).resolve().parents[1]
+PIP = _hook_input(Path("/"), "Bash", {"command": "pip install requests"})
+
+
+@pytest.fixture(scope="module")
+def claude() -> Path:
+    p = cli_path()
+    need("claude", p is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
+    assert p is not None
+    return p
+
+
+def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (home / ".claude").mkdir(parents=True, exist_ok=True)
+    return subprocess.run([str(claude), *args], capture_output=True, text=True, timeout=120, env=base_env(home))
+
+
+def plugin_copy(dest: Path) -> Path:
+    """The plugin's own files (no .venv, no tests): what a marketplace install would carry."""
+    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch"):
+        shutil.copytree(ROOT / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "README.md", dest / "README.md")
+    return dest
+
+
+# --- validation and derivation --------------------------------------------------------------
+
+@pytest.mark.claude
+def test_plugin_and_marketplace_validate_strictly(claude, tmp_path):
+    for manifest in ("plugin.json", "marketplace.json"):
+        p = cli(claude, tmp_path, "plugin", "validate", "--strict", str(ROOT / ".claude-plugin" / manifest))
+        assert p.returncode == 0, p.stdout + p.stderr
+        assert "Validation passed" in p.stdout
+    p = cli(claude, tmp_path, "plugin", "validate", "--json", str(ROOT / ".claude-plugin" / "plugin.json"))
+    provides = json.loads(p.stdout)["provides"]
+    assert {"autoresearch:status", "autoresearch:plot", "autoresearch:pause"} <= set(provides["commands"])
+    assert {h["event"] for h in provides["hooks"]} == {"PreToolUse", "Stop", "SessionStart", "PreCompact"}
+
+
+def test_plugin_hooks_are_derived_from_the_bundles_settings():
+    """hooks/hooks.json must equal what autoresearch.wiring derives from .claude/settings.json:
+    regenerate it with `python -m autoresearch.wiring` after changing the settings."""
+    assert json.loads((ROOT / "hooks" / "hooks.json").read_text()) == plugin_hooks(load_settings(ROOT))
+
+
+def test_every_settings_event_has_a_plugin_hook_through_the_plugin_root():
+    settings, hooks = load_settings(ROOT), plugin_hooks(load_settings(ROOT))["hooks"]
+    assert set(hooks) == set(settings["hooks"])
+    for groups in hooks.values():
+        for g in groups:
+            for h in g["hooks"]:
+                assert "$CLAUDE_PROJECT_DIR/hooks/" not in h["command"]
+                assert '"${CLAUDE_PLUGIN_ROOT}/hooks/' in h["command"]
+
+
+def test_an_unknown_command_shape_is_refused_not_guessed():
+    with pytest.raises(WiringError):
+        plugin_hooks({"hooks": {"PreToolUse": [{"hooks": [{"type": "command", "command": "python guard.py"}]}]}})
+
+
+def test_legacy_settings_use_absolute_bundle_paths_and_merge_keeps_the_users_own(tmp_path):
+    ours = legacy_settings(load_settings(ROOT), ROOT, ROOT / ".venv" / "bin" / "python")
+    text = json.dumps(ours)
+    assert "$CLAUDE_PROJECT_DIR/.venv" not in text and f"{ROOT}/hooks/pre_tool_use.py" in text
+    theirs = {"hooks": {"PostToolUse": [{"hooks": [{"type": "command", "command": "lint"}]}],
+                        "Stop": [{"hooks": [{"type": "command", "command": "notify-send done"}]}]},
+              "permissions": {"deny": ["Bash(rm:*)"], "allow": ["Bash(make:*)"]}, "model": "x"}
+    merged = merge_settings(theirs, ours)
+    assert merged["model"] == "x" and merged["permissions"]["allow"] == ["Bash(make:*)"]
+    assert merged["permissions"]["deny"][0] == "Bash(rm:*)" and "Bash(pip:*)" in merged["permissions"]["deny"]
+    assert [g["hooks"][0]["command"] for g in merged["hooks"]["Stop"]][0] == "notify-send done"
+    assert len(merged["hooks"]["Stop"]) == 2
+    again = merge_settings(merged, ours)                 # running init twice does not wire twice
+    assert again == merged
+
+
+# --- the hook commands, run as Claude Code runs them (sh, with the plugin root) --------------
+
+def test_plugin_guard_is_inert_outside_an_autoresearch_project(tmp_path):
+    [cmd] = [h["command"] for g in plugin_hooks(load_settings(ROOT))["hooks"]["PreToolUse"] for h in g["hooks"]]
+    assert run_hook(cmd, tmp_path, PIP, env={"CLAUDE_PLUGIN_ROOT": str(ROOT)}) == "none"
+
+
+def test_plugin_guard_denies_when_no_interpreter_can_be_found(tmp_path):
+    [cmd] = [h["command"] for g in plugin_hooks(load_settings(ROOT))["hooks"]["PreToolUse"] for h in g["hooks"]]
+    plugin = plugin_copy(tmp_path / "plugin")                  # no .venv in the plugin...
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(ROOT / "program.md", proj / "program.md")      # ...nor in the project
+    ok = _hook_input(proj, "Bash", {"command": 'ls'})
+    assert run_hook(cmd, proj, ok, env={"CLAUDE_PLUGIN_ROOT": str(plugin)}) == "deny"
+    assert run_hook(cmd, proj, PIP, env={"CLAUDE_PLUGIN_ROOT": str(plugin)}) == "deny"
+
+
+def test_plugin_guard_uses_the_project_venv_when_the_plugin_has_none(tmp_path):
+    [cmd] = [h["command"] for g in plugin_hooks(load_settings(ROOT))["hooks"]["PreToolUse"] for h in g["hooks"]]
+    plugin = plugin_copy(tmp_path / "plugin")
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    for f in ("program.md", "train.py", "scratchpad.md"):
+        shutil.copy(ROOT / f, proj / f)
+    os.symlink(ROOT / ".venv", proj / ".venv")
+    run_sh = _hook_input(proj, "Bash", {"command": './run.sh -m "plugin probe"'})
+    assert run_hook(cmd, proj, run_sh, env={"CLAUDE_PLUGIN_ROOT": str(plugin)}) == "allow"
+    assert run_hook(cmd, proj, PIP, env={"CLAUDE_PLUGIN_ROOT": str(plugin)}) == "deny"
+
+
+def test_loop_hooks_step_aside_when_the_project_wires_its_own(tmp_path):
+    [cmd] = [h["command"] for g in plugin_hooks(load_settings(ROOT))["hooks"]["Stop"] for h in g["hooks"]]
+    proj = tmp_path / "proj"
+    (proj / ".claude").mkdir(parents=True)
+    shutil.copy(ROOT / "program.md", proj / "program.md")
+    shutil.copy(ROOT / ".claude" / "settings.json", proj / ".claude" / "settings.json")
+    p = subprocess.run(["sh", "-c", cmd], input="{}", capture_output=True, text=True, cwd=proj,
+                       env={**os.environ, "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": "/nonexistent"})
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""   # did not even look for python
+
+
+# --- the real CLI with --plugin-dir ---------------------------------------------------------
+
+def plugin_only_project(tmp_path: Path) -> Project:
+    """A research project whose own .claude/settings.json is gone: only the plugin guards it."""
+    proj = make_project(tmp_path)
+    (proj.root / ".claude" / "settings.json").unlink()
+    return proj
+
+
+def installed_plugin(tmp_path: Path) -> Path:
+    """The plugin in its own folder with the bundle's .venv, as after `marketplace add` of a
+    bootstrapped checkout. (Claude Code treats files inside a plugin folder as sensitive, so the
+    plugin folder is never the project itself.)"""
+    plugin = plugin_copy(tmp_path / "plugin")
+    os.symlink(ROOT / ".venv", plugin / ".venv")
+    return plugin
+
+
+@pytest.mark.claude
+def test_cli_loads_the_plugin_and_its_guard_decides(claude, tmp_path):
+    proj = plugin_only_project(tmp_path)
+    script = [
+        say("Installing a helper first.") + bash("pip install requests"),
+        edit("scratchpad.md", "(none yet: the first run is the baseline)", "(none yet; plugin test)"),
+        edit("program.md", "direction: minimize", "direction: maximize"),
+        end_turn("Done."),
+    ]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        run = run_claude(proj, api.url, "go", "--plugin-dir", str(installed_plugin(tmp_path)),
+                         env={"AUTORESEARCH_MAX_EXPERIMENTS": "0"})
+    init = next(e for e in run.events if e.get("type") == "system" and e.get("subtype") == "init")
+    assert any(p["name"] == "autoresearch" for p in init["plugins"]), init["plugins"]
+    assert {"autoresearch:status", "autoresearch:pause"} <= set(init["slash_commands"])
+    results = {r.input.get("command") or r.input.get("file_path"): r for r in api.results()}
+    pip = results["pip install requests"]
+    assert pip.is_error and "pip" in pip.text
+    assert not results[str(proj.path("scratchpad.md"))].is_error, run.describe()   # the guard's explicit allow
+    assert "plugin test" in proj.read("scratchpad.md")
+    assert results[str(proj.path("program.md"))].is_error
+    assert "direction: minimize" in proj.read("program.md")
+
+
+@pytest.mark.claude
+def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude, tmp_path):
+    proj = plugin_only_project(tmp_path)
+    (proj.root / ".venv").unlink()
+    plugin = plugin_copy(tmp_path / "plugin")
+    script = [edit("scratchpad.md", "(none yet: the first run is the baseline)", "(edited)"),
+              bash("ls"), end_turn("Done.")]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        run_claude(proj, api.url, "go", "--plugin-dir", str(plugin))
+    res = api.results()
+    assert len(res) == 2 and all(r.is_error for r in res), [(r.name, r.text[:200]) for r in res]
+    assert any("guard failed" in r.text for r in res)
+    assert "(edited)" not in proj.read("scratchpad.md")
+
+
+@pytest.mark.claude
+def test_slash_command_runs_autoresearch_status(claude, tmp_path):
+    proj = plugin_only_project(tmp_path)
+    with FakeAPI([end_turn("Here is the table.")], project=str(proj.root)) as api:
+        run = run_claude(proj, api.url, "/autoresearch:status", "--plugin-dir", str(installed_plugin(tmp_path)),
+                         env={"AUTORESEARCH_MAX_EXPERIMENTS": "0"})
+    shown = "\n".join(api.shown())
+    assert "autoresearch status" in shown, run.describe()
+    assert "val_bpb (lower is better)" in shown and "No experiments yet" in shown
+
+
+@pytest.mark.claude
+def test_marketplace_add_then_install(claude, tmp_path):
+    market = plugin_copy(tmp_path / "market")
+    home = tmp_path / "home"
+    p = cli(claude, home, "plugin", "marketplace", "add", str(market))
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = cli(claude, home, "plugin", "install", "autoresearch@autoresearch")
+    assert p.returncode == 0, p.stdout + p.stderr
+    p = cli(claude, home, "plugin", "list")
+    assert "autoresearch@autoresearch" in p.stdout and "enabled" in p.stdout
+    cached = list((home / ".claude" / "plugins" / "cache").rglob("hooks/hooks.json"))
+    assert cached and json.loads(cached[0].read_text()) == json.loads((ROOT / "hooks" / "hooks.json").read_text())
