@@ -38,6 +38,18 @@ def bootstrapped() -> None:
     assert _stamp_current(ROOT), "scripts/bootstrap.sh did not leave a current stamp in .venv"
 
 
+@pytest.fixture(scope="session")
+def sandbox() -> str:
+    """Scenarios that run experiments need a sandbox backend (program.md says `auto`)."""
+    import shutil
+    docker = shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True).returncode == 0
+    bwrap = shutil.which("bwrap") is not None and subprocess.run(
+        ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0
+    need("bwrap", docker or bwrap, "experiments need a sandbox: neither Docker nor bubblewrap works here")
+    return "docker" if docker else "bwrap"
+
+
 @pytest.fixture
 def project(tmp_path: Path, claude_cli: Path, bootstrapped: None) -> Project:
     """A committed copy of the current working tree, with its own HOME."""

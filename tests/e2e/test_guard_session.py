@@ -9,7 +9,7 @@ from e2e.fake_api import FakeAPI, bash, edit, end_turn, read, say
 from e2e.harness import Project, run_claude
 from e2e.story import change, note, results, run_experiment, runs
 
-pytestmark = [pytest.mark.claude, pytest.mark.slow]
+pytestmark = [pytest.mark.claude, pytest.mark.slow, pytest.mark.usefixtures("sandbox")]
 
 
 def test_denials_reach_the_model_and_allowed_actions_need_no_approval(project: Project, fake: FakeAPI) -> None:

@@ -12,7 +12,7 @@ from e2e.fake_api import FakeAPI, end_turn, human, read, say, system_text, user_
 from e2e.harness import Project, run_claude, run_python
 from e2e.story import as_float, change, note, results, run_experiment, runs
 
-pytestmark = [pytest.mark.claude, pytest.mark.slow]
+pytestmark = [pytest.mark.claude, pytest.mark.slow, pytest.mark.usefixtures("sandbox")]
 
 TRAIN_SECONDS = "3"     # real training, a few seconds per experiment
 FLASH = ("import torch.nn.functional as F\n",
