@@ -11,13 +11,17 @@ from e2e.harness import Project, run_claude
 
 pytestmark = pytest.mark.claude
 
+# No experiments in these sessions: with a zero budget the loop's Stop hook lets the
+# first end of turn through, so the protocol is tested without the loop sending the model on.
+NO_LOOP = {"AUTORESEARCH_MAX_EXPERIMENTS": "0"}
+
 
 def test_model_reads_a_file_and_ends_its_turn(project: Project, fake: FakeAPI) -> None:
     fake.script = [
         say("Let me read the research program first.") + read("program.md"),
         end_turn("The objective is val_bpb; ready to start."),
     ]
-    run = run_claude(project, fake.url, "Read program.md and tell me the objective.")
+    run = run_claude(project, fake.url, "Read program.md and tell me the objective.", env=NO_LOOP)
 
     assert run.returncode == 0, run.describe()
     res = run.result
@@ -37,7 +41,7 @@ def test_model_reads_a_file_and_ends_its_turn(project: Project, fake: FakeAPI) -
 
 def test_cli_keeps_to_the_private_home_and_never_trusts_the_folder(project: Project, fake: FakeAPI) -> None:
     fake.script = [end_turn("Nothing to do.")]
-    run = run_claude(project, fake.url, "hello")
+    run = run_claude(project, fake.url, "hello", env=NO_LOOP)
     assert run.result["subtype"] == "success", run.describe()
     config = project.home / ".claude" / ".claude.json"
     assert config.is_file(), "the CLI did not use the temporary CLAUDE_CONFIG_DIR"
@@ -49,7 +53,7 @@ def test_broken_stream_falls_back_to_a_plain_message(project: Project) -> None:
     """If streaming breaks, the CLI retries without streaming; the fake answers both ways."""
     with FakeAPI([say("Checking.") + read("train.py"), end_turn("Seen it.")],
                  project=str(project.root), broken_streams=1) as api:
-        run = run_claude(project, api.url, "look at train.py")
+        run = run_claude(project, api.url, "look at train.py", env=NO_LOOP)
     assert run.result["subtype"] == "success", run.describe()
     assert run.result["result"] == "Seen it."
     assert any(r.body.get("stream") is False for r in api.main_requests)
