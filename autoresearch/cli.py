@@ -15,7 +15,32 @@ def build_parser() -> argparse.ArgumentParser:
     _ = sub
     _operator_commands(sub)
     _loop_commands(sub)
+    _guard_commands(sub)
     return ap
+
+
+# --- guard: explain -----------------------------------------------------------------------------
+
+def _guard_commands(sub) -> None:
+    g = sub.add_parser("guard", help="the PreToolUse guard: what the agent may do",
+                       description="the PreToolUse guard: what the agent may do")
+    actions = g.add_subparsers(dest="guard_command", metavar="ACTION", required=True)
+    p = actions.add_parser("explain", help="print the guard's decision on a command or tool call, and why",
+                           description="autoresearch guard explain -- <command>   |   "
+                                       "autoresearch guard explain --tool Edit --path train.py")
+    p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
+    p.add_argument("--tool", default="Bash", help="the tool (default: Bash)")
+    p.add_argument("--path", help="file_path (Read/Edit/Write), notebook_path (NotebookEdit) or path (Glob/Grep)")
+    p.add_argument("--pattern", help="Glob/Grep pattern")
+    p.add_argument("--url", help="WebFetch url")
+    p.add_argument("--query", help="WebSearch query")
+    p.add_argument("--input", metavar="JSON", help="the whole tool_input as JSON (overrides the above)")
+    p.add_argument("command", nargs="*", help="the Bash command, after --")
+
+    def explain(a):
+        from .guard import explain as run
+        return run(_project(a), a.tool, a)
+    p.set_defaults(func=_friendly(explain))
 
 
 # --- loop commands: calibrate, pause, resume ----------------------------------------------------
@@ -83,6 +108,29 @@ def _operator_commands(sub) -> None:
         p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
         p.set_defaults(func=_friendly(func))
         return p
+
+    def init(a):
+        from .scaffold import main as run
+        return run(a)
+    p = sub.add_parser("init", help="set up an existing research repo for the loop (the legacy-code case)",
+                       description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
+                                   "run.sh, .claude/settings.json (hooks), .gitignore.")
+    p.set_defaults(func=_friendly(init))
+    p.add_argument("path", nargs="?", help="the repo (default: here)")
+    p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
+    p.add_argument("--metric", help="the metric's name, e.g. val_loss")
+    p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
+    p.add_argument("--mode", choices=["inline", "two_stage"], default="inline",
+                   help="inline (default): the metric is parsed from what the training code prints -- a weaker "
+                        "guarantee; two_stage: the repo has the bundle's trusted evaluator (prepare.py)")
+    p.add_argument("--metric-regex", help="inline mode: a regex with one group capturing the metric "
+                                          "(default: '<metric>[:=] <number>')")
+    p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
+    p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
+    p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
+    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], default="auto",
+                   help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
+    p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
 
     def status(a):
         from .status import main as run

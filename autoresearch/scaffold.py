@@ -1,0 +1,395 @@
+"""`autoresearch init [PATH]`: set up an existing research repo (the legacy-code case) for the loop.
+
+What it writes into PATH (and nothing else):
+  program.md                 front matter from the options (training command, metric, direction,
+                             budget, mode), a four-phase plan and the agent's instructions
+  scratchpad.md              the agent's memory template (kept if it exists)
+  run.sh                     `./run.sh -m "why"`: runs one experiment with the installed bundle
+  .claude/settings.json      the bundle's hook wiring, permissions.deny and env, merged into the
+                             repo's own settings (theirs are kept; earlier autoresearch wiring replaced)
+  .gitignore                 runs/, results.tsv, .autoresearch/, progress.png
+  .autoresearch/bundle.json  where the bundle and its Python were at init time
+
+How the repo gets the package and the hooks: nothing is copied or installed into it. run.sh and
+the hook commands name the installed bundle's scripts and its .venv Python by absolute path,
+recorded at init time (re-run `autoresearch init --force` if the bundle moves). The hook commands
+keep the bundle's fail-closed wrapper, so if that Python disappears every guarded tool call is
+denied, not allowed. (The plugin is the alternative: its hooks step aside when the repo wires
+its own, so the two never decide twice.)
+
+Files it would replace are refused unless --force, which first saves them as
+<name>.before-autoresearch: nothing of the repo is lost.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, Field
+
+from .config import ConfigError, parse_program
+from .wiring import legacy_settings, load_settings, merge_settings
+
+BACKUP_SUFFIX = ".before-autoresearch"
+GITIGNORE_LINES = ["runs/", "results.tsv", ".autoresearch/", "progress.png"]
+
+INLINE_GUARANTEE = (
+    "inline mode gives a WEAKER guarantee: the metric is read from what the training code prints "
+    "(the last line matching run.metric_regex), and the agent edits that code, so it could print a "
+    "number it did not measure. Still enforced: the sandbox (no network, read-only repo, hard time "
+    "limit), the guard on every tool call, the ledger and git history of every experiment. Not "
+    "enforced: an independent evaluation, and keeping validation data away from training. Review the "
+    "kept diffs (git log -p on the run branch) before you trust a result; `autoresearch final` is "
+    "not available in this mode.")
+
+
+class InitError(ValueError):
+    """init cannot proceed; the message says what to change. Nothing was written."""
+
+
+class InitOptions(BaseModel):
+    path: Path
+    command: list[str] = Field(min_length=1)     # the training command, e.g. ["python", "train.py"]
+    metric: str = Field(min_length=1)
+    direction: Literal["minimize", "maximize"]
+    mode: Literal["inline", "two_stage"] = "inline"
+    metric_regex: str | None = None
+    train_script: str | None = None              # the file the agent edits (default: from the command)
+    budget_seconds: float = Field(300, gt=0)
+    objective: str | None = None
+    sandbox: Literal["auto", "docker", "bwrap"] = "auto"
+    force: bool = False
+
+
+class InitResult(BaseModel):
+    root: Path
+    written: list[str]
+    kept: list[str]
+    backups: list[str]
+    program_text: str
+
+
+def default_regex(metric: str) -> str:
+    """`val_acc=0.87`, `val_acc: 0.87`, `val_acc 0.87` (the last such line wins)."""
+    return rf"{re.escape(metric)}\s*[:=]?\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def script_from_command(command: list[str]) -> str | None:
+    return next((a for a in command if a.endswith(".py") and not a.startswith("-")), None)
+
+
+def bundle_paths() -> tuple[Path, Path]:
+    """(the bundle folder holding hooks/ and autoresearch/, the Python of its virtualenv)."""
+    bundle = Path(__file__).resolve().parent.parent
+    if not (bundle / "hooks" / "pre_tool_use.py").is_file() or not (bundle / ".claude" / "settings.json").is_file():
+        raise InitError(f"{bundle} is not an autoresearch bundle checkout (no hooks/ or .claude/settings.json): "
+                        "run init from a clone of the bundle (its .venv/bin/autoresearch)")
+    if sys.prefix == sys.base_prefix:
+        raise InitError("run init with the bundle's virtualenv Python (.venv/bin/autoresearch init ...): "
+                        "the hooks need a virtualenv's interpreter")
+    return bundle, Path(sys.prefix) / "bin" / "python"
+
+
+def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    from .gitops import git
+    return git(root, *args, check=False)
+
+
+def program_text(o: InitOptions, script: str) -> str:
+    run: dict = {"mode": o.mode, "train_script": script}
+    if o.mode == "inline":
+        run |= {"command": o.command, "metric_regex": o.metric_regex or default_regex(o.metric)}
+    front = {
+        "objective": o.objective or (f"{'Lower' if o.direction == 'minimize' else 'Raise'} {o.metric}, "
+                                     f"printed by `{shlex.join(o.command)}`, within a fixed training-time budget."),
+        "metric": {"name": o.metric, "direction": o.direction},
+        "budget": {"train_seconds": o.budget_seconds, "grace_seconds": 60, "eval_seconds": 300},
+        "editable": [script, "scratchpad.md"],
+        "min_improvement": 0.0,
+        "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
+        "sandbox": {"backend": o.sandbox, "memory_gb": 8, "pids": 512},
+        "run": run,
+        "deadline_hours": 10,
+        "phase": "hyperparameters",
+        "phases": [
+            {"name": "hyperparameters", "max_experiments": 20, "web": False,
+             "focus": "Tune what is already there: learning rate and its schedule, batch size, "
+                      "model size at the fixed budget, regularisation."},
+            {"name": "model", "max_experiments": 20, "web": False,
+             "focus": "Change the model: layers, normalisation, activations, initialisation."},
+            {"name": "training", "max_experiments": 20, "web": False,
+             "focus": "Change how it learns: optimiser, schedule shape, data order and augmentation."},
+            {"name": "moonshot", "max_experiments": 10, "web": True,
+             "focus": "Bigger ideas from the literature (web access is on in this phase): read, "
+                      "then try the most promising one carefully."},
+        ],
+    }
+    head = ("# Written by `autoresearch init`. Edit `phase:` to change what the agent works on next;\n"
+            "# the guard and the Stop hook read this file on every call.\n")
+    if o.mode == "inline":
+        head += "# " + "\n# ".join(_wrap(INLINE_GUARANTEE, 96)) + "\n"
+    body = BODY.format(script=script, metric=o.metric, better="lower" if o.direction == "minimize" else "higher",
+                       source=("the last line of its output that matches `run.metric_regex`" if o.mode == "inline"
+                               else "the trusted evaluator"))
+    return "---\n" + head + yaml.safe_dump(front, sort_keys=False, width=100) + "---\n" + body
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    out, line = [], ""
+    for w in text.split():
+        if line and len(line) + 1 + len(w) > width:
+            out.append(line)
+            line = w
+        else:
+            line = f"{line} {w}".strip()
+    return out + ([line] if line else [])
+
+
+BODY = """
+# The research program
+
+You are an autonomous researcher. Your job is to make `{script}` score better on `{metric}`
+({better} is better), one careful experiment at a time, and to keep going until the budget runs
+out. Nobody is watching: do not stop to ask.
+
+## The loop
+
+1. Read `scratchpad.md`: it is your memory across turns, compactions and restarts.
+2. Form **one** hypothesis that fits the current phase's focus, and write it in the scratchpad
+   before you touch code: what you change, why it should help, and by how much.
+3. Edit `{script}` to test it. Keep the change small enough that the result means something.
+4. Run it: `./run.sh -m "<what changed and why>"`. It trains in a sandbox for a fixed time; the
+   metric is {source}. Read the lines it prints; the full log is in `runs/NNNN/train.log`.
+5. Update `scratchpad.md` with the result and what you learned, then end your turn. The harness
+   keeps (commits) or reverts the change, records it in `results.tsv`, and tells you what is next.
+
+## The rules
+
+- You may edit only `{script}` and `scratchpad.md`. Everything else is fixed.
+- No new packages, no network, no git commands that write.
+- The time budget is enforced from outside: finish and report in time, or the run is a timeout.
+- Report the real measurement, computed on the validation data as the code did before you
+  started. Printing a number that was not measured, or measuring on training data, is cheating;
+  every kept change is reviewed by a human.
+- One idea per experiment. If a run crashes, read the log, fix the cause, and try again or move on.
+
+## The scratchpad
+
+Keep `scratchpad.md` short, current and honest, with these sections:
+
+- **Current best**: the metric, the run, and what made it.
+- **Experiment log**: one line per experiment: number, change, result, verdict.
+- **Hypotheses**: ideas not yet tried, with why you think they could work.
+- **Next experiments**: the next two or three, in order.
+- **Failed patterns**: what did not work and why, so you do not repeat it.
+
+Before you end a turn, the scratchpad must say what the last run showed. The harness checks.
+"""
+
+SCRATCHPAD = """# Scratchpad
+
+## Current best
+(none yet: the first run is the baseline)
+
+## Experiment log
+<!-- one line per experiment: number | change | {metric} | kept / discarded / crashed -->
+
+## Hypotheses
+-
+
+## Next experiments
+1. Run the baseline as it is: `./run.sh -m "baseline"`.
+
+## Failed patterns
+-
+"""
+
+RUN_SH = """#!/usr/bin/env bash
+# One experiment for the current {script}:  ./run.sh -m "what changed and why"
+# Written by `autoresearch init` on {date}: the trusted runner is the autoresearch bundle at
+#   {bundle}
+# run with its Python {python}. If the bundle moves, run `autoresearch init --force` again.
+set -euo pipefail
+root="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+py={py}
+if [ ! -x "$py" ]; then
+  echo "run.sh: $py is missing: run scripts/bootstrap.sh in the bundle, or autoresearch init --force" >&2
+  exit 2
+fi
+export CLAUDE_PROJECT_DIR="$root"
+exec "$py" -I -m autoresearch.experiment "$@"
+"""
+
+
+def _bash_timeout_ms(o: InitOptions) -> int:
+    return int((o.budget_seconds + 60 + 300 + 120) * 1000)
+
+
+def plan(o: InitOptions) -> dict[str, str]:
+    """Validate everything and return {relative path: new content}; writes nothing."""
+    root = o.path.resolve()
+    if not root.is_dir():
+        raise InitError(f"{root} is not a folder")
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if top.returncode != 0:
+        raise InitError(f"{root} is not a git repository: the loop keeps and reverts changes with git. "
+                        f"Run: cd {shlex.quote(str(root))} && git init && git add -A && git commit -m baseline")
+    if Path(top.stdout.strip()).resolve() != root:
+        raise InitError(f"{root} is inside the git repository {top.stdout.strip()}: run init at its top level")
+    if _git(root, "rev-parse", "-q", "--verify", "HEAD").returncode != 0:
+        raise InitError("the repository has no commit yet: commit the training code first "
+                        "(git add -A && git commit -m baseline)")
+    script = o.train_script or script_from_command(o.command)
+    if not script:
+        raise InitError("cannot tell which file the agent should edit from the command: pass --train-script FILE")
+    if not (root / script).is_file():
+        raise InitError(f"the training script {script} does not exist in {root}")
+    if _git(root, "ls-files", "--error-unmatch", script).returncode != 0:
+        raise InitError(f"{script} is not committed: the loop reverts it from the branch head, so commit it first")
+    if o.mode == "inline":
+        regex = o.metric_regex or default_regex(o.metric)
+        try:
+            rx = re.compile(regex)
+        except re.error as e:
+            raise InitError(f"--metric-regex {regex!r} is not a valid regular expression: {e}") from None
+        if rx.groups < 1:
+            raise InitError(f"--metric-regex {regex!r} needs one group capturing the number, e.g. "
+                            f"'{o.metric}=([0-9.]+)'")
+    elif not (root / "prepare.py").is_file():
+        raise InitError("two_stage mode needs the trusted evaluator: a prepare.py with the bundle's evaluator "
+                        "interface (load_split, eval_windows, evaluate_bpb) and a train.py with build_model(). "
+                        "For code that prints its own metric, use --mode inline")
+    bundle, python = bundle_paths()
+    text = program_text(o, script)
+    try:
+        parse_program(text)
+    except ConfigError as e:
+        raise InitError(f"the options give an invalid program.md: {e}") from None
+    settings = legacy_settings(load_settings(bundle), bundle, python)
+    env = settings.setdefault("env", {})
+    need = _bash_timeout_ms(o)
+    for k in ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS"):
+        env[k] = str(max(int(env.get(k, 0) or 0), need))
+    existing_path = root / ".claude" / "settings.json"
+    existing: dict = {}
+    if existing_path.is_file():
+        try:
+            existing = json.loads(existing_path.read_text())
+        except ValueError as e:
+            raise InitError(f"{existing_path} is not valid JSON ({e}); fix or move it first") from None
+    files = {
+        "program.md": text,
+        "scratchpad.md": SCRATCHPAD.format(metric=o.metric),
+        "run.sh": RUN_SH.format(script=script, date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
+                                bundle=bundle, python=python, py=shlex.quote(str(python))),
+        ".claude/settings.json": json.dumps(merge_settings(existing, settings), indent=2) + "\n",
+        ".gitignore": _gitignore(root),
+        ".autoresearch/bundle.json": json.dumps({"bundle": str(bundle), "python": str(python),
+                                                 "mode": o.mode, "initialised_at":
+                                                 datetime.now(timezone.utc).isoformat(timespec="seconds")},
+                                                indent=2) + "\n",
+    }
+    return files
+
+
+def _gitignore(root: Path) -> str:
+    path = root / ".gitignore"
+    text = path.read_text() if path.is_file() else ""
+    have = {ln.strip() for ln in text.splitlines()}
+    missing = [ln for ln in GITIGNORE_LINES if ln not in have and ln.rstrip("/") not in have]
+    if not missing:
+        return text
+    sep = "" if not text or text.endswith("\n") else "\n"
+    return text + sep + "# autoresearch: experiment artifacts and loop state\n" + "\n".join(missing) + "\n"
+
+
+# files that init merges into rather than replaces, and files it never overwrites
+MERGED = {".claude/settings.json", ".gitignore", ".autoresearch/bundle.json"}
+KEPT_IF_PRESENT = {"scratchpad.md"}
+
+
+def init_project(o: InitOptions) -> InitResult:
+    root = o.path.resolve()
+    files = plan(o)
+    clash = [rel for rel in files if rel not in MERGED | KEPT_IF_PRESENT and (root / rel).exists()
+             and (root / rel).read_text(errors="replace") != files[rel]]
+    if clash and not o.force:
+        raise InitError(f"{', '.join(clash)} already exist{'s' if len(clash) == 1 else ''} in {root}; "
+                        f"--force replaces {'it' if len(clash) == 1 else 'them'} (keeping a copy as "
+                        f"<name>{BACKUP_SUFFIX})")
+    written, kept, backups = [], [], []
+    for rel, content in files.items():
+        path = root / rel
+        if rel in KEPT_IF_PRESENT and path.exists():
+            kept.append(rel)
+            continue
+        if path.exists() and path.read_text(errors="replace") == content:
+            kept.append(rel)
+            continue
+        if path.exists() and rel in {*clash, ".claude/settings.json"}:
+            backup = path.with_name(path.name + BACKUP_SUFFIX)
+            backup.write_bytes(path.read_bytes())
+            backups.append(str(backup.relative_to(root)))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+        if rel == "run.sh":
+            path.chmod(0o755)
+        written.append(rel)
+    return InitResult(root=root, written=written, kept=kept, backups=backups, program_text=files["program.md"])
+
+
+def ask_missing(args) -> None:
+    """Prompt for what the command line did not give, when a human is at the terminal."""
+    if args.command and args.metric and args.direction:
+        return
+    if not sys.stdin.isatty():
+        missing = [f"--{n}" for n in ("command", "metric", "direction") if not getattr(args, n)]
+        raise InitError(f"missing {', '.join(missing)} (no terminal to ask on)")
+    from rich.prompt import Prompt
+    if not args.command:
+        args.command = Prompt.ask("training command (run from the repo root)", default="python train.py")
+    if not args.metric:
+        args.metric = Prompt.ask("metric name, as the training code prints it", default="val_loss")
+    if not args.direction:
+        args.direction = Prompt.ask("is lower or higher better?", choices=["minimize", "maximize"],
+                                    default="minimize")
+
+
+def main(args) -> int:
+    from rich.console import Console
+    from rich.panel import Panel
+    console = Console()
+    try:
+        ask_missing(args)
+        opts = InitOptions(path=Path(args.path or "."), command=shlex.split(args.command), metric=args.metric,
+                           direction=args.direction, mode=args.mode, metric_regex=args.metric_regex,
+                           train_script=args.train_script, budget_seconds=args.budget, objective=args.objective,
+                           sandbox=args.sandbox, force=args.force)
+        res = init_project(opts)
+    except (InitError, ValueError) as e:
+        console.print(f"autoresearch init: {e}", style="red", markup=False, highlight=False)
+        return 2
+    console.print(f"autoresearch set up in {res.root}", style="bold")
+    for rel in res.written:
+        console.print(f"  wrote   {rel}", markup=False)
+    for rel in res.kept:
+        console.print(f"  kept    {rel} (already there)", markup=False)
+    for rel in res.backups:
+        console.print(f"  saved   {rel} (the previous version)", markup=False)
+    if opts.mode == "inline":
+        console.print(Panel(INLINE_GUARANTEE, title="inline mode: what is and is not guaranteed",
+                            border_style="yellow"))
+    print("\nNext:\n"
+          "  1. check the setup:            autoresearch doctor\n"
+          "  2. commit it (your branch):    git add program.md scratchpad.md run.sh .claude .gitignore "
+          "&& git commit -m 'autoresearch setup'\n"
+          "  3. run the baseline once:      ./run.sh -m baseline\n"
+          "  4. start the agent:            claude   (then say: go), or: autoresearch overnight --hours 8")
+    return 0
