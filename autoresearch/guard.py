@@ -1,0 +1,487 @@
+"""The guard: a default-deny, fail-closed decision on every tool call the research agent makes.
+
+Wired as the PreToolUse hook (hooks/pre_tool_use.py; the command line in
+.claude/settings.json turns every failure -- a missing interpreter, an
+exception, a timeout, garbage output -- into a block). Each call is answered
+with an explicit `allow` or `deny`, so the loop also runs headless in a folder
+that was never trusted (where permissions.allow is ignored).
+
+Policy, from program.md's current phase:
+- Edit/Write/MultiEdit/NotebookEdit: only the editable set, as existing regular
+  files inside the project reached without `..`, symlinks or extra hard links;
+  the harness's own files are never editable, whatever program.md says.
+- Read/NotebookRead/Glob/Grep: the project and its libraries, except held-out
+  data (the test split, the raw downloads) and anything that may hold credentials.
+- Bash: the read-only allowlist of autoresearch/shell.py, whose file operands get
+  the same read check, plus `./run.sh -m "..."`.
+- WebFetch/WebSearch: only in a phase with `web: true`.
+- A few harmless built-ins (todo lists, plan mode, a background job's output) are
+  allowed; subagents, MCP tools and anything unknown are denied.
+
+This module runs once per tool call, so it is kept off heavy imports: the policy
+is compiled from program.md (pydantic + YAML, ~150 ms) only when program.md's
+sha256 changes, into .autoresearch/guard-policy.json; the hot path needs only
+os and json (and tree-sitter for Bash).
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+POLICY_VERSION = 1
+CACHE = ".autoresearch/guard-policy.json"
+PROGRAM = "program.md"
+
+# The harness's own files: never editable, even if program.md lists them.
+NEVER_EDITABLE = {"program.md", "prepare.py", "run.sh", "results.tsv", ".gitignore", "pyproject.toml"}
+NEVER_EDITABLE_DIRS = {".claude", ".claude-plugin", "hooks", ".git", ".autoresearch", "autoresearch",
+                       "container", "runs", ".venv", "scripts", "tests"}
+
+EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
+              "NotebookEdit": "notebook_path"}
+READ_TOOLS = {"Read": "file_path", "NotebookRead": "notebook_path"}
+# Built-ins that touch no file, run nothing and reach nothing: todo lists, plan mode,
+# loading a deferred tool's schema (the tool itself is then guarded), and the output of
+# or a stop for a background job (run_in_background is denied, but Claude Code may
+# background a long command itself).
+HARMLESS = {"TodoWrite", "TaskCreate", "TaskUpdate", "TaskList", "TaskGet", "TaskOutput", "TaskStop",
+            "BashOutput", "KillShell", "KillBash", "ExitPlanMode", "EnterPlanMode", "ToolSearch"}
+DENIED_TOOLS = {
+    "Agent": "subagents are not allowed (the guard does not reach inside them): do the work yourself",
+    "Task": "subagents are not allowed (the guard does not reach inside them): do the work yourself",
+    "AskUserQuestion": "nobody is watching: decide yourself and note the open question in scratchpad.md",
+    "Skill": "skills are not available to the research agent",
+    "SlashCommand": "slash commands are not available to the research agent",
+    "EnterWorktree": "worktrees are not allowed: trusted code does git",
+}
+
+# Credentials: directories and file names that are off limits anywhere.
+SECRET_DIRS = {".ssh", ".aws", ".gnupg", ".kube", ".docker", ".azure", ".password-store", ".secrets"}
+SECRET_PAIRS = {(".config", "gcloud"), (".claude", ".credentials.json"), (".config", "gh")}
+SECRET_FILES = {".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc", ".pgpass", ".claude.json",
+                ".credentials.json", "credentials.json", ".htpasswd", "secrets.json", "secrets.yaml"}
+SECRET_PREFIXES = (".env", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
+SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
+WALK_SKIP = {".git", ".venv", "node_modules", "__pycache__"}
+WALK_LIMIT = 20000
+GLOB_LIMIT = 5000
+
+
+class PolicyError(Exception):
+    """program.md (or the policy compiled from it) cannot be used; the message names the problem."""
+
+
+class Policy:
+    __slots__ = ("phase", "editable", "web")
+
+    def __init__(self, phase: str, editable: list[str], web: bool):
+        self.phase, self.editable, self.web = phase, editable, web
+
+
+def _digest(data: bytes) -> str:
+    try:                                    # the bare C module: hashlib would load OpenSSL (~2 ms)
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def load_policy(root: str) -> Policy:
+    """The current phase's policy, from the cache when program.md is unchanged, else compiled."""
+    try:
+        with open(os.path.join(root, PROGRAM), "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise PolicyError(f"{PROGRAM}: cannot read it ({e.strerror or e}): fix program.md") from None
+    digest = _digest(text)
+    cache = os.path.join(root, CACHE)
+    try:
+        with open(cache, "rb") as f:
+            data = json.loads(f.read())
+        if data.get("version") == POLICY_VERSION and data.get("program_sha256") == digest:
+            return _policy(data)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        pass                                # missing, unreadable or stale: rebuild
+    data = compile_policy(text)
+    data["program_sha256"] = digest
+    try:
+        from .atomic import write_atomic
+        write_atomic(cache, json.dumps(data, indent=1))
+    except OSError:
+        pass                                # a read-only tree costs speed, not correctness
+    return _policy(data)
+
+
+def compile_policy(text: bytes) -> dict:
+    """Validate program.md with the real schema; raises PolicyError naming the problem."""
+    from .config import ConfigError, parse_program
+    try:
+        program = parse_program(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{PROGRAM}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ConfigError as e:
+        raise PolicyError(str(e)) from None
+    return {"version": POLICY_VERSION, "phase": program.phase, "editable": program.editable_files(),
+            "web": program.current.web}
+
+
+def _policy(data: dict) -> Policy:
+    phase, editable, web = data["phase"], data["editable"], data["web"]
+    if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list)
+            and all(isinstance(e, str) and e and not e.startswith("/") and ".." not in e.split("/")
+                    for e in editable)):
+        raise TypeError("malformed policy")
+    return Policy(phase, editable, web)
+
+
+# ---------------------------------------------------------------------------
+# Paths
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+class Context:
+    """Everything a decision needs about the world, computed once per call."""
+
+    def __init__(self, root: str, policy: Policy, cwd: str | None = None, env=None,
+                 transcript: str | None = None):
+        env = os.environ if env is None else env
+        self.root = os.path.abspath(root)
+        self.root_real = os.path.realpath(root)
+        self.policy = policy
+        self.cwd = cwd if cwd and os.path.isabs(cwd) else self.root
+        self.home = env.get("HOME") or os.path.expanduser("~")
+        self.readable = [self.root_real, os.path.realpath(os.path.dirname(os.__file__))]
+        self.readable += [os.path.realpath(p) for p in sys.path
+                          if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
+        if transcript and os.path.isabs(transcript):    # Claude Code's own session files
+            self.readable.append(os.path.realpath(os.path.dirname(transcript)))
+        cache = env.get("AUTORESEARCH_CACHE") or os.path.join(self.home, ".cache", "autoresearch")
+        self.caches = {os.path.abspath(cache), os.path.realpath(cache)}
+        data = env.get("AUTORESEARCH_DATA")
+        self.data_tests = {os.path.join(d, "test") for d in
+                           ((os.path.abspath(data), os.path.realpath(data)) if data else ())}
+
+    def abspath(self, path: str) -> str:
+        if path == "~" or path.startswith("~/"):
+            path = self.home + path[1:]
+        return os.path.normpath(os.path.join(self.cwd, path))
+
+    def heldout(self, path: str) -> bool:
+        """The test split (`<cache>/data/<dataset>/test`, `$AUTORESEARCH_DATA/test`) and the raw downloads."""
+        low = path.lower()                  # case-insensitive file systems (macOS) included
+        for cache in self.caches:
+            if _under(low, cache.lower()):
+                rest = low[len(cache):].strip("/").split("/")
+                if rest[0] == "downloads" or (rest[0] == "data" and len(rest) >= 3 and rest[2] == "test"):
+                    return True
+        return any(_under(low, t.lower()) for t in self.data_tests)
+
+    def heldout_roots(self) -> list[str]:
+        """The held-out folders that exist, for checking what a recursive search would reach."""
+        roots = [t for t in self.data_tests if os.path.isdir(t)]
+        for cache in self.caches:
+            roots.append(os.path.join(cache, "downloads"))
+            try:
+                roots += [os.path.join(cache, "data", d, "test") for d in os.listdir(os.path.join(cache, "data"))]
+            except OSError:
+                pass
+        return [r for r in roots if os.path.exists(r)]
+
+
+def is_secret(path: str) -> bool:
+    parts = path.lower().split("/")
+    if any(p in SECRET_DIRS for p in parts) or any(pair in SECRET_PAIRS for pair in zip(parts, parts[1:])):
+        return True
+    name = parts[-1]
+    return name in SECRET_FILES or name.startswith(SECRET_PREFIXES) or name.endswith(SECRET_SUFFIXES)
+
+
+def read_problem(ctx: Context, path, what: str = "read") -> str | None:
+    """Why `path` may not be read (None: it may)."""
+    if not isinstance(path, str) or not path:
+        return "no path given"
+    if "\x00" in path:
+        return "NUL bytes are not allowed in paths"
+    p = ctx.abspath(path)
+    r = os.path.realpath(p)
+    if is_secret(p) or is_secret(r):
+        return f"{path} may hold credentials: it is off limits"
+    if ctx.heldout(p) or ctx.heldout(r):
+        return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
+    if not any(_under(r, root) for root in ctx.readable):
+        return f"{path} is outside the project: you may {what} the project and the libraries it uses"
+    return None
+
+
+def tree_problem(ctx: Context, path: str) -> str | None:
+    """Why a recursive search of the folder `path` may not run: it would reach held-out data,
+    credentials or a link out of bounds (None: it may)."""
+    top = os.path.realpath(ctx.abspath(path))
+    if not os.path.isdir(top):
+        return None
+    for held in ctx.heldout_roots():
+        if _under(os.path.realpath(held), top):
+            return f"{path} contains held-out data ({held}): search a folder that does not"
+    seen = 0
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = [d for d in dirnames if d not in WALK_SKIP]
+        seen += len(dirnames) + len(filenames)
+        if seen > WALK_LIMIT:
+            return f"{path} is too large to vet: search a smaller folder"
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if is_secret(full):
+                return f"{path} contains {os.path.relpath(full, top)}, which may hold credentials: search a folder that does not"
+            if os.path.islink(full) and read_problem(ctx, full):
+                return f"{path} contains a link out of bounds ({os.path.relpath(full, top)}): search a folder that does not"
+    return None
+
+
+def edit_problem(ctx: Context, path) -> str | None:
+    """Why the file at `path` may not be edited (None: it may)."""
+    editable = ctx.policy.editable
+    allowed = f"you may edit only {', '.join(editable)} (phase {ctx.policy.phase})"
+    if not isinstance(path, str) or not path:
+        return "no file path given"
+    if "\x00" in path:
+        return "NUL bytes are not allowed in paths"
+    joined = os.path.join(ctx.cwd, path)
+    if ".." in joined.split("/"):
+        return f"paths with '..' are not allowed: {allowed}"
+    p = os.path.normpath(joined)
+    rel = next((p[len(r) + 1:] for r in (ctx.root, ctx.root_real) if p.startswith(r + "/")), None)
+    if rel is None:
+        return f"{path} is outside the project: {allowed}"
+    first = rel.split("/", 1)[0]
+    if rel in NEVER_EDITABLE or first in NEVER_EDITABLE_DIRS:
+        return f"{rel} is part of the harness and never editable: {allowed}"
+    if rel not in editable:
+        return f"{rel} is not editable: {allowed}"
+    target = os.path.join(ctx.root_real, rel)
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return f"{rel} does not exist, and creating files is not allowed: {allowed}"
+    import stat
+    if stat.S_ISLNK(st.st_mode):
+        return f"{rel} is a symbolic link: it may only be edited as a regular file"
+    if not stat.S_ISREG(st.st_mode):
+        return f"{rel} is not a regular file"
+    if st.st_nlink > 1:
+        return f"{rel} has other hard links (it may be another file under a second name): not editable"
+    if os.path.realpath(p) != target:
+        return f"{path} reaches {rel} through a symbolic link: not allowed"
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Bash
+
+def expand_glob(ctx: Context, word) -> list[str]:
+    """Every name bash could make of a word with unquoted * or ? -- a superset: case-insensitive
+    and including hidden files, as if nocaseglob and dotglob were on -- plus the word itself
+    (what bash passes when nothing matches)."""
+    if not word.magic:
+        return [word.text]
+    import re
+    from .shell import Unsafe
+    text, magic = word.text, set(word.magic)
+    absolute = text.startswith("/")
+    results: list[list[str]] = [[]]
+    pos = 0
+    for idx, comp in enumerate(text.split("/")):
+        start, pos = pos, pos + len(comp) + 1
+        spots = {i - start for i in magic if start <= i < start + len(comp)}
+        if idx == 0 and absolute:
+            continue
+        if not spots:
+            results = [r + [comp] for r in results]
+            continue
+        if comp == "**":
+            raise Unsafe("** is not allowed: name the folders, or use the Glob tool")
+        rx = re.compile("".join(("[^/]*" if ch == "*" else "[^/]") if i in spots else re.escape(ch)
+                                for i, ch in enumerate(comp)), re.IGNORECASE | re.DOTALL)
+        grown: list[list[str]] = []
+        for r in results:
+            d = os.path.join("/" if absolute else ctx.cwd, *r)
+            try:
+                names = os.listdir(d)
+            except OSError:
+                continue
+            if comp.startswith("."):
+                names += [".", ".."]
+            grown += [r + [n] for n in names if rx.fullmatch(n)]
+            if len(grown) > GLOB_LIMIT:
+                raise Unsafe(f"{text} matches too many files: narrow it")
+        results = grown
+    out = [("/" if absolute else "") + "/".join(r) for r in results]
+    for o in out:
+        if o.startswith("-"):
+            raise Unsafe(f"{text} matches {o!r}, which would act as an option: name the files instead")
+    return out + [text]
+
+
+def bash_problem(ctx: Context, tool_input: dict) -> str | None:
+    from .shell import Unsafe, check, parse
+    if tool_input.get("run_in_background"):
+        return "background commands are not allowed: run it in the foreground"
+    if tool_input.get("dangerouslyDisableSandbox"):
+        return "dangerouslyDisableSandbox is not allowed"
+    try:
+        experiments = 0
+        for words in parse(tool_input.get("command"), ctx.home):
+            argv = [words[0].text] + [a for w in words[1:] for a in expand_glob(ctx, w)]
+            effect = check(argv)
+            if effect.experiment:
+                experiments += 1
+                if os.path.realpath(os.path.join(ctx.cwd, "run.sh")) != os.path.join(ctx.root_real, "run.sh"):
+                    return "./run.sh here is not the project's run.sh: run it from the project folder"
+            for path in effect.reads:
+                why = read_problem(ctx, path)
+                if why:
+                    return why
+        if experiments > 1:
+            return "one experiment per command: run ./run.sh -m once, then read its result"
+    except Unsafe as e:
+        return str(e)
+    return None
+
+
+# ---------------------------------------------------------------------------
+# Decisions
+
+def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
+    """(allowed, reason) for one PreToolUse payload. Raises only on internal failure (-> deny)."""
+    tool = payload.get("tool_name")
+    inp = payload.get("tool_input")
+    if not isinstance(tool, str) or not isinstance(inp, dict):
+        return False, "malformed tool call"
+    try:
+        policy = load_policy(root)
+    except PolicyError as e:
+        return False, f"the guard cannot load its policy, so every call is denied: {e}"
+    if tool in HARMLESS:
+        return True, f"{tool} is harmless"
+    if tool in DENIED_TOOLS:
+        return False, DENIED_TOOLS[tool]
+    if tool.startswith("mcp__") or tool in ("ListMcpResourcesTool", "ReadMcpResourceTool"):
+        return False, "MCP tools are not available to the research agent"
+    if tool in ("WebFetch", "WebSearch"):
+        if policy.web:
+            return True, f"web access is on in phase {policy.phase}"
+        return False, (f"web access is off in phase {policy.phase}: it is on only in phases with "
+                       "`web: true` in program.md; note what you would look up in scratchpad.md")
+    ctx = Context(root, policy, payload.get("cwd"), env, payload.get("transcript_path"))
+    if tool in EDIT_TOOLS:
+        why = edit_problem(ctx, inp.get(EDIT_TOOLS[tool]))
+        return (False, why) if why else (True, f"{inp[EDIT_TOOLS[tool]]} is editable")
+    if tool in READ_TOOLS:
+        why = read_problem(ctx, inp.get(READ_TOOLS[tool]))
+        return (False, why) if why else (True, "readable")
+    if tool in ("Glob", "Grep"):
+        why = _search_problem(ctx, tool, inp)
+        return (False, why) if why else (True, "readable")
+    if tool == "Bash":
+        why = bash_problem(ctx, inp)
+        return (False, why) if why else (True, "on the allowlist")
+    return False, f"the {tool} tool is not available to the research agent"
+
+
+def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
+    path = inp.get("path") or ctx.cwd
+    why = read_problem(ctx, path, "search")
+    if why:
+        return why
+    for key in ("pattern", "glob") if tool == "Glob" else ("glob",):
+        pat = inp.get(key)
+        if pat is None:
+            continue
+        if not isinstance(pat, str) or "\x00" in pat:
+            return f"malformed {key}"
+        if ".." in pat.replace("\\", "/").split("/"):
+            return f"'..' is not allowed in a {tool} pattern: set path instead"
+        if pat.startswith(("/", "~")):
+            fixed = pat.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
+            why = read_problem(ctx, fixed.rsplit("/", 1)[0] or "/", "search")
+            if why:
+                return why
+    if tool == "Grep":
+        return tree_problem(ctx, path)
+    return None
+
+
+def render(allowed: bool, reason: str) -> str:
+    """The hook's stdout: the PreToolUse decision in Claude Code's JSON shape (one line)."""
+    return json.dumps({"hookSpecificOutput": {
+        "hookEventName": "PreToolUse",
+        "permissionDecision": "allow" if allowed else "deny",
+        "permissionDecisionReason": ("autoresearch guard: " + reason)[:2000]}})
+
+
+def hook(stdin: bytes, env=None) -> str:
+    """One PreToolUse call: the JSON Claude Code sent in, the JSON decision out."""
+    env = os.environ if env is None else env
+    try:
+        payload = json.loads(stdin)
+    except ValueError:
+        return render(False, "the hook input is not JSON")
+    if not isinstance(payload, dict) or payload.get("hook_event_name") != "PreToolUse":
+        return render(False, "the hook input is not a PreToolUse call")
+    root = env.get("CLAUDE_PROJECT_DIR")
+    if not root or not os.path.isabs(root) or not os.path.isdir(root):
+        return render(False, "CLAUDE_PROJECT_DIR is not set to the project folder")
+    return render(*decide(payload, root, env))
+
+
+# ---------------------------------------------------------------------------
+# For humans: `autoresearch guard explain`
+
+_PATH_KEY = {**EDIT_TOOLS, **READ_TOOLS, "Glob": "path", "Grep": "path"}
+
+
+def tool_input_from(tool: str, args) -> dict:
+    """Build a tool_input from `guard explain` arguments (--input JSON wins)."""
+    if args.input:
+        return json.loads(args.input)
+    if tool == "Bash":
+        return {"command": " ".join(args.command)}
+    inp: dict = {}
+    if args.path is not None:
+        inp[_PATH_KEY.get(tool, "file_path")] = os.path.abspath(args.path) if tool in EDIT_TOOLS else args.path
+    for key in ("pattern", "url", "query"):
+        if getattr(args, key) is not None:
+            inp[key] = getattr(args, key)
+    if tool == "WebFetch":
+        inp.setdefault("prompt", "explain")
+    return inp
+
+
+def explain(root, tool: str, args) -> int:
+    """Print the decision on one tool call as the hook would make it; 0 if allowed, 1 if denied."""
+    from rich.console import Console
+    from rich.table import Table
+
+    root = str(root)
+    inp = tool_input_from(tool, args)
+    cwd = os.getcwd() if _under(os.path.realpath(os.getcwd()), os.path.realpath(root)) else root
+    allowed, reason = decide({"tool_name": tool, "tool_input": inp, "cwd": cwd}, root)
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_row("[bold]decision[/]", "[bold green]ALLOW[/]" if allowed else "[bold red]DENY[/]")
+    table.add_row("[bold]why[/]", reason)
+    table.add_row("[bold]tool[/]", f"{tool} {json.dumps(inp)}")
+    if tool == "Bash" and isinstance(inp.get("command"), str):
+        from .shell import Unsafe, parse
+        try:
+            for words in parse(inp["command"], os.path.expanduser("~")):
+                table.add_row("[bold]command[/]", " ".join(repr(w.text) + ("*" if w.magic else "") for w in words))
+        except Unsafe:
+            pass
+    try:
+        table.add_row("[bold]phase[/]", load_policy(root).phase)
+    except PolicyError:
+        pass
+    Console(soft_wrap=True).print(table)
+    return 0 if allowed else 1

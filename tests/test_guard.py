@@ -1,0 +1,324 @@
+"""The guard, through the exact PreToolUse command wired in .claude/settings.json.
+
+Every case is one `sh -c <wired command>` with the JSON Claude Code sends on stdin, in a
+throwaway project and HOME that hold the files the cases name (secrets, held-out data,
+links out of bounds). A case passes only on an explicit decision: a hook that exits with
+any code Claude Code reads as "no decision" fails the test, whatever it printed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = yaml.safe_load((ROOT / "tests" / "guard_corpus.yaml").read_text())
+PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+
+
+def wired_command(root: Path = ROOT) -> str:
+    """The one PreToolUse command in the settings; it must see every tool (matcher "*")."""
+    groups = json.loads((root / ".claude" / "settings.json").read_text())["hooks"]["PreToolUse"]
+    [group] = groups
+    assert group.get("matcher", "*") in ("*", "")
+    [h] = group["hooks"]
+    assert h["type"] == "command"
+    return h["command"]
+
+
+class Outcome:
+    """What Claude Code would make of one hook run."""
+
+    def __init__(self, proc: subprocess.CompletedProcess):
+        self.rc, self.stdout, self.stderr = proc.returncode, proc.stdout, proc.stderr
+        self.decision, self.reason = "none", ""
+        if self.rc == 2:                                 # blocks, whatever stdout says
+            self.decision, self.reason = "deny", self.stderr
+        elif self.rc == 0:
+            try:
+                out = json.loads(self.stdout)["hookSpecificOutput"]
+                assert out["hookEventName"] == "PreToolUse"
+                if out["permissionDecision"] in ("allow", "deny"):
+                    self.decision, self.reason = out["permissionDecision"], out["permissionDecisionReason"]
+            except Exception:                           # noqa: BLE001 - garbage means "no decision"
+                pass
+
+    def __repr__(self) -> str:
+        return f"<{self.decision} rc={self.rc} reason={self.reason!r} stderr={self.stderr[-300:]!r}>"
+
+
+def run_hook(root: Path, stdin: str, env: dict[str, str], command: str | None = None,
+             timeout: float = 60) -> Outcome:
+    """Run the wired command the way Claude Code does: `sh -c`, in the project, JSON on stdin."""
+    proc = subprocess.run(["sh", "-c", command or wired_command()], input=stdin.encode("utf-8", "surrogatepass"),
+                          capture_output=True, cwd=root, env=env, timeout=timeout)
+    proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
+    return Outcome(proc)
+
+
+def payload(world: "World", tool: str, tool_input: dict, cwd: Path | None = None) -> str:
+    return json.dumps({"session_id": "corpus", "transcript_path": str(world.transcripts / "session.jsonl"),
+                       "cwd": str(cwd or world.root), "permission_mode": "default",
+                       "hook_event_name": "PreToolUse", "tool_name": tool, "tool_input": tool_input,
+                       "tool_use_id": "toolu_01"})
+
+
+class World:
+    """A project (linked to this checkout's code and venv) and a HOME with things to protect."""
+
+    def __init__(self, base: Path, program: str | None = None):
+        self.root, self.home = base / "proj", base / "home"
+        self.transcripts = self.home / ".claude" / "projects" / "corpus"
+        r, h = self.root, self.home
+        r.mkdir(parents=True)
+        for f in ("program.md", "train.py", "scratchpad.md", "prepare.py", "run.sh"):
+            shutil.copy2(ROOT / f, r / f)
+        if program is not None:
+            (r / "program.md").write_text(program)
+        (r / "README.md").write_text("# a research project\n")
+        for d in ("hooks", "autoresearch"):
+            shutil.copytree(ROOT / d, r / d, ignore=shutil.ignore_patterns("__pycache__"))
+        site = r / ".venv" / "lib" / PY / "site-packages"
+        site.parent.mkdir(parents=True)
+        site.symlink_to(ROOT / ".venv" / "lib" / PY / "site-packages")
+        (r / ".venv" / "bin").mkdir()
+        (r / ".venv" / "bin" / "python").symlink_to(ROOT / ".venv" / "bin" / "python")
+        (r / ".claude").mkdir()
+        shutil.copy2(ROOT / ".claude" / "settings.json", r / ".claude" / "settings.json")
+        files = {
+            "runs/0001/train.log": "step 1 loss 5.5\n", "runs/0001/metrics.json": '{"val_bpb": 2.1}\n',
+            "runs/0001/train.py": "N_LAYER = 2\n", "a.txt": "a\nb\n", "b.txt": "b\nc\n",
+            "results.tsv": "commit\tval_bpb\n", "notes/ideas.txt": "try RoPE\n",
+            "config/.env": "API_KEY=sk-fake\n", "config/server.pem": "-----BEGIN-----\n",
+            "config/id_ed25519": "fake key\n",
+        }
+        home_files = {
+            ".ssh/id_rsa": "fake key\n", ".aws/credentials": "[default]\n", ".config/gcloud/credentials.db": "x",
+            ".claude/.credentials.json": "{}", ".netrc": "machine x\n", ".git-credentials": "https://x\n",
+            ".bash_history": "ls\n", ".docker/config.json": "{}", ".kube/config": "x",
+            ".cache/autoresearch/data/shakespeare/train/train.bin": "train",
+            ".cache/autoresearch/data/shakespeare/val/val.bin": "val",
+            ".cache/autoresearch/data/shakespeare/test/test.bin": "test",
+            ".cache/autoresearch/data/shakespeare/meta.json": "{}",
+            ".cache/autoresearch/downloads/corpus.tar.gz": "raw",
+            ".claude/projects/corpus/tool-results/out.txt": "a long tool output",
+        }
+        for base_dir, table in ((r, files), (h, home_files)):
+            for rel, text in table.items():
+                (base_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                (base_dir / rel).write_text(text)
+        (r / "notes" / "passwd_link").symlink_to("/etc/passwd")
+        (r / "notes" / "key_link").symlink_to(h / ".ssh" / "id_rsa")
+        (r / "notes" / "test_link").symlink_to(h / ".cache/autoresearch/data/shakespeare/test/test.bin")
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"PATH": os.environ["PATH"], "HOME": str(self.home), "LANG": "C.UTF-8",
+                "CLAUDE_PROJECT_DIR": str(self.root)}
+
+    def fill(self, text: str) -> str:
+        return (text.replace("{root}", str(self.root)).replace("{home}", str(self.home))
+                .replace("{stdlib}", os.path.dirname(os.__file__))
+                .replace("{site}", str(self.root / ".venv" / "lib" / PY / "site-packages"))
+                .replace("{transcripts}", str(self.transcripts)))
+
+    def tool(self, tool: str, **tool_input) -> Outcome:
+        filled = {k: self.fill(v) if isinstance(v, str) else v for k, v in tool_input.items()}
+        return run_hook(self.root, payload(self, tool, filled), self.env)
+
+    def bash(self, command: str) -> Outcome:
+        return self.tool("Bash", command=command)
+
+
+# ---------------------------------------------------------------------------
+# The corpus
+
+def _cases() -> list[tuple[str, str, str | None, dict]]:
+    """(id, expected decision, reason substring, how to run it)."""
+    cases = []
+    for why, commands in CORPUS["bash_deny"].items():
+        cases += [(f"deny-bash-{len(cases) + i}", "deny", why, {"tool": "Bash", "command": c})
+                  for i, c in enumerate(commands)]
+    cases += [(f"allow-bash-{i}", "allow", None, {"tool": "Bash", "command": c})
+              for i, c in enumerate(CORPUS["bash_allow"])]
+    for i, case in enumerate(CORPUS["tools_deny"]):
+        case = dict(case)
+        cases.append((f"deny-tool-{i}-{case['tool']}", "deny", case.pop("why"), case))
+    cases += [(f"allow-tool-{i}-{c['tool']}", "allow", None, dict(c)) for i, c in enumerate(CORPUS["tools_allow"])]
+    cases += [(f"deny-raw-{i}", "deny", None, {"raw": text}) for i, text in enumerate(CORPUS["raw_deny"])]
+    return cases
+
+
+CASES = _cases()
+
+
+def test_corpus_is_big_enough() -> None:
+    assert sum(1 for c in CASES if c[1] == "deny") >= 300
+    assert sum(1 for c in CASES if c[1] == "allow") >= 60
+
+
+@pytest.fixture(scope="module")
+def corpus_world(tmp_path_factory) -> World:
+    return World(tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="module")
+def corpus_results(corpus_world: World) -> dict[str, Outcome]:
+    """All cases at once, in parallel (one hook process each)."""
+    w = corpus_world
+
+    def one(case):
+        spec = dict(case[3])
+        if "raw" in spec:
+            return run_hook(w.root, spec["raw"], w.env)
+        return w.tool(spec.pop("tool"), **spec)
+
+    with ThreadPoolExecutor(max_workers=max(2, (os.cpu_count() or 2) * 2)) as pool:
+        return dict(zip((c[0] for c in CASES), pool.map(one, CASES)))
+
+
+@pytest.mark.parametrize("case_id,expected,why,spec", CASES, ids=[c[0] for c in CASES])
+def test_corpus(corpus_results, corpus_world, case_id, expected, why, spec) -> None:
+    got = corpus_results[case_id]
+    assert got.decision == expected, f"{spec!r}: {got!r}"
+    if why:
+        assert corpus_world.fill(why) in got.reason, f"{spec!r}: {got!r}"
+
+
+# ---------------------------------------------------------------------------
+# Behaviour that needs its own world
+
+def test_edit_through_a_symlink_or_hard_link_is_denied(tmp_path) -> None:
+    w = World(tmp_path)
+    (w.root / "scratchpad.md").unlink()
+    (w.root / "scratchpad.md").symlink_to(w.root / "prepare.py")       # editable name, protected target
+    got = w.tool("Edit", file_path="{root}/scratchpad.md", old_string="a", new_string="b")
+    assert got.decision == "deny" and "symbolic link" in got.reason, got
+    (w.root / "train.py").unlink()
+    os.link(w.root / "prepare.py", w.root / "train.py")                  # a second name for prepare.py
+    got = w.tool("Write", file_path="{root}/train.py", content="")
+    assert got.decision == "deny" and "hard links" in got.reason, got
+    assert w.tool("Read", file_path="{root}/train.py").decision == "allow"
+
+
+def test_edit_through_a_symlinked_folder_is_denied(tmp_path) -> None:
+    w = World(tmp_path, program=(ROOT / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [train.py, scratchpad.md, notes/ideas.txt]"))
+    shutil.rmtree(w.root / "notes")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "ideas.txt").write_text("x")
+    (w.root / "notes").symlink_to(outside)
+    got = w.tool("Edit", file_path="{root}/notes/ideas.txt", old_string="x", new_string="y")
+    assert got.decision == "deny" and "symbolic link" in got.reason, got
+
+
+def test_the_phase_decides_the_editable_set_and_web_access(tmp_path) -> None:
+    text = (ROOT / "program.md").read_text()
+    assert "phase: hyperparameters" in text
+    text = text.replace("phase: hyperparameters", "phase: moonshot").replace(
+        "    web: true", "    web: true\n    editable: [notes/ideas.txt]")
+    w = World(tmp_path, program=text)
+    assert w.tool("WebFetch", url="https://arxiv.org/abs/1", prompt="x").decision == "allow"
+    assert w.tool("WebSearch", query="muon optimizer").decision == "allow"
+    assert w.tool("Edit", file_path="{root}/notes/ideas.txt", old_string="a", new_string="b").decision == "allow"
+    # the human moves the loop on: the next call sees the new phase (the cache is keyed by program.md)
+    (w.root / "program.md").write_text(text.replace("phase: moonshot", "phase: architecture"))
+    got = w.tool("WebFetch", url="https://arxiv.org/abs/1", prompt="x")
+    assert got.decision == "deny" and "phase architecture" in got.reason, got
+    got = w.tool("Edit", file_path="{root}/notes/ideas.txt", old_string="a", new_string="b")
+    assert got.decision == "deny" and "train.py, scratchpad.md" in got.reason, got
+
+
+def test_harness_files_stay_protected_even_if_program_md_lists_them(tmp_path) -> None:
+    w = World(tmp_path, program=(ROOT / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [train.py, prepare.py, .claude/settings.json]"))
+    for f in ("prepare.py", ".claude/settings.json"):
+        got = w.tool("Edit", file_path="{root}/" + f, old_string="a", new_string="b")
+        assert got.decision == "deny" and "never editable" in got.reason, got
+
+
+def test_a_glob_that_expands_to_an_option_is_denied(tmp_path) -> None:
+    w = World(tmp_path)
+    (w.root / "--output=train.py").write_text("")                       # `sort *` would write train.py
+    got = w.bash("sort *")
+    assert got.decision == "deny" and "as an option" in got.reason, got
+    assert w.bash("sort ./*.txt").decision == "allow"
+
+
+def test_run_sh_must_be_the_projects_own(tmp_path) -> None:
+    w = World(tmp_path)
+    (w.root / "notes" / "run.sh").write_text("#!/bin/sh\npip install x\n")
+    got = run_hook(w.root, payload(w, "Bash", {"command": './run.sh -m "x"'}, cwd=w.root / "notes"), w.env)
+    assert got.decision == "deny" and "not the project's run.sh" in got.reason, got
+    assert w.bash('./run.sh -m "x"').decision == "allow"
+
+
+def test_held_out_data_follows_the_environment(tmp_path) -> None:
+    """AUTORESEARCH_CACHE / AUTORESEARCH_DATA move the data: the test split stays off limits, even
+    inside the project, and a recursive search cannot reach it."""
+    w = World(tmp_path)
+    data = w.root / "cache" / "data" / "tiny"
+    for split in ("train", "val", "test"):
+        (data / split).mkdir(parents=True)
+        (data / split / f"{split}.bin").write_text(split)
+    env = dict(w.env, AUTORESEARCH_CACHE=str(w.root / "cache"))
+
+    def decide(tool, **inp):
+        return run_hook(w.root, payload(w, tool, {k: w.fill(v) for k, v in inp.items()}), env)
+
+    assert decide("Read", file_path="{root}/cache/data/tiny/test/test.bin").decision == "deny"
+    assert decide("Read", file_path="{root}/cache/data/tiny/val/val.bin").decision == "allow"
+    assert decide("Bash", command="cat cache/data/tiny/test/test.bin").decision == "deny"
+    assert decide("Bash", command="cat cache/data/*/t*/*.bin").decision == "deny"
+    got = decide("Grep", pattern="x", path="{root}/cache")
+    assert got.decision == "deny" and "held-out" in got.reason, got
+    env = dict(w.env, AUTORESEARCH_DATA=str(data))
+    got = run_hook(w.root, payload(w, "Read", {"file_path": str(data / "test" / "test.bin")}), env)
+    assert got.decision == "deny" and "held-out" in got.reason, got
+
+
+def test_grep_of_a_clean_project_is_allowed(tmp_path) -> None:
+    w = World(tmp_path)
+    shutil.rmtree(w.root / "config")
+    shutil.rmtree(w.root / "notes")
+    assert w.tool("Grep", pattern="LEARNING_RATE").decision == "allow"
+    assert w.tool("Grep", pattern="x", path="{root}", glob="*.py").decision == "allow"
+
+
+def test_settings_wire_the_guard_fail_closed() -> None:
+    s = json.loads((ROOT / ".claude" / "settings.json").read_text())
+    [group] = s["hooks"]["PreToolUse"]
+    [h] = group["hooks"]
+    # Claude Code's own timeout (no decision = the tool runs) must be far beyond the wrapper's kill.
+    assert h["timeout"] >= 3 * 10 and "timeout -s KILL 10" in h["command"]
+    deny = set(s["permissions"]["deny"])
+    for rule in ("Bash(pip:*)", "Bash(curl:*)", "Bash(wget:*)", "Bash(git push:*)", "Edit(program.md)",
+                 "Edit(prepare.py)", "Edit(.claude/**)", "Edit(hooks/**)", "Agent"):
+        assert rule in deny, rule
+    # WebFetch/WebSearch are decided per phase by the hook; a static deny would make `web: true` dead.
+    assert not {"WebFetch", "WebSearch"} & deny
+
+
+def test_explain_prints_the_decision_and_why(tmp_path) -> None:
+    w = World(tmp_path)
+    cli = [str(ROOT / ".venv" / "bin" / "python"), "-m", "autoresearch.cli", "guard", "explain"]
+    env = dict(w.env, PYTHONPATH=str(ROOT), COLUMNS="200")
+    p = subprocess.run([*cli, "--", "pip", "install", "requests"], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "DENY" in p.stdout and "pip is disabled" in p.stdout, p
+    p = subprocess.run([*cli, "--", './run.sh -m "smaller lr"'], cwd=w.root, env=env, capture_output=True, text=True)
+    assert p.returncode == 0 and "ALLOW" in p.stdout and "./run.sh" in p.stdout, p
+    p = subprocess.run([*cli, "--tool", "Edit", "--path", "prepare.py"], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 1 and "never editable" in p.stdout, p
+    p = subprocess.run([*cli, "--tool", "Read", "--path", "train.py"], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0 and "ALLOW" in p.stdout, p
