@@ -140,6 +140,11 @@ class ClaudeRun:
         raise AssertionError(f"no result event; rc={self.returncode}\nstdout:\n{self.stdout[-3000:]}"
                              f"\nstderr:\n{self.stderr[-3000:]}")
 
+    def notices(self) -> str:
+        """What hooks told the human (a `systemMessage` shows up as an informational event)."""
+        return "\n".join(str(e.get("content", "")) for e in self.events
+                         if e.get("type") == "system" and e.get("subtype") == "informational")
+
     def describe(self) -> str:
         """For assertion messages: what happened, briefly."""
         return (f"rc={self.returncode} in {self.seconds:.1f}s\nstderr tail:\n{self.stderr[-2000:]}\n"

@@ -55,6 +55,7 @@ def test_three_experiments_baseline_crash_discard(project: Project, fake: FakeAP
     assert run.result["permission_denials"] == [], "an allowed action needed approval"
     told = "\n".join(fake.shown())
     assert "BASELINE" in told and "CRASHED" in told, "the Stop hook's outcomes did not reach the model"
+    assert "3 experiments (1 kept, 1 discarded, 1 crashed)" in run.notices(), run.notices()
 
     # runs/: everything that ran, with its evidence.
     rs = runs(project.root)
@@ -118,6 +119,7 @@ def test_pause_ends_the_session_and_continue_picks_up_the_state(project: Project
 
     assert first.result["subtype"] == "success" and not first.result["is_error"], first.describe()
     assert max(r.step for r in fake.main_requests) == 3, "the pause did not end the session at the next stop"
+    assert "paused (checking the baseline)" in first.notices(), first.notices()
     assert [r.status for r in results(project.root)] == ["keep"]
     assert project.path(".autoresearch/PAUSE").exists()
     base = runs(project.root)["0001"]["metric_value"]
