@@ -74,7 +74,7 @@ import tarfile
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Iterator, Protocol
 
@@ -301,14 +301,17 @@ def _write(path: Path, value: str) -> None:
 
 
 def _remove_stale(base: Path) -> None:
-    """Delete empty per-run cgroups left by a process that was SIGKILLed (nothing else can)."""
+    """Kill what is left in per-run cgroups whose owner was SIGKILLed, and delete them.
+    (A runner killed in the instant before bwrap set --die-with-parent leaves a live sandbox.)"""
     with contextlib.suppress(OSError):
         for d in base.iterdir():
             parts = d.name.split("-")
             if len(parts) == 3 and parts[0] == "autoresearch" and parts[1].isdigit() \
                     and not _pid_alive(int(parts[1])):
-                with contextlib.suppress(OSError):
-                    d.rmdir()                       # fails (EBUSY) if anything still runs in it
+                kind = "cgroup-v2" if (d / "cgroup.kill").exists() or (d / "memory.max").exists() else "cgroup-v1"
+                stale = _Cgroups(kind, {"unified" if kind == "cgroup-v2" else "stale": d})
+                stale.kill_all()
+                stale.remove()
 
 
 class _Cgroups:
@@ -642,7 +645,8 @@ class BwrapBackend:
 
     def command(self, spec: SandboxSpec, passwd_fd: int, group_fd: int) -> list[str]:
         uid, gid = sandbox_ids()
-        argv = ["bwrap", "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
+        exe = self.available()[1] if self.available()[0] else "bwrap"   # host path: spec.env's PATH is the sandbox's
+        argv = [exe, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
                 "--cap-drop", "ALL", "--uid", str(uid), "--gid", str(gid), "--hostname", "sandbox"]
         for link, dest in _root_symlinks().items():
             argv += ["--symlink", dest, link]
@@ -653,7 +657,6 @@ class BwrapBackend:
         if spec.gpus and _gpu_selection(spec) not in ("", "-1"):
             for dev in sorted(Path("/dev").glob("nvidia*")):
                 argv += ["--dev-bind-try", str(dev), str(dev)]
-            argv += ["--dev-bind-try", "/dev/dri", "/dev/dri"]
         argv += ["--chdir", spec.cwd, "--remount-ro", "/", "--"]
         return argv + list(spec.argv)
 
@@ -665,7 +668,7 @@ class BwrapBackend:
         env = dict(spec.env)
         if spec.gpus and (sel := _gpu_selection(spec)) is not None:
             env["CUDA_VISIBLE_DEVICES"] = sel
-        spec = _replace_env(spec, env)
+        spec = replace(spec, env=env)
         passwd, group = _passwd_group()
         fds = [_data_fd(passwd), _data_fd(group)]
         try:
@@ -673,11 +676,6 @@ class BwrapBackend:
         finally:
             for fd in fds:
                 os.close(fd)
-
-
-def _replace_env(spec: SandboxSpec, env: dict[str, str]) -> SandboxSpec:
-    from dataclasses import replace
-    return replace(spec, env=env)
 
 
 def _data_fd(data: bytes) -> int:

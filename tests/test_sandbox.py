@@ -59,6 +59,17 @@ def marker_procs(marker: str) -> list[int]:
     return found
 
 
+def sandbox_started(marker: str) -> bool:
+    """The sandboxed Python itself runs (not only bwrap or the engine getting ready)."""
+    for pid in marker_procs(marker):
+        try:
+            if Path(f"/proc/{pid}/comm").read_text().startswith("python"):
+                return True
+        except OSError:
+            pass
+    return False
+
+
 def our_containers(pid: int | None = None) -> list[str]:
     """Sandbox containers started by pid (default: this test process); other sessions may run their own."""
     out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=org.autoresearch.sandbox",
@@ -284,9 +295,9 @@ def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path)
     """))
     p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
     deadline = time.monotonic() + 20
-    while not marker_procs(marker) and time.monotonic() < deadline:
+    while not sandbox_started(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert marker_procs(marker), "the sandboxed process never started"
+    assert sandbox_started(marker), "the sandboxed process never started"
     p.kill()
     p.wait()
     assert our_containers(p.pid), "expected the killed runner to leave its container"
@@ -306,9 +317,9 @@ def test_bwrap_dies_with_a_killed_runner(bwrap_available, tmp_path):
     """))
     p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
     deadline = time.monotonic() + 20
-    while not marker_procs(marker) and time.monotonic() < deadline:
+    while not sandbox_started(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert marker_procs(marker), "the sandboxed process never started"
+    assert sandbox_started(marker), "the sandboxed process never started"
     p.kill()
     p.wait()
     deadline = time.monotonic() + 5
@@ -417,3 +428,33 @@ def test_bwrap_without_cgroups_falls_back_to_rlimit(bwrap_available, monkeypatch
     assert r.limits == "rlimit-as" and r.oom and r.exit_code == 1, r
     r = b.run(spec(b, "print('fine')", memory=300 << 20, log_path=tmp_path / "log"))
     assert r.limits == "rlimit-as" and not r.oom and r.exit_code == 0 and r.peak_memory_bytes, r
+
+
+def test_leftovers_of_a_killed_runner_are_killed_by_the_next_run(tmp_path):
+    """`none` has no --die-with-parent: after kill -9 of the runner its process lives on in the
+    run's cgroup, and the next run (any backend using cgroups) kills it and deletes the cgroup."""
+    from autoresearch import sandbox
+    probe = sandbox._Cgroups.create(1 << 30, 64)
+    if probe is None:
+        pytest.skip("no writable cgroup on this host (the RLIMIT_AS fallback has no leftovers to find)")
+    probe.remove()
+    marker = f"leftover-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "runner.py"
+    script.write_text(textwrap.dedent(f"""
+        from autoresearch.sandbox import *
+        b = choose_backend("none"); rt = b.runtime()
+        b.run(SandboxSpec(argv=[rt.python, "-c", "import time; time.sleep(60)  # {marker}"], mounts=[],
+                          env=rt.env, cwd="/tmp", timeout_s=60, memory_bytes=256 << 20))
+    """))
+    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
+    deadline = time.monotonic() + 20
+    while not sandbox_started(marker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert sandbox_started(marker)
+    p.kill()
+    p.wait()
+    time.sleep(0.2)
+    assert marker_procs(marker), "expected the orphan to outlive its runner"
+    b = choose_backend("none")
+    b.run(spec(b, "pass"))
+    assert marker_procs(marker) == []
