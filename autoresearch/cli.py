@@ -163,6 +163,17 @@ def _operator_commands(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
+    def overnight(a):
+        from .driver import main as run
+        return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)
+    p = add("overnight", "drive Claude Code headless until a deadline, resuming the same session after errors",
+            overnight)
+    p.add_argument("--hours", type=float, required=True, help="stop after this many hours")
+    p.add_argument("--model", help="the Claude model (default: Claude Code's default)")
+    p.add_argument("--prompt", help="the first instruction (default: follow program.md and start)")
+    p.add_argument("--resume", action="store_true", help="continue the session recorded in .autoresearch/overnight.json")
+    p.add_argument("--session", help="continue this session id")
+
 
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()

@@ -1,0 +1,416 @@
+"""`autoresearch overnight --hours H`: drive Claude Code headless, through claude-agent-sdk, until a deadline.
+
+The project's own wiring does the research loop: its .claude/settings.json (setting_sources=
+["project"]: the guard, the Stop hook that keeps or reverts and sends the agent on, deny rules,
+env) -- or, when the project does not wire the guard itself, the bundle loaded as a plugin. This
+driver only keeps a session alive and bounded in time:
+
+- one session, resumed (`resume=session_id`) after a CLI crash or an API error that outlived the
+  CLI's own retries, with a growing back-off; a resume never starts a fresh conversation;
+- a clean end of the session means the Stop hook let the agent stop. If the loop says its budget
+  is spent (or it was paused), the night is over; if budget remains, the agent stopped by accident
+  and is sent on ("continue"), at most MAX_IDLE_RESUMES times in a row without a new experiment;
+- at the deadline it pauses the loop (the experiment in flight is still decided, then the Stop
+  hook lets the agent stop), waits a grace period of one experiment's wall time, then interrupts;
+  the pause it placed is lifted when it exits, so the next session is not paused by surprise;
+- permissions are fail-closed: anything the guard did not explicitly allow reaches `can_use_tool`,
+  which denies it; the Agent/Task tools (hooks are reported not to fire inside subagents) are
+  removed entirely.
+
+Everything goes to .autoresearch/overnight.log (one line per event); the session id and counters
+to .autoresearch/overnight.json, so `--resume` picks the same session up after a reboot.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from pydantic import BaseModel
+
+from .atomic import write_atomic
+from .config import Program, load_program
+
+LOG_FILE = "overnight.log"
+STATE_FILE = "overnight.json"
+MAX_IDLE_RESUMES = 3
+BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)
+PAUSE_REASON = "overnight: the --hours deadline was reached"
+BUNDLE = Path(__file__).resolve().parent.parent    # loaded as a plugin when a project does not wire the guard
+
+START_PROMPT = ("Follow program.md: read it and scratchpad.md, then run the research loop on your own, "
+                "one experiment per turn, until the harness tells you the budget is spent. Start now.")
+CONTINUE_PROMPT = ("The research loop is not finished: budget remains. Re-read scratchpad.md, check the last "
+                   "result (results.tsv, runs/), and go on with the next experiment as program.md says.")
+RESUME_PROMPT = ("The session was interrupted by an error ({error}) and has been resumed. Re-read scratchpad.md, "
+                 "check whether the last ./run.sh finished (runs/, results.tsv), and go on with the research loop.")
+
+
+class DriverError(RuntimeError):
+    """The night cannot start (no guard wiring, invalid program.md, ...); the message says the fix."""
+
+
+class OvernightState(BaseModel):
+    session_id: str | None = None
+    started_at: datetime
+    deadline: datetime
+    sessions: int = 0                  # connections made (first start + resumes)
+    errors: int = 0                    # sessions that ended in an error and were resumed
+    turns: int = 0                     # assistant messages seen
+    tool_calls: int = 0
+    cost_usd: float = 0.0
+    last_action: str = ""
+    status: str = "running"            # running | done | deadline | interrupted | failed
+    reason: str = ""
+    experiments_at_start: int = 0
+
+
+class SessionEnd(BaseModel):
+    kind: str                          # finished | error | deadline
+    detail: str = ""
+    session_id: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Night:
+    """One overnight run: configuration, the log, and the state shown and saved."""
+
+    def __init__(self, root: Path, hours: float, *, model: str | None = None, prompt: str | None = None,
+                 cli_path: str | None = None, env: dict[str, str] | None = None, resume: str | None = None,
+                 backoff: tuple[float, ...] = BACKOFF_S, grace_s: float | None = None, max_errors: int = 50,
+                 on_update: Callable[["Night"], None] | None = None):
+        self.root = Path(root).resolve()
+        self.program: Program = load_program(self.root)
+        self.hours = hours
+        self.model, self.cli_path, self.env = model, cli_path, dict(env or {})
+        self.prompt = prompt or START_PROMPT
+        self.backoff, self.max_errors = backoff, max_errors
+        b = self.program.budget
+        self.grace_s = grace_s if grace_s is not None else b.train_seconds + b.grace_seconds + b.eval_seconds + 180
+        self.on_update = on_update or (lambda n: None)
+        self.dir = self.root / ".autoresearch"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        start = _now()
+        self.state = OvernightState(session_id=resume, started_at=start, deadline=start + timedelta(hours=hours),
+                                    experiments_at_start=self.experiments())
+        self.plugin = self._plugin()
+        self._paused_by_us = False
+
+    # -- the project's wiring ------------------------------------------------------------
+
+    def _plugin(self) -> str | None:
+        """None when the project wires the guard itself; else the bundle folder to load as a plugin."""
+        settings = self.root / ".claude" / "settings.json"
+        try:
+            wired = "hooks/pre_tool_use.py" in json.dumps(json.loads(settings.read_text()).get("hooks", {}))
+        except (OSError, ValueError):
+            wired = False
+        if wired:
+            return None
+        if (BUNDLE / ".claude-plugin" / "plugin.json").is_file() and BUNDLE != self.root:
+            return str(BUNDLE)
+        raise DriverError(f"{settings} does not wire the autoresearch guard, and no plugin to load instead: "
+                          "run `autoresearch init` in the project first (or `autoresearch doctor` to see why)")
+
+    def options(self, resume: str | None):
+        from claude_agent_sdk import ClaudeAgentOptions
+        from claude_agent_sdk import PermissionResultDeny
+
+        async def deny_unguarded(tool: str, inp: dict[str, Any], ctx) -> PermissionResultDeny:
+            self.log("deny", f"{tool}: not explicitly allowed by the guard, so denied")
+            return PermissionResultDeny(message="autoresearch: this was not allowed by the guard, so it is denied. "
+                                                "Stay within program.md's rules.")
+
+        def stderr(line: str) -> None:
+            if line.strip():
+                self.log("cli", line.strip()[:300])
+
+        return ClaudeAgentOptions(
+            cwd=str(self.root), setting_sources=["project"], permission_mode="default",
+            disallowed_tools=["Agent", "Task"], can_use_tool=deny_unguarded, resume=resume, model=self.model,
+            env={**self.env, "CLAUDE_PROJECT_DIR": str(self.root)}, stderr=stderr,
+            cli_path=self.cli_path, plugins=[{"type": "local", "path": self.plugin}] if self.plugin else [])
+
+    # -- what the loop says --------------------------------------------------------------
+
+    def experiments(self) -> int:
+        from .ledger import read_rows
+        try:
+            return len(read_rows(self.root))
+        except Exception:                 # a display figure only
+            return 0
+
+    def best(self) -> float | None:
+        from .gitops import current_branch
+        from .ledger import current_best
+        try:
+            return current_best(self.root, self.program.metric, current_branch(self.root))
+        except Exception:
+            return None
+
+    def loop_finished(self, since: datetime) -> str | None:
+        """Why the loop let the agent stop (budget spent, deadline, paused), or None if budget remains."""
+        from . import state
+        st = state.read_state(self.root)
+        if st.finished_at is not None and st.finished_at >= since:
+            return st.finish_reason or "the loop's budget is spent"
+        p = state.paused(self.root)
+        if p is not None:
+            return f"paused ({p.reason})" if p.reason else "paused"
+        return None
+
+    # -- log and state -------------------------------------------------------------------
+
+    def log(self, kind: str, text: str) -> None:
+        line = f"{_now().isoformat(timespec='seconds')}\t{kind}\t{' '.join(text.split())}\n"
+        try:
+            with open(self.dir / LOG_FILE, "a", encoding="utf-8") as f:
+                f.write(line)
+        except OSError:
+            pass
+
+    def save(self) -> None:
+        write_atomic(self.dir / STATE_FILE, self.state.model_dump_json(indent=2) + "\n")
+        self.on_update(self)
+
+    # -- the deadline ----------------------------------------------------------------------
+
+    def seconds_left(self) -> float:
+        return (self.state.deadline - _now()).total_seconds()
+
+    def pause_for_deadline(self) -> None:
+        from . import state
+        if state.paused(self.root) is None:
+            state.pause(self.root, PAUSE_REASON)
+            self._paused_by_us = True
+            self.log("deadline", "reached: paused the loop so the agent stops after the experiment in flight")
+
+    def lift_our_pause(self) -> None:
+        from . import state
+        p = state.paused(self.root)
+        if self._paused_by_us and p is not None and p.reason == PAUSE_REASON:
+            try:
+                state.pause_path(self.root).unlink()
+                self.log("deadline", "lifted the pause placed at the deadline")
+            except OSError:
+                pass
+
+    # -- one session ---------------------------------------------------------------------
+
+    def _on_message(self, msg: Any) -> None:
+        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, UserMessage
+        from claude_agent_sdk import TextBlock, ToolResultBlock, ToolUseBlock
+        st = self.state
+        if isinstance(msg, SystemMessage) and msg.subtype == "init":
+            sid = msg.data.get("session_id")
+            if sid and sid != st.session_id:
+                st.session_id = sid
+                self.log("session", f"id {sid}")
+        elif isinstance(msg, AssistantMessage):
+            st.turns += 1
+            for b in msg.content:
+                if isinstance(b, ToolUseBlock):
+                    st.tool_calls += 1
+                    arg = b.input.get("command") or b.input.get("file_path") or b.input.get("url") or ""
+                    st.last_action = f"{b.name} {str(arg)[:120]}".strip()
+                    self.log("tool", st.last_action)
+                elif isinstance(b, TextBlock) and b.text.strip():
+                    self.log("say", b.text.strip()[:300])
+            if msg.error:
+                self.log("api-error", str(msg.error))
+        elif isinstance(msg, UserMessage) and isinstance(msg.content, list):
+            for b in msg.content:
+                if isinstance(b, ToolResultBlock) and b.is_error:
+                    text = b.content if isinstance(b.content, str) else json.dumps(b.content)[:300]
+                    self.log("denied", str(text)[:300])
+        elif isinstance(msg, ResultMessage):
+            st.cost_usd += msg.total_cost_usd or 0.0
+            st.session_id = msg.session_id or st.session_id
+            self.log("result", f"{msg.subtype} is_error={msg.is_error} turns={msg.num_turns} "
+                               f"{(msg.result or '')[:200]}")
+        self.save()
+
+    async def session(self, prompt: str) -> SessionEnd:
+        from claude_agent_sdk import ClaudeSDKClient, ResultMessage
+        from claude_agent_sdk import CLINotFoundError, ClaudeSDKError
+        self.state.sessions += 1
+        resume = self.state.session_id
+        self.log("start", f"{'resuming ' + resume if resume else 'new session'}: {prompt[:160]}")
+        self.save()
+        client = ClaudeSDKClient(options=self.options(resume))
+        result: list[ResultMessage] = []
+
+        async def consume() -> None:
+            await client.connect()
+            await client.query(prompt)
+            async for msg in client.receive_response():
+                self._on_message(msg)
+                if isinstance(msg, ResultMessage):
+                    result.append(msg)
+
+        task = asyncio.ensure_future(consume())
+        try:
+            done, _ = await asyncio.wait({task}, timeout=max(self.seconds_left(), 0))
+            if not done:
+                self.pause_for_deadline()
+                done, _ = await asyncio.wait({task}, timeout=self.grace_s)
+                if not done:
+                    self.log("deadline", f"the agent did not stop within {self.grace_s:.0f} s: interrupting")
+                    try:
+                        await asyncio.wait_for(client.interrupt(), 30)
+                    except Exception:
+                        pass
+                    done, _ = await asyncio.wait({task}, timeout=30)
+                    if not done:
+                        task.cancel()
+                    return SessionEnd(kind="deadline", detail="interrupted at the deadline",
+                                      session_id=self.state.session_id)
+            try:
+                task.result()
+            except CLINotFoundError:
+                raise
+            except (ClaudeSDKError, OSError) as e:
+                return SessionEnd(kind="error", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                                  session_id=self.state.session_id)
+            r = result[-1] if result else None
+            if r is None:
+                return SessionEnd(kind="error", detail="the CLI ended without a result",
+                                  session_id=self.state.session_id)
+            if r.is_error:
+                why = (r.result or r.subtype or "error")[:200]
+                if r.api_error_status:
+                    why = f"API error {r.api_error_status}: {why}"
+                return SessionEnd(kind="error", detail=why, session_id=r.session_id)
+            return SessionEnd(kind="finished", detail=(r.result or "")[:200], session_id=r.session_id)
+        finally:
+            if not task.done():
+                task.cancel()
+            try:
+                await asyncio.wait_for(client.disconnect(), 30)
+            except Exception:
+                pass
+
+    # -- the night -----------------------------------------------------------------------
+
+    async def run(self) -> OvernightState:
+        st = self.state
+        self.log("night", f"start: {self.hours:g} h until {st.deadline:%Y-%m-%d %H:%M:%S} UTC in {self.root}"
+                          + (f" (plugin {self.plugin})" if self.plugin else ""))
+        prompt = self.prompt if not st.session_id else CONTINUE_PROMPT
+        idle, consecutive_errors = 0, 0
+        try:
+            while True:
+                if self.seconds_left() <= 0:
+                    st.status, st.reason = "deadline", "the --hours deadline was reached"
+                    break
+                since = _now()
+                before = self.experiments()
+                end = await self.session(prompt)
+                st.session_id = end.session_id or st.session_id
+                if end.kind == "deadline":
+                    st.status, st.reason = "deadline", end.detail
+                    break
+                if end.kind == "error":
+                    st.errors += 1
+                    consecutive_errors += 1
+                    if st.errors > self.max_errors:
+                        st.status, st.reason = "failed", f"{st.errors} errors; the last: {end.detail}"
+                        break
+                    wait = self.backoff[min(consecutive_errors - 1, len(self.backoff) - 1)] if self.backoff else 0
+                    wait = min(wait, max(self.seconds_left(), 0))
+                    self.log("error", f"{end.detail}; resuming the same session in {wait:.0f} s")
+                    self.save()
+                    await asyncio.sleep(wait)
+                    prompt = RESUME_PROMPT.format(error=end.detail[:120])
+                    continue
+                consecutive_errors = 0
+                why = self.loop_finished(since)
+                if why:
+                    st.status, st.reason = ("deadline" if self._paused_by_us else "done"), why
+                    break
+                idle = 0 if self.experiments() > before else idle + 1
+                if idle >= MAX_IDLE_RESUMES:
+                    st.status = "done"
+                    st.reason = f"the agent stopped {idle} times in a row without a new experiment"
+                    break
+                self.log("continue", "the agent stopped but budget remains: sending it on")
+                prompt = CONTINUE_PROMPT
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            st.status, st.reason = "interrupted", "stopped by the user"
+            raise
+        finally:
+            self.lift_our_pause()
+            if st.status == "running":
+                st.status, st.reason = "failed", st.reason or "the driver stopped unexpectedly"
+            self.log("night", f"end: {st.status}: {st.reason}; {self.experiments() - st.experiments_at_start} "
+                              f"experiments, {st.sessions} session(s), {st.errors} error(s), ${st.cost_usd:.2f}")
+            self.save()
+        return st
+
+
+def last_session(root: Path) -> str | None:
+    try:
+        return OvernightState.model_validate_json((root / ".autoresearch" / STATE_FILE).read_text()).session_id
+    except (OSError, ValueError):
+        return None
+
+
+def _panel(n: Night):
+    from rich.table import Table
+    st = n.state
+    t = Table.grid(padding=(0, 2))
+    t.add_column(style="bold")
+    t.add_column()
+    left = max(n.seconds_left(), 0)
+    t.add_row("overnight", f"{n.root}  ({st.status})")
+    t.add_row("time left", f"{int(left // 3600)}h{int(left % 3600 // 60):02d}m of {n.hours:g} h "
+                           f"(until {st.deadline.astimezone():%H:%M})")
+    best = n.best()
+    t.add_row("experiments", f"{n.experiments() - st.experiments_at_start} tonight; best {n.program.metric.name} "
+                             f"{best:.6f}" if best is not None else
+                             f"{n.experiments() - st.experiments_at_start} tonight; no best yet")
+    t.add_row("session", f"{st.session_id or '-'}  ({st.sessions} start(s), {st.errors} error(s) resumed)")
+    t.add_row("activity", f"{st.turns} turns, {st.tool_calls} tool calls; last: {st.last_action or '-'}")
+    t.add_row("cost", f"${st.cost_usd:.2f}")
+    t.add_row("log", str(n.dir / LOG_FILE))
+    return t
+
+
+def main(root: Path, hours: float, model: str | None = None, prompt: str | None = None, resume: bool = False,
+         session: str | None = None) -> int:
+    from rich.console import Console
+    from rich.live import Live
+    console = Console()
+    if hours <= 0:
+        console.print("autoresearch overnight: --hours must be more than 0", style="red")
+        return 2
+    sid = session or (last_session(root) if resume else None)
+    if resume and not sid:
+        console.print("autoresearch overnight: --resume: no earlier session recorded in .autoresearch/overnight.json",
+                      style="red")
+        return 2
+    try:
+        night = Night(root, hours, model=model, prompt=prompt, resume=sid,
+                      cli_path=os.environ.get("AUTORESEARCH_CLAUDE_CLI") or None)
+    except DriverError as e:
+        console.print(f"autoresearch overnight: {e}", style="red")
+        return 2
+    try:
+        with Live(_panel(night), console=console, refresh_per_second=1, transient=False) as live:
+            night.on_update = lambda n: live.update(_panel(n))
+            st = asyncio.run(night.run())
+            live.update(_panel(night))
+    except KeyboardInterrupt:
+        console.print("stopped by the user; the session can be picked up with `autoresearch overnight --resume`")
+        return 130
+    if not console.is_terminal:
+        console.line()                       # Live's last frame ends without a newline off a terminal
+    console.print(f"{st.status}: {st.reason}")
+    return 0 if st.status in ("done", "deadline") else 1

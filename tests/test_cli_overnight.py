@@ -1,0 +1,157 @@
+"""`autoresearch overnight`: the real Claude Code CLI through claude-agent-sdk, against the scripted
+fake API, in a copy of this project with its real hooks. A night that ends when the loop says so,
+one that survives a CLI crash by resuming the same session, and one stopped at its deadline."""
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from autoresearch import state
+from autoresearch.driver import DriverError, Night, OvernightState, last_session
+from conftest import need
+from e2e.fake_api import FakeAPI, bash, count_assistant, end_turn, human, say
+from e2e.harness import Project, cli_path, make_project
+
+pytestmark = pytest.mark.claude
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def proj(tmp_path: Path) -> Project:
+    need("claude", cli_path() is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
+    return make_project(tmp_path)
+
+
+def drive(proj: Project, api: FakeAPI, hours: float, monkeypatch, **kw) -> tuple[Night, OvernightState]:
+    env = dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS="0")
+    for k in list(os.environ):                     # the CLI inherits the test's environment: keep it private
+        if k.startswith(("ANTHROPIC_", "CLAUDE")):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    night = Night(proj.root, hours, env=env, backoff=(0.2,), **kw)
+    return night, asyncio.run(night.run())
+
+
+def log_lines(proj: Project) -> list[list[str]]:
+    return [ln.split("\t") for ln in proj.read(".autoresearch/overnight.log").splitlines()]
+
+
+def test_the_command_runs_a_night_that_ends_when_the_loop_says_so(proj):
+    script = [say("Looking around first.") + bash("ls"), end_turn("Nothing more to do.")]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        p = subprocess.run([str(proj.root / ".venv" / "bin" / "autoresearch"), "overnight", "--hours", "0.05"],
+                           cwd=proj.root, capture_output=True, text=True, timeout=240,
+                           env=dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS="0",
+                                    COLUMNS="120"))
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    assert "done:" in p.stdout and "budget" in p.stdout
+    [ls] = api.results()
+    assert ls.name == "Bash" and not ls.is_error        # the project's guard allowed it explicitly
+    st = OvernightState.model_validate_json(proj.read(".autoresearch/overnight.json"))
+    assert st.status == "done" and st.sessions == 1 and st.errors == 0 and st.session_id
+    kinds = [ln[1] for ln in log_lines(proj)]
+    assert kinds[0] == "night" and "tool" in kinds and "result" in kinds and kinds[-1] == "night"
+    assert last_session(proj.root) == st.session_id
+    # the project's settings were used: its SessionStart hook spoke to the model
+    assert any("autoresearch loop state" in t for t in api.shown())
+
+
+def test_a_denied_action_stays_denied_under_the_driver(proj, monkeypatch):
+    script = [bash("pip install requests"), bash("curl http://example.com"), end_turn("ok")]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        _, st = drive(proj, api, 0.05, monkeypatch)
+    assert st.status == "done"
+    assert [r.is_error for r in api.results()] == [True, True]
+    assert any(ln[1] == "denied" for ln in log_lines(proj))
+
+
+def _cli_children() -> list[int]:
+    """Our own child processes running the Claude Code CLI (the SDK starts it)."""
+    me, out = os.getpid(), []
+    for d in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            ppid = int(Path(f"/proc/{d}/stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmd = Path(f"/proc/{d}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == me and b"claude" in cmd:
+            out.append(int(d))
+    return out
+
+
+def test_a_crashed_cli_is_resumed_in_the_same_session(proj, monkeypatch):
+    killed: list[int] = []
+
+    def crash() -> None:                              # idempotent: the CLI dies once
+        if not killed:
+            for pid in _cli_children():
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+    script = [say("First look.") + bash("ls"), human(crash) + say("Again.") + bash("ls -a"), end_turn("done")]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        _, st = drive(proj, api, 0.05, monkeypatch)
+        first_tool = api.main_requests[1].body["messages"]
+    assert killed, "the CLI was never killed"
+    assert st.status == "done" and st.errors == 1 and st.sessions == 2
+    # the resumed conversation carries the first session's tool call: same session, not a fresh one
+    first_ids = {b["id"] for m in first_tool if m["role"] == "assistant" for b in m["content"]
+                 if isinstance(b, dict) and b.get("type") == "tool_use"}
+    resumed = api.main_requests[-1].body["messages"]
+    assert first_ids and first_ids <= {b["id"] for m in resumed if m["role"] == "assistant"
+                                       for b in m["content"] if isinstance(b, dict) and b.get("type") == "tool_use"}
+    assert count_assistant(api.main_requests[-1].body) >= 2
+    log = log_lines(proj)
+    assert any(ln[1] == "error" and "resuming the same session" in ln[2] for ln in log)
+    assert [ln[2] for ln in log if ln[1] == "start"][1].startswith(f"resuming {st.session_id}")
+
+
+def test_the_deadline_pauses_then_interrupts_and_lifts_its_pause(proj, monkeypatch):
+    script = [human(lambda: time.sleep(8)) + say("thinking for a long time") + bash("ls"), end_turn("done")]
+    t0 = time.monotonic()
+    with FakeAPI(script, project=str(proj.root)) as api:
+        _, st = drive(proj, api, 1.5 / 3600, monkeypatch, grace_s=1.0)
+    assert st.status == "deadline", st
+    assert time.monotonic() - t0 < 60
+    log = log_lines(proj)
+    assert any(ln[1] == "deadline" and "paused the loop" in ln[2] for ln in log)
+    assert any(ln[1] == "deadline" and "interrupting" in ln[2] for ln in log)
+    assert any(ln[1] == "deadline" and "lifted the pause" in ln[2] for ln in log)
+    assert state.paused(proj.root) is None
+
+
+def test_a_users_own_pause_is_left_alone(proj, monkeypatch):
+    state.pause(proj.root, "mine")
+    with FakeAPI([end_turn("paused, stopping")], project=str(proj.root)) as api:
+        _, st = drive(proj, api, 0.05, monkeypatch)
+    assert st.status == "done" and "paused" in st.reason
+    assert state.paused(proj.root).reason == "mine"
+
+
+def test_a_project_without_guard_wiring_gets_the_bundle_as_plugin_or_is_refused(tmp_path, monkeypatch):
+    proj = tmp_path / "p"
+    proj.mkdir()
+    (proj / "program.md").write_text((ROOT / "program.md").read_text())
+    assert Night(proj, 1).plugin == str(ROOT)
+    import autoresearch.driver as driver
+    monkeypatch.setattr(driver, "BUNDLE", tmp_path / "not-a-plugin")
+    with pytest.raises(DriverError, match="does not wire the autoresearch guard"):
+        Night(proj, 1)
+
+
+def test_hours_must_be_positive(proj):
+    p = subprocess.run([str(proj.root / ".venv" / "bin" / "autoresearch"), "overnight", "--hours", "0"],
+                       cwd=proj.root, capture_output=True, text=True, env=proj.env)
+    assert p.returncode == 2 and "--hours" in p.stdout
+
+
+def test_resume_without_a_recorded_session_is_refused(proj):
+    p = subprocess.run([str(proj.root / ".venv" / "bin" / "autoresearch"), "overnight", "--hours", "1", "--resume"],
+                       cwd=proj.root, capture_output=True, text=True, env=proj.env)
+    assert p.returncode == 2 and "no earlier session" in p.stdout
