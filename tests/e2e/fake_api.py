@@ -236,6 +236,7 @@ class Recorded:
     body: dict[str, Any]
     main: bool
     step: int | None = None                     # the script step served (main requests)
+    error: int | None = None                    # the HTTP error status served instead, if any
 
 
 class FakeAPI:
@@ -245,6 +246,7 @@ class FakeAPI:
         self.script: list[Turn] = list(script or [])
         self.project = project
         self.broken_streams = broken_streams     # answer this many streaming requests with a broken stream
+        self.outages: dict[int, int] = {}        # step -> how many more requests for it get a 529 (overloaded)
         self.requests: list[Recorded] = []
         self.overruns = 0                        # main requests past the end of the script (answered 400)
         self._lock = threading.Lock()
@@ -304,6 +306,21 @@ class FakeAPI:
                 b.action()
         return (*_message(turn, model, self.project), step)
 
+    def outage(self, step: int, requests: int) -> None:
+        """The API is overloaded (HTTP 529) for the next `requests` requests for script step `step`."""
+        with self._lock:
+            self.outages[step] = requests
+
+    def _take_outage(self, body: dict[str, Any]) -> bool:
+        if not is_main_request(body):
+            return False
+        step = count_assistant(body)
+        with self._lock:
+            if self.outages.get(step, 0) > 0:
+                self.outages[step] -= 1
+                return True
+        return False
+
     def _take_broken(self) -> bool:
         with self._lock:
             if self.broken_streams > 0:
@@ -352,6 +369,13 @@ class FakeAPI:
                         api.requests.append(Recorded(path, body, main=False))
                     self._send(404, json.dumps({"type": "error", "error": {
                         "type": "not_found_error", "message": f"fake API: no {path}"}}).encode(),
+                        "application/json")
+                    return
+                if api._take_outage(body):
+                    with api._lock:
+                        api.requests.append(Recorded(path, body, main=False, step=None, error=529))
+                    self._send(529, json.dumps({"type": "error", "error": {
+                        "type": "overloaded_error", "message": "fake API: Overloaded"}}).encode(),
                         "application/json")
                     return
                 reply = api.reply_for(body)
