@@ -105,8 +105,10 @@ def locked_index(root: Path) -> Path | None:
 def identity_env(root: Path) -> dict[str, str]:
     """Author/committer for commits made by trusted code: the repository's configured identity,
     else `autoresearch <autoresearch@localhost>` (so a machine without user.email still commits)."""
-    name = git(root, "config", "user.name", check=False).stdout.strip()
-    email = git(root, "config", "user.email", check=False).stdout.strip()
+    found = dict(line.split(" ", 1) for line in
+                 git(root, "config", "--get-regexp", r"^user\.(name|email)$", check=False).stdout.splitlines()
+                 if " " in line)
+    name, email = found.get("user.name", "").strip(), found.get("user.email", "").strip()
     if name and email:
         return {}
     name, email = name or "autoresearch", email or "autoresearch@localhost"

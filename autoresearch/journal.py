@@ -41,6 +41,7 @@ from .state import LastDecision, read_state, state_dir, write_state
 PENDING = "pending"
 JOURNAL = "journal.json"
 CRASH_ENV = "AUTORESEARCH_TEST_CRASH_AT"
+COMMIT_MARK = "<commit>"                 # in `reply`: replaced by the keep commit's short sha
 
 
 class LoopError(RuntimeError):
@@ -62,6 +63,21 @@ class Journal(BaseModel):
     keep_row: int | None = None          # index in rows of the row that gets the keep commit
     metric_name: str
     last_decision: LastDecision | None = None
+    reply: dict | None = None            # the Stop hook's answer once applied (COMMIT_MARK for the sha)
+    finish_reason: str | None = None     # set: this decision spent the budget; the loop ends
+
+    def commit(self, root: Path) -> str | None:
+        """The keep commit, once made (the run branch's tip carries our Autoresearch-Run)."""
+        if self.action != "keep":
+            return None
+        tip = ref_commit(root, f"refs/heads/{self.branch}")
+        return tip if tip and tip != self.parent and _is_our_commit(root, tip, self) else None
+
+    def reply_for(self, commit: str | None) -> dict | None:
+        if self.reply is None:
+            return None
+        return {k: v.replace(COMMIT_MARK, (commit or "")[:7]) if isinstance(v, str) else v
+                for k, v in self.reply.items()}
 
 
 def pending_dir(root: Path) -> Path:
@@ -125,6 +141,8 @@ def apply(root: Path, j: Journal) -> str | None:
     if j.last_decision is not None:
         st.last_decision = j.last_decision
         st.idle_stops = 0
+    if j.finish_reason and st.finished_at is None:
+        st.finished_at, st.finish_reason = j.created_at, j.finish_reason
     if j.from_name:
         st.branches.setdefault(j.branch, j.from_name)
     write_state(root, st)
@@ -165,9 +183,12 @@ def _ensure_commit(root: Path, j: Journal) -> str:
     tmp_index = pending_dir(root) / "index.tmp"
     env = {"GIT_INDEX_FILE": str(tmp_index)}
     git(root, "read-tree", j.parent, env=env)
-    for path, snap in j.commit_files.items():
-        blob = git(root, "hash-object", "-w", "--no-filters", "--", str(files / snap)).stdout.strip()
-        git(root, "update-index", "--add", "--cacheinfo", f"{_mode(root, j.parent, path)},{blob},{path}", env=env)
+    paths = list(j.commit_files)
+    blobs = git(root, "hash-object", "-w", "--no-filters", "--",
+                *[str(files / j.commit_files[p]) for p in paths]).stdout.split()
+    modes = _modes(root, j.parent, paths)
+    args = [a for p, b in zip(paths, blobs) for a in ("--cacheinfo", f"{modes.get(p, '100644')},{b},{p}")]
+    git(root, "update-index", "--add", *args, env=env)
     tree = git(root, "write-tree", env=env).stdout.strip()
     commit = git(root, "commit-tree", tree, "-p", j.parent, "-F", "-", input=j.message,
                  env=identity_env(root)).stdout.strip()
@@ -183,11 +204,8 @@ def _is_our_commit(root: Path, commit: str, j: Journal) -> bool:
 
 def _sync_index(root: Path, j: Journal, commit: str) -> None:
     """Point the real index at the committed blobs, so `git status` shows only newer edits."""
-    args = []
-    for path in j.commit_files:
-        line = git(root, "ls-tree", commit, "--", path).stdout.split()
-        if len(line) >= 3:
-            args += ["--cacheinfo", f"{line[0]},{line[2]},{path}"]
+    entries = _ls_tree(root, commit, list(j.commit_files))
+    args = [a for path, (mode, blob) in entries.items() for a in ("--cacheinfo", f"{mode},{blob},{path}")]
     if args:
         git(root, "update-index", "--add", *args)
 
@@ -209,9 +227,19 @@ def _revert(root: Path, j: Journal) -> None:
         _write_file(target, want, mode=_file_mode(target))
 
 
-def _mode(root: Path, commit: str, path: str) -> str:
-    line = git(root, "ls-tree", commit, "--", path).stdout.split()
-    return line[0] if line and line[0] in ("100644", "100755") else "100644"
+def _ls_tree(root: Path, commit: str, paths: list[str]) -> dict[str, tuple[str, str]]:
+    """path -> (mode, blob) at commit, for the paths that are there (one git call)."""
+    out = {}
+    for line in git(root, "ls-tree", "-z", "--full-tree", commit, "--", *paths).stdout.split("\0"):
+        meta, _, path = line.partition("\t")
+        parts = meta.split()
+        if len(parts) == 3 and parts[1] == "blob":
+            out[path] = (parts[0], parts[2])
+    return out
+
+
+def _modes(root: Path, commit: str, paths: list[str]) -> dict[str, str]:
+    return {p: m if m in ("100644", "100755") else "100644" for p, (m, _) in _ls_tree(root, commit, paths).items()}
 
 
 def _file_mode(path: Path) -> int:

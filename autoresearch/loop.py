@@ -83,8 +83,11 @@ def stop_hook(data: dict) -> dict:
                      f"the agent again:\n{e}")
     try:
         with loop_lock(root):
-            journal.recover(root)
-            reply = _stop(root, program, data)
+            done = journal.recover(root)
+            if done is not None and done.reply is not None:     # a killed call's decision, now finished
+                reply = done.reply_for(done.commit(root))
+            else:
+                reply = _stop(root, program, data)
     except (ConfigError, SetupError) as e:
         reply = allow(f"autoresearch: the loop stopped: {e}")
     except LockTimeout:
@@ -141,12 +144,7 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
             if others:
                 _record(root, program, st, ctx, others, thresh)
             return block(_confirm_message(program, v, cands))
-        rows, commit = _decide(root, program, st, ctx, cands, others, v, thresh)
-        all_rows = ctx.rows + rows
-        bud = budget(program, read_state(root), all_rows, ctx.branch, ctx.session, paused(root))
-        if bud.spent:
-            return _finish(root, program, ctx.branch, all_rows, bud.reason or "budget spent")
-        return block(_outcome_message(program, v, rows[-1], commit, bud, ctx.best))
+        return _decide(root, program, st, ctx, cands, others, v, thresh)
 
     if others:
         ctx.rows = ctx.rows + _record(root, program, st, ctx, others, threshold(program, st.sigma))
@@ -272,7 +270,9 @@ def _record(root: Path, program: Program, st: LoopState, ctx: _Ctx, others: list
 
 
 def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
-            others: list[RunRecord], v: Verdict, thresh: float) -> tuple[list[LedgerRow], str | None]:
+            others: list[RunRecord], v: Verdict, thresh: float) -> dict:
+    """Write the decision down (journal), apply it, and return the hook's reply -- which is
+    itself in the journal, so a call that finishes a killed one answers the same."""
     _preflight(root)
     exp0 = len(branch_rows(ctx.rows, ctx.branch)) + 1
     rows = _superseded_rows(program, st, ctx, others, thresh, exp0)
@@ -305,17 +305,22 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
             revert_files[path] = sha256_file(Path(root) / path)
         _preserve(root, ctx, last, code)
     sp = sha256_file(Path(root) / SCRATCHPAD)
+    all_rows = ctx.rows + rows
+    bud = budget(program, st, all_rows, ctx.branch, ctx.session, paused(root))
+    if bud.spent:
+        finish = bud.reason or "budget spent"
+        reply = allow(summary(program, ctx.branch, all_rows, f"stopping: {finish}."))
+    else:
+        finish = None
+        reply = block(_outcome_message(program, v, rows[-1], journal.COMMIT_MARK, bud, ctx.best))
     j = Journal(action=status, run_id=last.run_id, rows=rows,
                 keep_row=len(rows) - 1 if v.action == "keep" else None, commit_files=commit_files,
                 revert_files=revert_files, message=message, metric_name=program.metric.name,
                 last_decision=LastDecision(run_id=last.run_id, runs=[c.run_id for c in cands], experiment=exp,
                                            outcome=status, branch=ctx.branch, scratchpad_sha256=sp, at=now()),
-                **_journal_base(ctx))
+                reply=reply, finish_reason=finish, **_journal_base(ctx))
     journal.begin(root, j, snaps)
-    commit = journal.apply(root, j)
-    if commit:
-        rows[-1] = rows[-1].model_copy(update={"commit": commit[:7]})
-    return rows, commit
+    return j.reply_for(journal.apply(root, j))
 
 
 def _run_copy(run: RunRecord, ctx: _Ctx) -> bytes | None:
@@ -392,10 +397,10 @@ def _outcome_message(program: Program, v: Verdict, row: LedgerRow, commit: str |
     head = f"autoresearch: experiment #{row.experiment} (run {row.run_id})"
     if v.action == "keep":
         if prev_best is None:
-            what = f"is the BASELINE: {m} {v.value:.6f}, committed {commit[:7] if commit else ''}."
+            what = f"is the BASELINE: {m} {v.value:.6f}, committed {commit or ''}."
         else:
             what = (f"KEPT: {m} {v.value:.6f}, previous best {prev_best:.6f} ({v.delta:+.6f}; threshold "
-                    f"{v.threshold:.6f}). Committed {commit[:7] if commit else ''}.")
+                    f"{v.threshold:.6f}). Committed {commit or ''}.")
     elif v.action == "discard":
         what = (f"DISCARDED ({v.note}): {m} {v.value:.6f} vs best {prev_best:.6f} ({v.delta:+.6f}; "
                 f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "

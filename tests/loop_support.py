@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROGRAM = """---
 metric: {name: val_bpb, direction: minimize}
-budget: {train_seconds: 2, grace_seconds: 5, eval_seconds: 60}
+budget: {train_seconds: 2, grace_seconds: 30, eval_seconds: 120}
 editable: [train.py, scratchpad.md]
 min_improvement: 0.01
 noise: {k_sigma: 2.0, confirm_margin: 0.02, calibrate_runs: 2}

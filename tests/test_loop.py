@@ -48,7 +48,7 @@ def test_first_decision_starts_a_run_branch_and_keeps_the_baseline_user_branch_u
     main_before = proj.rev("main")
     rid = proj.fake_run(value=2.0, desc="baseline")
     r = proj.decide()
-    assert r.blocked and "BASELINE" in r.text and "2.000000" in r.text
+    assert r.blocked and "BASELINE" in r.text and "2.000000" in r.text and proj.rev()[:7] in r.text
     assert proj.branch().startswith("autoresearch/")
     assert proj.rev("main") == main_before                            # the user's branch never moves
     assert proj.commits("main") == ["the user's project"]
