@@ -35,6 +35,7 @@ class Report(BaseModel):
     threshold: float | None
     paused: str | None                 # the pause reason, when paused
     finished: str | None = None        # why and when a spent budget let the agent stop
+    spent: str | None = None           # why the budget is spent now (budget.py's words)
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -55,18 +56,18 @@ def best_row(rows: list[LedgerRow], program: Program) -> LedgerRow | None:
     return best
 
 
-def _loop_state(root: Path, program: Program) -> dict:
-    """What the loop's own state knows: sigma, the pause, the deadline clock, the budget."""
+def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
+    """What the loop itself knows: sigma, the pause, the deadline clock and the budget (budget.py)."""
     from . import state
+    from .budget import budget
     st = state.read_state(root)
     pause = state.paused(root)
-    out: dict = {"sigma": st.sigma,
-                 "paused": (pause.reason or "paused") if pause else None}
+    bud = budget(program, st, rows, branch, None, pause)
+    out: dict = {"sigma": st.sigma, "paused": (pause.reason or "paused") if pause else None,
+                 "left": bud.left, "done": bud.done, "limit": bud.limit, "deadline": bud.deadline_at,
+                 "spent": bud.reason}
     if st.finished_at is not None:
         out["finished"] = f"{st.finish_reason or 'finished'} at {st.finished_at:%Y-%m-%d %H:%M} UTC"
-    if st.started_at is not None and program.deadline_hours:
-        from datetime import timedelta
-        out["deadline"] = st.started_at + timedelta(hours=program.deadline_hours)
     return out
 
 
@@ -76,19 +77,17 @@ def gather(root: Path, branch: str | None = None) -> Report:
     shown = shown_branch(root, all_rows, branch)
     rows = [r for r in all_rows if r.branch == shown] if shown else []
     best = best_row(rows, program)
-    phase_done = sum(1 for r in rows if r.phase == program.phase)
-    st = _loop_state(root, program)
+    st = _loop_state(root, program, all_rows, shown)
     sigma = st["sigma"]
     if sigma is None:                         # state.json lost: the ledger still says what was used
         sigma = next((r.sigma for r in reversed(rows) if r.sigma is not None), None)
-    left = max(program.current.max_experiments - phase_done, 0)
-    deadline = st.get("deadline")
+    deadline = st["deadline"]
     return Report(
         root=str(root), metric=program.metric.name, direction=program.metric.direction, branch=shown,
         phase=program.phase, focus=" ".join(program.current.focus.split()), rows=rows, best=best,
         kept=sum(r.status == "keep" for r in rows), discarded=sum(r.status == "discard" for r in rows),
-        crashed=sum(r.status == "crash" for r in rows), phase_done=phase_done,
-        phase_max=program.current.max_experiments, budget_left=left,
+        crashed=sum(r.status == "crash" for r in rows), phase_done=st["done"],
+        phase_max=st["limit"], budget_left=st["left"], spent=st["spent"],
         deadline=f"{deadline:%Y-%m-%d %H:%M} UTC" if deadline else None,
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
     )
@@ -127,6 +126,8 @@ def render(rep: Report, last: int | None = 20) -> "object":
     noise = (f"sigma {rep.sigma:.4f}, keep threshold {rep.threshold:.4f}" if rep.sigma is not None
              else f"not calibrated (run `autoresearch calibrate`); keep threshold {_num(rep.threshold)}")
     head.add_row("noise", noise)
+    if rep.spent and not rep.paused:
+        head.add_row("budget spent", Text(rep.spent, style="yellow"))
     if rep.paused:
         head.add_row("paused", Text(rep.paused, style="bold yellow"))
     if rep.finished:

@@ -167,3 +167,18 @@ def test_plot_without_rows_fails_clearly(tmp_path):
     p = cli(root, "plot")
     assert p.returncode == 1 and "nothing to plot" in p.stdout
     assert not (root / "progress.png").exists()
+
+
+def test_status_shows_a_spent_phase_and_the_deadline(tmp_path):
+    root = make_project(tmp_path)
+    text = (root / "program.md").read_text().replace("max_experiments: 20", "max_experiments: 5", 1)
+    (root / "program.md").write_text(text)
+    st = state.read_state(root)
+    st.started_at = datetime(2026, 1, 1, 22, 0, tzinfo=timezone.utc)
+    state.write_state(root, st)
+    rep = gather(root)
+    assert rep.budget_left == 0 and rep.phase_max == 5
+    assert rep.spent and "phase 'hyperparameters' has used its 5 experiments" in rep.spent
+    assert rep.deadline == "2026-01-02 08:00 UTC"                 # deadline_hours 10 after the clock started
+    p = cli(root, "status")
+    assert "budget spent" in p.stdout and "2026-01-02 08:00 UTC" in p.stdout
