@@ -37,7 +37,7 @@ def test_shipped_program_has_a_four_phase_plan_ending_with_web_moonshot():
 
 def test_shipped_prose_covers_loop_rules_and_scratchpad_discipline():
     body = parse_program(SHIPPED).body
-    for heading in ("## The loop", "## The rules", "## The scratchpad"):
+    for heading in ("## The loop", "## The rules", "## Phases", "## The scratchpad"):
         assert heading in body
     for section in ("Current best", "Experiment log", "Hypotheses", "Next experiments", "Failed patterns"):
         assert section in body
