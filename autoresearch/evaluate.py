@@ -186,9 +186,11 @@ def evaluate(args: argparse.Namespace, val: bytes, log) -> dict:
     torch.manual_seed(0)
     random.seed(0)
     np.random.seed(0)
+    # Same kernels for the same shapes every time. Not torch.use_deterministic_algorithms: on
+    # CPU it sends attention to a path ~8x slower, and inference needs no atomics-free
+    # backward; the probe checks that two identical calls agree anyway.
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
-    torch.use_deterministic_algorithms(True, warn_only=True)
     guard = Snapshot(
         {"builtins": builtins, "math": math, "prepare": prepare, "torch": torch,
          "torch.nn.functional": F, "numpy": np},
