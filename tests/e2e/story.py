@@ -36,23 +36,23 @@ def note(line: str) -> Turn:
 
 @dataclass
 class Row:
-    """One results.tsv row, karpathy's columns first."""
+    """One results.tsv row, karpathy's columns first (the second is named after the metric)."""
     commit: str
-    val_bpb: str
+    value: str
     memory_gb: str
     status: str
     description: str
     extra: dict[str, str]
 
 
-def results(root: Path) -> list[Row]:
+def results(root: Path, metric: str = "val_bpb") -> list[Row]:
     path = root / "results.tsv"
     if not path.is_file():
         return []
     with path.open(newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
     header, body = rows[0], rows[1:]
-    assert header[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"], header
+    assert header[:5] == ["commit", metric, "memory_gb", "status", "description"], header
     return [Row(*r[:5], extra=dict(zip(header[5:], r[5:]))) for r in body]
 
 

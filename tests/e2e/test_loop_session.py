@@ -73,9 +73,9 @@ def test_three_experiments_baseline_crash_discard(project: Project, fake: FakeAP
     rows = results(project.root)
     assert [r.status for r in rows] == ["keep", "crash", "discard"], rows
     assert [r.extra["run_id"] for r in rows] == ["0001", "0002", "0003"]
-    assert as_float(rows[0].val_bpb) == pytest.approx(base, abs=1e-6)
-    assert rows[1].val_bpb == "", "a crash must not record a metric value"
-    assert as_float(rows[2].val_bpb) == pytest.approx(tiny, abs=1e-6)
+    assert as_float(rows[0].value) == pytest.approx(base, abs=1e-6)
+    assert rows[1].value == "", "a crash must not record a metric value"
+    assert as_float(rows[2].value) == pytest.approx(tiny, abs=1e-6)
     assert [r.description for r in rows] == [rs[k]["description"] for k in rs]
 
     # git: a run branch with exactly one commit (the baseline); the user's branch untouched.
