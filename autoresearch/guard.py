@@ -58,7 +58,8 @@ DENIED_TOOLS = {
 
 # Credentials: directories and file names that are off limits anywhere.
 SECRET_DIRS = {".ssh", ".aws", ".gnupg", ".kube", ".docker", ".azure", ".password-store", ".secrets"}
-SECRET_PAIRS = {(".config", "gcloud"), (".claude", ".credentials.json"), (".config", "gh")}
+SECRET_PAIRS = {(".config", "gcloud"), (".claude", ".credentials.json"), (".config", "gh"),
+                (".git", "config")}                # remote URLs can carry tokens
 SECRET_FILES = {".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc", ".pgpass", ".claude.json",
                 ".credentials.json", "credentials.json", ".htpasswd", "secrets.json", "secrets.yaml"}
 SECRET_PREFIXES = (".env", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
@@ -156,8 +157,11 @@ class Context:
         self.readable = [self.root_real, os.path.realpath(os.path.dirname(os.__file__))]
         self.readable += [os.path.realpath(p) for p in sys.path
                           if p.endswith(("site-packages", "dist-packages")) and os.path.isdir(p)]
-        if transcript and os.path.isabs(transcript):    # Claude Code's own session files
-            self.readable.append(os.path.realpath(os.path.dirname(transcript)))
+        if transcript and isinstance(transcript, str):  # Claude Code's own session files (tool outputs)
+            folder = os.path.realpath(os.path.dirname(transcript))
+            config = env.get("CLAUDE_CONFIG_DIR") or os.path.join(self.home, ".claude")
+            if _under(folder, os.path.join(os.path.realpath(config), "projects")):
+                self.readable.append(folder)
         cache = env.get("AUTORESEARCH_CACHE") or os.path.join(self.home, ".cache", "autoresearch")
         self.caches = {os.path.abspath(cache), os.path.realpath(cache)}
         data = env.get("AUTORESEARCH_DATA")
@@ -370,10 +374,11 @@ def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
     if tool.startswith("mcp__") or tool in ("ListMcpResourcesTool", "ReadMcpResourceTool"):
         return False, "MCP tools are not available to the research agent"
     if tool in ("WebFetch", "WebSearch"):
-        if policy.web:
-            return True, f"web access is on in phase {policy.phase}"
-        return False, (f"web access is off in phase {policy.phase}: it is on only in phases with "
-                       "`web: true` in program.md; note what you would look up in scratchpad.md")
+        if not policy.web:
+            return False, (f"web access is off in phase {policy.phase}: it is on only in phases with "
+                           "`web: true` in program.md; note what you would look up in scratchpad.md")
+        why = url_problem(inp.get("url")) if tool == "WebFetch" else None
+        return (False, why) if why else (True, f"web access is on in phase {policy.phase}")
     ctx = Context(root, policy, payload.get("cwd"), env, payload.get("transcript_path"))
     if tool in EDIT_TOOLS:
         why = edit_problem(ctx, inp.get(EDIT_TOOLS[tool]))
@@ -410,6 +415,36 @@ def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
                 return why
     if tool == "Grep":
         return tree_problem(ctx, path)
+    return None
+
+
+def url_problem(url) -> str | None:
+    """WebFetch may reach the public web only: not this machine, its network or a cloud metadata
+    service (a name that resolves to such an address is not caught here; the sandbox has no network)."""
+    if not isinstance(url, str) or "\x00" in url:
+        return "malformed url"
+    from urllib.parse import urlsplit
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").rstrip(".").lower()
+    except ValueError:
+        return "malformed url"
+    if parts.scheme not in ("http", "https") or not host:
+        return "only http(s) URLs can be fetched"
+    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")) or \
+            ("." not in host and ":" not in host and not host.isdigit()):
+        return f"{host} is a local name: only the public web can be fetched"
+    import ipaddress
+    import socket
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:                                    # 2130706433, 0x7f.1: other spellings of 127.0.0.1
+            ip = ipaddress.ip_address(socket.inet_aton(host))
+        except OSError:
+            return None
+    if not ip.is_global:
+        return f"{host} is not a public address: only the public web can be fetched"
     return None
 
 

@@ -573,6 +573,8 @@ def check(argv: list[str]) -> Effect:
                          "budget, seed and everything else")
         if not args[1].strip():
             raise Unsafe('give ./run.sh -m a description: ./run.sh -m "what changed and why"')
+        if args[1].startswith("-"):
+            raise Unsafe("the description may not start with '-' (it would read as an option)")
         return Effect(experiment=True)
     if name == "echo":
         return Effect()
@@ -616,6 +618,8 @@ def _git(args: list[str]) -> Effect:
             raise Unsafe(GIT_WRITE.format(sub) + "; there is no network access either")
         raise Unsafe(GIT_WRITE.format(sub))
     _GIT_SUBCOMMANDS[sub].parse(f"git {sub}", args[1:])
+    if any("%G" in a for a in args):
+        raise Unsafe("git format %G placeholders run gpg (which may fetch keys): leave them out")
     return Effect()
 
 

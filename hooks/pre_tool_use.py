@@ -15,8 +15,12 @@ import sys
 ALARM = 5   # seconds; the wrapper kills the process at 10 and Claude Code's own limit is 30
 
 
+class GuardTimeout(BaseException):
+    """Not an Exception (nor an OSError, as TimeoutError is), so no handler on the way can swallow it."""
+
+
 def _timeout(signum, frame):
-    raise TimeoutError(f"the guard took longer than {ALARM} s")
+    raise GuardTimeout(f"the guard took longer than {ALARM} s")
 
 
 def main() -> None:

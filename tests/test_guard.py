@@ -56,8 +56,8 @@ class Outcome:
 
 def run_hook(root: Path, stdin: str, env: dict[str, str], command: str | None = None,
              timeout: float = 60) -> Outcome:
-    """Run the wired command the way Claude Code does: `sh -c`, in the project, JSON on stdin."""
-    proc = subprocess.run(["sh", "-c", command or wired_command()], input=stdin.encode("utf-8", "surrogatepass"),
+    """Run the wired command the way Claude Code does: `/bin/sh -c`, in the project, JSON on stdin."""
+    proc = subprocess.run(["/bin/sh", "-c", command or wired_command()], input=stdin.encode("utf-8", "surrogatepass"),
                           capture_output=True, cwd=root, env=env, timeout=timeout)
     proc.stdout, proc.stderr = proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
     return Outcome(proc)
@@ -228,6 +228,10 @@ def test_the_phase_decides_the_editable_set_and_web_access(tmp_path) -> None:
     w = World(tmp_path, program=text)
     assert w.tool("WebFetch", url="https://arxiv.org/abs/1", prompt="x").decision == "allow"
     assert w.tool("WebSearch", query="muon optimizer").decision == "allow"
+    for url in ("http://127.0.0.1:8080/", "http://169.254.169.254/latest/meta-data", "http://localhost/",
+                "file:///etc/passwd", "http://2130706433/", "http://[::1]/", "http://10.1.2.3/"):
+        got = w.tool("WebFetch", url=url, prompt="x")
+        assert got.decision == "deny" and ("public" in got.reason or "http(s)" in got.reason), (url, got)
     assert w.tool("Edit", file_path="{root}/notes/ideas.txt", old_string="a", new_string="b").decision == "allow"
     # the human moves the loop on: the next call sees the new phase (the cache is keyed by program.md)
     (w.root / "program.md").write_text(text.replace("phase: moonshot", "phase: architecture"))
@@ -283,6 +287,20 @@ def test_held_out_data_follows_the_environment(tmp_path) -> None:
     env = dict(w.env, AUTORESEARCH_DATA=str(data))
     got = run_hook(w.root, payload(w, "Read", {"file_path": str(data / "test" / "test.bin")}), env)
     assert got.decision == "deny" and "held-out" in got.reason, got
+
+
+def test_only_claude_codes_own_session_folder_is_readable(tmp_path) -> None:
+    """The transcript folder (where Claude Code keeps long tool outputs) is readable; a payload
+    naming a transcript elsewhere does not open that folder."""
+    w = World(tmp_path)
+    (w.home / "notes.txt").write_text("x")
+    read = {"file_path": str(w.home / "notes.txt")}
+    got = run_hook(w.root, payload(w, "Read", read), w.env)
+    assert got.decision == "deny", got
+    odd = json.loads(payload(w, "Read", read))
+    odd["transcript_path"] = str(w.home / "session.jsonl")
+    got = run_hook(w.root, json.dumps(odd), w.env)
+    assert got.decision == "deny" and "outside the project" in got.reason, got
 
 
 def test_grep_of_a_clean_project_is_allowed(tmp_path) -> None:
