@@ -74,9 +74,9 @@ def allow(message: str) -> dict:
 # --- the Stop hook -------------------------------------------------------------------------
 
 def stop_hook(data: dict) -> dict:
-    root = project_root(Path(data.get("cwd") or os.getcwd()))
     t0 = time.perf_counter()
     try:
+        root = project_root(Path(data.get("cwd") or os.getcwd()))
         program = load_program(root)
     except ConfigError as e:
         return allow(f"autoresearch: the loop stopped because program.md is invalid. Fix it, then start "
@@ -168,8 +168,9 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
         return block("autoresearch: no baseline yet on this run. Run the baseline first: "
                      "./run.sh -m \"baseline\" -- then note the result in scratchpad.md and end your turn.")
     return block(f"autoresearch: nothing to decide: {ctx.train} is unchanged and has no new run. "
-                 f"{bud.line()}. Next: pick the next idea from scratchpad.md (phase '{program.phase}': "
-                 f"{_short(program.current.focus)}), edit {ctx.train}, run ./run.sh -m \"<what and why>\".")
+                 f"{bud.line()}. Next: form one hypothesis for phase '{program.phase}' "
+                 f"({_short(program.current.focus).rstrip('.')}), write it in scratchpad.md, edit {ctx.train}, "
+                 f"run ./run.sh -m \"<what and why>\", then end your turn.")
 
 
 def _context(root: Path, program: Program, data: dict, st: LoopState) -> _Ctx:
@@ -406,12 +407,12 @@ def _outcome_message(program: Program, v: Verdict, row: LedgerRow, commit: str |
                 f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "
                 f"the change stays in runs/{row.run_id}/diff.patch.")
     else:
-        what = (f"CRASHED ({row.run_status}{': ' + row.note if row.note and row.note != row.run_status else ''}). "
+        what = (f"CRASHED ({row.run_status}{': ' + _short(row.note, 200) if row.note and row.note != row.run_status else ''}). "
                 f"train.py is back to the best version; see runs/{row.run_id}/train.log.")
     best = row.best if row.best is not None else prev_best
-    return (f"{head} {what} Best so far: {_fmt(best)}. {bud.line()}. Phase '{program.phase}': "
-            f"{_short(program.current.focus)} Next: record this in scratchpad.md, form ONE new hypothesis, edit "
-            f"train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+    return (f"{head} {what} Best so far: {_fmt(best)}. {bud.line()}. Phase '{program.phase}' focus: "
+            f"{_short(program.current.focus).rstrip('.')}. Next: record this in scratchpad.md, form ONE new "
+            f"hypothesis, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
 
 
 def _finish(root: Path, program: Program, branch: str, rows: list[LedgerRow], reason: str) -> dict:
@@ -434,7 +435,7 @@ def summary(program: Program, branch: str | None, rows: list[LedgerRow], lead: s
         base = kept[0]
         lines.append(f"Best {program.metric.name} {best.value:.6f} (experiment #{best.experiment}, run {best.run_id}, "
                      f"commit {best.commit}); baseline {base.value:.6f} ({best.value - base.value:+.6f}).")
-    lines.append("`autoresearch status` shows the table; `autoresearch resume` goes on.")
+    lines.append("`autoresearch status` shows the table.")
     return "\n".join(lines)
 
 

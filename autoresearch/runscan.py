@@ -88,7 +88,37 @@ def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float) -> boo
         return False
     if metrics is None:                          # only in the instant between mkdir and the first write
         return time.time() - _newest_mtime(path) < FRESH_DIR_S
-    return time.time() - metrics.started_at.timestamp() < wall_limit_s
+    if time.time() - metrics.started_at.timestamp() >= wall_limit_s:
+        return False
+    alive = runner_alive(path.parent.parent)
+    return True if alive is None else alive
+
+
+def runner_alive(root: Path) -> bool | None:
+    """Is a runner (`python -m autoresearch.experiment`, what ./run.sh execs) working in `root`?
+    None when this cannot be known (no /proc). A runner killed with SIGKILL never writes
+    finished_at; without this its run would look alive until the longest run time had passed."""
+    proc = Path("/proc")
+    if not (proc / "self" / "cmdline").exists():
+        return None
+    want = str(Path(root).resolve())
+    for d in proc.iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"autoresearch.experiment" not in argv and not any(a.endswith(b"run.sh") for a in argv):
+            if not (b"autoresearch" in b" ".join(argv[:3]) and b"calibrate" in argv):
+                continue
+        try:
+            cwd = os.readlink(d / "cwd")
+        except OSError:
+            return True                          # cannot see where it runs: assume it may be ours
+        if cwd == want or cwd.startswith(want + "/"):
+            return True
+    return False
 
 
 def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s: float = 0.0) -> RunRecord:

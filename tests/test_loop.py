@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 from datetime import timedelta
 
 import pytest
@@ -241,9 +243,18 @@ def test_a_run_still_in_progress_is_waited_for_not_decided(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(status="interrupted", finished=False, age_s=1)    # the runner's first write
-    r = proj.decide()
-    assert r.blocked and "still running" in r.text
-    assert len(proj.rows()) == 1 and "N_EMBD = 96" in proj.read()
+    # a live process that looks like the runner (./run.sh execs `python -m autoresearch.experiment`)
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "autoresearch.experiment"],
+                              cwd=proj.path)
+    try:
+        r = proj.decide()
+        assert r.blocked and "still running" in r.text
+        assert len(proj.rows()) == 1 and "N_EMBD = 96" in proj.read()
+    finally:
+        runner.kill()
+        runner.wait()
+    r = proj.stop()                                                   # killed with SIGKILL: no finished_at
+    assert "CRASHED (interrupted" in r.text
 
 
 def test_a_run_killed_long_ago_without_finishing_is_interrupted(proj):

@@ -73,3 +73,26 @@ def test_calibrate_stores_sigma_and_its_runs_are_not_experiments(proj):
     s = proj.stop()
     assert s.blocked and "baseline" in s.text and proj.rows() == []   # the calibration runs are not decided
     assert "keep threshold" in proj.hook("SessionStart").reply["hookSpecificOutput"]["additionalContext"]
+
+
+def test_a_background_run_is_waited_for_and_a_sigkilled_one_is_interrupted(proj):
+    import os
+    import signal
+    import time
+    proj.baseline(2.0)                                        # a fabricated baseline is enough here
+    proj.edit("N_EMBD = 64", "N_EMBD = 96")
+    runner = subprocess.Popen([str(ROOT / "run.sh"), "-m", "wider", "--backend", "bwrap", "--budget", "60"],
+                              cwd=proj.path, env=clean_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not (proj.path / "runs" / "0002" / "metrics.json").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        r = proj.decide()
+        assert r.blocked and "still running" in r.text and len(proj.rows()) == 1
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL)                 # no chance to write finished_at
+        runner.wait()
+    r = proj.stop()
+    assert "CRASHED (interrupted" in r.text and "N_EMBD = 96" not in proj.read()
+    assert "N_EMBD = 96" in (proj.path / "runs" / "0002" / "train.py").read_text()
