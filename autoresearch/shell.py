@@ -141,17 +141,20 @@ def _get_parser():
     for type hints and query files; load the two C extensions directly instead."""
     global _parser
     if _parser is None:
+        stubs = []
         for pkg in ("tree_sitter", "tree_sitter_bash"):
             if pkg not in sys.modules:
-                for base in sys.path:
-                    d = f"{base}/{pkg}"
-                    if os.path.isdir(d):
-                        mod = type(sys)(pkg)
-                        mod.__path__ = [d]
-                        sys.modules[pkg] = mod
-                        break
-        from tree_sitter._binding import Language, Parser
-        from tree_sitter_bash._binding import language
+                d = next((f"{base}/{pkg}" for base in sys.path if os.path.isdir(f"{base}/{pkg}")), None)
+                if d is not None:
+                    sys.modules[pkg] = mod = type(sys)(pkg)
+                    mod.__path__ = [d]
+                    stubs.append(pkg)
+        try:
+            from tree_sitter._binding import Language, Parser
+            from tree_sitter_bash._binding import language
+        finally:
+            for pkg in stubs:       # a later `import tree_sitter` runs the real package (reusing _binding)
+                del sys.modules[pkg]
         _parser = Parser(Language(language()))
     return _parser
 
