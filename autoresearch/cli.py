@@ -7,7 +7,8 @@ import sys
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="autoresearch", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="autoresearch", description="Set up, watch and drive the overnight "
+                                                                      "experiment loop.")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     # Each module that owns a subcommand adds it here with `add_parser(...)` and

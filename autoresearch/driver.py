@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable

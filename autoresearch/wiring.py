@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shlex
 from pathlib import Path
 
 PY = '"$CLAUDE_PROJECT_DIR/.venv/bin/python"'
@@ -77,10 +76,11 @@ def plugin_hooks(settings: dict) -> dict:
 
 def legacy_settings(settings: dict, bundle: Path, python: Path) -> dict:
     """.claude/settings.json for a legacy repo: the bundle's wiring with absolute paths."""
+    for p in (bundle, python):
+        if any(c in str(p) for c in '"$`\\'):
+            raise WiringError(f"{p} has a quote, $, ` or \\ in it, which the hook commands cannot carry safely; "
+                              "move the bundle to a plainer path")
     new = copy.deepcopy(settings)
-    py = shlex.quote(str(python)) if "'" not in str(python) else None
-    if py is None or '"' in str(bundle) or "$" in str(bundle) or "`" in str(bundle):
-        raise WiringError(f"the bundle path {bundle} has quotes or $ in it; move it to a plainer path")
     for groups in (new.get("hooks") or {}).values():
         for g in groups:
             for h in g.get("hooks", []):
