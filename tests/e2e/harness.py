@@ -166,16 +166,7 @@ def run_claude(project: Project, api_url: str, prompt: str | None, *args: str,
     argv = [str(binary), "-p", *([prompt] if prompt is not None else []),
             "--output-format", "stream-json", "--verbose", *args]
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=project.root, env=full_env, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)      # the CLI and everything it started
-        out, err = proc.communicate()
-        raise AssertionError(f"claude did not finish within {timeout:.0f}s\nstderr:\n{err[-3000:]}\n"
-                             f"stdout:\n{out[-3000:]}") from None
+    out, err, rc = _run(argv, project.root, full_env, timeout)
     events = []
     for line in out.splitlines():
         line = line.strip()
@@ -184,12 +175,27 @@ def run_claude(project: Project, api_url: str, prompt: str | None, *args: str,
                 events.append(json.loads(line))
             except json.JSONDecodeError:
                 pass
-    return ClaudeRun(argv, proc.returncode, out, err, time.monotonic() - t0, events)
+    return ClaudeRun(argv, rc, out, err, time.monotonic() - t0, events)
 
 
 def run_python(project: Project, *args: str, env: dict[str, str] | None = None,
                timeout: float = DEFAULT_TIMEOUT) -> subprocess.CompletedProcess[str]:
-    """Run the project's interpreter (e.g. `-m autoresearch.cli overnight`) with the e2e env."""
-    return subprocess.run([str(project.root / ".venv" / "bin" / "python"), *args], cwd=project.root,
-                          env=dict(project.env, **(env or {})), capture_output=True, text=True,
-                          timeout=timeout)
+    """Run the project's interpreter (e.g. `-m autoresearch overnight`) with the e2e env."""
+    argv = [str(project.root / ".venv" / "bin" / "python"), *args]
+    out, err, rc = _run(argv, project.root, dict(project.env, **(env or {})), timeout)
+    return subprocess.CompletedProcess(argv, rc, out, err)
+
+
+def _run(argv: list[str], cwd: Path, env: dict[str, str], timeout: float) -> tuple[str, str, int]:
+    """Run in a new process group; on timeout kill the whole group (the CLI, its hooks, a
+    training run) and fail with what it printed."""
+    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        raise AssertionError(f"{Path(argv[0]).name} did not finish within {timeout:.0f}s\n"
+                             f"stderr:\n{err[-3000:]}\nstdout:\n{out[-3000:]}") from None
+    return out, err, proc.returncode

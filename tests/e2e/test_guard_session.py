@@ -35,7 +35,7 @@ def test_denials_reach_the_model_and_allowed_actions_need_no_approval(project: P
     ]
     # One experiment in this session: its decision spends the budget and ends the session.
     run = run_claude(project, fake.url, "Follow program.md. Start now.",
-                     env={"AUTORESEARCH_MAX_EXPERIMENTS": "1", "AUTORESEARCH_TRAIN_SECONDS": "2"})
+                     env={"AUTORESEARCH_MAX_EXPERIMENTS": "1", "AUTORESEARCH_TRAIN_SECONDS": "2"}, timeout=300)
 
     assert run.result["subtype"] == "success" and not run.result["is_error"], run.describe()
     assert fake.overruns == 0, "the session did not end when the budget was spent"

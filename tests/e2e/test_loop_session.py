@@ -18,6 +18,7 @@ TRAIN_SECONDS = "3"     # real training, a few seconds per experiment
 FLASH = ("import torch.nn.functional as F\n",
          "import torch.nn.functional as F\nimport flash_attn  # fused attention kernels\n")
 TINY_LR = ("LEARNING_RATE = 3e-3", "LEARNING_RATE = 3e-6")
+TIMEOUT = 420           # a whole session; each eval takes seconds alone, much longer on a loaded 2-core box
 
 
 def commits_on_run_branch(project: Project) -> list[str]:
@@ -47,7 +48,8 @@ def test_three_experiments_baseline_crash_discard(project: Project, fake: FakeAP
         # -> the Stop hook discards it; 3 of 3 experiments spent, so the stop is allowed
     ]
     run = run_claude(project, fake.url, "Follow program.md. Start now.",
-                     env={"AUTORESEARCH_MAX_EXPERIMENTS": "3", "AUTORESEARCH_TRAIN_SECONDS": TRAIN_SECONDS})
+                     env={"AUTORESEARCH_MAX_EXPERIMENTS": "3", "AUTORESEARCH_TRAIN_SECONDS": TRAIN_SECONDS},
+                     timeout=TIMEOUT)
 
     # The session ended by itself, cleanly, exactly when the budget was spent.
     assert run.result["subtype"] == "success" and not run.result["is_error"], run.describe()
@@ -115,7 +117,7 @@ def test_pause_ends_the_session_and_continue_picks_up_the_state(project: Project
         # -> decided (crash); 2 of 2 experiments in this session: the stop is allowed.
     ]
     env = {"AUTORESEARCH_MAX_EXPERIMENTS": "2", "AUTORESEARCH_TRAIN_SECONDS": TRAIN_SECONDS}
-    first = run_claude(project, fake.url, "Follow program.md. Start now.", env=env)
+    first = run_claude(project, fake.url, "Follow program.md. Start now.", env=env, timeout=TIMEOUT)
 
     assert first.result["subtype"] == "success" and not first.result["is_error"], first.describe()
     assert max(r.step for r in fake.main_requests) == 3, "the pause did not end the session at the next stop"
@@ -127,7 +129,7 @@ def test_pause_ends_the_session_and_continue_picks_up_the_state(project: Project
     resumed = run_python(project, "-m", "autoresearch", "resume")
     assert resumed.returncode == 0, resumed.stderr
     assert not project.path(".autoresearch/PAUSE").exists()
-    second = run_claude(project, fake.url, "Go on with program.md.", "--continue", env=env)
+    second = run_claude(project, fake.url, "Go on with program.md.", "--continue", env=env, timeout=TIMEOUT)
 
     assert second.result["subtype"] == "success" and not second.result["is_error"], second.describe()
     assert second.result["session_id"] == first.result["session_id"]
