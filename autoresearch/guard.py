@@ -33,10 +33,11 @@ POLICY_VERSION = 1
 CACHE = ".autoresearch/guard-policy.json"
 PROGRAM = "program.md"
 
-# The harness's own files: never editable, even if program.md lists them.
-NEVER_EDITABLE = {"program.md", "prepare.py", "run.sh", "results.tsv", ".gitignore", "pyproject.toml"}
+# The harness's own files: never editable, even if program.md lists them. (Only names the
+# harness owns in every project, including a legacy repo set up by `autoresearch init`.)
+NEVER_EDITABLE = {"program.md", "prepare.py", "run.sh", "results.tsv"}
 NEVER_EDITABLE_DIRS = {".claude", ".claude-plugin", "hooks", ".git", ".autoresearch", "autoresearch",
-                       "container", "runs", ".venv", "scripts", "tests"}
+                       "container", "runs", ".venv"}
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
               "NotebookEdit": "notebook_path"}

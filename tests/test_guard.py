@@ -243,10 +243,14 @@ def test_the_phase_decides_the_editable_set_and_web_access(tmp_path) -> None:
 
 def test_harness_files_stay_protected_even_if_program_md_lists_them(tmp_path) -> None:
     w = World(tmp_path, program=(ROOT / "program.md").read_text().replace(
-        "editable: [train.py, scratchpad.md]", "editable: [train.py, prepare.py, .claude/settings.json]"))
+        "editable: [train.py, scratchpad.md]",
+        "editable: [train.py, prepare.py, .claude/settings.json, scripts/fit.py]"))
     for f in ("prepare.py", ".claude/settings.json"):
         got = w.tool("Edit", file_path="{root}/" + f, old_string="a", new_string="b")
         assert got.decision == "deny" and "never editable" in got.reason, got
+    (w.root / "scripts").mkdir()                  # a legacy repo's own training script stays editable
+    (w.root / "scripts" / "fit.py").write_text("lr = 1\n")
+    assert w.tool("Edit", file_path="{root}/scripts/fit.py", old_string="1", new_string="2").decision == "allow"
 
 
 def test_a_glob_that_expands_to_an_option_is_denied(tmp_path) -> None:
