@@ -356,6 +356,25 @@ def test_git_index_lock_gives_a_clear_error_and_loses_no_work(proj):
     assert "DISCARDED" in proj.stop().text
 
 
+def test_git_refusing_mid_decision_keeps_the_journal_and_finishes_later(proj):
+    """The branch ref is locked when the keep commit is moved in: the hook blocks with git's words,
+    nothing is reverted, and once git works again the same decision completes, counted once."""
+    proj.baseline(2.0)
+    head = proj.rev()
+    proj.edit("N_EMBD = 64", "N_EMBD = 96")
+    rid = proj.fake_run(value=1.9)
+    ref_lock = proj.path / ".git" / "refs" / "heads" / (proj.branch() + ".lock")
+    ref_lock.write_text("")
+    r = proj.decide()
+    assert r.blocked and "update-ref" in r.text and "nothing is lost" in r.text
+    assert "N_EMBD = 96" in proj.read() and proj.rev() == head and len(proj.rows()) == 1
+    assert (proj.path / ".autoresearch" / "pending" / "journal.json").exists()
+    ref_lock.unlink()
+    r = proj.stop()
+    assert "KEPT" in r.text and proj.rows()[-1].run_id == rid and len(proj.rows()) == 2
+    assert "N_EMBD = 96" in proj.committed("train.py") and proj.dirty() == []
+
+
 def test_an_internal_error_blocks_and_logs_then_gives_up_loudly(proj):
     proj.baseline(2.0)
     (proj.path / "results.tsv").write_text("garbage\n")
@@ -367,6 +386,22 @@ def test_an_internal_error_blocks_and_logs_then_gives_up_loudly(proj):
     assert "Traceback" in log and "LedgerError" in log
     r = proj.stop(env=env)
     assert not r.blocked and "failed 3 times in a row" in r.text
+
+
+def test_a_corrupt_state_file_is_set_aside_not_fatal(proj):
+    proj.baseline(2.0)
+    (proj.path / ".autoresearch" / "state.json").write_text("{not json")
+    proj.edit("N_EMBD = 64", "N_EMBD = 96")
+    proj.fake_run(value=1.9)
+    assert "KEPT" in proj.decide().text
+    assert list((proj.path / ".autoresearch").glob("state.json.corrupt-*"))       # kept for a human to read
+    assert proj.state().last_decision.outcome == "keep"
+
+
+def test_no_program_md_lets_the_stop_through_with_the_reason(proj):
+    (proj.path / "program.md").unlink()
+    r = proj.stop()
+    assert r.rc == 0 and not r.blocked and "program.md" in r.text
 
 
 def test_stop_hook_active_does_not_change_the_decision(proj):
