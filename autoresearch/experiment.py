@@ -130,13 +130,12 @@ def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
         return note
 
 
-def head_commit(root: Path) -> str | None:
-    from .gitops import git
+def _head(root: Path) -> str | None:
+    from .gitops import head_commit
     try:
-        proc = git(root, "rev-parse", "--short=12", "HEAD", check=False)
+        return head_commit(root)
     except OSError:
         return None
-    return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
 def load_prepare(root: Path):
@@ -466,7 +465,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
             note = write_diff(root, run_dir, script)
             if note:
                 metrics.extra["diff"] = note
-            if head := head_commit(root):
+            if head := _head(root):
                 metrics.extra["head"] = head
             say(f"run {run_dir.name}: sandbox {sandbox.describe()}")
             if sandbox.name == "none":
@@ -575,10 +574,11 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 
 def current_best(root: Path, program: Program) -> tuple[float | None, str | None]:
     """(best kept value, why unknown)."""
+    from .gitops import GitError
+    from .ledger import current_best as best
     try:
-        from .ledger import current_best as best
         return best(root, program.metric), None
-    except Exception as e:              # a corrupt ledger must not hide the run's own result
+    except (ValueError, GitError, OSError) as e:   # a corrupt ledger must not hide the run's own result
         return None, f"best unknown ({type(e).__name__}: {str(e)[:120]})"
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, log_of, make_project, metrics, program_text,
+from experiment_support import (BACKENDS, HONEST, RUN_SH, git_env, log_of, make_project, metrics, program_text,
                                 require_backend, run_env, run_sh, split_log)
 
 from autoresearch.config import parse_program
@@ -55,6 +55,19 @@ def _wait_for(path: Path, text: str, timeout: float = 90) -> None:
     raise AssertionError(f"{text!r} never appeared in {path}")
 
 
+def _on_run_branch_with_best(proj: Path, best: float) -> None:
+    """A run branch whose ledger holds one kept result: the runner prints its delta from it."""
+    from datetime import datetime, timezone
+
+    from autoresearch.ledger import LedgerRow, append_rows
+    subprocess.run(["git", "checkout", "-q", "-b", "autoresearch/test-branch"], cwd=proj, check=True,
+                   env=git_env())
+    append_rows(proj, [LedgerRow(commit="0000000", value=best, status="keep", experiment=1, run_id="0000",
+                                 runs=["0000"], run_status="ok", phase="hyperparameters",
+                                 branch="autoresearch/test-branch", decided_at=datetime.now(timezone.utc))],
+                "val_bpb")
+
+
 # ------------------------------------------------------------------ the happy path
 
 @pytest.mark.slow
@@ -63,6 +76,7 @@ def test_normal_run_is_ok_recorded_and_summarised(tmp_path, request, backend):
     require_backend(request, backend)
     code = HONEST.replace("LEARNING_RATE = 3e-3", "LEARNING_RATE = 4e-3")
     proj = make_project(tmp_path / "p", train_py=code)
+    _on_run_branch_with_best(proj, 7.95)
     p = run_sh(proj, "-m", "lr 4e-3: faster start", "--backend", backend, "--budget", "3")
     assert p.returncode == 0, p.stdout + p.stderr
     m = metrics(proj)
@@ -89,7 +103,7 @@ def test_normal_run_is_ok_recorded_and_summarised(tmp_path, request, backend):
     out = p.stdout.splitlines()
     assert out[0].startswith(f"run 0001: sandbox {backend}")
     assert "run 0001: ok" in out
-    assert f"val_bpb: {m['metric_value']:.6f}" in p.stdout
+    assert f"val_bpb: {m['metric_value']:.6f} | best 7.950000 | delta {m['metric_value'] - 7.95:+.6f} (better)" in p.stdout
     assert f"sandbox {backend}" in out[-2] and "peak memory" in out[-2] and "wall" in out[-2]
     assert out[-1] == "full log: runs/0001/train.log"
     assert len(out) <= 6, "the agent gets a few lines, not the log"
