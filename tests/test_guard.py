@@ -195,6 +195,13 @@ def test_corpus(corpus_results, corpus_world, case_id, expected, why, spec) -> N
 # ---------------------------------------------------------------------------
 # Behaviour that needs its own world
 
+def test_absurdly_long_commands_are_denied(corpus_world: World) -> None:
+    for command in ("ls " + "a" * 9000, './run.sh -m "' + "x" * 9000 + '"', "ls; " * 3000):
+        got = corpus_world.bash(command)
+        assert got.decision == "deny" and "too long" in got.reason, got
+    assert corpus_world.bash('./run.sh -m "' + "x" * 2000 + '"').decision == "allow"
+
+
 def test_edit_through_a_symlink_or_hard_link_is_denied(tmp_path) -> None:
     w = World(tmp_path)
     (w.root / "scratchpad.md").unlink()
