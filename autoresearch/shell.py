@@ -42,31 +42,23 @@ RUN = "{} is disabled: nothing runs outside the sandbox; " + RUN_HINT
 WRAPPER = "{} runs other commands, so it is not allowed: run the allowed command itself"
 ENVIRON = "{} is not allowed: the shell environment is fixed"
 
-_DENIED: dict[str, str] = {}
-for _n in ("pip pip3 pipx uv uvx conda mamba micromamba poetry pdm hatch pipenv easy_install "
-           "apt apt-get aptitude dpkg yum dnf apk brew snap npm npx yarn pnpm bun gem cargo "
-           "rustup go nix spack").split():
-    _DENIED[_n] = INSTALL
-for _n in ("curl wget nc ncat netcat ssh scp sftp rsync ftp tftp telnet socat http https httpie "
-           "aria2c lynx w3m links dig nslookup host ping traceroute openssl gh hf "
-           "huggingface-cli").split():
-    _DENIED[_n] = NETWORK
-for _n in ("cp mv rm ln chmod chown chgrp touch mkdir rmdir tee dd truncate install shred patch "
-           "unlink mkfifo mknod tar zip unzip gzip gunzip bzip2 xz zstd split csplit "
-           "vi vim nvim nano emacs ed ex").split():
-    _DENIED[_n] = WRITE
-for _n in ("python python3 python2 ipython jupyter node deno perl ruby php lua luajit R Rscript "
-           "julia java javac gcc cc clang make cmake ninja bash sh zsh dash ksh fish csh tcsh "
-           "tclsh eval source . docker podman nerdctl kubectl torchrun accelerate deepspeed "
-           "pytest ./train.py ./prepare.py train.py prepare.py").split():
-    _DENIED[_n] = RUN
-for _n in ("env sudo doas su command builtin exec timeout nice ionice nohup xargs parallel stdbuf "
-           "setsid time strace ltrace gdb chroot unshare nsenter taskset chrt script watch flock "
-           "fakeroot firejail bwrap busybox coproc systemd-run runuser").split():
-    _DENIED[_n] = WRAPPER
-for _n in ("export set unset alias unalias declare typeset local readonly shopt trap ulimit "
-           "umask hash enable").split():
-    _DENIED[_n] = ENVIRON
+_GROUPS = {
+    INSTALL: "pip pip3 pipx uv uvx conda mamba micromamba poetry pdm hatch pipenv easy_install apt apt-get "
+             "aptitude dpkg yum dnf apk brew snap npm npx yarn pnpm bun gem cargo rustup go nix spack",
+    NETWORK: "curl wget nc ncat netcat ssh scp sftp rsync ftp tftp telnet socat http https httpie aria2c "
+             "lynx w3m links dig nslookup host ping traceroute openssl gh hf huggingface-cli",
+    WRITE: "cp mv rm ln chmod chown chgrp touch mkdir rmdir tee dd truncate install shred patch unlink "
+           "mkfifo mknod tar zip unzip gzip gunzip bzip2 xz zstd split csplit vi vim nvim nano emacs ed ex",
+    RUN: "python python3 python2 ipython jupyter node deno perl ruby php lua luajit R Rscript julia java "
+         "javac gcc cc clang make cmake ninja bash sh zsh dash ksh fish csh tcsh tclsh eval source . "
+         "docker podman nerdctl kubectl torchrun accelerate deepspeed pytest ./train.py ./prepare.py "
+         "train.py prepare.py",
+    WRAPPER: "env sudo doas su command builtin exec timeout nice ionice nohup xargs parallel stdbuf setsid "
+             "time strace ltrace gdb chroot unshare nsenter taskset chrt script watch flock fakeroot "
+             "firejail bwrap busybox coproc systemd-run runuser",
+    ENVIRON: "export set unset alias unalias declare typeset local readonly shopt trap ulimit umask hash enable",
+}
+_DENIED: dict[str, str] = {name: msg for msg, names in _GROUPS.items() for name in names.split()}
 _DENIED.update({
     "sed": "sed is not allowed: read lines with the Read tool (offset/limit) or head/tail; "
            "edit with the Edit tool",
@@ -82,8 +74,8 @@ _DENIED.update({
     "printenv": "printenv is not allowed: the environment may hold secrets",
     "run.sh": "call it as ./run.sh -m \"what changed and why\"",
 })
-_INSTALL_WORDS = {n for n, m in _DENIED.items() if m is INSTALL}
-_NETWORK_WORDS = {n for n, m in _DENIED.items() if m is NETWORK}
+_INSTALL_WORDS = set(_GROUPS[INSTALL].split())
+_NETWORK_WORDS = set(_GROUPS[NETWORK].split())
 
 # Node types, with the reason an agent gets when one appears.
 _CONSTRUCTS = {
