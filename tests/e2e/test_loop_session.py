@@ -55,6 +55,8 @@ def test_three_experiments_baseline_crash_discard(project: Project, fake: FakeAP
     assert run.result["subtype"] == "success" and not run.result["is_error"], run.describe()
     assert fake.overruns == 0 and max(r.step for r in fake.main_requests) == len(fake.script) - 1, run.describe()
     assert run.result["permission_denials"] == [], "an allowed action needed approval"
+    assert any("autoresearch loop state" in t for t in _all_texts(fake.main_requests[0].body)), \
+        "SessionStart(startup) did not give the model the loop state"
     told = "\n".join(fake.shown())
     assert "BASELINE" in told and "CRASHED" in told, "the Stop hook's outcomes did not reach the model"
     assert "3 experiments (1 kept, 1 discarded, 1 crashed)" in run.notices(), run.notices()

@@ -31,6 +31,8 @@ def test_model_reads_a_file_and_ends_its_turn(project: Project, fake: FakeAPI) -
     assert fake.overruns == 0
     assert [r.step for r in fake.main_requests] == [0, 1]
     assert all(r.body.get("stream") is True for r in fake.main_requests)
+    # Offline means offline: nothing but the Messages API was asked for anything.
+    assert {r.path for r in fake.requests} == {"/v1/messages"}
 
     [got] = fake.results()
     assert got.name == "Read" and not got.is_error
