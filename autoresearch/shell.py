@@ -180,7 +180,7 @@ def parse(source: str, home: str) -> list[list[Word]]:
     root = tree.root_node
     covered: list[tuple[int, int]] = []
     commands: list[list[Word]] = []
-    _statements(root, raw, home, commands, covered)
+    _statements(root, home, commands, covered)
     if root.has_error:                      # an ERROR/MISSING node the walk did not reach
         raise Unsafe(_CONSTRUCTS["ERROR"])
     _check_coverage(raw, covered)
@@ -207,20 +207,20 @@ def _deny_node(node) -> Unsafe:
         return Unsafe(_CONSTRUCTS[node.type])
     if node.type == "$":
         return Unsafe(_CONSTRUCTS["simple_expansion"])
-    if node.type in ("file_redirect",):
+    if node.type == "file_redirect":
         return Unsafe("this redirection is not allowed: output may go only to 2>&1 or /dev/null")
     text = node.text.decode("utf-8", "replace")[:40]
     return Unsafe(f"shell syntax {text!r} ({node.type}) is not allowed: write plain commands")
 
 
-def _statements(node, raw: bytes, home: str, out: list, covered: list) -> None:
+def _statements(node, home: str, out: list, covered: list) -> None:
     t = node.type
     if node.is_error or node.is_missing:
         raise _deny_node(node)
     if t in ("program", "list", "pipeline"):
         for c in node.children:
             if c.is_named:
-                _statements(c, raw, home, out, covered)
+                _statements(c, home, out, covered)
             elif c.type in _SEPARATORS:
                 covered.append((c.start_byte, c.end_byte))
             elif c.type == "&":
@@ -234,7 +234,7 @@ def _statements(node, raw: bytes, home: str, out: list, covered: list) -> None:
         if body is None:
             raise _deny_node(node)
         first = len(out)
-        _statements(body, raw, home, out, covered)
+        _statements(body, home, out, covered)
         try:
             for c in node.children:
                 if c.id != body.id:
