@@ -249,6 +249,7 @@ class FakeAPI:
         self.outages: dict[int, int] = {}        # step -> how many more requests for it get a 529 (overloaded)
         self.requests: list[Recorded] = []
         self.overruns = 0                        # main requests past the end of the script (answered 400)
+        self.action_errors: list[BaseException] = []   # researcher actions that failed (raised at exit)
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -262,9 +263,12 @@ class FakeAPI:
         self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
+        if self.action_errors and exc_type is None:
+            raise AssertionError(f"a scripted researcher action failed: {self.action_errors[0]!r}") \
+                from self.action_errors[0]
 
     # -- what tests look at --------------------------------------------------
 
@@ -303,7 +307,11 @@ class FakeAPI:
         turn = self.script[step]
         for b in turn.blocks:
             if b.kind == "action" and b.action:
-                b.action()
+                try:
+                    b.action()
+                except Exception as e:           # noqa: BLE001 - reported when the server closes
+                    with self._lock:
+                        self.action_errors.append(e)
         return (*_message(turn, model, self.project), step)
 
     def outage(self, step: int, requests: int) -> None:

@@ -103,7 +103,8 @@ def test_three_experiments_baseline_crash_discard(project: Project, fake: FakeAP
 
 def test_pause_ends_the_session_and_continue_picks_up_the_state(project: Project, fake: FakeAPI) -> None:
     def researcher_pauses() -> None:
-        run_python(project, "-m", "autoresearch", "pause", "checking", "the", "baseline")
+        p = run_python(project, "-m", "autoresearch", "pause", "checking", "the", "baseline")
+        assert p.returncode == 0, p.stderr
 
     fake.script = [
         say("Scratchpad first.") + read("scratchpad.md"),
