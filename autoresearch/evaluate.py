@@ -78,10 +78,17 @@ class Snapshot:
             now = vars(mod)
             out += [f"{name}.{k}" for k, v in saved.items() if now.get(k, _MISSING) is not v]
         for cls, saved in self.classes:
-            now = dict(vars(cls))
-            out += [f"{cls.__name__}.{k}" for k in saved.keys() | now.keys()
-                    if now.get(k, _MISSING) is not saved.get(k, _MISSING)]
+            out += [f"{cls.__name__}.{k}" for k in self._class_changes(cls, saved)]
         return sorted(out)
+
+    @staticmethod
+    def _class_changes(cls: type, saved: dict) -> list[str]:
+        """Changed or deleted attributes, and added ones that override a base class's
+        (torch.Tensor.float shadowing TensorBase.float); a brand-new helper is harmless."""
+        now = dict(vars(cls))
+        changed = [k for k, v in saved.items() if now.get(k, _MISSING) is not v]
+        added = [k for k in now.keys() - saved.keys() if any(k in vars(b) for b in cls.__mro__[1:])]
+        return changed + added
 
     def restore(self) -> list[str]:
         """Put every guarded attribute back; return what had been changed."""
@@ -93,11 +100,11 @@ class Snapshot:
                 if now.get(k, _MISSING) is not v:
                     now[k] = v
         for cls, saved in self.classes:
-            for k in list(vars(cls).keys() - saved.keys()):
-                delattr(cls, k)
-            for k, v in saved.items():
-                if vars(cls).get(k, _MISSING) is not v:
-                    setattr(cls, k, v)
+            for k in self._class_changes(cls, saved):
+                if k in saved:
+                    setattr(cls, k, saved[k])
+                else:
+                    delattr(cls, k)
         return changed
 
 
