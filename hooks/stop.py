@@ -16,7 +16,7 @@ from stop_runner import run  # noqa: E402
 def on_error(root, exc, n):
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
     if isinstance(exc, ImportError):
-        first = (f"{first}. The project's .venv looks incomplete: run ./run.sh once (it bootstraps .venv)")
+        first = (f"{first}. The project's .venv looks incomplete: a human must run scripts/bootstrap.sh (the guard denies everything until then)")
     try:
         limit = int(os.environ.get("AUTORESEARCH_MAX_HOOK_ERRORS", "10"))
     except ValueError:

@@ -36,12 +36,14 @@ def test_settings_wire_the_loop_hooks_and_env():
     assert s["hooks"]["Stop"][0]["hooks"][0]["timeout"] > 100                # above the hook's own alarm
 
 
-def test_a_missing_interpreter_blocks_the_stop_with_a_fix(tmp_path):
+def test_a_missing_interpreter_ends_the_session_with_the_human_fix(tmp_path):
+    """Without .venv the guard denies every tool call, so the agent cannot repair it: blocking the
+    stop would only spin until the block cap. The session ends, telling the human what to run."""
     p = Project.create(tmp_path / "novenv", venv=False)
     r = p.stop()
-    assert r.rc == 2 and "./run.sh" in r.stderr and "nothing was decided" in r.stderr
+    assert r.rc == 0 and r.reply["continue"] is False and "scripts/bootstrap.sh" in r.reply["stopReason"]
     s = p.hook("SessionStart")
-    assert s.rc == 0 and "run.sh" in s.reply["hookSpecificOutput"]["additionalContext"]
+    assert s.rc == 0 and "scripts/bootstrap.sh" in s.reply["hookSpecificOutput"]["additionalContext"]
 
 
 # --- the baseline and the run branch --------------------------------------------------------
