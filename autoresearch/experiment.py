@@ -32,7 +32,7 @@ import sys
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -230,11 +230,15 @@ def signals_as_interrupt(seen: list[str]) -> Iterator[None]:
 
 @dataclass
 class Layout:
-    """Paths of one run, and the temporary folders that hide parts of the project."""
+    """Paths of one run, and the stand-in folders that hide parts of the project (kept in the
+    run's own .sandbox/ folder, so even a kill -9 litters nothing outside runs/NNNN)."""
     root: Path
     run_dir: Path
     script: str                                   # relative to root, e.g. "train.py"
-    scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="autoresearch-run-")))
+
+    @property
+    def scratch(self) -> Path:
+        return self.run_dir / ".sandbox"
 
     @property
     def out(self) -> Path:
@@ -257,7 +261,7 @@ class Layout:
 
     def empty(self) -> Path:
         d = self.scratch / "empty"
-        d.mkdir(exist_ok=True)
+        d.mkdir(parents=True, exist_ok=True)
         return d
 
     def cleanup(self) -> None:

@@ -97,6 +97,7 @@ def test_normal_run_is_ok_recorded_and_summarised(tmp_path, request, backend):
     diff = (run / "diff.patch").read_text()
     assert "-LEARNING_RATE = 3e-3" in diff and "+LEARNING_RATE = 4e-3" in diff
     assert (run / "out" / "model.pt").is_file()
+    assert not (run / ".sandbox").exists(), "the stand-in folders are removed"
     train, evals = split_log(log_of(proj))
     assert "checkpoint saved" in train and "evaluate: ok" in evals
 
