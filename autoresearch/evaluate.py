@@ -181,8 +181,7 @@ def evaluate(args: argparse.Namespace, val: bytes, log) -> dict:
 
     # 2. bind the evaluator and the data before agent code exists
     evaluate_bpb, eval_windows = prepare.evaluate_bpb, prepare.eval_windows
-    EVAL_BYTES, CONTEXT_LEN, VOCAB_SIZE, EVAL_BATCH = (
-        prepare.EVAL_BYTES, prepare.CONTEXT_LEN, prepare.VOCAB_SIZE, prepare.EVAL_BATCH)
+    EVAL_BYTES, VOCAB_SIZE, EVAL_BATCH = prepare.EVAL_BYTES, prepare.VOCAB_SIZE, prepare.EVAL_BATCH
     data = np.frombuffer(val, dtype=np.uint8).copy()
     del val
     try:

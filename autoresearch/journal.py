@@ -27,13 +27,13 @@ import hashlib
 import os
 import shutil
 import stat
-import tempfile
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel
 
+from .atomic import write_atomic
 from .gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
 from .ledger import LedgerRow, append_rows
 from .state import LastDecision, read_state, state_dir, write_state
@@ -251,21 +251,7 @@ def _file_mode(path: Path) -> int:
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:
     """Atomic replace that keeps the file's permission bits."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    write_atomic(path, data, mode)
 
 
 __all__ = ["Journal", "LoopError", "GitError", "begin", "apply", "recover", "load", "pending_dir", "crash_point"]

@@ -421,16 +421,7 @@ class _Cgroups:
 
     def remove(self) -> None:
         for d in self.dirs.values():
-            for _ in range(100):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY:
-                        break
-                    time.sleep(0.02)
+            _rmdir_wait(d)
 
 
 # ---------------------------------------------------------------- process runner (bwrap, none)
