@@ -480,6 +480,29 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
+_RSS_SAMPLE_S = 0.25
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and all its descendants (the no-cgroup peak-memory sample)."""
+    total, todo, seen = 0, [pid], set()
+    while todo:
+        p = todo.pop()
+        if p in seen:
+            continue
+        seen.add(p)
+        try:
+            with open(f"/proc/{p}/statm", "rb") as f:
+                total += int(f.read().split()[1]) * _PAGE
+            for task in os.listdir(f"/proc/{p}/task"):
+                with open(f"/proc/{p}/task/{task}/children", "rb") as f:
+                    todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[int, ...] = (),
                  use_rlimit_as: bool = True) -> SandboxResult:
     """Start argv (bwrap ... or the bare command) as a new session in a per-run cgroup;
@@ -508,6 +531,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
     status: int | None = None
     rusage = None
     timed_out = False
+    sampled_peak = 0
     try:
         try:
             proc = subprocess.Popen(
@@ -532,12 +556,16 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
             t.start()
         deadline = start + spec.timeout_s
         delay = 0.002
+        next_sample = start
         while True:
             pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 status, rusage = st, ru
                 proc.returncode = _exit_code(st)
                 break
+            if cg is None and time.monotonic() >= next_sample:
+                sampled_peak = max(sampled_peak, _tree_rss(proc.pid))
+                next_sample = time.monotonic() + _RSS_SAMPLE_S
             if time.monotonic() >= deadline:
                 timed_out = True
                 break
@@ -567,8 +595,9 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
             if log is not None:
                 log.close()
     code = None if timed_out else _exit_code(status) if status is not None else None
-    if peak is None and rusage is not None:
-        peak = rusage.ru_maxrss * 1024
+    if peak is None:
+        # rusage alone undercounts: bwrap's pid-namespace init does not pass its children's maxrss on.
+        peak = max(sampled_peak, rusage.ru_maxrss * 1024 if rusage is not None else 0) or None
     if not oom and not timed_out and code not in (0, None) and limits == "rlimit-as":
         oom = any(_OOM_TEXT.search(t) for t in (_tail(spec.log_path), bytes(err_tail.buf), bytes(cap.buf[-65536:])))
     return SandboxResult(backend=name, exit_code=code, timed_out=timed_out, oom=oom, wall_seconds=wall,
