@@ -480,12 +480,12 @@ def _exit_code(status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-_RSS_SAMPLE_S = 0.25
-_PAGE = os.sysconf("SC_PAGE_SIZE")
+_RSS_SAMPLE_S = 0.05
 
 
 def _tree_rss(pid: int) -> int:
-    """Resident bytes of a process and all its descendants (the no-cgroup peak-memory sample)."""
+    """Peak resident bytes (VmHWM) of a process and all its descendants, as far as they are alive:
+    the no-cgroup peak-memory sample. A high-water mark, so a sample after a spike still sees it."""
     total, todo, seen = 0, [pid], set()
     while todo:
         p = todo.pop()
@@ -493,8 +493,11 @@ def _tree_rss(pid: int) -> int:
             continue
         seen.add(p)
         try:
-            with open(f"/proc/{p}/statm", "rb") as f:
-                total += int(f.read().split()[1]) * _PAGE
+            with open(f"/proc/{p}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"VmHWM:"):
+                        total += int(line.split()[1]) * 1024
+                        break
             for task in os.listdir(f"/proc/{p}/task"):
                 with open(f"/proc/{p}/task/{task}/children", "rb") as f:
                     todo += [int(c) for c in f.read().split()]
