@@ -95,6 +95,7 @@ class Program(_Strict):
     seed: int = 0                                # base seed; the harness derives each run's seed from it
     phase: str = "default"
     phases: list[Phase] = [Phase(name="default")]
+    on_phase_end: Literal["next", "stop"] = "next"   # a spent phase moves on to the next one, or stops
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")

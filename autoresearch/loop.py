@@ -44,6 +44,7 @@ from .decide import Verdict, decide, threshold
 from .gitops import (GitError, current_branch, git, head_commit, is_run_branch, locked_index, ref_commit,
                      show_blob, RUN_BRANCH_PREFIX)
 from .journal import Journal, LoopError
+from .phases import advance
 from .ledger import LedgerRow, branch_rows, current_best, decided_runs, read_rows
 from .runscan import RunRecord, undecided_runs
 from .state import (LastDecision, LoopState, loop_lock, now, paused, read_state, sha256_file, state_dir,
@@ -149,8 +150,12 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     if others:
         ctx.rows = ctx.rows + _record(root, program, st, ctx, others, threshold(program, st.sigma))
         bud = budget(program, read_state(root), ctx.rows, ctx.branch, ctx.session, paused(root))
+    program, bud, moved = _next_phase_if_spent(root, program, bud, read_state(root), ctx.rows, ctx)
     if bud.spent:
         return _finish(root, program, ctx.branch, ctx.rows, bud.reason or "budget spent")
+    if moved:
+        return block(moved + f"Its focus: {_short(program.current.focus).rstrip('.')}. {bud.line()}. Next: form ONE "
+                     f"hypothesis for this phase, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
     st = read_state(root)
     st.idle_stops += 1
     write_state(root, st)
@@ -308,12 +313,13 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
     sp = sha256_file(Path(root) / SCRATCHPAD)
     all_rows = ctx.rows + rows
     bud = budget(program, st, all_rows, ctx.branch, ctx.session, paused(root))
+    program, bud, moved = _next_phase_if_spent(root, program, bud, st, all_rows, ctx)
     if bud.spent:
         finish = bud.reason or "budget spent"
         reply = allow(summary(program, ctx.branch, all_rows, f"stopping: {finish}."))
     else:
         finish = None
-        reply = block(_outcome_message(program, v, rows[-1], journal.COMMIT_MARK, bud, ctx.best))
+        reply = block(moved + _outcome_message(program, v, rows[-1], journal.COMMIT_MARK, bud, ctx.best))
     j = Journal(action=status, run_id=last.run_id, rows=rows,
                 keep_row=len(rows) - 1 if v.action == "keep" else None, commit_files=commit_files,
                 revert_files=revert_files, message=message, metric_name=program.metric.name,
@@ -413,6 +419,20 @@ def _outcome_message(program: Program, v: Verdict, row: LedgerRow, commit: str |
     return (f"{head} {what} Best so far: {_fmt(best)}. {bud.line()}. Phase '{program.phase}' focus: "
             f"{_short(program.current.focus).rstrip('.')}. Next: record this in scratchpad.md, form ONE new "
             f"hypothesis, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+def _next_phase_if_spent(root: Path, program: Program, bud: BudgetStatus, st: LoopState, rows: list[LedgerRow],
+                         ctx: _Ctx) -> tuple[Program, BudgetStatus, str]:
+    """A phase that used its experiments hands over to the next one (program.md's `on_phase_end`),
+    unless the loop is paused or past its deadline. Returns the program, its budget and a lead line."""
+    phase_spent = (bud.spent and bud.limit_source == "phase" and bud.left <= 0 and not bud.paused
+                   and not (bud.hours_left is not None and bud.hours_left <= 0))
+    new = advance(root, program, phase_spent)
+    if new is None:
+        return program, bud, ""
+    nbud = budget(new, st, rows, ctx.branch, ctx.session, paused(root))
+    return new, nbud, (f"Phase '{program.phase}' has used its {bud.limit} experiments; program.md now says "
+                       f"phase: {new.phase}. ")
 
 
 def _finish(root: Path, program: Program, branch: str, rows: list[LedgerRow], reason: str) -> dict:

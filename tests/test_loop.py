@@ -12,6 +12,8 @@ from datetime import timedelta
 
 import pytest
 
+from autoresearch.config import load_program
+
 from autoresearch.gitops import show_blob
 from autoresearch.state import now
 from loop_support import PROGRAM, ROOT, Project
@@ -292,6 +294,38 @@ def test_phase_budget_spent_allows_the_stop_with_a_summary(tmp_path):
     assert not r.blocked and "phase 'arch' has used its 3 experiments" in r.text
     assert "3 experiments (1 kept, 2 discarded, 0 crashed)" in r.text
     assert not p.stop().blocked                                            # stays stopped
+
+
+def test_a_spent_phase_moves_on_to_the_next_one_in_program_md(tmp_path):
+    """Overnight, the first phase running out must not end the night: program.md's `phase:`
+    moves to the next phase (one line rewritten, the rest intact) and the agent is sent on."""
+    prog = PROGRAM.replace("max_experiments: 20", "max_experiments: 2")
+    p = Project.create(tmp_path / "p", program=prog)
+    p.baseline(2.0)
+    p.edit("N_EMBD = 64", "N_EMBD = 65")
+    p.fake_run(value=2.1)
+    r = p.decide()
+    assert r.blocked and "program.md now says phase: arch" in r.text and "Change the architecture" in r.text
+    text = (p.path / "program.md").read_text()
+    assert text.count("phase: arch   # set by autoresearch") == 1 and "phase: tune" not in text
+    assert text.replace(text.splitlines()[8], "phase: tune") == prog                 # nothing else touched
+    assert load_program(p.path).phase == "arch"
+    assert p.rows()[-1].phase == "tune"                                            # the experiment's own phase
+    p.edit("N_EMBD = 64", "N_EMBD = 66")
+    p.fake_run(value=2.2)
+    r = p.decide()
+    assert r.blocked and p.rows()[-1].phase == "arch" and "2 experiments left in phase 'arch'" in r.text
+
+
+def test_on_phase_end_stop_ends_the_loop_instead(tmp_path):
+    prog = PROGRAM.replace("max_experiments: 20", "max_experiments: 2").replace("phase: tune", "on_phase_end: stop\nphase: tune")
+    p = Project.create(tmp_path / "p", program=prog)
+    p.baseline(2.0)
+    p.edit("N_EMBD = 64", "N_EMBD = 65")
+    p.fake_run(value=2.1)
+    r = p.decide()
+    assert not r.blocked and "phase 'tune' has used its 2 experiments" in r.text
+    assert (p.path / "program.md").read_text() == prog
 
 
 def test_deadline_passed_allows_the_stop_after_deciding(proj):
