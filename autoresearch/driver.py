@@ -38,6 +38,7 @@ LOG_FILE = "overnight.log"
 STATE_FILE = "overnight.json"
 MAX_IDLE_RESUMES = 3
 BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)
+RETRY_ENV = "AUTORESEARCH_RETRY_SECONDS"         # overrides the first back-off (tests use 1)
 PAUSE_REASON = "overnight: the --hours deadline was reached"
 BUNDLE = Path(__file__).resolve().parent.parent    # loaded as a plugin when a project does not wire the guard
 
@@ -101,6 +102,7 @@ class Night:
                                     experiments_at_start=self.experiments())
         self.plugin = self._plugin()
         self._paused_by_us = False
+        self._rows_seen = self.state.experiments_at_start     # rows from before tonight are not news
 
     # -- the project's wiring ------------------------------------------------------------
 
@@ -145,6 +147,20 @@ class Night:
             return len(read_rows(self.root))
         except Exception:                 # a display figure only
             return 0
+
+    def log_decisions(self) -> None:
+        """Each new results.tsv row as a `decision` line, so the morning log says what was kept."""
+        from .ledger import read_rows
+        try:
+            rows = read_rows(self.root)
+        except Exception:                 # a log line only
+            return
+        for r in rows[self._rows_seen:]:
+            value = f"{r.value:.6f}" if r.value is not None else "-"
+            self.log("decision", f"#{r.experiment} run {r.run_id}: {r.status} ({r.run_status}) "
+                                 f"{self.program.metric.name} {value}, best {r.best if r.best is not None else '-'}: "
+                                 f"{r.description[:160]}")
+        self._rows_seen = len(rows)
 
     def best(self) -> float | None:
         from .gitops import current_branch
@@ -213,6 +229,7 @@ class Night:
                 st.session_id = sid
                 self.log("session", f"id {sid}")
         elif isinstance(msg, AssistantMessage):
+            self.log_decisions()          # a Stop hook decision happens between two assistant messages
             st.turns += 1
             for b in msg.content:
                 if isinstance(b, ToolUseBlock):
@@ -230,6 +247,7 @@ class Night:
                     text = b.content if isinstance(b.content, str) else json.dumps(b.content)[:300]
                     self.log("denied", str(text)[:300])
         elif isinstance(msg, ResultMessage):
+            self.log_decisions()
             st.cost_usd += msg.total_cost_usd or 0.0
             st.session_id = msg.session_id or st.session_id
             self.log("result", f"{msg.subtype} is_error={msg.is_error} turns={msg.num_turns} "
@@ -395,8 +413,15 @@ def main(root: Path, hours: float, model: str | None = None, prompt: str | None 
         console.print("autoresearch overnight: --resume: no earlier session recorded in .autoresearch/overnight.json",
                       style="red")
         return 2
+    backoff = BACKOFF_S
+    if raw := os.environ.get(RETRY_ENV, "").strip():       # first wait after an error; it doubles
+        try:
+            backoff = tuple(float(raw) * 2 ** i for i in range(len(BACKOFF_S)))
+        except ValueError:
+            console.print(f"autoresearch overnight: {RETRY_ENV}={raw!r}: expected seconds", style="red")
+            return 2
     try:
-        night = Night(root, hours, model=model, prompt=prompt, resume=sid,
+        night = Night(root, hours, model=model, prompt=prompt, resume=sid, backoff=backoff,
                       cli_path=os.environ.get("AUTORESEARCH_CLAUDE_CLI") or None)
     except DriverError as e:
         console.print(f"autoresearch overnight: {e}", style="red")

@@ -35,7 +35,8 @@ def test_overnight_runs_the_loop_and_resumes_the_same_session_after_an_outage(
     fake.outage(step=4, requests=1)
     env = {"ANTHROPIC_BASE_URL": fake.url, "AUTORESEARCH_CLAUDE_CLI": str(claude_cli),
            "AUTORESEARCH_MAX_EXPERIMENTS": "2", "AUTORESEARCH_TRAIN_SECONDS": "3",
-           "CLAUDE_CODE_MAX_RETRIES": "0"}      # the outage outlives the CLI's own retries
+           "CLAUDE_CODE_MAX_RETRIES": "0",      # the outage outlives the CLI's own retries
+           "AUTORESEARCH_RETRY_SECONDS": "1"}
     night = run_python(project, "-m", "autoresearch", "overnight", "--hours", "1", env=env, timeout=400)
 
     log = project.read(".autoresearch/overnight.log") if project.path(".autoresearch/overnight.log").exists() else ""
@@ -44,6 +45,8 @@ def test_overnight_runs_the_loop_and_resumes_the_same_session_after_an_outage(
     assert state["status"] == "done", state
     assert state["sessions"] == 2 and state["errors"] == 1, state
     assert "529" in log and f"resuming {state['session_id']}" in log, log
+    decisions = [line.split("\t")[2] for line in log.splitlines() if "\tdecision\t" in line]
+    assert [d.split(": ", 1)[1].split(" ", 1)[0] for d in decisions] == ["keep", "crash"], log   # the morning log
 
     # The model saw one conversation: the resumed session carried everything before the outage.
     assert fake.overruns == 0 and max(r.step for r in fake.main_requests) == len(fake.script) - 1
