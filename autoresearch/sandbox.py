@@ -120,7 +120,7 @@ class SandboxResult:
     timed_out: bool
     oom: bool                         # killed (or failed) for exceeding memory_bytes
     wall_seconds: float
-    peak_memory_bytes: int | None     # host-side measurement (cgroup max usage, or rusage maxrss)
+    peak_memory_bytes: int | None     # host-side measurement (cgroup max usage, or sampled VmHWM of the tree)
     stdout: bytes = b""
     stdout_truncated: bool = False
     limits: str = ""                  # how memory/pids were enforced, e.g. "cgroup-v1", "docker", "rlimit-as"
@@ -532,7 +532,6 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
     err_tail = _Capture(65536, keep_tail=True)    # stderr's end when there is no log (OOM text under rlimit)
     start = time.monotonic()
     status: int | None = None
-    rusage = None
     timed_out = False
     sampled_peak = 0
     try:
@@ -561,9 +560,9 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         delay = 0.002
         next_sample = start
         while True:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
+            pid, st, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
-                status, rusage = st, ru
+                status = st
                 proc.returncode = _exit_code(st)
                 break
             if cg is None and time.monotonic() >= next_sample:
@@ -580,7 +579,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(ChildProcessError):
-                    _, st, ru = os.wait4(proc.pid, 0)
+                    _, st, _ = os.wait4(proc.pid, 0)
                     proc.returncode = _exit_code(st)
             if cg is not None:
                 cg.kill_all()
@@ -599,8 +598,9 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
                 log.close()
     code = None if timed_out else _exit_code(status) if status is not None else None
     if peak is None:
-        # rusage alone undercounts: bwrap's pid-namespace init does not pass its children's maxrss on.
-        peak = max(sampled_peak, rusage.ru_maxrss * 1024 if rusage is not None else 0) or None
+        # Not rusage: it stops at bwrap's pid-namespace init, and its maxrss includes the pages the
+        # child shared with this (possibly large) process between fork and exec.
+        peak = sampled_peak or None
     if not oom and not timed_out and code not in (0, None) and limits == "rlimit-as":
         oom = any(_OOM_TEXT.search(t) for t in (_tail(spec.log_path), bytes(err_tail.buf), bytes(cap.buf[-65536:])))
     return SandboxResult(backend=name, exit_code=code, timed_out=timed_out, oom=oom, wall_seconds=wall,
