@@ -44,14 +44,20 @@ def _guard_commands(sub) -> None:
     p.set_defaults(func=_friendly(explain))
 
 
-# --- loop commands: calibrate, pause, resume ----------------------------------------------------
-
-def _loop_commands(sub) -> None:
+def _adder(sub):
+    """A subcommand that works on a project (--project/-C) and turns known errors into messages."""
     def add(name: str, help: str, func) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
         p.set_defaults(func=_friendly(func))
         return p
+    return add
+
+
+# --- loop commands: calibrate, pause, resume ----------------------------------------------------
+
+def _loop_commands(sub) -> None:
+    add = _adder(sub)
 
     def calibrate(a):
         from .calibrate import main as run
@@ -104,11 +110,7 @@ def _friendly(fn):
 
 
 def _operator_commands(sub) -> None:
-    def add(name: str, help: str, func) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help)
-        p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
-        p.set_defaults(func=_friendly(func))
-        return p
+    add = _adder(sub)
 
     def init(a):
         from .scaffold import main as run
