@@ -299,14 +299,13 @@ def test_keyboard_interrupt_leaves_nothing(name, request):
         assert our_containers() == []
 
 
-@pytest.mark.docker
-def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path):
-    """kill -9 of run.sh cannot run any cleanup; the next run removes what it left."""
+def _kill_runner_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    """A runner process with a sandboxed sleeper, killed with SIGKILL (no cleanup can run)."""
     marker = f"orphan-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "runner.py"
     script.write_text(textwrap.dedent(f"""
         from autoresearch.sandbox import *
-        b = choose_backend("docker"); rt = b.runtime()
+        b = choose_backend("{backend}"); rt = b.runtime()
         b.run(SandboxSpec(argv=[rt.python, "-c", "import time; time.sleep(60)  # {marker}"], mounts=rt.mounts,
                           env=rt.env, cwd="/tmp", timeout_s=60, memory_bytes=256 << 20))
     """))
@@ -317,6 +316,13 @@ def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path)
     assert sandbox_started(marker), "the sandboxed process never started"
     p.kill()
     p.wait()
+    return p, marker
+
+
+@pytest.mark.docker
+def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path):
+    """kill -9 of run.sh cannot run any cleanup; the next run removes what it left."""
+    p, marker = _kill_runner_mid_run("docker", tmp_path)
     assert our_containers(p.pid), "expected the killed runner to leave its container"
     assert DockerBackend().cleanup_orphans() >= 1
     assert our_containers(p.pid) == [] and marker_procs(marker) == []
@@ -324,21 +330,7 @@ def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path)
 
 @pytest.mark.bwrap
 def test_bwrap_dies_with_a_killed_runner(bwrap_available, tmp_path):
-    marker = f"orphan-{uuid.uuid4().hex[:8]}"
-    script = tmp_path / "runner.py"
-    script.write_text(textwrap.dedent(f"""
-        from autoresearch.sandbox import *
-        b = choose_backend("bwrap"); rt = b.runtime()
-        b.run(SandboxSpec(argv=[rt.python, "-c", "import time; time.sleep(60)  # {marker}"], mounts=rt.mounts,
-                          env=rt.env, cwd="/tmp", timeout_s=60, memory_bytes=256 << 20))
-    """))
-    p = subprocess.Popen([sys.executable, str(script)], cwd=ROOT)
-    deadline = time.monotonic() + 20
-    while not sandbox_started(marker) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert sandbox_started(marker), "the sandboxed process never started"
-    p.kill()
-    p.wait()
+    p, marker = _kill_runner_mid_run("bwrap", tmp_path)
     deadline = time.monotonic() + 5
     while marker_procs(marker) and time.monotonic() < deadline:
         time.sleep(0.05)
