@@ -694,11 +694,21 @@ class BwrapBackend:
         spec = replace(spec, env=env)
         passwd, group = _passwd_group()
         fds = [_data_fd(passwd), _data_fd(group)]
+        log_start = spec.log_path.stat().st_size if spec.log_path and spec.log_path.exists() else 0
         try:
-            return _run_process(self.name, self.command(spec, *fds), spec, pass_fds=tuple(fds))
+            result = _run_process(self.name, self.command(spec, *fds), spec, pass_fds=tuple(fds))
         finally:
             for fd in fds:
                 os.close(fd)
+        if result.exit_code == 1 and spec.log_path:
+            with open(spec.log_path, "rb") as f:
+                f.seek(log_start)
+                said = f.read(4096).decode(errors="replace").strip()
+            # bwrap failed to build the sandbox (a mount it could not make): a harness problem, not a
+            # crash of the code it was to run. Its one line of output is all there is to go on.
+            if said.startswith("bwrap: ") and "\n" not in said:
+                raise SandboxUnavailable(f"bubblewrap could not set up the sandbox: {said[7:]}")
+        return result
 
 
 def _data_fd(data: bytes) -> int:

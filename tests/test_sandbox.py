@@ -470,3 +470,19 @@ def test_leftovers_of_a_killed_runner_are_killed_by_the_next_run(tmp_path):
     b = choose_backend("none")
     b.run(spec(b, "pass"))
     assert marker_procs(marker) == []
+
+
+@pytest.mark.bwrap
+def test_bwrap_set_up_failure_is_a_harness_error_not_a_crash(bwrap_available, tmp_path):
+    """A mount bwrap cannot make is the harness's problem: SandboxUnavailable with bwrap's words,
+    while a program that fails on its own still comes back as an exit code."""
+    b = choose_backend("bwrap")
+    rt = b.runtime()
+    log = tmp_path / "train.log"
+    log.write_text("an earlier stage's output\n")
+    target = str(Path(rt.python).parent / "no-such-dir" / "sub")          # under a read-only bind
+    with pytest.raises(SandboxUnavailable, match="could not set up the sandbox: Can't mkdir"):
+        b.run(spec(b, "pass", mounts=[Mount(tmp_path, target)], log_path=log, capture_stdout=False))
+    r = b.run(spec(b, "import sys; print('bwrap: looks like bwrap', file=sys.stderr); print('x', file=sys.stderr); "
+                      "sys.exit(1)", log_path=log, capture_stdout=False))
+    assert r.exit_code == 1
