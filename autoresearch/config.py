@@ -96,6 +96,7 @@ class Program(_Strict):
     phase: str = "default"
     phases: list[Phase] = [Phase(name="default")]
     on_phase_end: Literal["next", "stop"] = "next"   # a spent phase moves on to the next one, or stops
+    keep_checkpoints: Literal["kept", "all"] = "kept"  # "kept": a discarded or crashed run's out/ is deleted
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")

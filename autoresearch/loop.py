@@ -271,8 +271,19 @@ def _record(root: Path, program: Program, st: LoopState, ctx: _Ctx, others: list
                 **_journal_base(ctx))
     journal.begin(root, j, {})
     journal.apply(root, j)
+    _prune_checkpoints(program, others)
     ctx.on_run_branch, ctx.from_name = True, None
     return rows
+
+
+def _prune_checkpoints(program: Program, runs: list[RunRecord]) -> None:
+    """Delete the out/ folder (checkpoints) of runs that were not kept: a night of GPU-sized
+    checkpoints fills a disk. Log, metrics, the train.py copy and the diff stay; kept runs keep
+    theirs (`autoresearch final` scores them). `keep_checkpoints: all` turns this off."""
+    if program.keep_checkpoints == "all":
+        return
+    for run in runs:
+        shutil.rmtree(run.path / "out", ignore_errors=True)
 
 
 def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
@@ -327,7 +338,9 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
                                            outcome=status, branch=ctx.branch, scratchpad_sha256=sp, at=now()),
                 reply=reply, finish_reason=finish, **_journal_base(ctx))
     journal.begin(root, j, snaps)
-    return j.reply_for(journal.apply(root, j))
+    reply = j.reply_for(journal.apply(root, j))
+    _prune_checkpoints(program, others + (cands if v.action != "keep" else []))
+    return reply
 
 
 def _run_copy(run: RunRecord, ctx: _Ctx) -> bytes | None:

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -326,6 +328,37 @@ def test_on_phase_end_stop_ends_the_loop_instead(tmp_path):
     r = p.decide()
     assert not r.blocked and "phase 'tune' has used its 2 experiments" in r.text
     assert (p.path / "program.md").read_text() == prog
+
+
+def _with_checkpoint(p, rid: str) -> Path:
+    d = p.path / "runs" / rid
+    t = d.stat().st_mtime
+    (d / "out").mkdir()
+    (d / "out" / "model.pt").write_bytes(b"weights" * 1000)
+    os.utime(d, (t, t))
+    return d / "out" / "model.pt"
+
+
+def test_checkpoints_of_runs_not_kept_are_pruned(proj):
+    """A night of GPU-sized checkpoints must not fill the disk: only kept runs keep out/."""
+    base = _with_checkpoint(proj, proj.fake_run(value=2.0, desc="baseline"))
+    assert "BASELINE" in proj.decide().text
+    proj.edit("N_EMBD = 64", "N_EMBD = 65")
+    worse = _with_checkpoint(proj, proj.fake_run(value=2.3))
+    assert proj.decide().blocked and proj.rows()[-1].status == "discard"
+    proj.edit("N_EMBD = 64", "N_EMBD = 66")
+    crashed = _with_checkpoint(proj, proj.fake_run(status="crash"))
+    assert proj.decide().blocked and proj.rows()[-1].status == "crash"
+    assert base.exists() and not worse.exists() and not crashed.exists()
+    assert (worse.parent.parent / "train.log").exists() and (worse.parent.parent / "diff.patch").exists()
+
+
+def test_keep_checkpoints_all_keeps_them(tmp_path):
+    p = Project.create(tmp_path / "p", program=PROGRAM.replace("phase: tune", "keep_checkpoints: all\nphase: tune"))
+    p.baseline(2.0)
+    p.edit("N_EMBD = 64", "N_EMBD = 65")
+    worse = _with_checkpoint(p, p.fake_run(value=2.3))
+    assert p.decide().blocked and p.rows()[-1].status == "discard" and worse.exists()
 
 
 def test_deadline_passed_allows_the_stop_after_deciding(proj):
