@@ -61,3 +61,13 @@ def bwrap_available() -> None:
     ok = shutil.which("bwrap") is not None and subprocess.run(
         ["bwrap", "--unshare-all", "--ro-bind", "/", "/", "true"], capture_output=True).returncode == 0
     need("bwrap", ok, "bubblewrap is not installed or cannot create namespaces")
+
+
+@pytest.fixture(scope="session")
+def claude_cli() -> Path:
+    """The real Claude Code CLI (the binary in the claude-agent-sdk wheel); required in CI."""
+    from e2e.harness import cli_path
+    p = cli_path()
+    need("claude", p is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
+    assert p is not None
+    return p

@@ -13,20 +13,11 @@ import pytest
 
 from autoresearch.doctor import _hook_input, run_hook
 from autoresearch.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
-from conftest import need
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
-from e2e.harness import Project, base_env, cli_path, make_project, run_claude
+from e2e.harness import Project, base_env, make_project, run_claude
 
 ROOT = Path(__file__).resolve().parents[1]
 PIP = _hook_input(Path("/"), "Bash", {"command": "pip install requests"})
-
-
-@pytest.fixture(scope="module")
-def claude() -> Path:
-    p = cli_path()
-    need("claude", p is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
-    assert p is not None
-    return p
 
 
 def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -45,12 +36,12 @@ def plugin_copy(dest: Path) -> Path:
 # --- validation and derivation --------------------------------------------------------------
 
 @pytest.mark.claude
-def test_plugin_and_marketplace_validate_strictly(claude, tmp_path):
+def test_plugin_and_marketplace_validate_strictly(claude_cli, tmp_path):
     for manifest in ("plugin.json", "marketplace.json"):
-        p = cli(claude, tmp_path, "plugin", "validate", "--strict", str(ROOT / ".claude-plugin" / manifest))
+        p = cli(claude_cli, tmp_path, "plugin", "validate", "--strict", str(ROOT / ".claude-plugin" / manifest))
         assert p.returncode == 0, p.stdout + p.stderr
         assert "Validation passed" in p.stdout
-    p = cli(claude, tmp_path, "plugin", "validate", "--json", str(ROOT / ".claude-plugin" / "plugin.json"))
+    p = cli(claude_cli, tmp_path, "plugin", "validate", "--json", str(ROOT / ".claude-plugin" / "plugin.json"))
     provides = json.loads(p.stdout)["provides"]
     assert {"autoresearch:status", "autoresearch:plot", "autoresearch:pause"} <= set(provides["commands"])
     assert {h["event"] for h in provides["hooks"]} == {"PreToolUse", "Stop", "SessionStart", "PreCompact"}
@@ -154,7 +145,7 @@ def installed_plugin(tmp_path: Path) -> Path:
 
 
 @pytest.mark.claude
-def test_cli_loads_the_plugin_and_its_guard_decides(claude, tmp_path):
+def test_cli_loads_the_plugin_and_its_guard_decides(claude_cli, tmp_path):
     proj = plugin_only_project(tmp_path)
     script = [
         say("Installing a helper first.") + bash("pip install requests"),
@@ -178,7 +169,7 @@ def test_cli_loads_the_plugin_and_its_guard_decides(claude, tmp_path):
 
 
 @pytest.mark.claude
-def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude, tmp_path):
+def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude_cli, tmp_path):
     proj = plugin_only_project(tmp_path)
     (proj.root / ".venv").unlink()
     plugin = plugin_copy(tmp_path / "plugin")
@@ -193,7 +184,7 @@ def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude, tm
 
 
 @pytest.mark.claude
-def test_slash_command_runs_autoresearch_status(claude, tmp_path):
+def test_slash_command_runs_autoresearch_status(claude_cli, tmp_path):
     proj = plugin_only_project(tmp_path)
     with FakeAPI([end_turn("Here is the table.")], project=str(proj.root)) as api:
         run = run_claude(proj, api.url, "/autoresearch:status", "--plugin-dir", str(installed_plugin(tmp_path)),
@@ -204,14 +195,14 @@ def test_slash_command_runs_autoresearch_status(claude, tmp_path):
 
 
 @pytest.mark.claude
-def test_marketplace_add_then_install(claude, tmp_path):
+def test_marketplace_add_then_install(claude_cli, tmp_path):
     market = plugin_copy(tmp_path / "market")
     home = tmp_path / "home"
-    p = cli(claude, home, "plugin", "marketplace", "add", str(market))
+    p = cli(claude_cli, home, "plugin", "marketplace", "add", str(market))
     assert p.returncode == 0, p.stdout + p.stderr
-    p = cli(claude, home, "plugin", "install", "autoresearch@autoresearch")
+    p = cli(claude_cli, home, "plugin", "install", "autoresearch@autoresearch")
     assert p.returncode == 0, p.stdout + p.stderr
-    p = cli(claude, home, "plugin", "list")
+    p = cli(claude_cli, home, "plugin", "list")
     assert "autoresearch@autoresearch" in p.stdout and "enabled" in p.stdout
     cached = list((home / ".claude" / "plugins" / "cache").rglob("hooks/hooks.json"))
     assert cached and json.loads(cached[0].read_text()) == json.loads((ROOT / "hooks" / "hooks.json").read_text())

@@ -9,7 +9,7 @@ import pytest
 
 from conftest import need
 from e2e.fake_api import FakeAPI
-from e2e.harness import ROOT, Project, cli_path, make_project
+from e2e.harness import ROOT, Project, make_project
 
 
 def _stamp_current(root: Path) -> bool:
@@ -18,14 +18,6 @@ def _stamp_current(root: Path) -> bool:
     want = subprocess.run(f'cat "{root}/pyproject.toml" "{root}/scripts/bootstrap.sh" | sha256sum',
                           shell=True, capture_output=True, text=True).stdout.split()[0]
     return stamp.is_file() and stamp.read_text().strip() == want
-
-
-@pytest.fixture(scope="session")
-def claude_cli() -> Path:
-    p = cli_path()
-    need("claude", p is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
-    assert p is not None
-    return p
 
 
 @pytest.fixture(scope="session")
