@@ -365,8 +365,20 @@ def _append_log(path: Path, text: str) -> None:
         f.write(text)
 
 
+def _exception_line(lines: list[str]) -> str:
+    """The line that ends the last traceback (stdout and stderr are separate pipes, so lines
+    printed before a crash can land after its traceback: seen with docker); else the last
+    unindented line."""
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if starts:
+        for ln in lines[starts[-1] + 1:]:
+            if ln.strip() and not ln.startswith((" ", "\t")):
+                return ln
+    return next((ln for ln in reversed(lines) if ln.strip() and not ln.startswith(" ")), "")
+
+
 def _crash_reason(res: SandboxResult, log: Path, what: str) -> str:
-    last = next((ln for ln in reversed(log_tail(log, 40)) if ln.strip() and not ln.startswith(" ")), "")
+    last = _exception_line(log_tail(log, 40))
     code = res.exit_code
     why = f"killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
     return f"{what} {why}" + (f": {last[:200]}" if last else "")

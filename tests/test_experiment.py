@@ -339,3 +339,17 @@ def test_missing_data_says_how_to_prepare_it(tmp_path):
     assert p.returncode == 2 and "prepare.py" in p.stderr
     assert not (proj / "runs").exists()
 
+
+
+def test_crash_reason_is_the_exception_even_when_stdout_lands_after_the_traceback():
+    """stdout and stderr are separate pipes: docker's log can carry a line printed before the
+    crash after the traceback (seen in CI). The reason must still be the exception."""
+    from autoresearch.experiment import _exception_line
+    log = ["step 1 loss 5.5", "Traceback (most recent call last):",
+           '  File "train.py", line 4, in helper', '    raise ValueError("boom-marker 42")',
+           "ValueError: boom-marker 42", "seed is 11"]
+    assert _exception_line(log) == "ValueError: boom-marker 42"
+    chained = log[:5] + ["", "During handling of the above exception, another exception occurred:", "",
+                         "Traceback (most recent call last):", '  File "train.py", line 9', "KeyError: 'lr'"]
+    assert _exception_line(chained) == "KeyError: 'lr'"
+    assert _exception_line(["step 1", "Killed"]) == "Killed"
