@@ -924,7 +924,6 @@ class DockerBackend:
         api = client.api
         log = open(spec.log_path, "ab", buffering=0) if spec.log_path else None
         cap = _Capture(spec.stdout_limit)
-        seen = {"out": 0, "err": 0}                 # bytes the attach stream delivered
         cid: str | None = None
         threads: list[threading.Thread] = []
         stdin_sock = None
@@ -949,7 +948,7 @@ class DockerBackend:
             out = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             api.start(cid)
             start = time.monotonic()
-            threads.append(threading.Thread(target=self._pump, args=(out, spec, cap, log, seen), daemon=True))
+            threads.append(threading.Thread(target=self._pump, args=(out, spec, cap, log), daemon=True))
             if stdin_sock is not None:
                 threads.append(threading.Thread(target=_feed_socket, args=(stdin_sock, spec.stdin_data), daemon=True))
             if cg_dir is None:
@@ -976,9 +975,6 @@ class DockerBackend:
                             oom = bool(api.inspect_container(cid)["State"].get("OOMKilled"))
                     for t in threads:
                         t.join(timeout=_KILL_WAIT_S)
-                    if code is not None:
-                        with contextlib.suppress(Exception):
-                            self._catch_up(api, cid, spec, cap, log, seen)
                 with contextlib.suppress(Exception):
                     api.remove_container(cid or name, force=True, v=True)
                 if stdin_sock is not None:
@@ -998,41 +994,16 @@ class DockerBackend:
                              stdout_truncated=cap.truncated, limits="docker")
 
     @staticmethod
-    def _pump(stream, spec: SandboxSpec, cap: _Capture, log, seen: dict[str, int]) -> None:
+    def _pump(stream, spec: SandboxSpec, cap: _Capture, log) -> None:
         with contextlib.suppress(Exception):
             for out, err in stream:
                 if out:
-                    seen["out"] += len(out)
                     if spec.capture_stdout:
                         cap.add(out)
                     elif log is not None:
                         log.write(out)
-                if err:
-                    seen["err"] += len(err)
-                    if log is not None:
-                        log.write(err)
-
-    @staticmethod
-    def _catch_up(api, cid: str, spec: SandboxSpec, cap: _Capture, log, seen: dict[str, int]) -> None:
-        """The attach stream can end before the last output of a container that exits at once
-        (a crash's traceback, the evaluator's result line). The engine's log has all of it: add
-        what the stream missed. Streamed, so a huge log is never held in memory."""
-        def tail(stdout: bool, stderr: bool, skip: int):
-            for chunk in api.logs(cid, stdout=stdout, stderr=stderr, stream=True, follow=False):
-                if skip >= len(chunk):
-                    skip -= len(chunk)
-                    continue
-                yield chunk[skip:]
-                skip = 0
-        if spec.capture_stdout:
-            for chunk in tail(True, False, seen["out"]):
-                cap.add(chunk)
-            streams = (False, True, seen["err"])
-        else:
-            streams = (True, True, seen["out"] + seen["err"])
-        if log is not None:
-            for chunk in tail(*streams):
-                log.write(chunk)
+                if err and log is not None:
+                    log.write(err)
 
 
 def _feed_socket(sock, data: bytes) -> None:
