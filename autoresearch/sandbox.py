@@ -881,7 +881,7 @@ class DockerBackend:
             **extra)
         stdin = spec.stdin_data is not None
         c = api.create_container(
-            name=name, image=self._image_id, command=list(spec.argv), environment=env, working_dir=spec.cwd,
+            name=name, image=self._image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
             stdin_open=stdin, tty=False,   # detach=False: StdinOnce, so closing our stdin is EOF
             labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname()})
@@ -1004,6 +1004,15 @@ class DockerBackend:
                         log.write(out)
                 if err and log is not None:
                     log.write(err)
+
+
+def _one_stream(spec: SandboxSpec) -> list[str]:
+    """The container's command. When both streams go to the log, stderr is pointed at stdout
+    inside the container: the engine reads two pipes separately, which reorders lines and can
+    even splice a stdout line into a traceback ("ValueErrorseed is 11")."""
+    if spec.capture_stdout:
+        return list(spec.argv)
+    return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
 
 
 def _feed_socket(sock, data: bytes) -> None:

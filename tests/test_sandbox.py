@@ -486,3 +486,16 @@ def test_bwrap_set_up_failure_is_a_harness_error_not_a_crash(bwrap_available, tm
     r = b.run(spec(b, "import sys; print('bwrap: looks like bwrap', file=sys.stderr); print('x', file=sys.stderr); "
                       "sys.exit(1)", log_path=log, capture_stdout=False))
     assert r.exit_code == 1
+
+
+def test_log_keeps_the_order_stdout_and_stderr_were_written_in(backend, tmp_path):
+    """One log, in the order a terminal would show: docker reads stdout and stderr as two pipes,
+    which put lines printed before a crash after its traceback, even inside its last line."""
+    log = tmp_path / "train.log"
+    code = ("import sys\nfor i in range(50):\n    print('out', i, flush=True)\n    sys.stderr.write('err ')\n"
+            "    sys.stderr.write(str(i) + '\\n')\nraise ValueError('boom-marker 42')\n")
+    r = backend.run(spec(backend, code, log_path=log, capture_stdout=False))
+    lines = log.read_text().splitlines()
+    assert r.exit_code == 1
+    want = [f"{s} {i}" for i in range(50) for s in ("out", "err")]
+    assert lines[:100] == want and lines[-1] == "ValueError: boom-marker 42", lines
