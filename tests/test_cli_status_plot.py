@@ -106,11 +106,17 @@ def test_status_shows_the_latest_run_branch_from_the_users_branch(tmp_path):
     assert gather(root).branch == BRANCH
 
 
-def test_status_without_experiments_says_what_to_do(tmp_path):
+def _empty_project(tmp_path):
+    """A project with program.md and a git repo, but no experiments yet."""
     root = tmp_path / "empty"
     root.mkdir()
     shutil.copy(ROOT / "program.md", root / "program.md")
     _git(root, "init", "-q")
+    return root
+
+
+def test_status_without_experiments_says_what_to_do(tmp_path):
+    root = _empty_project(tmp_path)
     p = cli(root, "status")
     assert p.returncode == 0, p.stderr
     assert "No experiments yet" in p.stdout
@@ -160,10 +166,7 @@ def test_plot_handles_a_maximised_metric_and_a_single_row(tmp_path):
 
 
 def test_plot_without_rows_fails_clearly(tmp_path):
-    root = tmp_path / "empty"
-    root.mkdir()
-    shutil.copy(ROOT / "program.md", root / "program.md")
-    _git(root, "init", "-q")
+    root = _empty_project(tmp_path)
     p = cli(root, "plot")
     assert p.returncode == 1 and "nothing to plot" in p.stdout
     assert not (root / "progress.png").exists()
