@@ -98,6 +98,7 @@ class World:
             "results.tsv": "commit\tval_bpb\n", "notes/ideas.txt": "try RoPE\n",
             "config/.env": "API_KEY=sk-fake\n", "config/server.pem": "-----BEGIN-----\n",
             "config/id_ed25519": "fake key\n",
+            "runs/0001/out/model.txt": "val bytes the EVAL server saw\n", "runs/0001/eval.log": "eval\n",
         }
         home_files = {
             ".ssh/id_rsa": "fake key\n", ".aws/credentials": "[default]\n", ".config/gcloud/credentials.db": "x",
@@ -117,6 +118,9 @@ class World:
         (r / "notes" / "passwd_link").symlink_to("/etc/passwd")
         (r / "notes" / "key_link").symlink_to(h / ".ssh" / "id_rsa")
         (r / "notes" / "test_link").symlink_to(h / ".cache/autoresearch/data/shakespeare/test/test.bin")
+        (r / "notes" / "test_dir_link").symlink_to(h / ".cache/autoresearch/data/shakespeare/test")
+        (r / "notes" / "out_link").symlink_to("../runs/0001/out")
+        (r / "runs" / "0001" / "out" / "link").symlink_to(h / ".ssh" / "id_rsa")
 
     @property
     def env(self) -> dict[str, str]:
