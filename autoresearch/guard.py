@@ -574,7 +574,7 @@ def hook(stdin: bytes, env=None) -> str:
 # ---------------------------------------------------------------------------
 # For humans: `autoresearch guard explain`
 
-_PATH_KEY = {**EDIT_TOOLS, **READ_TOOLS, "Glob": "path", "Grep": "path"}
+_PATH_KEY = {**EDIT_TOOLS, **READ_TOOLS, "Glob": "path", "Grep": "path", "LS": "path"}
 
 
 def tool_input_from(tool: str, args) -> dict:
@@ -591,6 +591,8 @@ def tool_input_from(tool: str, args) -> dict:
             inp[key] = getattr(args, key)
     if tool == "WebFetch":
         inp.setdefault("prompt", "explain")
+    for key, kind in SCHEMAS.get(tool, ({}, {}))[0].items():   # the rest of the shape, as filler
+        inp.setdefault(key, [] if kind == _L else "")
     return inp
 
 

@@ -264,12 +264,15 @@ def test_harness_files_stay_protected_even_if_program_md_lists_them(tmp_path) ->
     assert w.tool("Edit", file_path="{root}/scripts/fit.py", old_string="1", new_string="2").decision == "allow"
 
 
-def test_a_glob_that_expands_to_an_option_is_denied(tmp_path) -> None:
+def test_a_file_named_like_an_option_stays_an_option(tmp_path) -> None:
+    """No globs, so no file name can turn into an option; an option is judged as one."""
     w = World(tmp_path)
-    (w.root / "--output=train.py").write_text("")                       # `sort *` would write train.py
-    got = w.bash("sort *")
-    assert got.decision == "deny" and "as an option" in got.reason, got
-    assert w.bash("sort ./*.txt").decision == "allow"
+    (w.root / "--output=train.py").write_text("")
+    got = w.bash("cat --output=train.py")
+    assert got.decision == "deny" and "not an allowed option" in got.reason, got
+    got = w.bash("cat *")
+    assert got.decision == "deny" and "glob characters" in got.reason, got
+    assert w.bash("cat ./--output=train.py").decision == "allow"
 
 
 def test_run_sh_must_be_the_projects_own(tmp_path) -> None:
@@ -322,6 +325,10 @@ def test_grep_of_a_clean_project_is_allowed(tmp_path) -> None:
     w = World(tmp_path)
     shutil.rmtree(w.root / "config")
     shutil.rmtree(w.root / "notes")
+    got = w.tool("Grep", pattern="LEARNING_RATE")
+    assert got.decision == "deny" and "runs/0001/" in got.reason, got     # out/ and eval.log
+    shutil.rmtree(w.root / "runs" / "0001" / "out")
+    (w.root / "runs" / "0001" / "eval.log").unlink()
     assert w.tool("Grep", pattern="LEARNING_RATE").decision == "allow"
     assert w.tool("Grep", pattern="x", path="{root}", glob="*.py").decision == "allow"
 
