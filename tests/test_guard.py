@@ -362,3 +362,13 @@ def test_explain_prints_the_decision_and_why(tmp_path) -> None:
     p = subprocess.run([*cli, "--tool", "Read", "--path", "train.py"], cwd=w.root, env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0 and "ALLOW" in p.stdout, p
+    p = subprocess.run([*cli, "--json", "--", "git", "log", "--oneline", "-n", "3"], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    got = json.loads(p.stdout)
+    assert p.returncode == 0 and got["decision"] == "allow", p
+    assert got["template"] == "git log [--oneline] [-n N]" and got["argv"] == ["git", "log", "--oneline", "-n", "3"]
+    p = subprocess.run([*cli, "--json", "--", 'git log -1 "--"\\output=x'], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    got = json.loads(p.stdout)
+    assert p.returncode == 1 and got["decision"] == "deny" and got["template"] is None, p
+    assert "whole word" in got["lexer"] and "whole word" in got["reason"], got
