@@ -69,7 +69,8 @@ SECRET_FILES = {".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc", ".p
                 ".credentials.json", "credentials.json", ".htpasswd", "secrets.json", "secrets.yaml"}
 SECRET_PREFIXES = (".env", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
 SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
-WALK_SKIP = {".git", ".venv", "node_modules", "__pycache__"}
+WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
+             ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
 GLOB_LIMIT = 5000
 
@@ -297,7 +298,7 @@ def tree_problem(ctx: Context, path: str, pattern=None, basename: bool = False) 
         seen += len(dirnames) + len(filenames)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
-        for name in dirnames + filenames:
+        for name in dirnames + [f for f in filenames if f not in WALK_SKIP]:   # a worktree's .git file
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, top)
             if pattern is not None and not pattern.fullmatch(name if basename else rel):
@@ -370,7 +371,7 @@ def bash_problem(ctx: Context, tool_input: dict) -> tuple[str | None, str | None
     if m.argv[0] == "./run.sh" and \
             os.path.realpath(os.path.join(ctx.cwd, "run.sh")) != os.path.join(ctx.root_real, "run.sh"):
         return "./run.sh here is not the project's run.sh: run it from the project folder", m.template
-    for path in m.paths:
+    for path in [ctx.cwd, *m.paths]:          # git and a bare `ls` work on the folder they run in
         why = read_problem(ctx, path)
         if why:
             return why, m.template

@@ -281,6 +281,9 @@ def test_run_sh_must_be_the_projects_own(tmp_path) -> None:
     got = run_hook(w.root, payload(w, "Bash", {"command": './run.sh -m "x"'}, cwd=w.root / "notes"), w.env)
     assert got.decision == "deny" and "not the project's run.sh" in got.reason, got
     assert w.bash('./run.sh -m "x"').decision == "allow"
+    for cwd in (w.root / "runs" / "0001" / "out", w.home / ".ssh", Path("/etc")):   # `ls` lists its folder
+        got = run_hook(w.root, payload(w, "Bash", {"command": "ls"}, cwd=cwd), w.env)
+        assert got.decision == "deny", (cwd, got)
 
 
 def test_held_out_data_follows_the_environment(tmp_path) -> None:
