@@ -72,7 +72,6 @@ SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
 WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
              ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
-GLOB_LIMIT = 5000
 
 
 class PolicyError(Exception):
@@ -282,10 +281,11 @@ def glob_regex(pattern: str):
     return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
 
 
-def tree_problem(ctx: Context, path: str, pattern=None, basename: bool = False) -> str | None:
+def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
     """Why a search below the folder `path` may not run: some entry it could reach (matching
-    `pattern`, a compiled glob_regex; on the base name only if `basename`) is off limits, or a
-    link leads out of bounds (None: it may). VCS folders are skipped, as Claude Code's search does."""
+    `pattern`, a compiled glob_regex, by relative path or by base name, as ripgrep's globs do)
+    is off limits, or a link leads out of bounds (None: it may). VCS folders are skipped, as
+    Claude Code's search does."""
     top = os.path.realpath(ctx.abspath(path))
     if not os.path.isdir(top):
         return None
@@ -301,7 +301,7 @@ def tree_problem(ctx: Context, path: str, pattern=None, basename: bool = False) 
         for name in dirnames + [f for f in filenames if f not in WALK_SKIP]:   # a worktree's .git file
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, top)
-            if pattern is not None and not pattern.fullmatch(name if basename else rel):
+            if pattern is not None and not (pattern.fullmatch(rel) or pattern.fullmatch(name)):
                 continue
             if is_secret(full):
                 why = "may hold credentials"
@@ -513,10 +513,9 @@ def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
             return why
         rest = "/".join(parts[len(fixed):])
         return tree_problem(ctx, base, glob_regex(rest))
-    # ripgrep: a glob without a slash matches a file's base name anywhere below path
     if pat.startswith("!"):                     # an exclusion: everything else is searched
         return tree_problem(ctx, path)
-    return tree_problem(ctx, path, glob_regex(pat), basename="/" not in pat)
+    return tree_problem(ctx, path, glob_regex(pat))
 
 
 def url_problem(url) -> str | None:
