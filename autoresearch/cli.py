@@ -36,6 +36,7 @@ def _guard_commands(sub) -> None:
     p.add_argument("--url", help="WebFetch url")
     p.add_argument("--query", help="WebSearch query")
     p.add_argument("--input", metavar="JSON", help="the whole tool_input as JSON (overrides the above)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.add_argument("command", nargs="*", help="the Bash command, after --")
 
     def explain(a):

@@ -10,10 +10,13 @@ Policy, from program.md's current phase:
 - Edit/Write/MultiEdit/NotebookEdit: only the editable set, as existing regular
   files inside the project reached without `..`, symlinks or extra hard links;
   the harness's own files are never editable, whatever program.md says.
-- Read/NotebookRead/Glob/Grep: the project and its libraries, except held-out
-  data (the test split, the raw downloads) and anything that may hold credentials.
-- Bash: the read-only allowlist of autoresearch/shell.py, whose file operands get
-  the same read check, plus `./run.sh -m "..."`.
+- Read/NotebookRead/LS/Glob/Grep: by real path, the project and the interpreter's
+  libraries, except held-out data (the test split, the raw downloads), anything that
+  may hold credentials, `.git/` internals, any run's `out/` folder and `eval.log`
+  (written by agent code while it saw evaluation inputs).
+- Bash: only the templates of autoresearch/cmdlang.py (`./run.sh -m "..."` and a few
+  read-only forms), whose PATH operands get the same read check.
+- Any tool input that does not fit the tool's schema is denied.
 - WebFetch/WebSearch: only in a phase with `web: true`.
 - A few harmless built-ins (todo lists, plan mode, a background job's output) are
   allowed; subagents, MCP tools and anything unknown are denied.
@@ -21,7 +24,7 @@ Policy, from program.md's current phase:
 This module runs once per tool call, so it is kept off heavy imports: the policy
 is compiled from program.md (pydantic + YAML, ~150 ms) only when program.md's
 sha256 changes, into .autoresearch/guard-policy.json; the hot path needs only
-os and json (and tree-sitter for Bash).
+os and json.
 """
 from __future__ import annotations
 
@@ -41,7 +44,7 @@ NEVER_EDITABLE_DIRS = {".claude", ".claude-plugin", "hooks", ".git", ".autoresea
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
               "NotebookEdit": "notebook_path"}
-READ_TOOLS = {"Read": "file_path", "NotebookRead": "notebook_path"}
+READ_TOOLS = {"Read": "file_path", "NotebookRead": "notebook_path", "LS": "path"}
 # Built-ins that touch no file, run nothing and reach nothing: todo lists, plan mode,
 # loading a deferred tool's schema (the tool itself is then guarded), and the output of
 # or a stop for a background job (run_in_background is denied, but Claude Code may
@@ -60,14 +63,15 @@ DENIED_TOOLS = {
 # Credentials: directories and file names that are off limits anywhere.
 SECRET_DIRS = {".ssh", ".aws", ".gnupg", ".kube", ".docker", ".azure", ".password-store", ".secrets"}
 SECRET_PAIRS = {(".config", "gcloud"), (".claude", ".credentials.json"), (".config", "gh"),
-                (".git", "config")}                # remote URLs can carry tokens
+                (".git", "config"),                 # remote URLs can carry tokens
+                (".config", "autoresearch")}        # the metrics signing key
 SECRET_FILES = {".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc", ".pgpass", ".claude.json",
                 ".credentials.json", "credentials.json", ".htpasswd", "secrets.json", "secrets.yaml"}
 SECRET_PREFIXES = (".env", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
 SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
-WALK_SKIP = {".git", ".venv", "node_modules", "__pycache__"}
+WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
+             ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
-GLOB_LIMIT = 5000
 
 
 class PolicyError(Exception):
@@ -204,26 +208,84 @@ def is_secret(path: str) -> bool:
     return name in SECRET_FILES or name.startswith(SECRET_PREFIXES) or name.endswith(SECRET_SUFFIXES)
 
 
+def off_limits(rel: str) -> str | None:
+    """Why a project-relative path is off limits although it is inside the project (None: it is not).
+    Case-insensitive, so a case-insensitive file system cannot spell its way around it."""
+    parts = rel.lower().split("/")
+    if ".git" in parts:
+        return "git internals are off limits: use git status, git diff, git log or git show"
+    if len(parts) >= 3 and parts[0] == "runs" and parts[2] == "out":
+        return "a run's out/ folder is written by agent code: it is off limits (read runs/NNNN/metrics.json or train.log)"
+    if len(parts) == 3 and parts[0] == "runs" and parts[2] == "eval.log":
+        return "eval.log is for humans only: read runs/NNNN/metrics.json or train.log"
+    return None
+
+
+def _rel(ctx: Context, path: str) -> str | None:
+    for root in (ctx.root, ctx.root_real):
+        if _under(path, root):
+            return path[len(root):].strip("/")
+    return None
+
+
 def read_problem(ctx: Context, path, what: str = "read") -> str | None:
-    """Why `path` may not be read (None: it may)."""
+    """Why `path` may not be read (None: it may). Judged lexically and by real path (links
+    and `..` resolved as the kernel does), so neither spelling can reach what the other hides."""
     if not isinstance(path, str) or not path:
         return "no path given"
     if "\x00" in path:
         return "NUL bytes are not allowed in paths"
-    p = ctx.abspath(path)
-    r = os.path.realpath(p)
-    if is_secret(p) or is_secret(r):
-        return f"{path} may hold credentials: it is off limits"
-    if ctx.heldout(p) or ctx.heldout(r):
-        return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
-    if not any(_under(r, root) for root in ctx.readable):
-        return f"{path} is outside the project: you may {what} the project and the libraries it uses"
+    joined = os.path.join(ctx.cwd, ctx.abspath(path) if path.startswith("~") else path)
+    p = os.path.normpath(joined)
+    reals = {os.path.realpath(p), os.path.realpath(joined)}
+    for q in (p, *reals):
+        if is_secret(q):
+            return f"{path} may hold credentials: it is off limits"
+        if ctx.heldout(q):
+            return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
+        rel = _rel(ctx, q)
+        why = off_limits(rel) if rel is not None else None
+        if why:
+            return f"{path}: {why}"
+    for r in reals:
+        if not any(_under(r, root) for root in ctx.readable):
+            return f"{path} is outside the project: you may {what} the project and the libraries it uses"
     return None
 
 
-def tree_problem(ctx: Context, path: str) -> str | None:
-    """Why a recursive search of the folder `path` may not run: it would reach held-out data,
-    credentials or a link out of bounds (None: it may)."""
+def glob_regex(pattern: str):
+    """A regex that matches (case-insensitively, hidden files included) at least every
+    relative path the glob `pattern` can match: * ? [..] {a,b} and **."""
+    import re
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            if i < n and pattern[i] == "/":
+                out.append("/?")        # `**/x` also matches `x`
+                i += 1
+            continue
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c in "[{":
+            out.append(".*")            # a class or alternation: any text (a superset)
+            close = pattern.find("]" if c == "[" else "}", i + 1)
+            i = n if close < 0 else close
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
+
+
+def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
+    """Why a search below the folder `path` may not run: some entry it could reach (matching
+    `pattern`, a compiled glob_regex, by relative path or by base name, as ripgrep's globs do)
+    is off limits, or a link leads out of bounds (None: it may). VCS folders are skipped, as
+    Claude Code's search does."""
     top = os.path.realpath(ctx.abspath(path))
     if not os.path.isdir(top):
         return None
@@ -236,12 +298,20 @@ def tree_problem(ctx: Context, path: str) -> str | None:
         seen += len(dirnames) + len(filenames)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
-        for name in dirnames + filenames:
+        for name in dirnames + [f for f in filenames if f not in WALK_SKIP]:   # a worktree's .git file
             full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, top)
+            if pattern is not None and not (pattern.fullmatch(rel) or pattern.fullmatch(name)):
+                continue
             if is_secret(full):
-                return f"{path} contains {os.path.relpath(full, top)}, which may hold credentials: search a folder that does not"
-            if os.path.islink(full) and read_problem(ctx, full):
-                return f"{path} contains a link out of bounds ({os.path.relpath(full, top)}): search a folder that does not"
+                why = "may hold credentials"
+            elif os.path.islink(full):
+                why = "is a link out of bounds" if read_problem(ctx, full) else None
+            else:
+                prel = _rel(ctx, full)
+                why = "is off limits" if prel is not None and off_limits(prel) else None
+            if why:
+                return f"{path} contains {rel}, which {why}: search a file or folder that does not"
     return None
 
 
@@ -285,73 +355,82 @@ def edit_problem(ctx: Context, path) -> str | None:
 # ---------------------------------------------------------------------------
 # Bash
 
-def expand_glob(ctx: Context, word) -> list[str]:
-    """Every name bash could make of a word with unquoted * or ? -- a superset: case-insensitive
-    and including hidden files, as if nocaseglob and dotglob were on -- plus the word itself
-    (what bash passes when nothing matches)."""
-    if not word.magic:
-        return [word.text]
-    import re
-    from .shell import Unsafe
-    text, magic = word.text, set(word.magic)
-    absolute = text.startswith("/")
-    results: list[list[str]] = [[]]
-    pos = 0
-    for idx, comp in enumerate(text.split("/")):
-        start, pos = pos, pos + len(comp) + 1
-        spots = {i - start for i in magic if start <= i < start + len(comp)}
-        if idx == 0 and absolute:
-            continue
-        if not spots:
-            results = [r + [comp] for r in results]
-            continue
-        if comp == "**":
-            raise Unsafe("** is not allowed: name the folders, or use the Glob tool")
-        rx = re.compile("".join(("[^/]*" if ch == "*" else "[^/]") if i in spots else re.escape(ch)
-                                for i, ch in enumerate(comp)), re.IGNORECASE | re.DOTALL)
-        grown: list[list[str]] = []
-        for r in results:
-            d = os.path.join("/" if absolute else ctx.cwd, *r)
-            try:
-                names = os.listdir(d)
-            except OSError:
-                continue
-            if comp.startswith("."):
-                names += [".", ".."]
-            grown += [r + [n] for n in names if rx.fullmatch(n)]
-            if len(grown) > GLOB_LIMIT:
-                raise Unsafe(f"{text} matches too many files: narrow it")
-        results = grown
-    out = [("/" if absolute else "") + "/".join(r) for r in results]
-    for o in out:
-        if o.startswith("-"):
-            raise Unsafe(f"{text} matches {o!r}, which would act as an option: name the files instead")
-    return out + [text]
-
-
-def bash_problem(ctx: Context, tool_input: dict) -> str | None:
-    from .shell import Unsafe, check, parse
+def bash_problem(ctx: Context, tool_input: dict) -> tuple[str | None, str | None]:
+    """(why it is denied or None, the template it matched or None)."""
+    from .cmdlang import Denied, match
     if tool_input.get("run_in_background"):
-        return "background commands are not allowed: run it in the foreground"
+        return "background commands are not allowed: run it in the foreground", None
     if tool_input.get("dangerouslyDisableSandbox"):
-        return "dangerouslyDisableSandbox is not allowed"
+        return "dangerouslyDisableSandbox is not allowed", None
+    command = tool_input.get("command")
     try:
-        experiments = 0
-        for words in parse(tool_input.get("command"), ctx.home):
-            argv = [words[0].text] + [a for w in words[1:] for a in expand_glob(ctx, w)]
-            effect = check(argv)
-            if effect.experiment:
-                experiments += 1
-                if os.path.realpath(os.path.join(ctx.cwd, "run.sh")) != os.path.join(ctx.root_real, "run.sh"):
-                    return "./run.sh here is not the project's run.sh: run it from the project folder"
-            for path in effect.reads:
-                why = read_problem(ctx, path)
-                if why:
-                    return why
-        if experiments > 1:
-            return "one experiment per command: run ./run.sh -m once, then read its result"
-    except Unsafe as e:
-        return str(e)
+        m = match(command)
+    except Denied as e:
+        from .cmdlang import hint
+        return hint(command, str(e)), None
+    if m.argv[0] == "./run.sh" and \
+            os.path.realpath(os.path.join(ctx.cwd, "run.sh")) != os.path.join(ctx.root_real, "run.sh"):
+        return "./run.sh here is not the project's run.sh: run it from the project folder", m.template
+    for path in [ctx.cwd, *m.paths]:          # git and a bare `ls` work on the folder they run in
+        why = read_problem(ctx, path)
+        if why:
+            return why, m.template
+    return None, m.template
+
+
+# ---------------------------------------------------------------------------
+# Tool input shapes (claude-code-facts.md): required keys, then optional ones, with their types.
+# Anything else -- an extra key, a wrong type -- is denied: the guard judges only inputs it knows.
+
+_S, _I, _B, _N, _L = "str", "int", "bool", "number", "list"
+SCHEMAS: dict[str, tuple[dict[str, str], dict[str, str]]] = {
+    "Bash": ({"command": _S}, {"description": _S, "timeout": _N, "run_in_background": _B,
+                                "dangerouslyDisableSandbox": _B}),
+    "Read": ({"file_path": _S}, {"offset": _I, "limit": _I, "pages": _S}),
+    "NotebookRead": ({"notebook_path": _S}, {"cell_id": _S}),
+    "LS": ({"path": _S}, {"ignore": _L}),
+    "Glob": ({"pattern": _S}, {"path": _S}),
+    "Grep": ({"pattern": _S}, {"path": _S, "glob": _S, "type": _S, "output_mode": _S, "-i": _B, "-n": _B,
+                               "-A": _I, "-B": _I, "-C": _I, "context": _I, "head_limit": _I, "offset": _I,
+                               "multiline": _B}),
+    "Edit": ({"file_path": _S, "old_string": _S, "new_string": _S}, {"replace_all": _B}),
+    "MultiEdit": ({"file_path": _S, "edits": _L}, {}),
+    "Write": ({"file_path": _S, "content": _S}, {}),
+    "NotebookEdit": ({"notebook_path": _S, "new_source": _S}, {"cell_id": _S, "cell_type": _S, "edit_mode": _S}),
+    "WebFetch": ({"url": _S, "prompt": _S}, {}),
+    "WebSearch": ({"query": _S}, {"allowed_domains": _L, "blocked_domains": _L}),
+}
+
+
+def _fits(value, kind: str) -> bool:
+    if kind == _S:
+        return isinstance(value, str)
+    if kind == _B:
+        return isinstance(value, bool)
+    if kind == _L:
+        return isinstance(value, list)
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (kind == _N and isinstance(value, float))
+
+
+def schema_problem(tool: str, inp: dict) -> str | None:
+    """Why `inp` does not fit the tool's input shape (None: it does, or the tool has no shape here)."""
+    shape = SCHEMAS.get(tool)
+    if shape is None:
+        return None
+    required, optional = shape
+    for key, kind in required.items():
+        if key not in inp:
+            return f"malformed {tool} call: {key} is missing"
+        if not _fits(inp[key], kind):
+            return f"malformed {tool} call: {key} must be a {kind}"
+    for key, value in inp.items():
+        kind = required.get(key) or optional.get(key)
+        if kind is None:
+            return f"malformed {tool} call: unknown key {key!r}"
+        if value is not None and not _fits(value, kind):
+            return f"malformed {tool} call: {key} must be a {kind}"
     return None
 
 
@@ -380,6 +459,9 @@ def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
                            "`web: true` in program.md; note what you would look up in scratchpad.md")
         why = url_problem(inp.get("url")) if tool == "WebFetch" else None
         return (False, why) if why else (True, f"web access is on in phase {policy.phase}")
+    why = schema_problem(tool, inp)
+    if why:
+        return False, why
     ctx = Context(root, policy, payload.get("cwd"), env, payload.get("transcript_path"))
     if tool in EDIT_TOOLS:
         why = edit_problem(ctx, inp.get(EDIT_TOOLS[tool]))
@@ -391,32 +473,49 @@ def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
         why = _search_problem(ctx, tool, inp)
         return (False, why) if why else (True, "readable")
     if tool == "Bash":
-        why = bash_problem(ctx, inp)
-        return (False, why) if why else (True, "on the allowlist")
+        why, template = bash_problem(ctx, inp)
+        return (False, why) if why else (True, f"matches `{template}`")
     return False, f"the {tool} tool is not available to the research agent"
 
 
 def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
+    """Grep reads every file below `path` that its `glob` matches; Glob lists every name below
+    `path` that its `pattern` matches. Both are judged by what they could reach."""
     path = inp.get("path") or ctx.cwd
     why = read_problem(ctx, path, "search")
     if why:
         return why
-    for key in ("pattern", "glob") if tool == "Glob" else ("glob",):
-        pat = inp.get(key)
-        if pat is None:
-            continue
-        if not isinstance(pat, str) or "\x00" in pat:
-            return f"malformed {key}"
-        if ".." in pat.replace("\\", "/").split("/"):
-            return f"'..' is not allowed in a {tool} pattern: set path instead"
-        if pat.startswith(("/", "~")):
-            fixed = pat.split("*")[0].split("?")[0].split("[")[0].split("{")[0]
-            why = read_problem(ctx, fixed.rsplit("/", 1)[0] or "/", "search")
-            if why:
-                return why
-    if tool == "Grep":
+    pat = inp.get("pattern" if tool == "Glob" else "glob")
+    if pat is None:
+        return tree_problem(ctx, path) if tool == "Grep" else None
+    key = "pattern" if tool == "Glob" else "glob"
+    if "\x00" in pat:
+        return f"malformed {key}"
+    parts = pat.replace("\\", "/").split("/")
+    if ".." in parts:
+        return f"'..' is not allowed in a {tool} {key}: set path instead"
+    if pat.startswith(("/", "~")):
+        return f"give the {tool} {key} relative to path (set path to the folder)"
+    why = off_limits(pat.replace("\\", "/").lstrip("!"))
+    if why:
+        return why
+    if tool == "Glob":
+        fixed = []
+        for part in parts:                      # the literal folders before the first wildcard
+            if any(c in part for c in "*?[{"):
+                break
+            fixed.append(part)
+        if len(fixed) == len(parts):            # no wildcard: one path
+            return read_problem(ctx, os.path.join(ctx.abspath(path), pat), "search")
+        base = os.path.join(ctx.abspath(path), *fixed)
+        why = read_problem(ctx, base, "search")
+        if why:
+            return why
+        rest = "/".join(parts[len(fixed):])
+        return tree_problem(ctx, base, glob_regex(rest))
+    if pat.startswith("!"):                     # an exclusion: everything else is searched
         return tree_problem(ctx, path)
-    return None
+    return tree_problem(ctx, path, glob_regex(pat))
 
 
 def url_problem(url) -> str | None:
@@ -475,7 +574,7 @@ def hook(stdin: bytes, env=None) -> str:
 # ---------------------------------------------------------------------------
 # For humans: `autoresearch guard explain`
 
-_PATH_KEY = {**EDIT_TOOLS, **READ_TOOLS, "Glob": "path", "Grep": "path"}
+_PATH_KEY = {**EDIT_TOOLS, **READ_TOOLS, "Glob": "path", "Grep": "path", "LS": "path"}
 
 
 def tool_input_from(tool: str, args) -> dict:
@@ -492,32 +591,59 @@ def tool_input_from(tool: str, args) -> dict:
             inp[key] = getattr(args, key)
     if tool == "WebFetch":
         inp.setdefault("prompt", "explain")
+    for key, kind in SCHEMAS.get(tool, ({}, {}))[0].items():   # the rest of the shape, as filler
+        inp.setdefault(key, [] if kind == _L else "")
     return inp
 
 
 def explain(root, tool: str, args) -> int:
-    """Print the decision on one tool call as the hook would make it; 0 if allowed, 1 if denied."""
-    from rich.console import Console
-    from rich.table import Table
+    """Print the decision on one tool call as the hook would make it (a table, or JSON with
+    --json: the Explanation model); 0 if allowed, 1 if denied."""
+    from pydantic import BaseModel
+
+    class Explanation(BaseModel):
+        """`autoresearch guard explain --json`: one decision, as the hook makes it."""
+        decision: str                   # allow | deny
+        reason: str
+        tool: str
+        tool_input: dict
+        template: str | None = None     # Bash: the template the command fits
+        argv: list[str] | None = None   # Bash: the program and arguments bash will run
+        lexer: str | None = None        # Bash: why the command is not in the language
+        phase: str | None = None
 
     root = str(root)
     inp = tool_input_from(tool, args)
     cwd = os.getcwd() if _under(os.path.realpath(os.getcwd()), os.path.realpath(root)) else root
     allowed, reason = decide({"tool_name": tool, "tool_input": inp, "cwd": cwd}, root)
-    table = Table(show_header=False, box=None, padding=(0, 1))
-    table.add_row("[bold]decision[/]", "[bold green]ALLOW[/]" if allowed else "[bold red]DENY[/]")
-    table.add_row("[bold]why[/]", reason)
-    table.add_row("[bold]tool[/]", f"{tool} {json.dumps(inp)}")
-    if tool == "Bash" and isinstance(inp.get("command"), str):
-        from .shell import Unsafe, parse
+    ex = Explanation(decision="allow" if allowed else "deny", reason=reason, tool=tool, tool_input=inp)
+    if tool == "Bash":
+        from .cmdlang import Denied, match
         try:
-            for words in parse(inp["command"], os.path.expanduser("~")):
-                table.add_row("[bold]command[/]", " ".join(repr(w.text) + ("*" if w.magic else "") for w in words))
-        except Unsafe:
-            pass
+            m = match(inp.get("command"))
+            ex.template, ex.argv = m.template, m.argv
+        except Denied as e:
+            ex.lexer = str(e)
     try:
-        table.add_row("[bold]phase[/]", load_policy(root).phase)
+        ex.phase = load_policy(root).phase
     except PolicyError:
         pass
+    if getattr(args, "json", False):
+        print(ex.model_dump_json(indent=1))
+        return 0 if allowed else 1
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+    table = Table(show_header=False, box=None, padding=(0, 1))
+    table.add_row("[bold]decision[/]", "[bold green]ALLOW[/]" if allowed else "[bold red]DENY[/]")
+    table.add_row("[bold]why[/]", escape(reason))
+    table.add_row("[bold]tool[/]", escape(f"{tool} {json.dumps(inp)}"))
+    if ex.template:
+        table.add_row("[bold]template[/]", escape(ex.template))
+        table.add_row("[bold]runs[/]", escape(" ".join(repr(a) for a in ex.argv or [])))
+    elif ex.lexer:
+        table.add_row("[bold]no template[/]", escape(ex.lexer))
+    if ex.phase:
+        table.add_row("[bold]phase[/]", ex.phase)
     Console(soft_wrap=True).print(table)
     return 0 if allowed else 1

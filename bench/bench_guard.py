@@ -25,7 +25,9 @@ GOAL = 1.5
 CALLS = {
     "Bash ./run.sh -m (allow)": ("Bash", {"command": './run.sh -m "try a smaller learning rate"'}),
     "Bash pip install (deny)": ("Bash", {"command": "pip install requests"}),
-    "Bash pipeline + glob (allow)": ("Bash", {"command": "grep -n lr *.py | sort | head -5"}),
+    "Bash git log --oneline -n 5 (allow)": ("Bash", {"command": "git log --oneline -n 5"}),
+    "Bash head -n 20 train.py (allow)": ("Bash", {"command": "head -n 20 train.py"}),
+    "Bash split word (deny)": ("Bash", {"command": '"comm"\\and python3 train.py'}),
     "Edit train.py (allow)": ("Edit", {"file_path": str(ROOT / "train.py"), "old_string": "a", "new_string": "b"}),
     "Edit prepare.py (deny)": ("Edit", {"file_path": str(ROOT / "prepare.py"), "old_string": "a", "new_string": "b"}),
     "Read ~/.ssh/id_rsa (deny)": ("Read", {"file_path": os.path.expanduser("~/.ssh/id_rsa")}),

@@ -98,6 +98,7 @@ class World:
             "results.tsv": "commit\tval_bpb\n", "notes/ideas.txt": "try RoPE\n",
             "config/.env": "API_KEY=sk-fake\n", "config/server.pem": "-----BEGIN-----\n",
             "config/id_ed25519": "fake key\n",
+            "runs/0001/out/model.txt": "val bytes the EVAL server saw\n", "runs/0001/eval.log": "eval\n",
         }
         home_files = {
             ".ssh/id_rsa": "fake key\n", ".aws/credentials": "[default]\n", ".config/gcloud/credentials.db": "x",
@@ -117,6 +118,9 @@ class World:
         (r / "notes" / "passwd_link").symlink_to("/etc/passwd")
         (r / "notes" / "key_link").symlink_to(h / ".ssh" / "id_rsa")
         (r / "notes" / "test_link").symlink_to(h / ".cache/autoresearch/data/shakespeare/test/test.bin")
+        (r / "notes" / "test_dir_link").symlink_to(h / ".cache/autoresearch/data/shakespeare/test")
+        (r / "notes" / "out_link").symlink_to("../runs/0001/out")
+        (r / "runs" / "0001" / "out" / "link").symlink_to(h / ".ssh" / "id_rsa")
 
     @property
     def env(self) -> dict[str, str]:
@@ -260,12 +264,15 @@ def test_harness_files_stay_protected_even_if_program_md_lists_them(tmp_path) ->
     assert w.tool("Edit", file_path="{root}/scripts/fit.py", old_string="1", new_string="2").decision == "allow"
 
 
-def test_a_glob_that_expands_to_an_option_is_denied(tmp_path) -> None:
+def test_a_file_named_like_an_option_stays_an_option(tmp_path) -> None:
+    """No globs, so no file name can turn into an option; an option is judged as one."""
     w = World(tmp_path)
-    (w.root / "--output=train.py").write_text("")                       # `sort *` would write train.py
-    got = w.bash("sort *")
-    assert got.decision == "deny" and "as an option" in got.reason, got
-    assert w.bash("sort ./*.txt").decision == "allow"
+    (w.root / "--output=train.py").write_text("")
+    got = w.bash("cat --output=train.py")
+    assert got.decision == "deny" and "not an allowed option" in got.reason, got
+    got = w.bash("cat *")
+    assert got.decision == "deny" and "glob characters" in got.reason, got
+    assert w.bash("cat ./--output=train.py").decision == "allow"
 
 
 def test_run_sh_must_be_the_projects_own(tmp_path) -> None:
@@ -274,6 +281,9 @@ def test_run_sh_must_be_the_projects_own(tmp_path) -> None:
     got = run_hook(w.root, payload(w, "Bash", {"command": './run.sh -m "x"'}, cwd=w.root / "notes"), w.env)
     assert got.decision == "deny" and "not the project's run.sh" in got.reason, got
     assert w.bash('./run.sh -m "x"').decision == "allow"
+    for cwd in (w.root / "runs" / "0001" / "out", w.home / ".ssh", Path("/etc")):   # `ls` lists its folder
+        got = run_hook(w.root, payload(w, "Bash", {"command": "ls"}, cwd=cwd), w.env)
+        assert got.decision == "deny", (cwd, got)
 
 
 def test_held_out_data_follows_the_environment(tmp_path) -> None:
@@ -318,6 +328,10 @@ def test_grep_of_a_clean_project_is_allowed(tmp_path) -> None:
     w = World(tmp_path)
     shutil.rmtree(w.root / "config")
     shutil.rmtree(w.root / "notes")
+    got = w.tool("Grep", pattern="LEARNING_RATE")
+    assert got.decision == "deny" and "runs/0001/" in got.reason, got     # out/ and eval.log
+    shutil.rmtree(w.root / "runs" / "0001" / "out")
+    (w.root / "runs" / "0001" / "eval.log").unlink()
     assert w.tool("Grep", pattern="LEARNING_RATE").decision == "allow"
     assert w.tool("Grep", pattern="x", path="{root}", glob="*.py").decision == "allow"
 
@@ -351,3 +365,13 @@ def test_explain_prints_the_decision_and_why(tmp_path) -> None:
     p = subprocess.run([*cli, "--tool", "Read", "--path", "train.py"], cwd=w.root, env=env,
                        capture_output=True, text=True)
     assert p.returncode == 0 and "ALLOW" in p.stdout, p
+    p = subprocess.run([*cli, "--json", "--", "git", "log", "--oneline", "-n", "3"], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    got = json.loads(p.stdout)
+    assert p.returncode == 0 and got["decision"] == "allow", p
+    assert got["template"] == "git log [--oneline] [-n N]" and got["argv"] == ["git", "log", "--oneline", "-n", "3"]
+    p = subprocess.run([*cli, "--json", "--", 'git log -1 "--"\\output=x'], cwd=w.root, env=env,
+                       capture_output=True, text=True)
+    got = json.loads(p.stdout)
+    assert p.returncode == 1 and got["decision"] == "deny" and got["template"] is None, p
+    assert "whole word" in got["lexer"] and "whole word" in got["reason"], got

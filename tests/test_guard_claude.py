@@ -30,13 +30,15 @@ def guarded(tmp_path):
 def test_real_cli_obeys_the_guard(guarded) -> None:
     calls = [
         bash("pip install requests"),
-        bash("echo guard-let-this-run"),
+        bash("wc -l train.py"),
         edit("prepare.py", "EVAL_BATCH = 16", "EVAL_BATCH = 1"),
         edit("train.py", "N_LAYER = 2", "N_LAYER = 3"),
         read(str(guarded.home / ".ssh" / "id_rsa")),
         bash("cat train.py > copy.py"),
         tool("Agent", {"description": "x", "prompt": "pip install requests", "subagent_type": "general-purpose"}),
         tool("WebFetch", {"url": "http://127.0.0.1:9/", "prompt": "summarise"}),
+        bash('"comm"\\and touch pwned'),               # one word to bash: `command touch pwned`
+        bash("git log -n 1", run_in_background=True),
     ]
     with FakeAPI([*calls, end_turn("done")], project=str(guarded.root)) as api:
         run = run_claude(guarded, api.url, "go")
@@ -52,7 +54,7 @@ def test_real_cli_obeys_the_guard(guarded) -> None:
     err, text = outcome(0)
     assert err and "pip is disabled" in text, text
     err, text = outcome(1)
-    assert not err and "guard-let-this-run" in text, text
+    assert not err and "train.py" in text, text
     err, text = outcome(2)
     assert err and "EVAL_BATCH = 16" in guarded.read("prepare.py"), text
     err, text = outcome(3)
@@ -65,4 +67,8 @@ def test_real_cli_obeys_the_guard(guarded) -> None:
     assert err, text
     err, text = outcome(7)
     assert err and "web access is off" in text, text
+    err, text = outcome(8)
+    assert err and "whole word" in text and not guarded.path("pwned").exists(), text
+    err, text = outcome(9)
+    assert err and "background" in text, text
     assert run.result["subtype"] == "success", run.describe()

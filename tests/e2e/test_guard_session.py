@@ -25,7 +25,7 @@ def test_denials_reach_the_model_and_allowed_actions_need_no_approval(project: P
         + edit("prepare.py", "EVAL_BYTES = 2**17", "EVAL_BYTES = 2**10"),
         say("Understood: the harness is fixed. Back to the rules of program.md.")
         + read("prepare.py"),
-        bash("git log --oneline -3 && git status --short"),
+        bash("git log --oneline -n 3"),
         note("- idea (blocked): BPE tokenizer needs a package; revisit only if one is ever provided"),
         say("Hypothesis: three heads of width 21 instead of four of 16.")
         + change("N_HEAD = 4", "N_HEAD = 3"),
