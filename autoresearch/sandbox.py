@@ -509,7 +509,7 @@ class _DiskWatch:
     """Polls what the writable mounts hold and calls `kill` once it passes the limit. A file
     size rlimit (RLIMIT_FSIZE, docker's fsize ulimit) stops one big file at the limit exactly;
     this catches many files between two polls."""
-    INTERVAL_S = 0.2
+    INTERVAL_S = 0.05
 
     def __init__(self, spec: SandboxSpec, kill) -> None:
         self.limit = spec.disk_bytes
@@ -1135,11 +1135,13 @@ class DockerBackend:
                else "the image's own Python")
         return f"docker: image {self._tag} ({how}), no network, read-only root, non-root, no capabilities"
 
-    def cleanup_orphans(self) -> int:
-        """Remove our containers whose owning process (on this host) is gone."""
+    def cleanup_orphans(self, owner: str = "") -> int:
+        """Remove this project's containers (label .project == owner) whose runner on this host
+        is gone, and their cgroup folders. Never another project's: its runner may be alive
+        somewhere this process cannot see."""
         n = 0
         host = socket.gethostname()
-        for c in self.client().containers.list(all=True, filters={"label": LABEL}):
+        for c in self.client().containers.list(all=True, filters={"label": f"{LABEL}.project={owner or '-'}"}):
             labels = c.labels or {}
             if labels.get(LABEL + ".host") != host:
                 continue
@@ -1148,6 +1150,7 @@ class DockerBackend:
                 with contextlib.suppress(Exception):
                     c.remove(force=True)
                     n += 1
+                _remove_docker_parent(labels.get(LABEL + ".cgroup") or None)
         return n
 
     # -- one run
@@ -1171,7 +1174,10 @@ class DockerBackend:
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
                     for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
+            if spec.disk_bytes is not None else None,
             mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
             group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
             **extra)
@@ -1180,7 +1186,8 @@ class DockerBackend:
             name=name, image=self._image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
             stdin_open=stdin, tty=False,   # detach=False: StdinOnce, so closing our stdin is EOF
-            labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname()})
+            labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname(),
+                    LABEL + ".project": spec.owner or "-", LABEL + ".cgroup": cgroup_parent or ""})
         return c["Id"]
 
     def _cgroup_parent(self) -> tuple[str | None, Path | None]:
@@ -1210,9 +1217,11 @@ class DockerBackend:
         _prepare_mounts(spec, self.name)
         cg_parent, cg_dir = self._cgroup_parent()
         api = client.api
-        log = open(spec.log_path, "ab", buffering=0) if spec.log_path else None
+        log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
         cap = _Capture(spec.stdout_limit)
         cid: str | None = None
+        watchdog: subprocess.Popen | None = None
+        watch = _DiskWatch(spec, kill=lambda: api.kill(cid) if cid else None)
         threads: list[threading.Thread] = []
         stdin_sock = None
         start = time.monotonic()
@@ -1231,6 +1240,7 @@ class DockerBackend:
                         "docker cannot pass GPUs through: install the NVIDIA Container Toolkit "
                         "(nvidia-container-toolkit) and restart dockerd, or use sandbox.backend: bwrap") from None
                 raise
+            watchdog = _start_watchdog(name, spec.timeout_s + _WATCHDOG_MARGIN_S, cg_parent)
             if spec.stdin_data is not None:
                 stdin_sock = api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             out = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
@@ -1244,6 +1254,7 @@ class DockerBackend:
                 threads.append(threading.Thread(target=sampler.run, daemon=True))
             for t in threads:
                 t.start()
+            watch.__enter__()
             try:
                 r = api.wait(cid, timeout=max(0.01, spec.timeout_s - (time.monotonic() - start)))
                 code = int(r.get("StatusCode", -1))
@@ -1253,6 +1264,7 @@ class DockerBackend:
                 timed_out = True
         finally:
             with _signals_deferred():
+                watch.__exit__()
                 wall = time.monotonic() - start
                 if cid is not None:
                     if code is None:
@@ -1271,18 +1283,22 @@ class DockerBackend:
                 if cg_dir is not None:
                     peak = _read_int(cg_dir / "memory.max_usage_in_bytes")
                     _remove_docker_parent(cg_parent)
-                if log is not None:
-                    log.close()
+                if watchdog is not None:
+                    with contextlib.suppress(OSError):
+                        watchdog.kill()
+                        watchdog.wait()
+                cut = log.close() if log is not None else 0
         if sampler is not None:
             peak = sampler.peak
         if code is not None and code < 0:
             code = None
+        disk = watch.exceeded or (spec.disk_bytes is not None and not timed_out and watch.over())
         return SandboxResult(backend=self.name, exit_code=None if timed_out else code, timed_out=timed_out,
                              oom=oom, wall_seconds=wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
-                             stdout_truncated=cap.truncated, limits="docker")
+                             stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk, log_cut_bytes=cut)
 
     @staticmethod
-    def _pump(stream, spec: SandboxSpec, cap: _Capture, log) -> None:
+    def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None") -> None:
         with contextlib.suppress(Exception):
             for out, err in stream:
                 if out:
@@ -1301,6 +1317,38 @@ def _one_stream(spec: SandboxSpec) -> list[str]:
     if spec.capture_stdout:
         return list(spec.argv)
     return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
+
+
+_WATCHDOG_MARGIN_S = 30.0
+
+
+def _start_watchdog(name: str, seconds: float, cgroup_parent: str | None) -> subprocess.Popen | None:
+    """A detached process (its own session: a kill of the runner's group misses it) that
+    removes the container, and its cgroup folders, as soon as this runner dies or the
+    deadline passes. The runner kills it when the stage ends normally."""
+    argv = [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from autoresearch.sandbox import _watchdog; _watchdog(*sys.argv[2:])",
+            str(Path(__file__).resolve().parent.parent), str(os.getpid()), f"{time.time() + seconds:.3f}",
+            name, cgroup_parent or ""]
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        return None
+
+
+def _watchdog(runner: str, deadline: str, name: str, cgroup_parent: str) -> None:
+    """Body of the watchdog process: wait on the runner's pidfd until the deadline, then clean up."""
+    import select
+    with contextlib.suppress(OSError):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        fd = os.pidfd_open(int(runner))
+        select.select([fd], [], [], max(0.0, float(deadline) - time.time()))
+    with contextlib.suppress(Exception):
+        import docker
+        client = docker.from_env(timeout=60)
+        client.api.remove_container(name, force=True, v=True)
+    _remove_docker_parent(cgroup_parent or None)
 
 
 def _feed_socket(sock, data: bytes) -> None:
@@ -1345,7 +1393,7 @@ def _remove_docker_parent(cgroup_parent: str | None) -> None:
     for line in lines:
         pre, _, post = line.partition(" - ")
         f = pre.split()
-        if post.split()[:1] == ["cgroup"] and len(f) > 4 and f[3] == "/":
+        if post.split()[:1] in (["cgroup"], ["cgroup2"]) and len(f) > 4 and f[3] == "/":
             run_dir = Path(f[4]) / cgroup_parent.lstrip("/")
             _rmdir_wait(run_dir)
             with contextlib.suppress(OSError):
