@@ -4,11 +4,13 @@ This is the security boundary of an experiment (hooks are only a first line).
 Three backends share one API; every limit is enforced from OUTSIDE the process:
 
     docker  the Python docker SDK: network "none", read-only root fs, tmpfs /tmp,
-            non-root user, all capabilities dropped, no-new-privileges, memory
-            (swap included) and pids limits, GPUs by device request.
+            non-root user, all capabilities dropped, no-new-privileges (default
+            seccomp), memory (swap included), pids and fsize limits, engine log
+            capped, project labels, a watchdog that outlives a killed runner.
     bwrap   bubblewrap: every namespace unshared (net included), a read-only
-            root, tmpfs /tmp, new /proc and minimal /dev, non-root uid, no
-            capabilities, --die-with-parent; memory and pids limits from a
+            root, tmpfs /tmp, new /proc and minimal /dev, an unprivileged HOST
+            uid even when the runner is root, no capabilities, a seccomp filter
+            (seccomp_filter), --die-with-parent; memory and pids limits from a
             per-run cgroup (v1, or a delegated v2 subtree), else RLIMIT_AS.
     none    a plain child process: NO isolation. Only when asked for by name;
             the caller must record NONE_WARNING. Timeout and cleanup still hold.
@@ -38,8 +40,10 @@ Contracts the caller can rely on:
 - `stdin_data` is written to stdin and stdin is closed: data passed this way has
   no path inside the sandbox. `capture_stdout=True` returns stdout in
   `result.stdout` (up to `stdout_limit` bytes) and keeps it out of the log.
-- The log (stderr, and stdout unless captured) is appended to `log_path` as it
-  is written, so a killed run keeps its partial log.
+- The log (stderr, and stdout unless captured) is appended to `log_path`, at most
+  `log_limit` bytes per run: the first half as it is written (a killed run keeps
+  it), the last half at the end after a marker. `disk_bytes` caps what the writable
+  mounts hold while the run goes (result.disk_exceeded; the run is killed).
 - `exit_code` is the process's status; killed by signal N reads as 128 + N on
   every backend; None when the sandbox killed it for the timeout.
 - `run()` cleans up on every exit path, KeyboardInterrupt and SystemExit
