@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -28,7 +29,6 @@ import secrets
 import shutil
 import signal
 import stat
-import fcntl
 import subprocess
 import sys
 import tempfile
