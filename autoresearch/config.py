@@ -56,6 +56,7 @@ class Sandbox(_Strict):
     backend: Literal["auto", "docker", "bwrap", "none"] = "auto"
     memory_gb: float = Field(8, gt=0)
     pids: int = Field(512, ge=16)
+    disk_gb: float = Field(4, gt=0)              # cap on runs/NNNN/out/ while a run goes (a checkpoint fits)
     image: str = "autoresearch-sandbox:latest"
 
 

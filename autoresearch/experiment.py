@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -27,6 +28,7 @@ import re
 import secrets
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,11 +40,12 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from .config import ConfigError, Program, load_program, project_root
-from .metrics import METRICS_FILE, RunMetrics
+from .metrics import METRICS_FILE, RunMetrics, host_check
 from .sandbox import (NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, SandboxUnavailable,
                       choose_backend, host_has_gpus)
 
 RUNS_DIR = "runs"
+SCRATCH_LOCK = ".lock"
 LOG_FILE = "train.log"
 CHECKPOINT = "model.pt"
 TAIL_LINES = 15
@@ -264,8 +267,78 @@ class Layout:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def hold(self) -> None:
+        """Mark .sandbox/ as in use (an flock held until this process ends), so a later run
+        that finds it can tell a live run's folder from a killed one's."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.scratch / SCRATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+
     def cleanup(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)
+        if (fd := getattr(self, "_lock_fd", None)) is not None:
+            os.close(fd)
+            self._lock_fd = None
+
+
+def sweep_scratch(root: Path) -> list[str]:
+    """Remove runs/*/.sandbox left by killed runners (nobody holds their lock); returns run ids."""
+    gone = []
+    for d in run_dirs(root):
+        scratch = d / ".sandbox"
+        if not scratch.is_dir() or scratch.is_symlink():
+            continue
+        try:
+            fd = os.open(scratch / SCRATCH_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = None                                  # killed before it took the lock
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue                           # a live run
+            elif time.time() - scratch.stat().st_mtime < 60:
+                continue                               # being set up right now
+            shutil.rmtree(scratch, ignore_errors=True)
+            gone.append(d.name)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return gone
+
+
+def project_id(root: Path) -> str:
+    """Short id of the project (its real path): docker labels, so orphans are reaped per project."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+
+
+def clean_out(out: Path) -> list[str]:
+    """After TRAIN: keep only regular files and folders in out/ (no links, FIFOs, sockets or
+    devices, which host-side tools would follow or block on) and strip set-id bits. Returns
+    what was removed, relative to out/."""
+    removed: list[str] = []
+    for d, dirs, files in os.walk(out, topdown=True, followlinks=False):
+        for name in list(dirs) + files:
+            p = Path(d) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+                    with contextlib.suppress(OSError):
+                        os.chmod(p, stat.S_IMODE(st.st_mode) & 0o777, follow_symlinks=False)
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(str(p.relative_to(out)))
+            if name in dirs:
+                dirs.remove(name)
+    return removed
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -324,7 +397,8 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=budget + program.budget.grace_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=host_has_gpus(), log_path=lay.log)
+                       gpus=host_has_gpus(), log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
+                       owner=project_id(lay.root))
 
 
 def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path, env: dict[str, str],
@@ -344,7 +418,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path, env: 
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=host_has_gpus(), stdin_data=nonce.encode() + b"\n" + val,
-                       capture_stdout=True, log_path=lay.log)
+                       capture_stdout=True, log_path=lay.log, owner=project_id(lay.root))
 
 
 def log_tail(path: Path, n: int = TAIL_LINES, max_bytes: int = 65536) -> list[str]:
@@ -385,6 +459,9 @@ def _crash_reason(res: SandboxResult, log: Path, what: str) -> str:
 
 
 def train_status(res: SandboxResult, program: Program, budget: float, log: Path, what: str) -> tuple[str, str | None]:
+    if res.disk_exceeded:
+        return "crash", (f"disk limit: {what} wrote more than sandbox.disk_gb {program.sandbox.disk_gb:g} GB "
+                         f"to its out/ folder and was killed")
     if res.timed_out:
         return "timeout", (f"{what} ran past its budget {budget:g} s + grace {program.budget.grace_seconds:g} s "
                            f"and was killed; make it finish and save in time")
@@ -461,8 +538,10 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     sha = hashlib.sha256(code).hexdigest()
     seed_n = derive_seed(root, program, sha, seed)
 
+    sweep_scratch(root)
     run_dir = allocate_run_dir(root)
     lay = Layout(root, run_dir, script)
+    lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
         direction=program.metric.direction, train_py_sha256=sha, seed=seed_n, budget_seconds=budget_s,
@@ -534,6 +613,12 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     m.device = "cuda" if spec.gpus else "cpu"
     what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if inline else lay.script
     status, reason = train_status(res, program, budget, lay.log, what)
+    if res.log_cut_bytes:
+        m.extra["log_cut_bytes"] = res.log_cut_bytes
+    if removed := clean_out(lay.out):
+        m.extra["out_removed"] = ", ".join(removed)[:500] + (f" ({len(removed)} entries)" if len(removed) > 1 else "")
+        _append_log(lay.log, f"\n[autoresearch: removed from out/ (only regular files and folders are kept): "
+                             f"{m.extra['out_removed']}]\n")
 
     if inline:
         m.mode = "inline"
@@ -547,6 +632,10 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
         reason = reason or INLINE_WARNING
     elif status == "ok":
         assert data is not None
+        if program.metric.floor is not None:
+            m.extra["metric_floor"] = program.metric.floor
+        with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
+            m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
         nonce = secrets.token_hex(16)
         _append_log(lay.log, "\n---- EVAL: the trusted evaluator (autoresearch.evaluate) ----\n")
         eres = sandbox.run(eval_spec(sandbox, program, lay, data, env, nonce))
@@ -582,7 +671,9 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     m.peak_memory_gb = m.extra.get("gpu_peak_gb") if m.extra.get("gpu_peak_gb") is not None else _gb(host_peak)
     m.status = status  # type: ignore[assignment]
     m.reason = reason
-    if status != "ok":
+    if (bad := host_check(m)) is not None:           # the evaluator's checks again, outside its process
+        m.status, m.reason = bad  # type: ignore[assignment]
+    if m.status != "ok":
         m.metric_value = None
 
 

@@ -1,16 +1,33 @@
-"""runs/NNNN/metrics.json: what one experiment measured, written only by trusted code."""
+"""runs/NNNN/metrics.json: what one experiment measured, written and signed only by trusted code.
+
+The runner signs every record with an HMAC-SHA256 under a per-project key kept OUTSIDE the
+project (`${XDG_CONFIG_HOME:-~/.config}/autoresearch/keys/<sha256 of the project's real
+path>.key`, mode 0600, made on first use), where neither the sandbox (not mounted) nor the
+agent (the guard denies it) can read it. `load_verified` is the one way to read a run's
+result: a missing, unsigned or hand-edited record comes back as a crash with the reason
+RECORD_ALTERED, and a signed "ok" is re-checked on the host (finite, past no floor, every
+byte scored) so a slip in the evaluator cannot record a value that is impossible.
+"""
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import math
+import os
+import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .atomic import write_atomic
 
 Status = Literal["ok", "crash", "timeout", "oom", "invalid", "interrupted"]
 METRICS_FILE = "metrics.json"
+RECORD_ALTERED = "result record altered"
+KEY_ENV = "XDG_CONFIG_HOME"
 
 
 class RunMetrics(BaseModel):
@@ -39,11 +56,102 @@ class RunMetrics(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     extra: dict[str, float | int | str | None] = Field(default_factory=dict)
+    signature: str | None = None                  # HMAC-SHA256 (hex) of the rest, by the runner
 
     def write(self, run_dir: Path) -> None:
-        write_atomic(run_dir / METRICS_FILE, self.model_dump_json(indent=2) + "\n")
+        """Sign and write atomically. The project is run_dir's grandparent (root/runs/NNNN)."""
+        body = self.model_dump(mode="json", exclude={"signature"})
+        body["signature"] = _mac(project_key(Path(run_dir).parent.parent), body)
+        self.signature = body["signature"]
+        write_atomic(Path(run_dir) / METRICS_FILE, json.dumps(body, indent=2) + "\n")
 
     @classmethod
     def read(cls, run_dir: Path) -> "RunMetrics":
-        """Raises (OSError, pydantic.ValidationError) when missing or corrupt: callers treat that as a crash."""
-        return cls.model_validate_json((run_dir / METRICS_FILE).read_text())
+        """UNVERIFIED parse (raises OSError, ValidationError). Decisions use load_verified."""
+        return cls.model_validate_json((Path(run_dir) / METRICS_FILE).read_text())
+
+
+# ---------------------------------------------------------------- the key and the MAC
+
+def key_path(root: Path) -> Path:
+    base = Path(os.environ.get(KEY_ENV) or Path.home() / ".config")
+    tag = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:32]
+    return base / "autoresearch" / "keys" / f"{tag}.key"
+
+
+def project_key(root: Path) -> bytes:
+    """The project's signing key, made (32 random bytes, mode 0600, folder 0700) on first use."""
+    path = key_path(root)
+    try:
+        return bytes.fromhex(path.read_text().strip())
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:                        # another runner made it first
+        return bytes.fromhex(path.read_text().strip())
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return bytes.fromhex(path.read_text().strip())
+
+
+def _mac(key: bytes, body: dict) -> str:
+    canon = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hmac.new(key, canon.encode(), hashlib.sha256).hexdigest()
+
+
+# ---------------------------------------------------------------- the host's re-check
+
+def host_check(m: RunMetrics) -> tuple[str, str | None] | None:
+    """Re-apply the evaluator's sanity checks outside its process, from the signed record:
+    a finite value, not past `extra.metric_floor`, at least `extra.eval_bytes_expected` bytes
+    scored. None when an "ok" passes (or the run is not "ok"), else ("invalid", reason)."""
+    if m.status != "ok" or m.mode == "inline":
+        if m.status == "ok" and (m.metric_value is None or not math.isfinite(m.metric_value)):
+            return "invalid", f"host check: the value {m.metric_value!r} is not finite"
+        return None
+    v = m.metric_value
+    if v is None or not math.isfinite(v):
+        return "invalid", f"host check: the value {v!r} is not finite"
+    floor = m.extra.get("metric_floor")
+    if isinstance(floor, (int, float)):
+        past = v < floor if m.direction == "minimize" else v > floor
+        if past:
+            return "invalid", f"host check: {m.metric_name} {v:.4f} is past the floor {floor:g}"
+    want = m.extra.get("eval_bytes_expected")
+    if isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
+        return "invalid", f"host check: {m.eval_bytes} bytes were scored, the evaluation needs {want}"
+    return None
+
+
+def load_verified(run_dir: Path) -> tuple[RunMetrics | None, str | None]:
+    """The one way to read a run's result: (metrics, None) when present, signed with this
+    project's key and unaltered (an "ok" that fails host_check comes back "invalid");
+    else (None, problem), which callers count as a crash. Never raises for bad input."""
+    run_dir = Path(run_dir)
+    rel = f"runs/{run_dir.name}/{METRICS_FILE}"
+    try:
+        raw = json.loads((run_dir / METRICS_FILE).read_text())
+    except FileNotFoundError:
+        return None, f"{rel} is missing"
+    except (OSError, ValueError) as e:
+        return None, f"{RECORD_ALTERED}: {rel} is unreadable ({str(e).splitlines()[0][:120]})"
+    if not isinstance(raw, dict) or not isinstance(sig := raw.pop("signature", None), str):
+        return None, f"{RECORD_ALTERED}: {rel} is not signed"
+    try:
+        key = project_key(run_dir.parent.parent)
+    except (OSError, ValueError) as e:
+        return None, f"{RECORD_ALTERED}: the signing key cannot be read ({e})"
+    if not hmac.compare_digest(_mac(key, raw), sig):
+        return None, f"{RECORD_ALTERED}: {rel} does not match its signature (edited by hand?)"
+    try:
+        m = RunMetrics.model_validate({**raw, "signature": sig})
+    except ValidationError as e:
+        return None, f"{RECORD_ALTERED}: {rel} is signed but invalid ({str(e).splitlines()[0]})"
+    if m.run_id != run_dir.name:
+        return None, f"{RECORD_ALTERED}: {rel} is the record of run {m.run_id}"
+    if (bad := host_check(m)) is not None:
+        m = m.model_copy(update={"status": bad[0], "reason": bad[1], "metric_value": None})
+    return m, None

@@ -1,6 +1,6 @@
 """Read runs/NNNN/ folders for the loop: which runs exist, what code each ran, how it ended.
 
-A missing or corrupt metrics.json is a crash ("missing"), never an error that stops the loop.
+A missing, corrupt, unsigned or altered metrics.json is a crash ("missing"), never an error that stops the loop.
 A run without `finished_at` (the runner writes metrics.json at the start and again at the end)
 that still looks alive is "in progress": the Stop hook asks the agent to wait instead of
 deciding on half a run; one that is too old to be alive was killed, and counts as interrupted.
@@ -15,10 +15,10 @@ import re
 import time
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from .decide import RunView
-from .metrics import METRICS_FILE, RunMetrics
+from .metrics import RECORD_ALTERED, RunMetrics, load_verified
 
 RUNS_DIR = "runs"
 RUN_ID = re.compile(r"^\d{4,}$")
@@ -125,13 +125,7 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
     """One run. `wall_limit_s`: how long a run may take; a run without metrics.json whose folder
     changed within that window is still in progress."""
     path = Path(root) / RUNS_DIR / run_id
-    metrics, problem = None, None
-    try:
-        metrics = RunMetrics.read(path)
-    except FileNotFoundError:
-        problem = f"runs/{run_id}/{METRICS_FILE} is missing"
-    except (OSError, ValidationError, ValueError) as e:
-        problem = f"runs/{run_id}/{METRICS_FILE} is unreadable: {str(e).splitlines()[0]}"
+    metrics, problem = load_verified(path)      # unsigned or altered: None + "result record altered"
     sha = metrics.train_py_sha256 if metrics else None
     if sha is None:
         for name in dict.fromkeys([Path(train_name).name, "train.py"]):
@@ -140,7 +134,7 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
                 break
             except OSError:
                 continue
-    in_progress = _running(path, metrics, wall_limit_s)
+    in_progress = False if problem and problem.startswith(RECORD_ALTERED) else _running(path, metrics, wall_limit_s)
     return RunRecord(run_id=run_id, path=path, metrics=metrics, sha=sha, problem=problem, in_progress=in_progress)
 
 

@@ -4,11 +4,13 @@ This is the security boundary of an experiment (hooks are only a first line).
 Three backends share one API; every limit is enforced from OUTSIDE the process:
 
     docker  the Python docker SDK: network "none", read-only root fs, tmpfs /tmp,
-            non-root user, all capabilities dropped, no-new-privileges, memory
-            (swap included) and pids limits, GPUs by device request.
+            non-root user, all capabilities dropped, no-new-privileges (default
+            seccomp), memory (swap included), pids and fsize limits, engine log
+            capped, project labels, a watchdog that outlives a killed runner.
     bwrap   bubblewrap: every namespace unshared (net included), a read-only
-            root, tmpfs /tmp, new /proc and minimal /dev, non-root uid, no
-            capabilities, --die-with-parent; memory and pids limits from a
+            root, tmpfs /tmp, new /proc and minimal /dev, an unprivileged HOST
+            uid even when the runner is root, no capabilities, a seccomp filter
+            (seccomp_filter), --die-with-parent; memory and pids limits from a
             per-run cgroup (v1, or a delegated v2 subtree), else RLIMIT_AS.
     none    a plain child process: NO isolation. Only when asked for by name;
             the caller must record NONE_WARNING. Timeout and cleanup still hold.
@@ -38,8 +40,10 @@ Contracts the caller can rely on:
 - `stdin_data` is written to stdin and stdin is closed: data passed this way has
   no path inside the sandbox. `capture_stdout=True` returns stdout in
   `result.stdout` (up to `stdout_limit` bytes) and keeps it out of the log.
-- The log (stderr, and stdout unless captured) is appended to `log_path` as it
-  is written, so a killed run keeps its partial log.
+- The log (stderr, and stdout unless captured) is appended to `log_path`, at most
+  `log_limit` bytes per run: the first half as it is written (a killed run keeps
+  it), the last half at the end after a marker. `disk_bytes` caps what the writable
+  mounts hold while the run goes (result.disk_exceeded; the run is killed).
 - `exit_code` is the process's status; killed by signal N reads as 128 + N on
   every backend; None when the sandbox killed it for the timeout.
 - `run()` cleans up on every exit path, KeyboardInterrupt and SystemExit
@@ -59,6 +63,7 @@ Contracts the caller can rely on:
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import hashlib
@@ -83,6 +88,7 @@ NONE_WARNING = (
     "host's network, files and credentials; its result is not isolated from the agent's code.")
 
 DEFAULT_STDOUT_LIMIT = 16 << 20
+DEFAULT_LOG_LIMIT = 20 << 20                  # per stage: the head and the tail are kept, the middle cut
 LOCAL_IMAGE_REPO = "autoresearch-local"       # the no-pull image: host runtime bind-mounted
 LABEL = "org.autoresearch.sandbox"            # on every container we start, for orphan cleanup
 _KILL_WAIT_S = 10.0                           # how long to wait for a killed tree to go away
@@ -111,6 +117,9 @@ class SandboxSpec:
     capture_stdout: bool = False      # True: stdout goes to result.stdout, not to the log
     log_path: Path | None = None      # stderr (and stdout unless captured) appended here as it happens
     stdout_limit: int = DEFAULT_STDOUT_LIMIT  # captured stdout beyond this is dropped (result.stdout_truncated)
+    disk_bytes: int | None = None     # cap on what the writable mounts hold, enforced while it runs (kill)
+    log_limit: int = DEFAULT_LOG_LIMIT  # bytes this run may add to log_path: head + marker + tail beyond it
+    owner: str = ""                   # project id: docker labels, so orphans are reaped per project only
 
 
 @dataclass
@@ -124,6 +133,8 @@ class SandboxResult:
     stdout: bytes = b""
     stdout_truncated: bool = False
     limits: str = ""                  # how memory/pids were enforced, e.g. "cgroup-v1", "docker", "rlimit-as"
+    disk_exceeded: bool = False       # killed for writing more than disk_bytes
+    log_cut_bytes: int = 0            # bytes cut from the middle of the log (log_limit)
 
 
 @dataclass(frozen=True)
@@ -424,6 +435,186 @@ class _Cgroups:
             _rmdir_wait(d)
 
 
+# ---------------------------------------------------------------- bounds: log, disk, mounts
+
+class _LogSink:
+    """A stage's output into log_path, capped at `limit` bytes: the first half is written as it
+    comes (a killed run keeps it), the last half is kept in memory and written at close after a
+    marker saying how much was cut. Without this, one print loop fills the host's disk."""
+
+    def __init__(self, path: Path | None, limit: int):
+        self.f = open(path, "ab", buffering=0) if path is not None else None
+        self.head_room = max(0, limit // 2)
+        self.tail_limit = max(0, limit - limit // 2)
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_len = 0
+        self.cut = 0
+        self.lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        if self.f is None or not chunk:
+            return
+        with self.lock:
+            if self.head_room > 0:
+                part, chunk = chunk[:self.head_room], chunk[self.head_room:]
+                self.f.write(part)
+                self.head_room -= len(part)
+            if chunk:
+                self.tail.append(chunk)
+                self.tail_len += len(chunk)
+                while self.tail and self.tail_len - len(self.tail[0]) >= self.tail_limit:
+                    self.cut += len(self.tail[0])
+                    self.tail_len -= len(self.tail.popleft())
+
+    def drain(self, pipe: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                self.write(chunk)
+
+    def close(self) -> int:
+        """Write the kept tail (after a marker when the middle was cut); return the bytes cut."""
+        if self.f is None:
+            return self.cut
+        with self.lock:
+            tail = b"".join(self.tail)
+            if len(tail) > self.tail_limit:
+                self.cut += len(tail) - self.tail_limit
+                tail = tail[len(tail) - self.tail_limit:]
+            if self.cut:
+                self.f.write(f"\n[... autoresearch: {self.cut:,} bytes of output cut here (a stage's log keeps "
+                             f"its first and last {self.tail_limit / 2**20:g} MB) ...]\n".encode())
+            self.f.write(tail)
+            self.f.close()
+            self.f = None
+            return self.cut
+
+
+def _disk_usage(paths: list[Path], max_entries: int = 200_000) -> int:
+    """Bytes allocated (st_blocks) under paths, links not followed; past max_entries files
+    counts as over any limit (a million empty files is also a way to fill a disk)."""
+    total, n, todo = 0, 0, list(paths)
+    while todo:
+        d = todo.pop()
+        with contextlib.suppress(OSError):
+            with os.scandir(d) as it:
+                for e in it:
+                    n += 1
+                    if n > max_entries:
+                        return 1 << 62
+                    with contextlib.suppress(OSError):
+                        st = e.stat(follow_symlinks=False)
+                        total += st.st_blocks * 512
+                        if e.is_dir(follow_symlinks=False):
+                            todo.append(Path(e.path))
+    return total
+
+
+class _DiskWatch:
+    """Polls what the writable mounts hold and calls `kill` once it passes the limit. A file
+    size rlimit (RLIMIT_FSIZE, docker's fsize ulimit) stops one big file at the limit exactly;
+    this catches many files between two polls."""
+    INTERVAL_S = 0.05
+
+    def __init__(self, spec: SandboxSpec, kill) -> None:
+        self.limit = spec.disk_bytes
+        self.paths = [Path(m.source) for m in spec.mounts if m.writable and Path(m.source).is_dir()]
+        self.kill, self.exceeded = kill, False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_DiskWatch":
+        if self.limit is not None and self.paths:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            if self.over():
+                self.exceeded = True
+                with contextlib.suppress(Exception):
+                    self.kill()
+                return
+
+    def over(self) -> bool:
+        return self.limit is not None and bool(self.paths) and _disk_usage(self.paths) > self.limit
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_KILL_WAIT_S)
+
+
+def _prepare_mounts(spec: SandboxSpec, backend: str) -> None:
+    """When the host user is root the sandbox runs as 65534: give it the writable mounts, and
+    refuse (with the fix) a read-only mount that user cannot read."""
+    uid, gid = sandbox_ids()
+    gids = {gid, *(os.getgroups() if os.getuid() != 0 else ())}
+    for m in spec.mounts:
+        if m.writable and os.getuid() == 0:
+            _chown_tree(Path(m.source), uid, gid)
+        elif not _readable_by(Path(m.source), uid, gids):
+            other = "bwrap" if backend == "docker" else "docker"
+            raise SandboxUnavailable(
+                f"{backend} runs the sandbox as uid {uid}, which cannot read {m.source} "
+                f"(mode {Path(m.source).stat().st_mode & 0o777:o}): chmod o+rX it, or use sandbox.backend: {other}")
+
+
+# ---------------------------------------------------------------- seccomp (bwrap)
+
+# Default allow, with the syscalls a training run never needs denied: nested user namespaces
+# (clone/unshare with CLONE_NEWUSER; clone3 gets ENOSYS, so glibc falls back to clone, whose
+# flags can be checked), mounts, keyrings, bpf, perf, ptrace and cross-process memory access,
+# module/kexec/swap/reboot. Docker keeps its own default profile. Measured: the baseline
+# train.py and the evaluator (python + torch, CPU) run unchanged under it (tests/test_sandbox_hostile.py).
+_DENY = ("mount", "umount2", "pivot_root", "chroot", "setns", "open_tree", "move_mount", "fsopen", "fsconfig",
+         "fsmount", "fspick", "mount_setattr", "keyctl", "add_key", "request_key", "bpf", "perf_event_open",
+         "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "init_module",
+         "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "syslog", "quotactl",
+         "open_by_handle_at", "name_to_handle_at", "userfaultfd")
+_SYSCALLS = {   # (audit arch, {name: number}) per machine
+    "x86_64": (0xC000003E, dict(
+        mount=165, umount2=166, pivot_root=155, chroot=161, setns=308, open_tree=428, move_mount=429,
+        fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, keyctl=250, add_key=248,
+        request_key=249, bpf=321, perf_event_open=298, ptrace=101, process_vm_readv=310,
+        process_vm_writev=311, kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313,
+        delete_module=176, swapon=167, swapoff=168, reboot=169, acct=163, syslog=103, quotactl=179,
+        open_by_handle_at=304, name_to_handle_at=303, userfaultfd=323, clone=56, unshare=272, clone3=435)),
+    "aarch64": (0xC00000B7, dict(
+        mount=40, umount2=39, pivot_root=41, chroot=51, setns=268, open_tree=428, move_mount=429,
+        fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, keyctl=219, add_key=217,
+        request_key=218, bpf=280, perf_event_open=241, ptrace=117, process_vm_readv=270,
+        process_vm_writev=271, kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273,
+        delete_module=106, swapon=224, swapoff=225, reboot=142, acct=89, syslog=116, quotactl=60,
+        open_by_handle_at=265, name_to_handle_at=264, userfaultfd=282, clone=220, unshare=97, clone3=435)),
+}
+_CLONE_NEWUSER = 0x10000000
+
+
+def seccomp_filter(machine: str | None = None) -> bytes | None:
+    """The classic-BPF program (struct sock_filter[]) for bwrap --seccomp; None on a machine
+    without a syscall table here. Wrong architecture (e.g. i386 int 0x80 on x86_64): kill."""
+    import struct
+    table = _SYSCALLS.get(machine or os.uname().machine)
+    if table is None:
+        return None
+    arch, nr = table
+    LD, JEQ, JGE, JSET, RET = 0x20, 0x15, 0x35, 0x45, 0x06
+    ALLOW, KILL = 0x7FFF0000, 0x80000000
+    eperm, enosys = 0x00050000 | errno.EPERM, 0x00050000 | errno.ENOSYS
+    prog: list[tuple[int, int, int, int]] = [(LD, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, KILL), (LD, 0, 0, 0)]
+    if arch == 0xC000003E:                                  # x32 ABI syscalls: not for us
+        prog += [(JGE, 0, 1, 0x40000000), (RET, 0, 0, enosys)]
+    for name in _DENY:
+        prog += [(JEQ, 0, 1, nr[name]), (RET, 0, 0, eperm)]
+    prog += [(JEQ, 0, 1, nr["clone3"]), (RET, 0, 0, enosys)]
+    for name in ("clone", "unshare"):                       # flags are args[0] (low word at offset 16)
+        prog += [(JEQ, 0, 4, nr[name]), (LD, 0, 0, 16), (JSET, 0, 1, _CLONE_NEWUSER),
+                 (RET, 0, 0, eperm), (RET, 0, 0, ALLOW)]
+    prog.append((RET, 0, 0, ALLOW))
+    return b"".join(struct.pack("=HBBI", *ins) for ins in prog)
+
+
 # ---------------------------------------------------------------- process runner (bwrap, none)
 
 _OOM_TEXT = re.compile(rb"MemoryError|Cannot allocate memory|can't allocate memory|std::bad_alloc|"
@@ -507,9 +698,10 @@ def _tree_rss(pid: int) -> int:
 
 
 def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[int, ...] = (),
-                 use_rlimit_as: bool = True) -> SandboxResult:
+                 use_rlimit_as: bool = True, drop_ids: tuple[int, int] | None = None) -> SandboxResult:
     """Start argv (bwrap ... or the bare command) as a new session in a per-run cgroup;
-    wait with a hard timeout; kill the whole tree on every exit path."""
+    wait with a hard timeout; kill the whole tree on every exit path. `drop_ids`: the host
+    uid/gid the child becomes (after joining the cgroup) before it execs argv."""
     cg = _Cgroups.create(spec.memory_bytes, spec.pids)
     limits = cg.kind if cg else ("rlimit-as" if use_rlimit_as and not spec.gpus else "none")
     procs = cg.procs_files() if cg else []
@@ -521,11 +713,17 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
             fd = os.open(f, os.O_WRONLY)
             os.write(fd, pid)
             os.close(fd)
+        import resource
         if limits == "rlimit-as":
-            import resource
             resource.setrlimit(resource.RLIMIT_AS, (mem, mem))
+        if spec.disk_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (spec.disk_bytes, spec.disk_bytes))
+        if drop_ids is not None:
+            os.setgroups([])
+            os.setgid(drop_ids[1])
+            os.setuid(drop_ids[0])
 
-    log = open(spec.log_path, "ab", buffering=0) if spec.log_path else None
+    log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
     proc: subprocess.Popen[bytes] | None = None
     threads: list[threading.Thread] = []
     cap = _Capture(spec.stdout_limit)
@@ -534,13 +732,14 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
     status: int | None = None
     timed_out = False
     sampled_peak = 0
+    watch = _DiskWatch(spec, kill=lambda: None)     # the wait loop below does the killing
     try:
         try:
             proc = subprocess.Popen(
                 argv, env=spec.env, cwd=None if name != "none" else spec.cwd,
                 stdin=subprocess.PIPE if spec.stdin_data is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if spec.capture_stdout else (log or subprocess.DEVNULL),
-                stderr=log or subprocess.PIPE,
+                stdout=subprocess.PIPE if spec.capture_stdout or log else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if log and not spec.capture_stdout else subprocess.PIPE,
                 start_new_session=True, preexec_fn=preexec, pass_fds=pass_fds, close_fds=True)
         except FileNotFoundError as e:
             raise SandboxUnavailable(f"{name}: cannot start {argv[0]!r}: {e.strerror}") from None
@@ -551,11 +750,18 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         if spec.capture_stdout:
             assert proc.stdout is not None
             threads.append(threading.Thread(target=cap.drain, args=(proc.stdout,), daemon=True))
-        if log is None:
+        if log is not None and not spec.capture_stdout:
+            assert proc.stdout is not None
+            threads.append(threading.Thread(target=log.drain, args=(proc.stdout,), daemon=True))
+        elif log is not None:
+            assert proc.stderr is not None
+            threads.append(threading.Thread(target=log.drain, args=(proc.stderr,), daemon=True))
+        else:
             assert proc.stderr is not None
             threads.append(threading.Thread(target=err_tail.drain, args=(proc.stderr,), daemon=True))
         for t in threads:
             t.start()
+        watch.__enter__()
         deadline = start + spec.timeout_s
         delay = 0.002
         next_sample = start
@@ -571,10 +777,13 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
             if time.monotonic() >= deadline:
                 timed_out = True
                 break
+            if watch.exceeded:
+                break
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
     finally:
         with _signals_deferred():
+            watch.__exit__()
             if proc is not None and proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.killpg(proc.pid, signal.SIGKILL)
@@ -594,8 +803,11 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
             peak = cg.peak() if cg is not None else None
             if cg is not None:
                 cg.remove()
-            if log is not None:
-                log.close()
+            cut = log.close() if log is not None else 0
+    disk = watch.exceeded or (spec.disk_bytes is not None and status is not None
+                              and os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGXFSZ)
+    if status is not None and not disk and spec.disk_bytes is not None and watch.over():
+        disk = True                                   # past the limit at the end, between two polls
     code = None if timed_out else _exit_code(status) if status is not None else None
     if peak is None:
         # Not rusage: it stops at bwrap's pid-namespace init, and its maxrss includes the pages the
@@ -605,7 +817,7 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         oom = any(_OOM_TEXT.search(t) for t in (_tail(spec.log_path), bytes(err_tail.buf), bytes(cap.buf[-65536:])))
     return SandboxResult(backend=name, exit_code=code, timed_out=timed_out, oom=oom, wall_seconds=wall,
                          peak_memory_bytes=peak, stdout=bytes(cap.buf), stdout_truncated=cap.truncated,
-                         limits=limits)
+                         limits=limits, disk_exceeded=disk, log_cut_bytes=cut)
 
 
 # ---------------------------------------------------------------- none
@@ -664,23 +876,40 @@ class BwrapBackend:
         return host_runtime()
 
     def describe(self) -> str:
-        return "bwrap: no network, read-only root, private /tmp, non-root, no capabilities"
+        return ("bwrap: no network, read-only root, private /tmp, non-root host uid, no capabilities, "
+                + ("seccomp filter" if seccomp_filter() is not None else "NO seccomp filter (unknown machine)"))
 
-    def command(self, spec: SandboxSpec, passwd_fd: int, group_fd: int) -> list[str]:
+    def command(self, spec: SandboxSpec, passwd_fd: int, group_fd: int, seccomp_fd: int | None = None,
+                userns_fd: int | None = None) -> list[str]:
+        """bwrap's argv. `userns_fd` (root runner): a user namespace mapping 0 and the sandbox uid
+        to themselves; bwrap sets up as root in it, then a trusted one-line wrapper drops to the
+        sandbox uid (host uid 65534, no capabilities) before the command runs."""
         uid, gid = sandbox_ids()
         exe = self.available()[1] if self.available()[0] else "bwrap"   # host path: spec.env's PATH is the sandbox's
-        argv = [exe, "--unshare-all", "--unshare-user", "--die-with-parent", "--new-session",
-                "--cap-drop", "ALL", "--uid", str(uid), "--gid", str(gid), "--hostname", "sandbox"]
+        if userns_fd is None:
+            argv = [exe, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(uid), "--gid", str(gid),
+                    "--cap-drop", "ALL"]
+        else:
+            argv = [exe, "--userns", str(userns_fd), "--unshare-ipc", "--unshare-pid", "--unshare-net",
+                    "--unshare-uts", "--unshare-cgroup-try", "--uid", "0", "--gid", "0",
+                    "--cap-drop", "ALL", "--cap-add", "CAP_SETUID", "--cap-add", "CAP_SETGID"]
+        argv += ["--die-with-parent", "--new-session", "--hostname", "sandbox"]
+        if seccomp_fd is not None:
+            argv += ["--seccomp", str(seccomp_fd)]
         for link, dest in _root_symlinks().items():
             argv += ["--symlink", dest, link]
-        argv += ["--ro-bind", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp",
+        argv += ["--ro-bind", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
                  "--ro-bind-data", str(passwd_fd), "/etc/passwd", "--ro-bind-data", str(group_fd), "/etc/group"]
+        if userns_fd is not None:      # bwrap makes mount points' parents 0700 as root: the sandbox uid must pass
+            argv += _parent_dirs([m.target for m in spec.mounts])
         for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts)):
             argv += ["--bind" if m.writable else "--ro-bind", str(m.source), m.target]
         if spec.gpus and _gpu_selection(spec) not in ("", "-1"):
             for dev in sorted(Path("/dev").glob("nvidia*")):
                 argv += ["--dev-bind-try", str(dev), str(dev)]
         argv += ["--chdir", spec.cwd, "--remount-ro", "/", "--"]
+        if userns_fd is not None:
+            argv += [host_python(), "-I", "-S", "-c", _DROP_TO.format(uid=uid, gid=gid)]
         return argv + list(spec.argv)
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
@@ -692,11 +921,27 @@ class BwrapBackend:
         if spec.gpus and (sel := _gpu_selection(spec)) is not None:
             env["CUDA_VISIBLE_DEVICES"] = sel
         spec = replace(spec, env=env)
+        # A root runner starts bwrap as the unprivileged sandbox uid: a user namespace that maps
+        # the sandbox's uid to host root still passes host permission checks as root (a root-owned
+        # 0600 socket in the project would answer it).
+        root = os.getuid() == 0
+        if root:
+            _prepare_mounts(spec, self.name)
         passwd, group = _passwd_group()
         fds = [_data_fd(passwd), _data_fd(group)]
+        bpf = seccomp_filter()
         log_start = spec.log_path.stat().st_size if spec.log_path and spec.log_path.exists() else 0
         try:
-            result = _run_process(self.name, self.command(spec, *fds), spec, pass_fds=tuple(fds))
+            seccomp_fd = None
+            if bpf is not None:
+                seccomp_fd = _data_fd(bpf)
+                fds.append(seccomp_fd)
+            userns_fd = None
+            if root:
+                userns_fd = _identity_userns(sandbox_ids())
+                fds.append(userns_fd)
+            argv = self.command(spec, fds[0], fds[1], seccomp_fd, userns_fd)
+            result = _run_process(self.name, argv, spec, pass_fds=tuple(fds))
         finally:
             for fd in fds:
                 os.close(fd)
@@ -709,6 +954,61 @@ class BwrapBackend:
             if said.startswith("bwrap: ") and "\n" not in said:
                 raise SandboxUnavailable(f"bubblewrap could not set up the sandbox: {said[7:]}")
         return result
+
+
+def _parent_dirs(targets: list[str]) -> list[str]:
+    """`--perms 0755 --dir D` for each folder above a mount target that no mount provides."""
+    tset = {Path(t) for t in targets}
+    out: list[str] = []
+    seen: set[Path] = set()
+    for t in sorted(tset, key=lambda p: len(p.parts)):
+        for a in reversed(t.parents):
+            if a == Path("/") or a in seen:
+                continue
+            if a in tset or any(m in a.parents for m in tset):
+                break
+            seen.add(a)
+            out += ["--perms", "0755", "--dir", str(a)]
+    return out
+
+
+# Runs first inside the sandbox when the runner is root: leaves uid 0 (of a namespace where it
+# is host root without capabilities) for the sandbox uid; all capabilities go with it.
+_DROP_TO = "import os,sys; os.setgroups([]); os.setgid({gid}); os.setuid({uid}); os.execvp(sys.argv[1], sys.argv[1:])"
+
+
+def _identity_userns(ids: tuple[int, int]) -> int:
+    """An fd of a new user namespace mapping uid/gid 0 and `ids` to themselves (root only).
+    bwrap joins it (--userns) so it can mount as root, and its command then becomes ids:
+    the same host uid as outside, unprivileged, unlike bwrap's own --unshare-user, which
+    maps the sandbox uid onto the runner's host uid (root)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    r, w = os.pipe()
+    r2, w2 = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # child: make the namespace, wait to be read
+        try:
+            os.close(r)
+            os.close(w2)
+            ok = libc.unshare(0x10000000) == 0           # CLONE_NEWUSER
+            os.write(w, b"1" if ok else b"0")
+            os.read(r2, 1)
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(r2)
+    try:
+        if os.read(r, 1) != b"1":
+            raise SandboxUnavailable("bwrap: cannot create a user namespace for the sandbox user")
+        for kind, n in (("uid", ids[0]), ("gid", ids[1])):
+            with open(f"/proc/{pid}/{kind}_map", "w") as f:
+                f.write(f"0 0 1\n{n} {n} 1\n")
+        return os.open(f"/proc/{pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+    finally:
+        os.close(r)
+        os.close(w2)
+        os.waitpid(pid, 0)
 
 
 def _data_fd(data: bytes) -> int:
@@ -839,11 +1139,13 @@ class DockerBackend:
                else "the image's own Python")
         return f"docker: image {self._tag} ({how}), no network, read-only root, non-root, no capabilities"
 
-    def cleanup_orphans(self) -> int:
-        """Remove our containers whose owning process (on this host) is gone."""
+    def cleanup_orphans(self, owner: str = "") -> int:
+        """Remove this project's containers (label .project == owner) whose runner on this host
+        is gone, and their cgroup folders. Never another project's: its runner may be alive
+        somewhere this process cannot see."""
         n = 0
         host = socket.gethostname()
-        for c in self.client().containers.list(all=True, filters={"label": LABEL}):
+        for c in self.client().containers.list(all=True, filters={"label": f"{LABEL}.project={owner or '-'}"}):
             labels = c.labels or {}
             if labels.get(LABEL + ".host") != host:
                 continue
@@ -852,6 +1154,7 @@ class DockerBackend:
                 with contextlib.suppress(Exception):
                     c.remove(force=True)
                     n += 1
+                _remove_docker_parent(labels.get(LABEL + ".cgroup") or None)
         return n
 
     # -- one run
@@ -875,7 +1178,10 @@ class DockerBackend:
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
                     for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
-            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
+            if spec.disk_bytes is not None else None,
             mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
             group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
             **extra)
@@ -884,7 +1190,8 @@ class DockerBackend:
             name=name, image=self._image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
             stdin_open=stdin, tty=False,   # detach=False: StdinOnce, so closing our stdin is EOF
-            labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname()})
+            labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname(),
+                    LABEL + ".project": spec.owner or "-", LABEL + ".cgroup": cgroup_parent or ""})
         return c["Id"]
 
     def _cgroup_parent(self) -> tuple[str | None, Path | None]:
@@ -910,21 +1217,15 @@ class DockerBackend:
         import requests
         self.runtime()
         client = self.client()
-        self.cleanup_orphans()
-        uid, gid = sandbox_ids()
-        gids = {gid, *(os.getgroups() if os.getuid() != 0 else ())}
-        for m in spec.mounts:
-            if m.writable and os.getuid() == 0:
-                _chown_tree(Path(m.source), uid, gid)
-            elif not _readable_by(Path(m.source), uid, gids):
-                raise SandboxUnavailable(
-                    f"docker runs the sandbox as uid {uid}, which cannot read {m.source} "
-                    f"(mode {Path(m.source).stat().st_mode & 0o777:o}): chmod o+rX it, or use sandbox.backend: bwrap")
+        self.cleanup_orphans(spec.owner)
+        _prepare_mounts(spec, self.name)
         cg_parent, cg_dir = self._cgroup_parent()
         api = client.api
-        log = open(spec.log_path, "ab", buffering=0) if spec.log_path else None
+        log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
         cap = _Capture(spec.stdout_limit)
         cid: str | None = None
+        watchdog: subprocess.Popen | None = None
+        watch = _DiskWatch(spec, kill=lambda: api.kill(cid) if cid else None)
         threads: list[threading.Thread] = []
         stdin_sock = None
         start = time.monotonic()
@@ -943,6 +1244,7 @@ class DockerBackend:
                         "docker cannot pass GPUs through: install the NVIDIA Container Toolkit "
                         "(nvidia-container-toolkit) and restart dockerd, or use sandbox.backend: bwrap") from None
                 raise
+            watchdog = _start_watchdog(name, spec.timeout_s + _WATCHDOG_MARGIN_S, cg_parent)
             if spec.stdin_data is not None:
                 stdin_sock = api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             out = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
@@ -956,6 +1258,7 @@ class DockerBackend:
                 threads.append(threading.Thread(target=sampler.run, daemon=True))
             for t in threads:
                 t.start()
+            watch.__enter__()
             try:
                 r = api.wait(cid, timeout=max(0.01, spec.timeout_s - (time.monotonic() - start)))
                 code = int(r.get("StatusCode", -1))
@@ -965,6 +1268,7 @@ class DockerBackend:
                 timed_out = True
         finally:
             with _signals_deferred():
+                watch.__exit__()
                 wall = time.monotonic() - start
                 if cid is not None:
                     if code is None:
@@ -983,18 +1287,22 @@ class DockerBackend:
                 if cg_dir is not None:
                     peak = _read_int(cg_dir / "memory.max_usage_in_bytes")
                     _remove_docker_parent(cg_parent)
-                if log is not None:
-                    log.close()
+                if watchdog is not None:
+                    with contextlib.suppress(OSError):
+                        watchdog.kill()
+                        watchdog.wait()
+                cut = log.close() if log is not None else 0
         if sampler is not None:
             peak = sampler.peak
         if code is not None and code < 0:
             code = None
+        disk = watch.exceeded or (spec.disk_bytes is not None and not timed_out and watch.over())
         return SandboxResult(backend=self.name, exit_code=None if timed_out else code, timed_out=timed_out,
                              oom=oom, wall_seconds=wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
-                             stdout_truncated=cap.truncated, limits="docker")
+                             stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk, log_cut_bytes=cut)
 
     @staticmethod
-    def _pump(stream, spec: SandboxSpec, cap: _Capture, log) -> None:
+    def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None") -> None:
         with contextlib.suppress(Exception):
             for out, err in stream:
                 if out:
@@ -1013,6 +1321,38 @@ def _one_stream(spec: SandboxSpec) -> list[str]:
     if spec.capture_stdout:
         return list(spec.argv)
     return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
+
+
+_WATCHDOG_MARGIN_S = 30.0
+
+
+def _start_watchdog(name: str, seconds: float, cgroup_parent: str | None) -> subprocess.Popen | None:
+    """A detached process (its own session: a kill of the runner's group misses it) that
+    removes the container, and its cgroup folders, as soon as this runner dies or the
+    deadline passes. The runner kills it when the stage ends normally."""
+    argv = [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
+            "from autoresearch.sandbox import _watchdog; _watchdog(*sys.argv[2:])",
+            str(Path(__file__).resolve().parent.parent), str(os.getpid()), f"{time.time() + seconds:.3f}",
+            name, cgroup_parent or ""]
+    try:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True, close_fds=True)
+    except OSError:
+        return None
+
+
+def _watchdog(runner: str, deadline: str, name: str, cgroup_parent: str) -> None:
+    """Body of the watchdog process: wait on the runner's pidfd until the deadline, then clean up."""
+    import select
+    with contextlib.suppress(OSError):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        fd = os.pidfd_open(int(runner))
+        select.select([fd], [], [], max(0.0, float(deadline) - time.time()))
+    with contextlib.suppress(Exception):
+        import docker
+        client = docker.from_env(timeout=60)
+        client.api.remove_container(name, force=True, v=True)
+    _remove_docker_parent(cgroup_parent or None)
 
 
 def _feed_socket(sock, data: bytes) -> None:
@@ -1057,7 +1397,7 @@ def _remove_docker_parent(cgroup_parent: str | None) -> None:
     for line in lines:
         pre, _, post = line.partition(" - ")
         f = pre.split()
-        if post.split()[:1] == ["cgroup"] and len(f) > 4 and f[3] == "/":
+        if post.split()[:1] in (["cgroup"], ["cgroup2"]) and len(f) > 4 and f[3] == "/":
             run_dir = Path(f[4]) / cgroup_parent.lstrip("/")
             _rmdir_wait(run_dir)
             with contextlib.suppress(OSError):

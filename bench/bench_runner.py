@@ -61,7 +61,7 @@ def project_copy(dest: Path) -> Path:
         if src.is_file():
             (dest / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / f)
-    (dest / ".venv").symlink_to(ROOT / ".venv")
+    (dest / ".venv").symlink_to((ROOT / ".venv").resolve())   # one hop: the sandbox mounts the resolved venv
     for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=bench", "-c", "user.email=bench@localhost",
                                                   "commit", "-qm", "bench"]):
         subprocess.run(["git", *args], cwd=dest, check=True, capture_output=True)

@@ -482,7 +482,8 @@ def test_bwrap_set_up_failure_is_a_harness_error_not_a_crash(bwrap_available, tm
     log.write_text("an earlier stage's output\n")
     target = str(Path(rt.python).parent / "no-such-dir" / "sub")          # under a read-only bind
     with pytest.raises(SandboxUnavailable, match="could not set up the sandbox: Can't mkdir"):
-        b.run(spec(b, "pass", mounts=[Mount(tmp_path, target)], log_path=log, capture_stdout=False))
+        (tmp_path / "src").mkdir()              # readable by the sandbox uid, unlike pytest's 0700 tmp_path
+        b.run(spec(b, "pass", mounts=[Mount(tmp_path / "src", target)], log_path=log, capture_stdout=False))
     r = b.run(spec(b, "import sys; print('bwrap: looks like bwrap', file=sys.stderr); print('x', file=sys.stderr); "
                       "sys.exit(1)", log_path=log, capture_stdout=False))
     assert r.exit_code == 1
