@@ -175,8 +175,11 @@ class Context:
         return os.path.normpath(os.path.join(self.cwd, path))
 
     def heldout(self, path: str) -> bool:
-        """The test split (`<cache>/data/<dataset>/test`, `$AUTORESEARCH_DATA/test`) and the raw downloads."""
+        """The test split (`<cache>/data/<dataset>/test`, `$AUTORESEARCH_DATA/test`), the raw downloads,
+        and the EVAL logs (what the model printed while it was shown held-out windows)."""
         low = path.lower()                  # case-insensitive file systems (macOS) included
+        if is_eval_log(low):
+            return True
         for cache in self.caches:
             if _under(low, cache.lower()):
                 rest = low[len(cache):].strip("/").split("/")
@@ -194,6 +197,12 @@ class Context:
             except OSError:
                 pass
         return [r for r in roots if os.path.exists(r)]
+
+
+def is_eval_log(path: str) -> bool:
+    """runs/NNNN/eval.log and .autoresearch/final-*.eval.log: human-only (they may quote held-out bytes)."""
+    name = path.lower().rstrip("/").rsplit("/", 1)[-1]
+    return name == "eval.log" or name.endswith(".eval.log")
 
 
 def is_secret(path: str) -> bool:
@@ -240,6 +249,9 @@ def tree_problem(ctx: Context, path: str) -> str | None:
             full = os.path.join(dirpath, name)
             if is_secret(full):
                 return f"{path} contains {os.path.relpath(full, top)}, which may hold credentials: search a folder that does not"
+            if is_eval_log(full):
+                return (f"{path} contains {os.path.relpath(full, top)}, an EVAL log for humans only: "
+                        f"search a folder that does not (runs/NNNN/train.log has the evaluator's result)")
             if os.path.islink(full) and read_problem(ctx, full):
                 return f"{path} contains a link out of bounds ({os.path.relpath(full, top)}): search a folder that does not"
     return None
