@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -340,6 +341,9 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not _inside(m.source, lay.root)]
     env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
+        from .scorer import SERVERS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
     argv = [rt.python, "-m", "autoresearch.model_server", "--project", str(lay.root), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
@@ -349,16 +353,47 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
 
 
 def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-             split_file: Path, log: Path) -> tuple[SandboxResult, dict | None]:
-    """The EVAL stage on `split_file`'s bytes: (the server's sandbox result, the scorer's result)."""
+             split_file: Path, log: Path) -> tuple[SandboxResult, dict]:
+    """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
+    once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
+    longest wall time, the summed peak memory, the first failure; the scorer's result)."""
     import numpy as np
 
-    from .scorer import Scorer
+    from .scorer import SERVERS, Scorer
     m = program.metric
     scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
                     direction=m.direction, metric=m.name)
-    res = sandbox.run(eval_spec(sandbox, program, lay, data, env, scorer.session, log))
-    return res, (scorer.result if scorer.done.is_set() else None)
+    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log) for k in range(SERVERS)]
+    results: list[SandboxResult | None] = [None] * SERVERS
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            results[k] = sandbox.run(specs[k])
+        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
+            errors.append(e)
+            scorer.aborted = True
+
+    others = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(1, SERVERS)]
+    for t in others:
+        t.start()
+    try:
+        results[0] = sandbox.run(specs[0])
+    except BaseException:
+        scorer.aborted = True
+        raise
+    finally:
+        for t in others:
+            t.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    failed = next((r for r in done if r.timed_out or r.oom or r.exit_code not in (0, None)), done[0])
+    peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
+    merged = dataclasses.replace(failed, wall_seconds=max(r.wall_seconds for r in done),
+                                 timed_out=any(r.timed_out for r in done), oom=any(r.oom for r in done),
+                                 peak_memory_bytes=sum(peaks) if peaks else None)
+    return merged, scorer.finish()
 
 
 def eval_status(res: SandboxResult, result: dict | None, program: Program) -> tuple[str, str | None]:
@@ -589,7 +624,7 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
         if result is not None:
             m.device = result.get("device") or m.device
             m.eval_bytes = result.get("bytes")
-            for k in ("load_seconds", "score_seconds", "scorer_seconds", "requests", "check_windows",
+            for k in ("load_seconds", "score_seconds", "servers", "requests", "check_windows",
                       "max_request_seconds"):
                 if k in result:
                     m.extra[f"eval_{k}"] = result[k]
