@@ -170,8 +170,8 @@ def test_invalid_model_is_recorded_invalid_with_its_reason(tmp_path, bwrap_avail
     assert p.returncode == 0, p.stdout + p.stderr
     m = metrics(proj)
     assert m["status"] == "invalid" and m["metric_value"] is None
-    assert "attends to future tokens" in m["reason"]
-    assert "run 0001: invalid -- the model attends to future tokens" in p.stdout
+    assert "the model looks ahead" in m["reason"]
+    assert "run 0001: invalid -- the model looks ahead" in p.stdout
 
 
 # ------------------------------------------------------------------ interruption
