@@ -18,7 +18,6 @@ Deleting runs/ deletes the checkpoints, and with them the possibility of a final
 from __future__ import annotations
 
 import json
-import math
 from datetime import datetime, timezone
 from pathlib import Path
 
