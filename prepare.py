@@ -12,8 +12,10 @@ bytes (vocabulary 256). Every file is split the same way: the first 90% of its
 bytes go to train, the next 5% to val, the last 5% to test. The test split is
 held out: the loop never reads it (only `autoresearch final` does).
 
-The evaluator `evaluate_bpb` scores a model on a fixed slice of the val split
-with a fixed context and batch, defined here and nowhere else.
+The evaluation is defined here and nowhere else: a fixed slice of the val split
+(`eval_windows`), a fixed context and batch, and the loss (`window_nats`, float64).
+The trusted scorer (autoresearch/scorer.py) applies them to logits it gets from the
+model running in a separate sandboxed process; `evaluate_bpb` does the same in-process.
 """
 from __future__ import annotations
 
@@ -188,36 +190,41 @@ def load_split(split: str, root: Path | None = None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# The trusted evaluator
+# The evaluator's definitions (the trusted scorer, autoresearch/scorer.py, uses these)
 
 def eval_windows(data: np.ndarray, n_bytes: int = EVAL_BYTES, context: int = CONTEXT_LEN):
-    """The fixed evaluation slice as (inputs, targets) windows of `context` bytes: every byte scored once."""
-    import torch
+    """The fixed evaluation slice as (inputs, targets) uint8 windows of `context` bytes: every byte scored once."""
     if data.size < n_bytes + 1:
         raise DataError(f"evaluation needs {n_bytes + 1} bytes, the split has {data.size}")
-    buf = torch.from_numpy(data[: n_bytes + 1].astype(np.int64))
+    buf = np.asarray(data[: n_bytes + 1], dtype=np.uint8)
     n_win = n_bytes // context
-    x = buf[: n_win * context].view(n_win, context)
-    y = buf[1: n_win * context + 1].view(n_win, context)
+    x = buf[: n_win * context].reshape(n_win, context)
+    y = buf[1: n_win * context + 1].reshape(n_win, context)
     return x, y
 
 
+def window_nats(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Cross-entropy in nats, float64, of (..., VOCAB_SIZE) logits against (...) byte targets."""
+    z = logits.astype(np.float64)
+    m = z.max(axis=-1, keepdims=True)
+    lse = m[..., 0] + np.log(np.exp(z - m).sum(axis=-1))
+    return lse - np.take_along_axis(z, targets[..., None].astype(np.int64), axis=-1)[..., 0]
+
+
 def evaluate_bpb(model, data: np.ndarray, device: str = "cpu") -> tuple[float, int]:
-    """Bits per byte of `model` on the fixed slice of `data`. Returns (bpb, bytes scored).
+    """Bits per byte of `model` on the fixed slice of `data`, in this process: for your own checks.
+    The loop's number comes from the trusted scorer, which runs the model in a separate sandboxed
+    process and computes the same quantity. Returns (bpb, bytes scored).
 
     The model maps a (B, CONTEXT_LEN) int64 tensor of bytes to (B, CONTEXT_LEN, VOCAB_SIZE) logits.
     """
     import torch
-    import torch.nn.functional as F
-    # Bind what scores the outputs before the model runs: a forward pass that patches
-    # F.cross_entropy or torch.no_grad cannot change how its own outputs are scored.
-    cross_entropy, no_grad = F.cross_entropy, torch.no_grad
     x, y = eval_windows(data)
     total_nats, total_bytes = 0.0, 0
     model.eval()
-    with no_grad():
-        for i in range(0, x.size(0), EVAL_BATCH):
-            xb, yb = x[i:i + EVAL_BATCH].to(device), y[i:i + EVAL_BATCH].to(device)
+    with torch.no_grad():
+        for i in range(0, x.shape[0], EVAL_BATCH):
+            xb = torch.from_numpy(x[i:i + EVAL_BATCH].astype(np.int64)).to(device)
             logits = model(xb)
             if isinstance(logits, tuple):
                 logits = logits[0]
@@ -225,9 +232,9 @@ def evaluate_bpb(model, data: np.ndarray, device: str = "cpu") -> tuple[float, i
             if logits.shape != (*xb.shape, VOCAB_SIZE):
                 raise ValueError(f"model returned logits of shape {tuple(logits.shape)}, "
                                  f"expected {(*xb.shape, VOCAB_SIZE)}")
-            nats = cross_entropy(logits.reshape(-1, VOCAB_SIZE), yb.reshape(-1), reduction="none")
-            total_nats += float(nats.double().sum())   # float64 accumulation: no drift with eval size
-            total_bytes += yb.numel()
+            nats = window_nats(logits.cpu().numpy(), y[i:i + EVAL_BATCH])
+            total_nats += float(nats.sum())
+            total_bytes += nats.size
     return total_nats / total_bytes / math.log(2), total_bytes
 
 

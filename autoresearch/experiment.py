@@ -3,12 +3,16 @@
     TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
            hashed copy in runs/NNNN/), the train split only, runs/NNNN/out/ writable;
            killed from outside at budget + grace.
-    EVAL   a fresh sandbox: `python -m autoresearch.evaluate`, the checkpoint read-only,
-           no data mounted; the validation bytes arrive on stdin and the result comes
-           back on stdout, which the evaluator keeps away from agent code.
+    EVAL   two processes. A fresh sandbox runs the model server (`python -m
+           autoresearch.model_server`: agent code, the checkpoint read-only, no data
+           mounted); the trusted scorer (autoresearch.scorer) runs here, holds the
+           validation bytes, sends windows over the server's stdin, reads logits from its
+           stdout, mixes in hidden checks and computes the loss itself. What agent code
+           prints during EVAL goes to runs/NNNN/eval.log (for humans only: the guard
+           denies the agent reading it); train.log gets only the evaluator's own lines.
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
-{metrics.json, train.log, train.py, diff.patch, out/}. metrics.json is written first
+{metrics.json, train.log, eval.log, train.py, diff.patch, out/}. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import importlib.util
@@ -25,7 +30,6 @@ import json
 import math
 import os
 import re
-import secrets
 import shutil
 import signal
 import stat
@@ -47,6 +51,7 @@ from .sandbox import (NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, 
 RUNS_DIR = "runs"
 SCRATCH_LOCK = ".lock"
 LOG_FILE = "train.log"
+EVAL_LOG = "eval.log"
 CHECKPOINT = "model.pt"
 TAIL_LINES = 15
 INLINE_WARNING = ("inline mode: the metric was printed by the training code itself, "
@@ -401,24 +406,99 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
                        owner=project_id(lay.root))
 
 
-def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path, env: dict[str, str],
-              nonce: str) -> SandboxSpec:
+def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
+              session, log: Path) -> SandboxSpec:
+    """The model server's sandbox: the project and checkpoint read-only, no data, the scorer's
+    session on its stdin/stdout, its stderr (and anything agent code prints) to `log`."""
     pkg_mounts, pkg_path = package_mount()
     rt = backend.runtime()
     mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not _inside(m.source, lay.root)]
     env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    m = program.metric
-    argv = [rt.python, "-m", "autoresearch.evaluate", "--project", str(lay.root), "--script", lay.script,
-            "--checkpoint", str(lay.out / CHECKPOINT), "--metric", m.name, "--direction", m.direction]
-    if m.floor is not None:
-        argv += ["--floor", repr(m.floor)]
-    val = (data / "val" / "val.bin").read_bytes()
+    if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
+        from .scorer import SERVERS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
+    argv = [rt.python, "-m", "autoresearch.model_server", "--project", str(lay.root), "--script", lay.script,
+            "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=host_has_gpus(), stdin_data=nonce.encode() + b"\n" + val,
-                       capture_stdout=True, log_path=lay.log, owner=project_id(lay.root))
+                       gpus=host_has_gpus(), session=session, log_path=log,
+                       owner=project_id(lay.root))
+
+
+def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
+             split_file: Path, log: Path) -> tuple[SandboxResult, dict]:
+    """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
+    once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
+    longest wall time, the summed peak memory, the first failure; the scorer's result)."""
+    import numpy as np
+
+    from .scorer import SERVERS, Scorer
+    m = program.metric
+    scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
+                    direction=m.direction, metric=m.name)
+    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log) for k in range(SERVERS)]
+    results: list[SandboxResult | None] = [None] * SERVERS
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        try:
+            results[k] = sandbox.run(specs[k])
+        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
+            errors.append(e)
+            scorer.aborted = True
+
+    others = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(1, SERVERS)]
+    for t in others:
+        t.start()
+    try:
+        results[0] = sandbox.run(specs[0])
+    except BaseException:
+        scorer.aborted = True
+        raise
+    finally:
+        for t in others:
+            t.join()
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    failed = next((r for r in done if r.timed_out or r.oom or r.exit_code not in (0, None)), done[0])
+    peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
+    merged = dataclasses.replace(failed, wall_seconds=max(r.wall_seconds for r in done),
+                                 timed_out=any(r.timed_out for r in done), oom=any(r.oom for r in done),
+                                 peak_memory_bytes=sum(peaks) if peaks else None)
+    return merged, scorer.finish()
+
+
+def eval_status(res: SandboxResult, result: dict | None, program: Program) -> tuple[str, str | None]:
+    """The EVAL stage's status and reason. The scorer's verdict wins, unless the server simply
+    vanished (then the sandbox says why: timeout, oom, exit code). The EVAL log is never quoted:
+    it may hold held-out bytes the model printed."""
+    if result is not None and not result.get("hangup"):
+        status, reason = str(result.get("status")), result.get("reason")
+        if status == "ok" and not (isinstance(result.get("value"), (int, float)) and math.isfinite(result["value"])):
+            return "invalid", f"the evaluator returned no finite value ({result.get('value')!r})"
+        return status, reason
+    if res.timed_out:
+        return "timeout", f"the evaluation ran past eval_seconds {program.budget.eval_seconds:g} s"
+    if res.oom:
+        return "oom", f"the evaluation went over the memory limit ({program.sandbox.memory_gb:g} GB)"
+    code = res.exit_code
+    why = f"killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
+    return "crash", (f"the model server {why} before the evaluation ended"
+                     + (f" ({result['reason']})" if result and result.get("reason") else "")
+                     + f"; its output is in {EVAL_LOG} (for humans only)")
+
+
+def eval_line(status: str, reason: str | None, result: dict | None, metric: str) -> str:
+    """The evaluator's own line for train.log (never anything agent code printed)."""
+    if status != "ok":
+        return f"evaluate: {status}: {reason}\n"
+    r = result or {}
+    return (f"evaluate: ok {metric} {r.get('value')} ({r.get('bytes')} bytes, {r.get('requests')} requests with "
+            f"{r.get('check_windows')} hidden check windows, load {r.get('load_seconds')} s, "
+            f"score {r.get('score_seconds')} s, device {r.get('device')})\n")
 
 
 def log_tail(path: Path, n: int = TAIL_LINES, max_bytes: int = 65536) -> list[str]:
@@ -470,19 +550,6 @@ def train_status(res: SandboxResult, program: Program, budget: float, log: Path,
     if res.exit_code != 0:
         return "crash", _crash_reason(res, log, what)
     return "ok", None
-
-
-def parse_eval(res: SandboxResult, nonce: str) -> dict | None:
-    """The evaluator's one JSON line with our nonce, or None."""
-    for line in reversed(res.stdout.decode("utf-8", "replace").splitlines()):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            return None
-        return obj if isinstance(obj, dict) and obj.get("nonce") == nonce else None
-    return None
 
 
 def inline_metric(log: Path, regex: str) -> float | None:
@@ -636,37 +703,24 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
             m.extra["metric_floor"] = program.metric.floor
         with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
             m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
-        nonce = secrets.token_hex(16)
-        _append_log(lay.log, "\n---- EVAL: the trusted evaluator (autoresearch.evaluate) ----\n")
-        eres = sandbox.run(eval_spec(sandbox, program, lay, data, env, nonce))
+        _append_log(lay.log, "\n---- EVAL: the trusted scorer (autoresearch.scorer); what the model prints "
+                             f"goes to {EVAL_LOG}, for humans only ----\n")
+        eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", lay.run_dir / EVAL_LOG)
         m.eval_seconds = round(eres.wall_seconds, 3)
         if eres.peak_memory_bytes is not None:
             host_peak = max(host_peak or 0, eres.peak_memory_bytes)
-        result = parse_eval(eres, nonce)
-        if eres.timed_out:
-            status, reason = "timeout", f"the evaluation ran past eval_seconds {program.budget.eval_seconds:g} s"
-        elif eres.oom:
-            status, reason = "oom", f"the evaluation went over the memory limit ({program.sandbox.memory_gb:g} GB)"
-        elif eres.exit_code != 0 or result is None:
-            status, reason = "crash", _crash_reason(eres, lay.log, "the evaluator") + (
-                "" if eres.exit_code != 0 else " (no result line)")
-        else:
-            status, reason = str(result.get("status")), result.get("reason")
-            if status not in ("ok", "invalid", "crash"):
-                status, reason = "crash", f"the evaluator answered an unknown status {status!r}"
+        status, reason = eval_status(eres, result, program)
+        _append_log(lay.log, eval_line(status, reason, result, program.metric.name))
+        if result is not None:
             m.device = result.get("device") or m.device
             m.eval_bytes = result.get("bytes")
-            for k in ("load_seconds", "probe_seconds", "score_seconds"):
+            for k in ("load_seconds", "score_seconds", "servers", "requests", "check_windows",
+                      "max_request_seconds"):
                 if k in result:
                     m.extra[f"eval_{k}"] = result[k]
-            if result.get("gpu_peak_gb") is not None:
-                m.extra["eval_gpu_peak_gb"] = result["gpu_peak_gb"]
-            if status == "ok":
-                value = result.get("value")
-                if not isinstance(value, (int, float)) or not math.isfinite(value):
-                    status, reason = "invalid", f"the evaluator returned no finite value ({value!r})"
-                else:
-                    m.metric_value = float(value)
+        if status == "ok":
+            assert result is not None
+            m.metric_value = float(result["value"])
     m.extra["host_peak_gb"] = _gb(host_peak)
     m.peak_memory_gb = m.extra.get("gpu_peak_gb") if m.extra.get("gpu_peak_gb") is not None else _gb(host_peak)
     m.status = status  # type: ignore[assignment]

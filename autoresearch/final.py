@@ -6,8 +6,10 @@ kept -- no re-training, no new seed noise. A confirmed win (several runs) is sco
 run's checkpoint and reported as the mean. The baseline (experiment 1) is scored the same way,
 so the improvement can be read on data the loop never saw.
 
-How: the same trusted EVAL stage as every experiment (autoresearch.evaluate in a fresh
-sandbox, no data mounted), with the test bytes on stdin instead of the validation bytes.
+How: the same trusted EVAL stage as every experiment (the model server in a fresh sandbox,
+no data mounted; the trusted scorer here, with its hidden checks), scoring the test split's
+bytes instead of the validation bytes. What the model prints goes to
+.autoresearch/final-NNNN.eval.log, for humans only.
 
 Once: the result is recorded in .autoresearch/final.json; asking again prints the record
 instead of looking at the test split again (`--again` overrides, and says so in the record).
@@ -15,10 +17,7 @@ Deleting runs/ deletes the checkpoints, and with them the possibility of a final
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -87,8 +86,8 @@ def read_records(root: Path) -> list[FinalRecord]:
 
 
 def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None) -> Scored:
-    """One checkpoint through the trusted EVAL stage, with `split`'s bytes on stdin."""
-    from .experiment import Layout, data_folder, eval_spec, parse_eval, _crash_reason
+    """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes."""
+    from .experiment import Layout, base_env, data_folder, eval_status, run_eval
     from .sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -103,34 +102,18 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     if not split_file.is_file():
         raise FinalError(f"{split_file} not found: prepare the data first (.venv/bin/python prepare.py)")
     sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-    from .experiment import base_env
-    log = root / ".autoresearch" / f"final-{run_id}.log"
+    log = root / ".autoresearch" / f"final-{run_id}.eval.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"final evaluation of run {run_id} on the {split} split\n")
     try:
         env = base_env(sandbox, lay, "/tmp", 0, 0)
-        nonce = secrets.token_hex(16)
-        spec = eval_spec(sandbox, program, lay, data, env, nonce)
-        spec = dataclasses.replace(spec, stdin_data=nonce.encode() + b"\n" + split_file.read_bytes(), log_path=log)
-        res = sandbox.run(spec)
+        res, result = run_eval(sandbox, program, lay, data, env, split_file, log)
     finally:
         lay.cleanup()
-    result = parse_eval(res, nonce)
-    secs = round(res.wall_seconds, 3)
-    if res.timed_out:
-        return Scored(run_id=run_id, status="timeout", value=None, eval_seconds=secs,
-                      reason=f"ran past eval_seconds {program.budget.eval_seconds:g} s")
-    if res.oom:
-        return Scored(run_id=run_id, status="oom", value=None, eval_seconds=secs, reason="over the memory limit")
-    if res.exit_code != 0 or result is None:
-        return Scored(run_id=run_id, status="crash", value=None, eval_seconds=secs,
-                      reason=_crash_reason(res, log, "the evaluator"))
-    value = result.get("value")
-    status = str(result.get("status"))
-    if status == "ok" and not (isinstance(value, (int, float)) and math.isfinite(value)):
-        status = "invalid"
-    return Scored(run_id=run_id, status=status, value=float(value) if status == "ok" else None,
-                  reason=result.get("reason"), eval_seconds=secs)
+    status, reason = eval_status(res, result, program)
+    value = result.get("value") if result and status == "ok" else None
+    return Scored(run_id=run_id, status=status, value=float(value) if value is not None else None,
+                  reason=reason, eval_seconds=round(res.wall_seconds, 3))
 
 
 def _entry(root: Path, program: Program, row: LedgerRow, backend: str | None) -> Entry:

@@ -179,8 +179,11 @@ class Context:
         return os.path.normpath(os.path.join(self.cwd, path))
 
     def heldout(self, path: str) -> bool:
-        """The test split (`<cache>/data/<dataset>/test`, `$AUTORESEARCH_DATA/test`) and the raw downloads."""
+        """The test split (`<cache>/data/<dataset>/test`, `$AUTORESEARCH_DATA/test`), the raw downloads,
+        and the EVAL logs (what the model printed while it was shown held-out windows)."""
         low = path.lower()                  # case-insensitive file systems (macOS) included
+        if is_eval_log(low):
+            return True
         for cache in self.caches:
             if _under(low, cache.lower()):
                 rest = low[len(cache):].strip("/").split("/")
@@ -198,6 +201,12 @@ class Context:
             except OSError:
                 pass
         return [r for r in roots if os.path.exists(r)]
+
+
+def is_eval_log(path: str) -> bool:
+    """runs/NNNN/eval.log and .autoresearch/final-*.eval.log: human-only (they may quote held-out bytes)."""
+    name = path.lower().rstrip("/").rsplit("/", 1)[-1]
+    return name == "eval.log" or name.endswith(".eval.log")
 
 
 def is_secret(path: str) -> bool:
@@ -241,6 +250,9 @@ def read_problem(ctx: Context, path, what: str = "read") -> str | None:
     for q in (p, *reals):
         if is_secret(q):
             return f"{path} may hold credentials: it is off limits"
+        if is_eval_log(q):
+            return (f"{path}: eval.log is for humans only (it may quote held-out bytes): "
+                    f"read runs/NNNN/metrics.json or train.log")
         if ctx.heldout(q):
             return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
         rel = _rel(ctx, q)
@@ -298,13 +310,15 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
         seen += len(dirnames) + len(filenames)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
-        for name in dirnames + [f for f in filenames if f not in WALK_SKIP]:   # a worktree's .git file
+        for name in [f for f in filenames if f not in WALK_SKIP] + dirnames:   # a worktree's .git file
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, top)
             if pattern is not None and not (pattern.fullmatch(rel) or pattern.fullmatch(name)):
                 continue
             if is_secret(full):
                 why = "may hold credentials"
+            elif is_eval_log(full):
+                why = "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
             elif os.path.islink(full):
                 why = "is a link out of bounds" if read_problem(ctx, full) else None
             else:

@@ -40,6 +40,12 @@ Contracts the caller can rely on:
 - `stdin_data` is written to stdin and stdin is closed: data passed this way has
   no path inside the sandbox. `capture_stdout=True` returns stdout in
   `result.stdout` (up to `stdout_limit` bytes) and keeps it out of the log.
+- `session(stdin, stdout)`, when given, talks to the running process over its stdin
+  and stdout (binary streams) in a thread of this process (the EVAL scorer's
+  protocol); stdout then never reaches the log or `result.stdout`. When it returns,
+  stdin is closed and the process gets `session_grace_s` to exit before it is killed
+  (killed then is not a timeout). Works the same under every backend (docker: the
+  attach socket and the demultiplexed stdout stream).
 - The log (stderr, and stdout unless captured) is appended to `log_path`, at most
   `log_limit` bytes per run: the first half as it is written (a killed run keeps
   it), the last half at the end after a marker. `disk_bytes` caps what the writable
@@ -81,7 +87,7 @@ import time
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Iterator, Protocol
+from typing import IO, Callable, Iterator, Protocol
 
 NONE_WARNING = (
     "SANDBOX DISABLED (backend 'none'): the experiment ran as a plain process with the "
@@ -120,6 +126,8 @@ class SandboxSpec:
     disk_bytes: int | None = None     # cap on what the writable mounts hold, enforced while it runs (kill)
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes this run may add to log_path: head + marker + tail beyond it
     owner: str = ""                   # project id: docker labels, so orphans are reaped per project only
+    session: Callable[[IO[bytes], IO[bytes]], None] | None = None  # talks over stdin/stdout while it runs
+    session_grace_s: float = 10.0     # after the session returns, time to exit before a kill
 
 
 @dataclass
@@ -666,6 +674,19 @@ class _Capture:
                 self.add(chunk)
 
 
+def _talk(session: Callable[[IO[bytes], IO[bytes]], None], stdin: IO[bytes], stdout: IO[bytes],
+          end: list[float]) -> None:
+    """Run the session, then close both pipes: EOF on stdin, and a write to stdout fails
+    instead of blocking, so a process the session stopped reading can exit."""
+    try:
+        session(stdin, stdout)
+    finally:
+        for stream in (stdin, stdout):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+        end.append(time.monotonic())
+
+
 def _exit_code(status: int) -> int:
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
@@ -737,9 +758,9 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         try:
             proc = subprocess.Popen(
                 argv, env=spec.env, cwd=None if name != "none" else spec.cwd,
-                stdin=subprocess.PIPE if spec.stdin_data is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE if spec.capture_stdout or log else subprocess.DEVNULL,
-                stderr=subprocess.STDOUT if log and not spec.capture_stdout else subprocess.PIPE,
+                stdin=subprocess.PIPE if spec.stdin_data is not None or spec.session else subprocess.DEVNULL,
+                stdout=subprocess.PIPE if spec.capture_stdout or spec.session or log else subprocess.DEVNULL,
+                stderr=subprocess.STDOUT if log and not (spec.capture_stdout or spec.session) else subprocess.PIPE,
                 start_new_session=True, preexec_fn=preexec, pass_fds=pass_fds, close_fds=True)
         except FileNotFoundError as e:
             raise SandboxUnavailable(f"{name}: cannot start {argv[0]!r}: {e.strerror}") from None
@@ -747,10 +768,15 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
         if spec.stdin_data is not None:
             assert proc.stdin is not None
             threads.append(threading.Thread(target=_feed_stdin, args=(proc.stdin, spec.stdin_data), daemon=True))
-        if spec.capture_stdout:
+        session_end: list[float] = []
+        if spec.session is not None:
+            assert proc.stdin is not None and proc.stdout is not None
+            threads.append(threading.Thread(target=_talk, args=(spec.session, proc.stdin, proc.stdout, session_end),
+                                            daemon=True))
+        elif spec.capture_stdout:
             assert proc.stdout is not None
             threads.append(threading.Thread(target=cap.drain, args=(proc.stdout,), daemon=True))
-        if log is not None and not spec.capture_stdout:
+        if log is not None and not (spec.capture_stdout or spec.session):
             assert proc.stdout is not None
             threads.append(threading.Thread(target=log.drain, args=(proc.stdout,), daemon=True))
         elif log is not None:
@@ -779,6 +805,8 @@ def _run_process(name: str, argv: list[str], spec: SandboxSpec, pass_fds: tuple[
                 break
             if watch.exceeded:
                 break
+            if session_end and time.monotonic() >= session_end[0] + spec.session_grace_s:
+                break                               # the session is over and the process lingers: killed below
             time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.05)
     finally:
@@ -1185,7 +1213,7 @@ class DockerBackend:
             mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
             group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
             **extra)
-        stdin = spec.stdin_data is not None
+        stdin = spec.stdin_data is not None or spec.session is not None
         c = api.create_container(
             name=name, image=self._image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
@@ -1245,13 +1273,29 @@ class DockerBackend:
                         "(nvidia-container-toolkit) and restart dockerd, or use sandbox.backend: bwrap") from None
                 raise
             watchdog = _start_watchdog(name, spec.timeout_s + _WATCHDOG_MARGIN_S, cg_parent)
-            if spec.stdin_data is not None:
+            if spec.stdin_data is not None or spec.session is not None:
                 stdin_sock = api.attach_socket(cid, params={"stdin": 1, "stream": 1})
             out = api.attach(cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
             api.start(cid)
             start = time.monotonic()
-            threads.append(threading.Thread(target=self._pump, args=(out, spec, cap, log), daemon=True))
-            if stdin_sock is not None:
+            sink = None
+            if spec.session is not None:
+                assert stdin_sock is not None
+                r_fd, w_fd = os.pipe()
+                sink = _PipeSink(w_fd)
+                session_end: list[float] = []
+
+                def talk() -> None:
+                    _talk(spec.session, _SocketWriter(stdin_sock),                  # type: ignore[arg-type]
+                          os.fdopen(r_fd, "rb"), session_end)
+                    if not stop_wait.wait(spec.session_grace_s):
+                        with contextlib.suppress(Exception):
+                            api.kill(cid)                # lingering after the session: stopped, not a timeout
+
+                stop_wait = threading.Event()
+                threads.append(threading.Thread(target=talk, daemon=True))
+            threads.append(threading.Thread(target=self._pump, args=(out, spec, cap, log, sink), daemon=True))
+            if stdin_sock is not None and spec.session is None:
                 threads.append(threading.Thread(target=_feed_socket, args=(stdin_sock, spec.stdin_data), daemon=True))
             if cg_dir is None:
                 sampler = _StatsSampler(api, cid)
@@ -1269,6 +1313,9 @@ class DockerBackend:
         finally:
             with _signals_deferred():
                 watch.__exit__()
+                if spec.session is not None and cid is not None:
+                    with contextlib.suppress(Exception):
+                        stop_wait.set()
                 wall = time.monotonic() - start
                 if cid is not None:
                     if code is None:
@@ -1302,23 +1349,28 @@ class DockerBackend:
                              stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk, log_cut_bytes=cut)
 
     @staticmethod
-    def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None") -> None:
-        with contextlib.suppress(Exception):
-            for out, err in stream:
-                if out:
-                    if spec.capture_stdout:
+    def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None", sink: "_PipeSink | None" = None) -> None:
+        try:
+            with contextlib.suppress(Exception):
+                for out, err in stream:
+                    if out and sink is not None:
+                        sink.write(out)
+                    elif out and spec.capture_stdout:
                         cap.add(out)
-                    elif log is not None:
+                    elif out and log is not None:
                         log.write(out)
-                if err and log is not None:
-                    log.write(err)
+                    if err and log is not None:
+                        log.write(err)
+        finally:
+            if sink is not None:
+                sink.close()
 
 
 def _one_stream(spec: SandboxSpec) -> list[str]:
     """The container's command. When both streams go to the log, stderr is pointed at stdout
     inside the container: the engine reads two pipes separately, which reorders lines and can
     even splice a stdout line into a traceback ("ValueErrorseed is 11")."""
-    if spec.capture_stdout:
+    if spec.capture_stdout or spec.session is not None:
         return list(spec.argv)
     return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
 
@@ -1353,6 +1405,46 @@ def _watchdog(runner: str, deadline: str, name: str, cgroup_parent: str) -> None
         client = docker.from_env(timeout=60)
         client.api.remove_container(name, force=True, v=True)
     _remove_docker_parent(cgroup_parent or None)
+
+
+class _PipeSink:
+    """The container's stdout, demultiplexed, into a pipe the session reads. Once the session
+    has closed its end, output is dropped, so the pump never blocks and stderr keeps flowing."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.fd is not None:
+            try:
+                view = view[os.write(self.fd, view):]
+            except OSError:
+                self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+class _SocketWriter:
+    """The attach socket as the session's stdin: write sends, close is EOF (half-close)."""
+
+    def __init__(self, sock):
+        self.raw = getattr(sock, "_sock", sock)
+
+    def write(self, data: bytes) -> int:
+        self.raw.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.raw.shutdown(socket.SHUT_WR)
 
 
 def _feed_socket(sock, data: bytes) -> None:

@@ -79,9 +79,9 @@ def full_overhead(name: str, budget: float, proj: Path) -> dict:
         return {"error": (p.stdout + p.stderr)[-600:], "status": m.get("status")}
     train, ev = m.get("train_seconds") or 0.0, m.get("eval_seconds") or 0.0
     x = m.get("extra") or {}
-    compute = (x.get("eval_probe_seconds") or 0.0) + (x.get("eval_score_seconds") or 0.0)
+    compute = x.get("eval_score_seconds") or 0.0
     # overhead: outside the two sandboxes. all-in: everything but the training budget and the
-    # evaluator's own probe + scoring (so sandbox start-up, two torch imports, data and model
+    # scoring requests (so sandbox start-up, two torch imports, data and model
     # loading, checkpoint save and the early stop margin all count).
     return {"wall": wall, "train": train, "eval": ev, "overhead": wall - train - ev,
             "compute": compute, "all_in": wall - budget - compute}

@@ -89,7 +89,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
         assert e.test is not None and 0.5 < e.test < 8.5          # bits per byte of a real model on real text
         assert e.test != e.val                                   # a different split gives a different number
     assert rec.best.test != rec.baseline.test
-    assert (root / ".autoresearch" / f"final-{better.run_id}.log").is_file()
+    assert (root / ".autoresearch" / f"final-{better.run_id}.eval.log").is_file()
 
     # once: asking again prints the record and does not evaluate again
     p2 = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,

@@ -1,74 +1,37 @@
-"""The trusted evaluator against an optimising agent's shortcuts (issue 8).
+"""The EVAL stage against deliberate model code (issue 13): agent code runs only in the model
+server; the trusted scorer holds the held-out bytes, computes the loss and hides checks
+(causality, batch independence, determinism) among the scoring requests.
 
-One honest checkpoint is trained once (module fixture); each test pairs it (or a crafted
-checkpoint) with a train.py variant and runs the real EVAL-stage program,
-`python -m autoresearch.evaluate`, exactly as the sandbox runs it: nonce + validation
-bytes on stdin, one JSON result line on stdout. Whether the validation file is reachable
-from a forward pass is an isolation question, checked per backend in
-test_experiment_isolation.py::test_eval_forward_cannot_read_the_validation_data."""
+One honest checkpoint is trained once (module fixture). Each test pairs it (or a crafted
+checkpoint) with a train.py variant and runs the real EVAL stage, experiment.run_eval: the
+model server as a real process (backend none; the bwrap and docker transports are covered in
+test_experiment_isolation.py and test_sandbox.py), the scorer in this process. Every hostile
+model must end `invalid` (or crash/timeout), or score no better than the honest one."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
+import re
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from experiment_support import HONEST, ROOT
+
+from autoresearch.config import load_program
+from autoresearch.experiment import EVAL_LOG, Layout, base_env, eval_status, run_eval
+from autoresearch.sandbox import NoneBackend
 
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 
-
-def project_with(path: Path, code: str) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    (path / "prepare.py").write_bytes((ROOT / "prepare.py").read_bytes())
-    (path / "train.py").write_text(code)
-    return path
-
-
-def evaluate(proj: Path, ckpt: Path, val: bytes, *extra: str) -> tuple[dict, str]:
-    """Run the evaluator; return (its result, its log). The result channel must carry exactly one line."""
-    nonce = uuid.uuid4().hex
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(proj), "PYTHONPATH": f"{proj}:{ROOT}",
-           "PYTHONDONTWRITEBYTECODE": "1", "AUTORESEARCH_OUT": str(ckpt.parent), "AUTORESEARCH_SEED": "0"}
-    p = subprocess.run([sys.executable, "-m", "autoresearch.evaluate", "--project", str(proj),
-                        "--checkpoint", str(ckpt), *extra], input=nonce.encode() + b"\n" + val,
-                       capture_output=True, cwd=proj, env=env, timeout=180)
-    log = p.stderr.decode(errors="replace")
-    assert p.returncode == 0, log[-3000:]
-    lines = p.stdout.decode(errors="replace").splitlines()
-    assert len(lines) == 1, f"the result channel carried {lines!r}"
-    result = json.loads(lines[0])
-    assert result.pop("nonce") == nonce
-    return result, log
-
-
-@pytest.fixture(scope="module")
-def honest(tmp_path_factory, data_dir):
-    base = tmp_path_factory.mktemp("honest")
-    proj = project_with(base / "proj", HONEST)
-    out = base / "out"
-    env = dict(os.environ, AUTORESEARCH_TRAIN_SECONDS="3", AUTORESEARCH_SEED="0", AUTORESEARCH_OUT=str(out),
-               AUTORESEARCH_DATA=str(data_dir))
-    p = subprocess.run([sys.executable, "train.py"], cwd=proj, env=env, capture_output=True, text=True, timeout=120)
-    assert p.returncode == 0, p.stderr
-    val = (data_dir / "val" / "val.bin").read_bytes()
-    first, _ = evaluate(proj, out / "model.pt", val)
-    assert first["status"] == "ok", first
-    return SimpleNamespace(proj=proj, ckpt=out / "model.pt", val=val, result=first, value=first["value"],
-                           base=base)
-
-
-def variant(honest, name: str, code: str) -> Path:
-    return project_with(honest.base / name, code)
+FORWARD_END = "        return self.head(self.ln_f(x))"
 
 
 def replace_once(code: str, old: str, new: str) -> str:
@@ -76,95 +39,352 @@ def replace_once(code: str, old: str, new: str) -> str:
     return code.replace(old, new)
 
 
-# ------------------------------------------------------------------ determinism and correctness
+def with_forward(code: str, body: str) -> str:
+    """HONEST with the forward's last line replaced: `logits` holds the honest output."""
+    return replace_once(code, FORWARD_END, "        logits = self.head(self.ln_f(x))\n" + body)
 
-def test_same_checkpoint_twice_gives_identical_numbers_equal_to_the_reference(honest):
-    again, _ = evaluate(honest.proj, honest.ckpt, honest.val)
-    assert again["status"] == "ok"
-    assert again["value"] == honest.value, "bit-identical across processes"
-    assert again["bytes"] == prepare.EVAL_BYTES and again["device"] == "cpu"
-    spec = importlib.util.spec_from_file_location("honest_train", honest.proj / "train.py")
+
+def with_module_code(code: str, extra: str) -> str:
+    anchor = "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n"
+    return replace_once(code, anchor, anchor + extra + "\n")
+
+
+# Logits at position s made to predict idx[s+1]: what a model that looks ahead would do.
+PEEK = '''
+def _peek(idx, logits):
+    nxt = torch.roll(idx, -1, dims=1)
+    bonus = F.one_hot(nxt, VOCAB_SIZE).to(logits.dtype) * 30.0
+    bonus[:, -1] = 0
+    return logits + bonus
+'''
+
+
+def project(base: Path, name: str, code: str, floor: float | None = None, eval_seconds: float = 120) -> Path:
+    proj = base / name
+    proj.mkdir(parents=True, exist_ok=True)
+    (proj / "prepare.py").write_bytes((ROOT / "prepare.py").read_bytes())
+    (proj / "train.py").write_text(code)
+    text = (ROOT / "program.md").read_text()
+    text = re.sub(r"^(\s*)floor:.*$", (rf"\g<1>floor: {floor}" if floor is not None else ""), text, count=1, flags=re.M)
+    text = re.sub(r"^(\s*eval_seconds:).*$", rf"\g<1> {eval_seconds}", text, count=1, flags=re.M)
+    (proj / "program.md").write_text(text)
+    (proj / "runs" / "0001" / "out").mkdir(parents=True, exist_ok=True)
+    (proj / "runs" / "0001" / "train.py").write_text(code)
+    return proj
+
+
+def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None) -> SimpleNamespace:
+    """The real EVAL stage: (status, reason, scorer result, what the model printed)."""
+    lay = Layout(proj, proj / "runs" / "0001", "train.py")
+    target = lay.out / "model.pt"
+    target.unlink(missing_ok=True)
+    if ckpt.exists():
+        target.write_bytes(ckpt.read_bytes())
+    split_file = (tmp or proj) / "split.bin"
+    split_file.write_bytes(split)
+    program = load_program(proj)
+    sandbox = NoneBackend()
+    log = lay.run_dir / EVAL_LOG
+    log.write_text("")
+    res, result = run_eval(sandbox, program, lay, None, base_env(sandbox, lay, str(proj), 0, 0), split_file, log)
+    lay.cleanup()
+    status, reason = eval_status(res, result, program)
+    return SimpleNamespace(status=status, reason=reason, result=result or {}, printed=log.read_text(errors="replace"),
+                           value=(result or {}).get("value") if status == "ok" else None)
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory, data_dir):
+    base = tmp_path_factory.mktemp("eval")
+    proj = project(base, "honest", HONEST)
+    out = base / "out"
+    env = dict(os.environ, AUTORESEARCH_TRAIN_SECONDS="3", AUTORESEARCH_SEED="0", AUTORESEARCH_OUT=str(out),
+               AUTORESEARCH_DATA=str(data_dir))
+    p = subprocess.run([sys.executable, "train.py"], cwd=proj, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    val = (data_dir / "val" / "val.bin").read_bytes()
+    first = evaluate(proj, out / "model.pt", val)
+    assert first.status == "ok", first
+    return SimpleNamespace(proj=proj, ckpt=out / "model.pt", val=val, first=first, value=first.value, base=base)
+
+
+def run_variant(honest, name: str, code: str, ckpt: Path | None = None, **program) -> SimpleNamespace:
+    return evaluate(project(honest.base, name, code, **program), ckpt or honest.ckpt, honest.val, honest.base)
+
+
+def not_better(r: SimpleNamespace, honest) -> bool:
+    return r.status != "ok" or r.value >= honest.value - 1e-6
+
+
+# ------------------------------------------------------------------ the honest model
+
+def reference_bpb(proj: Path, ckpt: Path, val: bytes) -> float:
+    """The one-process evaluator's number, computed independently here with plain torch:
+    consecutive windows, batches of EVAL_BATCH, F.cross_entropy, float64 accumulation."""
+    spec = importlib.util.spec_from_file_location("honest_train", proj / "train.py")
     train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(train)
     model = train.build_model()
-    model.load_state_dict(torch.load(honest.ckpt, weights_only=True))
-    ref, n = prepare.evaluate_bpb(model, np.frombuffer(honest.val, dtype=np.uint8))
-    assert n == prepare.EVAL_BYTES
-    assert abs(ref - honest.value) < 1e-6, "the EVAL stage computes prepare.evaluate_bpb's number"
+    model.load_state_dict(torch.load(ckpt, weights_only=True))
+    model.eval()
+    n, T = prepare.EVAL_BYTES, prepare.CONTEXT_LEN
+    buf = torch.tensor(list(val[: n + 1]), dtype=torch.long)
+    x, y = buf[:n].view(-1, T), buf[1:n + 1].view(-1, T)
+    total = 0.0
+    with torch.no_grad():
+        for i in range(0, x.size(0), prepare.EVAL_BATCH):
+            logits = model(x[i:i + prepare.EVAL_BATCH]).float()
+            total += float(F.cross_entropy(logits.reshape(-1, 256), y[i:i + prepare.EVAL_BATCH].reshape(-1),
+                                           reduction="none").double().sum())
+    return total / n / np.log(2)
+
+
+def test_honest_value_equals_the_one_process_evaluators(honest):
+    ref = reference_bpb(honest.proj, honest.ckpt, honest.val)
+    assert abs(honest.value - ref) < 1e-6, (honest.value, ref)
+    assert honest.first.result["bytes"] == prepare.EVAL_BYTES and honest.first.result["device"] == "cpu"
     assert 1.5 < honest.value < 7.9
+    again = evaluate(honest.proj, honest.ckpt, honest.val)
+    assert again.status == "ok" and abs(again.value - honest.value) < 1e-9, "another random plan, the same number"
 
 
-# ------------------------------------------------------------------ models that peek
+def test_checks_are_mixed_into_every_request_and_the_honest_model_passes_them_with_margin(honest):
+    r = honest.first.result
+    assert r["servers"] == 2 and r["requests"] == 36 and r["check_windows"] == 64, r   # (512 + 64) / 16
+    assert r["check_windows"] / (r["requests"] * prepare.EVAL_BATCH) >= 0.10
+    assert r["check_max_rel_diff"] < 1e-5, "an honest model sits far inside the 1e-4 tolerance"
+
+
+def test_every_request_has_a_check_answered_by_the_other_server():
+    from autoresearch.scorer import SERVERS, Plan
+    rng = np.random.default_rng(1)
+    x, y = prepare.eval_windows(np.frombuffer(bytes(range(256)) * 520, dtype=np.uint8))
+    plan = Plan.make(x, y, prepare.EVAL_BATCH, rng)
+    assert len(plan.slots) == SERVERS == 2
+    owner = {i: k for k in range(SERVERS) for row in plan.slots[k] for kind, i in row if kind == "real"}
+    assert sorted(owner) == list(range(len(x))), "every real window is sent exactly once"
+    for k in range(SERVERS):
+        for row in plan.slots[k]:
+            assert len(row) == prepare.EVAL_BATCH and any(kind == "check" for kind, _ in row)
+            for kind, c in row:
+                if kind == "check":
+                    assert owner[plan.checks[c].origin] != k, "a check never goes to its real window's server"
+    assert {c.kind for c in plan.checks} == {"splice", "repeat"}
+    for c, chk in enumerate(plan.checks):
+        assert (plan.check_windows[c][: chk.t + 1] == x[chk.origin][: chk.t + 1]).all()
+        assert plan.check_windows[c].dtype == x.dtype and plan.check_windows[c].shape == x[0].shape
+
+
+def test_what_the_model_prints_goes_to_the_eval_log_only(honest):
+    code = with_forward(HONEST, "        print('FORWARD', idx.shape[0], flush=True)\n        return logits\n")
+    r = run_variant(honest, "printer", code)
+    assert r.status == "ok" and abs(r.value - honest.value) < 1e-9
+    assert r.printed.count("FORWARD 16") == 36, "both servers printed there"
+
+
+def test_float16_logits_are_accepted(honest):
+    r = run_variant(honest, "fp16", with_forward(HONEST, "        return logits.half()\n"))
+    assert r.status == "ok" and r.result["logits_dtype"] == "float16"
+    assert abs(r.value - honest.value) < 1e-3
+
+
+# ------------------------------------------------------------------ the five families of issue 13
+
+def test_family1_peeking_once_in_eval_mode_is_invalid(honest):
+    """Causal while training (or while it thinks it is probed), peeks once in eval mode."""
+    code = with_module_code(HONEST, PEEK)
+    code = with_forward(code, "        return logits if self.training else _peek(idx, logits)\n")
+    r = run_variant(honest, "f1-eval-mode", code)
+    assert r.status == "invalid" and r.reason.startswith("the model looks ahead"), r.reason
+
+
+def test_family1b_an_overridden_eval_is_never_called(honest):
+    code = with_module_code(HONEST, PEEK)
+    code = replace_once(code, "    def forward(self, idx):\n",
+                        "    def eval(self):\n        self._peeking = True\n        return super().eval()\n\n"
+                        "    def forward(self, idx):\n")
+    code = with_forward(code, "        return _peek(idx, logits) if getattr(self, '_peeking', False) else logits\n")
+    r = run_variant(honest, "f1b-eval-override", code)
+    assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "eval mode is set without calling agent code"
+
+
+@pytest.mark.parametrize("after", [7, 15])
+def test_family2_counting_calls_then_peeking_is_invalid(honest, after):
+    """Causal for as many calls as a probe would make (7), or until near the end (15 of each server's 18)."""
+    code = with_module_code(HONEST, PEEK + "_CALLS = [0]\n")
+    code = with_forward(code, f"        _CALLS[0] += 1\n        return _peek(idx, logits) if _CALLS[0] > {after} else logits\n")
+    r = run_variant(honest, f"f2-count-{after}", code)
+    assert r.status == "invalid", (r.status, r.reason)
+
+
+MEMORY_READER = '''
+import gc as _gc
+import sys as _sys
+import numpy as _np
+_FOUND = []
+
+
+def _steal():
+    """Look for the held-out bytes anywhere in this process: objects, frames, buffers."""
+    if _FOUND:
+        return _FOUND[0]
+    big = None
+    for o in _gc.get_objects():
+        try:
+            if isinstance(o, (bytes, bytearray)) and len(o) >= 2**17:
+                big = bytes(o)
+            elif isinstance(o, _np.ndarray) and o.dtype == _np.uint8 and o.size >= 2**17:
+                big = o.tobytes()
+            elif isinstance(o, torch.Tensor) and o.dtype in (torch.uint8, torch.int64) and o.numel() >= 2**17:
+                big = bytes(o.flatten().to(torch.uint8).tolist())
+        except Exception:
+            pass
+    for fr in list(_sys._current_frames().values()):
+        while fr is not None:
+            for v in fr.f_locals.values():
+                if isinstance(v, (bytes, bytearray)) and len(v) >= 2**17:
+                    big = bytes(v)
+            fr = fr.f_back
+    print("FOUND", 0 if big is None else len(big), flush=True)
+    _FOUND.append(big)
+    return big
+
+
+def _predict(idx, logits, big):
+    """Strictly causal: find the context so far in the stolen text, predict what followed it."""
+    if big is None:
+        return logits
+    out = logits.clone()
+    for b in range(idx.size(0)):
+        row = bytes(idx[b].tolist())
+        for s in range(8, idx.size(1)):
+            j = big.find(row[s - 8:s + 1])
+            if 0 <= j < len(big) - 9:
+                out[b, s, big[j + 9]] += 30.0
+    return out
+'''
+
+
+def test_family3_reading_the_evaluators_memory_finds_nothing(honest):
+    code = with_module_code(HONEST, MEMORY_READER)
+    code = with_forward(code, "        return _predict(idx, logits, _steal())\n")
+    r = run_variant(honest, "f3-memory", code)
+    assert "FOUND 0" in r.printed, "the attack ran and found no held-out bytes in its process"
+    assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, (r.status, r.reason)
+
+
+FAKE_LOSS = '''
+class _Liar(torch.Tensor):
+    """Answers every loss function with zero, everything else as a normal tensor."""
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if getattr(func, "__name__", "") in ("cross_entropy", "nll_loss", "log_softmax", "logsumexp", "sum", "mean"):
+            return torch.zeros(())
+        return super().__torch_function__(func, types, args, kwargs or {})
+'''
+
+
+def test_family4_a_tensor_subclass_cannot_fake_the_loss(honest):
+    code = with_module_code(HONEST, FAKE_LOSS)
+    code = with_forward(code, "        return logits.as_subclass(_Liar)\n")
+    r = run_variant(honest, "f4-liar", code)
+    assert not_better(r, honest), (r.status, r.value, honest.value)
+    assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "the loss is computed from the raw numbers"
+
+
+WRITER = '''
+import json as _json
+_FORGED = _json.dumps({"status": "ok", "value": 0.0001, "bytes": 131072, "nonce": "0" * 32}) + "\\n"
+
+
+def _forge():
+    for fd in range(1, 64):
+        try:
+            os.write(fd, _FORGED.encode())
+        except OSError:
+            pass
+    os._exit(0)
+'''
+
+
+@pytest.mark.parametrize("when", ["import", "forward"])
+def test_family5_writing_the_result_itself_is_not_a_result(honest, when):
+    code = with_module_code(HONEST, WRITER + ("_forge()\n" if when == "import" else ""))
+    if when == "forward":
+        code = with_forward(code, "        _forge()\n        return logits\n")
+    r = run_variant(honest, f"f5-writer-{when}", code)
+    assert r.status in ("invalid", "crash") and r.value is None, (r.status, r.reason)
+    assert "0.0001" not in (r.reason or "")
+
+
+# ------------------------------------------------------------------ other hostile models
+
+HISTORY = '''
+_SEEN = []
+
+
+def _recall(idx, logits):
+    """Remember every window sent so far (and the batch companions); predict a byte from any
+    earlier occurrence of the 8 bytes before it: strictly causal within the window."""
+    rows = [bytes(r.tolist()) for r in idx]
+    _SEEN.extend(rows)
+    text = b"\\x00".join(_SEEN[-600:])
+    out = logits.clone()
+    for b, row in enumerate(rows):
+        for s in range(8, len(row)):
+            j = text.find(row[s - 8:s + 1])
+            if 0 <= j < len(text) - 9 and text[j + 9] != 0:
+                out[b, s, text[j + 9]] += 30.0
+    return out
+'''
+
+
+def test_remembering_earlier_requests_is_invalid(honest):
+    code = with_module_code(HONEST, HISTORY)
+    code = with_forward(code, "        return _recall(idx, logits)\n")
+    r = run_variant(honest, "history", code)
+    assert r.status == "invalid", (r.status, r.reason, r.value, honest.value)
+
 
 def test_non_causal_attention_is_invalid(honest):
-    proj = variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"))
-    r, _ = evaluate(proj, honest.ckpt, honest.val)
-    assert r["status"] == "invalid" and r.get("value") is None
-    assert r["reason"].startswith("the model attends to future tokens")
+    r = run_variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"))
+    assert r.status == "invalid" and r.reason.startswith("the model looks ahead")
 
 
 def test_mixing_sequences_in_a_batch_is_invalid(honest):
-    """Each window's successor is the next window: a batch-mean leaks the answer sideways."""
-    code = replace_once(HONEST, "        return self.head(self.ln_f(x))",
-                        "        x = x + x.mean(0, keepdim=True)\n        return self.head(self.ln_f(x))")
-    r, _ = evaluate(variant(honest, "batchmix", code), honest.ckpt, honest.val)
-    assert r["status"] == "invalid" and "mixes sequences" in r["reason"]
+    code = replace_once(HONEST, FORWARD_END, "        x = x + x.mean(0, keepdim=True)\n" + FORWARD_END)
+    r = run_variant(honest, "batchmix", code)
+    assert r.status == "invalid" and "other sequences in the batch" in r.reason
 
 
 def test_randomness_left_on_in_eval_is_invalid(honest):
-    code = replace_once(HONEST, "        return self.head(self.ln_f(x))",
-                        "        x = F.dropout(x, 0.2, training=True)\n        return self.head(self.ln_f(x))")
-    r, _ = evaluate(variant(honest, "dropout", code), honest.ckpt, honest.val)
-    assert r["status"] == "invalid" and "not deterministic" in r["reason"]
+    code = replace_once(HONEST, FORWARD_END, "        x = F.dropout(x, 0.2, training=True)\n" + FORWARD_END)
+    r = run_variant(honest, "dropout", code)
+    assert r.status == "invalid" and "deterministic" in r.reason
 
 
-# ------------------------------------------------------------------ patching the evaluator
-
-PATCHES = {
-    "prepare.evaluate_bpb": "import prepare\nprepare.evaluate_bpb = lambda m, d, device='cpu': (0.0001, prepare.EVAL_BYTES)",
-    "F.cross_entropy": "F.cross_entropy = lambda *a, **k: torch.zeros(1)",
-    "torch.no_grad+Tensor.float": "torch.Tensor.float = lambda self: self * 0\ntorch.no_grad = None",
-    "Tensor.sum": "torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())",
-    "builtins.float": "import builtins\nbuiltins.float = lambda *a: 0.0",
-    "math.log": "import math\nmath.log = lambda *a: 1e9",
-    "sys.modules[prepare]": ("import sys, types\nfake = types.ModuleType('prepare')\n"
-                             "fake.__dict__.update(sys.modules['prepare'].__dict__)\n"
-                             "fake.evaluate_bpb = lambda *a, **k: (0.0001, 131072)\nsys.modules['prepare'] = fake"),
-    "nn.Module.__call__": "torch.nn.Module.__call__ = lambda self, *a, **k: torch.zeros(*a[0].shape, 256)",
-}
+def test_patching_torch_in_the_server_changes_nothing_it_can_use(honest):
+    code = with_module_code(HONEST, "F.cross_entropy = lambda *a, **k: torch.zeros(())\n"
+                                    "torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())\n")
+    r = run_variant(honest, "patches", code)
+    assert r.status == "ok" and abs(r.value - honest.value) < 1e-9
 
 
-@pytest.mark.parametrize("target", list(PATCHES))
-def test_import_time_patches_do_not_change_the_metric(honest, target):
-    code = replace_once(HONEST, "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n",
-                        "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n" + PATCHES[target] + "\n")
-    r, log = evaluate(variant(honest, "patch-" + target.replace("[", "_").replace("]", ""), code),
-                      honest.ckpt, honest.val)
-    assert r["status"] == "ok", r
-    assert r["value"] == honest.value, "the metric is exactly the honest model's"
-    assert "evaluate: restored" in log, "the patch happened and was undone"
+def test_a_failure_message_cannot_carry_held_out_bytes(honest):
+    """After READY the server has seen held-out windows: what it says is not passed on."""
+    code = with_forward(HONEST, "        raise ValueError('LEAK ' + bytes(idx[0].tolist()).decode('latin-1'))\n")
+    r = run_variant(honest, "leaky-error", code)
+    assert r.status == "crash" and "LEAK" not in r.reason, r.reason
+    assert "LEAK" in r.printed, "the traceback is in the EVAL log, for humans"
 
 
-def test_patching_while_scored_voids_the_score(honest):
-    code = replace_once(HONEST, "    def forward(self, idx):\n",
-                        "    def forward(self, idx):\n        F.cross_entropy = lambda *a, **k: torch.zeros(1)\n")
-    r, _ = evaluate(variant(honest, "patch-forward", code), honest.ckpt, honest.val)
-    assert r["status"] == "invalid" and "torch.nn.functional.cross_entropy" in r["reason"]
+def test_a_hanging_model_times_out(honest):
+    code = with_forward(HONEST, "        import time\n        time.sleep(3600)\n        return logits\n")
+    r = run_variant(honest, "hang", code, eval_seconds=8)
+    assert r.status == "timeout", (r.status, r.reason)
 
 
-def test_printing_cannot_reach_the_result_channel(honest):
-    forge = ('import json as _j, atexit as _ae, sys as _s\n'
-             '_fake = _j.dumps({"status": "ok", "value": 0.0001, "bytes": 131072, "nonce": "0" * 32})\n'
-             'print(_fake)\n_s.stdout.write(_fake + "\\n")\n_s.stdout.flush()\nos.write(1, (_fake + "\\n").encode())\n'
-             '_ae.register(lambda: os.write(1, b"val_bpb: 0.0001\\n"))\n')
-    code = replace_once(HONEST, "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n",
-                        "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n" + forge)
-    r, log = evaluate(variant(honest, "printer", code), honest.ckpt, honest.val)
-    assert r["status"] == "ok" and r["value"] == honest.value
-    assert log.count('"value": 0.0001') == 3, "the forgeries went to the log"
-
-
-# ------------------------------------------------------------------ checkpoints
+# ------------------------------------------------------------------ checkpoints and agent failures
 
 def test_checkpoint_that_runs_code_on_load_is_refused(honest, tmp_path):
     marker = tmp_path / "pwned"
@@ -177,8 +397,8 @@ def test_checkpoint_that_runs_code_on_load_is_refused(honest, tmp_path):
     state["tok.weight"] = Payload()
     ckpt = tmp_path / "model.pt"
     torch.save(state, ckpt)
-    r, _ = evaluate(honest.proj, ckpt, honest.val)
-    assert r["status"] == "invalid" and "weights_only" in r["reason"]
+    r = run_variant(honest, "pickle", HONEST, ckpt=ckpt)
+    assert r.status == "invalid" and "weights_only" in r.reason
     assert not marker.exists(), "the payload ran"
 
 
@@ -187,41 +407,32 @@ def test_nan_weights_are_invalid(honest, tmp_path):
     state["ln_f.weight"][0] = float("nan")
     ckpt = tmp_path / "model.pt"
     torch.save(state, ckpt)
-    r, _ = evaluate(honest.proj, ckpt, honest.val)
-    assert r["status"] == "invalid" and "NaN" in r["reason"]
+    r = run_variant(honest, "nan", HONEST, ckpt=ckpt)
+    assert r.status == "invalid" and "NaN" in r.reason
 
 
-@pytest.mark.parametrize("case", ["no build_model", "wrong shape", "no checkpoint"])
+@pytest.mark.parametrize("case", ["no build_model", "wrong shape", "no checkpoint", "wrong logits"])
 def test_broken_agent_code_is_a_crash_with_a_reason(honest, tmp_path, case):
     ckpt = honest.ckpt
     if case == "no build_model":
         code, want = replace_once(HONEST, "def build_model():", "def make_model():"), "no build_model()"
     elif case == "wrong shape":
         code, want = replace_once(HONEST, "N_EMBD = 64", "N_EMBD = 32"), "does not fit build_model()"
+    elif case == "wrong logits":
+        code, want = with_forward(HONEST, "        return logits[:, :-1]\n"), "logits of shape (16, 255, 256)"
     else:
-        code, want, ckpt = HONEST, "saved no checkpoint", tmp_path / "model.pt"
-    r, _ = evaluate(variant(honest, case.replace(" ", "-"), code), ckpt, honest.val)
-    assert r["status"] == "crash" and want in r["reason"], r
+        code, want, ckpt = HONEST, "saved no checkpoint", tmp_path / "absent.pt"
+    r = run_variant(honest, case.replace(" ", "-"), code, ckpt=ckpt)
+    assert r.status == "crash" and want in r.reason, r.reason
 
 
 # ------------------------------------------------------------------ sanity
 
 def test_value_past_the_physical_floor_is_invalid(honest):
-    r, _ = evaluate(honest.proj, honest.ckpt, honest.val, "--floor", "10")
-    assert r["status"] == "invalid" and "physical floor 10" in r["reason"]
+    r = run_variant(honest, "floor", HONEST, floor=10)
+    assert r.status == "invalid" and "physical floor 10" in r.reason
 
 
-def test_too_little_validation_data_is_invalid(honest):
-    r, _ = evaluate(honest.proj, honest.ckpt, honest.val[: prepare.EVAL_BYTES // 2])
-    assert r["status"] == "invalid" and "too short" in r["reason"]
-
-
-def test_a_new_helper_the_model_uses_is_not_a_patch(honest):
-    """Adding an attribute that overrides nothing is left alone (no false 'invalid')."""
-    code = replace_once(HONEST, "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n",
-                        "\nfrom prepare import CONTEXT_LEN, VOCAB_SIZE, load_split\n"
-                        "torch.Tensor.twice = lambda self: self * 2\n")
-    code = replace_once(code, "        return self.head(self.ln_f(x))", "        return self.head(self.ln_f(x.twice() * 0.5))")
-    r, log = evaluate(variant(honest, "helper", code), honest.ckpt, honest.val)
-    assert r["status"] == "ok" and r["value"] == honest.value, r
-    assert "restored" not in log
+def test_too_little_held_out_data_is_invalid(honest):
+    r = evaluate(honest.proj, honest.ckpt, honest.val[: prepare.EVAL_BYTES // 2], honest.base)
+    assert r.status == "invalid" and "too short" in r.reason

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from experiment_support import (BACKENDS, HONEST, RUN_SH, git_env, log_of, make_project, metrics, program_text,
+from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of, make_project, metrics, program_text,
                                 require_backend, run_env, run_sh, split_log)
 
 from autoresearch.config import parse_program
-from autoresearch.experiment import allocate_run_dir, derive_seed, inline_metric, parse_eval
+from autoresearch.experiment import allocate_run_dir, derive_seed, eval_status, inline_metric
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -170,8 +170,8 @@ def test_invalid_model_is_recorded_invalid_with_its_reason(tmp_path, bwrap_avail
     assert p.returncode == 0, p.stdout + p.stderr
     m = metrics(proj)
     assert m["status"] == "invalid" and m["metric_value"] is None
-    assert "attends to future tokens" in m["reason"]
-    assert "run 0001: invalid -- the model attends to future tokens" in p.stdout
+    assert "the model looks ahead" in m["reason"]
+    assert "run 0001: invalid -- the model looks ahead" in p.stdout
 
 
 # ------------------------------------------------------------------ interruption
@@ -293,17 +293,24 @@ def test_run_folders_are_unique_under_concurrency(tmp_path):
     assert sorted(got) == [f"{n:04d}" for n in range(8, 24)]
 
 
-def test_eval_result_needs_our_nonce():
+def test_eval_status_the_scorers_verdict_wins_unless_the_server_vanished():
+    from autoresearch.config import load_program
     from autoresearch.sandbox import SandboxResult
+    program = load_program(ROOT)
 
-    def res(out: bytes) -> SandboxResult:
-        return SandboxResult("none", 0, False, False, 1.0, None, stdout=out)
+    def res(code, timed_out=False, oom=False) -> SandboxResult:
+        return SandboxResult("none", code, timed_out, oom, 1.0, None)
 
-    good = json.dumps({"status": "ok", "value": 1.0, "nonce": "n1"}).encode()
-    assert parse_eval(res(good + b"\n"), "n1")["value"] == 1.0
-    assert parse_eval(res(good), "n2") is None
-    assert parse_eval(res(b"val_bpb: 0.0001\n"), "n1") is None
-    assert parse_eval(res(b""), "n1") is None
+    assert eval_status(res(0), {"status": "ok", "value": 1.5}, program) == ("ok", None)
+    assert eval_status(res(None, timed_out=True), {"status": "invalid", "reason": "peeks"}, program) == \
+        ("invalid", "peeks"), "a verdict stands even if the server then lingered"
+    assert eval_status(res(0), {"status": "ok", "value": float("nan")}, program)[0] == "invalid"
+    gone = {"status": "crash", "hangup": True, "reason": "the model server stopped answering"}
+    assert eval_status(res(None, timed_out=True), gone, program)[0] == "timeout"
+    assert eval_status(res(137, oom=True), gone, program)[0] == "oom"
+    status, reason = eval_status(res(3), gone, program)
+    assert status == "crash" and "exited with code 3" in reason and "eval.log" in reason
+    assert eval_status(res(0), None, program)[0] == "crash", "no result at all is never ok"
 
 
 # ------------------------------------------------------------------ harness errors: exit 2, nothing recorded

@@ -164,10 +164,12 @@ def test_no_network_not_even_the_hosts_loopback(adversarial):
 @pytest.mark.slow
 def test_eval_forward_cannot_read_the_validation_data(adversarial):
     _, evals = split_log(adversarial["log"])
-    assert evals, "the EVAL stage ran"
-    probes = _probes(evals, "FWD")
-    assert probes.get("val-file") == "blocked" and probes.get("val-split") == "blocked", evals[:2000]
-    assert re.search(r"^FWD stdin 0$", evals, re.M), "the val bytes on stdin were consumed before agent code ran"
+    assert "evaluate: ok" in evals, "the EVAL stage ran"
+    assert "FWD" not in evals, "what the model prints in EVAL stays out of train.log"
+    printed = (adversarial["proj"] / "runs" / "0002" / "eval.log").read_text(errors="replace")
+    probes = _probes(printed, "FWD")
+    assert probes.get("val-file") == "blocked" and probes.get("val-split") == "blocked", printed[:2000]
+    assert re.search(r"^FWD stdin 0$", printed, re.M), "the model server's stdin is not agent code's to read"
 
 
 @pytest.mark.slow

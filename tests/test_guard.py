@@ -375,3 +375,29 @@ def test_explain_prints_the_decision_and_why(tmp_path) -> None:
     got = json.loads(p.stdout)
     assert p.returncode == 1 and got["decision"] == "deny" and got["template"] is None, p
     assert "whole word" in got["lexer"] and "whole word" in got["reason"], got
+
+
+def test_eval_logs_are_for_humans_only(tmp_path) -> None:
+    """What the model printed while it was shown held-out windows: never read by the agent,
+    directly, through bash, or by a recursive search; train.log next to it stays readable."""
+    w = World(tmp_path)
+    run = w.root / "runs" / "0001"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "eval.log").write_text("val window bytes\n")
+    (run / "train.log").write_text("step 1\n")
+    final = w.root / ".autoresearch"
+    final.mkdir(exist_ok=True)
+    (final / "final-0001.eval.log").write_text("test window bytes\n")
+
+    def decide(tool, **inp):
+        return run_hook(w.root, payload(w, tool, {k: w.fill(v) for k, v in inp.items()}), w.env)
+
+    for path in ("{root}/runs/0001/eval.log", "{root}/runs/0001/EVAL.LOG", "{root}/.autoresearch/final-0001.eval.log"):
+        got = decide("Read", file_path=path)
+        assert got.decision == "deny" and "held-out" in got.reason, (path, got)
+    assert decide("Read", file_path="{root}/runs/0001/train.log").decision == "allow"
+    assert decide("Bash", command="cat runs/0001/eval.log").decision == "deny"
+    assert decide("Bash", command="tail runs/*/e*.log").decision == "deny"
+    assert decide("Bash", command="cat runs/0001/train.log").decision == "allow"
+    got = decide("Grep", pattern="x", path="{root}/runs")
+    assert got.decision == "deny" and "EVAL log" in got.reason, got

@@ -500,3 +500,48 @@ def test_log_keeps_the_order_stdout_and_stderr_were_written_in(backend, tmp_path
     assert r.exit_code == 1
     want = [f"{s} {i}" for i in range(50) for s in ("out", "err")]
     assert lines[:100] == want and lines[-1] == "ValueError: boom-marker 42", lines
+
+
+# ------------------------------------------------------------------ a session over stdin/stdout (the EVAL protocol)
+
+ECHO_UPPER = """
+    import os, sys
+    print("to the log, not the session", file=sys.stderr, flush=True)
+    while True:
+        n = os.read(0, 1)
+        if not n:
+            break
+        size = n[0]
+        data = b""
+        while len(data) < size:
+            data += os.read(0, size - len(data))
+        os.write(1, data.upper())
+"""
+
+
+@pytest.mark.parametrize("linger", [False, True])
+def test_a_session_talks_to_the_process_in_binary_and_ends_it(backend, tmp_path, linger):
+    """Frames go in on stdin and come back on stdout while the process runs (docker: the attach
+    socket and the demultiplexed stream); closing stdin ends it; one that lingers is killed
+    after the grace, which is not a timeout. stdout never reaches the log."""
+    got: list[bytes] = []
+
+    def session(w, r):
+        for word in (b"abc", bytes(range(97, 123)) * 9, b"\x00\xff"):
+            w.write(bytes([len(word)]) + word)
+            w.flush()
+            buf = b""
+            while len(buf) < len(word):
+                buf += r.read(len(word) - len(buf))
+            got.append(buf)
+
+    code = ECHO_UPPER + ("    import time\n    time.sleep(3600)\n" if linger else "")
+    log = tmp_path / "log"
+    t = time.monotonic()
+    r = backend.run(spec(backend, code, capture_stdout=False, session=session, session_grace_s=2, log_path=log,
+                         timeout=60))
+    assert got == [b"ABC", bytes(range(65, 91)) * 9, b"\x00\xff"]
+    assert not r.timed_out and time.monotonic() - t < 40
+    assert (r.exit_code == 0) if not linger else (r.exit_code != 0)
+    text = log.read_text()
+    assert "to the log, not the session" in text and "ABC" not in text

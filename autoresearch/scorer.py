@@ -1,0 +1,309 @@
+"""The trusted EVAL scorer: holds the held-out bytes, asks two model servers for logits, scores them.
+
+Runs in the runner (host side), with nothing agent-written in it. It cuts the fixed slice
+of the split into windows (prepare.eval_windows, prepare's constants), deals them to two
+model servers, each in its own sandbox (no shared /tmp, no network: they cannot talk), and
+mixes hidden checks into every batch; a check always goes to the server that did NOT get the
+real window it copies:
+
+    splice  a copy of a real window with the bytes after a random position t replaced by the
+            same positions of another real window (real text, so it looks like any window):
+            the logits at positions <= t must equal the real window's (causality);
+    repeat  an exact copy of a real window, in another batch, at another position, with
+            other companions: its logits must equal the real window's (determinism and
+            batch independence).
+
+Every request has at least one check and about 11% of all windows are checks; nothing in
+shape, dtype, order or model mode tells them apart. Because a check and its real window are
+answered by different processes, a model cannot pass them by remembering what it said before
+(a stateful model that answers a prefix it has seen the same way again would pass any check
+inside one process): its logits must be a function of the window alone. The loss is computed here, in float64, from the raw logits (prepare.window_nats);
+then the sanity checks: finite, every byte scored, not past metric.floor. A failed check or a
+malformed answer is `invalid` with a one-line reason; agent code failing is `crash`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import protocol as P
+
+CHECK_FRACTION = 0.11          # of all windows sent; every request gets at least one
+# Tolerances (relative to max(1, |logit|max)). Measured on CPU (check_max_rel_diff in the
+# result): the default model's logits for a window in another batch, or with another suffix,
+# differ by exactly 0; float16 answers round at ~5e-4; GPU kernels may differ at ~1e-6. A peek
+# moves a logit by O(1), so 1e-4 leaves a wide margin on both sides.
+TOLERANCE = {"<f4": 1e-4, "<f2": 4e-3}
+PIPELINE = 1                   # requests in flight: the scorer scores one while the server computes the next
+# After READY the server has seen held-out windows, so its words may quote them: of a failure
+# message only what model_server.py itself writes passes (an exception's type, a shape).
+_SAFE_FAILURE = re.compile(r"the model (returned logits of shape \([0-9, ]*\), expected \([0-9, ]*\)"
+                           r"|failed during evaluation: [A-Za-z_][A-Za-z0-9_.]{0,80})")
+
+
+@dataclass
+class Check:
+    kind: str                  # "splice" | "repeat"
+    origin: int                # the real window it copies
+    t: int                     # splice: positions 0..t must agree; repeat: T - 1 (all)
+
+
+SERVERS = 2
+
+
+@dataclass
+class Plan:
+    """What each server is sent, in which order: slots[k][r] lists, per batch row of server k's
+    request r, ("real", i) or ("check", c)."""
+    windows: np.ndarray        # (n, T) uint8 real windows
+    targets: np.ndarray        # (n, T) uint8
+    checks: list[Check]
+    check_windows: np.ndarray  # (k, T) uint8
+    slots: list[list[list[tuple[str, int]]]]
+
+    @classmethod
+    def make(cls, windows: np.ndarray, targets: np.ndarray, batch: int, rng: np.random.Generator) -> "Plan":
+        n, T = windows.shape
+        if n % SERVERS:
+            raise ValueError(f"{n} windows do not split evenly between {SERVERS} servers")
+        per = n // SERVERS
+        # checks per server: about CHECK_FRACTION of its windows, whole batches, >= one per request
+        k = max(math.ceil(per * CHECK_FRACTION / (1 - CHECK_FRACTION)), 1)
+        k += (-(per + k)) % batch
+        while k < (per + k) // batch:
+            k += batch
+        n_req = (per + k) // batch
+        owner = np.repeat(np.arange(SERVERS), per)
+        rng.shuffle(owner)
+        checks: list[Check] = []
+        cw = np.empty((SERVERS * k, T), dtype=np.uint8)
+        slots = []
+        for srv in range(SERVERS):
+            mine = np.flatnonzero(owner == srv)
+            theirs = np.flatnonzero(owner != srv)
+            origins = rng.choice(theirs, size=k, replace=k > theirs.size)
+            first = len(checks)
+            for i in origins:
+                c = len(checks)
+                if rng.random() < 0.5 and T > 1:
+                    t = int(rng.integers(0, T - 1))
+                    j = int(rng.integers(0, n - 1))
+                    j += j >= i
+                    cw[c, : t + 1] = windows[i, : t + 1]
+                    cw[c, t + 1:] = windows[j, t + 1:]
+                    checks.append(Check("splice", int(i), t))
+                else:
+                    cw[c] = windows[i]
+                    checks.append(Check("repeat", int(i), T - 1))
+            items = [("check", first + c) for c in range(n_req, k)] + [("real", int(i)) for i in mine]
+            rng.shuffle(items)                           # type: ignore[arg-type]
+            rows = []
+            for r in range(n_req):
+                row = items[r * (batch - 1):(r + 1) * (batch - 1)] + [("check", first + r)]
+                rng.shuffle(row)                         # type: ignore[arg-type]
+                rows.append([(str(a), int(b)) for a, b in row])
+            slots.append(rows)
+        return cls(windows, targets, checks, cw, slots)
+
+    def batch_bytes(self, srv: int, r: int) -> bytes:
+        return b"".join((self.windows[i] if kind == "real" else self.check_windows[i]).tobytes()
+                        for kind, i in self.slots[srv][r])
+
+
+class Verdict(Exception):
+    """End the evaluation: status and one-line reason."""
+
+    def __init__(self, status: str, reason: str):
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+@dataclass
+class Part:
+    """What one server's session produced."""
+    verdict: Verdict | None = None
+    hangup: str | None = None                           # the server vanished: the sandbox says why
+    device: str = ""
+    dtype: str = "<f4"
+    nats: float = 0.0
+    scored: int = 0
+    load_seconds: float = 0.0
+    score_seconds: float = 0.0
+    worst: float = 0.0
+    done: bool = False
+
+
+@dataclass
+class Scorer:
+    """One evaluation. `session(k)` is server k's stdio session (run them concurrently, one
+    sandbox each); then `finish()` gives the result."""
+    split: np.ndarray                                   # the held-out bytes (uint8)
+    prepare: Any                                        # the project's prepare module (trusted)
+    floor: float | None = None
+    direction: str = "minimize"
+    metric: str = "val_bpb"
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
+    parts: list[Part] = field(default_factory=lambda: [Part() for _ in range(SERVERS)])
+    kept: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    plan: Plan | None = None
+    plan_error: str | None = None
+    aborted: bool = False                               # set by the runner when it is interrupted
+
+    def __post_init__(self) -> None:
+        try:
+            x, y = self.prepare.eval_windows(self.split)
+            self.plan = Plan.make(np.ascontiguousarray(x, dtype=np.uint8), np.ascontiguousarray(y, dtype=np.uint8),
+                                  int(self.prepare.EVAL_BATCH), self.rng)
+        except self.prepare.DataError as e:
+            self.plan_error = f"the held-out data is too short: {e}"
+
+    def session(self, k: int):
+        def talk(wfile: BinaryIO, rfile: BinaryIO) -> None:
+            part = self.parts[k]
+            t0 = time.monotonic()
+            try:
+                self._run(k, part, wfile, rfile, t0)
+            except Verdict as v:
+                part.verdict = v
+            except P.ProtocolError as e:
+                part.hangup = f"the model server stopped answering ({e})"
+            except Exception as e:                       # noqa: BLE001 -- never leave the runner without a result
+                part.verdict = Verdict("crash", f"scorer error: {type(e).__name__}: {e}")
+            finally:
+                part.done = True
+        return talk
+
+    def _message(self, rfile: BinaryIO, tag: bytes, ready: bool) -> str:
+        text = P.read_message_body(rfile)
+        one = " ".join(text.split())[:400]
+        if ready and tag != P.READY:
+            one = one if _SAFE_FAILURE.fullmatch(one) else "the model failed while answering a request"
+            one += "; the traceback is in the EVAL log (for humans only): reproduce it on a batch of training data"
+        if tag == P.FAILED:
+            raise Verdict("crash", one)
+        if tag == P.REFUSED:
+            raise Verdict("invalid", one)
+        return text
+
+    def _run(self, k: int, part: Part, wfile: BinaryIO, rfile: BinaryIO, t0: float) -> None:
+        if self.plan is None:
+            raise Verdict("invalid", self.plan_error or "no plan")
+        plan = self.plan
+        V, B, T = int(self.prepare.VOCAB_SIZE), int(self.prepare.EVAL_BATCH), int(self.prepare.CONTEXT_LEN)
+        tag = P.read_exact(rfile, 4)
+        if tag not in P.MESSAGE_TAGS:
+            raise Verdict("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
+        try:
+            hello = json.loads(self._message(rfile, tag, False))
+            part.device = str(hello.get("device"))[:100]
+        except (ValueError, AttributeError):
+            raise Verdict("invalid", "the model server broke the protocol: an unreadable READY") from None
+        t_ready = time.monotonic()
+        part.load_seconds = round(t_ready - t0, 3)
+        slots = plan.slots[k]
+        n_req = len(slots)
+        need = {c.origin for c in plan.checks}
+        sent_at: list[float] = []
+
+        def send(r: int) -> None:
+            sent_at.append(time.monotonic())
+            P.write_all(wfile, P.request(plan.batch_bytes(k, r), B, T))
+
+        for r in range(min(PIPELINE, n_req)):
+            send(r)
+        for r in range(n_req):
+            if self.aborted:
+                raise Verdict("crash", "the evaluation was interrupted")
+            tag = P.read_exact(rfile, 4)
+            if tag in P.MESSAGE_TAGS:
+                self._message(rfile, tag, True)
+                raise Verdict("invalid", f"the model server broke the protocol: a message instead of logits "
+                                         f"for request {r + 1}")
+            if tag not in P.LOGIT_TAGS:
+                raise Verdict("invalid", f"the model server broke the protocol: tag {tag!r} for request {r + 1}")
+            dt = P.LOGIT_TAGS[tag]
+            if r and dt != part.dtype:
+                raise Verdict("invalid", "the model server changed the logits dtype between requests")
+            part.dtype = dt
+            logits = np.frombuffer(P.read_exact(rfile, B * T * V * np.dtype(dt).itemsize), dtype=dt).reshape(B, T, V)
+            part.worst = max(part.worst, time.monotonic() - sent_at[r])
+            if r + PIPELINE < n_req:
+                send(r + PIPELINE)
+            if not np.isfinite(logits).all():
+                raise Verdict("invalid", "the model's logits contain NaN or inf")
+            reals = [(row, i) for row, (kind, i) in enumerate(slots[r]) if kind == "real"]
+            nats = self.prepare.window_nats(logits[[row for row, _ in reals]], plan.targets[[i for _, i in reals]])
+            part.nats += float(nats.sum())
+            part.scored += nats.size
+            for row, (kind, i) in enumerate(slots[r]):
+                if kind == "check" or i in need:
+                    self.kept[(kind, i)] = np.array(logits[row], dtype=np.float32)
+        part.score_seconds = round(time.monotonic() - t_ready, 3)
+
+    def finish(self) -> dict:
+        """The result, once every session has ended: a verdict of either server, else the checks, then sanity.
+        {"status": ..., "reason": ...} plus, when ok, the value and the figures for humans."""
+        if self.plan is None:
+            return {"status": "invalid", "reason": self.plan_error}
+        verdicts = [p.verdict for p in self.parts if p.verdict is not None]
+        if verdicts:
+            v = next((v for v in verdicts if v.status == "invalid"), verdicts[0])
+            return {"status": v.status, "reason": v.reason}
+        gone = [p.hangup or "the model server's session did not end" for p in self.parts
+                if p.hangup or not p.done]
+        if gone:
+            return {"status": "crash", "hangup": True, "reason": gone[0]}
+        if len({p.dtype for p in self.parts}) > 1:
+            return {"status": "invalid", "reason": "the two model servers answered in different dtypes"}
+        try:
+            drift = self._verify(self.plan, self.kept, TOLERANCE[self.parts[0].dtype])
+            nats, scored = sum(p.nats for p in self.parts), sum(p.scored for p in self.parts)
+            bpb = nats / scored / math.log(2)
+            if not math.isfinite(bpb):
+                raise Verdict("invalid", f"the loss is {bpb} (NaN or inf)")
+            if scored < int(self.prepare.EVAL_BYTES):
+                raise Verdict("invalid", f"only {scored} bytes were scored, the evaluation needs "
+                                         f"{self.prepare.EVAL_BYTES}")
+            if self.floor is not None and (bpb < self.floor if self.direction == "minimize" else bpb > self.floor):
+                raise Verdict("invalid", f"{self.metric} {bpb:.4f} is past the physical floor {self.floor} for this "
+                                         f"corpus: a leak or a bug, not a better model")
+        except Verdict as v:
+            return {"status": v.status, "reason": v.reason}
+        return {"status": "ok", "value": bpb, "bytes": scored, "device": self.parts[0].device,
+                "load_seconds": max(p.load_seconds for p in self.parts),
+                "score_seconds": max(p.score_seconds for p in self.parts),
+                "servers": SERVERS, "requests": sum(len(s) for s in self.plan.slots),
+                "check_windows": len(self.plan.checks), "max_request_seconds": round(max(p.worst for p in self.parts), 3),
+                "check_max_rel_diff": drift,
+                "logits_dtype": "float16" if self.parts[0].dtype == "<f2" else "float32"}
+
+    @staticmethod
+    def _verify(plan: Plan, kept: dict[tuple[str, int], np.ndarray], rel: float) -> float:
+        """Compare every check with its real window; return the largest relative difference seen."""
+        drift = 0.0
+        # repeats first: a model that mixes the batch fails both kinds, and the repeat names the cause
+        for c, chk in sorted(enumerate(plan.checks), key=lambda ck: ck[1].kind != "repeat"):
+            a, b = kept[("check", c)][: chk.t + 1], kept[("real", chk.origin)][: chk.t + 1]
+            scale = max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
+            tol = rel * scale
+            diff = np.abs(a - b).max(axis=-1)
+            drift = max(drift, float(diff.max()) / scale)
+            if float(diff.max()) <= tol:
+                continue
+            pos = int(np.argmax(diff > tol))
+            if chk.kind == "splice":
+                raise Verdict("invalid", f"the model looks ahead: its logits at position {pos} changed by "
+                                         f"{float(diff[pos]):.3g} when only bytes after position {chk.t} changed; "
+                                         f"keep attention (and everything else) causal")
+            raise Verdict("invalid", f"the same window got different logits when sent again (by {float(diff.max()):.3g} "
+                                     f"at position {pos}): in eval mode the output must be deterministic (no dropout "
+                                     f"or sampling) and must not depend on the other sequences in the batch or on "
+                                     f"earlier requests")
+        return drift
