@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .atomic import write_atomic
+from .identity import Fingerprint
 
 Status = Literal["ok", "crash", "timeout", "oom", "invalid", "interrupted"]
 METRICS_FILE = "metrics.json"
@@ -39,6 +40,11 @@ class RunMetrics(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     extra: dict[str, float | int | str | None] = Field(default_factory=dict)
+    # identity (issue 14): what ran, and what it may be compared with (None in runs made before)
+    snapshot_sha256: str | None = None            # identity.snapshot over the editable set's code files
+    fingerprint: Fingerprint | None = None        # budget, eval, backend, device class, data version
+    purpose: Literal["experiment", "calibration"] = "experiment"   # calibration runs are never decided
+    steps_per_s: float | None = None              # training steps / train_seconds (from the log; contention check)
 
     def write(self, run_dir: Path) -> None:
         write_atomic(run_dir / METRICS_FILE, self.model_dump_json(indent=2) + "\n")

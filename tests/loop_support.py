@@ -4,11 +4,13 @@ as runs/NNNN/ folders (no training), and the hooks driven through the exact comm
 settings.json with the JSON Claude Code sends."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -222,3 +224,23 @@ class Project:
         r = self.decide()
         assert r.blocked and "BASELINE" in r.text, r
         return r
+
+
+@contextlib.contextmanager
+def hold_open(path: Path):
+    """A live process holding `path` open, as git holds its lock files while it works."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(["sh", "-c", f'exec 3>"{path}"; exec sleep 120'])
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if any(os.readlink(f) == str(path) for f in Path(f"/proc/{p.pid}/fd").iterdir()):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        yield p
+    finally:
+        p.kill()
+        p.wait()
