@@ -29,7 +29,7 @@ his tools read ours:
     session       the Claude Code session that ended its turn
     note          baseline | confirmed | superseded | unconfirmed | re-measured the best | contended | ...
     decided_at    ISO 8601, UTC
-    snapshot      identity.snapshot of the editable set's code that ran (short sha256)
+    snapshot      identity.snapshot (sha256) of the editable set's code that ran
     fingerprint   identity.Fingerprint.key: rows are compared only within one fingerprint
 
 The branch is the durable record: every keep commit carries Autoresearch-* trailers with every

@@ -714,9 +714,34 @@ def session_context(root: Path, source: str = "startup", session: str = "") -> s
     nxt = _next_experiments(root)
     if nxt:
         lines.append("- scratchpad.md 'Next experiments': " + _short(nxt, 400))
+    waiting = undecided_line(root, program, st, rows)
+    if waiting:
+        lines.append(waiting)
     lines.append("Go on with program.md's loop: read scratchpad.md, one hypothesis, edit train.py, "
                  "./run.sh -m \"<what and why>\", update scratchpad.md, end your turn.")
     return "\n".join(lines)
+
+
+def undecided_line(root: Path, program: Program, st: LoopState, rows: list[LedgerRow]) -> str | None:
+    """A finished run nobody decided yet (the session ended or was compacted after ./run.sh): the
+    agent must end its turn first, or its next change would be bundled with this one and the
+    result credited to the wrong change."""
+    decided = decided_runs(rows) | set(st.measurement_runs)
+    for cal in [st.calibration, *st.calibrations.values()]:
+        decided |= set(cal.run_ids) if cal else set()
+    b = program.budget
+    runs = [r for r in undecided_runs(root, decided, program.run.train_script,
+                                      b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S,
+                                      extra_s=b.eval_seconds + RUN_OVERHEAD_S) if not r.in_progress]
+    if not runs:
+        return None
+    r = runs[-1]
+    m = r.metrics
+    res = (f"{program.metric.name} {m.metric_value:.6f}" if m and m.status == "ok" and m.metric_value is not None
+           else r.status)
+    return (f"- UNDECIDED: run {r.run_id} ({_short(m.description if m else r.problem or '', 80)}: {res}) finished but "
+            f"is not decided yet. Do not edit anything: note its result in scratchpad.md and END YOUR TURN now, "
+            f"so the harness decides it first.")
 
 
 def _next_experiments(root: Path) -> str:
@@ -750,7 +775,13 @@ def pre_compact_hook(data: dict) -> dict:
     snap = {"at": now().isoformat(), "trigger": data.get("trigger"), "state": json.loads(st.model_dump_json()),
             "last_rows": [json.loads(r.model_dump_json()) for r in rows[-10:]],
             "scratchpad": (Path(root) / SCRATCHPAD).read_text(errors="replace") if (Path(root) / SCRATCHPAD).exists() else None}
+    try:
+        program = load_program(root)
+        waiting = undecided_line(root, program, st, rows)
+    except ConfigError:
+        waiting = None
+    snap["undecided"] = waiting
     write_atomic(snap_dir / f"precompact-{now():%Y%m%d-%H%M%S}.json", json.dumps(snap, indent=2))
     for old in sorted(snap_dir.glob("precompact-*.json"))[:-20]:
         old.unlink(missing_ok=True)
-    return {}
+    return {"systemMessage": "autoresearch" + waiting[1:]} if waiting else {}
