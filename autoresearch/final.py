@@ -145,6 +145,10 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     from .gitops import git, show_blob, trailers
     from .metrics import RunMetrics
     d = root / "runs" / run_id
+    for need in (d / "out" / "model.pt", d / Path(program.run.train_script).name):
+        if not need.is_file():
+            raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
+                             f"and train.py (runs/ must not be deleted)")
     try:
         m = RunMetrics.read(d)
     except (OSError, ValueError) as e:

@@ -47,7 +47,7 @@ from .gitops import (GitError, current_branch, git, head_commit, is_run_branch, 
 from .journal import Journal, LoopError
 from .phases import advance
 from .identity import program_code, snapshot, snapshot_at
-from .ledger import (REMEASURE, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
+from .ledger import (REMEASURE, LedgerError, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
                      kept_rows_from_git, kept_run_ids, read_rows, row_trailers)
 from .metrics import RunMetrics
 from .runscan import RunRecord, contention, undecided_runs
@@ -88,8 +88,8 @@ def stop_hook(data: dict) -> dict:
                      f"the agent again:\n{e}")
     try:
         with loop_lock(root):
+            rebuilt = _ensure_ledger(root, program)          # first: a journal appends to it
             done = journal.recover(root)
-            rebuilt = _ensure_ledger(root, program)
             if done is not None and done.reply is not None:     # a killed call's decision, now finished
                 reply = done.reply_for(done.commit(root))
             else:
@@ -681,12 +681,13 @@ def session_context(root: Path, source: str = "startup", session: str = "") -> s
         return f"autoresearch: program.md is invalid, so the loop cannot run until a human fixes it:\n{e}"
     try:
         with loop_lock(root, timeout=10):
+            _ensure_ledger(root, program)
             journal.recover(root)
             st = read_state(root)
             if st.started_at is None or (source == "startup" and st.finished_at is not None):
                 st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
                 write_state(root, st)
-    except (LockTimeout, LoopError, GitError) as e:
+    except (LockTimeout, LoopError, GitError, LedgerError) as e:
         log.warning("session start could not recover: %s", e)
     st = read_state(root)
     rows = read_rows(root)
@@ -765,6 +766,10 @@ def pre_compact_hook(data: dict) -> dict:
     the conversation that is about to be summarised."""
     root = project_root(Path(data.get("cwd") or os.getcwd()))
     with loop_lock(root, timeout=10):
+        try:
+            _ensure_ledger(root, load_program(root))
+        except ConfigError:
+            pass
         journal.recover(root)
         st = read_state(root)
     snap_dir = state_dir(root) / "snapshots"

@@ -36,7 +36,9 @@ def project(tmp: Path) -> Path:
 
 
 def keep(root: Path, n: int, value: float, desc: str, runs: list[str]) -> LedgerRow:
-    row = LedgerRow(commit=f"c{n}", value=value, status="keep", description=desc, experiment=n,
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()       # the code the runs ran (final checks it)
+    row = LedgerRow(commit=head, value=value, status="keep", description=desc, experiment=n,
                     run_id=runs[-1], runs=runs, run_status="ok", phase="hyperparameters", branch=BRANCH,
                     decided_at=datetime.now(timezone.utc))
     append_rows(root, [row], "val_bpb")
