@@ -711,12 +711,19 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 
 # ---------------------------------------------------------------- what the agent reads
 
-def current_best(root: Path, program: Program) -> tuple[float | None, str | None]:
-    """(best kept value, why unknown)."""
-    from .gitops import GitError
+def current_best(root: Path, program: Program, m: RunMetrics | None = None) -> tuple[float | None, str | None]:
+    """(the best comparable with run `m` -- same fingerprint, measured on the branch tip's code --, why unknown)."""
+    from .gitops import GitError, head_commit
+    from .identity import snapshot_at
     from .ledger import current_best as best
     try:
-        return best(root, program.metric), None
+        fp = m.fingerprint.key if m is not None and m.fingerprint else None
+        head = head_commit(root) if fp else None
+        snap = snapshot_at(root, head, program_code(program)) if head else None
+        value = best(root, program.metric, fingerprint=fp, snapshot=snap)
+        if value is None and fp and best(root, program.metric) is not None:
+            return None, "no best at this fingerprint yet (budget, backend or data changed): a new baseline"
+        return value, None
     except (ValueError, GitError, OSError) as e:   # a corrupt ledger must not hide the run's own result
         return None, f"best unknown ({type(e).__name__}: {str(e)[:120]})"
 
@@ -791,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("run.sh: interrupted; the run is marked interrupted and its sandbox stopped", file=sys.stderr)
         return 130
-    best, note = current_best(root, program)
+    best, note = current_best(root, program, m)
     print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
     return 0
 

@@ -193,6 +193,7 @@ def test_final_refuses_a_checkpoint_that_is_not_the_kept_code(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     rid = proj.fake_run(value=1.9)
+    checkpoint(proj, rid)
     proj.decide()
     program = load_program(proj.path)
     row = proj.rows()[-1]
@@ -201,6 +202,7 @@ def test_final_refuses_a_checkpoint_that_is_not_the_kept_code(proj):
     shutil.rmtree(d)                                                       # runs/ lost, the id taken by other code
     proj.edit("N_EMBD = 96", "N_EMBD = 200")
     other = proj.fake_run(value=3.0)
+    checkpoint(proj, other)
     os.rename(proj.path / "runs" / other, d)
     m = RunMetrics.read(d)
     m.run_id = rid
