@@ -434,8 +434,12 @@ def test_a_stale_git_lock_left_by_a_killed_git_is_cleared(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     rid = proj.fake_run(value=1.9)
+    proj.note("wider noted")
+    r = proj.hook("Stop", env={"AUTORESEARCH_TEST_CRASH_AT": "journal"})   # killed: the decision is pending
+    assert r.rc == 2
     gd = proj.path / ".git"
-    locks = [gd / "index.lock", gd / "refs" / "heads" / (proj.branch() + ".lock"), gd / "HEAD.lock"]
+    locks = [gd / "index.lock", gd / "refs" / "heads" / (proj.branch() + ".lock"), gd / "HEAD.lock",
+             proj.path / ".autoresearch" / "pending" / "index.tmp.lock"]  # ...and the private index's lock
     holder = subprocess.Popen(["sh", "-c", " ".join(f"exec {3 + i}>{p};" for i, p in enumerate(locks)) + " exec sleep 60"])
     try:
         deadline = time.time() + 10
@@ -445,7 +449,7 @@ def test_a_stale_git_lock_left_by_a_killed_git_is_cleared(proj):
         holder.kill()                                                        # kill -9: the locks stay behind
         holder.wait()
     assert all(p.exists() for p in locks)
-    r = proj.decide()
+    r = proj.stop()
     assert "KEPT" in r.text and proj.rows()[-1].run_id == rid
     assert not any(p.exists() for p in locks) and proj.dirty() == []
 
