@@ -290,6 +290,28 @@ def test_a_second_run_sh_says_a_run_is_in_progress_and_exits_75(tmp_path):
     assert third.returncode == 0
 
 
+def test_a_runner_killed_9_leaves_no_stale_run_lock(tmp_path):
+    """kill -9 of ./run.sh mid-run: the kernel drops its flocks, so the next run starts and the Stop
+    hook sees the killed run as over (interrupted), not as "still running" for the rest of the night."""
+    p = Project.create(tmp_path / "inl", program=INLINE)
+    (p.path / "train.py").write_text(TINY_TRAIN)
+    first = runner(p, "to be killed", SLEEP="2")
+    deadline = time.time() + 30
+    while not (p.path / "runs" / "0001" / ".running").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    first.kill()
+    first.communicate()
+    assert RunMetrics.read(p.path / "runs" / "0001").finished_at is None       # it never finished
+    second = runner(p, "after the kill")
+    out, err = second.communicate(timeout=60)
+    assert second.returncode == 0, err
+    p.note("noted")
+    r = p.stop()
+    assert "still running" not in r.text and "BASELINE" in r.text
+    [row] = p.rows()                                                           # decided, with the run after it
+    assert row.runs == ["0001", "0002"] and row.value == 2.0
+
+
 def test_the_run_lock_is_the_kernels_flock(tmp_path):
     """Differential: the util-linux flock(1) holding .autoresearch/run.lock blocks ./run.sh too."""
     if not shutil.which("flock"):
