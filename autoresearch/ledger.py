@@ -322,14 +322,17 @@ def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
 
 def ensure(root: Path, metric_name: str) -> str | None:
     """Rebuild results.tsv when it is missing, empty, unreadable, or lacks a keep the branches
-    record. Returns what was done (None when it was fine). The caller holds the loop lock."""
+    record or a decision runs/ records (a truncated file). Returns what was done (None when it
+    was fine). The caller holds the loop lock."""
     try:
         rows = read_rows(root)
     except LedgerError:
         return rebuild(root, metric_name)[1]
     have = {r.run_id for r in rows if r.status == "keep"}
+    decided = decided_runs(rows)
     missing = [r for r in kept_rows_from_git(root) if r.run_id not in have]
-    if not missing and (rows or not _decision_rows(root)):
+    lost = [r for r in _decision_rows(root) if r.run_id not in decided]
+    if not missing and not lost:
         return None
     return rebuild(root, metric_name)[1]
 

@@ -130,7 +130,7 @@ def test_sigma_applies_only_to_its_fingerprint_and_survives_a_corrupt_state(proj
 
 # --- the branch is the durable record --------------------------------------------------------
 
-@pytest.mark.parametrize("damage", ["delete", "empty", "corrupt"])
+@pytest.mark.parametrize("damage", ["delete", "empty", "corrupt", "truncated"])
 def test_a_lost_ledger_is_rebuilt_and_no_kept_run_is_decided_again(proj, damage):
     proj.baseline(2.0)
     ck1 = checkpoint(proj, "0001")
@@ -147,6 +147,8 @@ def test_a_lost_ledger_is_rebuilt_and_no_kept_run_is_decided_again(proj, damage)
         ledger.unlink()
     elif damage == "empty":
         ledger.write_text("")
+    elif damage == "truncated":
+        ledger.write_text("".join(ledger.read_text().splitlines(keepends=True)[:2]))   # header + baseline
     else:
         ledger.write_text("commit\tval_bpb\nabc\tnot-a-number\n")
     r = proj.stop()
