@@ -2,12 +2,18 @@
 that call `stop_hook`, `session_start_hook` and `pre_compact_hook` here.
 
 Stop, in order, under the loop lock:
-  0. finish a decision a killed hook left half done (journal.recover)
-  1. a run of the current train.py still writing?          -> block: wait for it
-  2. undecided runs of OTHER train.py versions              -> ledger rows (superseded), no git
-  3. an undecided run of the current train.py (by sha256):
+  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
+     then finish a decision a killed hook left half done (journal.recover)
+  1. a run still writing (by its own recorded budget)?     -> block: wait for it
+  2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
+                                                            -> ledger rows (superseded), no git
+  3. undecided runs of the current code (identity.snapshot of the editable set):
        scratchpad.md unchanged since the last decision      -> block: say what to add
-       decide.decide(): confirm                             -> block: re-run the same train.py
+       steps/s far below comparable runs                    -> row (contended), no git: run it again
+       the branch tip's own code                            -> row (re-measured the best), no git
+       no best measured at this fingerprint (budget change) -> not judged: revert; the best's code
+                                                               run next starts a new baseline
+       decide.decide(): confirm                             -> block: re-run the same code
                         keep | discard | crash              -> journal: commit | revert, row, state
   4. budget spent (count, deadline, pause)                  -> allow the stop, summary for the human
   5. otherwise block with the next step: after a decision, the outcome and what comes next;
