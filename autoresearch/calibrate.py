@@ -2,7 +2,10 @@
 
 Runs it N times (program.md `noise.calibrate_runs`) with different seeds -- the runner gives
 each re-run of the same train.py a fresh seed -- and stores sigma, the sample standard
-deviation of the metric, in the loop state. The Stop hook's keep threshold is then
+deviation of the metric, in the loop state, for the runs' fingerprint (budget, eval, backend,
+device, data): a calibration at 5 s says nothing about 300 s runs, so it is recorded with its budget
+and applies only to runs with that fingerprint. The runs' metrics.json say purpose: calibration,
+so a lost state.json loses neither sigma nor their status as measurements. The Stop hook's keep threshold is then
 max(min_improvement, k_sigma * sigma). The runs are marked as measurements, so the Stop hook
 never decides them as experiments.
 """
@@ -37,15 +40,20 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         console.print(f"[yellow]note:[/] {script} differs from HEAD; calibrating the working copy")
     before = set(run_ids(root))
     values, ids, seeds, failed, shown = [], [], [], [], []
+    fps: set[str] = set()
+    budget_s: float | None = None
     try:
         for i in range(n):
             console.print(f"[bold]calibrate[/] run {i + 1}/{n} of {script} ({sha[:12] if sha else '?'})")
             try:
-                m = run_experiment(root, f"calibrate {i + 1}/{n}", budget=budget, backend=backend, echo=sys.stdout)
+                m = run_experiment(root, f"calibrate {i + 1}/{n}", budget=budget, backend=backend, echo=sys.stdout,
+                                   purpose="calibration")
             except HarnessError as e:
                 print(f"autoresearch calibrate: {e}", file=sys.stderr)
                 return 2
             add_measurement_run(root, m.run_id)
+            fps.add(m.fingerprint.key if m.fingerprint else "")
+            budget_s = m.budget_seconds
             ids.append(m.run_id)
             seeds.append(m.seed)
             if m.status == "ok" and m.metric_value is not None:
@@ -61,7 +69,12 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         print(f"autoresearch calibrate: only {len(values)} of {n} runs succeeded ({', '.join(failed)}); "
               f"sigma not stored. Fix the crash (see runs/<id>/train.log) and calibrate again.", file=sys.stderr)
         return 1
-    cal = record_calibration(root, values, ids, seeds, sha or "", budget)
+    if len(fps) > 1:
+        print("autoresearch calibrate: the runs did not share one fingerprint (budget, backend, device or data "
+              "changed during calibration); sigma not stored. Calibrate again.", file=sys.stderr)
+        return 1
+    fp = next(iter(fps)) or None
+    cal = record_calibration(root, values, ids, seeds, sha or "", budget_s, fp)
     table = Table(title=f"noise of {program.metric.name} over seeds")
     for col in ("run", "seed", program.metric.name):
         table.add_column(col)
@@ -69,6 +82,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         table.add_row(rid, str(seed), shown_value)
     console.print(table)
     mean = sum(values) / len(values)
+    console.print(f"measured at a {budget_s:g} s budget (fingerprint {fp}); sigma applies only to runs "
+                  f"with that fingerprint")
     console.print(f"mean {mean:.6f}  sigma {cal.sigma:.6f}  ->  keep threshold "
                   f"max(min_improvement {program.min_improvement:g}, {program.noise.k_sigma:g} x sigma) = "
                   f"[bold]{threshold(program, cal.sigma):.6f}[/]")

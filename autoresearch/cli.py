@@ -167,6 +167,20 @@ def _operator_commands(sub) -> None:
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
+    def ledger(a):
+        from .config import load_program
+        from .ledger import rebuild
+        from .state import loop_lock
+        root = _project(a)
+        program = load_program(root)
+        with loop_lock(root):
+            rows, what = rebuild(root, program.metric.name)
+        print(what)
+        return 0
+    p = add("ledger", "results.tsv maintenance: `ledger rebuild` rebuilds it from the run branches' keep commits "
+                      "and runs/*/decision.json (a corrupt file is kept aside)", ledger)
+    p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
+
     def overnight(a):
         from .driver import main as run
         return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)

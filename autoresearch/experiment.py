@@ -16,13 +16,16 @@ Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNN
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
-program.md, missing backend or data), with the fix in the message.
+program.md, missing backend or data), with the fix in the message, 75 when another run of
+this project is in progress (one run at a time: .autoresearch/run.lock), 74 when the disk is
+full (one line says so; nothing is half-recorded as a result).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import hashlib
 import importlib.util
@@ -44,6 +47,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from .config import ConfigError, Program, load_program, project_root
+from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .metrics import METRICS_FILE, RunMetrics, host_check
 from .sandbox import (NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, SandboxUnavailable,
                       choose_backend, host_has_gpus)
@@ -110,19 +114,111 @@ def derive_seed(root: Path, program: Program, sha: str, seed: int | None) -> int
     return seed if seed is not None else program.seed + earlier_runs_of(root, sha)
 
 
+def _trailer_run_ids(root: Path) -> list[int]:
+    """Run ids named by keep commits on any run branch (Autoresearch-Run / -Runs trailers)."""
+    from .gitops import git, trailers
+    p = git(root, "log", "--format=%B%x00", "--branches=autoresearch/*", check=False)
+    ids = []
+    for msg in p.stdout.split("\x00"):
+        t = trailers(msg)
+        for rid in [t.get("Autoresearch-Run", "")] + t.get("Autoresearch-Runs", "").split(","):
+            if rid.strip().isdigit():
+                ids.append(int(rid))
+    return ids
+
+
+def _ledger_run_ids(root: Path) -> list[int]:
+    from .ledger import LedgerError, read_rows
+    try:
+        return [int(r) for row in read_rows(root) for r in row.runs + [row.run_id] if r.isdigit()]
+    except (LedgerError, OSError):
+        return []
+
+
 def allocate_run_dir(root: Path) -> Path:
-    """runs/NNNN, the next free number; mkdir is the lock, so concurrent runs never share one."""
+    """runs/NNNN with a number never used before in this project: above every folder in runs/,
+    the counter in trusted state, every run id in the run branches' trailers and the ledger --
+    so deleting runs/ cannot make a new run take a decided run's id. mkdir is the lock."""
+    from .state import reserve_run_id
     runs = root / RUNS_DIR
     runs.mkdir(exist_ok=True)
     existing = run_dirs(root)
-    n = int(existing[-1].name) + 1 if existing else 1
+    floor = max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
+    n = reserve_run_id(root, floor)
     while True:
         d = runs / f"{n:04d}"
         try:
             d.mkdir()
             return d
         except FileExistsError:
-            n += 1
+            n = reserve_run_id(root, n)
+
+
+class RunBusy(HarnessError):
+    """Another run of this project is in progress (it holds .autoresearch/run.lock)."""
+
+
+RUN_LOCK = "run.lock"
+RUNNING = ".running"                      # runs/NNNN/.running: flock held while that run is live
+EXIT_BUSY = 75                            # run.sh: another run is in progress (EX_TEMPFAIL: try later)
+EXIT_DISK_FULL = 74                       # run.sh: no space left on the device (EX_IOERR)
+
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[int]:
+    """One run at a time per project: an exclusive flock on .autoresearch/run.lock for the whole
+    run (the kernel drops it when the runner dies, so a kill -9 leaves no stale lock). Two runs at
+    once would each get a fraction of the machine and be measured wrongly."""
+    d = root / ".autoresearch"
+    d.mkdir(exist_ok=True)
+    fd = os.open(d / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            raise RunBusy(f"a run is in progress ({holder or 'another ./run.sh'}); wait for it to finish "
+                          f"and print its result, then run again") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _mark_holder(fd: int, run_id: str) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {run_id}, pid {os.getpid()}\n".encode(), 0)
+
+
+def _hold_running(run_dir: Path) -> int | None:
+    """runs/NNNN/.running, flock held until the runner exits: `runscan` reads a held lock as live."""
+    try:
+        fd = os.open(run_dir / RUNNING, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+    except OSError:
+        return None
+
+
+STEP_LINE = re.compile(r"^step\s+(\d+)", re.M)
+
+
+def steps_per_second(log: Path, train_seconds: float | None) -> float | None:
+    """The last `step N` the log printed over the TRAIN stage's wall time. Only a contention check:
+    a run reporting few steps is never kept, so a false number cannot win anything."""
+    if not train_seconds:
+        return None
+    try:
+        with open(log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 262144))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return None
+    steps = [int(m.group(1)) for m in STEP_LINE.finditer(text)]
+    return round(steps[-1] / train_seconds, 3) if steps else None
 
 
 def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
@@ -572,7 +668,8 @@ def inline_metric(log: Path, regex: str) -> float | None:
 # ---------------------------------------------------------------- one experiment
 
 def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
-                   backend: str | None = None, echo: TextIO | None = None) -> RunMetrics:
+                   backend: str | None = None, echo: TextIO | None = None,
+                   purpose: str = "experiment") -> RunMetrics:
     """Run one experiment for root's current train script and record it in runs/NNNN/.
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
@@ -604,9 +701,44 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     data = None if inline else data_folder(root)
     sha = hashlib.sha256(code).hexdigest()
     seed_n = derive_seed(root, program, sha, seed)
+    files = snapshot_files(root, program_code(program))
+    files[script] = code                          # exactly the bytes that run
+    with run_lock(root) as lock_fd:
+        sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
+        run_dir = allocate_run_dir(root)
+        _mark_holder(lock_fd, run_dir.name)
+        running = _hold_running(run_dir)
+        try:
+            return _run_locked(root, program, run_dir, script, code, sha, snapshot_of(files), seed_n, budget_s,
+                               sandbox, inline, data, message, purpose, started, t_start, say)
+        finally:
+            if running is not None:
+                os.close(running)
+            with contextlib.suppress(OSError):
+                (run_dir / RUNNING).unlink()
 
-    sweep_scratch(root)
-    run_dir = allocate_run_dir(root)
+
+def evaluator_version(root: Path, program: Program) -> str:
+    """What scores a run, for the fingerprint: the scorer's fixed slice and context (prepare.py),
+    or the inline regex. Two runs scored differently are never compared."""
+    if program.run.mode == "inline":
+        return f"inline:{hashlib.sha256((program.run.metric_regex or '').encode()).hexdigest()[:12]}"
+    try:
+        prep = load_prepare(root)
+        return f"scorer:{int(prep.EVAL_BYTES)}B:ctx{int(prep.CONTEXT_LEN)}"
+    except Exception:                                 # noqa: BLE001 -- a broken prepare.py fails the run later
+        return "scorer:?"
+
+
+def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str, snap: str,
+                seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
+                purpose: str, started: datetime, t_start: float, say) -> RunMetrics:
+    """The run itself, with the project's run lock held."""
+    fp = Fingerprint(budget_seconds=budget_s, eval_seconds=program.budget.eval_seconds, mode=program.run.mode,
+                     metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
+                     device=device_class(host_has_gpus()),
+                     data=data_version(None if data is None else data / "val" / "val.bin"),
+                     evaluator=evaluator_version(root, program))
     lay = Layout(root, run_dir, script)
     lay.hold()
     metrics = RunMetrics(
@@ -615,7 +747,8 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         grace_seconds=program.budget.grace_seconds, sandbox=sandbox.name,
         sandbox_warning=NONE_WARNING if sandbox.name == "none" else None,
         mode=program.run.mode, description=message, started_at=started,
-        reason="did not finish: interrupted or killed (rewritten when a run ends)")
+        reason="did not finish: interrupted or killed (rewritten when a run ends)",
+        snapshot_sha256=snap, fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
     metrics.write(run_dir)
     signals: list[str] = []
     home_dir: str | None = None
@@ -650,6 +783,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
             shutil.rmtree(home_dir, ignore_errors=True)
     metrics.finished_at = _now()
     metrics.total_seconds = round(time.monotonic() - t_start, 3)
+    metrics.steps_per_s = steps_per_second(lay.log, metrics.train_seconds)
     metrics.write(run_dir)
     return metrics
 
@@ -733,12 +867,19 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 
 # ---------------------------------------------------------------- what the agent reads
 
-def current_best(root: Path, program: Program) -> tuple[float | None, str | None]:
-    """(best kept value, why unknown)."""
-    from .gitops import GitError
+def current_best(root: Path, program: Program, m: RunMetrics | None = None) -> tuple[float | None, str | None]:
+    """(the best comparable with run `m` -- same fingerprint, measured on the branch tip's code --, why unknown)."""
+    from .gitops import GitError, head_commit
+    from .identity import snapshot_at
     from .ledger import current_best as best
     try:
-        return best(root, program.metric), None
+        fp = m.fingerprint.key if m is not None and m.fingerprint else None
+        head = head_commit(root) if fp else None
+        snap = snapshot_at(root, head, program_code(program)) if head else None
+        value = best(root, program.metric, fingerprint=fp, snapshot=snap)
+        if value is None and fp and best(root, program.metric) is not None:
+            return None, "no best at this fingerprint yet (budget, backend or data changed): a new baseline"
+        return value, None
     except (ValueError, GitError, OSError) as e:   # a corrupt ledger must not hide the run's own result
         return None, f"best unknown ({type(e).__name__}: {str(e)[:120]})"
 
@@ -795,16 +936,25 @@ def main(argv: list[str] | None = None) -> int:
         program = load_program(root)
         m = run_experiment(root, args.message.strip(), budget=args.budget, seed=args.seed,
                            backend=args.backend, echo=sys.stdout)
+    except RunBusy as e:
+        print(f"run.sh: {e}", file=sys.stderr)
+        return EXIT_BUSY
     except HarnessError as e:
         print(f"run.sh: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno != errno.ENOSPC:
+            raise
+        print(f"run.sh: the disk is full ({e.filename or 'no space left on device'}): nothing more can be "
+              f"recorded; a human must free space (e.g. old runs/NNNN/out/ of runs that were not kept)", file=sys.stderr)
+        return EXIT_DISK_FULL
     except ConfigError as e:
         print(f"run.sh: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("run.sh: interrupted; the run is marked interrupted and its sandbox stopped", file=sys.stderr)
         return 130
-    best, note = current_best(root, program)
+    best, note = current_best(root, program, m)
     print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
     return 0
 

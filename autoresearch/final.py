@@ -14,6 +14,8 @@ bytes instead of the validation bytes. What the model prints goes to
 Once: the result is recorded in .autoresearch/final.json; asking again prints the record
 instead of looking at the test split again (`--again` overrides, and says so in the record).
 Deleting runs/ deletes the checkpoints, and with them the possibility of a final evaluation.
+Before scoring, each checkpoint's run is checked against the keep commit it is scored for (the
+train.py bytes and the editable-set snapshot): `final` never scores a model the commit did not keep.
 """
 from __future__ import annotations
 
@@ -116,8 +118,53 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
                   reason=reason, eval_seconds=round(res.wall_seconds, 3))
 
 
+def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) -> None:
+    """The checkpoint in runs/<run_id> must be the code the keep commit claims: its metrics name
+    that run, its train.py copy hashes to what ran, the commit's train.py is those bytes, and the
+    commit's Autoresearch-Snapshot is the run's snapshot. Otherwise a reused run id or a swapped
+    folder would have `final` score the wrong model."""
+    import hashlib
+
+    from .gitops import git, show_blob, trailers
+    from .metrics import read_verified
+    d = root / "runs" / run_id
+    for need in (d / "out" / "model.pt", d / Path(program.run.train_script).name):
+        if not need.is_file():
+            raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
+                             f"and train.py (runs/ must not be deleted)")
+    try:
+        m = read_verified(d)
+    except (OSError, ValueError) as e:
+        raise FinalError(f"runs/{run_id}/metrics.json cannot be read ({str(e).splitlines()[0]}): cannot tell "
+                         f"which code the checkpoint is") from None
+    script = program.run.train_script
+    copy = d / Path(script).name
+    got = hashlib.sha256(copy.read_bytes()).hexdigest() if copy.is_file() else None
+    p = git(root, "rev-parse", "-q", "--verify", f"{row.commit}^{{commit}}", check=False)
+    commit = p.stdout.strip()
+    if p.returncode != 0 or not commit:
+        raise FinalError(f"commit {row.commit} of experiment #{row.experiment} is not in this repository")
+    blob = show_blob(root, commit, script)
+    at_commit = hashlib.sha256(blob).hexdigest() if blob is not None else None
+    claimed = trailers(git(root, "log", "-1", "--format=%B", commit).stdout).get("Autoresearch-Snapshot")
+    problems = []
+    if m.run_id != run_id:
+        problems.append(f"its metrics.json is run {m.run_id}")
+    if got != m.train_py_sha256:
+        problems.append(f"its {Path(script).name} copy does not hash to the {script} that ran")
+    if at_commit != m.train_py_sha256:
+        problems.append(f"{script} at {row.commit} is not the {script} that ran")
+    if claimed and claimed != "none" and m.snapshot_sha256 and claimed != m.snapshot_sha256:
+        problems.append(f"the commit claims snapshot {claimed[:12]}, the run is {m.snapshot_sha256[:12]}")
+    if problems:
+        raise FinalError(f"runs/{run_id} is not the checkpoint experiment #{row.experiment} ({row.commit}) kept: "
+                         + "; ".join(problems) + ". Refusing to score the wrong model.")
+
+
 def _entry(root: Path, program: Program, row: LedgerRow, backend: str | None) -> Entry:
     runs = row.runs or [row.run_id]
+    for r in runs:
+        check_identity(root, program, row, r)
     return Entry(experiment=row.experiment, commit=row.commit, description=row.description, val=row.value,
                  runs=[score_run(root, program, r, backend=backend) for r in runs])
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel
 
 from .atomic import write_atomic
 from .gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
-from .ledger import LedgerRow, append_rows
+from .ledger import LedgerRow, append_rows, write_decision
 from .state import LastDecision, read_state, state_dir, write_state
 
 PENDING = "pending"
@@ -46,6 +46,11 @@ COMMIT_MARK = "<commit>"                 # in `reply`: replaced by the keep comm
 
 class LoopError(RuntimeError):
     """The loop cannot apply a decision (git refused, the branch moved). The message says what to do."""
+
+
+class Conflict(LoopError):
+    """The decision can never be applied as written (the run branch or HEAD moved under it): retrying
+    cannot help, so the journal is resolved once (`_abandon`) instead of being retried forever."""
 
 
 class Journal(BaseModel):
@@ -65,6 +70,7 @@ class Journal(BaseModel):
     last_decision: LastDecision | None = None
     reply: dict | None = None            # the Stop hook's answer once applied (COMMIT_MARK for the sha)
     finish_reason: str | None = None     # set: this decision spent the budget; the loop ends
+    abandoned: str | None = None         # set when it could not be applied: why (see _abandon)
 
     def commit(self, root: Path) -> str | None:
         """The keep commit, once made (the run branch's tip carries our Autoresearch-Run)."""
@@ -121,22 +127,31 @@ def recover(root: Path) -> Journal | None:
 
 
 def apply(root: Path, j: Journal) -> str | None:
-    """Run (or finish) the transaction; returns the keep commit's sha, if any."""
-    _ensure_branch(root, j)
-    crash_point("branch")
-    commit = None
-    if j.action == "keep":
-        commit = _ensure_commit(root, j)
-        crash_point("commit")
-        _sync_index(root, j, commit)
-        crash_point("index")
-    elif j.action in ("discard", "crash"):
-        _revert(root, j)
-        crash_point("revert")
+    """Run (or finish) the transaction; returns the keep commit's sha, if any. A decision that can
+    never be applied (Conflict) is resolved once: see `_abandon`."""
+    clear_stale_locks(root)
+    try:
+        _ensure_branch(root, j)
+        crash_point("branch")
+        commit = None
+        if j.action == "keep":
+            commit = _ensure_commit(root, j)
+            crash_point("commit")
+            _sync_index(root, j, commit)
+            crash_point("index")
+        elif j.action in ("discard", "crash"):
+            _revert(root, j)
+            crash_point("revert")
+    except Conflict as e:
+        _abandon(root, j, str(e))
+        commit = None
     rows = [r.model_copy(update={"commit": commit[:7]}) if i == j.keep_row and commit else r
             for i, r in enumerate(j.rows)]
     append_rows(root, rows, j.metric_name)
     crash_point("ledger")
+    for r in rows:
+        write_decision(root, r)
+    crash_point("decision")
     st = read_state(root)
     if j.last_decision is not None:
         st.last_decision = j.last_decision
@@ -151,6 +166,81 @@ def apply(root: Path, j: Journal) -> str | None:
     return commit
 
 
+def _abandon(root: Path, j: Journal, why: str) -> None:
+    """The branch or HEAD moved (a human committed or checked out something) before this decision
+    was applied. Nothing more is done to git or the work tree; the run is recorded once, as not
+    kept, with the reason; the journal is kept in .autoresearch/abandoned/ for the human."""
+    note = f"not applied: {why}"[:300]
+    j.abandoned = why
+    j.rows = [r.model_copy(update={"status": "discard" if r.status == "keep" else r.status,
+                                   "note": f"{r.note}; {note}" if r.note else note}) for r in j.rows]
+    j.keep_row = None
+    j.reply = {"decision": "block", "reason": (
+        f"autoresearch: run {j.run_id}'s decision ({j.action}) could not be applied and was dropped, once: {why}. "
+        f"It is recorded in results.tsv as not kept; its code is in runs/{j.run_id}/. Nothing else changed. "
+        f"Next: check `git status` shows what you expect, then go on with the loop.")}
+    dest = state_dir(root) / "abandoned" / f"{j.run_id}-{datetime.now():%Y%m%d-%H%M%S}.json"
+    write_atomic(dest, j.model_dump_json(indent=2))
+
+
+# --- stale locks ---------------------------------------------------------------------------
+
+STALE_AGE_S = 120.0                      # without /proc insight: a lock this old has no live owner
+
+
+def _open_by_anyone(path: Path) -> bool | None:
+    """Does any process hold `path` open? (git keeps a lock file open until it commits or rolls
+    back.) None when other processes' fds cannot be read."""
+    proc = Path("/proc")
+    want = str(path)
+    seen_other = False
+    me = str(os.getpid())
+    for d in proc.iterdir() if proc.is_dir() else []:
+        if not d.name.isdigit() or d.name == me:
+            continue
+        try:
+            fds = list((d / "fd").iterdir())
+        except OSError:
+            continue
+        seen_other = True
+        for fd in fds:
+            try:
+                if os.readlink(fd) == want:
+                    return True
+            except OSError:
+                continue
+    return False if seen_other else None
+
+
+def git_locks(root: Path) -> list[Path]:
+    """Lock files git leaves when killed: index.lock, HEAD.lock, ref locks, our private index's lock."""
+    from .gitops import git_dir
+    gd = git_dir(root)
+    found = [gd / "index.lock", gd / "HEAD.lock", gd / "packed-refs.lock", pending_dir(root) / "index.tmp.lock"]
+    refs = gd / "refs"
+    found += list(refs.rglob("*.lock")) if refs.is_dir() else []
+    return [p for p in found if p.exists()]
+
+
+def clear_stale_locks(root: Path) -> list[Path]:
+    """Remove git lock files no live process holds (a git killed mid-write leaves one, and every
+    later git call refuses). A lock someone holds is left alone. Returns what was removed."""
+    removed = []
+    for lock in git_locks(root):
+        held = _open_by_anyone(lock)
+        try:
+            age = datetime.now().timestamp() - lock.stat().st_mtime
+        except OSError:
+            continue
+        if held is False or (held is None and age > STALE_AGE_S):
+            try:
+                lock.unlink()
+                removed.append(lock)
+            except OSError:
+                pass
+    return removed
+
+
 # --- steps ---------------------------------------------------------------------------------
 
 def _ensure_branch(root: Path, j: Journal) -> None:
@@ -161,12 +251,12 @@ def _ensure_branch(root: Path, j: Journal) -> None:
     tip = ref_commit(root, ref)
     if tip is None:
         if head != j.branch_from:
-            raise LoopError(f"HEAD moved (to {head}) before the run branch {j.branch} could be started "
+            raise Conflict(f"HEAD moved (to {head}) before the run branch {j.branch} could be started "
                             f"from {j.branch_from}; check out {j.branch_from} again")
         git(root, "update-ref", "-m", "autoresearch: start run branch", ref, head, "")
         tip = head
     if head != tip:
-        raise LoopError(f"HEAD ({head and head[:7]}) is not at the run branch {j.branch} ({tip[:7]}): "
+        raise Conflict(f"HEAD ({head and head[:7]}) is not at the run branch {j.branch} ({tip[:7]}): "
                         f"`git checkout {j.branch}` to continue that run")
     git(root, "symbolic-ref", "-m", "autoresearch: switch to run branch", "HEAD", ref)
 
@@ -177,7 +267,7 @@ def _ensure_commit(root: Path, j: Journal) -> str:
     if tip != j.parent:
         if tip and _is_our_commit(root, tip, j):
             return tip
-        raise LoopError(f"the run branch {j.branch} moved from {j.parent[:7]} to {tip and tip[:7]} "
+        raise Conflict(f"the run branch {j.branch} moved from {j.parent[:7]} to {tip and tip[:7]} "
                         f"while run {j.run_id} was being decided; nothing was committed or reverted")
     files = pending_dir(root) / "files"
     tmp_index = pending_dir(root) / "index.tmp"
@@ -254,4 +344,4 @@ def _write_file(path: Path, data: bytes, mode: int) -> None:
     write_atomic(path, data, mode)
 
 
-__all__ = ["Journal", "LoopError", "GitError", "begin", "apply", "recover", "load", "pending_dir", "crash_point"]
+__all__ = ["Journal", "LoopError", "Conflict", "clear_stale_locks", "GitError", "begin", "apply", "recover", "load", "pending_dir", "crash_point"]

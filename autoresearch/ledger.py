@@ -27,8 +27,15 @@ his tools read ours:
     train_seconds wall time of the TRAIN stage of run_id
     sandbox       docker | bwrap | none
     session       the Claude Code session that ended its turn
-    note          baseline | confirmed | superseded | unconfirmed | ...
+    note          baseline | confirmed | superseded | unconfirmed | re-measured the best | contended | ...
     decided_at    ISO 8601, UTC
+    snapshot      identity.snapshot (sha256) of the editable set's code that ran
+    fingerprint   identity.Fingerprint.key: rows are compared only within one fingerprint
+
+The branch is the durable record: every keep commit carries Autoresearch-* trailers with every
+column of its row, and every decided run gets runs/NNNN/decision.json (its row). A missing, empty
+or corrupt results.tsv is rebuilt from those two (`ensure`, under the loop lock, on every hook
+call; `autoresearch ledger rebuild` by hand); a corrupt one is moved aside first, never lost.
 
 Rows are idempotent by run id: a run that appears in any row's `runs` is decided, and
 `append_rows` skips rows already there, so a hook killed halfway and run again never
@@ -57,7 +64,7 @@ Outcome = Literal["keep", "discard", "crash"]
 KARPATHY = ["commit", "<metric>", "memory_gb", "status", "description"]
 OURS = ["experiment", "run_id", "runs", "run_status", "phase", "branch", "seeds", "delta",
         "prev_best", "best", "threshold", "sigma", "train_seconds", "sandbox", "session",
-        "note", "decided_at"]
+        "note", "decided_at", "snapshot", "fingerprint"]
 
 
 class LedgerError(ValueError):
@@ -90,6 +97,8 @@ class LedgerRow(BaseModel):
     session: str = ""
     note: str = ""
     decided_at: datetime
+    snapshot: str = ""                   # "" in rows written before snapshots existed (matches any)
+    fingerprint: str = ""                # "" likewise
 
 
 def columns(metric_name: str) -> list[str]:
@@ -138,6 +147,7 @@ def _parse(rec: dict[str, str], metric_col: str, line: int) -> LedgerRow:
             sandbox=rec.get("sandbox") or "", session=rec.get("session") or "",
             note=rec.get("note") or "",
             decided_at=rec.get("decided_at") or datetime.fromtimestamp(0, timezone.utc),
+            snapshot=rec.get("snapshot") or "", fingerprint=rec.get("fingerprint") or "",
         )
     except (ValidationError, ValueError) as e:
         first = str(e).splitlines()[0]
@@ -188,33 +198,149 @@ def append_rows(root: Path, new: list[LedgerRow], metric_name: str) -> list[Ledg
     todo = [r for r in new if r.run_id not in have]
     if not todo:
         return []
-    cols = columns(header[1] if header else metric_name)
+    _write(path, rows + todo, header[1] if header else metric_name)
+    return todo
+
+
+def _write(path: Path, rows: list[LedgerRow], metric_col: str) -> None:
     out = io.StringIO()
-    out.write("\t".join(cols) + "\n")
-    for r in rows + todo:
+    out.write("\t".join(columns(metric_col)) + "\n")
+    for r in rows:
         out.write("\t".join(_row_cells(r)) + "\n")
     write_atomic(path, out.getvalue())
-    return todo
 
 
 def branch_rows(rows: list[LedgerRow], branch: str | None) -> list[LedgerRow]:
     return [r for r in rows if branch and r.branch == branch]
 
 
-def kept_values_from_git(root: Path, branch: str) -> list[float]:
-    """Metric values recorded in the keep commits of `branch` (Autoresearch-* trailers).
-    The commits are the second, independent record: a deleted results.tsv cannot turn the
-    next experiment into a 'baseline' that is kept whatever it scores."""
-    p = git(root, "log", "--first-parent", "--format=%B%x00", branch, "--", check=False)
-    vals = []
-    for msg in p.stdout.split("\x00"):
+# --- the durable record: trailers and runs/NNNN/decision.json -------------------------------------
+
+DECISION_FILE = "decision.json"
+TRAILER_PREFIX = "Autoresearch-"
+REMEASURE = "re-measured the best"         # a row's note: a run of the best's own snapshot
+
+
+_TRAILER_NAMES = {"<metric>": "Value", "run_id": "Run", "prev_best": "Previous-Best"}
+
+
+def _trailer_name(col: str) -> str:
+    return _TRAILER_NAMES.get(col) or "-".join(w.capitalize() for w in col.split("_"))
+
+
+def row_trailers(row: LedgerRow) -> dict[str, str]:
+    """Every column of a keep row as commit trailers (commit and status excepted: the commit is
+    the keep). Empty cells are `none` (numbers) or `-`."""
+    cells = dict(zip(KARPATHY + OURS, _row_cells(row)))
+    return {_trailer_name(k): v or ("-" if k in ("description", "note", "session", "sandbox") else "none")
+            for k, v in cells.items() if k not in ("commit", "status")}
+
+
+def _row_from_trailers(commit: str, t: dict[str, str]) -> LedgerRow | None:
+    rec = {}
+    for k in KARPATHY + OURS:
+        v = t.get(TRAILER_PREFIX + _trailer_name(k))
+        rec[k] = "" if v is None or v == "-" or (v == "none" and k not in ("description", "note")) else v
+    rec.update(commit=commit[:7], status="keep")
+    if not rec.get("run_id") or not rec.get("branch"):
+        return None
+    try:
+        return _parse(rec, "<metric>", 0)
+    except LedgerError:
+        return None
+
+
+def kept_rows_from_git(root: Path, branch: str | None = None) -> list[LedgerRow]:
+    """The keep rows the run branches' commits record (oldest first): `branch`, or every run branch."""
+    args = ["log", "--format=%H%x00%B%x01"] + ([branch] if branch else ["--branches=autoresearch/*"])
+    p = git(Path(root), *args, "--", check=False)
+    out = []
+    for rec in p.stdout.split("\x01"):
+        sha, _, msg = rec.strip().partition("\x00")
         t = trailers(msg)
-        if t.get("Autoresearch-Branch") == branch and t.get("Autoresearch-Value"):
-            try:
-                vals.append(float(t["Autoresearch-Value"]))
-            except ValueError:
-                pass
-    return vals
+        if sha and t.get(TRAILER_PREFIX + "Run") and t.get(TRAILER_PREFIX + "Branch"):
+            row = _row_from_trailers(sha, t)
+            if row is not None and (branch is None or row.branch == branch):
+                out.append(row)
+    return list(reversed(out))
+
+
+def write_decision(root: Path, row: LedgerRow) -> None:
+    """runs/NNNN/decision.json for every run the row covers (idempotent; a run folder that is gone
+    is skipped). With the trailers, this is what a lost results.tsv is rebuilt from."""
+    data = row.model_dump_json(indent=2) + "\n"
+    for rid in dict.fromkeys(row.runs + [row.run_id]):
+        d = Path(root) / "runs" / rid
+        if d.is_dir() and not (d / DECISION_FILE).exists():
+            write_atomic(d / DECISION_FILE, data)
+
+
+def _decision_rows(root: Path) -> list[LedgerRow]:
+    runs = Path(root) / "runs"
+    out = []
+    for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
+        try:
+            out.append(LedgerRow.model_validate_json((d / DECISION_FILE).read_bytes()))
+        except (OSError, ValidationError, ValueError):
+            continue
+    return out
+
+
+def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
+    """results.tsv from the run branches (keep rows, authoritative) and runs/*/decision.json (the
+    rest). A file that cannot be read is moved aside first. Returns (rows, what was done).
+    The caller holds the loop lock."""
+    path = ledger_path(root)
+    aside = ""
+    try:
+        header, old = _read(path)
+    except LedgerError:
+        header, old = None, []
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        target = path.with_name(f"{LEDGER_FILE}.corrupt-{stamp}")
+        path.replace(target)
+        aside = f"; the unreadable file was kept as {target.name}"
+    by_run: dict[str, LedgerRow] = {}
+    for r in old + _decision_rows(root):
+        by_run.setdefault(r.run_id, r)
+    kept = kept_rows_from_git(root)
+    for r in kept:
+        prev = by_run.get(r.run_id)
+        by_run[r.run_id] = prev.model_copy(update={"status": "keep", "commit": r.commit}) if prev else r
+    covered: set[str] = set()
+    rows = []
+    for r in sorted(by_run.values(), key=lambda r: (r.decided_at, int(r.run_id) if r.run_id.isdigit() else 0)):
+        if r.run_id in covered:
+            continue
+        covered.update(r.runs)
+        rows.append(r)
+    if rows:
+        _write(path, rows, header[1] if header else metric_name)
+    return rows, (f"rebuilt {LEDGER_FILE}: {len(rows)} rows ({sum(r.status == 'keep' for r in rows)} kept, "
+                  f"from {len(kept)} keep commits and runs/*/{DECISION_FILE}){aside}")
+
+
+def ensure(root: Path, metric_name: str) -> str | None:
+    """Rebuild results.tsv when it is missing, empty, unreadable, or lacks a keep the branches
+    record or a decision runs/ records (a truncated file). Returns what was done (None when it
+    was fine). The caller holds the loop lock."""
+    try:
+        rows = read_rows(root)
+    except LedgerError:
+        return rebuild(root, metric_name)[1]
+    have = {r.run_id for r in rows if r.status == "keep"}
+    decided = decided_runs(rows)
+    missing = [r for r in kept_rows_from_git(root) if r.run_id not in have]
+    lost = [r for r in _decision_rows(root) if r.run_id not in decided]
+    if not missing and not lost:
+        return None
+    return rebuild(root, metric_name)[1]
+
+
+def kept_run_ids(root: Path, rows: list[LedgerRow] | None = None) -> set[str]:
+    """Every run a keep covers, by the ledger or by any run branch: their checkpoints are never deleted."""
+    rows = read_rows(root) if rows is None else rows
+    return {x for r in rows + kept_rows_from_git(root) if r.status == "keep" for x in r.runs + [r.run_id]}
 
 
 def best_of(values: list[float], metric: Metric) -> float | None:
@@ -225,11 +351,40 @@ def best_of(values: list[float], metric: Metric) -> float | None:
     return best
 
 
-def current_best(root: Path, metric: Metric, branch: str | None = None) -> float | None:
-    """The best kept value on the current run branch; None before the baseline (or when HEAD
-    is not a run branch: the first decision there starts a fresh branch and a baseline)."""
+def comparable(rows: list[LedgerRow], branch: str | None, fingerprint: str | None,
+               snapshot: str | None) -> list[LedgerRow]:
+    """The rows that measured the branch's best (its tip's snapshot) under this fingerprint:
+    its keep and every re-measurement. Rows from before snapshots existed match anything."""
+    def ok(have: str, want: str | None) -> bool:
+        return not have or not want or have == want
+    return [r for r in branch_rows(rows, branch) if r.value is not None
+            and (r.status == "keep" or r.note.startswith(REMEASURE))
+            and ok(r.fingerprint, fingerprint) and ok(r.snapshot, snapshot)]
+
+
+def best_value(rows: list[LedgerRow], metric: Metric, branch: str | None, fingerprint: str | None = None,
+               snapshot: str | None = None) -> float | None:
+    """The best on `branch` under `fingerprint`: the mean of every measurement of its tip's
+    snapshot there (a re-run of the best re-measures it). Without a snapshot, the best kept value."""
+    rs = comparable(rows, branch, fingerprint, snapshot)
+    if not rs:
+        return None
+    if snapshot is None:
+        return best_of([r.value for r in rs if r.value is not None], metric)
+    n = sum(len(r.runs) or 1 for r in rs)
+    return sum((r.value or 0.0) * (len(r.runs) or 1) for r in rs) / n
+
+
+def current_best(root: Path, metric: Metric, branch: str | None = None, fingerprint: str | None = None,
+                 snapshot: str | None = None) -> float | None:
+    """The best on the current run branch (under `fingerprint`, of `snapshot` when given); None
+    before the baseline (or when HEAD is not a run branch: the first decision there starts a
+    fresh branch and a baseline). The branch's commits are read too, so a lost results.tsv
+    cannot turn the next experiment into a 'baseline' that is kept whatever it scores."""
     branch = branch or current_branch(Path(root))
     if not is_run_branch(branch):
         return None
-    kept = [r.value for r in branch_rows(read_rows(root), branch) if r.status == "keep" and r.value is not None]
-    return best_of(kept + kept_values_from_git(Path(root), branch), metric)
+    rows = read_rows(root)
+    have = {r.run_id for r in rows}
+    rows = rows + [r for r in kept_rows_from_git(Path(root), branch) if r.run_id not in have]
+    return best_value(rows, metric, branch, fingerprint, snapshot)

@@ -2,12 +2,18 @@
 that call `stop_hook`, `session_start_hook` and `pre_compact_hook` here.
 
 Stop, in order, under the loop lock:
-  0. finish a decision a killed hook left half done (journal.recover)
-  1. a run of the current train.py still writing?          -> block: wait for it
-  2. undecided runs of OTHER train.py versions              -> ledger rows (superseded), no git
-  3. an undecided run of the current train.py (by sha256):
+  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
+     then finish a decision a killed hook left half done (journal.recover)
+  1. a run still writing (by its own recorded budget)?     -> block: wait for it
+  2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
+                                                            -> ledger rows (superseded), no git
+  3. undecided runs of the current code (identity.snapshot of the editable set):
        scratchpad.md unchanged since the last decision      -> block: say what to add
-       decide.decide(): confirm                             -> block: re-run the same train.py
+       steps/s far below comparable runs                    -> row (contended), no git: run it again
+       the branch tip's own code                            -> row (re-measured the best), no git
+       no best measured at this fingerprint (budget change) -> not judged: revert; the best's code
+                                                               run next starts a new baseline
+       decide.decide(): confirm                             -> block: re-run the same code
                         keep | discard | crash              -> journal: commit | revert, row, state
   4. budget spent (count, deadline, pause)                  -> allow the stop, summary for the human
   5. otherwise block with the next step: after a decision, the outcome and what comes next;
@@ -26,6 +32,7 @@ Failure semantics (for Stop, letting the stop through ends the overnight loop):
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -45,10 +52,13 @@ from .gitops import (GitError, current_branch, git, head_commit, is_run_branch, 
                      show_blob, RUN_BRANCH_PREFIX)
 from .journal import Journal, LoopError
 from .phases import advance
-from .ledger import LedgerRow, branch_rows, current_best, decided_runs, read_rows
-from .runscan import RunRecord, undecided_runs
-from .state import (LastDecision, LoopState, loop_lock, now, paused, read_state, sha256_file, state_dir,
-                    write_state)
+from .identity import program_code, snapshot, snapshot_at
+from .ledger import (REMEASURE, LedgerError, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
+                     kept_rows_from_git, kept_run_ids, read_rows, row_trailers)
+from .metrics import read_verified
+from .runscan import RunRecord, contention, undecided_runs
+from .state import (LastDecision, LoopState, calibrations_from_runs, loop_lock, now, paused, read_state,
+                    sha256_file, state_dir, write_state)
 
 SCRATCHPAD = "scratchpad.md"
 MAX_IDLE_ENV = "AUTORESEARCH_MAX_IDLE_STOPS"
@@ -84,18 +94,60 @@ def stop_hook(data: dict) -> dict:
                      f"the agent again:\n{e}")
     try:
         with loop_lock(root):
+            rebuilt = _ensure_ledger(root, program)          # first: a journal appends to it
             done = journal.recover(root)
             if done is not None and done.reply is not None:     # a killed call's decision, now finished
                 reply = done.reply_for(done.commit(root))
             else:
                 reply = _stop(root, program, data)
+            if rebuilt and reply and reply.get("reason"):
+                reply["reason"] = f"({rebuilt}) " + reply["reason"]
     except (ConfigError, SetupError) as e:
         reply = allow(f"autoresearch: the loop stopped: {e}")
     except LockTimeout:
         reply = block("autoresearch: another autoresearch command holds the loop lock (.autoresearch/loop.lock). "
                       "Wait a minute, then end your turn again.")
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        reply = allow(disk_full(root, e))
     _trace(root, "stop", reply, time.perf_counter() - t0)
     return reply
+
+
+def disk_full(root: Path, e: OSError) -> str:
+    """ENOSPC: nothing can be recorded, and no retry by the agent can help. Free what is safe (the
+    checkpoints of runs that were not kept), then let the session stop with the human's fix."""
+    freed = prune_unkept(root)
+    return (f"autoresearch: the disk is full (ENOSPC: {e.filename or e.strerror}), so the loop stopped; nothing "
+            f"was decided and nothing is lost. Freed {freed / 2**20:.0f} MiB of checkpoints of runs that were not "
+            f"kept. A human must free more space (`df -h {root}`), then start the agent again.")
+
+
+def prune_unkept(root: Path) -> int:
+    """Delete runs/NNNN/out/ of every run that no keep covers; returns the bytes freed. Kept
+    runs' checkpoints are never touched (`autoresearch final` scores them)."""
+    from .ledger import LedgerError, kept_run_ids
+    from .runscan import run_ids
+    try:
+        kept = kept_run_ids(root)
+    except (LedgerError, GitError):
+        return 0                                   # cannot tell what is kept: delete nothing
+    freed = 0
+    for rid in run_ids(root):
+        out = Path(root) / "runs" / rid / "out"
+        if rid in kept or not out.is_dir():
+            continue
+        freed += sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        shutil.rmtree(out, ignore_errors=True)
+    return freed
+
+
+def _ensure_ledger(root: Path, program: Program) -> str | None:
+    """A missing, empty, corrupt or incomplete results.tsv is rebuilt from the run branches and
+    runs/*/decision.json before anything is decided: a kept run is never decided again."""
+    from .ledger import ensure
+    return ensure(root, program.metric.name)
 
 
 class _Ctx(BaseModel):
@@ -107,10 +159,15 @@ class _Ctx(BaseModel):
     from_name: str | None
     session: str
     train: str
-    cur_sha: str | None
-    head_sha: str | None
+    cur_sha: str | None                 # train.py in the work tree
+    head_sha: str | None                # train.py at HEAD
+    cur_snap: str                       # identity.snapshot of the work tree's editable code
+    head_snap: str                      # ... and of HEAD's
     rows: list[LedgerRow]
-    best: float | None
+    best: float | None                  # the best under the deciding run's fingerprint (set per decision)
+    has_keeps: bool = False             # the run branch has a baseline (under any fingerprint)
+    fingerprint: str = ""               # the deciding run's
+    fp_change: str = ""                 # "budget 5 s -> 10 s" when it differs from the last keep's
 
 
 def _stop(root: Path, program: Program, data: dict) -> dict:
@@ -120,16 +177,20 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
         write_state(root, st)
     ctx = _context(root, program, data, st)
     b = program.budget
-    wall = b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S
     decided = decided_runs(ctx.rows) | set(st.measurement_runs)
     if st.calibration:
         decided |= set(st.calibration.run_ids)
-    runs = undecided_runs(root, decided, ctx.train, wall)
+    for cal in st.calibrations.values():
+        decided |= set(cal.run_ids)
+    runs = undecided_runs(root, decided, ctx.train, b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S,
+                          extra_s=b.eval_seconds + RUN_OVERHEAD_S)
     running = [r for r in runs if r.in_progress]
     if running:
         return block(f"autoresearch: run {running[-1].run_id} is still running. Wait for ./run.sh to finish and "
                      f"print its result (do not run it in the background), then end your turn.")
-    cands = [r for r in runs if ctx.cur_sha and r.sha == ctx.cur_sha]
+    cands = [r for r in runs if ctx.cur_sha and r.same_code(ctx.cur_snap, ctx.cur_sha)]
+    if cands:                           # only runs comparable with the latest one are averaged
+        cands = [r for r in cands if r.fingerprint == cands[-1].fingerprint]
     others = [r for r in runs if r not in cands]
     bud = budget(program, st, ctx.rows, ctx.branch, ctx.session, paused(root))
 
@@ -137,7 +198,23 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
         nag = _scratchpad_rule(root, program, st, ctx, cands[-1])
         if nag:
             return block(nag)
-        thresh = threshold(program, st.sigma)
+        _compare_with(root, program, ctx, cands[-1])
+        sig = _sigma(root, st, ctx.fingerprint)
+        thresh = threshold(program, sig)
+        busy = contention(root, cands[-1]) if cands[-1].status == "ok" else None
+        if busy:
+            return _contended(root, program, st, ctx, cands, others, thresh, busy)
+        if ctx.has_keeps and ctx.cur_snap == ctx.head_snap:
+            return _remeasure(root, program, st, ctx, cands, others, thresh, sig)
+        if ctx.has_keeps and ctx.best is None:
+            v = Verdict(action="crash" if cands[-1].view(program.metric.name, program.metric.direction).status != "ok"
+                        else "discard", value=None, delta=None, improvement=None, threshold=thresh,
+                        note=f"not comparable: no best measured at this fingerprint ({ctx.fp_change})")
+            vw = cands[-1].view(program.metric.name, program.metric.direction)
+            v.value = vw.value
+            if v.action == "crash":
+                v.note = vw.status
+            return _decide(root, program, st, ctx, cands, others, v, thresh, sig)
         can_confirm = not bud.paused and not (bud.hours_left is not None and bud.hours_left <= 0)
         views = [r.view(program.metric.name, program.metric.direction) for r in cands]
         v = decide(views, ctx.best, program.metric, thresh, program.noise.confirm_margin, can_confirm)
@@ -145,7 +222,7 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
             if others:
                 _record(root, program, st, ctx, others, thresh)
             return block(_confirm_message(program, v, cands))
-        return _decide(root, program, st, ctx, cands, others, v, thresh)
+        return _decide(root, program, st, ctx, cands, others, v, thresh, sig)
 
     if others:
         ctx.rows = ctx.rows + _record(root, program, st, ctx, others, threshold(program, st.sigma))
@@ -166,16 +243,49 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     if ctx.cur_sha is None:
         return block(f"autoresearch: {ctx.train} is missing. Restore it (its last kept version is "
                      f"`git show HEAD:{ctx.train}`), then run ./run.sh -m \"<what and why>\".")
-    if ctx.cur_sha != ctx.head_sha:
+    if ctx.cur_snap != ctx.head_snap:
         return block(f"autoresearch: {ctx.train} has changed but has no run yet. Run it first: "
                      f"./run.sh -m \"<what changed and why>\" -- then update scratchpad.md and end your turn.")
-    if ctx.best is None:
+    if not ctx.has_keeps:
         return block("autoresearch: no baseline yet on this run. Run the baseline first: "
                      "./run.sh -m \"baseline\" -- then note the result in scratchpad.md and end your turn.")
     return block(f"autoresearch: nothing to decide: {ctx.train} is unchanged and has no new run. "
                  f"{bud.line()}. Next: form one hypothesis for phase '{program.phase}' "
                  f"({_short(program.current.focus).rstrip('.')}), write it in scratchpad.md, edit {ctx.train}, "
                  f"run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+def _sigma(root: Path, st: LoopState, fingerprint: str) -> float | None:
+    """sigma for this fingerprint: the state's, else rebuilt from the calibration runs in runs/."""
+    sig = st.sigma_for(fingerprint or None)
+    if sig is None and fingerprint:
+        cal = calibrations_from_runs(root).get(fingerprint)
+        sig = cal.sigma if cal else None
+    return sig
+
+
+def _compare_with(root: Path, program: Program, ctx: _Ctx, run: RunRecord) -> None:
+    """Set ctx.best to the best measured under `run`'s fingerprint (None: none there yet), and
+    say what changed when the branch's best was measured under another one."""
+    ctx.fingerprint = run.fingerprint
+    ctx.best = best_value(ctx.rows, program.metric, ctx.branch, run.fingerprint or None, ctx.head_snap) \
+        if ctx.has_keeps else None
+    if ctx.has_keeps and ctx.best is None:
+        ctx.fp_change = _fingerprint_change(root, ctx, run)
+
+
+def _fingerprint_change(root: Path, ctx: _Ctx, run: RunRecord) -> str:
+    last = next((r for r in reversed(branch_rows(ctx.rows, ctx.branch)) if r.status == "keep"), None)
+    old = None
+    if last is not None:
+        try:
+            old = read_verified(Path(root) / "runs" / last.run_id).fingerprint
+        except (OSError, ValueError):
+            old = None
+    new = run.metrics.fingerprint if run.metrics else None
+    if new is None:
+        return "fingerprint changed"
+    return new.differs(old) if old is not None else f"fingerprint {last.fingerprint if last else '?'} -> {new.key}"
 
 
 def _context(root: Path, program: Program, data: dict, st: LoopState) -> _Ctx:
@@ -191,12 +301,15 @@ def _context(root: Path, program: Program, data: dict, st: LoopState) -> _Ctx:
     train = program.run.train_script
     head_train = show_blob(root, head, train)
     rows = read_rows(root)
-    best = current_best(root, program.metric, branch=branch) if on_run else None
+    code = program_code(program)
+    has_keeps = on_run and bool([r for r in branch_rows(rows, branch) if r.status == "keep"]
+                                or kept_rows_from_git(root, branch))
     return _Ctx(head=head, branch=branch, on_run_branch=on_run, from_name=None if on_run else (name or head[:12]),
                 session=str(data.get("session_id") or ""), train=train,
                 cur_sha=sha256_file(Path(root) / train),
                 head_sha=hashlib.sha256(head_train).hexdigest() if head_train is not None else None,
-                rows=rows, best=best)
+                cur_snap=snapshot(root, code), head_snap=snapshot_at(root, head, code),
+                rows=rows, best=None, has_keeps=has_keeps)
 
 
 def _new_branch_name(root: Path) -> str:
@@ -242,7 +355,7 @@ def _run_row(program: Program, ctx: _Ctx, r: RunRecord, exp: int, status: str, v
         delta=(value - prev_best) if value is not None and prev_best is not None else None,
         prev_best=prev_best, best=best, threshold=thresh, sigma=sigma,
         train_seconds=m.train_seconds if m else None, sandbox=m.sandbox if m else "",
-        session=ctx.session, note=note, decided_at=now())
+        session=ctx.session, note=note, decided_at=now(), snapshot=r.snapshot or "", fingerprint=r.fingerprint)
 
 
 def _superseded_rows(program: Program, st: LoopState, ctx: _Ctx, others: list[RunRecord], thresh: float,
@@ -252,7 +365,8 @@ def _superseded_rows(program: Program, st: LoopState, ctx: _Ctx, others: list[Ru
         v = r.view(program.metric.name, program.metric.direction)
         ok = v.status == "ok"
         rows.append(_run_row(program, ctx, r, first_exp + i, "discard" if ok else "crash", v.value, thresh,
-                             st.sigma, "superseded: train.py changed before this run was decided",
+                             st.sigma, "superseded: the code changed (or the fingerprint differs) before this "
+                             "run was decided",
                              prev_best=ctx.best, best=ctx.best))
     return rows
 
@@ -263,31 +377,92 @@ def _journal_base(ctx: _Ctx) -> dict:
 
 
 def _record(root: Path, program: Program, st: LoopState, ctx: _Ctx, others: list[RunRecord],
-            thresh: float) -> list[LedgerRow]:
-    """Ledger rows for runs whose train.py is gone (the agent moved on before a decision)."""
-    rows = _superseded_rows(program, st, ctx, others, thresh, len(branch_rows(ctx.rows, ctx.branch)) + 1)
+            thresh: float, rows: list[LedgerRow] | None = None, reply: dict | None = None) -> list[LedgerRow]:
+    """Ledger rows, no git: for runs whose code is gone (the agent moved on before a decision),
+    or the given rows (re-measurements, contended runs)."""
+    rows = rows or _superseded_rows(program, st, ctx, others, thresh, len(branch_rows(ctx.rows, ctx.branch)) + 1)
     _preflight(root)
-    j = Journal(action="record", run_id=others[-1].run_id, rows=rows, metric_name=program.metric.name,
-                **_journal_base(ctx))
+    last = rows[-1]
+    ld = LastDecision(run_id=last.run_id, runs=last.runs, experiment=last.experiment, outcome=last.status,
+                      branch=ctx.branch, scratchpad_sha256=sha256_file(Path(root) / SCRATCHPAD), at=now()) \
+        if reply is not None else None
+    j = Journal(action="record", run_id=last.run_id, rows=rows, metric_name=program.metric.name,
+                last_decision=ld, reply=reply, **_journal_base(ctx))
     journal.begin(root, j, {})
     journal.apply(root, j)
-    _prune_checkpoints(program, others)
+    _prune_checkpoints(root, program, others)
     ctx.on_run_branch, ctx.from_name = True, None
     return rows
 
 
-def _prune_checkpoints(program: Program, runs: list[RunRecord]) -> None:
+def _prune_checkpoints(root: Path, program: Program, runs: list[RunRecord]) -> None:
     """Delete the out/ folder (checkpoints) of runs that were not kept: a night of GPU-sized
-    checkpoints fills a disk. Log, metrics, the train.py copy and the diff stay; kept runs keep
-    theirs (`autoresearch final` scores them). `keep_checkpoints: all` turns this off."""
-    if program.keep_checkpoints == "all":
+    checkpoints fills a disk. Log, metrics, the train.py copy and the diff stay. A run any keep
+    covers (ledger or any run branch's trailers) is never touched, whatever the caller thinks:
+    `autoresearch final` scores it. `keep_checkpoints: all` turns this off."""
+    if program.keep_checkpoints == "all" or not runs:
         return
+    kept = kept_run_ids(root)
     for run in runs:
-        shutil.rmtree(run.path / "out", ignore_errors=True)
+        if run.run_id not in kept:
+            shutil.rmtree(run.path / "out", ignore_errors=True)
+
+
+def _remeasure(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
+               others: list[RunRecord], thresh: float, sig: float | None) -> dict:
+    """Runs of the branch tip's own code: they measure the best again (its mean moves), never a
+    keep -- a lucky re-run is not an improvement. Under a new fingerprint they are its baseline."""
+    exp0 = len(branch_rows(ctx.rows, ctx.branch)) + 1
+    rows = _superseded_rows(program, st, ctx, others, thresh, exp0)
+    m = program.metric
+    views = [(r, r.view(m.name, m.direction)) for r in cands]
+    new_base = ctx.best is None
+    lead = f"{REMEASURE}" + (f" (new baseline: {ctx.fp_change})" if new_base else "")
+    for i, (r, v) in enumerate(views):
+        ok = v.status == "ok"
+        rows.append(_run_row(program, ctx, r, exp0 + len(rows), "discard" if ok else "crash", v.value, thresh, sig,
+                             lead if ok else f"{REMEASURE} failed: {r.problem or (r.metrics.reason if r.metrics else '')}",
+                             prev_best=ctx.best, best=ctx.best))
+    after = best_value(ctx.rows + rows, m, ctx.branch, ctx.fingerprint or None, ctx.head_snap)
+    n = sum(len(r.runs) or 1 for r in comparable(ctx.rows + rows, ctx.branch, ctx.fingerprint or None, ctx.head_snap))
+    for r in rows:
+        if r.note.startswith(REMEASURE) and r.value is not None:
+            r.best = after
+    last = cands[-1]
+    if views[-1][1].status != "ok":
+        what = f"run {last.run_id} of the best's own code failed ({last.status}); the best is unchanged"
+    elif new_base:
+        what = (f"run {last.run_id} ran the best's code at a new fingerprint ({ctx.fp_change}); runs are compared "
+                f"only within one fingerprint, so this STARTS A NEW BASELINE on the branch: {m.name} {_fmt(after)}")
+    else:
+        what = (f"run {last.run_id} ran the best's own code again: it RE-MEASURED the best (not a keep; nothing "
+                f"changed in the code). Best {m.name} now {_fmt(after)}, the mean of {n} runs")
+    reply = block(f"autoresearch: {what}. Next: form ONE hypothesis, edit {ctx.train}, run ./run.sh -m \"<what and "
+                  f"why>\", then end your turn.")
+    _record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    return reply
+
+
+def _contended(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
+               others: list[RunRecord], thresh: float, why: str) -> dict:
+    """A run that trained far slower than its peers (another job shared the machine) is recorded
+    as contended and never kept; the code stays as it is, so the agent simply runs it again."""
+    exp0 = len(branch_rows(ctx.rows, ctx.branch)) + 1
+    rows = _superseded_rows(program, st, ctx, others, thresh, exp0)
+    r = cands[-1]
+    v = r.view(program.metric.name, program.metric.direction)
+    rows.append(_run_row(program, ctx, r, exp0 + len(rows), "discard", v.value, thresh, st.sigma,
+                         f"contended: {why}; not judged", prev_best=ctx.best, best=ctx.best))
+    reply = block(f"autoresearch: run {r.run_id} was CONTENDED ({why}): something else used the machine, so its "
+                  f"{program.metric.name} says nothing about the change. It is recorded, not judged; {ctx.train} is "
+                  f"left as it is. Run it again: ./run.sh -m \"rerun: {_short(r.metrics.description if r.metrics else '', 60)}\", "
+                  f"then end your turn.")
+    _record(root, program, st, ctx, others + [r], thresh, rows=rows, reply=reply)
+    return reply
 
 
 def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[RunRecord],
-            others: list[RunRecord], v: Verdict, thresh: float) -> dict:
+            others: list[RunRecord], v: Verdict, thresh: float, sig: float | None) -> dict:
     """Write the decision down (journal), apply it, and return the hook's reply -- which is
     itself in the journal, so a call that finishes a killed one answers the same."""
     _preflight(root)
@@ -300,7 +475,7 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
     status = "crash" if v.action == "crash" else v.action
     best_after = v.value if v.action == "keep" else ctx.best
     note = v.note if v.action != "crash" else (last.problem or (last.metrics.reason if last.metrics else "") or "")
-    rows.append(_run_row(program, ctx, last, exp, status, v.value, thresh, st.sigma, note, runs=cands,
+    rows.append(_run_row(program, ctx, last, exp, status, v.value, thresh, sig, note, runs=cands,
                          prev_best=ctx.best, best=best_after, description=desc))
     code = [f for f in program.editable_files() if f != SCRATCHPAD and (Path(root) / f).is_file()]
     if ctx.train not in code:
@@ -339,7 +514,7 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
                 reply=reply, finish_reason=finish, **_journal_base(ctx))
     journal.begin(root, j, snaps)
     reply = j.reply_for(journal.apply(root, j))
-    _prune_checkpoints(program, others + (cands if v.action != "keep" else []))
+    _prune_checkpoints(root, program, others + (cands if v.action != "keep" else []))
     return reply
 
 
@@ -369,11 +544,13 @@ def _preserve(root: Path, ctx: _Ctx, run: RunRecord, code: list[str]) -> None:
 
 
 def _preflight(root: Path) -> None:
+    """Git must be free: a lock no live process holds (a killed git's) is cleared; one a live
+    git holds means waiting, which a retry does."""
+    journal.clear_stale_locks(root)
     lock = locked_index(root)
     if lock is not None:
-        raise LoopError(f"git is locked: {lock} exists (another git command is running, or one was killed "
-                        f"and left it). Nothing was decided and nothing is lost. If no git command is running, "
-                        f"a human must remove that file.")
+        raise LoopError(f"git is busy: {lock} is held by a running git command. Nothing was decided and nothing "
+                        f"is lost. Wait a minute, then end your turn again.")
 
 
 def _fmt(v: float | None) -> str:
@@ -381,17 +558,14 @@ def _fmt(v: float | None) -> str:
 
 
 def _commit_message(program: Program, ctx: _Ctx, v: Verdict, row: LedgerRow, cands: list[RunRecord], desc: str) -> str:
+    """Subject, description, and trailers with every column of the keep's ledger row (ledger.row_trailers),
+    so a lost results.tsv is rebuilt from the branch."""
     m = program.metric.name
     flat = " ".join(desc.split())
     delta = f" ({v.delta:+.6f})" if v.delta is not None else " (baseline)"
     subject = f"autoresearch #{row.experiment}: {m} {v.value:.6f}{delta} {flat}"[:120].rstrip()
-    trailers = {
-        "Experiment": row.experiment, "Run": row.run_id, "Runs": ",".join(row.runs), "Metric": m,
-        "Direction": program.metric.direction, "Value": _fmt(v.value), "Previous-Best": _fmt(ctx.best),
-        "Delta": _fmt(v.delta), "Threshold": _fmt(v.threshold), "Phase": program.phase,
-        "Seeds": ",".join(str(s) for s in row.seeds), "Branch": ctx.branch, "Note": row.note or "-",
-        "Train-Sha256": cands[-1].sha, "Description": flat or "-",
-    }
+    trailers = {"Metric": m, "Direction": program.metric.direction, **row_trailers(row),
+                "Train-Sha256": cands[-1].sha or "none"}
     body = f"{flat}\n\n" if flat else ""
     return f"{subject}\n\n{body}" + "\n".join(f"Autoresearch-{k}: {val}" for k, val in trailers.items()) + "\n"
 
@@ -421,6 +595,12 @@ def _outcome_message(program: Program, v: Verdict, row: LedgerRow, commit: str |
         else:
             what = (f"KEPT: {m} {v.value:.6f}, previous best {prev_best:.6f} ({v.delta:+.6f}; threshold "
                     f"{v.threshold:.6f}). Committed {commit or ''}.")
+    elif v.action == "discard" and prev_best is None:
+        what = (f"was NOT JUDGED ({v.note}): {m} {_fmt(v.value)}. Runs are compared only within one fingerprint, "
+                f"so the budget change STARTS A NEW BASELINE on the branch. train.py is back to the best version; "
+                f"your change stays in runs/{row.run_id}/diff.patch. Next: run the best's code as it is first "
+                f"(./run.sh -m \"baseline at the new fingerprint\"), end your turn, then re-apply your change.")
+        return f"{head} {what} {bud.line()}."
     elif v.action == "discard":
         what = (f"DISCARDED ({v.note}): {m} {v.value:.6f} vs best {prev_best:.6f} ({v.delta:+.6f}; "
                 f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "
@@ -507,12 +687,13 @@ def session_context(root: Path, source: str = "startup", session: str = "") -> s
         return f"autoresearch: program.md is invalid, so the loop cannot run until a human fixes it:\n{e}"
     try:
         with loop_lock(root, timeout=10):
+            _ensure_ledger(root, program)
             journal.recover(root)
             st = read_state(root)
             if st.started_at is None or (source == "startup" and st.finished_at is not None):
                 st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
                 write_state(root, st)
-    except (LockTimeout, LoopError, GitError) as e:
+    except (LockTimeout, LoopError, GitError, LedgerError) as e:
         log.warning("session start could not recover: %s", e)
     st = read_state(root)
     rows = read_rows(root)
@@ -540,9 +721,34 @@ def session_context(root: Path, source: str = "startup", session: str = "") -> s
     nxt = _next_experiments(root)
     if nxt:
         lines.append("- scratchpad.md 'Next experiments': " + _short(nxt, 400))
+    waiting = undecided_line(root, program, st, rows)
+    if waiting:
+        lines.append(waiting)
     lines.append("Go on with program.md's loop: read scratchpad.md, one hypothesis, edit train.py, "
                  "./run.sh -m \"<what and why>\", update scratchpad.md, end your turn.")
     return "\n".join(lines)
+
+
+def undecided_line(root: Path, program: Program, st: LoopState, rows: list[LedgerRow]) -> str | None:
+    """A finished run nobody decided yet (the session ended or was compacted after ./run.sh): the
+    agent must end its turn first, or its next change would be bundled with this one and the
+    result credited to the wrong change."""
+    decided = decided_runs(rows) | set(st.measurement_runs)
+    for cal in [st.calibration, *st.calibrations.values()]:
+        decided |= set(cal.run_ids) if cal else set()
+    b = program.budget
+    runs = [r for r in undecided_runs(root, decided, program.run.train_script,
+                                      b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S,
+                                      extra_s=b.eval_seconds + RUN_OVERHEAD_S) if not r.in_progress]
+    if not runs:
+        return None
+    r = runs[-1]
+    m = r.metrics
+    res = (f"{program.metric.name} {m.metric_value:.6f}" if m and m.status == "ok" and m.metric_value is not None
+           else r.status)
+    return (f"- UNDECIDED: run {r.run_id} ({_short(m.description if m else r.problem or '', 80)}: {res}) finished but "
+            f"is not decided yet. Do not edit anything: note its result in scratchpad.md and END YOUR TURN now, "
+            f"so the harness decides it first.")
 
 
 def _next_experiments(root: Path) -> str:
@@ -566,6 +772,10 @@ def pre_compact_hook(data: dict) -> dict:
     the conversation that is about to be summarised."""
     root = project_root(Path(data.get("cwd") or os.getcwd()))
     with loop_lock(root, timeout=10):
+        try:
+            _ensure_ledger(root, load_program(root))
+        except ConfigError:
+            pass
         journal.recover(root)
         st = read_state(root)
     snap_dir = state_dir(root) / "snapshots"
@@ -576,7 +786,13 @@ def pre_compact_hook(data: dict) -> dict:
     snap = {"at": now().isoformat(), "trigger": data.get("trigger"), "state": json.loads(st.model_dump_json()),
             "last_rows": [json.loads(r.model_dump_json()) for r in rows[-10:]],
             "scratchpad": (Path(root) / SCRATCHPAD).read_text(errors="replace") if (Path(root) / SCRATCHPAD).exists() else None}
+    try:
+        program = load_program(root)
+        waiting = undecided_line(root, program, st, rows)
+    except ConfigError:
+        waiting = None
+    snap["undecided"] = waiting
     write_atomic(snap_dir / f"precompact-{now():%Y%m%d-%H%M%S}.json", json.dumps(snap, indent=2))
     for old in sorted(snap_dir.glob("precompact-*.json"))[:-20]:
         old.unlink(missing_ok=True)
-    return {}
+    return {"systemMessage": "autoresearch" + waiting[1:]} if waiting else {}

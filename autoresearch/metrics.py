@@ -23,6 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .atomic import write_atomic
+from .identity import Fingerprint
 
 Status = Literal["ok", "crash", "timeout", "oom", "invalid", "interrupted"]
 METRICS_FILE = "metrics.json"
@@ -56,6 +57,11 @@ class RunMetrics(BaseModel):
     started_at: datetime
     finished_at: datetime | None = None
     extra: dict[str, float | int | str | None] = Field(default_factory=dict)
+    # identity (issue 14): what ran, and what it may be compared with (None in runs made before)
+    snapshot_sha256: str | None = None            # identity.snapshot over the editable set's code files
+    fingerprint: Fingerprint | None = None        # budget, eval, backend, device class, data version
+    purpose: Literal["experiment", "calibration"] = "experiment"   # calibration runs are never decided
+    steps_per_s: float | None = None              # training steps / train_seconds (from the log; contention check)
     signature: str | None = None                  # HMAC-SHA256 (hex) of the rest, by the runner
 
     def write(self, run_dir: Path) -> None:
@@ -155,3 +161,12 @@ def load_verified(run_dir: Path) -> tuple[RunMetrics | None, str | None]:
     if (bad := host_check(m)) is not None:
         m = m.model_copy(update={"status": bad[0], "reason": bad[1], "metric_value": None})
     return m, None
+
+
+def read_verified(run_dir: Path) -> RunMetrics:
+    """load_verified for callers that skip what they cannot trust: raises ValueError (with the
+    problem) for a missing, unsigned or altered record."""
+    m, problem = load_verified(run_dir)
+    if m is None:
+        raise ValueError(problem)
+    return m

@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from .decide import RunView
-from .metrics import RECORD_ALTERED, RunMetrics, load_verified
+from .metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
 RUNS_DIR = "runs"
 RUN_ID = re.compile(r"^\d{4,}$")
@@ -38,6 +38,22 @@ class RunRecord(BaseModel):
     @property
     def status(self) -> str:
         return self.metrics.status if self.metrics else "missing"
+
+    @property
+    def snapshot(self) -> str | None:
+        """identity.snapshot of the code that ran (None for runs from before snapshots)."""
+        return self.metrics.snapshot_sha256 if self.metrics else None
+
+    @property
+    def fingerprint(self) -> str:
+        """identity.Fingerprint.key ("" when unknown: comparable with anything, as before)."""
+        return self.metrics.fingerprint.key if self.metrics and self.metrics.fingerprint else ""
+
+    def same_code(self, snapshot: str | None, train_sha: str | None) -> bool:
+        """Did this run run that code? By snapshot; by train.py's sha256 for runs without one."""
+        if self.snapshot and snapshot:
+            return self.snapshot == snapshot
+        return self.sha is not None and self.sha == train_sha
 
     def view(self, metric_name: str, direction: str) -> RunView:
         m = self.metrics
@@ -65,12 +81,15 @@ def _newest_mtime(path: Path) -> float:
         return 0.0
 
 
-def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float) -> bool:
+def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float, extra_s: float | None = None) -> bool:
     """Is this run still going? The runner writes metrics.json at the start with no finished_at
     (status "interrupted", rewritten at the end). A lock file the runner holds (`.running`, flock)
-    answers for sure; without one, a run is live while it is younger than the longest a run can take."""
+    answers for sure; without one, a run is live while it is younger than the longest a run can take
+    -- by the run's own recorded budget + grace (+ `extra_s` for eval and start-up), not program.md's."""
     if metrics is not None and metrics.finished_at is not None:
         return False
+    if metrics is not None and extra_s is not None:
+        wall_limit_s = metrics.budget_seconds + metrics.grace_seconds + extra_s
     lock = path / RUNNING_LOCK
     if lock.exists():
         try:
@@ -121,7 +140,8 @@ def runner_alive(root: Path) -> bool | None:
     return False
 
 
-def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s: float = 0.0) -> RunRecord:
+def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s: float = 0.0,
+             extra_s: float | None = None) -> RunRecord:
     """One run. `wall_limit_s`: how long a run may take; a run without metrics.json whose folder
     changed within that window is still in progress."""
     path = Path(root) / RUNS_DIR / run_id
@@ -134,11 +154,46 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
                 break
             except OSError:
                 continue
-    in_progress = False if problem and problem.startswith(RECORD_ALTERED) else _running(path, metrics, wall_limit_s)
+    in_progress = False if problem and problem.startswith(RECORD_ALTERED) else _running(path, metrics, wall_limit_s, extra_s)
     return RunRecord(run_id=run_id, path=path, metrics=metrics, sha=sha, problem=problem, in_progress=in_progress)
 
 
 def undecided_runs(root: Path, decided: set[str], train_name: str = "train.py",
-                   wall_limit_s: float = 0.0) -> list[RunRecord]:
-    """Runs not yet covered by a ledger row or a calibration, oldest first."""
-    return [load_run(root, r, train_name, wall_limit_s) for r in run_ids(root) if r not in decided]
+                   wall_limit_s: float = 0.0, extra_s: float | None = None) -> list[RunRecord]:
+    """Runs not yet covered by a ledger row or a calibration, oldest first (a run whose
+    metrics.json says purpose: calibration is a measurement, never decided)."""
+    out = [load_run(root, r, train_name, wall_limit_s, extra_s) for r in run_ids(root) if r not in decided]
+    return [r for r in out if not (r.metrics and r.metrics.purpose == "calibration")]
+
+
+CONTENDED_SAME_CODE = 0.5                 # below half the median of runs of the same code: contended
+CONTENDED_ANY_CODE = 0.25                 # below a quarter of the median of recent comparable runs
+
+
+def contention(root: Path, run: RunRecord, window: int = 20) -> str | None:
+    """Why `run` looks contended (its steps/s far below comparable peers: same fingerprint, same
+    code first, else recent runs), or None. Another job on the machine slows a run without
+    changing the code; such a run's metric says nothing about the idea and is never kept."""
+    m = run.metrics
+    if m is None or m.steps_per_s is None or not run.fingerprint:
+        return None
+    same, anyc = [], []
+    for rid in run_ids(root):
+        if rid == run.run_id:
+            continue
+        try:
+            o = read_verified(Path(root) / RUNS_DIR / rid)
+        except (OSError, ValueError):
+            continue
+        if o.status != "ok" or o.steps_per_s is None or not o.fingerprint or o.fingerprint.key != run.fingerprint:
+            continue
+        (same if o.snapshot_sha256 == run.snapshot else anyc).append(o.steps_per_s)
+    import statistics
+    for peers, factor, what in ((same, CONTENDED_SAME_CODE, "runs of the same code"),
+                                (anyc[-window:], CONTENDED_ANY_CODE, "recent comparable runs")):
+        if len(peers) >= (1 if peers is same else 3):
+            med = statistics.median(peers)
+            if m.steps_per_s < factor * med:
+                return f"{m.steps_per_s:.1f} steps/s vs a median {med:.1f} over {len(peers)} {what}"
+            return None
+    return None

@@ -48,7 +48,8 @@ class Calibration(BaseModel):
     run_ids: list[str]                       # these runs are measurements, never decisions
     seeds: list[int] = []
     train_py_sha256: str = ""
-    budget_seconds: float | None = None
+    budget_seconds: float | None = None      # the budget it was measured at (sigma holds only there)
+    fingerprint: str | None = None           # identity.Fingerprint.key of its runs
     at: datetime
 
 
@@ -69,7 +70,8 @@ class LoopState(BaseModel):
     started_at: datetime | None = None       # the deadline clock (see budget.py)
     finished_at: datetime | None = None      # set when a spent budget let the agent stop
     finish_reason: str | None = None
-    calibration: Calibration | None = None
+    calibration: Calibration | None = None   # the latest one (any fingerprint)
+    calibrations: dict[str, Calibration] = {}   # fingerprint key -> its calibration
     last_decision: LastDecision | None = None
     idle_stops: int = 0                      # consecutive stops with nothing to decide
     measurement_runs: list[str] = []         # calibration runs: measurements, never decisions
@@ -78,6 +80,15 @@ class LoopState(BaseModel):
     @property
     def sigma(self) -> float | None:
         return self.calibration.sigma if self.calibration else None
+
+    def sigma_for(self, fingerprint: str | None) -> float | None:
+        """sigma measured under this fingerprint (a calibration at another budget says nothing here).
+        A calibration from before fingerprints existed counts for every fingerprint."""
+        if fingerprint and fingerprint in self.calibrations:
+            return self.calibrations[fingerprint].sigma
+        if self.calibration and self.calibration.fingerprint is None:
+            return self.calibration.sigma
+        return None
 
 
 class Pause(BaseModel):
@@ -172,17 +183,68 @@ def add_measurement_run(root: Path, run_id: str) -> None:
 
 
 def record_calibration(root: Path, values: list[float], run_ids: list[str], seeds: list[int],
-                       sha: str, budget_seconds: float | None) -> Calibration:
-    """Store sigma = the sample standard deviation of the baseline's metric over seeds."""
+                       sha: str, budget_seconds: float | None, fingerprint: str | None = None) -> Calibration:
+    """Store sigma = the sample standard deviation of the baseline's metric over seeds, for the
+    fingerprint (budget, eval, device...) it was measured under."""
     if len(values) < 2:
         raise ValueError(f"calibration needs at least 2 successful runs, got {len(values)}")
     cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=run_ids, seeds=seeds,
-                      train_py_sha256=sha, budget_seconds=budget_seconds, at=now())
+                      train_py_sha256=sha, budget_seconds=budget_seconds, fingerprint=fingerprint, at=now())
     with loop_lock(root):
         st = read_state(root)
         st.calibration = cal
+        if fingerprint:
+            st.calibrations[fingerprint] = cal
         write_state(root, st)
     return cal
+
+
+def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
+    """sigma per fingerprint rebuilt from runs/ (their metrics.json say purpose: calibration), so
+    a lost or corrupt state.json does not silently lose it."""
+    from .metrics import RunMetrics, read_verified
+    groups: dict[str, list[RunMetrics]] = {}
+    runs = Path(root) / "runs"
+    for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
+        try:
+            m = read_verified(d)
+        except (OSError, ValueError):
+            continue
+        if m.purpose == "calibration" and m.status == "ok" and m.metric_value is not None and m.fingerprint:
+            groups.setdefault(m.fingerprint.key, []).append(m)
+    out = {}
+    for key, ms in groups.items():
+        if len(ms) >= 2:
+            vals = [m.metric_value for m in ms if m.metric_value is not None]
+            out[key] = Calibration(sigma=statistics.stdev(vals), values=vals, run_ids=[m.run_id for m in ms],
+                                   seeds=[m.seed for m in ms], train_py_sha256=ms[-1].train_py_sha256,
+                                   budget_seconds=ms[-1].budget_seconds, fingerprint=key, at=ms[-1].started_at)
+    return out
+
+
+# --- run ids: never reused ---------------------------------------------------------------------
+
+RUN_COUNTER = "run-counter"
+
+
+def reserve_run_id(root: Path, floor: int) -> int:
+    """The next run number: above `floor` and above every number handed out before (the counter
+    in .autoresearch/run-counter, trusted state), under the counter's own flock."""
+    import fcntl
+    path = state_dir(root) / RUN_COUNTER
+    state_dir(root).mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(RUN_COUNTER + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            last = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            last = 0
+        n = max(last, floor) + 1
+        write_atomic(path, f"{n}\n")
+        return n
+    finally:
+        os.close(fd)
 
 
 # --- read-only views for `autoresearch status` and friends (no lock taken) --------------------

@@ -36,6 +36,9 @@ class Report(BaseModel):
     paused: str | None                 # the pause reason, when paused
     finished: str | None = None        # why and when a spent budget let the agent stop
     spent: str | None = None           # why the budget is spent now (budget.py's words)
+    fingerprint: str | None = None     # what the latest runs are compared under (budget, backend, device...)
+    new_baseline: str | None = None    # set when the fingerprint changed on this branch: what and since when
+    sigma_at: str | None = None        # the budget sigma was calibrated at
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -82,6 +85,9 @@ def gather(root: Path, branch: str | None = None) -> Report:
     if sigma is None:                         # state.json lost: the ledger still says what was used
         sigma = next((r.sigma for r in reversed(rows) if r.sigma is not None), None)
     deadline = st["deadline"]
+    fp, new_base, sig_fp, sig_at = _fingerprints(root, rows)
+    if sig_fp is not None:
+        sigma = sig_fp
     return Report(
         root=str(root), metric=program.metric.name, direction=program.metric.direction, branch=shown,
         phase=program.phase, focus=" ".join(program.current.focus.split()), rows=rows, best=best,
@@ -90,7 +96,42 @@ def gather(root: Path, branch: str | None = None) -> Report:
         phase_max=st["limit"], budget_left=st["left"], spent=st["spent"],
         deadline=f"{deadline:%Y-%m-%d %H:%M} UTC" if deadline else None,
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
+        fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
     )
+
+
+def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | None, float | None, str | None]:
+    """(the latest fingerprint in words, the new-baseline note, sigma for it, the budget sigma was
+    measured at). Runs are compared only within one fingerprint, so a change is worth a line."""
+    from .metrics import read_verified
+    from .state import calibrations_from_runs, read_state
+
+    def fp_of(run_id: str):
+        try:
+            return read_verified(root / "runs" / run_id).fingerprint
+        except (OSError, ValueError):
+            return None
+    keyed = [r for r in rows if r.fingerprint]
+    if not keyed:
+        return None, None, None, None
+    last = keyed[-1]
+    cur = fp_of(last.run_id)
+    words = (f"{cur.key}: budget {cur.budget_seconds:g} s, eval {cur.eval_seconds:g} s, {cur.backend}, {cur.device}, "
+             f"data {cur.data}") if cur else last.fingerprint
+    start = len(keyed) - 1
+    while start > 0 and keyed[start - 1].fingerprint == last.fingerprint:
+        start -= 1
+    note = None
+    if start > 0:
+        prev = fp_of(keyed[start - 1].run_id)
+        change = cur.differs(prev) if cur and prev else "fingerprint changed"
+        note = f"{change}: a new baseline since experiment #{keyed[start].experiment}; earlier runs are not compared"
+    st = read_state(root)
+    cal = st.calibrations.get(last.fingerprint) or calibrations_from_runs(root).get(last.fingerprint)
+    if cal is None and st.calibration is not None and st.calibration.fingerprint is None:
+        cal = st.calibration
+    at = (f"{cal.budget_seconds:g} s budget" if cal and cal.budget_seconds else None)
+    return words, note, cal.sigma if cal else None, at
 
 
 def _num(v: float | None, signed: bool = False) -> str:
@@ -123,9 +164,14 @@ def render(rep: Report, last: int | None = 20) -> "object":
     if rep.deadline:
         budget += f"; deadline {rep.deadline}"
     head.add_row("budget left", budget)
-    noise = (f"sigma {rep.sigma:.4f}, keep threshold {rep.threshold:.4f}" if rep.sigma is not None
+    noise = (f"sigma {rep.sigma:.4f}" + (f" (calibrated at a {rep.sigma_at})" if rep.sigma_at else "")
+             + f", keep threshold {rep.threshold:.4f}" if rep.sigma is not None
              else f"not calibrated (run `autoresearch calibrate`); keep threshold {_num(rep.threshold)}")
     head.add_row("noise", noise)
+    if rep.fingerprint:
+        head.add_row("compared under", rep.fingerprint)
+    if rep.new_baseline:
+        head.add_row("new baseline", Text(rep.new_baseline, style="yellow"))
     if rep.spent and not rep.paused:
         head.add_row("budget spent", Text(rep.spent, style="yellow"))
     if rep.paused:

@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Claude Code PreCompact hook: finish any half-done decision and snapshot the loop state to
-.autoresearch/snapshots/ before the conversation is summarised. Never blocks compaction."""
+.autoresearch/snapshots/ before the conversation is summarised; a finished run that is not decided
+yet is named (systemMessage), so the agent ends its turn before changing anything. Never blocks
+compaction."""
 import os
 import sys
 

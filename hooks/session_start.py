@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Claude Code SessionStart hook (startup, resume, compact, clear): inject the loop's state
-(phase, best, last results, budget, the scratchpad's next steps) as additionalContext, and
+(phase, best, last results, budget, the scratchpad's next steps, a finished run not decided yet)
+as additionalContext, and
 finish any decision a killed Stop hook left half done. Never blocks a session: on an error it
 says so in the context and logs the traceback."""
 import os

@@ -4,8 +4,10 @@
 Logic lives in autoresearch.loop.stop_hook. This entry guarantees a defined outcome: letting a
 stop through ends the overnight loop, so an internal error BLOCKS with a short, actionable
 message (traceback in .autoresearch/hook-errors.log) -- until AUTORESEARCH_MAX_HOOK_ERRORS
-(default 10) consecutive errors, when it lets the stop through and tells the human why.
+(default 10) consecutive errors, when it lets the stop through and tells the human why. A full or
+read-only disk is not retried: no turn of the agent's can fix it, so the stop goes through at once.
 """
+import errno
 import os
 import sys
 
@@ -15,6 +17,11 @@ from stop_runner import run  # noqa: E402
 
 def on_error(root, exc, n):
     first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        # no retry by the agent can free a disk: stop once, with the human's fix
+        return {"systemMessage": f"autoresearch: the loop stopped: the disk cannot be written ({first}). Nothing was "
+                                 f"decided and nothing is lost. A human must free space (or fix the mount), "
+                                 f"then start the agent again."}
     if isinstance(exc, ImportError):
         first = (f"{first}. The project's .venv looks incomplete: a human must run scripts/bootstrap.sh (the guard denies everything until then)")
     try:

@@ -4,16 +4,19 @@ as runs/NNNN/ folders (no training), and the hooks driven through the exact comm
 settings.json with the JSON Claude Code sends."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from autoresearch.gitops import trailers
+from autoresearch.identity import Fingerprint, snapshot
 from autoresearch.ledger import LedgerRow, read_rows
 from autoresearch.metrics import RunMetrics
 from autoresearch.state import LoopState, read_state, write_state
@@ -36,6 +39,15 @@ phases:
 # Test program
 Follow the loop.
 """
+
+EDITABLE = ["train.py", "scratchpad.md"]
+
+
+def fingerprint(budget: float = 2.0) -> Fingerprint:
+    """What the runner records for a CPU run in these test projects."""
+    return Fingerprint(budget_seconds=budget, eval_seconds=120, mode="two_stage", metric="val_bpb:minimize",
+                       backend="none", device="cpu", data="-")
+
 
 USER = {"GIT_AUTHOR_NAME": "User", "GIT_AUTHOR_EMAIL": "user@example.invalid",
         "GIT_COMMITTER_NAME": "User", "GIT_COMMITTER_EMAIL": "user@example.invalid"}
@@ -148,8 +160,10 @@ class Project:
 
     def fake_run(self, status: str = "ok", value: float | None = None, desc: str = "an idea",
                  seed: int | None = None, finished: bool = True, copy: bool = True,
-                 metrics: str | None = "write", age_s: float = 60) -> str:
-        """runs/NNNN/ for the current train.py, as the runner leaves it (no training)."""
+                 metrics: str | None = "write", age_s: float = 60, budget: float = 2.0,
+                 steps_per_s: float | None = 50.0, purpose: str = "experiment", identity: bool = True) -> str:
+        """runs/NNNN/ for the current editable set, as the runner leaves it (no training).
+        `budget` goes into the fingerprint; identity=False writes a run from before snapshots."""
         rid = self.next_id()
         d = self.path / "runs" / rid
         d.mkdir(parents=True)
@@ -163,7 +177,12 @@ class Project:
                        train_py_sha256=self.sha(), seed=seed if seed is not None else int(rid),
                        budget_seconds=2, grace_seconds=5, train_seconds=2.0, peak_memory_gb=0.25,
                        sandbox="none", description=desc, reason=None if status == "ok" else f"{status} in test",
-                       started_at=started, finished_at=started + timedelta(seconds=5) if finished else None)
+                       started_at=started, finished_at=started + timedelta(seconds=5) if finished else None,
+                       purpose=purpose, steps_per_s=steps_per_s if status == "ok" else None)
+        if identity:
+            m.snapshot_sha256 = snapshot(self.path, EDITABLE)
+            m.fingerprint = fingerprint(budget)
+            m.budget_seconds = budget
         if metrics == "write":
             m.write(d)
         elif metrics == "corrupt":
@@ -222,3 +241,23 @@ class Project:
         r = self.decide()
         assert r.blocked and "BASELINE" in r.text, r
         return r
+
+
+@contextlib.contextmanager
+def hold_open(path: Path):
+    """A live process holding `path` open, as git holds its lock files while it works."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p = subprocess.Popen(["sh", "-c", f'exec 3>"{path}"; exec sleep 120'])
+    try:
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if any(os.readlink(f) == str(path) for f in Path(f"/proc/{p.pid}/fd").iterdir()):
+                    break
+            except OSError:
+                pass
+            time.sleep(0.02)
+        yield p
+    finally:
+        p.kill()
+        p.wait()

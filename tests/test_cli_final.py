@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -36,7 +37,9 @@ def project(tmp: Path) -> Path:
 
 
 def keep(root: Path, n: int, value: float, desc: str, runs: list[str]) -> LedgerRow:
-    row = LedgerRow(commit=f"c{n}", value=value, status="keep", description=desc, experiment=n,
+    head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()       # the code the runs ran (final checks it)
+    row = LedgerRow(commit=head, value=value, status="keep", description=desc, experiment=n,
                     run_id=runs[-1], runs=runs, run_status="ok", phase="hyperparameters", branch=BRANCH,
                     decided_at=datetime.now(timezone.utc))
     append_rows(root, [row], "val_bpb")
@@ -78,7 +81,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
 
     p = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                            "HOME": str(Path.home())})
+                                                            "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "held-out test split" in p.stdout and "evaluated now" in p.stdout
     recs = read_records(root)
@@ -94,7 +97,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
     # once: asking again prints the record and does not evaluate again
     p2 = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                             "HOME": str(Path.home())})
+                                                             "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
     assert p2.returncode == 0 and "already evaluated" in p2.stdout
     assert len(read_records(root)) == 1
     assert json.loads((root / ".autoresearch" / "final.json").read_text())[0]["again"] is False

@@ -120,9 +120,10 @@ def test_current_best_survives_a_deleted_ledger_through_the_commits(tmp_path):
            "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
     run = lambda *a: subprocess.run(["git", *a], cwd=tmp_path, env=env, check=True, capture_output=True)  # noqa: E731
     run("init", "-q", "-b", BR)
-    for v in ("2.000000", "1.750000"):
-        run("commit", "-q", "--allow-empty", "-m",
-            f"autoresearch #1: val_bpb {v}\n\nAutoresearch-Value: {v}\nAutoresearch-Branch: {BR}")
-    run("commit", "-q", "--allow-empty", "-m", f"x\n\nAutoresearch-Value: 0.1\nAutoresearch-Branch: autoresearch/old")
+    for i, v in enumerate(("2.000000", "1.750000")):
+        run("commit", "-q", "--allow-empty", "-m", f"autoresearch #1: val_bpb {v}\n\nAutoresearch-Value: {v}\n"
+            f"Autoresearch-Run: 000{i + 1}\nAutoresearch-Branch: {BR}")
+    run("commit", "-q", "--allow-empty", "-m",
+        "x\n\nAutoresearch-Value: 0.1\nAutoresearch-Run: 0009\nAutoresearch-Branch: autoresearch/old")
     assert not (tmp_path / "results.tsv").exists()
     assert current_best(tmp_path, Metric()) == 1.75                          # HEAD's branch, from its trailers

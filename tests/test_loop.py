@@ -8,7 +8,9 @@ import hashlib
 import json
 import os
 import subprocess
+import shutil
 import sys
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -18,7 +20,7 @@ from autoresearch.config import load_program
 
 from autoresearch.gitops import show_blob
 from autoresearch.state import now
-from loop_support import PROGRAM, ROOT, Project
+from loop_support import PROGRAM, ROOT, Project, hold_open
 
 
 @pytest.fixture
@@ -410,49 +412,77 @@ def test_a_broken_program_md_stops_the_loop_cleanly_with_the_field_and_line(proj
     assert "N_EMBD = 96" in proj.read() and len(proj.rows()) == 1            # nothing decided, nothing lost
 
 
-def test_git_index_lock_gives_a_clear_error_and_loses_no_work(proj):
+def test_a_git_index_lock_held_by_a_live_git_waits_and_loses_no_work(proj):
     proj.baseline(2.0)
     head = proj.rev()
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(value=2.5)                                                 # a discard would revert train.py
     lock = proj.path / ".git" / "index.lock"
-    lock.write_text("")
-    r = proj.decide()
-    assert r.blocked and "index.lock" in r.text and "nothing is lost" in r.text.lower()
-    assert "N_EMBD = 96" in proj.read() and proj.rev() == head and len(proj.rows()) == 1
-    assert "index.lock" in (proj.path / ".autoresearch" / "hook-errors.log").read_text()
+    with hold_open(lock):                                                    # a live git has it open
+        r = proj.decide()
+        assert r.blocked and "index.lock" in r.text and "nothing is lost" in r.text.lower()
+        assert "end your turn again" in r.text                              # waiting helps: say so
+        assert "N_EMBD = 96" in proj.read() and proj.rev() == head and len(proj.rows()) == 1
+        assert lock.exists()                                                 # never taken from a live owner
     lock.unlink()
     assert "DISCARDED" in proj.stop().text
 
 
+def test_a_stale_git_lock_left_by_a_killed_git_is_cleared(proj):
+    """kill -9 of git (or of the hook while git held its lock) leaves index.lock / a ref lock with
+    no owner: without clearing, every later git call refuses and the loop is wedged for good."""
+    proj.baseline(2.0)
+    proj.edit("N_EMBD = 64", "N_EMBD = 96")
+    rid = proj.fake_run(value=1.9)
+    proj.note("wider noted")
+    r = proj.hook("Stop", env={"AUTORESEARCH_TEST_CRASH_AT": "journal"})   # killed: the decision is pending
+    assert r.rc == 2
+    gd = proj.path / ".git"
+    locks = [gd / "index.lock", gd / "refs" / "heads" / (proj.branch() + ".lock"), gd / "HEAD.lock",
+             proj.path / ".autoresearch" / "pending" / "index.tmp.lock"]  # ...and the private index's lock
+    holder = subprocess.Popen(["sh", "-c", " ".join(f"exec {3 + i}>{p};" for i, p in enumerate(locks)) + " exec sleep 60"])
+    try:
+        deadline = time.time() + 10
+        while not all(p.exists() for p in locks) and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        holder.kill()                                                        # kill -9: the locks stay behind
+        holder.wait()
+    assert all(p.exists() for p in locks)
+    r = proj.stop()
+    assert "KEPT" in r.text and proj.rows()[-1].run_id == rid
+    assert not any(p.exists() for p in locks) and proj.dirty() == []
+
+
 def test_git_refusing_mid_decision_keeps_the_journal_and_finishes_later(proj):
-    """The branch ref is locked when the keep commit is moved in: the hook blocks with git's words,
-    nothing is reverted, and once git works again the same decision completes, counted once."""
+    """The branch ref is locked (by a live git) when the keep commit is moved in: the hook blocks
+    with git's words, nothing is reverted, and once git works again the same decision completes,
+    counted once."""
     proj.baseline(2.0)
     head = proj.rev()
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     rid = proj.fake_run(value=1.9)
     ref_lock = proj.path / ".git" / "refs" / "heads" / (proj.branch() + ".lock")
-    ref_lock.write_text("")
-    r = proj.decide()
-    assert r.blocked and "update-ref" in r.text and "nothing is lost" in r.text
-    assert "N_EMBD = 96" in proj.read() and proj.rev() == head and len(proj.rows()) == 1
-    assert (proj.path / ".autoresearch" / "pending" / "journal.json").exists()
-    ref_lock.unlink()
-    r = proj.stop()
+    with hold_open(ref_lock):
+        r = proj.decide()
+        assert r.blocked and "update-ref" in r.text and "nothing is lost" in r.text
+        assert "N_EMBD = 96" in proj.read() and proj.rev() == head and len(proj.rows()) == 1
+        assert (proj.path / ".autoresearch" / "pending" / "journal.json").exists()
+    r = proj.stop()                                                          # the holder is gone: its lock is stale
     assert "KEPT" in r.text and proj.rows()[-1].run_id == rid and len(proj.rows()) == 2
     assert "N_EMBD = 96" in proj.committed("train.py") and proj.dirty() == []
 
 
 def test_an_internal_error_blocks_and_logs_then_gives_up_loudly(proj):
     proj.baseline(2.0)
-    (proj.path / "results.tsv").write_text("garbage\n")
+    shutil.rmtree(proj.path / "runs")
+    (proj.path / "runs").write_text("not a folder\n")                       # a bug-like failure on every call
     env = {"AUTORESEARCH_MAX_HOOK_ERRORS": "2"}
     for _ in range(2):
         r = proj.stop(env=env)
-        assert r.blocked and "results.tsv" in r.text and "hook-errors.log" in r.text
+        assert r.blocked and "runs" in r.text and "hook-errors.log" in r.text
     log = (proj.path / ".autoresearch" / "hook-errors.log").read_text()
-    assert "Traceback" in log and "LedgerError" in log
+    assert "Traceback" in log and "NotADirectoryError" in log
     r = proj.stop(env=env)
     assert not r.blocked and "failed 3 times in a row" in r.text
 

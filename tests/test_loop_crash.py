@@ -8,8 +8,8 @@ import pytest
 from loop_support import Project
 
 CRASH = "AUTORESEARCH_TEST_CRASH_AT"
-KEEP_STEPS = ["journal", "branch", "commit", "index", "ledger", "state"]
-DISCARD_STEPS = ["journal", "branch", "revert", "ledger", "state"]
+KEEP_STEPS = ["journal", "branch", "commit", "index", "ledger", "decision", "state"]
+DISCARD_STEPS = ["journal", "branch", "revert", "ledger", "decision", "state"]
 
 
 @pytest.fixture

@@ -1,0 +1,124 @@
+"""What an experiment is, and which runs may be compared.
+
+Snapshot: sha256 over every file of the editable set (program.md, current phase) that is code --
+path and content, in a fixed order. scratchpad.md is the agent's notes, not something a run
+executes, so it is left out: otherwise every re-run would look like a new experiment. Two runs
+with the same snapshot ran the same code.
+
+Fingerprint: what else decides the number -- the training budget, the eval settings, the sandbox
+backend and device class, the data version. Runs are compared or averaged only within one
+fingerprint; a budget change starts a new baseline.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict
+
+NOTES = "scratchpad.md"                   # the editable file that is notes, not code
+ABSENT = b"\0absent"                     # a listed file that does not exist (hashes differently from empty)
+
+
+def code_files(editable: list[str]) -> list[str]:
+    """The editable set less the notes, sorted: the files a snapshot covers."""
+    return sorted(f for f in dict.fromkeys(editable) if f != NOTES)
+
+
+def program_code(program) -> list[str]:
+    """The files a snapshot covers for this program: the editable set (current phase) plus the train script."""
+    return code_files(program.editable_files() + [program.run.train_script])
+
+
+def snapshot_of(contents: dict[str, bytes | None]) -> str:
+    """sha256 over (path, content) pairs; None means the file does not exist."""
+    h = hashlib.sha256()
+    for path in sorted(contents):
+        data = contents[path]
+        h.update(path.encode() + b"\0")
+        h.update(hashlib.sha256(ABSENT if data is None else data).digest())
+    return h.hexdigest()
+
+
+def _read(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+
+
+def snapshot_files(root: Path, editable: list[str]) -> dict[str, bytes | None]:
+    return {f: _read(Path(root) / f) for f in code_files(editable)}
+
+
+def snapshot(root: Path, editable: list[str]) -> str:
+    """The work tree's snapshot of the editable set."""
+    return snapshot_of(snapshot_files(root, editable))
+
+
+def snapshot_at(root: Path, commit: str, editable: list[str]) -> str:
+    """The snapshot of the editable set as committed at `commit`."""
+    from .gitops import show_blob
+    return snapshot_of({f: show_blob(root, commit, f) for f in code_files(editable)})
+
+
+class Fingerprint(BaseModel):
+    """Everything besides the code that decides the number. Equal fingerprints: comparable runs."""
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    budget_seconds: float
+    eval_seconds: float
+    mode: str                             # two_stage | inline
+    metric: str                           # name:direction
+    backend: str                          # docker | bwrap | none
+    device: str                           # cpu | cuda:<model>
+    data: str                             # sha256 of the validation split (short), or "-"
+    evaluator: str = "-"                  # what scores: the scorer's slice and context, or the inline regex
+
+    @property
+    def key(self) -> str:
+        raw = json.dumps(self.model_dump(), sort_keys=True).encode()
+        return hashlib.sha256(raw).hexdigest()[:16]
+
+    def differs(self, other: "Fingerprint | None") -> str:
+        """What changed from `other`, in words ("budget 5 s -> 10 s")."""
+        if other is None:
+            return "no earlier fingerprint"
+        words = []
+        for k, v in self.model_dump().items():
+            o = getattr(other, k)
+            if o != v:
+                words.append(f"{k.replace('_seconds', '')} {o:g} s -> {v:g} s" if k.endswith("_seconds")
+                             else f"{k} {o} -> {v}")
+        return ", ".join(words) or "nothing"
+
+
+def device_class(gpus: bool) -> str:
+    """cpu, or cuda:<the first GPU's model> (the model, not the index: any H100 equals any H100)."""
+    if not gpus:
+        return "cpu"
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
+            if out:
+                return f"cuda:{out[0].strip()}"
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return "cuda"
+
+
+def data_version(val_file: Path | None) -> str:
+    """sha256 (short) of the validation split the metric is computed on; "-" when there is none."""
+    if val_file is None:
+        return "-"
+    h = hashlib.sha256()
+    try:
+        with open(val_file, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return "-"
+    return h.hexdigest()[:16]
