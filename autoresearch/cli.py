@@ -69,21 +69,51 @@ def _loop_commands(sub) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def pause(a):
-        from .state import pause as do_pause
-        do_pause(_project(a), " ".join(a.reason))
-        print("paused: the agent may stop at its next turn end (a finished run is still decided first). "
-              "`autoresearch resume` to go on.")
+        from .state import request_pause
+        now, before = request_pause(_project(a), " ".join(a.reason), update=a.update)
+        since = f" since {before.at:%Y-%m-%d %H:%M} UTC" if before and before.at else ""
+        if before is not None and not a.update:
+            print(f"already paused{since} (reason: {before.reason or 'none given'}); the pause is unchanged. "
+                  "`autoresearch pause --update [REASON]` replaces its reason; `autoresearch resume` lifts it.")
+        elif before is not None:
+            print(f"still paused{since}; reason updated: {before.reason or 'none'} -> {now.reason or 'none'}")
+        else:
+            print("paused: the agent may stop at its next turn end (a finished run is still decided first). "
+                  "`autoresearch resume` to go on.")
         return 0
     p = add("pause", "let the agent stop at its next turn end (the loop's Stop hook stops blocking)", pause)
     p.add_argument("reason", nargs="*", help="why (shown in the summary)")
+    p.add_argument("--update", action="store_true", help="when already paused, replace the reason (else it is kept)")
 
     def resume(a):
-        from .state import resume as do_resume
-        st = do_resume(_project(a))
-        print(f"resumed: the pause is lifted and the deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC. "
-              "Start the agent again if it stopped (e.g. `claude -c`).")
+        from .budget import budget
+        from .config import load_program
+        from .ledger import read_rows
+        from .state import lift_pause, paused
+        from .status import shown_branch
+        root = _project(a)
+        lifted, st = lift_pause(root, restart_clock=a.restart_clock)
+        first = ("resumed: the pause is lifted." if lifted is not None
+                 else "not paused: there was no pause to lift.")
+        program = load_program(root)
+        rows = read_rows(root)
+        bud = budget(program, st, rows, shown_branch(root, rows), None, paused(root))
+        if a.restart_clock:
+            clock = (f" The deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC"
+                     + (f": the loop stops at {bud.deadline_at:%Y-%m-%d %H:%M} UTC." if bud.deadline_at else "."))
+        elif bud.deadline_at is not None:
+            clock = f" The deadline is unchanged: {bud.deadline_at:%Y-%m-%d %H:%M} UTC"
+            if bud.hours_left is not None and bud.hours_left <= 0:
+                clock += " (already passed: `autoresearch resume --restart-clock` gives the loop a new one)"
+            clock += "."
+        else:
+            clock = " The deadline clock is unchanged."
+        tail = " Start the agent again if it stopped (e.g. `claude -c`)." if lifted is not None or a.restart_clock else ""
+        print(first + clock + tail)
         return 0
-    add("resume", "lift a pause and restart the deadline clock", resume)
+    p = add("resume", "lift a pause (the deadline moves only with --restart-clock)", resume)
+    p.add_argument("--restart-clock", action="store_true",
+                   help="also restart the deadline clock: deadline_hours count again from now")
 
 
 # --- operator commands: init, status, plot, doctor, final, overnight ------------------------
