@@ -144,12 +144,17 @@ def _operator_commands(sub) -> None:
 
     def init(a):
         from .scaffold import main as run
+        if a.legacy_path and a.path and a.legacy_path != a.path:
+            print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
+            return 2
+        a.path = a.path or a.legacy_path
         return run(a)
     p = sub.add_parser("init", help="set up an existing research repo for the loop (the legacy-code case)",
                        description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
                                    "run.sh, .claude/settings.json (hooks), .gitignore.")
     p.set_defaults(func=_friendly(init))
-    p.add_argument("path", nargs="?", help="the repo (default: here)")
+    p.add_argument("--project", "-C", metavar="DIR", dest="path", help="the repo (default: here)")
+    p.add_argument("legacy_path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)   # old spelling of -C
     p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
     p.add_argument("--metric", help="the metric's name, e.g. val_loss")
     p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
@@ -161,39 +166,46 @@ def _operator_commands(sub) -> None:
     p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
     p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
-    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], default="auto",
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
+    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
 
     def status(a):
         from .status import main as run
-        return run(_project(a), branch=a.branch, show_all=a.all)
+        return run(_project(a), branch=a.branch, show_all=a.all, as_json=a.json)
     p = add("status", "a table of the experiments: the best, the phase, budget left, noise sigma", status)
     p.add_argument("--branch", help="the run branch to show (default: the current or latest one)")
     p.add_argument("--all", action="store_true", help="every row, not just the last 20")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (status.Report) instead of tables")
 
     def plot(a):
         from pathlib import Path
 
         from .plot import main as run
         return run(_project(a), out=Path(a.out) if a.out else None, branch=a.branch)
-    p = add("plot", "draw progress.png: every experiment, the kept ones, the running best", plot)
-    p.add_argument("--out", "-o", metavar="PNG", help="where to write (default: progress.png in the project)")
+    p = add("plot", "draw progress.png (or .svg/.pdf): every experiment, the kept ones, the running best, "
+                    "crashes in their own strip", plot)
+    p.add_argument("--out", "-o", metavar="FILE", help="where to write: .png, .svg or .pdf "
+                                                        "(default: progress.png in the project)")
     p.add_argument("--branch", help="the run branch to draw (default: the current or latest one)")
 
     def doctor(a):
         from .doctor import main as run
-        return run(_project(a))
-    add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
-        doctor)
+        return run(_project(a), as_json=a.json)
+    p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
+            doctor)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
 
     def final(a):
         from .final import main as run
-        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend)
+        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend,
+                   as_json=a.json)
     p = add("final", "score the best kept experiment once on the held-out test split", final)
     p.add_argument("--branch", help="the run branch (default: the current or latest one)")
     p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
+    p.add_argument("--json", action="store_true", help="print the record as JSON (final.FinalRecord)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def overnight(a):

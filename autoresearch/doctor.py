@@ -272,10 +272,25 @@ def run_checks(root: Path) -> list[Check]:
     return checks
 
 
-def main(root: Path) -> int:
+class DoctorReport(BaseModel):
+    """`autoresearch doctor --json`: the same checks as the table."""
+    root: str
+    checks: list[Check]
+    ready: bool                         # no check failed
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if c.level == "fail"]
+
+
+def main(root: Path, as_json: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
     checks = run_checks(root)
+    report = DoctorReport(root=str(root), checks=checks, ready=not any(c.level == "fail" for c in checks))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return 0 if report.ready else 1
     style = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
     table = Table(title=f"autoresearch doctor: {root}", show_lines=True)
     table.add_column("check", style="bold")

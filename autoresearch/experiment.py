@@ -641,10 +641,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """./run.sh; the exit code says how the run ended (autoresearch/exits.py)."""
+    import errno
+    import traceback
+
+    from .exits import RunExit, for_status
     args = build_parser().parse_args(argv)
     if not args.message.strip():
         print("run.sh: -m needs a message saying what changed and why", file=sys.stderr)
-        return 2
+        return RunExit.NOT_STARTED
     try:
         root = project_root()
         program = load_program(root)
@@ -652,16 +657,27 @@ def main(argv: list[str] | None = None) -> int:
                            backend=args.backend, echo=sys.stdout)
     except HarnessError as e:
         print(f"run.sh: {e}", file=sys.stderr)
-        return 2
+        return RunExit.NOT_STARTED
     except ConfigError as e:
         print(f"run.sh: {e}", file=sys.stderr)
-        return 2
+        return RunExit.NOT_STARTED
     except KeyboardInterrupt:
         print("run.sh: interrupted; the run is marked interrupted and its sandbox stopped", file=sys.stderr)
-        return 130
+        return RunExit.INTERRUPTED
+    except OSError as e:
+        traceback.print_exc()
+        why = "the disk is full" if e.errno == errno.ENOSPC else f"{type(e).__name__}: {e}"
+        print(f"run.sh: harness error, not train.py's fault: {why}. The run is marked interrupted; "
+              "free space (or fix the cause) and run again.", file=sys.stderr)
+        return RunExit.HARNESS
+    except Exception as e:              # a harness bug: never reported as a crash of train.py
+        traceback.print_exc()
+        print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
+              "interrupted.", file=sys.stderr)
+        return RunExit.HARNESS
     best, note = current_best(root, program)
     print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
-    return 0
+    return for_status(m.status)
 
 
 if __name__ == "__main__":

@@ -265,3 +265,53 @@ def test_plot_refuses_an_unknown_extension_and_writes_nothing(tmp_path):
     p = cli(root, "plot", "-o", "night.jpg")
     assert p.returncode == 2 and ".png, .svg or .pdf" in p.stdout
     assert not (root / "night.jpg").exists()
+
+
+# --- machine-readable output and the karpathy-style summary ------------------------------------
+
+def test_status_json_is_the_report_model_with_summary_and_crash_reasons(tmp_path):
+    from autoresearch.metrics import RunMetrics
+    from autoresearch.status import Report
+    root = make_project(tmp_path)
+    run = root / "runs" / "0004"
+    run.mkdir(parents=True)
+    RunMetrics(run_id="0004", status="crash", metric_name="val_bpb", direction="minimize", train_py_sha256="x",
+               seed=4, budget_seconds=300, grace_seconds=60, sandbox="bwrap",
+               reason="RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x96 and 64x256)",
+               started_at=datetime(2026, 1, 1, 22, 4, tzinfo=timezone.utc)).write(run)
+    p = cli(root, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = Report.model_validate_json(p.stdout)                  # the same model as the tables
+    assert rep == gather(root)
+    sm = rep.summary
+    assert (sm.experiments, sm.kept) == (7, 3) and sm.keep_rate == pytest.approx(3 / 7)
+    assert sm.baseline == pytest.approx(2.30) and sm.best == pytest.approx(2.21)
+    assert sm.total_improvement == pytest.approx(0.09) and sm.relative_improvement == pytest.approx(0.09 / 2.30)
+    assert [c.experiment for c in sm.top_kept] == [3, 6]           # 0.05 then 0.04 better than the best before
+    assert sm.top_kept[0].improvement == pytest.approx(0.05) and sm.top_kept[0].description == "lr 1e-3 with warmup"
+    [crash] = rep.crashes
+    assert crash.experiment == 4 and "shapes cannot be multiplied" in crash.reason
+    table = cli(root, "status").stdout
+    assert "keep rate 43%" in table and "2.3000 -> 2.2100: 0.0900 better than the baseline, 3.9%" in table
+    assert "top kept changes" in table and "+0.0500" in table
+    assert "crashes" in table and "shapes cannot be multiplied" in table
+
+
+def test_status_json_with_a_maximised_metric_counts_improvement_upwards(tmp_path):
+    night = [("keep", 0.60, "baseline"), ("keep", 0.65, "wider"), ("discard", 0.64, "deeper"),
+             ("keep", 0.70, "mixup")]
+    root = make_project(tmp_path, night=night)
+    text = (root / "program.md").read_text().replace("direction: minimize", "direction: maximize")
+    text = text.replace("floor: 0.5", "floor: 1.5")
+    (root / "program.md").write_text(text)
+    from autoresearch.status import Report
+    rep = Report.model_validate_json(cli(root, "status", "--json").stdout)
+    assert rep.summary.total_improvement == pytest.approx(0.10)
+    assert [c.improvement for c in rep.summary.top_kept] == pytest.approx([0.05, 0.05])
+    assert rep.crashes == []
+
+
+def test_status_json_without_experiments(tmp_path):
+    from autoresearch.status import Report
+    rep = Report.model_validate_json(cli(_empty_project(tmp_path), "status", "--json").stdout)
+    assert rep.rows == [] and rep.summary is None and rep.best is None
