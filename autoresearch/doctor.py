@@ -93,6 +93,10 @@ def check_sandbox(root: Path, program: Program | None) -> list[Check]:
     out = []
     for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
         ok, why = backend.available()
+        if ok and name == "bwrap":
+            from .bwrapbin import find_bwrap
+            found = find_bwrap()[0]
+            why = found.describe() if found else why      # which binary, and where it came from
         out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
                                                                           ("fail" if want == name else "info")),
                          found=why if ok else "unavailable", fix="" if ok else why))
