@@ -139,6 +139,25 @@ def _friendly(fn):
     return run
 
 
+def _init_plugin(a) -> int:
+    """`init --plugin`: the project already has program.md; add only the env the plugin needs."""
+    from pathlib import Path
+
+    from .config import load_program
+    from .pluginmode import write_plugin_settings
+    root = Path(a.path or ".").resolve()
+    try:
+        path, changed = write_plugin_settings(root, load_program(root))
+    except ValueError as e:
+        print(f"autoresearch init --plugin: {e}", file=sys.stderr)
+        return 2
+    if changed:
+        print(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    else:
+        print(f"{path} already has the Stop-block cap and the Bash timeout: nothing changed")
+    return 0
+
+
 def _operator_commands(sub) -> None:
     add = _adder(sub)
 
@@ -148,6 +167,8 @@ def _operator_commands(sub) -> None:
             print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
             return 2
         a.path = a.path or a.legacy_path
+        if a.plugin:
+            return _init_plugin(a)
         return run(a)
     p = sub.add_parser("init", help="set up an existing research repo for the loop (the legacy-code case)",
                        description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
@@ -170,6 +191,9 @@ def _operator_commands(sub) -> None:
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
     p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
+    p.add_argument("--plugin", action="store_true",
+                   help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
+                        "cap and the Bash timeout) into .claude/settings.json; nothing else")
 
     def status(a):
         from .status import main as run
