@@ -70,21 +70,51 @@ def _loop_commands(sub) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def pause(a):
-        from .state import pause as do_pause
-        do_pause(_project(a), " ".join(a.reason))
-        print("paused: the agent may stop at its next turn end (a finished run is still decided first). "
-              "`autoresearch resume` to go on.")
+        from .state import request_pause
+        now, before = request_pause(_project(a), " ".join(a.reason), update=a.update)
+        since = f" since {before.at:%Y-%m-%d %H:%M} UTC" if before and before.at else ""
+        if before is not None and not a.update:
+            print(f"already paused{since} (reason: {before.reason or 'none given'}); the pause is unchanged. "
+                  "`autoresearch pause --update [REASON]` replaces its reason; `autoresearch resume` lifts it.")
+        elif before is not None:
+            print(f"still paused{since}; reason updated: {before.reason or 'none'} -> {now.reason or 'none'}")
+        else:
+            print("paused: the agent may stop at its next turn end (a finished run is still decided first). "
+                  "`autoresearch resume` to go on.")
         return 0
     p = add("pause", "let the agent stop at its next turn end (the loop's Stop hook stops blocking)", pause)
     p.add_argument("reason", nargs="*", help="why (shown in the summary)")
+    p.add_argument("--update", action="store_true", help="when already paused, replace the reason (else it is kept)")
 
     def resume(a):
-        from .state import resume as do_resume
-        st = do_resume(_project(a))
-        print(f"resumed: the pause is lifted and the deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC. "
-              "Start the agent again if it stopped (e.g. `claude -c`).")
+        from .budget import budget
+        from .config import load_program
+        from .ledger import read_rows
+        from .state import lift_pause, paused
+        from .status import shown_branch
+        root = _project(a)
+        lifted, st = lift_pause(root, restart_clock=a.restart_clock)
+        first = ("resumed: the pause is lifted." if lifted is not None
+                 else "not paused: there was no pause to lift.")
+        program = load_program(root)
+        rows = read_rows(root)
+        bud = budget(program, st, rows, shown_branch(root, rows), None, paused(root))
+        if a.restart_clock:
+            clock = (f" The deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC"
+                     + (f": the loop stops at {bud.deadline_at:%Y-%m-%d %H:%M} UTC." if bud.deadline_at else "."))
+        elif bud.deadline_at is not None:
+            clock = f" The deadline is unchanged: {bud.deadline_at:%Y-%m-%d %H:%M} UTC"
+            if bud.hours_left is not None and bud.hours_left <= 0:
+                clock += " (already passed: `autoresearch resume --restart-clock` gives the loop a new one)"
+            clock += "."
+        else:
+            clock = " The deadline clock is unchanged."
+        tail = " Start the agent again if it stopped (e.g. `claude -c`)." if lifted is not None or a.restart_clock else ""
+        print(first + clock + tail)
         return 0
-    add("resume", "lift a pause and restart the deadline clock", resume)
+    p = add("resume", "lift a pause (the deadline moves only with --restart-clock)", resume)
+    p.add_argument("--restart-clock", action="store_true",
+                   help="also restart the deadline clock: deadline_hours count again from now")
 
 
 # --- operator commands: init, status, plot, doctor, final, overnight ------------------------
@@ -110,17 +140,43 @@ def _friendly(fn):
     return run
 
 
+def _init_plugin(a) -> int:
+    """`init --plugin`: the project already has program.md; add only the env the plugin needs."""
+    from pathlib import Path
+
+    from .config import load_program
+    from .pluginmode import write_plugin_settings
+    root = Path(a.path or ".").resolve()
+    try:
+        path, changed = write_plugin_settings(root, load_program(root))
+    except ValueError as e:
+        print(f"autoresearch init --plugin: {e}", file=sys.stderr)
+        return 2
+    if changed:
+        print(f"wrote {path}: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    else:
+        print(f"{path} already has the Stop-block cap and the Bash timeout: nothing changed")
+    return 0
+
+
 def _operator_commands(sub) -> None:
     add = _adder(sub)
 
     def init(a):
         from .scaffold import main as run
+        if a.legacy_path and a.path and a.legacy_path != a.path:
+            print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
+            return 2
+        a.path = a.path or a.legacy_path
+        if a.plugin:
+            return _init_plugin(a)
         return run(a)
     p = sub.add_parser("init", help="set up an existing research repo for the loop (the legacy-code case)",
                        description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
                                    "run.sh, .claude/settings.json (hooks), .gitignore.")
     p.set_defaults(func=_friendly(init))
-    p.add_argument("path", nargs="?", help="the repo (default: here)")
+    p.add_argument("--project", "-C", metavar="DIR", dest="path", help="the repo (default: here)")
+    p.add_argument("legacy_path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)   # old spelling of -C
     p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
     p.add_argument("--metric", help="the metric's name, e.g. val_loss")
     p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
@@ -132,39 +188,49 @@ def _operator_commands(sub) -> None:
     p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
     p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
-    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], default="auto",
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
+    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
+    p.add_argument("--plugin", action="store_true",
+                   help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
+                        "cap and the Bash timeout) into .claude/settings.json; nothing else")
 
     def status(a):
         from .status import main as run
-        return run(_project(a), branch=a.branch, show_all=a.all)
+        return run(_project(a), branch=a.branch, show_all=a.all, as_json=a.json)
     p = add("status", "a table of the experiments: the best, the phase, budget left, noise sigma", status)
     p.add_argument("--branch", help="the run branch to show (default: the current or latest one)")
     p.add_argument("--all", action="store_true", help="every row, not just the last 20")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (status.Report) instead of tables")
 
     def plot(a):
         from pathlib import Path
 
         from .plot import main as run
         return run(_project(a), out=Path(a.out) if a.out else None, branch=a.branch)
-    p = add("plot", "draw progress.png: every experiment, the kept ones, the running best", plot)
-    p.add_argument("--out", "-o", metavar="PNG", help="where to write (default: progress.png in the project)")
+    p = add("plot", "draw progress.png (or .svg/.pdf): every experiment, the kept ones, the running best, "
+                    "crashes in their own strip", plot)
+    p.add_argument("--out", "-o", metavar="FILE", help="where to write: .png, .svg or .pdf "
+                                                        "(default: progress.png in the project)")
     p.add_argument("--branch", help="the run branch to draw (default: the current or latest one)")
 
     def doctor(a):
         from .doctor import main as run
-        return run(_project(a))
-    add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
-        doctor)
+        return run(_project(a), as_json=a.json)
+    p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
+            doctor)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
 
     def final(a):
         from .final import main as run
-        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend)
+        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend,
+                   as_json=a.json)
     p = add("final", "score the best kept experiment once on the held-out test split", final)
     p.add_argument("--branch", help="the run branch (default: the current or latest one)")
     p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
+    p.add_argument("--json", action="store_true", help="print the record as JSON (final.FinalRecord)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def ledger(a):

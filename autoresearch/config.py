@@ -83,6 +83,15 @@ class Phase(_Strict):
     editable: list[str] = []                     # extra editable files in this phase
 
 
+class Notify(_Strict):
+    """An end-of-night message, sent by trusted host code (`autoresearch overnight`), never by the
+    agent: a shell command (the summary on stdin and in $AUTORESEARCH_SUMMARY) and/or a webhook
+    (a JSON POST `{"text": summary, ...}`, e.g. a Slack incoming webhook)."""
+    command: str | None = None
+    webhook: str | None = Field(None, pattern=r"^https?://")
+    timeout_seconds: float = Field(30, gt=0, le=300)
+
+
 class Program(_Strict):
     objective: str = ""
     metric: Metric = Metric()
@@ -98,6 +107,7 @@ class Program(_Strict):
     phases: list[Phase] = [Phase(name="default")]
     on_phase_end: Literal["next", "stop"] = "next"   # a spent phase moves on to the next one, or stops
     keep_checkpoints: Literal["kept", "all"] = "kept"  # "kept": a discarded or crashed run's out/ is deleted
+    notify: Notify | None = None                 # `autoresearch overnight`'s end-of-night message
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")

@@ -93,6 +93,10 @@ def check_sandbox(root: Path, program: Program | None) -> list[Check]:
     out = []
     for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
         ok, why = backend.available()
+        if ok and name == "bwrap":
+            from .bwrapbin import find_bwrap
+            found = find_bwrap()[0]
+            why = found.describe() if found else why      # which binary, and where it came from
         out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
                                                                           ("fail" if want == name else "info")),
                          found=why if ok else "unavailable", fix="" if ok else why))
@@ -188,13 +192,40 @@ def wired_commands(settings: dict, event: str, tool: str | None = None) -> list[
     return out
 
 
+def check_plugin_mode(root: Path, program: Program | None) -> list[Check] | None:
+    """Plugin-only mode (hooks from the installed plugin, none in the project): the hooks are fine,
+    but the Stop-block cap and the Bash timeout must come from the project's settings. None when
+    the project wires the hooks itself or no plugin is enabled."""
+    from .pluginmode import missing_env, plugin_enabled, project_wires_hooks, settings_path
+    try:
+        settings = json.loads(settings_path(root).read_text())
+    except FileNotFoundError:
+        settings = {}
+    except ValueError:
+        return None                              # check_hooks names the broken file
+    if project_wires_hooks(settings) or not plugin_enabled():
+        return None
+    out = [Check(name="hooks", level="ok", found="plugin-only mode: the hooks come from the autoresearch plugin")]
+    if program is not None:
+        missing = missing_env(settings, program)
+        out.append(Check(name="settings: plugin-only", level="fail" if missing else "ok",
+                         found="; ".join(missing) if missing else "Stop-block cap and Bash timeout set",
+                         fix="autoresearch init --plugin (writes just these into .claude/settings.json)"
+                         if missing else ""))
+    return out
+
+
 def check_hooks(root: Path, program: Program | None) -> list[Check]:
     path = root / ".claude" / "settings.json"
+    plugin = check_plugin_mode(root, program)
+    if plugin is not None:
+        return plugin
     try:
         settings = json.loads(path.read_text())
     except FileNotFoundError:
         return [Check(name="hooks", level="fail", found=f"{path} does not exist",
-                      fix="autoresearch init (writes the hook wiring), or install the plugin")]
+                      fix="autoresearch init (writes the hook wiring), or install the plugin and run "
+                          "autoresearch init --plugin")]
     except ValueError as e:
         return [Check(name="hooks", level="fail", found=f"{path} is not valid JSON: {e}",
                       fix="restore it from git (git checkout -- .claude/settings.json)")]
@@ -229,6 +260,11 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
         except ValueError:
             have = 0
         ok = have >= need_ms
+        from .pluginmode import STOP_CAP_KEY, missing_env
+        cap = [m for m in missing_env(settings, program) if m.startswith(STOP_CAP_KEY)]
+        out.append(Check(name="hooks: stop-block cap", level="fail" if cap else "ok",
+                         found=cap[0] if cap else f"{STOP_CAP_KEY}={env.get(STOP_CAP_KEY)}",
+                         fix=f"set env.{STOP_CAP_KEY} to 1000 in .claude/settings.json" if cap else ""))
         out.append(Check(name="hooks: bash timeout", level="ok" if ok else "fail",
                          found=f"BASH_MAX_TIMEOUT_MS={have or 'unset'}; one experiment may take {need_ms} ms",
                          fix="" if ok else f"set env.BASH_MAX_TIMEOUT_MS and BASH_DEFAULT_TIMEOUT_MS to at least "
@@ -272,10 +308,25 @@ def run_checks(root: Path) -> list[Check]:
     return checks
 
 
-def main(root: Path) -> int:
+class DoctorReport(BaseModel):
+    """`autoresearch doctor --json`: the same checks as the table."""
+    root: str
+    checks: list[Check]
+    ready: bool                         # no check failed
+
+    @property
+    def failed(self) -> list[str]:
+        return [c.name for c in self.checks if c.level == "fail"]
+
+
+def main(root: Path, as_json: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
     checks = run_checks(root)
+    report = DoctorReport(root=str(root), checks=checks, ready=not any(c.level == "fail" for c in checks))
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return 0 if report.ready else 1
     style = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
     table = Table(title=f"autoresearch doctor: {root}", show_lines=True)
     table.add_column("check", style="bold")

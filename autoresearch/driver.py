@@ -13,6 +13,10 @@ driver only keeps a session alive and bounded in time:
 - at the deadline it pauses the loop (the experiment in flight is still decided, then the Stop
   hook lets the agent stop), waits a grace period of one experiment's wall time, then interrupts;
   the pause it placed is lifted when it exits, so the next session is not paused by surprise;
+- an error no retry can fix (the API refuses the credentials, the plan has no credit, the model
+  does not exist) ends the night at once, with the fix in the message: the CLI's own retries are
+  cut short as soon as one reports such a status. Only transient errors are retried;
+- at the end, the optional `notify:` of program.md (a command, a webhook) is sent by this process;
 - permissions are fail-closed: anything the guard did not explicitly allow reaches `can_use_tool`,
   which denies it; the Agent/Task tools (hooks are reported not to fire inside subagents) are
   removed entirely.
@@ -50,6 +54,33 @@ RESUME_PROMPT = ("The session was interrupted by an error ({error}) and has been
                  "check whether the last ./run.sh finished (runs/, results.tsv), and go on with the research loop.")
 
 
+# Errors that waiting will not fix: (HTTP status or the SDK's error kind) -> what the human must do.
+FIX_AUTH = ("log in again (`claude`, then /login) or set a valid ANTHROPIC_API_KEY, then start again "
+            "with `autoresearch overnight --resume`")
+FATAL_STATUS = {
+    401: f"the API refused the credentials (HTTP 401). Fix: {FIX_AUTH}",
+    403: "the API key may not use this model or resource (HTTP 403). Fix: check the key's organisation "
+         "and permissions, or choose another --model",
+    404: "the API does not know this model (HTTP 404). Fix: check --model (or the default model) and start again",
+}
+FATAL_KIND = {
+    "authentication_failed": FATAL_STATUS[401],
+    "model_not_found": FATAL_STATUS[404],
+    "billing_error": "the API refused for billing (no credit or plan limit). Fix: add credit or check the "
+                     "plan, then `autoresearch overnight --resume`",
+}
+EXIT_FATAL = 3
+
+
+def fatal_error(status: int | str | None, kind: str | None) -> str | None:
+    """What to do, when an API error cannot be fixed by retrying; None for a transient one."""
+    try:
+        code = int(status) if status is not None else None
+    except (TypeError, ValueError):
+        code = None
+    return FATAL_STATUS.get(code) if code in FATAL_STATUS else FATAL_KIND.get(kind or "")
+
+
 class DriverError(RuntimeError):
     """The night cannot start (no guard wiring, invalid program.md, ...); the message says the fix."""
 
@@ -64,13 +95,13 @@ class OvernightState(BaseModel):
     tool_calls: int = 0
     cost_usd: float = 0.0
     last_action: str = ""
-    status: str = "running"            # running | done | deadline | interrupted | failed
+    status: str = "running"            # running | done | deadline | interrupted | failed | fatal
     reason: str = ""
     experiments_at_start: int = 0
 
 
 class SessionEnd(BaseModel):
-    kind: str                          # finished | error | deadline
+    kind: str                          # finished | error | deadline | fatal
     detail: str = ""
     session_id: str | None = None
 
@@ -102,6 +133,7 @@ class Night:
                                     experiments_at_start=self.experiments())
         self.plugin = self._plugin()
         self._paused_by_us = False
+        self._fatal: str | None = None                         # set by the first unfixable API error
         self._rows_seen = self.state.experiments_at_start     # rows from before tonight are not news
 
     # -- the project's wiring ------------------------------------------------------------
@@ -228,6 +260,10 @@ class Night:
             if sid and sid != st.session_id:
                 st.session_id = sid
                 self.log("session", f"id {sid}")
+        elif isinstance(msg, SystemMessage) and msg.subtype == "api_retry":
+            status, kind = msg.data.get("error_status"), msg.data.get("error")
+            self.log("api-retry", f"attempt {msg.data.get('attempt')}: {status} {kind}")
+            self._fatal = self._fatal or fatal_error(status, kind)
         elif isinstance(msg, AssistantMessage):
             self.log_decisions()          # a Stop hook decision happens between two assistant messages
             st.turns += 1
@@ -241,6 +277,7 @@ class Night:
                     self.log("say", b.text.strip()[:300])
             if msg.error:
                 self.log("api-error", str(msg.error))
+                self._fatal = self._fatal or fatal_error(None, msg.error)
         elif isinstance(msg, UserMessage) and isinstance(msg.content, list):
             for b in msg.content:
                 if isinstance(b, ToolResultBlock) and b.is_error:
@@ -248,6 +285,8 @@ class Night:
                     self.log("denied", str(text)[:300])
         elif isinstance(msg, ResultMessage):
             self.log_decisions()
+            if msg.is_error:
+                self._fatal = self._fatal or fatal_error(msg.api_error_status, None)
             st.cost_usd += msg.total_cost_usd or 0.0
             st.session_id = msg.session_id or st.session_id
             self.log("result", f"{msg.subtype} is_error={msg.is_error} turns={msg.num_turns} "
@@ -271,6 +310,8 @@ class Night:
                 self._on_message(msg)
                 if isinstance(msg, ResultMessage):
                     result.append(msg)
+                if self._fatal:           # no use waiting out the CLI's own retries
+                    return
 
         task = asyncio.ensure_future(consume())
         try:
@@ -294,8 +335,11 @@ class Night:
             except CLINotFoundError:
                 raise
             except (ClaudeSDKError, OSError) as e:
-                return SessionEnd(kind="error", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                                  session_id=self.state.session_id)
+                if not self._fatal:
+                    return SessionEnd(kind="error", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
+                                      session_id=self.state.session_id)
+            if self._fatal:
+                return SessionEnd(kind="fatal", detail=self._fatal, session_id=self.state.session_id)
             r = result[-1] if result else None
             if r is None:
                 return SessionEnd(kind="error", detail="the CLI ended without a result",
@@ -334,6 +378,10 @@ class Night:
                 if end.kind == "deadline":
                     st.status, st.reason = "deadline", end.detail
                     break
+                if end.kind == "fatal":
+                    st.status, st.reason = "fatal", end.detail
+                    self.log("fatal", end.detail)
+                    break
                 if end.kind == "error":
                     st.errors += 1
                     consecutive_errors += 1
@@ -369,7 +417,47 @@ class Night:
             self.log("night", f"end: {st.status}: {st.reason}; {self.experiments() - st.experiments_at_start} "
                               f"experiments, {st.sessions} session(s), {st.errors} error(s), ${st.cost_usd:.2f}")
             self.save()
+            self.notify()
         return st
+
+    # -- the end-of-night message ----------------------------------------------------------
+
+    def summary(self) -> str:
+        st = self.state
+        best = self.best()
+        best_txt = f"best {self.program.metric.name} {best:.6f}" if best is not None else "no best yet"
+        return (f"autoresearch overnight in {self.root}: {st.status}: {st.reason}. "
+                f"{self.experiments() - st.experiments_at_start} experiments tonight, {best_txt}; "
+                f"{st.sessions} session(s), {st.errors} error(s) resumed, ${st.cost_usd:.2f}.")
+
+    def notify(self) -> None:
+        """program.md's `notify:` (trusted: the guard keeps the agent out of program.md). A failure
+        is logged and never changes how the night ended."""
+        n = self.program.notify
+        if n is None:
+            return
+        import subprocess
+        import urllib.request
+        text = self.summary()
+        if n.command:
+            env = {**os.environ, "AUTORESEARCH_STATUS": self.state.status, "AUTORESEARCH_REASON": self.state.reason,
+                   "AUTORESEARCH_SUMMARY": text, "AUTORESEARCH_PROJECT": str(self.root)}
+            try:
+                p = subprocess.run(["/bin/sh", "-c", n.command], input=text, text=True, cwd=self.root, env=env,
+                                   capture_output=True, timeout=n.timeout_seconds)
+                self.log("notify", f"command exited {p.returncode}"
+                                   + (f": {(p.stderr or p.stdout).strip()[:200]}" if p.returncode else ""))
+            except (OSError, subprocess.TimeoutExpired) as e:
+                self.log("notify", f"command failed: {e}")
+        if n.webhook:
+            body = json.dumps({"text": text, "status": self.state.status, "reason": self.state.reason,
+                               "project": str(self.root)}).encode()
+            req = urllib.request.Request(n.webhook, data=body, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(req, timeout=n.timeout_seconds) as r:
+                    self.log("notify", f"webhook answered {r.status}")
+            except Exception as e:            # noqa: BLE001 - a log line, never a crash at the end
+                self.log("notify", f"webhook failed: {e}")
 
 
 def last_session(root: Path) -> str | None:
@@ -437,4 +525,6 @@ def main(root: Path, hours: float, model: str | None = None, prompt: str | None 
     if not console.is_terminal:
         console.line()                       # Live's last frame ends without a newline off a terminal
     console.print(f"{st.status}: {st.reason}")
+    if st.status == "fatal":
+        return EXIT_FATAL
     return 0 if st.status in ("done", "deadline") else 1

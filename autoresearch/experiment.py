@@ -160,8 +160,6 @@ class RunBusy(HarnessError):
 
 RUN_LOCK = "run.lock"
 RUNNING = ".running"                      # runs/NNNN/.running: flock held while that run is live
-EXIT_BUSY = 75                            # run.sh: another run is in progress (EX_TEMPFAIL: try later)
-EXIT_DISK_FULL = 74                       # run.sh: no space left on the device (EX_IOERR)
 
 
 @contextlib.contextmanager
@@ -927,10 +925,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """./run.sh; the exit code says how the run ended (autoresearch/exits.py)."""
+    import traceback
+
+    from .exits import RunExit, for_status
     args = build_parser().parse_args(argv)
     if not args.message.strip():
         print("run.sh: -m needs a message saying what changed and why", file=sys.stderr)
-        return 2
+        return RunExit.NOT_STARTED
     try:
         root = project_root()
         program = load_program(root)
@@ -938,25 +940,34 @@ def main(argv: list[str] | None = None) -> int:
                            backend=args.backend, echo=sys.stdout)
     except RunBusy as e:
         print(f"run.sh: {e}", file=sys.stderr)
-        return EXIT_BUSY
+        return RunExit.BUSY
     except HarnessError as e:
         print(f"run.sh: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        print(f"run.sh: the disk is full ({e.filename or 'no space left on device'}): nothing more can be "
-              f"recorded; a human must free space (e.g. old runs/NNNN/out/ of runs that were not kept)", file=sys.stderr)
-        return EXIT_DISK_FULL
+        return RunExit.NOT_STARTED
     except ConfigError as e:
         print(f"run.sh: {e}", file=sys.stderr)
-        return 2
+        return RunExit.NOT_STARTED
     except KeyboardInterrupt:
         print("run.sh: interrupted; the run is marked interrupted and its sandbox stopped", file=sys.stderr)
-        return 130
+        return RunExit.INTERRUPTED
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            print(f"run.sh: the disk is full ({e.filename or 'no space left on device'}): nothing more can be "
+                  f"recorded; a human must free space (e.g. old runs/NNNN/out/ of runs that were not kept)",
+                  file=sys.stderr)
+            return RunExit.DISK_FULL
+        traceback.print_exc()
+        print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
+              "interrupted; fix the cause and run again.", file=sys.stderr)
+        return RunExit.HARNESS
+    except Exception as e:              # a harness bug: never reported as a crash of train.py
+        traceback.print_exc()
+        print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
+              "interrupted.", file=sys.stderr)
+        return RunExit.HARNESS
     best, note = current_best(root, program, m)
     print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
-    return 0
+    return for_status(m.status)
 
 
 if __name__ == "__main__":

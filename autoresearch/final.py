@@ -230,7 +230,7 @@ def render(rec: FinalRecord, fresh: bool):
 
 
 def main(root: Path, branch: str | None = None, again: bool = False, baseline: bool = True,
-         backend: str | None = None) -> int:
+         backend: str | None = None, as_json: bool = False) -> int:
     from rich.console import Console
     console = Console()
     from .experiment import HarnessError
@@ -240,5 +240,8 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
     except (FinalError, HarnessError, SandboxUnavailable) as e:
         console.print(f"autoresearch final: {e}", style="red")
         return 2
-    console.print(render(rec, fresh))
+    if as_json:                                      # the same model as the table
+        print(rec.model_dump_json(indent=2))
+    else:
+        console.print(render(rec, fresh))
     return 0 if rec.best.test is not None else 1

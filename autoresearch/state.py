@@ -161,15 +161,33 @@ def pause(root: Path, reason: str = "") -> Pause:
 
 def resume(root: Path) -> LoopState:
     """Remove the pause and restart the deadline clock (a new stretch of the loop)."""
+    return lift_pause(root, restart_clock=True)[1]
+
+
+def request_pause(root: Path, reason: str = "", update: bool = False) -> tuple[Pause, Pause | None]:
+    """`autoresearch pause`: (the pause now in force, the one that was already there). An existing
+    pause is kept as it is unless `update`, so a second pause never silently replaces the first."""
     with loop_lock(root):
+        before = paused(root)
+        if before is not None and not update:
+            return before, before
+        return pause(root, reason), before
+
+
+def lift_pause(root: Path, restart_clock: bool = False) -> tuple[Pause | None, LoopState]:
+    """`autoresearch resume`: (the pause lifted, or None when there was none; the state). The
+    deadline clock restarts only when the human asks (`restart_clock`)."""
+    with loop_lock(root):
+        before = paused(root)
         try:
             pause_path(root).unlink()
         except FileNotFoundError:
             pass
         st = read_state(root)
-        st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
-        write_state(root, st)
-        return st
+        if restart_clock:
+            st.started_at, st.finished_at, st.finish_reason, st.idle_stops = now(), None, None, 0
+            write_state(root, st)
+        return before, st
 
 
 def add_measurement_run(root: Path, run_id: str) -> None:

@@ -14,8 +14,41 @@ from .gitops import current_branch, is_run_branch
 from .ledger import LedgerRow, read_rows
 
 
+TOP_KEPT = 5
+
+
+class KeptChange(BaseModel):
+    """A kept experiment and how much it improved on the best before it (positive = better)."""
+    experiment: int
+    commit: str
+    value: float
+    improvement: float
+    description: str
+
+
+class CrashInfo(BaseModel):
+    """A crashed experiment and why (runs/NNNN/metrics.json's reason, else the ledger's note)."""
+    experiment: int
+    run_id: str
+    run_status: str                    # crash | timeout | oom | invalid | interrupted | ...
+    reason: str
+    description: str
+
+
+class Summary(BaseModel):
+    """karpathy/autoresearch's closing numbers: how the night went, in a few figures."""
+    experiments: int
+    kept: int
+    keep_rate: float | None            # kept / experiments (the baseline counts as a keep)
+    baseline: float | None             # the first kept value on the branch
+    best: float | None
+    total_improvement: float | None    # from the baseline to the best, positive = better
+    relative_improvement: float | None  # total_improvement / |baseline|
+    top_kept: list[KeptChange]         # the largest improvements, best first
+
+
 class Report(BaseModel):
-    """Everything the status table shows."""
+    """Everything the status table shows; also `autoresearch status --json`."""
     root: str
     metric: str
     direction: str
@@ -39,6 +72,8 @@ class Report(BaseModel):
     fingerprint: str | None = None     # what the latest runs are compared under (budget, backend, device...)
     new_baseline: str | None = None    # set when the fingerprint changed on this branch: what and since when
     sigma_at: str | None = None        # the budget sigma was calibrated at
+    summary: Summary | None = None
+    crashes: list[CrashInfo] = []
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -57,6 +92,39 @@ def best_row(rows: list[LedgerRow], program: Program) -> LedgerRow | None:
         if r.status == "keep" and r.value is not None and (best is None or program.metric.better(r.value, best.value)):
             best = r
     return best
+
+
+def summarize(rows: list[LedgerRow], program: Program, top: int = TOP_KEPT) -> Summary:
+    kept = [r for r in rows if r.status == "keep" and r.value is not None]
+    base = kept[0].value if kept else None
+    best = best_row(rows, program)
+    total = program.metric.improvement(best.value, base) if best is not None and base is not None else None
+    changes = [KeptChange(experiment=r.experiment, commit=r.commit, value=r.value,
+                          improvement=program.metric.improvement(r.value, r.prev_best),
+                          description=" ".join(r.description.split()))
+               for r in kept[1:] if r.prev_best is not None]
+    changes.sort(key=lambda c: c.improvement, reverse=True)
+    return Summary(experiments=len(rows), kept=len(kept), keep_rate=len(kept) / len(rows) if rows else None,
+                   baseline=base, best=best.value if best else None, total_improvement=total,
+                   relative_improvement=total / abs(base) if total is not None and base else None,
+                   top_kept=changes[:top])
+
+
+def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
+    """Why each crash happened, from its run's metrics.json (trusted: written by the runner)."""
+    from .metrics import RunMetrics
+    out = []
+    for r in rows:
+        if r.status != "crash":
+            continue
+        try:
+            reason = RunMetrics.read(Path(root) / "runs" / r.run_id).reason or ""
+        except Exception:                  # missing or corrupt: the ledger's note is all there is
+            reason = ""
+        out.append(CrashInfo(experiment=r.experiment, run_id=r.run_id, run_status=r.run_status,
+                             reason=" ".join((reason or r.note or "no reason recorded").split())[:300],
+                             description=" ".join(r.description.split())))
+    return out
 
 
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
@@ -97,6 +165,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
         deadline=f"{deadline:%Y-%m-%d %H:%M} UTC" if deadline else None,
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
         fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
+        summary=summarize(rows, program) if rows else None, crashes=crash_reasons(root, rows),
     )
 
 
@@ -158,7 +227,14 @@ def render(rep: Report, last: int | None = 20) -> "object":
     head.add_row("branch", rep.branch or "no run branch yet")
     head.add_row("metric", f"{rep.metric} ({'lower' if rep.direction == 'minimize' else 'higher'} is better)")
     head.add_row("best", Text(best, style="bold green" if rep.best else ""))
-    head.add_row("experiments", f"{len(rep.rows)}: {rep.kept} kept, {rep.discarded} discarded, {rep.crashed} crashed")
+    head.add_row("experiments", f"{len(rep.rows)}: {rep.kept} kept, {rep.discarded} discarded, {rep.crashed} crashed"
+                 + (f" (keep rate {rep.summary.keep_rate:.0%})" if rep.summary and rep.summary.keep_rate is not None
+                    else ""))
+    sm = rep.summary
+    if sm and sm.total_improvement is not None and sm.baseline is not None:
+        rel = f", {sm.relative_improvement:.1%}" if sm.relative_improvement is not None else ""
+        head.add_row("improvement", f"{_num(sm.baseline)} -> {_num(sm.best)}: {_num(sm.total_improvement)} better "
+                                    f"than the baseline{rel}")
     head.add_row("phase", f"{rep.phase}: {rep.focus}" if rep.focus else rep.phase)
     budget = f"{rep.budget_left} of {rep.phase_max} experiments left in this phase"
     if rep.deadline:
@@ -192,12 +268,33 @@ def render(rep: Report, last: int | None = 20) -> "object":
         table.add_row(str(r.experiment), r.commit, _num(r.value), _num(r.delta, signed=True),
                       r.status + (f" ({r.run_status})" if r.status == "crash" and r.run_status not in ("", "crash") else ""),
                       r.phase, r.run_id, r.description, style=style)
-    return Group(head, table)
+    parts: list = [head]
+    if sm and sm.top_kept:
+        top = Table(title="top kept changes", title_justify="left", show_edge=False)
+        for col, kw in (("#", {"justify": "right"}), ("commit", {}), ("improvement", {"justify": "right"}),
+                        ("description", {"overflow": "fold", "max_width": 70})):
+            top.add_column(col, **kw)
+        for c in sm.top_kept:
+            top.add_row(str(c.experiment), c.commit, f"{c.improvement:+.4f}", c.description, style="green")
+        parts.append(top)
+    if rep.crashes:
+        cr = Table(title="crashes", title_justify="left", show_edge=False)
+        for col, kw in (("#", {"justify": "right"}), ("run", {}), ("status", {}),
+                        ("reason", {"overflow": "fold", "max_width": 80})):
+            cr.add_column(col, **kw)
+        for c in rep.crashes[-(last or len(rep.crashes)):]:
+            cr.add_row(str(c.experiment), c.run_id, c.run_status, c.reason, style="red")
+        parts.append(cr)
+    parts.append(table)
+    return Group(*parts)
 
 
-def main(root: Path, branch: str | None = None, show_all: bool = False) -> int:
+def main(root: Path, branch: str | None = None, show_all: bool = False, as_json: bool = False) -> int:
     from rich.console import Console
     rep = gather(root, branch)
+    if as_json:
+        print(rep.model_dump_json(indent=2))
+        return 0
     console = Console()
     if not rep.rows:
         console.print(render(rep, last=None))

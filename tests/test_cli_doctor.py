@@ -118,3 +118,22 @@ def test_doctor_command_exit_code(tmp_path):
                        env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
     assert p.returncode == 1
     assert "check(s) failed" in p.stdout and "hooks" in p.stdout
+
+
+def test_doctor_json_is_the_report_model_and_matches_the_table(tmp_path):
+    from autoresearch.doctor import DoctorReport
+    root = project(tmp_path, None)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250", "HOME": str(Path.home())}
+    p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor", "--json"], cwd=root, capture_output=True,
+                       text=True, env=env)
+    assert p.returncode == 1                                   # the same verdict as the table: hooks missing
+    rep = DoctorReport.model_validate_json(p.stdout)
+    assert rep.ready is False and rep.root == str(root)
+    names = [c.name for c in rep.checks]
+    assert {"python", "program.md", "git", "sandbox: chosen", "claude code", "hooks"} <= set(names)
+    hooks = next(c for c in rep.checks if c.name == "hooks")
+    assert hooks.level == "fail" and "settings.json does not exist" in hooks.found
+    table = subprocess.run([sys.executable, "-m", "autoresearch", "doctor"], cwd=root, capture_output=True,
+                           text=True, env=env).stdout
+    for name in rep.failed:
+        assert name in table

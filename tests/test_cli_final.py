@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.experiment import run_experiment
-from autoresearch.final import FinalError, evaluate_final, read_records
+from autoresearch.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,3 +101,8 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
     assert p2.returncode == 0 and "already evaluated" in p2.stdout
     assert len(read_records(root)) == 1
     assert json.loads((root / ".autoresearch" / "final.json").read_text())[0]["again"] is False
+    # --json: the same record, validated against the model the table is drawn from
+    p3 = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--json", "--backend", "bwrap"], cwd=root,
+                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "HOME": str(Path.home())})
+    assert p3.returncode == 0, p3.stderr
+    assert FinalRecord.model_validate_json(p3.stdout) == rec

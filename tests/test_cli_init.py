@@ -216,3 +216,23 @@ def test_claude_code_runs_one_experiment_in_the_legacy_repo_and_the_stop_hook_ke
     assert row.branch.startswith("autoresearch/")
     assert git(root, "rev-parse", "--abbrev-ref", "HEAD").strip() == row.branch
     assert "val_acc" in (root / "results.tsv").read_text().splitlines()[0]
+
+
+def test_init_takes_the_common_flags_and_keeps_the_old_spellings(tmp_path):
+    """-C/--project and --backend, as in every other command; `init PATH` and --sandbox still work."""
+    exe = str(ROOT / ".venv" / "bin" / "autoresearch")
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(tmp_path)}
+    help_text = subprocess.run([exe, "init", "--help"], capture_output=True, text=True, env=env).stdout
+    assert "--project DIR" in help_text and "-C" in help_text and "--backend" in help_text
+    assert "--sandbox" not in help_text and "PATH" not in help_text        # hidden aliases
+    base = ["--command", "python train.py", "--metric", "val_acc", "--direction", "maximize", "--budget", "5"]
+    new = legacy(tmp_path / "new")
+    p = subprocess.run([exe, "init", "-C", str(new), "--backend", "bwrap", *base], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert load_program(new).sandbox.backend == "bwrap"
+    old = legacy(tmp_path / "old")
+    p = subprocess.run([exe, "init", str(old), "--sandbox", "docker", *base], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert load_program(old).sandbox.backend == "docker"

@@ -155,3 +155,74 @@ def test_resume_without_a_recorded_session_is_refused(proj):
     p = subprocess.run([str(proj.root / ".venv" / "bin" / "autoresearch"), "overnight", "--hours", "1", "--resume"],
                        cwd=proj.root, capture_output=True, text=True, env=proj.env)
     assert p.returncode == 2 and "no earlier session" in p.stdout
+
+
+# --- errors no retry can fix, and the end-of-night message -------------------------------------
+
+def _overnight(proj: Project, api: FakeAPI, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(proj.root / ".venv" / "bin" / "autoresearch"), "overnight", "--hours", "1", *args],
+                          cwd=proj.root, capture_output=True, text=True, timeout=240,
+                          env=dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS="0",
+                                   AUTORESEARCH_RETRY_SECONDS="0.2", COLUMNS="200"))
+
+
+def test_a_refused_login_ends_the_night_at_once_with_the_fix(proj):
+    t0 = time.monotonic()
+    with FakeAPI([end_turn("never reached")], project=str(proj.root), refuse=401) as api:
+        p = _overnight(proj, api)
+    took = time.monotonic() - t0
+    assert p.returncode == 3, p.stdout[-2000:] + p.stderr[-2000:]
+    out = " ".join(p.stdout.split())
+    assert "fatal:" in out and "HTTP 401" in out and "/login" in out and "ANTHROPIC_API_KEY" in out
+    # the CLI alone retries a 401 ten times over ~3 minutes; the driver stops at the first report
+    assert took < 60 and len(api.requests) <= 5, (took, len(api.requests))     # vs 11 requests
+    st = OvernightState.model_validate_json(proj.read(".autoresearch/overnight.json"))
+    assert st.status == "fatal" and st.sessions == 1 and st.errors == 0
+    assert any(ln[1] == "fatal" for ln in log_lines(proj))
+
+
+def test_an_unknown_model_is_fatal_not_retried(proj):
+    with FakeAPI([end_turn("never reached")], project=str(proj.root), refuse=404) as api:
+        p = _overnight(proj, api, "--model", "claude-no-such-model")
+    assert p.returncode == 3 and "HTTP 404" in p.stdout and "--model" in p.stdout
+    st = OvernightState.model_validate_json(proj.read(".autoresearch/overnight.json"))
+    assert st.status == "fatal" and st.sessions == 1 and st.errors == 0     # never resumed
+    assert len([r for r in api.requests if r.error == 404]) <= 2             # the turn and its title, once
+
+
+def _with_notify(proj: Project, notify_yaml: str) -> None:
+    text = proj.read("program.md")
+    assert text.startswith("---\n")
+    (proj.root / "program.md").write_text("---\n" + notify_yaml + text[4:])
+
+
+def test_the_end_of_night_notification_runs_the_command_and_posts_the_webhook(proj):
+    import json as _json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    got: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self):
+            got.append(_json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+    srv = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    out = proj.root.parent / "notified.txt"
+    _with_notify(proj, f"notify:\n  command: 'cat > {out}; echo \"$AUTORESEARCH_STATUS\" >> {out}'\n"
+                       f"  webhook: http://127.0.0.1:{srv.server_address[1]}/hook\n")
+    try:
+        with FakeAPI([end_turn("Nothing to do.")], project=str(proj.root)) as api:
+            p = _overnight(proj, api)
+    finally:
+        srv.shutdown()
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    text = out.read_text()
+    assert "autoresearch overnight in" in text and "done:" in text and text.rstrip().endswith("done")
+    assert len(got) == 1 and got[0]["status"] == "done" and "experiments tonight" in got[0]["text"]
+    notes = [ln[2] for ln in log_lines(proj) if ln[1] == "notify"]
+    assert "command exited 0" in notes and "webhook answered 204" in notes

@@ -146,6 +146,7 @@ def test_plot_writes_a_png_with_every_experiment(tmp_path):
     png = root / "progress.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "7 experiments" in p.stdout
+    import numpy as np
     from matplotlib import image
     img = image.imread(png)
     assert img.shape[1] > 1000 and img.shape[0] > 500
@@ -155,6 +156,9 @@ def test_plot_writes_a_png_with_every_experiment(tmp_path):
     assert green.sum() > 50
     red = (img[..., 0] > 0.85) & (img[..., 1] < 0.4) & (img[..., 2] < 0.35)
     assert red.sum() > 10                                        # the crash is on the picture too
+    chart = red[:, : int(img.shape[1] * 0.8)]                     # left of the legend (it has a red x too)
+    rows_with_red = np.nonzero(chart.any(axis=1))[0]
+    assert rows_with_red.min() > img.shape[0] * 0.75              # ... in the strip at the bottom, not the chart
 
 
 def test_plot_handles_a_maximised_metric_and_a_single_row(tmp_path):
@@ -185,3 +189,129 @@ def test_status_shows_a_spent_phase_and_the_deadline(tmp_path):
     assert rep.deadline == "2026-01-02 08:00 UTC"                 # deadline_hours 10 after the clock started
     p = cli(root, "status")
     assert "budget spent" in p.stdout and "2026-01-02 08:00 UTC" in p.stdout
+
+
+# --- plot formats and layout, checked on the files themselves ----------------------------------
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def _svg_groups(path: Path) -> dict:
+    import xml.etree.ElementTree as ET
+    tree = ET.parse(path)
+    assert tree.getroot().tag == SVG_NS + "svg"
+    return {g.get("id"): g for g in tree.getroot().iter(SVG_NS + "g") if g.get("id")}
+
+
+def _points(group) -> list[tuple[float, float]]:
+    """The (x, y) of every marker a scatter drew (SVG y grows downwards)."""
+    return [(float(u.get("x")), float(u.get("y"))) for u in group.iter(SVG_NS + "use")]
+
+
+def _box(group) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1) of the first path in a group: an axes' or legend's frame."""
+    import re
+    d = next(group.iter(SVG_NS + "path")).get("d")
+    nums = [float(v) for v in re.findall(r"-?\d+(?:\.\d+)?", d)]
+    xs, ys = nums[0::2], nums[1::2]
+    return min(xs), min(ys), max(xs), max(ys)
+
+
+def test_plot_svg_is_real_svg_with_crashes_in_their_own_strip_and_a_legend_over_no_point(tmp_path):
+    root = make_project(tmp_path, night=NIGHT + [("crash", None, "oom at width 4096")])
+    p = cli(root, "plot", "-o", "night.svg")
+    assert p.returncode == 0, p.stderr
+    path = root / "night.svg"
+    assert path.read_bytes().lstrip().startswith(b"<?xml") and b"\x89PNG" not in path.read_bytes()[:16]
+    g = _svg_groups(path)
+    results, strip = _box(g["results"]), _box(g["crash-strip"])
+    crashes = _points(g["crashes"])
+    assert len(crashes) == 2
+    # every crash marker lies inside the strip, below the whole results chart
+    for x, y in crashes:
+        assert strip[1] <= y <= strip[3] and y > results[3]
+    kept, disc = _points(g["kept"]), _points(g["discarded"])
+    assert len(kept) == 3 and len(disc) == 2                     # the third discard is off the scale
+    assert len(_points(g["discarded-off-scale-above"])) == 1
+    for x, y in kept + disc:
+        assert results[0] <= x <= results[2] and results[1] <= y <= results[3]
+    leg = _box(g["legend"])
+    for x, y in kept + disc + crashes + _points(g["discarded-off-scale-above"]):
+        assert not (leg[0] <= x <= leg[2] and leg[1] <= y <= leg[3]), (x, y, leg)
+    assert leg[0] > results[2]                                   # beside the chart, not on it
+    text = path.read_text()
+    assert "running best" in text and "crashed, no metric (2)" in text
+    assert "lr 1e-3 with warmup" in text                         # kept labels as before
+
+
+def test_plot_pdf_is_a_real_pdf(tmp_path):
+    root = make_project(tmp_path)
+    p = cli(root, "plot", "--out", "night.pdf")
+    assert p.returncode == 0, p.stderr
+    data = (root / "night.pdf").read_bytes()
+    assert data.startswith(b"%PDF-1.") and data.rstrip().endswith(b"%%EOF")
+    assert b"/Type /Page" in data and b"/Type /Catalog" in data
+
+
+def test_plot_is_byte_for_byte_repeatable_in_svg(tmp_path):
+    root = make_project(tmp_path)
+    assert cli(root, "plot", "-o", "a.svg").returncode == 0
+    assert cli(root, "plot", "-o", "b.svg").returncode == 0
+    assert (root / "a.svg").read_bytes() == (root / "b.svg").read_bytes()
+
+
+def test_plot_refuses_an_unknown_extension_and_writes_nothing(tmp_path):
+    root = make_project(tmp_path)
+    p = cli(root, "plot", "-o", "night.jpg")
+    assert p.returncode == 2 and ".png, .svg or .pdf" in p.stdout
+    assert not (root / "night.jpg").exists()
+
+
+# --- machine-readable output and the karpathy-style summary ------------------------------------
+
+def test_status_json_is_the_report_model_with_summary_and_crash_reasons(tmp_path):
+    from autoresearch.metrics import RunMetrics
+    from autoresearch.status import Report
+    root = make_project(tmp_path)
+    run = root / "runs" / "0004"
+    run.mkdir(parents=True)
+    RunMetrics(run_id="0004", status="crash", metric_name="val_bpb", direction="minimize", train_py_sha256="x",
+               seed=4, budget_seconds=300, grace_seconds=60, sandbox="bwrap",
+               reason="RuntimeError: mat1 and mat2 shapes cannot be multiplied (64x96 and 64x256)",
+               started_at=datetime(2026, 1, 1, 22, 4, tzinfo=timezone.utc)).write(run)
+    p = cli(root, "status", "--json")
+    assert p.returncode == 0, p.stderr
+    rep = Report.model_validate_json(p.stdout)                  # the same model as the tables
+    assert rep == gather(root)
+    sm = rep.summary
+    assert (sm.experiments, sm.kept) == (7, 3) and sm.keep_rate == pytest.approx(3 / 7)
+    assert sm.baseline == pytest.approx(2.30) and sm.best == pytest.approx(2.21)
+    assert sm.total_improvement == pytest.approx(0.09) and sm.relative_improvement == pytest.approx(0.09 / 2.30)
+    assert [c.experiment for c in sm.top_kept] == [3, 6]           # 0.05 then 0.04 better than the best before
+    assert sm.top_kept[0].improvement == pytest.approx(0.05) and sm.top_kept[0].description == "lr 1e-3 with warmup"
+    [crash] = rep.crashes
+    assert crash.experiment == 4 and "shapes cannot be multiplied" in crash.reason
+    table = cli(root, "status").stdout
+    assert "keep rate 43%" in table and "2.3000 -> 2.2100: 0.0900 better than the baseline, 3.9%" in table
+    assert "top kept changes" in table and "+0.0500" in table
+    assert "crashes" in table and "shapes cannot be multiplied" in table
+
+
+def test_status_json_with_a_maximised_metric_counts_improvement_upwards(tmp_path):
+    night = [("keep", 0.60, "baseline"), ("keep", 0.65, "wider"), ("discard", 0.64, "deeper"),
+             ("keep", 0.70, "mixup")]
+    root = make_project(tmp_path, night=night)
+    text = (root / "program.md").read_text().replace("direction: minimize", "direction: maximize")
+    text = text.replace("floor: 0.5", "floor: 1.5")
+    (root / "program.md").write_text(text)
+    from autoresearch.status import Report
+    rep = Report.model_validate_json(cli(root, "status", "--json").stdout)
+    assert rep.summary.total_improvement == pytest.approx(0.10)
+    assert [c.improvement for c in rep.summary.top_kept] == pytest.approx([0.05, 0.05])
+    assert rep.crashes == []
+
+
+def test_status_json_without_experiments(tmp_path):
+    from autoresearch.status import Report
+    rep = Report.model_validate_json(cli(_empty_project(tmp_path), "status", "--json").stdout)
+    assert rep.rows == [] and rep.summary is None and rep.best is None

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.exits import RunExit
+
 from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of, make_project, metrics, program_text,
                                 require_backend, run_env, run_sh, split_log)
 
@@ -120,7 +122,7 @@ def test_hang_is_killed_near_budget_plus_grace(tmp_path, request, backend):
     t0 = time.monotonic()
     p = run_sh(proj, "-m", "hang", "--backend", backend, AUTORESEARCH_TRAIN_SECONDS="2")
     wall = time.monotonic() - t0
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == RunExit.CRASH, p.stdout + p.stderr     # scripts can tell a crash from ok
     m = metrics(proj)
     assert m["status"] == "timeout" and m["metric_value"] is None
     assert m["budget_seconds"] == 2, "AUTORESEARCH_TRAIN_SECONDS sets the budget for one run"
@@ -137,7 +139,7 @@ def test_allocation_beyond_the_limit_is_oom(tmp_path, request, backend):
     require_backend(request, backend)
     proj = make_project(tmp_path / "p", train_py=HOG, memory_gb=0.5)
     p = run_sh(proj, "-m", "hog", "--backend", backend, "--budget", "30")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == RunExit.CRASH, p.stdout + p.stderr     # scripts can tell a crash from ok
     m = metrics(proj)
     assert m["status"] == "oom", (m, log_of(proj)[-500:])
     assert "no limit hit" not in log_of(proj)
@@ -151,7 +153,7 @@ def test_crash_prints_the_traceback_tail(tmp_path, request, backend):
     require_backend(request, backend)
     proj = make_project(tmp_path / "p", train_py=CRASH)
     p = run_sh(proj, "-m", "crash", "--backend", backend, "--budget", "5", "--seed", "11")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == RunExit.CRASH, p.stdout + p.stderr     # scripts can tell a crash from ok
     m = metrics(proj)
     assert m["status"] == "crash" and m["metric_value"] is None and m["eval_seconds"] is None
     assert "ValueError: boom-marker 42" in m["reason"]
@@ -167,7 +169,7 @@ def test_invalid_model_is_recorded_invalid_with_its_reason(tmp_path, bwrap_avail
     assert code != HONEST
     proj = make_project(tmp_path / "p", train_py=code)
     p = run_sh(proj, "-m", "no mask", "--backend", "bwrap", "--budget", "3")
-    assert p.returncode == 0, p.stdout + p.stderr
+    assert p.returncode == RunExit.CRASH, p.stdout + p.stderr     # scripts can tell a crash from ok
     m = metrics(proj)
     assert m["status"] == "invalid" and m["metric_value"] is None
     assert "the model looks ahead" in m["reason"]
@@ -193,7 +195,7 @@ def test_interrupted_run_is_marked_and_leaves_no_orphans(tmp_path, request, back
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == RunExit.INTERRUPTED == 130, out + err
     m = metrics(proj)
     assert m["status"] == "interrupted" and m["finished_at"] is not None
     assert sig.name in m["reason"]
@@ -313,7 +315,7 @@ def test_eval_status_the_scorers_verdict_wins_unless_the_server_vanished():
     assert eval_status(res(0), None, program)[0] == "crash", "no result at all is never ok"
 
 
-# ------------------------------------------------------------------ harness errors: exit 2, nothing recorded
+# ------------------------------------------------------------------ harness errors: exit 2 (nothing ran) or 3
 
 def test_missing_message_is_a_usage_error(tmp_path):
     proj = make_project(tmp_path / "p", git=False)
@@ -338,6 +340,25 @@ def test_unreachable_docker_is_a_clear_error(tmp_path):
     assert p.returncode == 2
     assert "docker" in p.stderr and "bwrap" in p.stderr, "the message names the fix"
     assert not (proj / "runs").exists()
+
+
+def test_a_full_disk_is_a_harness_error_not_a_crash(tmp_path):
+    """Exit 3: the harness could not write the run (here: runs/ on a 12 KiB tmpfs), so a script
+    over ./run.sh does not mistake it for a crash of train.py."""
+    proj = make_project(tmp_path / "p", git=False)
+    runs = proj / "runs"
+    runs.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(runs)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("needs root to mount a tiny tmpfs")
+    try:
+        p = run_sh(proj, "-m", "x", "--backend", "none")
+        status = json.loads((runs / "0001" / "metrics.json").read_text())["status"]
+    finally:
+        subprocess.run(["umount", "-l", str(runs)], check=True)
+    assert p.returncode == RunExit.HARNESS == 3, p.stdout + p.stderr
+    assert "harness error, not train.py's fault: the disk is full" in p.stderr
+    assert status == "interrupted"                                  # never recorded as a crash
 
 
 def test_missing_data_says_how_to_prepare_it(tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.doctor import _hook_input, run_hook
+from autoresearch.doctor import DoctorReport, _hook_input, run_hook
 from autoresearch.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
 from e2e.harness import Project, base_env, make_project, run_claude
@@ -194,9 +194,17 @@ def test_slash_command_runs_autoresearch_status(claude_cli, tmp_path):
     assert "val_bpb (lower is better)" in shown and "No experiments yet" in shown
 
 
+def _tree_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+
+
 @pytest.mark.claude
-def test_marketplace_add_then_install(claude_cli, tmp_path):
-    market = plugin_copy(tmp_path / "market")
+def test_marketplace_add_then_install_from_the_packed_clean_tree(claude_cli, tmp_path):
+    """scripts/pack-plugin.sh ships only the plugin's tracked files, so the CLI's plugin cache holds
+    a few hundred KB, not this checkout's .venv (1.5 GB), runs/ or results."""
+    market = tmp_path / "market"
+    p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
     home = tmp_path / "home"
     p = cli(claude_cli, home, "plugin", "marketplace", "add", str(market))
     assert p.returncode == 0, p.stdout + p.stderr
@@ -204,5 +212,74 @@ def test_marketplace_add_then_install(claude_cli, tmp_path):
     assert p.returncode == 0, p.stdout + p.stderr
     p = cli(claude_cli, home, "plugin", "list")
     assert "autoresearch@autoresearch" in p.stdout and "enabled" in p.stdout
-    cached = list((home / ".claude" / "plugins" / "cache").rglob("hooks/hooks.json"))
+    cache = home / ".claude" / "plugins" / "cache"
+    cached = list(cache.rglob("hooks/hooks.json"))
     assert cached and json.loads(cached[0].read_text()) == json.loads((ROOT / "hooks" / "hooks.json").read_text())
+    plugin = cached[0].parent.parent
+    for absent in (".venv", "runs", "results.tsv", "tests", ".autoresearch", "progress.png"):
+        assert not (plugin / absent).exists(), absent
+    assert (plugin / "bin" / "autoresearch").is_file() and (plugin / "commands" / "final.md").is_file()
+    assert _tree_bytes(cache) < 2_000_000, _tree_bytes(cache)
+    # installed and enabled: doctor now knows a project without its own wiring is in plugin-only mode
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(ROOT / "program.md", proj / "program.md")
+    subprocess.run(["git", "init", "-q", str(proj)], check=True)
+    env = {**base_env(home), "COLUMNS": "250"}
+    doctor = [str(ROOT / ".venv" / "bin" / "python"), "-m", "autoresearch", "doctor", "--json"]
+    rep = DoctorReport.model_validate_json(subprocess.run(doctor, cwd=proj, env=env, capture_output=True,
+                                                          text=True).stdout)
+    checks = {c.name: c for c in rep.checks}
+    assert "plugin-only mode" in checks["hooks"].found
+    plug = checks["settings: plugin-only"]
+    assert plug.level == "fail" and "CLAUDE_CODE_STOP_HOOK_BLOCK_CAP" in plug.found
+    assert "BASH_DEFAULT_TIMEOUT_MS" in plug.found and "init --plugin" in plug.fix
+
+
+def test_init_plugin_writes_just_the_settings_the_plugin_cannot_set(tmp_path, monkeypatch):
+    from autoresearch.config import load_program
+    from autoresearch.pluginmode import STOP_CAP_KEY, missing_env
+    proj = tmp_path / "proj"
+    (proj / ".claude").mkdir(parents=True)
+    shutil.copy(ROOT / "program.md", proj / "program.md")
+    mine = {"permissions": {"deny": ["Bash(rm:*)"]}, "env": {"MY_VAR": "1", "BASH_MAX_TIMEOUT_MS": "99999999"}}
+    (proj / ".claude" / "settings.json").write_text(json.dumps(mine))
+    program = load_program(proj)
+    assert len(missing_env(mine, program)) == 2                # the cap and the default timeout
+    run = [str(ROOT / ".venv" / "bin" / "python"), "-m", "autoresearch", "init", "--plugin", "-C", str(proj)]
+    p = subprocess.run(run, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    settings = json.loads((proj / ".claude" / "settings.json").read_text())
+    assert settings["permissions"] == mine["permissions"] and "hooks" not in settings
+    assert settings["env"]["MY_VAR"] == "1" and settings["env"]["BASH_MAX_TIMEOUT_MS"] == "99999999"  # never lowered
+    assert settings["env"][STOP_CAP_KEY] == "1000" and int(settings["env"]["BASH_DEFAULT_TIMEOUT_MS"]) >= 780_000
+    assert missing_env(settings, program) == []
+    again = subprocess.run(run, capture_output=True, text=True)
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    # plugin-only mode seen from inside the plugin (slash commands run with CLAUDE_PLUGIN_ROOT set)
+    from autoresearch.doctor import check_hooks
+    monkeypatch.setenv("CLAUDE_PLUGIN_ROOT", str(ROOT))
+    checks = {c.name: c for c in check_hooks(proj, program)}
+    assert checks["settings: plugin-only"].level == "ok"
+
+
+def test_one_version_source():
+    """autoresearch.__version__ is the version: pyproject reads it, plugin.json must equal it, the
+    marketplace names none (the plugin's own manifest wins)."""
+    from autoresearch import __version__
+    assert json.loads((ROOT / ".claude-plugin" / "plugin.json").read_text())["version"] == __version__
+    market = json.loads((ROOT / ".claude-plugin" / "marketplace.json").read_text())
+    assert "version" not in market.get("metadata", {}) and all("version" not in p for p in market["plugins"])
+    assert 'dynamic = ["version"]' in (ROOT / "pyproject.toml").read_text()
+    from importlib.metadata import version
+    assert version("autoresearch") == __version__
+
+
+def test_human_commands_are_for_humans_only():
+    """Every slash command runs a human's command: the model may not invoke one by itself."""
+    names = set()
+    for md in (ROOT / "commands").glob("*.md"):
+        front = md.read_text().split("---")[1]
+        assert "disable-model-invocation: true" in front, md.name
+        names.add(md.stem)
+    assert {"status", "plot", "pause", "resume", "doctor", "final", "calibrate"} <= names

@@ -239,11 +239,18 @@ class Recorded:
     error: int | None = None                    # the HTTP error status served instead, if any
 
 
+REFUSALS = {401: ("authentication_error", "invalid x-api-key"),
+            403: ("permission_error", "Your API key does not have permission to use the specified resource."),
+            404: ("not_found_error", "model: claude-no-such-model")}
+
+
 class FakeAPI:
     """The server. Use as a context manager; `url` goes into ANTHROPIC_BASE_URL."""
 
-    def __init__(self, script: list[Turn] | None = None, project: str = "/", broken_streams: int = 0):
+    def __init__(self, script: list[Turn] | None = None, project: str = "/", broken_streams: int = 0,
+                 refuse: int | None = None):
         self.script: list[Turn] = list(script or [])
+        self.refuse = refuse                     # answer every Messages request with this HTTP error (401, 403, ...)
         self.project = project
         self.broken_streams = broken_streams     # answer this many streaming requests with a broken stream
         self.outages: dict[int, int] = {}        # step -> how many more requests for it get a 529 (overloaded)
@@ -378,6 +385,13 @@ class FakeAPI:
                     self._send(404, json.dumps({"type": "error", "error": {
                         "type": "not_found_error", "message": f"fake API: no {path}"}}).encode(),
                         "application/json")
+                    return
+                if api.refuse is not None:
+                    kind, text = REFUSALS.get(api.refuse, ("api_error", "fake API: refused"))
+                    with api._lock:
+                        api.requests.append(Recorded(path, body, main=False, step=None, error=api.refuse))
+                    self._send(api.refuse, json.dumps({"type": "error", "error": {"type": kind, "message": text}}
+                                                      ).encode(), "application/json")
                     return
                 if api._take_outage(body):
                     with api._lock:

@@ -1,0 +1,104 @@
+"""Plugin-only mode: the hooks come from the installed plugin, and the project has no
+`.claude/settings.json` wiring of its own. A plugin cannot set Claude Code's environment, so
+two defaults stay in force unless the project's settings set them:
+
+- `CLAUDE_CODE_STOP_HOOK_BLOCK_CAP`: after 8 consecutive Stop-hook blocks Claude Code overrides
+  the hook, so the loop would end after about 8 experiments;
+- `BASH_DEFAULT_TIMEOUT_MS` / `BASH_MAX_TIMEOUT_MS`: 120 s by default (600 s at most), which cuts
+  a 300 s experiment.
+
+`autoresearch init --plugin` writes just these into `.claude/settings.json` (merged, nothing else
+touched); `autoresearch doctor` says when they are missing.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from .atomic import write_atomic
+
+PLUGIN_NAME = "autoresearch"
+STOP_CAP_KEY = "CLAUDE_CODE_STOP_HOOK_BLOCK_CAP"
+STOP_CAP = 1000                           # far more experiments than a night holds
+DEFAULT_STOP_CAP = 8
+TIMEOUT_KEYS = ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS")
+
+
+def settings_path(root: Path) -> Path:
+    return Path(root) / ".claude" / "settings.json"
+
+
+def project_wires_hooks(settings: dict) -> bool:
+    """True when the project's settings wire the autoresearch guard themselves (bundle or init)."""
+    return "pre_tool_use.py" in json.dumps(settings.get("hooks") or {})
+
+
+def plugin_enabled(home: Path | None = None) -> bool:
+    """The autoresearch plugin is installed and enabled for this user (or we run inside it)."""
+    if os.environ.get("CLAUDE_PLUGIN_ROOT"):
+        return True
+    base = Path(os.environ.get("CLAUDE_CONFIG_DIR") or (Path(home or Path.home()) / ".claude"))
+    try:
+        enabled = json.loads((base / "settings.json").read_text()).get("enabledPlugins") or {}
+    except (OSError, ValueError):
+        return False
+    return any(k.split("@")[0] == PLUGIN_NAME and v for k, v in enabled.items())
+
+
+def bash_timeout_ms(program) -> int:
+    """Enough for one experiment: train + grace + eval + start-up margin."""
+    b = program.budget
+    return int((b.train_seconds + b.grace_seconds + b.eval_seconds + 120) * 1000)
+
+
+def loop_env(program) -> dict[str, str]:
+    need = str(bash_timeout_ms(program))
+    return {STOP_CAP_KEY: str(STOP_CAP), TIMEOUT_KEYS[0]: need, TIMEOUT_KEYS[1]: need}
+
+
+def missing_env(settings: dict, program) -> list[str]:
+    """What the settings lack for a night: one line per missing or too small value."""
+    env = settings.get("env") or {}
+    out = []
+
+    def num(key: str) -> int:
+        try:
+            return int(env.get(key) or 0)
+        except (TypeError, ValueError):
+            return 0
+    if num(STOP_CAP_KEY) < 100:
+        out.append(f"{STOP_CAP_KEY} is {env.get(STOP_CAP_KEY) or f'unset (default {DEFAULT_STOP_CAP})'}: Claude Code "
+                   f"overrides the Stop hook after that many blocks, so the loop ends after ~"
+                   f"{num(STOP_CAP_KEY) or DEFAULT_STOP_CAP} experiments")
+    need = bash_timeout_ms(program)
+    for key in TIMEOUT_KEYS:
+        if num(key) < need:
+            out.append(f"{key} is {env.get(key) or 'unset (default 120000)'}: one experiment may take {need} ms, "
+                       "so the Bash call running it is cut off")
+    return out
+
+
+def write_plugin_settings(root: Path, program) -> tuple[Path, dict[str, str]]:
+    """Merge the loop's env into .claude/settings.json (created if needed); returns what changed.
+    Raises ValueError when the existing file is not valid JSON (nothing is written then)."""
+    path = settings_path(root)
+    settings: dict = {}
+    if path.is_file():
+        try:
+            settings = json.loads(path.read_text())
+        except ValueError as e:
+            raise ValueError(f"{path} is not valid JSON ({e}); fix or move it first") from None
+    env = settings.setdefault("env", {})
+    changed = {}
+    for key, want in loop_env(program).items():
+        try:
+            have = int(env.get(key) or 0)
+        except (TypeError, ValueError):
+            have = 0
+        if have < int(want):
+            env[key] = changed[key] = want
+    if changed or not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(settings, indent=2) + "\n")
+    return path, changed
