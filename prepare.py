@@ -14,7 +14,7 @@ held out: the loop never reads it (only `autoresearch final` does).
 
 The evaluation is defined here and nowhere else: a fixed slice of the val split
 (`eval_windows`), a fixed context and batch, and the loss (`window_nats`, float64).
-The trusted scorer (autoresearch/scorer.py) applies them to logits it gets from the
+The trusted scorer (autoresearch/run/scorer.py) applies them to logits it gets from the
 model running in a separate sandboxed process; `evaluate_bpb` does the same in-process.
 """
 from __future__ import annotations
@@ -190,7 +190,7 @@ def load_split(split: str, root: Path | None = None) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------
-# The evaluator's definitions (the trusted scorer, autoresearch/scorer.py, uses these)
+# The evaluator's definitions (the trusted scorer, autoresearch/run/scorer.py, uses these)
 
 def eval_windows(data: np.ndarray, n_bytes: int = EVAL_BYTES, context: int = CONTEXT_LEN):
     """The fixed evaluation slice as (inputs, targets) uint8 windows of `context` bytes: every byte scored once."""

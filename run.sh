@@ -4,4 +4,4 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 "$root/scripts/bootstrap.sh"
-exec "$root/.venv/bin/python" -m autoresearch.experiment "$@"
+exec "$root/.venv/bin/python" -m autoresearch.run "$@"

@@ -55,7 +55,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .atomic import write_atomic
-from .config import Metric
+from .program import Metric
 from .gitops import current_branch, git, is_run_branch, trailers
 
 LEDGER_FILE = "results.tsv"

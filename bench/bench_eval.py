@@ -39,8 +39,8 @@ def main() -> int:
     ap.add_argument("--train-seconds", type=float, default=5)
     args = ap.parse_args()
 
-    from autoresearch.config import load_program
-    from autoresearch.experiment import Layout, base_env, data_folder, eval_status, run_eval
+    from autoresearch.program import load_program
+    from autoresearch.run.runner import Layout, base_env, data_folder, eval_status, run_eval
     from autoresearch.sandbox import choose_backend
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))

@@ -7,7 +7,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from stop_runner import run  # noqa: E402
+from loop_hook import run  # noqa: E402
 
 
 def on_error(root, exc, n):

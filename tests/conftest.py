@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-# Run records are signed with a per-project key under $XDG_CONFIG_HOME (autoresearch.metrics):
+# Run records are signed with a per-project key under $XDG_CONFIG_HOME (autoresearch.run.metrics):
 # one throwaway folder for the whole session, so runs fabricated in-process and the hooks run as
 # subprocesses (whose HOME differs) agree on the key, and no test writes to the real ~/.config.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="autoresearch-test-config-")

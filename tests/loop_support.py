@@ -16,10 +16,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from autoresearch.gitops import trailers
-from autoresearch.identity import Fingerprint, snapshot
+from autoresearch.run.identity import Fingerprint, snapshot
 from autoresearch.ledger import LedgerRow, read_rows
-from autoresearch.metrics import RunMetrics
-from autoresearch.state import LoopState, read_state, write_state
+from autoresearch.run.metrics import RunMetrics
+from autoresearch.loop.state import LoopState, read_state, write_state
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import bwrapbin
-from autoresearch.doctor import DoctorReport
+from autoresearch.sandbox import bwrapbin
+from autoresearch.cli.doctor import DoctorReport
 from experiment_support import ROOT, make_project, metrics, run_sh
 
 pytestmark = pytest.mark.bwrap
@@ -48,9 +48,9 @@ def test_without_docker_or_system_bwrap_the_wheel_runs_a_sandboxed_baseline(tmp_
     env = {"PATH": path, "HOME": str(tmp_path), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
     py = str(ROOT / ".venv/bin/python")
     # bootstrap's decision: the wheel is needed without it, and not once it is there
-    assert subprocess.run([py, "-m", "autoresearch.bwrapbin", "needed"], env=env).returncode == 0
+    assert subprocess.run([py, "-m", "autoresearch.sandbox.bwrapbin", "needed"], env=env).returncode == 0
     env["PYTHONPATH"] = str(wheel)
-    assert subprocess.run([py, "-m", "autoresearch.bwrapbin", "needed"], env=env).returncode == 1
+    assert subprocess.run([py, "-m", "autoresearch.sandbox.bwrapbin", "needed"], env=env).returncode == 1
 
     proj = make_project(tmp_path / "p")
     doc = subprocess.run([py, "-m", "autoresearch", "doctor", "--json"], cwd=proj, env=env, capture_output=True,

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from autoresearch.doctor import check_claude, check_hooks, run_checks, run_hook, wired_commands
+from autoresearch.cli.doctor import check_claude, check_hooks, run_checks, run_hook, wired_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 DENY = ('{"hookSpecificOutput":{"hookEventName":"PreToolUse","permissionDecision":"deny",'
@@ -81,7 +81,7 @@ def test_missing_settings_and_short_bash_timeout(tmp_path):
     root = project(tmp_path, None)
     c = check_hooks(root, None)[0]
     assert c.level == "fail" and "does not exist" in c.found and "autoresearch init" in c.fix
-    from autoresearch.config import load_program
+    from autoresearch.program import load_program
     (root / ".claude").mkdir()
     (root / ".claude" / "settings.json").write_text(json.dumps(wiring(GUARD, bash_ms=120_000)))
     t = by_name(check_hooks(root, load_program(root)), "hooks: bash timeout")
@@ -121,7 +121,7 @@ def test_doctor_command_exit_code(tmp_path):
 
 
 def test_doctor_json_is_the_report_model_and_matches_the_table(tmp_path):
-    from autoresearch.doctor import DoctorReport
+    from autoresearch.cli.doctor import DoctorReport
     root = project(tmp_path, None)
     env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250", "HOME": str(Path.home())}
     p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor", "--json"], cwd=root, capture_output=True,

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.experiment import run_experiment
-from autoresearch.final import FinalError, FinalRecord, evaluate_final, read_records
+from autoresearch.run.runner import run_experiment
+from autoresearch.cli.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.config import load_program
-from autoresearch.doctor import _hook_input, run_hook, wired_commands
+from autoresearch.program import load_program
+from autoresearch.cli.doctor import _hook_input, run_hook, wired_commands
 from autoresearch.ledger import read_rows
-from autoresearch.metrics import RunMetrics
-from autoresearch.scaffold import BACKUP_SUFFIX, InitError, InitOptions, init_project
+from autoresearch.run.metrics import RunMetrics
+from autoresearch.cli.init import BACKUP_SUFFIX, InitError, InitOptions, init_project
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = Path(__file__).parent / "fixtures" / "legacy_repo"

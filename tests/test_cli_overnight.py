@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import state
-from autoresearch.driver import DriverError, Night, OvernightState, last_session
+from autoresearch.loop import state
+from autoresearch.cli.overnight import DriverError, Night, OvernightState, last_session
 from conftest import need
 from e2e.fake_api import FakeAPI, bash, count_assistant, end_turn, human, say
 from e2e.harness import Project, cli_path, make_project
@@ -139,7 +139,7 @@ def test_a_project_without_guard_wiring_gets_the_bundle_as_plugin_or_is_refused(
     proj.mkdir()
     (proj / "program.md").write_text((ROOT / "program.md").read_text())
     assert Night(proj, 1).plugin == str(ROOT)
-    import autoresearch.driver as driver
+    import autoresearch.cli.overnight as driver
     monkeypatch.setattr(driver, "BUNDLE", tmp_path / "not-a-plugin")
     with pytest.raises(DriverError, match="does not wire the autoresearch guard"):
         Night(proj, 1)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from autoresearch import state
+from autoresearch.loop import state
 from test_cli_status_plot import cli, make_project
 
 

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import state
-from autoresearch.config import load_program
+from autoresearch.loop import state
+from autoresearch.program import load_program
 from autoresearch.ledger import LedgerRow, append_rows
-from autoresearch.plot import draw, running_best
-from autoresearch.status import gather
+from autoresearch.cli.plot import draw, running_best
+from autoresearch.cli.status import gather
 
 ROOT = Path(__file__).resolve().parents[1]
 BRANCH = "autoresearch/20260101-220000"
@@ -270,8 +270,8 @@ def test_plot_refuses_an_unknown_extension_and_writes_nothing(tmp_path):
 # --- machine-readable output and the karpathy-style summary ------------------------------------
 
 def test_status_json_is_the_report_model_with_summary_and_crash_reasons(tmp_path):
-    from autoresearch.metrics import RunMetrics
-    from autoresearch.status import Report
+    from autoresearch.run.metrics import RunMetrics
+    from autoresearch.cli.status import Report
     root = make_project(tmp_path)
     run = root / "runs" / "0004"
     run.mkdir(parents=True)
@@ -304,7 +304,7 @@ def test_status_json_with_a_maximised_metric_counts_improvement_upwards(tmp_path
     text = (root / "program.md").read_text().replace("direction: minimize", "direction: maximize")
     text = text.replace("floor: 0.5", "floor: 1.5")
     (root / "program.md").write_text(text)
-    from autoresearch.status import Report
+    from autoresearch.cli.status import Report
     rep = Report.model_validate_json(cli(root, "status", "--json").stdout)
     assert rep.summary.total_improvement == pytest.approx(0.10)
     assert [c.improvement for c in rep.summary.top_kept] == pytest.approx([0.05, 0.05])
@@ -312,6 +312,6 @@ def test_status_json_with_a_maximised_metric_counts_improvement_upwards(tmp_path
 
 
 def test_status_json_without_experiments(tmp_path):
-    from autoresearch.status import Report
+    from autoresearch.cli.status import Report
     rep = Report.model_validate_json(cli(_empty_project(tmp_path), "status", "--json").stdout)
     assert rep.rows == [] and rep.summary is None and rep.best is None

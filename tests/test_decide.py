@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from autoresearch.config import Metric, parse_program
-from autoresearch.decide import RunView, decide, threshold
+from autoresearch.program import Metric, parse_program
+from autoresearch.loop.decide import RunView, decide, threshold
 
 MIN = Metric(name="val_bpb", direction="minimize")
 MAX = Metric(name="acc", direction="maximize")

@@ -24,8 +24,8 @@ import torch.nn.functional as F
 
 from experiment_support import HONEST, ROOT
 
-from autoresearch.config import load_program
-from autoresearch.experiment import EVAL_LOG, Layout, base_env, eval_status, run_eval
+from autoresearch.program import load_program
+from autoresearch.run.runner import EVAL_LOG, Layout, base_env, eval_status, run_eval
 from autoresearch.sandbox import NoneBackend
 
 sys.path.insert(0, str(ROOT))
@@ -156,7 +156,7 @@ def test_checks_are_mixed_into_every_request_and_the_honest_model_passes_them_wi
 
 
 def test_every_request_has_a_check_answered_by_the_other_server():
-    from autoresearch.scorer import SERVERS, Plan
+    from autoresearch.run.scorer import SERVERS, Plan
     rng = np.random.default_rng(1)
     x, y = prepare.eval_windows(np.frombuffer(bytes(range(256)) * 520, dtype=np.uint8))
     plan = Plan.make(x, y, prepare.EVAL_BATCH, rng)

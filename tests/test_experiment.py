@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.exits import RunExit
+from autoresearch.run.exits import RunExit
 
 from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of, make_project, metrics, program_text,
                                 require_backend, run_env, run_sh, split_log)
 
-from autoresearch.config import parse_program
-from autoresearch.experiment import allocate_run_dir, derive_seed, eval_status, inline_metric
+from autoresearch.program import parse_program
+from autoresearch.run.runner import allocate_run_dir, derive_seed, eval_status, inline_metric
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -296,7 +296,7 @@ def test_run_folders_are_unique_under_concurrency(tmp_path):
 
 
 def test_eval_status_the_scorers_verdict_wins_unless_the_server_vanished():
-    from autoresearch.config import load_program
+    from autoresearch.program import load_program
     from autoresearch.sandbox import SandboxResult
     program = load_program(ROOT)
 
@@ -356,8 +356,8 @@ def test_a_full_disk_is_a_harness_error_not_a_crash(tmp_path):
         status = json.loads((runs / "0001" / "metrics.json").read_text())["status"]
     finally:
         subprocess.run(["umount", "-l", str(runs)], check=True)
-    assert p.returncode == RunExit.HARNESS == 3, p.stdout + p.stderr
-    assert "harness error, not train.py's fault: the disk is full" in p.stderr
+    assert p.returncode == RunExit.DISK_FULL == 74, p.stdout + p.stderr
+    assert "the disk is full" in p.stderr and "Traceback" not in p.stderr
     assert status == "interrupted"                                  # never recorded as a crash
 
 
@@ -372,7 +372,7 @@ def test_missing_data_says_how_to_prepare_it(tmp_path):
 def test_crash_reason_is_the_exception_even_when_stdout_lands_after_the_traceback():
     """stdout and stderr are separate pipes: docker's log can carry a line printed before the
     crash after the traceback (seen in CI). The reason must still be the exception."""
-    from autoresearch.experiment import _exception_line
+    from autoresearch.run.runner import _exception_line
     log = ["step 1 loss 5.5", "Traceback (most recent call last):",
            '  File "train.py", line 4, in helper', '    raise ValueError("boom-marker 42")',
            "ValueError: boom-marker 42", "seed is 11"]

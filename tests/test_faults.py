@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.config import load_program
-from autoresearch.experiment import allocate_run_dir
-from autoresearch.final import FinalError, check_identity
-from autoresearch.metrics import RunMetrics
-from autoresearch.state import Calibration, now
+from autoresearch.program import load_program
+from autoresearch.run.runner import allocate_run_dir
+from autoresearch.cli.final import FinalError, check_identity
+from autoresearch.run.metrics import RunMetrics
+from autoresearch.loop.state import Calibration, now
 from loop_support import PROGRAM, ROOT, Project, clean_env, fingerprint
 
 PY = str(ROOT / ".venv" / "bin" / "python")
@@ -84,7 +84,7 @@ def test_a_budget_change_starts_a_new_baseline_and_is_never_compared_across(proj
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(value=1.80, budget=10)                                   # vs 1.85 at 10 s, not 2.0 at 2 s
     assert "KEPT" in proj.decide().text and proj.rows()[-1].prev_best == pytest.approx(1.85)
-    from autoresearch.status import gather
+    from autoresearch.cli.status import gather
     rep = gather(proj.path)
     assert rep.new_baseline and "budget 2 s -> 10 s" in rep.new_baseline and "budget 10 s" in rep.fingerprint
 
@@ -118,9 +118,9 @@ def test_sigma_applies_only_to_its_fingerprint_and_survives_a_corrupt_state(proj
     assert not any(row.run_id in cal_ids for row in proj.rows())           # still measurements, never decided
     assert len(keep_trailers(proj)) == 2
     from autoresearch.loop import _sigma
-    from autoresearch.state import read_state
+    from autoresearch.loop.state import read_state
     assert _sigma(proj.path, read_state(proj.path), fp1) == pytest.approx(0.1)   # rebuilt from runs/
-    from autoresearch.status import gather
+    from autoresearch.cli.status import gather
     proj.edit("N_EMBD = 96", "N_EMBD = 128")
     proj.fake_run(value=1.5, budget=1)
     proj.decide()
@@ -215,7 +215,7 @@ def test_final_refuses_a_checkpoint_that_is_not_the_kept_code(proj):
 
 def test_a_kept_run_checkpoint_is_never_pruned_even_if_a_caller_asks(proj):
     from autoresearch.loop import _prune_checkpoints, prune_unkept
-    from autoresearch.runscan import load_run
+    from autoresearch.loop.runscan import load_run
     proj.baseline(2.0)
     kept = checkpoint(proj, "0001")
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
@@ -266,7 +266,7 @@ print("val_bpb: 2.0")
 
 def runner(p: Project, msg: str, **env) -> subprocess.Popen:
     e = clean_env(CLAUDE_PROJECT_DIR=str(p.path), HOME=str(p.path.parent), **env)
-    return subprocess.Popen([PY, "-m", "autoresearch.experiment", "-m", msg], cwd=p.path, env=e,
+    return subprocess.Popen([PY, "-m", "autoresearch.run", "-m", msg], cwd=p.path, env=e,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -373,7 +373,7 @@ def test_still_running_uses_the_runs_recorded_budget(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(value=None, status="interrupted", finished=False, age_s=400, budget=1000)
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autoresearch.experiment"],
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autoresearch.run.runner"],
                              cwd=proj.path)
     try:
         r = proj.decide()

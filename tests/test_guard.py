@@ -352,7 +352,7 @@ def test_settings_wire_the_guard_fail_closed() -> None:
 
 def test_explain_prints_the_decision_and_why(tmp_path) -> None:
     w = World(tmp_path)
-    cli = [str(ROOT / ".venv" / "bin" / "python"), "-m", "autoresearch.cli", "guard", "explain"]
+    cli = [str(ROOT / ".venv" / "bin" / "python"), "-m", "autoresearch", "guard", "explain"]
     env = dict(w.env, PYTHONPATH=str(ROOT), COLUMNS="200")
     p = subprocess.run([*cli, "--", "pip", "install", "requests"], cwd=w.root, env=env,
                        capture_output=True, text=True)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from autoresearch.cmdlang import TEMPLATES, Denied, _expand, lex, match
+from autoresearch.guard.cmdlang import TEMPLATES, Denied, _expand, lex, match
 
 ROOT = Path(__file__).resolve().parents[1]
 N = int(os.environ.get("AUTORESEARCH_GUARD_DIFF_N", "100000"))

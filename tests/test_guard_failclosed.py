@@ -154,13 +154,13 @@ def test_unwritable_cache_still_decides(world: World) -> None:
 
 
 def test_broken_package_is_a_deny(world: World) -> None:
-    (world.root / "autoresearch" / "guard.py").write_text("raise RuntimeError('half-written upgrade')\n")
+    (world.root / "autoresearch" / "guard" / "__init__.py").write_text("raise RuntimeError('half-written upgrade')\n")
     got = bash(world, RUN)
     assert got.decision == "deny" and got.rc == 2 and "half-written upgrade" in got.stderr, got
 
 
 def test_exception_inside_a_decision_is_a_deny(world: World) -> None:
-    (world.root / "autoresearch" / "cmdlang.py").write_text(
+    (world.root / "autoresearch" / "guard" / "cmdlang.py").write_text(
         "class Denied(Exception): pass\n"
         "def match(*a):\n    raise RuntimeError('a bug in the analysis')\n")
     got = bash(world, RUN)

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from autoresearch.config import Metric
+from autoresearch.program import Metric
 from autoresearch.ledger import (KARPATHY, OURS, LedgerError, LedgerRow, append_rows, columns, current_best,
                                  decided_runs, read_rows)
 

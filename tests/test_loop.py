@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.config import load_program
+from autoresearch.program import load_program
 
 from autoresearch.gitops import show_blob
-from autoresearch.state import now
+from autoresearch.loop.state import now
 from loop_support import PROGRAM, ROOT, Project, hold_open
 
 
@@ -251,8 +251,8 @@ def test_a_run_still_in_progress_is_waited_for_not_decided(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(status="interrupted", finished=False, age_s=1)    # the runner's first write
-    # a live process that looks like the runner (./run.sh execs `python -m autoresearch.experiment`)
-    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "autoresearch.experiment"],
+    # a live process that looks like the runner (./run.sh execs `python -m autoresearch.run`)
+    runner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "-m", "autoresearch.run"],
                               cwd=proj.path)
     try:
         r = proj.decide()

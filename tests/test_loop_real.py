@@ -7,10 +7,10 @@ import subprocess
 
 import pytest
 
-from autoresearch.config import Metric
-from autoresearch.decide import EPS
-from autoresearch.exits import for_status
-from autoresearch.metrics import RunMetrics
+from autoresearch.program import Metric
+from autoresearch.loop.decide import EPS
+from autoresearch.run.exits import for_status
+from autoresearch.run.metrics import RunMetrics
 from loop_support import ROOT, Project, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap]

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.doctor import DoctorReport, _hook_input, run_hook
-from autoresearch.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
+from autoresearch.cli.doctor import DoctorReport, _hook_input, run_hook
+from autoresearch.cli.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
 from e2e.harness import Project, base_env, make_project, run_claude
 
@@ -48,8 +48,8 @@ def test_plugin_and_marketplace_validate_strictly(claude_cli, tmp_path):
 
 
 def test_plugin_hooks_are_derived_from_the_bundles_settings():
-    """hooks/hooks.json must equal what autoresearch.wiring derives from .claude/settings.json:
-    regenerate it with `python -m autoresearch.wiring` after changing the settings."""
+    """hooks/hooks.json must equal what autoresearch.cli.wiring derives from .claude/settings.json:
+    regenerate it with `python -m autoresearch.cli.wiring` after changing the settings."""
     assert json.loads((ROOT / "hooks" / "hooks.json").read_text()) == plugin_hooks(load_settings(ROOT))
 
 
@@ -237,8 +237,8 @@ def test_marketplace_add_then_install_from_the_packed_clean_tree(claude_cli, tmp
 
 
 def test_init_plugin_writes_just_the_settings_the_plugin_cannot_set(tmp_path, monkeypatch):
-    from autoresearch.config import load_program
-    from autoresearch.pluginmode import STOP_CAP_KEY, missing_env
+    from autoresearch.program import load_program
+    from autoresearch.cli.plugin import STOP_CAP_KEY, missing_env
     proj = tmp_path / "proj"
     (proj / ".claude").mkdir(parents=True)
     shutil.copy(ROOT / "program.md", proj / "program.md")
@@ -257,7 +257,7 @@ def test_init_plugin_writes_just_the_settings_the_plugin_cannot_set(tmp_path, mo
     again = subprocess.run(run, capture_output=True, text=True)
     assert again.returncode == 0 and "nothing changed" in again.stdout
     # plugin-only mode seen from inside the plugin (slash commands run with CLAUDE_PLUGIN_ROOT set)
-    from autoresearch.doctor import check_hooks
+    from autoresearch.cli.doctor import check_hooks
     monkeypatch.setenv("CLAUDE_PLUGIN_ROOT", str(ROOT))
     checks = {c.name: c for c in check_hooks(proj, program)}
     assert checks["settings: plugin-only"].level == "ok"

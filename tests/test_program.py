@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.config import ConfigError, load_program, parse_program
+from autoresearch.program import ConfigError, load_program, parse_program
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = (ROOT / "program.md").read_text()

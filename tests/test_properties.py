@@ -26,12 +26,12 @@ from pathlib import Path
 import pytest
 
 from autoresearch import loop
-from autoresearch.experiment import allocate_run_dir
+from autoresearch.run.runner import allocate_run_dir
 from autoresearch.gitops import git, trailers
-from autoresearch.identity import snapshot, snapshot_at
+from autoresearch.run.identity import snapshot, snapshot_at
 from autoresearch.ledger import read_rows
-from autoresearch.metrics import RunMetrics
-from autoresearch.runscan import run_ids
+from autoresearch.run.metrics import RunMetrics
+from autoresearch.loop.runscan import run_ids
 from loop_support import EDITABLE, Project, fingerprint
 
 N = int(os.environ.get("AUTORESEARCH_PROPERTY_SEQUENCES", "200"))

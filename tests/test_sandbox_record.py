@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from autoresearch.metrics import RECORD_ALTERED, RunMetrics, key_path, load_verified
+from autoresearch.run.metrics import RECORD_ALTERED, RunMetrics, key_path, load_verified
 from loop_support import Project
 
 

@@ -33,9 +33,9 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from .atomic import write_atomic
-from .gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
-from .ledger import LedgerRow, append_rows, write_decision
+from ..atomic import write_atomic
+from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
+from ..ledger import LedgerRow, append_rows, write_decision
 from .state import LastDecision, read_state, state_dir, write_state
 
 PENDING = "pending"
@@ -214,7 +214,7 @@ def _open_by_anyone(path: Path) -> bool | None:
 
 def git_locks(root: Path) -> list[Path]:
     """Lock files git leaves when killed: index.lock, HEAD.lock, ref locks, our private index's lock."""
-    from .gitops import git_dir
+    from ..gitops import git_dir
     gd = git_dir(root)
     found = [gd / "index.lock", gd / "HEAD.lock", gd / "packed-refs.lock", pending_dir(root) / "index.tmp.lock"]
     refs = gd / "refs"

@@ -70,7 +70,7 @@ def plugin_hooks(settings: dict) -> dict:
             new_groups.append(g)
         out[event] = new_groups
     return {"description": "autoresearch: the fail-closed guard and the keep-or-revert loop "
-                           "(derived from .claude/settings.json by autoresearch.wiring)",
+                           "(derived from .claude/settings.json by autoresearch.cli.wiring)",
             "hooks": out}
 
 
@@ -113,11 +113,11 @@ def _is_ours(command: str) -> bool:
 
 
 def write_plugin_hooks(bundle: Path) -> Path:
-    """Regenerate hooks/hooks.json from .claude/settings.json (`python -m autoresearch.wiring`)."""
+    """Regenerate hooks/hooks.json from .claude/settings.json (`python -m autoresearch.cli.wiring`)."""
     out = bundle / "hooks" / "hooks.json"
     out.write_text(json.dumps(plugin_hooks(load_settings(bundle)), indent=2) + "\n")
     return out
 
 
 if __name__ == "__main__":
-    print(write_plugin_hooks(Path(__file__).resolve().parents[1]))
+    print(write_plugin_hooks(Path(__file__).resolve().parents[2]))

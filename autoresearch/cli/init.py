@@ -34,7 +34,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from .config import ConfigError, parse_program
+from ..program import ConfigError, parse_program
 from .wiring import legacy_settings, load_settings, merge_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
@@ -87,7 +87,7 @@ def script_from_command(command: list[str]) -> str | None:
 
 def bundle_paths() -> tuple[Path, Path]:
     """(the bundle folder holding hooks/ and autoresearch/, the Python of its virtualenv)."""
-    bundle = Path(__file__).resolve().parent.parent
+    bundle = Path(__file__).resolve().parents[2]
     if not (bundle / "hooks" / "pre_tool_use.py").is_file() or not (bundle / ".claude" / "settings.json").is_file():
         raise InitError(f"{bundle} is not an autoresearch bundle checkout (no hooks/ or .claude/settings.json): "
                         "run init from a clone of the bundle (its .venv/bin/autoresearch)")
@@ -98,7 +98,7 @@ def bundle_paths() -> tuple[Path, Path]:
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    from .gitops import git
+    from ..gitops import git
     return git(root, *args, check=False)
 
 
@@ -224,7 +224,7 @@ if [ ! -x "$py" ]; then
   exit 2
 fi
 export CLAUDE_PROJECT_DIR="$root"
-exec "$py" -I -m autoresearch.experiment "$@"
+exec "$py" -I -m autoresearch.run "$@"
 """
 
 

@@ -13,8 +13,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .atomic import write_atomic
-from .config import PROGRAM_FILE, ConfigError, Phase, Program, parse_program, split_front_matter
+from ..atomic import write_atomic
+from ..program import PROGRAM_FILE, ConfigError, Phase, Program, parse_program, split_front_matter
 
 _PHASE_LINE = re.compile(r"^phase:[^\n]*$", re.MULTILINE)
 

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .atomic import write_atomic
-from .config import Program, load_program
-from .ledger import LedgerRow, read_rows
+from ..atomic import write_atomic
+from ..program import Program, load_program
+from ..ledger import LedgerRow, read_rows
 from .status import best_row, shown_branch
 
 FINAL_FILE = "final.json"
@@ -89,8 +89,8 @@ def read_records(root: Path) -> list[FinalRecord]:
 
 def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None) -> Scored:
     """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes."""
-    from .experiment import Layout, base_env, data_folder, eval_status, run_eval
-    from .sandbox import choose_backend
+    from ..run.runner import Layout, base_env, data_folder, eval_status, run_eval
+    from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
     script = program.run.train_script
@@ -125,8 +125,8 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     folder would have `final` score the wrong model."""
     import hashlib
 
-    from .gitops import git, show_blob, trailers
-    from .metrics import read_verified
+    from ..gitops import git, show_blob, trailers
+    from ..run.metrics import read_verified
     d = root / "runs" / run_id
     for need in (d / "out" / "model.pt", d / Path(program.run.train_script).name):
         if not need.is_file():
@@ -233,8 +233,8 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
          backend: str | None = None, as_json: bool = False) -> int:
     from rich.console import Console
     console = Console()
-    from .experiment import HarnessError
-    from .sandbox import SandboxUnavailable
+    from ..run.runner import HarnessError
+    from ..sandbox import SandboxUnavailable
     try:
         rec, fresh = evaluate_final(root, branch=branch, again=again, baseline=baseline, backend=backend)
     except (FinalError, HarnessError, SandboxUnavailable) as e:

@@ -4,8 +4,8 @@
            hashed copy in runs/NNNN/), the train split only, runs/NNNN/out/ writable;
            killed from outside at budget + grace.
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
-           autoresearch.model_server`: agent code, the checkpoint read-only, no data
-           mounted); the trusted scorer (autoresearch.scorer) runs here, holds the
+           autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
+           mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
            validation bytes, sends windows over the server's stdin, reads logits from its
            stdout, mixes in hidden checks and computes the loss itself. What agent code
            prints during EVAL goes to runs/NNNN/eval.log (for humans only: the guard
@@ -46,11 +46,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
-from .config import ConfigError, Program, load_program, project_root
+from ..program import ConfigError, Program, load_program, project_root
 from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .metrics import METRICS_FILE, RunMetrics, host_check
-from .sandbox import (NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, SandboxUnavailable,
-                      choose_backend, host_has_gpus)
+from ..sandbox import (NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, SandboxUnavailable,
+                       choose_backend, host_has_gpus)
 
 RUNS_DIR = "runs"
 SCRATCH_LOCK = ".lock"
@@ -116,7 +116,7 @@ def derive_seed(root: Path, program: Program, sha: str, seed: int | None) -> int
 
 def _trailer_run_ids(root: Path) -> list[int]:
     """Run ids named by keep commits on any run branch (Autoresearch-Run / -Runs trailers)."""
-    from .gitops import git, trailers
+    from ..gitops import git, trailers
     p = git(root, "log", "--format=%B%x00", "--branches=autoresearch/*", check=False)
     ids = []
     for msg in p.stdout.split("\x00"):
@@ -128,7 +128,7 @@ def _trailer_run_ids(root: Path) -> list[int]:
 
 
 def _ledger_run_ids(root: Path) -> list[int]:
-    from .ledger import LedgerError, read_rows
+    from ..ledger import LedgerError, read_rows
     try:
         return [int(r) for row in read_rows(root) for r in row.runs + [row.run_id] if r.isdigit()]
     except (LedgerError, OSError):
@@ -139,7 +139,7 @@ def allocate_run_dir(root: Path) -> Path:
     """runs/NNNN with a number never used before in this project: above every folder in runs/,
     the counter in trusted state, every run id in the run branches' trailers and the ledger --
     so deleting runs/ cannot make a new run take a decided run's id. mkdir is the lock."""
-    from .state import reserve_run_id
+    from ..loop.state import reserve_run_id
     runs = root / RUNS_DIR
     runs.mkdir(exist_ok=True)
     existing = run_dirs(root)
@@ -221,7 +221,7 @@ def steps_per_second(log: Path, train_seconds: float | None) -> float | None:
 
 def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
     """diff.patch of the train script against the branch head; returns a note when there is none."""
-    from .gitops import GitError, git
+    from ..gitops import GitError, git
     try:
         proc = git(root, "diff", "--no-ext-diff", "--no-textconv", "HEAD", "--", script)
         (run_dir / "diff.patch").write_text(proc.stdout)
@@ -233,7 +233,7 @@ def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
 
 
 def _head(root: Path) -> str | None:
-    from .gitops import head_commit
+    from ..gitops import head_commit
     try:
         return head_commit(root)
     except OSError:
@@ -468,7 +468,7 @@ def runtime_mounts(backend: Backend, root: Path) -> list[Mount]:
 
 def package_mount() -> tuple[list[Mount], str]:
     """The autoresearch package (for the evaluator), and the PYTHONPATH entry that finds it."""
-    pkg = Path(__file__).resolve().parent
+    pkg = Path(__file__).resolve().parents[1]
     return [Mount(pkg, str(pkg))], str(pkg.parent)
 
 
@@ -512,7 +512,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    argv = [rt.python, "-m", "autoresearch.model_server", "--project", str(lay.root), "--script", lay.script,
+    argv = [rt.python, "-m", "autoresearch.run.model_server", "--project", str(lay.root), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,
@@ -835,7 +835,7 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
             m.extra["metric_floor"] = program.metric.floor
         with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
             m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
-        _append_log(lay.log, "\n---- EVAL: the trusted scorer (autoresearch.scorer); what the model prints "
+        _append_log(lay.log, "\n---- EVAL: the trusted scorer (autoresearch.run.scorer); what the model prints "
                              f"goes to {EVAL_LOG}, for humans only ----\n")
         eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", lay.run_dir / EVAL_LOG)
         m.eval_seconds = round(eres.wall_seconds, 3)
@@ -867,9 +867,9 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 
 def current_best(root: Path, program: Program, m: RunMetrics | None = None) -> tuple[float | None, str | None]:
     """(the best comparable with run `m` -- same fingerprint, measured on the branch tip's code --, why unknown)."""
-    from .gitops import GitError, head_commit
+    from ..gitops import GitError, head_commit
     from .identity import snapshot_at
-    from .ledger import current_best as best
+    from ..ledger import current_best as best
     try:
         fp = m.fingerprint.key if m is not None and m.fingerprint else None
         head = head_commit(root) if fp else None
@@ -925,7 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """./run.sh; the exit code says how the run ended (autoresearch/exits.py)."""
+    """./run.sh; the exit code says how the run ended (autoresearch/run/exits.py)."""
     import traceback
 
     from .exits import RunExit, for_status

@@ -45,17 +45,17 @@ from filelock import Timeout as LockTimeout
 from pydantic import BaseModel
 
 from . import journal
-from .budget import BudgetStatus, budget
-from .config import ConfigError, Program, load_program, project_root
+from .allowance import BudgetStatus, budget
+from ..program import ConfigError, Program, load_program, project_root
 from .decide import Verdict, decide, threshold
-from .gitops import (GitError, current_branch, git, head_commit, is_run_branch, locked_index, ref_commit,
-                     show_blob, RUN_BRANCH_PREFIX)
+from ..gitops import (GitError, current_branch, git, head_commit, is_run_branch, locked_index, ref_commit,
+                      show_blob, RUN_BRANCH_PREFIX)
 from .journal import Journal, LoopError
 from .phases import advance
-from .identity import program_code, snapshot, snapshot_at
-from .ledger import (REMEASURE, LedgerError, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
-                     kept_rows_from_git, kept_run_ids, read_rows, row_trailers)
-from .metrics import read_verified
+from ..run.identity import program_code, snapshot, snapshot_at
+from ..ledger import (REMEASURE, LedgerError, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
+                      kept_rows_from_git, kept_run_ids, read_rows, row_trailers)
+from ..run.metrics import read_verified
 from .runscan import RunRecord, contention, undecided_runs
 from .state import (LastDecision, LoopState, calibrations_from_runs, loop_lock, now, paused, read_state,
                     sha256_file, state_dir, write_state)
@@ -127,7 +127,7 @@ def disk_full(root: Path, e: OSError) -> str:
 def prune_unkept(root: Path) -> int:
     """Delete runs/NNNN/out/ of every run that no keep covers; returns the bytes freed. Kept
     runs' checkpoints are never touched (`autoresearch final` scores them)."""
-    from .ledger import LedgerError, kept_run_ids
+    from ..ledger import LedgerError, kept_run_ids
     from .runscan import run_ids
     try:
         kept = kept_run_ids(root)
@@ -146,7 +146,7 @@ def prune_unkept(root: Path) -> int:
 def _ensure_ledger(root: Path, program: Program) -> str | None:
     """A missing, empty, corrupt or incomplete results.tsv is rebuilt from the run branches and
     runs/*/decision.json before anything is decided: a kept run is never decided again."""
-    from .ledger import ensure
+    from ..ledger import ensure
     return ensure(root, program.metric.name)
 
 
@@ -780,7 +780,7 @@ def pre_compact_hook(data: dict) -> dict:
         st = read_state(root)
     snap_dir = state_dir(root) / "snapshots"
     snap_dir.mkdir(parents=True, exist_ok=True)
-    from .atomic import write_atomic
+    from ..atomic import write_atomic
     import json
     rows = read_rows(root)
     snap = {"at": now().isoformat(), "trigger": data.get("trigger"), "state": json.loads(st.model_dump_json()),

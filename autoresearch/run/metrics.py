@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 from .identity import Fingerprint
 
 Status = Literal["ok", "crash", "timeout", "oom", "invalid", "interrupted"]

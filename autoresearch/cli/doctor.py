@@ -17,7 +17,7 @@ from typing import Callable, Literal
 
 from pydantic import BaseModel
 
-from .config import ConfigError, Program, load_program
+from ..program import ConfigError, Program, load_program
 
 TESTED_CLAUDE_VERSION = "2.1.332"          # the Claude Code version claude-code-facts.md was checked against
 Level = Literal["ok", "warn", "fail", "info"]
@@ -72,7 +72,7 @@ def check_program(root: Path) -> tuple[Check, Program | None]:
 
 
 def check_git(root: Path, program: Program | None) -> Check:
-    from .gitops import current_branch, git
+    from ..gitops import current_branch, git
     p = git(root, "rev-parse", "--show-toplevel", check=False)
     if p.returncode != 0:
         return Check(name="git", level="fail", found=f"{root} is not a git repository",
@@ -87,14 +87,14 @@ def check_git(root: Path, program: Program | None) -> Check:
 
 
 def check_sandbox(root: Path, program: Program | None) -> list[Check]:
-    from .sandbox import BwrapBackend, DockerBackend, SandboxUnavailable, choose_backend
+    from ..sandbox import BwrapBackend, DockerBackend, SandboxUnavailable, choose_backend
     want = program.sandbox.backend if program else "auto"
     image = program.sandbox.image if program else None
     out = []
     for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
         ok, why = backend.available()
         if ok and name == "bwrap":
-            from .bwrapbin import find_bwrap
+            from ..sandbox.bwrapbin import find_bwrap
             found = find_bwrap()[0]
             why = found.describe() if found else why      # which binary, and where it came from
         out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
@@ -196,7 +196,7 @@ def check_plugin_mode(root: Path, program: Program | None) -> list[Check] | None
     """Plugin-only mode (hooks from the installed plugin, none in the project): the hooks are fine,
     but the Stop-block cap and the Bash timeout must come from the project's settings. None when
     the project wires the hooks itself or no plugin is enabled."""
-    from .pluginmode import missing_env, plugin_enabled, project_wires_hooks, settings_path
+    from .plugin import missing_env, plugin_enabled, project_wires_hooks, settings_path
     try:
         settings = json.loads(settings_path(root).read_text())
     except FileNotFoundError:
@@ -260,7 +260,7 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
         except ValueError:
             have = 0
         ok = have >= need_ms
-        from .pluginmode import STOP_CAP_KEY, missing_env
+        from .plugin import STOP_CAP_KEY, missing_env
         cap = [m for m in missing_env(settings, program) if m.startswith(STOP_CAP_KEY)]
         out.append(Check(name="hooks: stop-block cap", level="fail" if cap else "ok",
                          found=cap[0] if cap else f"{STOP_CAP_KEY}={env.get(STOP_CAP_KEY)}",

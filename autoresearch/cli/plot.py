@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .config import load_program
-from .ledger import LedgerRow, read_rows
+from ..program import load_program
+from ..ledger import LedgerRow, read_rows
 from .status import shown_branch
 
 LABEL_CHARS = 48

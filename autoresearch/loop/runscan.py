@@ -18,7 +18,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from .decide import RunView
-from .metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
+from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
 RUNS_DIR = "runs"
 RUN_ID = re.compile(r"^\d{4,}$")
@@ -114,7 +114,7 @@ def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float, extra_
 
 
 def runner_alive(root: Path) -> bool | None:
-    """Is a runner (`python -m autoresearch.experiment`, what ./run.sh execs) working in `root`?
+    """Is a runner (`python -m autoresearch.run`, what ./run.sh execs) working in `root`?
     None when this cannot be known (no /proc). A runner killed with SIGKILL never writes
     finished_at; without this its run would look alive until the longest run time had passed."""
     proc = Path("/proc")
@@ -128,7 +128,7 @@ def runner_alive(root: Path) -> bool | None:
             argv = (d / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"autoresearch.experiment" not in argv and not any(a.endswith(b"run.sh") for a in argv):
+        if b"autoresearch.run" not in argv and not any(a.endswith(b"run.sh") for a in argv):
             if not (b"autoresearch" in b" ".join(argv[:3]) and b"calibrate" in argv):
                 continue
         try:

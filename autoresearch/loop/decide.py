@@ -20,7 +20,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from .config import Metric, Program
+from ..program import Metric, Program
 
 Action = Literal["keep", "discard", "crash", "confirm"]
 EPS = 1e-9          # float noise: 2.00 - 1.99 is 0.010000000000000009, which is not "more than 0.01"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from .config import Program, load_program
-from .decide import threshold
-from .gitops import current_branch, is_run_branch
-from .ledger import LedgerRow, read_rows
+from ..program import Program, load_program
+from ..loop.decide import threshold
+from ..gitops import current_branch, is_run_branch
+from ..ledger import LedgerRow, read_rows
 
 
 TOP_KEPT = 5
@@ -112,7 +112,7 @@ def summarize(rows: list[LedgerRow], program: Program, top: int = TOP_KEPT) -> S
 
 def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
     """Why each crash happened, from its run's metrics.json (trusted: written by the runner)."""
-    from .metrics import RunMetrics
+    from ..run.metrics import RunMetrics
     out = []
     for r in rows:
         if r.status != "crash":
@@ -129,8 +129,8 @@ def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
 
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
     """What the loop itself knows: sigma, the pause, the deadline clock and the budget (budget.py)."""
-    from . import state
-    from .budget import budget
+    from ..loop import state
+    from ..loop.allowance import budget
     st = state.read_state(root)
     pause = state.paused(root)
     bud = budget(program, st, rows, branch, None, pause)
@@ -172,8 +172,8 @@ def gather(root: Path, branch: str | None = None) -> Report:
 def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | None, float | None, str | None]:
     """(the latest fingerprint in words, the new-baseline note, sigma for it, the budget sigma was
     measured at). Runs are compared only within one fingerprint, so a change is worth a line."""
-    from .metrics import read_verified
-    from .state import calibrations_from_runs, read_state
+    from ..run.metrics import read_verified
+    from ..loop.state import calibrations_from_runs, read_state
 
     def fp_of(run_id: str):
         try:

@@ -1387,7 +1387,7 @@ def _start_watchdog(name: str, seconds: float, cgroup_parent: str | None) -> sub
     deadline passes. The runner kills it when the stage ends normally."""
     argv = [sys.executable, "-I", "-c", "import sys; sys.path.insert(0, sys.argv[1]); "
             "from autoresearch.sandbox import _watchdog; _watchdog(*sys.argv[2:])",
-            str(Path(__file__).resolve().parent.parent), str(os.getpid()), f"{time.time() + seconds:.3f}",
+            str(Path(__file__).resolve().parents[2]), str(os.getpid()), f"{time.time() + seconds:.3f}",
             name, cgroup_parent or ""]
     try:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

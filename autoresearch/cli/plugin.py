@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 
 PLUGIN_NAME = "autoresearch"
 STOP_CAP_KEY = "CLAUDE_CODE_STOP_HOOK_BLOCK_CAP"

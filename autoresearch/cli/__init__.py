@@ -40,7 +40,7 @@ def _guard_commands(sub) -> None:
     p.add_argument("command", nargs="*", help="the Bash command, after --")
 
     def explain(a):
-        from .guard import explain as run
+        from ..guard import explain as run
         return run(_project(a), a.tool, a)
     p.set_defaults(func=_friendly(explain))
 
@@ -70,7 +70,7 @@ def _loop_commands(sub) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def pause(a):
-        from .state import request_pause
+        from ..loop.state import request_pause
         now, before = request_pause(_project(a), " ".join(a.reason), update=a.update)
         since = f" since {before.at:%Y-%m-%d %H:%M} UTC" if before and before.at else ""
         if before is not None and not a.update:
@@ -87,10 +87,10 @@ def _loop_commands(sub) -> None:
     p.add_argument("--update", action="store_true", help="when already paused, replace the reason (else it is kept)")
 
     def resume(a):
-        from .budget import budget
-        from .config import load_program
-        from .ledger import read_rows
-        from .state import lift_pause, paused
+        from ..loop.allowance import budget
+        from ..program import load_program
+        from ..ledger import read_rows
+        from ..loop.state import lift_pause, paused
         from .status import shown_branch
         root = _project(a)
         lifted, st = lift_pause(root, restart_clock=a.restart_clock)
@@ -123,15 +123,15 @@ def _project(args: argparse.Namespace):
     """The project folder: --project, else $CLAUDE_PROJECT_DIR, else the nearest program.md upwards."""
     from pathlib import Path
 
-    from .config import project_root
+    from ..program import project_root
     return Path(args.project).resolve() if getattr(args, "project", None) else project_root()
 
 
 def _friendly(fn):
     """Turn the errors a human can fix (bad program.md, bad ledger, bad input) into one clear line."""
     def run(args: argparse.Namespace) -> int:
-        from .config import ConfigError
-        from .ledger import LedgerError
+        from ..program import ConfigError
+        from ..ledger import LedgerError
         try:
             return int(fn(args) or 0)
         except (ConfigError, LedgerError) as e:
@@ -144,8 +144,8 @@ def _init_plugin(a) -> int:
     """`init --plugin`: the project already has program.md; add only the env the plugin needs."""
     from pathlib import Path
 
-    from .config import load_program
-    from .pluginmode import write_plugin_settings
+    from ..program import load_program
+    from .plugin import write_plugin_settings
     root = Path(a.path or ".").resolve()
     try:
         path, changed = write_plugin_settings(root, load_program(root))
@@ -163,7 +163,7 @@ def _operator_commands(sub) -> None:
     add = _adder(sub)
 
     def init(a):
-        from .scaffold import main as run
+        from .init import main as run
         if a.legacy_path and a.path and a.legacy_path != a.path:
             print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
             return 2
@@ -234,9 +234,9 @@ def _operator_commands(sub) -> None:
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
     def ledger(a):
-        from .config import load_program
-        from .ledger import rebuild
-        from .state import loop_lock
+        from ..program import load_program
+        from ..ledger import rebuild
+        from ..loop.state import loop_lock
         root = _project(a)
         program = load_program(root)
         with loop_lock(root):
@@ -248,7 +248,7 @@ def _operator_commands(sub) -> None:
     p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
 
     def overnight(a):
-        from .driver import main as run
+        from .overnight import main as run
         return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)
     p = add("overnight", "drive Claude Code headless until a deadline, resuming the same session after errors",
             overnight)

@@ -14,18 +14,18 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from .config import load_program
-from .runscan import run_ids
-from .state import add_measurement_run, record_calibration, sha256_file
+from ..program import load_program
+from ..loop.runscan import run_ids
+from ..loop.state import add_measurement_run, record_calibration, sha256_file
 
 
 def main(root: Path, runs: int | None = None, budget: float | None = None, backend: str | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from .decide import threshold
-    from .experiment import HarnessError, run_experiment
-    from .gitops import head_commit, show_blob
+    from ..loop.decide import threshold
+    from ..run.runner import HarnessError, run_experiment
+    from ..gitops import head_commit, show_blob
 
     console = Console()
     program = load_program(root)

@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel
 
-from .config import ConfigError, Program
-from .ledger import LedgerRow
+from ..program import ConfigError, Program
+from ..ledger import LedgerRow
 from .state import LoopState, Pause, now
 
 MAX_EXPERIMENTS_ENV = "AUTORESEARCH_MAX_EXPERIMENTS"

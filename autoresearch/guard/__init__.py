@@ -14,7 +14,7 @@ Policy, from program.md's current phase:
   libraries, except held-out data (the test split, the raw downloads), anything that
   may hold credentials, `.git/` internals, any run's `out/` folder and `eval.log`
   (written by agent code while it saw evaluation inputs).
-- Bash: only the templates of autoresearch/cmdlang.py (`./run.sh -m "..."` and a few
+- Bash: only the templates of autoresearch/guard/cmdlang.py (`./run.sh -m "..."` and a few
   read-only forms), whose PATH operands get the same read check.
 - Any tool input that does not fit the tool's schema is denied.
 - WebFetch/WebSearch: only in a phase with `web: true`.
@@ -112,7 +112,7 @@ def load_policy(root: str) -> Policy:
     data = compile_policy(text)
     data["program_sha256"] = digest
     try:
-        from .atomic import write_atomic
+        from ..atomic import write_atomic
         write_atomic(cache, json.dumps(data, indent=1))
     except OSError:
         pass                                # a read-only tree costs speed, not correctness
@@ -121,7 +121,7 @@ def load_policy(root: str) -> Policy:
 
 def compile_policy(text: bytes) -> dict:
     """Validate program.md with the real schema; raises PolicyError naming the problem."""
-    from .config import ConfigError, parse_program
+    from ..program import ConfigError, parse_program
     try:
         program = parse_program(text.decode("utf-8"))
     except UnicodeDecodeError as e:

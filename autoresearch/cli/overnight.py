@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from .atomic import write_atomic
-from .config import Program, load_program
+from ..atomic import write_atomic
+from ..program import Program, load_program
 
 LOG_FILE = "overnight.log"
 STATE_FILE = "overnight.json"
@@ -44,7 +44,7 @@ MAX_IDLE_RESUMES = 3
 BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)
 RETRY_ENV = "AUTORESEARCH_RETRY_SECONDS"         # overrides the first back-off (tests use 1)
 PAUSE_REASON = "overnight: the --hours deadline was reached"
-BUNDLE = Path(__file__).resolve().parent.parent    # loaded as a plugin when a project does not wire the guard
+BUNDLE = Path(__file__).resolve().parents[2]    # loaded as a plugin when a project does not wire the guard
 
 START_PROMPT = ("Follow program.md: read it and scratchpad.md, then run the research loop on your own, "
                 "one experiment per turn, until the harness tells you the budget is spent. Start now.")
@@ -174,7 +174,7 @@ class Night:
     # -- what the loop says --------------------------------------------------------------
 
     def experiments(self) -> int:
-        from .ledger import read_rows
+        from ..ledger import read_rows
         try:
             return len(read_rows(self.root))
         except Exception:                 # a display figure only
@@ -182,7 +182,7 @@ class Night:
 
     def log_decisions(self) -> None:
         """Each new results.tsv row as a `decision` line, so the morning log says what was kept."""
-        from .ledger import read_rows
+        from ..ledger import read_rows
         try:
             rows = read_rows(self.root)
         except Exception:                 # a log line only
@@ -195,8 +195,8 @@ class Night:
         self._rows_seen = len(rows)
 
     def best(self) -> float | None:
-        from .gitops import current_branch
-        from .ledger import current_best
+        from ..gitops import current_branch
+        from ..ledger import current_best
         try:
             return current_best(self.root, self.program.metric, current_branch(self.root))
         except Exception:
@@ -204,7 +204,7 @@ class Night:
 
     def loop_finished(self, since: datetime) -> str | None:
         """Why the loop let the agent stop (budget spent, deadline, paused), or None if budget remains."""
-        from . import state
+        from ..loop import state
         st = state.read_state(self.root)
         if st.finished_at is not None and st.finished_at >= since:
             return st.finish_reason or "the loop's budget is spent"
@@ -233,14 +233,14 @@ class Night:
         return (self.state.deadline - _now()).total_seconds()
 
     def pause_for_deadline(self) -> None:
-        from . import state
+        from ..loop import state
         if state.paused(self.root) is None:
             state.pause(self.root, PAUSE_REASON)
             self._paused_by_us = True
             self.log("deadline", "reached: paused the loop so the agent stops after the experiment in flight")
 
     def lift_our_pause(self) -> None:
-        from . import state
+        from ..loop import state
         p = state.paused(self.root)
         if self._paused_by_us and p is not None and p.reason == PAUSE_REASON:
             try:

@@ -1,4 +1,4 @@
-"""Exit codes of `./run.sh` (autoresearch.experiment), so scripts can tell an ok run from a crash.
+"""Exit codes of `./run.sh` (autoresearch.run.runner), so scripts can tell an ok run from a crash.
 
 One place for them: the runner returns these, the README's table is this list, tests check each.
 """

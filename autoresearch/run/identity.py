@@ -61,7 +61,7 @@ def snapshot(root: Path, editable: list[str]) -> str:
 
 def snapshot_at(root: Path, commit: str, editable: list[str]) -> str:
     """The snapshot of the editable set as committed at `commit`."""
-    from .gitops import show_blob
+    from ..gitops import show_blob
     return snapshot_of({f: show_blob(root, commit, f) for f in code_files(editable)})
 
 

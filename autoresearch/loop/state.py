@@ -19,7 +19,7 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .atomic import write_atomic
+from ..atomic import write_atomic
 
 STATE_DIR = ".autoresearch"
 STATE_FILE = "state.json"
@@ -220,7 +220,7 @@ def record_calibration(root: Path, values: list[float], run_ids: list[str], seed
 def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
     """sigma per fingerprint rebuilt from runs/ (their metrics.json say purpose: calibration), so
     a lost or corrupt state.json does not silently lose it."""
-    from .metrics import RunMetrics, read_verified
+    from ..run.metrics import RunMetrics, read_verified
     groups: dict[str, list[RunMetrics]] = {}
     runs = Path(root) / "runs"
     for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
@@ -290,7 +290,7 @@ class Progress(BaseModel):
 
 
 def _branch_for(root: Path, rows: list) -> str | None:
-    from .gitops import current_branch, is_run_branch
+    from ..gitops import current_branch, is_run_branch
     here = current_branch(root)
     if is_run_branch(here):
         return here
@@ -300,10 +300,10 @@ def _branch_for(root: Path, rows: list) -> str | None:
 def progress(root: Path, program=None, session: str | None = None) -> Progress:
     """Phase, best, budget left, deadline, pause, sigma and threshold for the current (or latest)
     run branch. `program` defaults to load_program(root) (raises ConfigError when invalid)."""
-    from .budget import budget
-    from .config import load_program
+    from .allowance import budget
+    from ..program import load_program
     from .decide import threshold as thresh
-    from .ledger import current_best, read_rows
+    from ..ledger import current_best, read_rows
     program = program or load_program(root)
     st = read_state(root)
     rows = read_rows(root)
