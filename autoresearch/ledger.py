@@ -351,6 +351,25 @@ def best_of(values: list[float], metric: Metric) -> float | None:
     return best
 
 
+def best_row(rows: list[LedgerRow], metric: Metric) -> LedgerRow | None:
+    """The kept row with the best value (the first of equals): what status, plot and the
+    end-of-night summary call "the best". Decisions use best_value (per fingerprint, re-measured)."""
+    best = None
+    for r in rows:
+        if r.status == "keep" and r.value is not None and (best is None or metric.better(r.value, best.value)):
+            best = r
+    return best
+
+
+def running_best(rows: list[LedgerRow], metric: Metric) -> list[LedgerRow]:
+    """The keeps that set a new best, in order: the frontier."""
+    out: list[LedgerRow] = []
+    for r in rows:
+        if r.status == "keep" and r.value is not None and (not out or metric.better(r.value, out[-1].value)):
+            out.append(r)
+    return out
+
+
 def comparable(rows: list[LedgerRow], branch: str | None, fingerprint: str | None,
                snapshot: str | None) -> list[LedgerRow]:
     """The rows that measured the branch's best (its tip's snapshot) under this fingerprint:

@@ -5,7 +5,6 @@ one-line fix, and a broken program.md stops the loop instead of guessing.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -40,10 +39,19 @@ class Metric(_Strict):
         return best - new if self.direction == "minimize" else new - best
 
 
+RUN_OVERHEAD_S = 120.0   # sandbox start-up, data copy, the report: beyond the stages' own limits
+
+
 class Budget(_Strict):
     train_seconds: float = Field(300, gt=0)
     grace_seconds: float = Field(60, ge=0)       # start-up, compile, checkpoint save
     eval_seconds: float = Field(300, gt=0)       # the EVAL stage's own hard limit
+
+    def experiment_seconds(self) -> float:
+        """The longest one ./run.sh may take, wall clock: TRAIN (budget + grace), EVAL, and the
+        harness's margin. The one bound behind "still running?", the Bash tool timeout the
+        hooks need, doctor's check of it, and the overnight driver's watchdog."""
+        return self.train_seconds + self.grace_seconds + self.eval_seconds + RUN_OVERHEAD_S
 
 
 class Noise(_Strict):
@@ -198,10 +206,6 @@ def load_program(root: Path) -> Program:
         raise ConfigError(f"{PROGRAM_FILE}: cannot read {path}: {e.strerror}") from None
     return parse_program(text)
 
-
-def program_hash(root: Path) -> str:
-    """sha256 of program.md (cache key for anything derived from it)."""
-    return hashlib.sha256((root / PROGRAM_FILE).read_bytes()).hexdigest()
 
 
 def project_root(start: Path | None = None) -> Path:

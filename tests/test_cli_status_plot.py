@@ -12,7 +12,9 @@ import pytest
 from autoresearch.loop import state
 from autoresearch.program import load_program
 from autoresearch.ledger import LedgerRow, append_rows
-from autoresearch.cli.plot import draw, running_best
+from autoresearch.cli.plot import draw
+from autoresearch.ledger import running_best
+from autoresearch.program import Metric
 from autoresearch.cli.status import gather
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -135,8 +137,8 @@ def test_running_best_steps_only_at_improving_keeps():
     rows = [LedgerRow(commit="c", value=v, status=s, experiment=i, run_id=str(i), runs=[str(i)],
                       run_status="ok", phase="p", branch="b", decided_at=datetime.now(timezone.utc))
             for i, (s, v) in enumerate([("keep", 3.0), ("discard", 2.0), ("keep", 2.5), ("keep", 2.6)], 1)]
-    assert running_best(rows, lambda a, b: a < b) == ([1, 3], [3.0, 2.5])
-    assert running_best(rows, lambda a, b: a > b) == ([1], [3.0])       # maximising: 3.0 was never beaten
+    assert [(r.experiment, r.value) for r in running_best(rows, Metric(direction="minimize"))] == [(1, 3.0), (3, 2.5)]
+    assert [(r.experiment, r.value) for r in running_best(rows, Metric(direction="maximize"))] == [(1, 3.0)]
 
 
 def test_plot_writes_a_png_with_every_experiment(tmp_path):

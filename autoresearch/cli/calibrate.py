@@ -16,7 +16,8 @@ from pathlib import Path
 
 from ..program import load_program
 from ..loop.runscan import run_ids
-from ..loop.state import add_measurement_run, record_calibration, sha256_file
+from ..digest import sha256_file
+from ..loop.state import add_measurement_run, record_calibration
 
 
 def main(root: Path, runs: int | None = None, budget: float | None = None, backend: str | None = None) -> int:

@@ -252,8 +252,7 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
                      found=f"{len(deny_rules)} permissions.deny rules",
                      fix="" if deny_rules else "add the permissions.deny rules (second layer) from the bundle"))
     if program is not None:
-        need_ms = int((program.budget.train_seconds + program.budget.grace_seconds + program.budget.eval_seconds
-                       + 120) * 1000)
+        need_ms = int(program.budget.experiment_seconds() * 1000)
         env = settings.get("env") or {}
         try:
             have = int(env.get("BASH_MAX_TIMEOUT_MS") or 0)

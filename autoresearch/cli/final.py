@@ -25,10 +25,11 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from ..digest import sha256_bytes, sha256_file
 from ..atomic import write_atomic
 from ..program import Program, load_program
-from ..ledger import LedgerRow, read_rows
-from .status import best_row, shown_branch
+from ..ledger import LedgerRow, best_row, read_rows
+from .status import shown_branch
 
 FINAL_FILE = "final.json"
 
@@ -123,7 +124,6 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     that run, its train.py copy hashes to what ran, the commit's train.py is those bytes, and the
     commit's Autoresearch-Snapshot is the run's snapshot. Otherwise a reused run id or a swapped
     folder would have `final` score the wrong model."""
-    import hashlib
 
     from ..gitops import git, show_blob, trailers
     from ..run.metrics import read_verified
@@ -139,13 +139,13 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
                          f"which code the checkpoint is") from None
     script = program.run.train_script
     copy = d / Path(script).name
-    got = hashlib.sha256(copy.read_bytes()).hexdigest() if copy.is_file() else None
+    got = sha256_file(copy)
     p = git(root, "rev-parse", "-q", "--verify", f"{row.commit}^{{commit}}", check=False)
     commit = p.stdout.strip()
     if p.returncode != 0 or not commit:
         raise FinalError(f"commit {row.commit} of experiment #{row.experiment} is not in this repository")
     blob = show_blob(root, commit, script)
-    at_commit = hashlib.sha256(blob).hexdigest() if blob is not None else None
+    at_commit = sha256_bytes(blob)
     claimed = trailers(git(root, "log", "-1", "--format=%B", commit).stdout).get("Autoresearch-Snapshot")
     problems = []
     if m.run_id != run_id:
@@ -179,7 +179,7 @@ def evaluate_final(root: Path, branch: str | None = None, again: bool = False, b
     rows = read_rows(root)
     shown = shown_branch(root, rows, branch)
     rows = [r for r in rows if r.branch == shown] if shown else []
-    best = best_row(rows, program)
+    best = best_row(rows, program.metric)
     if best is None:
         raise FinalError("no kept experiment yet: run the loop first (the baseline is the first keep)")
     records = read_records(root)

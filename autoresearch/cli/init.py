@@ -34,7 +34,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
-from ..program import ConfigError, parse_program
+from ..program import Budget, ConfigError, parse_program
 from .wiring import legacy_settings, load_settings, merge_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
@@ -229,7 +229,7 @@ exec "$py" -I -m autoresearch.run "$@"
 
 
 def _bash_timeout_ms(o: InitOptions) -> int:
-    return int((o.budget_seconds + 60 + 300 + 120) * 1000)
+    return int(Budget(train_seconds=o.budget_seconds).experiment_seconds() * 1000)
 
 
 def plan(o: InitOptions) -> dict[str, str]:

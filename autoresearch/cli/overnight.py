@@ -123,8 +123,7 @@ class Night:
         self.model, self.cli_path, self.env = model, cli_path, dict(env or {})
         self.prompt = prompt or START_PROMPT
         self.backoff, self.max_errors = backoff, max_errors
-        b = self.program.budget
-        self.grace_s = grace_s if grace_s is not None else b.train_seconds + b.grace_seconds + b.eval_seconds + 180
+        self.grace_s = grace_s if grace_s is not None else self.program.budget.experiment_seconds() + 60
         self.on_update = on_update or (lambda n: None)
         self.dir = self.root / ".autoresearch"
         self.dir.mkdir(parents=True, exist_ok=True)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..program import load_program
-from ..ledger import LedgerRow, read_rows
+from ..program import Metric, load_program
+from ..ledger import LedgerRow, read_rows, running_best
 from .status import shown_branch
 
 LABEL_CHARS = 48
@@ -26,17 +26,6 @@ NO_DATE = {"svg": {"Date": None}, "pdf": {"CreationDate": None}}
 
 class PlotError(ValueError):
     """Bad input a human can fix (e.g. an unknown file extension)."""
-
-
-def running_best(rows: list[LedgerRow], better) -> tuple[list[int], list[float]]:
-    """(experiment numbers, best so far) at each keep: the frontier, as a step function."""
-    xs, ys, best = [], [], None
-    for r in rows:
-        if r.status == "keep" and r.value is not None and (best is None or better(r.value, best)):
-            best = r.value
-            xs.append(r.experiment)
-            ys.append(best)
-    return xs, ys
 
 
 def y_range(rows: list[LedgerRow], best: float | None) -> tuple[float, float] | None:
@@ -68,8 +57,8 @@ def figure(rows: list[LedgerRow], metric: str, direction: str, title: str | None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    better = (lambda a, b: a < b) if direction == "minimize" else (lambda a, b: a > b)
-    bx, by = running_best(rows, better)
+    frontier = running_best(rows, Metric(direction=direction))  # type: ignore[arg-type]
+    bx, by = [r.experiment for r in frontier], [r.value for r in frontier]
     best = by[-1] if by else None
     crash = [r for r in rows if r.status == "crash" or r.value is None]
     fig = plt.figure(figsize=(15, 7.5))

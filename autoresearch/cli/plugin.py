@@ -47,9 +47,8 @@ def plugin_enabled(home: Path | None = None) -> bool:
 
 
 def bash_timeout_ms(program) -> int:
-    """Enough for one experiment: train + grace + eval + start-up margin."""
-    b = program.budget
-    return int((b.train_seconds + b.grace_seconds + b.eval_seconds + 120) * 1000)
+    """Enough for one experiment (program.Budget.experiment_seconds)."""
+    return int(program.budget.experiment_seconds() * 1000)
 
 
 def loop_env(program) -> dict[str, str]:

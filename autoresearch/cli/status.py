@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..program import Program, load_program
 from ..loop.decide import threshold
 from ..gitops import current_branch, is_run_branch
-from ..ledger import LedgerRow, read_rows
+from ..ledger import LedgerRow, best_row, read_rows
 
 
 TOP_KEPT = 5
@@ -86,18 +86,10 @@ def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -
     return rows[-1].branch if rows else (here if is_run_branch(here) else None)
 
 
-def best_row(rows: list[LedgerRow], program: Program) -> LedgerRow | None:
-    best = None
-    for r in rows:
-        if r.status == "keep" and r.value is not None and (best is None or program.metric.better(r.value, best.value)):
-            best = r
-    return best
-
-
 def summarize(rows: list[LedgerRow], program: Program, top: int = TOP_KEPT) -> Summary:
     kept = [r for r in rows if r.status == "keep" and r.value is not None]
     base = kept[0].value if kept else None
-    best = best_row(rows, program)
+    best = best_row(rows, program.metric)
     total = program.metric.improvement(best.value, base) if best is not None and base is not None else None
     changes = [KeptChange(experiment=r.experiment, commit=r.commit, value=r.value,
                           improvement=program.metric.improvement(r.value, r.prev_best),
@@ -147,7 +139,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
     all_rows = read_rows(root)
     shown = shown_branch(root, all_rows, branch)
     rows = [r for r in all_rows if r.branch == shown] if shown else []
-    best = best_row(rows, program)
+    best = best_row(rows, program.metric)
     st = _loop_state(root, program, all_rows, shown)
     sigma = st["sigma"]
     if sigma is None:                         # state.json lost: the ledger still says what was used

@@ -33,7 +33,6 @@ Failure semantics (for Stop, letting the stop through ends the overnight loop):
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import os
 import shutil
@@ -44,26 +43,26 @@ from pathlib import Path
 from filelock import Timeout as LockTimeout
 from pydantic import BaseModel
 
+from ..digest import sha256_bytes, sha256_file
 from . import journal
 from .allowance import BudgetStatus, budget
-from ..program import ConfigError, Program, load_program, project_root
+from ..program import RUN_OVERHEAD_S, ConfigError, Program, load_program, project_root
 from .decide import Verdict, decide, threshold
 from ..gitops import (GitError, current_branch, git, head_commit, is_run_branch, locked_index, ref_commit,
                       show_blob, RUN_BRANCH_PREFIX)
 from .journal import Journal, LoopError
 from .phases import advance
 from ..run.identity import program_code, snapshot, snapshot_at
-from ..ledger import (REMEASURE, LedgerError, LedgerRow, best_value, branch_rows, comparable, current_best, decided_runs,
+from ..ledger import (REMEASURE, LedgerError, LedgerRow, best_row, best_value, branch_rows, comparable, current_best, decided_runs,
                       kept_rows_from_git, kept_run_ids, read_rows, row_trailers)
 from ..run.metrics import read_verified
 from .runscan import RunRecord, contention, undecided_runs
 from .state import (LastDecision, LoopState, calibrations_from_runs, loop_lock, now, paused, read_state,
-                    sha256_file, state_dir, write_state)
+                    state_dir, write_state)
 
 SCRATCHPAD = "scratchpad.md"
 MAX_IDLE_ENV = "AUTORESEARCH_MAX_IDLE_STOPS"
 DEFAULT_MAX_IDLE = 20
-RUN_OVERHEAD_S = 120            # start-up, sandbox, copy: added to train+grace+eval for "still running"
 log = logging.getLogger("autoresearch.loop")
 
 
@@ -182,7 +181,7 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
         decided |= set(st.calibration.run_ids)
     for cal in st.calibrations.values():
         decided |= set(cal.run_ids)
-    runs = undecided_runs(root, decided, ctx.train, b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S,
+    runs = undecided_runs(root, decided, ctx.train, b.experiment_seconds(),
                           extra_s=b.eval_seconds + RUN_OVERHEAD_S)
     running = [r for r in runs if r.in_progress]
     if running:
@@ -307,7 +306,7 @@ def _context(root: Path, program: Program, data: dict, st: LoopState) -> _Ctx:
     return _Ctx(head=head, branch=branch, on_run_branch=on_run, from_name=None if on_run else (name or head[:12]),
                 session=str(data.get("session_id") or ""), train=train,
                 cur_sha=sha256_file(Path(root) / train),
-                head_sha=hashlib.sha256(head_train).hexdigest() if head_train is not None else None,
+                head_sha=sha256_bytes(head_train),
                 cur_snap=snapshot(root, code), head_snap=snapshot_at(root, head, code),
                 rows=rows, best=None, has_keeps=has_keeps)
 
@@ -330,7 +329,7 @@ def _scratchpad_rule(root: Path, program: Program, st: LoopState, ctx: _Ctx, run
         ref = st.last_decision.scratchpad_sha256
     else:
         blob = show_blob(root, ctx.head, SCRATCHPAD)
-        ref = hashlib.sha256(blob).hexdigest() if blob is not None else None
+        ref = sha256_bytes(blob)
     if cur is not None and cur != ref:
         return None
     m = run.metrics
@@ -487,7 +486,7 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: _Ctx, cands: list[
     if v.action == "keep":
         for i, path in enumerate(code + ([SCRATCHPAD] if (Path(root) / SCRATCHPAD).is_file() else [])):
             data = (_run_copy(last, ctx) if path == ctx.train else None) or (Path(root) / path).read_bytes()
-            if path == ctx.train and hashlib.sha256(data).hexdigest() != last.sha:
+            if path == ctx.train and sha256_bytes(data) != last.sha:
                 raise LoopError(f"{ctx.train} changed while run {last.run_id} was being decided; end your turn again")
             snaps[str(i)] = data
             commit_files[path] = str(i)
@@ -525,7 +524,7 @@ def _run_copy(run: RunRecord, ctx: _Ctx) -> bytes | None:
             data = p.read_bytes()
         except OSError:
             continue
-        if hashlib.sha256(data).hexdigest() == run.sha:
+        if sha256_bytes(data) == run.sha:
             return data
     return None
 
@@ -644,7 +643,8 @@ def summary(program: Program, branch: str | None, rows: list[LedgerRow], lead: s
              f"Run branch {branch}: {len(mine)} experiments ({n['keep']} kept, {n['discard']} discarded, "
              f"{n['crash']} crashed)."]
     if kept:
-        best = min(kept, key=lambda r: r.value if program.metric.direction == "minimize" else -r.value)
+        best = best_row(kept, program.metric)
+        assert best is not None
         base = kept[0]
         lines.append(f"Best {program.metric.name} {best.value:.6f} (experiment #{best.experiment}, run {best.run_id}, "
                      f"commit {best.commit}); baseline {base.value:.6f} ({best.value - base.value:+.6f}).")
@@ -738,7 +738,7 @@ def undecided_line(root: Path, program: Program, st: LoopState, rows: list[Ledge
         decided |= set(cal.run_ids) if cal else set()
     b = program.budget
     runs = [r for r in undecided_runs(root, decided, program.run.train_script,
-                                      b.train_seconds + b.grace_seconds + b.eval_seconds + RUN_OVERHEAD_S,
+                                      b.experiment_seconds(),
                                       extra_s=b.eval_seconds + RUN_OVERHEAD_S) if not r.in_progress]
     if not runs:
         return None

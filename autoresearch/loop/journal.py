@@ -23,7 +23,6 @@ hard right after that step; only the tests set it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import stat
@@ -33,6 +32,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
+from ..digest import sha256_bytes
 from ..atomic import write_atomic
 from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
 from ..ledger import LedgerRow, append_rows, write_decision
@@ -312,7 +312,7 @@ def _revert(root: Path, j: Journal) -> None:
             cur = None
         if cur == want:
             continue
-        if cur is not None and hashlib.sha256(cur).hexdigest() != decided_sha:
+        if cur is not None and sha256_bytes(cur) != decided_sha:
             continue                           # edited again since the decision: that is newer work, keep it
         _write_file(target, want, mode=_file_mode(target))
 

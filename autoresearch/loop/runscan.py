@@ -8,7 +8,6 @@ deciding on half a run; one that is too old to be alive was killed, and counts a
 from __future__ import annotations
 
 import fcntl
-import hashlib
 import math
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ..digest import sha256_file
 from .decide import RunView
 from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
@@ -150,7 +150,7 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
     if sha is None:
         for name in dict.fromkeys([Path(train_name).name, "train.py"]):
             try:
-                sha = hashlib.sha256((path / name).read_bytes()).hexdigest()
+                sha = sha256_file(path / name)
                 break
             except OSError:
                 continue

@@ -9,7 +9,6 @@ min_improvement) and the scratchpad rule compares with the committed scratchpad.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import statistics
@@ -30,14 +29,6 @@ LOCK_TIMEOUT_S = 30.0
 
 def now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def sha256_file(path: Path) -> str | None:
-    """sha256 of a file's bytes, or None when it does not exist."""
-    try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    except FileNotFoundError:
-        return None
 
 
 class Calibration(BaseModel):

@@ -46,6 +46,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
 
+from ..digest import sha256_bytes
 from ..program import ConfigError, Program, load_program, project_root
 from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .metrics import METRICS_FILE, RunMetrics, host_check
@@ -697,7 +698,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         raise HarnessError(f"cannot read the training script {root / script}: {e.strerror}") from None
     inline = program.run.mode == "inline"
     data = None if inline else data_folder(root)
-    sha = hashlib.sha256(code).hexdigest()
+    sha = sha256_bytes(code)
     seed_n = derive_seed(root, program, sha, seed)
     files = snapshot_files(root, program_code(program))
     files[script] = code                          # exactly the bytes that run
