@@ -45,7 +45,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_without_docker_or_system_bwrap_the_wheel_runs_a_sandboxed_baseline(tmp_path, wheel, bwrap_available):
     path = _path_without_bwrap(tmp_path)
     assert shutil.which("bwrap", path=path) is None
-    env = {"PATH": path, "HOME": str(tmp_path), "DOCKER_HOST": "unix:///nonexistent/docker.sock"}
+    env = {"PATH": path, "HOME": str(tmp_path), "DOCKER_HOST": "unix:///nonexistent/docker.sock",
+           "AUTORESEARCH_CACHE": os.environ.get("AUTORESEARCH_CACHE") or str(Path.home() / ".cache" / "autoresearch")}
     py = str(ROOT / ".venv/bin/python")
     # bootstrap's decision: the wheel is needed without it, and not once it is there
     assert subprocess.run([py, "-m", "autoresearch.sandbox.bwrapbin", "needed"], env=env).returncode == 0

@@ -1,0 +1,174 @@
+"""The layout is the architecture: imports point one way, from the CLI down to the shared leaves.
+
+    cli  ->  loop  ->  run  ->  sandbox        guard (alone: program, atomic)
+      \\________\\_______\\____->  program, ledger, gitops, atomic, digest (shared leaves)
+
+Parsed with ast from the source (every import, including the ones inside functions), so a
+lazy import cannot hide a wrong direction. A failure names the file, the line and the rule.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PKG = ROOT / "autoresearch"
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest"}
+STAGES = {"guard", "sandbox", "run", "loop", "cli"}
+
+# What each part of the package may import from the package (besides itself).
+ALLOWED: dict[str, set[str]] = {
+    "sandbox": set(),                                  # runs anything; trusts nothing of ours
+    "guard": {"program", "atomic"},                    # the hook's hot path: small and self-contained
+    "run": {"sandbox"} | LEAVES,
+    "loop": {"run"} | LEAVES,
+    "cli": {"guard", "sandbox", "run", "loop"} | LEAVES,
+    "program": set(),
+    "atomic": set(),
+    "digest": set(),
+    "gitops": set(),
+    "ledger": {"program", "gitops", "atomic", "digest"},
+    "__init__": set(),
+    "__main__": {"cli"},
+}
+# Agent code runs in the model server's process: it may import nothing of ours but the wire format.
+MODEL_SERVER = {"run.model_server": {"run.protocol"}, "run.protocol": set()}
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 80
+# module (dotted, under autoresearch) -> why it may be longer than MAX_MODULE_LINES
+LONG_MODULES: dict[str, str] = {}
+# "module:function" -> why it may be longer than MAX_FUNCTION_LINES
+LONG_FUNCTIONS: dict[str, str] = {}
+
+
+def modules() -> list[tuple[str, Path]]:
+    out = []
+    for p in sorted(PKG.rglob("*.py")):
+        rel = p.relative_to(PKG).with_suffix("")
+        parts = list(rel.parts)
+        if parts[-1] == "__init__" and len(parts) > 1:
+            parts = parts[:-1]
+        out.append((".".join(parts), p))
+    return out
+
+
+def imports_of(name: str, path: Path) -> list[tuple[int, str]]:
+    """(line, imported module under autoresearch, dotted) for every import of the package."""
+    tree = ast.parse(path.read_text(), str(path))
+    is_pkg = path.name == "__init__.py"
+    here = name.split(".") if is_pkg else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name == "autoresearch" or a.name.startswith("autoresearch."):
+                    found.append((node.lineno, a.name.removeprefix("autoresearch").lstrip(".")))
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                mod = ".".join([*base, *(node.module.split(".") if node.module else [])])
+            elif node.module and (node.module == "autoresearch" or node.module.startswith("autoresearch.")):
+                mod = node.module.removeprefix("autoresearch").lstrip(".")
+            else:
+                continue
+            if not node.module:                         # from . import x: x is a module
+                found += [(node.lineno, ".".join(filter(None, [mod, a.name]))) for a in node.names]
+            else:
+                found.append((node.lineno, mod))
+    return found
+
+
+def part(dotted: str) -> str:
+    return dotted.split(".")[0] if dotted else "__init__"
+
+
+def test_the_stage_folders_exist_and_hold_the_code():
+    top = {p.stem for p in PKG.glob("*.py")}
+    assert top <= LEAVES | {"__init__", "__main__"}, f"modules outside a stage folder: {sorted(top - LEAVES)}"
+    for stage in STAGES:
+        assert (PKG / stage / "__init__.py").is_file(), stage
+
+
+@pytest.mark.parametrize("name,path", modules(), ids=[m for m, _ in modules()])
+def test_imports_point_one_way(name: str, path: Path):
+    mine = part(name)
+    bad = []
+    for line, target in imports_of(name, path):
+        theirs = part(target)
+        if target in {"", "__version__"}:             # the package root: its version
+            continue
+        if name in MODEL_SERVER:
+            if target not in MODEL_SERVER[name]:
+                bad.append(f"line {line}: {target} (the model server's process imports only the protocol)")
+            continue
+        if theirs != mine and theirs not in ALLOWED[mine]:
+            bad.append(f"line {line}: {target} ({mine} may import only {sorted(ALLOWED[mine]) or 'nothing'})")
+    assert not bad, f"autoresearch/{path.relative_to(PKG)} imports the wrong way:\n  " + "\n  ".join(bad)
+
+
+def test_no_import_cycles_between_modules():
+    """Module-level imports only (a lazy import inside a function cannot deadlock start-up)."""
+    graph: dict[str, set[str]] = {}
+    names = {m for m, _ in modules()}
+    for name, path in modules():
+        tree = ast.parse(path.read_text())
+        top_level = [n for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom))]
+        lines = {n.lineno for n in top_level}
+        graph[name] = {t for line, t in imports_of(name, path) if line in lines and t in names and t != name}
+    seen: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> None:
+        seen[n] = 1
+        stack.append(n)
+        for m in sorted(graph.get(n, ())):
+            if seen.get(m) == 1:
+                cycle = stack[stack.index(m):] + [m]
+                pytest.fail("import cycle: " + " -> ".join(cycle))
+            if m not in seen:
+                visit(m)
+        stack.pop()
+        seen[n] = 2
+
+    for n in sorted(graph):
+        if n not in seen:
+            visit(n)
+
+
+def test_nothing_imports_the_cli():
+    users = [(name, line) for name, path in modules() if part(name) not in {"cli", "__main__"}
+             for line, t in imports_of(name, path) if part(t) == "cli"]
+    assert not users, users
+
+
+def test_hooks_are_thin_entries():
+    """hooks/*.py reach the package only through the guard or the loop."""
+    for p in sorted((ROOT / "hooks").glob("*.py")):
+        tree = ast.parse(p.read_text())
+        for node in ast.walk(tree):
+            mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                    else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for m in mods:
+                if m.startswith("autoresearch"):
+                    assert m in {"autoresearch", "autoresearch.guard", "autoresearch.loop"}, (p.name, m)
+
+
+def test_module_and_function_sizes():
+    too_long, long_funcs = [], []
+    for name, path in modules():
+        text = path.read_text()
+        n = text.count("\n")
+        if n > MAX_MODULE_LINES and name not in LONG_MODULES:
+            too_long.append(f"{name}: {n} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                key = f"{name}:{node.name}"
+                if length > MAX_FUNCTION_LINES and key not in LONG_FUNCTIONS:
+                    long_funcs.append(f"{key}: {length} lines")
+    assert not too_long and not long_funcs, (
+        f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function "
+        f"(split it, or add it with a reason to LONG_MODULES / LONG_FUNCTIONS):\n  "
+        + "\n  ".join(too_long + long_funcs))
