@@ -4,8 +4,9 @@ The editable baseline: a small byte-level GPT trained for a fixed time budget.
 The agent edits this file. The harness runs it inside a sandbox with
 AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set, kills it
 from outside when the budget (plus a grace) is spent, and then scores the
-checkpoint with the trusted evaluator in prepare.py. This file never computes
-the official metric; what it prints is progress for humans.
+checkpoint in another process, with a trusted scorer that this file never
+sees. This file never computes the official metric; what it prints is
+progress for humans.
 
 Contract with the evaluator: `build_model()` returns the nn.Module for the
 constants below, and training saves its state_dict to $AUTORESEARCH_OUT/model.pt.
@@ -24,21 +25,21 @@ from prepare import CONTEXT_LEN, VOCAB_SIZE, load_split
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
 
-N_LAYER = 2
-N_HEAD = 4
-N_EMBD = 64
-MLP_RATIO = 4
-DROPOUT = 0.0
-BATCH_SIZE = 16
-LEARNING_RATE = 3e-3
-WEIGHT_DECAY = 0.01
-BETAS = (0.9, 0.95)
-WARMUP_FRACTION = 0.03      # of the time budget
+N_LAYER = 2                 # transformer blocks
+N_HEAD = 4                  # attention heads per block (N_EMBD must divide by it)
+N_EMBD = 64                 # width of the residual stream, in channels
+MLP_RATIO = 4               # MLP hidden width, as a multiple of N_EMBD
+DROPOUT = 0.0               # probability, in attention and after each sub-layer (training only)
+BATCH_SIZE = 16             # sequences of CONTEXT_LEN bytes per optimiser step
+LEARNING_RATE = 3e-3        # peak AdamW learning rate
+WEIGHT_DECAY = 0.01         # AdamW decoupled weight decay, on matrices only
+BETAS = (0.9, 0.95)         # AdamW moment decay rates
+WARMUP_FRACTION = 0.03      # of the time budget, linear warmup from 0
 FINAL_LR_FRACTION = 0.05    # the LR decays (cosine) to this fraction of the peak
-GRAD_CLIP = 1.0
+GRAD_CLIP = 1.0             # max global gradient L2 norm
 USE_COMPILE = False         # torch.compile on CUDA (slower start-up, faster steps)
-SAVE_MARGIN = 0.02          # stop this fraction of the budget early, to save the checkpoint
-LOG_EVERY_SECONDS = 10
+SAVE_MARGIN = 0.02          # fraction of the budget kept at the end to save the checkpoint
+LOG_EVERY_SECONDS = 10      # seconds between progress lines
 
 # ---------------------------------------------------------------------------
 # Given by the harness (do not edit: the harness decides these)
@@ -52,27 +53,45 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # Model
 
 
-class Block(nn.Module):
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention where position t sees only positions <= t."""
+
     def __init__(self):
         super().__init__()
-        self.ln1 = nn.LayerNorm(N_EMBD)
         self.qkv = nn.Linear(N_EMBD, 3 * N_EMBD)
         self.proj = nn.Linear(N_EMBD, N_EMBD)
-        self.ln2 = nn.LayerNorm(N_EMBD)
-        self.mlp = nn.Sequential(
-            nn.Linear(N_EMBD, MLP_RATIO * N_EMBD),
-            nn.GELU(),
-            nn.Linear(MLP_RATIO * N_EMBD, N_EMBD),
-        )
-        self.drop = nn.Dropout(DROPOUT)
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.qkv(self.ln1(x)).split(C, dim=2)
+        q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, N_HEAD, C // N_HEAD).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=DROPOUT if self.training else 0.0)
-        y = y.transpose(1, 2).contiguous().view(B, T, C)
-        x = x + self.drop(self.proj(y))
+        return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+
+
+class MLP(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(N_EMBD, MLP_RATIO * N_EMBD)
+        self.proj = nn.Linear(MLP_RATIO * N_EMBD, N_EMBD)
+
+    def forward(self, x):
+        return self.proj(F.gelu(self.fc(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(N_EMBD)
+        self.attn = CausalSelfAttention()
+        self.ln2 = nn.LayerNorm(N_EMBD)
+        self.mlp = MLP()
+        self.drop = nn.Dropout(DROPOUT)
+
+    def forward(self, x):
+        x = x + self.drop(self.attn(self.ln1(x)))
         x = x + self.drop(self.mlp(self.ln2(x)))
         return x
 

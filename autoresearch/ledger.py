@@ -179,12 +179,6 @@ def read_rows(root: Path) -> list[LedgerRow]:
     return _read(ledger_path(root))[1]
 
 
-def metric_column(root: Path) -> str | None:
-    """The metric's column name as written in the header (None when there is no file)."""
-    header, _ = _read(ledger_path(root))
-    return header[1] if header else None
-
-
 def decided_runs(rows: list[LedgerRow]) -> set[str]:
     return {r for row in rows for r in row.runs}
 
