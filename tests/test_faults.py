@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.program import load_program
-from autoresearch.run.runner import allocate_run_dir
+from autoresearch.run.layout import allocate_run_dir
 from autoresearch.cli.final import FinalError, check_identity
 from autoresearch.run.metrics import RunMetrics
 from autoresearch.loop.state import Calibration, now
