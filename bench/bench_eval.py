@@ -40,7 +40,11 @@ def main() -> int:
     args = ap.parse_args()
 
     from autoresearch.program import load_program
-    from autoresearch.run.runner import Layout, base_env, data_folder, eval_status, run_eval
+    from autoresearch.run.evaluate import run_eval
+    from autoresearch.run.inputs import data_folder
+    from autoresearch.run.layout import Layout
+    from autoresearch.run.outcome import eval_status
+    from autoresearch.run.specs import base_env
     from autoresearch.sandbox import choose_backend
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch import loop
-from autoresearch.run.runner import allocate_run_dir
+from autoresearch.run.layout import allocate_run_dir
 from autoresearch.gitops import git, trailers
 from autoresearch.run.identity import snapshot, snapshot_at
 from autoresearch.ledger import read_rows

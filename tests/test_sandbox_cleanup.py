@@ -24,7 +24,7 @@ def test_a_killed_runs_sandbox_folder_is_removed_by_the_next_run_and_a_live_one_
     import subprocess
     import time
 
-    from autoresearch.run.runner import SCRATCH_LOCK, sweep_scratch
+    from autoresearch.run.layout import SCRATCH_LOCK, sweep_scratch
     root = tmp_path / "p"
     dead, live, fresh = (root / "runs" / n / ".sandbox" for n in ("0001", "0002", "0003"))
     for d in (dead, live, fresh):

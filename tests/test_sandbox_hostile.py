@@ -115,7 +115,7 @@ def test_nothing_is_left_behind(hostile):
     assert not (hostile["run"] / ".sandbox").exists()
     assert cgroup_dirs() <= hostile["cgroups_before"]
     if hostile["backend"] == "docker":
-        from autoresearch.run.runner import project_id
+        from autoresearch.run.specs import project_id
         ps = subprocess.run(["docker", "ps", "-aq", "--filter",
                              f"label=org.autoresearch.sandbox.project={project_id(hostile['proj'])}"],
                             capture_output=True, text=True, check=True)

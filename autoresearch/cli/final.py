@@ -90,7 +90,11 @@ def read_records(root: Path) -> list[FinalRecord]:
 
 def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None) -> Scored:
     """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes."""
-    from ..run.runner import Layout, base_env, data_folder, eval_status, run_eval
+    from ..run.evaluate import run_eval
+    from ..run.inputs import data_folder
+    from ..run.layout import Layout
+    from ..run.outcome import eval_outcome
+    from ..run.specs import base_env
     from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -113,10 +117,8 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
         res, result = run_eval(sandbox, program, lay, data, env, split_file, log)
     finally:
         lay.cleanup()
-    status, reason = eval_status(res, result, program)
-    value = result.get("value") if result and status == "ok" else None
-    return Scored(run_id=run_id, status=status, value=float(value) if value is not None else None,
-                  reason=reason, eval_seconds=round(res.wall_seconds, 3))
+    status, reason, value = eval_outcome(res, result, program)
+    return Scored(run_id=run_id, status=status, value=value, reason=reason, eval_seconds=round(res.wall_seconds, 3))
 
 
 def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) -> None:
@@ -233,7 +235,7 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
          backend: str | None = None, as_json: bool = False) -> int:
     from rich.console import Console
     console = Console()
-    from ..run.runner import HarnessError
+    from ..run.exits import HarnessError
     from ..sandbox import SandboxUnavailable
     try:
         rec, fresh = evaluate_final(root, branch=branch, again=again, baseline=baseline, backend=backend)

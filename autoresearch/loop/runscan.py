@@ -10,7 +10,6 @@ from __future__ import annotations
 import fcntl
 import math
 import os
-import re
 import time
 from pathlib import Path
 
@@ -18,11 +17,9 @@ from pydantic import BaseModel, ConfigDict
 
 from ..digest import sha256_file
 from .decide import RunView
+from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, run_ids
 from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
-RUNS_DIR = "runs"
-RUN_ID = re.compile(r"^\d{4,}$")
-RUNNING_LOCK = ".running"                 # optional: the runner holds an flock on it while it runs
 FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created
 
 
@@ -64,14 +61,6 @@ class RunRecord(BaseModel):
                                or m.metric_name != metric_name or m.direction != direction):
             status, value = "invalid", None  # a result we cannot compare is not a result
         return RunView(run_id=self.run_id, status=status, value=value if status == "ok" else None, seed=m.seed)
-
-
-def run_ids(root: Path) -> list[str]:
-    d = Path(root) / RUNS_DIR
-    try:
-        return sorted((p.name for p in d.iterdir() if RUN_ID.match(p.name) and p.is_dir()), key=int)
-    except FileNotFoundError:
-        return []
 
 
 def _newest_mtime(path: Path) -> float:

@@ -231,31 +231,6 @@ def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
     return out
 
 
-# --- run ids: never reused ---------------------------------------------------------------------
-
-RUN_COUNTER = "run-counter"
-
-
-def reserve_run_id(root: Path, floor: int) -> int:
-    """The next run number: above `floor` and above every number handed out before (the counter
-    in .autoresearch/run-counter, trusted state), under the counter's own flock."""
-    import fcntl
-    path = state_dir(root) / RUN_COUNTER
-    state_dir(root).mkdir(parents=True, exist_ok=True)
-    fd = os.open(path.with_name(RUN_COUNTER + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            last = int(path.read_text().strip() or 0)
-        except (OSError, ValueError):
-            last = 0
-        n = max(last, floor) + 1
-        write_atomic(path, f"{n}\n")
-        return n
-    finally:
-        os.close(fd)
-
-
 # --- read-only views for `autoresearch status` and friends (no lock taken) --------------------
 
 class Progress(BaseModel):

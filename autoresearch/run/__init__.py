@@ -1,1 +1,23 @@
-"""run: see the README's "How it works"."""
+"""run: one experiment, `./run.sh -m "why"` (`python -m autoresearch.run`).
+
+TRAIN in a fresh sandbox (no network, train split only, killed at budget + grace), then EVAL: two
+model servers (agent code, no data) scored by the trusted scorer here; the result is signed into
+runs/NNNN/metrics.json and summarised for the agent.
+
+    runner        run_experiment (the two stages, in order, under the run lock), ./run.sh's main
+    exits         ./run.sh's exit codes; HarnessError, RunBusy
+    inputs        budget, seed, prepare.py and the data, the evaluator's version, diff.patch
+    layout        runs/NNNN/'s files, the one runs/ listing, run ids never reused, run.lock, .running
+    specs         each stage's sandbox: mounts, environment, limits
+    evaluate      the EVAL stage: two model servers and the scorer
+    outcome       the one outcome ladder: sandbox result (+ scorer result) -> status, reason
+    report        what the agent reads after a run
+    logs, gpu     train.log (append, tail, steps/s); peak GPU memory polled from outside
+    identity      fingerprint, snapshot of the editable set
+    metrics       metrics.json: the signed run record, re-checked on the host
+    scorer        the trusted scorer (val bytes, loss, hidden checks)
+    model_server  runs INSIDE the sandbox with agent code; imports only protocol
+    protocol      the EVAL wire format
+
+This file imports nothing: `python -m autoresearch.run.model_server` executes it inside the sandbox.
+"""

@@ -1,10 +1,19 @@
-"""Exit codes of `./run.sh` (autoresearch.run.runner), so scripts can tell an ok run from a crash.
+"""Exit codes of `./run.sh` (autoresearch.run.runner), so scripts can tell an ok run from a crash,
+and the two errors that end a run before it starts (HarnessError, RunBusy).
 
 One place for them: the runner returns these, the README's table is this list, tests check each.
 """
 from __future__ import annotations
 
 from enum import IntEnum
+
+
+class HarnessError(RuntimeError):
+    """The harness cannot run an experiment (arguments, program.md, backend, data); the message says the fix."""
+
+
+class RunBusy(HarnessError):
+    """Another run of this project is in progress (it holds .autoresearch/run.lock)."""
 
 
 class RunExit(IntEnum):

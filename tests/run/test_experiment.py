@@ -20,7 +20,9 @@ from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of,
                                 require_backend, run_env, run_sh, split_log)
 
 from autoresearch.program import parse_program
-from autoresearch.run.runner import allocate_run_dir, derive_seed, eval_status, inline_metric
+from autoresearch.run.inputs import derive_seed
+from autoresearch.run.layout import allocate_run_dir
+from autoresearch.run.outcome import eval_status, inline_metric
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 
@@ -372,7 +374,7 @@ def test_missing_data_says_how_to_prepare_it(tmp_path):
 def test_crash_reason_is_the_exception_even_when_stdout_lands_after_the_traceback():
     """stdout and stderr are separate pipes: docker's log can carry a line printed before the
     crash after the traceback (seen in CI). The reason must still be the exception."""
-    from autoresearch.run.runner import _exception_line
+    from autoresearch.run.outcome import _exception_line
     log = ["step 1 loss 5.5", "Traceback (most recent call last):",
            '  File "train.py", line 4, in helper', '    raise ValueError("boom-marker 42")',
            "ValueError: boom-marker 42", "seed is 11"]

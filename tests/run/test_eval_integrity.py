@@ -25,7 +25,10 @@ import torch.nn.functional as F
 from experiment_support import HONEST, ROOT
 
 from autoresearch.program import load_program
-from autoresearch.run.runner import EVAL_LOG, Layout, base_env, eval_status, run_eval
+from autoresearch.run.evaluate import run_eval
+from autoresearch.run.layout import EVAL_LOG, Layout
+from autoresearch.run.outcome import eval_status
+from autoresearch.run.specs import base_env
 from autoresearch.sandbox import NoneBackend
 
 sys.path.insert(0, str(ROOT))

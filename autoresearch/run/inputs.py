@@ -1,0 +1,103 @@
+"""What a run starts from, read before it runs: the budget, the seed, the project's prepare.py
+and its data, the evaluator's version (for the fingerprint), and the diff against the branch head."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+from pathlib import Path
+
+from ..program import Program
+from .exits import HarnessError
+from .layout import run_dirs
+from .metrics import METRICS_FILE
+
+
+def resolve_budget(program: Program, budget: float | None) -> float:
+    """--budget, else $AUTORESEARCH_TRAIN_SECONDS (one run), else program.md budget.train_seconds."""
+    if budget is None and (env := os.environ.get("AUTORESEARCH_TRAIN_SECONDS")):
+        try:
+            budget = float(env)
+        except ValueError:
+            raise HarnessError(f"AUTORESEARCH_TRAIN_SECONDS={env!r} is not a number of seconds") from None
+    if budget is None:
+        budget = program.budget.train_seconds
+    if not (math.isfinite(budget) and budget > 0):
+        raise HarnessError(f"the training budget must be a positive number of seconds, not {budget}")
+    return float(budget)
+
+
+def earlier_runs_of(root: Path, sha: str) -> int:
+    """How many runs in runs/ ran a train.py with this sha256 (unreadable metrics count as other code)."""
+    n = 0
+    for d in run_dirs(root):
+        try:
+            n += json.loads((d / METRICS_FILE).read_text()).get("train_py_sha256") == sha
+        except (OSError, ValueError, AttributeError):
+            pass
+    return n
+
+
+def derive_seed(root: Path, program: Program, sha: str, seed: int | None) -> int:
+    """--seed, else program.seed + the number of earlier runs of this exact train.py, so a
+    re-run of unchanged code (a confirmation run) gets a fresh seed automatically."""
+    return seed if seed is not None else program.seed + earlier_runs_of(root, sha)
+
+
+def load_prepare(root: Path):
+    """The project's prepare.py (trusted, fixed): where the data lives."""
+    path = root / "prepare.py"
+    spec = importlib.util.spec_from_file_location("_autoresearch_project_prepare", path)
+    if spec is None or spec.loader is None or not path.is_file():
+        raise HarnessError(f"{path} not found: the two-stage mode needs the project's prepare.py "
+                           f"(or set run.mode: inline in program.md)")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def data_folder(root: Path) -> Path:
+    """The prepared dataset: $AUTORESEARCH_DATA, else prepare.py's default; train and val must exist."""
+    env = os.environ.get("AUTORESEARCH_DATA")
+    data = Path(env) if env else Path(load_prepare(root).data_dir())
+    for split in ("train", "val"):
+        if not (data / split / f"{split}.bin").is_file():
+            raise HarnessError(f"{data / split / f'{split}.bin'} not found: prepare the data first "
+                               f"(.venv/bin/python prepare.py, or scripts/bootstrap.sh)")
+    return data.resolve()
+
+
+def evaluator_version(root: Path, program: Program) -> str:
+    """What scores a run, for the fingerprint: the scorer's fixed slice and context (prepare.py),
+    or the inline regex. Two runs scored differently are never compared."""
+    if program.run.mode == "inline":
+        return f"inline:{hashlib.sha256((program.run.metric_regex or '').encode()).hexdigest()[:12]}"
+    try:
+        prep = load_prepare(root)
+        return f"scorer:{int(prep.EVAL_BYTES)}B:ctx{int(prep.CONTEXT_LEN)}"
+    except Exception:                                 # noqa: BLE001 -- a broken prepare.py fails the run later
+        return "scorer:?"
+
+
+def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
+    """diff.patch of the train script against the branch head; returns a note when there is none."""
+    from ..gitops import GitError, git
+    try:
+        proc = git(root, "diff", "--no-ext-diff", "--no-textconv", "HEAD", "--", script)
+        (run_dir / "diff.patch").write_text(proc.stdout)
+        return None
+    except (GitError, OSError) as e:
+        note = f"no diff against a branch head: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        (run_dir / "diff.patch").write_text(f"# {note}\n")
+        return note
+
+
+def branch_head(root: Path) -> str | None:
+    """The commit the run starts from (None outside a repository)."""
+    from ..gitops import head_commit
+    try:
+        return head_commit(root)
+    except OSError:
+        return None

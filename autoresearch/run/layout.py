@@ -1,0 +1,265 @@
+"""The run folder and the runs/ listing: where one run's files live, which run ids exist, how a
+new one is numbered, and the locks that say a run is live.
+
+    runs/NNNN/       one run: metrics.json, train.log, eval.log, the train script's copy, diff.patch,
+                     out/ (the only writable mount), .sandbox/ (stand-in folders, removed at the end)
+    run ids          never reused: above every folder in runs/, the counter in
+                     .autoresearch/run-counter, and every id in the run branches' trailers and the ledger
+    run.lock         .autoresearch/run.lock: one run at a time per project (an flock)
+    .running         runs/NNNN/.running: flock held while that run is live (the loop reads it)
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import stat
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+from ..atomic import write_atomic
+from .exits import RunBusy
+
+RUNS_DIR = "runs"
+RUN_ID = re.compile(r"^\d{4,}$")
+STATE_DIR = ".autoresearch"               # trusted state (the loop's state.json lives there too)
+RUN_COUNTER = "run-counter"
+RUN_LOCK = "run.lock"
+RUNNING = ".running"                      # runs/NNNN/.running: flock held while that run is live
+SCRATCH_LOCK = ".lock"
+LOG_FILE = "train.log"
+EVAL_LOG = "eval.log"
+CHECKPOINT = "model.pt"
+
+
+def inside(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+@dataclass
+class Layout:
+    """Paths of one run, and the stand-in folders that hide parts of the project (kept in the
+    run's own .sandbox/ folder, so even a kill -9 litters nothing outside runs/NNNN)."""
+    root: Path
+    run_dir: Path
+    script: str                                   # relative to root, e.g. "train.py"
+
+    @property
+    def scratch(self) -> Path:
+        return self.run_dir / ".sandbox"
+
+    @property
+    def out(self) -> Path:
+        return self.run_dir / "out"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / LOG_FILE
+
+    @property
+    def script_copy(self) -> Path:
+        return self.run_dir / Path(self.script).name
+
+    def skeleton(self) -> Path:
+        """An empty stand-in for runs/ holding only this run's out/ mount point: a stage never
+        sees earlier runs (their checkpoints would let training outlast its budget)."""
+        skel = self.scratch / "runs"
+        (skel / self.run_dir.name / "out").mkdir(parents=True, exist_ok=True)
+        return skel
+
+    def empty(self) -> Path:
+        d = self.scratch / "empty"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def hold(self) -> None:
+        """Mark .sandbox/ as in use (an flock held until this process ends), so a later run
+        that finds it can tell a live run's folder from a killed one's."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.scratch / SCRATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self._lock_fd = fd
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
+        if (fd := getattr(self, "_lock_fd", None)) is not None:
+            os.close(fd)
+            self._lock_fd = None
+
+
+# ---------------------------------------------------------------- the runs/ listing
+
+def run_ids(root: Path) -> list[str]:
+    """The ids of the run folders in runs/ (runs/NNNN: four or more digits), oldest first."""
+    d = Path(root) / RUNS_DIR
+    try:
+        return sorted((p.name for p in d.iterdir() if RUN_ID.match(p.name) and p.is_dir()), key=int)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """The run folders in runs/, oldest first (see run_ids)."""
+    return [root / RUNS_DIR / r for r in run_ids(root)]
+
+
+# ---------------------------------------------------------------- run ids: never reused
+
+def reserve_run_id(root: Path, floor: int) -> int:
+    """The next run number: above `floor` and above every number handed out before (the counter
+    in .autoresearch/run-counter, trusted state), under the counter's own flock."""
+    state = Path(root) / STATE_DIR
+    path = state / RUN_COUNTER
+    state.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(RUN_COUNTER + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            last = int(path.read_text().strip() or 0)
+        except (OSError, ValueError):
+            last = 0
+        n = max(last, floor) + 1
+        write_atomic(path, f"{n}\n")
+        return n
+    finally:
+        os.close(fd)
+
+
+def _trailer_run_ids(root: Path) -> list[int]:
+    """Run ids named by keep commits on any run branch (Autoresearch-Run / -Runs trailers)."""
+    from ..gitops import git, trailers
+    p = git(root, "log", "--format=%B%x00", "--branches=autoresearch/*", check=False)
+    ids = []
+    for msg in p.stdout.split("\x00"):
+        t = trailers(msg)
+        for rid in [t.get("Autoresearch-Run", "")] + t.get("Autoresearch-Runs", "").split(","):
+            if rid.strip().isdigit():
+                ids.append(int(rid))
+    return ids
+
+
+def _ledger_run_ids(root: Path) -> list[int]:
+    from ..ledger import LedgerError, read_rows
+    try:
+        return [int(r) for row in read_rows(root) for r in row.runs + [row.run_id] if r.isdigit()]
+    except (LedgerError, OSError):
+        return []
+
+
+def allocate_run_dir(root: Path) -> Path:
+    """runs/NNNN with a number never used before in this project: above every folder in runs/,
+    the counter in trusted state, every run id in the run branches' trailers and the ledger --
+    so deleting runs/ cannot make a new run take a decided run's id. mkdir is the lock."""
+    runs = root / RUNS_DIR
+    runs.mkdir(exist_ok=True)
+    existing = run_dirs(root)
+    floor = max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
+    n = reserve_run_id(root, floor)
+    while True:
+        d = runs / f"{n:04d}"
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            n = reserve_run_id(root, n)
+
+
+# ---------------------------------------------------------------- one run at a time
+
+@contextlib.contextmanager
+def run_lock(root: Path) -> Iterator[int]:
+    """One run at a time per project: an exclusive flock on .autoresearch/run.lock for the whole
+    run (the kernel drops it when the runner dies, so a kill -9 leaves no stale lock). Two runs at
+    once would each get a fraction of the machine and be measured wrongly."""
+    d = root / STATE_DIR
+    d.mkdir(exist_ok=True)
+    fd = os.open(d / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
+            except OSError:
+                holder = ""
+            raise RunBusy(f"a run is in progress ({holder or 'another ./run.sh'}); wait for it to finish "
+                          f"and print its result, then run again") from None
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def mark_holder(fd: int, run_id: str) -> None:
+    with contextlib.suppress(OSError):
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"run {run_id}, pid {os.getpid()}\n".encode(), 0)
+
+
+def hold_running(run_dir: Path) -> int | None:
+    """runs/NNNN/.running, flock held until the runner exits: `runscan` reads a held lock as live."""
+    try:
+        fd = os.open(run_dir / RUNNING, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------- leftovers
+
+def sweep_scratch(root: Path) -> list[str]:
+    """Remove runs/*/.sandbox left by killed runners (nobody holds their lock); returns run ids."""
+    gone = []
+    for d in run_dirs(root):
+        scratch = d / ".sandbox"
+        if not scratch.is_dir() or scratch.is_symlink():
+            continue
+        try:
+            fd = os.open(scratch / SCRATCH_LOCK, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            fd = None                                  # killed before it took the lock
+        except OSError:
+            continue
+        try:
+            if fd is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue                           # a live run
+            elif time.time() - scratch.stat().st_mtime < 60:
+                continue                               # being set up right now
+            shutil.rmtree(scratch, ignore_errors=True)
+            gone.append(d.name)
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return gone
+
+
+def clean_out(out: Path) -> list[str]:
+    """After TRAIN: keep only regular files and folders in out/ (no links, FIFOs, sockets or
+    devices, which host-side tools would follow or block on) and strip set-id bits. Returns
+    what was removed, relative to out/."""
+    removed: list[str] = []
+    for d, dirs, files in os.walk(out, topdown=True, followlinks=False):
+        for name in list(dirs) + files:
+            p = Path(d) / name
+            try:
+                st = p.lstat()
+            except OSError:
+                continue
+            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
+                if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
+                    with contextlib.suppress(OSError):
+                        os.chmod(p, stat.S_IMODE(st.st_mode) & 0o777, follow_symlinks=False)
+                continue
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(str(p.relative_to(out)))
+            if name in dirs:
+                dirs.remove(name)
+    return removed

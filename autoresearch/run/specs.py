@@ -1,0 +1,101 @@
+"""What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
+script and any val/test folder replaced; the runtime; the package for the model server), the
+environment (budget, seed, out/ folder), and the limits. The sandbox enforces them.
+
+    TRAIN  the project read-only, the train split only, runs/NNNN/out/ writable; killed at
+           budget + grace.
+    EVAL   one model server (`python -m autoresearch.run.model_server`): the project and the
+           checkpoint read-only, no data, the scorer's session on its stdin/stdout.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+from ..program import Program
+from ..sandbox import Backend, Mount, SandboxSpec, host_has_gpus
+from .inputs import load_prepare
+from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
+
+
+def project_id(root: Path) -> str:
+    """Short id of the project (its real path): docker labels, so orphans are reaped per project."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+
+
+def project_mounts(lay: Layout, data: Path | None) -> list[Mount]:
+    """The project read-only, with runs/ replaced by the skeleton, the train script by the
+    run's hashed copy, and any val/test split folder inside the project hidden."""
+    root = lay.root
+    mounts = [Mount(root, str(root)),
+              Mount(lay.skeleton(), str(root / RUNS_DIR)),
+              Mount(lay.script_copy, str(root / lay.script))]
+    if data is not None:
+        for split in ("val", "test"):
+            d = data / split
+            if d.is_dir() and inside(d, root):
+                mounts.append(Mount(lay.empty(), str(d)))
+    return mounts
+
+
+def runtime_mounts(backend: Backend, root: Path) -> list[Mount]:
+    """The backend's runtime mounts, less those inside the project: the project mount already
+    shows them, and a target under a symlink there (a project's .venv linked to a shared one)
+    cannot be mounted onto; the link's resolved target is itself a runtime mount."""
+    return [m for m in backend.runtime().mounts if not inside(Path(m.target), root)]
+
+
+def package_mount() -> tuple[list[Mount], str]:
+    """The autoresearch package (for the evaluator), and the PYTHONPATH entry that finds it."""
+    pkg = Path(__file__).resolve().parents[1]
+    return [Mount(pkg, str(pkg))], str(pkg.parent)
+
+
+def base_env(backend: Backend, lay: Layout, home: str, budget: float, seed: int) -> dict[str, str]:
+    env = dict(backend.runtime().env)
+    env.update({
+        "HOME": home, "TMPDIR": "/tmp", "LANG": "C.UTF-8", "MPLBACKEND": "Agg",
+        "PYTHONDONTWRITEBYTECODE": "1", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(lay.root),
+        "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}", "AUTORESEARCH_SEED": str(seed),
+        "AUTORESEARCH_OUT": str(lay.out),
+    })
+    for k in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if k in os.environ:
+            env[k] = os.environ[k]
+    return env
+
+
+def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
+               budget: float, argv: list[str]) -> SandboxSpec:
+    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data)
+    if data is not None:
+        mounts.append(Mount(data / "train", str(data / "train")))
+        env = {**env, "AUTORESEARCH_DATA": str(data)}
+    mounts.append(Mount(lay.out, str(lay.out), writable=True))
+    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
+                       timeout_s=budget + program.budget.grace_seconds,
+                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
+                       gpus=host_has_gpus(), log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
+                       owner=project_id(lay.root))
+
+
+def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
+              session, log: Path) -> SandboxSpec:
+    """The model server's sandbox: the project and checkpoint read-only, no data, the scorer's
+    session on its stdin/stdout, its stderr (and anything agent code prints) to `log`."""
+    pkg_mounts, pkg_path = package_mount()
+    rt = backend.runtime()
+    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
+    env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
+        from .scorer import SERVERS
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
+    argv = [rt.python, "-m", "autoresearch.run.model_server", "--project", str(lay.root), "--script", lay.script,
+            "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
+    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
+                       timeout_s=program.budget.eval_seconds,
+                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
+                       gpus=host_has_gpus(), session=session, log_path=log,
+                       owner=project_id(lay.root))
