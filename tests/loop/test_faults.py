@@ -374,7 +374,7 @@ def test_still_running_uses_the_runs_recorded_budget(proj):
     proj.baseline(2.0)
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     proj.fake_run(value=None, status="interrupted", finished=False, age_s=400, budget=1000)
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autoresearch.run.runner"],
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", "autoresearch.run"],
                              cwd=proj.path)
     try:
         r = proj.decide()
