@@ -7,8 +7,8 @@ keep, discard, crash, or ask for a confirming run. No I/O here, so every cell is
     improvement >= threshold + confirm_margin                          -> keep
     threshold < improvement < threshold + confirm_margin (a narrow win):
         2+ ok runs of this train.py (confirmed; the mean decided)     -> keep
-        one run, and the budget allows another                         -> confirm
-        one run, no budget left for a confirmation                     -> discard (unconfirmed)
+        one run, and the allowance allows another                      -> confirm
+        one run, no allowance left for a confirmation                  -> discard (unconfirmed)
 
 `improvement` is measured on the mean of the ok runs, in the metric's better direction;
 threshold = max(min_improvement, k_sigma * sigma).

@@ -69,7 +69,7 @@ class Journal(BaseModel):
     metric_name: str
     last_decision: LastDecision | None = None
     reply: dict | None = None            # the Stop hook's answer once applied (COMMIT_MARK for the sha)
-    finish_reason: str | None = None     # set: this decision spent the budget; the loop ends
+    finish_reason: str | None = None     # set: this decision spent the allowance; the loop ends
     abandoned: str | None = None         # set when it could not be applied: why (see _abandon)
 
     def commit(self, root: Path) -> str | None:

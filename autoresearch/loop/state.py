@@ -59,7 +59,7 @@ class LoopState(BaseModel):
     model_config = ConfigDict(extra="ignore")
     version: int = 1
     started_at: datetime | None = None       # the deadline clock (see allowance.py)
-    finished_at: datetime | None = None      # set when a spent budget let the agent stop
+    finished_at: datetime | None = None      # set when a spent allowance let the agent stop
     finish_reason: str | None = None
     calibration: Calibration | None = None   # the latest one (any fingerprint)
     calibrations: dict[str, Calibration] = {}   # fingerprint key -> its calibration
