@@ -17,6 +17,7 @@ calls the three hooks here as `loop.<handler>`.
 Contract: every write to the ledger, the state and the run branch happens under the loop lock
 (state.loop_lock); a hook never raises for a setup problem the human must fix, it says so.
 """
-from .session import pre_compact_hook as pre_compact_hook
-from .session import session_start_hook as session_start_hook
-from .stop import stop_hook as stop_hook
+from .session import pre_compact_hook, session_start_hook
+from .stop import stop_hook
+
+__all__ = ["stop_hook", "session_start_hook", "pre_compact_hook"]
