@@ -77,6 +77,13 @@ def git_busy(lock) -> str:
             f"is lost. Wait a minute, then end your turn again.")
 
 
+def abandoned(run_id: str, action: str, why: str) -> str:
+    """A decision that can never be applied (journal.Conflict), dropped once."""
+    return (f"autoresearch: run {run_id}'s decision ({action}) could not be applied and was dropped, once: {why}. "
+            f"It is recorded in results.tsv as not kept; its code is in runs/{run_id}/. Nothing else changed. "
+            f"Next: check `git status` shows what you expect, then go on with the loop.")
+
+
 def changed_while_deciding(train: str, run_id: str) -> str:
     return f"{train} changed while run {run_id} was being decided; end your turn again"
 
