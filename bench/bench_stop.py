@@ -29,6 +29,8 @@ from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
 from autoresearch import loop  # noqa: E402
+from autoresearch.ledger import current_best  # noqa: E402
+from autoresearch.program import load_program  # noqa: E402
 from loop_support import Project, clean_env, hook_command  # noqa: E402
 
 GOAL_S = 0.5
@@ -57,7 +59,7 @@ def setup(p: Project, case: str, i: int) -> None:
     edit = lambda: p.edit("SAVE_MARGIN = ", f"SAVE_MARGIN = 0.0{i % 9 + 1} + 0 * ")  # noqa: E731
     if case == "keep":
         edit()
-        best = loop.current_best(p.path, loop.load_program(p.path).metric)
+        best = current_best(p.path, load_program(p.path).metric)
         p.fake_run(value=best - 0.1)
         p.note(f"keep {i}")
     elif case == "discard":
@@ -70,7 +72,7 @@ def setup(p: Project, case: str, i: int) -> None:
         p.note(f"crash {i}")
     elif case == "confirm":
         edit()
-        best = loop.current_best(p.path, loop.load_program(p.path).metric)
+        best = current_best(p.path, load_program(p.path).metric)
         p.fake_run(value=best - 0.02)
         p.note(f"confirm {i}")
     elif case == "scratchpad nag":

@@ -87,7 +87,7 @@ def _loop_commands(sub) -> None:
     p.add_argument("--update", action="store_true", help="when already paused, replace the reason (else it is kept)")
 
     def resume(a):
-        from ..loop.allowance import budget
+        from ..loop.allowance import remaining
         from ..program import load_program
         from ..ledger import read_rows
         from ..loop.state import lift_pause, paused
@@ -98,7 +98,7 @@ def _loop_commands(sub) -> None:
                  else "not paused: there was no pause to lift.")
         program = load_program(root)
         rows = read_rows(root)
-        bud = budget(program, st, rows, shown_branch(root, rows), None, paused(root))
+        bud = remaining(program, st, rows, shown_branch(root, rows), None, paused(root))
         if a.restart_clock:
             clock = (f" The deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC"
                      + (f": the loop stops at {bud.deadline_at:%Y-%m-%d %H:%M} UTC." if bud.deadline_at else "."))

@@ -122,10 +122,10 @@ def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
     """What the loop itself knows: sigma, the pause, the deadline clock and the budget (budget.py)."""
     from ..loop import state
-    from ..loop.allowance import budget
+    from ..loop.allowance import remaining
     st = state.read_state(root)
     pause = state.paused(root)
-    bud = budget(program, st, rows, branch, None, pause)
+    bud = remaining(program, st, rows, branch, None, pause)
     out: dict = {"sigma": st.sigma, "paused": (pause.reason or "paused") if pause else None,
                  "left": bud.left, "done": bud.done, "limit": bud.limit, "deadline": bud.deadline_at,
                  "spent": bud.reason}

@@ -1,12 +1,15 @@
 """How much loop is left: the phase's experiment count, the deadline, the pause, and the
-per-session override. Read-only; the Stop hook asks `budget()` after every decision.
+per-session override. Read-only; the Stop hook asks `remaining()` after every decision.
+
+"Allowance" is how much of the loop is left (experiments, hours); program.md's `budget:` is
+something else: the training seconds of ONE run.
 
 - Count: experiments (ledger rows) decided in the current phase on the current run branch,
   against the phase's `max_experiments`. `AUTORESEARCH_MAX_EXPERIMENTS=N` replaces that for
   one Claude Code session: N experiments decided in this session (tests and short runs use it).
 - Deadline: `deadline_hours` after `state.started_at`, the loop's clock. The clock starts at the
   first hook call of a loop (SessionStart or Stop), restarts at the next session startup after a
-  spent budget ended the loop, and on `autoresearch resume`. It does not restart on
+  spent allowance ended the loop, and on `autoresearch resume`. It does not restart on
   resume/compact/clear, nor when a crashed session is restarted, so a flaky night still ends on time.
 - Pause: `.autoresearch/PAUSE` (`autoresearch pause`): stop at the next decision.
 """
@@ -19,12 +22,14 @@ from pydantic import BaseModel
 
 from ..program import ConfigError, Program
 from ..ledger import LedgerRow
+from . import messages
 from .state import LoopState, Pause, now
 
 MAX_EXPERIMENTS_ENV = "AUTORESEARCH_MAX_EXPERIMENTS"
 
 
-class BudgetStatus(BaseModel):
+class Allowance(BaseModel):
+    """What is left of the loop (see `remaining`)."""
     phase: str
     done: int                            # experiments counted against `limit`
     limit: int
@@ -38,11 +43,7 @@ class BudgetStatus(BaseModel):
 
     def line(self) -> str:
         """One short line for the agent."""
-        parts = [f"{self.left} experiment{'s' if self.left != 1 else ''} left"
-                 + (f" in phase '{self.phase}'" if self.limit_source == "phase" else " in this session")]
-        if self.hours_left is not None:
-            parts.append(f"{max(self.hours_left, 0):.1f} h to the deadline")
-        return "; ".join(parts)
+        return messages.allowance_line(self)
 
 
 def session_limit() -> int | None:
@@ -58,8 +59,8 @@ def session_limit() -> int | None:
     return n
 
 
-def budget(program: Program, st: LoopState, rows: list[LedgerRow], branch: str | None,
-           session: str | None, paused: Pause | None, at: datetime | None = None) -> BudgetStatus:
+def remaining(program: Program, st: LoopState, rows: list[LedgerRow], branch: str | None,
+              session: str | None, paused: Pause | None, at: datetime | None = None) -> Allowance:
     """`rows`: the whole ledger; counted here by branch / phase / session."""
     at = at or now()
     limit_env = session_limit()
@@ -76,14 +77,12 @@ def budget(program: Program, st: LoopState, rows: list[LedgerRow], branch: str |
         hours_left = (deadline_at - at).total_seconds() / 3600
     reason = None
     if paused:
-        reason = "paused" + (f" ({paused.reason})" if paused.reason else "") + ": `autoresearch resume` to go on"
+        reason = messages.paused_reason(paused.reason)
     elif left <= 0:
-        reason = (f"the session's budget of {limit} experiments ({MAX_EXPERIMENTS_ENV}) is spent" if source != "phase"
-                  else f"phase '{program.phase}' has used its {limit} experiments: edit `phase:` in program.md "
-                       f"(or raise max_experiments) to go on")
+        reason = (messages.session_spent(limit, MAX_EXPERIMENTS_ENV) if source != "phase"
+                  else messages.phase_spent(program, limit))
     elif hours_left is not None and hours_left <= 0:
-        reason = (f"the deadline ({program.deadline_hours:g} h from {st.started_at:%Y-%m-%d %H:%M} UTC) has passed: "
-                  f"`autoresearch resume` restarts the clock")
-    return BudgetStatus(phase=program.phase, done=done, limit=limit, limit_source=source, left=left,
-                        deadline_at=deadline_at, hours_left=hours_left, paused=paused,
-                        spent=reason is not None, reason=reason)
+        reason = messages.deadline_passed(program, st.started_at)
+    return Allowance(phase=program.phase, done=done, limit=limit, limit_source=source, left=left,
+                     deadline_at=deadline_at, hours_left=hours_left, paused=paused,
+                     spent=reason is not None, reason=reason)

@@ -7,8 +7,8 @@ keep, discard, crash, or ask for a confirming run. No I/O here, so every cell is
     improvement >= threshold + confirm_margin                          -> keep
     threshold < improvement < threshold + confirm_margin (a narrow win):
         2+ ok runs of this train.py (confirmed; the mean decided)     -> keep
-        one run, and the budget allows another                         -> confirm
-        one run, no budget left for a confirmation                     -> discard (unconfirmed)
+        one run, and the allowance allows another                      -> confirm
+        one run, no allowance left for a confirmation                  -> discard (unconfirmed)
 
 `improvement` is measured on the mean of the ok runs, in the metric's better direction;
 threshold = max(min_improvement, k_sigma * sigma).
@@ -49,11 +49,11 @@ def threshold(program: Program, sigma: float | None) -> float:
     return max(program.min_improvement, program.noise.k_sigma * (sigma or 0.0))
 
 
-def decide(runs: list[RunView], best: float | None, metric: Metric, thresh: float,
-           confirm_margin: float, can_confirm: bool) -> Verdict:
+def verdict(runs: list[RunView], best: float | None, metric: Metric, thresh: float,
+            confirm_margin: float, can_confirm: bool) -> Verdict:
     """Decide the experiment whose runs (same train.py, oldest first) are `runs`."""
     if not runs:
-        raise ValueError("decide() needs at least one run")
+        raise ValueError("verdict() needs at least one run")
     latest = runs[-1]
     oks = [r.value for r in runs if r.status == "ok" and r.value is not None]
     if latest.status != "ok" or latest.value is None:

@@ -36,6 +36,7 @@ from ..digest import sha256_bytes
 from ..atomic import write_atomic
 from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
 from ..ledger import LedgerRow, append_rows, write_decision
+from . import messages
 from .state import LastDecision, read_state, state_dir, write_state
 
 PENDING = "pending"
@@ -69,7 +70,7 @@ class Journal(BaseModel):
     metric_name: str
     last_decision: LastDecision | None = None
     reply: dict | None = None            # the Stop hook's answer once applied (COMMIT_MARK for the sha)
-    finish_reason: str | None = None     # set: this decision spent the budget; the loop ends
+    finish_reason: str | None = None     # set: this decision spent the allowance; the loop ends
     abandoned: str | None = None         # set when it could not be applied: why (see _abandon)
 
     def commit(self, root: Path) -> str | None:
@@ -175,10 +176,7 @@ def _abandon(root: Path, j: Journal, why: str) -> None:
     j.rows = [r.model_copy(update={"status": "discard" if r.status == "keep" else r.status,
                                    "note": f"{r.note}; {note}" if r.note else note}) for r in j.rows]
     j.keep_row = None
-    j.reply = {"decision": "block", "reason": (
-        f"autoresearch: run {j.run_id}'s decision ({j.action}) could not be applied and was dropped, once: {why}. "
-        f"It is recorded in results.tsv as not kept; its code is in runs/{j.run_id}/. Nothing else changed. "
-        f"Next: check `git status` shows what you expect, then go on with the loop.")}
+    j.reply = messages.block(messages.abandoned(j.run_id, j.action, why))
     dest = state_dir(root) / "abandoned" / f"{j.run_id}-{datetime.now():%Y%m%d-%H%M%S}.json"
     write_atomic(dest, j.model_dump_json(indent=2))
 

@@ -5,7 +5,7 @@ An overnight loop must not end at 2 a.m. because the first phase is done. When
 the next phase in the list: one line of the human's file is rewritten, with a
 comment saying when and why, so the file stays the single source of truth that
 the guard, the hooks and the human all read. `on_phase_end: stop` ends the loop
-instead, as does the last phase.
+instead, as does the last phase. The Stop hook asks `advance_if_spent` after every decision.
 """
 from __future__ import annotations
 
@@ -14,7 +14,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import write_atomic
+from ..ledger import LedgerRow
 from ..program import PROGRAM_FILE, ConfigError, Phase, Program, parse_program, split_front_matter
+from . import messages
+from .allowance import Allowance, remaining
+from .state import LoopState, paused
 
 _PHASE_LINE = re.compile(r"^phase:[^\n]*$", re.MULTILINE)
 
@@ -53,3 +57,16 @@ def advance(root: Path, program: Program, phase_spent: bool) -> Program | None:
         return None
     done = program.current.max_experiments
     return set_phase(root, nxt.name, f"phase '{program.phase}' used its {done} experiments")
+
+
+def advance_if_spent(root: Path, program: Program, allowance: Allowance, st: LoopState, rows: list[LedgerRow],
+                     branch: str, session: str) -> tuple[Program, Allowance, str]:
+    """A phase that used its experiments hands over to the next one (program.md's `on_phase_end`),
+    unless the loop is paused or past its deadline. Returns the program, its allowance and a lead line."""
+    a = allowance
+    phase_spent = (a.spent and a.limit_source == "phase" and a.left <= 0 and not a.paused
+                   and not (a.hours_left is not None and a.hours_left <= 0))
+    new = advance(root, program, phase_spent)
+    if new is None:
+        return program, allowance, ""
+    return new, remaining(new, st, rows, branch, session, paused(root)), messages.phase_moved(program, a.limit, new)

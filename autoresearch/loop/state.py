@@ -58,8 +58,8 @@ class LastDecision(BaseModel):
 class LoopState(BaseModel):
     model_config = ConfigDict(extra="ignore")
     version: int = 1
-    started_at: datetime | None = None       # the deadline clock (see budget.py)
-    finished_at: datetime | None = None      # set when a spent budget let the agent stop
+    started_at: datetime | None = None       # the deadline clock (see allowance.py)
+    finished_at: datetime | None = None      # set when a spent allowance let the agent stop
     finish_reason: str | None = None
     calibration: Calibration | None = None   # the latest one (any fingerprint)
     calibrations: dict[str, Calibration] = {}   # fingerprint key -> its calibration
@@ -150,11 +150,6 @@ def pause(root: Path, reason: str = "") -> Pause:
     return p
 
 
-def resume(root: Path) -> LoopState:
-    """Remove the pause and restart the deadline clock (a new stretch of the loop)."""
-    return lift_pause(root, restart_clock=True)[1]
-
-
 def request_pause(root: Path, reason: str = "", update: bool = False) -> tuple[Pause, Pause | None]:
     """`autoresearch pause`: (the pause now in force, the one that was already there). An existing
     pause is kept as it is unless `update`, so a second pause never silently replaces the first."""
@@ -229,77 +224,3 @@ def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
                                    seeds=[m.seed for m in ms], train_py_sha256=ms[-1].train_py_sha256,
                                    budget_seconds=ms[-1].budget_seconds, fingerprint=key, at=ms[-1].started_at)
     return out
-
-
-# --- read-only views for `autoresearch status` and friends (no lock taken) --------------------
-
-class Progress(BaseModel):
-    """Where the loop stands, in one object (see `progress`)."""
-    phase: str
-    focus: str
-    branch: str | None                   # the run branch these numbers are about
-    metric: str
-    direction: str
-    best: float | None
-    experiments: int                     # decided on `branch` (all phases)
-    phase_done: int
-    phase_max: int
-    budget_left: int
-    limit_source: str                    # "phase" or AUTORESEARCH_MAX_EXPERIMENTS
-    started_at: datetime | None
-    deadline: datetime | None
-    hours_left: float | None
-    paused: str | None                   # the pause reason ("" when none was given), None when not paused
-    sigma: float | None
-    threshold: float
-    finished: str | None                 # why the loop last ended, if it has
-
-
-def _branch_for(root: Path, rows: list) -> str | None:
-    from ..gitops import current_branch, is_run_branch
-    here = current_branch(root)
-    if is_run_branch(here):
-        return here
-    return rows[-1].branch if rows else None
-
-
-def progress(root: Path, program=None, session: str | None = None) -> Progress:
-    """Phase, best, budget left, deadline, pause, sigma and threshold for the current (or latest)
-    run branch. `program` defaults to load_program(root) (raises ConfigError when invalid)."""
-    from .allowance import budget
-    from ..program import load_program
-    from .decide import threshold as thresh
-    from ..ledger import current_best, read_rows
-    program = program or load_program(root)
-    st = read_state(root)
-    rows = read_rows(root)
-    branch = _branch_for(root, rows)
-    pz = paused(root)
-    b = budget(program, st, rows, branch, session, pz)
-    return Progress(
-        phase=program.phase, focus=" ".join(program.current.focus.split()), branch=branch,
-        metric=program.metric.name, direction=program.metric.direction,
-        best=current_best(root, program.metric, branch=branch) if branch else None,
-        experiments=sum(1 for r in rows if r.branch == branch), phase_done=b.done if b.limit_source == "phase" else
-        sum(1 for r in rows if r.branch == branch and r.phase == program.phase),
-        phase_max=program.current.max_experiments, budget_left=b.left, limit_source=b.limit_source,
-        started_at=st.started_at, deadline=b.deadline_at, hours_left=b.hours_left,
-        paused=pz.reason if pz else None, sigma=st.sigma, threshold=thresh(program, st.sigma),
-        finished=st.finish_reason if st.finished_at else None)
-
-
-def sigma(root: Path) -> float | None:
-    return read_state(root).sigma
-
-
-def threshold(root: Path, program) -> float:
-    from .decide import threshold as thresh
-    return thresh(program, read_state(root).sigma)
-
-
-def budget_left(root: Path, program) -> int:
-    return progress(root, program).budget_left
-
-
-def deadline(root: Path, program) -> datetime | None:
-    return progress(root, program).deadline

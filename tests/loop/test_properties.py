@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 

@@ -117,9 +117,9 @@ def test_sigma_applies_only_to_its_fingerprint_and_survives_a_corrupt_state(proj
     r = proj.stop()
     assert not any(row.run_id in cal_ids for row in proj.rows())           # still measurements, never decided
     assert len(keep_trailers(proj)) == 2
-    from autoresearch.loop import _sigma
+    from autoresearch.loop.context import sigma_for
     from autoresearch.loop.state import read_state
-    assert _sigma(proj.path, read_state(proj.path), fp1) == pytest.approx(0.1)   # rebuilt from runs/
+    assert sigma_for(proj.path, read_state(proj.path), fp1) == pytest.approx(0.1)   # rebuilt from runs/
     from autoresearch.cli.status import gather
     proj.edit("N_EMBD = 96", "N_EMBD = 128")
     proj.fake_run(value=1.5, budget=1)
@@ -214,14 +214,15 @@ def test_final_refuses_a_checkpoint_that_is_not_the_kept_code(proj):
 
 
 def test_a_kept_run_checkpoint_is_never_pruned_even_if_a_caller_asks(proj):
-    from autoresearch.loop import _prune_checkpoints, prune_unkept
+    from autoresearch.loop.record import prune_checkpoints
+    from autoresearch.loop.stop import prune_unkept
     from autoresearch.loop.runscan import load_run
     proj.baseline(2.0)
     kept = checkpoint(proj, "0001")
     proj.edit("N_EMBD = 64", "N_EMBD = 96")
     rid = proj.fake_run(value=2.5)
     junk = checkpoint(proj, rid)
-    _prune_checkpoints(proj.path, load_program(proj.path), [load_run(proj.path, "0001")])
+    prune_checkpoints(proj.path, load_program(proj.path), [load_run(proj.path, "0001")])
     assert kept.exists()
     assert prune_unkept(proj.path) == len(f"weights of {rid}") and kept.exists() and not junk.exists()
 

@@ -1,10 +1,10 @@
-"""The decision table, cell by cell (pure function; the hook-level tests are in test_loop.py)."""
+"""The verdict table, cell by cell (pure function; the hook-level tests are in test_loop.py)."""
 from __future__ import annotations
 
 import pytest
 
 from autoresearch.program import Metric, parse_program
-from autoresearch.loop.decide import RunView, decide, threshold
+from autoresearch.loop.decide import RunView, threshold, verdict
 
 MIN = Metric(name="val_bpb", direction="minimize")
 MAX = Metric(name="acc", direction="maximize")
@@ -23,18 +23,18 @@ def bad(status: str, rid: str = "0002") -> RunView:
 @pytest.mark.parametrize("status", BAD)
 @pytest.mark.parametrize("best", [None, 2.0])
 def test_a_run_that_did_not_finish_ok_is_a_crash_whatever_came_before(status, best):
-    v = decide([ok(1.0, "0001"), bad(status)], best, MIN, T, MARGIN, can_confirm=True)
+    v = verdict([ok(1.0, "0001"), bad(status)], best, MIN, T, MARGIN, can_confirm=True)
     assert v.action == "crash" and v.value is None and v.delta is None
     assert v.note == status
 
 
 @pytest.mark.parametrize("status", BAD)
 def test_an_ok_status_without_a_value_is_not_a_result(status):
-    assert decide([RunView(run_id="1", status="ok", value=None)], 2.0, MIN, T, 0, True).action == "crash"
+    assert verdict([RunView(run_id="1", status="ok", value=None)], 2.0, MIN, T, 0, True).action == "crash"
 
 
 def test_the_first_ok_run_is_the_baseline_and_is_kept_whatever_it_scores():
-    v = decide([ok(9.99)], None, MIN, T, MARGIN, True)
+    v = verdict([ok(9.99)], None, MIN, T, MARGIN, True)
     assert (v.action, v.note, v.value, v.delta) == ("keep", "baseline", 9.99, None)
 
 
@@ -55,40 +55,40 @@ CELLS = [
 
 @pytest.mark.parametrize("metric,best,value,expected", CELLS)
 def test_single_run_cells(metric, best, value, expected):
-    v = decide([ok(value)], best, metric, T, MARGIN, can_confirm=True)
+    v = verdict([ok(value)], best, metric, T, MARGIN, can_confirm=True)
     assert v.action == expected
     assert v.delta == pytest.approx(value - best)
     assert v.improvement == pytest.approx(metric.improvement(value, best))
 
 
 def test_worse_and_within_noise_say_which():
-    assert decide([ok(2.1)], 2.0, MIN, T, MARGIN, True).note == "worse"
-    assert decide([ok(1.995)], 2.0, MIN, T, MARGIN, True).note == "within noise"
+    assert verdict([ok(2.1)], 2.0, MIN, T, MARGIN, True).note == "worse"
+    assert verdict([ok(1.995)], 2.0, MIN, T, MARGIN, True).note == "within noise"
 
 
 def test_a_narrow_win_confirmed_by_a_second_seed_is_kept_on_the_mean():
-    v = decide([ok(1.98, "0003"), ok(1.975, "0004")], 2.0, MIN, T, MARGIN, True)
+    v = verdict([ok(1.98, "0003"), ok(1.975, "0004")], 2.0, MIN, T, MARGIN, True)
     assert v.action == "keep" and v.value == pytest.approx(1.9775) and v.n_ok == 2
     assert v.note.startswith("confirmed")
 
 
 def test_a_narrow_win_that_the_second_seed_does_not_confirm_is_discarded():
-    v = decide([ok(1.98, "0003"), ok(2.01, "0004")], 2.0, MIN, T, MARGIN, True)
+    v = verdict([ok(1.98, "0003"), ok(2.01, "0004")], 2.0, MIN, T, MARGIN, True)
     assert v.action == "discard" and v.value == pytest.approx(1.995)
     assert "not confirmed" in v.note
 
 
 def test_a_narrow_win_is_not_kept_unconfirmed_when_no_confirmation_is_possible():
-    v = decide([ok(1.98)], 2.0, MIN, T, MARGIN, can_confirm=False)
+    v = verdict([ok(1.98)], 2.0, MIN, T, MARGIN, can_confirm=False)
     assert v.action == "discard" and "unconfirmed" in v.note
 
 
 def test_a_crashing_confirmation_run_reverts():
-    assert decide([ok(1.98, "0003"), bad("oom", "0004")], 2.0, MIN, T, MARGIN, True).action == "crash"
+    assert verdict([ok(1.98, "0003"), bad("oom", "0004")], 2.0, MIN, T, MARGIN, True).action == "crash"
 
 
 def test_without_a_margin_nothing_needs_confirming():
-    assert decide([ok(1.985)], 2.0, MIN, T, 0.0, True).action == "keep"
+    assert verdict([ok(1.985)], 2.0, MIN, T, 0.0, True).action == "keep"
 
 
 def test_threshold_is_the_larger_of_min_improvement_and_k_sigma():
@@ -100,4 +100,4 @@ def test_threshold_is_the_larger_of_min_improvement_and_k_sigma():
 
 def test_no_runs_is_a_programming_error():
     with pytest.raises(ValueError):
-        decide([], 1.0, MIN, T, MARGIN, True)
+        verdict([], 1.0, MIN, T, MARGIN, True)

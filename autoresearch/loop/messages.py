@@ -1,0 +1,312 @@
+"""Everything the loop says: the Stop hook's replies and block reasons, the SessionStart context,
+the PreCompact note, and the summary for the human when the loop ends. The flow (stop.py,
+record.py, session.py) decides; this module only words it. Tests compare these texts: a change
+here is a change the agent sees.
+
+A reply is `block(reason)` (the agent must go on; `reason` tells it how) or `allow(message)`
+(the agent may stop; the message is shown to the human).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from ..ledger import LedgerRow, best_row, branch_rows
+from ..program import Program
+from .decide import Verdict
+
+if TYPE_CHECKING:                         # types only: allowance words its state through this module
+    from ..run.metrics import RunMetrics
+    from .allowance import Allowance
+    from .runscan import RunRecord
+
+SCRATCHPAD = "scratchpad.md"
+
+
+# --- replies -------------------------------------------------------------------------------
+
+def block(reason: str) -> dict:
+    return {"decision": "block", "reason": reason}
+
+
+def allow(message: str) -> dict:
+    """Let the agent stop; `systemMessage` is shown to the human."""
+    return {"systemMessage": message}
+
+
+def _fmt(v: float | None) -> str:
+    return "none" if v is None else f"{v:.6f}"
+
+
+def short(text: str, n: int = 160) -> str:
+    t = " ".join(text.split())
+    return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def _focus(program: Program) -> str:
+    return short(program.current.focus).rstrip('.')
+
+
+# --- the loop cannot run (the human must act) ---------------------------------------------
+
+def program_invalid(e: Exception) -> str:
+    return f"autoresearch: the loop stopped because program.md is invalid. Fix it, then start the agent again:\n{e}"
+
+
+def loop_stopped(e: Exception) -> str:
+    return f"autoresearch: the loop stopped: {e}"
+
+
+def not_a_repository(root) -> str:
+    return f"{root} is not a git repository; run `git init` and commit the project first"
+
+
+NO_COMMIT = "the repository has no commit yet; commit the project (the baseline) first"
+
+LOCK_HELD = ("autoresearch: another autoresearch command holds the loop lock (.autoresearch/loop.lock). "
+             "Wait a minute, then end your turn again.")
+
+
+def disk_full(root, e: OSError, freed: int) -> str:
+    return (f"autoresearch: the disk is full (ENOSPC: {e.filename or e.strerror}), so the loop stopped; nothing "
+            f"was decided and nothing is lost. Freed {freed / 2**20:.0f} MiB of checkpoints of runs that were not "
+            f"kept. A human must free more space (`df -h {root}`), then start the agent again.")
+
+
+def git_busy(lock) -> str:
+    return (f"git is busy: {lock} is held by a running git command. Nothing was decided and nothing "
+            f"is lost. Wait a minute, then end your turn again.")
+
+
+def abandoned(run_id: str, action: str, why: str) -> str:
+    """A decision that can never be applied (journal.Conflict), dropped once."""
+    return (f"autoresearch: run {run_id}'s decision ({action}) could not be applied and was dropped, once: {why}. "
+            f"It is recorded in results.tsv as not kept; its code is in runs/{run_id}/. Nothing else changed. "
+            f"Next: check `git status` shows what you expect, then go on with the loop.")
+
+
+def changed_while_deciding(train: str, run_id: str) -> str:
+    return f"{train} changed while run {run_id} was being decided; end your turn again"
+
+
+# --- Stop: before a decision ---------------------------------------------------------------
+
+def still_running(run_id: str) -> str:
+    return (f"autoresearch: run {run_id} is still running. Wait for ./run.sh to finish and "
+            f"print its result (do not run it in the background), then end your turn.")
+
+
+def _result(program: Program, m: RunMetrics | None, status: str, with_reason: bool) -> str:
+    if m and m.status == "ok" and m.metric_value is not None:
+        return f"{program.metric.name} {m.metric_value:.6f}"
+    return f"{status}" + (f" ({m.reason})" if with_reason and m and m.reason else "")
+
+
+def scratchpad_unchanged(program: Program, run: RunRecord, missing: bool) -> str:
+    result = _result(program, run.metrics, run.status, with_reason=True)
+    what = "is missing: recreate it" if missing else "has not changed since the last decision"
+    return (f"autoresearch: {SCRATCHPAD} {what}. Before ending your turn, write down what run {run.run_id} "
+            f"showed ({result}): add a line to 'Experiment log' (change | result | your read of it) and update "
+            f"'Next experiments'. Then end your turn; the harness decides keep or revert.")
+
+
+def confirm(program: Program, v: Verdict, cands: list[RunRecord]) -> str:
+    last = cands[-1]
+    desc = last.metrics.description if last.metrics else ""
+    return (f"autoresearch: run {last.run_id} beat the best by {v.improvement:.6f} {program.metric.name}, more than "
+            f"the threshold {v.threshold:.6f} but less than threshold + confirm_margin "
+            f"({v.threshold + program.noise.confirm_margin:.6f}): not kept yet. Confirm it with another seed: "
+            f"leave train.py as it is and run ./run.sh -m \"confirm: {short(desc, 80)}\", then end your turn; "
+            f"the mean of both runs decides.")
+
+
+# --- Stop: after a decision ----------------------------------------------------------------
+
+def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, allowance: Allowance,
+            prev_best: float | None) -> str:
+    m = program.metric.name
+    head = f"autoresearch: experiment #{row.experiment} (run {row.run_id})"
+    if v.action == "keep":
+        if prev_best is None:
+            what = f"is the BASELINE: {m} {v.value:.6f}, committed {commit or ''}."
+        else:
+            what = (f"KEPT: {m} {v.value:.6f}, previous best {prev_best:.6f} ({v.delta:+.6f}; threshold "
+                    f"{v.threshold:.6f}). Committed {commit or ''}.")
+    elif v.action == "discard" and prev_best is None:
+        what = (f"was NOT JUDGED ({v.note}): {m} {_fmt(v.value)}. Runs are compared only within one fingerprint, "
+                f"so the budget change STARTS A NEW BASELINE on the branch. train.py is back to the best version; "
+                f"your change stays in runs/{row.run_id}/diff.patch. Next: run the best's code as it is first "
+                f"(./run.sh -m \"baseline at the new fingerprint\"), end your turn, then re-apply your change.")
+        return f"{head} {what} {allowance.line()}."
+    elif v.action == "discard":
+        what = (f"DISCARDED ({v.note}): {m} {v.value:.6f} vs best {prev_best:.6f} ({v.delta:+.6f}; "
+                f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "
+                f"the change stays in runs/{row.run_id}/diff.patch.")
+    else:
+        what = (f"CRASHED ({row.run_status}{': ' + short(row.note, 200) if row.note and row.note != row.run_status else ''}). "
+                f"train.py is back to the best version; see runs/{row.run_id}/train.log.")
+    best = row.best if row.best is not None else prev_best
+    return (f"{head} {what} Best so far: {_fmt(best)}. {allowance.line()}. Phase '{program.phase}' focus: "
+            f"{_focus(program)}. Next: record this in scratchpad.md, form ONE new "
+            f"hypothesis, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+def remeasured(program: Program, run: RunRecord, ok: bool, new_base: bool, fp_change: str, after: float | None,
+               n: int, train: str) -> str:
+    """Runs of the branch tip's own code: the best measured again, or a new baseline at a new fingerprint."""
+    m = program.metric
+    if not ok:
+        what = f"run {run.run_id} of the best's own code failed ({run.status}); the best is unchanged"
+    elif new_base:
+        what = (f"run {run.run_id} ran the best's code at a new fingerprint ({fp_change}); runs are compared "
+                f"only within one fingerprint, so this STARTS A NEW BASELINE on the branch: {m.name} {_fmt(after)}")
+    else:
+        what = (f"run {run.run_id} ran the best's own code again: it RE-MEASURED the best (not a keep; nothing "
+                f"changed in the code). Best {m.name} now {_fmt(after)}, the mean of {n} runs")
+    return (f"autoresearch: {what}. Next: form ONE hypothesis, edit {train}, run ./run.sh -m \"<what and "
+            f"why>\", then end your turn.")
+
+
+def contended(program: Program, run: RunRecord, why: str, train: str) -> str:
+    return (f"autoresearch: run {run.run_id} was CONTENDED ({why}): something else used the machine, so its "
+            f"{program.metric.name} says nothing about the change. It is recorded, not judged; {train} is "
+            f"left as it is. Run it again: ./run.sh -m \"rerun: {short(run.metrics.description if run.metrics else '', 60)}\", "
+            f"then end your turn.")
+
+
+def phase_moved(old: Program, limit: int, new: Program) -> str:
+    """The lead line when a spent phase handed over to the next one."""
+    return f"Phase '{old.phase}' has used its {limit} experiments; program.md now says phase: {new.phase}. "
+
+
+def new_phase_next(program: Program, allowance: Allowance) -> str:
+    return (f"Its focus: {_focus(program)}. {allowance.line()}. Next: form ONE "
+            f"hypothesis for this phase, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+# --- Stop: nothing to decide ---------------------------------------------------------------
+
+def idle_too_long(n: int) -> str:
+    return f"the agent ended {n} turns in a row without a new experiment"
+
+
+def train_missing(train: str) -> str:
+    return (f"autoresearch: {train} is missing. Restore it (its last kept version is "
+            f"`git show HEAD:{train}`), then run ./run.sh -m \"<what and why>\".")
+
+
+def changed_without_run(train: str) -> str:
+    return (f"autoresearch: {train} has changed but has no run yet. Run it first: "
+            f"./run.sh -m \"<what changed and why>\" -- then update scratchpad.md and end your turn.")
+
+
+NO_BASELINE = ("autoresearch: no baseline yet on this run. Run the baseline first: "
+               "./run.sh -m \"baseline\" -- then note the result in scratchpad.md and end your turn.")
+
+
+def nothing_to_decide(program: Program, train: str, allowance: Allowance) -> str:
+    return (f"autoresearch: nothing to decide: {train} is unchanged and has no new run. "
+            f"{allowance.line()}. Next: form one hypothesis for phase '{program.phase}' "
+            f"({_focus(program)}), write it in scratchpad.md, edit {train}, "
+            f"run ./run.sh -m \"<what and why>\", then end your turn.")
+
+
+# --- the end of the loop (for the human) ---------------------------------------------------
+
+def stopping(reason: str) -> str:
+    return f"stopping: {reason}."
+
+
+def summary(program: Program, branch: str | None, rows: list[LedgerRow], lead: str) -> str:
+    """A few lines for the human: what the loop did on this branch."""
+    mine = branch_rows(rows, branch)
+    kept = [r for r in mine if r.status == "keep" and r.value is not None]
+    n = {s: sum(r.status == s for r in mine) for s in ("keep", "discard", "crash")}
+    lines = [f"autoresearch {lead}",
+             f"Run branch {branch}: {len(mine)} experiments ({n['keep']} kept, {n['discard']} discarded, "
+             f"{n['crash']} crashed)."]
+    if kept:
+        best = best_row(kept, program.metric)
+        assert best is not None
+        base = kept[0]
+        lines.append(f"Best {program.metric.name} {best.value:.6f} (experiment #{best.experiment}, run {best.run_id}, "
+                     f"commit {best.commit}); baseline {base.value:.6f} ({best.value - base.value:+.6f}).")
+    lines.append("`autoresearch status` shows the table.")
+    return "\n".join(lines)
+
+
+# --- the allowance, in words ---------------------------------------------------------------
+
+def allowance_line(a: Allowance) -> str:
+    """One short line for the agent: experiments and hours left."""
+    parts = [f"{a.left} experiment{'s' if a.left != 1 else ''} left"
+             + (f" in phase '{a.phase}'" if a.limit_source == "phase" else " in this session")]
+    if a.hours_left is not None:
+        parts.append(f"{max(a.hours_left, 0):.1f} h to the deadline")
+    return "; ".join(parts)
+
+
+def paused_reason(reason: str) -> str:
+    return "paused" + (f" ({reason})" if reason else "") + ": `autoresearch resume` to go on"
+
+
+def session_spent(limit: int, env: str) -> str:
+    return f"the session's budget of {limit} experiments ({env}) is spent"
+
+
+def phase_spent(program: Program, limit: int) -> str:
+    return (f"phase '{program.phase}' has used its {limit} experiments: edit `phase:` in program.md "
+            f"(or raise max_experiments) to go on")
+
+
+def deadline_passed(program: Program, started_at) -> str:
+    return (f"the deadline ({program.deadline_hours:g} h from {started_at:%Y-%m-%d %H:%M} UTC) has passed: "
+            f"`autoresearch resume` restarts the clock")
+
+
+# --- SessionStart and PreCompact -----------------------------------------------------------
+
+def session_invalid_program(e: Exception) -> str:
+    return f"autoresearch: program.md is invalid, so the loop cannot run until a human fixes it:\n{e}"
+
+
+def session_problem(e: Exception) -> str:
+    return f"autoresearch: {e}"
+
+
+def session_context(program: Program, st, rows: list[LedgerRow], branch: str | None, best: float | None,
+                    thresh: float, allowance: Allowance, next_experiments: str, waiting: str | None) -> str:
+    """The compact state summary a (re)started or compacted session needs to go on correctly."""
+    mine = branch_rows(rows, branch)
+    m = program.metric.name
+    lines = ["autoresearch loop state (from the harness; trust it over memory):",
+             f"- Phase '{program.phase}': {short(program.current.focus, 240)}",
+             f"- Run branch: {branch or '(none yet: the first decision starts one)'}; best {m}: "
+             f"{_fmt(best) if best is not None else 'none yet (the first run is the baseline)'}; "
+             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma is not None else " (noise not calibrated)")
+             + ".",
+             f"- Budget: {allowance.line()}." + (f" STOP: {allowance.reason}." if allowance.spent else "")]
+    if mine:
+        lines.append("- Last results: " + "; ".join(
+            f"#{r.experiment} {r.status} {_fmt(r.value) if r.value is not None else r.run_status} {short(r.description, 60)}"
+            for r in mine[-5:]))
+    if next_experiments:
+        lines.append("- scratchpad.md 'Next experiments': " + short(next_experiments, 400))
+    if waiting:
+        lines.append(waiting)
+    lines.append("Go on with program.md's loop: read scratchpad.md, one hypothesis, edit train.py, "
+                 "./run.sh -m \"<what and why>\", update scratchpad.md, end your turn.")
+    return "\n".join(lines)
+
+
+def undecided(program: Program, r: RunRecord) -> str:
+    """A finished run nobody decided yet: the agent must end its turn before it edits anything."""
+    m = r.metrics
+    res = _result(program, m, r.status, with_reason=False)
+    return (f"- UNDECIDED: run {r.run_id} ({short(m.description if m else r.problem or '', 80)}: {res}) finished but "
+            f"is not decided yet. Do not edit anything: note its result in scratchpad.md and END YOUR TURN now, "
+            f"so the harness decides it first.")
+
+
+def precompact_note(waiting: str | None) -> dict:
+    """PreCompact's reply: the undecided run, for the human, if there is one."""
+    return {"systemMessage": "autoresearch" + waiting[1:]} if waiting else {}

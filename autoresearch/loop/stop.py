@@ -1,0 +1,256 @@
+"""The Stop hook: decide the experiment the agent just ran, then let it stop or send it on.
+hooks/loop_hook.py calls `stop_hook` (through the package, `loop.stop_hook`).
+
+Stop, in order, under the loop lock:
+  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
+     then finish a decision a killed hook left half done (journal.recover)
+  1. a run still writing (by its own recorded budget)?     -> block: wait for it
+  2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
+                                                            -> ledger rows (superseded), no git
+  3. undecided runs of the current code (identity.snapshot of the editable set):
+       scratchpad.md unchanged since the last decision      -> block: say what to add
+       steps/s far below comparable runs                    -> row (contended), no git: run it again
+       the branch tip's own code                            -> row (re-measured the best), no git
+       no best measured at this fingerprint (budget change) -> not judged: revert; the best's code
+                                                               run next starts a new baseline
+       decide.verdict(): confirm                            -> block: re-run the same code
+                         keep | discard | crash             -> journal: commit | revert, row, state
+  4. allowance spent (count, deadline, pause)               -> allow the stop, summary for the human
+  5. otherwise block with the next step: after a decision, the outcome and what comes next;
+     with nothing to decide: "run ./run.sh" (train.py changed) or "form a hypothesis" (idle).
+     AUTORESEARCH_MAX_IDLE_STOPS (default 20) consecutive idle stops end the loop: an agent that
+     keeps ending its turn without experimenting is burning money, not researching.
+
+The steps are the functions below, in that order; record.py writes decisions down, messages.py
+words every reply.
+
+Failure semantics (for Stop, letting the stop through ends the overnight loop):
+  - program.md invalid (or a bad AUTORESEARCH_MAX_EXPERIMENTS): the loop cannot know what to
+    optimise; the agent cannot fix it (program.md is the human's). Allow the stop with a clear
+    message for the human -- a deliberate, visible end, not an accident.
+  - No git repository / no commit yet: same (a setup problem only the human can fix).
+  - Anything else (git refusing, a lock held, a bug): block with a short actionable message and
+    log the traceback to .autoresearch/hook-errors.log (hooks/stop.py does this; after
+    AUTORESEARCH_MAX_HOOK_ERRORS consecutive errors it lets the stop through, loudly).
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import time
+from pathlib import Path
+
+from filelock import Timeout as LockTimeout
+
+from ..digest import sha256_bytes, sha256_file
+from ..gitops import GitError, show_blob
+from ..ledger import LedgerError, LedgerRow, ensure, kept_run_ids
+from ..program import ConfigError, Program, load_program, project_root
+from . import journal, messages, record
+from .allowance import Allowance, remaining
+from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
+from .decide import Verdict, threshold, verdict
+from .messages import SCRATCHPAD, allow, block
+from .phases import advance_if_spent
+from .runscan import RunRecord, contention, run_ids
+from .state import LoopState, loop_lock, now, paused, read_state, state_dir, write_state
+
+MAX_IDLE_ENV = "AUTORESEARCH_MAX_IDLE_STOPS"
+DEFAULT_MAX_IDLE = 20
+
+
+def stop_hook(data: dict) -> dict:
+    t0 = time.perf_counter()
+    try:
+        root = project_root(Path(data.get("cwd") or os.getcwd()))
+        program = load_program(root)
+    except ConfigError as e:
+        return allow(messages.program_invalid(e))
+    try:
+        with loop_lock(root):
+            reply = _locked(root, program, data)
+    except (ConfigError, SetupError) as e:
+        reply = allow(messages.loop_stopped(e))
+    except LockTimeout:
+        reply = block(messages.LOCK_HELD)
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        reply = allow(disk_full(root, e))
+    _trace(root, "stop", reply, time.perf_counter() - t0)
+    return reply
+
+
+def _locked(root: Path, program: Program, data: dict) -> dict:
+    """Step 0, then the decision: a killed call's decision is finished (and answered) first."""
+    rebuilt = ensure_ledger(root, program)              # first: a journal appends to it
+    done = journal.recover(root)
+    if done is not None and done.reply is not None:     # a killed call's decision, now finished
+        reply = done.reply_for(done.commit(root))
+    else:
+        reply = _stop(root, program, data)
+    if rebuilt and reply and reply.get("reason"):
+        reply["reason"] = f"({rebuilt}) " + reply["reason"]
+    return reply
+
+
+def ensure_ledger(root: Path, program: Program) -> str | None:
+    """A missing, empty, corrupt or incomplete results.tsv is rebuilt from the run branches and
+    runs/*/decision.json before anything is decided: a kept run is never decided again."""
+    return ensure(root, program.metric.name)
+
+
+def disk_full(root: Path, e: OSError) -> str:
+    """ENOSPC: nothing can be recorded, and no retry by the agent can help. Free what is safe (the
+    checkpoints of runs that were not kept), then let the session stop with the human's fix."""
+    return messages.disk_full(root, e, prune_unkept(root))
+
+
+def prune_unkept(root: Path) -> int:
+    """Delete runs/NNNN/out/ of every run that no keep covers; returns the bytes freed. Kept
+    runs' checkpoints are never touched (`autoresearch final` scores them)."""
+    try:
+        kept = kept_run_ids(root)
+    except (LedgerError, GitError):
+        return 0                                   # cannot tell what is kept: delete nothing
+    freed = 0
+    for rid in run_ids(root):
+        out = Path(root) / "runs" / rid / "out"
+        if rid in kept or not out.is_dir():
+            continue
+        freed += sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        shutil.rmtree(out, ignore_errors=True)
+    return freed
+
+
+def _stop(root: Path, program: Program, data: dict) -> dict:
+    st = _start_clock(root)
+    ctx = read_context(root, program, data)
+    runs = pending_runs(root, program, st, ctx.rows)
+    running = [r for r in runs if r.in_progress]
+    if running:                                                        # 1.
+        return block(messages.still_running(running[-1].run_id))
+    cands = [r for r in runs if ctx.cur_sha and r.same_code(ctx.cur_snap, ctx.cur_sha)]
+    if cands:                           # only runs comparable with the latest one are averaged
+        cands = [r for r in cands if r.fingerprint == cands[-1].fingerprint]
+    others = [r for r in runs if r not in cands]                       # 2.
+    allowance = remaining(program, st, ctx.rows, ctx.branch, ctx.session, paused(root))
+    if cands:                                                          # 3.
+        return _decide_current(root, program, st, ctx, cands, others, allowance)
+    return _nothing_to_decide(root, program, st, ctx, others, allowance)   # 2., 4., 5.
+
+
+def _start_clock(root: Path) -> LoopState:
+    """The deadline clock starts at the first hook call of a loop."""
+    st = read_state(root)
+    if st.started_at is None:
+        st.started_at = now()
+        write_state(root, st)
+    return st
+
+
+def _decide_current(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
+                    others: list[RunRecord], allowance: Allowance) -> dict:
+    """Step 3: the runs of the code in the work tree (`cands`, oldest first)."""
+    nag = scratchpad_problem(root, program, st, ctx, cands[-1])
+    if nag:
+        return block(nag)
+    compare_with(root, program, ctx, cands[-1])
+    sig = sigma_for(root, st, ctx.fingerprint)
+    thresh = threshold(program, sig)
+    busy = contention(root, cands[-1]) if cands[-1].status == "ok" else None
+    if busy:
+        return record.contended(root, program, st, ctx, cands, others, thresh, busy)
+    if ctx.has_keeps and ctx.cur_snap == ctx.head_snap:
+        return record.remeasure(root, program, st, ctx, cands, others, thresh, sig)
+    if ctx.has_keeps and ctx.best is None:
+        v = _not_comparable(program, ctx, cands[-1], thresh)
+        return record.apply_verdict(root, program, st, ctx, cands, others, v, thresh, sig)
+    can_confirm = not allowance.paused and not (allowance.hours_left is not None and allowance.hours_left <= 0)
+    views = [r.view(program.metric.name, program.metric.direction) for r in cands]
+    v = verdict(views, ctx.best, program.metric, thresh, program.noise.confirm_margin, can_confirm)
+    if v.action == "confirm":
+        if others:
+            record.record(root, program, st, ctx, others, thresh)
+        return block(messages.confirm(program, v, cands))
+    return record.apply_verdict(root, program, st, ctx, cands, others, v, thresh, sig)
+
+
+def _not_comparable(program: Program, ctx: Context, run: RunRecord, thresh: float) -> Verdict:
+    """No best measured at this run's fingerprint (the budget changed): not judged, reverted; a
+    crash is still a crash."""
+    vw = run.view(program.metric.name, program.metric.direction)
+    crashed = vw.status != "ok"
+    return Verdict(action="crash" if crashed else "discard", value=vw.value, delta=None, improvement=None,
+                   threshold=thresh, note=vw.status if crashed else
+                   f"not comparable: no best measured at this fingerprint ({ctx.fp_change})")
+
+
+def scratchpad_problem(root: Path, program: Program, st: LoopState, ctx: Context, run: RunRecord) -> str | None:
+    """The scratchpad must have changed since the last decision (its content then), or since the
+    commit the run branch starts from, before a run is decided."""
+    if SCRATCHPAD not in program.editable_files():
+        return None
+    cur = sha256_file(Path(root) / SCRATCHPAD)
+    if st.last_decision and st.last_decision.branch == ctx.branch:
+        ref = st.last_decision.scratchpad_sha256
+    else:
+        ref = sha256_bytes(show_blob(root, ctx.head, SCRATCHPAD))
+    if cur is not None and cur != ref:
+        return None
+    return messages.scratchpad_unchanged(program, run, missing=cur is None)
+
+
+def _nothing_to_decide(root: Path, program: Program, st: LoopState, ctx: Context, others: list[RunRecord],
+                       allowance: Allowance) -> dict:
+    """Steps 2, 4 and 5 when no run of the current code waits: record superseded runs, end the loop
+    if its allowance is spent (moving to the next phase first if the program says so), else say
+    what to do next."""
+    if others:
+        ctx.rows = ctx.rows + record.record(root, program, st, ctx, others, threshold(program, st.sigma))
+        allowance = remaining(program, read_state(root), ctx.rows, ctx.branch, ctx.session, paused(root))
+    program, allowance, moved = advance_if_spent(root, program, allowance, read_state(root), ctx.rows,
+                                                 ctx.branch, ctx.session)
+    if allowance.spent:
+        return finish(root, program, ctx.branch, ctx.rows, allowance.reason or "budget spent")
+    if moved:
+        return block(moved + messages.new_phase_next(program, allowance))
+    st = read_state(root)
+    st.idle_stops += 1
+    write_state(root, st)
+    if st.idle_stops > _int_env(MAX_IDLE_ENV, DEFAULT_MAX_IDLE):
+        return finish(root, program, ctx.branch, ctx.rows, messages.idle_too_long(st.idle_stops))
+    if ctx.cur_sha is None:
+        return block(messages.train_missing(ctx.train))
+    if ctx.cur_snap != ctx.head_snap:
+        return block(messages.changed_without_run(ctx.train))
+    if not ctx.has_keeps:
+        return block(messages.NO_BASELINE)
+    return block(messages.nothing_to_decide(program, ctx.train, allowance))
+
+
+def finish(root: Path, program: Program, branch: str, rows: list[LedgerRow], reason: str) -> dict:
+    """The allowance is spent: note why in the state and let the agent stop, with a summary."""
+    st = read_state(root)
+    st.finished_at, st.finish_reason = now(), reason
+    write_state(root, st)
+    return allow(messages.summary(program, branch, rows, messages.stopping(reason)))
+
+
+def _int_env(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "") or default)
+    except ValueError:
+        return default
+
+
+def _trace(root: Path, event: str, reply: dict, seconds: float) -> None:
+    """One line per hook call in .autoresearch/loop.log, for the morning after."""
+    try:
+        what = reply.get("decision") or ("allow" if "systemMessage" in reply else "-")
+        text = (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:200] if reply else ""
+        with open(state_dir(root) / "loop.log", "a", encoding="utf-8") as f:
+            f.write(f"{now().isoformat(timespec='seconds')}\t{event}\t{what}\t{seconds * 1000:.0f}ms\t{text}\n")
+    except OSError:
+        pass
