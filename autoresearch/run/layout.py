@@ -94,11 +94,13 @@ class Layout:
 # ---------------------------------------------------------------- the runs/ listing
 
 def run_ids(root: Path) -> list[str]:
-    """The ids of the run folders in runs/ (runs/NNNN: four or more digits), oldest first."""
+    """The ids of the run folders in runs/ (runs/NNNN: four or more digits), oldest first. No
+    runs/ yet is no runs; a runs/ that is not a folder raises NotADirectoryError (a broken
+    project must be said, not read as "nothing ran")."""
     d = Path(root) / RUNS_DIR
     try:
         return sorted((p.name for p in d.iterdir() if RUN_ID.match(p.name) and p.is_dir()), key=int)
-    except (FileNotFoundError, NotADirectoryError):
+    except FileNotFoundError:
         return []
 
 
