@@ -1,7 +1,8 @@
 """The bwrap backend: bubblewrap with every namespace unshared (net included), a read-only root,
 tmpfs /tmp, new /proc and minimal /dev, an unprivileged host uid even when the runner is root
 (an identity user namespace and a trusted drop wrapper), no capabilities, the seccomp filter,
---die-with-parent; limits from the per-run cgroup of process.py."""
+--die-with-parent; run by process.py, with memory and pids limits from a per-run cgroup
+(cgroups.py), else RLIMIT_AS."""
 from __future__ import annotations
 
 import os
