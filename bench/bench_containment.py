@@ -7,7 +7,7 @@ killed with SIGKILL while its container runs; then count what is left (prints nu
 
     .venv/bin/python bench/bench_containment.py [--runs 50] [--kill-every 10]
 
-tests/test_sandbox_cleanup.py runs a short version of it.
+tests/sandbox/test_sandbox_cleanup.py runs a short version of it.
 """
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ import pytest
 from autoresearch.sandbox import (NONE_WARNING, BwrapBackend, DockerBackend, Mount, NoneBackend,
                                   SandboxSpec, SandboxUnavailable, choose_backend)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 _backends: dict[str, object] = {}
 
 
@@ -237,8 +237,8 @@ def test_stdin_reaches_process_and_stdout_stays_out_of_log(backend, tmp_path):
 def needs_cgroup() -> None:
     """Some guarantees need a per-run cgroup (root, or a delegated cgroup); without one the
     backends fall back to RLIMIT_AS and say so in SandboxResult.limits. CI runs as root."""
-    from autoresearch import sandbox
-    probe = sandbox._Cgroups.create(1 << 30, 64)
+    from autoresearch.sandbox.cgroups import _Cgroups
+    probe = _Cgroups.create(1 << 30, 64)
     if probe is None:
         pytest.skip("no writable cgroup here (not root, no delegation): pids limits and killing "
                     "escaped children need one")
@@ -389,7 +389,9 @@ def test_docker_image_choice(docker_available):
     """A configured image built from container/Dockerfile runs its own Python with no host mounts;
     a configured image that is absent falls back to the no-pull local image, built once."""
     import docker
-    from autoresearch.sandbox import LOCAL_IMAGE_REPO, host_python, local_image_tar
+    from autoresearch.sandbox.host import host_python
+    from autoresearch.sandbox.image import local_image_tar
+    from autoresearch.sandbox.spec import LOCAL_IMAGE_REPO
     client = docker.from_env()
     tag = f"autoresearch-test-image:{uuid.uuid4().hex[:8]}"
     _, data = local_image_tar()
@@ -430,8 +432,8 @@ def test_bwrap_gpu_selection_passes_through(bwrap_available, monkeypatch):
 def test_bwrap_without_cgroups_falls_back_to_rlimit(bwrap_available, monkeypatch, tmp_path):
     """Hosts where no cgroup can be made (cgroup v2 without delegation): RLIMIT_AS still
     bounds memory, and the allocation failure is still reported as oom."""
-    from autoresearch import sandbox
-    monkeypatch.setattr(sandbox._Cgroups, "create", classmethod(lambda cls, *a: None))
+    from autoresearch.sandbox.cgroups import _Cgroups
+    monkeypatch.setattr(_Cgroups, "create", classmethod(lambda cls, *a: None))
     b = choose_backend("bwrap")
     r = b.run(spec(b, "x = b'x' * (400 << 20)", memory=300 << 20))
     assert r.limits == "rlimit-as" and r.oom and r.exit_code == 1, r

@@ -1,0 +1,145 @@
+"""Bounds on what a run leaves on the host, shared by every backend: its log (head and tail kept,
+the middle cut), its captured stdout, and the bytes its writable mounts hold while it runs."""
+from __future__ import annotations
+
+import collections
+import contextlib
+import os
+import threading
+from pathlib import Path
+from typing import IO
+
+from .spec import _KILL_WAIT_S, SandboxSpec
+
+
+class _LogSink:
+    """A stage's output into log_path, capped at `limit` bytes: the first half is written as it
+    comes (a killed run keeps it), the last half is kept in memory and written at close after a
+    marker saying how much was cut. Without this, one print loop fills the host's disk."""
+
+    def __init__(self, path: Path | None, limit: int):
+        self.f = open(path, "ab", buffering=0) if path is not None else None
+        self.head_room = max(0, limit // 2)
+        self.tail_limit = max(0, limit - limit // 2)
+        self.tail: collections.deque[bytes] = collections.deque()
+        self.tail_len = 0
+        self.cut = 0
+        self.lock = threading.Lock()
+
+    def write(self, chunk: bytes) -> None:
+        if self.f is None or not chunk:
+            return
+        with self.lock:
+            if self.head_room > 0:
+                part, chunk = chunk[:self.head_room], chunk[self.head_room:]
+                self.f.write(part)
+                self.head_room -= len(part)
+            if chunk:
+                self.tail.append(chunk)
+                self.tail_len += len(chunk)
+                while self.tail and self.tail_len - len(self.tail[0]) >= self.tail_limit:
+                    self.cut += len(self.tail[0])
+                    self.tail_len -= len(self.tail.popleft())
+
+    def drain(self, pipe: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                self.write(chunk)
+
+    def close(self) -> int:
+        """Write the kept tail (after a marker when the middle was cut); return the bytes cut."""
+        if self.f is None:
+            return self.cut
+        with self.lock:
+            tail = b"".join(self.tail)
+            if len(tail) > self.tail_limit:
+                self.cut += len(tail) - self.tail_limit
+                tail = tail[len(tail) - self.tail_limit:]
+            if self.cut:
+                self.f.write(f"\n[... autoresearch: {self.cut:,} bytes of output cut here (a stage's log keeps "
+                             f"its first and last {self.tail_limit / 2**20:g} MB) ...]\n".encode())
+            self.f.write(tail)
+            self.f.close()
+            self.f = None
+            return self.cut
+
+
+def _disk_usage(paths: list[Path], max_entries: int = 200_000) -> int:
+    """Bytes allocated (st_blocks) under paths, links not followed; past max_entries files
+    counts as over any limit (a million empty files is also a way to fill a disk)."""
+    total, n, todo = 0, 0, list(paths)
+    while todo:
+        d = todo.pop()
+        with contextlib.suppress(OSError):
+            with os.scandir(d) as it:
+                for e in it:
+                    n += 1
+                    if n > max_entries:
+                        return 1 << 62
+                    with contextlib.suppress(OSError):
+                        st = e.stat(follow_symlinks=False)
+                        total += st.st_blocks * 512
+                        if e.is_dir(follow_symlinks=False):
+                            todo.append(Path(e.path))
+    return total
+
+
+class _DiskWatch:
+    """Polls what the writable mounts hold and calls `kill` once it passes the limit. A file
+    size rlimit (RLIMIT_FSIZE, docker's fsize ulimit) stops one big file at the limit exactly;
+    this catches many files between two polls."""
+    INTERVAL_S = 0.05
+
+    def __init__(self, spec: SandboxSpec, kill) -> None:
+        self.limit = spec.disk_bytes
+        self.paths = [Path(m.source) for m in spec.mounts if m.writable and Path(m.source).is_dir()]
+        self.kill, self.exceeded = kill, False
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> "_DiskWatch":
+        if self.limit is not None and self.paths:
+            self._thread = threading.Thread(target=self._run, daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.INTERVAL_S):
+            if self.over():
+                self.exceeded = True
+                with contextlib.suppress(Exception):
+                    self.kill()
+                return
+
+    def over(self) -> bool:
+        return self.limit is not None and bool(self.paths) and _disk_usage(self.paths) > self.limit
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=_KILL_WAIT_S)
+
+
+class _Capture:
+    """Collects a stream up to a limit in a thread; the rest is read and dropped
+    (or, with keep_tail, the oldest part is dropped)."""
+
+    def __init__(self, limit: int, keep_tail: bool = False):
+        self.limit, self.buf, self.truncated, self.keep_tail = limit, bytearray(), False, keep_tail
+
+    def add(self, chunk: bytes) -> None:
+        if self.keep_tail:
+            self.buf += chunk
+            del self.buf[:max(0, len(self.buf) - self.limit)]
+            return
+        room = self.limit - len(self.buf)
+        if len(chunk) > room:
+            self.truncated = True
+        if room > 0:
+            self.buf += chunk[:room]
+
+    def drain(self, pipe: IO[bytes]) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            while chunk := pipe.read1(65536):  # type: ignore[attr-defined]
+                self.add(chunk)
+

@@ -1,0 +1,269 @@
+"""One docker run: create the container, attach to its streams, start it, wait with a hard
+timeout, and on every exit path kill and remove it, its cgroup parent and its watchdog."""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .bounds import _Capture, _DiskWatch, _LogSink
+from .cgroups import _read_int, _remove_docker_parent
+from .host import _gpu_selection, host_has_gpus, sandbox_ids
+from .process import _talk
+from .spec import _KILL_WAIT_S, LABEL, SandboxResult, SandboxSpec, SandboxUnavailable
+from .watchdog import _WATCHDOG_MARGIN_S, _start_watchdog
+
+
+class _ContainerRun:
+    """One DockerBackend.run: its state, and its steps (start, wait, stop on every exit path, result)."""
+
+    def __init__(self, api, image_id: str, spec: SandboxSpec, cg_parent: str | None, cg_dir: Path | None):
+        self.api, self.image_id, self.spec = api, image_id, spec
+        self.cg_parent, self.cg_dir = cg_parent, cg_dir
+        self.log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
+        self.cap = _Capture(spec.stdout_limit)
+        self.cid: str | None = None
+        self.watchdog = None
+        self.watch = _DiskWatch(spec, kill=lambda: api.kill(self.cid) if self.cid else None)
+        self.threads: list[threading.Thread] = []
+        self.stdin_sock = None
+        self.stop_wait = threading.Event()          # set at stop: the session's grace wait ends
+        self.sampler: _StatsSampler | None = None
+        self.start_time = time.monotonic()
+        self.timed_out = False
+        self.code: int | None = None
+        self.oom = False
+        self.peak: int | None = None
+        self.wall, self.cut = 0.0, 0
+        self.name = f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # removable even if create is interrupted
+
+    def start(self) -> None:
+        api, spec = self.api, self.spec
+        self.cid = self._create()
+        self.watchdog = _start_watchdog(self.name, spec.timeout_s + _WATCHDOG_MARGIN_S, self.cg_parent)
+        if spec.stdin_data is not None or spec.session is not None:
+            self.stdin_sock = api.attach_socket(self.cid, params={"stdin": 1, "stream": 1})
+        out = api.attach(self.cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
+        api.start(self.cid)
+        self.start_time = time.monotonic()
+        self.threads = self._pumps(out)
+        for t in self.threads:
+            t.start()
+        self.watch.__enter__()
+
+    def _create(self) -> str:
+        import docker.errors
+        try:
+            return self._create_container()
+        except docker.errors.APIError as e:
+            if "capabilities: [[gpu]]" in str(e):
+                raise SandboxUnavailable(
+                    "docker cannot pass GPUs through: install the NVIDIA Container Toolkit "
+                    "(nvidia-container-toolkit) and restart dockerd, or use sandbox.backend: bwrap") from None
+            raise
+
+    def _create_container(self) -> str:
+        """Create (not start) the container; return its id."""
+        import docker.types
+        api, spec, cgroup_parent = self.api, self.spec, self.cg_parent
+        uid, gid = sandbox_ids()
+        env = dict(spec.env)
+        extra: dict = {}
+        if spec.gpus and host_has_gpus():
+            sel = _gpu_selection(spec)
+            env.pop("CUDA_VISIBLE_DEVICES", None)   # devices are renumbered from 0 inside
+            if sel not in ("", "-1"):
+                ids = [s.strip() for s in sel.split(",") if s.strip()] if sel else None
+                extra["device_requests"] = [docker.types.DeviceRequest(
+                    count=None if ids else -1, device_ids=ids, capabilities=[["gpu"]])]
+        if cgroup_parent:
+            extra["cgroup_parent"] = cgroup_parent
+        host_config = api.create_host_config(
+            network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
+            mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
+                    for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
+            cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
+            log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
+            ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
+            if spec.disk_bytes is not None else None,
+            mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
+            group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
+            **extra)
+        stdin = spec.stdin_data is not None or spec.session is not None
+        c = api.create_container(
+            name=self.name, image=self.image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
+            user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
+            stdin_open=stdin, tty=False,   # detach=False: StdinOnce, so closing our stdin is EOF
+            labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname(),
+                    LABEL + ".project": spec.owner or "-", LABEL + ".cgroup": cgroup_parent or ""})
+        return c["Id"]
+
+    def _pumps(self, out) -> list[threading.Thread]:
+        """Threads that talk the session (or feed stdin), demultiplex the output, sample memory."""
+        spec = self.spec
+        threads = []
+        sink = None
+        if spec.session is not None:
+            assert self.stdin_sock is not None
+            r_fd, w_fd = os.pipe()
+            sink = _PipeSink(w_fd)
+            threads.append(threading.Thread(target=self._talk, args=(r_fd,), daemon=True))
+        threads.append(threading.Thread(target=_pump, args=(out, spec, self.cap, self.log, sink), daemon=True))
+        if self.stdin_sock is not None and spec.session is None:
+            threads.append(threading.Thread(target=_feed_socket, args=(self.stdin_sock, spec.stdin_data), daemon=True))
+        if self.cg_dir is None:
+            self.sampler = _StatsSampler(self.api, self.cid)
+            threads.append(threading.Thread(target=self.sampler.run, daemon=True))
+        return threads
+
+    def _talk(self, r_fd: int) -> None:
+        spec = self.spec
+        _talk(spec.session, _SocketWriter(self.stdin_sock), os.fdopen(r_fd, "rb"), [])   # type: ignore[arg-type]
+        if not self.stop_wait.wait(spec.session_grace_s):
+            with contextlib.suppress(Exception):
+                self.api.kill(self.cid)                # lingering after the session: stopped, not a timeout
+
+    def wait(self) -> None:
+        import requests
+        spec = self.spec
+        try:
+            r = self.api.wait(self.cid, timeout=max(0.01, spec.timeout_s - (time.monotonic() - self.start_time)))
+            self.code = int(r.get("StatusCode", -1))
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            if time.monotonic() - self.start_time < spec.timeout_s - 0.5:
+                raise                       # the engine went away, not our timeout
+            self.timed_out = True
+
+    def stop(self) -> None:
+        """Kill and remove the container, join the threads, read and remove the cgroup parent,
+        stop the watchdog, close the log."""
+        api, cid = self.api, self.cid
+        self.watch.__exit__()
+        self.stop_wait.set()
+        self.wall = time.monotonic() - self.start_time
+        if cid is not None:
+            if self.code is None:
+                with contextlib.suppress(Exception):
+                    api.kill(cid)
+            else:
+                with contextlib.suppress(Exception):
+                    self.oom = bool(api.inspect_container(cid)["State"].get("OOMKilled"))
+            for t in self.threads:
+                t.join(timeout=_KILL_WAIT_S)
+        with contextlib.suppress(Exception):
+            api.remove_container(cid or self.name, force=True, v=True)
+        if self.stdin_sock is not None:
+            with contextlib.suppress(Exception):
+                self.stdin_sock.close()
+        if self.cg_dir is not None:
+            self.peak = _read_int(self.cg_dir / "memory.max_usage_in_bytes")
+            _remove_docker_parent(self.cg_parent)
+        if self.watchdog is not None:
+            with contextlib.suppress(OSError):
+                self.watchdog.kill()
+                self.watchdog.wait()
+        self.cut = self.log.close() if self.log is not None else 0
+
+    def result(self) -> SandboxResult:
+        spec, watch, timed_out, cap = self.spec, self.watch, self.timed_out, self.cap
+        peak = self.sampler.peak if self.sampler is not None else self.peak
+        code = None if self.code is not None and self.code < 0 else self.code
+        disk = watch.exceeded or (spec.disk_bytes is not None and not timed_out and watch.over())
+        return SandboxResult(backend="docker", exit_code=None if timed_out else code, timed_out=timed_out,
+                             oom=self.oom, wall_seconds=self.wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
+                             stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk,
+                             log_cut_bytes=self.cut)
+
+
+def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None", sink: "_PipeSink | None" = None) -> None:
+    try:
+        with contextlib.suppress(Exception):
+            for out, err in stream:
+                if out and sink is not None:
+                    sink.write(out)
+                elif out and spec.capture_stdout:
+                    cap.add(out)
+                elif out and log is not None:
+                    log.write(out)
+                if err and log is not None:
+                    log.write(err)
+    finally:
+        if sink is not None:
+            sink.close()
+
+
+def _one_stream(spec: SandboxSpec) -> list[str]:
+    """The container's command. When both streams go to the log, stderr is pointed at stdout
+    inside the container: the engine reads two pipes separately, which reorders lines and can
+    even splice a stdout line into a traceback ("ValueErrorseed is 11")."""
+    if spec.capture_stdout or spec.session is not None:
+        return list(spec.argv)
+    return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
+
+
+class _PipeSink:
+    """The container's stdout, demultiplexed, into a pipe the session reads. Once the session
+    has closed its end, output is dropped, so the pump never blocks and stderr keeps flowing."""
+
+    def __init__(self, fd: int):
+        self.fd: int | None = fd
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view and self.fd is not None:
+            try:
+                view = view[os.write(self.fd, view):]
+            except OSError:
+                self.close()
+
+    def close(self) -> None:
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+            self.fd = None
+
+
+class _SocketWriter:
+    """The attach socket as the session's stdin: write sends, close is EOF (half-close)."""
+
+    def __init__(self, sock):
+        self.raw = getattr(sock, "_sock", sock)
+
+    def write(self, data: bytes) -> int:
+        self.raw.sendall(data)
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.raw.shutdown(socket.SHUT_WR)
+
+
+def _feed_socket(sock, data: bytes) -> None:
+    raw = getattr(sock, "_sock", sock)
+    try:
+        raw.sendall(data)
+        raw.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+
+
+class _StatsSampler:
+    """Peak memory from the engine's stats stream, for engines whose cgroups we cannot read."""
+
+    def __init__(self, api, cid: str):
+        self.api, self.cid, self.peak = api, cid, None
+
+    def run(self) -> None:
+        with contextlib.suppress(Exception):
+            for s in self.api.stats(self.cid, stream=True, decode=True):
+                m = s.get("memory_stats") or {}
+                v = max(m.get("max_usage") or 0, m.get("usage") or 0)
+                if v:
+                    self.peak = max(self.peak or 0, v)

@@ -1,0 +1,72 @@
+"""The bounds every backend shares (autoresearch/sandbox/bounds.py), on real files: the log keeps
+its head as written and its tail at close, with a marker saying how much was cut; captured stdout
+stops at its limit; the disk watch kills once the writable mounts hold too much."""
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+from autoresearch.sandbox.bounds import _Capture, _disk_usage, _DiskWatch, _LogSink
+from autoresearch.sandbox.spec import Mount, SandboxSpec
+
+CHUNKS = [f"{i:03d}-------\n".encode() for i in range(30)]     # 30 lines of 11 bytes
+
+
+def test_the_log_keeps_head_and_tail_and_says_what_was_cut(tmp_path):
+    log = tmp_path / "train.log"
+    log.write_bytes(b"earlier stage\n")
+    sink = _LogSink(log, 110)
+    for c in CHUNKS:
+        sink.write(c)
+    head = b"".join(CHUNKS)[:55]
+    assert log.read_bytes() == b"earlier stage\n" + head      # written as it came: a killed run keeps it
+    assert sink.close() == 330 - 110
+    text = log.read_bytes()
+    tail = b"".join(CHUNKS)[-55:]
+    assert text.startswith(b"earlier stage\n" + head + b"\n[... autoresearch: 220 bytes of output cut here")
+    assert text.endswith(b" ...]\n" + tail)
+
+
+def test_a_log_under_its_limit_is_written_whole_without_a_marker(tmp_path):
+    log = tmp_path / "train.log"
+    sink = _LogSink(log, 1000)
+    sink.drain(io.BufferedReader(io.BytesIO(b"".join(CHUNKS))))
+    assert sink.close() == 0
+    assert log.read_bytes() == b"".join(CHUNKS)
+
+
+def test_captured_stdout_stops_at_its_limit_or_keeps_its_tail():
+    cap = _Capture(25)
+    for c in CHUNKS[:3]:
+        cap.add(c)
+    assert bytes(cap.buf) == b"".join(CHUNKS[:3])[:25] and cap.truncated
+    tail = _Capture(25, keep_tail=True)
+    for c in CHUNKS:
+        tail.add(c)
+    assert bytes(tail.buf) == b"".join(CHUNKS)[-25:] and not tail.truncated
+
+
+def test_disk_usage_counts_blocks_and_too_many_files_is_over_any_limit(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f").write_bytes(b"x" * 100_000)
+    assert 100_000 <= _disk_usage([tmp_path]) < 200_000
+    for i in range(20):
+        (tmp_path / f"e{i}").touch()
+    assert _disk_usage([tmp_path], max_entries=10) == 1 << 62
+
+
+def test_the_disk_watch_kills_once_the_writable_mounts_hold_too_much(tmp_path):
+    out, ro = tmp_path / "out", tmp_path / "ro"
+    out.mkdir()
+    ro.mkdir()
+    (ro / "big").write_bytes(b"x" * 1_000_000)               # read-only mounts do not count
+    spec = SandboxSpec(argv=["true"], mounts=[Mount(ro, str(ro)), Mount(out, str(out), writable=True)],
+                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=500_000)
+    killed = threading.Event()
+    with _DiskWatch(spec, kill=killed.set) as watch:
+        time.sleep(0.2)
+        assert not killed.is_set() and not watch.over()
+        (out / "big").write_bytes(b"x" * 1_000_000)
+        assert killed.wait(5)
+    assert watch.exceeded and watch.over()
