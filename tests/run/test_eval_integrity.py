@@ -5,7 +5,7 @@ server; the trusted scorer holds the held-out bytes, computes the loss and hides
 One honest checkpoint is trained once (module fixture). Each test pairs it (or a crafted
 checkpoint) with a train.py variant and runs the real EVAL stage, experiment.run_eval: the
 model server as a real process (backend none; the bwrap and docker transports are covered in
-test_experiment_isolation.py and test_sandbox.py), the scorer in this process. Every hostile
+test_experiment_isolation.py and tests/sandbox/test_sandbox.py), the scorer in this process. Every hostile
 model must end `invalid` (or crash/timeout), or score no better than the honest one."""
 from __future__ import annotations
 
@@ -182,7 +182,8 @@ def test_what_the_model_prints_goes_to_the_eval_log_only(honest):
     code = with_forward(HONEST, "        print('FORWARD', idx.shape[0], flush=True)\n        return logits\n")
     r = run_variant(honest, "printer", code)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9
-    assert r.printed.count("FORWARD 16") == 36, "both servers printed there"
+    # "FORWARD" is one write; its " 16\n" may interleave with the other server's line (both append)
+    assert r.printed.count("FORWARD") == 36, "both servers printed there"
 
 
 def test_float16_logits_are_accepted(honest):
