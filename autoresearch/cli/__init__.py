@@ -40,7 +40,7 @@ def _guard_commands(sub) -> None:
     p.add_argument("command", nargs="*", help="the Bash command, after --")
 
     def explain(a):
-        from ..guard import explain as run
+        from ..guard.explain import explain as run
         return run(_project(a), a.tool, a)
     p.set_defaults(func=_friendly(explain))
 
