@@ -14,10 +14,8 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .policy import Policy
+from .policy import Policy
 
 # The harness's own files: never editable, even if program.md lists them. (Only names the
 # harness owns in every project, including a legacy repo set up by `autoresearch init`.)
