@@ -1,4 +1,4 @@
-"""PreToolUse hook: the guard's entry point (decisions live in autoresearch/guard/__init__.py).
+"""PreToolUse hook: the guard's entry point (decisions live in autoresearch/guard/: respond.py first).
 
 Wired in .claude/settings.json as
 

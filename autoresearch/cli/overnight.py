@@ -21,6 +21,9 @@ driver only keeps a session alive and bounded in time:
   which denies it; the Agent/Task tools (hooks are reported not to fire inside subagents) are
   removed entirely.
 
+This module is the night's loop and its state; headless.py runs one session (the SDK options, the
+messages, the unfixable errors), notify.py sends the end-of-night message.
+
 Everything goes to .autoresearch/overnight.log (one line per event); the session id and counters
 to .autoresearch/overnight.json, so `--resume` picks the same session up after a reboot.
 """
@@ -31,12 +34,14 @@ import json
 import os
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from pydantic import BaseModel
 
 from ..atomic import write_atomic
 from ..program import Program, load_program
+from .headless import session
+from .notify import notify
 
 LOG_FILE = "overnight.log"
 STATE_FILE = "overnight.json"
@@ -52,33 +57,8 @@ CONTINUE_PROMPT = ("The research loop is not finished: budget remains. Re-read s
                    "result (results.tsv, runs/), and go on with the next experiment as program.md says.")
 RESUME_PROMPT = ("The session was interrupted by an error ({error}) and has been resumed. Re-read scratchpad.md, "
                  "check whether the last ./run.sh finished (runs/, results.tsv), and go on with the research loop.")
+EXIT_FATAL = 3                                  # the exit status when an error no retry can fix ended the night
 
-
-# Errors that waiting will not fix: (HTTP status or the SDK's error kind) -> what the human must do.
-FIX_AUTH = ("log in again (`claude`, then /login) or set a valid ANTHROPIC_API_KEY, then start again "
-            "with `autoresearch overnight --resume`")
-FATAL_STATUS = {
-    401: f"the API refused the credentials (HTTP 401). Fix: {FIX_AUTH}",
-    403: "the API key may not use this model or resource (HTTP 403). Fix: check the key's organisation "
-         "and permissions, or choose another --model",
-    404: "the API does not know this model (HTTP 404). Fix: check --model (or the default model) and start again",
-}
-FATAL_KIND = {
-    "authentication_failed": FATAL_STATUS[401],
-    "model_not_found": FATAL_STATUS[404],
-    "billing_error": "the API refused for billing (no credit or plan limit). Fix: add credit or check the "
-                     "plan, then `autoresearch overnight --resume`",
-}
-EXIT_FATAL = 3
-
-
-def fatal_error(status: int | str | None, kind: str | None) -> str | None:
-    """What to do, when an API error cannot be fixed by retrying; None for a transient one."""
-    try:
-        code = int(status) if status is not None else None
-    except (TypeError, ValueError):
-        code = None
-    return FATAL_STATUS.get(code) if code in FATAL_STATUS else FATAL_KIND.get(kind or "")
 
 
 class DriverError(RuntimeError):
@@ -98,12 +78,6 @@ class OvernightState(BaseModel):
     status: str = "running"            # running | done | deadline | interrupted | failed | fatal
     reason: str = ""
     experiments_at_start: int = 0
-
-
-class SessionEnd(BaseModel):
-    kind: str                          # finished | error | deadline | fatal
-    detail: str = ""
-    session_id: str | None = None
 
 
 def _now() -> datetime:
@@ -132,7 +106,7 @@ class Night:
                                     experiments_at_start=self.experiments())
         self.plugin = self._plugin()
         self._paused_by_us = False
-        self._fatal: str | None = None                         # set by the first unfixable API error
+        self.fatal: str | None = None                          # set by the first unfixable API error
         self._rows_seen = self.state.experiments_at_start     # rows from before tonight are not news
 
     # -- the project's wiring ------------------------------------------------------------
@@ -150,25 +124,6 @@ class Night:
             return str(BUNDLE)
         raise DriverError(f"{settings} does not wire the autoresearch guard, and no plugin to load instead: "
                           "run `autoresearch init` in the project first (or `autoresearch doctor` to see why)")
-
-    def options(self, resume: str | None):
-        from claude_agent_sdk import ClaudeAgentOptions
-        from claude_agent_sdk import PermissionResultDeny
-
-        async def deny_unguarded(tool: str, inp: dict[str, Any], ctx) -> PermissionResultDeny:
-            self.log("deny", f"{tool}: not explicitly allowed by the guard, so denied")
-            return PermissionResultDeny(message="autoresearch: this was not allowed by the guard, so it is denied. "
-                                                "Stay within program.md's rules.")
-
-        def stderr(line: str) -> None:
-            if line.strip():
-                self.log("cli", line.strip()[:300])
-
-        return ClaudeAgentOptions(
-            cwd=str(self.root), setting_sources=["project"], permission_mode="default",
-            disallowed_tools=["Agent", "Task"], can_use_tool=deny_unguarded, resume=resume, model=self.model,
-            env={**self.env, "CLAUDE_PROJECT_DIR": str(self.root)}, stderr=stderr,
-            cli_path=self.cli_path, plugins=[{"type": "local", "path": self.plugin}] if self.plugin else [])
 
     # -- what the loop says --------------------------------------------------------------
 
@@ -248,116 +203,6 @@ class Night:
             except OSError:
                 pass
 
-    # -- one session ---------------------------------------------------------------------
-
-    def _on_message(self, msg: Any) -> None:
-        from claude_agent_sdk import AssistantMessage, ResultMessage, SystemMessage, UserMessage
-        from claude_agent_sdk import TextBlock, ToolResultBlock, ToolUseBlock
-        st = self.state
-        if isinstance(msg, SystemMessage) and msg.subtype == "init":
-            sid = msg.data.get("session_id")
-            if sid and sid != st.session_id:
-                st.session_id = sid
-                self.log("session", f"id {sid}")
-        elif isinstance(msg, SystemMessage) and msg.subtype == "api_retry":
-            status, kind = msg.data.get("error_status"), msg.data.get("error")
-            self.log("api-retry", f"attempt {msg.data.get('attempt')}: {status} {kind}")
-            self._fatal = self._fatal or fatal_error(status, kind)
-        elif isinstance(msg, AssistantMessage):
-            self.log_decisions()          # a Stop hook decision happens between two assistant messages
-            st.turns += 1
-            for b in msg.content:
-                if isinstance(b, ToolUseBlock):
-                    st.tool_calls += 1
-                    arg = b.input.get("command") or b.input.get("file_path") or b.input.get("url") or ""
-                    st.last_action = f"{b.name} {str(arg)[:120]}".strip()
-                    self.log("tool", st.last_action)
-                elif isinstance(b, TextBlock) and b.text.strip():
-                    self.log("say", b.text.strip()[:300])
-            if msg.error:
-                self.log("api-error", str(msg.error))
-                self._fatal = self._fatal or fatal_error(None, msg.error)
-        elif isinstance(msg, UserMessage) and isinstance(msg.content, list):
-            for b in msg.content:
-                if isinstance(b, ToolResultBlock) and b.is_error:
-                    text = b.content if isinstance(b.content, str) else json.dumps(b.content)[:300]
-                    self.log("denied", str(text)[:300])
-        elif isinstance(msg, ResultMessage):
-            self.log_decisions()
-            if msg.is_error:
-                self._fatal = self._fatal or fatal_error(msg.api_error_status, None)
-            st.cost_usd += msg.total_cost_usd or 0.0
-            st.session_id = msg.session_id or st.session_id
-            self.log("result", f"{msg.subtype} is_error={msg.is_error} turns={msg.num_turns} "
-                               f"{(msg.result or '')[:200]}")
-        self.save()
-
-    async def session(self, prompt: str) -> SessionEnd:
-        from claude_agent_sdk import ClaudeSDKClient, ResultMessage
-        from claude_agent_sdk import CLINotFoundError, ClaudeSDKError
-        self.state.sessions += 1
-        resume = self.state.session_id
-        self.log("start", f"{'resuming ' + resume if resume else 'new session'}: {prompt[:160]}")
-        self.save()
-        client = ClaudeSDKClient(options=self.options(resume))
-        result: list[ResultMessage] = []
-
-        async def consume() -> None:
-            await client.connect()
-            await client.query(prompt)
-            async for msg in client.receive_response():
-                self._on_message(msg)
-                if isinstance(msg, ResultMessage):
-                    result.append(msg)
-                if self._fatal:           # no use waiting out the CLI's own retries
-                    return
-
-        task = asyncio.ensure_future(consume())
-        try:
-            done, _ = await asyncio.wait({task}, timeout=max(self.seconds_left(), 0))
-            if not done:
-                self.pause_for_deadline()
-                done, _ = await asyncio.wait({task}, timeout=self.grace_s)
-                if not done:
-                    self.log("deadline", f"the agent did not stop within {self.grace_s:.0f} s: interrupting")
-                    try:
-                        await asyncio.wait_for(client.interrupt(), 30)
-                    except Exception:
-                        pass
-                    done, _ = await asyncio.wait({task}, timeout=30)
-                    if not done:
-                        task.cancel()
-                    return SessionEnd(kind="deadline", detail="interrupted at the deadline",
-                                      session_id=self.state.session_id)
-            try:
-                task.result()
-            except CLINotFoundError:
-                raise
-            except (ClaudeSDKError, OSError) as e:
-                if not self._fatal:
-                    return SessionEnd(kind="error", detail=f"{type(e).__name__}: {str(e).splitlines()[0][:200]}",
-                                      session_id=self.state.session_id)
-            if self._fatal:
-                return SessionEnd(kind="fatal", detail=self._fatal, session_id=self.state.session_id)
-            r = result[-1] if result else None
-            if r is None:
-                return SessionEnd(kind="error", detail="the CLI ended without a result",
-                                  session_id=self.state.session_id)
-            if r.is_error:
-                why = (r.result or r.subtype or "error")[:200]
-                if r.api_error_status:
-                    why = f"API error {r.api_error_status}: {why}"
-                return SessionEnd(kind="error", detail=why, session_id=r.session_id)
-            return SessionEnd(kind="finished", detail=(r.result or "")[:200], session_id=r.session_id)
-        finally:
-            if not task.done():
-                task.cancel()
-            try:
-                await asyncio.wait_for(client.disconnect(), 30)
-            except Exception:
-                pass
-
-    # -- the night -----------------------------------------------------------------------
 
     async def run(self) -> OvernightState:
         st = self.state
@@ -372,7 +217,7 @@ class Night:
                     break
                 since = _now()
                 before = self.experiments()
-                end = await self.session(prompt)
+                end = await session(self, prompt)
                 st.session_id = end.session_id or st.session_id
                 if end.kind == "deadline":
                     st.status, st.reason = "deadline", end.detail
@@ -416,48 +261,8 @@ class Night:
             self.log("night", f"end: {st.status}: {st.reason}; {self.experiments() - st.experiments_at_start} "
                               f"experiments, {st.sessions} session(s), {st.errors} error(s), ${st.cost_usd:.2f}")
             self.save()
-            self.notify()
+            notify(self)
         return st
-
-    # -- the end-of-night message ----------------------------------------------------------
-
-    def summary(self) -> str:
-        st = self.state
-        best = self.best()
-        best_txt = f"best {self.program.metric.name} {best:.6f}" if best is not None else "no best yet"
-        return (f"autoresearch overnight in {self.root}: {st.status}: {st.reason}. "
-                f"{self.experiments() - st.experiments_at_start} experiments tonight, {best_txt}; "
-                f"{st.sessions} session(s), {st.errors} error(s) resumed, ${st.cost_usd:.2f}.")
-
-    def notify(self) -> None:
-        """program.md's `notify:` (trusted: the guard keeps the agent out of program.md). A failure
-        is logged and never changes how the night ended."""
-        n = self.program.notify
-        if n is None:
-            return
-        import subprocess
-        import urllib.request
-        text = self.summary()
-        if n.command:
-            env = {**os.environ, "AUTORESEARCH_STATUS": self.state.status, "AUTORESEARCH_REASON": self.state.reason,
-                   "AUTORESEARCH_SUMMARY": text, "AUTORESEARCH_PROJECT": str(self.root)}
-            try:
-                p = subprocess.run(["/bin/sh", "-c", n.command], input=text, text=True, cwd=self.root, env=env,
-                                   capture_output=True, timeout=n.timeout_seconds)
-                self.log("notify", f"command exited {p.returncode}"
-                                   + (f": {(p.stderr or p.stdout).strip()[:200]}" if p.returncode else ""))
-            except (OSError, subprocess.TimeoutExpired) as e:
-                self.log("notify", f"command failed: {e}")
-        if n.webhook:
-            body = json.dumps({"text": text, "status": self.state.status, "reason": self.state.reason,
-                               "project": str(self.root)}).encode()
-            req = urllib.request.Request(n.webhook, data=body, headers={"Content-Type": "application/json"})
-            try:
-                with urllib.request.urlopen(req, timeout=n.timeout_seconds) as r:
-                    self.log("notify", f"webhook answered {r.status}")
-            except Exception as e:            # noqa: BLE001 - a log line, never a crash at the end
-                self.log("notify", f"webhook failed: {e}")
-
 
 def last_session(root: Path) -> str | None:
     try:

@@ -69,8 +69,18 @@ def figure(rows: list[LedgerRow], metric: str, direction: str, title: str | None
     strip.set_gid("crash-strip")
     rng = y_range(rows, best)
     if rng:
-        lo, hi = rng
-        ax.set_ylim(lo, hi)
+        ax.set_ylim(*rng)
+    kept = _draw_results(ax, rows, bx, by, rng)
+    _draw_crashes(strip, crash)
+    plt.setp(ax.get_xticklabels(), visible=False)
+    _frame(fig, ax, strip, rows, metric, direction, title, best, kept, crash)
+    return fig
+
+
+def _draw_results(ax, rows: list[LedgerRow], bx: list[int], by: list, rng) -> list[LedgerRow]:
+    """Discarded points (off-scale ones as arrows on the edge), kept ones labelled, the running best;
+    returns the kept rows."""
+    lo, hi = rng if rng else (None, None)
 
     def clip(v: float) -> float:
         """Off-scale values sit just inside the edge, so their markers are drawn whole."""
@@ -108,8 +118,11 @@ def figure(rows: list[LedgerRow], metric: str, direction: str, title: str | None
             text = text[: LABEL_CHARS - 3] + "..."
         ax.annotate(text, (r.experiment, clip(r.value)), textcoords="offset points", xytext=(6, 6),
                     fontsize=8, color="#1a7a3a", rotation=25, ha="left", va="bottom", zorder=5)
+    return kept
 
-    # The crash strip: no y scale at all, so nothing in it can be read as a metric value.
+
+def _draw_crashes(strip, crash: list[LedgerRow]) -> None:
+    """The crash strip: no y scale at all, so nothing in it can be read as a metric value."""
     strip.scatter([r.experiment for r in crash], [0.0] * len(crash), marker="x", s=40, c="#e74c3c",
                   zorder=3, label=f"crashed, no metric ({len(crash)})", gid="crashes")
     strip.set_ylim(-1, 1)
@@ -117,8 +130,11 @@ def figure(rows: list[LedgerRow], metric: str, direction: str, title: str | None
     strip.set_ylabel("crashed", rotation=0, ha="right", va="center", fontsize=9, color="#c0392b")
     strip.set_facecolor("#fdf2f1")
     strip.grid(True, axis="x", alpha=0.25)
-    plt.setp(ax.get_xticklabels(), visible=False)
 
+
+def _frame(fig, ax, strip, rows: list[LedgerRow], metric: str, direction: str, title: str | None,
+           best: float | None, kept: list[LedgerRow], crash: list[LedgerRow]) -> None:
+    """Axis labels, the title with the counts, the limits, and the legend outside the axes."""
     n = len(rows)
     strip.set_xlabel("experiment #")
     ax.set_ylabel(f"{metric} ({'lower' if direction == 'minimize' else 'higher'} is better)")
@@ -135,7 +151,6 @@ def figure(rows: list[LedgerRow], metric: str, direction: str, title: str | None
                      fontsize=9, frameon=True)
     leg.set_gid("legend")
     fig.subplots_adjust(left=0.07, right=0.825, top=0.93, bottom=0.08)
-    return fig
 
 
 def draw(rows: list[LedgerRow], out: Path, metric: str, direction: str, title: str | None = None) -> Path:

@@ -101,3 +101,21 @@ def write_plugin_settings(root: Path, program) -> tuple[Path, dict[str, str]]:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(settings, indent=2) + "\n")
     return path, changed
+
+
+def init_plugin(path: str | None) -> int:
+    """`init --plugin`: the project already has program.md; add only the env the plugin needs."""
+    import sys
+
+    from ..program import load_program
+    root = Path(path or ".").resolve()
+    try:
+        written, changed = write_plugin_settings(root, load_program(root))
+    except ValueError as e:
+        print(f"autoresearch init --plugin: {e}", file=sys.stderr)
+        return 2
+    if changed:
+        print(f"wrote {written}: " + ", ".join(f"{k}={v}" for k, v in changed.items()))
+    else:
+        print(f"{written} already has the Stop-block cap and the Bash timeout: nothing changed")
+    return 0

@@ -68,7 +68,7 @@ class Report(BaseModel):
     threshold: float | None
     paused: str | None                 # the pause reason, when paused
     finished: str | None = None        # why and when a spent budget let the agent stop
-    spent: str | None = None           # why the budget is spent now (budget.py's words)
+    spent: str | None = None           # why the budget is spent now (loop/allowance.py's words)
     fingerprint: str | None = None     # what the latest runs are compared under (budget, backend, device...)
     new_baseline: str | None = None    # set when the fingerprint changed on this branch: what and since when
     sigma_at: str | None = None        # the budget sigma was calibrated at
@@ -120,7 +120,7 @@ def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
 
 
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
-    """What the loop itself knows: sigma, the pause, the deadline clock and the budget (budget.py)."""
+    """What the loop itself knows: sigma, the pause, the deadline clock and the budget (loop/allowance.py)."""
     from ..loop import state
     from ..loop.allowance import remaining
     st = state.read_state(root)

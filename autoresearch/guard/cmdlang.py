@@ -1,6 +1,6 @@
 """The Bash command language the agent may use: a few templates over a character set where
 bash's word splitting is trivial, so the guard knows exactly which program runs with which
-arguments (tests/test_guard_bash_diff.py proves it against real bash).
+arguments (tests/guard/test_guard_bash_diff.py proves it against real bash).
 
 Why not parse shell: a parser of arbitrary bash cannot prove a string harmless (a quoted word
 followed by a backslash escape was two words to tree-sitter and one to bash). This lexer

@@ -16,7 +16,7 @@ from e2e.fake_api import FakeAPI, bash, end_turn, human, say
 from e2e.harness import cli_path, make_project
 
 pytestmark = pytest.mark.claude
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def recipe() -> str:

@@ -17,7 +17,7 @@ from autoresearch.ledger import running_best
 from autoresearch.program import Metric
 from autoresearch.cli.status import gather
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BRANCH = "autoresearch/20260101-220000"
 
 # (status, value, description): a believable night, minimised val_bpb

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-CORPUS = yaml.safe_load((ROOT / "tests" / "guard_corpus.yaml").read_text())
+ROOT = Path(__file__).resolve().parents[2]
+CORPUS = yaml.safe_load(Path(__file__).with_name("guard_corpus.yaml").read_text())
 PY = f"python{sys.version_info[0]}.{sys.version_info[1]}"
 
 

@@ -36,7 +36,7 @@ import yaml
 
 from autoresearch.guard.cmdlang import TEMPLATES, Denied, _expand, lex, match
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("AUTORESEARCH_GUARD_DIFF_N", "100000"))
 SEED = int(os.environ.get("AUTORESEARCH_GUARD_DIFF_SEED", "11"))
 CHUNK = 15000           # commands per PID namespace: well under pid_max (32768 on many kernels)
@@ -164,7 +164,7 @@ def run_all(tmp: Path, jobs: list[tuple[str, str]]) -> tuple[list[list], str]:
 
 
 def corpus_allowed() -> list[str]:
-    corpus = yaml.safe_load((ROOT / "tests" / "guard_corpus.yaml").read_text())
+    corpus = yaml.safe_load(Path(__file__).with_name("guard_corpus.yaml").read_text())
     fill = {"{root}": "/r/proj", "{home}": "/r/home", "{stdlib}": "/usr/lib/python3", "{site}": "/r/site",
             "{transcripts}": "/r/home/.claude/projects/x"}
     out = []

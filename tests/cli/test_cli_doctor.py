@@ -10,7 +10,7 @@ from pathlib import Path
 
 from autoresearch.cli.doctor import check_claude, check_hooks, run_checks, run_hook, wired_commands
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DENY = ('{"hookSpecificOutput":{"hookEventName":"PreToolUse","permissionDecision":"deny",'
         '"permissionDecisionReason":"no"}}')
 ALLOW = DENY.replace('"deny"', '"allow"')

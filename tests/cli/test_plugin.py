@@ -16,7 +16,7 @@ from autoresearch.cli.wiring import WiringError, legacy_settings, load_settings,
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
 from e2e.harness import Project, base_env, make_project, run_claude
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PIP = _hook_input(Path("/"), "Bash", {"command": "pip install requests"})
 
 

@@ -15,7 +15,7 @@ from autoresearch.run.runner import run_experiment
 from autoresearch.cli.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BRANCH = "autoresearch/20260102-010000"
 
 

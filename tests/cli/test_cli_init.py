@@ -16,8 +16,8 @@ from autoresearch.ledger import read_rows
 from autoresearch.run.metrics import RunMetrics
 from autoresearch.cli.init import BACKUP_SUFFIX, InitError, InitOptions, init_project
 
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURE = Path(__file__).parent / "fixtures" / "legacy_repo"
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURE = ROOT / "tests" / "fixtures" / "legacy_repo"
 PY = ROOT / ".venv" / "bin" / "python"
 
 

@@ -153,8 +153,19 @@ def test_unwritable_cache_still_decides(world: World) -> None:
     assert bash(world, RUN).decision == "allow"
 
 
-def test_broken_package_is_a_deny(world: World) -> None:
-    (world.root / "autoresearch" / "guard" / "__init__.py").write_text("raise RuntimeError('half-written upgrade')\n")
+# Every module a Bash decision imports (the package, its hot-path modules, the command language);
+# explain.py is for humans and never on the hook's path.
+HOT_PATH = ["__init__.py", "respond.py", "policy.py", "tools.py", "paths.py", "cmdlang.py"]
+
+
+def test_the_hot_path_list_names_every_guard_module() -> None:
+    found = {p.name for p in (ROOT / "autoresearch" / "guard").glob("*.py")}
+    assert found - {"explain.py"} == set(HOT_PATH), found
+
+
+@pytest.mark.parametrize("module", HOT_PATH)
+def test_broken_package_is_a_deny(world: World, module: str) -> None:
+    (world.root / "autoresearch" / "guard" / module).write_text("raise RuntimeError('half-written upgrade')\n")
     got = bash(world, RUN)
     assert got.decision == "deny" and got.rc == 2 and "half-written upgrade" in got.stderr, got
 

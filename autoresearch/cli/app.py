@@ -1,0 +1,223 @@
+"""The `autoresearch` command line: the parser and the dispatch to each command's module.
+
+Each subcommand imports its module only when it runs, so `autoresearch guard explain` does not pay
+for matplotlib or docker. A command that works on a project takes --project/-C (default: found
+from here) and reports the errors a human can fix (bad program.md, bad ledger) in one line.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="autoresearch", description="Set up, watch and drive the overnight "
+                                                                      "experiment loop.")
+    ap.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND")
+    _init_command(sub)
+    _report_commands(sub)
+    _loop_commands(sub)
+    _guard_commands(sub)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = build_parser()
+    args = ap.parse_args(argv)
+    if args.version:
+        from .. import __version__
+        print(__version__)
+        return 0
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+def _project(args: argparse.Namespace):
+    """The project folder: --project, else $CLAUDE_PROJECT_DIR, else the nearest program.md upwards."""
+    from pathlib import Path
+
+    from ..program import project_root
+    return Path(args.project).resolve() if getattr(args, "project", None) else project_root()
+
+
+def _friendly(fn):
+    """Turn the errors a human can fix (bad program.md, bad ledger, bad input) into one clear line."""
+    def run(args: argparse.Namespace) -> int:
+        from ..ledger import LedgerError
+        from ..program import ConfigError
+        try:
+            return int(fn(args) or 0)
+        except (ConfigError, LedgerError) as e:
+            print(f"autoresearch {args.command}: {e}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _adder(sub):
+    """A subcommand that works on a project (--project/-C) and turns known errors into messages."""
+    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
+        p.set_defaults(func=_friendly(func))
+        return p
+    return add
+
+
+# --- setting up: init -----------------------------------------------------------------------------
+
+def _init(a) -> int:
+    if a.legacy_path and a.path and a.legacy_path != a.path:
+        print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
+        return 2
+    a.path = a.path or a.legacy_path
+    if a.plugin:
+        from .plugin import init_plugin
+        return init_plugin(a.path)
+    from .init import main as run
+    return run(a)
+
+
+def _init_command(sub) -> None:
+    p = sub.add_parser("init", help="set up an existing research repo for the loop (the legacy-code case)",
+                       description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
+                                   "run.sh, .claude/settings.json (hooks), .gitignore.")
+    p.set_defaults(func=_friendly(_init))
+    p.add_argument("--project", "-C", metavar="DIR", dest="path", help="the repo (default: here)")
+    p.add_argument("legacy_path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)   # old spelling of -C
+    p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
+    p.add_argument("--metric", help="the metric's name, e.g. val_loss")
+    p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
+    p.add_argument("--mode", choices=["inline", "two_stage"], default="inline",
+                   help="inline (default): the metric is parsed from what the training code prints -- a weaker "
+                        "guarantee; two_stage: the repo has the bundle's trusted evaluator (prepare.py)")
+    p.add_argument("--metric-regex", help="inline mode: a regex with one group capturing the metric "
+                                          "(default: '<metric>[:=] <number>')")
+    p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
+    p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
+    p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",
+                   help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
+    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
+    p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
+    p.add_argument("--plugin", action="store_true",
+                   help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
+                        "cap and the Bash timeout) into .claude/settings.json; nothing else")
+
+
+# --- reporting: status, plot, doctor, final -------------------------------------------------------
+
+def _report_commands(sub) -> None:
+    add = _adder(sub)
+
+    def status(a):
+        from .status import main as run
+        return run(_project(a), branch=a.branch, show_all=a.all, as_json=a.json)
+    p = add("status", "a table of the experiments: the best, the phase, budget left, noise sigma", status)
+    p.add_argument("--branch", help="the run branch to show (default: the current or latest one)")
+    p.add_argument("--all", action="store_true", help="every row, not just the last 20")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (status.Report) instead of tables")
+
+    def plot(a):
+        from pathlib import Path
+
+        from .plot import main as run
+        return run(_project(a), out=Path(a.out) if a.out else None, branch=a.branch)
+    p = add("plot", "draw progress.png (or .svg/.pdf): every experiment, the kept ones, the running best, "
+                    "crashes in their own strip", plot)
+    p.add_argument("--out", "-o", metavar="FILE", help="where to write: .png, .svg or .pdf "
+                                                        "(default: progress.png in the project)")
+    p.add_argument("--branch", help="the run branch to draw (default: the current or latest one)")
+
+    def doctor(a):
+        from .doctor import main as run
+        return run(_project(a), as_json=a.json)
+    p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
+            doctor)
+    p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
+
+    def final(a):
+        from .final import main as run
+        return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend,
+                   as_json=a.json)
+    p = add("final", "score the best kept experiment once on the held-out test split", final)
+    p.add_argument("--branch", help="the run branch (default: the current or latest one)")
+    p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
+    p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
+    p.add_argument("--json", action="store_true", help="print the record as JSON (final.FinalRecord)")
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+
+
+# --- driving the loop: ledger, overnight, calibrate, pause, resume --------------------------------
+
+def _loop_commands(sub) -> None:
+    add = _adder(sub)
+
+    def ledger(a):
+        from .ledger import rebuild
+        return rebuild(_project(a))
+    p = add("ledger", "results.tsv maintenance: `ledger rebuild` rebuilds it from the run branches' keep commits "
+                      "and runs/*/decision.json (a corrupt file is kept aside)", ledger)
+    p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
+
+    def overnight(a):
+        from .overnight import main as run
+        return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)
+    p = add("overnight", "drive Claude Code headless until a deadline, resuming the same session after errors",
+            overnight)
+    p.add_argument("--hours", type=float, required=True, help="stop after this many hours")
+    p.add_argument("--model", help="the Claude model (default: Claude Code's default)")
+    p.add_argument("--prompt", help="the first instruction (default: follow program.md and start)")
+    p.add_argument("--resume", action="store_true", help="continue the session recorded in .autoresearch/overnight.json")
+    p.add_argument("--session", help="continue this session id")
+
+    def calibrate(a):
+        from .calibrate import main as run
+        return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
+    p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
+                         "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate)
+    p.add_argument("-n", "--runs", type=int, help="how many runs (default: noise.calibrate_runs in program.md)")
+    p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
+    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+
+    def pause(a):
+        from .pause import pause as run
+        return run(_project(a), " ".join(a.reason), a.update)
+    p = add("pause", "let the agent stop at its next turn end (the loop's Stop hook stops blocking)", pause)
+    p.add_argument("reason", nargs="*", help="why (shown in the summary)")
+    p.add_argument("--update", action="store_true", help="when already paused, replace the reason (else it is kept)")
+
+    def resume(a):
+        from .pause import resume as run
+        return run(_project(a), a.restart_clock)
+    p = add("resume", "lift a pause (the deadline moves only with --restart-clock)", resume)
+    p.add_argument("--restart-clock", action="store_true",
+                   help="also restart the deadline clock: deadline_hours count again from now")
+
+
+# --- guard: explain -------------------------------------------------------------------------------
+
+def _guard_commands(sub) -> None:
+    g = sub.add_parser("guard", help="the PreToolUse guard: what the agent may do",
+                       description="the PreToolUse guard: what the agent may do")
+    actions = g.add_subparsers(dest="guard_command", metavar="ACTION", required=True)
+    p = actions.add_parser("explain", help="print the guard's decision on a command or tool call, and why",
+                           description="autoresearch guard explain -- <command>   |   "
+                                       "autoresearch guard explain --tool Edit --path train.py")
+    p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
+    p.add_argument("--tool", default="Bash", help="the tool (default: Bash)")
+    p.add_argument("--path", help="file_path (Read/Edit/Write), notebook_path (NotebookEdit) or path (Glob/Grep)")
+    p.add_argument("--pattern", help="Glob/Grep pattern")
+    p.add_argument("--url", help="WebFetch url")
+    p.add_argument("--query", help="WebSearch query")
+    p.add_argument("--input", metavar="JSON", help="the whole tool_input as JSON (overrides the above)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+    p.add_argument("command", nargs="*", help="the Bash command, after --")
+
+    def explain(a):
+        from ..guard.explain import explain as run
+        return run(_project(a), a.tool, a)
+    p.set_defaults(func=_friendly(explain))
+

@@ -1,0 +1,83 @@
+"""program.md -> the policy the guard enforces in the current phase: the editable files and web access.
+
+Compiling it needs the real schema (pydantic + YAML, ~150 ms), far too slow for a hook that runs on
+every tool call, so the result is cached in .autoresearch/guard-policy.json, keyed on program.md's
+sha256: the hot path reads program.md, hashes it and reads the cache, with os and json only. A
+stale, corrupt or malformed cache is rebuilt; an invalid program.md raises PolicyError, and the
+guard then denies every call (the message names the problem).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+POLICY_VERSION = 1
+CACHE = ".autoresearch/guard-policy.json"
+PROGRAM = "program.md"
+
+
+class PolicyError(Exception):
+    """program.md (or the policy compiled from it) cannot be used; the message names the problem."""
+
+
+class Policy:
+    __slots__ = ("phase", "editable", "web")
+
+    def __init__(self, phase: str, editable: list[str], web: bool):
+        self.phase, self.editable, self.web = phase, editable, web
+
+
+def _digest(data: bytes) -> str:
+    try:                                    # the bare C module: hashlib would load OpenSSL (~2 ms)
+        from _sha256 import sha256
+    except ImportError:
+        from hashlib import sha256
+    return sha256(data).hexdigest()
+
+
+def load_policy(root: str) -> Policy:
+    """The current phase's policy, from the cache when program.md is unchanged, else compiled."""
+    try:
+        with open(os.path.join(root, PROGRAM), "rb") as f:
+            text = f.read()
+    except OSError as e:
+        raise PolicyError(f"{PROGRAM}: cannot read it ({e.strerror or e}): fix program.md") from None
+    digest = _digest(text)
+    cache = os.path.join(root, CACHE)
+    try:
+        with open(cache, "rb") as f:
+            data = json.loads(f.read())
+        if data.get("version") == POLICY_VERSION and data.get("program_sha256") == digest:
+            return _policy(data)
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        pass                                # missing, unreadable or stale: rebuild
+    data = compile_policy(text)
+    data["program_sha256"] = digest
+    try:
+        from ..atomic import write_atomic
+        write_atomic(cache, json.dumps(data, indent=1))
+    except OSError:
+        pass                                # a read-only tree costs speed, not correctness
+    return _policy(data)
+
+
+def compile_policy(text: bytes) -> dict:
+    """Validate program.md with the real schema; raises PolicyError naming the problem."""
+    from ..program import ConfigError, parse_program
+    try:
+        program = parse_program(text.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise PolicyError(f"{PROGRAM}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except ConfigError as e:
+        raise PolicyError(str(e)) from None
+    return {"version": POLICY_VERSION, "phase": program.phase, "editable": program.editable_files(),
+            "web": program.current.web}
+
+
+def _policy(data: dict) -> Policy:
+    phase, editable, web = data["phase"], data["editable"], data["web"]
+    if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list)
+            and all(isinstance(e, str) and e and not e.startswith("/") and ".." not in e.split("/")
+                    for e in editable)):
+        raise TypeError("malformed policy")
+    return Policy(phase, editable, web)
