@@ -113,12 +113,18 @@ def _report_commands(sub) -> None:
     add = _adder(sub)
 
     def status(a):
+        if a.watch:
+            from .watch import main as watch
+            return watch(_project(a), interval=a.interval, branch=a.branch)
         from .status import main as run
         return run(_project(a), branch=a.branch, show_all=a.all, as_json=a.json)
     p = add("status", "a table of the experiments: the best, the phase, budget left, noise sigma", status)
     p.add_argument("--branch", help="the run branch to show (default: the current or latest one)")
     p.add_argument("--all", action="store_true", help="every row, not just the last 20")
     p.add_argument("--json", action="store_true", help="print the report as JSON (status.Report) instead of tables")
+    p.add_argument("--watch", action="store_true", help="redraw until Ctrl-C: the run in flight (stage, step, loss) "
+                                                         "and the last decisions")
+    p.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="--watch: seconds between redraws")
 
     def plot(a):
         from pathlib import Path

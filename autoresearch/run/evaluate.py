@@ -14,7 +14,7 @@ from ..program import Program
 from ..sandbox import Backend, SandboxResult
 from .inputs import load_prepare
 from .layout import EVAL_LOG, Layout
-from .logs import append_log
+from .logs import EVAL_BANNER, append_log
 from .metrics import RunMetrics
 from .outcome import eval_outcome
 from .specs import eval_spec
@@ -82,7 +82,7 @@ def eval_stage(sandbox: Backend, program: Program, lay: Layout, data: Path, env:
         m.extra["metric_floor"] = program.metric.floor
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
-    append_log(lay.log, "\n---- EVAL: the trusted scorer (autoresearch.run.scorer); what the model prints "
+    append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
                         f"goes to {EVAL_LOG}, for humans only ----\n")
     eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", lay.run_dir / EVAL_LOG)
     m.eval_seconds = round(eres.wall_seconds, 3)

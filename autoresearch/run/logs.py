@@ -8,6 +8,7 @@ from pathlib import Path
 
 TAIL_LINES = 15
 STEP_LINE = re.compile(r"^step\s+(\d+)", re.M)
+EVAL_BANNER = "---- EVAL: the trusted scorer"     # the harness's line where EVAL begins (progress.py reads it)
 
 
 def log_tail(path: Path, n: int = TAIL_LINES, max_bytes: int = 65536) -> list[str]:

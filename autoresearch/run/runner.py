@@ -44,11 +44,12 @@ from .exits import HarnessError, RunBusy
 from .gpu import GpuPeak
 from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from .layout import (RUNNING, RUNS_DIR, Layout, allocate_run_dir, clean_out, hold_running, mark_holder, run_lock,
-                     sweep_scratch)
+from .layout import (LOG_FILE, RUNNING, RUNS_DIR, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
+                     run_lock, sweep_scratch)
 from .logs import append_log, steps_per_second
 from .metrics import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
+from .progress import live_progress
 from .report import current_best, summary
 from .specs import base_env, train_spec
 
@@ -128,8 +129,10 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         mark_holder(lock_fd, run_dir.name)
         running = hold_running(run_dir)
         try:
-            return _run_locked(root, program, run_dir, script, code, sha, snapshot_of(files), seed_n, budget_s,
-                               sandbox, inline, data, message, purpose, started, t_start, say)
+            with live_progress(echo, run_dir / LOG_FILE, budget_s, None if inline else program.budget.eval_seconds,
+                               run_dir.name) as live:     # a terminal only: the agent's output is unchanged
+                return _run_locked(root, program, run_dir, script, code, sha, snapshot_of(files), seed_n, budget_s,
+                                   sandbox, inline, data, message, purpose, started, t_start, live.around(say))
         finally:
             if running is not None:
                 os.close(running)
