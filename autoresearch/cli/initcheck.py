@@ -37,7 +37,7 @@ CUDA_SIGNS = re.compile(
     r"Torch not compiled with CUDA|no CUDA GPUs are available|CUDA_VISIBLE_DEVICES|Found no NVIDIA driver"
     r"|CUDA driver|CUDA error|CUDA is not available|cuda\.is_available|libcudart|libcuda\.so"
     r"|^\S*(?:Assertion|Runtime)Error\b.*\bcuda\b", re.I | re.M)
-NOT_STARTED = re.compile(r"can't open file|command not found|execvp|exec format error|Permission denied: '/", re.I)
+NOT_STARTED = re.compile(r"can't open file|command not found|in execvp", re.I)   # the sandbox's exec, not the code
 MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([^']+)'")
 
 
@@ -107,6 +107,15 @@ def _park(root: Path, run_dir: Path, counter_before: str | None) -> Path:
     return dest
 
 
+def _park_leftovers(root: Path, counter_before: str | None) -> None:
+    """Park every run folder in runs/ whose metrics.json says purpose: check (an interrupted check)."""
+    import json
+    for d in sorted((root / RUNS_DIR).glob("[0-9][0-9][0-9][0-9]*")):
+        with contextlib.suppress(OSError, ValueError):
+            if json.loads((d / "metrics.json").read_text()).get("purpose") == "check":
+                _park(root, d, counter_before)
+
+
 def run_once(root: Path, program: Program, seconds: float, seed: int, label: str) -> CheckRun:
     """One check run through the runner; parked in .autoresearch/checks/ afterwards."""
     from ..run.exits import HarnessError, RunBusy
@@ -121,6 +130,9 @@ def run_once(root: Path, program: Program, seconds: float, seed: int, label: str
                            purpose="check", grace=CHECK_GRACE_S)
     except (HarnessError, RunBusy) as e:
         return CheckRun(label=label, seed=seed, started=False, reason=str(e))
+    except BaseException:                              # Ctrl-C, a harness bug: still never left in runs/
+        _park_leftovers(root, before)
+        raise
     folder = _park(root, root / RUNS_DIR / m.run_id, before)
     try:
         text = (folder / "train.log").read_text(encoding="utf-8", errors="replace")
@@ -236,7 +248,9 @@ def render(rep: CheckReport, console) -> None:
     for r in rep.runs:
         head = (f"  {r.label} (seed {r.seed}): " + ("did not start" if not r.started else
                 f"ran {r.seconds or 0:g} s, {r.status}" + (f", exit code {r.exit_code}" if r.exit_code else "")))
-        console.print(head + (f", value {r.value:g}" if r.value is not None else ""), markup=False, highlight=False)
+        value = "" if r.value is None else (f", value {r.value:g}" if r.status == "ok" else
+                                            f", last printed value {r.value:g} (not a result: {r.status})")
+        console.print(head + value, markup=False, highlight=False)
         if r is not rep.runs[0]:
             continue
         if r.tail:
@@ -267,7 +281,16 @@ def check_and_show(root: Path, args, console) -> int:
     """init's last step: the check and its report, unless --no-check. 1 when the command did not start."""
     if getattr(args, "no_check", False):
         return 0
-    rep = check_project(root, float(getattr(args, "check_seconds", None) or 30),
-                        say=lambda s: console.print(s, markup=False, highlight=False))
+    seconds = getattr(args, "check_seconds", None)
+    seconds = 30.0 if seconds is None else float(seconds)
+    if not seconds > 0:
+        console.print("autoresearch init: --check-seconds must be positive (or --no-check)", style="red")
+        return 2
+    try:
+        rep = check_project(root, seconds, say=lambda s: console.print(s, markup=False, highlight=False))
+    except KeyboardInterrupt:
+        console.print("autoresearch init: the check was interrupted (the setup files are written; "
+                      "--no-check skips it)", style="yellow", markup=False)
+        return 130
     render(rep, console)
     return 1 if rep.failure else 0

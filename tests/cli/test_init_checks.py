@@ -151,3 +151,18 @@ def test_the_pip_message_in_a_legacy_repo_names_its_own_environment(tmp_path):
         assert '"deny"' in why and "is disabled" in why, why
         assert python in why and "sandbox.image" in why and "scratchpad.md" in why and "container/" not in why
     assert "container/" in hint("pip install torch", "x", root=str(ROOT))   # the bundle itself has container/
+
+
+@pytest.mark.bwrap
+def test_code_that_ignores_the_budget_is_told_it_would_time_out(tmp_path, bwrap_available):
+    root = repo(tmp_path, "table_repo")
+    (root / "train.py").write_text("import time\nfor i in range(10**6):\n"
+                                   "    print(f'step {i} loss {1 / (i + 1):.4f}', flush=True)\n    time.sleep(0.2)\n")
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "loop"],
+                   check=True)
+    p = init(root, ("python train.py", "loss", "minimize"), "--check-seconds", "1")
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "did not finish within the check's 1 s" in p.stdout and "AUTORESEARCH_TRAIN_SECONDS" in p.stdout
+    assert "last printed value" in p.stdout and "(not a result: timeout)" in p.stdout
+    assert "> step " in p.stdout                                           # what it printed, matched
+    assert [m["status"] for m in checks(root)] == ["timeout", "timeout"] and not (root / "runs").exists()
