@@ -3,7 +3,7 @@
 before a night is spent finding out that the regex never matches, the seed is ignored or the
 code needs a GPU.
 
-    run 1     seed = program.seed, budget --check-seconds (the sandbox stops it a few seconds
+    run 1     seed = program.seed, budget --check-seconds (the sandbox stops it check_grace()
               later): did it start, its last lines, the lines run.metric_regex matched (or the
               last lines that look numeric when none did), the parsed value
     run 2     only when run 1 gave a value: seed + 1. Identical values: the seed is ignored, so
@@ -31,7 +31,7 @@ from ..program import Program, load_program
 from ..run.layout import RUN_COUNTER, RUNS_DIR, STATE_DIR, run_lock
 
 CHECKS_DIR = "checks"                     # .autoresearch/checks/<n>/: one folder per check run
-CHECK_GRACE_S = 5.0                       # a check is stopped this long after its budget
+CHECK_GRACE_S = 10.0                      # a check is stopped at most max(this, its budget) after its budget
 TAIL = 8
 CUDA_SIGNS = re.compile(
     r"Torch not compiled with CUDA|no CUDA GPUs are available|CUDA_VISIBLE_DEVICES|Found no NVIDIA driver"
@@ -107,6 +107,13 @@ def _park(root: Path, run_dir: Path, counter_before: str | None) -> Path:
     return dest
 
 
+def check_grace(program: Program, seconds: float) -> float:
+    """How long after its budget a check is stopped: the program's grace (start-up, compile, a
+    checkpoint save: torch alone takes seconds to import), but no more than max(10 s, the budget),
+    so code that ignores the budget costs init a minute, not the loop's full grace."""
+    return min(program.budget.grace_seconds, max(CHECK_GRACE_S, seconds))
+
+
 def _park_leftovers(root: Path, counter_before: str | None) -> None:
     """Park every run folder in runs/ whose metrics.json says purpose: check (an interrupted check)."""
     import json
@@ -127,7 +134,7 @@ def run_once(root: Path, program: Program, seconds: float, seed: int, label: str
         before = None
     try:
         m = run_experiment(root, f"autoresearch init: check ({label})", budget=seconds, seed=seed,
-                           purpose="check", grace=CHECK_GRACE_S)
+                           purpose="check", grace=check_grace(program, seconds))
     except (HarnessError, RunBusy) as e:
         return CheckRun(label=label, seed=seed, started=False, reason=str(e))
     except BaseException:                              # Ctrl-C, a harness bug: still never left in runs/

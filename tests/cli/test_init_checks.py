@@ -11,9 +11,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from autoresearch.cli.doctor import _hook_input, wired_commands
 from autoresearch.cli.init import BACKUP_SUFFIX, InitOptions, init_project
+from autoresearch.cli.initcheck import check_project, render
 from autoresearch.guard.cmdlang import hint
 from autoresearch.sandbox import host_has_gpus
 
@@ -160,9 +162,14 @@ def test_code_that_ignores_the_budget_is_told_it_would_time_out(tmp_path, bwrap_
                                    "    print(f'step {i} loss {1 / (i + 1):.4f}', flush=True)\n    time.sleep(0.2)\n")
     subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "loop"],
                    check=True)
-    p = init(root, ("python train.py", "loss", "minimize"), "--check-seconds", "1")
+    p = init(root, ("python train.py", "loss", "minimize"), "--no-check")
     assert p.returncode == 0, p.stdout + p.stderr
-    assert "did not finish within the check's 1 s" in p.stdout and "AUTORESEARCH_TRAIN_SECONDS" in p.stdout
-    assert "last printed value" in p.stdout and "(not a result: timeout)" in p.stdout
-    assert "> step " in p.stdout                                           # what it printed, matched
+    program = root / "program.md"                      # the program's grace bounds the check's: 2 s here
+    program.write_text(program.read_text().replace("grace_seconds: 60", "grace_seconds: 2"))
+    console = Console(record=True, width=200)
+    render(check_project(root, 1), console)
+    out = console.export_text()
+    assert "did not finish within the check's 1 s" in out and "AUTORESEARCH_TRAIN_SECONDS" in out
+    assert "last printed value" in out and "(not a result: timeout)" in out
+    assert "> step " in out                                                # what it printed, matched
     assert [m["status"] for m in checks(root)] == ["timeout", "timeout"] and not (root / "runs").exists()
