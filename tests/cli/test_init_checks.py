@@ -173,3 +173,17 @@ def test_code_that_ignores_the_budget_is_told_it_would_time_out(tmp_path, bwrap_
     assert "last printed value" in out and "(not a result: timeout)" in out
     assert "> step " in out                                                # what it printed, matched
     assert [m["status"] for m in checks(root)] == ["timeout", "timeout"] and not (root / "runs").exists()
+
+
+@pytest.mark.bwrap
+def test_a_missing_module_names_the_environment_the_sandbox_trains_with(tmp_path, bwrap_available):
+    root = repo(tmp_path, "table_repo")
+    (root / "train.py").write_text("import hydra_pinned_by_this_repo\n")
+    subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "hydra"],
+                   check=True)
+    p = init(root, TABLE)
+    assert p.returncode == 0, p.stdout + p.stderr                          # it started: a warning
+    python = json.loads((root / ".autoresearch" / "bundle.json").read_text())["python"]
+    assert "needs the module 'hydra_pinned_by_this_repo'" in p.stdout
+    assert f"{python} -m pip install NAME" in p.stdout and "sandbox.image" in p.stdout
+    assert "container/" not in p.stdout
