@@ -102,6 +102,8 @@ def _init_command(sub) -> None:
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
     p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
+    p.add_argument("--check-seconds", type=float, default=30, metavar="S", help="the check run's budget (30)")
+    p.add_argument("--no-check", action="store_true", help="do not run the command once to check the setup")
     p.add_argument("--plugin", action="store_true",
                    help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
                         "cap and the Bash timeout) into .claude/settings.json; nothing else")

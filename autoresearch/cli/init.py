@@ -18,7 +18,8 @@ denied, not allowed. (The plugin is the alternative: its hooks step aside when t
 its own, so the two never decide twice.)
 
 Files it would replace are refused unless --force, which first saves them as
-<name>.before-autoresearch: nothing of the repo is lost.
+<name>.before-autoresearch (then .before-autoresearch.1, .2, ...: never overwritten). Then it runs
+the command once, briefly, as the loop will (initcheck.py), unless --no-check.
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import re
 import shlex
 import subprocess
 import sys
+import textwrap
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -134,22 +136,11 @@ def program_text(o: InitOptions, script: str) -> str:
     head = ("# Written by `autoresearch init`. Edit `phase:` to change what the agent works on next;\n"
             "# the guard and the Stop hook read this file on every call.\n")
     if o.mode == "inline":
-        head += "# " + "\n# ".join(_wrap(INLINE_GUARANTEE, 96)) + "\n"
+        head += "# " + "\n# ".join(textwrap.wrap(INLINE_GUARANTEE, 96, break_on_hyphens=False)) + "\n"
     body = BODY.format(script=script, metric=o.metric, better="lower" if o.direction == "minimize" else "higher",
                        source=("the last line of its output that matches `run.metric_regex`" if o.mode == "inline"
                                else "the trusted evaluator"))
     return "---\n" + head + yaml.safe_dump(front, sort_keys=False, width=100) + "---\n" + body
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    out, line = [], ""
-    for w in text.split():
-        if line and len(line) + 1 + len(w) > width:
-            out.append(line)
-            line = w
-        else:
-            line = f"{line} {w}".strip()
-    return out + ([line] if line else [])
 
 
 BODY = """
@@ -315,6 +306,16 @@ MERGED = {".claude/settings.json", ".gitignore", ".autoresearch/bundle.json"}
 KEPT_IF_PRESENT = {"scratchpad.md"}
 
 
+def backup_path(path: Path) -> Path:
+    """<name>.before-autoresearch, else .before-autoresearch.1, .2, ...: the first free name, so a
+    second --force never overwrites the copy the first one saved."""
+    first = path.with_name(path.name + BACKUP_SUFFIX)
+    n = 0
+    while (cand := first if n == 0 else first.with_name(f"{first.name}.{n}")).exists() or cand.is_symlink():
+        n += 1
+    return cand
+
+
 def init_project(o: InitOptions) -> InitResult:
     root = o.path.resolve()
     files = plan(o)
@@ -323,7 +324,7 @@ def init_project(o: InitOptions) -> InitResult:
     if clash and not o.force:
         raise InitError(f"{', '.join(clash)} already exist{'s' if len(clash) == 1 else ''} in {root}; "
                         f"--force replaces {'it' if len(clash) == 1 else 'them'} (keeping a copy as "
-                        f"<name>{BACKUP_SUFFIX})")
+                        f"<name>{BACKUP_SUFFIX}, numbered if that exists)")
     written, kept, backups = [], [], []
     for rel, content in files.items():
         path = root / rel
@@ -334,7 +335,7 @@ def init_project(o: InitOptions) -> InitResult:
             kept.append(rel)
             continue
         if path.exists() and rel in {*clash, ".claude/settings.json"}:
-            backup = path.with_name(path.name + BACKUP_SUFFIX)
+            backup = backup_path(path)
             backup.write_bytes(path.read_bytes())
             backups.append(str(backup.relative_to(root)))
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -377,19 +378,19 @@ def main(args) -> int:
         console.print(f"autoresearch init: {e}", style="red", markup=False, highlight=False)
         return 2
     console.print(f"autoresearch set up in {res.root}", style="bold")
-    for rel in res.written:
-        console.print(f"  wrote   {rel}", markup=False)
-    for rel in res.kept:
-        console.print(f"  kept    {rel} (already there)", markup=False)
-    for rel in res.backups:
-        console.print(f"  saved   {rel} (the previous version)", markup=False)
+    for verb, rels, note in (("wrote", res.written, ""), ("kept ", res.kept, " (already there)"),
+                             ("saved", res.backups, " (the previous version)")):
+        for rel in rels:
+            console.print(f"  {verb}   {rel}{note}", markup=False)
     if opts.mode == "inline":
         console.print(Panel(INLINE_GUARANTEE, title="inline mode: what is and is not guaranteed",
                             border_style="yellow"))
+    from .initcheck import check_and_show
+    code = check_and_show(res.root, args, console)      # runs the command once (not with --no-check)
     print("\nNext:\n"
           "  1. check the setup:            autoresearch doctor\n"
           "  2. commit it (your branch):    git add program.md scratchpad.md run.sh .claude .gitignore "
           "&& git commit -m 'autoresearch setup'\n"
           "  3. run the baseline once:      ./run.sh -m baseline\n"
           "  4. start the agent:            claude   (then say: go), or: autoresearch overnight --hours 8")
-    return 0
+    return code

@@ -17,6 +17,9 @@ git revision). Adding a form is adding a line.
 """
 from __future__ import annotations
 
+import json
+import os
+
 MAX_COMMAND = 4096              # characters; longer is not a command a research loop needs
 
 TEMPLATES = (
@@ -236,6 +239,9 @@ def match(command) -> Match:
 
 RUN_HINT = 'run experiments with ./run.sh -m "what changed and why"'
 INSTALL = "{} is disabled: dependencies are fixed in container/; note the idea in scratchpad.md instead"
+INSTALL_LEGACY = ("{} is disabled: this repo's training environment is fixed by a human: runs use {python} "
+                  "(recorded by autoresearch init; a human installs packages into it), or the Docker image "
+                  "named by sandbox.image in program.md. Note the package and why in scratchpad.md instead")
 NETWORK = "{} is disabled: there is no network access; everything the loop needs is local"
 GIT_WRITE = ("git {} is not allowed: trusted code does git (the Stop hook commits or reverts); "
              "you may run git status, git diff [--stat], git log [--oneline] [-n N], git show [--stat] REV")
@@ -258,7 +264,23 @@ _KNOWN = {name: msg for msg, names in _GROUPS.items() for name in names.split()}
 _GIT_NETWORK = ("push", "pull", "fetch", "clone", "remote", "ls-remote", "submodule", "send-email")
 
 
-def hint(command, reason: str) -> str:
+def install_reason(name: str, root: str | None = None) -> str:
+    """Why `pip` (or any installer) is denied, and where a dependency goes in THIS project: the
+    bundle's container/ when it has one; else (a repo set up by `autoresearch init`) the Python that
+    init recorded in .autoresearch/bundle.json, or the image in sandbox.image. `root` defaults to
+    $CLAUDE_PROJECT_DIR; read on the denied path only, and any error gives the bundle's text."""
+    root = root or os.environ.get("CLAUDE_PROJECT_DIR")
+    try:
+        if not root or os.path.isdir(os.path.join(root, "container")):
+            return INSTALL.format(name)
+        with open(os.path.join(root, ".autoresearch", "bundle.json"), encoding="utf-8") as f:
+            python = str(json.load(f)["python"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return INSTALL.format(name)
+    return INSTALL_LEGACY.format(name, python=python)
+
+
+def hint(command, reason: str, root: str | None = None) -> str:
     """The reason for a denied command: a specific one for what the agent was reaching for
     (pip, the network, a git write, running code), else the lexer's or template's reason,
     always with what it can use instead."""
@@ -271,7 +293,7 @@ def hint(command, reason: str) -> str:
         return NETWORK.format("/dev/tcp")
     for t in names:                                   # `sudo pip`, `python -m pip`, `bash -c "curl ..."`
         if _KNOWN.get(t) == INSTALL or (t.startswith("pip") and t[3:].replace(".", "").isdigit()):
-            return INSTALL.format(t)
+            return install_reason(t, root)
     for t in names:
         if _KNOWN.get(t) == NETWORK:
             return NETWORK.format(t)

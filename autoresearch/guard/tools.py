@@ -46,7 +46,7 @@ def bash_problem(ctx: Context, tool_input: dict) -> tuple[str | None, str | None
         m = match(command)
     except Denied as e:
         from .cmdlang import hint
-        return hint(command, str(e)), None
+        return hint(command, str(e), root=ctx.root_real), None
     if m.argv[0] == "./run.sh" and \
             os.path.realpath(os.path.join(ctx.cwd, "run.sh")) != os.path.join(ctx.root_real, "run.sh"):
         return "./run.sh here is not the project's run.sh: run it from the project folder", m.template

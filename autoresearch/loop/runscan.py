@@ -150,9 +150,10 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
 def undecided_runs(root: Path, decided: set[str], train_name: str = "train.py",
                    wall_limit_s: float = 0.0, extra_s: float | None = None) -> list[RunRecord]:
     """Runs not yet covered by a ledger row or a calibration, oldest first (a run whose
-    metrics.json says purpose: calibration is a measurement, never decided)."""
+    metrics.json says purpose: calibration is a measurement, and purpose: check is init's trial run
+    left behind by a killed init: neither is ever decided)."""
     out = [load_run(root, r, train_name, wall_limit_s, extra_s) for r in run_ids(root) if r not in decided]
-    return [r for r in out if not (r.metrics and r.metrics.purpose == "calibration")]
+    return [r for r in out if not (r.metrics and r.metrics.purpose in ("calibration", "check"))]
 
 
 CONTENDED_SAME_CODE = 0.5                 # below half the median of runs of the same code: contended

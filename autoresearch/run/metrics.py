@@ -60,7 +60,7 @@ class RunMetrics(BaseModel):
     # identity (issue 14): what ran, and what it may be compared with (None in runs made before)
     snapshot_sha256: str | None = None            # identity.snapshot over the editable set's code files
     fingerprint: Fingerprint | None = None        # budget, eval, backend, device class, data version
-    purpose: Literal["experiment", "calibration"] = "experiment"   # calibration runs are never decided
+    purpose: Literal["experiment", "calibration", "check"] = "experiment"  # calibration/check runs are never decided
     steps_per_s: float | None = None              # training steps / train_seconds (from the log; contention check)
     signature: str | None = None                  # HMAC-SHA256 (hex) of the rest, by the runner
 

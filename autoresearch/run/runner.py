@@ -89,8 +89,10 @@ def signals_as_interrupt(seen: list[str]) -> Iterator[None]:
 
 def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
                    backend: str | None = None, echo: TextIO | None = None,
-                   purpose: str = "experiment") -> RunMetrics:
+                   purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
     """Run one experiment for root's current train script and record it in runs/NNNN/.
+    `grace` replaces budget.grace_seconds for this run (init's short checks are stopped soon after
+    their budget, not a minute later).
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
     backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
@@ -106,6 +108,8 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         program = load_program(root)
     except ConfigError as e:
         raise HarnessError(str(e)) from None
+    if grace is not None:
+        program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
