@@ -64,11 +64,6 @@ def _passwd_group() -> tuple[bytes, bytes]:
     return passwd.encode(), group.encode()
 
 
-def _gpu_selection(spec: SandboxSpec) -> str | None:
-    """CUDA_VISIBLE_DEVICES for this run: from the spec's env, else the host's; None = all."""
-    return spec.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
-
-
 def host_has_gpus() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*"))
 
