@@ -78,7 +78,12 @@ def visible(host: GpuHost, cvd: str | None) -> list[GpuDevice]:
     if cvd is None:
         return list(host.devices)
     by_index = {d.index: d for d in host.devices}
-    return [by_index[i] for i in dict.fromkeys(_parse_cvd(cvd)) if i in by_index]
+    out: list[GpuDevice] = []
+    for i in dict.fromkeys(_parse_cvd(cvd)):
+        if i not in by_index:                 # as CUDA does: the list ends at a device that is not there
+            break
+        out.append(by_index[i])
+    return out
 
 
 def select(request: GpuRequest, host: GpuHost, cvd: str | None) -> list[GpuDevice]:
