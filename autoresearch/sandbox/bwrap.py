@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .gpus import GpuHost, bwrap_gpu_args, cvd_of, gpu_env, select
-from .host import _passwd_group, _prepare_mounts, _root_symlinks, host_python, host_runtime, sandbox_ids
+from .host import HOSTS, NSSWITCH, _passwd_group, _prepare_mounts, _root_symlinks, host_python, host_runtime, sandbox_ids
 from .process import _run_process
 from .seccomp import seccomp_filter
 from .spec import Runtime, SandboxResult, SandboxSpec, SandboxUnavailable, _check_spec
@@ -57,7 +57,8 @@ class BwrapBackend:
                 + ("seccomp filter" if seccomp_filter() is not None else "NO seccomp filter (unknown machine)"))
 
     def command(self, spec: SandboxSpec, passwd_fd: int, group_fd: int, seccomp_fd: int | None = None,
-                userns_fd: int | None = None, gpu_host: GpuHost | None = None) -> list[str]:
+                userns_fd: int | None = None, gpu_host: GpuHost | None = None,
+                names_fds: tuple[int, int] | None = None) -> list[str]:
         """bwrap's argv. `userns_fd` (root runner): a user namespace mapping 0 and the sandbox uid
         to themselves; bwrap sets up as root in it, then a trusted one-line wrapper drops to the
         sandbox uid (host uid 65534, no capabilities) before the command runs. `gpu_host`: the
@@ -78,7 +79,12 @@ class BwrapBackend:
             argv += ["--symlink", dest, link]
         argv += ["--ro-bind", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
                  "--size", str(spec.shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm",
-                 "--ro-bind-data", str(passwd_fd), "/etc/passwd", "--ro-bind-data", str(group_fd), "/etc/group"]
+                 "--perms", "0755", "--dir", "/etc",   # made first: as root bwrap would make it 0700
+                 "--perms", "0644", "--ro-bind-data", str(passwd_fd), "/etc/passwd",   # 0600 else: unreadable
+                 "--perms", "0644", "--ro-bind-data", str(group_fd), "/etc/group"]
+        if names_fds is not None:      # localhost resolves: torchrun's rendezvous, gloo/NCCL on the loopback
+            argv += ["--perms", "0644", "--ro-bind-data", str(names_fds[0]), "/etc/hosts",
+                     "--perms", "0644", "--ro-bind-data", str(names_fds[1]), "/etc/nsswitch.conf"]
         if userns_fd is not None:      # bwrap makes mount points' parents 0700 as root: the sandbox uid must pass
             argv += _parent_dirs([m.target for m in spec.mounts])
         for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts)):
@@ -104,7 +110,7 @@ class BwrapBackend:
         if root:
             _prepare_mounts(spec, self.name)
         passwd, group = _passwd_group()
-        fds = [_data_fd(passwd), _data_fd(group)]
+        fds = [_data_fd(passwd), _data_fd(group), _data_fd(HOSTS), _data_fd(NSSWITCH)]
         bpf = seccomp_filter()
         log_start = spec.log_path.stat().st_size if spec.log_path and spec.log_path.exists() else 0
         try:
@@ -116,7 +122,7 @@ class BwrapBackend:
             if root:
                 userns_fd = _identity_userns(sandbox_ids())
                 fds.append(userns_fd)
-            argv = self.command(spec, fds[0], fds[1], seccomp_fd, userns_fd, host)
+            argv = self.command(spec, fds[0], fds[1], seccomp_fd, userns_fd, host, (fds[2], fds[3]))
             result = _run_process(self.name, argv, spec, pass_fds=tuple(fds))
         finally:
             for fd in fds:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import tempfile
 import threading
 import time
 import uuid
@@ -13,7 +14,7 @@ from pathlib import Path
 from .bounds import _Capture, _DiskWatch, _LogSink
 from .cgroups import _read_int, _remove_docker_parent
 from .gpus import GpuHost, cvd_of, docker_device_request, select
-from .host import sandbox_ids
+from .host import HOSTS, sandbox_ids
 from .process import _talk
 from .spec import _KILL_WAIT_S, LABEL, SandboxResult, SandboxSpec, SandboxUnavailable
 from .watchdog import _WATCHDOG_MARGIN_S, _start_watchdog
@@ -42,6 +43,7 @@ class _ContainerRun:
         self.wall, self.cut = 0.0, 0
         self.name = f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # removable even if create is interrupted
         self.gpu_host: GpuHost | None = None        # the host's GPUs; discovered when None (tests set one)
+        self.hosts_file: str | None = None          # /etc/hosts inside: network "none" leaves the engine's empty
 
     def start(self) -> None:
         api, spec = self.api, self.spec
@@ -86,7 +88,8 @@ class _ContainerRun:
         host_config = api.create_host_config(
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
-                    for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
+                    for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))]
+            + [docker.types.Mount("/etc/hosts", self._hosts(), type="bind", read_only=True)],
             cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
@@ -102,6 +105,14 @@ class _ContainerRun:
             labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname(),
                     LABEL + ".project": spec.owner or "-", LABEL + ".cgroup": cgroup_parent or ""})
         return c["Id"]
+
+    def _hosts(self) -> str:
+        """A file with HOSTS for /etc/hosts (localhost resolves: torchrun's rendezvous); removed at stop."""
+        fd, self.hosts_file = tempfile.mkstemp(prefix="autoresearch-hosts-")
+        with os.fdopen(fd, "wb") as f:
+            f.write(HOSTS)
+        os.chmod(self.hosts_file, 0o644)
+        return self.hosts_file
 
     def _pumps(self, out) -> list[threading.Thread]:
         """Threads that talk the session (or feed stdin), demultiplex the output, sample memory."""
@@ -168,6 +179,9 @@ class _ContainerRun:
                 self.watchdog.kill()
                 self.watchdog.wait()
         self.cut = self.log.close() if self.log is not None else 0
+        if self.hosts_file is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self.hosts_file)
 
     def result(self) -> SandboxResult:
         spec, watch, timed_out, cap = self.spec, self.watch, self.timed_out, self.cap
