@@ -37,9 +37,13 @@ class BwrapBackend:
             ok, why = False, f"bubblewrap (bwrap) is not installed ({missing}): {_BWRAP_FIX}"
         else:
             p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--die-with-parent",
-                                "--ro-bind", "/", "/", "true"], capture_output=True, text=True)
+                                "--ro-bind", "/", "/", "--size", "1048576", "--tmpfs", "/tmp", "true"],
+                               capture_output=True, text=True)
             if p.returncode == 0:
                 ok, why = True, exe
+            elif "--size" in p.stderr:             # a sized /dev/shm needs bubblewrap 0.6 or later
+                ok, why = False, (f"{exe} is too old ({p.stderr.strip()}): bubblewrap 0.6 or later is needed; "
+                                  f"upgrade it, remove it so the pinned wheel is used, or use Docker")
             else:
                 ok, why = False, (
                     f"bwrap cannot create its namespaces here ({p.stderr.strip()}): enable unprivileged user "
