@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -43,7 +44,6 @@ class _ContainerRun:
         self.wall, self.cut = 0.0, 0
         self.name = f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # removable even if create is interrupted
         self.gpu_host: GpuHost | None = None        # the host's GPUs; discovered when None (tests set one)
-        self.hosts_file: str | None = None          # /etc/hosts inside: network "none" leaves the engine's empty
 
     def start(self) -> None:
         api, spec = self.api, self.spec
@@ -89,7 +89,7 @@ class _ContainerRun:
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
                     for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))]
-            + [docker.types.Mount("/etc/hosts", self._hosts(), type="bind", read_only=True)],
+            + [docker.types.Mount("/etc/hosts", _hosts_file(), type="bind", read_only=True)],
             cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
@@ -105,14 +105,6 @@ class _ContainerRun:
             labels={LABEL: "1", LABEL + ".pid": str(os.getpid()), LABEL + ".host": socket.gethostname(),
                     LABEL + ".project": spec.owner or "-", LABEL + ".cgroup": cgroup_parent or ""})
         return c["Id"]
-
-    def _hosts(self) -> str:
-        """A file with HOSTS for /etc/hosts (localhost resolves: torchrun's rendezvous); removed at stop."""
-        fd, self.hosts_file = tempfile.mkstemp(prefix="autoresearch-hosts-")
-        with os.fdopen(fd, "wb") as f:
-            f.write(HOSTS)
-        os.chmod(self.hosts_file, 0o644)
-        return self.hosts_file
 
     def _pumps(self, out) -> list[threading.Thread]:
         """Threads that talk the session (or feed stdin), demultiplex the output, sample memory."""
@@ -179,9 +171,6 @@ class _ContainerRun:
                 self.watchdog.kill()
                 self.watchdog.wait()
         self.cut = self.log.close() if self.log is not None else 0
-        if self.hosts_file is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(self.hosts_file)
 
     def result(self) -> SandboxResult:
         spec, watch, timed_out, cap = self.spec, self.watch, self.timed_out, self.cap
@@ -192,6 +181,25 @@ class _ContainerRun:
                              oom=self.oom, wall_seconds=self.wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
                              stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk,
                              log_cut_bytes=self.cut)
+
+
+def _hosts_file() -> str:
+    """/etc/hosts for containers (network "none" leaves the engine's empty; torchrun's rendezvous
+    needs localhost): one file per host user, in a folder only that user may write, never removed,
+    so a killed runner leaves nothing behind."""
+    d = Path(tempfile.gettempdir()) / f"autoresearch-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SandboxUnavailable(f"{d} is not a folder of this user that only it may write: remove it")
+    f = d / "hosts"
+    if not f.is_file() or f.read_bytes() != HOSTS:
+        tmp = d / f"hosts.{os.getpid()}"
+        tmp.write_bytes(HOSTS)
+        tmp.chmod(0o644)
+        os.replace(tmp, f)
+    return str(f)
 
 
 def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None", sink: "_PipeSink | None" = None) -> None:

@@ -182,8 +182,6 @@ def _created(b, spec: SandboxSpec, host: GpuHost) -> tuple[dict, dict]:
     finally:
         with contextlib.suppress(docker.errors.NotFound):
             b.client().api.remove_container(run.name, force=True)
-        if run.hosts_file:
-            os.unlink(run.hosts_file)
     return info["HostConfig"], dict(e.split("=", 1) for e in info["Config"]["Env"])
 
 
