@@ -6,11 +6,13 @@ one-line fix, and a broken program.md stops the loop instead of guessing.
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 PROGRAM_FILE = "program.md"
 
@@ -60,12 +62,75 @@ class Noise(_Strict):
     calibrate_runs: int = Field(3, ge=2)
 
 
+def _gpus(v: Any) -> Union[str, int, list[int]]:
+    """sandbox.gpus in one spelling: "all" | "none" | a count >= 1 | distinct indices >= 0."""
+    fix = "write all, none, a count such as 2, or device indices such as [0, 3]"
+    if isinstance(v, str) and "," in v:          # `gpus: 0,3` reads as a string in YAML: the indices
+        v = [p.strip() for p in v.split(",")]
+    if isinstance(v, list):
+        if not v:
+            raise ValueError(f"an empty list selects no GPU: write none; else {fix}")
+        bad = [x for x in v if isinstance(x, bool) or not (isinstance(x, int) or isinstance(x, str) and x.isdigit())]
+        if bad:
+            raise ValueError(f"{bad[0]!r} is not a GPU index (nvidia-smi -L numbers them 0, 1, ...): {fix}")
+        ids = [int(x) for x in v]
+        if neg := [i for i in ids if i < 0]:
+            raise ValueError(f"{neg[0]} is not a GPU index (nvidia-smi -L numbers them 0, 1, ...): {fix}")
+        if dup := sorted({i for i in ids if ids.count(i) > 1}):
+            raise ValueError(f"GPU {dup[0]} is listed twice: {fix}")
+        return ids
+    if v in ("all", "none"):
+        return v
+    if isinstance(v, int) and not isinstance(v, bool):
+        if v < 1:
+            raise ValueError(f"{v} is not a GPU count: for no GPU write none; else {fix}")
+        return v
+    if isinstance(v, str) and v.strip().isdigit():
+        raise ValueError(f"{v!r} is a string: a count is written unquoted (gpus: {v.strip()}), "
+                         f"one device as a list (gpus: [{v.strip()}])")
+    raise ValueError(f"{v!r} is not a GPU selection: {fix}")
+
+
 class Sandbox(_Strict):
     backend: Literal["auto", "docker", "bwrap", "none"] = "auto"
     memory_gb: float = Field(8, gt=0)
     pids: int = Field(512, ge=16)
     disk_gb: float = Field(4, gt=0)              # cap on runs/NNNN/out/ while a run goes (a checkpoint fits)
     image: str = "autoresearch-sandbox:latest"
+    # GPUs the run gets: all visible (CUDA_VISIBLE_DEVICES narrows), none, the first N, or host indices
+    gpus: Union[Literal["all", "none"], int, list[int]] = "all"
+    shm_gb: float = Field(1, gt=0)               # /dev/shm: DataLoader workers and NCCL (counts toward memory_gb)
+
+    _gpus = field_validator("gpus", mode="before")(_gpus)
+
+    @model_validator(mode="after")
+    def _shm_fits(self) -> "Sandbox":
+        if self.shm_gb > self.memory_gb:
+            raise ValueError(f"shm_gb: {self.shm_gb:g} GB of /dev/shm does not fit in memory_gb "
+                             f"({self.memory_gb:g}): lower shm_gb or raise memory_gb")
+        return self
+
+
+_LAUNCHER_WORD = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")
+
+
+def _launcher(v: Any) -> Any:
+    """run.launcher as argv words: a list, or a string split like a shell would, with no shell
+    syntax in any word (it is an argv prefix, never run by a shell)."""
+    try:
+        words = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:                       # an unclosed quote
+        raise ValueError(f"{v!r}: {e}") from None
+    if isinstance(words, list):                   # [torchrun, --nproc-per-node, 2]: YAML reads 2 as a number
+        words = [str(w) if isinstance(w, int) and not isinstance(w, bool) else w for w in words]
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError("give the launcher's words, such as torchrun --nproc-per-node 2 "
+                         "or [torchrun, --nproc-per-node, '2']")
+    for w in words:
+        if not _LAUNCHER_WORD.fullmatch(w):
+            raise ValueError(f"{w!r}: a launcher word may hold only letters, digits and _ . / = : , + @ % - "
+                             "(no shell syntax: it is not run by a shell)")
+    return words
 
 
 class Run(_Strict):
@@ -75,6 +140,11 @@ class Run(_Strict):
     train_script: str = "train.py"
     command: list[str] | None = None             # inline mode: the training command
     metric_regex: str | None = None              # inline mode: a regex with one group capturing the metric
+    # TRAIN stage only: argv words put before the training script (the interpreter left out), such as
+    # torchrun --nproc-per-node 2; the EVAL model server stays one process
+    launcher: list[str] | None = None
+
+    _launcher = field_validator("launcher", mode="before")(_launcher)
 
     @model_validator(mode="after")
     def _inline_needs(self) -> "Run":

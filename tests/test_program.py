@@ -131,3 +131,68 @@ def test_load_program_reads_the_project(tmp_path):
 def test_an_error_in_a_nested_block_is_blamed_on_its_key_line():
     text = "---\nobjective: x\neditable:\n  - train.py\n  - ../secret.py\n---\n"
     assert "line 3: editable:" in error_for(text)
+
+
+def sandbox_of(block: str):
+    return parse_program(f"---\nsandbox:\n{block}\n---\n").sandbox
+
+
+@pytest.mark.parametrize("value, want", [
+    ("all", "all"), ("none", "none"), ("2", 2), ("[0, 3]", [0, 3]), ("[3, 0]", [3, 0]),
+    ("0,3", [0, 3]), ("'1, 2'", [1, 2]), ("['0', '3']", [0, 3]),
+])
+def test_gpu_selection_spellings(value, want):
+    assert sandbox_of(f"  gpus: {value}").gpus == want
+
+
+def test_gpus_default_to_all_with_a_gigabyte_of_shm():
+    sb = parse_program("---\nobjective: x\n---\n").sandbox
+    assert (sb.gpus, sb.shm_gb) == ("all", 1)
+
+
+@pytest.mark.parametrize("value, words", [
+    ("-1", ["-1 is not a GPU count", "write none"]),
+    ("0", ["0 is not a GPU count", "write none"]),
+    ("[0, 0]", ["GPU 0 is listed twice"]),
+    ("[1, -2]", ["-2 is not a GPU index"]),
+    ("'2'", ["is a string", "gpus: 2", "gpus: [2]"]),      # a count or device 2? said, not guessed
+    ("[]", ["selects no GPU", "write none"]),
+    ("true", ["is not a GPU selection", "all, none"]),
+    ("All", ["is not a GPU selection"]),
+    ("[GPU-8f3c]", ["not a GPU index"]),
+    ("'0,x'", ["'x' is not a GPU index"]),
+    ("2.5", ["is not a GPU selection"]),
+])
+def test_bad_gpu_selections_are_refused_on_their_line(value, words):
+    msg = error_for(f"---\nobjective: x\nsandbox:\n  gpus: {value}\n---\n")
+    assert "line 4: sandbox.gpus:" in msg, msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_shm_must_be_positive_and_fit_in_memory():
+    assert sandbox_of("  shm_gb: 4\n  memory_gb: 16").shm_gb == 4
+    assert "sandbox.shm_gb" in error_for("---\nsandbox:\n  shm_gb: 0\n---\n")
+    msg = error_for("---\nsandbox:\n  shm_gb: 16\n---\n")
+    assert "does not fit in memory_gb (8)" in msg and "lower shm_gb or raise memory_gb" in msg
+
+
+@pytest.mark.parametrize("value", ["torchrun --nproc-per-node 2", "[torchrun, --nproc-per-node, 2]",
+                                   "'torchrun --nproc-per-node=2'", "[torchrun, '--nproc-per-node', '2']"])
+def test_launcher_as_a_string_or_a_list(value):
+    want = ["torchrun", "--nproc-per-node", "2"] if "=" not in value else ["torchrun", "--nproc-per-node=2"]
+    assert parse_program(f"---\nrun:\n  launcher: {value}\n---\n").run.launcher == want
+
+
+@pytest.mark.parametrize("value, bad", [
+    ("'torchrun; rm -rf ~'", "'torchrun;'"), ("'torchrun $NPROC'", "'$NPROC'"), ("'a | b'", "'|'"),
+    ("'a `id`'", "'`id`'"), ("[torchrun, 'a b']", "'a b'"), ("'a > out'", "'>'"),
+])
+def test_launcher_with_shell_syntax_is_refused(value, bad):
+    msg = error_for(f"---\nrun:\n  launcher: {value}\n---\n")
+    assert f"run.launcher: {bad}" in msg and "no shell syntax" in msg, msg
+
+
+@pytest.mark.parametrize("value", ["''", "[]", "\"torchrun 'x\""])
+def test_empty_or_unclosed_launcher_is_refused(value):
+    assert "run.launcher" in error_for(f"---\nrun:\n  launcher: {value}\n---\n")

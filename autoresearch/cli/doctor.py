@@ -135,6 +135,30 @@ def check_gpu(root: Path, program: Program | None) -> Check:
     return Check(name="gpu / torch", level="info", found=f"no GPU: training runs on the CPU (torch {tv})")
 
 
+def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check:
+    """What sandbox.gpus gives a run on this host (`host`: a GpuHost, discovered when None), with
+    its /dev/shm and launcher; a warning when it asks for more GPUs than are visible, or a launcher
+    starts more processes than the run has GPUs."""
+    from ..run.specs import gpu_request
+    from ..sandbox import SandboxUnavailable, selected_gpus
+    if program is None:
+        return Check(name="gpus: selection", level="info", found="program.md does not load (see above)")
+    sb, launcher = program.sandbox, program.run.launcher
+    tail = f"; /dev/shm {sb.shm_gb:g} GB" + (f"; launcher: {' '.join(launcher)}" if launcher else "")
+    try:
+        got = [d.index for d in selected_gpus(gpu_request(program), host=host)]
+    except SandboxUnavailable as e:
+        return Check(name="gpus: selection", level="warn", found=str(e),
+                     fix="set sandbox.gpus in program.md to GPUs this machine has (all, none, a count, [indices])")
+    want = sb.gpus if not isinstance(sb.gpus, list) else f"[{', '.join(map(str, sb.gpus))}]"
+    found = f"sandbox.gpus: {want} -> " + (f"GPU(s) {', '.join(map(str, got))}" if got else "no GPU (CPU)") + tail
+    m = re.search(r"--nproc[-_]per[-_]node[= ](\d+)", " ".join(launcher or []))
+    if m and int(m.group(1)) > max(len(got), 1):
+        return Check(name="gpus: selection", level="warn", found=found,
+                     fix=f"the launcher starts {m.group(1)} processes for {len(got)} GPU(s): match them")
+    return Check(name="gpus: selection", level="ok" if got or sb.gpus == "none" else "info", found=found)
+
+
 def check_claude(root: Path, program: Program | None) -> Check:
     cli = claude_cli()
     if cli is None:
@@ -296,7 +320,7 @@ def run_checks(root: Path) -> list[Check]:
     prog_check, program = check_program(root)
     checks = [check_python(root, program), prog_check]
     steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
-        check_git, check_sandbox, check_gpu, check_claude, check_hooks, check_data]
+        check_git, check_sandbox, check_gpu, check_gpu_selection, check_claude, check_hooks, check_data]
     for step in steps:
         try:
             got = step(root, program)

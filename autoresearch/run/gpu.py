@@ -1,26 +1,22 @@
 """Peak GPU memory of a stage, measured from outside the sandbox."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import threading
 
-from ..sandbox import host_has_gpus
-
 
 class GpuPeak:
     """Peak GPU memory used during a stage, polled with nvidia-smi from the host (what the
-    stage says about itself is not trusted). Inactive without GPUs or nvidia-smi."""
+    stage says about itself is not trusted), summed over the stage's GPUs (host indices).
+    Inactive without GPUs or nvidia-smi."""
 
-    def __init__(self, interval: float = 0.5):
-        self.interval, self.peak_bytes = interval, None
+    def __init__(self, gpus: list[int], interval: float = 0.5):
+        self.interval, self.peak_bytes, self.gpus = interval, None, gpus
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        sel = os.environ.get("CUDA_VISIBLE_DEVICES")
-        self._cmd = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"]
-        if sel:
-            self._cmd += ["-i", sel]
+        self._cmd = ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                     "-i", ",".join(map(str, gpus))]
 
     def _used(self) -> int | None:
         try:
@@ -30,7 +26,7 @@ class GpuPeak:
             return None
 
     def __enter__(self) -> "GpuPeak":
-        if host_has_gpus() and shutil.which("nvidia-smi"):
+        if self.gpus and shutil.which("nvidia-smi"):
             base = self._used()
             if base is not None:
                 def poll() -> None:

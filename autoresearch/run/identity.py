@@ -73,7 +73,7 @@ class Fingerprint(BaseModel):
     mode: str                             # two_stage | inline
     metric: str                           # name:direction
     backend: str                          # docker | bwrap | none
-    device: str                           # cpu | cuda:<model>
+    device: str                           # cpu | cuda:<model> | cuda:<model> xN (N GPUs)
     data: str                             # sha256 of the validation split (short), or "-"
     evaluator: str = "-"                  # what scores: the scorer's slice and context, or the inline regex
 
@@ -95,19 +95,22 @@ class Fingerprint(BaseModel):
         return ", ".join(words) or "nothing"
 
 
-def device_class(gpus: bool) -> str:
-    """cpu, or cuda:<the first GPU's model> (the model, not the index: any H100 equals any H100)."""
+def device_class(gpus: list[int]) -> str:
+    """cpu, or cuda:<the first run GPU's model>, with " xN" for N > 1 GPUs (the model and count,
+    not the indices: any H100 equals any H100, but a run on 8 is never compared with one on 1)."""
     if not gpus:
         return "cpu"
+    count = f" x{len(gpus)}" if len(gpus) > 1 else ""
     if shutil.which("nvidia-smi"):
         try:
-            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader",
+                                  "-i", ",".join(map(str, gpus))],
                                  capture_output=True, text=True, timeout=10).stdout.strip().splitlines()
             if out:
-                return f"cuda:{out[0].strip()}"
+                return f"cuda:{out[0].strip()}{count}"
         except (OSError, subprocess.SubprocessError):
             pass
-    return "cuda"
+    return f"cuda{count}"
 
 
 def data_version(val_file: Path | None) -> str:

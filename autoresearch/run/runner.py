@@ -38,7 +38,7 @@ from typing import Iterator, TextIO
 
 from ..digest import sha256_bytes
 from ..program import ConfigError, Program, load_program, project_root
-from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, host_has_gpus
+from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evaluate import eval_stage
 from .exits import HarnessError, RunBusy
 from .gpu import GpuPeak
@@ -51,7 +51,7 @@ from .metrics import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .report import current_best, summary
-from .specs import base_env, train_spec
+from .specs import base_env, gpu_request, train_argv, train_spec
 
 
 def _now() -> datetime:
@@ -114,6 +114,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
         sandbox.runtime()
+        selected_gpus(gpu_request(program))      # sandbox.gpus asks for GPUs this host has: else say so now
     except SandboxUnavailable as e:
         raise HarnessError(str(e)) from None
     script = program.run.train_script
@@ -150,7 +151,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
     """The run itself, with the project's run lock held."""
     fp = Fingerprint(budget_seconds=budget_s, eval_seconds=program.budget.eval_seconds, mode=program.run.mode,
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
-                     device=device_class(host_has_gpus()),
+                     device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator_version(root, program))
     lay = Layout(root, run_dir, script)
@@ -237,19 +238,17 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
            budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
-    rt = sandbox.runtime()
-    argv = list(program.run.command or []) if inline else [rt.python, str(lay.root / lay.script)]
-    if inline and argv and argv[0] in ("python", "python3"):
-        argv[0] = rt.python
+    argv = train_argv(sandbox.runtime().python, program, lay, inline)
     spec = train_spec(sandbox, program, lay, data, env, budget, argv)
-    with GpuPeak() as gpu:
+    gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
+    with GpuPeak(gpus) as gpu:
         res = sandbox.run(spec)
     m.train_seconds = round(res.wall_seconds, 3)
     m.extra["limits"] = res.limits
     m.extra["train_exit_code"] = res.exit_code
     if gpu.peak_bytes is not None:
         m.extra["gpu_peak_gb"] = _gb(gpu.peak_bytes)
-    m.device = "cuda" if spec.gpus else "cpu"
+    m.device = "cuda" if gpus else "cpu"
     what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if inline else lay.script
     status, reason = train_status(res, program, budget, lay.log, what)
     if res.log_cut_bytes:

@@ -3,9 +3,10 @@ script and any val/test folder replaced; the runtime; the package for the model 
 environment (budget, seed, out/ folder), and the limits. The sandbox enforces them.
 
     TRAIN  the project read-only, the train split only, runs/NNNN/out/ writable; killed at
-           budget + grace.
-    EVAL   one model server (`python -m autoresearch.run.model_server`): the project and the
-           checkpoint read-only, no data, the scorer's session on its stdin/stdout.
+           budget + grace; run.launcher (torchrun ...) before the script.
+    EVAL   one model server (`python -m autoresearch.run.model_server`, never launched): the project
+           and the checkpoint read-only, no data, the scorer's session on its stdin/stdout.
+    Both get sandbox.gpus (resolved by the sandbox against the host) and sandbox.shm_gb of /dev/shm.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import os
 from pathlib import Path
 
 from ..program import Program
-from ..sandbox import Backend, Mount, SandboxSpec, host_has_gpus
+from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec
 from .inputs import load_prepare
 from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
 
@@ -66,6 +67,27 @@ def base_env(backend: Backend, lay: Layout, home: str, budget: float, seed: int)
     return env
 
 
+def gpu_request(program: Program) -> GpuRequest:
+    """program.md's sandbox.gpus as the sandbox's request (the backends resolve it on the host)."""
+    g = program.sandbox.gpus
+    return None if g == "none" else tuple(g) if isinstance(g, list) else g
+
+
+def train_argv(python: str, program: Program, lay: Layout, inline: bool) -> list[str]:
+    """The TRAIN command: the script under the sandbox's Python (inline: run.command, its python
+    made the sandbox's), after run.launcher when set. A launcher runs the script with its own
+    Python (torchrun, accelerate launch, deepspeed), so the interpreter is left out after one;
+    a launcher word `python` is the sandbox's (mpirun -np 2 python)."""
+    argv = list(program.run.command or []) if inline else [python, str(lay.root / lay.script)]
+    if inline and argv and argv[0] in ("python", "python3"):
+        argv[0] = python
+    if not program.run.launcher:
+        return argv
+    if argv and argv[0] == python:
+        argv = argv[1:]
+    return [python if w in ("python", "python3") else w for w in program.run.launcher] + argv
+
+
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str]) -> SandboxSpec:
     mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data)
@@ -76,7 +98,8 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=budget + program.budget.grace_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=host_has_gpus(), log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
+                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm_gb * 2**30),
+                       log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
                        owner=project_id(lay.root))
 
 
@@ -97,5 +120,6 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=host_has_gpus(), session=session, log_path=log,
+                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm_gb * 2**30),
+                       session=session, log_path=log,
                        owner=project_id(lay.root))

@@ -41,6 +41,7 @@ Modules, one job each:
     bounds     the capped log, captured stdout, the disk watch (every backend)
     cgroups    per-run memory/pids cgroups, OOM and peak readings, removal of stale cgroup folders
     seccomp    the BPF filter bwrap installs
+    gpus       which GPUs a run gets (all, a count, indices) and each backend's devices for them
     bwrap      BwrapBackend, its user namespace and the uid drop wrapper
     none       NoneBackend (no isolation)
     docker     DockerBackend: engine, orphan reaping; container: one container run; image: which
@@ -52,9 +53,11 @@ from __future__ import annotations
 from .bwrap import BwrapBackend
 from .choose import choose_backend
 from .docker import DockerBackend
+from .gpus import GpuDevice, GpuHost, selected_gpus
 from .host import host_has_gpus
 from .none import NoneBackend
-from .spec import NONE_WARNING, Backend, Mount, SandboxResult, SandboxSpec, SandboxUnavailable
+from .spec import NONE_WARNING, Backend, GpuRequest, Mount, SandboxResult, SandboxSpec, SandboxUnavailable
 
-__all__ = ["NONE_WARNING", "Backend", "BwrapBackend", "DockerBackend", "Mount", "NoneBackend", "SandboxResult",
-           "SandboxSpec", "SandboxUnavailable", "choose_backend", "host_has_gpus"]
+__all__ = ["NONE_WARNING", "Backend", "BwrapBackend", "DockerBackend", "GpuDevice", "GpuHost", "GpuRequest", "Mount",
+           "NoneBackend", "SandboxResult", "SandboxSpec", "SandboxUnavailable", "choose_backend", "host_has_gpus",
+           "selected_gpus"]

@@ -10,7 +10,8 @@ import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from .host import _gpu_selection, _passwd_group, _prepare_mounts, _root_symlinks, host_python, host_runtime, sandbox_ids
+from .gpus import GpuHost, bwrap_gpu_args, cvd_of, gpu_env, select
+from .host import HOSTS, NSSWITCH, _passwd_group, _prepare_mounts, _root_symlinks, host_python, host_runtime, sandbox_ids
 from .process import _run_process
 from .seccomp import seccomp_filter
 from .spec import Runtime, SandboxResult, SandboxSpec, SandboxUnavailable, _check_spec
@@ -36,9 +37,13 @@ class BwrapBackend:
             ok, why = False, f"bubblewrap (bwrap) is not installed ({missing}): {_BWRAP_FIX}"
         else:
             p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--die-with-parent",
-                                "--ro-bind", "/", "/", "true"], capture_output=True, text=True)
+                                "--ro-bind", "/", "/", "--size", "1048576", "--tmpfs", "/tmp", "true"],
+                               capture_output=True, text=True)
             if p.returncode == 0:
                 ok, why = True, exe
+            elif "--size" in p.stderr:             # a sized /dev/shm needs bubblewrap 0.6 or later
+                ok, why = False, (f"{exe} is too old ({p.stderr.strip()}): bubblewrap 0.6 or later is needed; "
+                                  f"upgrade it, remove it so the pinned wheel is used, or use Docker")
             else:
                 ok, why = False, (
                     f"bwrap cannot create its namespaces here ({p.stderr.strip()}): enable unprivileged user "
@@ -56,10 +61,12 @@ class BwrapBackend:
                 + ("seccomp filter" if seccomp_filter() is not None else "NO seccomp filter (unknown machine)"))
 
     def command(self, spec: SandboxSpec, passwd_fd: int, group_fd: int, seccomp_fd: int | None = None,
-                userns_fd: int | None = None) -> list[str]:
+                userns_fd: int | None = None, gpu_host: GpuHost | None = None,
+                names_fds: tuple[int, int] | None = None) -> list[str]:
         """bwrap's argv. `userns_fd` (root runner): a user namespace mapping 0 and the sandbox uid
         to themselves; bwrap sets up as root in it, then a trusted one-line wrapper drops to the
-        sandbox uid (host uid 65534, no capabilities) before the command runs."""
+        sandbox uid (host uid 65534, no capabilities) before the command runs. `gpu_host`: the
+        host's GPUs (discovered when None), of which only the selected ones' nodes are bound."""
         uid, gid = sandbox_ids()
         exe = self.available()[1] if self.available()[0] else "bwrap"   # host path: spec.env's PATH is the sandbox's
         if userns_fd is None:
@@ -75,14 +82,19 @@ class BwrapBackend:
         for link, dest in _root_symlinks().items():
             argv += ["--symlink", dest, link]
         argv += ["--ro-bind", "/sys", "/sys", "--proc", "/proc", "--dev", "/dev", "--perms", "1777", "--tmpfs", "/tmp",
-                 "--ro-bind-data", str(passwd_fd), "/etc/passwd", "--ro-bind-data", str(group_fd), "/etc/group"]
+                 "--size", str(spec.shm_bytes), "--perms", "1777", "--tmpfs", "/dev/shm",
+                 "--perms", "0755", "--dir", "/etc",   # made first: as root bwrap would make it 0700
+                 "--perms", "0644", "--ro-bind-data", str(passwd_fd), "/etc/passwd",   # 0600 else: unreadable
+                 "--perms", "0644", "--ro-bind-data", str(group_fd), "/etc/group"]
+        if names_fds is not None:      # localhost resolves: torchrun's rendezvous, gloo/NCCL on the loopback
+            argv += ["--perms", "0644", "--ro-bind-data", str(names_fds[0]), "/etc/hosts",
+                     "--perms", "0644", "--ro-bind-data", str(names_fds[1]), "/etc/nsswitch.conf"]
         if userns_fd is not None:      # bwrap makes mount points' parents 0700 as root: the sandbox uid must pass
             argv += _parent_dirs([m.target for m in spec.mounts])
         for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts)):
             argv += ["--bind" if m.writable else "--ro-bind", str(m.source), m.target]
-        if spec.gpus and _gpu_selection(spec) not in ("", "-1"):
-            for dev in sorted(Path("/dev").glob("nvidia*")):
-                argv += ["--dev-bind-try", str(dev), str(dev)]
+        host = gpu_host or GpuHost.discover()
+        argv += bwrap_gpu_args(select(spec.gpus, host, cvd_of(spec.env)), host)
         argv += ["--chdir", spec.cwd, "--remount-ro", "/", "--"]
         if userns_fd is not None:
             argv += [host_python(), "-I", "-S", "-c", _DROP_TO.format(uid=uid, gid=gid)]
@@ -93,10 +105,8 @@ class BwrapBackend:
         ok, why = self.available()
         if not ok:
             raise SandboxUnavailable(why)
-        env = dict(spec.env)
-        if spec.gpus and (sel := _gpu_selection(spec)) is not None:
-            env["CUDA_VISIBLE_DEVICES"] = sel
-        spec = replace(spec, env=env)
+        host = GpuHost.discover()
+        spec = replace(spec, env={**spec.env, **gpu_env(select(spec.gpus, host, cvd_of(spec.env)))})
         # A root runner starts bwrap as the unprivileged sandbox uid: a user namespace that maps
         # the sandbox's uid to host root still passes host permission checks as root (a root-owned
         # 0600 socket in the project would answer it).
@@ -104,7 +114,7 @@ class BwrapBackend:
         if root:
             _prepare_mounts(spec, self.name)
         passwd, group = _passwd_group()
-        fds = [_data_fd(passwd), _data_fd(group)]
+        fds = [_data_fd(passwd), _data_fd(group), _data_fd(HOSTS), _data_fd(NSSWITCH)]
         bpf = seccomp_filter()
         log_start = spec.log_path.stat().st_size if spec.log_path and spec.log_path.exists() else 0
         try:
@@ -116,7 +126,7 @@ class BwrapBackend:
             if root:
                 userns_fd = _identity_userns(sandbox_ids())
                 fds.append(userns_fd)
-            argv = self.command(spec, fds[0], fds[1], seccomp_fd, userns_fd)
+            argv = self.command(spec, fds[0], fds[1], seccomp_fd, userns_fd, host, (fds[2], fds[3]))
             result = _run_process(self.name, argv, spec, pass_fds=tuple(fds))
         finally:
             for fd in fds:

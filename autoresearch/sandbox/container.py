@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -12,7 +14,8 @@ from pathlib import Path
 
 from .bounds import _Capture, _DiskWatch, _LogSink
 from .cgroups import _read_int, _remove_docker_parent
-from .host import _gpu_selection, host_has_gpus, sandbox_ids
+from .gpus import GpuHost, cvd_of, docker_device_request, select
+from .host import HOSTS, sandbox_ids
 from .process import _talk
 from .spec import _KILL_WAIT_S, LABEL, SandboxResult, SandboxSpec, SandboxUnavailable
 from .watchdog import _WATCHDOG_MARGIN_S, _start_watchdog
@@ -40,6 +43,7 @@ class _ContainerRun:
         self.peak: int | None = None
         self.wall, self.cut = 0.0, 0
         self.name = f"autoresearch-{os.getpid()}-{uuid.uuid4().hex[:12]}"   # removable even if create is interrupted
+        self.gpu_host: GpuHost | None = None        # the host's GPUs; discovered when None (tests set one)
 
     def start(self) -> None:
         api, spec = self.api, self.spec
@@ -73,24 +77,24 @@ class _ContainerRun:
         uid, gid = sandbox_ids()
         env = dict(spec.env)
         extra: dict = {}
-        if spec.gpus and host_has_gpus():
-            sel = _gpu_selection(spec)
-            env.pop("CUDA_VISIBLE_DEVICES", None)   # devices are renumbered from 0 inside
-            if sel not in ("", "-1"):
-                ids = [s.strip() for s in sel.split(",") if s.strip()] if sel else None
-                extra["device_requests"] = [docker.types.DeviceRequest(
-                    count=None if ids else -1, device_ids=ids, capabilities=[["gpu"]])]
+        host, cvd = self.gpu_host or GpuHost.discover(), cvd_of(spec.env)
+        selected = select(spec.gpus, host, cvd)
+        env.pop("CUDA_VISIBLE_DEVICES", None)       # the selected devices are renumbered from 0 inside
+        if (req := docker_device_request(spec.gpus, selected, host, cvd)) is not None:
+            extra["device_requests"] = [docker.types.DeviceRequest(**req)]
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         if cgroup_parent:
             extra["cgroup_parent"] = cgroup_parent
         host_config = api.create_host_config(
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
-                    for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))],
+                    for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))]
+            + [docker.types.Mount("/etc/hosts", _hosts_file(), type="bind", read_only=True)],
             cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
             if spec.disk_bytes is not None else None,
-            mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids,
+            mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids, shm_size=spec.shm_bytes,
             group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
             **extra)
         stdin = spec.stdin_data is not None or spec.session is not None
@@ -177,6 +181,25 @@ class _ContainerRun:
                              oom=self.oom, wall_seconds=self.wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
                              stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk,
                              log_cut_bytes=self.cut)
+
+
+def _hosts_file() -> str:
+    """/etc/hosts for containers (network "none" leaves the engine's empty; torchrun's rendezvous
+    needs localhost): one file per host user, in a folder only that user may write, never removed,
+    so a killed runner leaves nothing behind."""
+    d = Path(tempfile.gettempdir()) / f"autoresearch-{os.getuid()}"
+    with contextlib.suppress(FileExistsError):
+        d.mkdir(mode=0o700)
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SandboxUnavailable(f"{d} is not a folder of this user that only it may write: remove it")
+    f = d / "hosts"
+    if not f.is_file() or f.read_bytes() != HOSTS:
+        tmp = d / f"hosts.{os.getpid()}"
+        tmp.write_bytes(HOSTS)
+        tmp.chmod(0o644)
+        os.replace(tmp, f)
+    return str(f)
 
 
 def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None", sink: "_PipeSink | None" = None) -> None:

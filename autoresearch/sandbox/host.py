@@ -57,16 +57,17 @@ def sandbox_ids() -> tuple[int, int]:
     return (uid, os.getgid()) if uid != 0 else (65534, 65534)
 
 
+# Names inside: localhost resolves from files alone (torchrun's rendezvous, gloo/NCCL on the
+# loopback); without nsswitch.conf glibc asks DNS first, which has no network, and stops there.
+HOSTS = b"127.0.0.1\tlocalhost sandbox\n::1\tlocalhost ip6-localhost ip6-loopback sandbox\n"
+NSSWITCH = b"passwd: files\ngroup: files\nhosts: files\n"
+
+
 def _passwd_group() -> tuple[bytes, bytes]:
     uid, gid = sandbox_ids()
     passwd = f"root:x:0:0:root:/root:/sbin/nologin\nsandbox:x:{uid}:{gid}:sandbox:/tmp:/sbin/nologin\n"
     group = f"root:x:0:\nsandbox:x:{gid}:\n"
     return passwd.encode(), group.encode()
-
-
-def _gpu_selection(spec: SandboxSpec) -> str | None:
-    """CUDA_VISIBLE_DEVICES for this run: from the spec's env, else the host's; None = all."""
-    return spec.env.get("CUDA_VISIBLE_DEVICES", os.environ.get("CUDA_VISIBLE_DEVICES"))
 
 
 def host_has_gpus() -> bool:

@@ -8,13 +8,14 @@ import hashlib
 import io
 import tarfile
 
-from .host import _USER_ENV, _passwd_group, _root_symlinks, host_runtime, sandbox_ids
+from .host import _USER_ENV, NSSWITCH, _passwd_group, _root_symlinks, host_runtime, sandbox_ids
 from .spec import LOCAL_IMAGE_REPO, Runtime
 
 
 def local_image_tar() -> tuple[str, bytes]:
     """The no-pull image as a root-filesystem tar, and its content-addressed tag:
-    /etc/passwd and /etc/group naming the sandbox user, the host's /lib-style links,
+    /etc/passwd and /etc/group naming the sandbox user, nsswitch.conf (names from files: no
+    DNS without a network), the host's /lib-style links,
     empty /tmp. Everything else comes from read-only bind mounts at run time."""
     passwd, group = _passwd_group()
     buf = io.BytesIO()
@@ -28,6 +29,7 @@ def local_image_tar() -> tuple[str, bytes]:
             add(d, tarfile.DIRTYPE, mode=0o1777 if d == "tmp" else 0o755)
         add("etc/passwd", tarfile.REGTYPE, passwd)
         add("etc/group", tarfile.REGTYPE, group)
+        add("etc/nsswitch.conf", tarfile.REGTYPE, NSSWITCH)      # docker writes /etc/hosts itself
         for link, dest in sorted(_root_symlinks().items()):
             if link == "/sbin":     # docker mounts its init at /sbin/docker-init: keep a real dir
                 add("sbin", tarfile.DIRTYPE, mode=0o755)

@@ -1,6 +1,9 @@
 """The `none` backend: no isolation, asked for by name only; the caller records NONE_WARNING."""
 from __future__ import annotations
 
+from dataclasses import replace
+
+from .gpus import gpu_env, selected_gpus
 from .host import host_runtime
 from .process import _run_process
 from .spec import NONE_WARNING, Runtime, SandboxResult, SandboxSpec, _check_spec
@@ -22,4 +25,5 @@ class NoneBackend:
 
     def run(self, spec: SandboxSpec) -> SandboxResult:
         _check_spec(spec)
+        spec = replace(spec, env={**spec.env, **gpu_env(selected_gpus(spec.gpus, spec.env))})
         return _run_process(self.name, list(spec.argv), spec)

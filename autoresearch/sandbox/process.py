@@ -16,6 +16,7 @@ from typing import IO, Callable, Iterator
 
 from .bounds import _Capture, _DiskWatch, _LogSink
 from .cgroups import _Cgroups
+from .gpus import selected_gpus
 from .spec import _KILL_WAIT_S, SandboxResult, SandboxSpec, SandboxUnavailable
 
 
@@ -137,7 +138,9 @@ class _ProcessRun:
     def __init__(self, name: str, spec: SandboxSpec):
         self.name, self.spec = name, spec
         self.cg = _Cgroups.create(spec.memory_bytes, spec.pids)
-        self.limits = self.cg.kind if self.cg else ("rlimit-as" if not spec.gpus else "none")
+        # RLIMIT_AS would break CUDA (it reserves vast address space): none when the run has GPUs
+        gpu = bool(selected_gpus(spec.gpus, spec.env))
+        self.limits = self.cg.kind if self.cg else ("rlimit-as" if not gpu else "none")
         self.log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
         self.proc: subprocess.Popen[bytes] | None = None
         self.threads: list[threading.Thread] = []

@@ -5,9 +5,15 @@ Contracts the caller can rely on:
   means the same under every backend, `none` included (it ignores mounts).
   A writable mount's source must exist; a mount target nested in a read-only
   mount must already exist on the host (nothing can create it there).
-- `env` is everything the process sees (docker adds HOSTNAME). CUDA_VISIBLE_DEVICES,
-  from env or else the host, selects GPUs when `gpus=True` (docker maps it to
-  device ids and renumbers; bwrap/none pass it through).
+- `env` is everything the process sees (docker adds HOSTNAME).
+- `gpus` (gpus.py): None, "all", a count, or a tuple of host GPU indices, resolved
+  against the host's GPUs narrowed by CUDA_VISIBLE_DEVICES (env, else the runner's);
+  a request that cannot be met is SandboxUnavailable. docker: a device request for
+  exactly those (renumbered from 0 inside); bwrap: only their /dev/nvidia<N> nodes and
+  the driver's control nodes; bwrap and none set CUDA_VISIBLE_DEVICES to the host
+  indices (CUDA_DEVICE_ORDER=PCI_BUS_ID), "" when none.
+- `shm_bytes`: the size of /dev/shm (DataLoader workers, NCCL): docker shm_size, a
+  tmpfs of that size under bwrap; none uses the host's.
 - `stdin_data` is written to stdin and stdin is closed: data passed this way has
   no path inside the sandbox. `capture_stdout=True` returns stdout in
   `result.stdout` (up to `stdout_limit` bytes) and keeps it out of the log.
@@ -42,7 +48,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Callable, Protocol
+from typing import IO, Callable, Literal, Protocol, Union
 
 NONE_WARNING = (
     "SANDBOX DISABLED (backend 'none'): the experiment ran as a plain process with the "
@@ -56,6 +62,8 @@ _KILL_WAIT_S = 10.0                           # how long to wait for a killed tr
 
 
 # ---------------------------------------------------------------- data types
+
+GpuRequest = Union[None, Literal["all"], int, tuple[int, ...]]   # see gpus.py
 
 @dataclass(frozen=True)
 class Mount:
@@ -73,7 +81,8 @@ class SandboxSpec:
     timeout_s: float                  # hard wall-clock limit, enforced from outside (kill)
     memory_bytes: int
     pids: int = 512
-    gpus: bool = False                # pass GPUs through when present (respect CUDA_VISIBLE_DEVICES)
+    gpus: GpuRequest = None           # None | "all" | first N visible | exact host indices (gpus.py)
+    shm_bytes: int = 1 << 30          # size of /dev/shm (DataLoader workers, NCCL); none: the host's
     stdin_data: bytes | None = None   # written to the process's stdin, then closed
     capture_stdout: bool = False      # True: stdout goes to result.stdout, not to the log
     log_path: Path | None = None      # stderr (and stdout unless captured) appended here as it happens
@@ -127,8 +136,10 @@ class Backend(Protocol):
 def _check_spec(spec: SandboxSpec) -> None:
     if not spec.argv:
         raise ValueError("SandboxSpec.argv is empty")
-    if spec.timeout_s <= 0 or spec.memory_bytes <= 0 or spec.pids <= 0:
-        raise ValueError("SandboxSpec: timeout_s, memory_bytes and pids must be positive")
+    if spec.timeout_s <= 0 or spec.memory_bytes <= 0 or spec.pids <= 0 or spec.shm_bytes <= 0:
+        raise ValueError("SandboxSpec: timeout_s, memory_bytes, pids and shm_bytes must be positive")
+    if isinstance(spec.gpus, bool) or isinstance(spec.gpus, list):
+        raise TypeError(f"SandboxSpec.gpus: {spec.gpus!r}: use None, 'all', a count or a tuple of indices")
     for m in spec.mounts:
         if not m.target.startswith("/"):
             raise ValueError(f"mount target {m.target!r} must be an absolute path")

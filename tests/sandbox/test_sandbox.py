@@ -419,13 +419,20 @@ def test_captured_stdout_is_capped(backend):
 
 @pytest.mark.bwrap
 def test_bwrap_gpu_selection_passes_through(bwrap_available, monkeypatch):
-    """With gpus=True the host's CUDA_VISIBLE_DEVICES selection reaches the process."""
+    """The host's CUDA_VISIBLE_DEVICES narrows "all", and the process sees exactly the selection
+    (a host with GPUs 0-2 stood in for: --dev-bind-try skips the nodes this machine lacks)."""
+    from autoresearch.sandbox.gpus import GpuDevice, GpuHost
+    monkeypatch.setattr(GpuHost, "discover", staticmethod(lambda: GpuHost(tuple(GpuDevice(i, i) for i in range(3)))))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "1")
     b = choose_backend("bwrap")
-    r = b.run(spec(b, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))", gpus=True))
-    assert r.stdout.strip() == b"1", r
-    r = b.run(spec(b, "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'))", gpus=False))
-    assert r.stdout.strip() == b"None", r
+    code = "import os; print(os.environ.get('CUDA_VISIBLE_DEVICES'), os.environ.get('CUDA_DEVICE_ORDER'))"
+    r = b.run(spec(b, code, gpus="all"))
+    assert r.stdout.split() == [b"1", b"PCI_BUS_ID"], r
+    r = b.run(spec(b, code, gpus=None))
+    assert r.stdout.split() == [b"PCI_BUS_ID"], r          # CUDA_VISIBLE_DEVICES="": no GPU
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    r = b.run(spec(b, code, gpus=(2, 0)))
+    assert r.stdout.split() == [b"2,0", b"PCI_BUS_ID"], r
 
 
 @pytest.mark.bwrap
