@@ -175,3 +175,18 @@ def test_without_the_extra_it_says_how_to_install_it(night, monkeypatch, capsys)
     assert export_mod.main(night.path) == 2
     err = capsys.readouterr().err
     assert "pip install -e '.[mlflow]'" in err and "autoresearch[mlflow]" in err
+
+
+def test_a_run_left_half_written_by_a_killed_export_is_redone_once(tmp_path):
+    p = Project.create(tmp_path / "proj")
+    p.baseline(2.0)
+    row = p.rows()[0]
+    c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    eid = c.create_experiment("night")
+    project = export_mod.project_id(p.path)
+    half = c.create_run(eid, tags={"autoresearch.key": export_mod.row_key(project, row),
+                                   "autoresearch.project": project, "autoresearch.run_id": row.run_id})
+    done = export_mod.export(p.path, p.rows(), c, "night", None, "val_bpb", warn=lambda m: None)
+    assert [d.action for d in done] == ["logged"] and done[0].mlflow_run_id != half.info.run_id
+    live = c.search_runs([eid])
+    assert [r.info.run_id for r in live] == [done[0].mlflow_run_id] and live[0].info.status == "FINISHED"
