@@ -157,6 +157,19 @@ def _report_commands(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the record as JSON (final.FinalRecord)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
+    def export(a):
+        from .export import main as run
+        return run(_project(a), tracking_uri=a.tracking_uri, experiment=a.experiment, branch=a.branch,
+                   as_json=a.json)
+    p = add("export", "log each decided experiment (signed records only) as a run in an experiment tracker; "
+                      "needs the optional extra: pip install -e '.[mlflow]'", export)
+    p.add_argument("tracker", choices=["mlflow"], help="the tracker (mlflow)")
+    p.add_argument("--tracking-uri", metavar="URI", help="where to log (default: $MLFLOW_TRACKING_URI, else a local "
+                                                          "SQLite store in .autoresearch/mlflow/)")
+    p.add_argument("--experiment", metavar="NAME", help="the MLflow experiment (default: autoresearch/<folder>)")
+    p.add_argument("--branch", help="only this run branch (default: every row of results.tsv)")
+    p.add_argument("--json", action="store_true", help="print what was exported as JSON (export.ExportReport)")
+
 
 # --- driving the loop: ledger, overnight, calibrate, pause, resume --------------------------------
 

@@ -14,7 +14,7 @@ from autoresearch.cli.headless import FATAL_KIND, FATAL_STATUS, fatal_error
 from autoresearch.cli.app import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["init", "status", "plot", "doctor", "final", "ledger", "overnight", "calibrate", "pause", "resume",
+COMMANDS = ["init", "status", "plot", "doctor", "final", "export", "ledger", "overnight", "calibrate", "pause", "resume",
             "guard"]
 
 
