@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from ..program import Budget, ConfigError, parse_program
-from .wiring import legacy_settings, load_settings, merge_settings
+from .wiring import legacy_settings, load_settings, merge_settings, read_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
 GITIGNORE_LINES = ["runs/", "results.tsv", ".autoresearch/", "progress.png"]
@@ -269,12 +269,10 @@ def plan(o: InitOptions) -> dict[str, str]:
     for k in ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS"):
         env[k] = str(max(int(env.get(k, 0) or 0), need))
     existing_path = root / ".claude" / "settings.json"
-    existing: dict = {}
-    if existing_path.is_file():
-        try:
-            existing = json.loads(existing_path.read_text())
-        except ValueError as e:
-            raise InitError(f"{existing_path} is not valid JSON ({e}); fix or move it first") from None
+    try:
+        existing = read_settings(existing_path)
+    except ValueError as e:
+        raise InitError(str(e)) from None
     files = {
         "program.md": text,
         "scratchpad.md": SCRATCHPAD.format(metric=o.metric),

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 
 from ..atomic import write_atomic
+from .wiring import read_settings
 
 PLUGIN_NAME = "autoresearch"
 STOP_CAP_KEY = "CLAUDE_CODE_STOP_HOOK_BLOCK_CAP"
@@ -82,12 +83,7 @@ def write_plugin_settings(root: Path, program) -> tuple[Path, dict[str, str]]:
     """Merge the loop's env into .claude/settings.json (created if needed); returns what changed.
     Raises ValueError when the existing file is not valid JSON (nothing is written then)."""
     path = settings_path(root)
-    settings: dict = {}
-    if path.is_file():
-        try:
-            settings = json.loads(path.read_text())
-        except ValueError as e:
-            raise ValueError(f"{path} is not valid JSON ({e}); fix or move it first") from None
+    settings = read_settings(path)
     env = settings.setdefault("env", {})
     changed = {}
     for key, want in loop_env(program).items():

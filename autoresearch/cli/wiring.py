@@ -74,6 +74,17 @@ def plugin_hooks(settings: dict) -> dict:
             "hooks": out}
 
 
+def read_settings(path: Path) -> dict:
+    """A project's .claude/settings.json ({} when there is none). Raises ValueError naming the
+    file when it is not valid JSON, so nothing is written over a file a human must fix."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); fix or move it first") from None
+
+
 def legacy_settings(settings: dict, bundle: Path, python: Path) -> dict:
     """.claude/settings.json for a legacy repo: the bundle's wiring with absolute paths."""
     for p in (bundle, python):
