@@ -223,7 +223,9 @@ def render(rep: Report, last: int | None = 20) -> "object":
                  + (f" (keep rate {rep.summary.keep_rate:.0%})" if rep.summary and rep.summary.keep_rate is not None
                     else ""))
     sm = rep.summary
-    if sm and sm.total_improvement is not None and sm.baseline is not None:
+    if sm and sm.kept < 2:
+        head.add_row("improvement", "none yet: only the baseline is kept")
+    elif sm and sm.total_improvement is not None and sm.baseline is not None:
         rel = f", {sm.relative_improvement:.1%}" if sm.relative_improvement is not None else ""
         head.add_row("improvement", f"{_num(sm.baseline)} -> {_num(sm.best)}: {_num(sm.total_improvement)} better "
                                     f"than the baseline{rel}")

@@ -317,3 +317,9 @@ def test_status_json_without_experiments(tmp_path):
     from autoresearch.cli.status import Report
     rep = Report.model_validate_json(cli(_empty_project(tmp_path), "status", "--json").stdout)
     assert rep.rows == [] and rep.summary is None and rep.best is None
+
+
+def test_status_with_only_the_baseline_kept_claims_no_improvement(tmp_path):
+    root = make_project(tmp_path, night=[("keep", 2.300, "baseline"), ("discard", 2.310, "lr 3e-3")])
+    table = cli(root, "status").stdout
+    assert "none yet: only the baseline is kept" in table and "better than the baseline" not in table
