@@ -99,16 +99,21 @@ class Sandbox(_Strict):
     image: str = "autoresearch-sandbox:latest"
     # GPUs the run gets: all visible (CUDA_VISIBLE_DEVICES narrows), none, the first N, or host indices
     gpus: Union[Literal["all", "none"], int, list[int]] = "all"
-    shm_gb: float = Field(1, gt=0)               # /dev/shm: DataLoader workers and NCCL (counts toward memory_gb)
+    shm_gb: float | None = Field(None, gt=0)     # /dev/shm: DataLoader workers and NCCL (counts toward memory_gb)
 
     _gpus = field_validator("gpus", mode="before")(_gpus)
 
     @model_validator(mode="after")
     def _shm_fits(self) -> "Sandbox":
-        if self.shm_gb > self.memory_gb:
+        if self.shm_gb is not None and self.shm_gb > self.memory_gb:
             raise ValueError(f"shm_gb: {self.shm_gb:g} GB of /dev/shm does not fit in memory_gb "
                              f"({self.memory_gb:g}): lower shm_gb or raise memory_gb")
         return self
+
+    @property
+    def shm(self) -> float:
+        """/dev/shm in GB: shm_gb, else 1 GB or half of memory_gb when that is smaller."""
+        return self.shm_gb if self.shm_gb is not None else min(1.0, self.memory_gb / 2)
 
 
 _LAUNCHER_WORD = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")

@@ -147,7 +147,7 @@ def test_gpu_selection_spellings(value, want):
 
 def test_gpus_default_to_all_with_a_gigabyte_of_shm():
     sb = parse_program("---\nobjective: x\n---\n").sandbox
-    assert (sb.gpus, sb.shm_gb) == ("all", 1)
+    assert (sb.gpus, sb.shm_gb, sb.shm) == ("all", None, 1)
 
 
 @pytest.mark.parametrize("value, words", [
@@ -172,6 +172,7 @@ def test_bad_gpu_selections_are_refused_on_their_line(value, words):
 
 def test_shm_must_be_positive_and_fit_in_memory():
     assert sandbox_of("  shm_gb: 4\n  memory_gb: 16").shm_gb == 4
+    assert sandbox_of("  memory_gb: 0.5").shm == 0.25, "the default shrinks with a small memory limit"
     assert "sandbox.shm_gb" in error_for("---\nsandbox:\n  shm_gb: 0\n---\n")
     msg = error_for("---\nsandbox:\n  shm_gb: 16\n---\n")
     assert "does not fit in memory_gb (8)" in msg and "lower shm_gb or raise memory_gb" in msg

@@ -144,7 +144,7 @@ def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check
     if program is None:
         return Check(name="gpus: selection", level="info", found="program.md does not load (see above)")
     sb, launcher = program.sandbox, program.run.launcher
-    tail = f"; /dev/shm {sb.shm_gb:g} GB" + (f"; launcher: {' '.join(launcher)}" if launcher else "")
+    tail = f"; /dev/shm {sb.shm:g} GB" + (f"; launcher: {' '.join(launcher)}" if launcher else "")
     try:
         got = [d.index for d in selected_gpus(gpu_request(program), host=host)]
     except SandboxUnavailable as e:

@@ -98,7 +98,7 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=budget + program.budget.grace_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm_gb * 2**30),
+                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
                        log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
                        owner=project_id(lay.root))
 
@@ -120,6 +120,6 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm_gb * 2**30),
+                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
                        session=session, log_path=log,
                        owner=project_id(lay.root))

@@ -6,6 +6,7 @@ tmpfs /tmp, new /proc and minimal /dev, an unprivileged host uid even when the r
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -36,8 +37,9 @@ class BwrapBackend:
         if exe is None:
             ok, why = False, f"bubblewrap (bwrap) is not installed ({missing}): {_BWRAP_FIX}"
         else:
+            true = os.path.realpath(shutil.which("true") or "/bin/true")   # PATH may point into the tmpfs
             p = subprocess.run([exe, "--unshare-all", "--unshare-user", "--die-with-parent",
-                                "--ro-bind", "/", "/", "--size", "1048576", "--tmpfs", "/tmp", "true"],
+                                "--ro-bind", "/", "/", "--size", "1048576", "--tmpfs", "/tmp", true],
                                capture_output=True, text=True)
             if p.returncode == 0:
                 ok, why = True, exe
