@@ -1,0 +1,155 @@
+"""The repo's own environment (issue 16): run.python (its venv runs TRAIN and the model server),
+run.env (variables in both stages) and mounts (host folders per stage, read-only), for real under
+the sandbox; and program.md's validation of them."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+
+from experiment_support import BACKENDS, log_of, make_project, metrics, require_backend, run_sh, with_main_prelude
+
+from autoresearch.program import ConfigError, load_program, parse_program
+
+pytestmark = pytest.mark.usefixtures("data_dir")
+
+# module level: runs in TRAIN (train.log) and again when the model server imports train.py (eval.log)
+PROBE = '''
+import json as _j, os as _o, sys as _s
+try:
+    import only_in_repo_venv as _m
+    _marker = _m.MARK
+except ImportError:
+    _marker = None
+def _can_read(p):
+    try:
+        return open(p).read().strip()
+    except OSError as e:
+        return type(e).__name__
+print("ENV-PROBE " + _j.dumps({"exe": _s.executable, "prefix": _s.prefix, "marker": _marker,
+      "wandb": _o.environ.get("WANDB_MODE"), "hf": _o.environ.get("HF_HOME"),
+      "train_data": _can_read(_o.environ["PROBE_TRAIN"] + "/part.txt"),
+      "eval_data": _can_read(_o.environ["PROBE_EVAL"] + "/held.txt"),
+      "via_link": _can_read("data_link/part.txt")}), file=_s.stderr, flush=True)
+'''
+
+
+def _probes(text: str) -> list[dict]:
+    return [json.loads(ln.split("ENV-PROBE ", 1)[1]) for ln in text.splitlines() if "ENV-PROBE " in ln]
+
+
+def _repo_venv(dest: Path) -> Path:
+    """A venv as a legacy repo has one: its own marker package; torch and numpy from the harness's
+    site-packages through a .pth (the model server needs them), the rest of the system's."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(dest)], check=True)
+    site = Path(subprocess.run([str(dest / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                               capture_output=True, text=True, check=True).stdout.strip())
+    (site / "only_in_repo_venv.py").write_text('MARK = "repo-venv-marker"\n')
+    (site / "harness.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return dest / "bin" / "python"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, request, backend):
+    require_backend(request, backend)
+    py = _repo_venv(tmp_path / "repo-venv")
+    train_data, held_out = tmp_path / "train-data", tmp_path / "held-out"
+    for d, f, text in ((train_data, "part.txt", "train-bytes"), (held_out, "held.txt", "held-bytes")):
+        d.mkdir()
+        (d / f).write_text(text)
+        d.chmod(0o755)
+    extra = (f"mounts:\n  - {{path: {train_data}, stages: [train]}}\n  - {{path: {held_out}, stages: [eval]}}\n")
+    proj = make_project(tmp_path / "p", train_py=with_main_prelude((Path(__file__).parents[2] / "train.py").read_text(),
+                                                                    "pass", helpers=PROBE), extra=extra)
+    text = (proj / "program.md").read_text().replace(
+        "run:\n", f"run:\n  python: {py}\n  env: {{WANDB_MODE: offline, HF_HOME: /data/hf, "
+                  f"PROBE_TRAIN: '{train_data}', PROBE_EVAL: '{held_out}'}}\n", 1)
+    assert text != (proj / "program.md").read_text(), "program.md has a run: block to extend"
+    (proj / "program.md").write_text(text)
+    (proj / "data_link").symlink_to(train_data)
+    for p in tmp_path.iterdir():
+        p.chmod(0o755)
+    p = run_sh(proj, "-m", "repo env", "--backend", backend, "--budget", "2")
+    assert p.returncode == 0, p.stdout + p.stderr
+    train = _probes(log_of(proj))
+    evals = _probes((proj / "runs" / "0001" / "eval.log").read_text())
+    assert train and evals, "train.py's module code ran in both stages"
+    for probe in train + evals:
+        assert probe["exe"] == str(py) and probe["prefix"] == str(py.parent.parent), "the repo's venv ran"
+        assert probe["marker"] == "repo-venv-marker"
+        assert (probe["wandb"], probe["hf"]) == ("offline", "/data/hf")
+    assert train[0]["train_data"] == "train-bytes" and train[0]["via_link"] == "train-bytes"
+    assert train[0]["eval_data"] != "held-bytes", "held-out data is not shown to TRAIN"
+    for probe in evals:
+        assert probe["train_data"] != "train-bytes" and probe["via_link"] != "train-bytes"
+        assert probe["eval_data"] == "held-bytes"
+    m = metrics(proj)
+    assert m["status"] == "ok", m["reason"]
+    assert m["fingerprint"]["interpreter"].startswith(f"{py} 3."), "the interpreter is part of the fingerprint"
+
+
+# ------------------------------------------------------------------ program.md validation
+
+def _front(body: str) -> str:
+    return f"---\n{body}\n---\n"
+
+
+@pytest.mark.parametrize("body, words", [
+    ("run: {env: {PATH: /x}}", ["run.env", "PATH cannot be set"]),
+    ("run: {env: {LD_PRELOAD: /x.so}}", ["LD_PRELOAD cannot be set"]),
+    ("run: {env: {PYTHONPATH: /x}}", ["PYTHONPATH cannot be set"]),
+    ("run: {env: {AUTORESEARCH_SEED: '1'}}", ["AUTORESEARCH_SEED cannot be set"]),
+    ("run: {env: {CUDA_VISIBLE_DEVICES: '0'}}", ["sandbox.gpus"]),
+    ("run: {env: {'1BAD': x}}", ["not a variable name"]),
+    ("run: {env: {FLAG: yes}}", ["not a string", "quote it"]),
+    ("run: {env: {A: \"x\\ny\"}}", ["newline"]),
+    ("run: {env: [A]}", ["mapping"]),
+    ("run: {python: ../other/bin/python}", ["run.python", "without '..'"]),
+    ("mounts: [{path: data, stages: [train]}]", ["mounts.0.path", "absolute"]),
+    ("mounts: [{path: /nonexistent-autoresearch-x, stages: [train]}]", ["does not exist"]),
+    ("mounts: [{path: /etc, stages: [train]}]", ["system folder"]),
+    ("mounts: [{path: /usr/share, stages: []}]", ["mounts.0.stages"]),
+    ("mounts: [{path: /usr/share, stages: [test]}]", ["mounts.0.stages"]),
+    ("mounts: [{path: /usr/share}]", ["mounts.0.stages", "required"]),
+])
+def test_program_md_rejects_a_bad_environment_with_the_field(body, words):
+    with pytest.raises(ConfigError) as e:
+        parse_program(_front(body))
+    assert all(w in str(e.value) for w in words), str(e.value)
+
+
+def test_numbers_in_run_env_become_strings_and_a_good_environment_loads(tmp_path):
+    prog = parse_program(_front(f"run: {{env: {{OMP_NUM_THREADS: 4, WANDB_MODE: offline}}}}\n"
+                                f"mounts: [{{path: {tmp_path}, stages: [eval, final]}}]"))
+    assert prog.run.env == {"OMP_NUM_THREADS": "4", "WANDB_MODE": "offline"}
+    assert prog.mounts[0].stages == ["eval", "final"] and prog.run.python is None
+
+
+def test_a_credentials_folder_is_never_mounted(tmp_path):
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / "keys").symlink_to(tmp_path / ".ssh")
+    for p in (tmp_path / ".ssh", tmp_path / "keys"):
+        with pytest.raises(ConfigError, match="credentials folder"):
+            parse_program(_front(f"mounts: [{{path: {p}, stages: [train]}}]"))
+
+
+def test_load_checks_run_python_and_mounts_against_the_project(tmp_path):
+    proj = tmp_path / "p"
+    (proj / "data").mkdir(parents=True)
+    (proj / "program.md").write_text(_front(f"run: {{python: .venv/bin/python}}\n"
+                                            f"mounts: [{{path: {proj / 'data'}, stages: [train]}}, "
+                                            f"{{path: {tmp_path}, stages: [eval]}}]"))
+    with pytest.raises(ConfigError) as e:
+        load_program(proj)
+    msg = str(e.value)
+    assert f"run.python: {proj / '.venv/bin/python'} is not an executable file" in msg
+    assert "mounts.0.path" in msg and "inside the project" in msg
+    assert "mounts.1.path" in msg and "around the project" in msg
+    py = _repo_venv(proj / ".venv")
+    (proj / "program.md").write_text(_front("run: {python: .venv/bin/python}"))
+    assert load_program(proj).run.python == ".venv/bin/python" and py.is_file()
