@@ -150,3 +150,55 @@ def test_load_checks_run_python_and_mounts_against_the_project(tmp_path):
     py = _repo_venv(proj / ".venv")
     (proj / "program.md").write_text(_front("run: {python: .venv/bin/python}"))
     assert load_program(proj).run.python == ".venv/bin/python" and py.is_file()
+
+
+# ------------------------------------------------------------------ what each stage is given; doctor
+
+def test_each_stage_gets_only_its_mounts_and_the_repo_interpreter(tmp_path):
+    from autoresearch.run.specs import environment_mounts, python_of, repo_env
+    from autoresearch.sandbox.bwrap import BwrapBackend
+    proj = tmp_path / "p"
+    proj.mkdir()
+    py = _repo_venv(proj / ".venv")
+    dirs = {s: tmp_path / s for s in ("tr", "ev", "fi")}
+    for d in dirs.values():
+        d.mkdir()
+    (tmp_path / "tr-link").symlink_to(dirs["tr"])
+    (proj / "program.md").write_text(_front(
+        f"run: {{python: .venv/bin/python, env: {{WANDB_MODE: offline}}}}\n"
+        f"mounts: [{{path: {tmp_path / 'tr-link'}, stages: [train]}}, {{path: {dirs['ev']}, stages: [eval]}}, "
+        f"{{path: {dirs['fi']}, stages: [final]}}]"))
+    prog, b = load_program(proj), BwrapBackend()
+    targets = {s: {m.target for m in environment_mounts(b, prog, proj, s)} for s in ("train", "eval", "final")}
+    assert {str(tmp_path / "tr-link"), str(dirs["tr"])} <= targets["train"], "the link and its real path"
+    assert str(dirs["ev"]) not in targets["train"] and str(dirs["fi"]) not in targets["train"]
+    assert targets["eval"] & {str(dirs["tr"]), str(dirs["fi"])} == set() and str(dirs["ev"]) in targets["eval"]
+    assert str(dirs["fi"]) in targets["final"] and str(dirs["ev"]) not in targets["final"]
+    assert not any(m.writable for s in targets for m in environment_mounts(b, prog, proj, s)), "read-only"
+    assert python_of(b, prog, proj) == str(py), "the project's venv, not the harness's Python"
+    env = repo_env({"PATH": "/usr/bin", "OMP_NUM_THREADS": "2"}, prog, proj)
+    assert env["PATH"].startswith(f"{py.parent}:") and env["WANDB_MODE"] == "offline"
+
+
+def test_doctor_runs_the_repo_interpreter_and_reads_the_mounts(tmp_path):
+    from autoresearch.cli.envcheck import check_interpreter, check_mounts
+    proj = tmp_path / "p"
+    proj.mkdir()
+    _repo_venv(proj / ".venv")
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    data = tmp_path / "d"
+    data.mkdir()
+    prog = parse_program(_front(f"run: {{python: .venv/bin/python, env: {{OMP_NUM_THREADS: 1}}}}\n"
+                                f"mounts: [{{path: {data}, stages: [train]}}]"))
+    ok = check_interpreter(proj, prog)
+    assert ok.level == "ok" and "torch" in ok.found and f"Python {sys.version.split()[0]}" in ok.found
+    checks = check_mounts(proj, prog)
+    assert [c.level for c in checks] == ["ok", "warn"] and "OMP_NUM_THREADS" in checks[1].found
+    data.rmdir()
+    assert check_mounts(proj, prog)[0].level == "fail", "a mount gone since load is a failure"
+    no_torch = parse_program(_front(f"run: {{python: {bare / 'bin' / 'python'}}}"))
+    bad = check_interpreter(proj, no_torch)
+    if subprocess.run([str(bare / "bin" / "python"), "-c", "import torch"], capture_output=True).returncode != 0:
+        assert bad.level == "fail" and "cannot import torch" in bad.found and "pip install torch" in bad.fix
+    assert check_interpreter(proj, parse_program(_front("run: {}"))).level == "info"
