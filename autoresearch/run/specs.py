@@ -144,7 +144,8 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server", "--project", str(lay.root), "--script", lay.script,
+    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server",
+            "--project", str(lay.root), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,

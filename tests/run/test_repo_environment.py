@@ -46,7 +46,8 @@ def _repo_venv(dest: Path) -> Path:
     """A venv as a legacy repo has one: its own marker package; torch and numpy from the harness's
     site-packages through a .pth (the model server needs them), the rest of the system's."""
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(dest)], check=True)
-    site = Path(subprocess.run([str(dest / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    purelib = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    site = Path(subprocess.run([str(dest / "bin" / "python"), "-c", purelib],
                                capture_output=True, text=True, check=True).stdout.strip())
     (site / "only_in_repo_venv.py").write_text('MARK = "repo-venv-marker"\n')
     (site / "harness.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
