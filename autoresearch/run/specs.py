@@ -94,6 +94,21 @@ def environment_mounts(backend: Backend, program: Program, root: Path, stage: st
     return mounts + [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
 
 
+def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) -> list[Mount]:
+    """A declared mount that holds the prepared data (a mounted ~/.cache) must not show its
+    val/test splits: an empty folder over them, at every path the mount shows them under."""
+    if data is None:
+        return []
+    out = []
+    for shown in stage_mounts(program.mounts, stage):
+        real = shown.resolve()
+        for split in ("val", "test"):
+            d = (data / split).resolve()
+            if d.is_dir() and inside(d, real):
+                out.append(Mount(lay.empty(), str(shown / d.relative_to(real))))
+    return list(dict.fromkeys(out))
+
+
 def gpu_request(program: Program) -> GpuRequest:
     """program.md's sandbox.gpus as the sandbox's request (the backends resolve it on the host)."""
     g = program.sandbox.gpus
@@ -118,7 +133,7 @@ def train_argv(python: str, program: Program, lay: Layout, inline: bool) -> list
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str]) -> SandboxSpec:
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train")
-    mounts += project_mounts(lay, data)
+    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data)
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env = {**env, "AUTORESEARCH_DATA": str(data)}
@@ -138,7 +153,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     code prints) to `log`."""
     pkg_mounts, pkg_path = package_mount()
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
-    mounts += project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
     env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight

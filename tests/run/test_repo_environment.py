@@ -4,6 +4,8 @@ the sandbox; and program.md's validation of them."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -34,7 +36,9 @@ print("ENV-PROBE " + _j.dumps({"exe": _s.executable, "prefix": _s.prefix, "marke
       "wandb": _o.environ.get("WANDB_MODE"), "hf": _o.environ.get("HF_HOME"),
       "train_data": _can_read(_o.environ["PROBE_TRAIN"] + "/part.txt"),
       "eval_data": _can_read(_o.environ["PROBE_EVAL"] + "/held.txt"),
-      "via_link": _can_read("data_link/part.txt")}), file=_s.stderr, flush=True)
+      "via_link": _can_read("data_link/part.txt"),
+      "cache_val": _o.path.exists(_o.environ["PROBE_CACHE"] + "/data/val/val.bin"),
+      "cache_meta": _o.path.exists(_o.environ["PROBE_CACHE"] + "/data/meta.json")}), file=_s.stderr, flush=True)
 '''
 
 
@@ -56,8 +60,10 @@ def _repo_venv(dest: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, request, backend):
+def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, request, backend, data_dir):
     require_backend(request, backend)
+    cache = tmp_path / "cache"                      # a mounted cache that holds the prepared data
+    shutil.copytree(data_dir, cache / "data")
     py = _repo_venv(tmp_path / "repo-venv")
     train_data, held_out = tmp_path / "train-data", tmp_path / "held-out"
     for d, f, text in ((train_data, "part.txt", "train-bytes"), (held_out, "held.txt", "held-bytes")):
@@ -65,14 +71,15 @@ def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, reque
         (d / f).write_text(text)
         d.chmod(0o755)
     extra = (f"mounts:\n  - {{path: {train_data}, stages: [train]}}\n  - {{path: {held_out}, stages: [eval]}}\n"
+             f"  - {{path: {cache}, stages: [train, eval]}}\n"
              f"run:\n  python: {py}\n  env: {{WANDB_MODE: offline, HF_HOME: /data/hf, "
-             f"PROBE_TRAIN: '{train_data}', PROBE_EVAL: '{held_out}'}}\n")
+             f"PROBE_TRAIN: '{train_data}', PROBE_EVAL: '{held_out}', PROBE_CACHE: '{cache}'}}\n")
     proj = make_project(tmp_path / "p", train_py=with_main_prelude((Path(__file__).parents[2] / "train.py").read_text(),
                                                                     "pass", helpers=PROBE), extra=extra)
     (proj / "data_link").symlink_to(train_data)
-    for p in tmp_path.iterdir():
-        p.chmod(0o755)
-    p = run_sh(proj, "-m", "repo env", "--backend", backend, "--budget", "2")
+    for d, _, _ in os.walk(tmp_path):
+        Path(d).chmod(0o755)
+    p = run_sh(proj, "-m", "repo env", "--backend", backend, "--budget", "2", AUTORESEARCH_DATA=str(cache / "data"))
     assert p.returncode == 0, p.stdout + p.stderr
     train = _probes(log_of(proj))
     evals = _probes((proj / "runs" / "0001" / "eval.log").read_text())
@@ -81,6 +88,7 @@ def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, reque
         assert probe["exe"] == str(py) and probe["prefix"] == str(py.parent.parent), "the repo's venv ran"
         assert probe["marker"] == "repo-venv-marker"
         assert (probe["wandb"], probe["hf"]) == ("offline", "/data/hf")
+        assert probe["cache_meta"] and not probe["cache_val"], "a mount never shows the val split"
     assert train[0]["train_data"] == "train-bytes" and train[0]["via_link"] == "train-bytes"
     assert train[0]["eval_data"] != "held-bytes", "held-out data is not shown to TRAIN"
     for probe in evals:
