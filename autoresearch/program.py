@@ -14,6 +14,8 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .hostenv import HostMount, check_env, check_python, host_path_errors
+
 PROGRAM_FILE = "program.md"
 
 
@@ -148,8 +150,14 @@ class Run(_Strict):
     # TRAIN stage only: argv words put before the training script (the interpreter left out), such as
     # torchrun --nproc-per-node 2; the EVAL model server stays one process
     launcher: list[str] | None = None
+    # TRAIN and the EVAL model server run under it: the repo's venv (.venv/bin/python, relative to
+    # the project) or a conda env's python (absolute); unset: the harness's own (hostenv.py)
+    python: str | None = None
+    env: dict[str, str] = {}                     # variables for both stages (WANDB_MODE: offline)
 
     _launcher = field_validator("launcher", mode="before")(_launcher)
+    _python = field_validator("python", mode="before")(check_python)
+    _env = field_validator("env", mode="before")(check_env)
 
     @model_validator(mode="after")
     def _inline_needs(self) -> "Run":
@@ -191,6 +199,7 @@ class Program(_Strict):
     on_phase_end: Literal["next", "stop"] = "next"   # a spent phase moves on to the next one, or stops
     keep_checkpoints: Literal["kept", "all"] = "kept"  # "kept": a discarded or crashed run's out/ is deleted
     notify: Notify | None = None                 # `autoresearch overnight`'s end-of-night message
+    mounts: list[HostMount] = []                 # host folders outside the project, read-only, per stage
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")
@@ -279,7 +288,10 @@ def load_program(root: Path) -> Program:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{PROGRAM_FILE}: cannot read {path}: {e.strerror}") from None
-    return parse_program(text)
+    program = parse_program(text)
+    if errs := host_path_errors(root, program.run.python, program.mounts):
+        raise ConfigError("\n".join(f"{PROGRAM_FILE}: {e}" for e in errs))
+    return program
 
 
 

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 
 # What each part of the package may import from the package (besides itself).
@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "run": {"sandbox"} | LEAVES,
     "loop": {"run"} | LEAVES,
     "cli": {"guard", "sandbox", "run", "loop"} | LEAVES,
-    "program": set(),
+    "program": {"hostenv"},
+    "hostenv": set(),
     "atomic": set(),
     "digest": set(),
     "gitops": set(),

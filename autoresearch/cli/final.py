@@ -94,7 +94,7 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     from ..run.inputs import data_folder
     from ..run.layout import Layout
     from ..run.outcome import eval_outcome
-    from ..run.specs import base_env
+    from ..run.specs import base_env, repo_env
     from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -113,8 +113,8 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(f"final evaluation of run {run_id} on the {split} split\n")
     try:
-        env = base_env(sandbox, lay, "/tmp", 0, 0)
-        res, result = run_eval(sandbox, program, lay, data, env, split_file, log)
+        env = repo_env(base_env(sandbox, lay, "/tmp", 0, 0), program, root)
+        res, result = run_eval(sandbox, program, lay, data, env, split_file, log, stage="final")
     finally:
         lay.cleanup()
     status, reason, value = eval_outcome(res, result, program)

@@ -21,7 +21,7 @@ from .specs import eval_spec
 
 
 def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-             split_file: Path, log: Path) -> tuple[SandboxResult, dict]:
+             split_file: Path, log: Path, stage: str = "eval") -> tuple[SandboxResult, dict]:
     """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
     once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
     longest wall time, the summed peak memory, the first failure; the scorer's result)."""
@@ -31,7 +31,7 @@ def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     m = program.metric
     scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
                     direction=m.direction, metric=m.name)
-    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log) for k in range(SERVERS)]
+    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log, stage) for k in range(SERVERS)]
     results: list[SandboxResult | None] = [None] * SERVERS
     errors: list[BaseException] = []
 

@@ -76,11 +76,13 @@ class Fingerprint(BaseModel):
     device: str                           # cpu | cuda:<model> | cuda:<model> xN (N GPUs)
     data: str                             # sha256 of the validation split (short), or "-"
     evaluator: str = "-"                  # what scores: the scorer's slice and context, or the inline regex
+    interpreter: str = "-"                # run.python's path and version; "-": the harness's own Python
 
     @property
     def key(self) -> str:
-        raw = json.dumps(self.model_dump(), sort_keys=True).encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        # a default interpreter is left out: keys of records from before the field are unchanged
+        d = self.model_dump(exclude={"interpreter"} if self.interpreter == "-" else set())
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def differs(self, other: "Fingerprint | None") -> str:
         """What changed from `other`, in words ("budget 5 s -> 10 s")."""

@@ -51,7 +51,8 @@ from .metrics import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .report import current_best, summary
-from .specs import base_env, gpu_request, train_argv, train_spec
+from .interpreter import InterpreterError, resolve
+from .specs import base_env, gpu_request, python_of, repo_env, train_argv, train_spec
 
 
 def _now() -> datetime:
@@ -124,6 +125,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         raise HarnessError(f"cannot read the training script {root / script}: {e.strerror}") from None
     inline = program.run.mode == "inline"
     data = None if inline else data_folder(root)
+    _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)
     seed_n = derive_seed(root, program, sha, seed)
     files = snapshot_files(root, program_code(program))
@@ -153,7 +155,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
-                     evaluator=evaluator_version(root, program))
+                     evaluator=evaluator_version(root, program), interpreter=_interpreter(root, program))
     lay = Layout(root, run_dir, script)
     lay.hold()
     metrics = RunMetrics(
@@ -180,13 +182,13 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             say(f"run {run_dir.name}: sandbox {sandbox.describe()}")
             if sandbox.name == "none":
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
-            env = base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n)
+            env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
             _execute(sandbox, program, lay, data, env, budget_s, inline, metrics)
     except KeyboardInterrupt:
         _finish_unmeasured(metrics, run_dir, t_start,
                            f"interrupted by {signals[-1] if signals else 'SIGINT (Ctrl-C)'}; the sandbox was stopped")
         raise
-    except SandboxUnavailable as e:
+    except (SandboxUnavailable, InterpreterError) as e:
         _finish_unmeasured(metrics, run_dir, t_start, f"harness error: {e}")
         raise HarnessError(str(e)) from None
     except Exception as e:              # a harness bug: keep the run marked unmeasured, never "crash"
@@ -201,6 +203,15 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
     metrics.steps_per_s = steps_per_second(lay.log, metrics.train_seconds)
     metrics.write(run_dir)
     return metrics
+
+
+def _interpreter(root: Path, program: Program) -> str:
+    """run.python's identity for the fingerprint ("-": the harness's own Python, as before)."""
+    try:
+        interp = resolve(root, program)
+    except InterpreterError as e:
+        raise HarnessError(str(e)) from None
+    return "-" if interp is None else interp.identity
 
 
 def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str) -> None:
@@ -238,7 +249,7 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
            budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
-    argv = train_argv(sandbox.runtime().python, program, lay, inline)
+    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, inline)
     spec = train_spec(sandbox, program, lay, data, env, budget, argv)
     gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
     with GpuPeak(gpus) as gpu:

@@ -7,6 +7,9 @@ environment (budget, seed, out/ folder), and the limits. The sandbox enforces th
     EVAL   one model server (`python -m autoresearch.run.model_server`, never launched): the project
            and the checkpoint read-only, no data, the scorer's session on its stdin/stdout.
     Both get sandbox.gpus (resolved by the sandbox against the host) and sandbox.shm_gb of /dev/shm.
+    Both run under run.python when set (its prefixes mounted read-only; the model server then
+    finds our package on PYTHONPATH, so that interpreter needs numpy and torch), get run.env,
+    and see the program.md mounts declared for their stage (eval, or final for `autoresearch final`).
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ import hashlib
 import os
 from pathlib import Path
 
+from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec
 from .inputs import load_prepare
+from .interpreter import interpreter_mounts, resolve
 from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
 
 
@@ -67,6 +72,43 @@ def base_env(backend: Backend, lay: Layout, home: str, budget: float, seed: int)
     return env
 
 
+def repo_env(env: dict[str, str], program: Program, root: Path) -> dict[str, str]:
+    """The environment with the repo's own: run.python's bin/ first on PATH (its console scripts,
+    a `python` subprocess), then run.env (which may replace the harness's defaults, not its keys)."""
+    env = dict(env)
+    if (interp := resolve(root, program)) is not None:
+        env["PATH"] = f"{Path(interp.path).parent}:{env.get('PATH', '/usr/local/bin:/usr/bin:/bin')}"
+    return {**env, **program.run.env}
+
+
+def python_of(backend: Backend, program: Program, root: Path) -> str:
+    """The interpreter both stages run: run.python, else the backend's."""
+    interp = resolve(root, program)
+    return interp.path if interp is not None else backend.runtime().python
+
+
+def environment_mounts(backend: Backend, program: Program, root: Path, stage: str) -> list[Mount]:
+    """run.python's prefixes and the program.md mounts this stage sees, all read-only."""
+    interp = resolve(root, program)
+    mounts = interpreter_mounts(interp, backend, root) if interp is not None else []
+    return mounts + [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
+
+
+def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) -> list[Mount]:
+    """A declared mount that holds the prepared data (a mounted ~/.cache) must not show its
+    val/test splits: an empty folder over them, at every path the mount shows them under."""
+    if data is None:
+        return []
+    out = []
+    for shown in stage_mounts(program.mounts, stage):
+        real = shown.resolve()
+        for split in ("val", "test"):
+            d = (data / split).resolve()
+            if d.is_dir() and inside(d, real):
+                out.append(Mount(lay.empty(), str(shown / d.relative_to(real))))
+    return list(dict.fromkeys(out))
+
+
 def gpu_request(program: Program) -> GpuRequest:
     """program.md's sandbox.gpus as the sandbox's request (the backends resolve it on the host)."""
     g = program.sandbox.gpus
@@ -90,7 +132,8 @@ def train_argv(python: str, program: Program, lay: Layout, inline: bool) -> list
 
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str]) -> SandboxSpec:
-    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data)
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train")
+    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data)
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env = {**env, "AUTORESEARCH_DATA": str(data)}
@@ -104,18 +147,20 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
 
 
 def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-              session, log: Path) -> SandboxSpec:
-    """The model server's sandbox: the project and checkpoint read-only, no data, the scorer's
-    session on its stdin/stdout, its stderr (and anything agent code prints) to `log`."""
+              session, log: Path, stage: str = "eval") -> SandboxSpec:
+    """The model server's sandbox: the project and checkpoint read-only, no data (but the mounts
+    declared for `stage`), the scorer's session on stdin/stdout, its stderr (and anything agent
+    code prints) to `log`."""
     pkg_mounts, pkg_path = package_mount()
-    rt = backend.runtime()
-    mounts = runtime_mounts(backend, lay.root) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
+    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
     env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    argv = [rt.python, "-m", "autoresearch.run.model_server", "--project", str(lay.root), "--script", lay.script,
+    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server",
+            "--project", str(lay.root), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
                        timeout_s=program.budget.eval_seconds,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -165,7 +166,18 @@ def _parent_dirs(targets: list[str]) -> list[str]:
 _DROP_TO = "import os,sys; os.setgroups([]); os.setgid({gid}); os.setuid({uid}); os.execvp(sys.argv[1], sys.argv[1:])"
 
 
+_FORK_LOCK = threading.Lock()   # one namespace helper at a time: see _identity_userns
+
+
 def _identity_userns(ids: tuple[int, int]) -> int:
+    """Serialised: two EVAL servers start in two threads at once, and a helper forked while the
+    other thread's pipes are open keeps that thread's write end, so each helper waits on the
+    other forever (and so do both threads)."""
+    with _FORK_LOCK:
+        return _identity_userns_unlocked(ids)
+
+
+def _identity_userns_unlocked(ids: tuple[int, int]) -> int:
     """An fd of a new user namespace mapping uid/gid 0 and `ids` to themselves (root only).
     bwrap joins it (--userns) so it can mount as root, and its command then becomes ids:
     the same host uid as outside, unprivileged, unlike bwrap's own --unshare-user, which
