@@ -16,9 +16,94 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 PROGRAM_FILE = "program.md"
 
-
 class ConfigError(ValueError):
     """program.md is missing, unreadable or invalid; the message names the field and line."""
+
+
+# ---------------------------------------------------------------- editable: files, folders, globs
+# One matcher for all: the guard (may the agent edit this path?) caches editable_regex()'s text; the
+# runner and the loop (which files form a run's snapshot) call Program.editable_files. `model.py` a file
+# (may not exist yet: a snapshot records it as absent); `src/` every file below a folder; `config/*.py`
+# a glob (* ? [abc] within one folder, ** any number of folders). The harness's own files are never
+# editable, whatever a pattern matches (guard/paths.py keeps the same two sets; a test holds them equal).
+NEVER_EDITABLE = frozenset({"program.md", "prepare.py", "run.sh", "results.tsv"})
+NEVER_EDITABLE_DIRS = frozenset({".claude", ".claude-plugin", "hooks", ".git", ".autoresearch", "autoresearch",
+                                 "container", "runs", ".venv"})
+_GLOB, _WALK_SKIP = re.compile(r"[*?\[]"), {"__pycache__", "node_modules", ".svn", ".hg", ".jj"}
+
+
+def never_editable(rel: str) -> bool:
+    """The harness's own files (case-insensitive: a case-insensitive file system cannot spell around it)."""
+    parts = rel.lower().split("/")
+    return "/".join(parts) in NEVER_EDITABLE or parts[0] in NEVER_EDITABLE_DIRS
+
+
+def _segment_re(seg: str) -> str:
+    out, i = [], 0
+    while i < len(seg):
+        c, close = seg[i], seg.find("]", i + 2) if seg[i] == "[" else -1
+        if c in "*?":
+            out.append("[^/]*" if c == "*" else "[^/]")
+        elif close > 0:
+            body = seg[i + 1:close]
+            neg = body[:1] in ("!", "^")
+            out.append(("[^/" if neg else "(?!/)[") + body[neg:].replace("\\", "\\\\") + "]")
+            i = close
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def pattern_regex(pattern: str) -> str:
+    """The regex (for fullmatch on a project-relative path with '/') of one editable pattern."""
+    segs = pattern.rstrip("/").split("/")
+    out = [(".*" if k == len(segs) - 1 else "(?:.*/)?") if seg == "**" else
+           _segment_re(seg) + ("" if k == len(segs) - 1 else "/") for k, seg in enumerate(segs)]
+    return "".join(out) + ("/.+" if pattern.endswith("/") else "")
+
+
+def editable_regex(patterns: list[str]) -> str:
+    """One regex for a list of patterns; never matches when the list is empty."""
+    return "(?:" + "|".join(f"(?:{pattern_regex(p)})" for p in patterns) + ")" if patterns else "(?!)"
+
+
+def is_literal(pattern: str) -> bool:
+    """A plain file name (no glob character, not a folder)."""
+    return not pattern.endswith("/") and not _GLOB.search(pattern)
+
+
+def pattern_problem(pattern: str) -> str | None:
+    """Why an editable pattern cannot be used (None: it can); checked when program.md loads."""
+    parts = pattern.rstrip("/").split("/")
+    if not pattern or pattern.startswith(("/", "~")) or "\\" in pattern or any(p in ("", ".", "..") for p in parts):
+        return (f"{pattern!r} must be a path relative to the project (model.py, src/, config/*.py), "
+                "without '..', '.', '//' or a leading '/'")
+    head = "/".join(parts[:next((i for i, p in enumerate(parts) if _GLOB.search(p)), len(parts))])
+    if head and never_editable(head):
+        return f"{pattern!r} names the harness's own files ({head}), which are never editable: remove it"
+    try:
+        re.compile(pattern_regex(pattern))
+    except re.error as e:
+        return f"{pattern!r} is not a valid glob ({e})"
+    return None
+
+
+def match_files(root: Path, patterns: list[str]) -> dict[str, list[str]]:
+    """pattern -> the regular files below root it matches (sorted; never the harness's own; a
+    literal file is listed even when it does not exist yet). Symbolic links are not followed."""
+    found: dict[str, list[str]] = {p: [p] if is_literal(p) and not never_editable(p) else [] for p in patterns}
+    regexes = {p: re.compile(pattern_regex(p)) for p in patterns if not is_literal(p)}
+    for dirpath, dirnames, filenames in os.walk(root) if regexes else ():
+        rel_dir = "" if dirpath == str(root) else os.path.relpath(dirpath, root) + "/"
+        dirnames[:] = sorted(d for d in dirnames if d not in _WALK_SKIP and not never_editable(rel_dir + d))
+        for name in filenames:
+            full, rel = os.path.join(dirpath, name), rel_dir + name
+            if never_editable(rel) or os.path.islink(full) or not os.path.isfile(full):
+                continue
+            for p in [p for p, rx in regexes.items() if rx.fullmatch(rel)]:
+                found[p].append(rel)
+    return {p: sorted(fs) for p, fs in found.items()}
 
 
 class _Strict(BaseModel):
@@ -195,18 +280,40 @@ class Program(_Strict):
             raise ValueError(f"phases: duplicate phase names in {names}")
         if self.phase not in names:
             raise ValueError(f"phase: {self.phase!r} is not one of the phases {names}")
-        for f in self.editable + [f for p in self.phases for f in p.editable]:
-            if f.startswith("/") or ".." in Path(f).parts or f in ("", "."):
-                raise ValueError(f"editable: {f!r} must be a path relative to the project, without '..'")
+        for f in self.all_patterns():
+            if why := pattern_problem(f):
+                raise ValueError(f"editable: {why}")
         return self
+
+    def all_patterns(self) -> list[str]:
+        """Every editable pattern, program-wide and of every phase."""
+        return list(dict.fromkeys(self.editable + [f for p in self.phases for f in p.editable]))
 
     @property
     def current(self) -> Phase:
         return next(p for p in self.phases if p.name == self.phase)
 
-    def editable_files(self) -> list[str]:
-        """The editable set in the current phase (program-wide plus the phase's extras)."""
+    def editable_patterns(self) -> list[str]:
+        """The editable patterns in the current phase (program-wide plus the phase's extras)."""
         return list(dict.fromkeys(self.editable + self.current.editable))
+
+    def editable_matches(self, path: str) -> bool:
+        """May the agent edit this project-relative path in the current phase? (The guard's rule.)"""
+        rel = path.removeprefix("./")
+        return not never_editable(rel) and re.fullmatch(editable_regex(self.editable_patterns()), rel) is not None
+
+    def editable_files(self, root: Path) -> list[str]:
+        """The editable set in the current phase: the files below root the patterns match, sorted."""
+        return sorted({f for fs in match_files(Path(root), self.editable_patterns()).values() for f in fs})
+
+    def check_editable(self, root: Path) -> None:
+        """A folder or glob (in any phase) that matches no file is a typo: say which. A literal
+        file may be missing (a run records it as absent until it exists)."""
+        empty = [p for p, fs in match_files(Path(root), self.all_patterns()).items() if not fs and not is_literal(p)]
+        if empty:
+            raise ConfigError(f"{PROGRAM_FILE}: editable: {', '.join(map(repr, empty))} "
+                              f"match{'es' if len(empty) == 1 else ''} no file in {root}: fix the pattern "
+                              "(a folder ends in '/': src/; a glob: config/*.py, **/*.yaml)")
 
 
 def split_front_matter(text: str) -> tuple[str, str, int]:
@@ -274,8 +381,9 @@ def load_program(root: Path) -> Program:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise ConfigError(f"{PROGRAM_FILE}: cannot read {path}: {e.strerror}") from None
-    return parse_program(text)
-
+    program = parse_program(text)
+    program.check_editable(root)
+    return program
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -126,7 +126,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     data = None if inline else data_folder(root)
     sha = sha256_bytes(code)
     seed_n = derive_seed(root, program, sha, seed)
-    files = snapshot_files(root, program_code(program))
+    files = snapshot_files(root, program_code(program, root))
     files[script] = code                          # exactly the bytes that run
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
@@ -136,7 +136,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         try:
             with live_progress(echo, run_dir / LOG_FILE, budget_s, None if inline else program.budget.eval_seconds,
                                run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-                return _run_locked(root, program, run_dir, script, code, sha, snapshot_of(files), seed_n, budget_s,
+                return _run_locked(root, program, run_dir, script, code, sha, files, seed_n, budget_s,
                                    sandbox, inline, data, message, purpose, started, t_start, live.around(say))
         finally:
             if running is not None:
@@ -145,7 +145,8 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
                 (run_dir / RUNNING).unlink()
 
 
-def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str, snap: str,
+def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
+                files: dict[str, bytes | None],
                 seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
                 purpose: str, started: datetime, t_start: float, say) -> RunMetrics:
     """The run itself, with the project's run lock held."""
@@ -163,7 +164,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         sandbox_warning=NONE_WARNING if sandbox.name == "none" else None,
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
-        snapshot_sha256=snap, fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
+        snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
     metrics.write(run_dir)
     signals: list[str] = []
     home_dir: str | None = None
@@ -172,7 +173,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             lay.script_copy.write_bytes(code)
             lay.out.mkdir()
             lay.log.touch()
-            note = write_diff(root, run_dir, script)
+            note = write_diff(root, run_dir, files)
             if note:
                 metrics.extra["diff"] = note
             if head := branch_head(root):
