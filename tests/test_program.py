@@ -31,7 +31,7 @@ def test_shipped_program_has_a_four_phase_plan_ending_with_web_moonshot():
     assert p.phase == names[0]
     assert [ph.web for ph in p.phases] == [False, False, False, True]
     assert all(ph.focus and ph.max_experiments >= 1 for ph in p.phases)
-    assert p.editable_files() == ["train.py", "scratchpad.md"]
+    assert p.editable_patterns() == ["train.py", "scratchpad.md"]
     assert p.budget.train_seconds == 300 and p.run.mode == "two_stage"
 
 

@@ -62,7 +62,7 @@ def test_init_writes_the_bundle_and_states_the_inline_guarantee(tmp_path):
         assert (root / rel).is_file(), rel
     prog = load_program(root)
     assert (prog.metric.name, prog.metric.direction, prog.run.mode) == ("val_acc", "maximize", "inline")
-    assert prog.run.command == ["python", "train.py"] and prog.editable_files() == ["train.py", "scratchpad.md"]
+    assert prog.run.command == ["python", "train.py"] and prog.editable_patterns() == ["train.py", "scratchpad.md"]
     assert re.search(prog.run.metric_regex, "epoch 3\nval_acc=0.8125\n").group(1) == "0.8125"
     assert "WEAKER guarantee" in (root / "program.md").read_text()          # said in the file too
     assert (root / "run.sh").stat().st_mode & 0o111
