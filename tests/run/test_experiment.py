@@ -383,3 +383,37 @@ def test_crash_reason_is_the_exception_even_when_stdout_lands_after_the_tracebac
                          "Traceback (most recent call last):", '  File "train.py", line 9', "KeyError: 'lr'"]
     assert _exception_line(chained) == "KeyError: 'lr'"
     assert _exception_line(["step 1", "Killed"]) == "Killed"
+
+
+@pytest.mark.slow
+@pytest.mark.bwrap
+def test_diff_patch_and_snapshot_cover_every_file_of_the_editable_set(tmp_path, bwrap_available):
+    """Issue 16: diff.patch was empty for edits outside the training script. Now it holds every
+    file of the set (a literal, a glob's files), as the run started, against the branch head."""
+    from autoresearch.program import load_program
+    from autoresearch.run.identity import program_code, snapshot
+    extra = INLINE.replace("mode: inline", "mode: inline\n  train_script: legacy.py")
+    proj = make_project(tmp_path / "p", git=False, extra=extra)
+    text = (proj / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [legacy.py, model.py, 'config/*.py', scratchpad.md]")
+    (proj / "program.md").write_text(text)
+    (proj / "config").mkdir()
+    (proj / "config" / "small.py").write_text("LR = 1\n")
+    (proj / "model.py").write_text("WIDTH = 64\n")
+    (proj / "legacy.py").write_text("import model\nfrom config import small\nprint('score:', model.WIDTH * small.LR)\n")
+    env = git_env()
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "base"]):
+        subprocess.run(cmd, cwd=proj, check=True, env=env)
+    (proj / "model.py").write_text("WIDTH = 96\n")
+    (proj / "config" / "small.py").write_text("LR = 2\n")
+    p = run_sh(proj, "-m", "wider, faster", "--backend", "bwrap", "--budget", "5")
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = metrics(proj)
+    assert m["status"] == "ok" and m["metric_value"] == 192, (m, log_of(proj))
+    diff = (proj / "runs" / "0001" / "diff.patch").read_text()
+    assert "-WIDTH = 64" in diff and "+WIDTH = 96" in diff and "-LR = 1" in diff and "+LR = 2" in diff, diff
+    assert "legacy.py" not in diff, "unchanged files are not in the patch"
+    subprocess.run(["git", "apply", "--check", "-R", "runs/0001/diff.patch"], cwd=proj, check=True, env=env)
+    code = program_code(load_program(proj), proj)
+    assert code == ["config/small.py", "legacy.py", "model.py"]
+    assert m["snapshot_sha256"] == snapshot(proj, code)
