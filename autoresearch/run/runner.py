@@ -155,7 +155,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator_version(root, program))
-    lay = Layout(root, run_dir, script)
+    lay = Layout(root, run_dir, script, files)
     lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
