@@ -1,7 +1,8 @@
 """One experiment for the current train.py: `./run.sh -m "what changed and why"`.
 
     TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
-           hashed copy in runs/NNNN/), the train split only, runs/NNNN/out/ writable;
+           hashed copy in runs/NNNN/, every other editable file by its copy as the run
+           started: the snapshot), the train split only, runs/NNNN/out/ writable;
            killed from outside at budget + grace (specs.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
            autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
@@ -12,7 +13,7 @@
            denies the agent reading it); train.log gets only the evaluator's own lines.
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
-{metrics.json, train.log, eval.log, train.py, diff.patch, out/}. metrics.json is written first
+{metrics.json, train.log, eval.log, train.py, diff.patch (the whole editable set), out/}. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
