@@ -14,6 +14,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .editable import editable_regex, is_literal, match_files, never_editable, pattern_problem
 from .hostenv import HostMount, check_env, check_python, host_path_errors
 
 PROGRAM_FILE = "program.md"
@@ -209,18 +210,40 @@ class Program(_Strict):
             raise ValueError(f"phases: duplicate phase names in {names}")
         if self.phase not in names:
             raise ValueError(f"phase: {self.phase!r} is not one of the phases {names}")
-        for f in self.editable + [f for p in self.phases for f in p.editable]:
-            if f.startswith("/") or ".." in Path(f).parts or f in ("", "."):
-                raise ValueError(f"editable: {f!r} must be a path relative to the project, without '..'")
+        for f in self.all_patterns():
+            if why := pattern_problem(f):
+                raise ValueError(f"editable: {why}")
         return self
+
+    def all_patterns(self) -> list[str]:
+        """Every editable pattern, program-wide and of every phase."""
+        return list(dict.fromkeys(self.editable + [f for p in self.phases for f in p.editable]))
 
     @property
     def current(self) -> Phase:
         return next(p for p in self.phases if p.name == self.phase)
 
-    def editable_files(self) -> list[str]:
-        """The editable set in the current phase (program-wide plus the phase's extras)."""
+    def editable_patterns(self) -> list[str]:
+        """The editable patterns in the current phase (program-wide plus the phase's extras)."""
         return list(dict.fromkeys(self.editable + self.current.editable))
+
+    def editable_matches(self, path: str) -> bool:
+        """May the agent edit this project-relative path in the current phase? (The guard's rule.)"""
+        rel = path.removeprefix("./")
+        return not never_editable(rel) and re.fullmatch(editable_regex(self.editable_patterns()), rel) is not None
+
+    def editable_files(self, root: Path) -> list[str]:
+        """The editable set in the current phase: the files below root the patterns match, sorted."""
+        return sorted({f for fs in match_files(Path(root), self.editable_patterns()).values() for f in fs})
+
+    def check_editable(self, root: Path) -> None:
+        """A folder or glob (in any phase) that matches no file is a typo: say which. A literal
+        file may be missing (a run records it as absent until it exists)."""
+        empty = [p for p, fs in match_files(Path(root), self.all_patterns()).items() if not fs and not is_literal(p)]
+        if empty:
+            raise ConfigError(f"{PROGRAM_FILE}: editable: {', '.join(map(repr, empty))} "
+                              f"match{'es' if len(empty) == 1 else ''} no file in {root}: fix the pattern "
+                              "(a folder ends in '/': src/; a glob: config/*.py, **/*.yaml)")
 
 
 def split_front_matter(text: str) -> tuple[str, str, int]:
@@ -291,8 +314,8 @@ def load_program(root: Path) -> Program:
     program = parse_program(text)
     if errs := host_path_errors(root, program.run.python, program.mounts):
         raise ConfigError("\n".join(f"{PROGRAM_FILE}: {e}" for e in errs))
+    program.check_editable(root)
     return program
-
 
 
 def project_root(start: Path | None = None) -> Path:

@@ -16,7 +16,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from autoresearch.gitops import trailers
-from autoresearch.run.identity import Fingerprint, snapshot
+from autoresearch.program import ConfigError, load_program
+from autoresearch.run.identity import Fingerprint, program_code, snapshot
 from autoresearch.ledger import LedgerRow, read_rows
 from autoresearch.run.metrics import RunMetrics
 from autoresearch.loop.state import LoopState, read_state, write_state
@@ -170,7 +171,11 @@ class Project:
         if copy:
             shutil.copy2(self.path / "train.py", d / "train.py")
         (d / "train.log").write_text("step 1 loss 5.5\n")
-        (d / "diff.patch").write_text(self.sh("git", "diff", "HEAD", "--", "train.py"))
+        try:
+            code = program_code(load_program(self.path), self.path)     # the runner's editable set
+        except ConfigError:                                             # a test that breaks program.md
+            code = [f for f in EDITABLE if f != "scratchpad.md"]
+        (d / "diff.patch").write_text(self.sh("git", "diff", "HEAD", "--", *code))
         started = datetime.now(timezone.utc) - timedelta(seconds=age_s)
         m = RunMetrics(run_id=rid, status=status, metric_name="val_bpb",
                        metric_value=value if status == "ok" else None, direction="minimize",
@@ -180,7 +185,7 @@ class Project:
                        started_at=started, finished_at=started + timedelta(seconds=5) if finished else None,
                        purpose=purpose, steps_per_s=steps_per_s if status == "ok" else None)
         if identity:
-            m.snapshot_sha256 = snapshot(self.path, EDITABLE)
+            m.snapshot_sha256 = snapshot(self.path, code)
             m.fingerprint = fingerprint(budget)
             m.budget_seconds = budget
         if metrics == "write":

@@ -15,18 +15,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 
 # What each part of the package may import from the package (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "sandbox": set(),                                  # runs anything; trusts nothing of ours
-    "guard": {"program", "atomic"},                    # the hook's hot path: small and self-contained
+    "guard": {"program", "atomic", "editable"},        # the hook's hot path: small and self-contained
     "run": {"sandbox"} | LEAVES,
     "loop": {"run"} | LEAVES,
     "cli": {"guard", "sandbox", "run", "loop"} | LEAVES,
-    "program": {"hostenv"},
+    "program": {"hostenv", "editable"},
     "hostenv": set(),
+    "editable": set(),
     "atomic": set(),
     "digest": set(),
     "gitops": set(),

@@ -31,7 +31,7 @@ def test_shipped_program_has_a_four_phase_plan_ending_with_web_moonshot():
     assert p.phase == names[0]
     assert [ph.web for ph in p.phases] == [False, False, False, True]
     assert all(ph.focus and ph.max_experiments >= 1 for ph in p.phases)
-    assert p.editable_files() == ["train.py", "scratchpad.md"]
+    assert p.editable_patterns() == ["train.py", "scratchpad.md"]
     assert p.budget.train_seconds == 300 and p.run.mode == "two_stage"
 
 
@@ -197,3 +197,77 @@ def test_launcher_with_shell_syntax_is_refused(value, bad):
 @pytest.mark.parametrize("value", ["''", "[]", "\"torchrun 'x\""])
 def test_empty_or_unclosed_launcher_is_refused(value):
     assert "run.launcher" in error_for(f"---\nrun:\n  launcher: {value}\n---\n")
+
+
+# --- editable: files, folders, globs -----------------------------------------------------------
+
+def _with_editable(editable: str) -> str:
+    return SHIPPED.replace("editable: [train.py, scratchpad.md]", f"editable: {editable}")
+
+
+def _tree(root: Path, *files: str) -> None:
+    for rel in files:
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+
+
+@pytest.mark.parametrize("pattern, yes, no", [
+    ("model.py", ["model.py"], ["model.pyc", "src/model.py"]),
+    ("src/", ["src/a.py", "src/x/y/z.cfg"], ["src", "srcx/a.py"]),
+    ("config/*.py", ["config/a.py"], ["config/sub/a.py", "a.py", "config/a.pyc"]),
+    ("**/*.yaml", ["a.yaml", "conf/x/b.yaml"], ["a.yml", "conf/a.yaml.bak"]),
+    ("conf/**/b.yaml", ["conf/b.yaml", "conf/x/y/b.yaml"], ["b.yaml"]),
+    ("m[0-9].py", ["m1.py"], ["ma.py", "m/.py"]),
+    ("m[!0-9].py", ["ma.py"], ["m1.py"]),
+    ("layer?.py", ["layer1.py"], ["layer.py", "layer12.py"]),
+])
+def test_editable_patterns_match_files_folders_and_globs(pattern, yes, no):
+    p = parse_program(_with_editable(f"[train.py, '{pattern}']"))
+    assert all(p.editable_matches(f) for f in yes), yes
+    assert not any(p.editable_matches(f) for f in no), no
+
+
+def test_never_editable_files_are_never_matched_whatever_the_pattern(tmp_path):
+    p = parse_program(_with_editable("['**/*.py', '**/*.md', '**/*.sh', '**/*.tsv', '**/*.json']"))
+    _tree(tmp_path, "model.py", "prepare.py", "program.md", "run.sh", "results.tsv", "hooks/h.py",
+          ".claude/settings.json", "runs/0001/train.py", ".git/x.py", "autoresearch/program.py",
+          ".autoresearch/state.json", ".venv/lib/x.py", "scratchpad.md", "src/deep/a.py", "Program.MD")
+    assert p.editable_files(tmp_path) == ["model.py", "scratchpad.md", "src/deep/a.py"]
+    for f in ("prepare.py", "program.md", "PREPARE.PY", "run.sh", "hooks/h.py", "runs/0001/train.py"):
+        assert not p.editable_matches(f), f
+
+
+@pytest.mark.parametrize("pattern", ["../model.py", "/abs/model.py", "src/../../x.py", "~/x.py", "./model.py",
+                                     "src//a.py", "", "a\\b.py"])
+def test_an_editable_pattern_escaping_the_project_is_refused_at_load(pattern):
+    err = error_for(_with_editable(f"[train.py, '{pattern}']"))
+    assert "editable" in err and "relative to the project" in err
+    assert f"line {line_of(SHIPPED, 'editable:')}" in err
+
+
+@pytest.mark.parametrize("pattern", ["program.md", "prepare.py", "runs/", "hooks/*.py", ".claude/settings.json",
+                                     "autoresearch/"])
+def test_naming_a_harness_file_is_refused_at_load(pattern):
+    err = error_for(_with_editable(f"[train.py, '{pattern}']"))
+    assert "never editable" in err and repr(pattern) in err
+
+
+def test_a_glob_or_folder_that_matches_nothing_is_an_error_naming_it(tmp_path):
+    _tree(tmp_path, "train.py", "config/a.py")
+    (tmp_path / "program.md").write_text(_with_editable("[train.py, 'config/*.py', 'conf/*.yaml', 'src/']"))
+    with pytest.raises(ConfigError) as e:
+        load_program(tmp_path)
+    assert "'conf/*.yaml'" in str(e.value) and "'src/'" in str(e.value) and "'config/*.py'" not in str(e.value)
+    # a phase's pattern is checked too, even before that phase is current
+    text = SHIPPED.replace("editable: [train.py, scratchpad.md]", "editable: [train.py, 'config/*.py']")
+    text = text.replace("name: moonshot", "name: moonshot\n    editable: ['models/*.py']", 1)
+    (tmp_path / "program.md").write_text(text)
+    with pytest.raises(ConfigError, match=r"'models/\*\.py'"):
+        load_program(tmp_path)
+
+
+def test_a_literal_file_may_be_missing_and_is_in_the_set(tmp_path):
+    _tree(tmp_path, "train.py", "config/a.py", "config/b.py")
+    (tmp_path / "program.md").write_text(_with_editable("[train.py, model_v2.py, 'config/*.py', scratchpad.md]"))
+    p = load_program(tmp_path)
+    assert p.editable_files(tmp_path) == ["config/a.py", "config/b.py", "model_v2.py", "scratchpad.md", "train.py"]

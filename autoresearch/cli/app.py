@@ -96,6 +96,8 @@ def _init_command(sub) -> None:
     p.add_argument("--metric-regex", help="inline mode: a regex with one group capturing the metric "
                                           "(default: '<metric>[:=] <number>')")
     p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
+    p.add_argument("--editable", action="append", metavar="PATTERN", help="another file, folder/ or glob the agent "
+                   "may edit, e.g. model.py, src/, 'config/*.py' (repeatable; the train script is always in)")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
     p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",

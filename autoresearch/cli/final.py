@@ -88,8 +88,20 @@ def read_records(root: Path) -> list[FinalRecord]:
     return [FinalRecord.model_validate(r) for r in raw]
 
 
-def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None) -> Scored:
-    """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes."""
+def committed_code(root: Path, program: Program, commit: str) -> dict[str, bytes | None]:
+    """The editable set's code files as committed at `commit` (what a keep measured): the model
+    server builds the model from these, never from the work tree, which may have moved on."""
+    from ..gitops import git, show_blob
+    from ..run.identity import code_files
+    names = git(root, "ls-tree", "-r", "--name-only", "-z", commit).stdout.split("\0")
+    files = code_files([n for n in names if n and program.editable_matches(n)] + [program.run.train_script])
+    return {f: show_blob(root, commit, f) for f in files}
+
+
+def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None,
+              commit: str | None = None) -> Scored:
+    """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes; with `commit`, the
+    model's code (the editable set) is that commit's, the code the checkpoint was trained with."""
     from ..run.evaluate import run_eval
     from ..run.inputs import data_folder
     from ..run.layout import Layout
@@ -99,7 +111,7 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 
     run_dir = root / "runs" / run_id
     script = program.run.train_script
-    lay = Layout(root, run_dir, script)
+    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {})
     for need in (lay.out / "model.pt", lay.script_copy):
         if not need.is_file():
             raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
@@ -168,7 +180,7 @@ def _entry(root: Path, program: Program, row: LedgerRow, backend: str | None) ->
     for r in runs:
         check_identity(root, program, row, r)
     return Entry(experiment=row.experiment, commit=row.commit, description=row.description, val=row.value,
-                 runs=[score_run(root, program, r, backend=backend) for r in runs])
+                 runs=[score_run(root, program, r, backend=backend, commit=row.commit) for r in runs])
 
 
 def evaluate_final(root: Path, branch: str | None = None, again: bool = False, baseline: bool = True,

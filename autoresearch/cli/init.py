@@ -64,6 +64,7 @@ class InitOptions(BaseModel):
     mode: Literal["inline", "two_stage"] = "inline"
     metric_regex: str | None = None
     train_script: str | None = None              # the file the agent edits (default: from the command)
+    editable: list[str] = []                     # more files, folders/ or globs the agent may edit (model.py)
     budget_seconds: float = Field(300, gt=0)
     objective: str | None = None
     sandbox: Literal["auto", "docker", "bwrap"] = "auto"
@@ -113,7 +114,7 @@ def program_text(o: InitOptions, script: str) -> str:
                                      f"printed by `{shlex.join(o.command)}`, within a fixed training-time budget."),
         "metric": {"name": o.metric, "direction": o.direction},
         "budget": {"train_seconds": o.budget_seconds, "grace_seconds": 60, "eval_seconds": 300},
-        "editable": [script, "scratchpad.md"],
+        "editable": list(dict.fromkeys([script, *o.editable, "scratchpad.md"])),
         "min_improvement": 0.0,
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
         "sandbox": {"backend": o.sandbox, "memory_gb": 8, "pids": 512},
@@ -137,7 +138,8 @@ def program_text(o: InitOptions, script: str) -> str:
             "# the guard and the Stop hook read this file on every call.\n")
     if o.mode == "inline":
         head += "# " + "\n# ".join(textwrap.wrap(INLINE_GUARANTEE, 96, break_on_hyphens=False)) + "\n"
-    body = BODY.format(script=script, metric=o.metric, better="lower" if o.direction == "minimize" else "higher",
+    body = BODY.format(script=script, metric=o.metric, editable=", ".join(f"`{e}`" for e in front["editable"]),
+                       better="lower" if o.direction == "minimize" else "higher",
                        source=("the last line of its output that matches `run.metric_regex`" if o.mode == "inline"
                                else "the trusted evaluator"))
     return "---\n" + head + yaml.safe_dump(front, sort_keys=False, width=100) + "---\n" + body
@@ -155,7 +157,8 @@ out. Nobody is watching: do not stop to ask.
 1. Read `scratchpad.md`: it is your memory across turns, compactions and restarts.
 2. Form **one** hypothesis that fits the current phase's focus, and write it in the scratchpad
    before you touch code: what you change, why it should help, and by how much.
-3. Edit `{script}` to test it. Keep the change small enough that the result means something.
+3. Edit the code to test it ({editable}). Keep the change small enough that the result
+   means something.
 4. Run it: `./run.sh -m "<what changed and why>"`. It trains in a sandbox for a fixed time; the
    metric is {source}. Read the lines it prints; the full log is in `runs/NNNN/train.log`.
 5. Update `scratchpad.md` with the result and what you learned, then end your turn. The harness
@@ -163,7 +166,7 @@ out. Nobody is watching: do not stop to ask.
 
 ## The rules
 
-- You may edit only `{script}` and `scratchpad.md`. Everything else is fixed.
+- You may edit only {editable} (program.md's `editable:`). Everything else is fixed.
 - No new packages, no network, no git commands that write.
 - The time budget is enforced from outside: finish and report in time, or the run is a timeout.
 - Report the real measurement, computed on the validation data as the code did before you
@@ -260,7 +263,7 @@ def plan(o: InitOptions) -> dict[str, str]:
     bundle, python = bundle_paths()
     text = program_text(o, script)
     try:
-        parse_program(text)
+        parse_program(text).check_editable(root)
     except ConfigError as e:
         raise InitError(f"the options give an invalid program.md: {e}") from None
     settings = legacy_settings(load_settings(bundle), bundle, python)
@@ -369,7 +372,8 @@ def main(args) -> int:
         ask_missing(args)
         opts = InitOptions(path=Path(args.path or "."), command=shlex.split(args.command), metric=args.metric,
                            direction=args.direction, mode=args.mode, metric_regex=args.metric_regex,
-                           train_script=args.train_script, budget_seconds=args.budget, objective=args.objective,
+                           train_script=args.train_script, editable=getattr(args, "editable", None) or [],
+                           budget_seconds=args.budget, objective=args.objective,
                            sandbox=args.sandbox, force=args.force)
         res = init_project(opts)
     except (InitError, ValueError) as e:

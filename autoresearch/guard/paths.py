@@ -4,7 +4,8 @@
   except held-out data (the test split, the raw downloads), anything that may hold credentials,
   `.git/` internals, any run's `out/` folder and `eval.log` (written by agent code while it saw
   evaluation inputs). A search is judged by every entry it could reach (tree_problem).
-- Edit/Write/MultiEdit/NotebookEdit: only the editable set, as existing regular files inside the
+- Edit/Write/MultiEdit/NotebookEdit: only the editable set (program.md's files, folders and globs,
+  matched by program.editable_regex: the runner's matcher), as existing regular files inside the
   project reached without `..`, symlinks or extra hard links; the harness's own files are never
   editable, whatever program.md says.
 
@@ -17,8 +18,9 @@ import sys
 
 from .policy import Policy
 
-# The harness's own files: never editable, even if program.md lists them. (Only names the
-# harness owns in every project, including a legacy repo set up by `autoresearch init`.)
+# The harness's own files: never editable, even if a program.md pattern matches them. (Only names
+# the harness owns in every project, including a legacy repo set up by `autoresearch init`. The
+# same sets as program.NEVER_EDITABLE*, kept here for the hot path; a test holds them equal.)
 NEVER_EDITABLE = {"program.md", "prepare.py", "run.sh", "results.tsv"}
 NEVER_EDITABLE_DIRS = {".claude", ".claude-plugin", "hooks", ".git", ".autoresearch", "autoresearch",
                        "container", "runs", ".venv"}
@@ -238,9 +240,9 @@ def edit_problem(ctx: Context, path) -> str | None:
     if rel is None:
         return f"{path} is outside the project: {allowed}"
     first = rel.split("/", 1)[0]
-    if rel in NEVER_EDITABLE or first in NEVER_EDITABLE_DIRS:
+    if rel.lower() in NEVER_EDITABLE or first.lower() in NEVER_EDITABLE_DIRS:
         return f"{rel} is part of the harness and never editable: {allowed}"
-    if rel not in editable:
+    if not ctx.policy.matches(rel):
         return f"{rel} is not editable: {allowed}"
     target = os.path.join(ctx.root_real, rel)
     try:

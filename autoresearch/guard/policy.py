@@ -1,4 +1,8 @@
-"""program.md -> the policy the guard enforces in the current phase: the editable files and web access.
+"""program.md -> the policy the guard enforces in the current phase: the editable set and web access.
+
+The editable set is program.md's patterns (files, folders, globs), matched by the one regex
+program.editable_regex builds -- the same matcher that decides which files form a run's snapshot --
+cached as text so the hot path needs only `re` (json imports it anyway).
 
 Compiling it needs the real schema (pydantic + YAML, ~150 ms), far too slow for a hook that runs on
 every tool call, so the result is cached in .autoresearch/guard-policy.json, keyed on program.md's
@@ -10,8 +14,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
-POLICY_VERSION = 1
+POLICY_VERSION = 2
 CACHE = ".autoresearch/guard-policy.json"
 PROGRAM = "program.md"
 
@@ -21,10 +26,16 @@ class PolicyError(Exception):
 
 
 class Policy:
-    __slots__ = ("phase", "editable", "web")
+    __slots__ = ("phase", "editable", "web", "_match")
 
-    def __init__(self, phase: str, editable: list[str], web: bool):
+    def __init__(self, phase: str, editable: list[str], web: bool, editable_re: str = "(?!)"):
         self.phase, self.editable, self.web = phase, editable, web
+        self._match = re.compile(editable_re).fullmatch
+
+    def matches(self, rel: str) -> bool:
+        """Does a project-relative path match the editable patterns? (The harness's own files are
+        refused separately, in paths.py, whatever this says.)"""
+        return self._match(rel) is not None
 
 
 def _digest(data: bytes) -> str:
@@ -63,6 +74,7 @@ def load_policy(root: str) -> Policy:
 
 def compile_policy(text: bytes) -> dict:
     """Validate program.md with the real schema; raises PolicyError naming the problem."""
+    from ..editable import editable_regex
     from ..program import ConfigError, parse_program
     try:
         program = parse_program(text.decode("utf-8"))
@@ -70,14 +82,18 @@ def compile_policy(text: bytes) -> dict:
         raise PolicyError(f"{PROGRAM}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except ConfigError as e:
         raise PolicyError(str(e)) from None
-    return {"version": POLICY_VERSION, "phase": program.phase, "editable": program.editable_files(),
-            "web": program.current.web}
+    patterns = program.editable_patterns()
+    return {"version": POLICY_VERSION, "phase": program.phase, "editable": patterns,
+            "editable_re": editable_regex(patterns), "web": program.current.web}
 
 
 def _policy(data: dict) -> Policy:
-    phase, editable, web = data["phase"], data["editable"], data["web"]
-    if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list)
+    phase, editable, web, rx = data["phase"], data["editable"], data["web"], data["editable_re"]
+    if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list) and isinstance(rx, str)
             and all(isinstance(e, str) and e and not e.startswith("/") and ".." not in e.split("/")
                     for e in editable)):
         raise TypeError("malformed policy")
-    return Policy(phase, editable, web)
+    try:
+        return Policy(phase, editable, web, rx)
+    except re.error:
+        raise TypeError("malformed policy") from None

@@ -58,7 +58,7 @@ def read_context(root: Path, program: Program, data: dict) -> Context:
     train = program.run.train_script
     head_train = show_blob(root, head, train)
     rows = read_rows(root)
-    code = program_code(program)
+    code = program_code(program, root)
     has_keeps = on_run and bool([r for r in branch_rows(rows, branch) if r.status == "keep"]
                                 or kept_rows_from_git(root, branch))
     return Context(head=head, branch=branch, on_run_branch=on_run, from_name=None if on_run else (name or head[:12]),

@@ -19,6 +19,7 @@ from ..digest import sha256_bytes, sha256_file
 from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids, row_trailers
 from ..program import Program
+from ..run.identity import program_code, snapshot_of
 from . import journal, messages
 from .allowance import remaining
 from .context import Context
@@ -182,22 +183,30 @@ def apply_verdict(root: Path, program: Program, st: LoopState, ctx: Context, can
 
 def _decision_files(root: Path, program: Program, ctx: Context, last: RunRecord,
                     keep: bool) -> tuple[dict[str, bytes], dict[str, str], dict[str, str | None]]:
-    """(snapshots, commit_files, revert_files) for the journal. A keep commits the code that ran
-    (the run's own copy of train.py) and the scratchpad; a revert notes each code file's sha256
-    now (newer edits are left alone) and first preserves what would be lost."""
-    code = [f for f in program.editable_files() if f != SCRATCHPAD and (Path(root) / f).is_file()]
-    if ctx.train not in code:
-        code.insert(0, ctx.train)
+    """(snapshots, commit_files, revert_files) for the journal. A keep commits the code that ran --
+    every file of the editable set (the run's own copy of train.py), checked against the run's
+    snapshot, so the commit holds exactly what was measured -- and the scratchpad; a revert notes
+    each code file's sha256 now (newer edits are left alone) and first preserves what would be lost."""
+    code_set = program_code(program, root)
+    code = [f for f in code_set if (Path(root) / f).is_file()]
+    if ctx.train in code:
+        code.remove(ctx.train)
+    code.insert(0, ctx.train)
     snaps: dict[str, bytes] = {}
     commit_files: dict[str, str] = {}
     revert_files: dict[str, str | None] = {}
     if keep:
+        measured: dict[str, bytes | None] = dict.fromkeys(code_set)
         for i, path in enumerate(code + ([SCRATCHPAD] if (Path(root) / SCRATCHPAD).is_file() else [])):
             data = (run_copy(last, ctx) if path == ctx.train else None) or (Path(root) / path).read_bytes()
             if path == ctx.train and sha256_bytes(data) != last.sha:
                 raise LoopError(messages.changed_while_deciding(ctx.train, last.run_id))
+            if path in measured:
+                measured[path] = data
             snaps[str(i)] = data
             commit_files[path] = str(i)
+        if last.snapshot and snapshot_of(measured) != last.snapshot:
+            raise LoopError(messages.changed_while_deciding("the editable set", last.run_id))
     else:
         for path in code:
             revert_files[path] = sha256_file(Path(root) / path)

@@ -190,7 +190,7 @@ def _not_comparable(program: Program, ctx: Context, run: RunRecord, thresh: floa
 def scratchpad_problem(root: Path, program: Program, st: LoopState, ctx: Context, run: RunRecord) -> str | None:
     """The scratchpad must have changed since the last decision (its content then), or since the
     commit the run branch starts from, before a run is decided."""
-    if SCRATCHPAD not in program.editable_files():
+    if not program.editable_matches(SCRATCHPAD):
         return None
     cur = sha256_file(Path(root) / SCRATCHPAD)
     if st.last_decision and st.last_decision.branch == ctx.branch:

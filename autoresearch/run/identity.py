@@ -1,6 +1,7 @@
 """What an experiment is, and which runs may be compared.
 
-Snapshot: sha256 over every file of the editable set (program.md, current phase) that is code --
+Snapshot: sha256 over every file of the editable set (program.md, current phase: its files,
+folders and globs matched by Program.editable_files, the matcher the guard uses too) that is code --
 path and content, in a fixed order. scratchpad.md is the agent's notes, not something a run
 executes, so it is left out: otherwise every re-run would look like a new experiment. Two runs
 with the same snapshot ran the same code.
@@ -28,9 +29,10 @@ def code_files(editable: list[str]) -> list[str]:
     return sorted(f for f in dict.fromkeys(editable) if f != NOTES)
 
 
-def program_code(program) -> list[str]:
-    """The files a snapshot covers for this program: the editable set (current phase) plus the train script."""
-    return code_files(program.editable_files() + [program.run.train_script])
+def program_code(program, root: Path) -> list[str]:
+    """The files a snapshot covers for this program: the editable set (current phase, its
+    patterns matched below root) plus the train script."""
+    return code_files(program.editable_files(root) + [program.run.train_script])
 
 
 def snapshot_of(contents: dict[str, bytes | None]) -> str:

@@ -1,5 +1,6 @@
 """What a run starts from, read before it runs: the budget, the seed, the project's prepare.py
-and its data, the evaluator's version (for the fingerprint), and the diff against the branch head."""
+and its data, the evaluator's version (for the fingerprint), and the diff of the whole editable set
+against the branch head."""
 from __future__ import annotations
 
 import hashlib
@@ -81,17 +82,42 @@ def evaluator_version(root: Path, program: Program) -> str:
         return "scorer:?"
 
 
-def write_diff(root: Path, run_dir: Path, script: str) -> str | None:
-    """diff.patch of the train script against the branch head; returns a note when there is none."""
-    from ..gitops import GitError, git
+def write_diff(root: Path, run_dir: Path, files: dict[str, bytes | None]) -> str | None:
+    """diff.patch: every file of the run's snapshot (the whole editable set, as it ran) against the
+    branch head, in git's format (`git apply` takes it); returns a note when there is no head."""
+    from ..gitops import GitError, head_commit, show_blob
     try:
-        proc = git(root, "diff", "--no-ext-diff", "--no-textconv", "HEAD", "--", script)
-        (run_dir / "diff.patch").write_text(proc.stdout)
+        head = head_commit(root)
+        if head is None:
+            raise GitError("no commit yet")
+        patch = "".join(_file_diff(path, show_blob(root, head, path), files[path]) for path in sorted(files))
+        (run_dir / "diff.patch").write_text(patch)
         return None
     except (GitError, OSError) as e:
         note = f"no diff against a branch head: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
         (run_dir / "diff.patch").write_text(f"# {note}\n")
         return note
+
+
+def _file_diff(path: str, old: bytes | None, new: bytes | None) -> str:
+    """One file's part of a git-style patch ("" when unchanged)."""
+    import difflib
+    if old == new:
+        return ""
+    head = f"diff --git a/{path} b/{path}\n"
+    if old is None:
+        head += "new file mode 100644\n"
+    elif new is None:
+        head += "deleted file mode 100644\n"
+    a, b = ("/dev/null" if old is None else f"a/{path}"), ("/dev/null" if new is None else f"b/{path}")
+    try:
+        old_t, new_t = (old or b"").decode(), (new or b"").decode()
+    except UnicodeDecodeError:
+        return head + f"Binary files {a} and {b} differ\n"
+    lines = []
+    for line in difflib.unified_diff(old_t.splitlines(keepends=True), new_t.splitlines(keepends=True), a, b):
+        lines.append(line if line.endswith("\n") else line + "\n\\ No newline at end of file\n")
+    return head + "".join(lines)
 
 
 def branch_head(root: Path) -> str | None:

@@ -17,7 +17,7 @@ import re
 import shutil
 import stat
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -47,6 +47,7 @@ class Layout:
     root: Path
     run_dir: Path
     script: str                                   # relative to root, e.g. "train.py"
+    snapshot: dict[str, bytes | None] = field(default_factory=dict)   # the editable set as the run started
 
     @property
     def scratch(self) -> Path:
@@ -70,6 +71,21 @@ class Layout:
         skel = self.scratch / "runs"
         (skel / self.run_dir.name / "out").mkdir(parents=True, exist_ok=True)
         return skel
+
+    def code_copies(self) -> list[tuple[Path, str]]:
+        """(copy, project path) for every file of the snapshot besides the script (which has its
+        own copy): both stages run exactly the snapshot the run is identified by, whatever the
+        work tree holds meanwhile. Written once, into .sandbox/code/."""
+        out = []
+        for rel, data in sorted(self.snapshot.items()):
+            if data is None or rel == self.script:
+                continue
+            copy = self.scratch / "code" / rel
+            if not copy.is_file():
+                copy.parent.mkdir(parents=True, exist_ok=True)
+                copy.write_bytes(data)
+            out.append((copy, str(self.root / rel)))
+        return out
 
     def empty(self) -> Path:
         d = self.scratch / "empty"

@@ -21,7 +21,7 @@ def current_best(root: Path, program: Program, m: RunMetrics | None = None) -> t
     try:
         fp = m.fingerprint.key if m is not None and m.fingerprint else None
         head = head_commit(root) if fp else None
-        snap = snapshot_at(root, head, program_code(program)) if head else None
+        snap = snapshot_at(root, head, program_code(program, root)) if head else None
         value = best(root, program.metric, fingerprint=fp, snapshot=snap)
         if value is None and fp and best(root, program.metric) is not None:
             return None, "no best at this fingerprint yet (budget, backend or data changed): a new baseline"

@@ -1,7 +1,8 @@
 """One experiment for the current train.py: `./run.sh -m "what changed and why"`.
 
     TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
-           hashed copy in runs/NNNN/), the train split only, runs/NNNN/out/ writable;
+           hashed copy in runs/NNNN/, every other editable file by its copy as the run
+           started: the snapshot), the train split only, runs/NNNN/out/ writable;
            killed from outside at budget + grace (specs.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
            autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
@@ -12,7 +13,7 @@
            denies the agent reading it); train.log gets only the evaluator's own lines.
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
-{metrics.json, train.log, eval.log, train.py, diff.patch, out/}. metrics.json is written first
+{metrics.json, train.log, eval.log, train.py, diff.patch (the whole editable set), out/}. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
@@ -128,7 +129,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)
     seed_n = derive_seed(root, program, sha, seed)
-    files = snapshot_files(root, program_code(program))
+    files = snapshot_files(root, program_code(program, root))
     files[script] = code                          # exactly the bytes that run
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
@@ -138,7 +139,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
         try:
             with live_progress(echo, run_dir / LOG_FILE, budget_s, None if inline else program.budget.eval_seconds,
                                run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-                return _run_locked(root, program, run_dir, script, code, sha, snapshot_of(files), seed_n, budget_s,
+                return _run_locked(root, program, run_dir, script, code, sha, files, seed_n, budget_s,
                                    sandbox, inline, data, message, purpose, started, t_start, live.around(say))
         finally:
             if running is not None:
@@ -147,7 +148,8 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
                 (run_dir / RUNNING).unlink()
 
 
-def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str, snap: str,
+def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
+                files: dict[str, bytes | None],
                 seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
                 purpose: str, started: datetime, t_start: float, say) -> RunMetrics:
     """The run itself, with the project's run lock held."""
@@ -156,7 +158,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator_version(root, program), interpreter=_interpreter(root, program))
-    lay = Layout(root, run_dir, script)
+    lay = Layout(root, run_dir, script, files)
     lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
@@ -165,7 +167,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         sandbox_warning=NONE_WARNING if sandbox.name == "none" else None,
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
-        snapshot_sha256=snap, fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
+        snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
     metrics.write(run_dir)
     signals: list[str] = []
     home_dir: str | None = None
@@ -174,7 +176,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             lay.script_copy.write_bytes(code)
             lay.out.mkdir()
             lay.log.touch()
-            note = write_diff(root, run_dir, script)
+            note = write_diff(root, run_dir, files)
             if note:
                 metrics.extra["diff"] = note
             if head := branch_head(root):

@@ -32,11 +32,13 @@ def project_id(root: Path) -> str:
 
 def project_mounts(lay: Layout, data: Path | None) -> list[Mount]:
     """The project read-only, with runs/ replaced by the skeleton, the train script by the
-    run's hashed copy, and any val/test split folder inside the project hidden."""
+    run's hashed copy, every other file of the editable set by its snapshot copy, and any
+    val/test split folder inside the project hidden."""
     root = lay.root
     mounts = [Mount(root, str(root)),
               Mount(lay.skeleton(), str(root / RUNS_DIR)),
               Mount(lay.script_copy, str(root / lay.script))]
+    mounts += [Mount(copy, target) for copy, target in lay.code_copies()]
     if data is not None:
         for split in ("val", "test"):
             d = data / split

@@ -62,7 +62,7 @@ def test_init_writes_the_bundle_and_states_the_inline_guarantee(tmp_path):
         assert (root / rel).is_file(), rel
     prog = load_program(root)
     assert (prog.metric.name, prog.metric.direction, prog.run.mode) == ("val_acc", "maximize", "inline")
-    assert prog.run.command == ["python", "train.py"] and prog.editable_files() == ["train.py", "scratchpad.md"]
+    assert prog.run.command == ["python", "train.py"] and prog.editable_patterns() == ["train.py", "scratchpad.md"]
     assert re.search(prog.run.metric_regex, "epoch 3\nval_acc=0.8125\n").group(1) == "0.8125"
     assert "WEAKER guarantee" in (root / "program.md").read_text()          # said in the file too
     assert (root / "run.sh").stat().st_mode & 0o111
@@ -236,3 +236,30 @@ def test_init_takes_the_common_flags_and_keeps_the_old_spellings(tmp_path):
                        stdin=subprocess.DEVNULL, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert load_program(old).sandbox.backend == "docker"
+
+
+def test_init_editable_sets_files_folders_and_globs(tmp_path):
+    """`init --editable` (repeatable) writes them into editable:, the train script and the
+    scratchpad kept; the guard's and the runner's matcher then agree on them."""
+    root = legacy(tmp_path, commit=False)
+    for rel in ("model.py", "config/small.py", "config/big.py", "src/layers.py"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("x = 1\n")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "legacy code")
+    p = init_cli(root, "--no-check", "--editable", "model.py", "--editable", "config/*.py", "--editable", "src/")
+    assert p.returncode == 0, p.stdout + p.stderr
+    prog = load_program(root)
+    assert prog.editable_patterns() == ["train.py", "model.py", "config/*.py", "src/", "scratchpad.md"]
+    assert prog.editable_files(root) == ["config/big.py", "config/small.py", "model.py", "scratchpad.md",
+                                         "src/layers.py", "train.py"]
+    assert "`model.py`" in prog.body and "`config/*.py`" in prog.body       # the agent is told what it may edit
+
+
+@pytest.mark.parametrize("pattern, words", [("conf/*.yaml", "matches no file"), ("../other.py", "relative"),
+                                            ("prepare.py", "never editable"), ("hooks/", "never editable")])
+def test_init_editable_refuses_a_bad_pattern_and_writes_nothing(tmp_path, pattern, words):
+    root = legacy(tmp_path)
+    p = init_cli(root, "--no-check", "--editable", pattern)
+    assert p.returncode == 2 and words in p.stdout and pattern in p.stdout, p.stdout + p.stderr
+    assert not (root / "program.md").exists()

@@ -253,15 +253,22 @@ def test_the_phase_decides_the_editable_set_and_web_access(tmp_path) -> None:
 
 
 def test_harness_files_stay_protected_even_if_program_md_lists_them(tmp_path) -> None:
+    """Named literally, a harness file makes program.md invalid (the guard denies all, naming it);
+    matched by a glob or a folder, it stays denied while the pattern's other files are editable."""
     w = World(tmp_path, program=(ROOT / "program.md").read_text().replace(
-        "editable: [train.py, scratchpad.md]",
-        "editable: [train.py, prepare.py, .claude/settings.json, scripts/fit.py]"))
-    for f in ("prepare.py", ".claude/settings.json"):
-        got = w.tool("Edit", file_path="{root}/" + f, old_string="a", new_string="b")
-        assert got.decision == "deny" and "never editable" in got.reason, got
+        "editable: [train.py, scratchpad.md]", "editable: [train.py, prepare.py, scripts/fit.py]"))
+    got = w.tool("Edit", file_path="{root}/train.py", old_string="a", new_string="b")
+    assert got.decision == "deny" and "prepare.py" in got.reason and "never editable" in got.reason, got
+    (w.root / "program.md").write_text((ROOT / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [train.py, '*.py', '**/*.json', '**/settings*']"))
     (w.root / "scripts").mkdir()                  # a legacy repo's own training script stays editable
-    (w.root / "scripts" / "fit.py").write_text("lr = 1\n")
-    assert w.tool("Edit", file_path="{root}/scripts/fit.py", old_string="1", new_string="2").decision == "allow"
+    (w.root / "scripts" / "fit.json").write_text("{}\n")
+    (w.root / "helper.py").write_text("lr = 1\n")
+    for f in ("prepare.py", ".claude/settings.json", "run.sh", "program.md", "PREPARE.PY"):
+        got = w.tool("Edit", file_path="{root}/" + f, old_string="a", new_string="b")
+        assert got.decision == "deny" and ("never editable" in got.reason or "not editable" in got.reason), (f, got)
+    assert w.tool("Edit", file_path="{root}/helper.py", old_string="1", new_string="2").decision == "allow"
+    assert w.tool("Edit", file_path="{root}/scripts/fit.json", old_string="{", new_string="[").decision == "allow"
 
 
 def test_a_file_named_like_an_option_stays_an_option(tmp_path) -> None:

@@ -383,3 +383,66 @@ def test_crash_reason_is_the_exception_even_when_stdout_lands_after_the_tracebac
                          "Traceback (most recent call last):", '  File "train.py", line 9', "KeyError: 'lr'"]
     assert _exception_line(chained) == "KeyError: 'lr'"
     assert _exception_line(["step 1", "Killed"]) == "Killed"
+
+
+def _multi_file_project(tmp_path: Path, legacy: str) -> Path:
+    """An inline project whose editable set is a script, model.py and a glob, committed."""
+    extra = INLINE.replace("mode: inline", "mode: inline\n  train_script: legacy.py")
+    proj = make_project(tmp_path / "p", git=False, extra=extra)
+    text = (proj / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [legacy.py, model.py, 'config/*.py', scratchpad.md]")
+    (proj / "program.md").write_text(text)
+    (proj / "config").mkdir()
+    (proj / "config" / "small.py").write_text("LR = 1\n")
+    (proj / "model.py").write_text("WIDTH = 64\n")
+    (proj / "legacy.py").write_text(legacy)
+    env = git_env()
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"], ["git", "commit", "-q", "-m", "base"]):
+        subprocess.run(cmd, cwd=proj, check=True, env=env)
+    return proj
+
+
+SCORE = "import model\nfrom config import small\nprint('score:', model.WIDTH * small.LR)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.bwrap
+def test_diff_patch_and_snapshot_cover_every_file_of_the_editable_set(tmp_path, bwrap_available):
+    """Issue 16: diff.patch was empty for edits outside the training script. Now it holds every
+    file of the set (a literal, a glob's files), as the run started, against the branch head."""
+    from autoresearch.program import load_program
+    from autoresearch.run.identity import program_code, snapshot
+    proj = _multi_file_project(tmp_path, SCORE)
+    (proj / "model.py").write_text("WIDTH = 96\n")
+    (proj / "config" / "small.py").write_text("LR = 2\n")
+    p = run_sh(proj, "-m", "wider, faster", "--backend", "bwrap", "--budget", "5")
+    assert p.returncode == 0, p.stdout + p.stderr
+    m = metrics(proj)
+    assert m["status"] == "ok" and m["metric_value"] == 192, (m, log_of(proj))
+    diff = (proj / "runs" / "0001" / "diff.patch").read_text()
+    assert "-WIDTH = 64" in diff and "+WIDTH = 96" in diff and "-LR = 1" in diff and "+LR = 2" in diff, diff
+    assert "legacy.py" not in diff, "unchanged files are not in the patch"
+    subprocess.run(["git", "apply", "--check", "-R", "runs/0001/diff.patch"], cwd=proj, check=True, env=git_env())
+    code = program_code(load_program(proj), proj)
+    assert code == ["config/small.py", "legacy.py", "model.py"]
+    assert m["snapshot_sha256"] == snapshot(proj, code)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_edit_during_the_run_does_not_reach_the_measured_code(tmp_path, request, backend):
+    """The run is identified by the snapshot taken when it starts, so it runs that snapshot: every
+    file of the set is the run's copy inside the sandbox, whatever the work tree holds meanwhile."""
+    require_backend(request, backend)
+    proj = _multi_file_project(tmp_path, "import time\nprint('started', flush=True)\ntime.sleep(3)\n" + SCORE)
+    proc = subprocess.Popen([str(RUN_SH), "-m", "as started", "--backend", backend, "--budget", "20"], cwd=proj,
+                            env=run_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait_for(proj / "runs" / "0001" / "train.log", "started")
+        (proj / "model.py").write_text("WIDTH = 1000\n")
+        (proj / "config" / "small.py").write_text("LR = 1000\n")
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    m = metrics(proj)
+    assert m["status"] == "ok" and m["metric_value"] == 64, (m, out, log_of(proj))
