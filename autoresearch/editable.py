@@ -19,10 +19,24 @@ NEVER_EDITABLE_DIRS = frozenset({".claude", ".claude-plugin", "hooks", ".git", "
 _GLOB, _WALK_SKIP = re.compile(r"[*?\[]"), {"__pycache__", "node_modules", ".svn", ".hg", ".jj"}
 
 
-def never_editable(rel: str) -> bool:
-    """The harness's own files (case-insensitive: a case-insensitive file system cannot spell around it)."""
+def never_editable(rel: str, frozen: "list[str] | tuple[str, ...]" = ()) -> bool:
+    """The harness's own files and the frozen eval script's (`frozen`: program.md eval.files), case-
+    insensitive: a case-insensitive file system cannot spell around it."""
     parts = rel.lower().split("/")
-    return "/".join(parts) in NEVER_EDITABLE or parts[0] in NEVER_EDITABLE_DIRS
+    low = "/".join(parts)
+    return low in NEVER_EDITABLE or parts[0] in NEVER_EDITABLE_DIRS or any(low == f.lower() for f in frozen)
+
+
+def frozen_problem(pattern: str, frozen: list[str]) -> str | None:
+    """Why an editable pattern may not be used alongside eval.files (None: it may): it covers one of
+    the frozen eval script's files, which must stay the human's. The one place for this rule (the
+    guard's policy carries `frozen` and refuses edits to them too)."""
+    rx = re.compile(pattern_regex(pattern), re.IGNORECASE)
+    hit = [f for f in frozen if rx.fullmatch(f)]
+    if hit:
+        return (f"{pattern!r} covers {', '.join(hit)}, the frozen evaluation script (eval.files), which the agent "
+                "may never edit: narrow the pattern or move the eval script out of it")
+    return None
 
 
 def _segment_re(seg: str) -> str:
@@ -76,17 +90,19 @@ def pattern_problem(pattern: str) -> str | None:
     return None
 
 
-def match_files(root: Path, patterns: list[str]) -> dict[str, list[str]]:
-    """pattern -> the regular files below root it matches (sorted; never the harness's own; a
-    literal file is listed even when it does not exist yet). Symbolic links are not followed."""
-    found: dict[str, list[str]] = {p: [p] if is_literal(p) and not never_editable(p) else [] for p in patterns}
+def match_files(root: Path, patterns: list[str], frozen: "list[str] | tuple[str, ...]" = ()) -> dict[str, list[str]]:
+    """pattern -> the regular files below root it matches (sorted; never the harness's own nor the
+    frozen eval files; a literal file is listed even when it does not exist yet). Symbolic links are
+    not followed."""
+    found: dict[str, list[str]] = {p: [p] if is_literal(p) and not never_editable(p, frozen) else []
+                                   for p in patterns}
     regexes = {p: re.compile(pattern_regex(p)) for p in patterns if not is_literal(p)}
     for dirpath, dirnames, filenames in os.walk(root) if regexes else ():
         rel_dir = "" if dirpath == str(root) else os.path.relpath(dirpath, root) + "/"
         dirnames[:] = sorted(d for d in dirnames if d not in _WALK_SKIP and not never_editable(rel_dir + d))
         for name in filenames:
             full, rel = os.path.join(dirpath, name), rel_dir + name
-            if never_editable(rel) or os.path.islink(full) or not os.path.isfile(full):
+            if never_editable(rel, frozen) or os.path.islink(full) or not os.path.isfile(full):
                 continue
             for p in [p for p, rx in regexes.items() if rx.fullmatch(rel)]:
                 found[p].append(rel)

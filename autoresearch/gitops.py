@@ -114,3 +114,19 @@ def identity_env(root: Path) -> dict[str, str]:
     name, email = name or "autoresearch", email or "autoresearch@localhost"
     return {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email,
             "GIT_COMMITTER_NAME": name, "GIT_COMMITTER_EMAIL": email}
+
+
+def base_commit(root: Path) -> str | None:
+    """The run branch's base commit: the newest commit on HEAD's first-parent line that the loop
+    did not make (a keep commit carries an Autoresearch-Run trailer). On a user branch that is HEAD;
+    on a run branch, the commit it started from (or a human's commit on it). What the human froze
+    there -- the eval script -- runs from here, never from the work tree. None: no commit yet."""
+    p = git(root, "log", "--first-parent", "--format=%H%x00%B%x00", "-n", "100000", check=False)
+    if p.returncode != 0:
+        return None
+    parts = p.stdout.split("\x00")
+    for sha, body in zip(parts[0::2], parts[1::2]):
+        t = trailers(body)
+        if "Autoresearch-Run" not in t and "Autoresearch-Runs" not in t:
+            return sha.strip() or None
+    return None

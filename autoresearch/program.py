@@ -14,7 +14,7 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .editable import editable_regex, is_literal, match_files, never_editable, pattern_problem
+from .editable import editable_regex, frozen_problem, is_literal, match_files, never_editable, pattern_problem
 from .hostenv import HostMount, check_env, check_python, host_path_errors
 
 PROGRAM_FILE = "program.md"
@@ -31,9 +31,24 @@ class _Strict(BaseModel):
 class Metric(_Strict):
     name: str = "val_bpb"
     direction: Literal["minimize", "maximize"] = "minimize"
-    # The physical limit for this task: a minimized value below it (a maximized one above it)
-    # is not a better model but a leak or a bug, and the run is marked invalid.
+    # The sane range for this task, in every mode: a value below floor or above ceiling is not a
+    # better model but a leak, a forgery or a bug, and the run is marked invalid (never kept).
     floor: float | None = None
+    ceiling: float | None = None
+
+    @model_validator(mode="after")
+    def _range(self) -> "Metric":
+        if self.floor is not None and self.ceiling is not None and self.floor >= self.ceiling:
+            raise ValueError(f"metric: floor {self.floor:g} must be below ceiling {self.ceiling:g}")
+        return self
+
+    def out_of_range(self, v: float) -> str | None:
+        """Why v is past the floor or the ceiling (None: it is within them)."""
+        if self.floor is not None and v < self.floor:
+            return f"{self.name} {v:.6g} is below metric.floor {self.floor:g}"
+        if self.ceiling is not None and v > self.ceiling:
+            return f"{self.name} {v:.6g} is above metric.ceiling {self.ceiling:g}"
+        return None
 
     def better(self, a: float, b: float) -> bool:
         """True when a is strictly better than b."""
@@ -143,10 +158,11 @@ def _launcher(v: Any) -> Any:
 
 class Run(_Strict):
     """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
-    `inline`: for legacy code that can only print its own metric -- a weaker guarantee."""
-    mode: Literal["two_stage", "inline"] = "two_stage"
+    `eval_command`: TRAIN, then the human's frozen `eval.command` in its own sandbox writes the metric.
+    `inline`: for legacy code that can only print its own metric -- a weaker guarantee, the last resort."""
+    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"
     train_script: str = "train.py"
-    command: list[str] | None = None             # inline mode: the training command
+    command: list[str] | None = None             # inline / eval_command mode: the training command
     metric_regex: str | None = None              # inline mode: a regex with one group capturing the metric
     # TRAIN stage only: argv words put before the training script (the interpreter left out), such as
     # torchrun --nproc-per-node 2; the EVAL model server stays one process
@@ -165,6 +181,27 @@ class Run(_Strict):
         if self.mode == "inline" and (not self.command or not self.metric_regex):
             raise ValueError("inline mode needs run.command and run.metric_regex")
         return self
+
+
+class Eval(_Strict):
+    """The human's evaluation script (run.mode: eval_command), frozen at init: `files` are never
+    editable and always run as committed at the run branch's base commit, never from the work tree.
+    It runs in a fresh EVAL sandbox after TRAIN (no network; the checkpoint in $AUTORESEARCH_OUT
+    read-only; the mounts for stage eval) and writes {"value": <number>} to $AUTORESEARCH_METRIC_FILE,
+    a folder only it gets. `autoresearch final` runs it again with the final mounts."""
+    command: list[str] = Field(min_length=1)     # argv (python is the sandbox's), e.g. python eval.py
+    files: list[str] = Field(min_length=1)       # the script and the helpers it imports: frozen
+
+    _command = field_validator("command", mode="before")(_launcher)
+
+    @field_validator("files")
+    @classmethod
+    def _files(cls, v: list[str]) -> list[str]:
+        for f in v:
+            if not is_literal(f) or (why := pattern_problem(f)) and "harness" not in why:
+                raise ValueError(f"{f!r}: name each file of the eval script by its project-relative path "
+                                 "(eval.py, tools/metrics.py), no folder or glob")
+        return list(dict.fromkeys(v))
 
 
 class Phase(_Strict):
@@ -201,6 +238,7 @@ class Program(_Strict):
     keep_checkpoints: Literal["kept", "all"] = "kept"  # "kept": a discarded or crashed run's out/ is deleted
     notify: Notify | None = None                 # `autoresearch overnight`'s end-of-night message
     mounts: list[HostMount] = []                 # host folders outside the project, read-only, per stage
+    eval: Eval | None = None                     # run.mode eval_command: the human's frozen eval script
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")
@@ -211,9 +249,17 @@ class Program(_Strict):
         if self.phase not in names:
             raise ValueError(f"phase: {self.phase!r} is not one of the phases {names}")
         for f in self.all_patterns():
-            if why := pattern_problem(f):
+            if why := pattern_problem(f) or frozen_problem(f, self.frozen_files()):
                 raise ValueError(f"editable: {why}")
+        if self.eval is not None and self.run.mode != "eval_command":
+            raise ValueError("eval: eval.command is set: write run.mode: eval_command (inline is the last resort)")
+        if self.eval is None and self.run.mode == "eval_command":
+            raise ValueError("run.mode: eval_command needs eval: {command: [python, eval.py], files: [eval.py]}")
         return self
+
+    def frozen_files(self) -> list[str]:
+        """The eval script's files: never editable, run as committed at the base commit."""
+        return list(self.eval.files) if self.eval is not None else []
 
     def all_patterns(self) -> list[str]:
         """Every editable pattern, program-wide and of every phase."""
@@ -230,16 +276,16 @@ class Program(_Strict):
     def editable_matches(self, path: str) -> bool:
         """May the agent edit this project-relative path in the current phase? (The guard's rule.)"""
         rel = path.removeprefix("./")
-        return not never_editable(rel) and re.fullmatch(editable_regex(self.editable_patterns()), rel) is not None
+        return not never_editable(rel, self.frozen_files()) and re.fullmatch(editable_regex(self.editable_patterns()), rel) is not None
 
     def editable_files(self, root: Path) -> list[str]:
         """The editable set in the current phase: the files below root the patterns match, sorted."""
-        return sorted({f for fs in match_files(Path(root), self.editable_patterns()).values() for f in fs})
+        return sorted({f for fs in match_files(Path(root), self.editable_patterns(), self.frozen_files()).values() for f in fs})
 
     def check_editable(self, root: Path) -> None:
         """A folder or glob (in any phase) that matches no file is a typo: say which. A literal
         file may be missing (a run records it as absent until it exists)."""
-        empty = [p for p, fs in match_files(Path(root), self.all_patterns()).items() if not fs and not is_literal(p)]
+        empty = [p for p, fs in match_files(Path(root), self.all_patterns(), self.frozen_files()).items() if not fs and not is_literal(p)]
         if empty:
             raise ConfigError(f"{PROGRAM_FILE}: editable: {', '.join(map(repr, empty))} "
                               f"match{'es' if len(empty) == 1 else ''} no file in {root}: fix the pattern "

@@ -242,6 +242,8 @@ def edit_problem(ctx: Context, path) -> str | None:
     first = rel.split("/", 1)[0]
     if rel.lower() in NEVER_EDITABLE or first.lower() in NEVER_EDITABLE_DIRS:
         return f"{rel} is part of the harness and never editable: {allowed}"
+    if rel.lower() in ctx.policy.frozen:
+        return f"{rel} is the human's evaluation script (eval.files, frozen): never editable: {allowed}"
     if not ctx.policy.matches(rel):
         return f"{rel} is not editable: {allowed}"
     target = os.path.join(ctx.root_real, rel)

@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-POLICY_VERSION = 2
+POLICY_VERSION = 3
 CACHE = ".autoresearch/guard-policy.json"
 PROGRAM = "program.md"
 
@@ -26,10 +26,12 @@ class PolicyError(Exception):
 
 
 class Policy:
-    __slots__ = ("phase", "editable", "web", "_match")
+    __slots__ = ("phase", "editable", "web", "frozen", "_match")
 
-    def __init__(self, phase: str, editable: list[str], web: bool, editable_re: str = "(?!)"):
+    def __init__(self, phase: str, editable: list[str], web: bool, editable_re: str = "(?!)",
+                 frozen: list[str] | None = None):
         self.phase, self.editable, self.web = phase, editable, web
+        self.frozen = {f.lower() for f in frozen or ()}     # eval.files: the human's eval script
         self._match = re.compile(editable_re).fullmatch
 
     def matches(self, rel: str) -> bool:
@@ -84,16 +86,18 @@ def compile_policy(text: bytes) -> dict:
         raise PolicyError(str(e)) from None
     patterns = program.editable_patterns()
     return {"version": POLICY_VERSION, "phase": program.phase, "editable": patterns,
-            "editable_re": editable_regex(patterns), "web": program.current.web}
+            "editable_re": editable_regex(patterns), "web": program.current.web, "frozen": program.frozen_files()}
 
 
 def _policy(data: dict) -> Policy:
     phase, editable, web, rx = data["phase"], data["editable"], data["web"], data["editable_re"]
+    frozen = data["frozen"]
     if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list) and isinstance(rx, str)
+            and isinstance(frozen, list) and all(isinstance(f, str) for f in frozen)
             and all(isinstance(e, str) and e and not e.startswith("/") and ".." not in e.split("/")
                     for e in editable)):
         raise TypeError("malformed policy")
     try:
-        return Policy(phase, editable, web, rx)
+        return Policy(phase, editable, web, rx, frozen)
     except re.error:
         raise TypeError("malformed policy") from None

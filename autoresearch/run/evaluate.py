@@ -78,8 +78,6 @@ def eval_stage(sandbox: Backend, program: Program, lay: Layout, data: Path, env:
                m: RunMetrics) -> tuple[str, str | None, int | None]:
     """A run's EVAL stage on the validation split, after TRAIN ended ok: fills m's eval fields (and
     the metric when ok); returns (status, reason, the servers' peak memory in bytes)."""
-    if program.metric.floor is not None:
-        m.extra["metric_floor"] = program.metric.floor
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "

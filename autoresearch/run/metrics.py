@@ -50,7 +50,7 @@ class RunMetrics(BaseModel):
     device: str | None = None                     # "cpu" or e.g. "cuda:0 (NVIDIA H100)"
     sandbox: str                                  # docker | bwrap | none
     sandbox_warning: str | None = None            # set when the run was not sandboxed
-    mode: Literal["two_stage", "inline"] = "two_stage"
+    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"
     description: str = ""
     reason: str | None = None                     # one line on why a run is not ok
     eval_bytes: int | None = None
@@ -111,23 +111,23 @@ def _mac(key: bytes, body: dict) -> str:
 # ---------------------------------------------------------------- the host's re-check
 
 def host_check(m: RunMetrics) -> tuple[str, str | None] | None:
-    """Re-apply the evaluator's sanity checks outside its process, from the signed record:
-    a finite value, not past `extra.metric_floor`, at least `extra.eval_bytes_expected` bytes
-    scored. None when an "ok" passes (or the run is not "ok"), else ("invalid", reason)."""
-    if m.status != "ok" or m.mode == "inline":
-        if m.status == "ok" and (m.metric_value is None or not math.isfinite(m.metric_value)):
-            return "invalid", f"host check: the value {m.metric_value!r} is not finite"
+    """Re-apply the sanity checks outside the evaluator's process, from the signed record, in every
+    mode (two-stage, eval_command, inline): a finite value, not below `extra.metric_floor` nor above
+    `extra.metric_ceiling` (a forged or leaked number), and for the scorer at least
+    `extra.eval_bytes_expected` bytes scored. None when an "ok" passes (or the run is not "ok"),
+    else ("invalid", reason)."""
+    if m.status != "ok":
         return None
     v = m.metric_value
     if v is None or not math.isfinite(v):
         return "invalid", f"host check: the value {v!r} is not finite"
-    floor = m.extra.get("metric_floor")
-    if isinstance(floor, (int, float)):
-        past = v < floor if m.direction == "minimize" else v > floor
-        if past:
-            return "invalid", f"host check: {m.metric_name} {v:.4f} is past the floor {floor:g}"
+    floor, ceiling = m.extra.get("metric_floor"), m.extra.get("metric_ceiling")
+    if isinstance(floor, (int, float)) and v < floor:
+        return "invalid", f"host check: {m.metric_name} {v:.6g} is below metric.floor {floor:g} (a leak, a forgery or a bug)"
+    if isinstance(ceiling, (int, float)) and v > ceiling:
+        return "invalid", f"host check: {m.metric_name} {v:.6g} is above metric.ceiling {ceiling:g} (a leak, a forgery or a bug)"
     want = m.extra.get("eval_bytes_expected")
-    if isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
+    if m.mode == "two_stage" and isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
         return "invalid", f"host check: {m.eval_bytes} bytes were scored, the evaluation needs {want}"
     return None
 

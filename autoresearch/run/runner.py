@@ -40,6 +40,7 @@ from typing import Iterator, TextIO
 from ..digest import sha256_bytes
 from ..program import ConfigError, Program, load_program, project_root
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
+from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
 from .exits import HarnessError, RunBusy
 from .gpu import GpuPeak
@@ -125,7 +126,8 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     except OSError as e:
         raise HarnessError(f"cannot read the training script {root / script}: {e.strerror}") from None
     inline = program.run.mode == "inline"
-    data = None if inline else data_folder(root)
+    data = None if program.run.mode != "two_stage" else data_folder(root)
+    frozen = frozen_code(root, program) if program.eval is not None else None   # (base, eval.files' bytes)
     _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)
     seed_n = derive_seed(root, program, sha, seed)
@@ -140,7 +142,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
             with live_progress(echo, run_dir / LOG_FILE, budget_s, None if inline else program.budget.eval_seconds,
                                run_dir.name) as live:     # a terminal only: the agent's output is unchanged
                 return _run_locked(root, program, run_dir, script, code, sha, files, seed_n, budget_s,
-                                   sandbox, inline, data, message, purpose, started, t_start, live.around(say))
+                                   sandbox, inline, data, message, purpose, started, t_start, live.around(say), frozen)
         finally:
             if running is not None:
                 os.close(running)
@@ -151,13 +153,15 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
 def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
                 files: dict[str, bytes | None],
                 seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
-                purpose: str, started: datetime, t_start: float, say) -> RunMetrics:
+                purpose: str, started: datetime, t_start: float, say,
+                frozen: tuple[str, dict[str, bytes]] | None = None) -> RunMetrics:
     """The run itself, with the project's run lock held."""
+    evaluator = evaluator_id(*frozen, program) if frozen else evaluator_version(root, program)
     fp = Fingerprint(budget_seconds=budget_s, eval_seconds=program.budget.eval_seconds, mode=program.run.mode,
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
-                     evaluator=evaluator_version(root, program), interpreter=_interpreter(root, program))
+                     evaluator=evaluator, interpreter=_interpreter(root, program))
     lay = Layout(root, run_dir, script, files)
     lay.hold()
     metrics = RunMetrics(
@@ -168,6 +172,11 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
         snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
+    for k, v in (("metric_floor", program.metric.floor), ("metric_ceiling", program.metric.ceiling)):
+        if v is not None:                        # the host re-checks every mode's value against them
+            metrics.extra[k] = v
+    if frozen:
+        metrics.extra["eval_base"] = frozen[0]
     metrics.write(run_dir)
     signals: list[str] = []
     home_dir: str | None = None
@@ -185,7 +194,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             if sandbox.name == "none":
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
             env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
-            _execute(sandbox, program, lay, data, env, budget_s, inline, metrics)
+            _execute(sandbox, program, lay, data, env, budget_s, inline, metrics, frozen[1] if frozen else None)
     except KeyboardInterrupt:
         _finish_unmeasured(metrics, run_dir, t_start,
                            f"interrupted by {signals[-1] if signals else 'SIGINT (Ctrl-C)'}; the sandbox was stopped")
@@ -224,7 +233,7 @@ def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str
 
 
 def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-             budget: float, inline: bool, m: RunMetrics) -> None:
+             budget: float, inline: bool, m: RunMetrics, frozen: dict[str, bytes] | None = None) -> None:
     """Both stages; fills m in place (status, metric, timings, memory, device, reason)."""
     status, reason, host_peak = _train(sandbox, program, lay, data, env, budget, inline, m)
     if inline:
@@ -233,6 +242,12 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
         if value is not None:
             m.metric_value = value
         m.extra["warning"] = INLINE_WARNING
+    elif frozen is not None:
+        m.mode = "eval_command"
+        if status == "ok":
+            status, reason, eval_peak = evalcmd_stage(sandbox, program, lay, env, frozen, m)
+            if eval_peak is not None:
+                host_peak = max(host_peak or 0, eval_peak)
     elif status == "ok":
         assert data is not None
         status, reason, eval_peak = eval_stage(sandbox, program, lay, data, env, m)
@@ -251,7 +266,8 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
            budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
-    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, inline)
+    own = inline or program.run.mode == "eval_command" and bool(program.run.command)   # run.command, not the script
+    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own)
     spec = train_spec(sandbox, program, lay, data, env, budget, argv)
     gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
     with GpuPeak(gpus) as gpu:
@@ -262,7 +278,7 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
     if gpu.peak_bytes is not None:
         m.extra["gpu_peak_gb"] = _gb(gpu.peak_bytes)
     m.device = "cuda" if gpus else "cpu"
-    what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if inline else lay.script
+    what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if own else lay.script
     status, reason = train_status(res, program, budget, lay.log, what)
     if res.log_cut_bytes:
         m.extra["log_cut_bytes"] = res.log_cut_bytes

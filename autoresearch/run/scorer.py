@@ -271,7 +271,7 @@ class Scorer:
             if scored < int(self.prepare.EVAL_BYTES):
                 raise Verdict("invalid", f"only {scored} bytes were scored, the evaluation needs "
                                          f"{self.prepare.EVAL_BYTES}")
-            if self.floor is not None and (bpb < self.floor if self.direction == "minimize" else bpb > self.floor):
+            if self.floor is not None and bpb < self.floor:       # a lower bound, as metric.floor is everywhere
                 raise Verdict("invalid", f"{self.metric} {bpb:.4f} is past the physical floor {self.floor} for this "
                                          f"corpus: a leak or a bug, not a better model")
         except Verdict as v:

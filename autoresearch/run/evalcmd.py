@@ -1,0 +1,209 @@
+"""The EVAL stage of run.mode eval_command: the human's own evaluation script, frozen at init.
+
+    what runs   eval.command, with eval.files as committed at the run branch's base commit
+                (gitops.base_commit: the newest commit the loop did not make), mounted over the work
+                tree's copies: an agent edit to the script in the work tree changes nothing.
+    where       a fresh sandbox after TRAIN: no network, the project read-only (the editable set as
+                the run's snapshot), the TRAIN checkpoint ($AUTORESEARCH_OUT) read-only, the mounts
+                declared for stage eval (or final), run.python and run.env as in TRAIN.
+    the channel $AUTORESEARCH_METRIC_FILE, in runs/NNNN/.metric/: made empty after TRAIN ended (TRAIN
+                never sees it: runs/ is a skeleton there), the only writable mount of this stage.
+                The script writes {"value": <number>}; the host reads it (a regular file, at most
+                64 KiB), validates it (EvalMetric) and the runner signs it. What the script or agent
+                code prints goes to eval.log (for humans only); nothing printed becomes the metric.
+
+What it does not guarantee: the script usually imports the agent's model code to load the
+checkpoint, and that code then shares the eval process (README, "Threat model").
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import stat
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from ..program import Program
+from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
+from .exits import HarnessError
+from .layout import EVAL_LOG, Layout
+from .logs import append_log, log_tail
+from .metrics import RunMetrics
+from .specs import environment_mounts, gpu_request, project_id, project_mounts, python_of, runtime_mounts
+
+METRIC_DIR = ".metric"                   # runs/NNNN/.metric/: the eval script's channel
+METRIC_FILE = "metric.json"
+METRIC_MAX_BYTES = 64 << 10
+
+
+class EvalMetric(BaseModel):
+    """What the eval script writes to $AUTORESEARCH_METRIC_FILE: one finite number."""
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
+    value: float
+
+
+def frozen_code(root: Path, program: Program) -> tuple[str, dict[str, bytes]]:
+    """(the base commit, eval.files' bytes there). HarnessError, naming the fix, when a file is
+    not committed there: the eval script never runs from the work tree."""
+    from ..gitops import GitError, base_commit, show_blob
+    try:
+        base = base_commit(root)
+    except (GitError, OSError) as e:
+        raise HarnessError(f"eval.files: cannot read git history ({e})") from None
+    if base is None:
+        raise HarnessError("eval.files are read from the run branch's base commit, and this repository has no "
+                           "commit: commit the eval script (git add eval.py && git commit)")
+    files, missing = {}, []
+    for rel in program.frozen_files():
+        data = show_blob(root, base, rel)
+        if data is None:
+            missing.append(rel)
+        else:
+            files[rel] = data
+    if missing:
+        raise HarnessError(f"eval.files {', '.join(missing)} not committed at the base commit {base[:12]}: the eval "
+                           f"script runs as committed, never from the work tree: git add {' '.join(missing)} "
+                           f"&& git commit")
+    return base, files
+
+
+def evaluator_id(base: str, files: dict[str, bytes], program: Program) -> str:
+    """For the fingerprint: the command and the frozen files' bytes (runs scored by two versions of
+    the eval script are never compared)."""
+    h = hashlib.sha256(" ".join(program.eval.command if program.eval else []).encode())
+    for rel in sorted(files):
+        h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
+    return f"eval_command:{h.hexdigest()[:12]}"
+
+
+def metric_channel(lay: Layout) -> Path:
+    """runs/NNNN/.metric/, made fresh (after TRAIN), with its mount point in the runs/ skeleton."""
+    d = lay.run_dir / METRIC_DIR
+    shutil.rmtree(d, ignore_errors=True)
+    if d.is_symlink() or d.exists():
+        d.unlink()
+    d.mkdir()
+    (lay.skeleton() / lay.run_dir.name / METRIC_DIR).mkdir(parents=True, exist_ok=True)
+    return d
+
+
+def eval_argv(python: str, program: Program) -> list[str]:
+    """eval.command, its python made the sandbox's (run.python when set)."""
+    argv = list(program.eval.command) if program.eval else []
+    return [python if i == 0 and w in ("python", "python3") else w for i, w in enumerate(argv)]
+
+
+def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+                 channel: Path, log: Path, stage: str = "eval") -> SandboxSpec:
+    """The eval script's sandbox: the project read-only with eval.files replaced by their committed
+    bytes, the checkpoint read-only, the `stage` mounts, the metric channel the only writable mount."""
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
+    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
+    for rel, data in sorted(frozen.items()):
+        copy = lay.scratch / "frozen" / rel
+        copy.parent.mkdir(parents=True, exist_ok=True)
+        copy.write_bytes(data)
+        if not (lay.root / rel).is_file():
+            raise HarnessError(f"eval.files: {rel} is missing from the project: restore it (git checkout -- {rel})")
+        mounts.append(Mount(copy, str(lay.root / rel)))
+    mounts.append(Mount(channel, str(channel), writable=True))
+    env = {**env, "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE), "AUTORESEARCH_STAGE": stage}
+    return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
+                       cwd=str(lay.root), timeout_s=program.budget.eval_seconds,
+                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
+                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30), log_path=log,
+                       disk_bytes=METRIC_MAX_BYTES * 16, owner=project_id(lay.root))
+
+
+def read_metric(channel: Path) -> tuple[float | None, str | None]:
+    """(value, None) or (None, why) from the channel: a regular file (no link), small, {"value": n}."""
+    path = channel / METRIC_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, "missing"
+    except OSError as e:
+        return None, f"unreadable ({e.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_size > METRIC_MAX_BYTES:
+            return None, f"larger than {METRIC_MAX_BYTES} bytes"
+        raw = os.read(fd, METRIC_MAX_BYTES + 1)
+    finally:
+        os.close(fd)
+    try:
+        return EvalMetric.model_validate_json(raw).value, None
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"])
+        return None, f"not {{\"value\": <finite number>}} ({where + ': ' if where else ''}{err['msg']})"
+
+
+def _exception_type(log: Path) -> str:
+    """The exception's type from the last traceback in the eval log (its message is not quoted:
+    agent code ran in that process and could put held-out data in it)."""
+    lines = log_tail(log, 60)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    for ln in lines[starts[-1] + 1:] if starts else []:
+        if ln.strip() and not ln.startswith((" ", "\t")):
+            name = ln.split(":", 1)[0].strip()
+            return name if name.replace(".", "").replace("_", "").isalnum() else ""
+    return ""
+
+
+def evalcmd_outcome(res: SandboxResult, value: float | None, problem: str | None, program: Program,
+                    log: Path, log_name: str = EVAL_LOG) -> tuple[str, str | None, float | None]:
+    """(status, reason, value) of the eval script's stage. The process's end decides first: a
+    metric written by a script that then failed is not a result."""
+    cmd = " ".join(program.eval.command) if program.eval else "eval.command"
+    if res.disk_exceeded:
+        return "crash", f"the eval command ({cmd}) wrote more than {METRIC_MAX_BYTES * 16} bytes to its metric folder"
+    if res.timed_out:
+        return "timeout", f"the eval command ({cmd}) ran past eval_seconds {program.budget.eval_seconds:g} s"
+    if res.oom:
+        return "oom", f"the eval command ({cmd}) went over the memory limit ({program.sandbox.memory_gb:g} GB)"
+    if res.exit_code != 0:
+        code = res.exit_code
+        why = f"was killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
+        exc = _exception_type(log)
+        return "crash", (f"the eval command ({cmd}) {why}" + (f" ({exc})" if exc else "")
+                         + f"; its output is in {log_name} (for humans only)")
+    if problem == "missing":
+        return "crash", (f"the eval command ({cmd}) exited 0 but wrote no metric: it must write "
+                         f"{{\"value\": <number>}} to $AUTORESEARCH_METRIC_FILE")
+    if problem is not None or value is None:
+        return "invalid", f"the eval command's metric file is {problem}"
+    return "ok", None
+
+
+def run_evalcmd(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+                log: Path, stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None]:
+    """The eval script once, on the checkpoint in lay.out: (sandbox result, status, reason, value)."""
+    channel = metric_channel(lay)
+    try:
+        res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage))
+        value, problem = read_metric(channel)
+    finally:
+        shutil.rmtree(channel, ignore_errors=True)
+    status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
+    return res, status, reason, value if status == "ok" else None
+
+
+def evalcmd_stage(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+                  m: RunMetrics) -> tuple[str, str | None, int | None]:
+    """A run's EVAL stage in eval_command mode, after TRAIN ended ok: fills m (the metric when ok);
+    returns (status, reason, peak memory in bytes)."""
+    cmd = " ".join(program.eval.command) if program.eval else ""
+    append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
+                        f"what it prints goes to {EVAL_LOG}, for humans only ----\n")
+    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, lay.run_dir / EVAL_LOG)
+    m.eval_seconds = round(res.wall_seconds, 3)
+    append_log(lay.log, f"evaluate: ok {program.metric.name} {value}\n" if status == "ok"
+               else f"evaluate: {status}: {reason}\n")
+    if value is not None:
+        m.metric_value = value
+    return status, reason, res.peak_memory_bytes
