@@ -90,9 +90,15 @@ def _init_command(sub) -> None:
     p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
     p.add_argument("--metric", help="the metric's name, e.g. val_loss")
     p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
-    p.add_argument("--mode", choices=["inline", "two_stage"], default="inline",
-                   help="inline (default): the metric is parsed from what the training code prints -- a weaker "
-                        "guarantee; two_stage: the repo has the bundle's trusted evaluator (prepare.py)")
+    p.add_argument("--mode", choices=["inline", "two_stage", "eval_command"], default="inline",
+                   help="inline (the default without --eval-command, and the last resort): the metric is parsed "
+                        "from what the training code prints -- a weaker guarantee; two_stage: the repo has the "
+                        "bundle's trusted evaluator (prepare.py); eval_command: set by --eval-command")
+    p.add_argument("--eval-command", metavar="CMD", help="your evaluation script, e.g. 'python eval.py': frozen "
+                   "(never editable, run as committed), run after training in its own sandbox with the checkpoint "
+                   "and the eval mounts; it writes {\"value\": N} to $AUTORESEARCH_METRIC_FILE (run.mode eval_command)")
+    p.add_argument("--eval-file", action="append", metavar="FILE", help="a file of the eval script, frozen with it "
+                   "(repeatable; default: the .py files in --eval-command)")
     p.add_argument("--metric-regex", help="inline mode: a regex with one group capturing the metric "
                                           "(default: '<metric>[:=] <number>')")
     p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")

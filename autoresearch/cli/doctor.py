@@ -296,8 +296,9 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
 
 
 def check_data(root: Path, program: Program | None) -> Check:
-    if program is not None and program.run.mode == "inline":
-        return Check(name="data", level="info", found="inline mode: the training command reads its own data")
+    if program is not None and program.run.mode != "two_stage":
+        return Check(name="data", level="info", found=f"{program.run.mode} mode: the training command (and the eval "
+                     "script) read their own data, from the project or the mounts")
     prep = root / "prepare.py"
     if not prep.is_file():
         return Check(name="data", level="fail", found="no prepare.py in the project (two_stage mode needs its evaluator)",
@@ -317,12 +318,12 @@ def check_data(root: Path, program: Program | None) -> Check:
 
 
 def run_checks(root: Path) -> list[Check]:
-    from .envcheck import check_interpreter, check_mounts
+    from .envcheck import check_eval, check_interpreter, check_mounts
     prog_check, program = check_program(root)
     checks = [check_python(root, program), prog_check]
     steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
-        check_git, check_sandbox, check_gpu, check_gpu_selection, check_interpreter, check_mounts, check_claude,
-        check_hooks, check_data]
+        check_git, check_sandbox, check_gpu, check_gpu_selection, check_interpreter, check_mounts, check_eval,
+        check_claude, check_hooks, check_data]
     for step in steps:
         try:
             got = step(root, program)

@@ -45,3 +45,30 @@ def check_mounts(root: Path, program: Program | None) -> list[Check]:
         out.append(Check(name="run.env", level="warn", found=f"replaces the harness's {', '.join(over)}",
                          fix="keep it only if the repo needs it: runs before and after are then not alike"))
     return out
+
+
+def check_eval(root: Path, program: Program | None) -> list[Check]:
+    """eval.files are committed at the base commit (they run from there, never from the work tree),
+    and a work tree copy that differs is said (it is not what runs)."""
+    if program is None or program.eval is None:
+        return []
+    from ..gitops import base_commit, show_blob
+    base = base_commit(root)
+    if base is None:
+        return [Check(name="eval.files", level="fail", found="no commit yet: the eval script runs as committed",
+                      fix=f"git add {' '.join(program.eval.files)} && git commit")]
+    out = []
+    for f in program.eval.files:
+        committed = show_blob(root, base, f)
+        if committed is None:
+            out.append(Check(name=f"eval.files {f}", level="fail", found=f"not committed at the base commit {base[:12]}",
+                             fix=f"git add {f} && git commit (the eval script runs as committed, never from the work tree)"))
+            continue
+        here = (root / f).read_bytes() if (root / f).is_file() else None
+        same = here == committed
+        out.append(Check(name=f"eval.files {f}", level="ok" if same else "warn",
+                         found=f"frozen at {base[:12]}" + ("" if same else
+                               "; the work tree's copy differs (the committed one runs)" if here is not None else
+                               "; missing from the work tree (runs refuse to start)"),
+                         fix="" if same else f"git checkout {base[:12]} -- {f}, or commit the new version"))
+    return out

@@ -112,6 +112,8 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     run_dir = root / "runs" / run_id
     script = program.run.train_script
     lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {})
+    if program.eval is not None:
+        return _score_evalcmd(root, program, lay, backend)
     for need in (lay.out / "model.pt", lay.script_copy):
         if not need.is_file():
             raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
@@ -133,6 +135,36 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     return Scored(run_id=run_id, status=status, value=value, reason=reason, eval_seconds=round(res.wall_seconds, 3))
 
 
+def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Scored:
+    """eval.command once more on the kept checkpoint, with the mounts declared for `final` (the
+    held-out test data) and $AUTORESEARCH_STAGE=final; eval.files as committed at the base commit."""
+    from ..run.evalcmd import frozen_code, run_evalcmd
+    from ..run.exits import HarnessError
+    from ..run.specs import base_env, repo_env
+    from ..sandbox import choose_backend
+    if not lay.out.is_dir():
+        raise FinalError(f"{lay.out} is missing: the final evaluation scores the kept run's own checkpoint "
+                         f"(runs/ must not be deleted)")
+    try:
+        _, frozen = frozen_code(root, program)
+    except HarnessError as e:
+        raise FinalError(str(e)) from None
+    sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
+    log = root / ".autoresearch" / f"final-{lay.run_dir.name}.eval.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(f"final evaluation of run {lay.run_dir.name} by {' '.join(program.eval.command)}\n")
+    try:
+        lay.hold()
+        env = repo_env(base_env(sandbox, lay, "/tmp", 0, 0), program, root)
+        res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, stage="final")
+    finally:
+        lay.cleanup()
+    if status == "ok" and value is not None and (why := program.metric.out_of_range(value)):
+        status, reason, value = "invalid", why, None
+    return Scored(run_id=lay.run_dir.name, status=status, value=value, reason=reason,
+                  eval_seconds=round(res.wall_seconds, 3))
+
+
 def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) -> None:
     """The checkpoint in runs/<run_id> must be the code the keep commit claims: its metrics name
     that run, its train.py copy hashes to what ran, the commit's train.py is those bytes, and the
@@ -142,8 +174,9 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     from ..gitops import git, show_blob, trailers
     from ..run.metrics import read_verified
     d = root / "runs" / run_id
-    for need in (d / "out" / "model.pt", d / Path(program.run.train_script).name):
-        if not need.is_file():
+    ckpt = d / "out" / ("model.pt" if program.eval is None else "")     # eval_command: whatever TRAIN saved
+    for need in (ckpt, d / Path(program.run.train_script).name):
+        if not (need.is_file() or program.eval is not None and need == ckpt and need.is_dir()):
             raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
                              f"and train.py (runs/ must not be deleted)")
     try:
@@ -185,7 +218,8 @@ def _entry(root: Path, program: Program, row: LedgerRow, backend: str | None) ->
 
 def evaluate_final(root: Path, branch: str | None = None, again: bool = False, baseline: bool = True,
                    backend: str | None = None) -> tuple[FinalRecord, bool]:
-    """(the record, whether it was evaluated now). Refuses inline mode: no trusted evaluator, no test split."""
+    """(the record, whether it was evaluated now). Refuses inline mode: no trusted evaluator, no test split.
+    With eval.command, that script scores the checkpoints again with the `final` mounts."""
     program = load_program(root)
     if program.run.mode == "inline":
         raise FinalError("inline mode has no trusted evaluator and no held-out split: the metric is whatever the "

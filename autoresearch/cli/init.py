@@ -37,20 +37,11 @@ import yaml
 from pydantic import BaseModel, Field
 
 from ..program import Budget, ConfigError, parse_program
+from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, SCRATCHPAD
 from .wiring import legacy_settings, load_settings, merge_settings, read_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
 GITIGNORE_LINES = ["runs/", "results.tsv", ".autoresearch/", "progress.png"]
-
-INLINE_GUARANTEE = (
-    "inline mode gives a WEAKER guarantee: the metric is read from what the training code prints "
-    "(the last line matching run.metric_regex), and the agent edits that code, so it could print a "
-    "number it did not measure. Still enforced: the sandbox (no network, read-only repo, hard time "
-    "limit), the guard on every tool call, the ledger and git history of every experiment. Not "
-    "enforced: an independent evaluation, and keeping validation data away from training. Review the "
-    "kept diffs (git log -p on the run branch) before you trust a result; `autoresearch final` is "
-    "not available in this mode.")
-
 
 class InitError(ValueError):
     """init cannot proceed; the message says what to change. Nothing was written."""
@@ -61,8 +52,10 @@ class InitOptions(BaseModel):
     command: list[str] = Field(min_length=1)     # the training command, e.g. ["python", "train.py"]
     metric: str = Field(min_length=1)
     direction: Literal["minimize", "maximize"]
-    mode: Literal["inline", "two_stage"] = "inline"
+    mode: Literal["inline", "two_stage", "eval_command"] = "inline"
     metric_regex: str | None = None
+    eval_command: list[str] | None = None        # eval_command mode: the human's evaluation script
+    eval_files: list[str] = []                   # its files, frozen (default: the .py files in eval_command)
     train_script: str | None = None              # the file the agent edits (default: from the command)
     editable: list[str] = []                     # more files, folders/ or globs the agent may edit (model.py)
     budget_seconds: float = Field(300, gt=0)
@@ -82,6 +75,11 @@ class InitResult(BaseModel):
 def default_regex(metric: str) -> str:
     """`val_acc=0.87`, `val_acc: 0.87`, `val_acc 0.87` (the last such line wins)."""
     return rf"{re.escape(metric)}\s*[:=]?\s*([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
+
+
+def eval_files(o: InitOptions) -> list[str]:
+    """The eval script's files: --eval-file, else the .py files its command names."""
+    return o.eval_files or [a for a in o.eval_command or [] if a.endswith(".py") and not a.startswith("-")]
 
 
 def script_from_command(command: list[str]) -> str | None:
@@ -109,6 +107,8 @@ def program_text(o: InitOptions, script: str) -> str:
     run: dict = {"mode": o.mode, "train_script": script}
     if o.mode == "inline":
         run |= {"command": o.command, "metric_regex": o.metric_regex or default_regex(o.metric)}
+    if o.mode == "eval_command":
+        run |= {"command": o.command}
     front = {
         "objective": o.objective or (f"{'Lower' if o.direction == 'minimize' else 'Raise'} {o.metric}, "
                                      f"printed by `{shlex.join(o.command)}`, within a fixed training-time budget."),
@@ -119,6 +119,7 @@ def program_text(o: InitOptions, script: str) -> str:
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
         "sandbox": {"backend": o.sandbox, "memory_gb": 8, "pids": 512},
         "run": run,
+        **({"eval": {"command": o.eval_command, "files": eval_files(o)}} if o.mode == "eval_command" else {}),
         "deadline_hours": 10,
         "phase": "hyperparameters",
         "phases": [
@@ -137,89 +138,13 @@ def program_text(o: InitOptions, script: str) -> str:
     head = ("# Written by `autoresearch init`. Edit `phase:` to change what the agent works on next;\n"
             "# the guard and the Stop hook read this file on every call.\n")
     if o.mode == "inline":
-        head += "# " + "\n# ".join(textwrap.wrap(INLINE_GUARANTEE, 96, break_on_hyphens=False)) + "\n"
+        head += "# " + "\n# ".join(textwrap.wrap(INLINE_GUARANTEE + " " + LAST_RESORT, 96, break_on_hyphens=False)) + "\n"
     body = BODY.format(script=script, metric=o.metric, editable=", ".join(f"`{e}`" for e in front["editable"]),
                        better="lower" if o.direction == "minimize" else "higher",
                        source=("the last line of its output that matches `run.metric_regex`" if o.mode == "inline"
-                               else "the trusted evaluator"))
+                               else f"measured by `{shlex.join(o.eval_command)}`, a frozen evaluation script you "
+                               "cannot edit, on data you never see" if o.eval_command else "the trusted evaluator"))
     return "---\n" + head + yaml.safe_dump(front, sort_keys=False, width=100) + "---\n" + body
-
-
-BODY = """
-# The research program
-
-You are an autonomous researcher. Your job is to make `{script}` score better on `{metric}`
-({better} is better), one careful experiment at a time, and to keep going until the budget runs
-out. Nobody is watching: do not stop to ask.
-
-## The loop
-
-1. Read `scratchpad.md`: it is your memory across turns, compactions and restarts.
-2. Form **one** hypothesis that fits the current phase's focus, and write it in the scratchpad
-   before you touch code: what you change, why it should help, and by how much.
-3. Edit the code to test it ({editable}). Keep the change small enough that the result
-   means something.
-4. Run it: `./run.sh -m "<what changed and why>"`. It trains in a sandbox for a fixed time; the
-   metric is {source}. Read the lines it prints; the full log is in `runs/NNNN/train.log`.
-5. Update `scratchpad.md` with the result and what you learned, then end your turn. The harness
-   keeps (commits) or reverts the change, records it in `results.tsv`, and tells you what is next.
-
-## The rules
-
-- You may edit only {editable} (program.md's `editable:`). Everything else is fixed.
-- No new packages, no network, no git commands that write.
-- The time budget is enforced from outside: finish and report in time, or the run is a timeout.
-- Report the real measurement, computed on the validation data as the code did before you
-  started. Printing a number that was not measured, or measuring on training data, is cheating;
-  every kept change is reviewed by a human.
-- One idea per experiment. If a run crashes, read the log, fix the cause, and try again or move on.
-
-## The scratchpad
-
-Keep `scratchpad.md` short, current and honest, with these sections:
-
-- **Current best**: the metric, the run, and what made it.
-- **Experiment log**: one line per experiment: number, change, result, verdict.
-- **Hypotheses**: ideas not yet tried, with why you think they could work.
-- **Next experiments**: the next two or three, in order.
-- **Failed patterns**: what did not work and why, so you do not repeat it.
-
-Before you end a turn, the scratchpad must say what the last run showed. The harness checks.
-"""
-
-SCRATCHPAD = """# Scratchpad
-
-## Current best
-(none yet: the first run is the baseline)
-
-## Experiment log
-<!-- one line per experiment: number | change | {metric} | kept / discarded / crashed -->
-
-## Hypotheses
--
-
-## Next experiments
-1. Run the baseline as it is: `./run.sh -m "baseline"`.
-
-## Failed patterns
--
-"""
-
-RUN_SH = """#!/usr/bin/env bash
-# One experiment for the current {script}:  ./run.sh -m "what changed and why"
-# Written by `autoresearch init` on {date}: the trusted runner is the autoresearch bundle at
-#   {bundle}
-# run with its Python {python}. If the bundle moves, run `autoresearch init --force` again.
-set -euo pipefail
-root="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
-py={py}
-if [ ! -x "$py" ]; then
-  echo "run.sh: $py is missing: run scripts/bootstrap.sh in the bundle, or autoresearch init --force" >&2
-  exit 2
-fi
-export CLAUDE_PROJECT_DIR="$root"
-exec "$py" -I -m autoresearch.run "$@"
-"""
 
 
 def _bash_timeout_ms(o: InitOptions) -> int:
@@ -256,6 +181,13 @@ def plan(o: InitOptions) -> dict[str, str]:
         if rx.groups < 1:
             raise InitError(f"--metric-regex {regex!r} needs one group capturing the number, e.g. "
                             f"'{o.metric}=([0-9.]+)'")
+    elif o.mode == "eval_command":
+        if not eval_files(o):
+            raise InitError("cannot tell the eval script's files from --eval-command: pass --eval-file FILE")
+        for f in eval_files(o):
+            if _git(root, "ls-files", "--error-unmatch", "--", f).returncode != 0 or not (root / f).is_file():
+                raise InitError(f"the eval script {f} is not committed: it runs as committed at the base commit, "
+                                f"never from the work tree: git add {f} && git commit")
     elif not (root / "prepare.py").is_file():
         raise InitError("two_stage mode needs the trusted evaluator: a prepare.py with the bundle's evaluator "
                         "interface (load_split, eval_windows, evaluate_bpb) and a train.py with build_model(). "
@@ -370,8 +302,11 @@ def main(args) -> int:
     console = Console()
     try:
         ask_missing(args)
+        ev = getattr(args, "eval_command", None)
         opts = InitOptions(path=Path(args.path or "."), command=shlex.split(args.command), metric=args.metric,
-                           direction=args.direction, mode=args.mode, metric_regex=args.metric_regex,
+                           direction=args.direction, mode="eval_command" if ev else args.mode,
+                           metric_regex=args.metric_regex, eval_command=shlex.split(ev) if ev else None,
+                           eval_files=getattr(args, "eval_file", None) or [],
                            train_script=args.train_script, editable=getattr(args, "editable", None) or [],
                            budget_seconds=args.budget, objective=args.objective,
                            sandbox=args.sandbox, force=args.force)
@@ -385,8 +320,8 @@ def main(args) -> int:
         for rel in rels:
             console.print(f"  {verb}   {rel}{note}", markup=False)
     if opts.mode == "inline":
-        console.print(Panel(INLINE_GUARANTEE, title="inline mode: what is and is not guaranteed",
-                            border_style="yellow"))
+        console.print(Panel(INLINE_GUARANTEE + "\n\n" + LAST_RESORT,
+                            title="inline mode: what is and is not guaranteed", border_style="yellow"))
     from .initcheck import check_and_show
     code = check_and_show(res.root, args, console)      # runs the command once (not with --no-check)
     print("\nNext:\n"
