@@ -203,3 +203,46 @@ def test_the_guard_denies_edits_to_the_eval_script(tmp_path):
     assert "frozen" in (edit_problem(ctx, str(tmp_path / "eval.py")) or "")
     assert json.loads((tmp_path / ".autoresearch" / "guard-policy.json").read_text())["frozen"] == \
         ["eval.py", "lib/metric.py"]
+
+
+def test_init_with_an_eval_command_freezes_the_script_and_doctor_checks_it(tmp_path):
+    from autoresearch.cli.envcheck import check_eval
+    from autoresearch.program import load_program
+    proj = legacy_repo(tmp_path)
+    env = git_env()
+    subprocess.run(["git", "rm", "-q", "program.md", "scratchpad.md"], cwd=proj, check=True, env=env)
+    subprocess.run(["git", "commit", "-qm", "no setup yet"], cwd=proj, check=True, env=env)
+    ar = [str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "autoresearch"), "init", "-C", str(proj),
+          "--command", "python train.py", "--metric", "val_acc", "--direction", "maximize", "--no-check",
+          "--backend", "bwrap", "--editable", "model.py"]
+    p = subprocess.run(ar + ["--eval-command", "python eval.py"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p.stdout + p.stderr
+    prog = load_program(proj)
+    assert prog.run.mode == "eval_command" and prog.run.command == ["python", "train.py"]
+    assert prog.eval is not None and prog.eval.command == ["python", "eval.py"] and prog.eval.files == ["eval.py"]
+    assert "model.py" in prog.editable and not prog.editable_matches("eval.py")
+    assert [c.level for c in check_eval(proj, prog)] == ["ok"]
+    (proj / "eval.py").write_text("tampered\n")
+    got = check_eval(proj, prog)
+    assert got[0].level == "warn" and "the committed one runs" in got[0].found
+    (proj / "other_eval.py").write_text("x\n")                       # not committed: refused, named
+    p = subprocess.run(ar + ["--force", "--eval-command", "python other_eval.py"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 2 and "other_eval.py is not committed" in p.stdout
+    p = subprocess.run(ar + ["--force", "--metric-regex", "val_acc: ([0-9.]+)"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL)
+    assert p.returncode == 0 and "last resort" in p.stdout and "--eval-command" in p.stdout
+
+
+@pytest.mark.slow
+def test_final_runs_the_eval_command_with_the_final_mounts(tmp_path, bwrap_available):
+    from autoresearch.cli.final import score_run
+    from autoresearch.program import load_program
+    proj = legacy_repo(tmp_path, eval_py=EVAL.replace("import model", "import model\nprint('stage', os.environ["
+                                                      "'AUTORESEARCH_STAGE'])"))
+    assert _run(proj, "bwrap")["metric_value"] == 0.8
+    (tmp_path / "held" / "held.txt").write_text("9 1\n1 1\n")        # the held-out split final sees: 1 of 2
+    got = score_run(proj, load_program(proj), "0001", backend="bwrap")
+    assert (got.status, got.value) == ("ok", 0.5), got.reason
+    assert "stage final" in (proj / ".autoresearch" / "final-0001.eval.log").read_text()
