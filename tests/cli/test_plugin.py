@@ -27,7 +27,7 @@ def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str
 
 def plugin_copy(dest: Path) -> Path:
     """The plugin's own files (no .venv, no tests): what a marketplace install would carry."""
-    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch"):
+    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch", "scripts"):
         shutil.copytree(ROOT / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "README.md", dest / "README.md")
     return dest
@@ -175,8 +175,8 @@ def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude_cli
     plugin = plugin_copy(tmp_path / "plugin")
     script = [edit("scratchpad.md", "(none yet: the first run is the baseline)", "(edited)"),
               bash("ls"), end_turn("Done.")]
-    with FakeAPI(script, project=str(proj.root)) as api:
-        run_claude(proj, api.url, "go", "--plugin-dir", str(plugin))
+    with FakeAPI(script, project=str(proj.root)) as api:     # PYTHON=/nonexistent: the first-use install fails
+        run_claude(proj, api.url, "go", "--plugin-dir", str(plugin), env={"PYTHON": "/nonexistent"})
     res = api.results()
     assert len(res) == 2 and all(r.is_error for r in res), [(r.name, r.text[:200]) for r in res]
     assert any("guard failed" in r.text for r in res)
