@@ -283,3 +283,18 @@ def test_human_commands_are_for_humans_only():
         assert "disable-model-invocation: true" in front, md.name
         names.add(md.stem)
     assert {"status", "plot", "pause", "resume", "doctor", "final", "calibrate"} <= names
+
+
+def test_the_plugin_icon_is_a_small_svg_the_manifest_names_and_the_pack_ships(tmp_path):
+    """plugin.json's `icon` (checked by `claude plugin validate`'s directory checks) points at a
+    real SVG inside the plugin, and scripts/pack-plugin.sh carries it."""
+    import xml.etree.ElementTree as ET
+    icon = json.loads((ROOT / ".claude-plugin" / "plugin.json").read_text())["icon"]
+    assert icon.startswith("./") and icon.endswith(".svg")
+    path = ROOT / icon
+    assert path.is_file() and path.stat().st_size < 4096
+    assert ET.parse(path).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    market = tmp_path / "market"
+    p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (market / icon).read_bytes() == path.read_bytes()
