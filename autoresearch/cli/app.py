@@ -66,12 +66,25 @@ def _adder(sub):
     return add
 
 
+class _Renamed(argparse.Action):
+    """A flag's old name: still works, and says the new one (one name per idea across commands)."""
+    NEW = {"--sandbox": "--backend"}
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"autoresearch: {option_string} is deprecated, use {self.NEW.get(option_string, '?')} "
+              "(the same flag in every command)", file=sys.stderr)
+        setattr(namespace, self.dest, values)
+
+
 # --- setting up: init -----------------------------------------------------------------------------
 
 def _init(a) -> int:
     if a.legacy_path and a.path and a.legacy_path != a.path:
         print("autoresearch init: give the repo once (-C DIR)", file=sys.stderr)
         return 2
+    if a.legacy_path:
+        print("autoresearch init: a positional PATH is deprecated, use -C PATH (--project), as every command does",
+              file=sys.stderr)
     a.path = a.path or a.legacy_path
     if a.plugin:
         from .plugin import init_plugin
@@ -87,8 +100,8 @@ def _init_command(sub) -> None:
     p.set_defaults(func=_friendly(_init))
     p.add_argument("--project", "-C", metavar="DIR", dest="path", help="the repo (default: here)")
     p.add_argument("legacy_path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)   # old spelling of -C
-    p.add_argument("--command", help="the training command, run from the repo root, e.g. 'python train.py'")
-    p.add_argument("--metric", help="the metric's name, e.g. val_loss")
+    p.add_argument("--command", metavar="CMD", help="the training command, run from the repo root, e.g. 'python train.py'")
+    p.add_argument("--metric", metavar="NAME", help="the metric's name, e.g. val_loss")
     p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
     p.add_argument("--mode", choices=["inline", "two_stage", "eval_command"], default="inline",
                    help="inline (the default without --eval-command, and the last resort): the metric is parsed "
@@ -99,18 +112,19 @@ def _init_command(sub) -> None:
                    "and the eval mounts; it writes {\"value\": N} to $AUTORESEARCH_METRIC_FILE (run.mode eval_command)")
     p.add_argument("--eval-file", action="append", metavar="FILE", help="a file of the eval script, frozen with it "
                    "(repeatable; default: the .py files in --eval-command)")
-    p.add_argument("--metric-regex", help="inline mode: a regex with one group capturing the metric "
+    p.add_argument("--metric-regex", metavar="REGEX", help="inline mode: a regex with one group capturing the metric "
                                           "(default: '<metric>[:=] <number>')")
-    p.add_argument("--train-script", help="the file the agent edits (default: the .py file in --command)")
+    p.add_argument("--train-script", metavar="FILE", help="the file the agent edits (default: the .py file in --command)")
     p.add_argument("--editable", action="append", metavar="PATTERN", help="another file, folder/ or glob the agent "
                    "may edit, e.g. model.py, src/, 'config/*.py' (repeatable; the train script is always in)")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
-    p.add_argument("--objective", help="one sentence on what to improve (default: from the metric)")
+    p.add_argument("--objective", metavar="TEXT", help="one sentence on what to improve (default: from the metric)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
-    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", help=argparse.SUPPRESS)
+    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", action=_Renamed,
+                   help=argparse.SUPPRESS)                    # the old name of --backend
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
-    p.add_argument("--check-seconds", type=float, default=30, metavar="S", help="the check run's budget (30)")
+    p.add_argument("--check-seconds", type=float, default=30, metavar="SECONDS", help="the check run's budget (30)")
     p.add_argument("--no-check", action="store_true", help="do not run the command once to check the setup")
     p.add_argument("--plugin", action="store_true",
                    help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
@@ -196,18 +210,18 @@ def _loop_commands(sub) -> None:
         return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)
     p = add("overnight", "drive Claude Code headless until a deadline, resuming the same session after errors",
             overnight)
-    p.add_argument("--hours", type=float, required=True, help="stop after this many hours")
-    p.add_argument("--model", help="the Claude model (default: Claude Code's default)")
-    p.add_argument("--prompt", help="the first instruction (default: follow program.md and start)")
+    p.add_argument("--hours", type=float, required=True, metavar="H", help="stop after this many hours")
+    p.add_argument("--model", metavar="NAME", help="the Claude model (default: Claude Code's default)")
+    p.add_argument("--prompt", metavar="TEXT", help="the first instruction (default: follow program.md and start)")
     p.add_argument("--resume", action="store_true", help="continue the session recorded in .autoresearch/overnight.json")
-    p.add_argument("--session", help="continue this session id")
+    p.add_argument("--session", metavar="ID", help="continue this session id")
 
     def calibrate(a):
         from .calibrate import main as run
         return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
     p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
                          "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate)
-    p.add_argument("-n", "--runs", type=int, help="how many runs (default: noise.calibrate_runs in program.md)")
+    p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
 
@@ -236,11 +250,11 @@ def _guard_commands(sub) -> None:
                            description="autoresearch guard explain -- <command>   |   "
                                        "autoresearch guard explain --tool Edit --path train.py")
     p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
-    p.add_argument("--tool", default="Bash", help="the tool (default: Bash)")
+    p.add_argument("--tool", default="Bash", metavar="NAME", help="the tool (default: Bash)")
     p.add_argument("--path", help="file_path (Read/Edit/Write), notebook_path (NotebookEdit) or path (Glob/Grep)")
-    p.add_argument("--pattern", help="Glob/Grep pattern")
+    p.add_argument("--pattern", metavar="GLOB", help="Glob/Grep pattern")
     p.add_argument("--url", help="WebFetch url")
-    p.add_argument("--query", help="WebSearch query")
+    p.add_argument("--query", metavar="TEXT", help="WebSearch query")
     p.add_argument("--input", metavar="JSON", help="the whole tool_input as JSON (overrides the above)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
     p.add_argument("command", nargs="*", help="the Bash command, after --")

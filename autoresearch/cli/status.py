@@ -35,6 +35,16 @@ class CrashInfo(BaseModel):
     description: str
 
 
+class AwaitingDecision(BaseModel):
+    """A run that has finished (its metrics.json is final, or its runner is gone) but that the Stop
+    hook has not decided yet: no ledger row covers it. The agent decides it by ending its turn."""
+    run_id: str
+    run_status: str                    # ok | crash | timeout | ... | missing (no readable metrics.json)
+    value: float | None                # the measured metric, for an ok run
+    description: str
+    finished_at: str | None            # ISO time, when the runner recorded one
+
+
 class Summary(BaseModel):
     """karpathy/autoresearch's closing numbers: how the night went, in a few figures."""
     experiments: int
@@ -74,6 +84,7 @@ class Report(BaseModel):
     sigma_at: str | None = None        # the budget sigma was calibrated at
     summary: Summary | None = None
     crashes: list[CrashInfo] = []
+    awaiting_decision: list[AwaitingDecision] = []   # finished runs the Stop hook has not decided yet
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -119,6 +130,23 @@ def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
     return out
 
 
+def awaiting_decision(root: Path, program: Program, rows: list[LedgerRow]) -> list[AwaitingDecision]:
+    """Finished runs no ledger row (nor a calibration) covers yet, by the loop's own test
+    (loop/context.pending_runs), so status and the Stop hook never disagree on what is pending."""
+    from ..loop import state
+    from ..loop.context import pending_runs
+    out = []
+    for rec in pending_runs(root, program, state.read_state(root), rows):
+        if rec.in_progress:
+            continue
+        m = rec.metrics
+        out.append(AwaitingDecision(
+            run_id=rec.run_id, run_status=rec.status, value=m.metric_value if m and m.status == "ok" else None,
+            description=" ".join((m.description if m else rec.problem or "").split()),
+            finished_at=m.finished_at.isoformat(timespec="seconds") if m and m.finished_at else None))
+    return out
+
+
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
     """What the loop itself knows: sigma, the pause, the deadline clock and the budget (loop/allowance.py)."""
     from ..loop import state
@@ -158,6 +186,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
         fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
         summary=summarize(rows, program) if rows else None, crashes=crash_reasons(root, rows),
+        awaiting_decision=awaiting_decision(root, program, all_rows),
     )
 
 
@@ -204,6 +233,23 @@ def _num(v: float | None, signed: bool = False) -> str:
 STYLE = {"keep": "bold green", "discard": "dim", "crash": "red"}
 
 
+def _notes(head, rep: Report) -> None:
+    """The summary's conditional lines: a new baseline, a spent budget, a pause, runs waiting."""
+    from rich.text import Text
+    if rep.new_baseline:
+        head.add_row("new baseline", Text(rep.new_baseline, style="yellow"))
+    if rep.spent and not rep.paused:
+        head.add_row("budget spent", Text(rep.spent, style="yellow"))
+    if rep.paused:
+        head.add_row("paused", Text(rep.paused, style="bold yellow"))
+    if rep.finished:
+        head.add_row("finished", rep.finished)
+    for w in rep.awaiting_decision:
+        what = f"{w.run_status}, {rep.metric} {_num(w.value)}" if w.value is not None else w.run_status
+        head.add_row("waiting for decision", Text(f"run {w.run_id} ({what}): {w.description}"
+                                                  " -- decided when the agent ends its turn", style="bold yellow"))
+
+
 def render(rep: Report, last: int | None = 20) -> "object":
     """A rich renderable: a summary grid over the experiments table."""
     from rich.console import Group
@@ -240,14 +286,7 @@ def render(rep: Report, last: int | None = 20) -> "object":
     head.add_row("noise", noise)
     if rep.fingerprint:
         head.add_row("compared under", rep.fingerprint)
-    if rep.new_baseline:
-        head.add_row("new baseline", Text(rep.new_baseline, style="yellow"))
-    if rep.spent and not rep.paused:
-        head.add_row("budget spent", Text(rep.spent, style="yellow"))
-    if rep.paused:
-        head.add_row("paused", Text(rep.paused, style="bold yellow"))
-    if rep.finished:
-        head.add_row("finished", rep.finished)
+    _notes(head, rep)
 
     table = Table(title=None, show_lines=False, expand=False)
     for col, kw in (("#", {"justify": "right"}), ("commit", {}), (rep.metric, {"justify": "right"}),

@@ -87,8 +87,12 @@ def screen(root: Path, followers: dict[str, LogFollower], branch: str | None = N
                       "-" if f.loss is None else f"{f.loss:.4g}", f.description,
                       style="bold cyan" if f.stage == "TRAIN" else "bold magenta")
         parts.append(t)
-    else:
+    elif not rep.awaiting_decision:
         parts.append(Text("no run in flight", style="dim"))
+    for w in rep.awaiting_decision:          # finished, not decided yet: the Stop hook's turn
+        got = f"{rep.metric} {w.value:.4f}" if w.value is not None else w.run_status
+        parts.append(Text(f"run {w.run_id} finished ({got}): waiting for decision -- the Stop hook keeps or "
+                          f"reverts it when the agent ends its turn  [{w.description[:60]}]", style="bold yellow"))
     parts.append(render(rep, last=LAST_DECISIONS))
     return Group(*parts)
 

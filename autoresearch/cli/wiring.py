@@ -4,7 +4,8 @@ The bundle wires its hooks as `"$CLAUDE_PROJECT_DIR/.venv/bin/python" ... "$CLAU
 Two other places need the same commands with other paths:
 
 - the plugin (hooks/hooks.json): the hook scripts come from `${CLAUDE_PLUGIN_ROOT}`, the interpreter
-  from the plugin's own .venv, else the project's. Plugin hooks act only in a project that has a
+  from `${CLAUDE_PLUGIN_DATA}/venv` (installed there by the SessionStart hook on first use, so the
+  plugin folder carries no .venv), else a development checkout's .venv, else the project's. Plugin hooks act only in a project that has a
   program.md (a plugin installed for the user must not lock down every other project), and the
   loop's hooks (Stop, SessionStart, PreCompact) step aside when the project wires them itself, so
   a decision is never made twice. The guard (PreToolUse) never steps aside: a second deny costs
@@ -27,6 +28,22 @@ HOOKS = '"$CLAUDE_PROJECT_DIR/hooks/'
 LOOP_EVENTS = ("Stop", "SessionStart", "PreCompact")
 PLUGIN_ROOT = "${CLAUDE_PLUGIN_ROOT}"
 PROJECT = '"${CLAUDE_PROJECT_DIR:-$PWD}"'
+
+
+DATA_VENV = '"${CLAUDE_PLUGIN_DATA:-/nonexistent}/venv/bin/python"'
+# The plugin's interpreter: the deps installed into Claude Code's per-plugin data folder, else a
+# development checkout's own .venv (--plugin-dir of a bootstrapped bundle), else the project's.
+PICK = (f'py={DATA_VENV}; [ -x "$py" ] || py="{PLUGIN_ROOT}/.venv/bin/python"; '
+        f'[ -x "$py" ] || py={PROJECT}/.venv/bin/python; ')
+# The guard never installs anything (it runs on every tool call): no interpreter is a deny that
+# says the fix. SessionStart installs (scripts/plugin-deps.sh; idempotent, fast once done).
+NO_PYTHON = ('[ -x "$py" ] || { echo "autoresearch guard failed: no Python with the plugin\'s dependencies yet, '
+             'so this call is denied. They install at session start into the plugin data folder; a human can run '
+             f'{PLUGIN_ROOT}/scripts/plugin-deps.sh (with CLAUDE_PLUGIN_DATA set), then restart the session." >&2; '
+             'exit 2; }; ')
+INSTALL = (f'[ -x "{PLUGIN_ROOT}/.venv/bin/python" ] || "{PLUGIN_ROOT}/scripts/plugin-deps.sh" >&2 || '
+           'echo "autoresearch: installing the plugin\'s dependencies failed (see above)" >&2; ')
+INSTALL_TIMEOUT_S = 600                   # the first session start installs pydantic, pyyaml, filelock, rich
 
 
 class WiringError(ValueError):
@@ -62,10 +79,13 @@ def plugin_hooks(settings: dict) -> dict:
                 cmd = h["command"]
                 _rewrite(cmd, "", "")                   # refuse an unknown shape before anything else
                 script = _hook_script(cmd)
-                pick = (f'py="{PLUGIN_ROOT}/.venv/bin/python"; [ -x "$py" ] || py={PROJECT}/.venv/bin/python; ')
                 gate = f'[ -f {PROJECT}/program.md ] || exit 0; '
+                if event == "SessionStart":             # first use: the deps go into the data folder
+                    gate += INSTALL
+                    h["timeout"] = max(int(h.get("timeout") or 0), INSTALL_TIMEOUT_S)
                 if event in LOOP_EVENTS:
                     gate += (f'grep -qs "{script}" {PROJECT}/.claude/settings.json && exit 0; ')
+                pick = PICK + (NO_PYTHON if event == "PreToolUse" else "")
                 h["command"] = gate + pick + _rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks")
             new_groups.append(g)
         out[event] = new_groups

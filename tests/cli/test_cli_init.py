@@ -42,7 +42,7 @@ def opts(root: Path, **kw) -> InitOptions:
 
 
 def init_cli(root: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(ROOT / ".venv" / "bin" / "autoresearch"), "init", str(root), "--command",
+    return subprocess.run([str(ROOT / ".venv" / "bin" / "autoresearch"), "init", "-C", str(root), "--command",
                            "python train.py", "--metric", "val_acc", "--direction", "maximize", "--budget", "5",
                            *extra], capture_output=True, text=True, stdin=subprocess.DEVNULL,
                           env={"PATH": "/usr/bin:/bin", "COLUMNS": "120", "HOME": str(root.parent)})
@@ -230,12 +230,13 @@ def test_init_takes_the_common_flags_and_keeps_the_old_spellings(tmp_path):
     p = subprocess.run([exe, "init", "-C", str(new), "--backend", "bwrap", *base], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
-    assert load_program(new).sandbox.backend == "bwrap"
+    assert load_program(new).sandbox.backend == "bwrap" and "deprecated" not in p.stderr
     old = legacy(tmp_path / "old")
     p = subprocess.run([exe, "init", str(old), "--sandbox", "docker", *base], capture_output=True, text=True,
                        stdin=subprocess.DEVNULL, env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert load_program(old).sandbox.backend == "docker"
+    assert "--sandbox is deprecated, use --backend" in p.stderr and "positional PATH is deprecated" in p.stderr
 
 
 def test_init_editable_sets_files_folders_and_globs(tmp_path):

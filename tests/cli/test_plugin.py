@@ -27,7 +27,7 @@ def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str
 
 def plugin_copy(dest: Path) -> Path:
     """The plugin's own files (no .venv, no tests): what a marketplace install would carry."""
-    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch"):
+    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch", "scripts"):
         shutil.copytree(ROOT / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "README.md", dest / "README.md")
     return dest
@@ -175,8 +175,8 @@ def test_cli_with_the_plugin_denies_everything_without_an_interpreter(claude_cli
     plugin = plugin_copy(tmp_path / "plugin")
     script = [edit("scratchpad.md", "(none yet: the first run is the baseline)", "(edited)"),
               bash("ls"), end_turn("Done.")]
-    with FakeAPI(script, project=str(proj.root)) as api:
-        run_claude(proj, api.url, "go", "--plugin-dir", str(plugin))
+    with FakeAPI(script, project=str(proj.root)) as api:     # PYTHON=/nonexistent: the first-use install fails
+        run_claude(proj, api.url, "go", "--plugin-dir", str(plugin), env={"PYTHON": "/nonexistent"})
     res = api.results()
     assert len(res) == 2 and all(r.is_error for r in res), [(r.name, r.text[:200]) for r in res]
     assert any("guard failed" in r.text for r in res)
@@ -283,3 +283,18 @@ def test_human_commands_are_for_humans_only():
         assert "disable-model-invocation: true" in front, md.name
         names.add(md.stem)
     assert {"status", "plot", "pause", "resume", "doctor", "final", "calibrate"} <= names
+
+
+def test_the_plugin_icon_is_a_small_svg_the_manifest_names_and_the_pack_ships(tmp_path):
+    """plugin.json's `icon` (checked by `claude plugin validate`'s directory checks) points at a
+    real SVG inside the plugin, and scripts/pack-plugin.sh carries it."""
+    import xml.etree.ElementTree as ET
+    icon = json.loads((ROOT / ".claude-plugin" / "plugin.json").read_text())["icon"]
+    assert icon.startswith("./") and icon.endswith(".svg")
+    path = ROOT / icon
+    assert path.is_file() and path.stat().st_size < 4096
+    assert ET.parse(path).getroot().tag == "{http://www.w3.org/2000/svg}svg"
+    market = tmp_path / "market"
+    p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (market / icon).read_bytes() == path.read_bytes()

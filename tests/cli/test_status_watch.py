@@ -117,3 +117,42 @@ def test_status_watch_redraws_the_run_in_flight_until_ctrl_c(tmp_path):
     assert "rotary embeddings" in text and "5:00" in text
     assert "lr 3e-3 warmup off" in text and BRANCH in text, "the last decisions below"
     assert "Traceback" not in text
+
+
+def _finish(root: Path, rid: str = "0003", value: float = 2.25) -> None:
+    """The runner's last write: run 0003 measured, metrics.json final (finished_at), signed."""
+    m = RunMetrics.read(root / "runs" / rid)
+    m.status, m.metric_value, m.finished_at = "ok", value, datetime.now(timezone.utc)
+    m.write(root / "runs" / rid)
+
+
+def test_a_finished_run_without_a_ledger_row_is_waiting_for_decision(tmp_path):
+    from autoresearch.cli.status import Report, gather, render
+    from rich.console import Console
+    from autoresearch.cli.watch import screen
+    root = _project(tmp_path)
+    fd = hold_running(root / "runs" / "0003")
+    try:
+        assert gather(root).awaiting_decision == [], "a run still training is in flight, not waiting"
+    finally:
+        os.close(fd)
+    _finish(root)
+    p = subprocess.run([sys.executable, "-m", "autoresearch", "status", "--json", "-C", str(root)],
+                       capture_output=True, text=True, env={**os.environ, "HOME": str(tmp_path)})
+    assert p.returncode == 0, p.stderr
+    (w,) = Report.model_validate_json(p.stdout).awaiting_decision
+    assert (w.run_id, w.run_status, w.value) == ("0003", "ok", 2.25) and w.description.startswith("rotary")
+    assert in_flight(root, {}) == []
+    console = Console(width=200, record=True, file=open(os.devnull, "w"))
+    console.print(screen(root, {}))
+    live = console.export_text()
+    assert "waiting for decision" in live and "0003" in live and "no run in flight" not in live
+    console.print(render(gather(root)))
+    assert "waiting for decision" in console.export_text()
+    # the Stop hook decides it: a ledger row now covers run 0003, and nothing waits any more
+    row = LedgerRow(commit="c000003", value=2.25, memory_gb=0.1, status="keep", description="rotary", experiment=3,
+                    run_id="0003", runs=["0003"], run_status="ok", phase="hyperparameters", branch=BRANCH, seeds=[3],
+                    delta=-0.05, prev_best=2.3, best=2.25, threshold=0.003, sandbox="bwrap",
+                    decided_at=datetime.now(timezone.utc))
+    append_rows(root, [row], "val_bpb")
+    assert gather(root).awaiting_decision == []
