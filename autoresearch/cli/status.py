@@ -12,6 +12,7 @@ from ..program import Program, load_program
 from ..loop.decide import threshold
 from ..gitops import current_branch, is_run_branch
 from ..ledger import LedgerRow, best_row, read_rows
+from .wavestatus import WaveRun, render_wave, wave_in_flight
 
 
 TOP_KEPT = 5
@@ -74,6 +75,7 @@ class Report(BaseModel):
     sigma_at: str | None = None        # the budget sigma was calibrated at
     summary: Summary | None = None
     crashes: list[CrashInfo] = []
+    wave: list[WaveRun] = []           # queued and running runs of the wave in flight
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -158,6 +160,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
         fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
         summary=summarize(rows, program) if rows else None, crashes=crash_reasons(root, rows),
+        wave=wave_in_flight(root),
     )
 
 
@@ -279,6 +282,8 @@ def render(rep: Report, last: int | None = 20) -> "object":
         for c in rep.crashes[-(last or len(rep.crashes)):]:
             cr.add_row(str(c.experiment), c.run_id, c.run_status, c.reason, style="red")
         parts.append(cr)
+    if rep.wave:
+        parts.append(render_wave(rep.wave))
     parts.append(table)
     return Group(*parts)
 

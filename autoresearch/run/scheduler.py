@@ -104,6 +104,8 @@ def serve(root: Path) -> int:
     with _held(root / STATE_DIR / SCHEDULER_LOCK, fcntl.LOCK_EX | fcntl.LOCK_NB) as me:
         if me is None:
             return 0                                   # another scheduler serves this project
+        os.ftruncate(me, 0)
+        os.pwrite(me, f"{os.getpid()}\n".encode(), 0)
         program = load_program(root)
         if program.executor.kind == "ray":
             from .rayexec import serve_ray
