@@ -98,6 +98,9 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     from .runner import _now as now, prepare
     root = Path(root).resolve()
     p = prepare(root, budget, seed, backend)
+    if p.program.executor.kind != "local":
+        raise HarnessError(f"executor kind: {p.program.executor.kind} is not available in this version: set "
+                           "executor: {kind: local} in program.md (the Ray executor is not built yet)")
     run_dir = allocate_run_dir(root)
     snap = run_dir / SNAPSHOT_DIR
     for rel, data in p.files.items():

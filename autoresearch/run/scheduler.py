@@ -107,10 +107,6 @@ def serve(root: Path) -> int:
         os.ftruncate(me, 0)
         os.pwrite(me, f"{os.getpid()}\n".encode(), 0)
         program = load_program(root)
-        if program.executor.kind == "ray":
-            from .rayexec import serve_ray
-            with _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
-                return serve_ray(root, program)
         slots = slots_for(program)
         with _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):    # waits for a plain ./run.sh to end
             _loop(root, slots)
