@@ -5,6 +5,9 @@ Stop, in order, under the loop lock:
   0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
      then finish a decision a killed hook left half done (journal.recover)
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
+     a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole)
+  1b. a finished wave (wave.py): its best comparable run's code goes back into the work tree, and
+     the steps below decide it; the wave's other runs are rows of their own (discards, diffs kept)
   2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
                                                             -> ledger rows (superseded), no git
   3. undecided runs of the current code (identity.snapshot of the editable set):
