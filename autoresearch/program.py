@@ -134,6 +134,22 @@ class Sandbox(_Strict):
         return self.shm_gb if self.shm_gb is not None else min(1.0, self.memory_gb / 2)
 
 
+class Executor(_Strict):
+    """Who runs a wave (`./run.sh -m ... --queue`): `local` runs up to `slots` sandboxed runs at once on
+    this machine, each on its own GPU (or its share of the CPU cores); `ray` sends each run as a task
+    to the Ray cluster at `address`, asking for `resources` (default: one GPU)."""
+    kind: Literal["local", "ray"] = "local"
+    slots: int | None = Field(None, ge=1, le=256)   # None: one per GPU the sandbox may use, else 1
+    address: str | None = None                      # ray: "auto", "ray://head:10001", "10.0.0.5:6379"
+    resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default)
+
+    @model_validator(mode="after")
+    def _ray_needs(self) -> "Executor":
+        if self.kind == "local" and (self.address or self.resources):
+            raise ValueError("executor: address and resources are for kind: ray; remove them or set kind: ray")
+        return self
+
+
 _LAUNCHER_WORD = re.compile(r"[A-Za-z0-9_./=:,+@%-]+")
 
 
@@ -239,6 +255,7 @@ class Program(_Strict):
     notify: Notify | None = None                 # `autoresearch overnight`'s end-of-night message
     mounts: list[HostMount] = []                 # host folders outside the project, read-only, per stage
     eval: Eval | None = None                     # run.mode eval_command: the human's frozen eval script
+    executor: Executor = Executor()              # who runs a wave of queued runs (local slots or ray)
     body: str = ""                               # the prose below the front matter
 
     @model_validator(mode="after")

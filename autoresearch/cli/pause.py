@@ -7,7 +7,12 @@ from pathlib import Path
 
 def pause(root: Path, reason: str, update: bool) -> int:
     from ..loop.state import request_pause
+    from ..run.queue import cancel_wave
     now, before = request_pause(root, reason, update=update)
+    cancelled, stopped = cancel_wave(root)
+    if cancelled or stopped:
+        print(f"wave cancelled: {len(cancelled)} queued runs cancelled ({', '.join(cancelled) or '-'}), "
+              f"{len(stopped)} running ones interrupted ({', '.join(stopped) or '-'}); none becomes a result.")
     since = f" since {before.at:%Y-%m-%d %H:%M} UTC" if before and before.at else ""
     if before is not None and not update:
         print(f"already paused{since} (reason: {before.reason or 'none given'}); the pause is unchanged. "

@@ -12,6 +12,7 @@ from ..program import Program, load_program
 from ..loop.decide import threshold
 from ..gitops import current_branch, is_run_branch
 from ..ledger import LedgerRow, best_row, read_rows
+from .wavestatus import WaveRun, render_wave, wave_in_flight
 
 
 TOP_KEPT = 5
@@ -85,6 +86,7 @@ class Report(BaseModel):
     summary: Summary | None = None
     crashes: list[CrashInfo] = []
     awaiting_decision: list[AwaitingDecision] = []   # finished runs the Stop hook has not decided yet
+    wave: list[WaveRun] = []           # queued and running runs of the wave in flight
 
 
 def shown_branch(root: Path, rows: list[LedgerRow], branch: str | None = None) -> str | None:
@@ -187,6 +189,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
         fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
         summary=summarize(rows, program) if rows else None, crashes=crash_reasons(root, rows),
         awaiting_decision=awaiting_decision(root, program, all_rows),
+        wave=wave_in_flight(root),
     )
 
 
@@ -318,6 +321,8 @@ def render(rep: Report, last: int | None = 20) -> "object":
         for c in rep.crashes[-(last or len(rep.crashes)):]:
             cr.add_row(str(c.experiment), c.run_id, c.run_status, c.reason, style="red")
         parts.append(cr)
+    if rep.wave:
+        parts.append(render_wave(rep.wave))
     parts.append(table)
     return Group(*parts)
 

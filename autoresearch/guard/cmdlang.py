@@ -24,6 +24,8 @@ MAX_COMMAND = 4096              # characters; longer is not a command a research
 
 TEMPLATES = (
     "./run.sh -m TEXT",
+    "./run.sh -m TEXT --queue",
+    "./run.sh --wait",
     "git status",
     "git diff [--stat]",
     "git log [--oneline] [-n N]",

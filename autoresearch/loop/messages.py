@@ -95,6 +95,11 @@ def still_running(run_id: str) -> str:
             f"print its result (do not run it in the background), then end your turn.")
 
 
+def wave_in_flight(run_ids: list[str]) -> str:
+    return (f"autoresearch: the wave is still running (runs {', '.join(run_ids)}). Run ./run.sh --wait, which "
+            f"returns when every queued run has ended, then end your turn: the wave is decided whole.")
+
+
 def _result(program: Program, m: RunMetrics | None, status: str, with_reason: bool) -> str:
     if m and m.status == "ok" and m.metric_value is not None:
         return f"{program.metric.name} {m.metric_value:.6f}"

@@ -30,6 +30,8 @@ from .phases import advance_if_spent
 from .runscan import RunRecord
 from .state import LastDecision, LoopState, now, paused, state_dir
 
+WAVE_NOT_BEST = "wave: not the best of its wave (its best comparable run was judged)"
+
 
 def run_row(program: Program, ctx: Context, r: RunRecord, exp: int, status: str, value: float | None,
             thresh: float, sigma: float | None, note: str, runs: list[RunRecord] | None = None,
@@ -53,10 +55,12 @@ def superseded_rows(program: Program, st: LoopState, ctx: Context, others: list[
     for i, r in enumerate(others):
         v = r.view(program.metric.name, program.metric.direction)
         ok = v.status == "ok"
+        why = WAVE_NOT_BEST if r.wave else ("superseded: the code changed (or the fingerprint differs) before "
+                                            "this run was decided")
+        if not ok and r.wave:
+            why += f"; {r.problem or (r.metrics.reason if r.metrics else '')}"
         rows.append(run_row(program, ctx, r, first_exp + i, "discard" if ok else "crash", v.value, thresh,
-                            st.sigma, "superseded: the code changed (or the fingerprint differs) before this "
-                            "run was decided",
-                            prev_best=ctx.best, best=ctx.best))
+                            st.sigma, why, prev_best=ctx.best, best=ctx.best))
     return rows
 
 

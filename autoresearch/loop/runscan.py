@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict
 from ..digest import sha256_file
 from .decide import RunView
 from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, run_ids
+from ..run.queue import QueueEntry, read_entry, runner_live
 from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
 FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created
@@ -31,6 +32,7 @@ class RunRecord(BaseModel):
     sha: str | None                      # sha256 of the train.py that ran (None: unknown)
     problem: str | None = None           # why metrics is None
     in_progress: bool = False
+    wave: bool = False                   # queued into a wave (runs/NNNN/queue.json)
 
     @property
     def status(self) -> str:
@@ -144,7 +146,26 @@ def load_run(root: Path, run_id: str, train_name: str = "train.py", wall_limit_s
             except OSError:
                 continue
     in_progress = False if problem and problem.startswith(RECORD_ALTERED) else _running(path, metrics, wall_limit_s, extra_s)
-    return RunRecord(run_id=run_id, path=path, metrics=metrics, sha=sha, problem=problem, in_progress=in_progress)
+    entry = read_entry(path)
+    if entry is not None:
+        in_progress = wave_live(Path(root), entry)
+    return RunRecord(run_id=run_id, path=path, metrics=metrics, sha=sha, problem=problem, in_progress=in_progress,
+                     wave=entry is not None)
+
+
+CLAIM_S = 30.0                            # a claimed run's runner takes its .running lock within this
+
+
+def wave_live(root: Path, entry: QueueEntry) -> bool:
+    """A queued run is in flight while queued, or running with its runner alive (or just claimed).
+    One whose runner is gone is over: its record says interrupted, never a result."""
+    if entry.state == "queued":
+        return True
+    if entry.state != "running":
+        return False
+    if runner_live(root, entry.run_id):
+        return True
+    return entry.started_at is not None and time.time() - entry.started_at.timestamp() < CLAIM_S
 
 
 def undecided_runs(root: Path, decided: set[str], train_name: str = "train.py",

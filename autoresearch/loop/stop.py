@@ -5,6 +5,9 @@ Stop, in order, under the loop lock:
   0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
      then finish a decision a killed hook left half done (journal.recover)
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
+     a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole)
+  1b. a finished wave (wave.py): its best comparable run's code goes back into the work tree, and
+     the steps below decide it; the wave's other runs are rows of their own (discards, diffs kept)
   2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
                                                             -> ledger rows (superseded), no git
   3. undecided runs of the current code (identity.snapshot of the editable set):
@@ -47,7 +50,7 @@ from ..digest import sha256_bytes, sha256_file
 from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, ensure, kept_run_ids
 from ..program import ConfigError, Program, load_program, project_root
-from . import journal, messages, record
+from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
 from .decide import Verdict, threshold, verdict
@@ -130,7 +133,24 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     runs = pending_runs(root, program, st, ctx.rows)
     running = [r for r in runs if r.in_progress]
     if running:                                                        # 1.
+        if any(r.wave for r in running):
+            return block(messages.wave_in_flight([r.run_id for r in running]))
         return block(messages.still_running(running[-1].run_id))
+    waved = [r for r in runs if r.wave]
+    if waved:                                                          # 1b. a whole wave: its best is judged
+        winner = wave.pick(program, ctx, waved)
+        nag = scratchpad_problem(root, program, st, ctx, winner)
+        if nag:
+            return block(nag)
+        if wave.materialize(root, program, winner):
+            ctx = read_context(root, program, data)
+        reply = _decide(root, program, st, ctx, runs)
+        return wave.announce(reply, program, waved, winner)
+    return _decide(root, program, st, ctx, runs)
+
+
+def _decide(root: Path, program: Program, st: LoopState, ctx: Context, runs: list[RunRecord]) -> dict:
+    """Steps 2-5 over the finished runs."""
     cands = [r for r in runs if ctx.cur_sha and r.same_code(ctx.cur_snap, ctx.cur_sha)]
     if cands:                           # only runs comparable with the latest one are averaged
         cands = [r for r in cands if r.fingerprint == cands[-1].fingerprint]

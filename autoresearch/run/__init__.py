@@ -4,7 +4,10 @@ TRAIN in a fresh sandbox (no network, train split only, killed at budget + grace
 model servers (agent code, no data) scored by the trusted scorer here; the result is signed into
 runs/NNNN/metrics.json and summarised for the agent.
 
-    runner        run_experiment (the two stages, in order, under the run lock), ./run.sh's main
+    runner        run_experiment (the two stages, in order, under the run lock)
+    main          ./run.sh's command line: one run, --queue, --wait
+    queue         a wave's queue on disk: runs/NNNN/queue.json and the saved snapshot; cancel
+    scheduler     the local executor: up to executor.slots runs at once, one per GPU or CPU share
     exits         ./run.sh's exit codes; HarnessError, RunBusy
     inputs        budget, seed, prepare.py and the data, the evaluator's version, diff.patch
     layout        runs/NNNN/'s files, the one runs/ listing, run ids never reused, run.lock, .running

@@ -1,6 +1,6 @@
 """`python -m autoresearch.run`: what ./run.sh executes."""
 import sys
 
-from .runner import main
+from .main import main
 
 sys.exit(main())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -103,7 +104,7 @@ def device_class(gpus: list[int]) -> str:
     """cpu, or cuda:<the first run GPU's model>, with " xN" for N > 1 GPUs (the model and count,
     not the indices: any H100 equals any H100, but a run on 8 is never compared with one on 1)."""
     if not gpus:
-        return "cpu"
+        return _cpu_class()
     count = f" x{len(gpus)}" if len(gpus) > 1 else ""
     if shutil.which("nvidia-smi"):
         try:
@@ -115,6 +116,16 @@ def device_class(gpus: list[int]) -> str:
         except (OSError, subprocess.SubprocessError):
             pass
     return f"cuda{count}"
+
+
+def _cpu_class() -> str:
+    """cpu; "cpu (N of M cores)" when this process is pinned to a share of the cores (a wave's slot):
+    a run on one core of two is not compared with one that had both."""
+    try:
+        n, total = len(os.sched_getaffinity(0)), os.cpu_count() or 0
+    except (AttributeError, OSError):
+        return "cpu"
+    return "cpu" if not total or n >= total else f"cpu ({n} of {total} cores)"
 
 
 def data_version(val_file: Path | None) -> str:

@@ -204,8 +204,8 @@ def run_lock(root: Path) -> Iterator[int]:
                 holder = os.pread(fd, 64, 0).decode(errors="replace").strip()
             except OSError:
                 holder = ""
-            raise RunBusy(f"a run is in progress ({holder or 'another ./run.sh'}); wait for it to finish "
-                          f"and print its result, then run again") from None
+            raise RunBusy(f"a run is in progress ({holder or 'another ./run.sh'}, or a wave: ./run.sh --wait); "
+                          f"wait for it to finish and print its result, then run again") from None
         yield fd
     finally:
         os.close(fd)

@@ -23,16 +23,14 @@ full (one line says so; nothing is half-recorded as a result). The codes: exits.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import errno
 import os
 import shutil
 import signal
-import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator, TextIO
@@ -90,27 +88,32 @@ def signals_as_interrupt(seen: list[str]) -> Iterator[None]:
 
 # ---------------------------------------------------------------- one experiment
 
-def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
-                   backend: str | None = None, echo: TextIO | None = None,
-                   purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
-    """Run one experiment for root's current train script and record it in runs/NNNN/.
-    `grace` replaces budget.grace_seconds for this run (init's short checks are stopped soon after
-    their budget, not a minute later).
+@dataclass
+class Prepared:
+    """What a run needs before its folder exists: checked here, so a run that cannot start makes none."""
+    program: Program
+    budget_s: float
+    sandbox: Backend
+    script: str
+    code: bytes
+    inline: bool
+    data: Path | None
+    sha: str
+    seed_n: int
+    files: dict[str, bytes | None]
+    frozen: tuple[str, dict[str, bytes]] | None = None   # eval_command: (base commit, eval.files' bytes)
 
-    Raises HarnessError before any run folder exists when it cannot run (program.md,
-    backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
-    run is recorded as interrupted and its sandbox cleaned up. `echo` gets progress lines."""
-    def say(line: str) -> None:
-        if echo is not None:
-            print(line, file=echo, flush=True)
 
-    t_start = time.monotonic()
-    started = _now()
-    root = Path(root).resolve()
-    try:
-        program = load_program(root)
-    except ConfigError as e:
-        raise HarnessError(str(e)) from None
+def prepare(root: Path, budget: float | None = None, seed: int | None = None, backend: str | None = None,
+            grace: float | None = None, files: dict[str, bytes | None] | None = None,
+            program: Program | None = None) -> Prepared:
+    """program.md, the backend, the data, the interpreter and the snapshot (the work tree's editable
+    set, or `files`: a queued run's saved snapshot). Raises HarnessError with the fix."""
+    if program is None:
+        try:
+            program = load_program(root)
+        except ConfigError as e:
+            raise HarnessError(str(e)) from None
     if grace is not None:
         program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
@@ -121,33 +124,66 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     except SandboxUnavailable as e:
         raise HarnessError(str(e)) from None
     script = program.run.train_script
-    try:
-        code = (root / script).read_bytes()
-    except OSError as e:
-        raise HarnessError(f"cannot read the training script {root / script}: {e.strerror}") from None
+    if files is None:
+        try:
+            code = (root / script).read_bytes()
+        except OSError as e:
+            raise HarnessError(f"cannot read the training script {root / script}: {e.strerror}") from None
+        files = snapshot_files(root, program_code(program, root))
+        files[script] = code                      # exactly the bytes that run
+    elif files.get(script) is None:
+        raise HarnessError(f"the saved snapshot has no {script}")
+    code = files[script]                          # type: ignore[assignment]
     inline = program.run.mode == "inline"
     data = None if program.run.mode != "two_stage" else data_folder(root)
     frozen = frozen_code(root, program) if program.eval is not None else None   # (base, eval.files' bytes)
     _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)
-    seed_n = derive_seed(root, program, sha, seed)
-    files = snapshot_files(root, program_code(program, root))
-    files[script] = code                          # exactly the bytes that run
+    return Prepared(program, budget_s, sandbox, script, code, inline, data, sha,
+                    derive_seed(root, program, sha, seed), files, frozen)
+
+
+def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
+                   backend: str | None = None, echo: TextIO | None = None,
+                   purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
+    """Run one experiment for root's current train script and record it in runs/NNNN/.
+    `grace` replaces budget.grace_seconds for this run (init's short checks are stopped soon after
+    their budget, not a minute later).
+
+    Raises HarnessError before any run folder exists when it cannot run (program.md,
+    backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
+    run is recorded as interrupted and its sandbox cleaned up. `echo` gets progress lines."""
+    t_start = time.monotonic()
+    started = _now()
+    root = Path(root).resolve()
+    p = prepare(root, budget, seed, backend, grace)
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
         run_dir = allocate_run_dir(root)
         mark_holder(lock_fd, run_dir.name)
-        running = hold_running(run_dir)
-        try:
-            with live_progress(echo, run_dir / LOG_FILE, budget_s, None if inline else program.budget.eval_seconds,
-                               run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-                return _run_locked(root, program, run_dir, script, code, sha, files, seed_n, budget_s,
-                                   sandbox, inline, data, message, purpose, started, t_start, live.around(say), frozen)
-        finally:
-            if running is not None:
-                os.close(running)
-            with contextlib.suppress(OSError):
-                (run_dir / RUNNING).unlink()
+        return run_in(root, p, run_dir, message, purpose, echo, started, t_start)
+
+
+def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, echo: TextIO | None,
+           started: datetime, t_start: float) -> RunMetrics:
+    """The run in its (new or queued) folder, marked live by runs/NNNN/.running while it goes."""
+    def say(line: str) -> None:
+        if echo is not None:
+            print(line, file=echo, flush=True)
+
+    running = hold_running(run_dir)
+    try:
+        with live_progress(echo, run_dir / LOG_FILE, p.budget_s,
+                           None if p.inline else p.program.budget.eval_seconds,
+                           run_dir.name) as live:     # a terminal only: the agent's output is unchanged
+            return _run_locked(root, p.program, run_dir, p.script, p.code, p.sha, p.files, p.seed_n, p.budget_s,
+                               p.sandbox, p.inline, p.data, message, purpose, started, t_start, live.around(say),
+                               p.frozen)
+    finally:
+        if running is not None:
+            os.close(running)
+        with contextlib.suppress(OSError):
+            (run_dir / RUNNING).unlink()
 
 
 def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
@@ -287,62 +323,3 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
         append_log(lay.log, f"\n[autoresearch: removed from out/ (only regular files and folders are kept): "
                             f"{m.extra['out_removed']}]\n")
     return status, reason, res.peak_memory_bytes
-
-
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="run.sh", description="Run one experiment for the current train.py.")
-    ap.add_argument("-m", "--message", required=True, help="what changed and why (recorded with the run)")
-    ap.add_argument("--budget", type=float, metavar="SECONDS", help="training budget (default: program.md)")
-    ap.add_argument("--seed", type=int, help="seed (default: program seed + earlier runs of this train.py)")
-    ap.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
-    return ap
-
-
-def main(argv: list[str] | None = None) -> int:
-    """./run.sh; the exit code says how the run ended (autoresearch/run/exits.py)."""
-    import traceback
-
-    from .exits import RunExit, for_status
-    args = build_parser().parse_args(argv)
-    if not args.message.strip():
-        print("run.sh: -m needs a message saying what changed and why", file=sys.stderr)
-        return RunExit.NOT_STARTED
-    try:
-        root = project_root()
-        program = load_program(root)
-        m = run_experiment(root, args.message.strip(), budget=args.budget, seed=args.seed,
-                           backend=args.backend, echo=sys.stdout)
-    except RunBusy as e:
-        print(f"run.sh: {e}", file=sys.stderr)
-        return RunExit.BUSY
-    except HarnessError as e:
-        print(f"run.sh: {e}", file=sys.stderr)
-        return RunExit.NOT_STARTED
-    except ConfigError as e:
-        print(f"run.sh: {e}", file=sys.stderr)
-        return RunExit.NOT_STARTED
-    except KeyboardInterrupt:
-        print("run.sh: interrupted; the run is marked interrupted and its sandbox stopped", file=sys.stderr)
-        return RunExit.INTERRUPTED
-    except OSError as e:
-        if e.errno == errno.ENOSPC:
-            print(f"run.sh: the disk is full ({e.filename or 'no space left on device'}): nothing more can be "
-                  f"recorded; a human must free space (e.g. old runs/NNNN/out/ of runs that were not kept)",
-                  file=sys.stderr)
-            return RunExit.DISK_FULL
-        traceback.print_exc()
-        print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
-              "interrupted; fix the cause and run again.", file=sys.stderr)
-        return RunExit.HARNESS
-    except Exception as e:              # a harness bug: never reported as a crash of train.py
-        traceback.print_exc()
-        print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
-              "interrupted.", file=sys.stderr)
-        return RunExit.HARNESS
-    best, note = current_best(root, program, m)
-    print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
-    return for_status(m.status)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

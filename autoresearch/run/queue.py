@@ -1,0 +1,213 @@
+"""A wave's queue, on disk: `./run.sh -m "why" --queue` snapshots the editable set into a new
+runs/NNNN/ and marks it queued; the scheduler (scheduler.py, a trusted host process) runs it later
+from that snapshot, whatever the work tree holds by then.
+
+    runs/NNNN/queue.json      the run's place in the wave (QueueEntry; atomic writes)
+    runs/NNNN/snapshot/<rel>  every file of the editable set as it was when queued (absent ones listed)
+    runs/NNNN/metrics.json    written at queue time, signed, status `interrupted` ("queued, not
+                              started"): a run lost at any point is interrupted, never a result
+
+State moves queued -> running -> done, or queued -> cancelled (`autoresearch pause`), or running ->
+interrupted (its runner died). Every transition out of `queued` happens under .autoresearch/queue.lock,
+so the scheduler and a cancel never both take the same run. The state is on disk: a restarted
+session (or scheduler) finds the wave where it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from ..atomic import write_atomic
+from .exits import HarnessError
+from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, run_dirs
+from .metrics import RunMetrics, load_verified
+
+QUEUE_FILE = "queue.json"
+SNAPSHOT_DIR = "snapshot"
+QUEUE_LOCK = "queue.lock"
+State = Literal["queued", "running", "done", "cancelled", "interrupted"]
+LIVE: tuple[State, ...] = ("queued", "running")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class QueueEntry(BaseModel):
+    """One queued run: what to run (the snapshot is beside it) and where it stands."""
+    model_config = ConfigDict(extra="forbid")
+    run_id: str
+    state: State = "queued"
+    message: str
+    budget_seconds: float
+    seed: int
+    backend: str | None = None
+    absent: list[str] = []                      # editable files that did not exist when queued
+    queued_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    slot: int | None = None
+    node: str | None = None                     # ray: the node that ran it
+    pid: int | None = None                      # the runner process (its own process group)
+    note: str | None = None
+
+    def write(self, root: Path) -> None:
+        write_atomic(Path(root) / RUNS_DIR / self.run_id / QUEUE_FILE, self.model_dump_json(indent=2) + "\n")
+
+
+def read_entry(run_dir: Path) -> QueueEntry | None:
+    """The run's queue entry; None for a run that was not queued (or an unreadable entry)."""
+    try:
+        return QueueEntry.model_validate_json((Path(run_dir) / QUEUE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def entries(root: Path) -> list[QueueEntry]:
+    """Every queued run's entry, oldest first."""
+    return [e for d in run_dirs(root) if (e := read_entry(d)) is not None]
+
+
+def live_entries(root: Path) -> list[QueueEntry]:
+    return [e for e in entries(root) if e.state in LIVE]
+
+
+@contextlib.contextmanager
+def queue_lock(root: Path) -> Iterator[None]:
+    d = Path(root) / STATE_DIR
+    d.mkdir(exist_ok=True)
+    fd = os.open(d / QUEUE_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def queue_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
+                     backend: str | None = None) -> QueueEntry:
+    """Snapshot the editable set now into a new runs/NNNN/ and queue it (the same checks as a run:
+    a run that could not start is refused now, with the fix, and makes no folder)."""
+    from .runner import _now as now, prepare
+    root = Path(root).resolve()
+    p = prepare(root, budget, seed, backend)
+    if p.program.executor.kind != "local":
+        raise HarnessError(f"executor kind: {p.program.executor.kind} is not available in this version: set "
+                           "executor: {kind: local} in program.md (the Ray executor is not built yet)")
+    run_dir = allocate_run_dir(root)
+    snap = run_dir / SNAPSHOT_DIR
+    for rel, data in p.files.items():
+        if data is not None:
+            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
+            (snap / rel).write_bytes(data)
+    (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
+    entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
+                       backend=backend, absent=sorted(r for r, d in p.files.items() if d is None), queued_at=now())
+    pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
+    entry.write(root)
+    return entry
+
+
+def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
+                   finished: datetime | None = None) -> None:
+    """The signed record of a run that has not run (queued) or never will (cancelled): interrupted."""
+    from .identity import snapshot_of
+    RunMetrics(run_id=e.run_id, status="interrupted", metric_name=program.metric.name,
+               direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
+               budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,
+               sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
+               started_at=e.queued_at, finished_at=finished, snapshot_sha256=snapshot_of(saved_files(root, e)),
+               extra={"wave": "queued"}).write(Path(root) / RUNS_DIR / e.run_id)
+
+
+def saved_files(root: Path, e: QueueEntry) -> dict[str, bytes | None]:
+    """The snapshot saved when the run was queued: {path: bytes, or None for an absent file}."""
+    snap = Path(root) / RUNS_DIR / e.run_id / SNAPSHOT_DIR
+    files: dict[str, bytes | None] = dict.fromkeys(e.absent)
+    for f in sorted(snap.rglob("*")):
+        if f.is_file() and not f.is_symlink():
+            files[str(f.relative_to(snap))] = f.read_bytes()
+    return files
+
+
+def claim(root: Path, run_id: str, slot: int) -> QueueEntry | None:
+    """queued -> running on `slot` (None when it is no longer queued: cancelled meanwhile)."""
+    with queue_lock(root):
+        e = read_entry(Path(root) / RUNS_DIR / run_id)
+        if e is None or e.state != "queued":
+            return None
+        e.state, e.slot, e.started_at = "running", slot, _now()
+        e.write(root)
+        return e
+
+
+def finish(root: Path, run_id: str, state: State, note: str | None = None, pid: int | None = None) -> None:
+    """running -> done | interrupted (or just note the pid), under the queue lock."""
+    with queue_lock(root):
+        e = read_entry(Path(root) / RUNS_DIR / run_id)
+        if e is None or e.state not in LIVE:
+            return
+        if pid is not None:
+            e.pid = pid
+        else:
+            e.state, e.finished_at, e.note = state, _now(), note
+        e.write(root)
+
+
+def runner_live(root: Path, run_id: str) -> bool:
+    """Does a runner hold runs/NNNN/.running (flock) right now?"""
+    try:
+        fd = os.open(Path(root) / RUNS_DIR / run_id / RUNNING, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
+def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tuple[list[str], list[str]]:
+    """Cancel the wave: queued runs -> cancelled (signed record: interrupted, never a result);
+    running ones get SIGTERM (their runner records them interrupted and stops the sandbox).
+    Returns (cancelled, interrupted) run ids."""
+    from ..program import load_program
+    program = load_program(root)
+    cancelled, stopped = [], []
+    with queue_lock(root):
+        for e in live_entries(root):
+            if e.state == "queued":
+                e.state, e.finished_at, e.note = "cancelled", _now(), why
+                m, _ = load_verified(Path(root) / RUNS_DIR / e.run_id)
+                pending_record(root, e, m.train_py_sha256 if m else "-", program, f"{why} (never started)",
+                               finished=e.finished_at)
+                e.write(root)
+                cancelled.append(e.run_id)
+            elif e.pid:
+                with contextlib.suppress(OSError):
+                    os.killpg(e.pid, signal.SIGTERM)
+                stopped.append(e.run_id)
+    return cancelled, stopped
+
+
+def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetrics:
+    """Run a claimed queued run in its folder, from its saved snapshot (called by the scheduler's
+    child for `slot`, with program.md's sandbox.gpus already narrowed to the slot's GPU)."""
+    import time
+
+    from .runner import _now as now, prepare, run_in
+    root = Path(root).resolve()
+    e = read_entry(root / RUNS_DIR / run_id)
+    if e is None:
+        raise HarnessError(f"run {run_id} is not a queued run")
+    p = prepare(root, e.budget_seconds, e.seed, e.backend, files=saved_files(root, e), program=program)
+    return run_in(root, p, root / RUNS_DIR / run_id, e.message, "experiment", None, now(), time.monotonic())

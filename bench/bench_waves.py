@@ -1,0 +1,82 @@
+"""Throughput of waves: experiments decided per hour with S slots at a training budget of B
+seconds, against the ideal S x 3600 / B (every slot training all the time), measured in one run.
+
+    .venv/bin/python bench/bench_waves.py [--slots 2] [--budget 20] [--runs 4] [--backend bwrap]
+
+A throwaway project (this repo's train.py and prepare.py, program.md with executor: {kind: local,
+slots: S}); R runs queued at once with `./run.sh -m ... --queue` (distinct seeds), `./run.sh --wait`,
+then the Stop hook decides the wave. The clock runs from the first --queue to the decision written;
+decided = the wave's ledger rows. The gap to the ideal is what a run costs beyond its budget:
+sandbox start-up, the EVAL stage, the scheduler's polling, and the decision.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+
+def project(dest: Path, slots: int, budget: float, backend: str) -> Path:
+    from experiment_support import git_env, make_project
+    extra = f"executor: {{kind: local, slots: {slots}}}"
+    make_project(dest, train_seconds=budget, grace_seconds=60, eval_seconds=120, extra=extra)
+    text = (dest / "program.md").read_text()
+    (dest / "program.md").write_text(re.sub(r"backend: \w+", f"backend: {backend}", text, count=1))
+    (dest / "scratchpad.md").write_text("# notes\n")
+    env = git_env()
+    subprocess.run(["git", "add", "-A"], cwd=dest, check=True, env=env)
+    subprocess.run(["git", "commit", "-q", "--no-verify", "-m", "bench project"], cwd=dest, check=True, env=env)
+    return dest
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--slots", type=int, default=2)
+    ap.add_argument("--budget", type=float, default=20.0)
+    ap.add_argument("--runs", type=int, default=0, help="runs in the wave (default 2 x slots)")
+    ap.add_argument("--backend", default="bwrap")
+    args = ap.parse_args()
+    n = args.runs or 2 * args.slots
+    tmp = Path(tempfile.mkdtemp(prefix="bench-waves-"))
+    try:
+        proj = project(tmp / "proj", args.slots, args.budget, args.backend)
+        from autoresearch.ledger import read_rows
+        from autoresearch.loop import stop_hook
+        t0 = time.monotonic()
+        for i in range(n):
+            r = subprocess.run([str(ROOT / "run.sh"), "-m", f"bench run {i}", "--queue", "--seed", str(i)],
+                               cwd=proj, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+        r = subprocess.run([str(ROOT / "run.sh"), "--wait"], cwd=proj, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        print(r.stdout)
+        with open(proj / "scratchpad.md", "a") as f:
+            f.write("- the wave's results\n")
+        reply = stop_hook({"cwd": str(proj), "session_id": "bench"})
+        wall = time.monotonic() - t0
+        rows = [x for x in read_rows(proj) if x.session == "bench" or True]
+        decided = len({x.run_id for x in rows} | {rid for x in rows for rid in x.runs})
+        per_hour = decided * 3600 / wall
+        ideal = args.slots * 3600 / args.budget
+        print(json.dumps({"slots": args.slots, "budget_s": args.budget, "runs": n, "decided": decided,
+                          "wall_s": round(wall, 1), "decided_per_hour": round(per_hour, 1),
+                          "ideal_per_hour": round(ideal, 1), "fraction_of_ideal": round(per_hour / ideal, 3),
+                          "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120]},
+                         indent=2))
+        return 0
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
