@@ -83,7 +83,9 @@ def test_status_watch_redraws_the_run_in_flight_until_ctrl_c(tmp_path):
     env = {**os.environ, "TERM": "xterm-256color", "HOME": str(tmp_path), "COLUMNS": "160", "LINES": "50"}
     p = subprocess.Popen([sys.executable, "-m", "autoresearch", "status", "--watch", "--interval", "0.5",
                           "-C", str(root)], stdin=slave, stdout=slave, stderr=slave, env=env,
-                         start_new_session=True)
+                         start_new_session=True,
+                         # a shell's background job inherits SIGINT ignored; a terminal's Ctrl-C is the default
+                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     screen = b""
 

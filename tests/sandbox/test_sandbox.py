@@ -288,11 +288,16 @@ def test_keyboard_interrupt_leaves_nothing(name, request):
         subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # {marker}"], start_new_session=True)
         time.sleep(60)
     """
-    timer = _interrupt_soon(1.5)
-    t0 = time.monotonic()
-    with pytest.raises(KeyboardInterrupt):
-        b.run(spec(b, code, timeout=30))
-    timer.join()
+    # Ctrl-C as a terminal delivers it (a background job's shell may have left SIGINT ignored)
+    old_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        timer = _interrupt_soon(1.5)
+        t0 = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            b.run(spec(b, code, timeout=30))
+        timer.join()
+    finally:
+        signal.signal(signal.SIGINT, old_handler)
     assert time.monotonic() - t0 < 10
     assert marker_procs(marker) == []
     if name == "docker":
