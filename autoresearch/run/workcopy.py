@@ -45,7 +45,7 @@ def work_copy(lay: Layout, name: str) -> Path:
         _put(dest, rel, data)
     if lay.script_copy.is_file():
         _put(dest, lay.script, lay.script_copy.read_bytes())
-    _link_rest(lay.root, dest)
+    _link_rest(lay.root, dest, {rel for rel, data in lay.snapshot.items() if data is None})
     return dest
 
 
@@ -132,9 +132,10 @@ def _put(dest: Path, rel: str, data: bytes | None) -> None:
         target.write_bytes(data)
 
 
-def _link_rest(root: Path, dest: Path) -> None:
+def _link_rest(root: Path, dest: Path, absent: set[str]) -> None:
     """Every project entry the copy lacks, as a link to the project's own (shown read-only),
-    walking only the folders the copy has: an untracked folder is one link, however big."""
+    walking only the folders the copy has: an untracked folder is one link, however big. A file
+    the snapshot records as absent stays absent."""
     for d, dirs, files in os.walk(dest):
         here = Path(d)
         rel = here.relative_to(dest)
@@ -147,6 +148,6 @@ def _link_rest(root: Path, dest: Path) -> None:
         except OSError:
             continue
         for n in names:
-            if n in have or (rel == Path(".") and n in LEFT_OUT):
+            if n in have or (rel == Path(".") and n in LEFT_OUT) or str(rel / n) in absent:
                 continue
             os.symlink(src / n, here / n)
