@@ -270,3 +270,18 @@ def test_a_two_thousand_file_repo_is_copied_whole_and_quickly(tmp_path):
     assert copied == sorted(str(p.relative_to(proj)) for p in proj.glob("pkg*/*.py"))
     print(f"work copy of 2,000 tracked files: {took:.2f} s")
     assert took < 30, took
+
+
+def test_doctor_checks_home_and_cache(tmp_path, data_dir, monkeypatch):
+    from autoresearch.cli.envcheck import check_home_cache
+    monkeypatch.setenv("AUTORESEARCH_DATA", str(data_dir))
+    home, cache = tmp_path / "home", tmp_path / "cache"
+    home.mkdir()
+    cache.mkdir()
+    prog = parse_program(_front(f"sandbox: {{home: {home}, cache: {cache}}}"))
+    got = {c.name: c for c in check_home_cache(tmp_path, prog)}
+    assert got["sandbox.home"].level == "ok" and "read-only" in got["sandbox.home"].found
+    assert got["sandbox.cache"].level == "ok" and "not shown to EVAL" in got["sandbox.cache"].found
+    prog = parse_program(_front(f"sandbox: {{cache: {data_dir.parent}}}"))
+    bad = {c.name: c for c in check_home_cache(tmp_path, prog)}["sandbox.cache"]
+    assert bad.level == "fail" and "holds the prepared data" in bad.found and bad.fix
