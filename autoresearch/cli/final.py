@@ -111,7 +111,7 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 
     run_dir = root / "runs" / run_id
     script = program.run.train_script
-    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {})
+    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {}, base=commit)
     for need in (lay.out / "model.pt", lay.script_copy):
         if not need.is_file():
             raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
