@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Set by the harness or the sandbox: a run.env entry may not replace them (the fix is named).
-ENV_RESERVED = {"PATH": "the sandbox sets it from the interpreter", "HOME": "the sandbox gives a temporary HOME",
+ENV_RESERVED = {"PATH": "the sandbox sets it from the interpreter", "HOME": "use sandbox.home",
                 "PYTHONPATH": "the harness sets it (the project, and the evaluator's package)",
                 "PYTHONHOME": "use run.python for another interpreter",
                 "LD_PRELOAD": "not allowed", "LD_AUDIT": "not allowed", "LD_LIBRARY_PATH": "not allowed",
@@ -68,21 +68,28 @@ class HostMount(BaseModel):
     path: str
     stages: list[Stage] = Field(min_length=1)
 
-    @field_validator("path")
-    @classmethod
-    def _usable(cls, v: str) -> str:
-        p = Path(v)
-        if not v.startswith("/") or ".." in p.parts:
-            raise ValueError(f"{v!r}: give an absolute path without '..', such as /data/imagenet")
-        real = Path(os.path.realpath(v))
-        if os.path.normpath(v) in _SYSTEM or str(real) in _SYSTEM:
-            raise ValueError(f"{v}: a system folder is never mounted: name the data folder itself")
-        parts = set(real.parts) | set(p.parts)
-        if parts & _SECRET_PARTS or (".config" in parts and _SECRET_CONFIG & parts):
-            raise ValueError(f"{v}: a credentials folder is never mounted into the sandbox")
-        if not p.exists():
-            raise ValueError(f"{v} does not exist: create it or fix the path")
-        return os.path.normpath(v)
+    _usable = field_validator("path")(lambda cls, v: check_folder(v))
+
+
+def check_folder(v: Any, example: str = "/data/imagenet", folder: bool = False) -> str:
+    """A host folder to show in the sandbox (mounts:, sandbox.home, sandbox.cache): absolute,
+    without '..', on disk, neither a system folder nor a credentials one. One checker for all."""
+    if not isinstance(v, str):
+        raise ValueError(f"{v!r}: give an absolute path, such as {example}")
+    p = Path(v)
+    if not v.startswith("/") or ".." in p.parts:
+        raise ValueError(f"{v!r}: give an absolute path without '..', such as {example}")
+    real = Path(os.path.realpath(v))
+    if os.path.normpath(v) in _SYSTEM or str(real) in _SYSTEM:
+        raise ValueError(f"{v}: a system folder is never mounted: name the folder itself, such as {example}")
+    parts = set(real.parts) | set(p.parts)
+    if parts & _SECRET_PARTS or (".config" in parts and _SECRET_CONFIG & parts):
+        raise ValueError(f"{v}: a credentials folder is never mounted into the sandbox: name another folder")
+    if not p.exists():
+        raise ValueError(f"{v} does not exist: create it (mkdir -p {v}) or fix the path")
+    if folder and not p.is_dir():
+        raise ValueError(f"{v} is not a folder: name a folder")
+    return os.path.normpath(v)
 
 
 def run_python(root: Path, python: str | None) -> Path | None:
@@ -90,21 +97,25 @@ def run_python(root: Path, python: str | None) -> Path | None:
     return None if python is None else Path(python) if python.startswith("/") else Path(root) / python
 
 
-def host_path_errors(root: Path, python: str | None, mounts: list[HostMount]) -> list[str]:
-    """What needs the project to check: run.python exists and is executable; a mount is neither
-    inside the project (shown already) nor around it (the val/test split would show in TRAIN)."""
+def host_path_errors(root: Path, python: str | None, mounts: list[HostMount],
+                     folders: dict[str, str | None] | None = None) -> list[str]:
+    """What needs the project to check: run.python exists and is executable; a mount (and each of
+    `folders`, such as sandbox.home) is neither inside the project (shown already; a writable one
+    would let a run change it) nor around it (the val/test split would show in TRAIN)."""
     errs = []
     py = run_python(root, python)
     if py is not None and not (py.is_file() and os.access(py, os.X_OK)):
         errs.append(f"run.python: {py} is not an executable file: create the env "
                     f"(python -m venv --system-site-packages .venv) or fix the path")
     real = Path(root).resolve()
-    for i, m in enumerate(mounts):
-        mp = Path(m.path).resolve()
+    named = [(f"mounts.{i}.path", m.path) for i, m in enumerate(mounts)]
+    named += [(k, v) for k, v in (folders or {}).items() if v is not None]
+    for field, path in named:
+        mp = Path(path).resolve()
         if mp == real or real in mp.parents or mp in real.parents:
             where = "around" if mp in real.parents else "inside"
-            errs.append(f"mounts.{i}.path: {m.path} is {where} the project: the project is mounted already; "
-                        f"mount a data folder outside it")
+            errs.append(f"{field}: {path} is {where} the project: the project is mounted already; "
+                        f"name a folder outside it")
     return errs
 
 

@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .editable import editable_regex, frozen_problem, is_literal, match_files, never_editable, pattern_problem
-from .hostenv import HostMount, check_env, check_python, host_path_errors
+from .hostenv import HostMount, check_env, check_folder, check_python, host_path_errors
 
 PROGRAM_FILE = "program.md"
 
@@ -118,8 +118,17 @@ class Sandbox(_Strict):
     # GPUs the run gets: all visible (CUDA_VISIBLE_DEVICES narrows), none, the first N, or host indices
     gpus: Union[Literal["all", "none"], int, list[int]] = "all"
     shm_gb: float | None = Field(None, gt=0)     # /dev/shm: DataLoader workers and NCCL (counts toward memory_gb)
+    home: str | None = None                      # a host folder as HOME (read-only); unset: a fresh temporary one
+    home_writable: bool = False                  # HOME writable in TRAIN (EVAL then gets a fresh one)
+    cache: str | None = None                     # a host folder shared by runs: writable in TRAIN, $XDG_CACHE_HOME
+    cache_eval: bool = False                     # the cache also shown to EVAL and final, read-only
 
     _gpus = field_validator("gpus", mode="before")(_gpus)
+
+    @field_validator("home", "cache")
+    @classmethod
+    def _folder(cls, v: Any) -> Any:
+        return v if v is None else check_folder(v, "/data/hf-cache", folder=True)
 
     @model_validator(mode="after")
     def _shm_fits(self) -> "Sandbox":
@@ -375,7 +384,8 @@ def load_program(root: Path) -> Program:
     except OSError as e:
         raise ConfigError(f"{PROGRAM_FILE}: cannot read {path}: {e.strerror}") from None
     program = parse_program(text)
-    if errs := host_path_errors(root, program.run.python, program.mounts):
+    folders = {"sandbox.home": program.sandbox.home, "sandbox.cache": program.sandbox.cache}
+    if errs := host_path_errors(root, program.run.python, program.mounts, folders):
         raise ConfigError("\n".join(f"{PROGRAM_FILE}: {e}" for e in errs))
     program.check_editable(root)
     return program

@@ -72,3 +72,36 @@ def check_eval(root: Path, program: Program | None) -> list[Check]:
                                "; missing from the work tree (runs refuse to start)"),
                          fix="" if same else f"git checkout {base[:12]} -- {f}, or commit the new version"))
     return out
+
+
+def check_home_cache(root: Path, program: Program | None) -> list[Check]:
+    """sandbox.home can be read, sandbox.cache written, and neither writable one holds the prepared
+    data (the run would refuse it); the cache's reach is said (README: threat model)."""
+    if program is None:
+        return []
+    sb, out = program.sandbox, []
+    try:
+        from ..run.inputs import data_folder
+        data: Path | None = data_folder(root)
+    except Exception:                    # no data yet: check_data says so
+        data = None
+    for name, path, writable in (("sandbox.home", sb.home, sb.home_writable), ("sandbox.cache", sb.cache, True)):
+        if path is None:
+            if name == "sandbox.home":
+                out.append(Check(name=name, level="info", found="unset: each run gets a fresh, empty HOME"))
+            continue
+        p = Path(path).resolve()
+        need = os.R_OK | os.X_OK | (os.W_OK if writable else 0)
+        if not (p.is_dir() and os.access(p, need)):
+            out.append(Check(name=name, level="fail", found=f"{path}: missing or not {'writable' if writable else 'readable'}",
+                             fix=f"mkdir -p {path} && chmod u+rwX {path}"))
+        elif writable and data is not None and (p == data or p in data.parents or data in p.parents):
+            out.append(Check(name=name, level="fail", found=f"{path} holds the prepared data ({data})",
+                             fix="name a folder beside the data (a run refuses a writable folder holding it)"))
+        else:
+            reach = ("writable in TRAIN, EVAL gets a fresh HOME" if name == "sandbox.home" and writable
+                     else "read-only in TRAIN and EVAL" if name == "sandbox.home"
+                     else "writable in TRAIN, kept between runs; " + (
+                         "EVAL and final read it" if sb.cache_eval else "not shown to EVAL"))
+            out.append(Check(name=name, level="ok", found=f"{path}: {reach}"))
+    return out

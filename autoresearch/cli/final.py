@@ -111,7 +111,7 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 
     run_dir = root / "runs" / run_id
     script = program.run.train_script
-    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {})
+    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {}, base=commit)
     if program.eval is not None:
         return _score_evalcmd(root, program, lay, backend)
     for need in (lay.out / "model.pt", lay.script_copy):

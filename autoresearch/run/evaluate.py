@@ -31,7 +31,7 @@ def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     m = program.metric
     scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
                     direction=m.direction, metric=m.name)
-    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log, stage) for k in range(SERVERS)]
+    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log, stage, k) for k in range(SERVERS)]
     results: list[SandboxResult | None] = [None] * SERVERS
     errors: list[BaseException] = []
 

@@ -2,7 +2,8 @@
 new one is numbered, and the locks that say a run is live.
 
     runs/NNNN/       one run: metrics.json, train.log, eval.log, the train script's copy, diff.patch,
-                     out/ (the only writable mount), .sandbox/ (stand-in folders, removed at the end)
+                     out/ (the only writable mount that outlives a stage), .sandbox/ (stand-in folders
+                     and the stages' work copies, removed at the end)
     run ids          never reused: above every folder in runs/, the counter in
                      .autoresearch/run-counter, and every id in the run branches' trailers and the ledger
     run.lock         .autoresearch/run.lock: one run at a time per project (an flock)
@@ -48,6 +49,7 @@ class Layout:
     run_dir: Path
     script: str                                   # relative to root, e.g. "train.py"
     snapshot: dict[str, bytes | None] = field(default_factory=dict)   # the editable set as the run started
+    base: str | None = None                       # the commit the work copies hold (workcopy.py); "" none
 
     @property
     def scratch(self) -> Path:

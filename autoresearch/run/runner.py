@@ -53,6 +53,7 @@ from .progress import live_progress
 from .report import current_best, summary
 from .interpreter import InterpreterError, resolve
 from .specs import base_env, gpu_request, python_of, repo_env, train_argv, train_spec
+from .workcopy import remove_work_copy, work_copy
 
 
 def _now() -> datetime:
@@ -303,11 +304,15 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
            budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
     own = inline or program.run.mode == "eval_command" and bool(program.run.command)   # run.command, not the script
-    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own)
-    spec = train_spec(sandbox, program, lay, data, env, budget, argv)
+    work = work_copy(lay, "train")
+    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own, where=work)
+    spec = train_spec(sandbox, program, lay, data, env, budget, argv, work)
     gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
-    with GpuPeak(gpus) as gpu:
-        res = sandbox.run(spec)
+    try:
+        with GpuPeak(gpus) as gpu:
+            res = sandbox.run(spec)
+    finally:
+        remove_work_copy(work)                        # what TRAIN wrote into its tree ends with it
     m.train_seconds = round(res.wall_seconds, 3)
     m.extra["limits"] = res.limits
     m.extra["train_exit_code"] = res.exit_code

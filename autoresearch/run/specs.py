@@ -1,11 +1,16 @@
 """What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
-script and any val/test folder replaced; the runtime; the package for the model server), the
-environment (budget, seed, out/ folder), and the limits. The sandbox enforces them.
+script and any val/test folder replaced; the stage's writable work copy; the runtime; the package
+for the model server), the environment (budget, seed, out/ folder), and the limits. The sandbox
+enforces them.
 
-    TRAIN  the project read-only, the train split only, runs/NNNN/out/ writable; killed at
-           budget + grace; run.launcher (torchrun ...) before the script.
-    EVAL   one model server (`python -m autoresearch.run.model_server`, never launched): the project
-           and the checkpoint read-only, no data, the scorer's session on its stdin/stdout.
+    TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
+           the stage), the project read-only at its path, the train split only, runs/NNNN/out/
+           writable; killed at budget + grace; run.launcher (torchrun ...) before the script.
+    EVAL   one model server (`python -m autoresearch.run.model_server`, never launched) in its own
+           work copy: the project and the checkpoint read-only, no data, the scorer's session on
+           its stdin/stdout.
+    sandbox.home is HOME (read-only; home_writable: writable in TRAIN, and EVAL gets a fresh one);
+    sandbox.cache is $XDG_CACHE_HOME, writable in TRAIN, read-only in EVAL/final with cache_eval.
     Both get sandbox.gpus (resolved by the sandbox against the host) and sandbox.shm_gb of /dev/shm.
     Both run under run.python when set (its prefixes mounted read-only; the model server then
     finds our package on PYTHONPATH, so that interpreter needs numpy and torch), get run.env,
@@ -19,10 +24,11 @@ from pathlib import Path
 
 from ..hostenv import stage_mounts
 from ..program import Program
-from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec
+from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
+from .workcopy import work_copy
 
 
 def project_id(root: Path) -> str:
@@ -97,12 +103,13 @@ def environment_mounts(backend: Backend, program: Program, root: Path, stage: st
 
 
 def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) -> list[Mount]:
-    """A declared mount that holds the prepared data (a mounted ~/.cache) must not show its
-    val/test splits: an empty folder over them, at every path the mount shows them under."""
+    """A declared mount (or a read-only sandbox.home/cache) that holds the prepared data (a mounted
+    ~/.cache) must not show its val/test splits: an empty folder over them, at every path the
+    mount shows them under."""
     if data is None:
         return []
     out = []
-    for shown in stage_mounts(program.mounts, stage):
+    for shown in stage_mounts(program.mounts, stage) + [Path(m.target) for m in home_cache(program, data, stage)[0]]:
         real = shown.resolve()
         for split in ("val", "test"):
             d = (data / split).resolve()
@@ -111,18 +118,40 @@ def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) 
     return list(dict.fromkeys(out))
 
 
+def home_cache(program: Program, data: Path | None, stage: str) -> tuple[list[Mount], dict[str, str]]:
+    """sandbox.home and sandbox.cache for one stage: (mounts, env). Written only in TRAIN, read in
+    EVAL only when that cannot carry TRAIN's writes to the scorer's side unasked (README's threat
+    model). A writable one may not hold the prepared data: TRAIN could rename the folder and put a
+    forged val split where the host-side scorer reads it."""
+    sb, mounts, env = program.sandbox, [], {}
+    train = stage == "train"
+    for field, path, writable, shown, var in (
+            ("sandbox.home", sb.home, sb.home_writable, train or not sb.home_writable, "HOME"),
+            ("sandbox.cache", sb.cache, True, train or sb.cache_eval, "XDG_CACHE_HOME")):
+        if path is None or not shown:
+            continue
+        real = Path(path).resolve()
+        if writable and train and data is not None and (inside(data, real) or inside(real, data)):
+            raise SandboxUnavailable(f"{field}: {path} holds the prepared data ({data}), and TRAIN may write it: "
+                                     f"name a folder that does not hold {data} (such as {real}/hf), or set "
+                                     f"AUTORESEARCH_DATA to a data folder outside it")
+        mounts.append(Mount(real, path, writable=writable and train))
+        env[var] = path
+    return mounts, env
+
+
 def gpu_request(program: Program) -> GpuRequest:
     """program.md's sandbox.gpus as the sandbox's request (the backends resolve it on the host)."""
     g = program.sandbox.gpus
     return None if g == "none" else tuple(g) if isinstance(g, list) else g
 
 
-def train_argv(python: str, program: Program, lay: Layout, inline: bool) -> list[str]:
+def train_argv(python: str, program: Program, lay: Layout, inline: bool, where: Path | None = None) -> list[str]:
     """The TRAIN command: the script under the sandbox's Python (inline: run.command, its python
     made the sandbox's), after run.launcher when set. A launcher runs the script with its own
     Python (torchrun, accelerate launch, deepspeed), so the interpreter is left out after one;
-    a launcher word `python` is the sandbox's (mpirun -np 2 python)."""
-    argv = list(program.run.command or []) if inline else [python, str(lay.root / lay.script)]
+    a launcher word `python` is the sandbox's (mpirun -np 2 python). `where`: the work copy."""
+    argv = list(program.run.command or []) if inline else [python, str((where or lay.root) / lay.script)]
     if inline and argv and argv[0] in ("python", "python3"):
         argv[0] = python
     if not program.run.launcher:
@@ -133,14 +162,19 @@ def train_argv(python: str, program: Program, lay: Layout, inline: bool) -> list
 
 
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-               budget: float, argv: list[str]) -> SandboxSpec:
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train")
+               budget: float, argv: list[str], work: Path | None = None) -> SandboxSpec:
+    """TRAIN's sandbox, run in `work` (its work copy; made here when None: argv then names the
+    project's script, for callers that build no copy)."""
+    work = work if work is not None else work_copy(lay, "train")
+    home, home_env = home_cache(program, data, "train")
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
     mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data)
+    env = {**env, **home_env, "PYTHONPATH": str(work)}
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
-        env = {**env, "AUTORESEARCH_DATA": str(data)}
-    mounts.append(Mount(lay.out, str(lay.out), writable=True))
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
+        env["AUTORESEARCH_DATA"] = str(data)
+    mounts += [Mount(lay.out, str(lay.out), writable=True), Mount(work, str(work), writable=True)]
+    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
                        timeout_s=budget + program.budget.grace_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
@@ -149,24 +183,26 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
 
 
 def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-              session, log: Path, stage: str = "eval") -> SandboxSpec:
-    """The model server's sandbox: the project and checkpoint read-only, no data (but the mounts
-    declared for `stage`), the scorer's session on stdin/stdout, its stderr (and anything agent
-    code prints) to `log`."""
+              session, log: Path, stage: str = "eval", k: int = 0) -> SandboxSpec:
+    """Model server k's sandbox, in its own work copy: the project and checkpoint read-only, no
+    data (but the mounts declared for `stage`), the scorer's session on stdin/stdout, its stderr
+    (and anything agent code prints) to `log`."""
     pkg_mounts, pkg_path = package_mount()
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
+    work = work_copy(lay, f"{stage}-{k}")
+    home, home_env = home_cache(program, data, stage)
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
     mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
-    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
-    env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
+    env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server",
-            "--project", str(lay.root), "--script", lay.script,
+            "--project", str(work), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(lay.root),
+    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
-                       session=session, log_path=log,
+                       session=session, log_path=log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
                        owner=project_id(lay.root))

@@ -1,0 +1,153 @@
+"""The writable work copy each stage runs in: legacy code writes into its own tree (nanoGPT's
+out_dir, Hydra's outputs/, wandb/), so the project's read-only mount alone crashes it. A fresh
+copy per stage (TRAIN, each EVAL model server, `final`'s) under the run's scratch, mounted
+writable at its own host path (the same under every backend, `none` included), counted against
+sandbox.disk_gb like out/, and removed when the stage ends: nothing written there reaches the
+project; only $AUTORESEARCH_OUT (runs/NNNN/out/) outlives the stage.
+
+What it holds (the rule README documents):
+    tracked files   the run's base commit (HEAD when the run started), copied byte for byte --
+                    never hard links, which a write in place would carry into the project
+    the snapshot    the run's editable set on top (a file the snapshot records as absent is removed)
+    the rest        every untracked or ignored entry of the project (.venv, data/, checkpoints)
+                    is a symlink to the project's own, which the sandbox shows read-only;
+                    runs/, .git and .autoresearch are left out; a tracked blob over LINK_OVER
+                    bytes is linked too (read-only), not copied
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+from ..gitops import SAFE_CONFIG, head_commit
+from .layout import RUNS_DIR, STATE_DIR, Layout
+
+LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as a link
+LINK_OVER = 64 << 20                         # a tracked blob this big is linked read-only, not copied
+
+
+def work_copy(lay: Layout, name: str) -> Path:
+    """A fresh writable copy of the project snapshot for one stage (`train`, `eval-0`, ...), at
+    runs/NNNN/.sandbox/work/<name>, with its mount point made in the runs/ skeleton."""
+    dest = lay.scratch / "work" / name
+    if dest.exists():
+        remove_work_copy(dest)
+    dest.mkdir(parents=True)
+    (lay.skeleton() / lay.run_dir.name / ".sandbox" / "work" / name).mkdir(parents=True, exist_ok=True)
+    if lay.base is None:                       # fixed by the first stage: every stage copies one tree
+        lay.base = head_commit(lay.root) or ""
+    if lay.base:
+        _copy_tree(lay.root, lay.base, dest)
+    for rel, data in sorted(lay.snapshot.items()):
+        _put(dest, rel, data)
+    if lay.script_copy.is_file():
+        _put(dest, lay.script, lay.script_copy.read_bytes())
+    _link_rest(lay.root, dest, {rel for rel, data in lay.snapshot.items() if data is None})
+    return dest
+
+
+def remove_work_copy(path: Path) -> None:
+    """rmtree that also gets through folders agent code made unreadable (chmod 000)."""
+    def fix(func, p, _exc):
+        parent = os.path.dirname(p)
+        for q in (parent, p):
+            try:
+                if not os.path.islink(q):
+                    os.chmod(q, stat.S_IRWXU)
+            except OSError:
+                pass
+        try:
+            func(p)
+        except OSError:
+            pass
+    shutil.rmtree(path, onerror=fix)
+
+
+def _git_cmd(root: Path, *args: str) -> list[str]:
+    cmd = ["git", "-C", str(root)]
+    for c in SAFE_CONFIG:
+        cmd += ["-c", c]
+    return cmd + list(args)
+
+
+def _env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+
+
+def _copy_tree(root: Path, commit: str, dest: Path) -> None:
+    """The committed tree's files into dest: blobs through one `git cat-file --batch` (no filters,
+    no attributes: repository-controlled code never runs), modes kept, symlinks recreated."""
+    listing = subprocess.run(_git_cmd(root, "ls-tree", "-r", "-z", "--full-tree", "-l", commit),
+                             capture_output=True, env=_env(), check=True).stdout
+    entries = []
+    for rec in listing.split(b"\0"):
+        if not rec:
+            continue
+        meta, path = rec.split(b"\t", 1)
+        mode, kind, sha, size = meta.split()
+        rel = os.fsdecode(path)
+        if rel.split("/", 1)[0] in LEFT_OUT:
+            continue
+        if kind != b"blob" or (mode != b"120000" and int(size) > LINK_OVER):
+            continue                           # submodules and huge blobs: linked by _link_rest
+        entries.append((rel, mode, sha))
+    if not entries:
+        return
+    with subprocess.Popen(_git_cmd(root, "cat-file", "--batch"), stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE, env=_env()) as p:
+        assert p.stdin is not None and p.stdout is not None
+        for rel, mode, sha in entries:
+            p.stdin.write(sha + b"\n")
+            p.stdin.flush()
+            header = p.stdout.readline().split()
+            data = p.stdout.read(int(header[2])) if len(header) == 3 else b""
+            p.stdout.read(1)
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if mode == b"120000":
+                os.symlink(os.fsdecode(data), target)
+            else:
+                target.write_bytes(data)
+                if mode == b"100755":
+                    target.chmod(0o755)
+        p.stdin.close()
+
+
+def _put(dest: Path, rel: str, data: bytes | None) -> None:
+    """One snapshot file into the copy (None: absent, removed). Parents are made as real folders:
+    a link on the way (an untracked folder) would carry the write into the project."""
+    target = dest / rel
+    cur = dest
+    for part in Path(rel).parts[:-1]:
+        cur = cur / part
+        if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
+            cur.unlink()
+        cur.mkdir(exist_ok=True)
+    if target.is_symlink() or target.is_file():
+        target.unlink()
+    if data is not None:
+        target.write_bytes(data)
+
+
+def _link_rest(root: Path, dest: Path, absent: set[str]) -> None:
+    """Every project entry the copy lacks, as a link to the project's own (shown read-only),
+    walking only the folders the copy has: an untracked folder is one link, however big. A file
+    the snapshot records as absent stays absent."""
+    for d, dirs, files in os.walk(dest):
+        here = Path(d)
+        rel = here.relative_to(dest)
+        src = root / rel
+        if src.is_symlink() or not src.is_dir():
+            continue
+        have = set(dirs) | set(files)
+        try:
+            names = os.listdir(src)
+        except OSError:
+            continue
+        for n in names:
+            if n in have or (rel == Path(".") and n in LEFT_OUT) or str(rel / n) in absent:
+                continue
+            os.symlink(src / n, here / n)
