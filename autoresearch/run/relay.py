@@ -129,7 +129,8 @@ class Relay:
             tag = P.read_exact(s.r, 4)
             if tag in (P.FAILED, P.REFUSED):
                 one = " ".join(P.read_message_body(s.r).split())[:400]
-                one = safe.group(0) if (safe := _SAFE.match(one)) else "the model failed"     # its type, never its words
+                safe = _SAFE.match(one)                   # its type, never its words
+                one = safe.group(0) if safe else "the model failed"
                 raise Verdict("crash", f"{one}; the traceback is in the eval log (for humans only)")
             if tag != P.ARRAYS_OUT:
                 raise Verdict("invalid", f"the model server broke the protocol: tag {tag!r} for request {n + 1}")
