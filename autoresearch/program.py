@@ -216,8 +216,22 @@ class Eval(_Strict):
     a folder only it gets. `autoresearch final` runs it again with the final mounts."""
     command: list[str] = Field(min_length=1)     # argv (python is the sandbox's), e.g. python eval.py
     files: list[str] = Field(min_length=1)       # the script and the helpers it imports: frozen
+    # The evaluator split: the script runs WITHOUT the project and calls evalclient.model(inputs);
+    # the agent's file.py:function(out_dir) -> predict(dict of arrays) -> dict answers in another sandbox
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py:[A-Za-z_][A-Za-z0-9_]*$")
+    checks: float = Field(0.1, ge=0, le=1)       # split: share of requests asked again of a second server
+    batch_independent: bool = True               # split: a re-asked row gets other batch-mates
+    tolerance: float = Field(1e-4, ge=0)         # split: relative difference a re-asked answer may show
+    max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
     _command = field_validator("command", mode="before")(_launcher)
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, v: str | None) -> str | None:
+        if v is not None and (".." in Path(v.split(":")[0]).parts or v.startswith("/")):
+            raise ValueError(f"eval.model {v!r}: a project-relative file and function, e.g. model.py:load")
+        return v
 
     @field_validator("files")
     @classmethod

@@ -36,7 +36,10 @@ ALLOWED: dict[str, set[str]] = {
     "__main__": {"cli"},
 }
 # Agent code runs in the model server's process: it may import nothing of ours but the wire format.
-MODEL_SERVER = {"run.model_server": {"run.protocol"}, "run.protocol": set()}
+MODEL_SERVER = {"run.model_server": {"run.protocol"}, "run.protocol": set(),
+                "run.array_server": {"run.protocol", "run.model_server"},
+                # the evaluator split's client runs in the eval script's sandbox, without the project
+                "run.evalclient": {"run.protocol"}}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # module (dotted, under autoresearch) -> why it may be longer than MAX_MODULE_LINES

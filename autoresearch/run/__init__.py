@@ -20,6 +20,10 @@ runs/NNNN/metrics.json and summarised for the agent.
     metrics       metrics.json: the signed run record, re-checked on the host
     scorer        the trusted scorer (val bytes, loss, hidden checks)
     model_server  runs INSIDE the sandbox with agent code; imports only protocol
+    evalcmd       eval.command: the human's frozen eval script in its own sandbox
+    evalsplit     eval.model: that script without agent code, the model in other sandboxes
+    relay         the split's trusted relay: every answer checked, hidden re-asks
+    array_server  the split's model server, INSIDE the sandbox; evalclient, the script's handle
     protocol      the EVAL wire format
 
 This file imports nothing: `python -m autoresearch.run.model_server` executes it inside the sandbox.

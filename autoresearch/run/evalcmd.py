@@ -73,6 +73,9 @@ def evaluator_id(base: str, files: dict[str, bytes], program: Program) -> str:
     """For the fingerprint: the command and the frozen files' bytes (runs scored by two versions of
     the eval script are never compared)."""
     h = hashlib.sha256(" ".join(program.eval.command if program.eval else []).encode())
+    if program.eval is not None and program.eval.model is not None:      # the split, its checks
+        ev = program.eval
+        h.update(f"\0{ev.model}\0{ev.checks}\0{ev.batch_independent}\0{ev.tolerance}".encode())
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
     return f"eval_command:{h.hexdigest()[:12]}"
@@ -95,12 +98,9 @@ def eval_argv(python: str, program: Program) -> list[str]:
     return [python if i == 0 and w in ("python", "python3") else w for i, w in enumerate(argv)]
 
 
-def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                 channel: Path, log: Path, stage: str = "eval") -> SandboxSpec:
-    """The eval script's sandbox: the project read-only with eval.files replaced by their committed
-    bytes, the checkpoint read-only, the `stage` mounts, the metric channel the only writable mount."""
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
-    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
+def frozen_mounts(lay: Layout, frozen: dict[str, bytes]) -> list[Mount]:
+    """eval.files' committed bytes, copied to the run's scratch, mounted over their project paths."""
+    mounts = []
     for rel, data in sorted(frozen.items()):
         copy = lay.scratch / "frozen" / rel
         copy.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +108,15 @@ def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str,
         if not (lay.root / rel).is_file():
             raise HarnessError(f"eval.files: {rel} is missing from the project: restore it (git checkout -- {rel})")
         mounts.append(Mount(copy, str(lay.root / rel)))
+    return mounts
+
+
+def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+                 channel: Path, log: Path, stage: str = "eval") -> SandboxSpec:
+    """The eval script's sandbox: the project read-only with eval.files replaced by their committed
+    bytes, the checkpoint read-only, the `stage` mounts, the metric channel the only writable mount."""
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
+    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
     mounts.append(Mount(channel, str(channel), writable=True))
     env = {**env, "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE), "AUTORESEARCH_STAGE": stage}
     return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
@@ -181,8 +190,16 @@ def evalcmd_outcome(res: SandboxResult, value: float | None, problem: str | None
 
 
 def run_evalcmd(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                log: Path, stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None]:
-    """The eval script once, on the checkpoint in lay.out: (sandbox result, status, reason, value)."""
+                log: Path, stage: str = "eval", figures: dict | None = None
+                ) -> tuple[SandboxResult, str, str | None, float | None]:
+    """The eval script once, on the checkpoint in lay.out: (sandbox result, status, reason, value).
+    With eval.model, the evaluator split (evalsplit.py); its relay's figures go into `figures`."""
+    if program.eval is not None and program.eval.model is not None:
+        from .evalsplit import run_split
+        res, status, reason, value, got = run_split(sandbox, program, lay, env, frozen, log, stage)
+        if figures is not None:
+            figures.update(got)
+        return res, status, reason, value
     channel = metric_channel(lay)
     try:
         res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage))
@@ -200,7 +217,10 @@ def evalcmd_stage(sandbox: Backend, program: Program, lay: Layout, env: dict[str
     cmd = " ".join(program.eval.command) if program.eval else ""
     append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
                         f"what it prints goes to {EVAL_LOG}, for humans only ----\n")
-    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, lay.run_dir / EVAL_LOG)
+    figures: dict = {}
+    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, lay.run_dir / EVAL_LOG,
+                                             figures=figures)
+    m.extra.update({f"eval_{k}": v for k, v in figures.items()})
     m.eval_seconds = round(res.wall_seconds, 3)
     append_log(lay.log, f"evaluate: ok {program.metric.name} {value}\n" if status == "ok"
                else f"evaluate: {status}: {reason}\n")

@@ -13,11 +13,23 @@ crosses. One place for the format, used by both ends:
 The scorer closes the server's stdin when it is done; the server then exits. Every length is
 bounded by the scorer before it reads (a message is at most MAX_MESSAGE bytes; logits are
 exactly the expected size), so a hostile server cannot make the runner allocate without limit.
+
+The evaluator split (eval.model) speaks the same frames with named numpy arrays instead of windows
+and logits, between the trusted eval script's client, the host relay and the model server:
+
+    ARRAYS   b"ARQ1" (inputs) | b"ARA1" (outputs) + u32 n + n bytes of UTF-8 JSON header
+             {"arrays": [{"name", "dtype", "shape"}, ...]} + each array's bytes, C order, in that order
+
+The reader checks the header before it reads a byte of data: names ([A-Za-z_][A-Za-z0-9_]*, at
+most MAX_ARRAYS), plain little-endian numeric dtypes (DTYPES: no object, string or pickled data),
+at most MAX_NDIM dimensions, and the total size against the caller's limit.
 """
 from __future__ import annotations
 
+import json
+import re
 import struct
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 REQUEST = b"WIN1"
 READY = b"RDY1"
@@ -29,6 +41,13 @@ LOGIT_TAGS = {LOGITS_F32: "<f4", LOGITS_F16: "<f2"}
 MESSAGE_TAGS = (READY, FAILED, REFUSED)
 MAX_MESSAGE = 4096
 _U32 = struct.Struct("<I")
+ARRAYS_IN = b"ARQ1"
+ARRAYS_OUT = b"ARA1"
+DTYPES = frozenset({"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8", "<f2", "<f4", "<f8"})
+MAX_ARRAYS = 64
+MAX_NDIM = 8
+MAX_HEADER = 64 << 10
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class ProtocolError(Exception):
@@ -80,3 +99,51 @@ def read_message_body(f: BinaryIO) -> str:
     if n > MAX_MESSAGE:
         raise ProtocolError(f"a message of {n} bytes (at most {MAX_MESSAGE})")
     return read_exact(f, n).decode("utf-8", "replace")
+
+
+def arrays(tag: bytes, named: dict[str, Any]) -> bytes:
+    """A frame of named arrays (numpy); ValueError, naming the fix, for what the protocol refuses."""
+    import numpy as np
+    if not isinstance(named, dict) or not 0 < len(named) <= MAX_ARRAYS:
+        raise ValueError(f"send a dict of 1 to {MAX_ARRAYS} named numpy arrays, not {type(named).__name__}")
+    head, blobs = [], []
+    for name, a in named.items():
+        a = np.asarray(a)
+        a = np.ascontiguousarray(a, dtype=a.dtype.newbyteorder("<") if a.dtype.byteorder != "|" else a.dtype)
+        if not isinstance(name, str) or not _NAME.fullmatch(name):
+            raise ValueError(f"array name {name!r}: use a Python identifier of at most 64 characters")
+        if a.dtype.str not in DTYPES or a.ndim > MAX_NDIM:
+            raise ValueError(f"array {name!r}: {a.dtype} with {a.ndim} dimensions; send bool, int, uint or float "
+                             f"arrays of at most {MAX_NDIM} dimensions (encode text as uint8 bytes or token ids)")
+        head.append({"name": name, "dtype": a.dtype.str, "shape": list(a.shape)})
+        blobs.append(a.tobytes())
+    header = json.dumps({"arrays": head}).encode()
+    return tag + _U32.pack(len(header)) + header + b"".join(blobs)
+
+
+def read_arrays(f: BinaryIO, limit: int) -> dict[str, Any]:
+    """The named arrays of a frame whose tag was read; ProtocolError for anything the header does
+    not allow, before the data is read."""
+    import numpy as np
+    n = _U32.unpack(read_exact(f, 4))[0]
+    if n > MAX_HEADER:
+        raise ProtocolError(f"an array header of {n} bytes (at most {MAX_HEADER})")
+    try:
+        head = json.loads(read_exact(f, n))["arrays"]
+        specs = [(str(a["name"]), str(a["dtype"]), tuple(int(d) for d in a["shape"])) for a in head]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProtocolError(f"an unreadable array header ({type(e).__name__})") from None
+    total, names = 0, set()
+    for name, dt, shape in specs:
+        if not _NAME.fullmatch(name) or name in names or dt not in DTYPES or len(shape) > MAX_NDIM \
+                or any(d < 0 for d in shape):
+            raise ProtocolError(f"array {name[:64]!r}: a name, dtype {dt[:8]!r} or shape the protocol refuses")
+        names.add(name)
+        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+    if not 0 < len(specs) <= MAX_ARRAYS or total > limit:
+        raise ProtocolError(f"{len(specs)} arrays of {total} bytes (at most {MAX_ARRAYS} arrays, {limit} bytes)")
+    out = {}
+    for name, dt, shape in specs:
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        out[name] = np.frombuffer(read_exact(f, size), dtype=dt).reshape(shape)
+    return out

@@ -1,0 +1,134 @@
+"""The evaluator split (eval.model): the human's eval script and the agent's model, in two sandboxes.
+
+    the script   eval.command, eval.files as committed at the base commit, in a sandbox WITHOUT the
+                 project: only the frozen files at their paths, the autoresearch package (for
+                 autoresearch.run.evalclient), run.python, the mounts for stage eval (or final), and
+                 the metric channel. No checkpoint, no agent code, no network.
+    the model    one or two model servers (autoresearch.run.array_server, two when eval.checks > 0),
+                 each in its own sandbox: the project read-only with the run's snapshot, the
+                 checkpoint read-only, the mounts TRAIN saw, no held-out data, no metric channel.
+    the relay    here, in the runner (autoresearch.run.relay): the script's requests to the servers,
+                 every answer checked, hidden re-asks. Its verdict outranks whatever the script did.
+
+Agent code thus never holds the labels, the loss or the result channel.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+from ..hostenv import stage_mounts
+from ..program import Program
+from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
+from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric, METRIC_FILE
+from .interpreter import interpreter_mounts, resolve
+from .layout import Layout, inside
+from .relay import Relay
+from .specs import gpu_request, package_mount, project_id, project_mounts, python_of, runtime_mounts
+
+
+def _limits(program: Program, lay: Layout, log: Path, session) -> dict:
+    return dict(cwd=str(lay.root), timeout_s=program.budget.eval_seconds,
+                memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
+                gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30), log_path=log,
+                session=session, owner=project_id(lay.root))
+
+
+def _interpreter(backend: Backend, program: Program, root: Path, project_shown: bool) -> list[Mount]:
+    """run.python's prefixes; without the project mounted, a venv inside it too (read-only)."""
+    interp = resolve(root, program)
+    if interp is None:
+        return []
+    mounts = interpreter_mounts(interp, backend, root)
+    if not project_shown:
+        for d in dict.fromkeys((interp.prefix, str(Path(interp.path).parent))):
+            if inside(Path(d), root) and not any(inside(Path(d), Path(m.target)) for m in mounts):
+                mounts.append(Mount(Path(d).resolve(), d))
+    return mounts
+
+
+def script_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+                channel: Path, log: Path, session, stage: str) -> SandboxSpec:
+    """The trusted eval script's sandbox: no project, no checkpoint; the frozen files, the client
+    package, the `stage` mounts, the metric channel (its only writable mount)."""
+    pkg_mounts, pkg_path = package_mount()
+    mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, False)
+    mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
+    mounts += frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
+    env = {k: v for k, v in env.items() if k != "AUTORESEARCH_OUT"}
+    env.update({"PYTHONPATH": f"{lay.root}:{pkg_path}", "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
+                "AUTORESEARCH_STAGE": stage})
+    return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
+                       disk_bytes=64 << 14, **_limits(program, lay, log, session))
+
+
+def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], log: Path,
+                session) -> SandboxSpec:
+    """A model server's sandbox: the project (the run's snapshot) and the checkpoint read-only, the
+    mounts TRAIN saw, nothing held out."""
+    assert program.eval is not None and program.eval.model is not None
+    pkg_mounts, pkg_path = package_mount()
+    mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True)
+    mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, "train")]
+    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
+    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
+    env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
+            str(lay.root), "--entry", program.eval.model, "--out", str(lay.out)]
+    return SandboxSpec(argv=argv, mounts=mounts, env=env, **_limits(program, lay, log, session))
+
+
+def _server_outcome(results: list[SandboxResult], program: Program) -> tuple[str, str] | None:
+    """Why a model server vanished, from its sandbox result; None when none says."""
+    for r in results:
+        if r.oom:
+            return "oom", f"the model server went over the memory limit ({program.sandbox.memory_gb:g} GB)"
+        if r.timed_out:
+            return "timeout", f"the model server ran past eval_seconds {program.budget.eval_seconds:g} s"
+        if r.exit_code not in (0, None):
+            return "crash", f"the model server exited with code {r.exit_code}; its output is in the eval log"
+    return None
+
+
+def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
+              log: Path, stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None, dict]:
+    """The eval script once, its model() served by the agent's code in other sandboxes:
+    (the script's sandbox result, status, reason, value, the relay's figures)."""
+    ev = program.eval
+    assert ev is not None
+    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, limit=int(ev.max_mb * 2**20),
+                  servers=2 if ev.checks > 0 else 1, wait_s=program.budget.eval_seconds)
+    channel = metric_channel(lay)
+    results: list[SandboxResult] = []
+    errors: list[BaseException] = []
+
+    def server(k: int) -> None:
+        try:
+            results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k))))
+        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
+            errors.append(e)
+        finally:
+            relay.srv[k].ready.set()                    # a server that never started wakes the relay
+
+    threads = [threading.Thread(target=server, args=(k,), daemon=True) for k in range(relay.servers)]
+    for t in threads:
+        t.start()
+    try:
+        res = sandbox.run(script_spec(sandbox, program, lay, env, frozen, channel, log, relay.client_session(), stage))
+        value, problem = read_metric(channel)
+    finally:
+        relay.done.set()
+        for t in threads:
+            t.join()
+        shutil.rmtree(channel, ignore_errors=True)
+    if errors:
+        raise errors[0]
+    figures = {**relay.stats, "servers": relay.servers}
+    if relay.verdict is not None:
+        status, reason = relay.verdict.status, relay.verdict.reason
+        if relay.hangup and (why := _server_outcome(results, program)) is not None:
+            status, reason = why                        # why the server vanished: its sandbox says
+        return res, status, reason, None, figures
+    status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
+    return res, status, reason, value if status == "ok" else None, figures

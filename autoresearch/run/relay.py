@@ -1,0 +1,190 @@
+"""The host relay of the evaluator split (eval.model): the trusted eval script's requests to the
+agent's model servers, every answer checked, some asked again of another server.
+
+    eval script (its sandbox: held-out data, labels, metric file; no agent code)
+        --ARRAYS-->  relay (here, in the runner)  --ARRAYS-->  model server k (its sandbox: agent code,
+        <--ARRAYS--                               <--ARRAYS--  checkpoint; no data, no network)
+
+Every answer must name at least one array, each with the request's batch as its first dimension,
+a plain numeric dtype, finite floats, within eval.max_mb. Hidden checks (eval.checks, the share of
+requests, and always the first): the same rows are sent to the OTHER server, a separate process
+that never answered them, and must get the same outputs within eval.tolerance (relative to the
+largest |output|, at least 1; integer outputs exactly). With eval.batch_independent the re-sent
+batch mixes half the rows with rows of the previous request, in a shuffled order, so an answer
+that depends on its batch-mates fails too. Real requests alternate between the two servers; a
+check looks like any request. A failed check or a malformed answer is `invalid`; the model
+failing is `crash`; both end the evaluation whatever the script does next.
+"""
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+from contextlib import suppress
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from . import protocol as P
+from .scorer import Verdict
+
+# After READY the server may have seen held-out inputs: of its failure messages only these pass.
+_SAFE = re.compile(r"the model failed during evaluation: [A-Za-z_][A-Za-z0-9_.]{0,80}"
+                   r"|predict returned [A-Za-z_][A-Za-z0-9_.]{0,80}, not a dict of named arrays")
+Arrays = dict[str, Any]
+
+
+@dataclass
+class Server:
+    w: BinaryIO | None = None
+    r: BinaryIO | None = None
+    ready: threading.Event = field(default_factory=threading.Event)
+    problem: Verdict | None = None
+
+
+@dataclass
+class Relay:
+    """One evaluation's relay: `server_session(k)` and `client_session()` go to the sandboxes."""
+    checks: float = 0.1
+    mix: bool = True
+    tolerance: float = 1e-4
+    limit: int = 256 << 20
+    servers: int = 2
+    wait_s: float = 600.0
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
+    verdict: Verdict | None = None
+    hangup: bool = False                      # a server vanished: its sandbox result says why
+    done: threading.Event = field(default_factory=threading.Event)
+    stats: dict = field(default_factory=lambda: {"requests": 0, "check_requests": 0, "check_max_rel_diff": 0.0})
+    prev: tuple[Arrays, Arrays] | None = None
+
+    def __post_init__(self) -> None:
+        self.srv = [Server() for _ in range(self.servers)]
+
+    def server_session(self, k: int):
+        def talk(w: BinaryIO, r: BinaryIO) -> None:
+            s = self.srv[k]
+            try:
+                tag = P.read_exact(r, 4)
+                if tag == P.READY:
+                    P.read_message_body(r)
+                    s.w, s.r = w, r
+                elif tag in (P.FAILED, P.REFUSED):      # before any request: it has seen no held-out input
+                    s.problem = Verdict("crash" if tag == P.FAILED else "invalid",
+                                        " ".join(P.read_message_body(r).split())[:400])
+                else:
+                    s.problem = Verdict("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
+            except P.ProtocolError as e:
+                s.problem = Verdict("crash", f"the model server exited before it was ready ({e})")
+                self.hangup = True
+            finally:
+                s.ready.set()
+            if s.w is not None:
+                self.done.wait()
+        return talk
+
+    def client_session(self):
+        def talk(w: BinaryIO, r: BinaryIO) -> None:
+            try:
+                self._serve(w, r)
+            except Verdict as v:
+                self.verdict = self.verdict or v
+                with suppress(OSError, ValueError):
+                    P.write_all(w, P.message(P.FAILED if v.status == "crash" else P.REFUSED, v.reason))
+            except (P.ProtocolError, OSError, ValueError):
+                pass                                    # the script broke off: its own exit decides
+            finally:
+                self.done.set()
+        return talk
+
+    def _serve(self, w: BinaryIO, r: BinaryIO) -> None:
+        while tag := r.read(4):
+            if tag == P.REFUSED:                        # the (trusted) script refused an answer
+                raise Verdict("invalid", " ".join(P.read_message_body(r).split())[:400])
+            if tag != P.ARRAYS_IN:
+                raise P.ProtocolError(f"the eval script sent {tag!r}")
+            inputs = P.read_arrays(r, self.limit)
+            batch = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
+            if len(batch) != 1 or min(batch) < 1:
+                raise Verdict("crash", "the eval script's inputs need one batch size as every array's first "
+                                       "dimension (at least 1)")
+            n, k = self.stats["requests"], self.stats["requests"] % self.servers
+            out = self._ask(k, inputs, min(batch), n)
+            if self.servers > 1 and (n == 0 or self.rng.random() < self.checks):
+                self._check((k + 1) % self.servers, inputs, out, min(batch), n)
+            self.prev = (inputs, out)
+            self.stats["requests"] += 1
+            P.write_all(w, P.arrays(P.ARRAYS_OUT, out))
+
+    def _ask(self, k: int, inputs: Arrays, batch: int, n: int) -> Arrays:
+        s = self.srv[k]
+        if not s.ready.wait(self.wait_s):
+            raise Verdict("timeout", f"the model server was not ready after {self.wait_s:g} s")
+        if s.problem is not None:
+            raise s.problem
+        assert s.w is not None and s.r is not None
+        try:
+            P.write_all(s.w, P.arrays(P.ARRAYS_IN, inputs))
+            tag = P.read_exact(s.r, 4)
+            if tag in (P.FAILED, P.REFUSED):
+                one = " ".join(P.read_message_body(s.r).split())[:400]
+                safe = _SAFE.match(one)                   # its type, never its words
+                one = safe.group(0) if safe else "the model failed"
+                raise Verdict("crash", f"{one}; the traceback is in the eval log (for humans only)")
+            if tag != P.ARRAYS_OUT:
+                raise Verdict("invalid", f"the model server broke the protocol: tag {tag!r} for request {n + 1}")
+            out = P.read_arrays(s.r, self.limit)
+        except (P.ProtocolError, OSError) as e:
+            if isinstance(e, P.ProtocolError) and "stream ended" not in str(e):
+                raise Verdict("invalid", f"the model server broke the protocol: {e}") from None
+            self.hangup = True
+            raise Verdict("crash", f"the model server stopped answering ({e})") from None
+        for name, a in out.items():
+            if a.ndim < 1 or a.shape[0] != batch:
+                raise Verdict("invalid", f"the model's output {name!r} has shape {list(a.shape)}: its first "
+                                         f"dimension must be the batch ({batch})")
+            if a.dtype.kind == "f" and not np.isfinite(a).all():
+                raise Verdict("invalid", f"the model's output {name!r} contains NaN or inf")
+        return out
+
+    def _rows(self, inputs: Arrays, batch: int) -> list[tuple[int, int]]:
+        """(source, row) of the check batch: 0 this request, 1 the previous one."""
+        if not self.mix:
+            return [(0, i) for i in range(batch)]
+        prev = self.prev
+        same = prev is not None and prev[0].keys() == inputs.keys() and all(
+            prev[0][k].dtype == a.dtype and prev[0][k].shape[1:] == a.shape[1:] for k, a in inputs.items())
+        mine = self.rng.permutation(batch)[:max(1, batch // 2) if same else batch]
+        rows = [(0, int(i)) for i in mine]
+        if same and prev is not None:
+            pb = next(iter(prev[0].values())).shape[0]
+            rows += [(1, int(j)) for j in self.rng.choice(pb, size=batch - len(rows), replace=pb < batch - len(rows))]
+        return [rows[i] for i in self.rng.permutation(len(rows))]
+
+    def _check(self, k: int, inputs: Arrays, out: Arrays, batch: int, n: int) -> None:
+        rows = self._rows(inputs, batch)
+        src = (inputs, out), self.prev or (inputs, out)
+        check = {name: np.stack([src[s][0][name][i] for s, i in rows]) for name in inputs}
+        got = self._ask(k, check, batch, n)
+        self.stats["check_requests"] += 1
+        if got.keys() != out.keys():
+            raise Verdict("invalid", "the model answered a repeated request with other output names")
+        for name in out:
+            for row, (s, i) in enumerate(rows):
+                ref, again = src[s][1].get(name), got[name][row]
+                if ref is None or ref.shape[1:] != again.shape or ref.dtype != again.dtype:
+                    raise Verdict("invalid", f"the model's output {name!r} changed shape or dtype for the same input")
+                ref = ref[i]
+                if ref.dtype.kind == "f":
+                    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
+                    rel = float(np.abs(again.astype(np.float64) - ref).max(initial=0.0)) / scale
+                else:
+                    rel = 0.0 if np.array_equal(ref, again) else float("inf")
+                self.stats["check_max_rel_diff"] = max(self.stats["check_max_rel_diff"], rel)
+                if rel > self.tolerance:
+                    raise Verdict("invalid", f"the model answered the same input differently when asked again "
+                                             f"(output {name!r} by {rel:.3g}, eval.tolerance {self.tolerance:g}): "
+                                             f"predict must be deterministic and remember nothing between requests"
+                                             + (", and a row's answer must not depend on its batch-mates"
+                                                if self.mix else ""))
