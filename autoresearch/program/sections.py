@@ -4,6 +4,7 @@ the sandbox, how a run executes (run, eval, executor), the phases and the end-of
 from __future__ import annotations
 
 import re
+from pathlib import Path
 import shlex
 from typing import Any, Literal, Union
 

@@ -3,11 +3,12 @@
     what runs   eval.command, with eval.files as committed at the run branch's base commit
                 (gitops.base_commit: the newest commit the loop did not make), mounted over the work
                 tree's copies: an agent edit to the script in the work tree changes nothing.
-    where       a fresh sandbox after TRAIN: no network, the project read-only (the editable set as
-                the run's snapshot), the TRAIN checkpoint ($AUTORESEARCH_OUT) read-only, the mounts
+    where       a fresh sandbox after TRAIN: no network, run in its own writable work copy of the
+                snapshot (workcopy.py; eval.files in it as committed; gone when the stage ends), the
+                project read-only, the TRAIN checkpoint ($AUTORESEARCH_OUT) read-only, the mounts
                 declared for stage eval (or final), run.python and run.env as in TRAIN.
     the channel $AUTORESEARCH_METRIC_FILE, in runs/NNNN/.metric/: made empty after TRAIN ended (TRAIN
-                never sees it: runs/ is a skeleton there), the only writable mount of this stage.
+                never sees it: runs/ is a skeleton there); kept only in what the host reads.
                 The script writes {"value": <number>}; the host reads it (a regular file, at most
                 64 KiB), validates it (EvalMetric) and the runner signs it. What the script or agent
                 code prints goes to eval.log (for humans only); nothing printed becomes the metric.
@@ -31,7 +32,8 @@ from .exits import HarnessError
 from .layout import EVAL_LOG, Layout
 from .logs import append_log, log_tail
 from .metrics import RunMetrics
-from .specs import environment_mounts, gpu_request, project_id, project_mounts, python_of, runtime_mounts
+from .specs import environment_mounts, gpu_request, home_cache, project_id, project_mounts, python_of, runtime_mounts
+from .workcopy import put_file, remove_work_copy, work_copy
 
 METRIC_DIR = ".metric"                   # runs/NNNN/.metric/: the eval script's channel
 METRIC_FILE = "metric.json"
@@ -112,18 +114,25 @@ def frozen_mounts(lay: Layout, frozen: dict[str, bytes]) -> list[Mount]:
 
 
 def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                 channel: Path, log: Path, stage: str = "eval") -> SandboxSpec:
-    """The eval script's sandbox: the project read-only with eval.files replaced by their committed
-    bytes, the checkpoint read-only, the `stage` mounts, the metric channel the only writable mount."""
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage)
+                 channel: Path, log: Path, stage: str = "eval", work: Path | None = None) -> SandboxSpec:
+    """The eval script's sandbox, run in `work` (its own writable copy of the snapshot, eval.files
+    in it as committed at the base commit): the project read-only with eval.files replaced the same
+    way, the checkpoint read-only, the `stage` mounts, the metric channel. Made here when None."""
+    if work is None:
+        work = work_copy(lay, f"{stage}-cmd")
+    home, home_env = home_cache(program, None, stage)
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
     mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
-    mounts.append(Mount(channel, str(channel), writable=True))
-    env = {**env, "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE), "AUTORESEARCH_STAGE": stage}
+    for rel, data in sorted(frozen.items()):
+        put_file(work, rel, data)                  # the committed bytes, never the work tree's
+    mounts += [Mount(work, str(work), writable=True), Mount(channel, str(channel), writable=True)]
+    env = {**env, **home_env, "PYTHONPATH": str(work), "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
+           "AUTORESEARCH_STAGE": stage}
     return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
-                       cwd=str(lay.root), timeout_s=program.budget.eval_seconds,
+                       cwd=str(work), timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30), log_path=log,
-                       disk_bytes=METRIC_MAX_BYTES * 16, owner=project_id(lay.root))
+                       disk_bytes=int(program.sandbox.disk_gb * 2**30), owner=project_id(lay.root))
 
 
 def read_metric(channel: Path) -> tuple[float | None, str | None]:
@@ -201,11 +210,13 @@ def run_evalcmd(sandbox: Backend, program: Program, lay: Layout, env: dict[str, 
             figures.update(got)
         return res, status, reason, value
     channel = metric_channel(lay)
+    work = work_copy(lay, f"{stage}-cmd")
     try:
-        res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage))
+        res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage, work))
         value, problem = read_metric(channel)
     finally:
         shutil.rmtree(channel, ignore_errors=True)
+        remove_work_copy(work)                     # what the eval stage wrote into its tree ends with it
     status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
     return res, status, reason, value if status == "ok" else None
 

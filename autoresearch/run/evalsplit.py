@@ -25,7 +25,8 @@ from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, 
 from .interpreter import interpreter_mounts, resolve
 from .layout import Layout, inside
 from .relay import Relay
-from .specs import gpu_request, package_mount, project_id, project_mounts, python_of, runtime_mounts
+from .specs import gpu_request, home_cache, package_mount, project_id, project_mounts, python_of, runtime_mounts
+from .workcopy import remove_work_copy, work_copy
 
 
 def _limits(program: Program, lay: Layout, log: Path, session) -> dict:
@@ -64,19 +65,22 @@ def script_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
 
 
 def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], log: Path,
-                session) -> SandboxSpec:
-    """A model server's sandbox: the project (the run's snapshot) and the checkpoint read-only, the
-    mounts TRAIN saw, nothing held out."""
+                session, work: Path) -> SandboxSpec:
+    """A model server's sandbox, run in `work` (its own writable copy of the run's snapshot): the
+    project and the checkpoint read-only, the mounts TRAIN saw, nothing held out."""
     assert program.eval is not None and program.eval.model is not None
     pkg_mounts, pkg_path = package_mount()
-    mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True)
+    home, home_env = home_cache(program, None, "eval")
+    mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True) + home
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, "train")]
     mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
-    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)]
-    env = {**env, "PYTHONPATH": f"{lay.root}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
+    env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
-            str(lay.root), "--entry", program.eval.model, "--out", str(lay.out)]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, **_limits(program, lay, log, session))
+            str(work), "--entry", program.eval.model, "--out", str(lay.out)]
+    return SandboxSpec(argv=argv, mounts=mounts, env=env,
+                       **{**_limits(program, lay, log, session), "cwd": str(work),
+                          "disk_bytes": int(program.sandbox.disk_gb * 2**30)})
 
 
 def _server_outcome(results: list[SandboxResult], program: Program) -> tuple[str, str] | None:
@@ -104,12 +108,16 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     errors: list[BaseException] = []
 
     def server(k: int) -> None:
+        work = None
         try:
-            results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k))))
+            work = work_copy(lay, f"{stage}-srv-{k}")
+            results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k), work)))
         except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
             errors.append(e)
         finally:
             relay.srv[k].ready.set()                    # a server that never started wakes the relay
+            if work is not None:
+                remove_work_copy(work)
 
     threads = [threading.Thread(target=server, args=(k,), daemon=True) for k in range(relay.servers)]
     for t in threads:

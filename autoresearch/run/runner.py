@@ -36,21 +36,20 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from ..digest import sha256_bytes
-from ..program import ConfigError, Program, load_program, project_root
+from ..program import ConfigError, Program, load_program
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
-from .exits import HarnessError, RunBusy
+from .exits import HarnessError
 from .gpu import GpuPeak
 from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from .layout import (LOG_FILE, RUNNING, RUNS_DIR, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
+from .layout import (LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
                      run_lock, sweep_scratch)
 from .logs import append_log, steps_per_second
 from .metrics import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
-from .report import current_best, summary
 from .interpreter import InterpreterError, resolve
 from .specs import base_env, gpu_request, python_of, repo_env, train_argv, train_spec
 from .workcopy import remove_work_copy, work_copy

@@ -42,9 +42,9 @@ def work_copy(lay: Layout, name: str) -> Path:
     if lay.base:
         _copy_tree(lay.root, lay.base, dest)
     for rel, data in sorted(lay.snapshot.items()):
-        _put(dest, rel, data)
+        put_file(dest, rel, data)
     if lay.script_copy.is_file():
-        _put(dest, lay.script, lay.script_copy.read_bytes())
+        put_file(dest, lay.script, lay.script_copy.read_bytes())
     _link_rest(lay.root, dest, {rel for rel, data in lay.snapshot.items() if data is None})
     return dest
 
@@ -116,7 +116,7 @@ def _copy_tree(root: Path, commit: str, dest: Path) -> None:
         p.stdin.close()
 
 
-def _put(dest: Path, rel: str, data: bytes | None) -> None:
+def put_file(dest: Path, rel: str, data: bytes | None) -> None:
     """One snapshot file into the copy (None: absent, removed). Parents are made as real folders:
     a link on the way (an untracked folder) would carry the write into the project."""
     target = dest / rel

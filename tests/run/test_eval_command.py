@@ -117,6 +117,27 @@ def test_an_agent_edit_to_the_eval_script_in_the_work_tree_changes_nothing(tmp_p
 
 
 @pytest.mark.slow
+def test_an_eval_script_writes_into_its_own_tree_and_the_project_is_untouched(tmp_path, bwrap_available):
+    """Legacy eval code writes run folders beside itself (Hydra's outputs/): its work copy takes them,
+    and the eval file it runs is the committed one even there."""
+    writes = ("os.makedirs('outputs/2026-12-01', exist_ok=True)\n"
+              "open('outputs/2026-12-01/eval.log', 'w').write('ran')\n"
+              "open('eval.py', 'a').write('# rewritten by the eval run')\n")
+    proj = legacy_repo(tmp_path, eval_py=EVAL.replace("import model\n", "import model\n" + writes))
+    before = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=proj, capture_output=True,
+                            text=True, check=True).stdout
+    script = (proj / "eval.py").read_text()
+    m = _run(proj, "bwrap")
+    assert (m["status"], m["metric_value"]) == ("ok", 0.8), m["reason"]
+    after = subprocess.run(["git", "status", "--porcelain", "--ignored"], cwd=proj, capture_output=True,
+                           text=True, check=True).stdout
+    assert not (proj / "outputs").exists()
+    harness = ("!! runs/", "?? .autoresearch/", "!! .autoresearch/")      # the run's own records
+    assert [ln for ln in after.splitlines() if not ln.startswith(harness)] == before.splitlines()
+    assert (proj / "eval.py").read_text() == script
+
+
+@pytest.mark.slow
 def test_an_eval_script_that_crashes_is_a_crash_with_the_reason(tmp_path, bwrap_available):
     proj = legacy_repo(tmp_path, eval_py=EVAL.replace("rows = ", "raise ValueError('labels: 1 0 1')\nrows = "))
     m = _run(proj, "bwrap")
