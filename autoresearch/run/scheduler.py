@@ -69,6 +69,9 @@ def slots_for(program) -> int:
     """executor.slots, else one per GPU the sandbox may use, else 1."""
     if program.executor.slots:
         return program.executor.slots
+    if program.executor.kind == "ray":
+        from .rayexec import cluster_slots
+        return cluster_slots(program)
     from ..sandbox import SandboxUnavailable, selected_gpus
     from .specs import gpu_request
     try:
@@ -158,16 +161,21 @@ def pin_slot(program, slot: int, slots: int):
     return program
 
 
-def execute_child(root: Path, run_id: str, slot: int, slots: int) -> int:
-    """The scheduler's child for one run on one slot: the same two-stage runner."""
+def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = False) -> int:
+    """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
+    kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
     from .exits import HarnessError, RunExit
     from .queue import execute_queued, pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         try:
-            program = pin_slot(load_program(root), slot, slots)
-            execute_queued(root, run_id, slot, program)
+            program = load_program(root)
+            if program.executor.kind == "ray" and not here:
+                from .rayexec import execute_child_ray
+                execute_child_ray(root, run_id, program)
+                return RunExit.OK
+            execute_queued(root, run_id, slot, pin_slot(program, slot, slots))
         except KeyboardInterrupt:
             finish(root, run_id, "interrupted", "interrupted by a signal; the sandbox was stopped")
             return RunExit.INTERRUPTED
