@@ -7,6 +7,7 @@ cluster started (its temp dirs are in their command lines), never other Ray clus
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ def free_port() -> int:
 class Node:
     temp: Path                     # --temp-dir: in the command line of every process of the node
     tmpdir: Path                   # the node's TMPDIR: raynode unpacks its runs here
+    port: int = 0                  # --node-manager-port: tells the node apart in ray.nodes()
     node_id: str = ""
 
 
@@ -87,7 +89,7 @@ def _start(args: list[str], env: dict[str, str]) -> None:
 
 def start_cluster() -> Cluster:
     base = Path(tempfile.mkdtemp(prefix="arr-"))       # short: Ray's socket paths must fit 107 bytes
-    head, worker = (Node(base / n / "ray", base / n / "tmp") for n in ("h", "w"))
+    head, worker = (Node(base / n / "ray", base / n / "tmp", free_port()) for n in ("h", "w"))
     for n in (head, worker):
         n.temp.mkdir(parents=True)
         n.tmpdir.mkdir(parents=True)
@@ -100,10 +102,10 @@ def start_cluster() -> Cluster:
     cluster = Cluster(f"127.0.0.1:{port}", head, worker, base, env)
     try:
         _start(["--head", "--port", str(port), "--num-cpus", "2", "--resources", '{"slot": 2}',
-                "--temp-dir", str(head.temp), "--include-dashboard", "false", "--min-worker-port", str(lo), "--max-worker-port", str(lo + 40),
+                "--temp-dir", str(head.temp), "--node-manager-port", str(head.port), "--include-dashboard", "false", "--min-worker-port", str(lo), "--max-worker-port", str(lo + 40),
                 *common], {**env, "TMPDIR": str(head.tmpdir)})
         _start(["--address", cluster.address, "--num-cpus", "1", "--resources", '{"slot": 2}',
-                "--temp-dir", str(worker.temp), "--node-manager-port", str(free_port()),
+                "--temp-dir", str(worker.temp), "--node-manager-port", str(worker.port),
                 "--object-manager-port", str(free_port()), "--min-worker-port", str(lo + 50),
                 "--max-worker-port", str(lo + 90), *common], {**env, "TMPDIR": str(worker.tmpdir)})
         _node_ids(cluster)
@@ -114,18 +116,11 @@ def start_cluster() -> Cluster:
 
 
 def _node_ids(c: Cluster) -> None:
-    """Which node id is the head's and which the worker's (from each raylet's own log folder)."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        for n in (c.head, c.worker):
-            for f in n.temp.glob("session_*/logs/raylet.out"):
-                for line in f.read_text(errors="replace").splitlines():
-                    if "node id:" in line.lower() or "node_id" in line.lower():
-                        tail = line.replace("=", " ").replace(":", " ").split()
-                        ids = [t.strip(",") for t in tail if len(t.strip(",")) == 56]
-                        if ids:
-                            n.node_id = ids[0]
-        if c.head.node_id and c.worker.node_id:
-            return
-        time.sleep(0.5)
-    raise RuntimeError("could not read the nodes' ids from their raylet logs")
+    """Which node id is the head's and which the worker's (by node manager port, from ray.nodes())."""
+    code = ("import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False); "
+            "print(json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))") % c.address
+    r = subprocess.run([sys.executable, "-c", code], env=c.env, capture_output=True, text=True, timeout=120)
+    ids = {int(k): v for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()} if r.returncode == 0 else {}
+    c.head.node_id, c.worker.node_id = ids.get(c.head.port, ""), ids.get(c.worker.port, "")
+    if not (c.head.node_id and c.worker.node_id):
+        raise RuntimeError(f"the cluster's nodes are not both up: {ids} {r.stderr[-800:]}")
