@@ -88,7 +88,7 @@ def wave(root) -> list:
     return [e for e in entries(root) if e.run_id not in decided]
 
 
-def wait(root, poll_s: float = 1.0, limit_s: float | None = None) -> int:
+def wait(root, poll_s: float = 0.25, limit_s: float | None = None) -> int:
     """Until no run of the wave is queued or running (or `limit_s`: the agent's Bash tool would cut
     a longer wait; the wave goes on and a second --wait picks it up). Then one short table."""
     from .scheduler import ensure_scheduler

@@ -21,7 +21,7 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -116,9 +116,16 @@ def serve(root: Path) -> int:
     return 0
 
 
+def _watch(p: subprocess.Popen, ended: threading.Event) -> None:
+    """Wake the loop the moment a runner exits (its slot is refilled at once, not at the next poll)."""
+    threading.Thread(target=lambda: (p.wait(), ended.set()), daemon=True).start()
+
+
 def _loop(root: Path, slots: int) -> None:
     procs: dict[int, tuple[subprocess.Popen, str]] = {}
+    ended = threading.Event()
     while True:
+        ended.clear()
         for k, (p, rid) in list(procs.items()):
             if p.poll() is not None:
                 del procs[k]
@@ -139,10 +146,11 @@ def _loop(root: Path, slots: int) -> None:
                                   "--slots", str(slots)], cwd=root, stdin=subprocess.DEVNULL,
                                  start_new_session=True, close_fds=True)
             procs[k] = (p, e.run_id)
+            _watch(p, ended)
             finish(root, e.run_id, "running", pid=p.pid)
         if not procs and not queued and not others_running:
             return
-        time.sleep(POLL_S)
+        ended.wait(POLL_S)
 
 
 def pin_slot(program, slot: int, slots: int):
