@@ -2,6 +2,11 @@
 seconds, against the ideal S x 3600 / B (every slot training all the time), measured in one run.
 
     .venv/bin/python bench/bench_waves.py [--slots 2] [--budget 20] [--runs 4] [--backend bwrap]
+                                          [--executor local|ray]
+
+--executor ray starts a real 2-node Ray cluster on this machine (tests/ray_support.py: a head and a
+second node, each {"slot": 2}; each run asks for {"slot": 2}, so one run per node at a time) and
+stops it after.
 
 A throwaway project (this repo's train.py and prepare.py, program.md with executor: {kind: local,
 slots: S}); R runs queued at once with `./run.sh -m ... --queue` (distinct seeds), `./run.sh --wait`,
@@ -26,9 +31,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 
-def project(dest: Path, slots: int, budget: float, backend: str) -> Path:
+def project(dest: Path, slots: int, budget: float, backend: str, address: str | None = None) -> Path:
     from experiment_support import git_env, make_project
-    extra = f"executor: {{kind: local, slots: {slots}}}"
+    extra = f"executor: {{kind: local, slots: {slots}}}" if address is None else \
+        f"executor: {{kind: ray, slots: {slots}, address: '{address}', resources: {{slot: 2}}}}"
     make_project(dest, train_seconds=budget, grace_seconds=60, eval_seconds=120, extra=extra)
     text = (dest / "program.md").read_text()
     (dest / "program.md").write_text(re.sub(r"backend: \w+", f"backend: {backend}", text, count=1))
@@ -45,11 +51,16 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=20.0)
     ap.add_argument("--runs", type=int, default=0, help="runs in the wave (default 2 x slots)")
     ap.add_argument("--backend", default="bwrap")
+    ap.add_argument("--executor", choices=["local", "ray"], default="local")
     args = ap.parse_args()
     n = args.runs or 2 * args.slots
     tmp = Path(tempfile.mkdtemp(prefix="bench-waves-"))
+    cluster = None
     try:
-        proj = project(tmp / "proj", args.slots, args.budget, args.backend)
+        if args.executor == "ray":
+            from ray_support import start_cluster
+            cluster = start_cluster()
+        proj = project(tmp / "proj", args.slots, args.budget, args.backend, cluster and cluster.address)
         from autoresearch.ledger import read_rows
         from autoresearch.loop import stop_hook
         t0 = time.monotonic()
@@ -68,13 +79,15 @@ def main() -> int:
         decided = len({x.run_id for x in rows} | {rid for x in rows for rid in x.runs})
         per_hour = decided * 3600 / wall
         ideal = args.slots * 3600 / args.budget
-        print(json.dumps({"slots": args.slots, "budget_s": args.budget, "runs": n, "decided": decided,
+        print(json.dumps({"executor": args.executor, "slots": args.slots, "budget_s": args.budget, "runs": n, "decided": decided,
                           "wall_s": round(wall, 1), "decided_per_hour": round(per_hour, 1),
                           "ideal_per_hour": round(ideal, 1), "fraction_of_ideal": round(per_hour / ideal, 3),
                           "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120]},
                          indent=2))
         return 0
     finally:
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -69,6 +69,14 @@ def bwrap_available() -> None:
 
 
 @pytest.fixture(scope="session")
+def ray_available() -> None:
+    """Ray (the `[ray]` extra, in `test`) and its `ray` CLI beside this Python; required in CI."""
+    import importlib.util
+    ok = importlib.util.find_spec("ray") is not None and (Path(sys.executable).parent / "ray").is_file()
+    need("ray", ok, "Ray is not installed: pip install -e '.[ray]'")
+
+
+@pytest.fixture(scope="session")
 def claude_cli() -> Path:
     """The real Claude Code CLI (the binary in the claude-agent-sdk wheel); required in CI."""
     from e2e.harness import cli_path

@@ -30,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--execute", metavar="RUN", help=argparse.SUPPRESS)
     ap.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--here", action="store_true", help=argparse.SUPPRESS)     # a Ray node: run it here
     return ap
 
 
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve or args.execute:
         from .scheduler import execute_child, serve
         root = project_root()
-        return serve(root) if args.serve else execute_child(root, args.execute, args.slot, args.slots)
+        return serve(root) if args.serve else execute_child(root, args.execute, args.slot, args.slots, args.here)
     if args.wait:
         if args.message is not None or args.queue:
             print("run.sh: --wait takes no other option: ./run.sh --wait", file=sys.stderr)
@@ -87,7 +88,7 @@ def wave(root) -> list:
     return [e for e in entries(root) if e.run_id not in decided]
 
 
-def wait(root, poll_s: float = 1.0, limit_s: float | None = None) -> int:
+def wait(root, poll_s: float = 0.25, limit_s: float | None = None) -> int:
     """Until no run of the wave is queued or running (or `limit_s`: the agent's Bash tool would cut
     a longer wait; the wave goes on and a second --wait picks it up). Then one short table."""
     from .scheduler import ensure_scheduler

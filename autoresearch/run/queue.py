@@ -55,6 +55,7 @@ class QueueEntry(BaseModel):
     finished_at: datetime | None = None
     slot: int | None = None
     node: str | None = None                     # ray: the node that ran it
+    base: str | None = None                     # ray: the commit shipped with the snapshot
     pid: int | None = None                      # the runner process (its own process group)
     note: str | None = None
 
@@ -97,10 +98,17 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     a run that could not start is refused now, with the fix, and makes no folder)."""
     from .runner import _now as now, prepare
     root = Path(root).resolve()
-    p = prepare(root, budget, seed, backend)
-    if p.program.executor.kind != "local":
-        raise HarnessError(f"executor kind: {p.program.executor.kind} is not available in this version: set "
-                           "executor: {kind: local} in program.md (the Ray executor is not built yet)")
+    p = prepare(root, budget, seed, backend, queued=True)
+    if p.program.executor.kind == "ray":
+        from .inputs import branch_head
+        if p.program.run.mode == "eval_command":   # the node has no git history to read eval.files from
+            raise HarnessError("executor kind: ray runs the default evaluator or inline mode in this version, "
+                               "not run.mode eval_command: use executor kind: local for this project")
+        if (base := branch_head(root)) is None:
+            raise HarnessError("executor kind: ray ships the committed project to the node: commit it first "
+                               "(git add -A && git commit)")
+    else:
+        base = None
     run_dir = allocate_run_dir(root)
     snap = run_dir / SNAPSHOT_DIR
     for rel, data in p.files.items():
@@ -109,7 +117,7 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
             (snap / rel).write_bytes(data)
     (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
     entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
-                       backend=backend, absent=sorted(r for r, d in p.files.items() if d is None), queued_at=now())
+                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None), queued_at=now())
     pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
     entry.write(root)
     return entry
@@ -159,6 +167,15 @@ def finish(root: Path, run_id: str, state: State, note: str | None = None, pid: 
         else:
             e.state, e.finished_at, e.note = state, _now(), note
         e.write(root)
+
+
+def set_node(root: Path, run_id: str, node: str) -> None:
+    """Ray: note the node that ran the run (status shows it)."""
+    with queue_lock(root):
+        e = read_entry(Path(root) / RUNS_DIR / run_id)
+        if e is not None:
+            e.node = node
+            e.write(root)
 
 
 def runner_live(root: Path, run_id: str) -> bool:

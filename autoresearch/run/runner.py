@@ -106,7 +106,7 @@ class Prepared:
 
 def prepare(root: Path, budget: float | None = None, seed: int | None = None, backend: str | None = None,
             grace: float | None = None, files: dict[str, bytes | None] | None = None,
-            program: Program | None = None) -> Prepared:
+            program: Program | None = None, queued: bool = False) -> Prepared:
     """program.md, the backend, the data, the interpreter and the snapshot (the work tree's editable
     set, or `files`: a queued run's saved snapshot). Raises HarnessError with the fix."""
     if program is None:
@@ -117,10 +117,12 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
     if grace is not None:
         program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
+    remote = queued and program.executor.kind == "ray"    # queued for a Ray node: checked on the node
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-        sandbox.runtime()
-        selected_gpus(gpu_request(program))      # sandbox.gpus asks for GPUs this host has: else say so now
+        if not remote:
+            sandbox.runtime()
+            selected_gpus(gpu_request(program))  # sandbox.gpus asks for GPUs this host has: else say so now
     except SandboxUnavailable as e:
         raise HarnessError(str(e)) from None
     script = program.run.train_script
@@ -135,7 +137,7 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
         raise HarnessError(f"the saved snapshot has no {script}")
     code = files[script]                          # type: ignore[assignment]
     inline = program.run.mode == "inline"
-    data = None if program.run.mode != "two_stage" else data_folder(root)
+    data = None if program.run.mode != "two_stage" or remote else data_folder(root)
     frozen = frozen_code(root, program) if program.eval is not None else None   # (base, eval.files' bytes)
     _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)

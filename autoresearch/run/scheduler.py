@@ -21,7 +21,7 @@ import fcntl
 import os
 import subprocess
 import sys
-import time
+import threading
 from pathlib import Path
 from typing import Iterator
 
@@ -69,6 +69,9 @@ def slots_for(program) -> int:
     """executor.slots, else one per GPU the sandbox may use, else 1."""
     if program.executor.slots:
         return program.executor.slots
+    if program.executor.kind == "ray":
+        from .rayexec import cluster_slots
+        return cluster_slots(program)
     from ..sandbox import SandboxUnavailable, selected_gpus
     from .specs import gpu_request
     try:
@@ -113,9 +116,16 @@ def serve(root: Path) -> int:
     return 0
 
 
+def _watch(p: subprocess.Popen, ended: threading.Event) -> None:
+    """Wake the loop the moment a runner exits (its slot is refilled at once, not at the next poll)."""
+    threading.Thread(target=lambda: (p.wait(), ended.set()), daemon=True).start()
+
+
 def _loop(root: Path, slots: int) -> None:
     procs: dict[int, tuple[subprocess.Popen, str]] = {}
+    ended = threading.Event()
     while True:
+        ended.clear()
         for k, (p, rid) in list(procs.items()):
             if p.poll() is not None:
                 del procs[k]
@@ -136,10 +146,11 @@ def _loop(root: Path, slots: int) -> None:
                                   "--slots", str(slots)], cwd=root, stdin=subprocess.DEVNULL,
                                  start_new_session=True, close_fds=True)
             procs[k] = (p, e.run_id)
+            _watch(p, ended)
             finish(root, e.run_id, "running", pid=p.pid)
         if not procs and not queued and not others_running:
             return
-        time.sleep(POLL_S)
+        ended.wait(POLL_S)
 
 
 def pin_slot(program, slot: int, slots: int):
@@ -158,16 +169,21 @@ def pin_slot(program, slot: int, slots: int):
     return program
 
 
-def execute_child(root: Path, run_id: str, slot: int, slots: int) -> int:
-    """The scheduler's child for one run on one slot: the same two-stage runner."""
+def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = False) -> int:
+    """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
+    kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
     from .exits import HarnessError, RunExit
     from .queue import execute_queued, pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         try:
-            program = pin_slot(load_program(root), slot, slots)
-            execute_queued(root, run_id, slot, program)
+            program = load_program(root)
+            if program.executor.kind == "ray" and not here:
+                from .rayexec import execute_child_ray
+                execute_child_ray(root, run_id, program)
+                return RunExit.OK
+            execute_queued(root, run_id, slot, pin_slot(program, slot, slots))
         except KeyboardInterrupt:
             finish(root, run_id, "interrupted", "interrupted by a signal; the sandbox was stopped")
             return RunExit.INTERRUPTED

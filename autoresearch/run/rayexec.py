@@ -1,0 +1,214 @@
+"""The Ray executor (`executor: {kind: ray, address: ..., resources: ...}`): each queued run is one
+Ray task on an existing cluster; the node that gets it runs the SAME two-stage sandboxed runner
+(raynode.py), and its results come back into runs/NNNN/ here, on the head.
+
+The scheduler's per-slot child (scheduler.execute_child) calls `execute_on_ray` instead of running
+the run itself; the slot only bounds how many tasks are in flight. Nothing relies on a shared
+filesystem: the task carries its package (the committed tree at the run's base, program.md, the
+queued snapshot, the autoresearch package) and each node prepares the data through prepare.py's
+pinned, hash-checked cache.
+
+Signing: the project's key never leaves the head. The node's runner signs with a key made for that
+task (outside the sandbox's mounts; agent code never sees it) and returns it with the record; here
+the signature is checked with it, the record re-checked (it is this run: run id, snapshot, script,
+seed, budget, message; host_check's sanity checks) and re-signed with the project's key. The node
+is trusted as far as its harness goes (it runs our code, under `ray start` by whoever owns the
+cluster); agent code on it runs only in the node's sandbox.
+
+A lost node, a crashed worker, a cancelled task, a lost object, a harness failure on the node:
+the run is recorded `interrupted`, never a result. Ray is imported only here (an optional extra).
+"""
+from __future__ import annotations
+
+import hmac
+import io
+import json
+import os
+import subprocess
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..digest import sha256_bytes
+from .exits import HarnessError
+from .identity import snapshot_of
+from .inputs import write_diff
+from .layout import RUNS_DIR
+from .metrics import RunMetrics, _mac, host_check
+from .queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
+
+DEFAULT_RESOURCES = {"GPU": 1.0}
+RAY_HINT = "pip install -e '.[ray]' (the Ray executor is an optional extra)"
+
+
+def _ray():
+    try:
+        import ray
+    except ImportError:
+        raise HarnessError(f"executor kind: ray needs Ray on this machine: {RAY_HINT}") from None
+    return ray
+
+
+def connect(program) -> object:
+    """ray.init to executor.address (a running cluster; never starts a local one)."""
+    ray = _ray()
+    if not ray.is_initialized():
+        ray.init(address=program.executor.address or "auto", namespace="autoresearch", log_to_driver=False,
+                 logging_level="ERROR", configure_logging=False)
+    return ray
+
+
+def cluster_slots(program) -> int:
+    """How many of this program's tasks the cluster can run at once (executor.slots when set)."""
+    if program.executor.slots:
+        return program.executor.slots
+    ray = connect(program)
+    want = program.executor.resources or DEFAULT_RESOURCES
+    total = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            have = node.get("Resources", {})
+            total += int(min(have.get(k, 0) // v for k, v in want.items() if v > 0) if want else 1)
+    return max(1, total)
+
+
+# ---------------------------------------------------------------- the package
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = len(data), mode
+    tar.addfile(info, io.BytesIO(data))
+
+
+def package(root: Path, e: QueueEntry) -> bytes:
+    """tar.gz: project/ (git archive of the run's base, program.md as here, runs/NNNN/ with the
+    snapshot and queue entry) and harness/autoresearch/ (this package's source)."""
+    import autoresearch
+    root = Path(root)
+    base = e.base or "HEAD"
+    arch = subprocess.run(["git", "archive", "--format=tar", base], cwd=root, capture_output=True)
+    if arch.returncode != 0:
+        raise HarnessError(f"cannot package the project at {base} for Ray: {arch.stderr.decode()[-300:]} "
+                           "(commit the project first: git add -A && git commit)")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(arch.stdout), mode="r:") as src:
+            for m in src.getmembers():
+                if m.name.startswith(("runs/", ".autoresearch/")) or m.name == "program.md":
+                    continue
+                m.name = f"project/{m.name}"
+                tar.addfile(m, src.extractfile(m) if m.isfile() else None)
+        if (root / "program.md").is_file():
+            _add_bytes(tar, "project/program.md", (root / "program.md").read_bytes())
+        run = root / RUNS_DIR / e.run_id
+        for f in [run / QUEUE_FILE, *sorted((run / SNAPSHOT_DIR).rglob("*"))]:
+            if f.is_file() and not f.is_symlink():
+                tar.add(f, arcname=f"project/{RUNS_DIR}/{e.run_id}/{f.relative_to(run)}")
+        pkg = Path(autoresearch.__file__).parent
+        tar.add(pkg, arcname="harness/autoresearch",
+                filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
+    return buf.getvalue()
+
+
+def _task_env() -> dict[str, str]:
+    """The head's AUTORESEARCH_* settings that mean the same on a node (not paths of this machine)."""
+    return {k: v for k, v in os.environ.items()
+            if k.startswith("AUTORESEARCH_") and k not in ("AUTORESEARCH_DATA", "AUTORESEARCH_CACHE")}
+
+
+# ---------------------------------------------------------------- one run on the cluster
+
+def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
+    """Submit the queued run as a Ray task, wait, record its result here (or `interrupted`)."""
+    ray = connect(program)
+    from . import raynode
+    ray.cloudpickle.register_pickle_by_value(raynode)   # the node needs no autoresearch installed
+    root = Path(root).resolve()
+    e = read_entry(root / RUNS_DIR / run_id)
+    if e is None:
+        raise HarnessError(f"run {run_id} is not a queued run")
+    res = dict(program.executor.resources or DEFAULT_RESOURCES)
+    opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
+            "max_retries": 0, "scheduling_strategy": "SPREAD"}
+    task = ray.remote(raynode.run_package).options(**opts)
+    ref = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
+    try:
+        out = ray.get(ref)
+    except KeyboardInterrupt:
+        ray.cancel(ref, force=True)
+        raise
+    except ray.exceptions.RayError as err:       # node died, worker crashed, cancelled, object lost, task error
+        return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}")
+    return receive(root, e, program, out)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [x for x in str(err).splitlines() if x.strip()]
+    return (lines[-1] if lines else "")[:300]
+
+
+def lost(root: Path, e: QueueEntry, program, reason: str, node: str | None = None) -> RunMetrics:
+    """The signed record of a run that never came back: interrupted, never a result."""
+    files = saved_files(root, e)
+    code = files.get(program.run.train_script) or b""
+    m = RunMetrics(run_id=e.run_id, status="interrupted", metric_name=program.metric.name,
+                   direction=program.metric.direction, train_py_sha256=sha256_bytes(code), seed=e.seed,
+                   budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,
+                   sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
+                   started_at=e.started_at or e.queued_at, finished_at=datetime.now(timezone.utc),
+                   snapshot_sha256=snapshot_of(files), extra={"executor": "ray", "node": node})
+    m.write(root / RUNS_DIR / e.run_id)
+    return m
+
+
+def _extract(run_dir: Path, blob: bytes) -> None:
+    """The node's result files into runs/NNNN/: regular files under the run folder only."""
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
+        for m in tar.getmembers():
+            if m.isfile() and (m.name in ("train.log", "eval.log", "train.py")
+                               or m.name.startswith("out/")):
+                tar.extract(m, run_dir, filter="data")
+
+
+def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
+    """Check the node's record (its task key's signature, then that it is this run), re-sign it here."""
+    run_dir = root / RUNS_DIR / e.run_id
+    node = str(out.get("node") or "?")
+    set_node(root, e.run_id, node)
+    _extract(run_dir, out.get("files") or b"")
+    raw, key = out.get("metrics"), out.get("key")
+    if raw is None or key is None:
+        return lost(root, e, program, f"the node recorded no result (runner exit {out.get('rc')}): "
+                    f"{(out.get('runner_log') or '').strip()[-300:]}", node)
+    body = json.loads(raw)
+    sig = body.pop("signature", None)
+    if not isinstance(sig, str) or not hmac.compare_digest(_mac(bytes.fromhex(key.decode().strip()), body), sig):
+        return lost(root, e, program, "the node's record does not match its signature", node)
+    m = RunMetrics.model_validate(body)
+    files = saved_files(root, e)
+    mine = (m.run_id, m.snapshot_sha256, m.train_py_sha256, m.seed, m.budget_seconds, m.description)
+    want = (e.run_id, snapshot_of(files), sha256_bytes(files.get(program.run.train_script) or b""), e.seed,
+            e.budget_seconds, e.message)
+    if mine != want:
+        return lost(root, e, program, "the node's record is not this run's (snapshot, seed or budget differ)", node)
+    if (bad := host_check(m)) is not None:
+        m.status, m.reason, m.metric_value = bad[0], bad[1], None  # type: ignore[assignment]
+    m.extra.update(executor="ray", node=node)
+    m.extra.pop("diff", None)                 # the node has no history: the diff is made here
+    if note := write_diff(root, run_dir, files):
+        m.extra["diff"] = note
+    if e.base:
+        m.extra["head"] = e.base
+    if out.get("out_left"):
+        m.extra["out_left_on_node"] = ", ".join(out["out_left"])[:300]
+    m.write(run_dir)                          # signed with the project's key, here
+    return m
+
+
+def execute_child_ray(root: Path, run_id: str, program) -> None:
+    """The scheduler's child for a Ray slot: run it on the cluster; the queue entry says how it ended."""
+    m = execute_on_ray(root, run_id, program)
+    if m.status == "interrupted":
+        finish(root, run_id, "interrupted", m.reason)
+    else:
+        finish(root, run_id, "done")
