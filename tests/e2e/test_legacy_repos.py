@@ -190,7 +190,7 @@ def test_clip_like_repo(tmp_path: Path) -> None:
     # the check ran it with the bundle's Python: the repo's pinned dependency is missing, and it says where
     assert "needs the module 'tabulate'" in out and "run.python: .venv/bin/python" in out, out
     add_to_front_matter(proj, "  mode: eval_command", "  python: .venv/bin/python")
-    add_to_front_matter(proj, "  - eval.py", "  model: model.py:load")
+    add_to_front_matter(proj, "eval:", "  model: model.py:load")
     add_to_front_matter(proj, "  direction: maximize", "  floor: 0.0\n  ceiling: 1.0")
     add_to_front_matter(proj, "deadline_hours: 10", f"mounts:\n- {{path: {data / 'train'}, stages: [train]}}\n"
                                                     f"- {{path: {data / 'heldout'}, stages: [eval, final]}}")
