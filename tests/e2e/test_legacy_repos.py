@@ -47,9 +47,9 @@ def loop_script(clock: Clock, crash: list[Turn], keep: list[Turn], forged: list[
         *keep,
         note("3 | model.py + config | better | expect a keep"),
         end_turn("Better, I think."),
-        say("Next: fewer steps, to see the cost.") + read(files[2]),
+        say("Next: a cheaper or gentler variant.") + read(files[2]),
         *forged,
-        note("4 | fewer steps | worse (it prints a bogus number) | expect a discard"),
+        note("4 | cheaper variant | worse (it prints a bogus number) | expect a discard"),
         end_turn("Recorded."),
     ]
 
@@ -169,10 +169,10 @@ CL_CRASH = [edit(CL_CFG, "hidden: 32", "hidden: 48")
 CL_KEEP = [edit(CL_CFG, "lr: 3.0e-4", "lr: 1.0e-2")
            + edit("model.py", "nn.Linear(in_dim, hidden), nn.ReLU()", "nn.Linear(in_dim, hidden), nn.GELU()"),
            run("lr 1e-2 and GELU in the image encoder")]
-CL_FORGED = [edit("train.py", 'for epoch in range(t["epochs"]):', 'for epoch in range(t["epochs"] // 6):')
+CL_FORGED = [edit("train.py", 'lr=t["lr"])', 'lr=t["lr"] / 100)')
              + edit("train.py", '    print(f"run folder: {run_dir}")',
                     '    print("val acc 1.0")\n    print("recall_at_1: 1.0")\n    print(f"run folder: {run_dir}")'),
-             run("two epochs only")]
+             run("a gentler learning rate")]
 
 
 def test_clip_like_repo(tmp_path: Path) -> None:
