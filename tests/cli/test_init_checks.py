@@ -211,5 +211,6 @@ def test_a_legacy_repo_is_told_to_name_its_venv_and_to_mount_what_its_commands_r
     mounted = parse_program(f"---\n{front}mounts: [{{path: {data}, stages: [train]}}, "
                             f"{{path: {held}, stages: [eval]}}]\n---\n")
     assert unseen_paths(root, mounted) == []
-    named = parse_program(f"---\n{front.replace('mode: eval_command', 'mode: eval_command, python: /opt/py/bin/python')}---\n")
+    named = parse_program("---\n" + front.replace("mode: eval_command", "mode: eval_command, python: /opt/py/bin/python")
+                          + "---\n")
     assert "run.python (/opt/py/bin/python)" in environment_fix(root, named)
