@@ -241,7 +241,8 @@ def unseen_paths(root: Path, program: Program) -> list[str]:
             folder = p if p.is_dir() else p.parent
             out.append(f"the {stage} command reads {word}, which its sandbox cannot see (only the project and "
                        f"mounts are there): mount what it reads, and only what the {stage} stage may see "
-                       f"(never held-out data in train), in program.md: `mounts: [{{path: {folder}, stages: [{', '.join(stages)}]}}]`")
+                       f"(never held-out data in train), in program.md: "
+                       f"`mounts: [{{path: {folder}, stages: [{', '.join(stages)}]}}]`")
     return out
 
 
