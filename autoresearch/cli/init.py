@@ -111,7 +111,9 @@ def program_text(o: InitOptions, script: str) -> str:
         run |= {"command": o.command}
     front = {
         "objective": o.objective or (f"{'Lower' if o.direction == 'minimize' else 'Raise'} {o.metric}, "
-                                     f"printed by `{shlex.join(o.command)}`, within a fixed training-time budget."),
+                                     + (f"measured by `{shlex.join(o.eval_command)}` on the checkpoint of "
+                                        if o.eval_command else "printed by ")
+                                     + f"`{shlex.join(o.command)}`, within a fixed training-time budget."),
         "metric": {"name": o.metric, "direction": o.direction},
         "budget": {"train_seconds": o.budget_seconds, "grace_seconds": 60, "eval_seconds": 300},
         "editable": list(dict.fromkeys([script, *o.editable, "scratchpad.md"])),

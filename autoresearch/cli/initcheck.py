@@ -194,17 +194,56 @@ def _finish(root: Path, rep: CheckReport) -> CheckReport:
     return rep
 
 
+REPO_VENVS = (".venv", "venv", "env")      # where a legacy repo keeps its own environment
+SYSTEM = (Path("/usr"), Path("/bin"), Path("/lib"), Path("/etc"), Path("/proc"), Path("/dev"), Path("/sys"))
+
+
 def environment_fix(root: Path, program: Program) -> str:
-    """Where a missing dependency goes for this project: the environment its sandbox runs."""
+    """Where a missing dependency goes for this project: the environment its sandbox runs. A repo
+    with its own venv is told to name it (run.python), not to install into the bundle."""
     if (root / "container" / "Dockerfile").is_file():
         return "add it to container/Dockerfile (the sandbox image) and rebuild it"
+    if program.run.python:
+        return (f"training runs with run.python ({program.run.python}); a human installs it into that "
+                f"environment (`{program.run.python} -m pip install NAME`)")
     python = "the bundle's .venv/bin/python"
     with contextlib.suppress(Exception):
         from ..sandbox import choose_backend
         python = choose_backend(program.sandbox.backend, image=program.sandbox.image).runtime().python
-    return (f"training runs with {python} (the interpreter its sandbox uses); a human installs it there "
+    own = [f"{d}/bin/python" for d in REPO_VENVS if (root / d / "bin" / "python").is_file()]
+    if own:
+        return (f"training runs with {python} (the bundle's; the interpreter its sandbox uses), but this repo "
+                f"has its own environment: set `run.python: {own[0]}` under run: in program.md (it runs both "
+                "stages; autoresearch doctor checks it)")
+    return (f"training runs with {python} (the interpreter its sandbox uses): point `run.python` in program.md "
+            f"at the repo's own environment (a venv's or conda env's bin/python), or a human installs it there "
             f"(`{python} -m pip install NAME`), or builds a Docker image with it and sets sandbox.image "
             f"(and sandbox.backend: docker) in program.md")
+
+
+def unseen_paths(root: Path, program: Program) -> list[str]:
+    """Absolute paths the training or eval command names (`--val /x`, `data.root=/x`) that its sandbox
+    cannot see: outside the project and under no mount of that stage. Each with the mounts line."""
+    from ..hostenv import stage_mounts
+    from ..run.layout import inside
+    out: list[str] = []
+    commands = [("train", ["train"], program.run.command or [])]
+    if program.run.mode == "eval_command" and program.eval is not None:
+        commands.append(("eval", ["eval", "final"], program.eval.command))
+    for stage, stages, argv in commands:
+        seen = stage_mounts(program.mounts, stage)
+        for arg in argv:
+            word = arg.split("=", 1)[-1]
+            p = Path(word)
+            if not word.startswith("/") or not p.exists() or inside(p, root) or \
+                    any(p == s or inside(p, s) for s in (*SYSTEM, *seen)):
+                continue
+            folder = p if p.is_dir() else p.parent
+            out.append(f"the {stage} command reads {word}, which its sandbox cannot see (only the project and "
+                       f"mounts are there): mount what it reads, and only what the {stage} stage may see "
+                       f"(never held-out data in train), in program.md: "
+                       f"`mounts: [{{path: {folder}, stages: [{', '.join(stages)}]}}]`")
+    return out
 
 
 def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
@@ -227,6 +266,7 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
     if mod := MISSING_MODULE.search(text):
         out.append(f"the training code needs the module {mod.group(1)!r}, which its environment lacks: "
                    + environment_fix(root, program))
+    out += unseen_paths(root, program)
     if CUDA_SIGNS.search(text):
         out.append("the code needs CUDA, and no GPU is visible on this machine: run the loop on a GPU machine, "
                    "or make the code fall back to the CPU (torch.cuda.is_available())" if not host_has_gpus() else

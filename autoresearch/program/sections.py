@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 import shlex
+from pathlib import Path
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator

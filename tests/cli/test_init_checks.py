@@ -187,3 +187,30 @@ def test_a_missing_module_names_the_environment_the_sandbox_trains_with(tmp_path
     assert "needs the module 'hydra_pinned_by_this_repo'" in p.stdout
     assert f"{python} -m pip install NAME" in p.stdout and "sandbox.image" in p.stdout
     assert "container/" not in p.stdout
+
+
+def test_a_legacy_repo_is_told_to_name_its_venv_and_to_mount_what_its_commands_read(tmp_path):
+    from autoresearch.cli.initcheck import environment_fix, unseen_paths
+    from autoresearch.program import parse_program
+    root, held, data = tmp_path / "repo", tmp_path / "held", tmp_path / "data"
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "python").write_text("")
+    held.mkdir()
+    (held / "val.txt").write_text("held-out")
+    data.mkdir()
+    front = (f"run: {{mode: eval_command, command: [python, train.py, 'data.root={data}', --x=/usr/share]}}\n"
+             f"eval: {{command: [python, eval.py, --val, '{held / 'val.txt'}', --out, {root / 'out'}], "
+             f"files: [eval.py]}}\n")
+    prog = parse_program(f"---\n{front}---\n")
+    fix = environment_fix(root, prog)
+    assert "run.python: .venv/bin/python" in fix and "pip install" not in fix, fix
+    found = unseen_paths(root, prog)
+    assert len(found) == 2, found                       # not /usr/share, not a path in the project
+    assert "the train command reads" in found[0] and f"mounts: [{{path: {data}, stages: [train]}}]" in found[0]
+    assert "the eval command reads" in found[1] and f"mounts: [{{path: {held}, stages: [eval, final]}}]" in found[1]
+    mounted = parse_program(f"---\n{front}mounts: [{{path: {data}, stages: [train]}}, "
+                            f"{{path: {held}, stages: [eval]}}]\n---\n")
+    assert unseen_paths(root, mounted) == []
+    named = parse_program("---\n" + front.replace("mode: eval_command", "mode: eval_command, python: /opt/py/bin/python")
+                          + "---\n")
+    assert "run.python (/opt/py/bin/python)" in environment_fix(root, named)
