@@ -271,6 +271,22 @@ def last_session(root: Path) -> str | None:
         return None
 
 
+def wave_line(root: Path) -> str | None:
+    """The wave in flight in one line (None: no wave): each running run's slot or node and
+    elapsed / budget, and how many wait in the queue."""
+    from .wavestatus import wave_in_flight
+    try:
+        wave = wave_in_flight(root)
+    except (OSError, ValueError):
+        return None
+    if not wave:
+        return None
+    running = [w for w in wave if w.state == "running"]
+    parts = [f"{w.run_id} on {w.node or f'slot {w.slot}'} {w.elapsed_s or 0:.0f}/{w.budget_s:g} s" for w in running]
+    queued = len(wave) - len(running)
+    return "; ".join(parts + ([f"{queued} queued"] if queued else [])) or f"{queued} queued"
+
+
 def _panel(n: Night):
     from rich.table import Table
     st = n.state
@@ -285,6 +301,8 @@ def _panel(n: Night):
     t.add_row("experiments", f"{n.experiments() - st.experiments_at_start} tonight; best {n.program.metric.name} "
                              f"{best:.6f}" if best is not None else
                              f"{n.experiments() - st.experiments_at_start} tonight; no best yet")
+    if wave := wave_line(n.root):
+        t.add_row("wave", wave)
     t.add_row("session", f"{st.session_id or '-'}  ({st.sessions} start(s), {st.errors} error(s) resumed)")
     t.add_row("activity", f"{st.turns} turns, {st.tool_calls} tool calls; last: {st.last_action or '-'}")
     t.add_row("cost", f"${st.cost_usd:.2f}")

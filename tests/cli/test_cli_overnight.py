@@ -226,3 +226,24 @@ def test_the_end_of_night_notification_runs_the_command_and_posts_the_webhook(pr
     assert len(got) == 1 and got[0]["status"] == "done" and "experiments tonight" in got[0]["text"]
     notes = [ln[2] for ln in log_lines(proj) if ln[1] == "notify"]
     assert "command exited 0" in notes and "webhook answered 204" in notes
+
+
+def test_the_panel_shows_the_wave_in_flight(tmp_path):
+    """The overnight screen's wave line: each running run's slot or node and elapsed / budget, and
+    how many wait; no line without a wave."""
+    from datetime import datetime, timedelta, timezone
+
+    from autoresearch.cli.overnight import wave_line
+    from autoresearch.run.queue import QueueEntry
+    assert wave_line(tmp_path) is None
+    now = datetime.now(timezone.utc)
+    for rid, state, slot, node in (("0003", "running", 0, None), ("0004", "running", None, "node-b"),
+                                   ("0005", "queued", None, None), ("0002", "done", 1, None)):
+        (tmp_path / "runs" / rid).mkdir(parents=True)
+        QueueEntry(run_id=rid, state=state, message=f"variant {rid}", budget_seconds=300, seed=1,
+                   queued_at=now, slot=slot, node=node,
+                   started_at=now - timedelta(seconds=42) if state != "queued" else None).write(tmp_path)
+    line = wave_line(tmp_path)
+    assert line is not None
+    assert "0003 on slot 0 4" in line and "/300 s" in line and "0004 on node-b" in line
+    assert line.endswith("1 queued") and "0002" not in line
