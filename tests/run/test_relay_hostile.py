@@ -130,3 +130,20 @@ def test_outputs_scaled_down_do_not_hide_state_under_the_tolerance():
     tiny = lambda noise: lambda i: P.arrays(P.ARRAYS_OUT, {"y": (i["x"] * 1e-6 + noise).astype(np.float32)})
     relay, _ = drive(tiny(0.0), tiny(5e-6), checks=1.0)
     assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.verdict
+
+
+@pytest.mark.parametrize("said", [f"the model failed during evaluation: {MARK}Error",
+                                  "the model returned logits of shape (4, 2, 99999999), expected (4, 2, 256)"])
+def test_the_default_scorer_quotes_no_number_or_own_type_either(said):
+    """The default task's scorer passes the same kind of server message: an exception type of the
+    model's own making or a shape's numbers (up to 400 digits) once reached the agent verbatim."""
+    import io
+
+    import prepare
+    from autoresearch.run.scorer import Scorer, Verdict
+    scorer = Scorer(np.random.default_rng(0).integers(0, 256, 1 << 16).astype(np.uint8), prepare)
+    frame = P.message(P.FAILED, said)
+    with pytest.raises(Verdict) as v:
+        scorer._message(io.BytesIO(frame[4:]), P.FAILED, True)
+    assert MARK not in v.value.reason and "99999999" not in v.value.reason, v.value.reason
+    assert "the model" in v.value.reason
