@@ -60,8 +60,9 @@ class Model:
             a = out.get(name)
             if a is None or a.dtype != dtype or len(a.shape) != len(shape) \
                     or any(want is not None and got != want for got, want in zip(a.shape, shape)):
-                got = "missing" if a is None else f"{a.dtype}{list(a.shape)}"
-                why = f"the model's output {name!r} is {got}, the eval script expects {dtype}{list(shape)}"
+                # the model's shape is never quoted: its numbers could carry held-out inputs to the agent
+                why = f"the model's output {name!r} is {'missing' if a is None else 'another dtype or shape'}, the " \
+                      f"eval script expects {dtype}{list(shape)}"
                 P.write_all(self._w, P.message(P.REFUSED, why))      # the relay records the verdict
                 raise ModelError("invalid", why)
         return out

@@ -47,11 +47,26 @@ DTYPES = frozenset({"|b1", "|i1", "|u1", "<i2", "<u2", "<i4", "<u4", "<i8", "<u8
 MAX_ARRAYS = 64
 MAX_NDIM = 8
 MAX_HEADER = 64 << 10
+KNOWN_EXCEPTIONS = frozenset(
+    {n for n, v in vars(__import__("builtins")).items() if isinstance(v, type) and issubclass(v, BaseException)}
+    | {"OutOfMemoryError", "torch.OutOfMemoryError", "torch.cuda.OutOfMemoryError", "CUDAError", "AcceleratorError",
+       "numpy.linalg.LinAlgError", "LinAlgError", "Failed"})
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
 class ProtocolError(Exception):
     """The other end sent something the protocol does not allow, or hung up."""
+
+
+class StreamEnded(ProtocolError):
+    """The other end hung up mid-frame (it exited or was killed): not a malformed frame."""
+
+
+def exception_name(name: str) -> str:
+    """An exception type name a model server reports, if it is a builtin's or a known framework's;
+    otherwise a fixed phrase. After a server has seen held-out inputs, whatever it says may encode
+    them: a type of its own making (type("Tabc...", (Exception,), {})) would carry 80 characters."""
+    return name if name in KNOWN_EXCEPTIONS else "an exception type of the model's own"
 
 
 def read_exact(f: BinaryIO, n: int) -> bytes:
@@ -60,7 +75,7 @@ def read_exact(f: BinaryIO, n: int) -> bytes:
     while got < n:
         b = f.read(n - got)
         if not b:
-            raise ProtocolError(f"the stream ended after {got} of {n} bytes")
+            raise StreamEnded(f"the stream ended after {got} of {n} bytes")
         chunks.append(b)
         got += len(b)
     return b"".join(chunks)
@@ -97,7 +112,7 @@ def message(tag: bytes, text: str) -> bytes:
 def read_message_body(f: BinaryIO) -> str:
     n = _U32.unpack(read_exact(f, 4))[0]
     if n > MAX_MESSAGE:
-        raise ProtocolError(f"a message of {n} bytes (at most {MAX_MESSAGE})")
+        raise ProtocolError(f"a message over {MAX_MESSAGE} bytes")
     return read_exact(f, n).decode("utf-8", "replace")
 
 
@@ -123,27 +138,32 @@ def arrays(tag: bytes, named: dict[str, Any]) -> bytes:
 
 def read_arrays(f: BinaryIO, limit: int) -> dict[str, Any]:
     """The named arrays of a frame whose tag was read; ProtocolError for anything the header does
-    not allow, before the data is read."""
+    not allow, before the data is read. Sizes are Python integers (numpy's int64 products wrap, and
+    a wrapped size would pass the limit); every header error is a ProtocolError, never another
+    exception a caller might not expect from a hostile peer."""
+    import math
     import numpy as np
     n = _U32.unpack(read_exact(f, 4))[0]
     if n > MAX_HEADER:
-        raise ProtocolError(f"an array header of {n} bytes (at most {MAX_HEADER})")
+        raise ProtocolError(f"an array header over {MAX_HEADER} bytes")
+    raw = read_exact(f, n)
     try:
-        head = json.loads(read_exact(f, n))["arrays"]
-        specs = [(str(a["name"]), str(a["dtype"]), tuple(int(d) for d in a["shape"])) for a in head]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ProtocolError(f"an unreadable array header ({type(e).__name__})") from None
+        head = json.loads(raw)["arrays"]
+        specs = [(a["name"], a["dtype"], tuple(a["shape"])) for a in head]
+    except (ValueError, KeyError, TypeError, RecursionError, AttributeError):
+        raise ProtocolError("an unreadable array header") from None
     total, names = 0, set()
     for name, dt, shape in specs:
-        if not _NAME.fullmatch(name) or name in names or dt not in DTYPES or len(shape) > MAX_NDIM \
-                or any(d < 0 for d in shape):
-            raise ProtocolError(f"array {name[:64]!r}: a name, dtype {dt[:8]!r} or shape the protocol refuses")
+        if not (isinstance(name, str) and _NAME.fullmatch(name) and name not in names and isinstance(dt, str)
+                and dt in DTYPES and len(shape) <= MAX_NDIM
+                and all(type(d) is int and 0 <= d <= limit for d in shape)):
+            raise ProtocolError("an array whose name, dtype or shape the protocol refuses")
         names.add(name)
-        total += int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        total += math.prod(shape) * np.dtype(dt).itemsize
     if not 0 < len(specs) <= MAX_ARRAYS or total > limit:
-        raise ProtocolError(f"{len(specs)} arrays of {total} bytes (at most {MAX_ARRAYS} arrays, {limit} bytes)")
+        raise ProtocolError(f"more than {MAX_ARRAYS} arrays, none, or more than {limit} bytes")
     out = {}
     for name, dt, shape in specs:
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dt).itemsize
+        size = math.prod(shape) * np.dtype(dt).itemsize
         out[name] = np.frombuffer(read_exact(f, size), dtype=dt).reshape(shape)
     return out

@@ -9,7 +9,7 @@ Every answer must name at least one array, each with the request's batch as its 
 a plain numeric dtype, finite floats, within eval.max_mb. Hidden checks (eval.checks, the share of
 requests, and always the first): the same rows are sent to the OTHER server, a separate process
 that never answered them, and must get the same outputs within eval.tolerance (relative to the
-largest |output|, at least 1; integer outputs exactly). With eval.batch_independent the re-sent
+row's largest |output|; integer outputs exactly). With eval.batch_independent the re-sent
 batch mixes half the rows with rows of the previous request, in a shuffled order, so an answer
 that depends on its batch-mates fails too. Real requests alternate between the two servers; a
 check looks like any request. A failed check or a malformed answer is `invalid`; the model
@@ -29,9 +29,9 @@ import numpy as np
 from . import protocol as P
 from .scorer import Verdict
 
-# After READY the server may have seen held-out inputs: of its failure messages only these pass.
-_SAFE = re.compile(r"the model failed during evaluation: [A-Za-z_][A-Za-z0-9_.]{0,80}"
-                   r"|predict returned [A-Za-z_][A-Za-z0-9_.]{0,80}, not a dict of named arrays")
+# After READY the server may have seen held-out inputs, and every reason reaches the agent: what a
+# server says or sends then passes only as fixed text (an exception type only if a known one).
+_FAILED = re.compile(r"the model failed during evaluation: ([A-Za-z_][A-Za-z0-9_.]{0,80})")
 Arrays = dict[str, Any]
 
 
@@ -94,6 +94,9 @@ class Relay:
                     P.write_all(w, P.message(P.FAILED if v.status == "crash" else P.REFUSED, v.reason))
             except (P.ProtocolError, OSError, ValueError):
                 pass                                    # the script broke off: its own exit decides
+            except Exception as e:                      # noqa: BLE001 -- fail closed: never an unjudged run
+                self.verdict = self.verdict or Verdict("crash", f"the relay failed ({type(e).__name__}); "
+                                                                f"the evaluation is void")
             finally:
                 self.done.set()
         return talk
@@ -129,23 +132,28 @@ class Relay:
             tag = P.read_exact(s.r, 4)
             if tag in (P.FAILED, P.REFUSED):
                 one = " ".join(P.read_message_body(s.r).split())[:400]
-                safe = _SAFE.match(one)                   # its type, never its words
-                one = safe.group(0) if safe else "the model failed"
+                known = _FAILED.match(one)                # a known type, never its words
+                one = f"the model failed during evaluation: {P.exception_name(known.group(1))}" if known \
+                    else "the model failed"
                 raise Verdict("crash", f"{one}; the traceback is in the eval log (for humans only)")
             if tag != P.ARRAYS_OUT:
-                raise Verdict("invalid", f"the model server broke the protocol: tag {tag!r} for request {n + 1}")
+                raise Verdict("invalid", f"the model server broke the protocol: an unknown tag for request {n + 1}")
             out = P.read_arrays(s.r, self.limit)
-        except (P.ProtocolError, OSError) as e:
-            if isinstance(e, P.ProtocolError) and "stream ended" not in str(e):
-                raise Verdict("invalid", f"the model server broke the protocol: {e}") from None
+        except (P.StreamEnded, OSError) as e:
             self.hangup = True
-            raise Verdict("crash", f"the model server stopped answering ({e})") from None
-        for name, a in out.items():
+            raise Verdict("crash", f"the model server stopped answering ({type(e).__name__})") from None
+        except P.ProtocolError as e:                  # its words are ours: it quotes nothing the server sent
+            raise Verdict("invalid", f"the model server broke the protocol: {e}") from None
+        except Verdict:
+            raise
+        except Exception:                             # noqa: BLE001 -- anything else a server's frame causes
+            raise Verdict("invalid", "the model server broke the protocol: an answer the relay cannot read") from None
+        for i, a in enumerate(out.values()):
             if a.ndim < 1 or a.shape[0] != batch:
-                raise Verdict("invalid", f"the model's output {name!r} has shape {list(a.shape)}: its first "
-                                         f"dimension must be the batch ({batch})")
+                raise Verdict("invalid", f"the model's output number {i + 1} does not have the batch ({batch}) as "
+                                         f"its first dimension")
             if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise Verdict("invalid", f"the model's output {name!r} contains NaN or inf")
+                raise Verdict("invalid", f"the model's output number {i + 1} contains NaN or inf")
         return out
 
     def _rows(self, inputs: Arrays, batch: int) -> list[tuple[int, int]]:
@@ -174,17 +182,21 @@ class Relay:
             for row, (s, i) in enumerate(rows):
                 ref, again = src[s][1].get(name), got[name][row]
                 if ref is None or ref.shape[1:] != again.shape or ref.dtype != again.dtype:
-                    raise Verdict("invalid", f"the model's output {name!r} changed shape or dtype for the same input")
+                    raise Verdict("invalid", "the model's output changed shape or dtype for the same input")
                 ref = ref[i]
                 if ref.dtype.kind == "f":
-                    scale = max(1.0, float(np.abs(ref).max(initial=0.0)))
-                    rel = float(np.abs(again.astype(np.float64) - ref).max(initial=0.0)) / scale
+                    # no floor under the scale: with one (1.0), outputs scaled down to 1e-6 (a ranking is
+                    # unchanged) would leave the whole signal inside the tolerance
+                    diff = float(np.abs(again.astype(np.float64) - ref).max(initial=0.0))
+                    scale = float(np.abs(ref.astype(np.float64)).max(initial=0.0))
+                    rel = diff / scale if scale > 0 else 0.0 if diff == 0 else float("inf")
                 else:
                     rel = 0.0 if np.array_equal(ref, again) else float("inf")
-                self.stats["check_max_rel_diff"] = max(self.stats["check_max_rel_diff"], rel)
+                # one significant digit: a value the model sets must not carry held-out inputs out
+                self.stats["check_max_rel_diff"] = max(self.stats["check_max_rel_diff"], float(f"{rel:.0e}"))
                 if rel > self.tolerance:
                     raise Verdict("invalid", f"the model answered the same input differently when asked again "
-                                             f"(output {name!r} by {rel:.3g}, eval.tolerance {self.tolerance:g}): "
+                                             f"(by more than eval.tolerance {self.tolerance:g}): "
                                              f"predict must be deterministic and remember nothing between requests"
                                              + (", and a row's answer must not depend on its batch-mates"
                                                 if self.mix else ""))

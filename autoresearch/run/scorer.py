@@ -44,8 +44,10 @@ TOLERANCE = {"<f4": 1e-4, "<f2": 4e-3}
 PIPELINE = 1                   # requests in flight: the scorer scores one while the server computes the next
 # After READY the server has seen held-out windows, so its words may quote them: of a failure
 # message only what model_server.py itself writes passes (an exception's type, a shape).
-_SAFE_FAILURE = re.compile(r"the model (returned logits of shape \([0-9, ]*\), expected \([0-9, ]*\)"
-                           r"|failed during evaluation: [A-Za-z_][A-Za-z0-9_.]{0,80})")
+# After READY a server's words may encode held-out bytes: only these pass, its numbers and
+# unknown type names replaced (protocol.exception_name), so no free text reaches the agent.
+_SAFE_FAILURE = re.compile(r"the model (returned logits of shape \([0-9, ]{0,40}\), expected \([0-9, ]{0,40}\)"
+                           r"|failed during evaluation: ([A-Za-z_][A-Za-z0-9_.]{0,80}))")
 
 
 @dataclass
@@ -184,7 +186,14 @@ class Scorer:
         text = P.read_message_body(rfile)
         one = " ".join(text.split())[:400]
         if ready and tag != P.READY:
-            one = one if _SAFE_FAILURE.fullmatch(one) else "the model failed while answering a request"
+            safe = _SAFE_FAILURE.fullmatch(one)
+            if safe is None:
+                one = "the model failed while answering a request"
+            elif safe.group(2):
+                one = f"the model failed during evaluation: {P.exception_name(safe.group(2))}"
+            else:
+                one = "the model returned logits of another shape than " \
+                      f"{(int(self.prepare.EVAL_BATCH), int(self.prepare.CONTEXT_LEN), int(self.prepare.VOCAB_SIZE))}"
             one += "; the traceback is in the EVAL log (for humans only): reproduce it on a batch of training data"
         if tag == P.FAILED:
             raise Verdict("crash", one)

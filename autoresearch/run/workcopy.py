@@ -20,6 +20,7 @@ import os
 import shutil
 import stat
 import subprocess
+from contextlib import suppress
 from pathlib import Path
 
 from ..gitops import SAFE_CONFIG, head_commit
@@ -50,20 +51,19 @@ def work_copy(lay: Layout, name: str) -> Path:
 
 
 def remove_work_copy(path: Path) -> None:
-    """rmtree that also gets through folders agent code made unreadable (chmod 000)."""
-    def fix(func, p, _exc):
-        parent = os.path.dirname(p)
-        for q in (parent, p):
-            try:
-                if not os.path.islink(q):
-                    os.chmod(q, stat.S_IRWXU)
-            except OSError:
-                pass
-        try:
-            func(p)
-        except OSError:
-            pass
-    shutil.rmtree(path, onerror=fix)
+    """rmtree that also gets through folders agent code made unreadable (chmod 000, at any
+    depth): every folder is made ours-rwx top-down before the removal. (An onerror that retries
+    the failed call cannot: Python 3.11's rmtree reports os.open, which needs flags, and a
+    retried scandir removes nothing.) Links are never followed or chmodded."""
+    def own(d: str) -> None:
+        with suppress(OSError):
+            if not os.path.islink(d):
+                os.chmod(d, stat.S_IRWXU)
+    own(str(path))
+    for d, dirs, _files in os.walk(path, onerror=lambda e: None):
+        for name in dirs:
+            own(os.path.join(d, name))
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _git_cmd(root: Path, *args: str) -> list[str]:

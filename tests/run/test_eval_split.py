@@ -144,7 +144,7 @@ HOSTILE = {
 def test_a_hostile_model_is_invalid(tmp_path, bwrap_available, kind):
     m = _run(clip_repo(tmp_path, model=HOSTILE[kind]))
     assert (m["status"], m["metric_value"]) == ("invalid", None), m
-    want = "its first dimension must be the batch" if kind == "wrong_batch" else "differently when asked again"
+    want = "as its first dimension" if kind == "wrong_batch" else "differently when asked again"
     assert want in m["reason"], m["reason"]
 
 

@@ -7,7 +7,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -285,3 +288,37 @@ def test_doctor_checks_home_and_cache(tmp_path, data_dir, monkeypatch):
     prog = parse_program(_front(f"sandbox: {{cache: {data_dir.parent}}}"))
     bad = {c.name: c for c in check_home_cache(tmp_path, prog)}["sandbox.cache"]
     assert bad.level == "fail" and "holds the prepared data" in bad.found and bad.fix
+
+
+REMOVE = """
+import os, sys
+from pathlib import Path
+from autoresearch.run.workcopy import remove_work_copy
+root = Path(sys.argv[1])
+for d in ("a/b/c", "a/x"):
+    (root / d).mkdir(parents=True)
+(root / "a/b/c/f").write_text("x")
+os.symlink("/etc", root / "a/link")
+for d in ("a/b/c", "a/b", "a/x", "a"):
+    os.chmod(root / d, 0)
+remove_work_copy(root)
+print("left" if root.exists() else "gone")
+"""
+
+
+def test_folders_made_unreadable_at_any_depth_do_not_stop_the_cleanup():
+    """Agent code chmods 000 nested folders of its work copy. The cleanup (the runner's uid, not
+    root: root ignores modes) once raised TypeError there (rmtree's onerror retried os.open without
+    flags) and left the tree behind."""
+    here = Path(tempfile.mkdtemp(prefix="rt-workcopy-"))        # under /tmp: reachable by the dropped uid
+    cmd = [sys.executable, "-c", REMOVE, str(here / "work")]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("needs setpriv to drop root (root ignores chmod 000)")
+        here.chmod(0o777)
+        cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] + cmd
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert p.returncode == 0 and p.stdout.strip() == "gone", p.stdout + p.stderr
+    assert Path("/etc").is_dir()
+    shutil.rmtree(here, ignore_errors=True)

@@ -1,0 +1,149 @@
+"""Red team of the evaluator split's relay (eval.model): a hostile model server answers the trusted
+eval script's requests with crafted frames, over real pipes to the real Relay.
+
+Two guarantees are attacked. Every frame a server can send ends in a verdict (invalid or crash),
+never an exception that slips past the relay and leaves the run unjudged, and never an allocation
+past eval.max_mb (numpy's int64 size products wrap: a shape of 2**62 x 4 once counted as 0 bytes,
+and a negative size let a second array past the limit). And nothing a server says after it has
+seen held-out inputs reaches the reason the agent reads: not an array name, a shape, a tag, a
+length, an exception type of its own making. Every attacker-chosen string below carries MARK.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import struct
+import threading
+
+import numpy as np
+import pytest
+
+from autoresearch.run import protocol as P
+from autoresearch.run.relay import Relay
+
+MARK = "Xq7leak"
+U32 = struct.Struct("<I")
+
+
+def _header(arrays: list[dict] | str) -> bytes:
+    raw = (arrays if isinstance(arrays, str) else json.dumps({"arrays": arrays})).encode()
+    return P.ARRAYS_OUT + U32.pack(len(raw)) + raw
+
+
+def _serve(answer, rfd: int, wfd: int) -> None:
+    """A fake model server: READY, then `answer(inputs)` bytes for each request."""
+    with open(rfd, "rb", buffering=0) as r, open(wfd, "wb", buffering=0) as w:
+        try:
+            w.write(P.message(P.READY, "{}"))
+            while r.read(4):
+                w.write(answer(P.read_arrays(r, 1 << 30)))
+        except (OSError, P.ProtocolError):
+            pass
+
+
+def drive(*answers, checks: float = 0.0, limit: int = 1 << 20) -> tuple[Relay, bytes]:
+    """One request of a (4, 3) float batch through a real Relay to fake servers; (relay, the
+    tag the script got back)."""
+    relay = Relay(checks=checks, servers=len(answers), limit=limit, wait_s=10)
+    threads, ends = [], []
+    for k, answer in enumerate(answers):
+        to_srv, to_relay = os.pipe(), os.pipe()
+        ends += [open(to_srv[1], "wb", buffering=0), open(to_relay[0], "rb", buffering=0)]
+        threads.append(threading.Thread(target=relay.server_session(k), daemon=True, args=tuple(ends[-2:])))
+        threads.append(threading.Thread(target=_serve, args=(answer, to_srv[0], to_relay[1]), daemon=True))
+    c_in, c_out = os.pipe(), os.pipe()
+    threads.append(threading.Thread(target=relay.client_session(), daemon=True,
+                                    args=(open(c_out[1], "wb", buffering=0), open(c_in[0], "rb", buffering=0))))
+    for t in threads:
+        t.start()
+    with open(c_in[1], "wb", buffering=0) as w, open(c_out[0], "rb", buffering=0) as r:
+        w.write(P.arrays(P.ARRAYS_IN, {"x": np.arange(12, dtype=np.float32).reshape(4, 3) + 1}))
+        tag = r.read(4) if select.select([r], [], [], 10)[0] else b"(none: the relay hung)"
+    relay.done.wait(10)
+    relay.done.set()
+    for f in ends:                                  # the sandbox's end: the server sees its stdin close
+        f.close()
+    for t in threads:
+        t.join(10)
+    return relay, tag
+
+
+def honest(inputs):
+    return P.arrays(P.ARRAYS_OUT, {"y": inputs["x"] * 2})
+
+
+HOSTILE = {
+    # sizes that numpy's int64 product wraps: to 0, or negative so a second array passes the limit
+    "wraps_to_zero": lambda i: _header([{"name": "y", "dtype": "<f8", "shape": [2 ** 62, 4]}]),
+    "negative_total": lambda i: _header([{"name": "a", "dtype": "<u1", "shape": [1 << 30]},
+                                         {"name": "b", "dtype": "<u1", "shape": [2 ** 62, 3]}]),
+    "infinite_dim": lambda i: _header('{"arrays": [{"name": "y", "dtype": "<f4", "shape": [Infinity]}]}'),
+    "float_dim": lambda i: _header([{"name": "y", "dtype": "<f4", "shape": [4.5]}]),
+    "bool_dim": lambda i: _header([{"name": "y", "dtype": "<f4", "shape": [True, 3]}]),
+    "deep_json": lambda i: _header('{"arrays": ' + "[" * 30000 + "]" * 30000 + "}"),
+    "not_a_list": lambda i: _header('{"arrays": 7}'),
+    "name_not_str": lambda i: _header([{"name": 5, "dtype": "<f4", "shape": [4]}]),
+    "object_dtype": lambda i: _header([{"name": "y", "dtype": "|O", "shape": [4]}]),
+    "big_endian": lambda i: _header([{"name": "y", "dtype": ">f4", "shape": [4]}]),
+    "huge_header": lambda i: P.ARRAYS_OUT + U32.pack(0xFFFFFFF0),
+    # exfiltration through what the relay would quote back
+    "bad_name": lambda i: _header([{"name": MARK + " words", "dtype": "<f4", "shape": [4]}]),
+    "bad_dtype": lambda i: _header([{"name": "y", "dtype": MARK, "shape": [4]}]),
+    "name_in_shape_error": lambda i: P.arrays(P.ARRAYS_OUT, {MARK: np.zeros((1, 777), np.float32)}),
+    "name_in_nan_error": lambda i: P.arrays(P.ARRAYS_OUT, {MARK: np.full((4, 2), np.nan, np.float32)}),
+    "bad_tag": lambda i: b"Xq7l",
+    "own_exception_type": lambda i: P.message(P.FAILED, f"the model failed during evaluation: {MARK}Error"),
+    "free_text": lambda i: P.message(P.FAILED, f"{MARK} the held-out input was {i['x'].tolist()}"),
+    "zero_d": lambda i: P.arrays(P.ARRAYS_OUT, {"y": np.float32(1.0)}),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE))
+def test_every_hostile_frame_ends_in_a_verdict_that_quotes_nothing(kind):
+    relay, tag = drive(HOSTILE[kind])
+    assert relay.verdict is not None, "the relay let a hostile frame pass without a verdict"
+    assert relay.verdict.status in ("invalid", "crash"), relay.verdict
+    assert MARK not in relay.verdict.reason and "777" not in relay.verdict.reason, relay.verdict.reason
+    assert tag in (P.FAILED, P.REFUSED), "the script must hear that the model was refused"
+
+
+def test_a_known_exception_type_is_still_named():
+    relay, _ = drive(lambda i: P.message(P.FAILED, "the model failed during evaluation: ValueError"))
+    assert relay.verdict is not None and "ValueError" in relay.verdict.reason
+
+
+def test_an_honest_server_passes_and_the_figures_carry_one_digit():
+    relay, tag = drive(honest, lambda i: P.arrays(P.ARRAYS_OUT, {"y": inputs_times_two(i, 1 + 1.234567e-5)}),
+                       checks=1.0)
+    assert relay.verdict is None and tag == P.ARRAYS_OUT
+    assert relay.stats["check_max_rel_diff"] in (1e-5, 2e-5), relay.stats   # not 1.23456...e-5: no free channel
+
+
+def inputs_times_two(inputs, factor: float):
+    return (inputs["x"].astype(np.float64) * 2 * factor).astype(np.float32)
+
+
+def test_outputs_scaled_down_do_not_hide_state_under_the_tolerance():
+    """Outputs of 1e-6 (a ranking or argmax is unchanged) once met a tolerance of 1e-4 absolute
+    (the scale had a floor of 1): a second server answering anything within 1e-4 passed."""
+    tiny = lambda noise: lambda i: P.arrays(P.ARRAYS_OUT, {"y": (i["x"] * 1e-6 + noise).astype(np.float32)})
+    relay, _ = drive(tiny(0.0), tiny(5e-6), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.verdict
+
+
+@pytest.mark.parametrize("said", [f"the model failed during evaluation: {MARK}Error",
+                                  "the model returned logits of shape (4, 2, 99999999), expected (4, 2, 256)"])
+def test_the_default_scorer_quotes_no_number_or_own_type_either(said):
+    """The default task's scorer passes the same kind of server message: an exception type of the
+    model's own making or a shape's numbers (up to 400 digits) once reached the agent verbatim."""
+    import io
+
+    import prepare
+    from autoresearch.run.scorer import Scorer, Verdict
+    scorer = Scorer(np.random.default_rng(0).integers(0, 256, 1 << 16).astype(np.uint8), prepare)
+    frame = P.message(P.FAILED, said)
+    with pytest.raises(Verdict) as v:
+        scorer._message(io.BytesIO(frame[4:]), P.FAILED, True)
+    assert MARK not in v.value.reason and "99999999" not in v.value.reason, v.value.reason
+    assert "the model" in v.value.reason
