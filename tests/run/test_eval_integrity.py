@@ -423,7 +423,7 @@ def test_broken_agent_code_is_a_crash_with_a_reason(honest, tmp_path, case):
     elif case == "wrong shape":
         code, want = replace_once(HONEST, "N_EMBD = 64", "N_EMBD = 32"), "does not fit build_model()"
     elif case == "wrong logits":
-        code, want = with_forward(HONEST, "        return logits[:, :-1]\n"), "logits of shape (16, 255, 256)"
+        code, want = with_forward(HONEST, "        return logits[:, :-1]\n"), "logits of another shape than (16, 256, 256)"
     else:
         code, want, ckpt = HONEST, "saved no checkpoint", tmp_path / "absent.pt"
     r = run_variant(honest, case.replace(" ", "-"), code, ckpt=ckpt)
