@@ -163,7 +163,9 @@ def _parent_dirs(targets: list[str]) -> list[str]:
 
 # Runs first inside the sandbox when the runner is root: leaves uid 0 (of a namespace where it
 # is host root without capabilities) for the sandbox uid; all capabilities go with it.
-_DROP_TO = "import os,sys; os.setgroups([]); os.setgid({gid}); os.setuid({uid}); os.execvp(sys.argv[1], sys.argv[1:])"
+# The wrapper closes every fd but stdio first: bwrap leaves the identity namespace's fd (--userns) open.
+_DROP_TO = ("import os,sys; os.closerange(3, os.sysconf('SC_OPEN_MAX')); os.setgroups([]); os.setgid({gid}); "
+            "os.setuid({uid}); os.execvp(sys.argv[1], sys.argv[1:])")
 
 
 _FORK_LOCK = threading.Lock()   # one namespace helper at a time: see _identity_userns

@@ -559,3 +559,20 @@ def test_a_session_talks_to_the_process_in_binary_and_ends_it(backend, tmp_path,
     assert (r.exit_code == 0) if not linger else (r.exit_code != 0)
     text = log.read_text()
     assert "to the log, not the session" in text and "ABC" not in text
+
+
+@pytest.mark.parametrize("name", [pytest.param("docker", marks=pytest.mark.docker),
+                                  pytest.param("bwrap", marks=pytest.mark.bwrap)])
+def test_sandboxed_code_holds_no_file_descriptor_but_its_stdio(name, request):
+    """Nothing the harness opened reaches agent code: no namespace fd (a root runner's identity user
+    namespace), no data pipe, no lock; only stdin, stdout and stderr."""
+    request.getfixturevalue(f"{name}_available")
+    b = choose_backend(name)
+    got = run_json(b, """
+        import json, os
+        fds = sorted(int(f) for f in os.listdir("/proc/self/fd"))
+        print(json.dumps({str(f): os.readlink(f"/proc/self/fd/{f}") if os.path.exists(f"/proc/self/fd/{f}") else "?"
+                          for f in fds}))
+    """)
+    extra = {f: what for f, what in got.items() if int(f) > 2 and what != "?"}   # "?": the listing's own fd
+    assert extra == {}, got
