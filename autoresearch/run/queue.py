@@ -193,6 +193,36 @@ def runner_live(root: Path, run_id: str) -> bool:
         os.close(fd)
 
 
+def slot_lock(root: Path, slot: int) -> Path:
+    return Path(root) / STATE_DIR / f"slot-{slot}.lock"
+
+
+def slot_free(root: Path, slot: int) -> bool:
+    """Does no slot runner hold .autoresearch/slot-K.lock (it takes it before anything else)?"""
+    d = Path(root) / STATE_DIR
+    d.mkdir(exist_ok=True)
+    fd = os.open(slot_lock(root, slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def settle_lost(root: Path, mine: set[str]) -> list[str]:
+    """Runs marked running whose runner is gone (killed, or the machine restarted) and is not one of
+    `mine` (the caller's live children): interrupted. Returns their ids."""
+    lost = []
+    for e in entries(root):
+        if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
+                and e.slot is not None and slot_free(root, e.slot):
+            finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
+            lost.append(e.run_id)
+    return lost
+
+
 def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tuple[list[str], list[str]]:
     """Cancel the wave: queued runs -> cancelled (signed record: interrupted, never a result);
     running ones get SIGTERM (their runner records them interrupted and stops the sandbox).
