@@ -138,11 +138,11 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
         return block(messages.still_running(running[-1].run_id))
     waved = [r for r in runs if r.wave]
     if waved:                                                          # 1b. a whole wave: its best is judged
-        winner = wave.pick(program, ctx, waved)
+        winner = wave.pick(program, ctx, waved, root)
         nag = scratchpad_problem(root, program, st, ctx, winner)
         if nag:
             return block(nag)
-        if wave.materialize(root, program, winner):
+        if wave.materialize(root, program, ctx, winner):
             ctx = read_context(root, program, data)
         reply = _decide(root, program, st, ctx, runs)
         return wave.announce(reply, program, waved, winner)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from ..atomic import write_atomic
 from .exits import HarnessError
 from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, run_dirs
+from .identity import snapshot_of
 from .metrics import RunMetrics, load_verified
 
 QUEUE_FILE = "queue.json"
@@ -58,17 +59,36 @@ class QueueEntry(BaseModel):
     base: str | None = None                     # ray: the commit shipped with the snapshot
     pid: int | None = None                      # the runner process (its own process group)
     note: str | None = None
+    snapshot: str | None = None                 # identity.snapshot_of the saved snapshot when queued
 
     def write(self, root: Path) -> None:
         write_atomic(Path(root) / RUNS_DIR / self.run_id / QUEUE_FILE, self.model_dump_json(indent=2) + "\n")
 
 
 def read_entry(run_dir: Path) -> QueueEntry | None:
-    """The run's queue entry; None for a run that was not queued (or an unreadable entry)."""
+    """The run's queue entry; None for a run that was not queued. A queued run (it has snapshot/)
+    whose queue.json is lost or unreadable (deleted, truncated, invalid) is rebuilt from its signed
+    record and snapshot (queue_repair.py): never dropped from its wave, never run twice."""
     try:
         return QueueEntry.model_validate_json((Path(run_dir) / QUEUE_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        if not (Path(run_dir) / SNAPSHOT_DIR).is_dir():
+            return None
+    from .queue_repair import rebuilt_entry
+    return rebuilt_entry(Path(run_dir))
+
+
+def snapshot_intact(root: Path, e: QueueEntry, measured: str | None = None) -> bool:
+    """Does runs/NNNN/snapshot/ still hold the code that was queued (and, given `measured`, the
+    code that was measured)? A lost or changed file there must never run, or be committed."""
+    want = [x for x in (e.snapshot, measured) if x]
+    if not want:
+        return True
+    try:
+        have = snapshot_of(saved_files(root, e))
+    except OSError:
+        return False
+    return all(have == w for w in want)
 
 
 def entries(root: Path) -> list[QueueEntry]:
@@ -117,7 +137,8 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
             (snap / rel).write_bytes(data)
     (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
     entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
-                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None), queued_at=now())
+                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None),
+                       queued_at=now(), snapshot=snapshot_of(p.files))
     pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
     entry.write(root)
     return entry
@@ -131,7 +152,7 @@ def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
                budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,
                sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
-               started_at=e.queued_at, finished_at=finished, snapshot_sha256=snapshot_of(saved_files(root, e)),
+               started_at=e.queued_at, finished_at=finished, snapshot_sha256=e.snapshot or snapshot_of(saved_files(root, e)),
                extra={"wave": "queued"}).write(Path(root) / RUNS_DIR / e.run_id)
 
 
@@ -213,12 +234,17 @@ def slot_free(root: Path, slot: int) -> bool:
 
 def settle_lost(root: Path, mine: set[str]) -> list[str]:
     """Runs marked running whose runner is gone (killed, or the machine restarted) and is not one of
-    `mine` (the caller's live children): interrupted. Returns their ids."""
+    `mine` (the caller's live children): done when the runner had recorded the run's end (a kill
+    between metrics.json and queue.json), else interrupted. Returns their ids."""
     lost = []
     for e in entries(root):
         if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
                 and e.slot is not None and slot_free(root, e.slot):
-            finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
+            m, _ = load_verified(Path(root) / RUNS_DIR / e.run_id)
+            if m is not None and m.finished_at is not None and m.extra.get("wave") != "queued":
+                finish(root, e.run_id, "done", "its runner was lost after it recorded the run's end")
+            else:
+                finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
             lost.append(e.run_id)
     return lost
 
@@ -256,5 +282,8 @@ def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetri
     e = read_entry(root / RUNS_DIR / run_id)
     if e is None:
         raise HarnessError(f"run {run_id} is not a queued run")
+    if not snapshot_intact(root, e):
+        raise HarnessError(f"runs/{run_id}/snapshot/ no longer holds the code that was queued (a file lost or "
+                           "changed): it is not run; queue the variant again")
     p = prepare(root, e.budget_seconds, e.seed, e.backend, files=saved_files(root, e), program=program)
     return run_in(root, p, root / RUNS_DIR / run_id, e.message, "experiment", None, now(), time.monotonic())
