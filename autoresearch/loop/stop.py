@@ -50,6 +50,7 @@ from ..digest import sha256_bytes, sha256_file
 from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, ensure, kept_run_ids
 from ..program import ConfigError, Program, load_program, project_root
+from ..run.queue import cancel_wave
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
@@ -132,10 +133,29 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     ctx = read_context(root, program, data)
     runs = pending_runs(root, program, st, ctx.rows)
     running = [r for r in runs if r.in_progress]
-    if running:                                                        # 1.
+    lead = ""
+    if running and all(r.wave for r in running):                       # 1. a wave in flight, or stuck
+        idle = wave.stuck_for(root, program, running)
+        if idle is None:
+            return block(messages.wave_in_flight([r.run_id for r in running]))
+        cancel_wave(root, f"stuck: the wave made no progress for {idle:.0f} s", force=True)
+        lead = messages.wave_stuck([r.run_id for r in running], idle)
+        runs = pending_runs(root, program, st, ctx.rows)
+        running = [r for r in runs if r.in_progress]
+    if running:
         if any(r.wave for r in running):
             return block(messages.wave_in_flight([r.run_id for r in running]))
         return block(messages.still_running(running[-1].run_id))
+    reply = _stop_wave(root, program, data, st, ctx, runs)
+    key = "reason" if "reason" in reply else "systemMessage"
+    if lead and key in reply:
+        reply[key] = lead + reply[key]
+    return reply
+
+
+def _stop_wave(root: Path, program: Program, data: dict, st: LoopState, ctx: Context,
+               runs: list[RunRecord]) -> dict:
+    """Step 1b, else steps 2-5."""
     waved = [r for r in runs if r.wave]
     if waved:                                                          # 1b. a whole wave: its best is judged
         winner = wave.pick(program, ctx, waved, root)

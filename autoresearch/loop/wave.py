@@ -96,6 +96,35 @@ def materialize(root: Path, program: Program, ctx: Context, winner: RunRecord) -
     return True
 
 
+STUCK_ENV = "AUTORESEARCH_WAVE_STUCK_S"
+STUCK_SLACK_S = 300.0
+
+
+def stuck_for(root: Path, program: Program, live: list[RunRecord]) -> float | None:
+    """How long the wave in flight has made no progress, when that is past the bound (else None):
+    no queue entry, record or log of its live runs changed for twice the longest a run can take
+    (budget, grace, eval) plus a slack; AUTORESEARCH_WAVE_STUCK_S overrides it. A wave whose
+    scheduler never comes back, or whose runner hangs, must not block the loop forever."""
+    import os
+    import time
+    budget = max([(r.metrics.budget_seconds if r.metrics else 0.0) for r in live]
+                 + [program.budget.train_seconds])
+    bound = 2 * (budget + program.budget.grace_seconds + program.budget.eval_seconds) + STUCK_SLACK_S
+    try:
+        bound = float(os.environ.get(STUCK_ENV, "") or bound)
+    except ValueError:
+        pass
+    newest = 0.0
+    for r in live:
+        for name in ("queue.json", "metrics.json", "train.log", "eval.log", ""):
+            try:
+                newest = max(newest, (r.path / name).stat().st_mtime)
+            except OSError:
+                continue
+    idle = time.time() - newest
+    return idle if idle > bound else None
+
+
 def announce(reply: dict, program: Program, wave: list[RunRecord], winner: RunRecord) -> dict:
     """Say what the wave was, before the decision's own words."""
     if not wave or "reason" not in reply and "systemMessage" not in reply:

@@ -249,9 +249,11 @@ def settle_lost(root: Path, mine: set[str]) -> list[str]:
     return lost
 
 
-def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tuple[list[str], list[str]]:
+def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause",
+                force: bool = False) -> tuple[list[str], list[str]]:
     """Cancel the wave: queued runs -> cancelled (signed record: interrupted, never a result);
-    running ones get SIGTERM (their runner records them interrupted and stops the sandbox).
+    running ones get SIGTERM (their runner records them interrupted and stops the sandbox), or with
+    `force` (a stuck wave: its runner may be hung) SIGKILL and interrupted here.
     Returns (cancelled, interrupted) run ids."""
     from ..program import load_program
     program = load_program(root)
@@ -265,9 +267,13 @@ def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tup
                                finished=e.finished_at)
                 e.write(root)
                 cancelled.append(e.run_id)
-            elif e.pid:
-                with contextlib.suppress(OSError):
-                    os.killpg(e.pid, signal.SIGTERM)
+            elif e.pid or force:
+                if e.pid:
+                    with contextlib.suppress(OSError):
+                        os.killpg(e.pid, signal.SIGKILL if force else signal.SIGTERM)
+                if force:
+                    e.state, e.finished_at, e.note = "interrupted", _now(), why
+                    e.write(root)
                 stopped.append(e.run_id)
     return cancelled, stopped
 

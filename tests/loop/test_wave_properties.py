@@ -71,7 +71,7 @@ class Waves(World):
         e.write(root)
         return d.name
 
-    def sched(self, fault: str | None = None, ok: bool | None = None) -> None:
+    def sched(self, fault: str | None = None, ok: bool | None = None, value: float | None = None) -> None:
         """One scheduler step: settle runners lost earlier, then run the oldest queued run."""
         root = self.p.path
         settle_lost(root, set())
@@ -85,7 +85,7 @@ class Waves(World):
         if fault == "kill_claimed":
             return                                          # the runner died before it measured anything
         d = root / "runs" / e.run_id
-        ok = self.rng.random() < 0.8 if ok is None else ok
+        ok = (value is not None or self.rng.random() < 0.8) if ok is None else ok
         files = saved_files(root, e)
         if not snapshot_intact(root, e) or files.get("train.py") is None:    # as execute_queued refuses it
             finish(root, e.run_id, "interrupted", "harness error: the snapshot was lost")
@@ -94,7 +94,7 @@ class Waves(World):
         (d / "out").mkdir(exist_ok=True)
         (d / "out" / "model.pt").write_bytes(f"ckpt {e.run_id}".encode())
         RunMetrics(run_id=e.run_id, status="ok" if ok else "crash", metric_name="val_bpb",
-                   metric_value=round(self.rng.uniform(1.7, 2.2), 4) if ok else None, direction="minimize",
+                   metric_value=(value or round(self.rng.uniform(1.7, 2.2), 4)) if ok else None, direction="minimize",
                    train_py_sha256=RunMetrics.read(d).train_py_sha256, seed=e.seed,
                    budget_seconds=e.budget_seconds, grace_seconds=5, train_seconds=2.0, sandbox="none",
                    description=e.message, reason=None if ok else "crash in test", started_at=started,

@@ -1,0 +1,149 @@
+"""Waves under targeted faults, each a regression test for a bug the fault injector found: a lost
+queue.json, a kill between a run's record and its queue state, a changed snapshot, a file made
+after queueing, a stuck wave, a plain run beside a wave, a Stop hook killed while the winner is
+being restored. Fake runs (the real queue, records and Stop hook), as in test_wave_properties."""
+from __future__ import annotations
+
+import os
+import random
+import time
+
+import pytest
+
+from autoresearch.run.main import main as run_main
+from autoresearch.run.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
+from loop_support import PROGRAM, Project
+from test_wave_properties import Waves
+
+
+def world(tmp_path, program: str = PROGRAM, lib: bool = False) -> Waves:
+    w = Waves(Project.create(tmp_path / "proj", program=program), random.Random(0))
+    if lib:                                                  # an editable folder with one file
+        (w.p.path / "lib").mkdir()
+        (w.p.path / "lib" / "base.py").write_text("BASE = 0\n")
+        w.p.sh("git", "add", "lib")
+        w.p.sh("git", "commit", "-q", "-m", "lib")
+    w.p.baseline(2.0)
+    return w
+
+
+def variant(w: Waves, lr: str) -> str:
+    (w.p.path / "train.py").write_text(w.p.committed("train.py").replace("LEARNING_RATE = 3e-3", lr))
+    return w.queue()
+
+
+def decide(w: Waves) -> dict:
+    w.p.note(f"wave noted {time.time()}")
+    return w.stop()
+
+
+def rows(w: Waves) -> dict:
+    return {r.run_id: r for r in w.p.rows()}
+
+
+@pytest.mark.parametrize("damage", ["deleted", "truncated", "invalid"])
+def test_a_lost_queue_file_keeps_the_run_in_its_wave(tmp_path, damage):
+    w = world(tmp_path)
+    a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
+    code_a = (w.p.path / "runs" / a / SNAPSHOT_DIR / "train.py").read_text()
+
+    def hurt(rid: str) -> None:
+        f = w.p.path / "runs" / rid / QUEUE_FILE
+        {"deleted": lambda: f.unlink(), "truncated": lambda: f.write_text(f.read_text()[:25]),
+         "invalid": lambda: f.write_text("{not json")}[damage]()
+
+    hurt(a)                                                  # while queued: it must still run
+    assert [e.run_id for e in entries(w.p.path) if e.state == "queued"] == [a, b]
+    w.sched(value=1.5)
+    w.sched(value=1.9)
+    hurt(a)                                                  # after it ran: still its wave's best
+    assert read_entry(w.p.path / "runs" / a).state == "done"
+    r = decide(w)
+    got = rows(w)
+    assert got[a].status == "keep" and got[b].status == "discard", r
+    assert w.p.read() == code_a == w.p.committed("train.py")
+
+
+def test_a_runner_killed_between_its_record_and_queue_state_is_done_not_lost(tmp_path):
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    w.sched(fault="kill_measured", value=1.5)
+    w.sched()                                                # a new scheduler settles it
+    e = read_entry(w.p.path / "runs" / a)
+    assert e.state == "done" and "recorded" in (e.note or "")
+    decide(w)
+    assert rows(w)[a].status == "keep"
+
+
+def test_a_changed_snapshot_is_never_put_back_nor_kept(tmp_path):
+    w = world(tmp_path)
+    a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
+    w.sched(value=1.5)
+    w.sched(value=1.9)
+    snap = w.p.path / "runs" / a / SNAPSHOT_DIR / "train.py"
+    snap.write_text(snap.read_text() + "\nALTERED = True\n")   # not the code that was measured
+    r = decide(w)
+    assert "ALTERED" not in w.p.read() and "ALTERED" not in w.p.committed("train.py"), r
+    got = rows(w)
+    assert got[a].status != "keep" and got[b].status == "keep"
+    assert "LEARNING_RATE = 1e-3" in w.p.committed("train.py")
+
+
+def test_a_file_made_after_queueing_is_not_part_of_the_winner(tmp_path):
+    w = world(tmp_path, PROGRAM.replace("editable: [train.py, scratchpad.md]", "editable: [train.py, scratchpad.md, lib/]"),
+              lib=True)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    (w.p.path / "lib" / "extra.py").write_text("X = 1\n")      # made after a was queued
+    b = variant(w, "LEARNING_RATE = 1e-3")
+    w.sched(value=1.5)
+    w.sched(value=1.9)
+    r = decide(w)
+    got = rows(w)
+    assert got[a].status == "keep", r
+    assert not (w.p.path / "lib" / "extra.py").exists() and got[b].status == "discard"
+    assert (w.p.path / ".autoresearch" / "reverted" / f"wave-{a}" / "lib" / "extra.py").read_text() == "X = 1\n"
+
+
+def test_a_stuck_wave_is_cancelled_after_a_bound_with_a_clear_message(tmp_path, monkeypatch):
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")                   # queued; no scheduler ever runs it
+    r = decide(w)
+    assert r["decision"] == "block" and "--wait" in r["reason"]
+    monkeypatch.setenv("AUTORESEARCH_WAVE_STUCK_S", "60")
+    old = time.time() - 120
+    for f in (w.p.path / "runs" / a).rglob("*"):
+        os.utime(f, (old, old))
+    os.utime(w.p.path / "runs" / a, (old, old))
+    r = decide(w)
+    assert "no progress" in r["reason"] and a in r["reason"], r
+    assert read_entry(w.p.path / "runs" / a).state == "cancelled"
+    assert rows(w)[a].status == "crash" and rows(w)[a].value is None
+
+
+def test_a_plain_run_while_a_wave_waits_is_refused(tmp_path, monkeypatch, capsys):
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    monkeypatch.chdir(w.p.path)
+    assert run_main(["-m", "a plain run beside the wave"]) == 75
+    err = capsys.readouterr().err
+    assert "wave is in flight" in err and a in err and "--wait" in err
+    assert [e.run_id for e in entries(w.p.path)] == [a] and len(list((w.p.path / "runs").iterdir())) == 2
+
+
+@pytest.mark.parametrize("step", ["materialize", "journal", "commit", "ledger"])
+def test_a_hook_killed_while_restoring_the_winner_finishes_it_once(tmp_path, step):
+    w = world(tmp_path)
+    a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
+    code_a = (w.p.path / "runs" / a / SNAPSHOT_DIR / "train.py").read_text()
+    (w.p.path / "train.py").write_text(w.p.read() + "# unqueued edit\n")
+    w.sched(value=1.5)
+    w.sched(value=1.9)
+    w.p.note("wave noted")
+    killed = w.p.hook("Stop", env={"AUTORESEARCH_TEST_CRASH_AT": step})
+    assert killed.rc != 0
+    r = w.stop()
+    got = rows(w)
+    assert got[a].status == "keep" and got[b].status == "discard", r
+    assert [x.run_id for x in w.p.rows()].count(a) == 1
+    assert w.p.read() == code_a == w.p.committed("train.py")
+    assert "# unqueued edit" in (w.p.path / ".autoresearch" / "reverted" / f"wave-{a}" / "train.py").read_text()
