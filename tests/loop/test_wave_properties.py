@@ -8,7 +8,8 @@ wave's own:
     kept checkpoints intact (check_invariants);
   - every keep commits exactly the snapshot that was measured (never an unmeasured one);
   - after a wave is decided the tree is at the best (or at the winner, awaiting its confirmation);
-  - no run is left queued or running once the agent has waited and the wave is decided.
+  - no run is left queued or running once the agent has waited and the wave is decided, and no
+    queued run falls out of its wave (a lost queue.json) or is dropped without running.
 
 The scheduler is faked in-process with the real queue functions (claim, settle, finish) and the
 real metrics writer: no training, so a sequence costs a few Stop calls. The Stop hook runs
@@ -34,8 +35,8 @@ from autoresearch.run.identity import program_code, snapshot, snapshot_at, snaps
 from autoresearch.run.layout import allocate_run_dir
 from autoresearch.run.metrics import RunMetrics
 from autoresearch.run.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel_wave, claim, entries, finish,
-                                    pending_record, saved_files, settle_lost,
-                                    snapshot_intact)
+                                    read_entry,
+                                    pending_record, saved_files, settle_lost)
 from loop_support import EDITABLE, Project, fingerprint
 from test_properties import World, check_invariants
 
@@ -87,7 +88,7 @@ class Waves(World):
         d = root / "runs" / e.run_id
         ok = (value is not None or self.rng.random() < 0.8) if ok is None else ok
         files = saved_files(root, e)
-        if not snapshot_intact(root, e) or files.get("train.py") is None:    # as execute_queued refuses it
+        if (e.snapshot and snapshot_of(files) != e.snapshot) or files.get("train.py") is None:    # as execute_queued refuses it
             finish(root, e.run_id, "interrupted", "harness error: the snapshot was lost")
             return
         started = e.started_at
@@ -195,6 +196,12 @@ def check_wave_invariants(w: Waves) -> None:
     check_invariants(w)
     left = [(e.run_id, e.state) for e in entries(root) if e.state in ("queued", "running")]
     assert not left, f"left in flight: {left}"
+    for d in sorted((root / "runs").iterdir()):             # no queued run silently dropped
+        if (d / SNAPSHOT_DIR).is_dir():
+            e = read_entry(d)
+            assert e is not None, f"run {d.name} fell out of its wave (queue entry lost)"
+            if RunMetrics.read(d).extra.get("wave") == "queued":
+                assert e.state in ("cancelled", "interrupted"), f"run {d.name} never ran: {e.state}"
     branch = w.p.branch()
     log = git(root, "log", "--first-parent", "--format=%H%x00%B%x01", branch).stdout
     for rec in log.split("\x01"):
