@@ -147,3 +147,47 @@ def test_a_hook_killed_while_restoring_the_winner_finishes_it_once(tmp_path, ste
     assert [x.run_id for x in w.p.rows()].count(a) == 1
     assert w.p.read() == code_a == w.p.committed("train.py")
     assert "# unqueued edit" in (w.p.path / ".autoresearch" / "reverted" / f"wave-{a}" / "train.py").read_text()
+
+
+def test_a_wave_of_crashes_leaves_the_tree_at_the_best(tmp_path):
+    w = world(tmp_path)
+    best = w.p.read()
+    a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
+    w.sched(ok=False)
+    w.sched(ok=False)
+    r = decide(w)
+    got = rows(w)
+    assert got[a].status == got[b].status == "crash" and "wave of 2 runs" in r["reason"]
+    assert w.p.read() == best and len(w.p.rows()) == 3
+
+
+def test_a_wave_mixing_fingerprints_judges_only_the_comparable_run(tmp_path):
+    w = world(tmp_path)
+    w.budget = 4.0
+    a = variant(w, "LEARNING_RATE = 6e-3")                   # another budget: not comparable, however good
+    w.budget = 2.0
+    b = variant(w, "LEARNING_RATE = 1e-3")
+    w.sched(value=1.0)
+    w.sched(value=1.8)
+    r = decide(w)
+    got = rows(w)
+    assert f"run {b} is its best" in r["reason"]
+    assert got[b].status == "keep" and got[a].status == "discard" and got[a].note.startswith("wave: not the best")
+    assert "LEARNING_RATE = 1e-3" in w.p.committed("train.py")
+
+
+def test_a_close_winner_is_confirmed_before_it_is_kept(tmp_path):
+    w = world(tmp_path)                                      # best 2.0; threshold 0.01, confirm margin 0.02
+    a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
+    w.sched(value=1.98)
+    w.sched(value=2.1)
+    code_a = (w.p.path / "runs" / a / SNAPSHOT_DIR / "train.py").read_text()
+    r = decide(w)
+    assert "Confirm it" in r["reason"] and a not in rows(w) and rows(w)[b].status == "discard"
+    assert w.p.read() == code_a                              # the winner is in the tree, to be rerun
+    c = w.queue()                                            # the confirming rerun, queued
+    w.sched(value=1.975)
+    r = decide(w)
+    got = rows(w)
+    assert got[c].status == "keep" and got[c].runs == [a, c] and a not in got, r      # the mean of both kept
+    assert w.p.committed("train.py") == code_a == w.p.read()

@@ -44,7 +44,7 @@ N = int(os.environ.get("AUTORESEARCH_WAVE_SEQUENCES", "120"))
 KILL_STEPS = ["materialize", "journal", "commit", "revert", "ledger", "state"]
 AGENT = ["edit", "edit", "revert", "queue", "queue", "queue", "sched", "sched", "note", "stop", "stop"]
 FAULTS = ["kill_claimed", "kill_measured", "queue_truncated", "queue_invalid", "queue_deleted", "snapshot_lost",
-          "corrupt_state", "del_ledger", "kill_hook", "pause_resume", "budget", "plain_run"]
+          "corrupt_state", "del_state_dir", "del_ledger", "kill_hook", "pause_resume", "budget", "plain_run"]
 
 
 @pytest.fixture(scope="module")
@@ -155,6 +155,9 @@ class Waves(World):
             cancel_wave(root)
             self.stop()
             lift_pause(root)
+        elif what == "del_state_dir":
+            self.log.append(what)
+            shutil.rmtree(root / ".autoresearch", ignore_errors=True)
         elif what == "plain_run":
             self.log.append(what)
             self.run()
