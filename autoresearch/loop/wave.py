@@ -134,7 +134,8 @@ def announce(reply: dict, program: Program, wave: list[RunRecord], winner: RunRe
     for r in wave:
         v = r.view(m.name, m.direction)
         parts.append(f"{r.run_id} {v.value:.6f}" if v.value is not None else f"{r.run_id} {v.status}")
-    head = (f"autoresearch: wave of {len(wave)} runs ({', '.join(parts)}): run {winner.run_id} is its best "
+    n = f"{len(wave)} run{'s' if len(wave) != 1 else ''}"
+    head = (f"autoresearch: wave of {n} ({', '.join(parts)}): run {winner.run_id} is its best "
             f"comparable candidate and was judged; the others are discards (diffs kept in runs/NNNN/diff.patch).\n")
     key = "reason" if "reason" in reply else "systemMessage"
     reply[key] = head + reply[key]

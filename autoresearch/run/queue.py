@@ -130,16 +130,18 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     else:
         base = None
     run_dir = allocate_run_dir(root)
-    snap = run_dir / SNAPSHOT_DIR
+    snap = run_dir / (SNAPSHOT_DIR + ".part")      # renamed once whole: snapshot/ implies a full copy
     for rel, data in p.files.items():
         if data is not None:
             (snap / rel).parent.mkdir(parents=True, exist_ok=True)
             (snap / rel).write_bytes(data)
+    snap.mkdir(exist_ok=True)
     (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
     entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
                        backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None),
                        queued_at=now(), snapshot=snapshot_of(p.files))
     pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
+    snap.rename(run_dir / SNAPSHOT_DIR)            # then the entry: a kill between leaves a rebuildable run
     entry.write(root)
     return entry
 

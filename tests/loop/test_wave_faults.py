@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import time
 
 import pytest
@@ -191,3 +192,44 @@ def test_a_close_winner_is_confirmed_before_it_is_kept(tmp_path):
     got = rows(w)
     assert got[c].status == "keep" and got[c].runs == [a, c] and a not in got, r      # the mean of both kept
     assert w.p.committed("train.py") == code_a == w.p.read()
+
+
+def test_two_queues_at_once_get_two_whole_runs(tmp_path, data_dir):
+    """Two `./run.sh --queue` at once (the real queue_experiment, in two processes' worth of
+    threads): distinct run ids, each a whole snapshot and a readable entry."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from autoresearch.run.queue import queue_experiment
+    from loop_support import ROOT
+    w = world(tmp_path)
+    shutil.copy2(ROOT / "prepare.py", w.p.path / "prepare.py")
+    with ThreadPoolExecutor(4) as ex:
+        got = list(ex.map(lambda i: queue_experiment(w.p.path, f"variant {i}", budget=2.0), range(4)))
+    ids = [e.run_id for e in got]
+    assert len(set(ids)) == 4
+    for rid in ids:
+        e = read_entry(w.p.path / "runs" / rid)
+        assert e is not None and e.state == "queued" and e.note is None
+        assert (w.p.path / "runs" / rid / SNAPSHOT_DIR / "train.py").read_text() == w.p.read()
+        assert not (w.p.path / "runs" / rid / (SNAPSHOT_DIR + ".part")).exists()
+
+
+def test_a_run_killed_while_being_queued_is_never_half_run(tmp_path):
+    """Killed after its record, before its queue.json: rebuilt as queued, runs whole. Killed while
+    its snapshot was being copied (snapshot.part/, no record): not a wave run, a crash, never run."""
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    (w.p.path / "runs" / a / QUEUE_FILE).unlink()            # the kill before the entry was written
+    b = variant(w, "LEARNING_RATE = 1e-3")
+    d = w.p.path / "runs" / b
+    (d / QUEUE_FILE).unlink()
+    (d / "metrics.json").unlink()
+    (d / SNAPSHOT_DIR).rename(d / (SNAPSHOT_DIR + ".part"))  # the kill mid-copy
+    old = time.time() - 60
+    for f in [*d.rglob("*"), d]:
+        os.utime(f, (old, old))                              # a while ago
+    assert [e.run_id for e in entries(w.p.path)] == [a]
+    w.sched(value=1.8)
+    r = decide(w)
+    got = rows(w)
+    assert got[a].value is not None and got[b].status == "crash" and got[b].value is None, r
