@@ -154,7 +154,8 @@ def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
                budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,
                sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
-               started_at=e.queued_at, finished_at=finished, snapshot_sha256=e.snapshot or snapshot_of(saved_files(root, e)),
+               started_at=e.queued_at, finished_at=finished,
+               snapshot_sha256=e.snapshot or snapshot_of(saved_files(root, e)),
                extra={"wave": "queued"}).write(Path(root) / RUNS_DIR / e.run_id)
 
 

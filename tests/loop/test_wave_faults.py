@@ -91,8 +91,8 @@ def test_a_changed_snapshot_is_never_put_back_nor_kept(tmp_path):
 
 
 def test_a_file_made_after_queueing_is_not_part_of_the_winner(tmp_path):
-    w = world(tmp_path, PROGRAM.replace("editable: [train.py, scratchpad.md]", "editable: [train.py, scratchpad.md, lib/]"),
-              lib=True)
+    lib = PROGRAM.replace("editable: [train.py, scratchpad.md]", "editable: [train.py, scratchpad.md, lib/]")
+    w = world(tmp_path, lib, lib=True)
     a = variant(w, "LEARNING_RATE = 6e-3")
     (w.p.path / "lib" / "extra.py").write_text("X = 1\n")      # made after a was queued
     b = variant(w, "LEARNING_RATE = 1e-3")

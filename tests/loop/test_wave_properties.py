@@ -88,7 +88,7 @@ class Waves(World):
         d = root / "runs" / e.run_id
         ok = (value is not None or self.rng.random() < 0.8) if ok is None else ok
         files = saved_files(root, e)
-        if (e.snapshot and snapshot_of(files) != e.snapshot) or files.get("train.py") is None:    # as execute_queued refuses it
+        if (e.snapshot and snapshot_of(files) != e.snapshot) or files.get("train.py") is None:   # execute refuses it
             finish(root, e.run_id, "interrupted", "harness error: the snapshot was lost")
             return
         started = e.started_at
