@@ -76,6 +76,14 @@ def test_a_runner_killed_between_its_record_and_queue_state_is_done_not_lost(tmp
     assert rows(w)[a].status == "keep"
 
 
+def test_a_runner_lost_before_it_measured_is_interrupted_at_the_stop(tmp_path):
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    w.sched(fault="kill_claimed")                            # claimed, its runner gone, no scheduler since
+    decide(w)
+    assert rows(w)[a].status == "crash" and read_entry(w.p.path / "runs" / a).state == "interrupted"
+
+
 def test_a_changed_snapshot_is_never_put_back_nor_kept(tmp_path):
     w = world(tmp_path)
     a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
