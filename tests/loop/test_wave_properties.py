@@ -14,7 +14,7 @@ wave's own:
 The scheduler is faked in-process with the real queue functions (claim, settle, finish) and the
 real metrics writer: no training, so a sequence costs a few Stop calls. The Stop hook runs
 in-process, and as the wired command (a real kill) for the kill faults.
-AUTORESEARCH_WAVE_SEQUENCES overrides the count (default 120); a failure names its seed.
+AUTORESEARCH_WAVE_SEQUENCES overrides the count (default 100); a failure names its seed.
 """
 from __future__ import annotations
 
@@ -40,8 +40,8 @@ from autoresearch.run.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel
 from loop_support import EDITABLE, Project, fingerprint
 from test_properties import World, check_invariants
 
-N = int(os.environ.get("AUTORESEARCH_WAVE_SEQUENCES", "120"))
-KILL_STEPS = ["materialize", "journal", "commit", "revert", "ledger", "state"]
+N = int(os.environ.get("AUTORESEARCH_WAVE_SEQUENCES", "100"))
+KILL_STEPS = ["materialize", "journal", "branch", "commit", "index", "revert", "ledger", "decision", "state"]
 AGENT = ["edit", "edit", "revert", "queue", "queue", "queue", "sched", "sched", "note", "stop", "stop"]
 FAULTS = ["kill_claimed", "kill_measured", "queue_truncated", "queue_invalid", "queue_deleted", "snapshot_lost",
           "corrupt_state", "del_state_dir", "del_ledger", "kill_hook", "pause_resume", "budget", "plain_run"]
