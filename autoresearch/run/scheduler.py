@@ -162,7 +162,8 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     from .queue import execute_queued, pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
-        try:
+        finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when
+        try:                                               # the scheduler died before noting the pid
             program = load_program(root)
             if program.executor.kind == "ray" and not here:
                 from .rayexec import execute_child_ray

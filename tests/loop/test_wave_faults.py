@@ -84,6 +84,24 @@ def test_a_runner_lost_before_it_measured_is_interrupted_at_the_stop(tmp_path):
     assert rows(w)[a].status == "crash" and read_entry(w.p.path / "runs" / a).state == "interrupted"
 
 
+def test_a_slot_runner_notes_its_own_pid_so_pause_can_stop_it(tmp_path):
+    """The scheduler killed between starting a runner and noting its pid: the runner notes it
+    itself (here it then fails fast: this project has no prepare.py), so `pause` could signal it."""
+    import subprocess
+    import sys
+
+    from autoresearch.run.queue import claim
+    from loop_support import clean_env
+    w = world(tmp_path)
+    a = variant(w, "LEARNING_RATE = 6e-3")
+    assert claim(w.p.path, a, 0) is not None
+    p = subprocess.Popen([sys.executable, "-m", "autoresearch.run", "--execute", a, "--slot", "0"], cwd=w.p.path,
+                         env=clean_env(), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    p.wait(timeout=120)
+    e = read_entry(w.p.path / "runs" / a)
+    assert e.pid == p.pid and e.state == "interrupted" and "prepare.py" in (e.note or ""), e
+
+
 def test_a_changed_snapshot_is_never_put_back_nor_kept(tmp_path):
     w = world(tmp_path)
     a, b = variant(w, "LEARNING_RATE = 6e-3"), variant(w, "LEARNING_RATE = 1e-3")
