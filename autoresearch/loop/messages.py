@@ -100,6 +100,12 @@ def wave_in_flight(run_ids: list[str]) -> str:
             f"returns when every queued run has ended, then end your turn: the wave is decided whole.")
 
 
+def wave_stuck(run_ids: list[str], idle_s: float) -> str:
+    return (f"autoresearch: the wave made no progress for {idle_s / 60:.0f} min (runs {', '.join(run_ids)} never "
+            f"ended): they are cancelled and recorded interrupted, never results; the rest of the wave is decided. "
+            f"If this repeats, see .autoresearch/scheduler.log.\n")
+
+
 def _result(program: Program, m: RunMetrics | None, status: str, with_reason: bool) -> str:
     if m and m.status == "ok" and m.metric_value is not None:
         return f"{program.metric.name} {m.metric_value:.6f}"

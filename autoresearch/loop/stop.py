@@ -5,7 +5,9 @@ Stop, in order, under the loop lock:
   0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
      then finish a decision a killed hook left half done (journal.recover)
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
-     a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole)
+     a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole),
+                                                               unless it made no progress for a bound (wave.stuck_for):
+                                                               then its live runs are cancelled, recorded interrupted
   1b. a finished wave (wave.py): its best comparable run's code goes back into the work tree, and
      the steps below decide it; the wave's other runs are rows of their own (discards, diffs kept)
   2. undecided runs of OTHER code (snapshot) or of another fingerprint than the latest
@@ -50,6 +52,7 @@ from ..digest import sha256_bytes, sha256_file
 from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, ensure, kept_run_ids
 from ..program import ConfigError, Program, load_program, project_root
+from ..run.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
@@ -132,17 +135,37 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     ctx = read_context(root, program, data)
     runs = pending_runs(root, program, st, ctx.rows)
     running = [r for r in runs if r.in_progress]
-    if running:                                                        # 1.
+    lead = ""
+    if running and all(r.wave for r in running):                       # 1. a wave in flight, or stuck
+        idle = wave.stuck_for(root, program, running)
+        if idle is None:
+            return block(messages.wave_in_flight([r.run_id for r in running]))
+        cancel_wave(root, f"stuck: the wave made no progress for {idle:.0f} s", force=True)
+        lead = messages.wave_stuck([r.run_id for r in running], idle)
+        runs = pending_runs(root, program, st, ctx.rows)
+        running = [r for r in runs if r.in_progress]
+    if running:
         if any(r.wave for r in running):
             return block(messages.wave_in_flight([r.run_id for r in running]))
         return block(messages.still_running(running[-1].run_id))
+    reply = _stop_wave(root, program, data, st, ctx, runs)
+    key = "reason" if "reason" in reply else "systemMessage"
+    if lead and key in reply:
+        reply[key] = lead + reply[key]
+    return reply
+
+
+def _stop_wave(root: Path, program: Program, data: dict, st: LoopState, ctx: Context,
+               runs: list[RunRecord]) -> dict:
+    """Step 1b, else steps 2-5."""
     waved = [r for r in runs if r.wave]
     if waved:                                                          # 1b. a whole wave: its best is judged
-        winner = wave.pick(program, ctx, waved)
+        settle_lost(root, set())                   # a lost runner's entry says so, not "running" forever
+        winner = wave.pick(program, ctx, waved, root)
         nag = scratchpad_problem(root, program, st, ctx, winner)
         if nag:
             return block(nag)
-        if wave.materialize(root, program, winner):
+        if wave.materialize(root, program, ctx, winner):
             ctx = read_context(root, program, data)
         reply = _decide(root, program, st, ctx, runs)
         return wave.announce(reply, program, waved, winner)

@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict
 from ..atomic import write_atomic
 from .exits import HarnessError
 from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, run_dirs
+from .identity import snapshot_of
 from .metrics import RunMetrics, load_verified
 
 QUEUE_FILE = "queue.json"
@@ -58,17 +59,36 @@ class QueueEntry(BaseModel):
     base: str | None = None                     # ray: the commit shipped with the snapshot
     pid: int | None = None                      # the runner process (its own process group)
     note: str | None = None
+    snapshot: str | None = None                 # identity.snapshot_of the saved snapshot when queued
 
     def write(self, root: Path) -> None:
         write_atomic(Path(root) / RUNS_DIR / self.run_id / QUEUE_FILE, self.model_dump_json(indent=2) + "\n")
 
 
 def read_entry(run_dir: Path) -> QueueEntry | None:
-    """The run's queue entry; None for a run that was not queued (or an unreadable entry)."""
+    """The run's queue entry; None for a run that was not queued. A queued run (it has snapshot/)
+    whose queue.json is lost or unreadable (deleted, truncated, invalid) is rebuilt from its signed
+    record and snapshot (queue_repair.py): never dropped from its wave, never run twice."""
     try:
         return QueueEntry.model_validate_json((Path(run_dir) / QUEUE_FILE).read_text())
     except (OSError, ValueError):
-        return None
+        if not (Path(run_dir) / SNAPSHOT_DIR).is_dir():
+            return None
+    from .queue_repair import rebuilt_entry
+    return rebuilt_entry(Path(run_dir))
+
+
+def snapshot_intact(root: Path, e: QueueEntry, measured: str | None = None) -> bool:
+    """Does runs/NNNN/snapshot/ still hold the code that was queued (and, given `measured`, the
+    code that was measured)? A lost or changed file there must never run, or be committed."""
+    want = [x for x in (e.snapshot, measured) if x]
+    if not want:
+        return True
+    try:
+        have = snapshot_of(saved_files(root, e))
+    except OSError:
+        return False
+    return all(have == w for w in want)
 
 
 def entries(root: Path) -> list[QueueEntry]:
@@ -110,15 +130,18 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     else:
         base = None
     run_dir = allocate_run_dir(root)
-    snap = run_dir / SNAPSHOT_DIR
+    snap = run_dir / (SNAPSHOT_DIR + ".part")      # renamed once whole: snapshot/ implies a full copy
     for rel, data in p.files.items():
         if data is not None:
             (snap / rel).parent.mkdir(parents=True, exist_ok=True)
             (snap / rel).write_bytes(data)
+    snap.mkdir(exist_ok=True)
     (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
     entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
-                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None), queued_at=now())
+                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None),
+                       queued_at=now(), snapshot=snapshot_of(p.files))
     pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
+    snap.rename(run_dir / SNAPSHOT_DIR)            # then the entry: a kill between leaves a rebuildable run
     entry.write(root)
     return entry
 
@@ -131,7 +154,8 @@ def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
                budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,
                sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
-               started_at=e.queued_at, finished_at=finished, snapshot_sha256=snapshot_of(saved_files(root, e)),
+               started_at=e.queued_at, finished_at=finished,
+               snapshot_sha256=e.snapshot or snapshot_of(saved_files(root, e)),
                extra={"wave": "queued"}).write(Path(root) / RUNS_DIR / e.run_id)
 
 
@@ -193,9 +217,46 @@ def runner_live(root: Path, run_id: str) -> bool:
         os.close(fd)
 
 
-def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tuple[list[str], list[str]]:
+def slot_lock(root: Path, slot: int) -> Path:
+    return Path(root) / STATE_DIR / f"slot-{slot}.lock"
+
+
+def slot_free(root: Path, slot: int) -> bool:
+    """Does no slot runner hold .autoresearch/slot-K.lock (it takes it before anything else)?"""
+    d = Path(root) / STATE_DIR
+    d.mkdir(exist_ok=True)
+    fd = os.open(slot_lock(root, slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def settle_lost(root: Path, mine: set[str]) -> list[str]:
+    """Runs marked running whose runner is gone (killed, or the machine restarted) and is not one of
+    `mine` (the caller's live children): done when the runner had recorded the run's end (a kill
+    between metrics.json and queue.json), else interrupted. Returns their ids."""
+    lost = []
+    for e in entries(root):
+        if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
+                and e.slot is not None and slot_free(root, e.slot):
+            m, _ = load_verified(Path(root) / RUNS_DIR / e.run_id)
+            if m is not None and m.finished_at is not None and m.extra.get("wave") != "queued":
+                finish(root, e.run_id, "done", "its runner was lost after it recorded the run's end")
+            else:
+                finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
+            lost.append(e.run_id)
+    return lost
+
+
+def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause",
+                force: bool = False) -> tuple[list[str], list[str]]:
     """Cancel the wave: queued runs -> cancelled (signed record: interrupted, never a result);
-    running ones get SIGTERM (their runner records them interrupted and stops the sandbox).
+    running ones get SIGTERM (their runner records them interrupted and stops the sandbox), or with
+    `force` (a stuck wave: its runner may be hung) SIGKILL and interrupted here.
     Returns (cancelled, interrupted) run ids."""
     from ..program import load_program
     program = load_program(root)
@@ -209,9 +270,13 @@ def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause") -> tup
                                finished=e.finished_at)
                 e.write(root)
                 cancelled.append(e.run_id)
-            elif e.pid:
-                with contextlib.suppress(OSError):
-                    os.killpg(e.pid, signal.SIGTERM)
+            elif e.pid or force:
+                if e.pid:
+                    with contextlib.suppress(OSError):
+                        os.killpg(e.pid, signal.SIGKILL if force else signal.SIGTERM)
+                if force:
+                    e.state, e.finished_at, e.note = "interrupted", _now(), why
+                    e.write(root)
                 stopped.append(e.run_id)
     return cancelled, stopped
 
@@ -226,5 +291,8 @@ def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetri
     e = read_entry(root / RUNS_DIR / run_id)
     if e is None:
         raise HarnessError(f"run {run_id} is not a queued run")
+    if not snapshot_intact(root, e):
+        raise HarnessError(f"runs/{run_id}/snapshot/ no longer holds the code that was queued (a file lost or "
+                           "changed): it is not run; queue the variant again")
     p = prepare(root, e.budget_seconds, e.seed, e.backend, files=saved_files(root, e), program=program)
     return run_in(root, p, root / RUNS_DIR / run_id, e.message, "experiment", None, now(), time.monotonic())

@@ -27,7 +27,7 @@ from typing import Iterator
 
 from .layout import RUN_LOCK, STATE_DIR
 from .metrics import load_verified
-from .queue import claim, entries, finish, read_entry, runner_live
+from .queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
 
 SCHEDULER_LOCK = "scheduler.lock"
 POLL_S = 0.5
@@ -43,18 +43,6 @@ def _flock(path: Path, how: int) -> int | None:
     except BlockingIOError:
         os.close(fd)
         return None
-
-
-def slot_lock(root: Path, slot: int) -> Path:
-    return Path(root) / STATE_DIR / f"slot-{slot}.lock"
-
-
-def slot_free(root: Path, slot: int) -> bool:
-    fd = _flock(slot_lock(root, slot), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    if fd is None:
-        return False
-    os.close(fd)
-    return True
 
 
 def scheduler_alive(root: Path) -> bool:
@@ -131,11 +119,8 @@ def _loop(root: Path, slots: int) -> None:
                 del procs[k]
                 finish(root, rid, "interrupted", f"its runner exited ({p.returncode}) before recording an end")
         mine = {rid for _, rid in procs.values()}
+        settle_lost(root, mine)                        # a runner lost with an earlier scheduler (or the machine)
         es = entries(root)
-        for e in es:                                   # a runner lost with an earlier scheduler (or the machine)
-            if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
-                    and e.slot is not None and slot_free(root, e.slot):
-                finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
         queued = [e for e in es if e.state == "queued"]
         others_running = [e for e in es if e.state == "running" and e.run_id not in mine]
         free = [k for k in range(slots) if k not in procs and slot_free(root, k)]
@@ -177,7 +162,8 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     from .queue import execute_queued, pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
-        try:
+        finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when
+        try:                                               # the scheduler died before noting the pid
             program = load_program(root)
             if program.executor.kind == "ray" and not here:
                 from .rayexec import execute_child_ray
