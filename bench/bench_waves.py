@@ -68,9 +68,12 @@ def main() -> int:
             r = subprocess.run([str(ROOT / "run.sh"), "-m", f"bench run {i}", "--queue", "--seed", str(i)],
                                cwd=proj, capture_output=True, text=True)
             assert r.returncode == 0, r.stderr
-        r = subprocess.run([str(ROOT / "run.sh"), "--wait"], cwd=proj, capture_output=True, text=True)
-        assert r.returncode == 0, r.stderr
-        print(r.stdout)
+        while True:          # --wait returns before the agent's Bash timeout and says to wait again
+            r = subprocess.run([str(ROOT / "run.sh"), "--wait"], cwd=proj, capture_output=True, text=True)
+            assert r.returncode == 0, r.stderr
+            print(r.stdout)
+            if "--wait again" not in r.stdout:
+                break
         with open(proj / "scratchpad.md", "a") as f:
             f.write("- the wave's results\n")
         reply = stop_hook({"cwd": str(proj), "session_id": "bench"})
