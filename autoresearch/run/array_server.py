@@ -22,7 +22,7 @@ import traceback
 from pathlib import Path
 
 from . import protocol as P
-from .model_server import Failed, _private_stdout
+from .model_server import Failed
 
 MAX_REQUEST = 1 << 34                 # the relay bounds requests by eval.max_mb; this only guards a broken pipe
 
@@ -93,11 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--entry", required=True, help="file.py:function, called with --out, returning predict")
     ap.add_argument("--out", required=True, help="the TRAIN checkpoint folder")
     args = ap.parse_args(argv)
-    wfile = _private_stdout()
-    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)                                  # agent code reading stdin gets nothing
-    os.close(devnull)
+    rfile, wfile = P.server_channels()
     try:
         predict = load(Path(args.project).resolve(), args.entry, args.out)
         P.write_all(wfile, P.message(P.READY, json.dumps({"entry": args.entry})))
@@ -111,11 +107,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit:
-        raise
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(3)
+    P.run_server(main)

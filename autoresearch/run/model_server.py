@@ -34,14 +34,6 @@ class Refused(Exception):
     """The input is refused (status invalid), e.g. a checkpoint that is not plain tensors."""
 
 
-def _private_stdout() -> "os._wrap_close":
-    """A private, close-on-exec copy of fd 1 as a binary stream; fd 1 then points at stderr."""
-    sys.stdout.flush()
-    private = os.dup(1)
-    os.dup2(2, 1)
-    return os.fdopen(private, "wb", buffering=0)
-
-
 def load(args: argparse.Namespace):
     """(model, torch, device description): the agent's model, in eval mode, on the device."""
     project = Path(args.project).resolve()
@@ -140,11 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="the TRAIN stage's model.pt")
     ap.add_argument("--vocab", type=int, required=True, help="logits per position (prepare.VOCAB_SIZE)")
     args = ap.parse_args(argv)
-    wfile = _private_stdout()
-    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)                                  # agent code reading stdin gets nothing
-    os.close(devnull)
+    rfile, wfile = P.server_channels()
     try:
         model, torch, device, desc = load(args)
         P.write_all(wfile, P.message(P.READY, json.dumps({"device": desc})))
@@ -160,11 +148,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except SystemExit:
-        raise
-    except BaseException:
-        traceback.print_exc()
-        sys.stderr.flush()
-        os._exit(3)
+    P.run_server(main)

@@ -27,9 +27,12 @@ at most MAX_NDIM dimensions, and the total size against the caller's limit.
 from __future__ import annotations
 
 import json
+import os
 import re
 import struct
-from typing import Any, BinaryIO
+import sys
+import traceback
+from typing import Any, BinaryIO, Callable
 
 REQUEST = b"WIN1"
 READY = b"RDY1"
@@ -167,3 +170,33 @@ def read_arrays(f: BinaryIO, limit: int) -> dict[str, Any]:
         size = math.prod(shape) * np.dtype(dt).itemsize
         out[name] = np.frombuffer(read_exact(f, size), dtype=dt).reshape(shape)
     return out
+
+
+# ---------------------------------------------------------------- a server process's own plumbing
+
+def server_channels() -> tuple[BinaryIO, BinaryIO]:
+    """(requests, answers) for a server of agent code: private copies of fd 0 and fd 1; fd 1 then
+    points at stderr (what agent code prints goes to the human-only log) and fd 0 at /dev/null
+    (agent code reading stdin gets nothing)."""
+    sys.stdout.flush()
+    private = os.dup(1)
+    os.dup2(2, 1)
+    wfile = os.fdopen(private, "wb", buffering=0)
+    rfile = os.fdopen(os.dup(0), "rb", buffering=0)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.close(devnull)
+    return rfile, wfile
+
+
+def run_server(main: Callable[[], object]) -> None:
+    """A server's __main__: an unexpected error is a traceback on stderr and exit 3; agent atexit
+    handlers and threads never run (main ends with os._exit)."""
+    try:
+        main()
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(3)
