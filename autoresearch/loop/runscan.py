@@ -7,7 +7,6 @@ deciding on half a run; one that is too old to be alive was killed, and counts a
 """
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import time
@@ -17,7 +16,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..digest import sha256_file
 from .decide import RunView
-from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, run_ids
+from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
 from ..run.queue import QueueEntry, read_entry, runner_live
 from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
@@ -83,17 +82,7 @@ def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float, extra_
         wall_limit_s = metrics.budget_seconds + metrics.grace_seconds + extra_s
     lock = path / RUNNING_LOCK
     if lock.exists():
-        try:
-            fd = os.open(lock, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return False                         # nobody holds it: the runner is gone
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
+        return lock_held(lock)                   # nobody holds it: the runner is gone
     if wall_limit_s <= 0:
         return False
     if metrics is None:                          # only in the instant between mkdir and the first write

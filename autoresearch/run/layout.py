@@ -219,6 +219,22 @@ def mark_holder(fd: int, run_id: str) -> None:
         os.pwrite(fd, f"run {run_id}, pid {os.getpid()}\n".encode(), 0)
 
 
+def lock_held(path: Path, exclusive: bool = False) -> bool:
+    """Does another process hold a flock on `path` right now? (A missing file: nobody does.) The
+    one probe for .running, a slot's lock and the like; `exclusive` also sees shared holders."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        return False
+    except OSError:
+        return True
+    finally:
+        os.close(fd)
+
+
 def hold_running(run_dir: Path) -> int | None:
     """runs/NNNN/.running, flock held until the runner exits: `runscan` reads a held lock as live."""
     try:

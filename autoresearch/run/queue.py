@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ..atomic import write_atomic
 from .exits import HarnessError
-from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, run_dirs
+from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, lock_held, run_dirs
 from .identity import snapshot_of
 from .metrics import RunMetrics, load_verified
 
@@ -204,17 +204,7 @@ def set_node(root: Path, run_id: str, node: str) -> None:
 
 def runner_live(root: Path, run_id: str) -> bool:
     """Does a runner hold runs/NNNN/.running (flock) right now?"""
-    try:
-        fd = os.open(Path(root) / RUNS_DIR / run_id / RUNNING, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        return False
-    except OSError:
-        return True
-    finally:
-        os.close(fd)
+    return lock_held(Path(root) / RUNS_DIR / run_id / RUNNING)
 
 
 def slot_lock(root: Path, slot: int) -> Path:
@@ -223,16 +213,7 @@ def slot_lock(root: Path, slot: int) -> Path:
 
 def slot_free(root: Path, slot: int) -> bool:
     """Does no slot runner hold .autoresearch/slot-K.lock (it takes it before anything else)?"""
-    d = Path(root) / STATE_DIR
-    d.mkdir(exist_ok=True)
-    fd = os.open(slot_lock(root, slot), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return True
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
+    return not lock_held(slot_lock(root, slot), exclusive=True)
 
 
 def settle_lost(root: Path, mine: set[str]) -> list[str]:
