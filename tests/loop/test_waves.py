@@ -110,7 +110,8 @@ def test_a_wave_on_two_slots_is_decided_whole(proj):
         assert win not in rows and proj.read() == won_code and "onfirm" in r.text
     else:
         assert rows[win].status == "keep" and proj.read() == won_code and proj.committed("train.py").strip() == won_code.strip()
-    assert not proj.dirty() or proj.read() == won_code
+    # the agent's scratchpad may be dirty in every branch; train.py only while its win awaits confirmation
+    assert [f for f in proj.dirty() if not f.endswith('scratchpad.md')] == [] or proj.read() == won_code
     kept_aside = proj.path / ".autoresearch" / "reverted" / f"wave-{win}" / "train.py"
     assert "LEARNING_RATE = 9e-3" in kept_aside.read_text()           # the unqueued edit is kept
 
