@@ -111,7 +111,8 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 
     run_dir = root / "runs" / run_id
     script = program.run.train_script
-    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {}, base=commit)
+    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {}, base=commit,
+                 outputs=tuple(program.run.outputs))
     if program.eval is not None:
         return _score_evalcmd(root, program, lay, backend)
     for need in (lay.out / "model.pt", lay.script_copy):

@@ -4,15 +4,17 @@ the sandbox, how a run executes (run, eval, executor), the phases and the end-of
 from __future__ import annotations
 
 import re
-from pathlib import Path
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..editable import is_literal, pattern_problem
 from ..hostenv import check_env, check_folder, check_python
+
+
+_OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*")
 
 
 class _Strict(BaseModel):
@@ -187,8 +189,25 @@ class Run(_Strict):
     # the project) or a conda env's python (absolute); unset: the harness's own (hostenv.py)
     python: str | None = None
     env: dict[str, str] = {}                     # variables for both stages (WANDB_MODE: offline)
+    # folders the code writes its results into (nanoGPT's out/, Hydra's outputs/, wandb/): each
+    # stage's work copy gets them empty and writable, not linked read-only to the project's own
+    # (which earlier runs by hand left there, untracked)
+    outputs: list[str] = []
 
     _launcher = field_validator("launcher", mode="before")(_launcher)
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs(cls, v: list[str]) -> list[str]:
+        out = []
+        for f in v:
+            parts = PurePosixPath(f).parts
+            if not parts or f.startswith("/") or ".." in parts or not _OUTPUT_NAME.fullmatch(f) \
+                    or parts[0] in ("runs", ".git", ".autoresearch", "."):
+                raise ValueError(f"run.outputs {f!r}: a project-relative folder the code writes into, such as "
+                                 "out or outputs (not runs/, .git or .autoresearch; no '..', no glob)")
+            out.append(str(PurePosixPath(f)))
+        return list(dict.fromkeys(out))
     _python = field_validator("python", mode="before")(check_python)
     _env = field_validator("env", mode="before")(check_env)
 

@@ -50,6 +50,7 @@ class Layout:
     script: str                                   # relative to root, e.g. "train.py"
     snapshot: dict[str, bytes | None] = field(default_factory=dict)   # the editable set as the run started
     base: str | None = None                       # the commit the work copies hold (workcopy.py); "" none
+    outputs: tuple[str, ...] = ()                 # run.outputs: empty and writable in each work copy
 
     @property
     def scratch(self) -> Path:

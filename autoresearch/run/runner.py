@@ -52,7 +52,7 @@ from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve
 from .specs import base_env, gpu_request, python_of, repo_env, train_argv, train_spec
-from .workcopy import remove_work_copy, work_copy
+from .workcopy import read_only_hint, remove_work_copy, work_copy
 
 
 def _now() -> datetime:
@@ -200,7 +200,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator, interpreter=_interpreter(root, program))
-    lay = Layout(root, run_dir, script, files)
+    lay = Layout(root, run_dir, script, files, outputs=tuple(program.run.outputs))
     lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
@@ -322,6 +322,8 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
     m.device = "cuda" if gpus else "cpu"
     what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if own else lay.script
     status, reason = train_status(res, program, budget, lay.log, what)
+    if status == "crash" and reason:
+        reason += read_only_hint(lay, reason)
     if res.log_cut_bytes:
         m.extra["log_cut_bytes"] = res.log_cut_bytes
     if removed := clean_out(lay.out):

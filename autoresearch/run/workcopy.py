@@ -9,6 +9,8 @@ What it holds (the rule README documents):
     tracked files   the run's base commit (HEAD when the run started), copied byte for byte --
                     never hard links, which a write in place would carry into the project
     the snapshot    the run's editable set on top (a file the snapshot records as absent is removed)
+    run.outputs     each one a real, writable folder holding only its tracked files: what
+                    earlier runs by hand left there (nanoGPT's out/ckpt.pt) is not shown
     the rest        every untracked or ignored entry of the project (.venv, data/, checkpoints)
                     is a symlink to the project's own, which the sandbox shows read-only;
                     runs/, .git and .autoresearch are left out; a tracked blob over LINK_OVER
@@ -17,6 +19,7 @@ What it holds (the rule README documents):
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import stat
 import subprocess
@@ -46,7 +49,9 @@ def work_copy(lay: Layout, name: str) -> Path:
         put_file(dest, rel, data)
     if lay.script_copy.is_file():
         put_file(dest, lay.script, lay.script_copy.read_bytes())
-    _link_rest(lay.root, dest, {rel for rel, data in lay.snapshot.items() if data is None})
+    for rel in lay.outputs:
+        real_folder(dest, rel)
+    _link_rest(lay.root, dest, {rel for rel, data in lay.snapshot.items() if data is None}, lay.outputs)
     return dest
 
 
@@ -116,31 +121,37 @@ def _copy_tree(root: Path, commit: str, dest: Path) -> None:
         p.stdin.close()
 
 
-def put_file(dest: Path, rel: str, data: bytes | None) -> None:
-    """One snapshot file into the copy (None: absent, removed). Parents are made as real folders:
-    a link on the way (an untracked folder) would carry the write into the project."""
-    target = dest / rel
+def real_folder(dest: Path, rel: str | Path) -> Path:
+    """dest/rel and its parents as real folders of the copy: a link on the way (an untracked
+    folder) would carry a write into the project."""
     cur = dest
-    for part in Path(rel).parts[:-1]:
+    for part in Path(rel).parts:
         cur = cur / part
         if cur.is_symlink() or (cur.exists() and not cur.is_dir()):
             cur.unlink()
         cur.mkdir(exist_ok=True)
+    return cur
+
+
+def put_file(dest: Path, rel: str, data: bytes | None) -> None:
+    """One snapshot file into the copy (None: absent, removed), its parents real folders."""
+    target = real_folder(dest, Path(rel).parent) / Path(rel).name
     if target.is_symlink() or target.is_file():
         target.unlink()
     if data is not None:
         target.write_bytes(data)
 
 
-def _link_rest(root: Path, dest: Path, absent: set[str]) -> None:
+def _link_rest(root: Path, dest: Path, absent: set[str], outputs: tuple[str, ...] = ()) -> None:
     """Every project entry the copy lacks, as a link to the project's own (shown read-only),
     walking only the folders the copy has: an untracked folder is one link, however big. A file
-    the snapshot records as absent stays absent."""
+    the snapshot records as absent stays absent; nothing is linked into a run.outputs folder."""
+    fresh = [Path(o) for o in outputs]
     for d, dirs, files in os.walk(dest):
         here = Path(d)
         rel = here.relative_to(dest)
         src = root / rel
-        if src.is_symlink() or not src.is_dir():
+        if src.is_symlink() or not src.is_dir() or any(rel == o or o in rel.parents for o in fresh):
             continue
         have = set(dirs) | set(files)
         try:
@@ -151,3 +162,40 @@ def _link_rest(root: Path, dest: Path, absent: set[str]) -> None:
             if n in have or (rel == Path(".") and n in LEFT_OUT) or str(rel / n) in absent:
                 continue
             os.symlink(src / n, here / n)
+
+
+_READ_ONLY = re.compile(r"(?:Read-only file system|Permission denied): ['\"]([^'\"]+)['\"]")
+
+
+def read_only_hint(lay: Layout, reason: str) -> str:
+    """For a crash on a write into a folder the work copy links read-only (an untracked folder of
+    the project: a stale out/), the fix; else "". The path is read from the crash line as Python
+    prints it, relative to the work copy or under it."""
+    m = _READ_ONLY.search(reason)
+    if m is None:
+        return ""
+    path = m.group(1)
+    marker = f"/{RUNS_DIR}/{lay.run_dir.name}/.sandbox/work/"
+    if marker in path:
+        path = path.split(marker, 1)[1].split("/", 1)[-1]
+    elif path.startswith(str(lay.root) + "/"):
+        path = path[len(str(lay.root)) + 1:]
+    elif path.startswith("/"):
+        return ""
+    parts = [x for x in Path(path).parts if x not in (".", "")]
+    for i in range(1, len(parts) + 1):
+        rel = "/".join(parts[:i])
+        if rel in lay.outputs or rel.split("/", 1)[0] in LEFT_OUT:
+            return ""
+        if (lay.root / rel).exists() and not _tracked(lay.root, rel):
+            return (f" ({rel}/ is an untracked folder of the project, shown to runs read-only: list it in "
+                    f"program.md's run.outputs to give each run its own empty, writable one)"
+                    if (lay.root / rel).is_dir() else
+                    f" ({rel} is an untracked file of the project, shown to runs read-only)")
+    return ""
+
+
+def _tracked(root: Path, rel: str) -> bool:
+    p = subprocess.run(_git_cmd(root, "ls-files", "-z", "--", rel), capture_output=True, env=_env())
+    return p.returncode == 0 and bool(p.stdout)
+

@@ -322,3 +322,80 @@ def test_folders_made_unreadable_at_any_depth_do_not_stop_the_cleanup():
     assert p.returncode == 0 and p.stdout.strip() == "gone", p.stdout + p.stderr
     assert Path("/etc").is_dir()
     shutil.rmtree(here, ignore_errors=True)
+
+
+def test_run_outputs_are_empty_real_folders_in_the_copy_not_links(tmp_path):
+    """A stale out/ (untracked, left by a run by hand) is linked read-only, unless run.outputs names
+    it: then each copy gets it empty and writable, holding only its tracked files."""
+    from autoresearch.run.layout import Layout
+    from autoresearch.run.workcopy import work_copy
+    proj = tmp_path / "p"
+    (proj / "outputs").mkdir(parents=True)
+    (proj / "outputs" / "README").write_text("tracked\n")
+    _git(proj, "init", "-q", "-b", "main")
+    _git(proj, "add", "-A")
+    _git(proj, "commit", "-q", "-m", "base")
+    for d in ("out", "outputs/2026-01-01"):
+        (proj / d).mkdir(parents=True, exist_ok=True)
+        (proj / d / "ckpt.pt").write_text("stale\n")
+    run_dir = proj / "runs" / "0001"
+    run_dir.mkdir(parents=True)
+    w = work_copy(Layout(proj, run_dir, "train.py", {}), "train")
+    assert os.readlink(w / "out") == str(proj / "out")
+    assert os.readlink(w / "outputs" / "2026-01-01") == str(proj / "outputs" / "2026-01-01")
+    w = work_copy(Layout(proj, run_dir, "train.py", {}, outputs=("out", "outputs")), "eval-0")
+    assert (w / "out").is_dir() and not (w / "out").is_symlink() and os.listdir(w / "out") == []
+    assert sorted(os.listdir(w / "outputs")) == ["README"] and not (w / "outputs" / "README").is_symlink()
+    (w / "out" / "ckpt.pt").write_text("new")
+    assert (proj / "out" / "ckpt.pt").read_text() == "stale\n"
+
+
+def test_a_write_into_a_linked_untracked_folder_gets_the_fix_in_the_crash_reason(tmp_path):
+    from autoresearch.run.layout import Layout
+    from autoresearch.run.workcopy import read_only_hint
+    proj = tmp_path / "p"
+    (proj / "src").mkdir(parents=True)
+    (proj / "src" / "m.py").write_text("x\n")
+    _git(proj, "init", "-q", "-b", "main")
+    _git(proj, "add", "-A")
+    _git(proj, "commit", "-q", "-m", "base")
+    (proj / "out").mkdir()
+    lay = Layout(proj, proj / "runs" / "0007", "train.py", {})
+    work = f"{proj}/runs/0007/.sandbox/work/train"
+    for line in (f"train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'out/ckpt.pt'",
+                 f"train.py exited with code 1: PermissionError: [Errno 13] Permission denied: '{work}/out/ckpt.pt'",
+                 f"train.py exited with code 1: OSError: [Errno 30] Read-only file system: '{proj}/out/a/b.pt'"):
+        hint = read_only_hint(lay, line)
+        assert "out/ is an untracked folder" in hint and "run.outputs" in hint, line
+    for line in ("train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'src/m.py'",  # tracked
+                 "train.py exited with code 1: OSError: [Errno 30] Read-only file system: '/etc/passwd'",
+                 "train.py exited with code 1: ValueError: bad 'out/ckpt.pt'",
+                 "train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'missing/x'"):
+        assert read_only_hint(lay, line) == "", line
+    listed = Layout(proj, proj / "runs" / "0007", "train.py", {}, outputs=("out",))
+    assert read_only_hint(listed, "x: OSError: [Errno 30] Read-only file system: 'out/ckpt.pt'") == ""
+
+
+STALE_OUT = '''
+import os as _os
+_os.makedirs("out", exist_ok=True)
+open("out/ckpt.pt", "wb").write(b"new checkpoint")
+print("WROTE out/ckpt.pt", flush=True)
+'''
+
+
+@pytest.mark.slow
+def test_a_stale_untracked_out_folder_crashes_with_the_fix_and_run_outputs_fixes_it(tmp_path, bwrap_available):
+    proj = make_project(tmp_path / "p", train_py=with_main_prelude(HONEST, STALE_OUT), grace_seconds=40)
+    (proj / "out").mkdir()
+    (proj / "out" / "ckpt.pt").write_bytes(b"from a run by hand")
+    run_sh(proj, "-m", "stale out/", "--backend", "bwrap", "--budget", "2")
+    m = metrics(proj, "0001")
+    assert m["status"] == "crash" and "out/ is an untracked folder" in m["reason"], m["reason"]
+    text = (proj / "program.md").read_text().replace("\n---\n", "\nrun: {outputs: [out]}\n---\n", 1)
+    (proj / "program.md").write_text(text)
+    run_sh(proj, "-m", "out/ listed in run.outputs", "--backend", "bwrap", "--budget", "2")
+    m = metrics(proj, "0002")
+    assert m["status"] == "ok", m["reason"]
+    assert "WROTE out/ckpt.pt" in log_of(proj, "0002")
+    assert (proj / "out" / "ckpt.pt").read_bytes() == b"from a run by hand"
