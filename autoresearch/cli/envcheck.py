@@ -71,7 +71,34 @@ def check_eval(root: Path, program: Program | None) -> list[Check]:
                                "; the work tree's copy differs (the committed one runs)" if here is not None else
                                "; missing from the work tree (runs refuse to start)"),
                          fix="" if same else f"git checkout {base[:12]} -- {f}, or commit the new version"))
+    if program.eval.model is not None:
+        out.append(_check_model_entry(root, program.eval.model))
     return out
+
+
+def _check_model_entry(root: Path, entry: str) -> Check:
+    """eval.model names a file of the work tree that defines that function at its top level (the
+    model server imports the file and calls it; a typo would make every run `invalid`)."""
+    import ast
+    rel, func = entry.split(":")
+    name, path = f"eval.model {entry}", root / rel
+    if not path.is_file():
+        return Check(name=name, level="fail", found=f"no file {rel} in the project",
+                     fix=f"create {rel} with def {func}(out_dir): ... returning predict, or fix eval.model")
+    try:
+        tree = ast.parse(path.read_bytes(), filename=rel)
+    except (SyntaxError, ValueError) as e:
+        return Check(name=name, level="fail", found=f"{rel} does not parse: {e}", fix=f"fix {rel}")
+    defined = {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
+    for n in tree.body:
+        if isinstance(n, (ast.Assign, ast.AnnAssign)):
+            defined |= {t.id for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+        elif isinstance(n, (ast.Import, ast.ImportFrom)):
+            defined |= {(a.asname or a.name).split(".")[0] for a in n.names}
+    if func not in defined:
+        return Check(name=name, level="fail", found=f"{rel} defines no {func} at its top level",
+                     fix=f"add def {func}(out_dir) to {rel} (it returns the predict function), or fix eval.model")
+    return Check(name=name, level="ok", found=f"{rel} defines {func}")
 
 
 def check_home_cache(root: Path, program: Program | None) -> list[Check]:

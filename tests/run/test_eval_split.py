@@ -164,3 +164,18 @@ def test_eval_model_is_checked_in_program_md():
     for bad in ("model.py", "../x.py:load", "/abs/m.py:load", "model.py:1x"):
         with pytest.raises(Exception, match="eval"):
             parse_program(text % bad)
+
+
+def test_doctor_checks_the_eval_model_entry(tmp_path):
+    """A missing file, a file that does not parse, or no such function: doctor fails and names it."""
+    from autoresearch.cli.envcheck import _check_model_entry
+    got = _check_model_entry(tmp_path, "model.py:load")
+    assert got.level == "fail" and "no file model.py" in got.found
+    (tmp_path / "model.py").write_text("def load(:\n")
+    assert "does not parse" in _check_model_entry(tmp_path, "model.py:load").found
+    (tmp_path / "model.py").write_text("def lode(out_dir):\n    return None\n")
+    got = _check_model_entry(tmp_path, "model.py:load")
+    assert got.level == "fail" and "defines no load" in got.found and "def load(out_dir)" in got.fix
+    for ok in ("def load(out_dir):\n    pass\n", "from somewhere import load\n", "load = make_loader()\n"):
+        (tmp_path / "model.py").write_text(ok)
+        assert _check_model_entry(tmp_path, "model.py:load").level == "ok", ok
