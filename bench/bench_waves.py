@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,6 +46,35 @@ def project(dest: Path, slots: int, budget: float, backend: str, address: str | 
     return dest
 
 
+def breakdown(proj: Path, slots: int, wall: float) -> dict:
+    """Slot-seconds (slots x wall) split by where they went, summed over the wave's runs:
+    budget (the ideal's share), train_over (TRAIN beyond its budget: sandbox start-up, imports,
+    data, checkpoint), eval (the EVAL stage), harness (the runner outside its stages: snapshot,
+    work copies, records), dispatch (claimed by the scheduler to the runner's clock starting:
+    interpreter start-up; for Ray, the driver, the package, the task's worker and prepare.py),
+    return (the runner's end to its slot freed: for Ray, the results coming back), and idle (the
+    rest: waiting for --queue, polling, the decision after the last run)."""
+    from autoresearch.run.metrics import load_verified
+    from autoresearch.run.queue import read_entry
+    out = dict.fromkeys(("budget", "train_over", "eval", "harness", "dispatch", "return"), 0.0)
+    for d in sorted((proj / "runs").iterdir()):
+        m, _ = load_verified(d)
+        e = read_entry(d)
+        if m is None or e is None or m.total_seconds is None:
+            continue
+        out["budget"] += m.budget_seconds
+        out["train_over"] += (m.train_seconds or 0) - m.budget_seconds
+        out["eval"] += m.eval_seconds or 0
+        out["harness"] += m.total_seconds - (m.train_seconds or 0) - (m.eval_seconds or 0)
+        run_start = (m.finished_at - timedelta(seconds=m.total_seconds)) if m.finished_at else None
+        if e.started_at and run_start:
+            out["dispatch"] += (run_start - e.started_at).total_seconds()
+        if e.finished_at and m.finished_at:
+            out["return"] += (e.finished_at - m.finished_at).total_seconds()
+    out["idle"] = slots * wall - sum(out.values())
+    return {k: round(v, 1) for k, v in out.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", type=int, default=2)
@@ -52,6 +82,7 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=0, help="runs in the wave (default 2 x slots)")
     ap.add_argument("--backend", default="bwrap")
     ap.add_argument("--executor", choices=["local", "ray"], default="local")
+    ap.add_argument("--keep", action="store_true", help="keep the throwaway project (its path is printed)")
     args = ap.parse_args()
     n = args.runs or 2 * args.slots
     tmp = Path(tempfile.mkdtemp(prefix="bench-waves-"))
@@ -85,13 +116,17 @@ def main() -> int:
         print(json.dumps({"executor": args.executor, "slots": args.slots, "budget_s": args.budget, "runs": n, "decided": decided,
                           "wall_s": round(wall, 1), "decided_per_hour": round(per_hour, 1),
                           "ideal_per_hour": round(ideal, 1), "fraction_of_ideal": round(per_hour / ideal, 3),
-                          "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120]},
+                          "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120],
+                          "where_the_time_went": breakdown(proj, args.slots, wall)},
                          indent=2))
+        if args.keep:
+            print(f"project kept: {proj}")
         return 0
     finally:
         if cluster is not None:
             cluster.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":
