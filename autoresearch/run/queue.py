@@ -121,9 +121,6 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     p = prepare(root, budget, seed, backend, queued=True)
     if p.program.executor.kind == "ray":
         from .inputs import branch_head
-        if p.program.run.mode == "eval_command":   # the node has no git history to read eval.files from
-            raise HarnessError("executor kind: ray runs the default evaluator or inline mode in this version, "
-                               "not run.mode eval_command: use executor kind: local for this project")
         if (base := branch_head(root)) is None:
             raise HarnessError("executor kind: ray ships the committed project to the node: commit it first "
                                "(git add -A && git commit)")
@@ -156,7 +153,8 @@ def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                sandbox=e.backend or program.sandbox.backend, description=e.message, reason=reason,
                started_at=e.queued_at, finished_at=finished,
                snapshot_sha256=e.snapshot or snapshot_of(saved_files(root, e)),
-               extra={"wave": "queued"}).write(Path(root) / RUNS_DIR / e.run_id)
+               extra={"wave": "queued", **({"base": e.base} if e.base else {})}   # ray: kept if queue.json is lost
+               ).write(Path(root) / RUNS_DIR / e.run_id)
 
 
 def saved_files(root: Path, e: QueueEntry) -> dict[str, bytes | None]:

@@ -43,7 +43,7 @@ def rebuilt_entry(run_dir: Path):
     else:
         state = "running" if runner_live(root, run_dir.name) else "interrupted"
     e = QueueEntry(run_id=run_dir.name, state=state, message=m.description, budget_seconds=m.budget_seconds,
-                   seed=m.seed, queued_at=m.started_at, note=LOST,
+                   seed=m.seed, queued_at=m.started_at, note=LOST, base=m.extra.get("base"),
                    finished_at=m.finished_at if state in ("done", "cancelled") else None)
     for absent in _absent_candidates(root, run_dir, saved_files(root, e)):
         e.absent = absent

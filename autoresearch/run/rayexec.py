@@ -26,6 +26,7 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -81,8 +82,9 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 
 
 def package(root: Path, e: QueueEntry) -> bytes:
-    """tar.gz: project/ (git archive of the run's base, program.md as here, runs/NNNN/ with the
-    snapshot and queue entry) and harness/autoresearch/ (this package's source)."""
+    """tar.gz: project/ (git archive of the run's base: the node commits it, so the work copies
+    and the frozen eval.files come from a commit there as here), overlay/ (program.md as here,
+    runs/NNNN/ with the snapshot and queue entry) and harness/autoresearch/ (this package's source)."""
     import autoresearch
     root = Path(root)
     base = e.base or "HEAD"
@@ -94,16 +96,16 @@ def package(root: Path, e: QueueEntry) -> bytes:
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         with tarfile.open(fileobj=io.BytesIO(arch.stdout), mode="r:") as src:
             for m in src.getmembers():
-                if m.name.startswith(("runs/", ".autoresearch/")) or m.name == "program.md":
+                if m.name.startswith(("runs/", ".autoresearch/")):
                     continue
                 m.name = f"project/{m.name}"
                 tar.addfile(m, src.extractfile(m) if m.isfile() else None)
         if (root / "program.md").is_file():
-            _add_bytes(tar, "project/program.md", (root / "program.md").read_bytes())
+            _add_bytes(tar, "overlay/program.md", (root / "program.md").read_bytes())
         run = root / RUNS_DIR / e.run_id
         for f in [run / QUEUE_FILE, *sorted((run / SNAPSHOT_DIR).rglob("*"))]:
             if f.is_file() and not f.is_symlink():
-                tar.add(f, arcname=f"project/{RUNS_DIR}/{e.run_id}/{f.relative_to(run)}")
+                tar.add(f, arcname=f"overlay/{RUNS_DIR}/{e.run_id}/{f.relative_to(run)}")
         pkg = Path(autoresearch.__file__).parent
         tar.add(pkg, arcname="harness/autoresearch",
                 filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
@@ -129,17 +131,42 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
         raise HarnessError(f"run {run_id} is not a queued run")
     res = dict(program.executor.resources or DEFAULT_RESOURCES)
     opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
-            "max_retries": 0, "scheduling_strategy": "SPREAD"}
+            "max_retries": 0, "scheduling_strategy": "SPREAD", "num_returns": "streaming"}
     task = ray.remote(raynode.run_package).options(**opts)
-    ref = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
+    gen = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
+    node = None
     try:
-        out = ray.get(ref)
-    except KeyboardInterrupt:
-        ray.cancel(ref, force=True)
+        node = str(ray.get(next(gen))["node"])         # the task started: status shows where it runs
+        set_node(root, run_id, node)
+        out = ray.get(next(gen))
+    except KeyboardInterrupt:                          # pause: the task stops its runner, then ends
+        _cancel(ray, gen)
         raise
-    except ray.exceptions.RayError as err:       # node died, worker crashed, cancelled, object lost, task error
-        return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}")
+    except (ray.exceptions.RayError, StopIteration) as err:   # node died, worker crashed, cancelled, lost
+        return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}", node)
     return receive(root, e, program, out)
+
+
+CANCEL_S = 60                # a cancelled task has this long to stop its runner and clean up
+
+
+def _cancel(ray, gen) -> None:
+    """Cancel the task gently (KeyboardInterrupt in it: raynode stops the runner, which stops its
+    sandbox, and removes its folder) and wait for it to end: this driver leaving first would kill
+    the worker mid-cleanup. Forced (the worker killed) when it has not ended in time."""
+    ended = threading.Event()
+
+    def drain() -> None:                               # the next item resolves when the task has ended
+        try:
+            ray.get(next(gen))
+        except BaseException:                          # noqa: BLE001 -- TaskCancelledError, StopIteration
+            pass
+        ended.set()
+
+    ray.cancel(gen)
+    threading.Thread(target=drain, daemon=True).start()
+    if not ended.wait(CANCEL_S):
+        ray.cancel(gen, force=True)
 
 
 def _first_line(err: BaseException) -> str:
@@ -199,6 +226,8 @@ def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
         m.extra["diff"] = note
     if e.base:
         m.extra["head"] = e.base
+        if "eval_base" in m.extra:             # the node's commit of e.base: its eval.files are e.base's
+            m.extra["eval_base"] = e.base
     if out.get("out_left"):
         m.extra["out_left_on_node"] = ", ".join(out["out_left"])[:300]
     m.write(run_dir)                          # signed with the project's key, here

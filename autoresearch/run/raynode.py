@@ -4,7 +4,10 @@ The head (rayexec.py) sends one package (tar.gz): `project/` (the committed tree
 program.md as the head reads it, and runs/NNNN/ with the queued snapshot) and `harness/autoresearch/`
 (the trusted package). Here, in a private temp folder (0700) of the node:
 
-    1. `python prepare.py` in the project: the data through prepare.py's pinned, hash-checked cache
+    0. the project is committed (one commit, `git init` there) before program.md and runs/NNNN/
+       go on top: the work copies hold its tracked files and the frozen eval.files are read from
+       it, as on the head (whose base commit it mirrors byte for byte)
+    1. `python prepare.py` in the project, when it has one: the data through its pinned, hash-checked cache
     2. `python -m autoresearch.run --execute NNNN`: the SAME two-stage sandboxed runner as a local
        slot, with PYTHONPATH at the shipped harness and XDG_CONFIG_HOME at a fresh folder beside the
        project (never mounted into the sandbox), so it signs with a key made for this task only
@@ -13,11 +16,14 @@ program.md as the head reads it, and runs/NNNN/ with the queued snapshot) and `h
        leaves the head), train.log / eval.log and out/ (the diff is made on the head, which has the history) up to `out_cap` bytes.
 
 The runner is a child with PR_SET_PDEATHSIG: a worker killed with its node (or a cancelled task)
-takes the runner down, and the runner's SIGTERM handler stops its sandbox.
+takes the runner down, and the runner's SIGTERM handler stops its sandbox. A cancelled task
+(KeyboardInterrupt in it) stops the runner and removes its folder; what a worker killed outright
+leaves behind, the node's next task removes (`sweep`: the folder's flock is free).
 """
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import io
 import os
 import shutil
@@ -26,7 +32,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from pathlib import Path
+from typing import Iterator
 
 RESULT_FILES = ("train.log", "eval.log", "train.py")
 
@@ -66,38 +74,126 @@ def _results(run_dir: Path, out_cap: int) -> tuple[bytes, list[str]]:
     return buf.getvalue(), left
 
 
-def run_package(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict:
-    """Unpack, prepare the data, run the two-stage runner; return what the head records."""
-    work = Path(tempfile.mkdtemp(prefix="autoresearch-ray-"))
+def _commit(proj: Path) -> None:
+    """The shipped base as one commit of a fresh repository (no hooks, no user config read)."""
+    git = ["git", "-c", "core.hooksPath=/dev/null", "-c", "user.name=autoresearch",
+           "-c", "user.email=autoresearch@localhost", "-c", "commit.gpgsign=false"]
+    env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
+    for cmd in (["init", "-q", "-b", "autoresearch-node"], ["add", "-A", "-f"],
+                ["commit", "-q", "--allow-empty", "--no-verify", "-m", "the run's base, shipped from the head"]):
+        r = subprocess.run([*git, *cmd], cwd=proj, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if r.returncode != 0:
+            raise RuntimeError(f"git {cmd[0]} on this node failed ({r.returncode}): {r.stderr[-400:]}")
+
+
+def run_package(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> Iterator[dict]:
+    """A streaming task: first {"node": id} (the head shows where the run is while it runs), then,
+    having unpacked, prepared the data and run the two-stage runner, what the head records."""
+    yield {"node": _node_id()}
+    yield _run(package, run_id, env, out_cap)
+
+
+POLL_S = 0.2                 # the task waits in Python, so a cancel (KeyboardInterrupt) lands at once
+
+
+def _child(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> tuple[int, str]:
+    """Run argv to its end (output to `log`), its exit code and output. Ray delivers a cancel as an
+    exception between bytecodes, never inside a blocking wait: so poll; on it, stop the child (the
+    runner's SIGTERM handler stops its sandbox) and let the exception through."""
+    with open(log, "wb") as out:
+        child = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+    try:
+        while child.poll() is None:
+            time.sleep(POLL_S)
+    except BaseException:
+        child.terminate()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+        raise
+    return child.returncode, log.read_text(errors="replace")
+
+
+PREFIX = "autoresearch-ray-"
+LOCK = ".held"               # flocked for the task's life: a folder whose lock is free is litter
+STALE_S = 600                # a folder with no lock file yet is litter only when older than this
+
+
+def _remove(path: Path) -> None:
+    """rmtree that gets through folders agent code made unreadable (chmod 000), links never followed."""
+    for d, dirs, _ in os.walk(path, onerror=lambda e: None):
+        for n in dirs:
+            q = os.path.join(d, n)
+            if not os.path.islink(q):
+                try:
+                    os.chmod(q, 0o700)
+                except OSError:
+                    pass
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep(tmp: Path) -> list[str]:
+    """Remove what tasks killed with their worker (a force cancel, a lost node) left in tmp: their
+    unpacked project, checkpoint and task key. A live task holds its folder's lock."""
+    gone = []
+    for d in tmp.glob(PREFIX + "*"):
+        try:
+            fd = os.open(d / LOCK, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                if time.time() - d.stat().st_mtime > STALE_S:
+                    _remove(d)
+                    gone.append(d.name)
+            except OSError:
+                pass
+            continue
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue                                    # a live task's
+        finally:
+            os.close(fd)
+        _remove(d)
+        gone.append(d.name)
+    return gone
+
+
+def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict:
+    tmp = Path(tempfile.gettempdir())
+    work = Path(tempfile.mkdtemp(prefix=PREFIX, dir=tmp))
+    held = os.open(work / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    sweep(tmp)
     try:
         with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as tar:
             tar.extractall(work, filter="tar")    # our own package: links as committed
         proj, config = work / "project", work / "config"
         config.mkdir(mode=0o700)
+        _commit(proj)
+        for f in sorted((work / "overlay").rglob("*")):
+            if f.is_file():
+                (proj / f.relative_to(work / "overlay")).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(f, proj / f.relative_to(work / "overlay"))
         penv = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORESEARCH_", "RAY_"))}
         penv.update(env)
         penv.update(PYTHONPATH=str(work / "harness"), XDG_CONFIG_HOME=str(config), PYTHONDONTWRITEBYTECODE="1")
-        prep = subprocess.run([sys.executable, "prepare.py"], cwd=proj, env=penv, capture_output=True, text=True,
-                              stdin=subprocess.DEVNULL)
-        if prep.returncode != 0:
-            raise RuntimeError(f"prepare.py failed on this node ({prep.returncode}): {prep.stderr[-800:]}")
-        child = subprocess.Popen([sys.executable, "-m", "autoresearch.run", "--execute", run_id, "--slot", "0",
-                                  "--slots", "1", "--here"], cwd=proj, env=penv, stdin=subprocess.DEVNULL,
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
-        try:
-            log, _ = child.communicate()
-        except BaseException:                           # cancelled: stop the runner (it stops its sandbox)
-            child.terminate()
-            try:
-                child.wait(30)
-            except subprocess.TimeoutExpired:
-                child.kill()
-            raise
+        if (proj / "prepare.py").is_file():
+            rc, out = _child([sys.executable, "prepare.py"], proj, penv, work / "prepare.log")
+            if rc != 0:
+                raise RuntimeError(f"prepare.py failed on this node ({rc}): {out[-800:]}")
+        rc, log = _child([sys.executable, "-m", "autoresearch.run", "--execute", run_id, "--slot", "0", "--slots",
+                          "1", "--here"], proj, penv, work / "runner.log")
         run_dir = proj / "runs" / run_id
         files, left = _results(run_dir, out_cap)
         keys = sorted((config / "autoresearch" / "keys").glob("*.key"))
-        return {"node": _node_id(), "rc": child.returncode, "runner_log": log.decode(errors="replace")[-2000:],
+        return {"node": _node_id(), "rc": rc, "runner_log": log[-2000:],
                 "metrics": (run_dir / "metrics.json").read_bytes() if (run_dir / "metrics.json").is_file() else None,
                 "key": keys[0].read_bytes() if len(keys) == 1 else None, "files": files, "out_left": left}
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        _remove(work)
+        os.close(held)

@@ -166,8 +166,11 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
         try:                                               # the scheduler died before noting the pid
             program = load_program(root)
             if program.executor.kind == "ray" and not here:
-                from .rayexec import execute_child_ray
-                execute_child_ray(root, run_id, program)
+                from .rayexec import connect, execute_child_ray
+                from .runner import signals_as_interrupt
+                connect(program)                           # first: ray.init installs its own SIGTERM handler
+                with signals_as_interrupt([]):             # pause's SIGTERM: cancel the task, then record
+                    execute_child_ray(root, run_id, program)
                 return RunExit.OK
             execute_queued(root, run_id, slot, pin_slot(program, slot, slots))
         except KeyboardInterrupt:

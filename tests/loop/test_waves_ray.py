@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from autoresearch.run.metrics import load_verified
+from autoresearch.run.metrics import RunMetrics, load_verified
 from autoresearch.run.queue import read_entry
 from loop_support import ROOT, Project, clean_env
 from ray_support import Cluster, start_cluster
@@ -98,3 +98,111 @@ def test_a_node_killed_mid_wave_leaves_its_run_interrupted(tmp_path, cluster, da
     assert set(runs) <= covered, rows.keys()
     assert rows[victim].value is None and rows[victim].status == "crash"
     assert "lost on the Ray cluster" in rows[victim].note
+
+
+def test_a_frozen_eval_script_repo_runs_on_ray_from_the_nodes_commit(tmp_path, cluster):
+    """run.mode eval_command on a node: the shipped base is committed there, so the frozen eval.py
+    runs as committed and the work copy holds the tracked tree, writable (a legacy repo writes into
+    it), as on the head. The mounts are the same paths on both nodes (one machine here)."""
+    import sys
+    sys.path.insert(0, str(ROOT / "tests" / "run"))
+    from test_eval_command import legacy_repo
+    proj = legacy_repo(tmp_path, extra=f"executor: {{kind: ray, slots: 1, address: '{cluster.address}', "
+                                       "resources: {slot: 2}}\n")
+    (proj / "outputs").mkdir()
+    (proj / "outputs" / ".keep").write_text("")
+    (proj / "train.py").write_text((proj / "train.py").read_text() + "\nattempt('tree write', lambda: "
+                                   "open('outputs/run.txt', 'w').write('x'))\n")
+    from experiment_support import git_env
+    subprocess.run(["git", "add", "-A"], cwd=proj, check=True, env=git_env())
+    subprocess.run(["git", "commit", "-q", "--no-verify", "-m", "outputs/"], cwd=proj, check=True, env=git_env())
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=proj, capture_output=True, text=True).stdout.strip()
+    r = subprocess.run([str(ROOT / "run.sh"), "-m", "on ray", "--queue"], cwd=proj, env=clean_env(),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rid = r.stdout.split()[2]
+    out = subprocess.run([str(ROOT / "run.sh"), "--wait"], cwd=proj, env=clean_env(), capture_output=True,
+                         text=True, timeout=600).stdout
+    assert rid in out, out
+    m, problem = load_verified(proj / "runs" / rid)
+    assert problem is None and m is not None, problem
+    assert (m.status, m.metric_value, m.mode) == ("ok", 0.8, "eval_command"), m.reason
+    assert m.extra["executor"] == "ray" and m.extra["eval_base"] == head
+    assert m.fingerprint is not None and m.fingerprint.evaluator.startswith("eval_command:")
+    log = (proj / "runs" / rid / "train.log").read_text()
+    assert "PROBE read held-out: FileNotFoundError" in log and "PROBE write channel: done" not in log, log
+    assert "PROBE tree write: done" in log, log                    # the node's work copy is writable
+    assert not (proj / "outputs" / "run.txt").exists()
+
+
+def test_a_lost_queue_file_keeps_a_ray_runs_base(tmp_path):
+    """queue.json lost: the rebuilt entry ships the same commit (kept in the signed record)."""
+    from autoresearch.run.queue import QUEUE_FILE, queue_experiment
+    p = make(tmp_path)
+    text = (p.path / "program.md").read_text().replace(
+        "executor: {kind: local, slots: 2}", "executor: {kind: ray, slots: 2, address: '127.0.0.1:1'}")
+    (p.path / "program.md").write_text(text)
+    p.sh("git", "commit", "-q", "-am", "ray executor")
+    head = p.sh("git", "rev-parse", "HEAD").strip()
+    e = queue_experiment(p.path, "a variant", budget=2)
+    assert e.base == head
+    (p.path / "runs" / e.run_id / QUEUE_FILE).unlink()
+    again = read_entry(p.path / "runs" / e.run_id)
+    assert again is not None and (again.state, again.base) == ("queued", head)
+
+
+def test_status_names_the_node_while_it_runs_and_pause_stops_the_task_on_it(tmp_path, cluster, data_dir):
+    """The node is known as soon as the task starts (status shows it in flight); `autoresearch
+    pause` cancels the task: its sandbox and unpacked run are gone from the node, it is interrupted."""
+    from autoresearch.run.raynode import sweep
+    for n in (cluster.head, cluster.worker):                   # what an earlier test's killed node left
+        sweep(n.tmpdir)
+    proj = ray_project(tmp_path, cluster)
+    first = queue(proj, "to be paused", budget=40, seed=3)
+    t0 = time.monotonic()
+    while not (on := [n for n in (cluster.head, cluster.worker) if first in cluster.runs_on(n)]):
+        assert time.monotonic() - t0 < 240, "the run never started on a node"
+        time.sleep(0.5)
+    assert read_entry(proj.path / "runs" / first).node == on[0].node_id       # in flight, not after
+    st = subprocess.run([str(ROOT / ".venv/bin/autoresearch"), "status", "--json"], cwd=proj.path, env=clean_env(),
+                        capture_output=True, text=True, timeout=60)
+    assert on[0].node_id in st.stdout, st.stdout[-2000:]
+    r = subprocess.run([str(ROOT / ".venv/bin/autoresearch"), "pause", "night over"], cwd=proj.path,
+                       env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert "wave cancelled" in r.stdout, r.stdout + r.stderr
+    wait(proj)
+    t0 = time.monotonic()
+    while cluster.runs_on(on[0]) or list(on[0].tmpdir.glob("autoresearch-ray-*")):
+        assert time.monotonic() - t0 < 60, ("the paused run is still on its node",
+                                            sorted(str(x) for x in on[0].tmpdir.glob("autoresearch-ray-*/*")))
+        time.sleep(0.5)
+    bw = subprocess.run(["pgrep", "-f", f"bwrap.*{on[0].tmpdir}"], capture_output=True, text=True).stdout
+    assert not bw.strip(), bw
+    m = RunMetrics.read(proj.path / "runs" / first)
+    assert m.status == "interrupted" and m.metric_value is None
+    assert read_entry(proj.path / "runs" / first).state == "interrupted"
+
+
+def test_a_node_sweeps_what_killed_tasks_left_but_never_a_live_tasks_folder(tmp_path):
+    import fcntl
+    import os
+
+    from autoresearch.run.raynode import LOCK, PREFIX, STALE_S, sweep
+    dead, live, young, old = (tmp_path / f"{PREFIX}{n}" for n in ("dead", "live", "young", "old"))
+    for d in (dead, live, young, old):
+        (d / "project" / "runs" / "0001").mkdir(parents=True)
+        (d / "project" / "runs" / "0001" / "train.log").write_text("x")
+    (dead / LOCK).write_text("")                                # its task's worker is gone: lock free
+    fd = os.open(live / LOCK, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)                              # a running task holds it
+    (old / "project" / "runs" / "0001" / "locked").mkdir()
+    (old / "project" / "runs" / "0001" / "locked").chmod(0)     # agent code made it unreadable
+    os.utime(old, (0, 0))
+    try:
+        got = sweep(tmp_path)
+        assert sorted(got) == [dead.name, old.name] and not dead.exists() and not old.exists()
+        assert live.exists() and young.exists()
+    finally:
+        os.close(fd)
+    assert sweep(tmp_path) == [live.name] and young.exists()
+    assert STALE_S >= 60
