@@ -231,7 +231,7 @@ class Eval(_Strict):
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py:[A-Za-z_][A-Za-z0-9_]*$")
     checks: float = Field(0.1, ge=0, le=1)       # split: share of requests asked again of a second server
     batch_independent: bool = True               # split: a re-asked row gets other batch-mates
-    tolerance: float = Field(1e-4, ge=0)         # split: relative difference a re-asked answer may show
+    tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, relative to its spread
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
     _command = field_validator("command", mode="before")(_launcher)

@@ -9,7 +9,7 @@ Every answer must name at least one array, each with the request's batch as its 
 a plain numeric dtype, finite floats, within eval.max_mb. Hidden checks (eval.checks, the share of
 requests, and always the first): the same rows are sent to the OTHER server, a separate process
 that never answered them, and must get the same outputs within eval.tolerance (relative to the
-row's largest |output|; integer outputs exactly). With eval.batch_independent the re-sent
+row's spread around its median, not its magnitude: see `spread`; integer outputs exactly). With eval.batch_independent the re-sent
 batch mixes half the rows with rows of the previous request, in a shuffled order, so an answer
 that depends on its batch-mates fails too. Real requests alternate between the two servers; a
 check looks like any request. A failed check or a malformed answer is `invalid`; the model
@@ -33,6 +33,25 @@ from .scorer import Verdict
 # server says or sends then passes only as fixed text (an exception type only if a known one).
 _FAILED = re.compile(r"the model failed during evaluation: ([A-Za-z_][A-Za-z0-9_.]{0,80})")
 Arrays = dict[str, Any]
+
+
+def spread(v: np.ndarray) -> float:
+    """How far values lie from their center: the 90th percentile of |v - median(v)|. A constant
+    added to every output does not change it (an argmax or a ranking is unchanged by one, so a
+    scale of |v| would give a model that adds 1e6 room to answer by memory under the tolerance),
+    nor do a few extreme dummy outputs; scaling the outputs scales it."""
+    v = np.asarray(v, dtype=np.float64).ravel()
+    return float(np.percentile(np.abs(v - np.median(v)), 90)) if v.size else 0.0
+
+
+def rel_diff(ref: np.ndarray, again: np.ndarray, batch_scale: float) -> float:
+    """A re-asked float row's largest difference relative to the row's spread; for one value per
+    row, or a row of equal values, the checked batch's spread; with none, its largest |value|.
+    Never a floor: outputs scaled down to 1e-6 would hide the whole signal under one."""
+    r = ref.astype(np.float64)
+    diff = float(np.abs(again.astype(np.float64) - r).max(initial=0.0))
+    scale = spread(r) or batch_scale or float(np.abs(r).max(initial=0.0))
+    return diff / scale if scale > 0 else 0.0 if diff == 0 else float("inf")
 
 
 @dataclass
@@ -179,17 +198,17 @@ class Relay:
         if got.keys() != out.keys():
             raise Verdict("invalid", "the model answered a repeated request with other output names")
         for name in out:
+            refs = []
             for row, (s, i) in enumerate(rows):
-                ref, again = src[s][1].get(name), got[name][row]
-                if ref is None or ref.shape[1:] != again.shape or ref.dtype != again.dtype:
+                ref = src[s][1].get(name)
+                if ref is None or ref.shape[1:] != got[name][row].shape or ref.dtype != got[name][row].dtype:
                     raise Verdict("invalid", "the model's output changed shape or dtype for the same input")
-                ref = ref[i]
+                refs.append(ref[i])
+            batch_scale = spread(np.stack(refs)) if refs and refs[0].dtype.kind == "f" else 0.0
+            for row, ref in enumerate(refs):
+                again = got[name][row]
                 if ref.dtype.kind == "f":
-                    # no floor under the scale: with one (1.0), outputs scaled down to 1e-6 (a ranking is
-                    # unchanged) would leave the whole signal inside the tolerance
-                    diff = float(np.abs(again.astype(np.float64) - ref).max(initial=0.0))
-                    scale = float(np.abs(ref.astype(np.float64)).max(initial=0.0))
-                    rel = diff / scale if scale > 0 else 0.0 if diff == 0 else float("inf")
+                    rel = rel_diff(ref, again, batch_scale)
                 else:
                     rel = 0.0 if np.array_equal(ref, again) else float("inf")
                 # one significant digit: a value the model sets must not carry held-out inputs out

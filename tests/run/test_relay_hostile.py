@@ -114,14 +114,44 @@ def test_a_known_exception_type_is_still_named():
 
 
 def test_an_honest_server_passes_and_the_figures_carry_one_digit():
-    relay, tag = drive(honest, lambda i: P.arrays(P.ARRAYS_OUT, {"y": inputs_times_two(i, 1 + 1.234567e-5)}),
-                       checks=1.0)
+    centered = lambda factor: lambda i: P.arrays(P.ARRAYS_OUT, {"y": logits(i, factor)})
+    relay, tag = drive(centered(1.0), centered(1 + 1.234567e-6), checks=1.0)
     assert relay.verdict is None and tag == P.ARRAYS_OUT
-    assert relay.stats["check_max_rel_diff"] in (1e-5, 2e-5), relay.stats   # not 1.23456...e-5: no free channel
+    v = relay.stats["check_max_rel_diff"]
+    assert 0 < v < 1e-4 and v == float(f"{v:.0e}"), relay.stats      # not 1.23456...e-6: no free channel
 
 
-def inputs_times_two(inputs, factor: float):
-    return (inputs["x"].astype(np.float64) * 2 * factor).astype(np.float32)
+def logits(inputs, factor: float = 1.0, offset: float = 0.0, dtype=np.float32):
+    """Outputs shaped like logits (centered, spread of a few units), scaled by factor, plus offset."""
+    x = inputs["x"].astype(np.float64)
+    return ((x - x.mean(axis=1, keepdims=True)) * 2 * factor + offset).astype(dtype)
+
+
+@pytest.mark.parametrize("offset", [1e6, -3e4])
+def test_a_large_constant_added_to_every_output_does_not_widen_the_tolerance(offset):
+    """An argmax, a softmax or a ranking is unchanged by a constant added to every output; with the
+    tolerance relative to |output|, that constant bought room to answer from memory (here: one logit
+    moved by 0.5, a 1e-6 change relative to 1e6) and passed."""
+    first = lambda i: P.arrays(P.ARRAYS_OUT, {"y": logits(i, offset=offset, dtype=np.float64)})
+
+    def remembers(i):                                  # the second server's answer depends on its past
+        y = logits(i, offset=offset, dtype=np.float64)
+        y[:, 0] += 0.5
+        return P.arrays(P.ARRAYS_OUT, {"y": y})
+    relay, _ = drive(first, remembers, checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.stats
+    relay, _ = drive(first, first, checks=1.0)          # the same offset, answered the same: fine
+    assert relay.verdict is None, relay.verdict
+
+
+def test_a_constant_added_to_one_value_per_row_is_judged_by_the_batch_spread():
+    """One score per row (a ranking across rows is unchanged by an offset): the scale is the spread
+    of the checked batch's scores, not their magnitude."""
+    score = lambda bump: lambda i: P.arrays(P.ARRAYS_OUT, {"s": (i["x"][:, 0].astype(np.float64) + 1e6 + bump)})
+    relay, _ = drive(score(0.0), score(0.5), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.stats
+    relay, _ = drive(score(0.0), score(0.0), checks=1.0)
+    assert relay.verdict is None, relay.verdict
 
 
 def test_outputs_scaled_down_do_not_hide_state_under_the_tolerance():
