@@ -163,10 +163,13 @@ def _report_commands(sub) -> None:
 
     def doctor(a):
         from .doctor import main as run
-        return run(_project(a), as_json=a.json)
+        return run(_project(a), as_json=a.json, trial=a.trial)
     p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
             doctor)
     p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
+    p.add_argument("--trial", type=float, nargs="?", const=30.0, metavar="SECONDS",
+                   help="then run the command once in the sandbox, as init's check does (default 30 s), "
+                        "after a program.md change; nothing is recorded as an experiment")
 
     def final(a):
         from .final import main as run

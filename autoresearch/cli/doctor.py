@@ -18,6 +18,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
+from .initcheck import CheckReport
 
 TESTED_CLAUDE_VERSION = "2.1.332"          # the Claude Code version claude-code-facts.md was checked against
 Level = Literal["ok", "warn", "fail", "info"]
@@ -338,19 +339,33 @@ class DoctorReport(BaseModel):
     """`autoresearch doctor --json`: the same checks as the table."""
     root: str
     checks: list[Check]
-    ready: bool                         # no check failed
+    ready: bool                         # no check failed (and the trial, when asked for, started)
+    trial: CheckReport | None = None    # --trial: init's check, run again
 
     @property
     def failed(self) -> list[str]:
         return [c.name for c in self.checks if c.level == "fail"]
 
 
-def main(root: Path, as_json: bool = False) -> int:
+def _trial(root: Path, seconds: float, console, quiet: bool) -> CheckReport:
+    """init's check again (the command once, briefly, in the sandbox), with today's program.md."""
+    from .initcheck import check_project
+    if not seconds > 0:
+        raise SystemExit("autoresearch doctor: --trial needs a positive number of seconds")
+    return check_project(root, seconds, say=(lambda _s: None) if quiet else
+                         (lambda s: console.print(s, markup=False, highlight=False)))
+
+
+def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
     from rich.console import Console
     from rich.table import Table
     checks = run_checks(root)
     report = DoctorReport(root=str(root), checks=checks, ready=not any(c.level == "fail" for c in checks))
+    program_ok = not any(c.name == "program.md" and c.level == "fail" for c in checks)
     if as_json:
+        if trial is not None and program_ok:
+            report.trial = _trial(root, trial, None, quiet=True)
+            report.ready = report.ready and report.trial.failure is None
         print(report.model_dump_json(indent=2))
         return 0 if report.ready else 1
     style = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
@@ -361,8 +376,15 @@ def main(root: Path, as_json: bool = False) -> int:
     table.add_column("fix", overflow="fold")
     for c in checks:
         table.add_row(c.name, f"[{style[c.level]}]{c.level}[/]", c.found, c.fix)
-    Console().print(table)
+    console = Console()
+    console.print(table)
     failed = [c.name for c in checks if c.level == "fail"]
+    if trial is not None and program_ok:
+        from .initcheck import render
+        report.trial = _trial(root, trial, console, quiet=False)
+        render(report.trial, console)
+        if report.trial.failure:
+            failed.append("trial")
     if failed:
         print(f"{len(failed)} check(s) failed: {', '.join(failed)}")
         return 1

@@ -214,3 +214,25 @@ def test_a_legacy_repo_is_told_to_name_its_venv_and_to_mount_what_its_commands_r
     named = parse_program("---\n" + front.replace("mode: eval_command", "mode: eval_command, python: /opt/py/bin/python")
                           + "---\n")
     assert "run.python (/opt/py/bin/python)" in environment_fix(root, named)
+
+
+@pytest.mark.bwrap
+def test_doctor_trial_runs_init_s_check_again_after_program_md_changed(tmp_path, bwrap_available):
+    """init --no-check, then the regex fixed by hand in program.md: `doctor --trial` runs the check
+    with today's program.md (the table and --json), and records no experiment."""
+    root = repo(tmp_path, "table_repo")
+    p = init(root, TABLE, "--no-check")
+    assert p.returncode == 0, p.stdout + p.stderr
+    text = (root / "program.md").read_text()
+    old = next(ln for ln in text.splitlines() if ln.strip().startswith("metric_regex:"))
+    (root / "program.md").write_text(text.replace(old, old.split("metric_regex")[0]
+                                                  + "metric_regex: '\\| val +\\| +([0-9.]+)'"))
+    ar = [str(ROOT / ".venv" / "bin" / "autoresearch"), "doctor", "-C", str(root)]
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(root.parent)}
+    p = subprocess.run(ar + ["--trial", "10"], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert "> | val   |" in p.stdout and "check passed" in p.stdout, p.stdout + p.stderr
+    p = subprocess.run(ar + ["--json", "--trial", "10"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                       env=env)
+    rep = json.loads(p.stdout)["trial"]
+    assert rep["failure"] is None and len(rep["runs"]) == 2 and rep["runs"][0]["value"] is not None, rep
+    assert not (root / "runs").exists() and not (root / "results.tsv").exists()
