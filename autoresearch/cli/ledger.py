@@ -6,7 +6,7 @@ from pathlib import Path
 
 
 def rebuild(root: Path) -> int:
-    from ..ledger import rebuild as rebuild_ledger
+    from ..ledger.durable import rebuild as rebuild_ledger
     from ..loop.state import loop_lock
     from ..program import load_program
     program = load_program(root)

@@ -12,7 +12,8 @@ from pydantic import BaseModel
 
 from ..digest import sha256_bytes, sha256_file
 from ..gitops import RUN_BRANCH_PREFIX, current_branch, git, head_commit, is_run_branch, ref_commit, show_blob
-from ..ledger import LedgerRow, best_value, branch_rows, decided_runs, kept_rows_from_git, read_rows
+from ..ledger import LedgerRow, best_value, branch_rows, decided_runs, read_rows
+from ..ledger.durable import kept_rows_from_git
 from ..program import RUN_OVERHEAD_S, Program
 from ..run.identity import program_code, snapshot, snapshot_at
 from ..run.metrics import read_verified

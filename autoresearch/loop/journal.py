@@ -35,7 +35,8 @@ from pydantic import BaseModel
 from ..digest import sha256_bytes
 from ..atomic import write_atomic
 from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
-from ..ledger import LedgerRow, append_rows, write_decision
+from ..ledger import LedgerRow, append_rows
+from ..ledger.durable import write_decision
 from . import messages
 from .state import LastDecision, read_state, state_dir, write_state
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from ..digest import sha256_bytes, sha256_file
 from ..gitops import locked_index
-from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids, row_trailers
+from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
+from ..ledger.durable import row_trailers
 from ..program import Program
 from ..run.identity import program_code, snapshot_of
 from . import journal, messages
@@ -253,7 +254,7 @@ def preflight(root: Path) -> None:
 
 
 def commit_message(program: Program, v: Verdict, row: LedgerRow, cands: list[RunRecord], desc: str) -> str:
-    """Subject, description, and trailers with every column of the keep's ledger row (ledger.row_trailers),
+    """Subject, description, and trailers with every column of the keep's ledger row (ledger.durable.row_trailers),
     so a lost results.tsv is rebuilt from the branch."""
     m = program.metric.name
     flat = " ".join(desc.split())

@@ -2,7 +2,7 @@
 hooks/loop_hook.py calls `stop_hook` (through the package, `loop.stop_hook`).
 
 Stop, in order, under the loop lock:
-  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.ensure),
+  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.durable.ensure),
      then finish a decision a killed hook left half done (journal.recover)
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
      a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole),
@@ -50,7 +50,8 @@ from filelock import Timeout as LockTimeout
 
 from ..digest import sha256_bytes, sha256_file
 from ..gitops import GitError, show_blob
-from ..ledger import LedgerError, LedgerRow, ensure, kept_run_ids
+from ..ledger import LedgerError, LedgerRow, kept_run_ids
+from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
 from ..run.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
