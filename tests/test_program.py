@@ -271,3 +271,14 @@ def test_a_literal_file_may_be_missing_and_is_in_the_set(tmp_path):
     (tmp_path / "program.md").write_text(_with_editable("[train.py, model_v2.py, 'config/*.py', scratchpad.md]"))
     p = load_program(tmp_path)
     assert p.editable_files(tmp_path) == ["config/a.py", "config/b.py", "model_v2.py", "scratchpad.md", "train.py"]
+
+
+@pytest.mark.parametrize("outputs, words", [
+    ('["../x"]', "project-relative folder"), ('["/abs"]', "project-relative folder"),
+    ('[runs]', "not runs/"), ('[".git/hooks"]', "not runs/"), ('["a*"]', "no glob"),
+    ('[train.py]', "would replace code (train.py)"), ('[scratchpad.md]', "would replace code (an editable file)"),
+])
+def test_run_outputs_name_a_results_folder_and_never_code(outputs, words):
+    with pytest.raises(ConfigError, match=re.escape(words)):
+        parse_program(f"---\nrun: {{outputs: {outputs}}}\n---\n")
+    assert parse_program("---\nrun: {outputs: [out, outputs/, wandb]}\n---\n").run.outputs == ["out", "outputs", "wandb"]

@@ -64,6 +64,12 @@ class Program(_Strict):
             raise ValueError("eval: eval.command is set: write run.mode: eval_command (inline is the last resort)")
         if self.eval is None and self.run.mode == "eval_command":
             raise ValueError("run.mode: eval_command needs eval: {command: [python, eval.py], files: [eval.py]}")
+        code = [self.run.train_script, *self.frozen_files()]
+        for out in self.run.outputs:
+            clash = [f for f in code if f == out or f.startswith(out + "/") or out.startswith(f + "/")]
+            if clash or self.editable_matches(out):
+                raise ValueError(f"run.outputs {out!r} would replace code ({', '.join(clash) or 'an editable file'}) "
+                                 "with an empty folder: name the folder the code writes its results into")
         return self
 
     def frozen_files(self) -> list[str]:

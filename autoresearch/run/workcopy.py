@@ -183,6 +183,8 @@ def read_only_hint(lay: Layout, reason: str) -> str:
     elif path.startswith("/"):
         return ""
     parts = [x for x in Path(path).parts if x not in (".", "")]
+    if ".." in parts:
+        return ""
     for i in range(1, len(parts) + 1):
         rel = "/".join(parts[:i])
         if rel in lay.outputs or rel.split("/", 1)[0] in LEFT_OUT:

@@ -370,7 +370,8 @@ def test_a_write_into_a_linked_untracked_folder_gets_the_fix_in_the_crash_reason
     for line in ("train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'src/m.py'",  # tracked
                  "train.py exited with code 1: OSError: [Errno 30] Read-only file system: '/etc/passwd'",
                  "train.py exited with code 1: ValueError: bad 'out/ckpt.pt'",
-                 "train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'missing/x'"):
+                 "train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'missing/x'",
+                 "train.py exited with code 1: OSError: [Errno 30] Read-only file system: '../../etc/x'"):
         assert read_only_hint(lay, line) == "", line
     listed = Layout(proj, proj / "runs" / "0007", "train.py", {}, outputs=("out",))
     assert read_only_hint(listed, "x: OSError: [Errno 30] Read-only file system: 'out/ckpt.pt'") == ""
