@@ -319,12 +319,12 @@ def check_data(root: Path, program: Program | None) -> Check:
 
 
 def run_checks(root: Path) -> list[Check]:
-    from .envcheck import check_eval, check_home_cache, check_interpreter, check_mounts
+    from .envcheck import check_eval, check_executor, check_home_cache, check_interpreter, check_mounts
     prog_check, program = check_program(root)
     checks = [check_python(root, program), prog_check]
     steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
         check_git, check_sandbox, check_gpu, check_gpu_selection, check_interpreter, check_mounts, check_home_cache,
-        check_eval, check_claude, check_hooks, check_data]
+        check_eval, check_executor, check_claude, check_hooks, check_data]
     for step in steps:
         try:
             got = step(root, program)

@@ -132,3 +132,26 @@ def check_home_cache(root: Path, program: Program | None) -> list[Check]:
                          "EVAL and final read it" if sb.cache_eval else "not shown to EVAL"))
             out.append(Check(name=name, level="ok", found=f"{path}: {reach}"))
     return out
+
+
+def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
+    """Who runs a wave: local slots, or a Ray cluster that must be importable and reachable (a
+    cluster that is down once hung every queued run; now each is interrupted at once, with this fix)."""
+    if program is None:
+        return []
+    ex = program.executor
+    if ex.kind == "local":
+        return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
+                     "for waves (./run.sh -m ... --queue)")
+    import importlib.util
+    from ..run.exits import HarnessError
+    from ..run.rayexec import RAY_HINT, reachable
+    if importlib.util.find_spec("ray") is None:
+        return Check(name="executor", level="fail", found="kind: ray, but Ray is not installed here", fix=RAY_HINT)
+    try:
+        reachable(ex.address)
+    except HarnessError as e:
+        return Check(name="executor", level="fail", found=str(e).split(": start it")[0],
+                     fix="start the cluster (ray start --head), or fix executor.address in program.md")
+    return Check(name="executor", level="ok", found=f"kind: ray at {ex.address or 'auto'}; resources per run "
+                 f"{ex.resources or {'GPU': 1}}")

@@ -206,3 +206,25 @@ def test_a_node_sweeps_what_killed_tasks_left_but_never_a_live_tasks_folder(tmp_
         os.close(fd)
     assert sweep(tmp_path) == [live.name] and young.exists()
     assert STALE_S >= 60
+
+
+def test_an_unreachable_cluster_interrupts_each_run_at_once_with_the_fix(tmp_path):
+    """ray.init retries a cluster that is down for ever: the wave hung. Now the address is probed
+    first: the run is interrupted in seconds, its reason names the fix, and doctor says it too."""
+    from autoresearch.cli.envcheck import check_executor
+    from autoresearch.program import load_program
+    p = make(tmp_path)
+    text = (p.path / "program.md").read_text().replace(
+        "executor: {kind: local, slots: 2}", "executor: {kind: ray, slots: 1, address: '127.0.0.1:9'}")
+    (p.path / "program.md").write_text(text)
+    p.sh("git", "commit", "-q", "-am", "ray executor, cluster down")
+    t0 = time.monotonic()
+    rid = queue(p, "cluster down")
+    out = wait(p)
+    assert time.monotonic() - t0 < 60 and "wave finished" in out, out
+    m = RunMetrics.read(p.path / "runs" / rid)
+    assert m.status == "interrupted" and m.metric_value is None
+    e = read_entry(p.path / "runs" / rid)
+    assert e.state == "interrupted" and "cannot be reached" in e.note and "ray start --head" in e.note, e.note
+    got = check_executor(p.path, load_program(p.path))
+    assert got.level == "fail" and "cannot be reached" in got.found and "executor.address" in got.fix
