@@ -155,7 +155,13 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
     gen = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
     node = None
     try:
-        node = str(ray.get(next(gen))["node"])         # the task started: status shows where it runs
+        first, started = _next_within(ray, gen, start_s())
+        if first is None:                              # infeasible, or the autoscaler gave no node
+            _cancel(ray, gen, started)
+            return lost(root, e, program, f"no node of the Ray cluster took it within {start_s():g} s: it asks "
+                        f"for {program.executor.resources or DEFAULT_RESOURCES}, the cluster's nodes have "
+                        f"{_have(ray, program)} (executor.resources; AUTORESEARCH_RAY_START_S sets the wait)")
+        node = str(first["node"])                      # the task started: status shows where it runs
         set_node(root, run_id, node)
         out = ray.get(next(gen))
     except KeyboardInterrupt:                          # pause: the task stops its runner, then ends
@@ -169,22 +175,59 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
 CANCEL_S = 60                # a cancelled task has this long to stop its runner and clean up
 
 
-def _cancel(ray, gen) -> None:
+def start_s() -> float:
+    """How long a queued run may wait for a node (an autoscaler may take minutes to add one)."""
+    return float(os.environ.get("AUTORESEARCH_RAY_START_S", "") or 900)
+
+
+def _reader(ray, gen) -> tuple[dict, threading.Event]:
+    """A thread reading the generator's next item into the dict ("v", or the error as "e"); the
+    Event is set when it came (or the task ended)."""
+    box: dict = {}
+    came = threading.Event()
+
+    def get() -> None:
+        try:
+            box["v"] = ray.get(next(gen))
+        except BaseException as err:                   # noqa: BLE001 -- handed to the caller
+            box["e"] = err
+        came.set()
+
+    threading.Thread(target=get, daemon=True).start()
+    return box, came
+
+
+def _next_within(ray, gen, timeout: float) -> tuple[dict | None, threading.Event]:
+    """The generator's next item, or None when it has not come within timeout (the Event is set
+    when it does come, or the task ends). A task error is raised here."""
+    box, came = _reader(ray, gen)
+    if not came.wait(timeout):
+        return None, came
+    if "e" in box:
+        raise box["e"]
+    return box["v"], came
+
+
+def _have(ray, program) -> dict[str, float]:
+    """The alive nodes' total of each resource the run asks for."""
+    want = program.executor.resources or DEFAULT_RESOURCES
+    total: dict[str, float] = dict.fromkeys(want, 0.0)
+    for node in ray.nodes():
+        if node.get("Alive"):
+            for k in want:
+                total[k] += float(node.get("Resources", {}).get(k, 0))
+    return total
+
+
+def _cancel(ray, gen, pending: threading.Event | None = None) -> None:
     """Cancel the task gently (KeyboardInterrupt in it: raynode stops the runner, which stops its
     sandbox, and removes its folder) and wait for it to end: this driver leaving first would kill
-    the worker mid-cleanup. Forced (the worker killed) when it has not ended in time."""
-    ended = threading.Event()
-
-    def drain() -> None:                               # the next item resolves when the task has ended
-        try:
-            ray.get(next(gen))
-        except BaseException:                          # noqa: BLE001 -- TaskCancelledError, StopIteration
-            pass
-        ended.set()
-
+    the worker mid-cleanup. Forced (the worker killed) when it has not ended in time. `pending`:
+    a reader already waits on the generator (its event is set when the task has ended)."""
     ray.cancel(gen)
-    threading.Thread(target=drain, daemon=True).start()
-    if not ended.wait(CANCEL_S):
+    if pending is None:
+        _, pending = _reader(ray, gen)                 # the next item resolves when the task has ended
+    if not pending.wait(CANCEL_S):
         ray.cancel(gen, force=True)
 
 

@@ -228,3 +228,23 @@ def test_an_unreachable_cluster_interrupts_each_run_at_once_with_the_fix(tmp_pat
     assert e.state == "interrupted" and "cannot be reached" in e.note and "ray start --head" in e.note, e.note
     got = check_executor(p.path, load_program(p.path))
     assert got.level == "fail" and "cannot be reached" in got.found and "executor.address" in got.fix
+
+
+def test_a_run_no_node_can_take_is_interrupted_after_the_start_bound(tmp_path, cluster, data_dir):
+    """resources no node has (a GPU on a CPU cluster): the task would wait for ever. After
+    AUTORESEARCH_RAY_START_S it is cancelled and interrupted, naming what it asked and what the
+    nodes have."""
+    p = ray_project(tmp_path, cluster)
+    text = (p.path / "program.md").read_text().replace("resources: {slot: 2}", "resources: {GPU: 1}")
+    (p.path / "program.md").write_text(text)
+    p.sh("git", "commit", "-q", "-am", "asks for a GPU")
+    r = subprocess.run([str(ROOT / "run.sh"), "-m", "wants a GPU", "--queue", "--budget", "2"], cwd=p.path,
+                       env=clean_env(AUTORESEARCH_RAY_START_S="5"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    rid = r.stdout.split()[2]
+    out = wait(p)
+    assert "wave finished" in out, out
+    e = read_entry(p.path / "runs" / rid)
+    assert e.state == "interrupted" and "no node of the Ray cluster took it within 5 s" in e.note, e.note
+    assert "'GPU': 1" in e.note and "'GPU': 0.0" in e.note, e.note
+    assert RunMetrics.read(p.path / "runs" / rid).status == "interrupted"
