@@ -153,19 +153,19 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
             "max_retries": 0, "scheduling_strategy": "SPREAD", "num_returns": "streaming"}
     task = ray.remote(raynode.run_package).options(**opts)
     gen = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
-    node = None
+    node, pending = None, None                         # pending: a reader still waits for the first item
     try:
-        first, started = _next_within(ray, gen, start_s())
+        first, pending = _next_within(ray, gen, start_s())
         if first is None:                              # infeasible, or the autoscaler gave no node
-            _cancel(ray, gen, started)
+            _cancel(ray, gen, pending)
             return lost(root, e, program, f"no node of the Ray cluster took it within {start_s():g} s: it asks "
                         f"for {program.executor.resources or DEFAULT_RESOURCES}, the cluster's nodes have "
                         f"{_have(ray, program)} (executor.resources; AUTORESEARCH_RAY_START_S sets the wait)")
-        node = str(first["node"])                      # the task started: status shows where it runs
+        node, pending = str(first["node"]), None        # the task started: status shows where it runs
         set_node(root, run_id, node)
         out = ray.get(next(gen))
     except KeyboardInterrupt:                          # pause: the task stops its runner, then ends
-        _cancel(ray, gen)
+        _cancel(ray, gen, pending)
         raise
     except (ray.exceptions.RayError, StopIteration) as err:   # node died, worker crashed, cancelled, lost
         return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}", node)
