@@ -130,3 +130,39 @@ def base_commit(root: Path) -> str | None:
         if "Autoresearch-Run" not in t and "Autoresearch-Runs" not in t:
             return sha.strip() or None
     return None
+
+
+def tree_blobs(root: Path, commit: str, skip_top: set[str] = frozenset(), max_size: int | None = None):
+    """(path, mode, bytes) of every blob committed at `commit`, exactly as stored: one `git cat-file
+    --batch`, no filters or attributes (export-ignore, export-subst, eol, ident: repository-controlled
+    rules never change what runs), modes b"100644" / b"100755" / b"120000" (a symlink: its target).
+    Paths whose first part is in skip_top, submodules, and blobs over max_size bytes are left out."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    base = ["git", "-C", str(root)] + [a for c in SAFE_CONFIG for a in ("-c", c)]
+    listing = subprocess.run(base + ["ls-tree", "-r", "-z", "--full-tree", "-l", commit], capture_output=True,
+                             env=env, check=True).stdout
+    entries = []
+    for rec in listing.split(b"\0"):
+        if not rec:
+            continue
+        meta, path = rec.split(b"\t", 1)
+        mode, kind, sha, size = meta.split()
+        rel = os.fsdecode(path)
+        if kind != b"blob" or rel.split("/", 1)[0] in skip_top or \
+                (max_size is not None and mode != b"120000" and int(size) > max_size):
+            continue
+        entries.append((rel, mode, sha))
+    if not entries:
+        return
+    with subprocess.Popen(base + ["cat-file", "--batch"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          env=env) as p:
+        assert p.stdin is not None and p.stdout is not None
+        for rel, mode, sha in entries:
+            p.stdin.write(sha + b"\n")
+            p.stdin.flush()
+            header = p.stdout.readline().split()
+            data = p.stdout.read(int(header[2])) if len(header) == 3 else b""
+            p.stdout.read(1)
+            yield rel, mode, data
+        p.stdin.close()
+

@@ -101,24 +101,27 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
 
 
 def package(root: Path, e: QueueEntry) -> bytes:
-    """tar.gz: project/ (git archive of the run's base: the node commits it, so the work copies
-    and the frozen eval.files come from a commit there as here), overlay/ (program.md as here,
+    """tar.gz: project/ (the run's base commit, its blobs byte for byte: the node commits them, so
+    the work copies and the frozen eval.files come from a commit there as here), overlay/ (program.md as here,
     runs/NNNN/ with the snapshot and queue entry) and harness/autoresearch/ (this package's source)."""
     import autoresearch
+
+    from ..gitops import GitError, tree_blobs
     root = Path(root)
     base = e.base or "HEAD"
-    arch = subprocess.run(["git", "archive", "--format=tar", base], cwd=root, capture_output=True)
-    if arch.returncode != 0:
-        raise HarnessError(f"cannot package the project at {base} for Ray: {arch.stderr.decode()[-300:]} "
-                           "(commit the project first: git add -A && git commit)")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        with tarfile.open(fileobj=io.BytesIO(arch.stdout), mode="r:") as src:
-            for m in src.getmembers():
-                if m.name.startswith(("runs/", ".autoresearch/")):
-                    continue
-                m.name = f"project/{m.name}"
-                tar.addfile(m, src.extractfile(m) if m.isfile() else None)
+        try:                                       # the committed bytes exactly (git archive would apply
+            for rel, mode, data in tree_blobs(root, base, {RUNS_DIR, ".autoresearch"}):  # export-ignore/-subst)
+                info = tarfile.TarInfo(f"project/{rel}")
+                if mode == b"120000":
+                    info.type, info.linkname = tarfile.SYMTYPE, os.fsdecode(data)
+                    tar.addfile(info)
+                else:
+                    _add_bytes(tar, f"project/{rel}", data, 0o755 if mode == b"100755" else 0o644)
+        except (subprocess.CalledProcessError, GitError, OSError) as err:
+            raise HarnessError(f"cannot package the project at {base} for Ray ({type(err).__name__}): commit the "
+                               "project first (git add -A && git commit)") from None
         if (root / "program.md").is_file():
             _add_bytes(tar, "overlay/program.md", (root / "program.md").read_bytes())
         run = root / RUNS_DIR / e.run_id

@@ -75,15 +75,36 @@ def _results(run_dir: Path, out_cap: int) -> tuple[bytes, list[str]]:
 
 
 def _commit(proj: Path) -> None:
-    """The shipped base as one commit of a fresh repository (no hooks, no user config read)."""
+    """The shipped base as one commit of a fresh repository, byte for byte: objects written with
+    --no-filters and the index built from them (a `git add` would apply the project's own
+    .gitattributes: eol, ident), no hooks, no user config read."""
     git = ["git", "-c", "core.hooksPath=/dev/null", "-c", "user.name=autoresearch",
            "-c", "user.email=autoresearch@localhost", "-c", "commit.gpgsign=false"]
     env = {**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}
-    for cmd in (["init", "-q", "-b", "autoresearch-node"], ["add", "-A", "-f"],
-                ["commit", "-q", "--allow-empty", "--no-verify", "-m", "the run's base, shipped from the head"]):
-        r = subprocess.run([*git, *cmd], cwd=proj, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    def run(*args: str, stdin: str | None = None) -> str:
+        r = subprocess.run([*git, *args], cwd=proj, env=env, capture_output=True, text=True, input=stdin,
+                           stdin=None if stdin is not None else subprocess.DEVNULL)
         if r.returncode != 0:
-            raise RuntimeError(f"git {cmd[0]} on this node failed ({r.returncode}): {r.stderr[-400:]}")
+            raise RuntimeError(f"git {args[0]} on this node failed ({r.returncode}): {r.stderr[-400:]}")
+        return r.stdout
+
+    run("init", "-q", "-b", "autoresearch-node")
+    files, links = [], []
+    for d, dirs, names in os.walk(proj):
+        dirs[:] = [n for n in dirs if not (d == str(proj) and n == ".git") and not os.path.islink(os.path.join(d, n))]
+        links += [os.path.join(d, n) for n in os.listdir(d) if os.path.islink(os.path.join(d, n))]
+        files += [os.path.join(d, n) for n in names if not os.path.islink(os.path.join(d, n))]
+    index = []
+    if files:
+        shas = run("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="\n".join(files) + "\n").split()
+        index += [(("100755" if os.access(f, os.X_OK) else "100644"), sha, f) for f, sha in zip(files, shas)]
+    for f in links:
+        index.append(("120000", run("hash-object", "-w", "--no-filters", "--stdin", stdin=os.readlink(f)).strip(), f))
+    if index:
+        run("update-index", "--add", "--index-info",
+            stdin="".join(f"{m} {sha}\t{os.path.relpath(f, proj)}\n" for m, sha, f in index))
+    run("commit", "-q", "--allow-empty", "--no-verify", "-m", "the run's base, shipped from the head")
 
 
 def run_package(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> Iterator[dict]:

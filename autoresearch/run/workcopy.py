@@ -26,7 +26,7 @@ import subprocess
 from contextlib import suppress
 from pathlib import Path
 
-from ..gitops import SAFE_CONFIG, head_commit
+from ..gitops import SAFE_CONFIG, head_commit, tree_blobs
 from .layout import RUNS_DIR, STATE_DIR, Layout
 
 LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as a link
@@ -83,42 +83,18 @@ def _env() -> dict[str, str]:
 
 
 def _copy_tree(root: Path, commit: str, dest: Path) -> None:
-    """The committed tree's files into dest: blobs through one `git cat-file --batch` (no filters,
-    no attributes: repository-controlled code never runs), modes kept, symlinks recreated."""
-    listing = subprocess.run(_git_cmd(root, "ls-tree", "-r", "-z", "--full-tree", "-l", commit),
-                             capture_output=True, env=_env(), check=True).stdout
-    entries = []
-    for rec in listing.split(b"\0"):
-        if not rec:
-            continue
-        meta, path = rec.split(b"\t", 1)
-        mode, kind, sha, size = meta.split()
-        rel = os.fsdecode(path)
-        if rel.split("/", 1)[0] in LEFT_OUT:
-            continue
-        if kind != b"blob" or (mode != b"120000" and int(size) > LINK_OVER):
-            continue                           # submodules and huge blobs: linked by _link_rest
-        entries.append((rel, mode, sha))
-    if not entries:
-        return
-    with subprocess.Popen(_git_cmd(root, "cat-file", "--batch"), stdin=subprocess.PIPE,
-                          stdout=subprocess.PIPE, env=_env()) as p:
-        assert p.stdin is not None and p.stdout is not None
-        for rel, mode, sha in entries:
-            p.stdin.write(sha + b"\n")
-            p.stdin.flush()
-            header = p.stdout.readline().split()
-            data = p.stdout.read(int(header[2])) if len(header) == 3 else b""
-            p.stdout.read(1)
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if mode == b"120000":
-                os.symlink(os.fsdecode(data), target)
-            else:
-                target.write_bytes(data)
-                if mode == b"100755":
-                    target.chmod(0o755)
-        p.stdin.close()
+    """The committed tree's files into dest, byte for byte (gitops.tree_blobs: no filters, no
+    attributes), modes kept, symlinks recreated; submodules and blobs over LINK_OVER are linked
+    by _link_rest instead."""
+    for rel, mode, data in tree_blobs(root, commit, LEFT_OUT, LINK_OVER):
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if mode == b"120000":
+            os.symlink(os.fsdecode(data), target)
+        else:
+            target.write_bytes(data)
+            if mode == b"100755":
+                target.chmod(0o755)
 
 
 def real_folder(dest: Path, rel: str | Path) -> Path:

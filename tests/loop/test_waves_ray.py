@@ -248,3 +248,27 @@ def test_a_run_no_node_can_take_is_interrupted_after_the_start_bound(tmp_path, c
     assert e.state == "interrupted" and "no node of the Ray cluster took it within 5 s" in e.note, e.note
     assert "'GPU': 1" in e.note and "'GPU': 0.0" in e.note, e.note
     assert RunMetrics.read(p.path / "runs" / rid).status == "interrupted"
+
+
+PRINT_FILES = '''import pathlib as _p
+for _n in ("kept.txt", "subst.txt", "eol.txt"):
+    print("FILE", _n, repr(_p.Path(_n).read_bytes()) if _p.Path(_n).exists() else "MISSING", flush=True)
+'''
+
+
+def test_a_node_runs_the_committed_bytes_whatever_the_repos_gitattributes_say(tmp_path, cluster, data_dir):
+    """git archive would drop an export-ignore file and expand export-subst, and `git add` on the
+    node would apply eol rules: the node's work copy must hold the blobs as committed, as a local
+    run's does."""
+    p = ray_project(tmp_path, cluster)
+    (p.path / ".gitattributes").write_text("kept.txt export-ignore\nsubst.txt export-subst\neol.txt text eol=crlf\n")
+    for name, text in (("kept.txt", "KEPT\n"), ("subst.txt", "$Format:%H$\n"), ("eol.txt", "a\nb\n")):
+        (p.path / name).write_text(text)
+    p.sh("git", "add", "-A")
+    p.sh("git", "commit", "-q", "-m", "files with export and eol attributes")
+    (p.path / "train.py").write_text(PRINT_FILES + p.read())
+    rid = queue(p, "prints the files")
+    wait(p)
+    log = (p.path / "runs" / rid / "train.log").read_text()
+    for want in ("FILE kept.txt b'KEPT\\n'", "FILE subst.txt b'$Format:%H$\\n'", "FILE eol.txt b'a\\nb\\n'"):
+        assert want in log, log[:2000]
