@@ -324,17 +324,22 @@ def test_folders_made_unreadable_at_any_depth_do_not_stop_the_cleanup():
     shutil.rmtree(here, ignore_errors=True)
 
 
+def _committed(proj: Path, files: dict[str, str]) -> Path:
+    """A repository holding `files`, committed."""
+    for rel, text in files.items():
+        (proj / rel).parent.mkdir(parents=True, exist_ok=True)
+        (proj / rel).write_text(text)
+    for args in (("init", "-q", "-b", "main"), ("add", "-A"), ("commit", "-q", "-m", "base")):
+        _git(proj, *args)
+    return proj
+
+
 def test_run_outputs_are_empty_real_folders_in_the_copy_not_links(tmp_path):
     """A stale out/ (untracked, left by a run by hand) is linked read-only, unless run.outputs names
     it: then each copy gets it empty and writable, holding only its tracked files."""
     from autoresearch.run.layout import Layout
     from autoresearch.run.workcopy import work_copy
-    proj = tmp_path / "p"
-    (proj / "outputs").mkdir(parents=True)
-    (proj / "outputs" / "README").write_text("tracked\n")
-    _git(proj, "init", "-q", "-b", "main")
-    _git(proj, "add", "-A")
-    _git(proj, "commit", "-q", "-m", "base")
+    proj = _committed(tmp_path / "p", {"outputs/README": "tracked\n"})
     for d in ("out", "outputs/2026-01-01"):
         (proj / d).mkdir(parents=True, exist_ok=True)
         (proj / d / "ckpt.pt").write_text("stale\n")
@@ -353,12 +358,7 @@ def test_run_outputs_are_empty_real_folders_in_the_copy_not_links(tmp_path):
 def test_a_write_into_a_linked_untracked_folder_gets_the_fix_in_the_crash_reason(tmp_path):
     from autoresearch.run.layout import Layout
     from autoresearch.run.workcopy import read_only_hint
-    proj = tmp_path / "p"
-    (proj / "src").mkdir(parents=True)
-    (proj / "src" / "m.py").write_text("x\n")
-    _git(proj, "init", "-q", "-b", "main")
-    _git(proj, "add", "-A")
-    _git(proj, "commit", "-q", "-m", "base")
+    proj = _committed(tmp_path / "p", {"src/m.py": "x\n"})
     (proj / "out").mkdir()
     lay = Layout(proj, proj / "runs" / "0007", "train.py", {})
     work = f"{proj}/runs/0007/.sandbox/work/train"
