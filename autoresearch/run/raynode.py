@@ -91,10 +91,15 @@ def _commit(proj: Path) -> None:
 
     run("init", "-q", "-b", "autoresearch-node")
     files, links = [], []
-    for d, dirs, names in os.walk(proj):
-        dirs[:] = [n for n in dirs if not (d == str(proj) and n == ".git") and not os.path.islink(os.path.join(d, n))]
-        links += [os.path.join(d, n) for n in os.listdir(d) if os.path.islink(os.path.join(d, n))]
-        files += [os.path.join(d, n) for n in names if not os.path.islink(os.path.join(d, n))]
+    for d, dirs, names in os.walk(proj):               # links to folders are listed, never entered
+        if d == str(proj):
+            dirs[:] = [n for n in dirs if n != ".git"]
+        for n in dirs + names:
+            path = os.path.join(d, n)
+            if os.path.islink(path):
+                links.append(path)
+            elif n in names:
+                files.append(path)
     index = []
     if files:
         shas = run("hash-object", "-w", "--no-filters", "--stdin-paths", stdin="\n".join(files) + "\n").split()

@@ -251,7 +251,7 @@ def test_a_run_no_node_can_take_is_interrupted_after_the_start_bound(tmp_path, c
 
 
 PRINT_FILES = '''import pathlib as _p
-for _n in ("kept.txt", "subst.txt", "eol.txt"):
+for _n in ("kept.txt", "subst.txt", "eol.txt", "link.txt"):
     print("FILE", _n, repr(_p.Path(_n).read_bytes()) if _p.Path(_n).exists() else "MISSING", flush=True)
 '''
 
@@ -264,11 +264,13 @@ def test_a_node_runs_the_committed_bytes_whatever_the_repos_gitattributes_say(tm
     (p.path / ".gitattributes").write_text("kept.txt export-ignore\nsubst.txt export-subst\neol.txt text eol=crlf\n")
     for name, text in (("kept.txt", "KEPT\n"), ("subst.txt", "$Format:%H$\n"), ("eol.txt", "a\nb\n")):
         (p.path / name).write_text(text)
+    (p.path / "link.txt").symlink_to("kept.txt")                # a committed symlink stays one
     p.sh("git", "add", "-A")
     p.sh("git", "commit", "-q", "-m", "files with export and eol attributes")
     (p.path / "train.py").write_text(PRINT_FILES + p.read())
     rid = queue(p, "prints the files")
     wait(p)
     log = (p.path / "runs" / rid / "train.log").read_text()
-    for want in ("FILE kept.txt b'KEPT\\n'", "FILE subst.txt b'$Format:%H$\\n'", "FILE eol.txt b'a\\nb\\n'"):
+    for want in ("FILE kept.txt b'KEPT\\n'", "FILE subst.txt b'$Format:%H$\\n'", "FILE eol.txt b'a\\nb\\n'",
+                 "FILE link.txt b'KEPT\\n'"):
         assert want in log, log[:2000]
