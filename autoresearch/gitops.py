@@ -24,19 +24,21 @@ class GitError(RuntimeError):
     """A git command failed; the message carries git's own words."""
 
 
+def safe_git(root: Path) -> tuple[list[str], dict[str, str]]:
+    """`git -C root` with SAFE_CONFIG, and an environment without the caller's GIT_* variables."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_OPTIONAL_LOCKS="0")
+    return ["git", "-C", str(root)] + [a for c in SAFE_CONFIG for a in ("-c", c)], env
+
+
 def git(root: Path, *args: str, check: bool = True, input: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `git -C root <args>` safely. Attributes-driven filters/textconv are disabled with --no-ext-diff
     and --no-textconv by callers that diff; push is never called by this project.
     `env`: extra variables set after the caller's GIT_* ones are dropped (e.g. GIT_INDEX_FILE)."""
-    cmd = ["git", "-C", str(root)]
-    for c in SAFE_CONFIG:
-        cmd += ["-c", c]
-    env_ = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    env_.update(GIT_TERMINAL_PROMPT="0", GIT_CONFIG_NOSYSTEM="1", GIT_OPTIONAL_LOCKS="0")
+    cmd, env_ = safe_git(root)
     env_.update(env or {})
-    env = env_
-    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env, input=input)
+    proc = subprocess.run(cmd + list(args), capture_output=True, text=True, env=env_, input=input)
     if check and proc.returncode != 0:
         raise GitError(f"git {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
     return proc
@@ -137,8 +139,7 @@ def tree_blobs(root: Path, commit: str, skip_top: set[str] = frozenset(), max_si
     --batch`, no filters or attributes (export-ignore, export-subst, eol, ident: repository-controlled
     rules never change what runs), modes b"100644" / b"100755" / b"120000" (a symlink: its target).
     Paths whose first part is in skip_top, submodules, and blobs over max_size bytes are left out."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
-    base = ["git", "-C", str(root)] + [a for c in SAFE_CONFIG for a in ("-c", c)]
+    base, env = safe_git(root)
     listing = subprocess.run(base + ["ls-tree", "-r", "-z", "--full-tree", "-l", commit], capture_output=True,
                              env=env, check=True).stdout
     entries = []

@@ -347,12 +347,13 @@ class DoctorReport(BaseModel):
         return [c.name for c in self.checks if c.level == "fail"]
 
 
-def _trial(root: Path, seconds: float, console, quiet: bool) -> CheckReport:
-    """init's check again (the command once, briefly, in the sandbox), with today's program.md."""
+def _trial(root: Path, seconds: float, console=None) -> CheckReport:
+    """init's check again (the command once, briefly, in the sandbox), with today's program.md;
+    its progress lines go to `console` (none for --json)."""
     from .initcheck import check_project
     if not seconds > 0:
         raise SystemExit("autoresearch doctor: --trial needs a positive number of seconds")
-    return check_project(root, seconds, say=(lambda _s: None) if quiet else
+    return check_project(root, seconds, say=(lambda _s: None) if console is None else
                          (lambda s: console.print(s, markup=False, highlight=False)))
 
 
@@ -364,7 +365,7 @@ def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
     program_ok = not any(c.name == "program.md" and c.level == "fail" for c in checks)
     if as_json:
         if trial is not None and program_ok:
-            report.trial = _trial(root, trial, None, quiet=True)
+            report.trial = _trial(root, trial)
             report.ready = report.ready and report.trial.failure is None
         print(report.model_dump_json(indent=2))
         return 0 if report.ready else 1
@@ -381,7 +382,7 @@ def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
     failed = [c.name for c in checks if c.level == "fail"]
     if trial is not None and program_ok:
         from .initcheck import render
-        report.trial = _trial(root, trial, console, quiet=False)
+        report.trial = _trial(root, trial, console)
         render(report.trial, console)
         if report.trial.failure:
             failed.append("trial")

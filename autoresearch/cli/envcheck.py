@@ -144,14 +144,10 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
-    from ..run.exits import HarnessError
-    from ..run.rayexec import RAY_HINT, reachable
+    from ..run.rayexec import RAY_HINT, UNREACHABLE_FIX, unreachable
     if importlib.util.find_spec("ray") is None:
         return Check(name="executor", level="fail", found="kind: ray, but Ray is not installed here", fix=RAY_HINT)
-    try:
-        reachable(ex.address)
-    except HarnessError as e:
-        return Check(name="executor", level="fail", found=str(e).split(": start it")[0],
-                     fix="start the cluster (ray start --head), or fix executor.address in program.md")
+    if why := unreachable(ex.address):
+        return Check(name="executor", level="fail", found=why, fix=UNREACHABLE_FIX)
     return Check(name="executor", level="ok", found=f"kind: ray at {ex.address or 'auto'}; resources per run "
                  f"{ex.resources or {'GPU': 1}}")

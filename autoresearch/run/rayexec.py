@@ -53,26 +53,30 @@ def _ray():
 PROBE_S = 10                 # how long the cluster's address may take to accept a connection
 
 
-def reachable(address: str | None) -> None:
-    """HarnessError, with the fix, when executor.address (host:port, or ray://host:port) accepts no
-    TCP connection: ray.init would retry such a cluster for ever, and the wave would hang."""
+def unreachable(address: str | None) -> str | None:
+    """Why executor.address (host:port, or ray://host:port) cannot be reached (it accepts no TCP
+    connection: ray.init would retry such a cluster for ever, and the wave would hang), or None."""
     import socket
     addr = (address or "auto").removeprefix("ray://")
     if addr == "auto" or ":" not in addr:
-        return                                   # ray.init finds (or refuses) a local cluster at once
+        return None                              # ray.init finds (or refuses) a local cluster at once
     host, _, port = addr.rpartition(":")
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_S).close()
     except (OSError, ValueError) as e:
-        raise HarnessError(f"the Ray cluster at {address} cannot be reached ({type(e).__name__}: {e}): start it "
-                           "(ray start --head) or fix executor.address in program.md") from None
+        return f"the Ray cluster at {address} cannot be reached ({type(e).__name__}: {e})"
+    return None
+
+
+UNREACHABLE_FIX = "start it (ray start --head) or fix executor.address in program.md"
 
 
 def connect(program) -> object:
     """ray.init to executor.address (a running cluster; never starts a local one)."""
     ray = _ray()
     if not ray.is_initialized():
-        reachable(program.executor.address)
+        if why := unreachable(program.executor.address):
+            raise HarnessError(f"{why}: {UNREACHABLE_FIX}")
         ray.init(address=program.executor.address or "auto", namespace="autoresearch", log_to_driver=False,
                  logging_level="ERROR", configure_logging=False)
     return ray

@@ -22,11 +22,10 @@ import os
 import re
 import shutil
 import stat
-import subprocess
 from contextlib import suppress
 from pathlib import Path
 
-from ..gitops import SAFE_CONFIG, head_commit, tree_blobs
+from ..gitops import git, head_commit, tree_blobs
 from .layout import RUNS_DIR, STATE_DIR, Layout
 
 LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as a link
@@ -69,17 +68,6 @@ def remove_work_copy(path: Path) -> None:
         for name in dirs:
             own(os.path.join(d, name))
     shutil.rmtree(path, ignore_errors=True)
-
-
-def _git_cmd(root: Path, *args: str) -> list[str]:
-    cmd = ["git", "-C", str(root)]
-    for c in SAFE_CONFIG:
-        cmd += ["-c", c]
-    return cmd + list(args)
-
-
-def _env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
 
 
 def _copy_tree(root: Path, commit: str, dest: Path) -> None:
@@ -174,6 +162,6 @@ def read_only_hint(lay: Layout, reason: str) -> str:
 
 
 def _tracked(root: Path, rel: str) -> bool:
-    p = subprocess.run(_git_cmd(root, "ls-files", "-z", "--", rel), capture_output=True, env=_env())
+    p = git(root, "ls-files", "-z", "--", rel, check=False)
     return p.returncode == 0 and bool(p.stdout)
 
