@@ -65,7 +65,8 @@ def test_torchrun_launches_two_ranks_inside_the_sandbox(name, request, tmp_path)
     request.getfixturevalue(f"{name}_available")
     script = tmp_path / "train.py"
     tmp_path.chmod(0o755)
-    script.write_text("import os; print('rank', os.environ['RANK'], 'of', os.environ['WORLD_SIZE'], flush=True)\n")
+    script.write_text("import os; os.write(1, f\"rank {os.environ['RANK']} of {os.environ['WORLD_SIZE']}\\n\".encode())\n")
+    # one write per rank (under PIPE_BUF: atomic); print() writes its pieces apart and two ranks interleaved
     b = choose_backend(name)
     rt = b.runtime()
     argv = train_argv(rt.python, program("run:\n  launcher: torchrun --standalone --nproc-per-node 2"),
