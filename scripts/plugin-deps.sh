@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the installed plugin's Python dependencies into Claude Code's per-plugin data folder,
 # ${CLAUDE_PLUGIN_DATA}/venv (it survives plugin updates; the plugin folder itself stays a clean
-# copy with no .venv). Run by the plugin's SessionStart hook and by bin/autoresearch on first use;
+# copy with no .venv). Run by the plugin's SessionStart hook and by scripts/autoresearch on first use;
 # a human may run it too. Idempotent (a stamp keyed on the requirements and the interpreter) and safe
 # under concurrent sessions (flock); the venv is built aside and moved into place whole, so a hook
 # never sees a half-installed one. `plugin-deps.sh plot` also adds matplotlib (for `plot`).

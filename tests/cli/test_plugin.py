@@ -27,7 +27,7 @@ def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str
 
 def plugin_copy(dest: Path) -> Path:
     """The plugin's own files (no .venv, no tests): what a marketplace install would carry."""
-    for rel in (".claude-plugin", "hooks", "commands", "bin", "autoresearch", "scripts"):
+    for rel in (".claude-plugin", "hooks", "commands", "autoresearch", "scripts"):
         shutil.copytree(ROOT / rel, dest / rel, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "README.md", dest / "README.md")
     return dest
@@ -218,7 +218,7 @@ def test_marketplace_add_then_install_from_the_packed_clean_tree(claude_cli, tmp
     plugin = cached[0].parent.parent
     for absent in (".venv", "runs", "results.tsv", "tests", ".autoresearch", "progress.png"):
         assert not (plugin / absent).exists(), absent
-    assert (plugin / "bin" / "autoresearch").is_file() and (plugin / "commands" / "final.md").is_file()
+    assert (plugin / "scripts" / "autoresearch").is_file() and (plugin / "commands" / "final.md").is_file()
     assert _tree_bytes(cache) < 2_000_000, _tree_bytes(cache)
     # installed and enabled: doctor now knows a project without its own wiring is in plugin-only mode
     proj = tmp_path / "proj"

@@ -1,7 +1,7 @@
 """The installed plugin keeps its Python dependencies in Claude Code's per-plugin data folder
 (${CLAUDE_PLUGIN_DATA}), never in the plugin folder: the SessionStart hook installs them on first
 use (scripts/plugin-deps.sh), the guard never installs anything (no interpreter is a deny that
-names the fix), and bin/autoresearch installs them for the first slash command."""
+names the fix), and scripts/autoresearch installs them for the first slash command."""
 from __future__ import annotations
 
 import json
@@ -71,7 +71,7 @@ def test_installed_plugin_carries_no_venv_and_its_hooks_find_their_deps_in_the_d
     """The real CLI: marketplace add of the packed tree, install, then a session in a project with
     no .venv. The cache copy has no .venv/runs/results.tsv; SessionStart installs the deps into
     ~/.claude/plugins/data/autoresearch-autoresearch/venv; the guard then decides with them (pip
-    denied by the guard's own message, the scratchpad edit allowed); bin/autoresearch uses them too."""
+    denied by the guard's own message, the scratchpad edit allowed); scripts/autoresearch uses them too."""
     market, home = tmp_path / "market", tmp_path / "home"
     p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
@@ -105,7 +105,7 @@ def test_installed_plugin_carries_no_venv_and_its_hooks_find_their_deps_in_the_d
     assert not res[str(proj / "scratchpad.md")].is_error, res[str(proj / "scratchpad.md")].text
     assert "(plugin data test)" in (proj / "scratchpad.md").read_text()
     # the first slash command's helper finds the same deps (and installs nothing more)
-    st = subprocess.run([str(plugin / "bin" / "autoresearch"), "status", "--json"], cwd=proj, capture_output=True,
+    st = subprocess.run([str(plugin / "scripts" / "autoresearch"), "status", "--json"], cwd=proj, capture_output=True,
                         text=True, env={**env, "CLAUDE_PLUGIN_DATA": str(data), "CLAUDE_PROJECT_DIR": str(proj)})
     assert st.returncode == 0, st.stderr
     assert json.loads(st.stdout)["metric"] == "val_bpb"
