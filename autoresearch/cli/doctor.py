@@ -18,9 +18,9 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
+from .claudecontract import bundled_cli, claude_cli, cli_version, tested
 from .initcheck import CheckReport
 
-TESTED_CLAUDE_VERSION = "2.1.332"          # the Claude Code version claude-code-facts.md was checked against
 Level = Literal["ok", "warn", "fail", "info"]
 
 
@@ -29,19 +29,6 @@ class Check(BaseModel):
     level: Level
     found: str
     fix: str = ""
-
-
-def claude_cli() -> Path | None:
-    """The Claude Code CLI: `claude` on PATH, else the one bundled in the claude-agent-sdk wheel."""
-    on_path = shutil.which("claude")
-    if on_path:
-        return Path(on_path)
-    try:
-        import claude_agent_sdk
-    except ImportError:
-        return None
-    bundled = Path(claude_agent_sdk.__file__).parent / "_bundled" / "claude"
-    return bundled if bundled.is_file() and os.access(bundled, os.X_OK) else None
 
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess[str] | None:
@@ -161,21 +148,25 @@ def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check
 
 
 def check_claude(root: Path, program: Program | None) -> Check:
+    """The CLI a human's `claude` runs, and whether it is the version the suite checked the hook
+    protocol and the offered tools against (claudecontract.py; pinned in scripts/requirements.lock)."""
     cli = claude_cli()
     if cli is None:
         return Check(name="claude code", level="fail", found="no `claude` on PATH and no bundled CLI",
-                     fix="pip install claude-agent-sdk (bundles the CLI) or npm install -g @anthropic-ai/claude-code")
-    p = _run([str(cli), "--version"], timeout=60,
-             env={**os.environ, "DISABLE_AUTOUPDATER": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"})
-    ver = (p.stdout.strip().split() or ["?"])[0] if p and p.returncode == 0 else None
+                     fix="run scripts/bootstrap.sh (claude-agent-sdk bundles the tested CLI)")
+    ver = cli_version(cli)
     if ver is None:
         return Check(name="claude code", level="fail", found=f"{cli} does not run (`--version` failed)",
-                     fix="reinstall it: pip install --force-reinstall claude-agent-sdk")
-    if ver != TESTED_CLAUDE_VERSION:
-        return Check(name="claude code", level="warn", found=f"{ver} at {cli}",
-                     fix=f"tested with {TESTED_CLAUDE_VERSION}; run the test suite (`./test.sh -m claude`) "
-                         "to check the hook protocol on this version")
-    return Check(name="claude code", level="ok", found=f"{ver} at {cli}")
+                     fix="reinstall it: scripts/bootstrap.sh (or pip install --force-reinstall claude-agent-sdk)")
+    want = tested().version
+    if ver != want:
+        bundled = bundled_cli()
+        use = (f"use the tested one, {bundled}, or " if bundled and bundled != cli and cli_version(bundled) == want
+               else "")
+        return Check(name="claude code", level="warn", found=f"{ver} at {cli}, not the tested {want}",
+                     fix=f"{use}check this version first: AUTORESEARCH_CONTRACT_OUT=/tmp/c.json ./test.sh -m claude "
+                         "(tests/e2e/test_cli_contract.py names what it changed)")
+    return Check(name="claude code", level="ok", found=f"{ver} at {cli} (the tested version)")
 
 
 def _hook_input(root: Path, tool: str, tool_input: dict) -> str:
