@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.cli.claudecontract import Contract, changes, cli_version, tested
+from autoresearch.cli.claudecontract import Contract, changes, cli_version
+from autoresearch.cli.claudecontract import tested as recorded
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, read, write
 from e2e.harness import Project, base_env, run_claude
 
@@ -73,7 +74,7 @@ def test_the_cli_keeps_the_recorded_contract(tmp_path, claude_cli):
     out = os.environ.get("AUTORESEARCH_CONTRACT_OUT")
     if out:                                   # record (a human after checking) or report (the upgrade check)
         Path(out).write_text(seen.model_dump_json(indent=2) + "\n")
-    diff = changes(tested(), seen)
+    diff = changes(recorded(), seen)
     assert not diff, ("the Claude Code CLI differs from the one this project was tested with:\n  "
                       + "\n  ".join(diff) + "\nCheck the guard (tools, hook fields), then record it: see this "
                       "file's docstring.")
@@ -93,7 +94,7 @@ def test_every_event_the_hooks_use_was_seen_and_tool_calls_carry_what_the_guard_
 
 
 def test_a_changed_contract_is_named_change_by_change():
-    old = tested()
+    old = recorded()
     new = old.model_copy(update={"version": "9.9.9", "tools": [*old.tools, "Grep"],
                                  "hook_fields": {**old.hook_fields, "Stop": ["cwd"]}})
     diff = changes(old, new)
