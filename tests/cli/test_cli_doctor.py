@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoresearch.cli.doctor import check_claude, check_hooks, run_checks, run_hook, wired_commands
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -137,3 +139,27 @@ def test_doctor_json_is_the_report_model_and_matches_the_table(tmp_path):
                            text=True, env=env).stdout
     for name in rep.failed:
         assert name in table
+
+
+def _fake_claude(tmp_path: Path, real: Path, extra: str) -> Path:
+    """A `claude` on PATH that says it is another version and runs the real CLI (with EXTRA args)."""
+    bin_ = tmp_path / "fakebin"
+    bin_.mkdir()
+    exe = bin_ / "claude"
+    exe.write_text(f'#!/bin/sh\n[ "$1" = --version ] && {{ echo "9.9.9 (Claude Code)"; exit 0; }}\n'
+                   f'exec "{real}" "$@" {extra}\n')
+    exe.chmod(0o755)
+    return bin_
+
+
+@pytest.mark.claude
+@pytest.mark.parametrize("extra, level, said", [
+    ("", "ok", "the same tools, hook fields and tool inputs"),
+    ("--disallowedTools Write", "warn", "tools offered to the model: removed Write"),
+])
+def test_another_claude_version_is_probed_offline_and_only_a_real_change_warns(tmp_path, claude_cli, monkeypatch,
+                                                                               extra, level, said):
+    monkeypatch.setenv("PATH", f"{_fake_claude(tmp_path, claude_cli, extra)}:{os.environ['PATH']}")
+    c = check_claude(ROOT, None)
+    assert c.level == level, c
+    assert "9.9.9" in c.found and "CI tests 2.1.337" in c.found and said in c.found, c.found
