@@ -19,7 +19,7 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from .claudecontract import Contract, cli_version
+from .claudecontract import Contract, bundled_cli, changes, claude_cli, cli_version, tested
 
 EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")
 JUDGED = ("Bash", "Read", "Edit", "Write", "Grep", "Glob", "LS", "NotebookEdit", "WebFetch", "WebSearch", "Agent")
@@ -153,3 +153,31 @@ def observe(cli: Path, timeout: float = 120) -> Contract:
         return Contract(version=cli_version(cli) or "?", tools=sorted(schemas),
                         hook_fields={e: sorted(f) for e, f in sorted(fields.items())},
                         tool_inputs={t: sorted(schemas[t]) for t in JUDGED if t in schemas})
+
+
+def verdict() -> tuple[str, str, str]:
+    """doctor's check: (level, found, fix) for the CLI a human's `claude` runs. Another version than
+    CI's is run once offline and compared on what the guard depends on (the tools offered, the
+    hook fields, the judged tools' inputs), so a harmless bump is no warning and a real change is named."""
+    cli = claude_cli()
+    if cli is None:
+        return "fail", "no `claude` on PATH and no bundled CLI", "run scripts/bootstrap.sh (claude-agent-sdk bundles it)"
+    ver, want = cli_version(cli), tested().version
+    if ver is None:
+        return ("fail", f"{cli} does not run (`--version` failed)",
+                "reinstall it: scripts/bootstrap.sh (or pip install --force-reinstall claude-agent-sdk)")
+    if ver == want:
+        return "ok", f"{ver} at {cli} (the version CI tests)", ""
+    bundled = bundled_cli()
+    use = f"; the tested one is bundled at {bundled}" if bundled and bundled != cli and cli_version(bundled) == want \
+        else ""
+    try:
+        seen = observe(cli)
+    except ProbeError as e:
+        return ("warn", f"{ver} at {cli}, CI tests {want}; the offline probe failed: {e}",
+                f"run ./test.sh -m claude on this version{use}")
+    diff = [d for d in changes(tested(), seen) if not d.startswith("version ")]
+    if not diff:
+        return "ok", f"{ver} at {cli} (CI tests {want}; the same tools, hook fields and tool inputs)", ""
+    return ("warn", f"{ver} at {cli}, CI tests {want}; changed: " + "; ".join(diff),
+            f"the guard was not checked against this{use}; see README 'Locked versions'")

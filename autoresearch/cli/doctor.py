@@ -18,7 +18,7 @@ from typing import Callable, Literal
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
-from .claudecontract import bundled_cli, claude_cli, cli_version, tested
+from .claudeprobe import verdict
 from .initcheck import CheckReport
 
 Level = Literal["ok", "warn", "fail", "info"]
@@ -148,42 +148,9 @@ def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check
 
 
 def check_claude(root: Path, program: Program | None) -> Check:
-    """The CLI a human's `claude` runs, and whether it is the version the suite checked the hook
-    protocol and the offered tools against (claudecontract.py; pinned in scripts/requirements.lock)."""
-    cli = claude_cli()
-    if cli is None:
-        return Check(name="claude code", level="fail", found="no `claude` on PATH and no bundled CLI",
-                     fix="run scripts/bootstrap.sh (claude-agent-sdk bundles the tested CLI)")
-    ver = cli_version(cli)
-    if ver is None:
-        return Check(name="claude code", level="fail", found=f"{cli} does not run (`--version` failed)",
-                     fix="reinstall it: scripts/bootstrap.sh (or pip install --force-reinstall claude-agent-sdk)")
-    want = tested().version
-    if ver == want:
-        return Check(name="claude code", level="ok", found=f"{ver} at {cli} (the version CI tests)")
-    return _other_claude(cli, ver, want)
-
-
-def _other_claude(cli: Path, ver: str, want: str) -> Check:
-    """Another version than CI's: run it once offline and compare what the guard depends on (the
-    tools offered, the hook fields, the judged tools' inputs) with the record, so a harmless bump
-    is not a warning and a real change is named."""
-    from .claudecontract import changes
-    from .claudeprobe import ProbeError, observe
-    bundled = bundled_cli()
-    use = f"; the tested one is bundled at {bundled}" if bundled and bundled != cli and cli_version(bundled) == want \
-        else ""
-    try:
-        seen = observe(cli)
-    except ProbeError as e:
-        return Check(name="claude code", level="warn", found=f"{ver} at {cli}, CI tests {want}; the offline probe "
-                     f"failed: {e}", fix=f"run ./test.sh -m claude on this version{use}")
-    diff = [d for d in changes(tested(), seen) if not d.startswith("version ")]
-    if not diff:
-        return Check(name="claude code", level="ok", found=f"{ver} at {cli} (CI tests {want}; the same tools, hook "
-                     "fields and tool inputs)")
-    return Check(name="claude code", level="warn", found=f"{ver} at {cli}, CI tests {want}; changed: " + "; ".join(diff),
-                 fix=f"the guard was not checked against this{use}; see README 'Locked versions'")
+    """The CLI a human's `claude` runs, against the one CI tests (claudeprobe.verdict)."""
+    level, found, fix = verdict()
+    return Check(name="claude code", level=level, found=found, fix=fix)
 
 
 def _hook_input(root: Path, tool: str, tool_input: dict) -> str:
