@@ -14,6 +14,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="autoresearch", description="Set up, watch and drive the overnight "
                                                                       "experiment loop.")
     ap.add_argument("--version", action="store_true", help="print the version and exit")
+    ap.exit_codes = {0: "done", 2: "no command given (the help is printed)"}   # type: ignore[attr-defined]
     sub = ap.add_subparsers(dest="command", metavar="COMMAND")
     _init_command(sub)
     _report_commands(sub)
@@ -43,25 +44,42 @@ def _project(args: argparse.Namespace):
     return Path(args.project).resolve() if getattr(args, "project", None) else project_root()
 
 
+# Every command's exit codes (the README's tables print them): 0 and 2 mean the same everywhere.
+EXIT_COMMON = {0: "done", 2: "did not start: bad program.md, ledger or arguments (one line says which and the fix)"}
+
+
 def _friendly(fn):
-    """Turn the errors a human can fix (bad program.md, bad ledger, bad input) into one clear line."""
+    """Turn the errors a human can fix (bad program.md, bad ledger, bad input) into one clear line;
+    under --json into a JSON error on stdout (cli/jsonout.py), any other failure included."""
     def run(args: argparse.Namespace) -> int:
         from ..ledger import LedgerError
         from ..program import ConfigError
+        as_json = bool(getattr(args, "json", False))
         try:
             return int(fn(args) or 0)
         except (ConfigError, LedgerError) as e:
+            if as_json:
+                from .jsonout import error
+                fix = "edit program.md" if isinstance(e, ConfigError) else "autoresearch ledger rebuild"
+                return error(args.command, str(e), fix, 2)
             print(f"autoresearch {args.command}: {e}", file=sys.stderr)
             return 2
+        except Exception as e:       # noqa: BLE001 - a script asked for JSON: it gets JSON, not a traceback
+            if not as_json:
+                raise
+            from .jsonout import error
+            return error(args.command, f"{type(e).__name__}: {e}",
+                         f"run `autoresearch {args.command}` without --json to see where it failed", 1)
     return run
 
 
 def _adder(sub):
     """A subcommand that works on a project (--project/-C) and turns known errors into messages."""
-    def add(name: str, help: str, func) -> argparse.ArgumentParser:
+    def add(name: str, help: str, func, exits: dict[int, str] | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help)
         p.add_argument("--project", "-C", metavar="DIR", help="the project folder (default: found from here)")
         p.set_defaults(func=_friendly(func))
+        p.exit_codes = {**EXIT_COMMON, **(exits or {})}          # type: ignore[attr-defined]  (helpdoc prints them)
         return p
     return add
 
@@ -98,6 +116,7 @@ def _init_command(sub) -> None:
                        description="Set up an existing research repo for the loop: program.md, scratchpad.md, "
                                    "run.sh, .claude/settings.json (hooks), .gitignore.")
     p.set_defaults(func=_friendly(_init))
+    p.exit_codes = {**EXIT_COMMON, 1: "the check run did not start (the files are written all the same)"}  # type: ignore[attr-defined]
     p.add_argument("--project", "-C", metavar="DIR", dest="path", help="the repo (default: here)")
     p.add_argument("legacy_path", nargs="?", metavar="PATH", help=argparse.SUPPRESS)   # old spelling of -C
     p.add_argument("--command", metavar="CMD", help="the training command, run from the repo root, e.g. 'python train.py'")
@@ -156,7 +175,8 @@ def _report_commands(sub) -> None:
         from .plot import main as run
         return run(_project(a), out=Path(a.out) if a.out else None, branch=a.branch)
     p = add("plot", "draw progress.png (or .svg/.pdf): every experiment, the kept ones, the running best, "
-                    "crashes in their own strip", plot)
+                    "crashes in their own strip", plot,
+            {1: "nothing to draw yet (no decided experiment)"})
     p.add_argument("--out", "-o", metavar="FILE", help="where to write: .png, .svg or .pdf "
                                                         "(default: progress.png in the project)")
     p.add_argument("--branch", help="the run branch to draw (default: the current or latest one)")
@@ -165,7 +185,7 @@ def _report_commands(sub) -> None:
         from .doctor import main as run
         return run(_project(a), as_json=a.json, trial=a.trial)
     p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
-            doctor)
+            doctor, {1: "a check failed, or the --trial did not produce a metric"})
     p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
     p.add_argument("--trial", type=float, nargs="?", const=30.0, metavar="SECONDS",
                    help="then run the command once in the sandbox, as init's check does (default 30 s), "
@@ -175,7 +195,8 @@ def _report_commands(sub) -> None:
         from .final import main as run
         return run(_project(a), branch=a.branch, again=a.again, baseline=not a.no_baseline, backend=a.backend,
                    as_json=a.json)
-    p = add("final", "score the best kept experiment once on the held-out test split", final)
+    p = add("final", "score the best kept experiment once on the held-out test split", final,
+            {1: "the best could not be scored on the test split (the record says why)"})
     p.add_argument("--branch", help="the run branch (default: the current or latest one)")
     p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
@@ -212,7 +233,8 @@ def _loop_commands(sub) -> None:
         from .overnight import main as run
         return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)
     p = add("overnight", "drive Claude Code headless until a deadline, resuming the same session after errors",
-            overnight)
+            overnight, {1: "the night ended before its deadline or budget (the summary says why)",
+                        130: "interrupted (Ctrl-C); `--resume` continues"})
     p.add_argument("--hours", type=float, required=True, metavar="H", help="stop after this many hours")
     p.add_argument("--model", metavar="NAME", help="the Claude model (default: Claude Code's default)")
     p.add_argument("--prompt", metavar="TEXT", help="the first instruction (default: follow program.md and start)")
@@ -223,7 +245,8 @@ def _loop_commands(sub) -> None:
         from .calibrate import main as run
         return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
     p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
-                         "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate)
+                         "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate,
+            {1: "sigma not stored: fewer than two runs succeeded, or their fingerprints differ"})
     p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
@@ -266,4 +289,5 @@ def _guard_commands(sub) -> None:
         from ..guard.explain import explain as run
         return run(_project(a), a.tool, a)
     p.set_defaults(func=_friendly(explain))
+    p.exit_codes = {0: "allowed", 1: "denied", 2: EXIT_COMMON[2]}      # type: ignore[attr-defined]
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel
 from ..program import ConfigError, Program, load_program
 from .claudeprobe import verdict
 from .initcheck import CheckReport
+from .jsonout import SCHEMA_VERSION
 
 Level = Literal["ok", "warn", "fail", "info"]
 
@@ -312,6 +313,7 @@ def run_checks(root: Path) -> list[Check]:
 
 class DoctorReport(BaseModel):
     """`autoresearch doctor --json`: the same checks as the table."""
+    schema_version: int = SCHEMA_VERSION             # cli/jsonout.py: bumped when a field changes meaning
     root: str
     checks: list[Check]
     ready: bool                         # no check failed (and the trial, when asked for, started)

@@ -34,6 +34,7 @@ from ..gitops import git
 from ..ledger import LedgerRow, read_rows
 from ..program import load_program
 from ..run.metrics import RunMetrics, load_verified
+from .jsonout import SCHEMA_VERSION
 
 INSTALL = ("autoresearch export mlflow needs the optional `mlflow` extra; install it with:\n"
            "  .venv/bin/python -m pip install -e '.[mlflow]'     (in this checkout)\n"
@@ -57,6 +58,7 @@ class Exported(BaseModel):
 
 
 class ExportReport(BaseModel):
+    schema_version: int = SCHEMA_VERSION             # cli/jsonout.py: bumped when a field changes meaning
     tracking_uri: str
     experiment: str
     project: str                                   # the project's first commit (short)

@@ -30,6 +30,7 @@ from ..atomic import write_atomic
 from ..program import Program, load_program
 from ..ledger import LedgerRow, best_row, read_rows
 from .status import shown_branch
+from .jsonout import SCHEMA_VERSION
 
 FINAL_FILE = "final.json"
 
@@ -61,6 +62,7 @@ class Entry(BaseModel):
 
 
 class FinalRecord(BaseModel):
+    schema_version: int = SCHEMA_VERSION             # cli/jsonout.py: bumped when a field changes meaning
     branch: str
     metric: str
     direction: str

@@ -70,8 +70,19 @@ def commands_markdown() -> str:
     lines = ["| command | what it does |", "|---|---|"]
     lines += [f"| [`{name}`](#{_anchor(name)}) | {_cell(help)} |" for name, help, _ in cmds]
     for name, _, sub in cmds:
-        lines += ["", f"#### `{name}`", "", *_flags_table(sub)]
+        lines += ["", f"#### `{name}`", "", *_flags_table(sub), *_exits(name, sub)]
     return "\n".join(lines) + "\n"
+
+
+def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
+    """One line of exit codes: the parser's own (cli/app.py), or ./run.sh's (run/exits.py)."""
+    codes = getattr(p, "exit_codes", None)
+    if name == "./run.sh":
+        from ..run.exits import RunExit
+        codes = {int(e): e.name.lower().replace("_", " ") for e in RunExit}
+    if not codes:
+        return []
+    return ["", "Exit codes: " + "; ".join(f"`{c}` {_cell(t)}" for c, t in sorted(codes.items())) + "."]
 
 
 def _anchor(name: str) -> str:

@@ -13,6 +13,7 @@ from ..loop.decide import threshold
 from ..gitops import current_branch, is_run_branch
 from ..ledger import LedgerRow, best_row, read_rows
 from .wavestatus import WaveRun, render_wave, wave_in_flight
+from .jsonout import SCHEMA_VERSION
 
 
 TOP_KEPT = 5
@@ -60,6 +61,7 @@ class Summary(BaseModel):
 
 class Report(BaseModel):
     """Everything the status table shows; also `autoresearch status --json`."""
+    schema_version: int = SCHEMA_VERSION             # cli/jsonout.py: bumped when a field changes meaning
     root: str
     metric: str
     direction: str

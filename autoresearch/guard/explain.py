@@ -37,6 +37,7 @@ def explain(root, tool: str, args) -> int:
 
     class Explanation(BaseModel):
         """`autoresearch guard explain --json`: one decision, as the hook makes it."""
+        schema_version: int = 1         # as cli/jsonout.SCHEMA_VERSION (the guard imports nothing of the CLI)
         decision: str                   # allow | deny
         reason: str
         tool: str

@@ -62,3 +62,53 @@ def test_only_errors_no_retry_can_fix_are_fatal(status, kind, want) -> None:
 def test_fatal_messages_say_the_fix() -> None:
     assert all("Fix:" in m for m in [*FATAL_STATUS.values(), *FATAL_KIND.values()])
     assert "/login" in FATAL_STATUS[401] and "--resume" in FATAL_STATUS[401]
+
+
+# --- scripts: JSON errors and exit codes --------------------------------------------------------
+
+def _bad_project(tmp_path: Path) -> Path:
+    (tmp_path / "program.md").write_text("---\nmetric: [this is not a metric\n---\nprose\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("command", [["status", "--json"], ["final", "--json"], ["export", "mlflow", "--json"]])
+def test_a_json_command_that_cannot_start_prints_a_json_error(tmp_path, capsys, command) -> None:
+    import json
+    code = main([*command, "-C", str(_bad_project(tmp_path))])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 2 and out["exit_code"] == 2 and out["command"] == command[0]
+    assert out["schema_version"] == 1 and "program.md" in out["error"] and out["fix"] == "edit program.md"
+
+
+def test_an_unexpected_failure_under_json_is_json_too(tmp_path, capsys, monkeypatch) -> None:
+    import json
+
+    import autoresearch.cli.status as status
+
+    def boom(*a, **k):
+        raise OSError("disk on fire")
+    monkeypatch.setattr(status, "main", boom)
+    code = main(["status", "--json", "-C", str(tmp_path)])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1 and out["error"] == "OSError: disk on fire" and "without --json" in out["fix"]
+    with pytest.raises(OSError):                      # a human without --json still gets the traceback
+        main(["status", "-C", str(tmp_path)])
+
+
+def test_every_json_report_carries_the_schema_version() -> None:
+    from autoresearch.cli.doctor import DoctorReport
+    from autoresearch.cli.export import ExportReport
+    from autoresearch.cli.final import FinalRecord
+    from autoresearch.cli.jsonout import SCHEMA_VERSION
+    from autoresearch.cli.status import Report
+    for model in (DoctorReport, ExportReport, FinalRecord, Report):
+        assert model.model_fields["schema_version"].default == SCHEMA_VERSION, model
+
+
+def test_every_command_documents_its_exit_codes() -> None:
+    from autoresearch.cli.helpdoc import commands_markdown
+    text = commands_markdown()
+    sections = text.split("\n#### ")[1:]
+    assert len(sections) >= len(COMMANDS)
+    for sec in sections:
+        assert "\nExit codes: `0` " in sec and "`2` " in sec, sec.splitlines()[0]
