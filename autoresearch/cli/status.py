@@ -338,7 +338,12 @@ def main(root: Path, branch: str | None = None, show_all: bool = False, as_json:
     console = Console()
     if not rep.rows:
         console.print(render(rep, last=None))
-        console.print("No experiments yet: run the baseline with `./run.sh -m \"baseline\"` and let the loop start.")
+        if rep.awaiting_decision:
+            ids = ", ".join(w.run_id for w in rep.awaiting_decision)
+            console.print(f"No decided experiments yet: {ids} finished and wait for a decision (the Stop hook keeps "
+                          "or reverts when the agent ends its turn).")
+        else:
+            console.print("No experiments yet: run the baseline with `./run.sh -m \"baseline\"` and let the loop start.")
         return 0
     console.print(render(rep, last=None if show_all else 20))
     return 0

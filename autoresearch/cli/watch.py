@@ -97,8 +97,43 @@ def screen(root: Path, followers: dict[str, LogFollower], branch: str | None = N
     return Group(*parts)
 
 
+def changes(root: Path, followers: dict[str, LogFollower], branch: str | None = None) -> list[str]:
+    """The screen as plain facts, one line each, without clocks: in a pipe, a line is printed when it
+    is new (a run starts a stage, logs a step, finishes, is decided), never a redraw."""
+    from .status import gather
+    try:
+        flights, rep = in_flight(root, followers), gather(root, branch)
+    except (ConfigError, OSError, ValueError) as e:
+        return [f"cannot read the project right now: {e}"]
+    out = [f"run {f.run_id} {f.stage}" + ("" if f.step is None else f" step {f.step}")
+           + ("" if f.loss is None else f" loss {f.loss:.4g}") + f"  [{f.description[:60]}]" for f in flights]
+    for w in rep.awaiting_decision:
+        got = f"{rep.metric} {w.value:.4f}" if w.value is not None else w.run_status
+        out.append(f"run {w.run_id} finished ({got}): waiting for decision")
+    for r in rep.rows[-LAST_DECISIONS:]:
+        out.append(f"run {r.run_id or '?'} {r.status}" + ("" if r.value is None else f" {rep.metric} {r.value:.6f}")
+                   + f"  [{' '.join(r.description.split())[:60]}]")
+    return out
+
+
+def _lines(root: Path, interval: float, branch: str | None) -> int:
+    followers: dict[str, LogFollower] = {}
+    seen: set[str] = set()
+    try:
+        while True:
+            now = changes(root, followers, branch)
+            for line in now:
+                if line not in seen:
+                    print(f"{time.strftime('%H:%M:%S')} {line}", flush=True)
+            seen = set(now)
+            time.sleep(interval)
+    except (KeyboardInterrupt, BrokenPipeError):
+        return 0
+
+
 def main(root: Path, interval: float = 2.0, branch: str | None = None) -> int:
-    """Redraw every `interval` seconds until Ctrl-C, which ends it with exit 0."""
+    """Redraw every `interval` seconds until Ctrl-C, which ends it with exit 0; in a pipe, print a
+    line per change instead (a redrawn screen would print nothing there)."""
     from rich.console import Console
     from rich.live import Live
 
@@ -106,6 +141,8 @@ def main(root: Path, interval: float = 2.0, branch: str | None = None) -> int:
         print("autoresearch status --watch: --interval must be more than 0 seconds, e.g. --interval 2",
               file=sys.stderr)
         return 2
+    if not sys.stdout.isatty():
+        return _lines(root, interval, branch)
     followers: dict[str, LogFollower] = {}
     console = Console()
     try:

@@ -158,3 +158,39 @@ def test_a_finished_run_without_a_ledger_row_is_waiting_for_decision(tmp_path):
                     decided_at=datetime.now(timezone.utc))
     append_rows(root, [row], "val_bpb")
     assert gather(root).awaiting_decision == []
+
+
+def test_status_watch_in_a_pipe_prints_a_line_per_change(tmp_path):
+    """A pipe gets facts, not redraws: each line once, when it becomes true; no terminal codes."""
+    root = _project(tmp_path)
+    fd = hold_running(root / "runs" / "0003")
+    p = subprocess.Popen([sys.executable, "-m", "autoresearch", "status", "--watch", "--interval", "0.3",
+                          "-C", str(root)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "HOME": str(tmp_path)})
+    try:
+        time.sleep(2.5)
+        with open(root / "runs" / "0003" / "train.log", "a") as log:
+            log.write(STEP.format(2400, 140.0, 2.125))
+        time.sleep(2.0)
+    finally:
+        os.close(fd)
+        p.terminate()
+        out, err = p.communicate(timeout=10)
+    lines = out.splitlines()
+    assert "\x1b" not in out and "Traceback" not in err, err
+    step1 = [ln for ln in lines if "run 0003 TRAIN step 1200 loss 2.5" in ln]
+    step2 = [ln for ln in lines if "run 0003 TRAIN step 2400 loss 2.125" in ln]
+    assert len(step1) == 1 and len(step2) == 1, out
+    assert lines.index(step1[0]) < lines.index(step2[0])
+    assert sum("run 0002 discard" in ln and "lr 3e-3 warmup off" in ln for ln in lines) == 1, out
+
+
+def test_status_with_runs_waiting_and_no_decision_says_so(tmp_path):
+    root = _project(tmp_path)
+    (root / "results.tsv").unlink()
+    _finish(root)
+    p = subprocess.run([sys.executable, "-m", "autoresearch", "status", "-C", str(root)], capture_output=True,
+                       text=True, env={**os.environ, "HOME": str(tmp_path), "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert "No experiments yet" not in p.stdout
+    assert "No decided experiments yet: 0003 finished and wait for a decision" in p.stdout
