@@ -109,3 +109,9 @@ def test_installed_plugin_carries_no_venv_and_its_hooks_find_their_deps_in_the_d
                         text=True, env={**env, "CLAUDE_PLUGIN_DATA": str(data), "CLAUDE_PROJECT_DIR": str(proj)})
     assert st.returncode == 0, st.stderr
     assert json.loads(st.stdout)["metric"] == "val_bpb"
+    # Claude Code runs a slash command's shell without CLAUDE_PLUGIN_DATA: the helper finds the data
+    # folder where the CLI keeps it (its config folder), and still installs nothing
+    st = subprocess.run([str(plugin / "scripts" / "autoresearch"), "status", "--json"], cwd=proj, capture_output=True,
+                        text=True, env={**env, "CLAUDE_PROJECT_DIR": str(proj)})
+    assert "CLAUDE_PLUGIN_DATA" not in env and st.returncode == 0, st.stderr
+    assert json.loads(st.stdout)["metric"] == "val_bpb" and "installing" not in st.stderr
