@@ -115,6 +115,8 @@ def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
         rows.append(r)
     if rows:
         _write(path, rows, header[1] if header else metric_name)
+        for r in rows:                         # a decision.json set aside (or never written) comes back
+            write_decision(root, r)
     return rows, (f"rebuilt {LEDGER_FILE}: {len(rows)} rows ({sum(r.status == 'keep' for r in rows)} kept, "
                   f"from {len(kept)} keep commits and runs/*/{DECISION_FILE}){aside}")
 
