@@ -134,5 +134,9 @@ def ensure(root: Path, metric_name: str) -> str | None:
     missing = [r for r in kept_rows_from_git(root) if r.run_id not in have]
     lost = [r for r in _decision_rows(root) if r.run_id not in decided]
     if not missing and not lost:
+        runs = Path(root) / "runs"
+        for r in rows:                         # a decision.json set aside (damaged) is written again
+            if any((runs / x).is_dir() and not (runs / x / DECISION_FILE).exists() for x in r.runs):
+                write_decision(root, r)
         return None
     return rebuild(root, metric_name)[1]
