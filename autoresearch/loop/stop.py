@@ -2,8 +2,12 @@
 hooks/loop_hook.py calls `stop_hook` (through the package, `loop.stop_hook`).
 
 Stop, in order, under the loop lock:
-  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.durable.ensure),
-     then finish a decision a killed hook left half done (journal.recover)
+  0. set aside a pending journal that cannot be read (noted for the reply), rebuild a missing/empty/
+     corrupt/truncated/non-UTF-8 results.tsv from the branch + runs/ (ledger.durable.ensure), finish a
+     decision a killed hook left half done (journal.recover), and restore the last keep's code when a
+     commit made from a stale index reverted it (tipcheck)
+  0b. the project's signing key is not in this HOME, or an undecided run was signed with a key that
+     is not here                                           -> allow the stop: the human imports the key
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
      a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole),
                                                                unless it made no progress for a bound (wave.stuck_for):
@@ -21,10 +25,14 @@ Stop, in order, under the loop lock:
        decide.verdict(): confirm                            -> block: re-run the same code
                          keep | discard | crash             -> journal: commit | revert, row, state
   4. allowance spent (count, deadline, pause)               -> allow the stop, summary for the human
+  a run that would be kept but lost its checkpoint         -> row (not judged), no git: run it again
   5. otherwise block with the next step: after a decision, the outcome and what comes next;
      with nothing to decide: "run ./run.sh" (train.py changed) or "form a hypothesis" (idle).
      AUTORESEARCH_MAX_IDLE_STOPS (default 20) consecutive idle stops end the loop: an agent that
      keeps ending its turn without experimenting is burning money, not researching.
+
+Every block is checked for free space last (`_full_disk`): with a full disk, or after ./run.sh hit
+ENOSPC, the stop goes through once with the human's fix instead of sending the agent to fail again.
 
 The steps are the functions below, in that order; record.py writes decisions down, messages.py
 words every reply.
