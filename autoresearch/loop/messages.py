@@ -72,9 +72,11 @@ def disk_full(root, e: OSError, freed: int) -> str:
             f"kept. A human must free more space (`df -h {root}`), then start the agent again.")
 
 
-def disk_low(root, free: int, freed: int, would: str) -> str:
-    """A block the agent could only fail at: the disk is too full for another run."""
-    return (f"autoresearch: the disk is full ({free / 2**20:.0f} MiB free at {root}), so the agent stops here "
+def disk_low(root, free: int, freed: int, would: str, run_sh: bool = False) -> str:
+    """A block the agent could only fail at: the disk is too full for another run (`run_sh`: ./run.sh
+    said ENOSPC since the last stop)."""
+    what = "./run.sh found the disk full (ENOSPC" if run_sh else "the disk is full ("
+    return (f"autoresearch: {what}; {free / 2**20:.0f} MiB free at {root}), so the agent stops here "
             f"instead of being sent to run again (it would have been told: {short(would, 200)}). Decisions made "
             f"so far are recorded; nothing is lost. Freed {freed / 2**20:.0f} MiB of checkpoints of runs decided "
             f"as not kept. A human must free space (`df -h {root}`), then start the agent again.")

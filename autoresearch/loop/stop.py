@@ -24,8 +24,8 @@ Stop, in order, under the loop lock:
                                                                run next starts a new baseline
        decide.verdict(): confirm                            -> block: re-run the same code
                          keep | discard | crash             -> journal: commit | revert, row, state
+       a keep whose checkpoint (runs/NNNN/out) is gone      -> row (not judged), no git: run it again
   4. allowance spent (count, deadline, pause)               -> allow the stop, summary for the human
-  a run that would be kept but lost its checkpoint         -> row (not judged), no git: run it again
   5. otherwise block with the next step: after a decision, the outcome and what comes next;
      with nothing to decide: "run ./run.sh" (train.py changed) or "form a hypothesis" (idle).
      AUTORESEARCH_MAX_IDLE_STOPS (default 20) consecutive idle stops end the loop: an agent that
@@ -157,7 +157,7 @@ def _full_disk(root: Path, reply: dict) -> dict:
     if low is None and not hit:
         return reply
     free = low[0] if low else shutil.disk_usage(root).free
-    return allow(messages.disk_low(root, free, prune_unkept(root), reply.get("reason", "")))
+    return allow(messages.disk_low(root, free, prune_unkept(root), reply.get("reason", ""), run_sh=low is None))
 
 
 def ensure_ledger(root: Path, program: Program) -> str | None:

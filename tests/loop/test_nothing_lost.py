@@ -15,7 +15,7 @@ from autoresearch.ledger.durable import DECISION_FILE
 from autoresearch.run.keys import identity, key_dir, legacy_key_path
 from autoresearch.run.metrics import KEY_LOST, KEY_MISSING, RECORD_ALTERED, RunMetrics, _mac, load_verified
 from loop_support import Project, clean_env
-from test_faults import fill, small_disk  # noqa: F401 -- the real tmpfs fixture
+from test_faults import INLINE, fill, runner, small_disk  # noqa: F401 -- the real tmpfs fixture
 
 CRASH = "AUTORESEARCH_TEST_CRASH_AT"
 
@@ -94,19 +94,15 @@ def test_a_pending_confirm_with_too_little_free_space_lets_the_stop_through(proj
 
 
 def test_run_sh_hitting_enospc_lets_the_next_stop_through_once(small_disk):
-    from autoresearch.run.exits import DISK_FULL_MARK
-    p = Project.create(small_disk / "proj")
+    p = Project.create(small_disk / "proj", program=INLINE)
     narrow_win(p)
     fill(small_disk)
-    r = subprocess.run([str(p.path / ".venv" / "bin" / "python"), "-m", "autoresearch.run", "-m", "confirm"],
-                       cwd=p.path, env=clean_env(CLAUDE_PROJECT_DIR=str(p.path), HOME=str(p.path.parent)),
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode in (2, 74), r.stderr
+    r = runner(p, "confirm")
+    out, err = r.communicate(timeout=120)
+    assert r.returncode == 74, (out, err)                          # it told the Stop hook
     (small_disk / "filler").unlink()                               # even with room again, the hook was told
-    if r.returncode == 2:                                          # it failed before touching the disk: say so
-        (p.path / ".autoresearch" / DISK_FULL_MARK).touch()
     r = p.stop()
-    assert not r.blocked and "disk is full" in r.text, r
+    assert not r.blocked and "found the disk full (ENOSPC" in r.text and "human" in r.text, r
     assert p.stop().blocked                                        # once: then the loop goes on
 
 
