@@ -25,3 +25,19 @@ def write_atomic(path: Path, data: str | bytes, mode: int | None = None) -> None
         except FileNotFoundError:
             pass
         raise
+
+
+def set_aside(path: Path) -> Path:
+    """Move a damaged file out of the way, kept (never deleted): `<name>.corrupt-<UTC time>` next to
+    it. Returns where it went (the same path when it could not be moved)."""
+    from datetime import datetime, timezone
+    path = Path(path)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    target, i = path.with_name(f"{path.name}.corrupt-{stamp}"), 2
+    while target.exists():
+        target, i = path.with_name(f"{path.name}.corrupt-{stamp}-{i}"), i + 1
+    try:
+        os.replace(path, target)
+    except OSError:
+        return path
+    return target

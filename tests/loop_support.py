@@ -162,12 +162,17 @@ class Project:
     def fake_run(self, status: str = "ok", value: float | None = None, desc: str = "an idea",
                  seed: int | None = None, finished: bool = True, copy: bool = True,
                  metrics: str | None = "write", age_s: float = 60, budget: float = 2.0,
-                 steps_per_s: float | None = 50.0, purpose: str = "experiment", identity: bool = True) -> str:
+                 steps_per_s: float | None = 50.0, purpose: str = "experiment", identity: bool = True,
+                 checkpoint: bool = True) -> str:
         """runs/NNNN/ for the current editable set, as the runner leaves it (no training).
-        `budget` goes into the fingerprint; identity=False writes a run from before snapshots."""
+        `budget` goes into the fingerprint; identity=False writes a run from before snapshots;
+        `checkpoint`: out/model.pt (b"weights of NNNN"), as TRAIN saves it."""
         rid = self.next_id()
         d = self.path / "runs" / rid
         d.mkdir(parents=True)
+        if checkpoint:
+            (d / "out").mkdir()
+            (d / "out" / "model.pt").write_bytes(f"weights of {rid}".encode())
         if copy:
             shutil.copy2(self.path / "train.py", d / "train.py")
         (d / "train.log").write_text("step 1 loss 5.5\n")

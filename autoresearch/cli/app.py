@@ -229,6 +229,36 @@ def _loop_commands(sub) -> None:
                       "and runs/*/decision.json (a corrupt file is kept aside)", ledger)
     p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
 
+    def keys(a):
+        from ..run.exits import HarnessError
+        try:
+            return _keys(a)
+        except HarnessError as e:
+            print(f"autoresearch keys: {e}", file=sys.stderr)
+            return 2
+
+    def _keys(a):
+        from . import keys as k
+        root = _project(a)
+        if a.action == "export":
+            return k.export(root, a.file or a.output)
+        if a.action == "import":
+            if not a.file:
+                print("autoresearch keys import: name the file `keys export` wrote (or - for stdin)", file=sys.stderr)
+                return 2
+            return k.import_(root, a.file)
+        if a.action == "new":
+            return k.new(root, a.forget or [])
+        return k.show(root)
+    p = add("keys", "the project's signing keys: `keys` shows them; `keys export -o FILE` / `keys import FILE` move "
+                    "them to another user, HOME or machine; `keys new [--forget ID]` replaces a lost one", keys,
+            {1: "show: a key that signed a record here is missing (the line says which and how to import it)"})
+    p.add_argument("action", nargs="?", choices=["show", "export", "import", "new"], default="show",
+                   help="show (default), export, import, new")
+    p.add_argument("file", nargs="?", help="import: the file `keys export` wrote (- for stdin); export: where to write")
+    p.add_argument("-o", "--output", metavar="FILE", help="export: write here (mode 0600) instead of stdout")
+    p.add_argument("--forget", action="append", metavar="ID", help="new: retire this lost key id (repeatable)")
+
     def overnight(a):
         from .overnight import main as run
         return run(_project(a), a.hours, model=a.model, prompt=a.prompt, resume=a.resume, session=a.session)

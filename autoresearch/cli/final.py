@@ -175,7 +175,7 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     folder would have `final` score the wrong model."""
 
     from ..gitops import git, show_blob, trailers
-    from ..run.metrics import read_verified
+    from ..run.metrics import KEY_MISSING, read_verified
     d = root / "runs" / run_id
     ckpt = d / "out" / ("model.pt" if program.eval is None else "")     # eval_command: whatever TRAIN saved
     for need in (ckpt, d / Path(program.run.train_script).name):
@@ -185,6 +185,8 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     try:
         m = read_verified(d)
     except (OSError, ValueError) as e:
+        if str(e).startswith(KEY_MISSING):      # not damage: the key is elsewhere, and the fix is known
+            raise FinalError(f"cannot verify kept run {run_id}: {e}") from None
         raise FinalError(f"runs/{run_id}/metrics.json cannot be read ({str(e).splitlines()[0]}): cannot tell "
                          f"which code the checkpoint is") from None
     script = program.run.train_script

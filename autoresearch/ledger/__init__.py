@@ -66,7 +66,11 @@ OURS = ["experiment", "run_id", "runs", "run_status", "phase", "branch", "seeds"
 
 
 class LedgerError(ValueError):
-    """results.tsv cannot be read; the message names the line."""
+    """results.tsv cannot be read; the message names the line and the fix."""
+
+
+FIX = (" -- `autoresearch ledger rebuild` keeps it aside and writes it again from the run branches and "
+       "runs/*/decision.json (the next Stop does the same)")
 
 
 class LedgerRow(BaseModel):
@@ -149,7 +153,7 @@ def _parse(rec: dict[str, str], metric_col: str, line: int) -> LedgerRow:
         )
     except (ValidationError, ValueError) as e:
         first = str(e).splitlines()[0]
-        raise LedgerError(f"{LEDGER_FILE}: line {line}: cannot parse the row: {first}") from None
+        raise LedgerError(f"{LEDGER_FILE}: line {line}: cannot parse the row: {first}{FIX}") from None
 
 
 def _read(path: Path) -> tuple[list[str] | None, list[LedgerRow]]:
@@ -157,15 +161,31 @@ def _read(path: Path) -> tuple[list[str] | None, list[LedgerRow]]:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None, []
+    except UnicodeDecodeError as e:
+        raise LedgerError(f"{LEDGER_FILE}: byte {e.start} is not UTF-8 (a damaged file){FIX}") from None
+    except OSError as e:
+        raise LedgerError(f"{LEDGER_FILE}: cannot be read ({e.strerror}){FIX}") from None
+    if text.strip() and not text.endswith("\n"):        # every write ends with one: the file was cut short
+        raise LedgerError(f"{LEDGER_FILE}: line {text.count(chr(10)) + 1} is cut short (a truncated file){FIX}")
     reader = csv.reader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE)
-    header = next(reader, None)
-    if not header:
-        return None, []
-    if len(header) < 2 or header[0] != "commit":
-        raise LedgerError(f"{LEDGER_FILE}: line 1: expected a header starting with 'commit'")
-    rows = [_parse(dict(zip(header, cells)), header[1], i)
-            for i, cells in enumerate(reader, start=2) if any(c.strip() for c in cells)]
+    try:
+        header = next(reader, None)
+        if not header:
+            return None, []
+        if len(header) < 2 or header[0] != "commit":
+            raise LedgerError(f"{LEDGER_FILE}: line 1: expected a header starting with 'commit'{FIX}")
+        rows = [_parse(dict(zip(header, cells)), header[1], i)
+                for i, cells in enumerate(reader, start=2) if any(c.strip() for c in cells) and _whole(header, cells, i)]
+    except csv.Error as e:
+        raise LedgerError(f"{LEDGER_FILE}: line {reader.line_num}: {e}{FIX}") from None
     return header, rows
+
+
+def _whole(header: list[str], cells: list[str], line: int) -> bool:
+    """A row with fewer cells than the header lost its end (a truncated or hand-cut line)."""
+    if len(cells) < len(header):
+        raise LedgerError(f"{LEDGER_FILE}: line {line} has {len(cells)} of {len(header)} columns{FIX}")
+    return True
 
 
 def ledger_path(root: Path) -> Path:

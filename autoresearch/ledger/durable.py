@@ -5,12 +5,11 @@ call; `autoresearch ledger rebuild` by hand); a corrupt one is moved aside first
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from ..atomic import write_atomic
+from ..atomic import set_aside, write_atomic
 from ..gitops import git, trailers
 from . import KARPATHY, LEDGER_FILE, OURS, LedgerError, LedgerRow, _parse, _read, _row_cells, _write, decided_runs, \
     ledger_path, read_rows
@@ -73,13 +72,18 @@ def write_decision(root: Path, row: LedgerRow) -> None:
 
 
 def _decision_rows(root: Path) -> list[LedgerRow]:
+    """Every runs/*/decision.json. One that cannot be parsed (truncated, not UTF-8) is moved aside
+    (decision.json.corrupt-<time>), so the run's decision is written again from the ledger or the
+    branch, and is never read as "undecided" forever."""
     runs = Path(root) / "runs"
     out = []
     for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
         try:
             out.append(LedgerRow.model_validate_json((d / DECISION_FILE).read_bytes()))
-        except (OSError, ValidationError, ValueError):
+        except OSError:
             continue
+        except (ValidationError, ValueError):
+            set_aside(d / DECISION_FILE)
     return out
 
 
@@ -93,9 +97,7 @@ def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
         header, old = _read(path)
     except LedgerError:
         header, old = None, []
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-        target = path.with_name(f"{LEDGER_FILE}.corrupt-{stamp}")
-        path.replace(target)
+        target = set_aside(path)
         aside = f"; the unreadable file was kept as {target.name}"
     by_run: dict[str, LedgerRow] = {}
     for r in old + _decision_rows(root):
@@ -113,6 +115,8 @@ def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
         rows.append(r)
     if rows:
         _write(path, rows, header[1] if header else metric_name)
+        for r in rows:                         # a decision.json set aside (or never written) comes back
+            write_decision(root, r)
     return rows, (f"rebuilt {LEDGER_FILE}: {len(rows)} rows ({sum(r.status == 'keep' for r in rows)} kept, "
                   f"from {len(kept)} keep commits and runs/*/{DECISION_FILE}){aside}")
 
@@ -130,5 +134,9 @@ def ensure(root: Path, metric_name: str) -> str | None:
     missing = [r for r in kept_rows_from_git(root) if r.run_id not in have]
     lost = [r for r in _decision_rows(root) if r.run_id not in decided]
     if not missing and not lost:
+        runs = Path(root) / "runs"
+        for r in rows:                         # a decision.json set aside (damaged) is written again
+            if any((runs / x).is_dir() and not (runs / x / DECISION_FILE).exists() for x in r.runs):
+                write_decision(root, r)
         return None
     return rebuild(root, metric_name)[1]

@@ -8,6 +8,7 @@ calls the three hooks here as `loop.<handler>`.
 - decide.py     the verdict table, a pure function
 - record.py     writing a decision down (ledger rows, commit or revert) through the journal
 - journal.py    a decision applied so that a kill at any instant is finished by the next call
+- tipcheck.py   the branch tip holds its last keep's code (a commit from a stale index is undone)
 - messages.py   every word the loop says to the agent and to the human
 - allowance.py  how much loop is left (experiments, deadline, pause)
 - phases.py     moving to the next phase when one is spent

@@ -30,15 +30,16 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from ..digest import sha256_bytes
-from ..atomic import write_atomic
+from ..atomic import set_aside, write_atomic
 from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
 from ..ledger import LedgerRow, append_rows
 from ..ledger.durable import write_decision
 from . import messages
-from .state import LastDecision, read_state, state_dir, write_state
+from .tipcheck import restore_reverted
+from .state import STATE_DIR, LastDecision, note_damage, read_state, state_dir, write_state
 
 PENDING = "pending"
 JOURNAL = "journal.json"
@@ -73,19 +74,24 @@ class Journal(BaseModel):
     reply: dict | None = None            # the Stop hook's answer once applied (COMMIT_MARK for the sha)
     finish_reason: str | None = None     # set: this decision spent the allowance; the loop ends
     abandoned: str | None = None         # set when it could not be applied: why (see _abandon)
+    repaired: str | None = None          # set when a commit made on top reverted the keep (tipcheck)
 
     def commit(self, root: Path) -> str | None:
-        """The keep commit, once made (the run branch's tip carries our Autoresearch-Run)."""
+        """The keep commit, once made: the run branch's tip, or a commit below it (someone committed
+        on top), whose parent is `parent` and whose Autoresearch-Run is ours."""
         if self.action != "keep":
             return None
-        tip = ref_commit(root, f"refs/heads/{self.branch}")
-        return tip if tip and tip != self.parent and _is_our_commit(root, tip, self) else None
+        return _our_commit(root, self, ref_commit(root, f"refs/heads/{self.branch}"))
 
     def reply_for(self, commit: str | None) -> dict | None:
         if self.reply is None:
             return None
-        return {k: v.replace(COMMIT_MARK, (commit or "")[:7]) if isinstance(v, str) else v
-                for k, v in self.reply.items()}
+        reply = {k: v.replace(COMMIT_MARK, (commit or "")[:7]) if isinstance(v, str) else v
+                 for k, v in self.reply.items()}
+        key = "reason" if "reason" in reply else "systemMessage"
+        if self.repaired and key in reply:
+            reply[key] = f"{self.repaired} {reply[key]}"
+        return reply
 
 
 def pending_dir(root: Path) -> Path:
@@ -111,12 +117,22 @@ def begin(root: Path, j: Journal, snapshots: dict[str, bytes]) -> None:
 
 
 def load(root: Path) -> Journal | None:
+    """The pending journal, if any. One that cannot be parsed (truncated, not UTF-8, edited) is
+    moved aside whole (.autoresearch/pending.corrupt-<time>) with a notice: the loop goes on from
+    the run branch (a keep already committed is found by its trailers) and runs/*/decision.json."""
     path = pending_dir(root) / JOURNAL
     try:
         return Journal.model_validate_json(path.read_bytes())
     except FileNotFoundError:
         if pending_dir(root).exists():          # killed while writing snapshots: nothing began
             shutil.rmtree(pending_dir(root), ignore_errors=True)
+        return None
+    except (ValidationError, ValueError, OSError):
+        aside = set_aside(pending_dir(root))
+        note_damage(root, f"the journal of a half-applied decision ({STATE_DIR}/{PENDING}/{JOURNAL}) could not be "
+                          f"read and was kept as {STATE_DIR}/{aside.name}; the loop went on from the run branch "
+                          f"and runs/*/decision.json (a keep already committed stays kept, an undecided run is "
+                          f"decided again). Nothing to do")
         return None
 
 
@@ -139,7 +155,10 @@ def apply(root: Path, j: Journal) -> str | None:
         if j.action == "keep":
             commit = _ensure_commit(root, j)
             crash_point("commit")
-            _sync_index(root, j, commit)
+            if ref_commit(root, f"refs/heads/{j.branch}") == commit:
+                _sync_index(root, j, commit)
+            else:                              # someone committed on top: from a stale index, it reverted the keep
+                j.repaired = restore_reverted(root, j.branch)
             crash_point("index")
         elif j.action in ("discard", "crash"):
             _revert(root, j)
@@ -264,8 +283,8 @@ def _ensure_commit(root: Path, j: Journal) -> str:
     ref = f"refs/heads/{j.branch}"
     tip = ref_commit(root, ref)
     if tip != j.parent:
-        if tip and _is_our_commit(root, tip, j):
-            return tip
+        if (ours := _our_commit(root, j, tip)) is not None:
+            return ours                        # made; maybe someone committed on top since (apply says so)
         raise Conflict(f"the run branch {j.branch} moved from {j.parent[:7]} to {tip and tip[:7]} "
                         f"while run {j.run_id} was being decided; nothing was committed or reverted")
     files = pending_dir(root) / "files"
@@ -283,6 +302,19 @@ def _ensure_commit(root: Path, j: Journal) -> str:
                  env=identity_env(root)).stdout.strip()
     git(root, "update-ref", "-m", f"autoresearch: keep run {j.run_id}", ref, commit, j.parent)
     return commit
+
+
+def _our_commit(root: Path, j: Journal, tip: str | None) -> str | None:
+    """Our keep commit when the branch tip is it or descends from it (first parents), else None."""
+    if not tip or tip == j.parent:
+        return None
+    if _is_our_commit(root, tip, j):
+        return tip
+    p = git(root, "rev-list", "--first-parent", "--max-count=200", f"{j.parent}..{tip}", check=False)
+    for c in p.stdout.split()[1:]:
+        if _is_our_commit(root, c, j):
+            return c
+    return None
 
 
 def _is_our_commit(root: Path, commit: str, j: Journal) -> bool:

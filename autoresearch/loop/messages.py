@@ -72,6 +72,27 @@ def disk_full(root, e: OSError, freed: int) -> str:
             f"kept. A human must free more space (`df -h {root}`), then start the agent again.")
 
 
+def disk_low(root, free: int, freed: int, would: str, run_sh: bool = False) -> str:
+    """A block the agent could only fail at: the disk is too full for another run (`run_sh`: ./run.sh
+    said ENOSPC since the last stop)."""
+    what = "./run.sh found the disk full (ENOSPC" if run_sh else "the disk is full ("
+    return (f"autoresearch: {what}; {free / 2**20:.0f} MiB free at {root}), so the agent stops here "
+            f"instead of being sent to run again (it would have been told: {short(would, 200)}). Decisions made "
+            f"so far are recorded; nothing is lost. Freed {freed / 2**20:.0f} MiB of checkpoints of runs decided "
+            f"as not kept. A human must free space (`df -h {root}`), then start the agent again.")
+
+
+def key_missing(problem: str) -> str:
+    """The project's signing key is not in this HOME: no run can be signed, only a human can fix it."""
+    return f"autoresearch: the loop stopped: {problem}."
+
+
+def runs_key_missing(run_ids: list[str], problem: str) -> str:
+    return (f"autoresearch: the loop stopped: run{'s' if len(run_ids) > 1 else ''} {', '.join(run_ids)} cannot be "
+            f"verified here, so {'they are' if len(run_ids) > 1 else 'it is'} not decided (nothing was altered, "
+            f"nothing is lost). {problem}.")
+
+
 def git_busy(lock) -> str:
     return (f"git is busy: {lock} is held by a running git command. Nothing was decided and nothing "
             f"is lost. Wait a minute, then end your turn again.")
@@ -175,6 +196,13 @@ def remeasured(program: Program, run: RunRecord, ok: bool, new_base: bool, fp_ch
                 f"changed in the code). Best {m.name} now {_fmt(after)}, the mean of {n} runs")
     return (f"autoresearch: {what}. Next: form ONE hypothesis, edit {train}, run ./run.sh -m \"<what and "
             f"why>\", then end your turn.")
+
+
+def unkeepable(program: Program, run: RunRecord, missing: str, value: float | None, train: str) -> str:
+    return (f"autoresearch: run {run.run_id} would be kept ({program.metric.name} {_fmt(value)}), but its checkpoint "
+            f"{missing} is missing, and `autoresearch final` scores kept checkpoints: it is NOT kept, recorded as "
+            f"not judged. {train} is left as it is. Run it again: ./run.sh -m \"rerun: "
+            f"{short(run.metrics.description if run.metrics else '', 60)}\", then end your turn.")
 
 
 def contended(program: Program, run: RunRecord, why: str, train: str) -> str:

@@ -21,6 +21,7 @@ from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, 
 from ..ledger.durable import row_trailers
 from ..program import Program
 from ..run.identity import program_code, snapshot_of
+from ..run.layout import CHECKPOINT
 from . import journal, messages
 from .allowance import remaining
 from .context import Context
@@ -144,6 +145,34 @@ def contended(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
                         f"contended: {why}; not judged", prev_best=ctx.best, best=ctx.best))
     reply = block(messages.contended(program, r, why, ctx.train))
     record(root, program, st, ctx, others + [r], thresh, rows=rows, reply=reply)
+    return reply
+
+
+def checkpoint_missing(program: Program, runs: list[RunRecord]) -> str | None:
+    """The first missing checkpoint among `runs` (what `autoresearch final` scores: out/model.pt, or
+    with eval.command whatever TRAIN saved in out/), or None. Inline mode keeps none."""
+    if program.run.mode == "inline":
+        return None
+    for r in runs:
+        out = r.path / "out"
+        if not ((out / CHECKPOINT).is_file() if program.eval is None else out.is_dir()):
+            return f"runs/{r.run_id}/out/" + (CHECKPOINT if program.eval is None else "")
+    return None
+
+
+def unkeepable(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
+               others: list[RunRecord], thresh: float, missing: str) -> dict:
+    """A run that would be kept but whose checkpoint is gone is never kept (final could not score
+    it): a row, no git, the code stays so the agent runs it again."""
+    exp0 = _next_exp(ctx)
+    rows = superseded_rows(program, st, ctx, others, thresh, exp0)
+    r = cands[-1]
+    v = r.view(program.metric.name, program.metric.direction)
+    rows.append(run_row(program, ctx, r, exp0 + len(rows), "discard", v.value, thresh, st.sigma,
+                        f"checkpoint missing ({missing}): not kept, not judged", runs=cands,
+                        prev_best=ctx.best, best=ctx.best))
+    reply = block(messages.unkeepable(program, r, missing, v.value, ctx.train))
+    record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
     return reply
 
 

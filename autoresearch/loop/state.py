@@ -10,7 +10,6 @@ min_improvement) and the scratchpad rule compares with the committed scratchpad.
 from __future__ import annotations
 
 import json
-import os
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +17,7 @@ from pathlib import Path
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..atomic import write_atomic
+from ..atomic import set_aside, write_atomic
 
 STATE_DIR = ".autoresearch"
 STATE_FILE = "state.json"
@@ -104,12 +103,37 @@ def read_state(root: Path) -> LoopState:
     except FileNotFoundError:
         return LoopState()
     except (ValidationError, ValueError, OSError):
-        aside = path.with_name(f"{STATE_FILE}.corrupt-{now():%Y%m%d-%H%M%S}")
-        try:
-            os.replace(path, aside)
-        except OSError:
-            pass
+        aside = set_aside(path)
+        note_damage(root, f"{STATE_DIR}/{STATE_FILE} could not be read and was kept as {aside.name}; a fresh "
+                          f"state is used (the deadline clock restarts, sigma comes from the calibration runs). "
+                          f"Nothing to do")
         return LoopState()
+
+
+# --- notices: damaged files set aside, said once in the next reply -----------------------------
+
+NOTICES_FILE = "notices"
+
+
+def note_damage(root: Path, text: str) -> None:
+    """Remember that a damaged file was set aside; the next Stop reply says so (take_notices)."""
+    try:
+        state_dir(root).mkdir(parents=True, exist_ok=True)
+        with open(state_dir(root) / NOTICES_FILE, "a", encoding="utf-8") as f:
+            f.write(" ".join(text.split()) + "\n")
+    except OSError:
+        pass
+
+
+def take_notices(root: Path) -> list[str]:
+    """The notices since the last reply (each once); the caller holds the loop lock."""
+    path = state_dir(root) / NOTICES_FILE
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+        path.unlink()
+    except OSError:
+        return []
+    return list(dict.fromkeys(line for line in lines if line.strip()))
 
 
 def write_state(root: Path, st: LoopState) -> None:

@@ -2,8 +2,12 @@
 hooks/loop_hook.py calls `stop_hook` (through the package, `loop.stop_hook`).
 
 Stop, in order, under the loop lock:
-  0. rebuild a missing/empty/corrupt/truncated results.tsv from the branch + runs/ (ledger.durable.ensure),
-     then finish a decision a killed hook left half done (journal.recover)
+  0. set aside a pending journal that cannot be read (noted for the reply), rebuild a missing/empty/
+     corrupt/truncated/non-UTF-8 results.tsv from the branch + runs/ (ledger.durable.ensure), finish a
+     decision a killed hook left half done (journal.recover), and restore the last keep's code when a
+     commit made from a stale index reverted it (tipcheck)
+  0b. the project's signing key is not in this HOME, or an undecided run was signed with a key that
+     is not here                                           -> allow the stop: the human imports the key
   1. a run still writing (by its own recorded budget)?     -> block: wait for it
      a wave run queued or running?                         -> block: ./run.sh --wait (a wave is decided whole),
                                                                unless it made no progress for a bound (wave.stuck_for):
@@ -20,11 +24,15 @@ Stop, in order, under the loop lock:
                                                                run next starts a new baseline
        decide.verdict(): confirm                            -> block: re-run the same code
                          keep | discard | crash             -> journal: commit | revert, row, state
+       a keep whose checkpoint (runs/NNNN/out) is gone      -> row (not judged), no git: run it again
   4. allowance spent (count, deadline, pause)               -> allow the stop, summary for the human
   5. otherwise block with the next step: after a decision, the outcome and what comes next;
      with nothing to decide: "run ./run.sh" (train.py changed) or "form a hypothesis" (idle).
      AUTORESEARCH_MAX_IDLE_STOPS (default 20) consecutive idle stops end the loop: an agent that
      keeps ending its turn without experimenting is burning money, not researching.
+
+Every block is checked for free space last (`_full_disk`): with a full disk, or after ./run.sh hit
+ENOSPC, the stop goes through once with the human's fix instead of sending the agent to fail again.
 
 The steps are the functions below, in that order; record.py writes decisions down, messages.py
 words every reply.
@@ -50,9 +58,12 @@ from filelock import Timeout as LockTimeout
 
 from ..digest import sha256_bytes, sha256_file
 from ..gitops import GitError, show_blob
-from ..ledger import LedgerError, LedgerRow, kept_run_ids
+from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
+from ..run.exits import DISK_FULL_MARK
+from ..run.keys import key_problem
+from ..run.metrics import KEY_MISSING
 from ..run.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
@@ -61,7 +72,8 @@ from .decide import Verdict, threshold, verdict
 from .messages import SCRATCHPAD, allow, block
 from .phases import advance_if_spent
 from .runscan import RunRecord, contention, run_ids
-from .state import LoopState, loop_lock, now, paused, read_state, state_dir, write_state
+from .state import LoopState, loop_lock, now, paused, read_state, state_dir, take_notices, write_state
+from .tipcheck import restore_reverted
 
 MAX_IDLE_ENV = "AUTORESEARCH_MAX_IDLE_STOPS"
 DEFAULT_MAX_IDLE = 20
@@ -90,16 +102,62 @@ def stop_hook(data: dict) -> dict:
 
 
 def _locked(root: Path, program: Program, data: dict) -> dict:
-    """Step 0, then the decision: a killed call's decision is finished (and answered) first."""
+    """Step 0, then the decision: a killed call's decision is finished (and answered) first.
+    Damaged files found on the way are set aside and said; a block with a full disk becomes a stop."""
+    journal.load(root)                                  # a journal that cannot be read is set aside (noted)
     rebuilt = ensure_ledger(root, program)              # first: a journal appends to it
     done = journal.recover(root)
+    restored = restore_reverted(root)                   # a commit from a stale index reverted the last keep
     if done is not None and done.reply is not None:     # a killed call's decision, now finished
         reply = done.reply_for(done.commit(root))
+    elif (missing := key_problem(root)) is not None:    # no run can be signed here: only a human can fix it
+        reply = allow(messages.key_missing(missing))
     else:
         reply = _stop(root, program, data)
-    if rebuilt and reply and reply.get("reason"):
-        reply["reason"] = f"({rebuilt}) " + reply["reason"]
+    leads = take_notices(root) + ([f"({rebuilt})"] if rebuilt else []) + ([restored] if restored else [])
+    return _full_disk(root, _lead(reply, " ".join(leads)))
+
+
+def _lead(reply: dict, lead: str) -> dict:
+    key = "reason" if "reason" in reply else "systemMessage"
+    if lead and reply and key in reply:
+        reply[key] = f"{lead} {reply[key]}"
     return reply
+
+
+MIN_FREE_ENV = "AUTORESEARCH_MIN_FREE_MB"
+
+
+def low_disk(root: Path) -> tuple[int, int] | None:
+    """(free, needed) bytes when the project's disk is too full to run another experiment: less
+    than AUTORESEARCH_MIN_FREE_MB, by default 2% of the disk up to 1 GiB. None when there is room."""
+    try:
+        u = shutil.disk_usage(root)
+    except OSError:
+        return None
+    env = os.environ.get(MIN_FREE_ENV, "")
+    try:
+        need = int(float(env) * 2**20) if env else min(2**30, u.total // 50)
+    except ValueError:
+        need = min(2**30, u.total // 50)
+    return (u.free, need) if u.free < need else None
+
+
+def _full_disk(root: Path, reply: dict) -> dict:
+    """Every way the Stop hook sends the agent on is checked for free space first: with a full disk
+    (too little room, or ./run.sh said ENOSPC since the last stop) the agent could only fail and be
+    sent on again, forever. The stop goes through once, with the human's fix; checkpoints of runs
+    decided as not kept are freed."""
+    mark = state_dir(root) / DISK_FULL_MARK
+    hit = mark.exists()
+    mark.unlink(missing_ok=True)
+    if reply.get("decision") != "block":
+        return reply
+    low = low_disk(root)
+    if low is None and not hit:
+        return reply
+    free = low[0] if low else shutil.disk_usage(root).free
+    return allow(messages.disk_low(root, free, prune_unkept(root), reply.get("reason", ""), run_sh=low is None))
 
 
 def ensure_ledger(root: Path, program: Program) -> str | None:
@@ -115,16 +173,21 @@ def disk_full(root: Path, e: OSError) -> str:
 
 
 def prune_unkept(root: Path) -> int:
-    """Delete runs/NNNN/out/ of every run that no keep covers; returns the bytes freed. Kept
-    runs' checkpoints are never touched (`autoresearch final` scores them)."""
+    """Delete runs/NNNN/out/ of every run DECIDED as not kept; returns the bytes freed. Kept runs'
+    checkpoints are never touched (`autoresearch final` scores them), nor those of runs not decided
+    yet or in a decision being applied: they may still be kept."""
     try:
-        kept = kept_run_ids(root)
+        rows = read_rows(root)
+        kept = kept_run_ids(root, rows)
+        j = journal.load(root)
     except (LedgerError, GitError):
         return 0                                   # cannot tell what is kept: delete nothing
+    pending = {x for r in (j.rows if j else []) for x in r.runs + [r.run_id]}
+    gone = {x for r in rows if r.status != "keep" for x in r.runs + [r.run_id]} - kept - pending
     freed = 0
     for rid in run_ids(root):
         out = Path(root) / "runs" / rid / "out"
-        if rid in kept or not out.is_dir():
+        if rid not in gone or not out.is_dir():
             continue
         freed += sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
         shutil.rmtree(out, ignore_errors=True)
@@ -135,6 +198,8 @@ def _stop(root: Path, program: Program, data: dict) -> dict:
     st = _start_clock(root)
     ctx = read_context(root, program, data)
     runs = pending_runs(root, program, st, ctx.rows)
+    if unverifiable := [r for r in runs if r.problem and r.problem.startswith(KEY_MISSING)]:
+        return allow(messages.runs_key_missing([r.run_id for r in unverifiable], unverifiable[-1].problem or ""))
     running = [r for r in runs if r.in_progress]
     lead = ""
     if running and all(r.wave for r in running):                       # 1. a wave in flight, or stuck
@@ -214,6 +279,8 @@ def _decide_current(root: Path, program: Program, st: LoopState, ctx: Context, c
     can_confirm = not allowance.paused and not (allowance.hours_left is not None and allowance.hours_left <= 0)
     views = [r.view(program.metric.name, program.metric.direction) for r in cands]
     v = verdict(views, ctx.best, program.metric, thresh, program.noise.confirm_margin, can_confirm)
+    if v.action == "keep" and (gone := record.checkpoint_missing(program, cands)):
+        return record.unkeepable(root, program, st, ctx, cands, others, thresh, gone)
     if v.action == "confirm":
         if others:
             record.record(root, program, st, ctx, others, thresh)

@@ -8,6 +8,9 @@ from __future__ import annotations
 from enum import IntEnum
 
 
+DISK_FULL_MARK = "disk-full"   # .autoresearch/<this>: ./run.sh hit ENOSPC; the next Stop lets the agent stop
+
+
 class HarnessError(RuntimeError):
     """The harness cannot run an experiment (arguments, program.md, backend, data); the message says the fix."""
 

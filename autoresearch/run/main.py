@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import os
 import sys
 import time
 
@@ -149,6 +150,7 @@ def _guarded(fn) -> int:
         return RunExit.INTERRUPTED
     except OSError as e:
         if e.errno == errno.ENOSPC:
+            _mark_disk_full()
             print(f"run.sh: the disk is full ({e.filename or 'no space left on device'}): nothing more can be "
                   f"recorded; a human must free space (e.g. old runs/NNNN/out/ of runs that were not kept)",
                   file=sys.stderr)
@@ -162,3 +164,15 @@ def _guarded(fn) -> int:
         print(f"run.sh: harness error, not train.py's fault: {type(e).__name__}: {e}. The run is marked "
               "interrupted.", file=sys.stderr)
         return RunExit.HARNESS
+
+
+def _mark_disk_full() -> None:
+    """Tell the Stop hook (an empty file needs no data blocks): it lets the agent stop, once, instead
+    of sending it to run again on a disk that cannot hold a run."""
+    from .exits import DISK_FULL_MARK
+    try:
+        d = project_root() / ".autoresearch"
+        d.mkdir(exist_ok=True)
+        os.close(os.open(d / DISK_FULL_MARK, os.O_WRONLY | os.O_CREAT, 0o644))
+    except Exception:                   # noqa: BLE001 -- best effort on a full disk
+        pass

@@ -1,12 +1,13 @@
 """runs/NNNN/metrics.json: what one experiment measured, written and signed only by trusted code.
 
-The runner signs every record with an HMAC-SHA256 under a per-project key kept OUTSIDE the
-project (`${XDG_CONFIG_HOME:-~/.config}/autoresearch/keys/<sha256 of the project's real
-path>.key`, mode 0600, made on first use), where neither the sandbox (not mounted) nor the
-agent (the guard denies it) can read it. `load_verified` is the one way to read a run's
-result: a missing, unsigned or hand-edited record comes back as a crash with the reason
-RECORD_ALTERED, and a signed "ok" is re-checked on the host (finite, past no floor, every
-byte scored) so a slip in the evaluator cannot record a value that is impossible.
+The runner signs every record with an HMAC-SHA256 under the project's key (keys.py: found by the
+project's identity in .git/config, not its path; kept OUTSIDE the project, where neither the
+sandbox nor the agent can read it), and the record names that key (`key_id`). `load_verified` is
+the one way to read a run's result: a missing, unsigned or hand-edited record comes back as a
+crash with the reason RECORD_ALTERED; a record whose key is not in this HOME comes back with
+KEY_MISSING and the fix (never "altered": the loop does not decide such a run); a signed "ok" is
+re-checked on the host (finite, past no floor, every byte scored) so a slip in the evaluator
+cannot record a value that is impossible.
 """
 from __future__ import annotations
 
@@ -14,8 +15,6 @@ import hashlib
 import hmac
 import json
 import math
-import os
-import secrets
 from datetime import datetime
 from pathlib import Path
 from typing import Literal
@@ -24,11 +23,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..atomic import write_atomic
 from .identity import Fingerprint
+from .keys import find_key, identity, is_lost, key_dir, missing_key_text, project_keys, signing_key
 
 Status = Literal["ok", "crash", "timeout", "oom", "invalid", "interrupted"]
 METRICS_FILE = "metrics.json"
 RECORD_ALTERED = "result record altered"
-KEY_ENV = "XDG_CONFIG_HOME"
+KEY_MISSING = "signing key missing"        # the record is fine as far as anyone knows; its key is not here
+KEY_LOST = "signing key lost"              # retired with `keys new --forget`: the run cannot be verified, ever
 
 
 class RunMetrics(BaseModel):
@@ -62,12 +63,16 @@ class RunMetrics(BaseModel):
     fingerprint: Fingerprint | None = None        # budget, eval, backend, device class, data version
     purpose: Literal["experiment", "calibration", "check"] = "experiment"  # calibration/check runs are never decided
     steps_per_s: float | None = None              # training steps / train_seconds (from the log; contention check)
+    key_id: str | None = None                     # keys.key_id_of the signing key (None: signed before key ids)
     signature: str | None = None                  # HMAC-SHA256 (hex) of the rest, by the runner
 
     def write(self, run_dir: Path) -> None:
-        """Sign and write atomically. The project is run_dir's grandparent (root/runs/NNNN)."""
+        """Sign and write atomically. The project is run_dir's grandparent (root/runs/NNNN).
+        Raises keys.KeyMissing when the project's key is not in this HOME."""
+        kid, key = signing_key(Path(run_dir).parent.parent)
+        self.key_id = kid
         body = self.model_dump(mode="json", exclude={"signature"})
-        body["signature"] = _mac(project_key(Path(run_dir).parent.parent), body)
+        body["signature"] = _mac(key, body)
         self.signature = body["signature"]
         write_atomic(Path(run_dir) / METRICS_FILE, json.dumps(body, indent=2) + "\n")
 
@@ -80,27 +85,9 @@ class RunMetrics(BaseModel):
 # ---------------------------------------------------------------- the key and the MAC
 
 def key_path(root: Path) -> Path:
-    base = Path(os.environ.get(KEY_ENV) or Path.home() / ".config")
-    tag = hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:32]
-    return base / "autoresearch" / "keys" / f"{tag}.key"
-
-
-def project_key(root: Path) -> bytes:
-    """The project's signing key, made (32 random bytes, mode 0600, folder 0700) on first use."""
-    path = key_path(root)
-    try:
-        return bytes.fromhex(path.read_text().strip())
-    except FileNotFoundError:
-        pass
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path.parent, 0o700)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:                        # another runner made it first
-        return bytes.fromhex(path.read_text().strip())
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(32) + "\n")
-    return bytes.fromhex(path.read_text().strip())
+    """The file of the key new records of `root` are signed with (made on first use)."""
+    kid, _ = signing_key(root)
+    return key_dir(identity(root)) / f"{kid}.key"
 
 
 def _mac(key: bytes, body: dict) -> str:
@@ -146,12 +133,9 @@ def load_verified(run_dir: Path) -> tuple[RunMetrics | None, str | None]:
         return None, f"{RECORD_ALTERED}: {rel} is unreadable ({str(e).splitlines()[0][:120]})"
     if not isinstance(raw, dict) or not isinstance(sig := raw.pop("signature", None), str):
         return None, f"{RECORD_ALTERED}: {rel} is not signed"
-    try:
-        key = project_key(run_dir.parent.parent)
-    except (OSError, ValueError) as e:
-        return None, f"{RECORD_ALTERED}: the signing key cannot be read ({e})"
-    if not hmac.compare_digest(_mac(key, raw), sig):
-        return None, f"{RECORD_ALTERED}: {rel} does not match its signature (edited by hand?)"
+    problem = _check_signature(run_dir.parent.parent, rel, raw, sig)
+    if problem is not None:
+        return None, problem
     try:
         m = RunMetrics.model_validate({**raw, "signature": sig})
     except ValidationError as e:
@@ -161,6 +145,33 @@ def load_verified(run_dir: Path) -> tuple[RunMetrics | None, str | None]:
     if (bad := host_check(m)) is not None:
         m = m.model_copy(update={"status": bad[0], "reason": bad[1], "metric_value": None})
     return m, None
+
+
+def _check_signature(root: Path, rel: str, raw: dict, sig: str) -> str | None:
+    """None when the record's own key (by its key_id) signed exactly this; a record from before
+    key ids is checked against every key of the project. Else the problem: a key not here is
+    KEY_MISSING (or KEY_LOST once retired), never "altered"."""
+    kid = raw.get("key_id")
+    try:
+        if isinstance(kid, str):
+            if is_lost(root, kid):
+                return (f"{KEY_LOST}: {rel} was signed with key {kid}, retired as lost (`autoresearch keys new "
+                        f"--forget`): it cannot be verified")
+            key = find_key(root, kid)
+            if key is None:
+                return f"{KEY_MISSING}: {rel} names key {kid}: " + missing_key_text(root, kid)
+            keys = [key]
+        else:
+            keys = list(project_keys(root).values())
+            if not keys:
+                return (f"{KEY_MISSING}: {rel} was signed before records named their key, and no key of this "
+                        f"project is here (was it moved before the upgrade? `autoresearch keys import` the old "
+                        f"key, or move it back once)")
+    except OSError as e:
+        return f"{KEY_MISSING}: the signing keys cannot be read ({e})"
+    if not any(hmac.compare_digest(_mac(k, raw), sig) for k in keys):
+        return f"{RECORD_ALTERED}: {rel} does not match its signature (edited by hand?)"
+    return None
 
 
 def read_verified(run_dir: Path) -> RunMetrics:

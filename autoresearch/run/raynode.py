@@ -216,7 +216,7 @@ def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict
                           "1", "--here"], proj, penv, work / "runner.log")
         run_dir = proj / "runs" / run_id
         files, left = _results(run_dir, out_cap)
-        keys = sorted((config / "autoresearch" / "keys").glob("*.key"))
+        keys = sorted((config / "autoresearch" / "keys").rglob("*.key"))   # keys/<project id>/<key id>.key
         return {"node": _node_id(), "rc": rc, "runner_log": log[-2000:],
                 "metrics": (run_dir / "metrics.json").read_bytes() if (run_dir / "metrics.json").is_file() else None,
                 "key": keys[0].read_bytes() if len(keys) == 1 else None, "files": files, "out_left": left}

@@ -41,6 +41,7 @@ from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend,
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
 from .exits import HarnessError
+from .keys import signing_key
 from .gpu import GpuPeak
 from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
@@ -117,6 +118,7 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
     if grace is not None:
         program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
+    signing_key(root)                             # the project's key must be in this HOME (KeyMissing says the fix)
     remote = queued and program.executor.kind == "ray"    # queued for a Ray node: checked on the node
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)

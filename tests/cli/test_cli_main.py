@@ -14,8 +14,8 @@ from autoresearch.cli.headless import FATAL_KIND, FATAL_STATUS, fatal_error
 from autoresearch.cli.app import build_parser
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ["init", "status", "plot", "doctor", "final", "export", "ledger", "overnight", "calibrate", "pause", "resume",
-            "guard"]
+COMMANDS = ["init", "status", "plot", "doctor", "final", "export", "ledger", "keys", "overnight", "calibrate", "pause",
+            "resume", "guard"]
 
 
 def test_version_through_both_entry_points(capsys) -> None:

@@ -335,7 +335,7 @@ def test_on_phase_end_stop_ends_the_loop_instead(tmp_path):
 def _with_checkpoint(p, rid: str) -> Path:
     d = p.path / "runs" / rid
     t = d.stat().st_mtime
-    (d / "out").mkdir()
+    (d / "out").mkdir(exist_ok=True)
     (d / "out" / "model.pt").write_bytes(b"weights" * 1000)
     os.utime(d, (t, t))
     return d / "out" / "model.pt"

@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from autoresearch.run.metrics import RECORD_ALTERED, RunMetrics, key_path, load_verified
+from autoresearch.run.metrics import KEY_MISSING, RECORD_ALTERED, RunMetrics, key_path, load_verified
 from loop_support import Project
 
 
@@ -83,7 +83,7 @@ def test_the_host_recheck_refuses_a_signed_value_past_the_floor_or_short_of_byte
     assert m is not None and m.status == "invalid" and "bytes" in (m.reason or "")
 
 
-def test_a_foreign_key_does_not_verify(tmp_path, monkeypatch):
+def test_a_record_whose_key_is_not_here_names_the_missing_key_not_tampering(tmp_path, monkeypatch):
     run = tmp_path / "p" / "runs" / "0001"
     run.mkdir(parents=True)
     from datetime import datetime, timezone
@@ -92,5 +92,6 @@ def test_a_foreign_key_does_not_verify(tmp_path, monkeypatch):
                started_at=datetime.now(timezone.utc)).write(run)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "other"))
     m, problem = load_verified(run)
-    assert m is None and problem and RECORD_ALTERED in problem
+    assert m is None and problem and problem.startswith(KEY_MISSING) and RECORD_ALTERED not in problem
+    assert "autoresearch keys import" in problem
     assert not os.path.exists(tmp_path / "p" / ".config")
