@@ -298,3 +298,12 @@ def test_the_plugin_icon_is_a_small_svg_the_manifest_names_and_the_pack_ships(tm
     p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert (market / icon).read_bytes() == path.read_bytes()
+
+
+def test_the_plugins_messages_name_the_plugins_own_fix():
+    """A plain project with only the plugin has no scripts/bootstrap.sh and no .venv of ours: every
+    message in the plugin's hooks names the plugin's own install script instead."""
+    text = json.dumps(plugin_hooks(load_settings(ROOT)))
+    assert "scripts/bootstrap.sh" in json.dumps(load_settings(ROOT)), "the bundle's own wiring names bootstrap.sh"
+    assert "scripts/bootstrap.sh" not in text and ".venv is missing" not in text
+    assert "${CLAUDE_PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set" in text
