@@ -78,10 +78,10 @@ BASES = ("project", "run", "state", "data", "cache", "config", "sandbox", "user"
 
 class Flow:
     """One place or channel: where it is, who writes it, who may read it, and why."""
-    __slots__ = ("name", "base", "where", "writers", "readers", "why", "content", "private")
+    __slots__ = ("name", "base", "where", "writers", "readers", "why", "content", "private", "names")
 
     def __init__(self, name: str, base: str, where: str, writers: tuple[str, ...], readers: tuple[str, ...],
-                 why: str, content: tuple[str, ...] = (), private: bool = False) -> None:
+                 why: str, content: tuple[str, ...] = (), private: bool = False, names: tuple[str, ...] = ()) -> None:
         if base not in BASES:
             raise ValueError(f"flow {name}: unknown base {base!r}")
         for a in writers + readers:
@@ -91,6 +91,7 @@ class Flow:
             name, base, where, writers, readers, why
         self.content = frozenset(content)   # what it holds by nature (a data split, a key)
         self.private = private              # one per sandbox: each stage reads only its own (and the host)
+        self.names = names                  # project-relative entries it is (a stage not among readers gets them hidden)
 
     @property
     def holds(self) -> frozenset:
@@ -122,12 +123,15 @@ FLOWS = (
          (_A, *_STAGES_R, HOST, HUMAN), "the human's steering and the trusted harness; nobody else writes them"),
     Flow("other project files", "project", "tracked and untracked files besides the above (.venv, assets)",
          (HUMAN,), (_A, *_STAGES_R, HOST, HUMAN), "shown read-only to every stage (its work copy links them)"),
-    Flow("ledger", "project", "results.tsv", (HOST,), (_A, *_STAGES_R, HOST, HUMAN),
-         "trusted code appends one row per experiment"),
-    Flow("git", "project", ".git/", (HOST, HUMAN), (HOST, HUMAN, *_STAGES_R),
-         "the run branch: keep commits (the agent reads it through git log/show/diff, not files)"),
+    Flow("ledger", "project", "results.tsv", (HOST,), (_A, TRAIN, EVAL_COMMAND, FINAL, HOST, HUMAN),
+         "trusted code appends one row per experiment; hidden from the model servers (it would tell "
+         "final from EVAL)", names=("results.tsv",)),
+    Flow("git", "project", ".git/", (HOST, HUMAN), (TRAIN, EVAL_COMMAND, FINAL, HOST, HUMAN),
+         "the run branch: keep commits (the agent reads it through git log/show/diff, not files); hidden "
+         "from the model servers", names=(".git",)),
     Flow("loop state", "project", ".autoresearch/ (state.json, run-counter, locks, guard-policy.json, pending/)",
-         (HOST,), (_A, HOST, HUMAN), "trusted state; hidden from every stage (an empty folder over it)"),
+         (HOST,), (_A, HOST, HUMAN), "trusted state; hidden from every stage (an empty folder over it)",
+         names=(".autoresearch",)),
     Flow("final records", "project", ".autoresearch/final.json", (HOST,), (HOST, HUMAN),
          "test-split scores, once per kept result: for the human only", content=("test",)),
     # one run's folder: what the agent may read there is this list, judged by name
@@ -196,6 +200,12 @@ def run_entry_readable(name: str, script_name: str = "train.py") -> bool:
     """May the agent read runs/NNNN/<name> (a first-level entry; a folder's files follow it)?
     Decided on the name only, case-sensitively: no link or later file changes the answer."""
     return name in RUN_AGENT_FILES or name in RUN_AGENT_DIRS or name == script_name
+
+
+def hidden_from(stage: str) -> tuple[str, ...]:
+    """The project entries a stage must not see (each mounted over with an empty stand-in).
+    `final` is shown what the EVAL stage it mirrors is shown: pass SERVER or EVAL_COMMAND."""
+    return tuple(n for f in FLOWS if f.base == "project" and stage not in f.readers for n in f.names)
 
 
 def readable_by(actor: str) -> tuple[Flow, ...]:
