@@ -69,3 +69,14 @@ def test_the_flow_table_imports_nothing_but_os():
             "import autoresearch.flows; print(sorted(set(sys.modules) - before))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True).stdout
     assert set(eval(out)) <= {"autoresearch.flows", "__future__"}, out   # __future__: the guard loads it anyway
+
+
+def test_the_readmes_threat_model_table_is_the_flow_table():
+    """README.md's cog block prints flows_markdown(); tests/cli/test_readme_commands.py runs
+    `cog --check README.md` over every block, this one included."""
+    from autoresearch.cli.helpdoc import flows_markdown
+    readme = (Path(F.__file__).resolve().parents[1] / "README.md").read_text()
+    table = flows_markdown()
+    assert table in readme, "regenerate the README's tables: .venv/bin/cog -r README.md"
+    assert all(f"| {f.name} |" in table for f in F.FLOWS)
+    assert "from autoresearch.cli.helpdoc import flows_markdown" in readme

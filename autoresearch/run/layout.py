@@ -312,7 +312,7 @@ def sweep_scratch(root: Path) -> list[str]:
     an older version left inside the project; returns run ids."""
     gone = []
     try:
-        here = [d for d in (state_folder(root) / RUNS_DIR).iterdir() if RUN_ID.match(d.name)]
+        here = sorted((d for d in (state_folder(root) / RUNS_DIR).iterdir() if RUN_ID.match(d.name)), key=lambda d: int(d.name))
     except OSError:
         here = []
     for scratch in here + [d / LEGACY_SCRATCH for d in run_dirs(root)]:
