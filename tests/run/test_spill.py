@@ -154,6 +154,9 @@ class Hostile(torch.nn.Module):
 
 
 def build_model():
+    import json
+    print("SEEN " + json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv,
+                                "out": sorted(os.listdir(OUT))}, sort_keys=True), file=sys.stderr, flush=True)
     return Hostile()
 
 
@@ -333,6 +336,8 @@ def test_nothing_held_out_reaches_the_agent_or_the_next_train(tmp_path, request,
     flog = final_log(proj, "0001").read_text(errors="replace")
     assert TEST.search(flog.encode()), "positive control: the model saw test windows in final"
     assert not list(proj.rglob("*.eval.log")) and not list((proj / ".autoresearch").glob("final-*"))
+    seen = [set(re.findall(r"^SEEN (.*)$", text, re.M)) for text in (log, flog)]
+    assert len(seen[0]) == 2 and seen[0] == seen[1], "final looks like EVAL to the model: environment, folders"
 
     # after both: nothing the agent may read holds held-out text
     readable = agent_readable(proj, env)
