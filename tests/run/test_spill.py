@@ -154,10 +154,12 @@ class Hostile(torch.nn.Module):
 
 
 def build_model():
+    import hashlib
     import json
-    print("SEEN " + json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv,
-                                "out": sorted(os.listdir(OUT))}, sort_keys=True), file=sys.stderr, flush=True)
-    return Hostile()
+    seen = json.dumps({"env": dict(os.environ), "cwd": os.getcwd(), "argv": sys.argv, "out": sorted(os.listdir(OUT))},
+                      sort_keys=True)
+    os.write(2, b"\nSEEN %s\n" % hashlib.sha256(seen.encode()).hexdigest().encode())   # one short write: the
+    return Hostile()                                                # other server's output cannot split it
 
 
 if __name__ == "__main__":
@@ -312,7 +314,8 @@ def test_nothing_held_out_reaches_the_agent_or_the_next_train(tmp_path, request,
     p = w.run([str(RUN_SH), "-m", "spill everything", "--backend", backend])
     m = metrics(proj, "0001")
     assert p.returncode == 0 and m["status"] == "ok", (p.stdout + p.stderr, m)
-    assert w.rounds >= 2 and not w.found, w.found
+    assert w.rounds >= 2, "the watch read what the agent may read while the run went"
+    assert not w.found, w.found
     log = eval_log(proj, "0001").read_text(errors="replace")
     assert VAL.search(log.encode()), "positive control: the model saw validation windows and printed them"
     spilled = [int(n) for n in re.findall(r"^SPILL model into (\d+) folders", log, re.M)]
@@ -332,11 +335,12 @@ def test_nothing_held_out_reaches_the_agent_or_the_next_train(tmp_path, request,
     w = Watch(proj, env)
     p = w.run([sys.executable, "-m", "autoresearch", "final", "--backend", backend, "--json"])
     assert p.returncode == 0, p.stdout + p.stderr
-    assert w.rounds >= 2 and not w.found, w.found
+    assert w.rounds >= 2, "the watch read what the agent may read while final went"
+    assert not w.found, w.found
     flog = final_log(proj, "0001").read_text(errors="replace")
     assert TEST.search(flog.encode()), "positive control: the model saw test windows in final"
     assert not list(proj.rglob("*.eval.log")) and not list((proj / ".autoresearch").glob("final-*"))
-    seen = [set(re.findall(r"^SEEN (.*)$", text, re.M)) for text in (log, flog)]
+    seen = [set(re.findall(r"SEEN ([0-9a-f]{64})", text)) for text in (log, flog)]
     assert len(seen[0]) == 2 and seen[0] == seen[1], "final looks like EVAL to the model: environment, folders"
 
     # after both: nothing the agent may read holds held-out text
