@@ -19,6 +19,8 @@ from autoresearch.ledger import LedgerRow, append_rows
 ROOT = Path(__file__).resolve().parents[2]
 BRANCH = "autoresearch/20260102-010000"
 
+_XDG = {k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}   # the session's keys and state
+
 
 def _git(root: Path, *args: str) -> None:
     subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args],
@@ -82,8 +84,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
 
     p = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                            "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"],
-                 "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
+                                                            "HOME": str(Path.home()), **_XDG})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "held-out test split" in p.stdout and "evaluated now" in p.stdout
     recs = read_records(root)
@@ -100,8 +101,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
     # once: asking again prints the record and does not evaluate again
     p2 = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                             "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"],
-                 "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
+                                                             "HOME": str(Path.home()), **_XDG})
     assert p2.returncode == 0 and "already evaluated" in p2.stdout
     assert len(read_records(root)) == 1
     assert json.loads((root / ".autoresearch" / "final.json").read_text())[0]["again"] is False
