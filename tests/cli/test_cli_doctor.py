@@ -19,6 +19,8 @@ ALLOW = DENY.replace('"deny"', '"allow"')
 # a tiny but real policy: deny pip, allow the rest
 GUARD = f"""if grep -q 'pip install'; then echo '{DENY}'; else echo '{ALLOW}'; fi"""
 
+_XDG = {k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}   # the session's keys and state
+
 
 def project(tmp: Path, settings: dict | None) -> Path:
     root = tmp / "proj"
@@ -117,7 +119,7 @@ def test_claude_cli_version_is_reported():
 def test_doctor_command_exit_code(tmp_path):
     root = project(tmp_path, None)
     p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor"], cwd=root, capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
+                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), **_XDG})
     assert p.returncode == 1
     assert "check(s) failed" in p.stdout and "hooks" in p.stdout
 
