@@ -1,9 +1,19 @@
 """The path policy: what a tool call may read, search or edit, judged by path.
 
-- Read/NotebookRead/LS/Glob/Grep: by real path, the project and the interpreter's libraries,
-  except held-out data (the test split, the raw downloads), anything that may hold credentials,
-  `.git/` internals, any run's `out/` folder and `eval.log` (written by agent code while it saw
-  evaluation inputs). A search is judged by every entry it could reach (tree_problem).
+- Read/NotebookRead/LS/Glob/Grep: the project and the interpreter's libraries, except held-out
+  data (the test split, the raw downloads), anything that may hold credentials, `.git/` internals,
+  EVAL logs, and under `runs/` everything but a short list of names trusted code writes
+  (RUN_FILES, RUN_TREES: the agent's view of runs/ is an allowlist decided on the name).
+- No decision depends on a path agent code can change between the judgement and the use. Agent
+  code writes only in places denied by name (a run's out/, stage scratch, a writable sandbox.home
+  or sandbox.cache); a path is resolved one component at a time as the kernel does, and is denied
+  if any step of that resolution touches such a place, so every link it follows lies where agent
+  code cannot write and resolves the same way when the tool opens it. A FIFO, socket or device is
+  never read (it could hang the tool). A search is judged by everything it could reach: below a
+  place agent code writes, by what its pattern could match, never by what is there now
+  (tree_problem). Hence also: no folder agent code writes holds a file the agent reads, so no
+  planted CLAUDE.md is ever loaded (Claude Code loads one from the folder of every file read).
+- Paths are judged as Claude Code uses them: leading or trailing whitespace is refused.
 - Edit/Write/MultiEdit/NotebookEdit: only the editable set (program.md's files, folders and globs,
   matched by program.editable_regex: the runner's matcher), as existing regular files inside the
   project reached without `..`, symlinks or extra hard links; the harness's own files are never
@@ -37,10 +47,27 @@ SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
 WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
              ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
+MAX_LINKS = 40                                            # as the kernel's ELOOP limit
+
+# The agent's view of runs/: runs/, runs/NNNN/, and in a run folder only these names, which trusted
+# code writes (the run's script copy, named like the script, is added from the policy). Anything
+# else under runs/ -- out/, stage scratch, locks, whatever a later version adds -- is denied by
+# name, whatever is on disk. (The same names as the flow table's agent-readable run entries.)
+RUN_FILES = frozenset({"metrics.json", "train.log", "diff.patch", "decision.json", "queue.json"})
+RUN_TREES = frozenset({"snapshot"})                       # folders trusted code fills: all below is readable
+# Run entries agent code writes while a run goes: a search that could reach below one is denied
+# by what its pattern could match, not by what is there now.
+RUN_AGENT_WRITTEN = frozenset({"out", ".sandbox", ".metric"})
+WHITESPACE = " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
+             "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\x85"
 
 
 def under(path: str, root: str) -> bool:
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+def _is_run_id(name: str) -> bool:
+    return len(name) >= 4 and name.isdigit() and name.isascii()
 
 
 class Context:
@@ -67,6 +94,11 @@ class Context:
         data = env.get("AUTORESEARCH_DATA")
         self.data_tests = {os.path.join(d, "test") for d in
                            ((os.path.abspath(data), os.path.realpath(data)) if data else ())}
+        self.written = list(policy.agent_written)          # host folders agent code writes
+
+    def agent_written(self, path: str) -> bool:
+        """Is `path` in a host folder agent code writes (outside runs/, which off_limits judges)?"""
+        return any(under(path, w) for w in self.written)
 
     def abspath(self, path: str) -> str:
         if path == "~" or path.startswith("~/"):
@@ -112,17 +144,30 @@ def is_secret(path: str) -> bool:
     return name in SECRET_FILES or name.startswith(SECRET_PREFIXES) or name.endswith(SECRET_SUFFIXES)
 
 
-def off_limits(rel: str) -> str | None:
+def off_limits(rel: str, script: str = "train.py") -> str | None:
     """Why a project-relative path is off limits although it is inside the project (None: it is not).
-    Case-insensitive, so a case-insensitive file system cannot spell its way around it."""
-    parts = rel.lower().split("/")
-    if ".git" in parts:
+    Case-insensitive where it denies, exact where it allows, so a case-insensitive file system
+    cannot spell its way around it."""
+    parts = rel.split("/")
+    low = [p.lower() for p in parts]
+    if ".git" in low:
         return "git internals are off limits: use git status, git diff, git log or git show"
-    if len(parts) >= 3 and parts[0] == "runs" and parts[2] == "out":
+    if low[0] != "runs" or len(parts) < 2:
+        return None
+    if not _is_run_id(parts[1]):
+        return f"{'/'.join(parts[:2])} is not a run folder: under runs/ you may read {_RUN_VIEW}"
+    if len(parts) == 2 or parts[2] in RUN_TREES or (len(parts) == 3 and (parts[2] in RUN_FILES or parts[2] == script)):
+        return None
+    name = low[2]
+    if name == "out":
         return "a run's out/ folder is written by agent code: it is off limits (read runs/NNNN/metrics.json or train.log)"
-    if len(parts) == 3 and parts[0] == "runs" and parts[2] == "eval.log":
+    if name == "eval.log":
         return "eval.log is for humans only: read runs/NNNN/metrics.json or train.log"
-    return None
+    return f"runs/NNNN/{parts[2]} is off limits: under runs/ you may read {_RUN_VIEW}"
+
+
+_RUN_VIEW = ("runs/NNNN/ " + ", ".join(sorted(RUN_FILES)) + ", the script's copy and "
+             + ", ".join(f"{t}/" for t in sorted(RUN_TREES)))
 
 
 def _rel(ctx: Context, path: str) -> str | None:
@@ -132,37 +177,101 @@ def _rel(ctx: Context, path: str) -> str | None:
     return None
 
 
+def name_problem(ctx: Context, path: str) -> str | None:
+    """Why the absolute path `path`, as spelled, may not be reached (None: its name is fine).
+    Decided on names only: no file system call."""
+    if is_secret(path):
+        return "may hold credentials: it is off limits"
+    if is_eval_log(path):
+        return "eval.log is for humans only (it may quote held-out bytes): read runs/NNNN/metrics.json or train.log"
+    if ctx.heldout(path):
+        return "is held-out data: it is off limits (only the trusted evaluator reads it)"
+    if ctx.agent_written(path):
+        return "is in a folder agent code writes (sandbox.home or sandbox.cache): it is off limits"
+    rel = _rel(ctx, path)
+    return off_limits(rel, ctx.policy.script) if rel else None
+
+
+def resolve(ctx: Context, path: str) -> tuple[str | None, str | None]:
+    """(real path, None) or (None, why): `path` (absolute) resolved one component at a time as the
+    kernel does (`..` after a link goes up from the link's target), each step judged by name_problem,
+    so no link on the way may pass through a place the policy hides -- in particular none agent
+    code writes, where a link could change between this judgement and the tool's open."""
+    import stat
+    todo = [c for c in reversed(path.split("/")) if c]
+    cur, hops = "/", 0
+    while todo:
+        c = todo.pop()
+        if c == ".":
+            continue
+        if c == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = cur.rstrip("/") + "/" + c
+        why = name_problem(ctx, nxt)
+        if why:
+            return None, why
+        try:
+            st = os.lstat(nxt)
+        except OSError:                       # missing (or unreadable): the rest is judged lexically
+            rest = [nxt] + list(reversed(todo))
+            nxt = os.path.normpath("/".join(rest))
+            why = name_problem(ctx, nxt)
+            return (None, why) if why else (nxt, None)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_LINKS:
+                return None, "too many levels of symbolic links"
+            try:
+                target = os.readlink(nxt)
+            except OSError:
+                return None, "a link on the way cannot be read"
+            todo.extend(c for c in reversed(target.split("/")) if c)
+            if target.startswith("/"):
+                cur = "/"
+            continue
+        cur = nxt
+    return cur, None
+
+
 def read_problem(ctx: Context, path, what: str = "read") -> str | None:
-    """Why `path` may not be read (None: it may). Judged lexically and by real path (links
-    and `..` resolved as the kernel does), so neither spelling can reach what the other hides."""
+    """Why `path` may not be read (None: it may). Judged as spelled and as resolved step by step
+    (links and `..` as the kernel takes them, from the raw path as a shell passes it and from the
+    normalised one Claude Code opens), so no spelling reaches what another hides; and only a regular
+    file or a folder is read."""
     if not isinstance(path, str) or not path:
         return "no path given"
     if "\x00" in path:
         return "NUL bytes are not allowed in paths"
+    if path.strip(WHITESPACE) != path:
+        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
     joined = os.path.join(ctx.cwd, ctx.abspath(path) if path.startswith("~") else path)
     p = os.path.normpath(joined)
-    reals = {os.path.realpath(p), os.path.realpath(joined)}
-    for q in (p, *reals):
-        if is_secret(q):
-            return f"{path} may hold credentials: it is off limits"
-        if is_eval_log(q):
-            return (f"{path}: eval.log is for humans only (it may quote held-out bytes): "
-                    f"read runs/NNNN/metrics.json or train.log")
-        if ctx.heldout(q):
-            return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
-        rel = _rel(ctx, q)
-        why = off_limits(rel) if rel is not None else None
+    why = name_problem(ctx, p)
+    if why:
+        return f"{path}: {why}"
+    reals = set()
+    for q in (joined, p):
+        real, why = resolve(ctx, q)
         if why:
             return f"{path}: {why}"
+        reals.add(real)
+    import stat
     for r in reals:
         if not any(under(r, root) for root in ctx.readable):
             return f"{path} is outside the project: you may {what} the project and the libraries it uses"
+        try:
+            mode = os.stat(r).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"{path} is not a regular file (a FIFO, socket or device): it is never read"
     return None
 
 
-def glob_regex(pattern: str):
-    """A regex that matches (case-insensitively, hidden files included) at least every
-    relative path the glob `pattern` can match: * ? [..] {a,b} and **."""
+def glob_tokens(pattern: str) -> list[str]:
+    """A glob as regex pieces that match (case-insensitively) at least every relative path it can
+    match: * ? [..] {a,b} and **. Kept as pieces so reaches_below can ask what a prefix allows."""
     import re
     out, i, n = [], 0, len(pattern)
     while i < n:
@@ -185,43 +294,151 @@ def glob_regex(pattern: str):
         else:
             out.append(re.escape(c))
         i += 1
-    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
+    return out
+
+
+class GlobPattern:
+    """A glob, compiled: `fullmatch` (a regex matching at least every relative path it can match)
+    and its pieces (None for a glob without `/`, which matches a base name at any depth)."""
+    __slots__ = ("fullmatch", "tokens")
+
+    def __init__(self, pattern: str):
+        import re
+        tokens = glob_tokens(pattern)
+        self.fullmatch = re.compile("".join(tokens), re.IGNORECASE | re.DOTALL).fullmatch
+        self.tokens = tokens if "/" in pattern.rstrip("/") else None   # `out/`: a name at any depth too
+
+
+def glob_regex(pattern: str) -> GlobPattern:
+    return GlobPattern(pattern)
+
+
+def reaches_below(pattern, rel: str) -> bool:
+    """Could the glob match some path below the folder `rel` (relative to the search root)? A glob
+    without `/` matches a base name at any depth (ripgrep's rule): always. Else the glob's pieces
+    are run over `rel/` as an automaton: any live state can be completed by some name below."""
+    import re
+    if pattern is None:
+        return True
+    tokens = getattr(pattern, "tokens", None)
+    if tokens is None:
+        return True
+    pieces = [re.compile(t, re.IGNORECASE | re.DOTALL) for t in tokens]
+    text = rel.rstrip("/") + "/"
+
+    def step(states: set[int], ch: str | None) -> set[int]:
+        """States after reading `ch` (None: the closure only: optional and starred pieces skipped)."""
+        out, todo = set(), list(states)
+        while todo:                             # closure: pieces that may match nothing
+            k = todo.pop()
+            if k in out:
+                continue
+            out.add(k)
+            if k < len(tokens) and pieces[k].fullmatch(""):
+                todo.append(k + 1)
+        if ch is None:
+            return out
+        nxt = set()
+        for k in out:
+            if k >= len(tokens):
+                continue
+            t = tokens[k]
+            if t in (".*", "[^/]*"):
+                if pieces[k].fullmatch(ch):
+                    nxt.add(k)                  # a star stays where it is
+            elif pieces[k].fullmatch(ch):
+                nxt.add(k + 1)
+        return step(nxt, None) if nxt else set()
+
+    states = step({0}, None)
+    for ch in text:
+        states = step(states, ch)
+        if not states:
+            return False
+    return True
 
 
 def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
     """Why a search below the folder `path` may not run: some entry it could reach (matching
-    `pattern`, a compiled glob_regex, by relative path or by base name, as ripgrep's globs do)
-    is off limits, or a link leads out of bounds (None: it may). VCS folders are skipped, as
-    Claude Code's search does."""
+    `pattern`, a glob_regex, by relative path or by base name, as ripgrep's globs do) is off limits,
+    or a link leads out of bounds, or it is not a regular file (None: it may). A folder the policy
+    hides is not entered: it is judged by whether the pattern could match anything below it, never
+    by what agent code has put there (which may change before the search runs). VCS folders are
+    skipped, as Claude Code's search does."""
     top = os.path.realpath(ctx.abspath(path))
     if not os.path.isdir(top):
         return None
     for held in ctx.heldout_roots():
         if under(os.path.realpath(held), top):
             return f"{path} contains held-out data ({held}): search a folder that does not"
+    for w in ctx.written:
+        if under(w, top):
+            return f"{path} contains {w}, a folder agent code writes: search a folder that does not"
     seen = 0
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if d not in WALK_SKIP]
-        seen += len(dirnames) + len(filenames)
+    stack = [top]
+    while stack:
+        dirpath = stack.pop()
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        seen += len(entries)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
-        for name in [f for f in filenames if f not in WALK_SKIP] + dirnames:   # a worktree's .git file
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, top)
-            if pattern is not None and not (pattern.fullmatch(rel) or pattern.fullmatch(name)):
+        for e in entries:
+            if e.name in WALK_SKIP:             # VCS folders (a worktree's .git file too), as the search skips them
                 continue
-            if is_secret(full):
-                why = "may hold credentials"
-            elif is_eval_log(full):
-                why = "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
-            elif os.path.islink(full):
+            full = os.path.join(dirpath, e.name)
+            rel = os.path.relpath(full, top)
+            try:
+                is_link = e.is_symlink()
+                is_dir = not is_link and e.is_dir(follow_symlinks=False)
+                is_file = not is_link and e.is_file(follow_symlinks=False)
+            except OSError:
+                continue
+            hidden = name_problem(ctx, full)
+            matched = pattern is None or pattern.fullmatch(rel) or pattern.fullmatch(e.name)
+            if is_dir:
+                if hidden and _agent_written_dir(ctx, full):     # judged by what the pattern could reach
+                    if matched or reaches_below(pattern, rel):
+                        return f"{path} contains {rel}, which {_tree_why(hidden)}: search a file or folder that does not"
+                    continue
+                if hidden and matched:
+                    return f"{path} contains {rel}, which {_tree_why(hidden)}: search a file or folder that does not"
+                stack.append(full)
+                continue
+            if not matched:
+                continue
+            if hidden:
+                why = _tree_why(hidden)
+            elif is_link:
                 why = "is a link out of bounds" if read_problem(ctx, full) else None
+            elif not is_file:
+                why = "is not a regular file (a FIFO, socket or device)"
             else:
-                prel = _rel(ctx, full)
-                why = "is off limits" if prel is not None and off_limits(prel) else None
+                why = None
             if why:
                 return f"{path} contains {rel}, which {why}: search a file or folder that does not"
     return None
+
+
+def _agent_written_dir(ctx: Context, full: str) -> bool:
+    """A folder agent code writes while a run goes: runs/NNNN/<RUN_AGENT_WRITTEN>, or a host folder
+    TRAIN writes (anything below one is hidden by name too)."""
+    if ctx.agent_written(full):
+        return True
+    rel = _rel(ctx, full)
+    parts = rel.split("/") if rel else []
+    return len(parts) == 3 and parts[0].lower() == "runs" and parts[2].lower() in RUN_AGENT_WRITTEN
+
+
+def _tree_why(hidden: str) -> str:
+    if "credentials" in hidden:
+        return "may hold credentials"
+    if "eval.log" in hidden:
+        return "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
+    return "is off limits"
 
 
 def edit_problem(ctx: Context, path) -> str | None:
@@ -232,6 +449,8 @@ def edit_problem(ctx: Context, path) -> str | None:
         return "no file path given"
     if "\x00" in path:
         return "NUL bytes are not allowed in paths"
+    if path.strip(WHITESPACE) != path:
+        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
     joined = os.path.join(ctx.cwd, path)
     if ".." in joined.split("/"):
         return f"paths with '..' are not allowed: {allowed}"
