@@ -18,6 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..flows import SERVER
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
@@ -25,7 +26,8 @@ from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, 
 from .interpreter import interpreter_mounts, resolve
 from .layout import Layout, inside
 from .relay import Relay
-from .specs import gpu_request, home_cache, package_mount, project_id, project_mounts, python_of, runtime_mounts
+from .specs import (EVAL_NAME, gpu_request, home_cache, package_mount, project_id, project_mounts, python_of,
+                    runtime_mounts)
 from .workcopy import remove_work_copy, work_copy
 
 
@@ -73,7 +75,7 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     home, home_env = home_cache(program, None, "eval")
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True) + home
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, "train")]
-    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
+    mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
@@ -110,7 +112,7 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     def server(k: int) -> None:
         work = None
         try:
-            work = work_copy(lay, f"{stage}-srv-{k}")
+            work = work_copy(lay, f"{EVAL_NAME}-srv-{k}")          # the same name in final
             results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k), work)))
         except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
             errors.append(e)

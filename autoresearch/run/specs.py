@@ -18,32 +18,38 @@ enforces them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from ..flows import SERVER, TRAIN, hidden_from
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
-from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
+from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
 from .workcopy import work_copy
 
+__all__ = ["project_id"]        # re-exported: callers label containers with it
 
-def project_id(root: Path) -> str:
-    """Short id of the project (its real path): docker labels, so orphans are reaped per project."""
-    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+EVAL_NAME = "eval"              # the model servers' and eval.command's folder names, in EVAL and in final alike
 
 
-def project_mounts(lay: Layout, data: Path | None) -> list[Mount]:
+def project_mounts(lay: Layout, data: Path | None, stage: str = TRAIN) -> list[Mount]:
     """The project read-only, with runs/ replaced by the skeleton, the train script by the
-    run's hashed copy, every other file of the editable set by its snapshot copy, and any
-    val/test split folder inside the project hidden."""
+    run's hashed copy, every other file of the editable set by its snapshot copy, any
+    val/test split folder inside the project hidden, and every project entry the flow table
+    does not show `stage` (flows.hidden_from: .autoresearch, and for the model servers the
+    ledger and .git) covered by an empty stand-in."""
     root = lay.root
     mounts = [Mount(root, str(root)),
               Mount(lay.skeleton(), str(root / RUNS_DIR)),
               Mount(lay.script_copy, str(root / lay.script))]
+    for name in hidden_from(stage):
+        p = root / name
+        if p.is_symlink() or not p.exists():
+            continue
+        mounts.append(Mount(lay.empty() if p.is_dir() else lay.empty_file(), str(p)))
     mounts += [Mount(copy, target) for copy, target in lay.code_copies()]
     if data is not None:
         for split in ("val", "test"):
@@ -168,7 +174,7 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
     work = work if work is not None else work_copy(lay, "train")
     home, home_env = home_cache(program, data, "train")
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
-    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data)
+    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data, TRAIN)
     env = {**env, **home_env, "PYTHONPATH": str(work)}
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
@@ -186,12 +192,13 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
               session, log: Path, stage: str = "eval", k: int = 0) -> SandboxSpec:
     """Model server k's sandbox, in its own work copy: the project and checkpoint read-only, no
     data (but the mounts declared for `stage`), the scorer's session on stdin/stdout, its stderr
-    (and anything agent code prints) to `log`."""
+    (and anything agent code prints) to `log`. `final` gets exactly what EVAL gets (folder names,
+    environment, mounts as the flow table shows model servers) but the mounts declared for it."""
     pkg_mounts, pkg_path = package_mount()
-    work = work_copy(lay, f"{stage}-{k}")
+    work = work_copy(lay, f"{EVAL_NAME}-{k}")
     home, home_env = home_cache(program, data, stage)
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight

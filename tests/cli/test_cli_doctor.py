@@ -115,7 +115,8 @@ def test_claude_cli_version_is_reported():
 def test_doctor_command_exit_code(tmp_path):
     root = project(tmp_path, None)
     p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor"], cwd=root, capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
+                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"],
+                 "XDG_STATE_HOME": os.environ["XDG_STATE_HOME"]})
     assert p.returncode == 1
     assert "check(s) failed" in p.stdout and "hooks" in p.stdout
 

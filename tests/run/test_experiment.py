@@ -21,7 +21,7 @@ from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of,
 
 from autoresearch.program import parse_program
 from autoresearch.run.inputs import derive_seed
-from autoresearch.run.layout import allocate_run_dir
+from autoresearch.run.layout import allocate_run_dir, state_folder
 from autoresearch.run.outcome import eval_status, inline_metric
 
 pytestmark = pytest.mark.usefixtures("data_dir")
@@ -101,7 +101,8 @@ def test_normal_run_is_ok_recorded_and_summarised(tmp_path, request, backend):
     diff = (run / "diff.patch").read_text()
     assert "-LEARNING_RATE = 3e-3" in diff and "+LEARNING_RATE = 4e-3" in diff
     assert (run / "out" / "model.pt").is_file()
-    assert not (run / ".sandbox").exists(), "the stand-in folders are removed"
+    assert not (run / ".sandbox").exists() and not (state_folder(proj) / "runs" / "0001").exists(), \
+        "the stand-in folders are removed"
     train, evals = split_log(log_of(proj))
     assert "checkpoint saved" in train and "evaluate: ok" in evals
 
