@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import flows
 from .policy import Policy
 
 # The harness's own files: never editable, even if a program.md pattern matches them. (Only names
@@ -49,15 +50,16 @@ WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's sear
 WALK_LIMIT = 20000
 MAX_LINKS = 40                                            # as the kernel's ELOOP limit
 
-# The agent's view of runs/: runs/, runs/NNNN/, and in a run folder only these names, which trusted
-# code writes (the run's script copy, named like the script, is added from the policy). Anything
-# else under runs/ -- out/, stage scratch, locks, whatever a later version adds -- is denied by
-# name, whatever is on disk. (The same names as the flow table's agent-readable run entries.)
-RUN_FILES = frozenset({"metrics.json", "train.log", "diff.patch", "decision.json", "queue.json"})
-RUN_TREES = frozenset({"snapshot"})                       # folders trusted code fills: all below is readable
-# Run entries agent code writes while a run goes: a search that could reach below one is denied
-# by what its pattern could match, not by what is there now.
-RUN_AGENT_WRITTEN = frozenset({"out", ".sandbox", ".metric"})
+# The agent's view of runs/ (from the flow table): runs/, runs/NNNN/, and in a run folder only the
+# names trusted code writes for the agent (the script's copy, named like the script, comes from
+# the policy). Anything else under runs/ -- out/, a lock, whatever a later version adds -- is
+# denied by name, whatever is on disk.
+RUN_FILES = flows.RUN_AGENT_FILES
+RUN_TREES = flows.RUN_AGENT_DIRS                          # folders trusted code fills: all below is readable
+# Run folders agent code writes while a run goes (out/): a search that could reach below one is
+# denied by what its pattern could match, not by what is there now.
+RUN_AGENT_WRITTEN = frozenset(f.where.rstrip("/") for f in flows.FLOWS if f.base == "run"
+                              and f.where.endswith("/") and set(f.writers) & set(flows.STAGES))
 WHITESPACE = " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
              "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\x85"
 
@@ -94,7 +96,8 @@ class Context:
         data = env.get("AUTORESEARCH_DATA")
         self.data_tests = {os.path.join(d, "test") for d in
                            ((os.path.abspath(data), os.path.realpath(data)) if data else ())}
-        self.written = list(policy.agent_written)          # host folders agent code writes
+        state = flows.state_home(env)                      # stage scratch lives there, outside the project
+        self.written = [*policy.agent_written, state, os.path.realpath(state)]   # host folders agent code writes
 
     def agent_written(self, path: str) -> bool:
         """Is `path` in a host folder agent code writes (outside runs/, which off_limits judges)?"""
@@ -187,7 +190,7 @@ def name_problem(ctx: Context, path: str) -> str | None:
     if ctx.heldout(path):
         return "is held-out data: it is off limits (only the trusted evaluator reads it)"
     if ctx.agent_written(path):
-        return "is in a folder agent code writes (sandbox.home or sandbox.cache): it is off limits"
+        return "is in a folder agent code writes (stage scratch, sandbox.home or sandbox.cache): it is off limits"
     rel = _rel(ctx, path)
     return off_limits(rel, ctx.policy.script) if rel else None
 
