@@ -19,6 +19,7 @@ import json
 import threading
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -199,3 +200,27 @@ async def _session(options) -> None:
             await asyncio.wait_for(client.disconnect(), 30)
         except Exception:               # noqa: BLE001 - the session is over either way
             pass
+
+
+def check_canary(root: Path, program=None):
+    """doctor's check: the canary in a session started as `claude` in this project starts one (the
+    user's, the project's and the local settings; the plugins the user enabled): the guard must deny
+    its one call. Reading the wiring is not enough: a plugin Claude Code cannot load is skipped
+    without a word to the agent."""
+    from .doctor import Check, claude_cli
+    cli = claude_cli()
+    if cli is None:
+        return Check(name="hooks: canary", level="fail", found="no Claude Code CLI to start a session with",
+                     fix="pip install claude-agent-sdk (it bundles the CLI), or install Claude Code")
+    if not (root / "program.md").is_file():
+        return Check(name="hooks: canary", level="fail", found="no program.md: the hooks stay off in this folder",
+                     fix="autoresearch init")
+    from claude_agent_sdk import ClaudeAgentOptions
+
+    def options_for(env: dict[str, str], turns: int):
+        return ClaudeAgentOptions(cwd=str(root), setting_sources=["user", "project", "local"],
+                                  permission_mode="default", disallowed_tools=["Agent", "Task"],
+                                  env={**env, "CLAUDE_PROJECT_DIR": str(root)}, cli_path=str(cli), max_turns=turns)
+    res = run_canary(options_for)
+    return Check(name="hooks: canary", level="ok" if res.ok else "fail", found=res.found,
+                 fix="" if res.ok else (res.fix or FIX))

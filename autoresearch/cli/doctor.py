@@ -298,30 +298,6 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
     return out
 
 
-def check_canary(root: Path, program: Program | None) -> Check:
-    """The canary (canary.py) in a session started as `claude` in this project starts one (the
-    user's, the project's and the local settings; plugins the user enabled): the guard must deny
-    its one call. Reading the wiring is not enough: a plugin Claude Code cannot load is skipped
-    without a word to the agent."""
-    from .canary import FIX, run_canary
-    cli = claude_cli()
-    if cli is None:
-        return Check(name="hooks: canary", level="fail", found="no Claude Code CLI to start a session with",
-                     fix="pip install claude-agent-sdk (it bundles the CLI), or install Claude Code")
-    if not (root / "program.md").is_file():
-        return Check(name="hooks: canary", level="fail", found="no program.md: the hooks stay off in this folder",
-                     fix="autoresearch init")
-    from claude_agent_sdk import ClaudeAgentOptions
-
-    def options_for(env: dict[str, str], turns: int):
-        return ClaudeAgentOptions(cwd=str(root), setting_sources=["user", "project", "local"],
-                                  permission_mode="default", disallowed_tools=["Agent", "Task"],
-                                  env={**env, "CLAUDE_PROJECT_DIR": str(root)}, cli_path=str(cli), max_turns=turns)
-    res = run_canary(options_for)
-    return Check(name="hooks: canary", level="ok" if res.ok else "fail", found=res.found,
-                 fix="" if res.ok else (res.fix or FIX))
-
-
 def check_data(root: Path, program: Program | None) -> Check:
     if program is not None and program.run.mode != "two_stage":
         return Check(name="data", level="info", found=f"{program.run.mode} mode: the training command (and the eval "
@@ -345,6 +321,7 @@ def check_data(root: Path, program: Program | None) -> Check:
 
 
 def run_checks(root: Path) -> list[Check]:
+    from .canary import check_canary
     from .envcheck import check_eval, check_executor, check_home_cache, check_interpreter, check_mounts
     prog_check, program = check_program(root)
     checks = [check_python(root, program), prog_check]

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .paths import WHITESPACE, Context, edit_problem, glob_regex, read_problem, tree_problem
+from .paths import WHITESPACE, Context, edit_problem, read_problem
+from .search import glob_regex, tree_problem
 from .policy import PolicyError, load_policy
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",

@@ -151,7 +151,7 @@ def test_the_canary_needs_the_guard_to_deny_in_a_real_session(tmp_path, monkeypa
     """doctor's canary starts Claude Code in the project as `claude` would: with the project's
     wiring the guard denies its call; without it (as when a plugin fails to load) the call runs,
     and the check fails naming the fix."""
-    from autoresearch.cli.doctor import check_canary
+    from autoresearch.cli.canary import check_canary
     from e2e.harness import cli_path, make_project
     from conftest import need
     need("claude", cli_path() is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
