@@ -481,3 +481,25 @@ def test_eval_logs_are_for_humans_only(tmp_path) -> None:
     assert decide("Bash", command="cat runs/0001/train.log").decision == "allow"
     got = decide("Grep", pattern="x", path="{root}/runs")
     assert got.decision == "deny" and "EVAL log" in got.reason, got
+
+
+def test_a_declared_cache_or_home_that_train_writes_is_never_read(tmp_path) -> None:
+    """sandbox.cache (and sandbox.home with home_writable) are host folders TRAIN writes: even
+    inside the project they are denied by name, to every tool, and no search may reach them."""
+    w = World(tmp_path)
+    cache, home = w.root / "hfcache", w.root / "hfhome"
+    for d in (cache, home):
+        d.mkdir()
+        (d / "CLAUDE.md").write_text(PLANTED)
+    text = (ROOT / "program.md").read_text().replace(
+        "  memory_gb: 8\n", f"  memory_gb: 8\n  cache: {cache}\n  home: {home}\n  home_writable: true\n", 1)
+    (w.root / "program.md").write_text(text)
+    for path in ("{root}/hfcache/CLAUDE.md", "{root}/hfhome/CLAUDE.md", "{root}/hfcache"):
+        got = w.tool("Read", file_path=path)
+        assert got.decision == "deny" and "agent code writes" in got.reason, (path, got)
+    assert w.bash("cat hfhome/CLAUDE.md").decision == "deny"
+    got = w.tool("Grep", pattern="x", path="{root}", glob="*.txt")
+    assert got.decision == "deny" and "agent code writes" in got.reason, got
+    (w.root / "program.md").write_text(text.replace("  home_writable: true\n", ""))   # read-only HOME: fine
+    assert w.tool("Read", file_path="{root}/hfhome/CLAUDE.md").decision == "allow"
+    assert w.tool("Read", file_path="{root}/hfcache/CLAUDE.md").decision == "deny"
