@@ -145,8 +145,9 @@ FLOWS = (
     Flow("decision", "run", "decision.json", (HOST,), (_A, HOST, HUMAN), "the Stop hook's keep/discard record"),
     Flow("queue entry", "run", "queue.json", (HOST,), (_A, HOST, HUMAN), "a wave's queued run"),
     Flow("snapshot", "run", "snapshot/", (HOST,), (_A, HOST, HUMAN), "a queued run's editable set"),
-    Flow("checkpoint", "run", "out/", (TRAIN,), (SERVER, EVAL_COMMAND, FINAL, HOST, HUMAN),
-         "TRAIN's only writable folder that outlives it; read-only to the evaluation stages, never the agent"),
+    Flow("checkpoint", "run", "out/", (TRAIN,), (TRAIN, SERVER, EVAL_COMMAND, FINAL, HOST, HUMAN),
+         "TRAIN's only writable folder that outlives it (its own run's: a later TRAIN never sees it); "
+         "read-only to the evaluation stages, never the agent"),
     Flow("live marker", "run", ".running", (HOST,), (HOST,), "an flock held while the run goes"),
     # the per-project state folder outside the project
     Flow("stage scratch", "state", "runs/NNNN/<stage>/ (work copies: train, eval-0, eval-1, eval-cmd)",
@@ -154,8 +155,9 @@ FLOWS = (
          "outside the project, so nothing agent code writes there reaches the agent or a later stage", private=True),
     Flow("stage stand-ins", "state", "runs/NNNN/{code,frozen,empty,runs}/", (HOST,), (*_STAGES_R, HOST),
          "the snapshot's files, eval.files as committed, empty folders over hidden parts"),
-    Flow("metric channel", "state", "runs/NNNN/metric/metric.json", (EVAL_COMMAND,), (HOST,),
-         "eval.command's {\"value\": n}; read by the host, signed by the runner"),
+    Flow("metric channel", "state", "runs/NNNN/metric/metric.json", (EVAL_COMMAND, FINAL), (EVAL_COMMAND, FINAL, HOST),
+         "eval.command's {\"value\": n}, made fresh for each; read by the host, signed by the runner",
+         private=True),
     Flow("eval log", "state", "logs/NNNN/eval.log", (SERVER, EVAL_COMMAND), (HOST, HUMAN),
          "what the model servers or eval.command printed while they saw validation windows: human only"),
     Flow("final log", "state", "logs/NNNN/final.log", (FINAL,), (HOST, HUMAN),

@@ -231,7 +231,7 @@ def evalcmd_stage(sandbox: Backend, program: Program, lay: Layout, env: dict[str
     returns (status, reason, peak memory in bytes)."""
     cmd = " ".join(program.eval.command) if program.eval else ""
     append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
-                        f"what it prints goes to the eval log, for humans only ----\n")
+                        f"what it prints goes to the eval log, for humans only: {lay.eval_log} ----\n")
     figures: dict = {}
     log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {cmd}\n")
     res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, figures=figures)

@@ -92,7 +92,7 @@ def eval_stage(sandbox: Backend, program: Program, lay: Layout, data: Path, env:
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
-                        f"goes to the eval log, for humans only ----\n")
+                        f"goes to the eval log, for humans only: {lay.eval_log} ----\n")
     log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
     eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", log)
     m.eval_seconds = round(eres.wall_seconds, 3)

@@ -1,19 +1,22 @@
 """One experiment for the current train.py: `./run.sh -m "what changed and why"`.
 
-    TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
-           hashed copy in runs/NNNN/, every other editable file by its copy as the run
-           started: the snapshot), the train split only, runs/NNNN/out/ writable;
-           killed from outside at budget + grace (specs.py).
+    TRAIN  a fresh sandbox: the project read-only (runs/ and .autoresearch hidden, train.py
+           replaced by the hashed copy in runs/NNNN/, every other editable file by its copy as
+           the run started: the snapshot), the train split only, runs/NNNN/out/ writable, its
+           work copy in the state folder outside the project; killed from outside at budget +
+           grace (specs.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
            autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
            mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
            validation bytes, sends windows over the server's stdin, reads logits from its
            stdout, mixes in hidden checks and computes the loss itself (evaluate.py). What agent
-           code prints during EVAL goes to runs/NNNN/eval.log (for humans only: the guard
-           denies the agent reading it); train.log gets only the evaluator's own lines.
+           code prints during EVAL goes to the eval log in the state folder, outside the
+           project (layout.eval_log: the human's only); train.log gets only the evaluator's
+           own lines.
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
-{metrics.json, train.log, eval.log, train.py, diff.patch (the whole editable set), out/}. metrics.json is written first
+{metrics.json, train.log, train.py, diff.patch (the whole editable set), out/}. Where each place
+is and who may read it: the flow table, autoresearch/flows.py. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,

@@ -1,14 +1,16 @@
 """What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
-script and any val/test folder replaced; the stage's writable work copy; the runtime; the package
-for the model server), the environment (budget, seed, out/ folder), and the limits. The sandbox
-enforces them.
+script and any val/test folder replaced, and what the flow table (autoresearch/flows.py) does not
+show the stage covered; the stage's writable work copy, in the state folder outside the project;
+the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
+the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
 
     TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
            writable; killed at budget + grace; run.launcher (torchrun ...) before the script.
     EVAL   one model server (`python -m autoresearch.run.model_server`, never launched) in its own
-           work copy: the project and the checkpoint read-only, no data, the scorer's session on
-           its stdin/stdout.
+           work copy: the project (less the ledger, .git and .autoresearch) and the checkpoint
+           read-only, no data, the scorer's session on its stdin/stdout. `final` is the same
+           stage to the model: the same folder names (eval-k), environment and mounts.
     sandbox.home is HOME (read-only; home_writable: writable in TRAIN, and EVAL gets a fresh one);
     sandbox.cache is $XDG_CACHE_HOME, writable in TRAIN, read-only in EVAL/final with cache_eval.
     Both get sandbox.gpus (resolved by the sandbox against the host) and sandbox.shm_gb of /dev/shm.
