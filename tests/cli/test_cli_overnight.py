@@ -147,29 +147,46 @@ def test_a_project_without_guard_wiring_gets_the_bundle_as_plugin_or_is_refused(
         Night(proj, 1)
 
 
-def test_without_the_guard_the_night_stops_before_the_first_experiment_naming_the_fix(proj, tmp_path, monkeypatch):
-    """The plugin the night would load is gone by the time the session starts (a moved marketplace
-    folder: Claude Code then runs without its hooks and says nothing). The canary's call is not
-    denied by the guard, so the night ends before the agent's first turn, with the fix."""
+def _plugin_night(proj: Project, tmp_path: Path, monkeypatch, api: FakeAPI, experiments: str) -> tuple[Night, Path]:
+    """A project without guard wiring of its own, and a copy of the bundle the night loads as its plugin."""
     import json
     import shutil
     import autoresearch.cli.overnight as driver
     settings = proj.root / ".claude" / "settings.json"
     settings.write_text(json.dumps({"env": json.loads(settings.read_text())["env"]}))   # no wiring: plugin mode
     plugin = tmp_path / "market" / "autoresearch"
-    for part in (".claude-plugin", "hooks"):
-        shutil.copytree(ROOT / part, plugin / part)
+    for part in (".claude-plugin", "hooks", "autoresearch"):
+        shutil.copytree(ROOT / part, plugin / part, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(driver, "BUNDLE", plugin)
+    env = dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS=experiments)
+    for k in list(os.environ):
+        if k.startswith(("ANTHROPIC_", "CLAUDE")):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    night = Night(proj.root, 0.05, env=env, backoff=(0.2,))
+    assert night.plugin == str(plugin)
+    return night, plugin
+
+
+def test_with_the_plugin_loaded_the_canary_passes_and_the_night_runs(proj, tmp_path, monkeypatch):
+    with FakeAPI([say("Looking around.") + bash("ls"), end_turn("done")], project=str(proj.root)) as api:
+        night, _ = _plugin_night(proj, tmp_path, monkeypatch, api, "0")
+        st = asyncio.run(night.run())
+    assert st.status == "done", st
+    assert [ln[2] for ln in log_lines(proj) if ln[1] == "canary"][-1] == \
+        "`echo autoresearch-canary` was denied by the guard"
+    [ls] = api.results()
+    assert ls.name == "Bash" and not ls.is_error          # the plugin's guard allowed it explicitly
+
+
+def test_without_the_guard_the_night_stops_before_the_first_experiment_naming_the_fix(proj, tmp_path, monkeypatch):
+    """The plugin the night would load is gone by the time the session starts (a moved marketplace
+    folder: Claude Code then runs without its hooks and says nothing). The canary's call is not
+    denied by the guard, so the night ends before the agent's first turn, with the fix."""
     script = [say("Starting.") + bash('./run.sh -m "baseline"'), end_turn("done")]
     with FakeAPI(script, project=str(proj.root)) as api:
-        env = dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS="1")
-        for k in list(os.environ):
-            if k.startswith(("ANTHROPIC_", "CLAUDE")):
-                monkeypatch.delenv(k)
-        for k, v in env.items():
-            monkeypatch.setenv(k, v)
-        night = Night(proj.root, 0.05, env=env, backoff=(0.2,))
-        assert night.plugin == str(plugin)
+        night, plugin = _plugin_night(proj, tmp_path, monkeypatch, api, "1")
         plugin.parent.rename(tmp_path / "moved")          # the marketplace folder moves
         st = asyncio.run(night.run())
         assert api.requests == [], "the agent's session started without the guard"
