@@ -251,7 +251,7 @@ def read_problem(ctx: Context, path, what: str = "read") -> str | None:
     if why:
         return f"{path}: {why}"
     reals = set()
-    for q in (joined, p):
+    for q in dict.fromkeys((joined, p)):      # the raw path (a shell's), the normalised one (Claude Code's)
         real, why = resolve(ctx, q)
         if why:
             return f"{path}: {why}"
