@@ -170,8 +170,9 @@ async def canary(options_for, timeout: float = TIMEOUT_S) -> CanaryResult:
             await asyncio.wait_for(_session(options_for(env, 2)), timeout)
         except asyncio.TimeoutError:
             if model.result is None:
-                return CanaryResult(ok=False, found=f"the canary session gave no answer within {timeout:.0f} s",
-                                    fix=FIX)
+                return CanaryResult(ok=False, found=f"the canary session gave no answer within {timeout:.0f} s "
+                                                    "(a plugin's first session installs its dependencies: if it "
+                                                    "was still installing, start again)", fix=FIX)
         except Exception as e:              # noqa: BLE001 - a CLI that does not start: the night would not either
             if model.result is None:
                 first = str(e).splitlines()[0][:200] if str(e) else ""
