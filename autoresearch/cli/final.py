@@ -304,4 +304,10 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
         print(rec.model_dump_json(indent=2))
     else:
         console.print(render(rec, fresh))
+        if fresh:
+            from ..run.layout import final_log
+            for e in (rec.best, rec.baseline):
+                for r in (e.runs if e else []):
+                    console.print(f"what the model printed for run {r.run_id} (for you only): "
+                                  f"{final_log(root, r.run_id)}", style="dim", soft_wrap=True)
     return 0 if rec.best.test is not None else 1

@@ -35,8 +35,8 @@ from ..flows import EVAL_COMMAND
 from .layout import EVAL_LOG, Layout, new_log, private_dir
 from .logs import append_log, log_tail
 from .metrics import RunMetrics
-from .specs import (EVAL_NAME, environment_mounts, gpu_request, home_cache, project_id, project_mounts, python_of,
-                    runtime_mounts)
+from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
+                    python_of, runtime_mounts)
 from .workcopy import put_file, remove_work_copy, work_copy
 
 METRIC_DIR = "metric"                    # <state>/runs/NNNN/metric/: the eval script's channel
@@ -126,7 +126,7 @@ def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str,
         work = work_copy(lay, f"{EVAL_NAME}-cmd")
     home, home_env = home_cache(program, None, stage)
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += project_mounts(lay, None, EVAL_COMMAND) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
+    mounts += hidden_splits(program, lay, None, stage) + project_mounts(lay, None, EVAL_COMMAND) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
     for rel, data in sorted(frozen.items()):
         put_file(work, rel, data)                  # the committed bytes, never the work tree's
     mounts += [Mount(work, str(work), writable=True), Mount(channel, str(channel), writable=True)]

@@ -26,8 +26,8 @@ from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, 
 from .interpreter import interpreter_mounts, resolve
 from .layout import Layout, inside
 from .relay import Relay
-from .specs import (EVAL_NAME, gpu_request, home_cache, package_mount, project_id, project_mounts, python_of,
-                    runtime_mounts)
+from .specs import (EVAL_NAME, gpu_request, hidden_splits, hidden_under, home_cache, package_mount, project_id, project_mounts,
+                    python_of, runtime_mounts)
 from .workcopy import remove_work_copy, work_copy
 
 
@@ -58,7 +58,7 @@ def script_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     pkg_mounts, pkg_path = package_mount()
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, False)
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
-    mounts += frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
+    mounts += hidden_splits(program, lay, None, stage) + frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
     env = {k: v for k, v in env.items() if k != "AUTORESEARCH_OUT"}
     env.update({"PYTHONPATH": f"{lay.root}:{pkg_path}", "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
                 "AUTORESEARCH_STAGE": stage})
@@ -75,6 +75,7 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     home, home_env = home_cache(program, None, "eval")
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True) + home
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, "train")]
+    mounts += hidden_under(lay, stage_mounts(program.mounts, "train") + [Path(m.target) for m in home], None)
     mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}

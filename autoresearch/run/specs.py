@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..flows import SERVER, TRAIN, hidden_from
+from ..flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
@@ -111,18 +111,25 @@ def environment_mounts(backend: Backend, program: Program, root: Path, stage: st
 
 
 def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) -> list[Mount]:
-    """A declared mount (or a read-only sandbox.home/cache) that holds the prepared data (a mounted
-    ~/.cache) must not show its val/test splits: an empty folder over them, at every path the
-    mount shows them under."""
-    if data is None:
-        return []
+    """A declared mount (or a read-only sandbox.home/cache) must not show what the flow table keeps
+    from every stage: the prepared data's val/test splits (a mounted ~/.cache), the state folders
+    (the eval logs: a mounted HOME) and the signing keys: an empty folder over each, at every path
+    the mount shows it under."""
+    shown = stage_mounts(program.mounts, stage) + [Path(m.target) for m in home_cache(program, data, stage)[0]]
+    return hidden_under(lay, shown, data)
+
+
+def hidden_under(lay: Layout, shown: list[Path], data: Path | None) -> list[Mount]:
+    """hidden_splits for folders `shown` at their paths."""
+    private = [Path(state_home()), Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "autoresearch"]
+    private += [data / split for split in ("val", "test")] if data is not None else []
     out = []
-    for shown in stage_mounts(program.mounts, stage) + [Path(m.target) for m in home_cache(program, data, stage)[0]]:
-        real = shown.resolve()
-        for split in ("val", "test"):
-            d = (data / split).resolve()
+    for folder in shown:
+        real = folder.resolve()
+        for d in private:
+            d = d.resolve()
             if d.is_dir() and inside(d, real):
-                out.append(Mount(lay.empty(), str(shown / d.relative_to(real))))
+                out.append(Mount(lay.empty(), str(folder / d.relative_to(real))))
     return list(dict.fromkeys(out))
 
 

@@ -143,3 +143,36 @@ def test_no_stage_scratch_is_inside_the_project(built):
         for m in spec.mounts:
             if m.writable:
                 assert not inside(Path(m.source), lay.root) or Path(m.source) == lay.out, m
+
+
+def test_a_declared_home_never_shows_the_state_folder_or_the_keys(tmp_path, monkeypatch):
+    """sandbox.home as the user's HOME (read-only, or writable in TRAIN) holds ~/.local/state and
+    ~/.config: every stage gets an empty stand-in over the state folder (the eval logs) and the keys."""
+    from autoresearch.run.specs import eval_spec, base_env, train_argv, train_spec
+    home = tmp_path / "home"
+    monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    (home / ".local" / "state" / "autoresearch").mkdir(parents=True)
+    (home / ".config" / "autoresearch" / "keys").mkdir(parents=True)
+    proj, data = _project(tmp_path)
+    for writable in (False, True):
+        text = (proj / "program.md").read_text().replace(
+            "  gpus: all", f"  gpus: all\n  home: {home}\n  home_writable: {str(writable).lower()}", 1)
+        (proj / "program.md").write_text(text)
+        program = load_program(proj)
+        assert program.sandbox.home == str(home)
+        backend = BwrapBackend()
+        lay = Layout(proj, proj / "runs" / "0001", "train.py", {})
+        lay.run_dir.mkdir(parents=True, exist_ok=True)
+        env = base_env(backend, lay, "/tmp", 5, 1)
+        specs = [train_spec(backend, program, lay, data, env, 5, train_argv("python", program, lay, False))]
+        if not writable:
+            specs.append(eval_spec(backend, program, lay, data, env, None, lay.run_dir / "x.log", "eval", 0))
+        for spec in specs:
+            got = {m.target: m for m in spec.mounts}
+            assert str(home) in got, "the home is shown"
+            for private in (home / ".local" / "state" / "autoresearch", home / ".config" / "autoresearch"):
+                m = got.get(str(private))
+                assert m is not None and not m.writable and inside(m.source, lay.scratch), (private, spec.mounts)
+        lay.cleanup()
+        (proj / "program.md").write_text((ROOT / "program.md").read_text())
