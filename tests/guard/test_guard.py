@@ -503,3 +503,19 @@ def test_a_declared_cache_or_home_that_train_writes_is_never_read(tmp_path) -> N
     (w.root / "program.md").write_text(text.replace("  home_writable: true\n", ""))   # read-only HOME: fine
     assert w.tool("Read", file_path="{root}/hfhome/CLAUDE.md").decision == "allow"
     assert w.tool("Read", file_path="{root}/hfcache/CLAUDE.md").decision == "deny"
+
+
+def test_the_script_copy_in_a_run_folder_is_named_by_program_md(tmp_path) -> None:
+    """runs/NNNN/<script's name> is readable by name; with another run.train_script, train.py
+    there is just another name trusted code did not write for the agent."""
+    w = World(tmp_path)
+    (w.root / "models").mkdir()
+    (w.root / "models" / "gpt.py").write_text("N_LAYER = 2\n")
+    (w.root / "runs" / "0001" / "gpt.py").write_text("N_LAYER = 2\n")
+    text = (ROOT / "program.md").read_text().replace(
+        "editable: [train.py, scratchpad.md]", "editable: [models/gpt.py, scratchpad.md]\nrun:\n  train_script: models/gpt.py")
+    (w.root / "program.md").write_text(text)
+    assert w.tool("Read", file_path="{root}/runs/0001/gpt.py").decision == "allow"
+    assert w.bash("cat runs/0001/gpt.py").decision == "allow"
+    got = w.tool("Read", file_path="{root}/runs/0001/train.py")
+    assert got.decision == "deny" and "off limits" in got.reason, got
