@@ -20,6 +20,12 @@ ALLOW = DENY.replace('"deny"', '"allow"')
 GUARD = f"""if grep -q 'pip install'; then echo '{DENY}'; else echo '{ALLOW}'; fi"""
 
 
+@pytest.fixture(autouse=True)
+def private_claude_config(tmp_path, monkeypatch):
+    """run_checks starts a Claude Code session (the canary): never in the real user's config."""
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
+
+
 def project(tmp: Path, settings: dict | None) -> Path:
     root = tmp / "proj"
     root.mkdir()
