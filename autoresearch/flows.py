@@ -198,6 +198,11 @@ RUN_AGENT_FILES = frozenset(f.where for f in FLOWS
 RUN_AGENT_DIRS = frozenset(f.where.rstrip("/") for f in FLOWS
                            if f.base == "run" and AGENT_READ in f.readers and f.where.endswith("/"))
 RUN_SCRIPT_COPY = BY_NAME["script copy"]
+# Project files the agent may not read, by name (a concrete path in the table whose readers leave the
+# agent out; .git/ aside: the agent reads the branch through git's own commands).
+AGENT_HIDDEN_PROJECT = frozenset(f.where.rstrip("/") for f in FLOWS
+                                 if f.base == "project" and AGENT_READ not in f.readers
+                                 and " " not in f.where and f.where != ".git/")
 
 
 def run_entry_readable(name: str, script_name: str = "train.py") -> bool:

@@ -152,6 +152,10 @@ def off_limits(rel: str, script: str = "train.py") -> str | None:
     low = [p.lower() for p in parts]
     if ".git" in low:
         return "git internals are off limits: use git status, git diff, git log or git show"
+    joined = "/".join(low)
+    for hidden in _AGENT_HIDDEN:
+        if joined == hidden or joined.startswith(hidden + "/"):
+            return f"{hidden} is for the human only (held-out results): it is off limits"
     if low[0] != "runs" or len(parts) < 2:
         return None
     if not _is_run_id(parts[1]):
@@ -166,6 +170,7 @@ def off_limits(rel: str, script: str = "train.py") -> str | None:
     return f"runs/NNNN/{parts[2]} is off limits: under runs/ you may read {_RUN_VIEW}"
 
 
+_AGENT_HIDDEN = tuple(h.lower() for h in flows.AGENT_HIDDEN_PROJECT)
 _RUN_VIEW = ("runs/NNNN/ " + ", ".join(sorted(RUN_FILES)) + ", the script's copy and "
              + ", ".join(f"{t}/" for t in sorted(RUN_TREES)))
 
