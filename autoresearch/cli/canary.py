@@ -15,14 +15,12 @@ its result with an error, so the turn never ends normally and the Stop hook deci
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+
+from .scriptedapi import ScriptedAPI, message, tool_call
 
 COMMAND = "echo autoresearch-canary"
 GUARD_SAYS = "autoresearch guard: echo is not a command you can run"     # the guard's deny, word for word
@@ -43,29 +41,26 @@ class CanaryResult(BaseModel):
 
 
 class _Model:
-    """A scripted Messages API on 127.0.0.1: the first turn calls the tool; the reply to the
-    second records what the tool call returned."""
+    """The scripted model: the first turn calls the tool; the request that carries its result is
+    recorded and answered with an error, so the session ends there."""
 
     def __init__(self) -> None:
         self.result: dict[str, Any] | None = None
         self.requests = 0
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._api = ScriptedAPI(self.reply)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
+        return self._api.url
 
     def __enter__(self) -> "_Model":
-        self._thread.start()
+        self._api.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._api.__exit__()
 
-    def reply(self, body: dict) -> dict:
+    def reply(self, body: dict) -> dict | None:
         content: list[dict] = [{"type": "text", "text": "ok"}]
         messages = body.get("messages") or []
         if body.get("tools"):                       # the session itself, not a side call (a title)
@@ -75,76 +70,10 @@ class _Model:
                     if isinstance(b, dict) and b.get("type") == "tool_result":
                         self.result = b
             if not any(m.get("role") == "assistant" for m in messages):
-                content = [{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": "Bash",
-                            "input": {"command": COMMAND, "description": "autoresearch canary"}}]
-        return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": body.get("model") or "canary", "content": content,
-                "stop_reason": "tool_use" if content[0]["type"] == "tool_use" else "end_turn", "stop_sequence": None,
-                "usage": {"input_tokens": 1, "output_tokens": 1, "cache_creation_input_tokens": 0,
-                          "cache_read_input_tokens": 0}}
-
-    def _handler(self):
-        model = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, code: int, data: bytes, ctype: str) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:
-                self._send(200, b"{}", "application/json")
-
-            def do_POST(self) -> None:
-                n = int(self.headers.get("Content-Length") or 0)
-                try:
-                    body = json.loads(self.rfile.read(n) or b"{}")
-                except ValueError:
-                    body = {}
-                if self.path.split("?")[0].endswith("/count_tokens"):
-                    self._send(200, b'{"input_tokens": 1}', "application/json")
-                    return
-                msg = model.reply(body if isinstance(body, dict) else {})
-                if model.result is not None:        # seen: end the session here, before any Stop hook
-                    self._send(400, json.dumps({"type": "error", "error": {
-                        "type": "invalid_request_error", "message": "autoresearch canary: done"}}).encode(),
-                        "application/json")
-                    return
-                if isinstance(body, dict) and body.get("stream"):
-                    self._send(200, _sse(msg), "text/event-stream")
-                else:
-                    self._send(200, json.dumps(msg).encode(), "application/json")
-
-        return Handler
-
-
-def _sse(msg: dict) -> bytes:
-    """The Message as server-sent events, as the streaming API sends it."""
-    ev = [("message_start", {"type": "message_start", "message": dict(msg, content=[], stop_reason=None)})]
-    for i, b in enumerate(msg["content"]):
-        if b["type"] == "text":
-            ev += [("content_block_start", {"type": "content_block_start", "index": i,
-                                            "content_block": {"type": "text", "text": ""}}),
-                   ("content_block_delta", {"type": "content_block_delta", "index": i,
-                                            "delta": {"type": "text_delta", "text": b["text"]}})]
-        else:
-            ev += [("content_block_start", {"type": "content_block_start", "index": i,
-                                            "content_block": dict(b, input={})}),
-                   ("content_block_delta", {"type": "content_block_delta", "index": i,
-                                            "delta": {"type": "input_json_delta", "partial_json": json.dumps(b["input"])}})]
-        ev.append(("content_block_stop", {"type": "content_block_stop", "index": i}))
-    ev += [("message_delta", {"type": "message_delta", "delta": {"stop_reason": msg["stop_reason"],
-                                                                  "stop_sequence": None},
-                              "usage": {"output_tokens": 1}}),
-           ("message_stop", {"type": "message_stop"})]
-    return b"".join(f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in ev)
+                content = [tool_call("Bash", {"command": COMMAND, "description": "autoresearch canary"})]
+        if self.result is not None:                 # seen: end the session here, before any Stop hook
+            return None
+        return message(content, body.get("model") or "canary")
 
 
 def _text(result: dict) -> str:
@@ -208,7 +137,8 @@ def check_canary(root: Path, program=None):
     user's, the project's and the local settings; the plugins the user enabled): the guard must deny
     its one call. Reading the wiring is not enough: a plugin Claude Code cannot load is skipped
     without a word to the agent."""
-    from .doctor import Check, claude_cli
+    from .claudecontract import claude_cli
+    from .doctor import Check
     cli = claude_cli()
     if cli is None:
         return Check(name="hooks: canary", level="fail", found="no Claude Code CLI to start a session with",

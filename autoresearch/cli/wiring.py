@@ -96,9 +96,9 @@ def plugin_hooks(settings: dict) -> dict:
 
 # The bundle's messages name its own set-up; a plain project with only the plugin has neither a
 # scripts/ folder nor a .venv of ours, so the plugin's messages name the plugin's own fix.
-PLUGIN_FIXES = {
-    ".venv is missing, so": "the plugin's Python (its data folder's venv) is missing, so",
-    ".venv is missing or broken, and": "the plugin's Python (its data folder's venv) is missing or broken, and",
+PLUGIN_FIXES = {       # (no quote, $ or backtick: they land inside the commands' quoted strings)
+    ".venv is missing, so": "the Python of the plugin (the venv in its data folder) is missing, so",
+    ".venv is missing or broken, and": "the Python of the plugin (the venv in its data folder) is missing or broken, and",
     "scripts/bootstrap.sh (or ./run.sh -m baseline)": f"{PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set",
     "scripts/bootstrap.sh": f"{PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set",
 }
@@ -106,6 +106,7 @@ PLUGIN_FIXES = {
 
 def _plugin_fixes(command: str) -> str:
     for ours, theirs in PLUGIN_FIXES.items():
+        assert not set(theirs.replace(PLUGIN_ROOT, "")) & set("'\"$`"), theirs
         command = command.replace(ours, theirs)
     return command
 
