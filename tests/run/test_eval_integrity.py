@@ -29,7 +29,7 @@ from autoresearch.run.evaluate import run_eval
 from autoresearch.run.layout import EVAL_LOG, Layout
 from autoresearch.run.outcome import eval_status
 from autoresearch.run.specs import base_env
-from autoresearch.sandbox import NoneBackend
+from autoresearch.sandbox import NoneBackend, choose_backend
 
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
@@ -76,8 +76,8 @@ def project(base: Path, name: str, code: str, floor: float | None = None, eval_s
     return proj
 
 
-def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None) -> SimpleNamespace:
-    """The real EVAL stage: (status, reason, scorer result, what the model printed)."""
+def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None, backend: str = "none") -> SimpleNamespace:
+    """The real EVAL stage under `backend`: (status, reason, scorer result, what the model printed)."""
     lay = Layout(proj, proj / "runs" / "0001", "train.py")
     target = lay.out / "model.pt"
     target.unlink(missing_ok=True)
@@ -86,7 +86,7 @@ def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None) -> S
     split_file = (tmp or proj) / "split.bin"
     split_file.write_bytes(split)
     program = load_program(proj)
-    sandbox = NoneBackend()
+    sandbox = NoneBackend() if backend == "none" else choose_backend(backend)
     log = lay.run_dir / EVAL_LOG
     log.write_text("")
     res, result = run_eval(sandbox, program, lay, None, base_env(sandbox, lay, str(proj), 0, 0), split_file, log)
@@ -111,8 +111,10 @@ def honest(tmp_path_factory, data_dir):
     return SimpleNamespace(proj=proj, ckpt=out / "model.pt", val=val, first=first, value=first.value, base=base)
 
 
-def run_variant(honest, name: str, code: str, ckpt: Path | None = None, **program) -> SimpleNamespace:
-    return evaluate(project(honest.base, name, code, **program), ckpt or honest.ckpt, honest.val, honest.base)
+def run_variant(honest, name: str, code: str, ckpt: Path | None = None, backend: str = "none",
+                **program) -> SimpleNamespace:
+    return evaluate(project(honest.base, f"{name}-{backend}", code, **program), ckpt or honest.ckpt, honest.val,
+                    honest.base, backend)
 
 
 def not_better(r: SimpleNamespace, honest) -> bool:
@@ -155,7 +157,7 @@ def test_checks_are_mixed_into_every_request_and_the_honest_model_passes_them_wi
     r = honest.first.result
     assert r["servers"] == 2 and r["requests"] == 36 and r["check_windows"] == 64, r   # (512 + 64) / 16
     assert r["check_windows"] / (r["requests"] * prepare.EVAL_BATCH) >= 0.10
-    assert r["check_max_rel_diff"] < 1e-5, "an honest model sits far inside the 1e-4 tolerance"
+    assert r["check_max_diff_nats"] < 1e-5, "an honest model sits far inside the 2e-3 nats tolerance"
 
 
 def test_every_request_has_a_check_answered_by_the_other_server():
@@ -440,3 +442,118 @@ def test_value_past_the_physical_floor_is_invalid(honest):
 def test_too_little_held_out_data_is_invalid(honest):
     r = evaluate(honest.proj, honest.ckpt, honest.val[: prepare.EVAL_BYTES // 2], honest.base)
     assert r.status == "invalid" and "too short" in r.reason
+
+
+# ------------------------------------------------------------------ issue 24: checks judge what is scored
+
+def _toy_plan(seed: int):
+    from autoresearch.run.scorer import Plan
+    rng = np.random.default_rng(seed)
+    x, y = prepare.eval_windows(np.frombuffer(rng.integers(0, 64, 2**17 + 1, dtype=np.uint8).tobytes(), dtype=np.uint8))
+    return Plan.make(x, y, prepare.EVAL_BATCH, rng), x
+
+
+def _toy_logits(windows: np.ndarray, peek: bool) -> np.ndarray:
+    """A causal toy model (logits from the byte at each position), or one that also peeks at the next."""
+    n, T = windows.shape
+    z = np.zeros((n, T, 256), dtype=np.float32)
+    z[..., 64:] = -20.0                                  # bytes the toy corpus never has: all but impossible
+    z[np.arange(n)[:, None], np.arange(T)[None, :], (windows.astype(np.int64) * 7) % 64] = 3.0
+    if peek:
+        nxt = np.roll(windows, -1, axis=1).astype(np.int64)
+        z[np.arange(n)[:, None], np.arange(T - 1)[None, :], nxt[:, :-1]] += 30.0
+    return z
+
+
+def _kept(plan, x, peek: bool, transform) -> dict:
+    real = transform(_toy_logits(x, peek))
+    checks = transform(_toy_logits(plan.check_windows, peek))
+    need = {c.origin for c in plan.checks}
+    kept = {("check", c): checks[c] for c in range(len(plan.checks))}
+    kept.update({("real", i): real[i] for i in need})
+    return kept
+
+
+SCORE_PRESERVING = {
+    "identity": lambda z: z,
+    "shift +5000": lambda z: z + np.float32(5000),
+    "shift -3000": lambda z: z - np.float32(3000),
+    "per-position shift": lambda z: z + np.arange(z.shape[1], dtype=np.float32)[None, :, None] * 10,
+    "never-occurring bytes at -9000": lambda z: np.where(np.arange(256) >= 64, np.float32(-9000), z),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_PRESERVING))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_score_preserving_transformation_changes_what_a_check_accepts(name, seed):
+    """The checks compare float64 log-softmax with an absolute tolerance: a transformation of the
+    logits that leaves the score unchanged leaves every check's verdict (and drift) unchanged."""
+    from autoresearch.run.scorer import TOLERANCE, Scorer, Verdict
+    plan, x = _toy_plan(seed)
+    f = SCORE_PRESERVING[name]
+    for peek in (False, True):
+        base = {k: prepare.window_nats(v[None], plan.targets[k[1]][None] if k[0] == "real" else
+                                       plan.targets[plan.checks[k[1]].origin][None]).sum()
+                for k, v in _kept(plan, x, peek, lambda z: z).items()}
+        moved = {k: prepare.window_nats(v[None], plan.targets[k[1]][None] if k[0] == "real" else
+                                        plan.targets[plan.checks[k[1]].origin][None]).sum()
+                 for k, v in _kept(plan, x, peek, f).items()}
+        assert all(abs(base[k] - moved[k]) < 1e-2 for k in base), "the transformation preserves the score"
+        verdicts = []
+        for transform in (lambda z: z, f):
+            try:
+                verdicts.append(("ok", round(Scorer._verify(plan, _kept(plan, x, peek, transform), TOLERANCE["<f4"]), 6)))
+            except Verdict as v:
+                verdicts.append((v.status, v.reason.split(" by ")[0].split(" at position")[0]))
+        assert verdicts[0] == verdicts[1], (name, peek, verdicts)
+        assert verdicts[0][0] == ("invalid" if peek else "ok"), verdicts
+
+
+def test_logits_out_of_range_or_not_finite_are_refused_before_any_check():
+    from autoresearch.run.scorer import LOGIT_LIMIT
+    assert LOGIT_LIMIT <= 1e4
+
+
+LOGIT_SHIFT = '''
+def _shift(logits, c):
+    return logits + c
+'''
+
+SENTINEL = '''
+def _sentinel(logits, value):
+    """Bytes that never occur in the corpus (here: >= 128) pushed to `value`: the score is unchanged."""
+    out = logits.clone()
+    out[..., 128:] = value
+    return out
+'''
+
+
+@pytest.mark.parametrize("backend", ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id)
+                                                 for b in __import__("experiment_support").BACKENDS])
+@pytest.mark.parametrize("attack", ["shift-1e6", "shift-5e3", "sentinel-1e9", "sentinel-9e3"])
+def test_family6_logit_shift_and_sentinels_cannot_widen_a_check(honest, request, attack, backend):
+    """A peeking model that adds a huge constant to every logit, or pushes never-occurring bytes to
+    a huge negative value, used to widen the (relative) tolerance until every peek passed."""
+    from experiment_support import require_backend
+    require_backend(request, backend)
+    code = with_module_code(HONEST, PEEK + LOGIT_SHIFT + SENTINEL)
+    kind, value = attack.split("-")
+    call = f"_shift(_peek(idx, logits), {value})" if kind == "shift" else f"_sentinel(_peek(idx, logits), -{value})"
+    r = run_variant(honest, f"f6-{attack}", with_forward(code, f"        return {call}\n"), backend=backend)
+    assert r.status == "invalid", (r.status, r.reason, r.value, honest.value)
+    assert ("beyond +-" in r.reason) if value in ("1e6", "1e9") else r.reason.startswith("the model looks ahead")
+
+
+@pytest.mark.parametrize("backend", ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id)
+                                                 for b in __import__("experiment_support").BACKENDS])
+@pytest.mark.parametrize("kind", ["shift", "sentinel"])
+def test_an_honest_model_that_shifts_its_logits_or_sets_sentinels_passes_every_check(honest, request, kind, backend):
+    from experiment_support import require_backend
+    require_backend(request, backend)
+    code = with_forward(with_module_code(HONEST, LOGIT_SHIFT + SENTINEL),
+                        "        return " + ("_shift(logits, 5e3)" if kind == "shift" else "_sentinel(logits, -9e3)") + "\n")
+    r = run_variant(honest, f"f6-honest-{kind}", code, backend=backend)
+    assert r.status == "ok", (r.status, r.reason)
+    assert r.result["check_max_diff_nats"] < 1e-3
+    if kind == "shift":                                  # float32 at 5000 rounds at 5e-4: the score barely moves
+        assert abs(r.value - honest.value) < 1e-2, (r.value, honest.value)
