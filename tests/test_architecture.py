@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "fsclean"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 
 # What each part of the package may import from the package (besides itself).
@@ -30,6 +30,7 @@ ALLOWED: dict[str, set[str]] = {
     "editable": set(),
     "atomic": set(),
     "digest": set(),
+    "fsclean": set(),
     "gitops": set(),
     "ledger": {"program", "gitops", "atomic", "digest"},
     "__init__": set(),

@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..digest import sha256_bytes, sha256_file
+from ..fsclean import remove_tree
 from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
 from ..ledger.durable import row_trailers
@@ -103,7 +104,7 @@ def prune_checkpoints(root: Path, program: Program, runs: list[RunRecord]) -> No
     kept = kept_run_ids(root)
     for run in runs:
         if run.run_id not in kept:
-            shutil.rmtree(run.path / "out", ignore_errors=True)
+            remove_tree(run.path / "out")
 
 
 def remeasure(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],

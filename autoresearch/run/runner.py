@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -36,6 +35,7 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from ..digest import sha256_bytes
+from ..fsclean import remove_tree
 from ..program import ConfigError, Program, load_program
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
@@ -244,9 +244,10 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         _finish_unmeasured(metrics, run_dir, t_start, f"harness error: {type(e).__name__}: {e}")
         raise
     finally:
-        lay.cleanup()
+        if left := lay.cleanup():                # never raises: what stays is set aside and said
+            metrics.extra["cleanup"] = left[:500]
         if home_dir:
-            shutil.rmtree(home_dir, ignore_errors=True)
+            remove_tree(home_dir)
     metrics.finished_at = _now()
     metrics.total_seconds = round(time.monotonic() - t_start, 3)
     metrics.steps_per_s = steps_per_second(lay.log, metrics.train_seconds)
