@@ -55,6 +55,13 @@ class Metric(_Strict):
 RUN_OVERHEAD_S = 120.0   # sandbox start-up, data copy, the report: beyond the stages' own limits
 
 
+
+# What the built-in evaluation (run.mode two_stage: autoresearch's trusted scorer) measures: it
+# declares its metric, and a program.md that says otherwise is refused (Program's validator), so
+# the loop can never keep the worst model by a flipped direction. eval_command and inline modes
+# declare theirs in program.md.
+BUILTIN_METRIC = Metric(name="val_bpb", direction="minimize")
+
 class Budget(_Strict):
     train_seconds: float = Field(300, gt=0)
     grace_seconds: float = Field(60, ge=0)       # start-up, compile, checkpoint save

@@ -42,6 +42,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..program import BUILTIN_METRIC
 from . import protocol as P
 
 CHECK_FRACTION = 0.11          # of all windows sent; every request gets at least one
@@ -161,8 +162,8 @@ class Scorer:
     split: np.ndarray                                   # the held-out bytes (uint8)
     prepare: Any                                        # the project's prepare module (trusted)
     floor: float | None = None
-    direction: str = "minimize"
-    metric: str = "val_bpb"
+    direction: str = BUILTIN_METRIC.direction          # what this evaluation measures: it declares it,
+    metric: str = BUILTIN_METRIC.name                  # and program.md may not say otherwise
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
     parts: list[Part] = field(default_factory=lambda: [Part() for _ in range(SERVERS)])
     kept: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
