@@ -2,8 +2,10 @@
 The editable baseline: a small byte-level GPT trained for a fixed time budget.
 
 The agent edits this file. The harness runs it inside a sandbox with
-AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set, kills it
-from outside when the budget (plus a grace) is spent, and then scores the
+AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set. The budget
+is this file's compute: its clock starts when this file starts (the harness has
+imported torch before), and the harness kills it from outside a few percent
+after the budget, time enough to save; then it scores the
 checkpoint in another process, with a trusted scorer that this file never
 sees. This file never computes the official metric; what it prints is
 progress for humans.
@@ -12,9 +14,12 @@ Contract with the evaluator: `build_model()` returns the nn.Module for the
 constants below, and training saves its state_dict to $AUTORESEARCH_OUT/model.pt.
 The model maps (B, CONTEXT_LEN) bytes to (B, CONTEXT_LEN, VOCAB_SIZE) logits.
 """
-import math
-import os
 import time
+
+STARTED = time.time()        # the budget counts from here: set-up and saving are in it
+
+import math  # noqa: E402
+import os  # noqa: E402
 
 import torch
 import torch.nn as nn
@@ -162,7 +167,7 @@ def main():
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
 
     t0 = time.time()
-    stop_at = TRAIN_SECONDS * (1 - SAVE_MARGIN)
+    stop_at = STARTED + TRAIN_SECONDS * (1 - SAVE_MARGIN) - t0     # seconds of training left after set-up
     step, last_log, smooth = 0, t0, None
     model.train()
     while True:

@@ -47,7 +47,7 @@ def run_row(program: Program, ctx: Context, r: RunRecord, exp: int, status: str,
         phase=program.phase, branch=ctx.branch, seeds=[x.metrics.seed for x in runs if x.metrics],
         delta=(value - prev_best) if value is not None and prev_best is not None else None,
         prev_best=prev_best, best=best, threshold=thresh, sigma=sigma,
-        train_seconds=m.train_seconds if m else None, sandbox=m.sandbox if m else "",
+        train_seconds=(m.agent_seconds or m.train_seconds) if m else None, sandbox=m.sandbox if m else "",
         session=ctx.session, note=note, decided_at=now(), snapshot=r.snapshot or "", fingerprint=r.fingerprint)
 
 

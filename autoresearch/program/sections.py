@@ -62,16 +62,30 @@ RUN_OVERHEAD_S = 120.0   # sandbox start-up, data copy, the report: beyond the s
 # declare theirs in program.md.
 BUILTIN_METRIC = Metric(name="val_bpb", direction="minimize")
 
+
+SAVE_MARGIN = 0.05                  # agent code is killed at budget x (1 + this) after it starts ...
+SAVE_MARGIN_MIN_S = 2.0             # ... or at budget + this, if later: time to save a checkpoint, not to train
+
+
+def save_margin(budget: float) -> float:
+    """Seconds agent code gets past its budget to save (ARCHITECTURE rule 12): a few percent."""
+    return max(SAVE_MARGIN_MIN_S, SAVE_MARGIN * budget)
+
+
 class Budget(_Strict):
+    """train_seconds is agent compute: its clock starts when agent code starts (after the trusted
+    warm-up, which grace_seconds bounds and which is not counted), and agent code is killed at
+    train_seconds + save_margin."""
     train_seconds: float = Field(300, gt=0)
-    grace_seconds: float = Field(60, ge=0)       # start-up, compile, checkpoint save
+    grace_seconds: float = Field(60, ge=0)       # the trusted start-up (interpreter, imports): not counted
     eval_seconds: float = Field(300, gt=0)       # the EVAL stage's own hard limit
 
     def experiment_seconds(self) -> float:
-        """The longest one ./run.sh may take, wall clock: TRAIN (budget + grace), EVAL, and the
-        harness's margin. The one bound behind "still running?", the Bash tool timeout the
-        hooks need, doctor's check of it, and the overnight driver's watchdog."""
-        return self.train_seconds + self.grace_seconds + self.eval_seconds + RUN_OVERHEAD_S
+        """The longest one ./run.sh may take, wall clock: TRAIN (start-up + budget + save margin),
+        EVAL, and the harness's margin. The one bound behind "still running?", the Bash tool
+        timeout the hooks need, doctor's check of it, and the overnight driver's watchdog."""
+        return (self.train_seconds + save_margin(self.train_seconds) + self.grace_seconds + self.eval_seconds
+                + RUN_OVERHEAD_S)
 
 
 class Noise(_Strict):

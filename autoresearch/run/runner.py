@@ -37,12 +37,13 @@ from typing import Iterator, TextIO
 from ..digest import sha256_bytes
 from ..fsclean import remove_tree
 from ..program import ConfigError, Program, load_program
+from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
 from .exits import HarnessError
 from .gpu import GpuPeak
-from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
+from .identity import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
 from .layout import (LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
                      run_lock, sweep_scratch)
@@ -199,7 +200,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
-                     evaluator=evaluator, interpreter=_interpreter(root, program))
+                     evaluator=evaluator, interpreter=_interpreter(root, program), clock=AGENT_CLOCK)
     lay = Layout(root, run_dir, script, files, outputs=tuple(program.run.outputs))
     lay.hold()
     metrics = RunMetrics(
@@ -250,7 +251,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             remove_tree(home_dir)
     metrics.finished_at = _now()
     metrics.total_seconds = round(time.monotonic() - t_start, 3)
-    metrics.steps_per_s = steps_per_second(lay.log, metrics.train_seconds)
+    metrics.steps_per_s = steps_per_second(lay.log, metrics.agent_seconds or metrics.train_seconds)
     metrics.write(run_dir)
     return metrics
 
@@ -316,6 +317,10 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
     finally:
         remove_work_copy(work)                        # what TRAIN wrote into its tree ends with it
     m.train_seconds = round(res.wall_seconds, 3)
+    m.agent_seconds = None if res.agent_seconds is None else round(res.agent_seconds, 3)
+    if res.startup_seconds is not None:
+        m.extra["startup_seconds"] = round(res.startup_seconds, 3)   # the trusted warm-up: not counted
+    m.extra["save_margin_seconds"] = round(save_margin(budget), 3)
     m.extra["limits"] = res.limits
     m.extra["train_exit_code"] = res.exit_code
     if gpu.peak_bytes is not None:
