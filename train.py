@@ -168,11 +168,11 @@ def main():
 
     t0 = time.time()
     stop_at = STARTED + TRAIN_SECONDS * (1 - SAVE_MARGIN) - t0     # seconds of training left after set-up
-    step, last_log, smooth = 0, t0, None
+    step, last_log, smooth, step_s = 0, t0, None, 0.0
     model.train()
     while True:
         elapsed = time.time() - t0
-        if elapsed >= stop_at:
+        if elapsed + step_s >= stop_at:               # the next step would end past the budget
             break
         lr = lr_at(elapsed / stop_at)
         for g in opt.param_groups:
@@ -186,6 +186,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         step += 1
+        step_s = max(0.9 * step_s, time.time() - t0 - elapsed)   # a slow step counts at once, then fades
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if time.time() - last_log >= LOG_EVERY_SECONDS:
             last_log = time.time()

@@ -64,7 +64,7 @@ BUILTIN_METRIC = Metric(name="val_bpb", direction="minimize")
 
 
 SAVE_MARGIN = 0.05                  # agent code is killed at budget x (1 + this) after it starts ...
-SAVE_MARGIN_MIN_S = 2.0             # ... or at budget + this, if later: time to save a checkpoint, not to train
+SAVE_MARGIN_MIN_S = 3.0             # ... or at budget + this, if later (budgets under 60 s): time to save, not to train
 
 
 def save_margin(budget: float) -> float:
@@ -252,7 +252,12 @@ class Eval(_Strict):
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py:[A-Za-z_][A-Za-z0-9_]*$")
     checks: float = Field(0.1, ge=0, le=1)       # split: share of requests asked again of a second server
     batch_independent: bool = True               # split: a re-asked row gets other batch-mates
-    tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, relative to its spread
+    tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, in `compare`'s units
+    # split: what the script scores of each output (name, or "*" for all): a re-ask is compared after
+    # that normalisation, within `tolerance` ABSOLUTE in its units -- log_softmax (nats over the last
+    # axis: cross-entropy), softmax (probabilities), argmax (exact: accuracy), raw (the values as
+    # scored: MSE). Undeclared: "spread", relative to the row's spread (the weaker legacy default)
+    compare: dict[str, Literal["log_softmax", "softmax", "argmax", "raw", "spread"]] = {}
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
     _command = field_validator("command", mode="before")(_launcher)

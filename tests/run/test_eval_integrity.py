@@ -557,3 +557,71 @@ def test_an_honest_model_that_shifts_its_logits_or_sets_sentinels_passes_every_c
     assert r.result["check_max_diff_nats"] < 1e-3
     if kind == "shift":                                  # float32 at 5000 rounds at 5e-4: the score barely moves
         assert abs(r.value - honest.value) < 1e-2, (r.value, honest.value)
+
+
+# ------------------------------------------------------------------ issue 24: whole runs, both backends
+
+GRACE_READER = '''
+import re as _re
+_GRACE = float(_re.search(r"grace_seconds:\\s*([0-9.]+)", open("program.md").read()).group(1))
+'''
+STOP_LINE = "    stop_at = STARTED + TRAIN_SECONDS * (1 - SAVE_MARGIN) - t0     # seconds of training left after set-up\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", __import__("experiment_support").BACKENDS)
+@pytest.mark.parametrize("overrun", ["through-the-grace", "through-the-save-margin"])
+def test_family7_training_past_the_budget_gains_no_more_than_the_save_margin(tmp_path, request, backend, overrun):
+    """A train.py that reads the grace from program.md and trains until just before the old kill
+    (budget + grace) is killed at budget + the save margin; one that knows the margin gets at most it."""
+    from experiment_support import make_project, metrics, require_backend, run_sh
+    from autoresearch.program.sections import save_margin
+    require_backend(request, backend)
+    extra = "budget + _GRACE - 1" if overrun == "through-the-grace" else f"budget + {save_margin(3):g} - 0.8"
+    code = with_module_code(HONEST, GRACE_READER)
+    code = replace_once(code, STOP_LINE, f"    budget = TRAIN_SECONDS\n    stop_at = STARTED + {extra} - t0\n")
+    proj = make_project(tmp_path / "p", train_py=code, grace_seconds=20)
+    run_sh(proj, "-m", overrun, "--backend", backend, "--budget", "3")
+    m = metrics(proj)
+    assert m["agent_seconds"] <= 3 + save_margin(3) + 0.5, m["agent_seconds"]
+    if overrun == "through-the-grace":
+        assert m["status"] == "timeout" and "save margin" in m["reason"], (m["status"], m["reason"])
+    else:
+        assert m["status"] in ("ok", "timeout"), (m["status"], m["reason"])
+
+
+DEEP_TREE = '''
+def _hostile_tree(where):
+    """A 3,000-deep folder chain, a folder chmod 000 with files in it, a FIFO, an odd name."""
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+    locked = os.path.join(where, "locked")
+    os.makedirs(os.path.join(locked, "inner"))
+    open(os.path.join(locked, "inner", "f"), "w").write("x")
+    os.chmod(os.path.join(locked, "inner"), 0)
+    os.chmod(locked, 0)
+    os.mkfifo(os.path.join(where, "fifo"))
+    open(os.path.join(os.fsencode(where), b"bad\\xffname"), "w").write("x")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", __import__("experiment_support").BACKENDS)
+def test_family8_a_deep_hostile_tree_in_the_work_copy_and_out_never_stops_the_next_run(tmp_path, request, backend):
+    from experiment_support import make_project, metrics, require_backend, run_sh, with_main_prelude
+    require_backend(request, backend)
+    code = with_main_prelude(HONEST, "_hostile_tree(os.getcwd())\n_hostile_tree(OUT_DIR)", helpers=DEEP_TREE)
+    proj = make_project(tmp_path / "p", train_py=code)
+    for n in ("0001", "0002"):
+        p = run_sh(proj, "-m", f"deep tree {n}", "--backend", backend, "--budget", "2")
+        m = metrics(proj, n)
+        assert p.returncode in (0, 1) and m["status"] != "interrupted", (p.stdout + p.stderr)[-2000:]
+        assert not (proj / "runs" / n / ".sandbox").exists(), "scratch and work copies are gone"
+        assert "cleanup" not in m["extra"], m["extra"]["cleanup"]
+        assert m["status"] == "ok", (m["status"], m["reason"])
+        assert "d/" in m["extra"]["out_removed"] and "fifo" in m["extra"]["out_removed"]
