@@ -580,7 +580,7 @@ def test_family7_training_past_the_budget_gains_no_more_than_the_save_margin(tmp
     extra = "budget + _GRACE - 1" if overrun == "through-the-grace" else f"budget + {save_margin(3):g} - 0.8"
     code = with_module_code(HONEST, GRACE_READER)
     code = replace_once(code, STOP_LINE, f"    budget = TRAIN_SECONDS\n    stop_at = STARTED + {extra} - t0\n")
-    proj = make_project(tmp_path / "p", train_py=code, grace_seconds=20)
+    proj = make_project(tmp_path / "p", train_py=code, grace_seconds=60)
     run_sh(proj, "-m", overrun, "--backend", backend, "--budget", "3")
     m = metrics(proj)
     assert m["agent_seconds"] <= 3 + save_margin(3) + 0.5, m["agent_seconds"]
@@ -618,7 +618,7 @@ def test_family8_a_deep_hostile_tree_in_the_work_copy_and_out_never_stops_the_ne
     code = with_main_prelude(HONEST, "_hostile_tree(os.getcwd())\n_hostile_tree(OUT_DIR)", helpers=DEEP_TREE)
     proj = make_project(tmp_path / "p", train_py=code)
     for n in ("0001", "0002"):
-        p = run_sh(proj, "-m", f"deep tree {n}", "--backend", backend, "--budget", "2")
+        p = run_sh(proj, "-m", f"deep tree {n}", "--backend", backend, "--budget", "8")
         m = metrics(proj, n)
         assert p.returncode in (0, 1) and m["status"] != "interrupted", (p.stdout + p.stderr)[-2000:]
         assert not (proj / "runs" / n / ".sandbox").exists(), "scratch and work copies are gone"

@@ -121,7 +121,7 @@ def test_normal_run_is_ok_recorded_and_summarised(tmp_path, request, backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_hang_is_killed_at_budget_plus_the_save_margin(tmp_path, request, backend):
     require_backend(request, backend)
-    proj = make_project(tmp_path / "p", train_py=HANG, grace_seconds=2)
+    proj = make_project(tmp_path / "p", train_py=HANG, grace_seconds=60)   # the start-up's allowance: not counted
     t0 = time.monotonic()
     p = run_sh(proj, "-m", "hang", "--backend", backend, AUTORESEARCH_TRAIN_SECONDS="2")
     wall = time.monotonic() - t0
@@ -131,7 +131,7 @@ def test_hang_is_killed_at_budget_plus_the_save_margin(tmp_path, request, backen
     assert m["budget_seconds"] == 2, "AUTORESEARCH_TRAIN_SECONDS sets the budget for one run"
     assert 4.9 <= m["agent_seconds"] <= 6, m["agent_seconds"]       # budget 2 s + the save margin 3 s
     assert "save margin" in m["reason"]
-    assert wall < 30
+    assert wall < 60
     assert m["eval_seconds"] is None, "no EVAL after a failed TRAIN"
     assert "started" in log_of(proj), "the partial log is kept"
     assert "run 0001: timeout" in p.stdout and "started" in p.stdout
