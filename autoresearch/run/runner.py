@@ -3,7 +3,8 @@
     TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
            hashed copy in runs/NNNN/, every other editable file by its copy as the run
            started: the snapshot), the train split only, runs/NNNN/out/ writable;
-           killed from outside at budget + grace (specs.py).
+           behind a trusted warm-up that is not counted, killed from outside at budget +
+           a save margin of agent compute (specs.py, startup.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
            autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
            mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
@@ -150,8 +151,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
                    backend: str | None = None, echo: TextIO | None = None,
                    purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
     """Run one experiment for root's current train script and record it in runs/NNNN/.
-    `grace` replaces budget.grace_seconds for this run (init's short checks are stopped soon after
-    their budget, not a minute later).
+    `grace` replaces budget.grace_seconds (the uncounted start-up's allowance) for this run.
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
     backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
