@@ -167,6 +167,7 @@ class Scorer:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
     parts: list[Part] = field(default_factory=lambda: [Part() for _ in range(SERVERS)])
     kept: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    diffs: dict[int, np.ndarray] = field(default_factory=dict)   # check -> per-position nats, as pairs complete
     plan: Plan | None = None
     plan_error: str | None = None
     aborted: bool = False                               # set by the runner when it is interrupted
@@ -272,7 +273,23 @@ class Scorer:
             for row, (kind, i) in enumerate(slots[r]):
                 if kind == "check" or i in need:
                     self.kept[(kind, i)] = np.array(logits[row], dtype=np.float32)
+                    self._compare_ready(kind, i)
         part.score_seconds = round(time.monotonic() - t_ready, 3)
+
+    def _compare_ready(self, kind: str, i: int) -> None:
+        """Compare the checks whose pair just completed, while the servers compute the next request
+        (off finish()'s critical path). Both sessions call it; a pair done twice gives the same."""
+        assert self.plan is not None
+        if not hasattr(self, "_by_origin"):
+            by: dict[int, list[int]] = {}
+            for c, chk in enumerate(self.plan.checks):
+                by.setdefault(chk.origin, []).append(c)
+            self._by_origin = by
+        for c in ([i] if kind == "check" else self._by_origin.get(i, [])):
+            chk = self.plan.checks[c]
+            a, b = self.kept.get(("check", c)), self.kept.get(("real", chk.origin))
+            if a is not None and b is not None:
+                self.diffs[c] = check_diff(a, b, chk.t)
 
     def finish(self) -> dict:
         """The result, once every session has ended: a verdict of either server, else the checks, then sanity.
@@ -290,7 +307,7 @@ class Scorer:
         if len({p.dtype for p in self.parts}) > 1:
             return {"status": "invalid", "reason": "the two model servers answered in different dtypes"}
         try:
-            drift = self._verify(self.plan, self.kept, TOLERANCE[self.parts[0].dtype])
+            drift = self._verify(self.plan, self.kept, TOLERANCE[self.parts[0].dtype], self.diffs)
             nats, scored = sum(p.nats for p in self.parts), sum(p.scored for p in self.parts)
             bpb = nats / scored / math.log(2)
             if not math.isfinite(bpb):
@@ -312,15 +329,17 @@ class Scorer:
                 "logits_dtype": "float16" if self.parts[0].dtype == "<f2" else "float32"}
 
     @staticmethod
-    def _verify(plan: Plan, kept: dict[tuple[str, int], np.ndarray], tol: float) -> float:
+    def _verify(plan: Plan, kept: dict[tuple[str, int], np.ndarray], tol: float,
+                diffs: dict[int, np.ndarray] | None = None) -> float:
         """Compare every check with its real window as float64 log-probabilities at the positions
-        the check covers, within `tol` nats; return the largest difference seen (nats)."""
+        the check covers, within `tol` nats (`diffs`: those compared already); return the largest
+        difference seen (nats)."""
         drift = 0.0
         # repeats first: a model that mixes the batch fails both kinds, and the repeat names the cause
         for c, chk in sorted(enumerate(plan.checks), key=lambda ck: ck[1].kind != "repeat"):
-            a = log_softmax(kept[("check", c)][: chk.t + 1])
-            b = log_softmax(kept[("real", chk.origin)][: chk.t + 1])
-            diff = np.abs(a - b).max(axis=-1)
+            diff = (diffs or {}).get(c)
+            if diff is None:
+                diff = check_diff(kept[("check", c)], kept[("real", chk.origin)], chk.t)
             worst = float(diff.max())
             drift = max(drift, worst)
             if worst <= tol:
@@ -335,6 +354,11 @@ class Scorer:
                                      f"deterministic (no dropout or sampling) and must not depend on the other "
                                      f"sequences in the batch or on earlier requests")
         return drift
+
+
+def check_diff(check: np.ndarray, real: np.ndarray, t: int) -> np.ndarray:
+    """Per position 0..t, the largest |difference| of the two answers' float64 log-probabilities."""
+    return np.abs(log_softmax(check[: t + 1]) - log_softmax(real[: t + 1])).max(axis=-1)
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
