@@ -4,9 +4,11 @@ server; the trusted scorer holds the held-out bytes, computes the loss and hides
 
 One honest checkpoint is trained once (module fixture). Each test pairs it (or a crafted
 checkpoint) with a train.py variant and runs the real EVAL stage, experiment.run_eval: the
-model server as a real process (backend none; the bwrap and docker transports are covered in
-test_experiment_isolation.py and tests/sandbox/test_sandbox.py), the scorer in this process. Every hostile
-model must end `invalid` (or crash/timeout), or score no better than the honest one."""
+model servers as real processes under every backend (none, bwrap, docker), the scorer in this
+process. Every hostile model must end `invalid` (or crash/timeout), or score no better than the
+honest one. Issue 24 adds logit shifts and sentinel logits (the checks compare float64 log-softmax
+with an absolute tolerance), and, as whole ./run.sh runs, training through the old grace and a
+deep hostile folder tree."""
 from __future__ import annotations
 
 import importlib.util
@@ -22,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiment_support import HONEST, ROOT
+from experiment_support import BACKENDS, HONEST, ROOT, require_backend
 
 from autoresearch.program import load_program
 from autoresearch.run.evaluate import run_eval
@@ -35,6 +37,8 @@ sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 
 FORWARD_END = "        return self.head(self.ln_f(x))"
+# every hostile family on every backend: the model server as a plain process, under bwrap, under docker
+ALL_BACKENDS = ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id) for b in BACKENDS]
 
 
 def replace_once(code: str, old: str, new: str) -> str:
@@ -196,30 +200,36 @@ def test_float16_logits_are_accepted(honest):
 
 # ------------------------------------------------------------------ the five families of issue 13
 
-def test_family1_peeking_once_in_eval_mode_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family1_peeking_once_in_eval_mode_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     """Causal while training (or while it thinks it is probed), peeks once in eval mode."""
     code = with_module_code(HONEST, PEEK)
     code = with_forward(code, "        return logits if self.training else _peek(idx, logits)\n")
-    r = run_variant(honest, "f1-eval-mode", code)
+    r = run_variant(honest, "f1-eval-mode", code, backend=backend)
     assert r.status == "invalid" and r.reason.startswith("the model looks ahead"), r.reason
 
 
-def test_family1b_an_overridden_eval_is_never_called(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family1b_an_overridden_eval_is_never_called(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, PEEK)
     code = replace_once(code, "    def forward(self, idx):\n",
                         "    def eval(self):\n        self._peeking = True\n        return super().eval()\n\n"
                         "    def forward(self, idx):\n")
     code = with_forward(code, "        return _peek(idx, logits) if getattr(self, '_peeking', False) else logits\n")
-    r = run_variant(honest, "f1b-eval-override", code)
+    r = run_variant(honest, "f1b-eval-override", code, backend=backend)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "eval mode is set without calling agent code"
 
 
 @pytest.mark.parametrize("after", [7, 15])
-def test_family2_counting_calls_then_peeking_is_invalid(honest, after):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family2_counting_calls_then_peeking_is_invalid(honest, after, request, backend):
+    require_backend(request, backend)
     """Causal for as many calls as a probe would make (7), or until near the end (15 of each server's 18)."""
     code = with_module_code(HONEST, PEEK + "_CALLS = [0]\n")
     code = with_forward(code, f"        _CALLS[0] += 1\n        return _peek(idx, logits) if _CALLS[0] > {after} else logits\n")
-    r = run_variant(honest, f"f2-count-{after}", code)
+    r = run_variant(honest, f"f2-count-{after}", code, backend=backend)
     assert r.status == "invalid", (r.status, r.reason)
 
 
@@ -271,10 +281,12 @@ def _predict(idx, logits, big):
 '''
 
 
-def test_family3_reading_the_evaluators_memory_finds_nothing(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family3_reading_the_evaluators_memory_finds_nothing(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, MEMORY_READER)
     code = with_forward(code, "        return _predict(idx, logits, _steal())\n")
-    r = run_variant(honest, "f3-memory", code)
+    r = run_variant(honest, "f3-memory", code, backend=backend)
     assert "FOUND 0" in r.printed, "the attack ran and found no held-out bytes in its process"
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, (r.status, r.reason)
 
@@ -290,10 +302,12 @@ class _Liar(torch.Tensor):
 '''
 
 
-def test_family4_a_tensor_subclass_cannot_fake_the_loss(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family4_a_tensor_subclass_cannot_fake_the_loss(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, FAKE_LOSS)
     code = with_forward(code, "        return logits.as_subclass(_Liar)\n")
-    r = run_variant(honest, "f4-liar", code)
+    r = run_variant(honest, "f4-liar", code, backend=backend)
     assert not_better(r, honest), (r.status, r.value, honest.value)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "the loss is computed from the raw numbers"
 
@@ -314,11 +328,13 @@ def _forge():
 
 
 @pytest.mark.parametrize("when", ["import", "forward"])
-def test_family5_writing_the_result_itself_is_not_a_result(honest, when):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family5_writing_the_result_itself_is_not_a_result(honest, when, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, WRITER + ("_forge()\n" if when == "import" else ""))
     if when == "forward":
         code = with_forward(code, "        _forge()\n        return logits\n")
-    r = run_variant(honest, f"f5-writer-{when}", code)
+    r = run_variant(honest, f"f5-writer-{when}", code, backend=backend)
     assert r.status in ("invalid", "crash") and r.value is None, (r.status, r.reason)
     assert "0.0001" not in (r.reason or "")
 
@@ -345,34 +361,44 @@ def _recall(idx, logits):
 '''
 
 
-def test_remembering_earlier_requests_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_remembering_earlier_requests_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, HISTORY)
     code = with_forward(code, "        return _recall(idx, logits)\n")
-    r = run_variant(honest, "history", code)
+    r = run_variant(honest, "history", code, backend=backend)
     assert r.status == "invalid", (r.status, r.reason, r.value, honest.value)
 
 
-def test_non_causal_attention_is_invalid(honest):
-    r = run_variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"))
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_non_causal_attention_is_invalid(honest, request, backend):
+    require_backend(request, backend)
+    r = run_variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"), backend=backend)
     assert r.status == "invalid" and r.reason.startswith("the model looks ahead")
 
 
-def test_mixing_sequences_in_a_batch_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_mixing_sequences_in_a_batch_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = replace_once(HONEST, FORWARD_END, "        x = x + x.mean(0, keepdim=True)\n" + FORWARD_END)
-    r = run_variant(honest, "batchmix", code)
+    r = run_variant(honest, "batchmix", code, backend=backend)
     assert r.status == "invalid" and "other sequences in the batch" in r.reason
 
 
-def test_randomness_left_on_in_eval_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_randomness_left_on_in_eval_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = replace_once(HONEST, FORWARD_END, "        x = F.dropout(x, 0.2, training=True)\n" + FORWARD_END)
-    r = run_variant(honest, "dropout", code)
+    r = run_variant(honest, "dropout", code, backend=backend)
     assert r.status == "invalid" and "deterministic" in r.reason
 
 
-def test_patching_torch_in_the_server_changes_nothing_it_can_use(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_patching_torch_in_the_server_changes_nothing_it_can_use(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, "F.cross_entropy = lambda *a, **k: torch.zeros(())\n"
                                     "torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())\n")
-    r = run_variant(honest, "patches", code)
+    r = run_variant(honest, "patches", code, backend=backend)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9
 
 
