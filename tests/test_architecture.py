@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "flows"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "flows", "fsclean"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 
 # What each part of the package may import from the package (besides itself).
@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "flows": set(),                                    # the flow table: imported by the guard's hot path
     "atomic": set(),
     "digest": set(),
+    "fsclean": set(),
     "gitops": set(),
     "ledger": {"program", "gitops", "atomic", "digest"},
     "__init__": set(),

@@ -282,3 +282,19 @@ def test_run_outputs_name_a_results_folder_and_never_code(outputs, words):
     with pytest.raises(ConfigError, match=re.escape(words)):
         parse_program(f"---\nrun: {{outputs: {outputs}}}\n---\n")
     assert parse_program("---\nrun: {outputs: [out, outputs/, wandb]}\n---\n").run.outputs == ["out", "outputs", "wandb"]
+
+
+@pytest.mark.parametrize("metric", ["{name: val_bpb, direction: maximize}", "{name: val_acc, direction: minimize}",
+                                    "{name: accuracy, direction: maximize}"])
+def test_the_built_in_evaluation_declares_val_bpb_minimize_and_a_contradiction_is_refused(tmp_path, metric):
+    """The built-in scorer measures bits per byte: a flipped direction would keep the worst model."""
+    from autoresearch.program import BUILTIN_METRIC, ConfigError, load_program
+    text = (Path(__file__).resolve().parent.parent / "program.md").read_text()
+    text = re.sub(r"^metric:\n(?:  .*\n)+", f"metric: {metric}\n", text, count=1, flags=re.M)
+    (tmp_path / "program.md").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_program(tmp_path)
+    assert "measures val_bpb" in str(e.value) and "direction: minimize" in str(e.value) and "eval_command" in str(e.value)
+    assert (BUILTIN_METRIC.name, BUILTIN_METRIC.direction) == ("val_bpb", "minimize")
+    (tmp_path / "program.md").write_text(text.replace(f"metric: {metric}", "metric: {name: val_bpb, direction: minimize}"))
+    assert load_program(tmp_path).metric.direction == "minimize"

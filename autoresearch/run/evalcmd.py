@@ -82,6 +82,8 @@ def evaluator_id(base: str, files: dict[str, bytes], program: Program) -> str:
     if program.eval is not None and program.eval.model is not None:      # the split, its checks
         ev = program.eval
         h.update(f"\0{ev.model}\0{ev.checks}\0{ev.batch_independent}\0{ev.tolerance}".encode())
+        if ev.compare:                                # how re-asks are judged (left out when undeclared: ids unchanged)
+            h.update(f"\0{sorted(ev.compare.items())}".encode())
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
     return f"eval_command:{h.hexdigest()[:12]}"

@@ -104,7 +104,8 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     (the script's sandbox result, status, reason, value, the relay's figures)."""
     ev = program.eval
     assert ev is not None
-    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, limit=int(ev.max_mb * 2**20),
+    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, compare=dict(ev.compare),
+                  limit=int(ev.max_mb * 2**20),
                   servers=2 if ev.checks > 0 else 1, wait_s=program.budget.eval_seconds)
     channel = metric_channel(lay)
     results: list[SandboxResult] = []

@@ -22,7 +22,6 @@ import fcntl
 import hashlib
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Iterator
 
 from ..atomic import write_atomic
 from ..flows import state_dir
+from ..fsclean import remove_tree, tidy_tree
 from .exits import RunBusy
 
 RUNS_DIR = "runs"
@@ -44,6 +44,7 @@ EVAL_LOG = "eval.log"
 FINAL_LOG = "final.log"
 CHECKPOINT = "model.pt"
 LEGACY_SCRATCH = ".sandbox"               # runs/NNNN/.sandbox: where older versions kept the scratch
+OUT_DEPTH = 64                            # folders below out/ deeper than this are removed after TRAIN
 
 
 def inside(path: Path, root: Path) -> bool:
@@ -161,12 +162,14 @@ class Layout:
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
 
-    def cleanup(self) -> None:
-        from .workcopy import remove_work_copy      # gets through folders agent code made unreadable
-        remove_work_copy(self.scratch)
+    def cleanup(self) -> str:
+        """Remove the run's scratch (fsclean: whatever agent code left there); "" or one line on
+        what would not go (then set aside, so the next run starts)."""
+        line = remove_tree(self.scratch).line()
         if (fd := getattr(self, "_lock_fd", None)) is not None:
             os.close(fd)
             self._lock_fd = None
+        return line
 
 
 # ---------------------------------------------------------------- the runs/ listing
@@ -333,8 +336,7 @@ def sweep_scratch(root: Path) -> list[str]:
                     continue                           # a live run
             elif time.time() - scratch.stat().st_mtime < 60:
                 continue                               # being set up right now
-            from .workcopy import remove_work_copy
-            remove_work_copy(scratch)
+            remove_tree(scratch)                       # never raises; what stays is set aside
             gone.append(d.name)
         finally:
             if fd is not None:
@@ -343,25 +345,8 @@ def sweep_scratch(root: Path) -> list[str]:
 
 
 def clean_out(out: Path) -> list[str]:
-    """After TRAIN: keep only regular files and folders in out/ (no links, FIFOs, sockets or
-    devices, which host-side tools would follow or block on) and strip set-id bits. Returns
-    what was removed, relative to out/."""
-    removed: list[str] = []
-    for d, dirs, files in os.walk(out, topdown=True, followlinks=False):
-        for name in list(dirs) + files:
-            p = Path(d) / name
-            try:
-                st = p.lstat()
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-                if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
-                    with contextlib.suppress(OSError):
-                        os.chmod(p, stat.S_IMODE(st.st_mode) & 0o777, follow_symlinks=False)
-                continue
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(str(p.relative_to(out)))
-            if name in dirs:
-                dirs.remove(name)
-    return removed
+    """After TRAIN: keep only regular files and folders in out/, at most OUT_DEPTH deep (no links,
+    FIFOs, sockets or devices, which host-side tools would follow or block on; no folder chain
+    that recursion-bound tools choke on) and strip set-id bits. Returns what was removed,
+    relative to out/."""
+    return tidy_tree(out, max_depth=OUT_DEPTH)

@@ -6,7 +6,8 @@ the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them 
 
     TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
-           writable; killed at budget + grace; run.launcher (torchrun ...) before the script.
+           writable; behind the trusted start-up (startup.py: the budget counts agent code only),
+           killed at budget + save_margin; run.launcher (torchrun ...) before the script.
     EVAL   one model server (`python -m autoresearch.run.model_server`, never launched) in its own
            work copy: the project (less the ledger, .git and .autoresearch) and the checkpoint
            read-only, no data, the scorer's session on its stdin/stdout. `final` is the same
@@ -26,15 +27,19 @@ from pathlib import Path
 from ..flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
+from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from .startup import MARKER
 from .workcopy import work_copy
 
 __all__ = ["project_id"]        # re-exported: callers label containers with it
 
 EVAL_NAME = "eval"              # the model servers' and eval.command's folder names, in EVAL and in final alike
+STARTUP = Path(__file__).resolve().with_name("startup.py")
+STARTUP_MARKER = MARKER.encode()
 
 
 def project_mounts(lay: Layout, data: Path | None, stage: str = TRAIN) -> list[Mount]:
@@ -176,11 +181,22 @@ def train_argv(python: str, program: Program, lay: Layout, inline: bool, where: 
     return [python if w in ("python", "python3") else w for w in program.run.launcher] + argv
 
 
+def with_startup(python: str, argv: list[str]) -> list[str]:
+    """argv behind the trusted start-up (run/startup.py): the script in its process after the
+    warm-up, or (a launcher, run.command) exec'd after it. -I: no agent file runs before it."""
+    if len(argv) >= 2 and argv[0] == python and argv[1].endswith(".py"):
+        return [python, "-I", str(STARTUP), "run", *argv[1:]]
+    return [python, "-I", str(STARTUP), "exec", *argv]
+
+
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str], work: Path | None = None) -> SandboxSpec:
     """TRAIN's sandbox, run in `work` (its work copy; made here when None: argv then names the
-    project's script, for callers that build no copy)."""
+    project's script, for callers that build no copy). argv runs behind the trusted start-up:
+    the budget's clock starts when agent code does, and it is killed at budget + save_margin;
+    the start-up itself gets budget.grace_seconds, uncounted."""
     work = work if work is not None else work_copy(lay, "train")
+    python = python_of(backend, program, lay.root)
     home, home_env = home_cache(program, data, "train")
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
     mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data, TRAIN)
@@ -189,8 +205,10 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
         mounts.append(Mount(data / "train", str(data / "train")))
         env["AUTORESEARCH_DATA"] = str(data)
     mounts += [Mount(lay.out, str(lay.out), writable=True), Mount(work, str(work), writable=True)]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=budget + program.budget.grace_seconds,
+    mounts += [m for m in package_mount()[0] if not inside(m.source, lay.root)]     # startup.py, read-only
+    return SandboxSpec(argv=with_startup(python, argv), mounts=mounts, env=env, cwd=str(work),
+                       timeout_s=budget + save_margin(budget), start_marker=STARTUP_MARKER,
+                       startup_s=max(program.budget.grace_seconds, 1.0),
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
                        log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),

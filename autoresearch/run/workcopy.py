@@ -21,11 +21,9 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
-from contextlib import suppress
 from pathlib import Path
 
+from ..fsclean import Cleaned, remove_tree
 from ..gitops import git, head_commit, tree_blobs
 from .layout import RUNS_DIR, STATE_DIR, Layout, private_dir
 
@@ -55,20 +53,10 @@ def work_copy(lay: Layout, name: str) -> Path:
     return dest
 
 
-def remove_work_copy(path: Path) -> None:
-    """rmtree that also gets through folders agent code made unreadable (chmod 000, at any
-    depth): every folder is made ours-rwx top-down before the removal. (An onerror that retries
-    the failed call cannot: Python 3.11's rmtree reports os.open, which needs flags, and a
-    retried scandir removes nothing.) Links are never followed or chmodded."""
-    def own(d: str) -> None:
-        with suppress(OSError):
-            if not os.path.islink(d):
-                os.chmod(d, stat.S_IRWXU)
-    own(str(path))
-    for d, dirs, _files in os.walk(path, onerror=lambda e: None):
-        for name in dirs:
-            own(os.path.join(d, name))
-    shutil.rmtree(path, ignore_errors=True)
+def remove_work_copy(path: Path) -> Cleaned:
+    """Remove a stage's work copy whatever agent code left in it (fsclean: any depth, chmod 000,
+    links, FIFOs, odd names); one that will not go is set aside, so the next stage starts."""
+    return remove_tree(path)
 
 
 def _copy_tree(root: Path, commit: str, dest: Path) -> None:

@@ -117,7 +117,7 @@ def test_the_trusted_script_measures_retrieval_and_the_model_sees_no_labels(tmp_
     m = _run(proj)
     assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), m["reason"]
     assert m["extra"]["eval_requests"] == 6 and m["extra"]["eval_check_requests"] == 6     # checks: 1.0
-    assert m["extra"]["eval_servers"] == 2 and m["extra"]["eval_check_max_rel_diff"] == 0.0
+    assert m["extra"]["eval_servers"] == 2 and m["extra"]["eval_check_max_diff"] == 0.0
     printed = eval_log(proj, "0001").read_text()
     assert "PROBE read labels: FileNotFoundError" in printed and "PROBE read labels: done" not in printed
     assert "PROBE write metric: done" not in printed and "PROBE write metric: " in printed
