@@ -256,7 +256,8 @@ class Eval(_Strict):
     # split: what the script scores of each output (name, or "*" for all): a re-ask is compared after
     # that normalisation, within `tolerance` ABSOLUTE in its units -- log_softmax (nats over the last
     # axis: cross-entropy), softmax (probabilities), argmax (exact: accuracy), raw (the values as
-    # scored: MSE). Undeclared: "spread", relative to the row's spread (the weaker legacy default)
+    # scored: MSE), spread (relative to the row's spread: the legacy mode). Undeclared: raw and spread at
+    # once, the larger difference within `tolerance` (neither sentinels nor scaling down widens it)
     compare: dict[str, Literal["log_softmax", "softmax", "argmax", "raw", "spread"]] = {}
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 

@@ -11,8 +11,9 @@ requests, and always the first): the same rows are sent to the OTHER server, a s
 that never answered them, and must get the same outputs within eval.tolerance, compared as the
 script scores them (eval.compare, per output: log_softmax in nats, softmax, argmax exactly, raw;
 ABSOLUTE in those units, so no transformation that leaves the score unchanged -- a constant added,
-never-chosen classes pushed to -1e9 -- widens a check; undeclared: relative to the row's spread
-around its median, see `spread`; integer outputs exactly). With eval.batch_independent the re-sent
+never-chosen classes pushed to -1e9 -- widens a check; undeclared: both absolute and relative to
+the row's spread around its median, see `spread`, and the larger must be within; integer outputs
+exactly). With eval.batch_independent the re-sent
 batch mixes half the rows with rows of the previous request, in a shuffled order, so an answer
 that depends on its batch-mates fails too. Real requests alternate between the two servers; a
 check looks like any request. A failed check or a malformed answer is `invalid`; the model
@@ -76,9 +77,14 @@ def diff_as_scored(mode: str, ref: np.ndarray, again: np.ndarray, batch_scale: f
         return float(np.abs(log_softmax(again) - log_softmax(ref)).max(initial=0.0))
     if mode == "softmax":
         return float(np.abs(np.exp(log_softmax(again)) - np.exp(log_softmax(ref))).max(initial=0.0))
+    raw = float(np.abs(again.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
     if mode == "raw":
-        return float(np.abs(again.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
-    return rel_diff(ref, again, batch_scale)
+        return raw
+    if mode == "spread":
+        return rel_diff(ref, again, batch_scale)
+    # undeclared: the stricter of both. Sentinels widen the spread but not an absolute difference;
+    # outputs scaled down shrink an absolute difference but not one relative to the spread.
+    return max(raw, rel_diff(ref, again, batch_scale))
 
 
 @dataclass
@@ -209,7 +215,7 @@ class Relay:
         return out
 
     def mode(self, name: str) -> str:
-        return self.compare.get(name, self.compare.get("*", "spread"))
+        return self.compare.get(name, self.compare.get("*", "undeclared"))
 
     def _rows(self, inputs: Arrays, batch: int) -> list[tuple[int, int]]:
         """(source, row) of the check batch: 0 this request, 1 the previous one."""

@@ -192,12 +192,16 @@ def _sentinel(i, value: float, bump: float = 0.0):
 
 @pytest.mark.parametrize("value", [-1e9, -5e3])
 def test_sentinel_outputs_cannot_widen_a_log_softmax_check(value):
-    """Undeclared, the tolerance is relative to the row's spread, which sentinels at -1e9 (a softmax
-    ignores them) widen until a memory-driven 0.5 shift passes. Declared as scored (log_softmax,
-    absolute nats), the same answer fails; sentinels beyond +-1e4 are refused outright."""
+    """Relative to the row's spread alone (eval.compare: spread, the legacy mode), sentinels at -1e9
+    (a softmax ignores them) widen the check until a memory-driven 0.5 shift passes. Undeclared, the
+    absolute difference counts too, so it fails; declared as scored (log_softmax, absolute nats) it
+    fails; sentinels beyond +-1e4 are refused outright."""
     if value == -1e9:
-        relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0)
-        assert relay.verdict is None, "the legacy spread-relative default is widened by sentinels (hence eval.compare)"
+        relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0,
+                         compare={"y": "spread"})
+        assert relay.verdict is None, "the legacy spread-relative mode is widened by sentinels (hence the default)"
+    relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.stats
     relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0,
                      compare={"y": "log_softmax"})
     assert relay.verdict is not None and relay.verdict.status == "invalid", relay.stats
@@ -228,3 +232,15 @@ def test_argmax_is_compared_exactly_whatever_the_scale():
     assert relay.verdict is not None, relay.stats
     relay, _ = drive(tiny(False), tiny(False), checks=1.0, compare={"y": "argmax"})
     assert relay.verdict is None
+
+
+def test_undeclared_outputs_are_held_by_both_scales():
+    """Undeclared: the absolute difference catches what sentinels hide from the spread, and the
+    spread catches what scaling down hides from the absolute difference."""
+    relay, _ = drive(lambda i: _sentinel(i, -1e9), lambda i: _sentinel(i, -1e9, 0.5), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
+    tiny = lambda noise: lambda i: P.arrays(P.ARRAYS_OUT, {"y": (i["x"] * 1e-6 + noise).astype(np.float32)})
+    relay, _ = drive(tiny(0.0), tiny(5e-6), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
+    relay, _ = drive(tiny(5e-6), tiny(5e-6), checks=1.0)               # answered the same: fine
+    assert relay.verdict is None, relay.verdict
