@@ -135,8 +135,9 @@ def compile_locks(dest: Path, upgrade: bool) -> None:
                     "--index-url", "https://pypi.org/simple"]
             if upgrade:
                 argv.append("--upgrade")
-            if name != "requirements.lock":
-                argv += ["-c", str(main)]
+            if name != "requirements.lock":          # by a relative name: the lock's `via` lines name it
+                shutil.copyfile(main, work / "requirements.lock")
+                argv += ["-c", "requirements.lock"]
             subprocess.run(argv, check=True, env=env, cwd=work)
             out.write_text(header(name, reqs) + out.read_text())
             print(f"locked {name}: {len(pins(out.read_text()))} packages")

@@ -179,3 +179,18 @@ def test_module_and_function_sizes():
         f"over {MAX_MODULE_LINES} lines per module / {MAX_FUNCTION_LINES} per function "
         f"(split it, or add it with a reason to LONG_MODULES / LONG_FUNCTIONS):\n  "
         + "\n  ".join(too_long + long_funcs))
+
+
+def test_no_name_is_used_that_is_not_defined():
+    """pyflakes over the package, the hooks and the scripts: an undefined name (a merge that dropped
+    an import) fails only when its line runs -- in a Stop hook, that is every stop of a night."""
+    from pyflakes.api import checkPath
+    from pyflakes.reporter import Reporter
+    import io
+    out, err = io.StringIO(), io.StringIO()
+    files = sorted(PKG.rglob("*.py")) + sorted((ROOT / "hooks").glob("*.py")) + \
+        [ROOT / "scripts" / "lock.py", ROOT / "prepare.py", ROOT / "train.py"]
+    for f in files:
+        checkPath(str(f), Reporter(out, err))
+    bad = [ln for ln in out.getvalue().splitlines() if "undefined name" in ln or "syntax" in ln.lower()]
+    assert not bad and not err.getvalue(), "\n".join(bad) + err.getvalue()

@@ -103,3 +103,10 @@ def test_bootstrap_and_plugin_install_use_the_locks_with_hashes():
     deps = (ROOT / "scripts" / "plugin-deps.sh").read_text()
     assert "plugin-requirements.lock" in deps and deps.count("--require-hashes") >= 2
     assert "install --disable-pip-version-check -q \"matplotlib" not in deps
+
+
+def test_the_locks_name_no_machine_path():
+    """A lock made on one machine is the same text on another: no temporary or home folder in it."""
+    for path in LOCKS:
+        text = path.read_text()
+        assert not re.search(r"(^|\s)(/tmp/|/work/|/home/|/root/)", text), path.name
