@@ -187,3 +187,97 @@ def _tree_why(hidden: str) -> str:
     if "eval.log" in hidden:
         return "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
     return "is off limits"
+
+
+def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: bool = False,
+                  depth: int | None = None) -> str | None:
+    """Why a Bash walk below the folder `path` may not run (None: it may): `grep -r`/`rg` (read
+    every file below), `grep -R` (and follow every link), `find`/`ls -R`/`rg --files` (list every
+    name below, to `depth` levels). The rule: the walk's whole reach must be readable. Unlike the
+    Grep tool, which skips VCS folders, these programs skip nothing (rg's ignore files can
+    whitelist anything back), so nothing is skipped here either; their own filters (--include,
+    -name, -g) never count in the walk's favour. So a walk that would enter `.git`, a run's out/,
+    a folder agent code writes, held-out data, or a folder holding credentials is refused as a
+    whole, whatever is there now; so is one that would read a FIFO or device, or (following
+    links) a link out of bounds. A listing may name a hidden entry (as `ls` does) but not enter it."""
+    top = os.path.realpath(ctx.abspath(path))
+    if not os.path.isdir(top):
+        return None
+    for held in ctx.heldout_roots():
+        if under(os.path.realpath(held), top):
+            return f"{path} contains held-out data ({held})"
+    for w in ctx.written:
+        if under(w, top):
+            return f"{path} contains {w}, a folder agent code writes"
+    seen = 0
+    visited = {top}
+    stack = [(top, 0)]
+    while stack:
+        dirpath, level = stack.pop()
+        if depth is not None and level >= depth:
+            continue
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        seen += len(entries)
+        if seen > WALK_LIMIT:
+            return f"{path} holds more than {WALK_LIMIT} entries: too large to vet"
+        for e in entries:
+            full = os.path.join(dirpath, e.name)
+            rel = os.path.relpath(full, top)
+            try:
+                is_link = e.is_symlink()
+                is_dir = not is_link and e.is_dir(follow_symlinks=False)
+                is_file = not is_link and e.is_file(follow_symlinks=False)
+            except OSError:
+                continue
+            hidden = name_problem(ctx, full)
+            if is_link:
+                if not follow:                  # not followed inside the walk: not read, only named
+                    continue
+                if read_problem(ctx, full):
+                    return f"{path} contains {rel}, a link out of bounds (-R follows it)"
+                real = os.path.realpath(full)
+                if os.path.isdir(real) and real not in visited:
+                    visited.add(real)
+                    stack.append((real, level + 1))
+                continue
+            if is_dir:
+                if hidden or _agent_written_dir(ctx, full):
+                    if depth is None or level + 1 < depth or not names_only:
+                        return f"{path} contains {rel}, which {_tree_why(hidden or 'is off limits')}"
+                    continue
+                stack.append((full, level + 1))
+                continue
+            if names_only:
+                continue
+            if hidden:
+                return f"{path} contains {rel}, which {_tree_why(hidden)}"
+            if not is_file:
+                return f"{path} contains {rel}, which is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def readable_parts(ctx: Context, path: str, limit: int = 16, **walk) -> list[str]:
+    """The entries of the folder `path` a walk may reach whole (for a denial's suggestion), spelled
+    below `path` as the agent wrote it; at most `limit`, dot-names last."""
+    top = ctx.abspath(path)
+    try:
+        names = sorted(os.listdir(top), key=lambda n: (n.startswith("."), n))
+    except OSError:
+        return []
+    out = []
+    for name in names:
+        full = os.path.join(top, name)
+        if name_problem(ctx, full) or read_problem(ctx, full):
+            continue
+        if os.path.isdir(full) and not os.path.islink(full) and reach_problem(ctx, full, **walk):
+            continue
+        if os.path.islink(full) and os.path.isdir(full):
+            continue
+        out.append(name if path in (".", "./") else f"{path.rstrip('/')}/{name}")
+        if len(out) >= limit:
+            break
+    return out
