@@ -260,7 +260,7 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
     return None
 
 
-def readable_parts(ctx: Context, path: str, limit: int = 16, **walk) -> list[str]:
+def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str]:
     """The entries of the folder `path` a walk may reach whole (for a denial's suggestion), spelled
     below `path` as the agent wrote it; at most `limit`, dot-names last."""
     top = ctx.abspath(path)
