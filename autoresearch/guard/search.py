@@ -15,6 +15,7 @@ from .paths import RUN_AGENT_WRITTEN, Context, name_problem, project_rel, read_p
 WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
              ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
+SUGGEST_WALK = 1000             # entries a denial's suggestion vets in all (readable_parts)
 
 
 def glob_tokens(pattern: str) -> list[str]:
@@ -190,7 +191,7 @@ def _tree_why(hidden: str) -> str:
 
 
 def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: bool = False,
-                  depth: int | None = None) -> str | None:
+                  depth: int | None = None, limit: int = WALK_LIMIT, spent: list | None = None) -> str | None:
     """Why a Bash walk below the folder `path` may not run (None: it may): `grep -r`/`rg` (read
     every file below), `grep -R` (and follow every link), `find`/`ls -R`/`rg --files` (list every
     name below, to `depth` levels). The rule: the walk's whole reach must be readable. Unlike the
@@ -222,23 +223,26 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
         except OSError:
             continue
         seen += len(entries)
-        if seen > WALK_LIMIT:
-            return f"{path} holds more than {WALK_LIMIT} entries: too large to vet"
+        if spent is not None:
+            spent[0] += len(entries)
+        if seen > limit:
+            return f"{path} holds more than {limit} entries: too large to vet"
         for e in entries:
-            full = os.path.join(dirpath, e.name)
-            rel = os.path.relpath(full, top)
+            full = dirpath + "/" + e.name
             try:
                 is_link = e.is_symlink()
                 is_dir = not is_link and e.is_dir(follow_symlinks=False)
                 is_file = not is_link and e.is_file(follow_symlinks=False)
             except OSError:
                 continue
+            if is_link and not follow:          # not followed inside the walk: not read, only named
+                continue
+            if names_only and not is_dir and not is_link:
+                continue                        # a listing names a file; it reads nothing
             hidden = name_problem(ctx, full)
             if is_link:
-                if not follow:                  # not followed inside the walk: not read, only named
-                    continue
                 if read_problem(ctx, full):
-                    return f"{path} contains {rel}, a link out of bounds (-R follows it)"
+                    return f"{path} contains {_rel(full, top)}, a link out of bounds (-R follows it)"
                 real = os.path.realpath(full)
                 if os.path.isdir(real) and real not in visited:
                     visited.add(real)
@@ -247,37 +251,53 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
             if is_dir:
                 if hidden or _agent_written_dir(ctx, full):
                     if depth is None or level + 1 < depth or not names_only:
-                        return f"{path} contains {rel}, which {_tree_why(hidden or 'is off limits')}"
+                        return f"{path} contains {_rel(full, top)}, which {_tree_why(hidden or 'is off limits')}"
                     continue
                 stack.append((full, level + 1))
                 continue
-            if names_only:
-                continue
             if hidden:
-                return f"{path} contains {rel}, which {_tree_why(hidden)}"
+                return f"{path} contains {_rel(full, top)}, which {_tree_why(hidden)}"
             if not is_file:
-                return f"{path} contains {rel}, which is not a regular file (a FIFO, socket or device)"
+                return f"{path} contains {_rel(full, top)}, which is not a regular file (a FIFO, socket or device)"
     return None
+
+
+def _rel(full: str, top: str) -> str:
+    return full[len(top) + 1:] if full.startswith(top + "/") else full
 
 
 def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str]:
     """The entries of the folder `path` a walk may reach whole (for a denial's suggestion), spelled
-    below `path` as the agent wrote it; at most `limit`, dot-names last."""
+    below `path` as the agent wrote it; at most `limit`. A courtesy on the denied path, so it is
+    cheap: files first, then folders smallest first, SUGGEST_WALK entries vetted in all (a folder
+    beyond that is left out), dot-names last."""
+    spent = [0]
     top = ctx.abspath(path)
     try:
-        names = sorted(os.listdir(top), key=lambda n: (n.startswith("."), n))
+        names = os.listdir(top)
     except OSError:
         return []
+
+    def order(name: str):
+        full = os.path.join(top, name)
+        if not os.path.isdir(full) or os.path.islink(full):
+            return (name.startswith("."), 0, name)
+        try:
+            return (name.startswith("."), 1 + len(os.listdir(full)), name)
+        except OSError:
+            return (True, 0, name)
+
     out = []
-    for name in names:
+    for name in sorted(names, key=order):
         full = os.path.join(top, name)
         if name_problem(ctx, full) or read_problem(ctx, full):
             continue
-        if os.path.isdir(full) and not os.path.islink(full) and reach_problem(ctx, full, **walk):
-            continue
         if os.path.islink(full) and os.path.isdir(full):
+            continue
+        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or reach_problem(
+                ctx, full, limit=SUGGEST_WALK - spent[0], spent=spent, **walk)):
             continue
         out.append(name if path in (".", "./") else f"{path.rstrip('/')}/{name}")
         if len(out) >= limit:
             break
-    return out
+    return sorted(out, key=lambda n: (n.rsplit("/", 1)[-1].startswith("."), n))
