@@ -112,14 +112,16 @@ def _getopt(form: OptForm, words: list[Word], first: int):
             break
         if t.startswith("--"):
             name, eq, val = t.partition("=")
+            known = name in form.longs or name in form.long_valued
+            if known and w.quoted and not (eq and w.raw.startswith(name + "=") and name in form.long_valued):
+                raise _Bad(f"quotes are allowed only around the text of ./run.sh -m, a search pattern or a glob: "
+                           f"write {t} without quotes", i)
             if name in form.longs and not eq:
                 opts.append((name, None))
             elif name in form.long_valued:
                 kind = form.long_valued[name]
                 if eq:
                     vw = Word(val, w.quoted and len(val) < len(w.raw))
-                    if w.quoted and not w.raw.startswith(name + "="):
-                        raise Denied(f"quote only the value of {name}=")
                 else:
                     if w.quoted:
                         raise _Bad(f"quotes are allowed only around the text of ./run.sh -m, a search pattern "
