@@ -136,6 +136,12 @@ _GROUPS = {
         "unshare nsenter busybox",
 }
 _KNOWN = {name: msg for msg, names in _GROUPS.items() for name in names.split()}
+_GIT_READS = {                  # read-only git subcommands outside the language: the form that does it
+    "grep": "search with grep -rn PATTERN FOLDER (e.g. grep -rn \"def forward\" src)",
+    "ls-files": "list files with find FOLDER -type f, or ls -R FOLDER",
+    "blame": "read the file, and its history with git log -p -- PATH",
+    "shortlog": "use git log --oneline -N", "whatchanged": "use git log --stat -N",
+}
 _GIT_NETWORK = ("push", "pull", "fetch", "clone", "remote", "ls-remote", "submodule", "send-email")
 
 
@@ -174,6 +180,8 @@ def hint(command, reason: str, root: str | None = None) -> str:
             return NETWORK.format(t)
     if names and names[0] == "git" and len(names) > 1 and names[1] not in ("status", "diff", "log", "show"):
         sub = names[1]
+        if sub in _GIT_READS:
+            return f"git {sub} is not one of the forms: {_GIT_READS[sub]}"
         if not sub.startswith("-"):
             return GIT_WRITE.format(sub) + ("; there is no network access either" if sub in _GIT_NETWORK else "")
     if names and names[0] in _KNOWN and names[0] not in PROGRAMS:
