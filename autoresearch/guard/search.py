@@ -15,7 +15,7 @@ from .paths import RUN_AGENT_WRITTEN, Context, name_problem, project_rel, read_p
 WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
              ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
-SUGGEST_WALK = 1000             # entries a denial's suggestion vets in all (readable_parts)
+SUGGEST_WALK = 600             # entries a denial's suggestion vets in all (readable_parts)
 
 
 def glob_tokens(pattern: str) -> list[str]:
@@ -290,10 +290,13 @@ def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str
     out = []
     for name in sorted(names, key=order):
         full = os.path.join(top, name)
-        if name_problem(ctx, full) or read_problem(ctx, full):
+        if name_problem(ctx, full):
             continue
-        if os.path.islink(full) and os.path.isdir(full):
-            continue
+        if os.path.islink(full):                # the folder itself passed the Read policy: only a link
+            if os.path.isdir(full) or read_problem(ctx, full):      # needs resolving (and one to a
+                continue                                              # folder is left out)
+        elif not (os.path.isfile(full) or os.path.isdir(full)):
+            continue                            # a FIFO, socket or device
         if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or reach_problem(
                 ctx, full, limit=SUGGEST_WALK - spent[0], spent=spent, **walk)):
             continue
