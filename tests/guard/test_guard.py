@@ -525,3 +525,18 @@ def test_the_script_copy_in_a_run_folder_is_named_by_program_md(tmp_path) -> Non
     assert w.bash("cat runs/0001/gpt.py").decision == "allow"
     got = w.tool("Read", file_path="{root}/runs/0001/train.py")
     assert got.decision == "deny" and "off limits" in got.reason, got
+
+
+@pytest.mark.parametrize("command", ['grep -rn "def attention" .', "grep -rn attention --include='*.py'",
+                                     "rg -n attention", 'find . -name "*.py"', "ls -R", "grep -R x .",
+                                     "grep -rn --color=always -i x src", "git log --output=x -5"])
+def test_a_denied_command_names_a_form_that_runs(corpus_world: World, command: str) -> None:
+    """The closest form a denial offers (a walk over the readable parts of its folder, the command
+    without an option it may not use) is itself allowed, and walks no hidden part."""
+    got = corpus_world.bash(command)
+    assert got.decision == "deny", got
+    offered = got.reason.rsplit("`", 2)[-2]
+    assert offered != command and corpus_world.bash(offered).decision == "allow", (got, offered)
+    listing = command.startswith(("find", "ls"))       # names only: a folder with a key file may be listed
+    for hidden in ("runs", ".git") if listing else ("runs", ".git", "config", "notes"):
+        assert hidden not in offered.split(), offered
