@@ -74,17 +74,17 @@ def _walk_denied(ctx: Context, m, index, path: str, why: str, **walk) -> str:
     what = "list" if walk.get("names_only") else "search"
     parts = readable_parts(ctx, path, **walk)
     typed = " ".join(w.raw for w in m.words)
+    so = ("so the guard cannot vouch for `{}`" if "too large to vet" in why
+          else "so `{}` would reach what is off limits").format(typed)
     if not parts:
-        return (f"{why}, so `{typed}` would reach what is off limits: {what} a folder below it "
-                "whose whole contents you may read")
+        return f"{why}, {so}: {what} a folder below it whose whole contents you may read"
     raw = [w.raw for w in m.words]
     if index is None:
         at = m.implicit if m.implicit is not None else len(raw)
         raw[at:at] = parts
     else:
         raw[index:index + 1] = parts
-    return (f"{why}, so `{typed}` would reach what is off limits; "
-            f"{what} the parts you may read: `{' '.join(raw)}`")
+    return f"{why}, {so}; {what} the parts you may read: `{' '.join(raw)}`"
 
 
 # ---------------------------------------------------------------------------
