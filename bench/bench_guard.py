@@ -34,6 +34,10 @@ CALLS = {
     "Read train.py (allow)": ("Read", {"file_path": str(ROOT / "train.py")}),
     "Read runs/0001/out/model.pt (deny)": ("Read", {"file_path": str(ROOT / "runs" / "0001" / "out" / "model.pt")}),
     "Grep the project (allow)": ("Grep", {"pattern": "LEARNING_RATE"}),
+    "Bash grep -rn autoresearch/guard (allow)": ("Bash", {"command": 'grep -rn "def match" autoresearch/guard'}),
+    "Bash find autoresearch -name (allow)": ("Bash", {"command": 'find autoresearch -name "*.py"'}),
+    "Bash git show HEAD~1:train.py (allow)": ("Bash", {"command": "git show HEAD~1:train.py"}),
+    "Bash grep -rn . (deny + suggestion)": ("Bash", {"command": "grep -rn LEARNING_RATE ."}),
 }
 
 

@@ -19,12 +19,15 @@ One tool call, step by step (a module each):
                nothing agent code writes, no FIFOs); Edit/Write only the editable set, as regular
                files, never the harness's own; search.py: Glob/Grep by all they could reach;
                urls.py: WebFetch's URL as a WHATWG parser reads it, its host resolved;
-5. cmdlang.py  Bash: only a few templates (`./run.sh -m "..."`, read-only forms); their PATH
-               operands get paths.py's read check.
+5. cmdlang.py  Bash: only a few forms: `./run.sh -m "..."` and the read-only tools an agent
+               habitually types (grep, rg, find, ls, head, git log/show/diff, ...; options in any
+               order: optforms.py; lexer.py splits the string exactly as bash does); their path
+               operands get paths.py's read check, and a walk (grep -r, rg, find, ls -R) is judged
+               by everything it could reach (search.reach_problem).
 
 explain.py (not on the hot path) shows a human the same decision: `autoresearch guard explain`.
 
 This package runs once per tool call, so the hot path imports only os, sys and json; pydantic and
-YAML load only when program.md changed (policy.py), cmdlang only for Bash.
+YAML load only when program.md changed (policy.py), cmdlang (with lexer, optforms) only for Bash.
 """
 from .respond import hook as hook

@@ -1,168 +1,41 @@
-"""The Bash command language the agent may use: a few templates over a character set where
-bash's word splitting is trivial, so the guard knows exactly which program runs with which
-arguments (tests/guard/test_guard_bash_diff.py proves it against real bash).
+"""The Bash command language the agent may use: a few forms over a character set where bash's
+word splitting is trivial, so the guard knows exactly which program runs with which arguments
+(lexer.py says which strings; tests/guard/test_guard_bash_diff.py proves it against real bash).
 
-Why not parse shell: a parser of arbitrary bash cannot prove a string harmless (a quoted word
-followed by a backslash escape was two words to tree-sitter and one to bash). This lexer
-accepts only strings whose meaning to bash is obvious:
-
-- plain words from `SAFE` (letters, digits, `. _ / = : , + -`), separated by single spaces;
-- at most one quoted free-text word: '...' without `'`, or "..." without `" $ ` \\ !`,
-  with no control characters, and only in a TEXT slot of a template;
-- nothing else: no `; | & < > * ? [ ] ~ { } $ # ( ) \\`, newlines, tabs or runs of spaces.
-
-A template is one line of `TEMPLATES`: literal words, `[optional groups]`, and the slot kinds
-TEXT (free text), PATH (a file the caller checks with the Read policy), N (a count), REV (a
-git revision). Adding a form is adding a line.
+Two kinds of form. TEMPLATES are fixed word sequences: literal words, `[optional groups]` and
+the slot kinds TEXT (free text), PATH (a file the caller checks with the Read policy), N (a
+count), REV (a git revision). OPTION_FORMS (optforms.py) are the read-only tools with the
+options an agent habitually types, in any order. Every path operand is judged by the Read
+policy; a search or listing that walks a folder (`grep -r`, `rg`, `find`, `ls -R`) is judged by
+everything below it (search.reach_problem).
 """
 from __future__ import annotations
 
 import json
 import os
 
-MAX_COMMAND = 4096              # characters; longer is not a command a research loop needs
+from .lexer import (MAX_COMMAND, MAX_QUOTED, QUOTABLE, REV_MARKS, SAFE, Denied, Match, Word,  # noqa: F401
+                    _slot_problem, lex)
+from .optforms import _BY_PROG, FIND_FLAGS, FIND_VALUED, OPTION_FORMS, OptForm, _Bad, _match_optform  # noqa: F401
 
 TEMPLATES = (
     "./run.sh -m TEXT",
     "./run.sh -m TEXT --queue",
     "./run.sh --wait",
     "git status",
-    "git diff [--stat]",
-    "git log [--oneline] [-n N]",
-    "git show [--stat] REV",
-    "ls [-l] [PATH]",
-    "cat PATH",
-    "head [-n N] PATH",
-    "tail [-n N] PATH",
-    "wc [-l] PATH",
     "nvidia-smi",
+    "pwd",
 )
-SLOTS = ("TEXT", "PATH", "N", "REV")
-SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._/=:,+-")
+SLOTS = ("TEXT", "PATH", "N", "REV")   # the kinds TEMPLATES use
 
 
 def _show(forms) -> str:
     return ", ".join(f"`{f}`" for f in forms).replace("TEXT", '"<what changed and why>"')
 
 
-ALLOWED = _show(TEMPLATES)
-USE_INSTEAD = "look at files with the Read, Grep and Glob tools"
-
-# Why a character cannot appear outside the one quoted text (the first one found is reported).
-_CHAR_WHY = {
-    ";": "one command per call: no ; & | or newlines",
-    "&": "one command per call: no ; & | or newlines (and no background jobs)",
-    "|": "one command per call: no pipes (output comes back to you whole; use head or tail on a file)",
-    "\n": "one command per call: no ; & | or newlines",
-    "<": "redirection is not allowed: output comes back to you as it is",
-    ">": "redirection is not allowed: output comes back to you as it is",
-    "$": "$ expansions and substitutions are not allowed: write the value itself",
-    "`": "backticks are not allowed: write the value itself",
-    "*": "glob characters (* ? [ ]) are not allowed: name the file, or use the Glob tool",
-    "?": "glob characters (* ? [ ]) are not allowed: name the file, or use the Glob tool",
-    "[": "glob characters (* ? [ ]) are not allowed: name the file, or use the Glob tool",
-    "]": "glob characters (* ? [ ]) are not allowed: name the file, or use the Glob tool",
-    "~": "~ is not allowed: name paths relative to the project",
-    "{": "braces are not allowed: write each word out",
-    "}": "braces are not allowed: write each word out",
-    "#": "comments (#) are not allowed",
-    "(": "parentheses (subshells, functions) are not allowed",
-    ")": "parentheses (subshells, functions) are not allowed",
-    "\\": "backslashes are not allowed outside the one quoted text",
-    "!": "! is not allowed",
-    "\t": "tabs are not allowed: separate words with single spaces",
-}
-
-
-class Denied(Exception):
-    """The command is not in the language; str(self) is the reason, written for the agent."""
-
-
-class Word:
-    """One word, exactly as bash will pass it: its text, and whether it was the quoted one."""
-    __slots__ = ("text", "quoted")
-
-    def __init__(self, text: str, quoted: bool = False):
-        self.text, self.quoted = text, quoted
-
-    def __repr__(self) -> str:
-        return f"Word({self.text!r}{', quoted' if self.quoted else ''})"
-
-
-class Match:
-    """An accepted command: the template it fits, the argv bash will exec, and its PATH operands."""
-    __slots__ = ("template", "argv", "paths")
-
-    def __init__(self, template: str, argv: list[str], paths: list[str]):
-        self.template, self.argv, self.paths = template, argv, paths
-
-
-def _bad_text_char(ch: str) -> str | None:
-    """Why `ch` may not appear in the quoted text (None: it may)."""
-    if ch < " " or ch == "\x7f":
-        return f"control character {ch!r} is not allowed, not even in the quoted text: write one line"
-    if ch > "\x7f":
-        import unicodedata
-        if unicodedata.category(ch) in ("Cc", "Cf", "Co", "Cn", "Cs", "Zl", "Zp", "Zs"):
-            return f"invisible or unusual character U+{ord(ch):04X} is not allowed"
-    return None
-
-
-def lex(command) -> list[Word]:
-    """Split `command` into words exactly as bash does, or raise Denied. Exact because the only
-    strings accepted are single-space-separated plain words from SAFE, plus one whole-word
-    quoted text whose quote character and bash's in-quote specials do not occur inside."""
-    if not isinstance(command, str) or not command.strip(" "):
-        raise Denied("empty command")
-    if len(command) > MAX_COMMAND:
-        raise Denied(f"the command is too long ({len(command)} characters; the limit is {MAX_COMMAND})")
-    words: list[Word] = []
-    quoted = False
-    i, n = 0, len(command)
-    while True:
-        if i >= n or command[i] == " ":
-            raise Denied("separate words with single spaces (no leading, trailing or double spaces)")
-        ch = command[i]
-        if ch in "'\"":
-            if quoted:
-                raise Denied("at most one quoted text per command")
-            end = command.find(ch, i + 1)
-            if end < 0:
-                raise Denied(f"unterminated {ch} quote")
-            text = command[i + 1:end]
-            for c in text:
-                why = _bad_text_char(c)
-                if why:
-                    raise Denied(why)
-                if ch == '"' and c in '$`\\!':
-                    raise Denied(f"{c!r} is not allowed inside double quotes: use single quotes")
-            words.append(Word(text, True))
-            quoted = True
-            i = end + 1
-            if i < n and command[i] != " ":
-                raise Denied("a quoted text must be a whole word (a space after the closing quote)")
-        else:
-            start = i
-            while i < n and command[i] in SAFE:
-                i += 1
-            if i < n and command[i] != " ":
-                c = command[i]
-                if c in "'\"":
-                    raise Denied("a quoted text must be a whole word (a space before the opening quote)")
-                if c in _CHAR_WHY:
-                    raise Denied(_CHAR_WHY[c])
-                why = _bad_text_char(c)
-                if why:
-                    raise Denied(why)
-                if c > "\x7f":
-                    raise Denied(f"{c!r} (U+{ord(c):04X}) is not allowed outside the quoted text: "
-                                 "plain words are ASCII letters, digits and . _ / = : , + -")
-                raise Denied(f"{c!r} is not allowed outside the quoted text: "
-                             "plain words are letters, digits and . _ / = : , + -")
-            words.append(Word(command[start:i]))
-        if i == n:
-            return words
-        i += 1                                   # the single space
+ALLOWED = _show(TEMPLATES[:3]) + "; to look: " + ", ".join(
+    f"`{f.usage}`" for f in OPTION_FORMS) + ", `git status`, `pwd`, `nvidia-smi`"
+USE_INSTEAD = "read files with the Read tool; search with grep -rn PATTERN FOLDER or find FOLDER -name GLOB"
 
 
 def _expand(template: str) -> list[list[str]]:
@@ -185,28 +58,11 @@ def _expand(template: str) -> list[list[str]]:
 
 
 _FORMS: list[tuple[str, list[str]]] = [(t, seq) for t in TEMPLATES for seq in _expand(t)]
-PROGRAMS = {t.split()[0] for t in TEMPLATES}
-
-
-def _slot_problem(kind: str, word: Word, program: str) -> str | None:
-    text = word.text
-    if kind != "TEXT" and word.quoted:
-        return "quotes are allowed only around the text of ./run.sh -m"
-    if kind == "TEXT":
-        if not text.strip():
-            return f'give {program} -m a description: {program} -m "what changed and why"'
-        if text.startswith("-"):
-            return "the description may not start with '-' (it would read as an option)"
-    elif kind == "N":
-        if not (text.isdigit() and text.isascii() and len(text) <= 6):
-            return f"{text} is not a count (digits only)"
-    elif text.startswith("-"):
-        return f"{text} is not an allowed option here"
-    return None
+PROGRAMS = {t.split()[0] for t in TEMPLATES} | {f.prog[0] for f in OPTION_FORMS}
 
 
 def match(command) -> Match:
-    """The template `command` fits, or Denied with the most useful reason."""
+    """The form `command` fits, or Denied with the most useful reason."""
     words = lex(command)
     texts = [w.text for w in words]
     slot_why = None
@@ -229,7 +85,23 @@ def match(command) -> Match:
     if slot_why:
         raise Denied(slot_why)
     name = texts[0]
-    forms = [t for t in TEMPLATES if t.split()[0] == name]
+    if not words[0].quoted:
+        form = (_BY_PROG.get(tuple(texts[:2])) if len(words) > 1 and not words[1].quoted else None) \
+            or _BY_PROG.get((name,))
+        if form:
+            try:
+                return _match_optform(form, words)
+            except _Bad as e:
+                nxt = e.index + 1
+                if "=" not in texts[e.index] and nxt < len(words) and not texts[nxt].startswith("-"):
+                    raise Denied(str(e)) from None  # it may take the next word as its value: no guess
+                rest = " ".join(w.raw for k, w in enumerate(words) if k != e.index)
+                try:
+                    match(rest)
+                except Denied:
+                    raise Denied(str(e)) from None
+                raise Denied(f"{e}; without it: `{rest}`") from None
+    forms = [t for t in TEMPLATES if t.split()[0] == name] + [f.usage for f in OPTION_FORMS if f.prog[0] == name]
     if forms:
         raise Denied(f"{name} runs only as: {_show(forms)}; {USE_INSTEAD}")
     raise Denied(f"{name} is not a command you can run")
@@ -246,7 +118,8 @@ INSTALL_LEGACY = ("{} is disabled: this repo's training environment is fixed by 
                   "named by sandbox.image in program.md. Note the package and why in scratchpad.md instead")
 NETWORK = "{} is disabled: there is no network access; everything the loop needs is local"
 GIT_WRITE = ("git {} is not allowed: trusted code does git (the Stop hook commits or reverts); "
-             "you may run git status, git diff [--stat], git log [--oneline] [-n N], git show [--stat] REV")
+             "you may run git status, git diff [--stat] [REV] [-- PATH], git log [--oneline] [-N], "
+             "git show REV [--stat], git show REV:PATH")
 _GROUPS = {
     INSTALL: "pip pip3 pipx uv uvx conda mamba micromamba poetry pdm hatch pipenv easy_install apt apt-get "
              "aptitude dpkg yum dnf apk brew snap npm npx yarn pnpm bun gem cargo rustup go nix spack",
@@ -263,6 +136,12 @@ _GROUPS = {
         "unshare nsenter busybox",
 }
 _KNOWN = {name: msg for msg, names in _GROUPS.items() for name in names.split()}
+_GIT_READS = {                  # read-only git subcommands outside the language: the form that does it
+    "grep": "search with grep -rn PATTERN FOLDER (e.g. grep -rn \"def forward\" src)",
+    "ls-files": "list files with find FOLDER -type f, or ls -R FOLDER",
+    "blame": "read the file, and its history with git log -p -- PATH",
+    "shortlog": "use git log --oneline -N", "whatchanged": "use git log --stat -N",
+}
 _GIT_NETWORK = ("push", "pull", "fetch", "clone", "remote", "ls-remote", "submodule", "send-email")
 
 
@@ -301,12 +180,14 @@ def hint(command, reason: str, root: str | None = None) -> str:
             return NETWORK.format(t)
     if names and names[0] == "git" and len(names) > 1 and names[1] not in ("status", "diff", "log", "show"):
         sub = names[1]
+        if sub in _GIT_READS:
+            return f"git {sub} is not one of the forms: {_GIT_READS[sub]}"
         if not sub.startswith("-"):
             return GIT_WRITE.format(sub) + ("; there is no network access either" if sub in _GIT_NETWORK else "")
     if names and names[0] in _KNOWN and names[0] not in PROGRAMS:
         return _KNOWN[names[0]].format(names[0])
     if names and (names[0].startswith("python") or tokens[0].endswith("/python")):
         return _KNOWN["python"].format(names[0])
-    if " runs only as: " in reason:
+    if " runs only as: " in reason or (tokens and tokens[0] in PROGRAMS):
         return reason
     return f"{reason}. Bash runs only: {ALLOWED}; {USE_INSTEAD}"

@@ -15,6 +15,7 @@ from .paths import RUN_AGENT_WRITTEN, Context, name_problem, project_rel, read_p
 WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
              ".venv", "node_modules", "__pycache__"}
 WALK_LIMIT = 20000
+SUGGEST_WALK = 600             # entries a denial's suggestion vets in all (readable_parts)
 
 
 def glob_tokens(pattern: str) -> list[str]:
@@ -187,3 +188,119 @@ def _tree_why(hidden: str) -> str:
     if "eval.log" in hidden:
         return "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
     return "is off limits"
+
+
+def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: bool = False,
+                  depth: int | None = None, limit: int = WALK_LIMIT, spent: list | None = None) -> str | None:
+    """Why a Bash walk below the folder `path` may not run (None: it may): `grep -r`/`rg` (read
+    every file below), `grep -R` (and follow every link), `find`/`ls -R`/`rg --files` (list every
+    name below, to `depth` levels). The rule: the walk's whole reach must be readable. Unlike the
+    Grep tool, which skips VCS folders, these programs skip nothing (rg's ignore files can
+    whitelist anything back), so nothing is skipped here either; their own filters (--include,
+    -name, -g) never count in the walk's favour. So a walk that would enter `.git`, a run's out/,
+    a folder agent code writes, held-out data, or a folder holding credentials is refused as a
+    whole, whatever is there now; so is one that would read a FIFO or device, or (following
+    links) a link out of bounds. A listing may name a hidden entry (as `ls` does) but not enter it."""
+    top = os.path.realpath(ctx.abspath(path))
+    if not os.path.isdir(top):
+        return None
+    for held in ctx.heldout_roots():
+        if under(os.path.realpath(held), top):
+            return f"{path} contains held-out data ({held})"
+    for w in ctx.written:
+        if under(w, top):
+            return f"{path} contains {w}, a folder agent code writes"
+    seen = 0
+    visited = {top}
+    stack = [(top, 0)]
+    while stack:
+        dirpath, level = stack.pop()
+        if depth is not None and level >= depth:
+            continue
+        try:
+            with os.scandir(dirpath) as it:
+                entries = list(it)
+        except OSError:
+            continue
+        seen += len(entries)
+        if spent is not None:
+            spent[0] += len(entries)
+        if seen > limit:
+            return f"{path} holds more than {limit} entries: too large to vet"
+        for e in entries:
+            full = dirpath + "/" + e.name
+            try:
+                is_link = e.is_symlink()
+                is_dir = not is_link and e.is_dir(follow_symlinks=False)
+                is_file = not is_link and e.is_file(follow_symlinks=False)
+            except OSError:
+                continue
+            if is_link and not follow:          # not followed inside the walk: not read, only named
+                continue
+            if names_only and not is_dir and not is_link:
+                continue                        # a listing names a file; it reads nothing
+            hidden = name_problem(ctx, full)
+            if is_link:
+                if read_problem(ctx, full):
+                    return f"{path} contains {_rel(full, top)}, a link out of bounds (-R follows it)"
+                real = os.path.realpath(full)
+                if os.path.isdir(real) and real not in visited:
+                    visited.add(real)
+                    stack.append((real, level + 1))
+                continue
+            if is_dir:
+                if hidden or _agent_written_dir(ctx, full):
+                    if depth is None or level + 1 < depth or not names_only:
+                        return f"{path} contains {_rel(full, top)}, which {_tree_why(hidden or 'is off limits')}"
+                    continue
+                stack.append((full, level + 1))
+                continue
+            if hidden:
+                return f"{path} contains {_rel(full, top)}, which {_tree_why(hidden)}"
+            if not is_file:
+                return f"{path} contains {_rel(full, top)}, which is not a regular file (a FIFO, socket or device)"
+    return None
+
+
+def _rel(full: str, top: str) -> str:
+    return full[len(top) + 1:] if full.startswith(top + "/") else full
+
+
+def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str]:
+    """The entries of the folder `path` a walk may reach whole (for a denial's suggestion), spelled
+    below `path` as the agent wrote it; at most `limit`. A courtesy on the denied path, so it is
+    cheap: files first, then folders smallest first, SUGGEST_WALK entries vetted in all (a folder
+    beyond that is left out), dot-names last."""
+    spent = [0]
+    top = ctx.abspath(path)
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return []
+
+    def order(name: str):
+        full = os.path.join(top, name)
+        if not os.path.isdir(full) or os.path.islink(full):
+            return (name.startswith("."), 0, name)
+        try:
+            return (name.startswith("."), 1 + len(os.listdir(full)), name)
+        except OSError:
+            return (True, 0, name)
+
+    out = []
+    for name in sorted(names, key=order):
+        full = os.path.join(top, name)
+        if name_problem(ctx, full):
+            continue
+        if os.path.islink(full):                # the folder itself passed the Read policy: only a link
+            if os.path.isdir(full) or read_problem(ctx, full):      # needs resolving (and one to a
+                continue                                              # folder is left out)
+        elif not (os.path.isfile(full) or os.path.isdir(full)):
+            continue                            # a FIFO, socket or device
+        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or reach_problem(
+                ctx, full, limit=SUGGEST_WALK - spent[0], spent=spent, **walk)):
+            continue
+        out.append(name if path in (".", "./") else f"{path.rstrip('/')}/{name}")
+        if len(out) >= limit:
+            break
+    return sorted(out, key=lambda n: (n.rsplit("/", 1)[-1].startswith("."), n))

@@ -3,8 +3,10 @@ which check judges it (paths.py for files and searches, cmdlang.py for Bash, url
 
 - Any tool input that does not fit the tool's schema is denied.
 - WebFetch/WebSearch: only in a phase with `web: true`; WebFetch only to the public web.
-- Bash: only the templates of cmdlang.py (`./run.sh -m "..."` and a few read-only forms), whose
-  PATH operands get the same read check as Read.
+- Bash: only the forms of cmdlang.py (`./run.sh -m "..."` and the read-only tools an agent
+  habitually types: grep, rg, find, ls, cat, head, tail, wc, git log/show/diff/status, pwd),
+  whose path operands get the same read check as Read, and whose walks (grep -r, rg, find,
+  ls -R) are judged by everything they could reach (search.reach_problem).
 - A few harmless built-ins (todo lists, plan mode, a background job's output) are allowed;
   subagents, MCP tools and anything unknown are denied.
 """
@@ -12,8 +14,8 @@ from __future__ import annotations
 
 import os
 
-from .paths import WHITESPACE, Context, edit_problem, read_problem
-from .search import glob_regex, tree_problem
+from .paths import WHITESPACE, Context, edit_problem, name_problem, read_problem
+from .search import glob_regex, reach_problem, readable_parts, tree_problem
 from .policy import PolicyError, load_policy
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
@@ -55,7 +57,34 @@ def bash_problem(ctx: Context, tool_input: dict) -> tuple[str | None, str | None
         why = read_problem(ctx, path)
         if why:
             return why, m.template
+    for name in m.names:                      # git show REV:PATH (and a word git may take as a path)
+        why = name_problem(ctx, os.path.normpath(os.path.join(ctx.root, name)))
+        if why:
+            return f"{name}: {why}", m.template
+    for index, path, follow, names_only, depth in m.walks:
+        why = reach_problem(ctx, path, follow, names_only, depth)
+        if why:
+            return _walk_denied(ctx, m, index, path, why, follow=follow, names_only=names_only, depth=depth), m.template
     return None, m.template
+
+
+def _walk_denied(ctx: Context, m, index, path: str, why: str, **walk) -> str:
+    """A walk that reaches what is hidden: why, and the same command over the parts of that folder
+    a walk may reach whole (the closest form that runs)."""
+    what = "list" if walk.get("names_only") else "search"
+    parts = readable_parts(ctx, path, **walk)
+    typed = " ".join(w.raw for w in m.words)
+    so = ("so the guard cannot vouch for `{}`" if "too large to vet" in why
+          else "so `{}` would reach what is off limits").format(typed)
+    if not parts:
+        return f"{why}, {so}: {what} a folder below it whose whole contents you may read"
+    raw = [w.raw for w in m.words]
+    if index is None:
+        at = m.implicit if m.implicit is not None else len(raw)
+        raw[at:at] = parts
+    else:
+        raw[index:index + 1] = parts
+    return f"{why}, {so}; {what} the parts you may read: `{' '.join(raw)}`"
 
 
 # ---------------------------------------------------------------------------

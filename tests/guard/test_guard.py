@@ -106,6 +106,9 @@ class World:
             "runs/0001/queue.json": "{}\n", "runs/0001/snapshot/train.py": "N_LAYER = 2\n",
             "runs/0001/.running": "", "runs/0001/planted.txt": "x\n", "runs/0001/model.pt": "x",
             "runs/0001/.sandbox/work/train/CLAUDE.md": PLANTED, "runs/0001/out/CLAUDE.md": PLANTED,
+            # a legacy source tree three levels deep (searches through Bash), and a folder with links
+            "src/pkg/__init__.py": "", "src/pkg/model/layers.py": "def attention(q, k, v):\n    return q\n",
+            "src/pkg/data/loader.py": "import os\n", "linked/ok.py": "x = 1\n",
         }
         home_files = {
             ".ssh/id_rsa": "fake key\n", ".aws/credentials": "[default]\n", ".config/gcloud/credentials.db": "x",
@@ -131,6 +134,8 @@ class World:
         # a link chain that passes through out/ (agent code could retarget out/back at any time)
         (r / "runs" / "0001" / "out" / "back").symlink_to("../../../train.py")
         (r / "notes" / "through_out").symlink_to("../runs/0001/out/back")
+        (r / "linked" / "key").symlink_to(h / ".ssh" / "id_rsa")          # grep -R would follow these
+        (r / "linked" / "out").symlink_to("../runs/0001/out")
         os.mkfifo(r / "notes" / "fifo")                         # a planted FIFO would hang cat or Read
         scratch = self.state / "projects" / "0123abcd" / "runs" / "0001" / "train"
         scratch.mkdir(parents=True)
@@ -404,6 +409,7 @@ def test_grep_of_a_clean_project_is_allowed(tmp_path) -> None:
     w = World(tmp_path)
     shutil.rmtree(w.root / "config")
     shutil.rmtree(w.root / "notes")
+    shutil.rmtree(w.root / "linked")
     got = w.tool("Grep", pattern="LEARNING_RATE")
     assert got.decision == "deny" and "runs/0001/" in got.reason, got     # out/ and eval.log
     run = w.root / "runs" / "0001"
@@ -448,7 +454,7 @@ def test_explain_prints_the_decision_and_why(tmp_path) -> None:
                        capture_output=True, text=True)
     got = json.loads(p.stdout)
     assert p.returncode == 0 and got["decision"] == "allow", p
-    assert got["template"] == "git log [--oneline] [-n N]" and got["argv"] == ["git", "log", "--oneline", "-n", "3"]
+    assert got["template"].startswith("git log [-N | -n N] [--oneline]") and got["argv"] == ["git", "log", "--oneline", "-n", "3"]
     p = subprocess.run([*cli, "--json", "--", 'git log -1 "--"\\output=x'], cwd=w.root, env=env,
                        capture_output=True, text=True)
     got = json.loads(p.stdout)
@@ -519,3 +525,18 @@ def test_the_script_copy_in_a_run_folder_is_named_by_program_md(tmp_path) -> Non
     assert w.bash("cat runs/0001/gpt.py").decision == "allow"
     got = w.tool("Read", file_path="{root}/runs/0001/train.py")
     assert got.decision == "deny" and "off limits" in got.reason, got
+
+
+@pytest.mark.parametrize("command", ['grep -rn "def attention" .', "grep -rn attention --include='*.py'",
+                                     "rg -n attention", 'find . -name "*.py"', "ls -R", "grep -R x .",
+                                     "grep -rn --color=always -i x src", "git log --output=x -5"])
+def test_a_denied_command_names_a_form_that_runs(corpus_world: World, command: str) -> None:
+    """The closest form a denial offers (a walk over the readable parts of its folder, the command
+    without an option it may not use) is itself allowed, and walks no hidden part."""
+    got = corpus_world.bash(command)
+    assert got.decision == "deny", got
+    offered = got.reason.rsplit("`", 2)[-2]
+    assert offered != command and corpus_world.bash(offered).decision == "allow", (got, offered)
+    listing = command.startswith(("find", "ls"))       # names only: a folder with a key file may be listed
+    for hidden in ("runs", ".git") if listing else ("runs", ".git", "config", "notes"):
+        assert hidden not in offered.split(), offered

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import yaml
 
-from autoresearch.guard.cmdlang import TEMPLATES, Denied, _expand, lex, match
+from autoresearch.guard.cmdlang import FIND_FLAGS, FIND_VALUED, OPTION_FORMS, TEMPLATES, Denied, _expand, lex, match
 
 ROOT = Path(__file__).resolve().parents[2]
 N = int(os.environ.get("AUTORESEARCH_GUARD_DIFF_N", "100000"))
@@ -48,17 +48,27 @@ LOCALES = ("C.UTF-8", "C")
 PLAIN = ["train.py", "runs/0001/metrics.json", "HEAD", "main", "a=b", "X=1", "x:y", "1,2", "+5", "-", "--",
          ".", "..", "/etc/passwd", "a/b/c", "-n", "--stat", "-l", "--oneline", "-m", "5", "0", "123456",
          "status", "diff", "log", "show", "HEAD:train.py", "--output=x", "-1", "README.md", "...", "_", "x+y",
-         "a.b.c", "--queue", "--wait", "git", "ls", "cat", "./run.sh", "-", "9999999", "./x", "-la"]
+         "a.b.c", "--queue", "--wait", "git", "ls", "cat", "./run.sh", "-", "9999999", "./x", "-la",
+         # revisions: ~ and ^ inside a word mean nothing to bash (never first, never after : or =)
+         "HEAD~1", "HEAD^", "HEAD^2", "HEAD~2^", "main..HEAD", "HEAD~3...HEAD", "HEAD~1:train.py", "a~b", "x:~y",
+         "a=~", "a=~/x", "X=a:~/b", "~x", "^x", "--x=~", "src", "src/pkg", "-rn", "-A3", "-e", "--include=x"]
 NASTY = ["'", '"', "\\", "\\\\", "$", "$x", "${x}", "$(id)", "`id`", ";", "|", "&", "&&", "||", ">", ">>", "<",
          "2>&1", "*", "?", "[a]", "{a,b}", "~", "~/x", "#", "!", "!!", "(", ")", "\n", "\t", "  ", "\r", "\x00",
          "\x01", "\x1b", "\x7f", "=", "\\\n", "'\\''", '"\\""', "\\ ", "$'x'", '$"x"', "\u00a0", "\u200b",
          "\u202e", "\u2028", "\ufeff", "ｌｓ", "а", "；", "＂", "“", "”", "‘", "’", "\u0301", "\uff07", "\u02bc",
-         "%", "@", "^", "''", '""', " '", "' ", ' "', '" ']
+         "%", "@", "^", "''", '""', " '", "' ", ' "', '" ', "~", "=~", ":~", "^^"]
 TEXT = (list("abcdefghij XYZ 0123456789 .,:;-_/=+ ") * 3
         + ["'", '"', "$", "`", "\\", "!", "*", "?", "~", "{", "}", "(", ")", "#", "<", ">", "|", "&", "\n",
            "\t", "\x01", "é", "—", "\u00a0", "\u200b", "“", "ｌ", "а", "\u0301", "%", "@", "^", "[", "]",
            "$(id)", "\\'", "'\\''", "中", "🙂"])
 FORMS = [seq for t in TEMPLATES for seq in _expand(t)]
+PROGRAMS = {seq[0] for seq in FORMS} | {f.prog[0] for f in OPTION_FORMS}
+BUILTINS = {"pwd"}                              # bash runs these itself: checked by their output
+PATHS = ["train.py", "src", "src/pkg", "runs/0001/metrics.json", ".", "a/b/c", "README.md", "x:y", "1,2", "X=1",
+         "a=~", "./x", "/etc/passwd", "..", "+5"]
+REVS = ["HEAD", "HEAD~1", "HEAD^", "HEAD^2", "HEAD~2^", "main..HEAD", "HEAD~3...HEAD", "HEAD~1:train.py",
+        "HEAD^:src/pkg/x.py", "abc1234", "main", "a~b", "x:~y", "HEAD:a=~", "a=~"]
+GLOBS = ["'*.py'", '"*.py"', "'*'", '"src/*"', "x.py", "'[ab]*'", '"a b"', "'$x'", '"~"', "'?'"]
 
 
 def _text(rng: random.Random) -> str:
@@ -85,12 +95,82 @@ def _slot(rng: random.Random, kind: str) -> str:
     return rng.choice(PLAIN)
 
 
+def _value(rng: random.Random, kind: str) -> str:
+    if kind in ("GLOB",):
+        return rng.choice(GLOBS)
+    if kind in ("TEXT", "PATTERN"):
+        return _quoted(rng) if rng.random() < 0.6 else rng.choice(PLAIN)
+    if kind == "FTYPE":
+        return rng.choice("fdl")
+    if kind == "TYPE":
+        return rng.choice(("py", "md"))
+    if kind == "PATH" and rng.random() < 0.85:
+        return rng.choice(PATHS)
+    if kind == "N" and rng.random() < 0.85:
+        return rng.choice(("5", "0", "10", "123456"))
+    return _slot(rng, kind)
+
+
+def option_form(rng: random.Random) -> list[str]:
+    """A read-only tool with its options in any order: flags alone or clustered, values attached,
+    as the next word or after `=` (a quoted glob glued to `--include=`), `--`, revisions."""
+    form = rng.choice(OPTION_FORMS)
+    words = list(form.prog)
+    if form.operands == "find":
+        words += [rng.choice(PLAIN) for _ in range(rng.randint(0, 2))]
+        for _ in range(rng.randint(0, 4)):
+            if rng.random() < 0.3:
+                words.append(rng.choice(sorted(FIND_FLAGS)))
+            else:
+                name = rng.choice(sorted(FIND_VALUED))
+                words += [name, _value(rng, FIND_VALUED[name])]
+        return words
+    opts: list[str] = []
+    for _ in range(rng.randint(0, 4)):
+        r = rng.random()
+        if r < 0.3 and form.flags:
+            opts.append("-" + "".join(rng.choice(form.flags) for _ in range(rng.randint(1, 3)) if form.cluster or _ == 0))
+        elif r < 0.55 and form.valued:
+            c = rng.choice(sorted(form.valued))
+            v = _value(rng, form.valued[c])
+            opts += [f"-{c}{v}"] if rng.random() < 0.3 and not v.startswith(("'", '"')) else [f"-{c}", v]
+        elif r < 0.75 and form.long_valued:
+            name = rng.choice(sorted(form.long_valued))
+            v = _value(rng, form.long_valued[name])
+            opts += [f"{name}={v}"] if rng.random() < 0.6 else [name, v]
+        elif r < 0.9 and form.longs:
+            opts.append(rng.choice(sorted(form.longs)))
+        elif form.num:
+            opts.append(f"-{rng.choice(('5', '10', '50', '1234567'))}")
+    if form.num and form.cluster and rng.random() < 0.3:
+        opts.insert(0, f"-{rng.choice(('5', '50'))}")     # head -50: the first word only
+    ops = []
+    if form.operands == "search":
+        ops.append(_value(rng, "PATTERN"))
+    if form.operands in ("revs-paths", "show"):
+        ops += [rng.choice(REVS) if rng.random() < 0.85 else rng.choice(PLAIN) for _ in range(rng.randint(0, 2))]
+        mixed = opts + ops
+        if rng.random() < 0.5:
+            rng.shuffle(mixed)
+        if rng.random() < 0.3:
+            mixed += ["--", _value(rng, "PATH")]
+        return words + mixed
+    ops += [_value(rng, "PATH") for _ in range(rng.randint(0 if form.operands != "paths+" else 1, 2))]
+    mixed = opts + ops
+    if rng.random() < 0.5:
+        rng.shuffle(mixed)
+    return words + mixed
+
+
 def generate(rng: random.Random) -> str:
-    """One command: a template's words with slots filled, then 0-3 mutations; or pure noise."""
+    """One command: a form's words with slots filled, then 0-3 mutations; or pure noise."""
     if rng.random() < 0.08:
         return "".join(rng.choice((*PLAIN, *NASTY, " ", _quoted(rng))) for _ in range(rng.randint(1, 6)))
-    words = [w if w not in ("TEXT", "PATH", "N", "REV") else _slot(rng, w) for w in rng.choice(FORMS)]
-    for _ in range(rng.choice((0, 0, 0, 0, 0, 1, 1, 2, 3))):
+    if rng.random() < 0.6:
+        words = option_form(rng)
+    else:
+        words = [w if w not in ("TEXT", "PATH", "N", "REV") else _slot(rng, w) for w in rng.choice(FORMS)]
+    for _ in range(rng.choice((0, 0, 0, 0, 0, 0, 1, 1, 2, 3))):
         op, i = rng.random(), rng.randrange(len(words))
         w = words[i]
         if op < 0.35:                                   # a nasty piece inside or around a word
@@ -139,7 +219,7 @@ def run_all(tmp: Path, jobs: list[tuple[str, str]]) -> tuple[list[list], str]:
     work, stubs = tmp / "work", tmp / "stubs"
     work.mkdir()
     stubs.mkdir()
-    for name in {seq[0] for seq in FORMS}:
+    for name in PROGRAMS - BUILTINS:
         path = work / "run.sh" if name == "./run.sh" else stubs / name
         path.write_text(STUB)
         path.chmod(0o755)
@@ -160,7 +240,7 @@ def run_all(tmp: Path, jobs: list[tuple[str, str]]) -> tuple[list[list], str]:
     for res in results:
         for i, r in enumerate(res):
             r.append(i + 2)
-    return [r for res in results for r in res], str(stubs)
+    return [r for res in results for r in res], str(stubs), str(work)
 
 
 def corpus_allowed() -> list[str]:
@@ -198,12 +278,15 @@ def test_bash_runs_exactly_what_the_guard_decided(tmp_path) -> None:
                 continue
             jobs.append(("printf '%s\\0' " + cmd, LOCALES[k % 2]))
             expect.append(("lexer", cmd, words))
-    results, stubs = run_all(tmp_path, jobs)
+    results, stubs, work = run_all(tmp_path, jobs)
     assert len(results) == len(jobs)
     mismatches = []
     for (kind, cmd, words), (pid, rc, out, err, want_pid) in zip(expect, results):
         fields = out.split("\0")
-        if kind == "template":
+        if kind == "template" and words[0] in BUILTINS:
+            assert words == ["pwd"], words
+            fields, want = out, work + "\n"
+        elif kind == "template":
             program = words[0] if words[0] == "./run.sh" else f"{stubs}/{words[0]}"
             want = [str(pid), program, *words[1:], ""]
         else:

@@ -155,7 +155,8 @@ def test_unwritable_cache_still_decides(world: World) -> None:
 
 # Every module a Bash decision imports (the package, its hot-path modules, the command language);
 # explain.py is for humans and never on the hook's path.
-HOT_PATH = ["__init__.py", "respond.py", "policy.py", "tools.py", "paths.py", "search.py", "cmdlang.py"]
+HOT_PATH = ["__init__.py", "respond.py", "policy.py", "tools.py", "paths.py", "search.py", "cmdlang.py",
+            "lexer.py", "optforms.py"]
 
 
 def test_the_hot_path_list_names_every_guard_module() -> None:
