@@ -276,7 +276,8 @@ def _loop_commands(sub) -> None:
         return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
     p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
                          "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate,
-            {1: "sigma not stored: fewer than two runs succeeded, or their fingerprints differ"})
+            {1: "sigma not stored: fewer than two runs succeeded, their fingerprints differ, or every seed gave "
+                "the bit-identical result (the repo ignores the seed; noise unknown)"})
     p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")

@@ -321,7 +321,10 @@ def session_context(program: Program, st, rows: list[LedgerRow], branch: str | N
              f"- Phase '{program.phase}': {short(program.current.focus, 240)}",
              f"- Run branch: {branch or '(none yet: the first decision starts one)'}; best {m}: "
              f"{_fmt(best) if best is not None else 'none yet (the first run is the baseline)'}; "
-             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma is not None else " (noise not calibrated)")
+             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma else
+                                                 " (noise UNKNOWN: the repo ignores the seed)"
+                                                 if st.sigma == 0 or getattr(st, "seed_ignored", None)
+                                                 else " (noise not calibrated)")
              + ".",
              f"- Budget: {allowance.line()}." + (f" STOP: {allowance.reason}." if allowance.spent else "")]
     if mine:
