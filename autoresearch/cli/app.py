@@ -187,9 +187,10 @@ def _report_commands(sub) -> None:
     p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
             doctor, {1: "a check failed, or the --trial did not produce a metric"})
     p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
-    p.add_argument("--trial", type=float, nargs="?", const=30.0, metavar="SECONDS",
-                   help="then run the command once in the sandbox, as init's check does (default 30 s), "
-                        "after a program.md change; nothing is recorded as an experiment")
+    p.add_argument("--trial", type=float, nargs="?", const=0.0, metavar="SECONDS",
+                   help="then run the command once in the sandbox, as init's check does (default: the budget "
+                        "init's check used, else 30 s), after a program.md change; ready only if it produced "
+                        "a metric; nothing is recorded as an experiment")
 
     def final(a):
         from .final import main as run

@@ -20,6 +20,7 @@ everything else is a warning.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -182,6 +183,33 @@ def check_project(root: Path, seconds: float, say=lambda _s: None) -> CheckRepor
         rep.runs.append(run_once(root, program, seconds, program.seed + 1, "second seed"))
     rep.warnings = findings(rep, program, root)
     return _finish(root, rep)
+
+
+DEFAULT_CHECK_SECONDS = 30.0
+
+
+def last_check_seconds(root: Path) -> float:
+    """The budget of the last check (init's, or an earlier trial's): `doctor --trial` runs the same,
+    so a trial is not a shorter, easier test than the one init ran."""
+    with contextlib.suppress(OSError, ValueError):
+        s = float(json.loads((Path(root) / STATE_DIR / CHECKS_DIR / "report.json").read_text())["check_seconds"])
+        if s > 0:
+            return s
+    return DEFAULT_CHECK_SECONDS
+
+
+def no_metric(rep: CheckReport) -> str | None:
+    """Why the check's first run is not a result the loop could use (None: it produced a metric).
+    A run that started but timed out or crashed is not "ready"."""
+    if rep.failure:
+        return rep.failure
+    first = rep.runs[0] if rep.runs else None
+    if first is None or first.status != "ok" or first.value is None:
+        what = (first.status or "no run") if first else "no run"
+        why = f": {first.reason}" if first and first.reason else ""
+        return (f"the trial produced no metric ({what}{why}"
+                + (f"; see {first.folder}/train.log" if first and first.folder else "") + ")")
+    return None
 
 
 def _last(lines: list[str]) -> str:
