@@ -114,8 +114,8 @@ def environment_cause(root: Path, program: Program, run: RunRecord, head: str, c
         if own:
             src = str(Path(own).parent) if "/" in own else "."
             return EnvCause(kind="missing-module", what=f"the repo's own module {mod!r} ({own}) was not on the "
-                            f"import path", fix=f"run the training script from the folder that holds it, or put "
-                            f"{src} on the path with run.env in program.md (a human's setting)")
+                            f"import path", fix=f"add {src} to run.source_roots in program.md (its folders are "
+                            f"on the import path of TRAIN and the model servers)")
         if _imports(root, head, code, mod):
             return EnvCause(kind="missing-module", what=f"the module {mod!r}, which the best's own code imports "
                             f"too, is not installed in the run's environment", fix="point run.python in "

@@ -174,6 +174,27 @@ def _launcher(v: Any) -> Any:
     return words
 
 
+def _argv(v: Any) -> Any:
+    """run.command and eval.command, one rule: argv words, never run by a shell, so any text is one
+    word as written (`${oc.env:DATA}`, a quoted 'a b'); a string is split like a shell would; YAML
+    numbers become words. Only an empty word, a NUL or a line break is refused."""
+    if v is None:
+        return v
+    try:
+        words = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:                       # an unclosed quote
+        raise ValueError(f"{v!r}: {e}") from None
+    if isinstance(words, list):
+        words = [str(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else w for w in words]
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError("give the command's words, such as python train.py --config cfg.yaml "
+                         "or [python, train.py, --config, cfg.yaml]")
+    for w in words:
+        if not w or "\0" in w or "\n" in w or "\r" in w:
+            raise ValueError(f"{w!r}: a command word may not be empty or hold a NUL or a line break")
+    return words
+
+
 class Run(_Strict):
     """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
     `eval_command`: TRAIN, then the human's frozen `eval.command` in its own sandbox writes the metric.
@@ -193,8 +214,13 @@ class Run(_Strict):
     # stage's work copy gets them empty and writable, not linked read-only to the project's own
     # (which earlier runs by hand left there, untracked)
     outputs: list[str] = []
+    # folders of the project put on the model servers' import path (besides the project and the
+    # loaded file's own folder), for a repo whose code imports `from utils import ...` out of src/:
+    # set here by the human, never by PYTHONPATH in run.env (the harness owns that)
+    source_roots: list[str] = []
 
     _launcher = field_validator("launcher", mode="before")(_launcher)
+    _command = field_validator("command", mode="before")(_argv)
 
     @field_validator("outputs")
     @classmethod
@@ -208,6 +234,16 @@ class Run(_Strict):
                                  "out or outputs (not runs/, .git or .autoresearch; no '..', no glob)")
             out.append(str(PurePosixPath(f)))
         return list(dict.fromkeys(out))
+
+    @field_validator("source_roots")
+    @classmethod
+    def _roots(cls, v: list[str]) -> list[str]:
+        for f in v:
+            parts = PurePosixPath(f).parts
+            if not parts or f.startswith("/") or ".." in parts or not _OUTPUT_NAME.fullmatch(f):
+                raise ValueError(f"run.source_roots {f!r}: a project-relative folder of the repo's code, such as "
+                                 "src (no '..', no glob)")
+        return list(dict.fromkeys(str(PurePosixPath(f)) for f in v))
     _python = field_validator("python", mode="before")(check_python)
     _env = field_validator("env", mode="before")(check_env)
 
@@ -234,7 +270,7 @@ class Eval(_Strict):
     tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, relative to its spread
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
-    _command = field_validator("command", mode="before")(_launcher)
+    _command = field_validator("command", mode="before")(_argv)      # one rule with run.command
 
     @field_validator("model")
     @classmethod

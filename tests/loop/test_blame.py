@@ -92,6 +92,7 @@ def test_a_flat_repo_module_not_on_the_path_is_the_environment(proj):
     proj.fake_run(status="crash", log=TRACE + "ModuleNotFoundError: No module named 'utils'\n")
     r = proj.decide()
     assert "ENVIRONMENT" in r.text and "repo's own module 'utils' (utils.py)" in r.text
+    assert "run.source_roots" in r.text
 
 
 @pytest.mark.parametrize("log,kind,setting", [
