@@ -104,6 +104,7 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def program_text(o: InitOptions, script: str) -> str:
+    from .machine import sandbox_limits
     run: dict = {"mode": o.mode, "train_script": script}
     if o.mode == "inline":
         run |= {"command": o.command, "metric_regex": o.metric_regex or default_regex(o.metric)}
@@ -119,7 +120,7 @@ def program_text(o: InitOptions, script: str) -> str:
         "editable": list(dict.fromkeys([script, *o.editable, "scratchpad.md"])),
         "min_improvement": 0.0,
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
-        "sandbox": {"backend": o.sandbox, "memory_gb": 8, "pids": 512},
+        "sandbox": {"backend": o.sandbox, **sandbox_limits(o.command)},     # sized to this machine and launcher
         "run": run,
         **({"eval": {"command": o.eval_command, "files": eval_files(o)}} if o.mode == "eval_command" else {}),
         "deadline_hours": 10,
