@@ -143,7 +143,10 @@ class Executor(_Strict):
     kind: Literal["local", "ray"] = "local"
     slots: int | None = Field(None, ge=1, le=256)   # None: one per GPU the sandbox may use, else 1
     address: str | None = None                      # ray: "auto", "ray://head:10001", "10.0.0.5:6379"
-    resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default)
+    resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default: gpus_per_run)
+    # GPUs one run takes (an 8-rank torchrun or Lightning run: 8): a local wave packs runs by it,
+    # each slot gets that many GPUs of its own; ray asks each task for that many
+    gpus_per_run: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _ray_needs(self) -> "Executor":
