@@ -301,8 +301,13 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    "the output shows a CUDA error although this machine has a GPU: check that the sandbox "
                    "sees it (autoresearch doctor)")
     if len(rep.runs) == 2 and _same(rep.runs[0], rep.runs[1]):
+        from ..run.identity import program_code
+        from ..run.seeds import fixed_seeds
+        where = fixed_seeds(root, program_code(program, root), program.run.command)
         out.append(f"the seed is ignored: seeds {rep.runs[0].seed} and {rep.runs[1].seed} gave the identical "
-                   f"{first.value:g}, so calibrate would report sigma = 0; make the code read AUTORESEARCH_SEED")
+                   f"{first.value:g}, so calibrate would report sigma = 0"
+                   + (f" (the seed is fixed at {'; '.join(where[:3])})" if where else "")
+                   + "; make the code read AUTORESEARCH_SEED")
     elif len(rep.runs) == 1:
         out.append("the seed check was skipped: the first run gave no value")
     return out

@@ -197,7 +197,8 @@ def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, al
                 f"version; the change stays in runs/{row.run_id}/diff.patch.")
     else:
         what = (f"CRASHED ({row.run_status}{': ' + short(row.note, 200) if row.note and row.note != row.run_status else ''}). "
-                f"{_code(program)} is back to the best version; see runs/{row.run_id}/train.log.")
+                f"A crash is never kept, so {_code(program)} is back to the best version; your change stays in "
+                f"runs/{row.run_id}/diff.patch; see runs/{row.run_id}/train.log.")
     best = row.best if row.best is not None else prev_best
     return (f"{head} {what} Best so far: {_fmt(best)}. {allowance.line()}. Phase '{program.phase}' focus: "
             f"{_focus(program)}. Next: record this in scratchpad.md, form ONE new "

@@ -28,6 +28,8 @@ _CALL = re.compile(r"\b(?:manual_seed(?:_all)?|random\.seed|set_seed|seed_everyt
                    r"\(\s*(?:seed\s*=\s*)?\d+\s*[,)]")
 # a seed setting with a literal number: seed = 1337, seed: 42, "seed": 0, seed=3 (a config default)
 _SETTING = re.compile(r"""(?:^|[\s,{(])["']?(?:\w*_)?seed["']?\s*[:=]\s*\d+\b""", re.I)
+# a seed flag or parameter with a literal default: add_argument("--seed", type=int, default=0), seed: int = 1234
+_DEFAULT = re.compile(r"""add_argument\(\s*["']--?[\w-]*seed["'].*\bdefault\s*=\s*\d+|\bseed\s*:\s*int\s*=\s*\d+""", re.I)
 _READS_HARNESS = re.compile(r"AUTORESEARCH_SEED")
 
 
@@ -73,7 +75,7 @@ def fixed_seeds(root: Path, first: list[str], command: list[str] | None = None) 
             text = line.strip()
             if not text or text.startswith("#") or _READS_HARNESS.search(text):
                 continue
-            if _CALL.search(text) or _SETTING.search(text):
+            if _CALL.search(text) or _SETTING.search(text) or _DEFAULT.search(text):
                 out.append(f"{rel}:{n}: {text[:100]}")
                 if len(out) >= MAX_HITS:
                     break

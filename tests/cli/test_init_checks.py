@@ -58,6 +58,7 @@ def test_the_check_shows_the_matched_line_and_warns_that_the_seed_is_ignored(tmp
     out = p.stdout
     assert "lines run.metric_regex matched:" in out and "> val_acc=0." in out
     assert "the seed is ignored" in out and "sigma = 0" in out and "AUTORESEARCH_SEED" in out
+    assert "the seed is fixed at train.py:" in " ".join(out.split()) and "default=0" in out    # where (issue 29)
     [a, b] = checks(root)                                                  # two seeds, both check runs
     assert (a["purpose"], b["purpose"]) == ("check", "check") and a["seed"] != b["seed"]
     assert a["metric_value"] == b["metric_value"] is not None

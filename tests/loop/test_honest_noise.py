@@ -75,10 +75,12 @@ def test_fixed_seed_scan_finds_constants_and_skips_the_harness_seed(tmp_path):
     (p.path / "cfg.yaml").write_text("lr: 3e-4\nseed: 42\n")
     (p.path / "good.py").write_text("import os, torch\ntorch.manual_seed(int(os.environ['AUTORESEARCH_SEED']))\n")
     (p.path / "bad.py").write_text("import numpy as np\nnp.random.seed(0)\n")
+    (p.path / "cli.py").write_text("ap.add_argument('--seed', type=int, default=3)\n")
     p.sh("git", "add", "-A")
     found = fixed_seeds(p.path, ["train.py"], ["python", "train.py", "--seed", "7"])
     assert found[0] == "run.command: --seed 7" and "train.py:2: random.seed(1337)" in found
     assert "cfg.yaml:2: seed: 42" in found and "bad.py:2: np.random.seed(0)" in found
+    assert "cli.py:1: ap.add_argument('--seed', type=int, default=3)" in found
     assert not any(f.startswith("good.py") for f in found)
     assert overriders(p.path, ["python", "train.py", "cfg.yaml", "--lr", "1e-3", "model.width=64"]) == \
         ["config file cfg.yaml", "flag --lr 1e-3", "override model.width=64"]
