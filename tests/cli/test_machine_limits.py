@@ -37,3 +37,22 @@ def test_init_writes_the_machine_sized_limits(tmp_path, monkeypatch):
                                     metric="val_loss", direction="minimize"), "train.py")
     sb = parse_program(text).sandbox
     assert (sb.memory_gb, sb.shm_gb) == (64, 16) and sb.pids == 8 * (64 + 4 * 64)
+
+
+def test_init_sets_offline_modes_for_wandb_and_hugging_face(tmp_path):
+    """Issue 29: runs have no network, so a repo that logs to W&B or loads Hugging Face/timm weights
+    gets the offline settings in run.env, and a note on where the weights must come from."""
+    import subprocess
+    from autoresearch.cli.repodeps import cache_note, imported
+    (tmp_path / "train.py").write_text("import wandb\nfrom timm import create_model\nimport torch\n")
+    (tmp_path / "untracked.py").write_text("import transformers\n")           # not the repo's code
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "train.py"], cwd=tmp_path, check=True)
+    assert imported(tmp_path) == {"wandb", "timm"}
+    env = parse_program(program_text(InitOptions(path=tmp_path, command=["python", "train.py"], metric="val_loss",
+                                                 direction="minimize"), "train.py")).run.env
+    assert env == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "home" / ".cache" / "huggingface").mkdir(parents=True)
+    note = cache_note({"timm"}, home=tmp_path / "home")
+    assert "sandbox.cache" in note and str(tmp_path / "home" / ".cache" / "huggingface") in note
+    assert cache_note({"wandb"}) is None
