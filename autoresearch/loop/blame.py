@@ -12,7 +12,8 @@ Two kinds of evidence:
             folder (left by a manual run) the run could not write or found in the way; a module
             the best's own code imports too, or one that is the repo's own file; the sandbox's
             pids or /dev/shm limit.
-  code-tied CUDA on a machine without one, going over sandbox.memory_gb, a timeout: the
+  code-tied CUDA on a machine without one, going over sandbox.memory_gb, a timeout, reading
+            held-out data only the eval stages see (a repo that evaluates inside training): the
             environment's fault only when the code that crashed is the best's own or the
             baseline (no keep yet) -- a change that doubles the batch is the agent's.
 
@@ -45,9 +46,26 @@ _SHM = re.compile(r"/dev/shm|Bus error|killed by signal 7\b|insufficient shared 
                   r"</torch_|shm_open", re.I)
 
 
+_NOT_FOUND = re.compile(r"No such file or directory: '(/[^']+)'")
+
+
+def _eval_only(program: Program, path: str) -> str | None:
+    """The mount `path` lies under when TRAIN does not see it but the eval stages do."""
+    from ..hostenv import stage_mounts
+    p = Path(path)
+    train = stage_mounts(program.mounts, "train")
+    if any(p == t or t in p.parents for t in train):
+        return None
+    for stage in ("eval", "final"):
+        for m in stage_mounts(program.mounts, stage):
+            if p == m or m in p.parents:
+                return str(m)
+    return None
+
+
 class EnvCause(BaseModel):
     """An environment crash: what happened, and the setting a human changes."""
-    kind: str                             # stale-outputs | read-only | missing-module | cuda | memory | pids | shm | start-up
+    kind: str      # stale-outputs | read-only | missing-module | pids | shm | eval-in-train | cuda | memory | start-up
     what: str
     fix: str
 
@@ -128,9 +146,14 @@ def environment_cause(root: Path, program: Program, run: RunRecord, head: str, c
     if run.status != "oom" and _SHM.search(text):
         return EnvCause(kind="shm", what="/dev/shm ran out (DataLoader workers share batches through it)",
                         fix=f"raise sandbox.shm_gb in program.md (now {sb.shm:g} GB; it counts toward memory_gb)")
-    if not best_code:
+    if not best_code:                       # a change that reads held-out data is the agent's, never excused
         return None
     m = run.metrics
+    if (nf := _NOT_FOUND.search(text)) and (held := _eval_only(program, nf.group(1))):
+        return EnvCause(kind="eval-in-train", what=f"the training script reads {nf.group(1)}, under {held}, which "
+                        f"only the eval stages see: the repo evaluates inside training",
+                        fix="move that evaluation into eval.command (it runs with the eval mounts), or switch it "
+                            "off in training with a flag on run.command")
     if _CUDA.search(text) and (m.device or "cpu").startswith("cpu"):
         return EnvCause(kind="cuda", what="the code asks for CUDA and this machine's runs have no GPU",
                         fix="run the loop on a GPU machine (sandbox.gpus), or a human makes the baseline fall back "

@@ -189,3 +189,17 @@ def test_messages_name_the_real_training_script_and_editable_set():
         assert "train.py" not in t.replace("trainer.py", ""), t
         assert "trainer.py" in t
     assert "trainer.py (and the editable model.py)" in texts[0]
+
+
+def test_a_baseline_that_evaluates_inside_training_gets_the_eval_command_hint(tmp_path):
+    held = tmp_path / "held"
+    held.mkdir()
+    p = Project.create(tmp_path / "proj", program=PROGRAM.replace(
+        "sandbox: {backend: none}", f"sandbox: {{backend: none}}\nmounts: [{{path: {held}, stages: [eval, final]}}]"))
+    p.fake_run(status="crash", log=TRACE + f"FileNotFoundError: [Errno 2] No such file or directory: '{held}/val.bin'\n")
+    r = p.decide()
+    assert "ENVIRONMENT" in r.text and "evaluates inside training" in r.text and "eval.command" in r.text
+    p.baseline(2.0)                                    # a change that reads held-out data is the agent's
+    p.edit("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
+    p.fake_run(status="crash", log=TRACE + f"FileNotFoundError: [Errno 2] No such file or directory: '{held}/val.bin'\n")
+    assert "ENVIRONMENT" not in p.decide().text
