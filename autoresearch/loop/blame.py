@@ -85,10 +85,13 @@ def _untracked_top(root: Path, path: str) -> str | None:
     parts = [x for x in Path(path).parts if x not in (".", "", "/")]
     if ".." in parts:
         return None
+    absolute = Path(path).is_absolute()
     for i in range(len(parts)):                          # the work copy's prefix is unknown: try each tail
         rel = parts[i]
         if rel in ("runs", ".autoresearch", ".git") or not (root / rel).exists():
             continue
+        if absolute and not (root / Path(*parts[i:])).parent.exists():
+            continue                                     # /data/x/f.bin is not the project's data/
         p = git(root, "ls-files", "-z", "--", rel, check=False)
         if p.returncode == 0 and not p.stdout:
             return rel

@@ -54,6 +54,14 @@ def test_a_stale_output_folder_is_an_environment_crash_not_the_agents(proj):
     assert "LEARNING_RATE = 1e-2" in proj.read()
 
 
+def test_a_read_only_path_outside_the_project_is_not_blamed_on_a_project_folder(proj):
+    proj.baseline(2.0)
+    (proj.path / "data").mkdir()                                 # untracked, but not what the run wrote
+    proj.edit("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
+    proj.fake_run(status="crash", log=TRACE + "OSError: [Errno 30] Read-only file system: '/data/hf/x.bin'\n")
+    assert "ENVIRONMENT" not in proj.decide().text
+
+
 def test_a_crash_in_a_tracked_folder_is_still_the_agents(proj):
     proj.baseline(2.0)
     best = proj.read()
@@ -203,3 +211,14 @@ def test_a_baseline_that_evaluates_inside_training_gets_the_eval_command_hint(tm
     p.edit("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
     p.fake_run(status="crash", log=TRACE + f"FileNotFoundError: [Errno 2] No such file or directory: '{held}/val.bin'\n")
     assert "ENVIRONMENT" not in p.decide().text
+
+
+def test_a_stale_folder_named_by_its_work_copy_path_is_found(proj):
+    proj.baseline(2.0)
+    _stale_folder(proj)
+    proj.edit("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
+    proj.fake_run(status="crash", log=TRACE + "FileExistsError: [Errno 17] File exists: "
+                  "'/var/state/p1/runs/0002/work-train/out/ckpt.pt'\n")
+    r = proj.decide()
+    assert "ENVIRONMENT" in r.text and "add out to run.outputs" in r.text
+    assert proj.rows()[-1].note.startswith("environment: stale-outputs")
