@@ -32,7 +32,7 @@ from .journal import Journal, LoopError
 from .messages import SCRATCHPAD, allow, block
 from .phases import advance_if_spent
 from .runscan import RunRecord
-from .state import LastDecision, LoopState, now, paused, state_dir
+from .state import LastDecision, LoopState, now, paused, read_state, state_dir, write_state
 
 WAVE_NOT_BEST = "wave: not the best of its wave (its best comparable run was judged)"
 
@@ -165,6 +165,10 @@ def env_crash(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
     reply = (allow(messages.env_crash_stop(program, r, cause)) if again
              else block(messages.env_crash(program, r, cause)))
     record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    if again:                          # a finish, as a spent budget's: overnight ends instead of sending it on
+        done = read_state(root)
+        done.finished_at, done.finish_reason = now(), f"environment crash twice: {cause.kind}; fix: {cause.fix}"
+        write_state(root, done)
     return reply
 
 

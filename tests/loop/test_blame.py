@@ -51,6 +51,8 @@ def test_a_stale_output_folder_is_an_environment_crash_not_the_agents(proj):
     proj.fake_run(status="crash", reason="train.py exited with code 1", log=log)
     r = proj.decide()
     assert not r.blocked and "the loop stopped" in r.text and "ENVIRONMENT again" in r.text
+    st = proj.state()                                            # overnight sees a finish, not "send it on"
+    assert st.finished_at is not None and "environment crash twice: read-only" in st.finish_reason
     assert "LEARNING_RATE = 1e-2" in proj.read()
 
 
