@@ -2,8 +2,10 @@
 The editable baseline: a small byte-level GPT trained for a fixed time budget.
 
 The agent edits this file. The harness runs it inside a sandbox with
-AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set, kills it
-from outside when the budget (plus a grace) is spent, and then scores the
+AUTORESEARCH_TRAIN_SECONDS, AUTORESEARCH_SEED and AUTORESEARCH_OUT set. The budget
+is this file's compute: its clock starts when this file starts (the harness has
+imported torch before), and the harness kills it from outside a few percent
+after the budget, time enough to save; then it scores the
 checkpoint in another process, with a trusted scorer that this file never
 sees. This file never computes the official metric; what it prints is
 progress for humans.
@@ -17,10 +19,13 @@ import os
 import time
 
 import torch
+import torch._dynamo  # noqa: F401 -- AdamW imports it on first use: here, before the clock starts
 import torch.nn as nn
 import torch.nn.functional as F
 
 from prepare import CONTEXT_LEN, VOCAB_SIZE, load_split
+
+STARTED = time.time()        # the budget counts from here (the harness imported torch before): set-up and saving are in it
 
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
@@ -162,12 +167,12 @@ def main():
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if DEVICE == "cuda" else torch.autocast("cpu", enabled=False)
 
     t0 = time.time()
-    stop_at = TRAIN_SECONDS * (1 - SAVE_MARGIN)
-    step, last_log, smooth = 0, t0, None
+    stop_at = STARTED + TRAIN_SECONDS * (1 - SAVE_MARGIN) - t0     # seconds of training left after set-up
+    step, last_log, smooth, step_s = 0, t0, None, 0.0
     model.train()
     while True:
         elapsed = time.time() - t0
-        if elapsed >= stop_at:
+        if elapsed + step_s >= stop_at:               # the next step would end past the budget
             break
         lr = lr_at(elapsed / stop_at)
         for g in opt.param_groups:
@@ -181,6 +186,7 @@ def main():
         torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         step += 1
+        step_s = max(0.9 * step_s, time.time() - t0 - elapsed)   # a slow step counts at once, then fades
         smooth = loss.item() if smooth is None else 0.95 * smooth + 0.05 * loss.item()
         if time.time() - last_log >= LOG_EVERY_SECONDS:
             last_log = time.time()

@@ -31,6 +31,8 @@ CALLS = {
     "Edit train.py (allow)": ("Edit", {"file_path": str(ROOT / "train.py"), "old_string": "a", "new_string": "b"}),
     "Edit prepare.py (deny)": ("Edit", {"file_path": str(ROOT / "prepare.py"), "old_string": "a", "new_string": "b"}),
     "Read ~/.ssh/id_rsa (deny)": ("Read", {"file_path": os.path.expanduser("~/.ssh/id_rsa")}),
+    "Read train.py (allow)": ("Read", {"file_path": str(ROOT / "train.py")}),
+    "Read runs/0001/out/model.pt (deny)": ("Read", {"file_path": str(ROOT / "runs" / "0001" / "out" / "model.pt")}),
     "Grep the project (allow)": ("Grep", {"pattern": "LEARNING_RATE"}),
 }
 

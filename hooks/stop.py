@@ -23,7 +23,11 @@ def on_error(root, exc, n):
                                  f"decided and nothing is lost. A human must free space (or fix the mount), "
                                  f"then start the agent again."}
     if isinstance(exc, ImportError):
-        first = (f"{first}. The project's .venv looks incomplete: a human must run scripts/bootstrap.sh (the guard denies everything until then)")
+        plugin = os.environ.get("CLAUDE_PLUGIN_ROOT")
+        fix = (f"{plugin}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set" if plugin and
+               os.path.abspath(__file__).startswith(os.path.abspath(plugin)) else "scripts/bootstrap.sh")
+        first = (f"{first}. The hooks' Python looks incomplete: a human must run {fix} (the guard denies "
+                 f"everything until then)")
     try:
         limit = int(os.environ.get("AUTORESEARCH_MAX_HOOK_ERRORS", "10"))
     except ValueError:

@@ -15,21 +15,23 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "flows", "fsclean"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 
 # What each part of the package may import from the package (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "sandbox": set(),                                  # runs anything; trusts nothing of ours
-    "guard": {"program", "atomic", "editable"},        # the hook's hot path: small and self-contained
+    "guard": {"program", "atomic", "editable", "flows"},   # the hook's hot path: small and self-contained
     "run": {"sandbox"} | LEAVES,
     "loop": {"run"} | LEAVES,
     "cli": {"guard", "sandbox", "run", "loop"} | LEAVES,
     "program": {"hostenv", "editable"},
     "hostenv": set(),
     "editable": set(),
+    "flows": set(),                                    # the flow table: imported by the guard's hot path
     "atomic": set(),
     "digest": set(),
+    "fsclean": set(),
     "gitops": set(),
     "ledger": {"program", "gitops", "atomic", "digest"},
     "__init__": set(),

@@ -308,3 +308,19 @@ def test_source_roots_are_project_folders():
     for bad in ("/abs", "../up", "src/*"):
         with pytest.raises(ConfigError, match="source_roots"):
             parse_program(f"---\nrun: {{source_roots: ['{bad}']}}\n---\n")
+
+
+@pytest.mark.parametrize("metric", ["{name: val_bpb, direction: maximize}", "{name: val_acc, direction: minimize}",
+                                    "{name: accuracy, direction: maximize}"])
+def test_the_built_in_evaluation_declares_val_bpb_minimize_and_a_contradiction_is_refused(tmp_path, metric):
+    """The built-in scorer measures bits per byte: a flipped direction would keep the worst model."""
+    from autoresearch.program import BUILTIN_METRIC, ConfigError, load_program
+    text = (Path(__file__).resolve().parent.parent / "program.md").read_text()
+    text = re.sub(r"^metric:\n(?:  .*\n)+", f"metric: {metric}\n", text, count=1, flags=re.M)
+    (tmp_path / "program.md").write_text(text)
+    with pytest.raises(ConfigError) as e:
+        load_program(tmp_path)
+    assert "measures val_bpb" in str(e.value) and "direction: minimize" in str(e.value) and "eval_command" in str(e.value)
+    assert (BUILTIN_METRIC.name, BUILTIN_METRIC.direction) == ("val_bpb", "minimize")
+    (tmp_path / "program.md").write_text(text.replace(f"metric: {metric}", "metric: {name: val_bpb, direction: minimize}"))
+    assert load_program(tmp_path).metric.direction == "minimize"

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_train_runs_for_a_few_seconds_and_the_checkpoint_scores(tmp_path, data_dir):
-    env = dict(os.environ, AUTORESEARCH_TRAIN_SECONDS="4", AUTORESEARCH_SEED="3",
+    env = dict(os.environ, AUTORESEARCH_TRAIN_SECONDS="8", AUTORESEARCH_SEED="3",   # set-up counts (train.py STARTED)
                AUTORESEARCH_OUT=str(tmp_path), AUTORESEARCH_DATA=str(data_dir), PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, str(ROOT / "train.py")], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)

@@ -15,10 +15,9 @@ import subprocess
 import sys
 import tempfile
 import threading
-import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .scriptedapi import ScriptedAPI, message, tool_call
 from .claudecontract import Contract, bundled_cli, changes, claude_cli, cli_version, tested
 
 EVENTS = ("SessionStart", "UserPromptSubmit", "PreToolUse", "PostToolUse", "Stop")
@@ -44,80 +43,24 @@ def _script(folder: Path) -> list[list[dict]]:
     calls = [("Bash", {"command": "true"}), ("Read", {"file_path": notes}),
              ("Edit", {"file_path": notes, "old_string": "one", "new_string": "two", "replace_all": False}),
              ("Write", {"file_path": str(folder / "new.txt"), "content": "three\n"})]
-    turns = [[{"type": "tool_use", "id": f"toolu_{uuid.uuid4().hex[:24]}", "name": n, "input": i}] for n, i in calls]
-    return turns + [[{"type": "text", "text": "done"}]]
+    return [[tool_call(n, i)] for n, i in calls] + [[{"type": "text", "text": "done"}]]
 
 
-def _sse(msg: dict) -> bytes:
-    start = dict(msg, content=[], stop_reason=None)
-    events = [("message_start", {"type": "message_start", "message": start})]
-    for i, b in enumerate(msg["content"]):
-        first = {"type": "text", "text": ""} if b["type"] == "text" else dict(b, input={})
-        delta = ({"type": "text_delta", "text": b["text"]} if b["type"] == "text"
-                 else {"type": "input_json_delta", "partial_json": json.dumps(b["input"])})
-        events += [("content_block_start", {"type": "content_block_start", "index": i, "content_block": first}),
-                   ("content_block_delta", {"type": "content_block_delta", "index": i, "delta": delta}),
-                   ("content_block_stop", {"type": "content_block_stop", "index": i})]
-    events += [("message_delta", {"type": "message_delta", "usage": {"output_tokens": 1},
-                                  "delta": {"stop_reason": msg["stop_reason"], "stop_sequence": None}}),
-               ("message_stop", {"type": "message_stop"})]
-    return b"".join(f"event: {e}\ndata: {json.dumps(d)}\n\n".encode() for e, d in events)
-
-
-class _API:
+class _Script:
     """Stateless about the conversation: the reply is the script's step N, where N is the number of
     assistant messages in the request; side requests (no tools) get a short text."""
 
     def __init__(self, turns: list[list[dict]]) -> None:
         self.turns, self.first_tools, self.lock = turns, None, threading.Lock()
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def reply(self, body: dict) -> dict:
+    def __call__(self, body: dict) -> dict:
         content = [{"type": "text", "text": "ok"}]
         if body.get("tools"):
             with self.lock:
                 self.first_tools = self.first_tools or body["tools"]
             step = sum(1 for m in body.get("messages", []) if m.get("role") == "assistant")
             content = self.turns[min(step, len(self.turns) - 1)]
-        stop = "tool_use" if any(b["type"] == "tool_use" for b in content) else "end_turn"
-        return {"id": f"msg_{uuid.uuid4().hex[:24]}", "type": "message", "role": "assistant",
-                "model": body.get("model", "claude"), "content": content, "stop_reason": stop,
-                "stop_sequence": None, "usage": {"input_tokens": 1, "output_tokens": 1}}
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        api = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def _send(self, payload: bytes, ctype: str, code: int = 200) -> None:
-                self.send_response(code)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def do_GET(self) -> None:
-                self._send(b"{}", "application/json")
-
-            def do_POST(self) -> None:
-                raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                body = json.loads(raw or b"{}")
-                if self.path.split("?")[0].endswith("/count_tokens"):
-                    return self._send(b'{"input_tokens": 1}', "application/json")
-                msg = api.reply(body)
-                if body.get("stream"):
-                    return self._send(_sse(msg), "text/event-stream")
-                self._send(json.dumps(msg).encode(), "application/json")
-        return Handler
+        return message(content, body.get("model", "claude"))
 
 
 def observe(cli: Path, timeout: float = 120) -> Contract:
@@ -131,25 +74,25 @@ def observe(cli: Path, timeout: float = 120) -> Contract:
         hooks = {e: [{"hooks": [{"type": "command", "command": f"'{sys.executable}' '{rec}' {e} '{log}'"}]}]
                  for e in EVENTS}
         (root / ".claude" / "settings.json").write_text(json.dumps({"hooks": hooks}))
-        api = _API(_script(root))
+        script = _Script(_script(root))
         env = {k: os.environ[k] for k in ("PATH", "LANG", "LC_ALL", "TZ") if k in os.environ}
-        env.update(HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"), ANTHROPIC_BASE_URL=api.url,
-                   ANTHROPIC_API_KEY="sk-ant-offline-probe", CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1",
-                   DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1", DISABLE_ERROR_REPORTING="1")
-        try:
-            p = subprocess.run([str(cli), "-p", "go", "--output-format", "json"], cwd=root, env=env,
-                               capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
-        except subprocess.TimeoutExpired as e:
-            raise ProbeError(f"{cli} did not finish an offline session in {timeout:.0f}s") from e
-        finally:
-            api.server.shutdown()
-        if p.returncode != 0 or api.first_tools is None:
+        env.update(HOME=str(home), CLAUDE_CONFIG_DIR=str(home / ".claude"), ANTHROPIC_API_KEY="sk-ant-offline-probe",
+                   CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1",
+                   DISABLE_ERROR_REPORTING="1")
+        with ScriptedAPI(script) as api:
+            try:
+                p = subprocess.run([str(cli), "-p", "go", "--output-format", "json"], cwd=root,
+                                   env={**env, "ANTHROPIC_BASE_URL": api.url}, capture_output=True, text=True,
+                                   timeout=timeout, stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired as e:
+                raise ProbeError(f"{cli} did not finish an offline session in {timeout:.0f}s") from e
+        if p.returncode != 0 or script.first_tools is None:
             raise ProbeError(f"{cli} failed an offline session (exit {p.returncode}): {(p.stderr or p.stdout)[-500:]}")
         fields: dict[str, set[str]] = {}
         for line in log.read_text().splitlines() if log.is_file() else []:
             seen = json.loads(line)
             fields.setdefault(seen["event"], set()).update(seen["fields"])
-        schemas = {t["name"]: (t.get("input_schema") or {}).get("properties", {}) for t in api.first_tools}
+        schemas = {t["name"]: (t.get("input_schema") or {}).get("properties", {}) for t in script.first_tools}
         return Contract(version=cli_version(cli) or "?", tools=sorted(schemas),
                         hook_fields={e: sorted(f) for e, f in sorted(fields.items())},
                         tool_inputs={t: sorted(schemas[t]) for t in JUDGED if t in schemas})

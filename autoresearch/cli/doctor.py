@@ -2,7 +2,9 @@
 
 Each check says what it found and, when something is missing, how to fix it. The hook
 check does not just read .claude/settings.json: it runs the wired PreToolUse command the
-way Claude Code would, and expects a deny for `pip install` and an allow for `./run.sh -m`.
+way Claude Code would, and expects a deny for `pip install` and an allow for `./run.sh -m`;
+the canary then starts a real Claude Code session in the project (against a scripted model on
+127.0.0.1) and expects the guard to deny its one call, so a plugin that failed to load is caught.
 """
 from __future__ import annotations
 
@@ -295,12 +297,13 @@ def check_data(root: Path, program: Program | None) -> Check:
 
 
 def run_checks(root: Path) -> list[Check]:
+    from .canary import check_canary
     from .envcheck import check_eval, check_executor, check_home_cache, check_interpreter, check_mounts
     prog_check, program = check_program(root)
     checks = [check_python(root, program), prog_check]
     steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
         check_git, check_sandbox, check_gpu, check_gpu_selection, check_interpreter, check_mounts, check_home_cache,
-        check_eval, check_executor, check_claude, check_hooks, check_data]
+        check_eval, check_executor, check_claude, check_hooks, check_canary, check_data]
     for step in steps:
         try:
             got = step(root, program)

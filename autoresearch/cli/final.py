@@ -8,8 +8,10 @@ so the improvement can be read on data the loop never saw.
 
 How: the same trusted EVAL stage as every experiment (the model server in a fresh sandbox,
 no data mounted; the trusted scorer here, with its hidden checks), scoring the test split's
-bytes instead of the validation bytes. What the model prints goes to
-.autoresearch/final-NNNN.eval.log, for humans only.
+bytes instead of the validation bytes. To the model it is EVAL: the same folder names, the same
+environment (the run's own budget and seed), the same mounts and protocol. What the model prints
+goes to the final log in the project's state folder (layout.final_log), outside the project:
+the human's only, never where the agent or a later TRAIN reads.
 
 Once: the result is recorded in .autoresearch/final.json; asking again prints the record
 instead of looking at the test split again (`--again` overrides, and says so in the record).
@@ -106,9 +108,8 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     model's code (the editable set) is that commit's, the code the checkpoint was trained with."""
     from ..run.evaluate import run_eval
     from ..run.inputs import data_folder
-    from ..run.layout import Layout
+    from ..run.layout import Layout, final_log, new_log
     from ..run.outcome import eval_outcome
-    from ..run.specs import base_env, repo_env
     from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -126,11 +127,10 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
     if not split_file.is_file():
         raise FinalError(f"{split_file} not found: prepare the data first (.venv/bin/python prepare.py)")
     sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-    log = root / ".autoresearch" / f"final-{run_id}.eval.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"final evaluation of run {run_id} on the {split} split\n")
+    log = new_log(final_log(root, run_id), f"final evaluation of run {run_id} on the {split} split\n")
     try:
-        env = repo_env(base_env(sandbox, lay, "/tmp", 0, 0), program, root)
+        lay.hold()
+        env = _eval_env(sandbox, program, lay)
         res, result = run_eval(sandbox, program, lay, data, env, split_file, log, stage="final")
     finally:
         lay.cleanup()
@@ -143,7 +143,7 @@ def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Sc
     held-out test data) and $AUTORESEARCH_STAGE=final; eval.files as committed at the base commit."""
     from ..run.evalcmd import frozen_code, run_evalcmd
     from ..run.exits import HarnessError
-    from ..run.specs import base_env, repo_env
+    from ..run.layout import final_log, new_log
     from ..sandbox import choose_backend
     if not lay.out.is_dir():
         raise FinalError(f"{lay.out} is missing: the final evaluation scores the kept run's own checkpoint "
@@ -153,12 +153,11 @@ def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Sc
     except HarnessError as e:
         raise FinalError(str(e)) from None
     sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-    log = root / ".autoresearch" / f"final-{lay.run_dir.name}.eval.log"
-    log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(f"final evaluation of run {lay.run_dir.name} by {' '.join(program.eval.command)}\n")
+    log = new_log(final_log(root, lay.run_dir.name),
+                  f"final evaluation of run {lay.run_dir.name} by {' '.join(program.eval.command)}\n")
     try:
         lay.hold()
-        env = repo_env(base_env(sandbox, lay, "/tmp", 0, 0), program, root)
+        env = _eval_env(sandbox, program, lay)
         res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, stage="final")
     finally:
         lay.cleanup()
@@ -166,6 +165,18 @@ def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Sc
         status, reason, value = "invalid", why, None
     return Scored(run_id=lay.run_dir.name, status=status, value=value, reason=reason,
                   eval_seconds=round(res.wall_seconds, 3))
+
+
+def _eval_env(sandbox, program: Program, lay) -> dict[str, str]:
+    """The environment the run's EVAL stage had: its own budget and seed (from its signed record),
+    so nothing in it tells the model this is the final evaluation."""
+    from ..run.metrics import read_verified
+    from ..run.specs import base_env, repo_env
+    try:
+        m = read_verified(lay.run_dir)
+    except (OSError, ValueError) as e:
+        raise FinalError(f"{lay.run_dir}/metrics.json cannot be read ({str(e).splitlines()[0]})") from None
+    return repo_env(base_env(sandbox, lay, "/tmp", m.budget_seconds, m.seed), program, lay.root)
 
 
 def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) -> None:
@@ -297,4 +308,10 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
         print(rec.model_dump_json(indent=2))
     else:
         console.print(render(rec, fresh))
+        if fresh:
+            from ..run.layout import final_log
+            for e in (rec.best, rec.baseline):
+                for r in (e.runs if e else []):
+                    console.print(f"what the model printed for run {r.run_id} (for you only): "
+                                  f"{final_log(root, r.run_id)}", style="dim", soft_wrap=True)
     return 0 if rec.best.test is not None else 1

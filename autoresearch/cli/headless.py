@@ -51,8 +51,9 @@ class SessionEnd(BaseModel):
     session_id: str | None = None
 
 
-def options(night: "Night", resume: str | None):
-    """The SDK options: the project's own settings (or the bundle as a plugin), fail-closed permissions."""
+def options(night: "Night", resume: str | None, env: dict[str, str] | None = None, max_turns: int | None = None):
+    """The SDK options: the project's own settings (or the bundle as a plugin), fail-closed permissions.
+    `env` is laid over the night's environment and `max_turns` bounds the session (the canary's)."""
     from claude_agent_sdk import ClaudeAgentOptions
     from claude_agent_sdk import PermissionResultDeny
 
@@ -68,8 +69,9 @@ def options(night: "Night", resume: str | None):
     return ClaudeAgentOptions(
         cwd=str(night.root), setting_sources=["project"], permission_mode="default",
         disallowed_tools=["Agent", "Task"], can_use_tool=deny_unguarded, resume=resume, model=night.model,
-        env={**night.env, "CLAUDE_PROJECT_DIR": str(night.root)}, stderr=stderr,
-        cli_path=night.cli_path, plugins=[{"type": "local", "path": night.plugin}] if night.plugin else [])
+        env={**night.env, "CLAUDE_PROJECT_DIR": str(night.root), **(env or {})}, stderr=stderr,
+        cli_path=night.cli_path, plugins=[{"type": "local", "path": night.plugin}] if night.plugin else [],
+        max_turns=max_turns)
 
 
 def on_message(night: "Night", msg: Any) -> None:

@@ -1,6 +1,8 @@
-"""The README's command tables, generated from the argparse parsers, so they cannot drift.
+"""The README's command tables, generated from the argparse parsers, and its threat-model flow
+table, generated from autoresearch/flows.py, so they cannot drift.
 
-README.md holds a cog block (`cogapp`, in the test extra) that prints `commands_markdown()`;
+README.md holds cog blocks (`cogapp`, in the test extra) that print `commands_markdown()` and
+`flows_markdown()`;
 `tests/cli/test_readme_commands.py` runs `cog --check README.md` and fails when the README is stale.
 Regenerate with `.venv/bin/cog -r README.md` (or print the tables: `python -m autoresearch.cli.helpdoc`).
 Only the parsers are read: no command runs, and the text does not depend on the terminal's width.
@@ -83,6 +85,30 @@ def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
     if not codes:
         return []
     return ["", "Exit codes: " + "; ".join(f"`{c}` {_cell(t)}" for c, t in sorted(codes.items())) + "."]
+
+
+ACTOR_LABELS = {"agent:read": "agent (Read, Grep, Bash reads)", "agent:edit": "agent (Edit, Write)",
+                "train": "TRAIN", "server": "model servers", "eval.command": "eval.command",
+                "final": "final", "host": "host code", "human": "human"}
+HOLD_LABELS = {"agent": "agent-written", "train": "train split", "val": "VALIDATION text", "test": "TEST text",
+               "secret": "SECRETS"}
+BASE_LABELS = {"project": "project", "run": "`runs/NNNN/`", "state": "state folder (outside the project)",
+               "data": "data folder", "cache": "`~/.cache/autoresearch`", "config": "`~/.config/autoresearch`",
+               "sandbox": "inside one sandbox", "user": "declared in program.md"}
+
+
+def flows_markdown() -> str:
+    """The flow table (autoresearch.flows.FLOWS) as the README's threat-model table: every place
+    and channel, who writes it, who may read it, and what it may hold."""
+    from ..flows import FLOWS
+    lines = ["| place | where | written by | read by | may hold | why |", "|---|---|---|---|---|---|"]
+    for f in FLOWS:
+        where = f.where if f.base in ("project", "user") else f"{BASE_LABELS[f.base]}: {f.where}"
+        holds = ", ".join(HOLD_LABELS[h] for h in sorted(f.holds)) or "trusted data only"
+        lines.append(f"| {_cell(f.name)} | {_cell(where)} | {_cell(', '.join(ACTOR_LABELS[a] for a in f.writers))} | "
+                     f"{_cell(', '.join(ACTOR_LABELS[a] for a in f.readers))} | {_cell(holds)}"
+                     f"{' (each its own)' if f.private else ''} | {_cell(f.why)} |")
+    return "\n".join(lines) + "\n"
 
 
 def _anchor(name: str) -> str:

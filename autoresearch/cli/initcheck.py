@@ -3,8 +3,8 @@
 before a night is spent finding out that the regex never matches, the seed is ignored or the
 code needs a GPU.
 
-    run 1     seed = program.seed, budget --check-seconds (the sandbox stops it check_grace()
-              later): did it start, its last lines, the lines run.metric_regex matched (or the
+    run 1     seed = program.seed, budget --check-seconds (the sandbox stops it the save margin
+              later; check_grace() bounds its start-up): did it start, its last lines, the lines run.metric_regex matched (or the
               last lines that look numeric when none did), the parsed value
     run 2     only when run 1 gave a value: seed + 1. Identical values: the seed is ignored, so
               `calibrate` would report sigma = 0 and every difference would look like signal
@@ -32,7 +32,7 @@ from ..program import Program, load_program
 from ..run.layout import RUN_COUNTER, RUNS_DIR, STATE_DIR, run_lock
 
 CHECKS_DIR = "checks"                     # .autoresearch/checks/<n>/: one folder per check run
-CHECK_GRACE_S = 10.0                      # a check is stopped at most max(this, its budget) after its budget
+CHECK_GRACE_S = 10.0                      # a check's start-up allowance is at least this (torch's import)
 TAIL = 8
 CUDA_SIGNS = re.compile(
     r"Torch not compiled with CUDA|no CUDA GPUs are available|CUDA_VISIBLE_DEVICES|Found no NVIDIA driver"
@@ -109,10 +109,10 @@ def _park(root: Path, run_dir: Path, counter_before: str | None) -> Path:
 
 
 def check_grace(program: Program, seconds: float) -> float:
-    """How long after its budget a check is stopped: the program's grace (start-up, compile, a
-    checkpoint save: torch alone takes seconds to import), but no more than max(10 s, the budget),
-    so code that ignores the budget costs init a minute, not the loop's full grace."""
-    return min(program.budget.grace_seconds, max(CHECK_GRACE_S, seconds))
+    """The check's start-up allowance (the trusted warm-up: interpreter and torch import, not
+    counted): the program's grace, at least CHECK_GRACE_S. Code that ignores the budget is
+    killed at budget + the save margin anyway, so a check costs init seconds, not a minute."""
+    return max(program.budget.grace_seconds, CHECK_GRACE_S)
 
 
 def _park_leftovers(root: Path, counter_before: str | None) -> None:
@@ -286,7 +286,8 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    + (" (the last lines that look numeric are shown above)" if first.numeric else ""))
     if first.status == "timeout":
         out.append(f"it did not finish within the check's {rep.check_seconds:g} s. In the loop each run gets "
-                   f"budget.train_seconds ({program.budget.train_seconds:g} s) + grace and is killed after it, "
+                   f"budget.train_seconds ({program.budget.train_seconds:g} s) + a small save margin of its own "
+                   "compute and is killed after it, "
                    "unmeasured: make the code stop in time (it is given AUTORESEARCH_TRAIN_SECONDS), or check "
                    "longer (--check-seconds) to see its metric")
     elif first.status in ("crash", "oom", "invalid") and not (rep.regex and not first.matched and first.exit_code == 0):

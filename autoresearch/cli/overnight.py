@@ -204,6 +204,21 @@ class Night:
                 pass
 
 
+    async def guarded(self) -> bool:
+        """The canary, before the first experiment: a session started exactly like the night's must
+        have the guard deny its one call. If not, the night ends here (status fatal), with the fix."""
+        from .canary import canary
+        from .headless import options
+        self.log("canary", "checking that the guard runs in a session started like the night's")
+        res = await canary(lambda env, turns: options(self, None, env=env, max_turns=turns))
+        self.log("canary", res.found)
+        if res.ok:                          # the night's hours count from here: the check is set-up
+            self.state.deadline = _now() + timedelta(hours=self.hours)
+            return True
+        self.state.status, self.state.reason = "fatal", f"stopped before the first experiment: {res.found}. {res.fix}"
+        self.log("fatal", self.state.reason)
+        return False
+
     async def run(self) -> OvernightState:
         st = self.state
         self.log("night", f"start: {self.hours:g} h until {st.deadline:%Y-%m-%d %H:%M:%S} UTC in {self.root}"
@@ -211,6 +226,8 @@ class Night:
         prompt = self.prompt if not st.session_id else CONTINUE_PROMPT
         idle, consecutive_errors = 0, 0
         try:
+            if not await self.guarded():
+                return st
             while True:
                 if self.seconds_left() <= 0:
                     st.status, st.reason = "deadline", "the --hours deadline was reached"

@@ -230,7 +230,7 @@ def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | 
     last = keyed[-1]
     cur = fp_of(last.run_id)
     words = (f"{cur.key}: budget {cur.budget_seconds:g} s, eval {cur.eval_seconds:g} s, {cur.backend}, {cur.device}, "
-             f"data {cur.data}") if cur else last.fingerprint
+             f"data {cur.data}" + (f", budget clock {cur.clock}" if cur.clock != "-" else "")) if cur else last.fingerprint
     start = len(keyed) - 1
     while start > 0 and keyed[start - 1].fingerprint == last.fingerprint:
         start -= 1

@@ -86,12 +86,29 @@ def plugin_hooks(settings: dict) -> dict:
                 if event in LOOP_EVENTS:
                     gate += (f'grep -qs "{script}" {PROJECT}/.claude/settings.json && exit 0; ')
                 pick = PICK + (NO_PYTHON if event == "PreToolUse" else "")
-                h["command"] = gate + pick + _rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks")
+                h["command"] = gate + pick + _plugin_fixes(_rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks"))
             new_groups.append(g)
         out[event] = new_groups
     return {"description": "autoresearch: the fail-closed guard and the keep-or-revert loop "
                            "(derived from .claude/settings.json by autoresearch.cli.wiring)",
             "hooks": out}
+
+
+# The bundle's messages name its own set-up; a plain project with only the plugin has neither a
+# scripts/ folder nor a .venv of ours, so the plugin's messages name the plugin's own fix.
+PLUGIN_FIXES = {       # (no quote, $ or backtick: they land inside the commands' quoted strings)
+    ".venv is missing, so": "the Python of the plugin (the venv in its data folder) is missing, so",
+    ".venv is missing or broken, and": "the Python of the plugin (the venv in its data folder) is missing or broken, and",
+    "scripts/bootstrap.sh (or ./run.sh -m baseline)": f"{PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set",
+    "scripts/bootstrap.sh": f"{PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set",
+}
+
+
+def _plugin_fixes(command: str) -> str:
+    for ours, theirs in PLUGIN_FIXES.items():
+        assert not set(theirs.replace(PLUGIN_ROOT, "")) & set("'\"$`"), theirs
+        command = command.replace(ours, theirs)
+    return command
 
 
 def read_settings(path: Path) -> dict:

@@ -14,8 +14,11 @@ One tool call, step by step (a module each):
 3. tools.py    by tool: harmless built-ins allowed; subagents, MCP and unknown tools denied; web only
                in a phase with `web: true`; an input that does not fit the tool's schema denied;
                then the check for the tool:
-4. paths.py    Read/LS/Glob/Grep by real path (no secrets, held-out data, eval logs, `.git/`, runs'
-               `out/`); Edit/Write only the editable set, as regular files, never the harness's own;
+4. paths.py    Read/LS by name and by every step of the path's resolution (no secrets, held-out
+               data, eval logs, `.git/`, under runs/ only the names the flow table gives the agent,
+               nothing agent code writes, no FIFOs); Edit/Write only the editable set, as regular
+               files, never the harness's own; search.py: Glob/Grep by all they could reach;
+               urls.py: WebFetch's URL as a WHATWG parser reads it, its host resolved;
 5. cmdlang.py  Bash: only a few templates (`./run.sh -m "..."`, read-only forms); their PATH
                operands get paths.py's read check.
 

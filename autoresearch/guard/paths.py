@@ -1,9 +1,19 @@
 """The path policy: what a tool call may read, search or edit, judged by path.
 
-- Read/NotebookRead/LS/Glob/Grep: by real path, the project and the interpreter's libraries,
-  except held-out data (the test split, the raw downloads), anything that may hold credentials,
-  `.git/` internals, any run's `out/` folder and `eval.log` (written by agent code while it saw
-  evaluation inputs). A search is judged by every entry it could reach (tree_problem).
+- Read/NotebookRead/LS/Glob/Grep: the project and the interpreter's libraries, except held-out
+  data (the test split, the raw downloads), anything that may hold credentials, `.git/` internals,
+  EVAL logs, and under `runs/` everything but a short list of names trusted code writes
+  (RUN_FILES, RUN_TREES: the agent's view of runs/ is an allowlist decided on the name).
+- No decision depends on a path agent code can change between the judgement and the use. Agent
+  code writes only in places denied by name (a run's out/, stage scratch, a writable sandbox.home
+  or sandbox.cache); a path is resolved one component at a time as the kernel does, and is denied
+  if any step of that resolution touches such a place, so every link it follows lies where agent
+  code cannot write and resolves the same way when the tool opens it. A FIFO, socket or device is
+  never read (it could hang the tool). A search is judged by everything it could reach: below a
+  place agent code writes, by what its pattern could match, never by what is there now
+  (tree_problem). Hence also: no folder agent code writes holds a file the agent reads, so no
+  planted CLAUDE.md is ever loaded (Claude Code loads one from the folder of every file read).
+- Paths are judged as Claude Code uses them: leading or trailing whitespace is refused.
 - Edit/Write/MultiEdit/NotebookEdit: only the editable set (program.md's files, folders and globs,
   matched by program.editable_regex: the runner's matcher), as existing regular files inside the
   project reached without `..`, symlinks or extra hard links; the harness's own files are never
@@ -16,6 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
+from .. import flows
 from .policy import Policy
 
 # The harness's own files: never editable, even if a program.md pattern matches them. (Only names
@@ -34,13 +45,28 @@ SECRET_FILES = {".netrc", "_netrc", ".git-credentials", ".pypirc", ".npmrc", ".p
                 ".credentials.json", "credentials.json", ".htpasswd", "secrets.json", "secrets.yaml"}
 SECRET_PREFIXES = (".env", "id_rsa", "id_dsa", "id_ecdsa", "id_ed25519")
 SECRET_SUFFIXES = (".pem", ".key", ".p12", ".pfx", ".kdbx", ".keystore", ".jks")
-WALK_SKIP = {".git", ".svn", ".hg", ".bzr", ".jj", ".sl",   # Claude Code's searches skip VCS folders
-             ".venv", "node_modules", "__pycache__"}
-WALK_LIMIT = 20000
+MAX_LINKS = 40                                            # as the kernel's ELOOP limit
+
+# The agent's view of runs/ (from the flow table): runs/, runs/NNNN/, and in a run folder only the
+# names trusted code writes for the agent (the script's copy, named like the script, comes from
+# the policy). Anything else under runs/ -- out/, a lock, whatever a later version adds -- is
+# denied by name, whatever is on disk.
+RUN_FILES = flows.RUN_AGENT_FILES
+RUN_TREES = flows.RUN_AGENT_DIRS                          # folders trusted code fills: all below is readable
+# Run folders agent code writes while a run goes (out/): a search that could reach below one is
+# denied by what its pattern could match, not by what is there now.
+RUN_AGENT_WRITTEN = frozenset(f.where.rstrip("/") for f in flows.FLOWS if f.base == "run"
+                              and f.where.endswith("/") and set(f.writers) & set(flows.STAGES))
+WHITESPACE = " \t\n\r\x0b\x0c\u00a0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009" \
+             "\u200a\u2028\u2029\u202f\u205f\u3000\ufeff\x85"
 
 
 def under(path: str, root: str) -> bool:
     return path == root or path.startswith(root if root.endswith("/") else root + "/")
+
+
+def _is_run_id(name: str) -> bool:
+    return len(name) >= 4 and name.isdigit() and name.isascii()
 
 
 class Context:
@@ -67,6 +93,12 @@ class Context:
         data = env.get("AUTORESEARCH_DATA")
         self.data_tests = {os.path.join(d, "test") for d in
                            ((os.path.abspath(data), os.path.realpath(data)) if data else ())}
+        state = flows.state_home(env)                      # stage scratch lives there, outside the project
+        self.written = [*policy.agent_written, state, os.path.realpath(state)]   # host folders agent code writes
+
+    def agent_written(self, path: str) -> bool:
+        """Is `path` in a host folder agent code writes (outside runs/, which off_limits judges)?"""
+        return any(under(path, w) for w in self.written)
 
     def abspath(self, path: str) -> str:
         if path == "~" or path.startswith("~/"):
@@ -112,115 +144,133 @@ def is_secret(path: str) -> bool:
     return name in SECRET_FILES or name.startswith(SECRET_PREFIXES) or name.endswith(SECRET_SUFFIXES)
 
 
-def off_limits(rel: str) -> str | None:
+def off_limits(rel: str, script: str = "train.py") -> str | None:
     """Why a project-relative path is off limits although it is inside the project (None: it is not).
-    Case-insensitive, so a case-insensitive file system cannot spell its way around it."""
-    parts = rel.lower().split("/")
-    if ".git" in parts:
+    Case-insensitive where it denies, exact where it allows, so a case-insensitive file system
+    cannot spell its way around it."""
+    parts = rel.split("/")
+    low = [p.lower() for p in parts]
+    if ".git" in low:
         return "git internals are off limits: use git status, git diff, git log or git show"
-    if len(parts) >= 3 and parts[0] == "runs" and parts[2] == "out":
+    joined = "/".join(low)
+    for hidden in _AGENT_HIDDEN:
+        if joined == hidden or joined.startswith(hidden + "/"):
+            return f"{hidden} is for the human only (held-out results): it is off limits"
+    if low[0] != "runs" or len(parts) < 2:
+        return None
+    if not _is_run_id(parts[1]):
+        return f"{'/'.join(parts[:2])} is not a run folder: under runs/ you may read {_RUN_VIEW}"
+    if len(parts) == 2 or parts[2] in RUN_TREES or (len(parts) == 3 and (parts[2] in RUN_FILES or parts[2] == script)):
+        return None
+    name = low[2]
+    if name == "out":
         return "a run's out/ folder is written by agent code: it is off limits (read runs/NNNN/metrics.json or train.log)"
-    if len(parts) == 3 and parts[0] == "runs" and parts[2] == "eval.log":
+    if name == "eval.log":
         return "eval.log is for humans only: read runs/NNNN/metrics.json or train.log"
-    return None
+    return f"runs/NNNN/{parts[2]} is off limits: under runs/ you may read {_RUN_VIEW}"
 
 
-def _rel(ctx: Context, path: str) -> str | None:
+_AGENT_HIDDEN = tuple(h.lower() for h in flows.AGENT_HIDDEN_PROJECT)
+_RUN_VIEW = ("runs/NNNN/ " + ", ".join(sorted(RUN_FILES)) + ", the script's copy and "
+             + ", ".join(f"{t}/" for t in sorted(RUN_TREES)))
+
+
+def project_rel(ctx: Context, path: str) -> str | None:
     for root in (ctx.root, ctx.root_real):
         if under(path, root):
             return path[len(root):].strip("/")
     return None
 
 
+def name_problem(ctx: Context, path: str) -> str | None:
+    """Why the absolute path `path`, as spelled, may not be reached (None: its name is fine).
+    Decided on names only: no file system call."""
+    if is_secret(path):
+        return "may hold credentials: it is off limits"
+    if is_eval_log(path):
+        return "eval.log is for humans only (it may quote held-out bytes): read runs/NNNN/metrics.json or train.log"
+    if ctx.heldout(path):
+        return "is held-out data: it is off limits (only the trusted evaluator reads it)"
+    if ctx.agent_written(path):
+        return "is in a folder agent code writes (stage scratch, sandbox.home or sandbox.cache): it is off limits"
+    rel = project_rel(ctx, path)
+    return off_limits(rel, ctx.policy.script) if rel else None
+
+
+def resolve(ctx: Context, path: str) -> tuple[str | None, str | None]:
+    """(real path, None) or (None, why): `path` (absolute) resolved one component at a time as the
+    kernel does (`..` after a link goes up from the link's target), each step judged by name_problem,
+    so no link on the way may pass through a place the policy hides -- in particular none agent
+    code writes, where a link could change between this judgement and the tool's open."""
+    import stat
+    todo = [c for c in reversed(path.split("/")) if c]
+    cur, hops = "/", 0
+    while todo:
+        c = todo.pop()
+        if c == ".":
+            continue
+        if c == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = cur.rstrip("/") + "/" + c
+        why = name_problem(ctx, nxt)
+        if why:
+            return None, why
+        try:
+            st = os.lstat(nxt)
+        except OSError:                       # missing (or unreadable): the rest is judged lexically
+            rest = [nxt] + list(reversed(todo))
+            nxt = os.path.normpath("/".join(rest))
+            why = name_problem(ctx, nxt)
+            return (None, why) if why else (nxt, None)
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > MAX_LINKS:
+                return None, "too many levels of symbolic links"
+            try:
+                target = os.readlink(nxt)
+            except OSError:
+                return None, "a link on the way cannot be read"
+            todo.extend(c for c in reversed(target.split("/")) if c)
+            if target.startswith("/"):
+                cur = "/"
+            continue
+        cur = nxt
+    return cur, None
+
+
 def read_problem(ctx: Context, path, what: str = "read") -> str | None:
-    """Why `path` may not be read (None: it may). Judged lexically and by real path (links
-    and `..` resolved as the kernel does), so neither spelling can reach what the other hides."""
+    """Why `path` may not be read (None: it may). Judged as spelled and as resolved step by step
+    (links and `..` as the kernel takes them, from the raw path as a shell passes it and from the
+    normalised one Claude Code opens), so no spelling reaches what another hides; and only a regular
+    file or a folder is read."""
     if not isinstance(path, str) or not path:
         return "no path given"
     if "\x00" in path:
         return "NUL bytes are not allowed in paths"
+    if path.strip(WHITESPACE) != path:
+        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
     joined = os.path.join(ctx.cwd, ctx.abspath(path) if path.startswith("~") else path)
     p = os.path.normpath(joined)
-    reals = {os.path.realpath(p), os.path.realpath(joined)}
-    for q in (p, *reals):
-        if is_secret(q):
-            return f"{path} may hold credentials: it is off limits"
-        if is_eval_log(q):
-            return (f"{path}: eval.log is for humans only (it may quote held-out bytes): "
-                    f"read runs/NNNN/metrics.json or train.log")
-        if ctx.heldout(q):
-            return f"{path} is held-out data: it is off limits (only the trusted evaluator reads it)"
-        rel = _rel(ctx, q)
-        why = off_limits(rel) if rel is not None else None
+    why = name_problem(ctx, p)
+    if why:
+        return f"{path}: {why}"
+    reals = set()
+    for q in dict.fromkeys((joined, p)):      # the raw path (a shell's), the normalised one (Claude Code's)
+        real, why = resolve(ctx, q)
         if why:
             return f"{path}: {why}"
+        reals.add(real)
+    import stat
     for r in reals:
         if not any(under(r, root) for root in ctx.readable):
             return f"{path} is outside the project: you may {what} the project and the libraries it uses"
-    return None
-
-
-def glob_regex(pattern: str):
-    """A regex that matches (case-insensitively, hidden files included) at least every
-    relative path the glob `pattern` can match: * ? [..] {a,b} and **."""
-    import re
-    out, i, n = [], 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            if i < n and pattern[i] == "/":
-                out.append("/?")        # `**/x` also matches `x`
-                i += 1
+        try:
+            mode = os.stat(r).st_mode
+        except OSError:
             continue
-        if c == "*":
-            out.append("[^/]*")
-        elif c == "?":
-            out.append("[^/]")
-        elif c in "[{":
-            out.append(".*")            # a class or alternation: any text (a superset)
-            close = pattern.find("]" if c == "[" else "}", i + 1)
-            i = n if close < 0 else close
-        else:
-            out.append(re.escape(c))
-        i += 1
-    return re.compile("".join(out), re.IGNORECASE | re.DOTALL)
-
-
-def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
-    """Why a search below the folder `path` may not run: some entry it could reach (matching
-    `pattern`, a compiled glob_regex, by relative path or by base name, as ripgrep's globs do)
-    is off limits, or a link leads out of bounds (None: it may). VCS folders are skipped, as
-    Claude Code's search does."""
-    top = os.path.realpath(ctx.abspath(path))
-    if not os.path.isdir(top):
-        return None
-    for held in ctx.heldout_roots():
-        if under(os.path.realpath(held), top):
-            return f"{path} contains held-out data ({held}): search a folder that does not"
-    seen = 0
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = [d for d in dirnames if d not in WALK_SKIP]
-        seen += len(dirnames) + len(filenames)
-        if seen > WALK_LIMIT:
-            return f"{path} is too large to vet: search a smaller folder"
-        for name in [f for f in filenames if f not in WALK_SKIP] + dirnames:   # a worktree's .git file
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, top)
-            if pattern is not None and not (pattern.fullmatch(rel) or pattern.fullmatch(name)):
-                continue
-            if is_secret(full):
-                why = "may hold credentials"
-            elif is_eval_log(full):
-                why = "is an EVAL log for humans only, off limits (runs/NNNN/train.log has the evaluator's result)"
-            elif os.path.islink(full):
-                why = "is a link out of bounds" if read_problem(ctx, full) else None
-            else:
-                prel = _rel(ctx, full)
-                why = "is off limits" if prel is not None and off_limits(prel) else None
-            if why:
-                return f"{path} contains {rel}, which {why}: search a file or folder that does not"
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            return f"{path} is not a regular file (a FIFO, socket or device): it is never read"
     return None
 
 
@@ -232,6 +282,8 @@ def edit_problem(ctx: Context, path) -> str | None:
         return "no file path given"
     if "\x00" in path:
         return "NUL bytes are not allowed in paths"
+    if path.strip(WHITESPACE) != path:
+        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
     joined = os.path.join(ctx.cwd, path)
     if ".." in joined.split("/"):
         return f"paths with '..' are not allowed: {allowed}"

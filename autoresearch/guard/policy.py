@@ -16,7 +16,7 @@ import json
 import os
 import re
 
-POLICY_VERSION = 3
+POLICY_VERSION = 4
 CACHE = ".autoresearch/guard-policy.json"
 PROGRAM = "program.md"
 
@@ -26,12 +26,15 @@ class PolicyError(Exception):
 
 
 class Policy:
-    __slots__ = ("phase", "editable", "web", "frozen", "_match")
+    __slots__ = ("phase", "editable", "web", "frozen", "script", "agent_written", "_match")
 
     def __init__(self, phase: str, editable: list[str], web: bool, editable_re: str = "(?!)",
-                 frozen: list[str] | None = None):
+                 frozen: list[str] | None = None, script: str = "train.py",
+                 agent_written: list[str] | None = None):
         self.phase, self.editable, self.web = phase, editable, web
         self.frozen = {f.lower() for f in frozen or ()}     # eval.files: the human's eval script
+        self.script = script                                # the script copy's name in runs/NNNN/
+        self.agent_written = list(agent_written or ())      # host folders TRAIN writes (sandbox.home, .cache)
         self._match = re.compile(editable_re).fullmatch
 
     def matches(self, rel: str) -> bool:
@@ -85,19 +88,26 @@ def compile_policy(text: bytes) -> dict:
     except ConfigError as e:
         raise PolicyError(str(e)) from None
     patterns = program.editable_patterns()
+    sb = program.sandbox
+    written = [p for p, w in ((sb.home, sb.home_writable), (sb.cache, True)) if p and w]
+    written = sorted({q for p in written for q in (os.path.abspath(os.path.expanduser(p)),
+                                                   os.path.realpath(os.path.expanduser(p)))})
     return {"version": POLICY_VERSION, "phase": program.phase, "editable": patterns,
-            "editable_re": editable_regex(patterns), "web": program.current.web, "frozen": program.frozen_files()}
+            "editable_re": editable_regex(patterns), "web": program.current.web, "frozen": program.frozen_files(),
+            "script": os.path.basename(program.run.train_script), "agent_written": written}
 
 
 def _policy(data: dict) -> Policy:
     phase, editable, web, rx = data["phase"], data["editable"], data["web"], data["editable_re"]
-    frozen = data["frozen"]
+    frozen, script, written = data["frozen"], data["script"], data["agent_written"]
     if not (isinstance(phase, str) and isinstance(web, bool) and isinstance(editable, list) and isinstance(rx, str)
             and isinstance(frozen, list) and all(isinstance(f, str) for f in frozen)
+            and isinstance(script, str) and script and "/" not in script
+            and isinstance(written, list) and all(isinstance(w, str) and w.startswith("/") for w in written)
             and all(isinstance(e, str) and e and not e.startswith("/") and ".." not in e.split("/")
                     for e in editable)):
         raise TypeError("malformed policy")
     try:
-        return Policy(phase, editable, web, rx, frozen)
+        return Policy(phase, editable, web, rx, frozen, script, written)
     except re.error:
         raise TypeError("malformed policy") from None

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import os
 
-from .paths import Context, edit_problem, glob_regex, off_limits, read_problem, tree_problem
+from .paths import WHITESPACE, Context, edit_problem, read_problem
+from .search import glob_regex, tree_problem
 from .policy import PolicyError, load_policy
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
@@ -133,7 +134,11 @@ def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
         if not policy.web:
             return False, (f"web access is off in phase {policy.phase}: it is on only in phases with "
                            "`web: true` in program.md; note what you would look up in scratchpad.md")
-        why = url_problem(inp.get("url")) if tool == "WebFetch" else None
+        if tool == "WebFetch":
+            from .urls import url_problem
+            why = url_problem(inp.get("url"))
+        else:
+            why = None
         return (False, why) if why else (True, f"web access is on in phase {policy.phase}")
     why = schema_problem(tool, inp)
     if why:
@@ -156,25 +161,34 @@ def decide(payload: dict, root: str, env=None) -> tuple[bool, str]:
 
 def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
     """Grep reads every file below `path` that its `glob` matches; Glob lists every name below
-    `path` that its `pattern` matches. Both are judged by what they could reach."""
+    `path` that its `pattern` matches. Both are judged by what they could reach, with the glob
+    as Claude Code passes it on: Grep's `glob` is split on whitespace and commas into several
+    ripgrep globs, so a glob with either (or a backslash, or a leading `./`, which ripgrep reads
+    its own way) is refused rather than judged as one."""
     path = inp.get("path") or ctx.cwd
     why = read_problem(ctx, path, "search")
     if why:
         return why
-    pat = inp.get("pattern" if tool == "Glob" else "glob")
+    key = "pattern" if tool == "Glob" else "glob"
+    pat = inp.get(key)
     if pat is None:
         return tree_problem(ctx, path) if tool == "Grep" else None
-    key = "pattern" if tool == "Glob" else "glob"
-    if "\x00" in pat:
+    if "\x00" in pat or not pat:
         return f"malformed {key}"
+    if tool == "Grep":
+        bad = next((c for c in pat if c in ",\\" or c.isspace() or c in WHITESPACE), None)
+        if bad is not None or pat.startswith("./"):
+            return (f"one plain glob per Grep call, without whitespace, commas, backslashes or a leading './' "
+                    f"(Claude Code would split or reread {pat!r}): call Grep once per glob")
+    if pat.strip(WHITESPACE) != pat:
+        return f"{pat!r}: leading or trailing whitespace is not allowed in a {tool} {key}"
     parts = pat.replace("\\", "/").split("/")
     if ".." in parts:
         return f"'..' is not allowed in a {tool} {key}: set path instead"
     if pat.startswith(("/", "~")):
         return f"give the {tool} {key} relative to path (set path to the folder)"
-    why = off_limits(pat.replace("\\", "/").lstrip("!"))
-    if why:
-        return why
+    if ".git" in (p.lower() for p in parts):
+        return "git internals are off limits: use git status, git diff, git log or git show"
     if tool == "Glob":
         fixed = []
         for part in parts:                      # the literal folders before the first wildcard
@@ -192,33 +206,3 @@ def _search_problem(ctx: Context, tool: str, inp: dict) -> str | None:
     if pat.startswith("!"):                     # an exclusion: everything else is searched
         return tree_problem(ctx, path)
     return tree_problem(ctx, path, glob_regex(pat))
-
-
-def url_problem(url) -> str | None:
-    """WebFetch may reach the public web only: not this machine, its network or a cloud metadata
-    service (a name that resolves to such an address is not caught here; the sandbox has no network)."""
-    if not isinstance(url, str) or "\x00" in url:
-        return "malformed url"
-    from urllib.parse import urlsplit
-    try:
-        parts = urlsplit(url)
-        host = (parts.hostname or "").rstrip(".").lower()
-    except ValueError:
-        return "malformed url"
-    if parts.scheme not in ("http", "https") or not host:
-        return "only http(s) URLs can be fetched"
-    if host == "localhost" or host.endswith((".localhost", ".local", ".internal")) or \
-            ("." not in host and ":" not in host and not host.isdigit()):
-        return f"{host} is a local name: only the public web can be fetched"
-    import ipaddress
-    import socket
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        try:                                    # 2130706433, 0x7f.1: other spellings of 127.0.0.1
-            ip = ipaddress.ip_address(socket.inet_aton(host))
-        except OSError:
-            return None
-    if not ip.is_global:
-        return f"{host} is not a public address: only the public web can be fetched"
-    return None

@@ -24,7 +24,7 @@ his tools read ours:
     best          the best after this decision
     threshold     the noise threshold used: max(min_improvement, k_sigma * sigma)
     sigma         the calibrated seed noise (empty if not calibrated)
-    train_seconds wall time of the TRAIN stage of run_id
+    train_seconds TRAIN's agent compute of run_id (from when its code started; before issue 24 the stage's wall time)
     sandbox       docker | bwrap | none
     session       the Claude Code session that ended its turn
     note          baseline | confirmed | superseded | unconfirmed | re-measured the best | contended | ...

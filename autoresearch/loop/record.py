@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 
 from ..digest import sha256_bytes, sha256_file
+from ..fsclean import remove_tree
 from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
 from ..ledger.durable import row_trailers
@@ -49,7 +50,7 @@ def run_row(program: Program, ctx: Context, r: RunRecord, exp: int, status: str,
         phase=program.phase, branch=ctx.branch, seeds=[x.metrics.seed for x in runs if x.metrics],
         delta=(value - prev_best) if value is not None and prev_best is not None else None,
         prev_best=prev_best, best=best, threshold=thresh, sigma=sigma,
-        train_seconds=m.train_seconds if m else None, sandbox=m.sandbox if m else "",
+        train_seconds=(m.agent_seconds or m.train_seconds) if m else None, sandbox=m.sandbox if m else "",
         session=ctx.session, note=note, decided_at=now(), snapshot=r.snapshot or "", fingerprint=r.fingerprint)
 
 
@@ -106,7 +107,7 @@ def prune_checkpoints(root: Path, program: Program, runs: list[RunRecord]) -> No
     kept = kept_run_ids(root)
     for run in runs:
         if run.run_id not in kept:
-            shutil.rmtree(run.path / "out", ignore_errors=True)
+            remove_tree(run.path / "out")
 
 
 def remeasure(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],

@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict
 
 from ..digest import sha256_file
+from ..program.sections import save_margin
 from .decide import RunView
 from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
 from ..run.queue import QueueEntry, read_entry, runner_live
@@ -79,7 +80,7 @@ def _running(path: Path, metrics: RunMetrics | None, wall_limit_s: float, extra_
     if metrics is not None and metrics.finished_at is not None:
         return False
     if metrics is not None and extra_s is not None:
-        wall_limit_s = metrics.budget_seconds + metrics.grace_seconds + extra_s
+        wall_limit_s = metrics.budget_seconds + save_margin(metrics.budget_seconds) + metrics.grace_seconds + extra_s
     lock = path / RUNNING_LOCK
     if lock.exists():
         return lock_held(lock)                   # nobody holds it: the runner is gone

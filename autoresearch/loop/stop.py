@@ -52,13 +52,14 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
+import contextlib
 import time
 from pathlib import Path
 
 from filelock import Timeout as LockTimeout
 
 from ..digest import sha256_bytes, sha256_file
+from ..fsclean import remove_tree
 from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
@@ -193,8 +194,9 @@ def prune_unkept(root: Path) -> int:
         out = Path(root) / "runs" / rid / "out"
         if rid not in gone or not out.is_dir():
             continue
-        freed += sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-        shutil.rmtree(out, ignore_errors=True)
+        with contextlib.suppress(OSError, RecursionError):     # out/ as agent code left it
+            freed += sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+        remove_tree(out)
     return freed
 
 

@@ -20,7 +20,7 @@ from ..atomic import write_atomic
 from ..ledger import branch_rows
 from ..program import Program
 from ..run.identity import program_code, snapshot_files
-from ..run.layout import RUNS_DIR
+from ..run.layout import RUNS_DIR, eval_log
 from ..gitops import show_blob
 from ..run.queue import read_entry, saved_files, snapshot_intact
 from .context import Context
@@ -116,9 +116,10 @@ def stuck_for(root: Path, program: Program, live: list[RunRecord]) -> float | No
         pass
     newest = 0.0
     for r in live:
-        for name in ("queue.json", "metrics.json", "train.log", "eval.log", ""):
+        for p in [r.path / n for n in ("queue.json", "metrics.json", "train.log", "")] + [
+                eval_log(r.path.parent.parent, r.path.name)]:
             try:
-                newest = max(newest, (r.path / name).stat().st_mtime)
+                newest = max(newest, p.stat().st_mtime)
             except OSError:
                 continue
     idle = time.time() - newest

@@ -15,7 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..editable import editable_regex, frozen_problem, is_literal, match_files, never_editable, pattern_problem
 from ..hostenv import HostMount, host_path_errors
-from .sections import (RUN_OVERHEAD_S, Budget, Eval, Executor, Metric, Noise, Notify, Phase, Run, Sandbox,
+from .sections import (BUILTIN_METRIC, RUN_OVERHEAD_S, Budget, Eval, Executor, Metric, Noise, Notify, Phase, Run, Sandbox,
                        _Strict)
 
 PROGRAM_FILE = "program.md"
@@ -25,7 +25,7 @@ class ConfigError(ValueError):
     """program.md is missing, unreadable or invalid; the message names the field and line."""
 
 
-__all__ = ["PROGRAM_FILE", "RUN_OVERHEAD_S", "Budget", "ConfigError", "Eval", "Executor", "Metric", "Noise", "Notify",
+__all__ = ["BUILTIN_METRIC", "PROGRAM_FILE", "RUN_OVERHEAD_S", "Budget", "ConfigError", "Eval", "Executor", "Metric", "Noise", "Notify",
            "Phase", "Program", "Run", "Sandbox", "load_program", "parse_program", "project_root", "split_front_matter"]
 
 
@@ -64,6 +64,12 @@ class Program(_Strict):
             raise ValueError("eval: eval.command is set: write run.mode: eval_command (inline is the last resort)")
         if self.eval is None and self.run.mode == "eval_command":
             raise ValueError("run.mode: eval_command needs eval: {command: [python, eval.py], files: [eval.py]}")
+        want = BUILTIN_METRIC
+        if self.run.mode == "two_stage" and (self.metric.name, self.metric.direction) != (want.name, want.direction):
+            raise ValueError(f"metric: the built-in evaluation (run.mode two_stage) measures {want.name}, bits per "
+                             f"byte, lower is better: write metric: {{name: {want.name}, direction: "
+                             f"{want.direction}}} (to score something else, use run.mode: eval_command with "
+                             f"your own eval script)")
         code = [self.run.train_script, *self.frozen_files()]
         for out in self.run.outputs:
             clash = [f for f in code if f == out or f.startswith(out + "/") or out.startswith(f + "/")]

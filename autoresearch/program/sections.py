@@ -55,16 +55,37 @@ class Metric(_Strict):
 RUN_OVERHEAD_S = 120.0   # sandbox start-up, data copy, the report: beyond the stages' own limits
 
 
+
+# What the built-in evaluation (run.mode two_stage: autoresearch's trusted scorer) measures: it
+# declares its metric, and a program.md that says otherwise is refused (Program's validator), so
+# the loop can never keep the worst model by a flipped direction. eval_command and inline modes
+# declare theirs in program.md.
+BUILTIN_METRIC = Metric(name="val_bpb", direction="minimize")
+
+
+SAVE_MARGIN = 0.05                  # agent code is killed at budget x (1 + this) after it starts ...
+SAVE_MARGIN_MIN_S = 3.0             # ... or at budget + this, if later (budgets under 60 s): time to save, not to train
+
+
+def save_margin(budget: float) -> float:
+    """Seconds agent code gets past its budget to save (ARCHITECTURE rule 12): a few percent."""
+    return max(SAVE_MARGIN_MIN_S, SAVE_MARGIN * budget)
+
+
 class Budget(_Strict):
+    """train_seconds is agent compute: its clock starts when agent code starts (after the trusted
+    warm-up, which grace_seconds bounds and which is not counted), and agent code is killed at
+    train_seconds + save_margin."""
     train_seconds: float = Field(300, gt=0)
-    grace_seconds: float = Field(60, ge=0)       # start-up, compile, checkpoint save
+    grace_seconds: float = Field(60, ge=0)       # the trusted start-up (interpreter, imports): not counted
     eval_seconds: float = Field(300, gt=0)       # the EVAL stage's own hard limit
 
     def experiment_seconds(self) -> float:
-        """The longest one ./run.sh may take, wall clock: TRAIN (budget + grace), EVAL, and the
-        harness's margin. The one bound behind "still running?", the Bash tool timeout the
-        hooks need, doctor's check of it, and the overnight driver's watchdog."""
-        return self.train_seconds + self.grace_seconds + self.eval_seconds + RUN_OVERHEAD_S
+        """The longest one ./run.sh may take, wall clock: TRAIN (start-up + budget + save margin),
+        EVAL, and the harness's margin. The one bound behind "still running?", the Bash tool
+        timeout the hooks need, doctor's check of it, and the overnight driver's watchdog."""
+        return (self.train_seconds + save_margin(self.train_seconds) + self.grace_seconds + self.eval_seconds
+                + RUN_OVERHEAD_S)
 
 
 class Noise(_Strict):
@@ -270,7 +291,13 @@ class Eval(_Strict):
     model: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_./-]*\.py:[A-Za-z_][A-Za-z0-9_]*$")
     checks: float = Field(0.1, ge=0, le=1)       # split: share of requests asked again of a second server
     batch_independent: bool = True               # split: a re-asked row gets other batch-mates
-    tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, relative to its spread
+    tolerance: float = Field(1e-4, ge=0)         # split: a re-asked answer's difference, in `compare`'s units
+    # split: what the script scores of each output (name, or "*" for all): a re-ask is compared after
+    # that normalisation, within `tolerance` ABSOLUTE in its units -- log_softmax (nats over the last
+    # axis: cross-entropy), softmax (probabilities), argmax (exact: accuracy), raw (the values as
+    # scored: MSE), spread (relative to the row's spread: the legacy mode). Undeclared: raw and spread at
+    # once, the larger difference within `tolerance` (neither sentinels nor scaling down widens it)
+    compare: dict[str, Literal["log_softmax", "softmax", "argmax", "raw", "spread"]] = {}
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
     _command = field_validator("command", mode="before")(_argv)      # one rule with run.command

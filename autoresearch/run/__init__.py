@@ -1,8 +1,8 @@
 """run: one experiment, `./run.sh -m "why"` (`python -m autoresearch.run`).
 
-TRAIN in a fresh sandbox (no network, train split only, killed at budget + grace), then EVAL: two
-model servers (agent code, no data) scored by the trusted scorer here; the result is signed into
-runs/NNNN/metrics.json and summarised for the agent.
+TRAIN in a fresh sandbox (no network, train split only, killed at budget + a save margin of agent
+compute), then EVAL: two model servers (agent code, no data) scored by the trusted scorer here;
+the result is signed into runs/NNNN/metrics.json and summarised for the agent.
 
     runner        run_experiment (the two stages, in order, under the run lock)
     main          ./run.sh's command line: one run, --queue, --wait

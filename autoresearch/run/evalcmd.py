@@ -4,14 +4,16 @@
                 (gitops.base_commit: the newest commit the loop did not make), mounted over the work
                 tree's copies: an agent edit to the script in the work tree changes nothing.
     where       a fresh sandbox after TRAIN: no network, run in its own writable work copy of the
-                snapshot (workcopy.py; eval.files in it as committed; gone when the stage ends), the
-                project read-only, the TRAIN checkpoint ($AUTORESEARCH_OUT) read-only, the mounts
-                declared for stage eval (or final), run.python and run.env as in TRAIN.
-    the channel $AUTORESEARCH_METRIC_FILE, in runs/NNNN/.metric/: made empty after TRAIN ended (TRAIN
-                never sees it: runs/ is a skeleton there); kept only in what the host reads.
+                snapshot (workcopy.py, in the state folder outside the project; eval.files in it as
+                committed; gone when the stage ends), the project read-only (less what the flow
+                table hides from eval.command), the TRAIN checkpoint ($AUTORESEARCH_OUT) read-only,
+                the mounts declared for stage eval (or final), run.python and run.env as in TRAIN.
+    the channel $AUTORESEARCH_METRIC_FILE, in the run's scratch (<state>/runs/NNNN/metric/, outside
+                the project): made empty after TRAIN ended; read only by the host.
                 The script writes {"value": <number>}; the host reads it (a regular file, at most
                 64 KiB), validates it (EvalMetric) and the runner signs it. What the script or agent
-                code prints goes to eval.log (for humans only); nothing printed becomes the metric.
+                code prints goes to the eval log (the human's only, in the state folder); nothing
+                printed becomes the metric.
 
 What it does not guarantee: the script usually imports the agent's model code to load the
 checkpoint, and that code then shares the eval process (README, "Threat model").
@@ -29,13 +31,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from .exits import HarnessError
-from .layout import EVAL_LOG, Layout
+from ..flows import EVAL_COMMAND
+from .layout import EVAL_LOG, Layout, new_log, private_dir
 from .logs import append_log, log_tail
 from .metrics import RunMetrics
-from .specs import environment_mounts, gpu_request, home_cache, project_id, project_mounts, python_of, runtime_mounts
+from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
+                    python_of, runtime_mounts)
 from .workcopy import put_file, remove_work_copy, work_copy
 
-METRIC_DIR = ".metric"                   # runs/NNNN/.metric/: the eval script's channel
+METRIC_DIR = "metric"                    # <state>/runs/NNNN/metric/: the eval script's channel
 METRIC_FILE = "metric.json"
 METRIC_MAX_BYTES = 64 << 10
 
@@ -78,19 +82,21 @@ def evaluator_id(base: str, files: dict[str, bytes], program: Program) -> str:
     if program.eval is not None and program.eval.model is not None:      # the split, its checks
         ev = program.eval
         h.update(f"\0{ev.model}\0{ev.checks}\0{ev.batch_independent}\0{ev.tolerance}".encode())
+        if ev.compare:                                # how re-asks are judged (left out when undeclared: ids unchanged)
+            h.update(f"\0{sorted(ev.compare.items())}".encode())
     for rel in sorted(files):
         h.update(rel.encode() + b"\0" + hashlib.sha256(files[rel]).digest())
     return f"eval_command:{h.hexdigest()[:12]}"
 
 
 def metric_channel(lay: Layout) -> Path:
-    """runs/NNNN/.metric/, made fresh (after TRAIN), with its mount point in the runs/ skeleton."""
-    d = lay.run_dir / METRIC_DIR
-    shutil.rmtree(d, ignore_errors=True)
-    if d.is_symlink() or d.exists():
+    """The run's metric channel in its scratch (outside the project), made fresh after TRAIN."""
+    d = lay.scratch / METRIC_DIR
+    if d.is_symlink() or d.is_file():
         d.unlink()
+    remove_work_copy(d)
+    private_dir(lay.scratch)
     d.mkdir()
-    (lay.skeleton() / lay.run_dir.name / METRIC_DIR).mkdir(parents=True, exist_ok=True)
     return d
 
 
@@ -119,10 +125,10 @@ def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str,
     in it as committed at the base commit): the project read-only with eval.files replaced the same
     way, the checkpoint read-only, the `stage` mounts, the metric channel. Made here when None."""
     if work is None:
-        work = work_copy(lay, f"{stage}-cmd")
+        work = work_copy(lay, f"{EVAL_NAME}-cmd")
     home, home_env = home_cache(program, None, stage)
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
+    mounts += hidden_splits(program, lay, None, stage) + project_mounts(lay, None, EVAL_COMMAND) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
     for rel, data in sorted(frozen.items()):
         put_file(work, rel, data)                  # the committed bytes, never the work tree's
     mounts += [Mount(work, str(work), writable=True), Mount(channel, str(channel), writable=True)]
@@ -210,12 +216,12 @@ def run_evalcmd(sandbox: Backend, program: Program, lay: Layout, env: dict[str, 
             figures.update(got)
         return res, status, reason, value
     channel = metric_channel(lay)
-    work = work_copy(lay, f"{stage}-cmd")
+    work = work_copy(lay, f"{EVAL_NAME}-cmd")
     try:
         res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage, work))
         value, problem = read_metric(channel)
     finally:
-        shutil.rmtree(channel, ignore_errors=True)
+        remove_work_copy(channel)
         remove_work_copy(work)                     # what the eval stage wrote into its tree ends with it
     status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
     return res, status, reason, value if status == "ok" else None
@@ -227,10 +233,10 @@ def evalcmd_stage(sandbox: Backend, program: Program, lay: Layout, env: dict[str
     returns (status, reason, peak memory in bytes)."""
     cmd = " ".join(program.eval.command) if program.eval else ""
     append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
-                        f"what it prints goes to {EVAL_LOG}, for humans only ----\n")
+                        f"what it prints goes to the eval log, for humans only: {lay.eval_log} ----\n")
     figures: dict = {}
-    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, lay.run_dir / EVAL_LOG,
-                                             figures=figures)
+    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {cmd}\n")
+    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, figures=figures)
     m.extra.update({f"eval_{k}": v for k, v in figures.items()})
     m.eval_seconds = round(res.wall_seconds, 3)
     append_log(lay.log, f"evaluate: ok {program.metric.name} {value}\n" if status == "ok"

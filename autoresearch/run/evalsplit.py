@@ -18,6 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..flows import SERVER
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
@@ -25,7 +26,8 @@ from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, 
 from .interpreter import interpreter_mounts, resolve
 from .layout import Layout, inside
 from .relay import Relay
-from .specs import gpu_request, home_cache, package_mount, project_id, project_mounts, python_of, runtime_mounts
+from .specs import (EVAL_NAME, gpu_request, hidden_splits, hidden_under, home_cache, package_mount, project_id, project_mounts,
+                    python_of, runtime_mounts)
 from .workcopy import remove_work_copy, work_copy
 
 
@@ -56,7 +58,7 @@ def script_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     pkg_mounts, pkg_path = package_mount()
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, False)
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
-    mounts += frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
+    mounts += hidden_splits(program, lay, None, stage) + frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
     env = {k: v for k, v in env.items() if k != "AUTORESEARCH_OUT"}
     env.update({"PYTHONPATH": f"{lay.root}:{pkg_path}", "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
                 "AUTORESEARCH_STAGE": stage})
@@ -73,7 +75,8 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     home, home_env = home_cache(program, None, "eval")
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, True) + home
     mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, "train")]
-    mounts += project_mounts(lay, None) + [Mount(lay.out, str(lay.out))]
+    mounts += hidden_under(lay, stage_mounts(program.mounts, "train") + [Path(m.target) for m in home], None)
+    mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
@@ -102,7 +105,8 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     (the script's sandbox result, status, reason, value, the relay's figures)."""
     ev = program.eval
     assert ev is not None
-    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, limit=int(ev.max_mb * 2**20),
+    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, compare=dict(ev.compare),
+                  limit=int(ev.max_mb * 2**20),
                   servers=2 if ev.checks > 0 else 1, wait_s=program.budget.eval_seconds)
     channel = metric_channel(lay)
     results: list[SandboxResult] = []
@@ -111,7 +115,7 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     def server(k: int) -> None:
         work = None
         try:
-            work = work_copy(lay, f"{stage}-srv-{k}")
+            work = work_copy(lay, f"{EVAL_NAME}-srv-{k}")          # the same name in final
             results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k), work)))
         except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
             errors.append(e)

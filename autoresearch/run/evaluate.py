@@ -1,8 +1,9 @@
 """The EVAL stage: two model servers (agent code, each in a fresh sandbox with no data mounted)
 served at once by one trusted scorer (autoresearch.run.scorer) here, which holds the split's
 bytes, sends windows over the servers' stdin, reads logits from their stdout, mixes in hidden
-checks and computes the loss itself. What agent code prints goes to the EVAL log (for humans
-only: the guard denies the agent reading it); train.log gets only the evaluator's own lines."""
+checks and computes the loss itself. What agent code prints goes to the eval log, in the state
+folder outside the project (the human's only: neither the agent nor a later stage can read it);
+train.log gets only the evaluator's own lines."""
 from __future__ import annotations
 
 import contextlib
@@ -13,11 +14,12 @@ from pathlib import Path
 from ..program import Program
 from ..sandbox import Backend, SandboxResult
 from .inputs import load_prepare
-from .layout import EVAL_LOG, Layout
+from .layout import Layout, new_log
 from .logs import EVAL_BANNER, append_log
 from .metrics import RunMetrics
 from .outcome import eval_outcome
 from .specs import eval_spec
+from .workcopy import remove_work_copy
 
 
 def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
@@ -32,6 +34,15 @@ def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
                     direction=m.direction, metric=m.name)
     specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log, stage, k) for k in range(SERVERS)]
+    try:
+        return _serve(sandbox, specs, scorer)
+    finally:
+        for spec in specs:                             # no writable storage outlives a model server
+            remove_work_copy(Path(spec.cwd))
+
+
+def _serve(sandbox: Backend, specs: list, scorer) -> tuple[SandboxResult, dict]:
+    from .scorer import SERVERS
     results: list[SandboxResult | None] = [None] * SERVERS
     errors: list[BaseException] = []
 
@@ -81,8 +92,9 @@ def eval_stage(sandbox: Backend, program: Program, lay: Layout, data: Path, env:
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
-                        f"goes to {EVAL_LOG}, for humans only ----\n")
-    eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", lay.run_dir / EVAL_LOG)
+                        f"goes to the eval log, for humans only: {lay.eval_log} ----\n")
+    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
+    eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", log)
     m.eval_seconds = round(eres.wall_seconds, 3)
     status, reason, value = eval_outcome(eres, result, program)
     append_log(lay.log, eval_line(status, reason, result, program.metric.name))

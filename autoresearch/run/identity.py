@@ -21,6 +21,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict
 
+from ..program.sections import SAVE_MARGIN
+
 NOTES = "scratchpad.md"                   # the editable file that is notes, not code
 ABSENT = b"\0absent"                     # a listed file that does not exist (hashes differently from empty)
 
@@ -68,6 +70,9 @@ def snapshot_at(root: Path, commit: str, editable: list[str]) -> str:
     return snapshot_of({f: show_blob(root, commit, f) for f in code_files(editable)})
 
 
+AGENT_CLOCK = f"agent+{SAVE_MARGIN:.0%}"    # Fingerprint.clock of runs whose budget is agent compute
+
+
 class Fingerprint(BaseModel):
     """Everything besides the code that decides the number. Equal fingerprints: comparable runs."""
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -80,11 +85,15 @@ class Fingerprint(BaseModel):
     data: str                             # sha256 of the validation split (short), or "-"
     evaluator: str = "-"                  # what scores: the scorer's slice and context, or the inline regex
     interpreter: str = "-"                # run.python's path and version; "-": the harness's own Python
+    # how the budget was counted: "-" the sandbox's wall clock + grace (records before issue 24);
+    # AGENT_CLOCK agent compute after a trusted warm-up, killed at budget + save margin. Runs with
+    # other clocks had other compute for the same budget: never compared.
+    clock: str = "-"
 
     @property
     def key(self) -> str:
-        # a default interpreter is left out: keys of records from before the field are unchanged
-        d = self.model_dump(exclude={"interpreter"} if self.interpreter == "-" else set())
+        # default fields are left out: keys of records from before those fields are unchanged
+        d = self.model_dump(exclude={k for k in ("interpreter", "clock") if getattr(self, k) == "-"})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
     def differs(self, other: "Fingerprint | None") -> str:

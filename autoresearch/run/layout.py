@@ -1,9 +1,15 @@
 """The run folder and the runs/ listing: where one run's files live, which run ids exist, how a
-new one is numbered, and the locks that say a run is live.
+new one is numbered, and the locks that say a run is live. Where each place is and who may read it
+is the flow table's (autoresearch/flows.py); this module only computes the paths.
 
-    runs/NNNN/       one run: metrics.json, train.log, eval.log, the train script's copy, diff.patch,
-                     out/ (the only writable mount that outlives a stage), .sandbox/ (stand-in folders
-                     and the stages' work copies, removed at the end)
+    runs/NNNN/       one run: metrics.json, train.log, the train script's copy, diff.patch (what the
+                     agent may read there, by name), out/ (TRAIN's only writable mount that outlives it)
+    state folder     <state>/projects/<project id>/ OUTSIDE the project (flows.state_dir), never a
+                     path the agent can read or a later stage sees:
+        runs/NNNN/   the run's scratch: stand-in folders and the stages' work copies, the metric
+                     channel (removed at the end; a killed run's is swept by the next)
+        logs/NNNN/   eval.log and final.log: what agent code printed while it saw held-out windows,
+                     for the human only
     run ids          never reused: above every folder in runs/, the counter in
                      .autoresearch/run-counter, and every id in the run branches' trailers and the ledger
     run.lock         .autoresearch/run.lock: one run at a time per project (an flock)
@@ -13,16 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import re
-import shutil
-import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 from ..atomic import write_atomic
+from ..flows import state_dir
+from ..fsclean import remove_tree, tidy_tree
 from .exits import RunBusy
 
 RUNS_DIR = "runs"
@@ -34,17 +41,58 @@ RUNNING = ".running"                      # runs/NNNN/.running: flock held while
 SCRATCH_LOCK = ".lock"
 LOG_FILE = "train.log"
 EVAL_LOG = "eval.log"
+FINAL_LOG = "final.log"
 CHECKPOINT = "model.pt"
+LEGACY_SCRATCH = ".sandbox"               # runs/NNNN/.sandbox: where older versions kept the scratch
+OUT_DEPTH = 64                            # folders below out/ deeper than this are removed after TRAIN
 
 
 def inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
+def project_id(root: Path) -> str:
+    """Short id of the project (its real path, which the agent cannot change): docker labels, and
+    the key of the project's state folder."""
+    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+
+
+def state_folder(root: Path) -> Path:
+    """The project's state folder outside the project (flows.state_dir)."""
+    return Path(state_dir(project_id(root)))
+
+
+def eval_log(root: Path, run_id: str) -> Path:
+    """What run `run_id`'s model servers (or eval.command) printed: the human's only (flows: eval log)."""
+    return state_folder(root) / "logs" / run_id / EVAL_LOG
+
+
+def final_log(root: Path, run_id: str) -> Path:
+    """What the model printed when `autoresearch final` scored run `run_id` (flows: final log)."""
+    return state_folder(root) / "logs" / run_id / FINAL_LOG
+
+
+def private_dir(path: Path) -> Path:
+    """mkdir -p, the new folders 0700 (a state folder is the host user's alone)."""
+    for p in reversed([path, *path.parents]):
+        if not p.exists():
+            with contextlib.suppress(FileExistsError):
+                p.mkdir(mode=0o700)
+    return path
+
+
+def new_log(path: Path, first_line: str) -> Path:
+    """A fresh human-only log, its folders private."""
+    private_dir(path.parent)
+    path.write_text(first_line)
+    return path
+
+
 @dataclass
 class Layout:
     """Paths of one run, and the stand-in folders that hide parts of the project (kept in the
-    run's own .sandbox/ folder, so even a kill -9 litters nothing outside runs/NNNN)."""
+    run's scratch in the state folder, outside the project: nothing a stage writes there is ever
+    where the agent or a later stage reads; a kill -9 leaves it to the next run's sweep)."""
     root: Path
     run_dir: Path
     script: str                                   # relative to root, e.g. "train.py"
@@ -54,7 +102,11 @@ class Layout:
 
     @property
     def scratch(self) -> Path:
-        return self.run_dir / ".sandbox"
+        return state_folder(self.root) / RUNS_DIR / self.run_dir.name
+
+    @property
+    def eval_log(self) -> Path:
+        return eval_log(self.root, self.run_dir.name)
 
     @property
     def out(self) -> Path:
@@ -95,19 +147,29 @@ class Layout:
         d.mkdir(parents=True, exist_ok=True)
         return d
 
+    def empty_file(self) -> Path:
+        f = self.scratch / "empty-file"
+        if not f.is_file():
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            f.write_bytes(b"")
+        return f
+
     def hold(self) -> None:
-        """Mark .sandbox/ as in use (an flock held until this process ends), so a later run
+        """Mark the scratch as in use (an flock held until this process ends), so a later run
         that finds it can tell a live run's folder from a killed one's."""
-        self.scratch.mkdir(parents=True, exist_ok=True)
+        private_dir(self.scratch)
         fd = os.open(self.scratch / SCRATCH_LOCK, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX)
         self._lock_fd = fd
 
-    def cleanup(self) -> None:
-        shutil.rmtree(self.scratch, ignore_errors=True)
+    def cleanup(self) -> str:
+        """Remove the run's scratch (fsclean: whatever agent code left there); "" or one line on
+        what would not go (then set aside, so the next run starts)."""
+        line = remove_tree(self.scratch).line()
         if (fd := getattr(self, "_lock_fd", None)) is not None:
             os.close(fd)
             self._lock_fd = None
+        return line
 
 
 # ---------------------------------------------------------------- the runs/ listing
@@ -249,10 +311,15 @@ def hold_running(run_dir: Path) -> int | None:
 # ---------------------------------------------------------------- leftovers
 
 def sweep_scratch(root: Path) -> list[str]:
-    """Remove runs/*/.sandbox left by killed runners (nobody holds their lock); returns run ids."""
+    """Remove the scratch left by killed runners (nobody holds their lock), and any runs/*/.sandbox
+    an older version left inside the project; returns run ids."""
     gone = []
-    for d in run_dirs(root):
-        scratch = d / ".sandbox"
+    try:
+        here = sorted((d for d in (state_folder(root) / RUNS_DIR).iterdir() if RUN_ID.match(d.name)), key=lambda d: int(d.name))
+    except OSError:
+        here = []
+    for scratch in here + [d / LEGACY_SCRATCH for d in run_dirs(root)]:
+        d = scratch if scratch.name != LEGACY_SCRATCH else scratch.parent
         if not scratch.is_dir() or scratch.is_symlink():
             continue
         try:
@@ -269,7 +336,7 @@ def sweep_scratch(root: Path) -> list[str]:
                     continue                           # a live run
             elif time.time() - scratch.stat().st_mtime < 60:
                 continue                               # being set up right now
-            shutil.rmtree(scratch, ignore_errors=True)
+            remove_tree(scratch)                       # never raises; what stays is set aside
             gone.append(d.name)
         finally:
             if fd is not None:
@@ -278,25 +345,8 @@ def sweep_scratch(root: Path) -> list[str]:
 
 
 def clean_out(out: Path) -> list[str]:
-    """After TRAIN: keep only regular files and folders in out/ (no links, FIFOs, sockets or
-    devices, which host-side tools would follow or block on) and strip set-id bits. Returns
-    what was removed, relative to out/."""
-    removed: list[str] = []
-    for d, dirs, files in os.walk(out, topdown=True, followlinks=False):
-        for name in list(dirs) + files:
-            p = Path(d) / name
-            try:
-                st = p.lstat()
-            except OSError:
-                continue
-            if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
-                if st.st_mode & (stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX):
-                    with contextlib.suppress(OSError):
-                        os.chmod(p, stat.S_IMODE(st.st_mode) & 0o777, follow_symlinks=False)
-                continue
-            with contextlib.suppress(OSError):
-                p.unlink()
-                removed.append(str(p.relative_to(out)))
-            if name in dirs:
-                dirs.remove(name)
-    return removed
+    """After TRAIN: keep only regular files and folders in out/, at most OUT_DEPTH deep (no links,
+    FIFOs, sockets or devices, which host-side tools would follow or block on; no folder chain
+    that recursion-bound tools choke on) and strip set-id bits. Returns what was removed,
+    relative to out/."""
+    return tidy_tree(out, max_depth=OUT_DEPTH)

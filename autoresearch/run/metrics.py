@@ -45,6 +45,7 @@ class RunMetrics(BaseModel):
     budget_seconds: float
     grace_seconds: float
     train_seconds: float | None = None            # wall time of the TRAIN stage
+    agent_seconds: float | None = None            # TRAIN's agent compute: from when its code started to its end
     eval_seconds: float | None = None             # wall time of the EVAL stage
     total_seconds: float | None = None
     peak_memory_gb: float | None = None

@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from ..program import Program
+from ..program.sections import save_margin
 from ..sandbox import SandboxResult
 from .layout import EVAL_LOG
 from .logs import log_tail
@@ -44,9 +45,14 @@ def train_status(res: SandboxResult, program: Program, budget: float, log: Path,
     if res.disk_exceeded:
         return "crash", (f"disk limit: {what} wrote more than sandbox.disk_gb {program.sandbox.disk_gb:g} GB "
                          f"to its out/ folder and was killed")
+    if res.startup_timed_out:
+        return "timeout", (f"the trusted start-up (the interpreter and its imports, before {what} began) took more "
+                           f"than budget.grace_seconds {program.budget.grace_seconds:g} s: the machine is overloaded; "
+                           f"nothing of {what} ran")
     if res.timed_out:
-        return "timeout", (f"{what} ran past its budget {budget:g} s + grace {program.budget.grace_seconds:g} s "
-                           f"and was killed; make it finish and save in time")
+        return "timeout", (f"{what} ran past its budget {budget:g} s + the save margin {save_margin(budget):g} s "
+                           f"(agent compute, counted from when its code started) and was killed; make it finish "
+                           f"and save in time")
     if res.oom:
         return "oom", f"{what} went over the memory limit ({program.sandbox.memory_gb:g} GB) and was killed"
     if res.exit_code != 0:

@@ -34,7 +34,7 @@ from ..digest import sha256_bytes
 from .exits import HarnessError
 from .identity import snapshot_of
 from .inputs import write_diff
-from .layout import RUNS_DIR
+from .layout import EVAL_LOG, RUNS_DIR, eval_log, new_log
 from .metrics import RunMetrics, _mac, host_check
 from .queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
 
@@ -262,12 +262,14 @@ def lost(root: Path, e: QueueEntry, program, reason: str, node: str | None = Non
 
 
 def _extract(run_dir: Path, blob: bytes) -> None:
-    """The node's result files into runs/NNNN/: regular files under the run folder only."""
+    """The node's result files into runs/NNNN/ (regular files under the run folder only); its eval
+    log into this project's state folder, outside the project (the human's only)."""
     with tarfile.open(fileobj=io.BytesIO(blob), mode="r:gz") as tar:
         for m in tar.getmembers():
-            if m.isfile() and (m.name in ("train.log", "eval.log", "train.py")
-                               or m.name.startswith("out/")):
+            if m.isfile() and (m.name in ("train.log", "train.py") or m.name.startswith("out/")):
                 tar.extract(m, run_dir, filter="data")
+            elif m.isfile() and m.name == EVAL_LOG and (f := tar.extractfile(m)) is not None:
+                new_log(eval_log(run_dir.parent.parent, run_dir.name), "").write_bytes(f.read())
 
 
 def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:

@@ -36,7 +36,8 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-RESULT_FILES = ("train.log", "eval.log", "train.py")
+RESULT_FILES = ("train.log", "train.py")
+EVAL_LOG = "eval.log"          # from the runner's state folder (the node's `state/`), never from runs/
 
 
 def _die_with_parent() -> None:
@@ -54,13 +55,17 @@ def _node_id() -> str:
         return "local"
 
 
-def _results(run_dir: Path, out_cap: int) -> tuple[bytes, list[str]]:
-    """The run's files for the head (tar.gz); out/ files past out_cap bytes are left, and named."""
+def _results(run_dir: Path, out_cap: int, state: Path | None = None) -> tuple[bytes, list[str]]:
+    """The run's files for the head (tar.gz); out/ files past out_cap bytes are left, and named.
+    The eval log comes from the runner's state folder (`state`), outside the project."""
     buf, left, used = io.BytesIO(), [], 0
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         for name in RESULT_FILES:
             if (run_dir / name).is_file():
                 tar.add(run_dir / name, arcname=name)
+        for log in sorted(state.glob(f"projects/*/logs/{run_dir.name}/{EVAL_LOG}")) if state else []:
+            if log.is_file() and not log.is_symlink():
+                tar.add(log, arcname=EVAL_LOG)
         out = run_dir / "out"
         for f in sorted(out.rglob("*")) if out.is_dir() else []:
             if not f.is_file() or f.is_symlink():
@@ -198,8 +203,9 @@ def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict
     try:
         with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as tar:
             tar.extractall(work, filter="tar")    # our own package: links as committed
-        proj, config = work / "project", work / "config"
+        proj, config, state = work / "project", work / "config", work / "state"
         config.mkdir(mode=0o700)
+        state.mkdir(mode=0o700)
         _commit(proj)
         for f in sorted((work / "overlay").rglob("*")):
             if f.is_file():
@@ -207,7 +213,8 @@ def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict
                 os.replace(f, proj / f.relative_to(work / "overlay"))
         penv = {k: v for k, v in os.environ.items() if not k.startswith(("AUTORESEARCH_", "RAY_"))}
         penv.update(env)
-        penv.update(PYTHONPATH=str(work / "harness"), XDG_CONFIG_HOME=str(config), PYTHONDONTWRITEBYTECODE="1")
+        penv.update(PYTHONPATH=str(work / "harness"), XDG_CONFIG_HOME=str(config), PYTHONDONTWRITEBYTECODE="1",
+                    AUTORESEARCH_STATE=str(state))          # stage scratch and logs: this task's, outside the project
         if (proj / "prepare.py").is_file():
             rc, out = _child([sys.executable, "prepare.py"], proj, penv, work / "prepare.log")
             if rc != 0:
@@ -215,7 +222,7 @@ def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict
         rc, log = _child([sys.executable, "-m", "autoresearch.run", "--execute", run_id, "--slot", "0", "--slots",
                           "1", "--here"], proj, penv, work / "runner.log")
         run_dir = proj / "runs" / run_id
-        files, left = _results(run_dir, out_cap)
+        files, left = _results(run_dir, out_cap, state)
         keys = sorted((config / "autoresearch" / "keys").rglob("*.key"))   # keys/<project id>/<key id>.key
         return {"node": _node_id(), "rc": rc, "runner_log": log[-2000:],
                 "metrics": (run_dir / "metrics.json").read_bytes() if (run_dir / "metrics.json").is_file() else None,

@@ -8,8 +8,12 @@ agent's model servers, every answer checked, some asked again of another server.
 Every answer must name at least one array, each with the request's batch as its first dimension,
 a plain numeric dtype, finite floats, within eval.max_mb. Hidden checks (eval.checks, the share of
 requests, and always the first): the same rows are sent to the OTHER server, a separate process
-that never answered them, and must get the same outputs within eval.tolerance (relative to the
-row's spread around its median, not its magnitude: see `spread`; integer outputs exactly). With eval.batch_independent the re-sent
+that never answered them, and must get the same outputs within eval.tolerance, compared as the
+script scores them (eval.compare, per output: log_softmax in nats, softmax, argmax exactly, raw;
+ABSOLUTE in those units, so no transformation that leaves the score unchanged -- a constant added,
+never-chosen classes pushed to -1e9 -- widens a check; undeclared: both absolute and relative to
+the row's spread around its median, see `spread`, and the larger must be within; integer outputs
+exactly). With eval.batch_independent the re-sent
 batch mixes half the rows with rows of the previous request, in a shuffled order, so an answer
 that depends on its batch-mates fails too. Real requests alternate between the two servers; a
 check looks like any request. A failed check or a malformed answer is `invalid`; the model
@@ -54,6 +58,35 @@ def rel_diff(ref: np.ndarray, again: np.ndarray, batch_scale: float) -> float:
     return diff / scale if scale > 0 else 0.0 if diff == 0 else float("inf")
 
 
+LOGIT_LIMIT = 1e4                      # a log_softmax/softmax-declared output beyond +-this is refused
+
+
+def log_softmax(v: np.ndarray) -> np.ndarray:
+    z = np.asarray(v, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
+
+
+def diff_as_scored(mode: str, ref: np.ndarray, again: np.ndarray, batch_scale: float) -> float:
+    """A re-asked row's difference in the units of what the script scores (eval.compare)."""
+    if ref.dtype.kind != "f" or mode == "argmax":
+        same = np.array_equal(ref, again) if ref.dtype.kind != "f" else \
+            np.array_equal(np.argmax(ref, axis=-1), np.argmax(again, axis=-1))
+        return 0.0 if same else float("inf")
+    if mode == "log_softmax":
+        return float(np.abs(log_softmax(again) - log_softmax(ref)).max(initial=0.0))
+    if mode == "softmax":
+        return float(np.abs(np.exp(log_softmax(again)) - np.exp(log_softmax(ref))).max(initial=0.0))
+    raw = float(np.abs(again.astype(np.float64) - ref.astype(np.float64)).max(initial=0.0))
+    if mode == "raw":
+        return raw
+    if mode == "spread":
+        return rel_diff(ref, again, batch_scale)
+    # undeclared: the stricter of both. Sentinels widen the spread but not an absolute difference;
+    # outputs scaled down shrink an absolute difference but not one relative to the spread.
+    return max(raw, rel_diff(ref, again, batch_scale))
+
+
 @dataclass
 class Server:
     w: BinaryIO | None = None
@@ -68,6 +101,7 @@ class Relay:
     checks: float = 0.1
     mix: bool = True
     tolerance: float = 1e-4
+    compare: dict[str, str] = field(default_factory=dict)   # eval.compare: output name (or "*") -> mode
     limit: int = 256 << 20
     servers: int = 2
     wait_s: float = 600.0
@@ -75,7 +109,7 @@ class Relay:
     verdict: Verdict | None = None
     hangup: bool = False                      # a server vanished: its sandbox result says why
     done: threading.Event = field(default_factory=threading.Event)
-    stats: dict = field(default_factory=lambda: {"requests": 0, "check_requests": 0, "check_max_rel_diff": 0.0})
+    stats: dict = field(default_factory=lambda: {"requests": 0, "check_requests": 0, "check_max_diff": 0.0})
     prev: tuple[Arrays, Arrays] | None = None
 
     def __post_init__(self) -> None:
@@ -173,7 +207,15 @@ class Relay:
                                          f"its first dimension")
             if a.dtype.kind == "f" and not np.isfinite(a).all():
                 raise Verdict("invalid", f"the model's output number {i + 1} contains NaN or inf")
+        for i, (name, a) in enumerate(out.items()):
+            if self.mode(name) in ("log_softmax", "softmax") and a.dtype.kind == "f" and a.size \
+                    and float(np.abs(a).max()) > LOGIT_LIMIT:
+                raise Verdict("invalid", f"the model's output number {i + 1} reaches beyond +-{LOGIT_LIMIT:g}: "
+                                         f"return logits of a sane scale (what is scored is their softmax)")
         return out
+
+    def mode(self, name: str) -> str:
+        return self.compare.get(name, self.compare.get("*", "undeclared"))
 
     def _rows(self, inputs: Arrays, batch: int) -> list[tuple[int, int]]:
         """(source, row) of the check batch: 0 this request, 1 the previous one."""
@@ -206,13 +248,9 @@ class Relay:
                 refs.append(ref[i])
             batch_scale = spread(np.stack(refs)) if refs and refs[0].dtype.kind == "f" else 0.0
             for row, ref in enumerate(refs):
-                again = got[name][row]
-                if ref.dtype.kind == "f":
-                    rel = rel_diff(ref, again, batch_scale)
-                else:
-                    rel = 0.0 if np.array_equal(ref, again) else float("inf")
+                rel = diff_as_scored(self.mode(name), ref, got[name][row], batch_scale)
                 # one significant digit: a value the model sets must not carry held-out inputs out
-                self.stats["check_max_rel_diff"] = max(self.stats["check_max_rel_diff"], float(f"{rel:.0e}"))
+                self.stats["check_max_diff"] = max(self.stats["check_max_diff"], float(f"{rel:.0e}"))
                 if rel > self.tolerance:
                     raise Verdict("invalid", f"the model answered the same input differently when asked again "
                                              f"(by more than eval.tolerance {self.tolerance:g}): "

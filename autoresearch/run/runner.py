@@ -1,19 +1,23 @@
 """One experiment for the current train.py: `./run.sh -m "what changed and why"`.
 
-    TRAIN  a fresh sandbox: the project read-only (runs/ hidden, train.py replaced by the
-           hashed copy in runs/NNNN/, every other editable file by its copy as the run
-           started: the snapshot), the train split only, runs/NNNN/out/ writable;
-           killed from outside at budget + grace (specs.py).
+    TRAIN  a fresh sandbox: the project read-only (runs/ and .autoresearch hidden, train.py
+           replaced by the hashed copy in runs/NNNN/, every other editable file by its copy as
+           the run started: the snapshot), the train split only, runs/NNNN/out/ writable, its
+           work copy in the state folder outside the project; behind a trusted warm-up that is
+           not counted, killed from outside at budget + a save margin of agent compute (specs.py,
+           startup.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
            autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
            mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
            validation bytes, sends windows over the server's stdin, reads logits from its
            stdout, mixes in hidden checks and computes the loss itself (evaluate.py). What agent
-           code prints during EVAL goes to runs/NNNN/eval.log (for humans only: the guard
-           denies the agent reading it); train.log gets only the evaluator's own lines.
+           code prints during EVAL goes to the eval log in the state folder, outside the
+           project (layout.eval_log: the human's only); train.log gets only the evaluator's
+           own lines.
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
-{metrics.json, train.log, eval.log, train.py, diff.patch (the whole editable set), out/}. metrics.json is written first
+{metrics.json, train.log, train.py, diff.patch (the whole editable set), out/}. Where each place
+is and who may read it: the flow table, autoresearch/flows.py. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
@@ -25,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import tempfile
 import threading
@@ -36,14 +39,16 @@ from pathlib import Path
 from typing import Iterator, TextIO
 
 from ..digest import sha256_bytes
+from ..fsclean import remove_tree
 from ..program import ConfigError, Program, load_program
+from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
 from .exits import HarnessError
 from .keys import signing_key
 from .gpu import GpuPeak
-from .identity import Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
+from .identity import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
 from .layout import (LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
                      run_lock, sweep_scratch)
@@ -151,8 +156,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
                    backend: str | None = None, echo: TextIO | None = None,
                    purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
     """Run one experiment for root's current train script and record it in runs/NNNN/.
-    `grace` replaces budget.grace_seconds for this run (init's short checks are stopped soon after
-    their budget, not a minute later).
+    `grace` replaces budget.grace_seconds (the uncounted start-up's allowance) for this run.
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
     backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
@@ -201,7 +205,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
-                     evaluator=evaluator, interpreter=_interpreter(root, program))
+                     evaluator=evaluator, interpreter=_interpreter(root, program), clock=AGENT_CLOCK)
     lay = Layout(root, run_dir, script, files, outputs=tuple(program.run.outputs))
     lay.hold()
     metrics = RunMetrics(
@@ -246,12 +250,13 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         _finish_unmeasured(metrics, run_dir, t_start, f"harness error: {type(e).__name__}: {e}")
         raise
     finally:
-        lay.cleanup()
+        if left := lay.cleanup():                # never raises: what stays is set aside and said
+            metrics.extra["cleanup"] = left[:500]
         if home_dir:
-            shutil.rmtree(home_dir, ignore_errors=True)
+            remove_tree(home_dir)
     metrics.finished_at = _now()
     metrics.total_seconds = round(time.monotonic() - t_start, 3)
-    metrics.steps_per_s = steps_per_second(lay.log, metrics.train_seconds)
+    metrics.steps_per_s = steps_per_second(lay.log, metrics.agent_seconds or metrics.train_seconds)
     metrics.write(run_dir)
     return metrics
 
@@ -317,6 +322,10 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
     finally:
         remove_work_copy(work)                        # what TRAIN wrote into its tree ends with it
     m.train_seconds = round(res.wall_seconds, 3)
+    m.agent_seconds = None if res.agent_seconds is None else round(res.agent_seconds, 3)
+    if res.startup_seconds is not None:
+        m.extra["startup_seconds"] = round(res.startup_seconds, 3)   # the trusted warm-up: not counted
+    m.extra["save_margin_seconds"] = round(save_margin(budget), 3)
     m.extra["limits"] = res.limits
     m.extra["train_exit_code"] = res.exit_code
     if gpu.peak_bytes is not None:

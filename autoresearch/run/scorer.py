@@ -20,6 +20,15 @@ answered by different processes, a model cannot pass them by remembering what it
 inside one process): its logits must be a function of the window alone. The loss is computed here, in float64, from the raw logits (prepare.window_nats);
 then the sanity checks: finite, every byte scored, not past metric.floor. A failed check or a
 malformed answer is `invalid` with a one-line reason; agent code failing is `crash`.
+
+A check judges exactly what is scored (ARCHITECTURE rule 11): both answers become float64
+log-probabilities (log-softmax over the vocabulary) at the positions the check covers, and
+must agree within an ABSOLUTE tolerance in nats. The score depends on the logits only through
+their log-softmax, so a transformation that leaves the score unchanged (a constant added to
+every logit, never-occurring bytes pushed far down) leaves the comparison unchanged too: no
+answer can widen the tolerance it is judged by. A peek of d nats at a position moves that
+position's log-probabilities by about d, so what passes a check gains at most the tolerance
+per byte. Logits that are not finite or lie beyond +-LOGIT_LIMIT are refused.
 """
 from __future__ import annotations
 
@@ -33,14 +42,18 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..program import BUILTIN_METRIC
 from . import protocol as P
 
 CHECK_FRACTION = 0.11          # of all windows sent; every request gets at least one
-# Tolerances (relative to max(1, |logit|max)). Measured on CPU (check_max_rel_diff in the
-# result): the default model's logits for a window in another batch, or with another suffix,
-# differ by exactly 0; float16 answers round at ~5e-4; GPU kernels may differ at ~1e-6. A peek
-# moves a logit by O(1), so 1e-4 leaves a wide margin on both sides.
-TOLERANCE = {"<f4": 1e-4, "<f2": 4e-3}
+# Tolerances in nats, on float64 log-softmax (absolute: nothing the model returns sets them).
+# Measured (check_max_diff_nats in the result): on CPU the default model's log-probabilities for a
+# window in another batch, or with another suffix, differ by exactly 0; GPU kernels (TF32, another
+# reduction order for another batch) differ by ~1e-3 x the logits' magnitude (~20 nats); float16
+# logits round at 1 ulp (0.016 at 16). A peek that helps moves a log-probability by O(1) nats, and
+# one that hides under the tolerance gains at most the tolerance per byte (2e-3 nats = 0.003 bpb).
+TOLERANCE = {"<f4": 2e-3, "<f2": 3e-2}
+LOGIT_LIMIT = 1e4               # |logit| beyond this is refused: e^-10000 is no probability a model means
 PIPELINE = 1                   # requests in flight: the scorer scores one while the server computes the next
 # After READY the server has seen held-out windows, so its words may quote them: of a failure
 # message only what model_server.py itself writes passes (an exception's type, a shape).
@@ -149,11 +162,12 @@ class Scorer:
     split: np.ndarray                                   # the held-out bytes (uint8)
     prepare: Any                                        # the project's prepare module (trusted)
     floor: float | None = None
-    direction: str = "minimize"
-    metric: str = "val_bpb"
+    direction: str = BUILTIN_METRIC.direction          # what this evaluation measures: it declares it,
+    metric: str = BUILTIN_METRIC.name                  # and program.md may not say otherwise
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
     parts: list[Part] = field(default_factory=lambda: [Part() for _ in range(SERVERS)])
     kept: dict[tuple[str, int], np.ndarray] = field(default_factory=dict)
+    diffs: dict[int, np.ndarray] = field(default_factory=dict)   # check -> per-position nats, as pairs complete
     plan: Plan | None = None
     plan_error: str | None = None
     aborted: bool = False                               # set by the runner when it is interrupted
@@ -245,8 +259,13 @@ class Scorer:
             part.worst = max(part.worst, time.monotonic() - sent_at[r])
             if r + PIPELINE < n_req:
                 send(r + PIPELINE)
-            if not np.isfinite(logits).all():
+            peak = float(np.abs(logits).max())          # one pass: NaN propagates, inf is > the limit
+            if not math.isfinite(peak):
                 raise Verdict("invalid", "the model's logits contain NaN or inf")
+            if peak > LOGIT_LIMIT:
+                raise Verdict("invalid", f"the model's logits reach {peak:.3g}, beyond +-{LOGIT_LIMIT:g}: return "
+                                         f"logits of a sane scale (log-probabilities are fine); the score only "
+                                         f"depends on their log-softmax")
             reals = [(row, i) for row, (kind, i) in enumerate(slots[r]) if kind == "real"]
             nats = self.prepare.window_nats(logits[[row for row, _ in reals]], plan.targets[[i for _, i in reals]])
             part.nats += float(nats.sum())
@@ -254,7 +273,23 @@ class Scorer:
             for row, (kind, i) in enumerate(slots[r]):
                 if kind == "check" or i in need:
                     self.kept[(kind, i)] = np.array(logits[row], dtype=np.float32)
+                    self._compare_ready(kind, i)
         part.score_seconds = round(time.monotonic() - t_ready, 3)
+
+    def _compare_ready(self, kind: str, i: int) -> None:
+        """Compare the checks whose pair just completed, while the servers compute the next request
+        (off finish()'s critical path). Both sessions call it; a pair done twice gives the same."""
+        assert self.plan is not None
+        if not hasattr(self, "_by_origin"):
+            by: dict[int, list[int]] = {}
+            for c, chk in enumerate(self.plan.checks):
+                by.setdefault(chk.origin, []).append(c)
+            self._by_origin = by
+        for c in ([i] if kind == "check" else self._by_origin.get(i, [])):
+            chk = self.plan.checks[c]
+            a, b = self.kept.get(("check", c)), self.kept.get(("real", chk.origin))
+            if a is not None and b is not None:
+                self.diffs[c] = check_diff(a, b, chk.t)
 
     def finish(self) -> dict:
         """The result, once every session has ended: a verdict of either server, else the checks, then sanity.
@@ -272,7 +307,7 @@ class Scorer:
         if len({p.dtype for p in self.parts}) > 1:
             return {"status": "invalid", "reason": "the two model servers answered in different dtypes"}
         try:
-            drift = self._verify(self.plan, self.kept, TOLERANCE[self.parts[0].dtype])
+            drift = self._verify(self.plan, self.kept, TOLERANCE[self.parts[0].dtype], self.diffs)
             nats, scored = sum(p.nats for p in self.parts), sum(p.scored for p in self.parts)
             bpb = nats / scored / math.log(2)
             if not math.isfinite(bpb):
@@ -290,29 +325,44 @@ class Scorer:
                 "score_seconds": max(p.score_seconds for p in self.parts),
                 "servers": SERVERS, "requests": sum(len(s) for s in self.plan.slots),
                 "check_windows": len(self.plan.checks), "max_request_seconds": round(max(p.worst for p in self.parts), 3),
-                "check_max_rel_diff": drift,
+                "check_max_diff_nats": drift,
                 "logits_dtype": "float16" if self.parts[0].dtype == "<f2" else "float32"}
 
     @staticmethod
-    def _verify(plan: Plan, kept: dict[tuple[str, int], np.ndarray], rel: float) -> float:
-        """Compare every check with its real window; return the largest relative difference seen."""
+    def _verify(plan: Plan, kept: dict[tuple[str, int], np.ndarray], tol: float,
+                diffs: dict[int, np.ndarray] | None = None) -> float:
+        """Compare every check with its real window as float64 log-probabilities at the positions
+        the check covers, within `tol` nats (`diffs`: those compared already); return the largest
+        difference seen (nats)."""
         drift = 0.0
         # repeats first: a model that mixes the batch fails both kinds, and the repeat names the cause
         for c, chk in sorted(enumerate(plan.checks), key=lambda ck: ck[1].kind != "repeat"):
-            a, b = kept[("check", c)][: chk.t + 1], kept[("real", chk.origin)][: chk.t + 1]
-            scale = max(1.0, float(np.abs(a).max()), float(np.abs(b).max()))
-            tol = rel * scale
-            diff = np.abs(a - b).max(axis=-1)
-            drift = max(drift, float(diff.max()) / scale)
-            if float(diff.max()) <= tol:
+            diff = (diffs or {}).get(c)
+            if diff is None:
+                diff = check_diff(kept[("check", c)], kept[("real", chk.origin)], chk.t)
+            worst = float(diff.max())
+            drift = max(drift, worst)
+            if worst <= tol:
                 continue
             pos = int(np.argmax(diff > tol))
             if chk.kind == "splice":
-                raise Verdict("invalid", f"the model looks ahead: its logits at position {pos} changed by "
-                                         f"{float(diff[pos]):.3g} when only bytes after position {chk.t} changed; "
-                                         f"keep attention (and everything else) causal")
-            raise Verdict("invalid", f"the same window got different logits when sent again (by {float(diff.max()):.3g} "
-                                     f"at position {pos}): in eval mode the output must be deterministic (no dropout "
-                                     f"or sampling) and must not depend on the other sequences in the batch or on "
-                                     f"earlier requests")
+                raise Verdict("invalid", f"the model looks ahead: its log-probabilities at position {pos} changed by "
+                                         f"{float(diff[pos]):.3g} nats when only bytes after position {chk.t} "
+                                         f"changed; keep attention (and everything else) causal")
+            raise Verdict("invalid", f"the same window got different log-probabilities when sent again (by "
+                                     f"{worst:.3g} nats at position {pos}): in eval mode the output must be "
+                                     f"deterministic (no dropout or sampling) and must not depend on the other "
+                                     f"sequences in the batch or on earlier requests")
         return drift
+
+
+def check_diff(check: np.ndarray, real: np.ndarray, t: int) -> np.ndarray:
+    """Per position 0..t, the largest |difference| of the two answers' float64 log-probabilities."""
+    return np.abs(log_softmax(check[: t + 1]) - log_softmax(real[: t + 1])).max(axis=-1)
+
+
+def log_softmax(logits: np.ndarray) -> np.ndarray:
+    """float64 log-probabilities over the last axis: what the score is a function of."""
+    z = np.asarray(logits, dtype=np.float64)
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))

@@ -1,14 +1,17 @@
 """What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
-script and any val/test folder replaced; the stage's writable work copy; the runtime; the package
-for the model server), the environment (budget, seed, out/ folder), and the limits. The sandbox
-enforces them.
+script and any val/test folder replaced, and what the flow table (autoresearch/flows.py) does not
+show the stage covered; the stage's writable work copy, in the state folder outside the project;
+the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
+the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
 
     TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
-           writable; killed at budget + grace; run.launcher (torchrun ...) before the script.
+           writable; behind the trusted start-up (startup.py: the budget counts agent code only),
+           killed at budget + save_margin; run.launcher (torchrun ...) before the script.
     EVAL   one model server (`python -m autoresearch.run.model_server`, never launched) in its own
-           work copy: the project and the checkpoint read-only, no data, the scorer's session on
-           its stdin/stdout.
+           work copy: the project (less the ledger, .git and .autoresearch) and the checkpoint
+           read-only, no data, the scorer's session on its stdin/stdout. `final` is the same
+           stage to the model: the same folder names (eval-k), environment and mounts.
     sandbox.home is HOME (read-only; home_writable: writable in TRAIN, and EVAL gets a fresh one);
     sandbox.cache is $XDG_CACHE_HOME, writable in TRAIN, read-only in EVAL/final with cache_eval.
     Both get sandbox.gpus (resolved by the sandbox against the host) and sandbox.shm_gb of /dev/shm.
@@ -18,32 +21,42 @@ enforces them.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
+from ..flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
+from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
-from .layout import CHECKPOINT, RUNS_DIR, Layout, inside
+from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from .startup import MARKER
 from .workcopy import work_copy
 
+__all__ = ["project_id"]        # re-exported: callers label containers with it
 
-def project_id(root: Path) -> str:
-    """Short id of the project (its real path): docker labels, so orphans are reaped per project."""
-    return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
+EVAL_NAME = "eval"              # the model servers' and eval.command's folder names, in EVAL and in final alike
+STARTUP = Path(__file__).resolve().with_name("startup.py")
+STARTUP_MARKER = MARKER.encode()
 
 
-def project_mounts(lay: Layout, data: Path | None) -> list[Mount]:
+def project_mounts(lay: Layout, data: Path | None, stage: str = TRAIN) -> list[Mount]:
     """The project read-only, with runs/ replaced by the skeleton, the train script by the
-    run's hashed copy, every other file of the editable set by its snapshot copy, and any
-    val/test split folder inside the project hidden."""
+    run's hashed copy, every other file of the editable set by its snapshot copy, any
+    val/test split folder inside the project hidden, and every project entry the flow table
+    does not show `stage` (flows.hidden_from: .autoresearch, and for the model servers the
+    ledger and .git) covered by an empty stand-in."""
     root = lay.root
     mounts = [Mount(root, str(root)),
               Mount(lay.skeleton(), str(root / RUNS_DIR)),
               Mount(lay.script_copy, str(root / lay.script))]
+    for name in hidden_from(stage):
+        p = root / name
+        if p.is_symlink() or not p.exists():
+            continue
+        mounts.append(Mount(lay.empty() if p.is_dir() else lay.empty_file(), str(p)))
     mounts += [Mount(copy, target) for copy, target in lay.code_copies()]
     if data is not None:
         for split in ("val", "test"):
@@ -103,18 +116,25 @@ def environment_mounts(backend: Backend, program: Program, root: Path, stage: st
 
 
 def hidden_splits(program: Program, lay: Layout, data: Path | None, stage: str) -> list[Mount]:
-    """A declared mount (or a read-only sandbox.home/cache) that holds the prepared data (a mounted
-    ~/.cache) must not show its val/test splits: an empty folder over them, at every path the
-    mount shows them under."""
-    if data is None:
-        return []
+    """A declared mount (or a read-only sandbox.home/cache) must not show what the flow table keeps
+    from every stage: the prepared data's val/test splits (a mounted ~/.cache), the state folders
+    (the eval logs: a mounted HOME) and the signing keys: an empty folder over each, at every path
+    the mount shows it under."""
+    shown = stage_mounts(program.mounts, stage) + [Path(m.target) for m in home_cache(program, data, stage)[0]]
+    return hidden_under(lay, shown, data)
+
+
+def hidden_under(lay: Layout, shown: list[Path], data: Path | None) -> list[Mount]:
+    """hidden_splits for folders `shown` at their paths."""
+    private = [Path(state_home()), Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "autoresearch"]
+    private += [data / split for split in ("val", "test")] if data is not None else []
     out = []
-    for shown in stage_mounts(program.mounts, stage) + [Path(m.target) for m in home_cache(program, data, stage)[0]]:
-        real = shown.resolve()
-        for split in ("val", "test"):
-            d = (data / split).resolve()
+    for folder in shown:
+        real = folder.resolve()
+        for d in private:
+            d = d.resolve()
             if d.is_dir() and inside(d, real):
-                out.append(Mount(lay.empty(), str(shown / d.relative_to(real))))
+                out.append(Mount(lay.empty(), str(folder / d.relative_to(real))))
     return list(dict.fromkeys(out))
 
 
@@ -161,21 +181,34 @@ def train_argv(python: str, program: Program, lay: Layout, inline: bool, where: 
     return [python if w in ("python", "python3") else w for w in program.run.launcher] + argv
 
 
+def with_startup(python: str, argv: list[str]) -> list[str]:
+    """argv behind the trusted start-up (run/startup.py): the script in its process after the
+    warm-up, or (a launcher, run.command) exec'd after it. -I: no agent file runs before it."""
+    if len(argv) >= 2 and argv[0] == python and argv[1].endswith(".py"):
+        return [python, "-I", str(STARTUP), "run", *argv[1:]]
+    return [python, "-I", str(STARTUP), "exec", *argv]
+
+
 def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
                budget: float, argv: list[str], work: Path | None = None) -> SandboxSpec:
     """TRAIN's sandbox, run in `work` (its work copy; made here when None: argv then names the
-    project's script, for callers that build no copy)."""
+    project's script, for callers that build no copy). argv runs behind the trusted start-up:
+    the budget's clock starts when agent code does, and it is killed at budget + save_margin;
+    the start-up itself gets budget.grace_seconds, uncounted."""
     work = work if work is not None else work_copy(lay, "train")
+    python = python_of(backend, program, lay.root)
     home, home_env = home_cache(program, data, "train")
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
-    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data)
+    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data, TRAIN)
     env = {**env, **home_env, "PYTHONPATH": ":".join([str(work), *(str(work / r) for r in program.run.source_roots)])}
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env["AUTORESEARCH_DATA"] = str(data)
     mounts += [Mount(lay.out, str(lay.out), writable=True), Mount(work, str(work), writable=True)]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=budget + program.budget.grace_seconds,
+    mounts += [m for m in package_mount()[0] if not inside(m.source, lay.root)]     # startup.py, read-only
+    return SandboxSpec(argv=with_startup(python, argv), mounts=mounts, env=env, cwd=str(work),
+                       timeout_s=budget + save_margin(budget), start_marker=STARTUP_MARKER,
+                       startup_s=max(program.budget.grace_seconds, 1.0),
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
                        log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
@@ -186,12 +219,13 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
               session, log: Path, stage: str = "eval", k: int = 0) -> SandboxSpec:
     """Model server k's sandbox, in its own work copy: the project and checkpoint read-only, no
     data (but the mounts declared for `stage`), the scorer's session on stdin/stdout, its stderr
-    (and anything agent code prints) to `log`."""
+    (and anything agent code prints) to `log`. `final` gets exactly what EVAL gets (folder names,
+    environment, mounts as the flow table shows model servers) but the mounts declared for it."""
     pkg_mounts, pkg_path = package_mount()
-    work = work_copy(lay, f"{stage}-{k}")
+    work = work_copy(lay, f"{EVAL_NAME}-{k}")
     home, home_env = home_cache(program, data, stage)
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data) + [Mount(lay.out, str(lay.out))]
+    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight

@@ -1,9 +1,10 @@
 """The writable work copy each stage runs in: legacy code writes into its own tree (nanoGPT's
 out_dir, Hydra's outputs/, wandb/), so the project's read-only mount alone crashes it. A fresh
-copy per stage (TRAIN, each EVAL model server, `final`'s) under the run's scratch, mounted
+copy per stage (TRAIN, each EVAL model server, `final`'s under the same names as EVAL's) under the
+run's scratch in the project's state folder, OUTSIDE the project (flows: stage scratch), mounted
 writable at its own host path (the same under every backend, `none` included), counted against
 sandbox.disk_gb like out/, and removed when the stage ends: nothing written there reaches the
-project; only $AUTORESEARCH_OUT (runs/NNNN/out/) outlives the stage.
+project, the agent or a later stage; only TRAIN's $AUTORESEARCH_OUT (runs/NNNN/out/) outlives it.
 
 What it holds (the rule README documents):
     tracked files   the run's base commit (HEAD when the run started), copied byte for byte --
@@ -20,13 +21,11 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
-import stat
-from contextlib import suppress
 from pathlib import Path
 
+from ..fsclean import Cleaned, remove_tree
 from ..gitops import git, head_commit, tree_blobs
-from .layout import RUNS_DIR, STATE_DIR, Layout
+from .layout import RUNS_DIR, STATE_DIR, Layout, private_dir
 
 LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as a link
 LINK_OVER = 64 << 20                         # a tracked blob this big is linked read-only, not copied
@@ -34,12 +33,12 @@ LINK_OVER = 64 << 20                         # a tracked blob this big is linked
 
 def work_copy(lay: Layout, name: str) -> Path:
     """A fresh writable copy of the project snapshot for one stage (`train`, `eval-0`, ...), at
-    runs/NNNN/.sandbox/work/<name>, with its mount point made in the runs/ skeleton."""
+    <state>/runs/NNNN/work/<name>, outside the project."""
     dest = lay.scratch / "work" / name
-    if dest.exists():
+    if dest.exists() or dest.is_symlink():
         remove_work_copy(dest)
-    dest.mkdir(parents=True)
-    (lay.skeleton() / lay.run_dir.name / ".sandbox" / "work" / name).mkdir(parents=True, exist_ok=True)
+    private_dir(dest.parent)
+    dest.mkdir()
     if lay.base is None:                       # fixed by the first stage: every stage copies one tree
         lay.base = head_commit(lay.root) or ""
     if lay.base:
@@ -54,20 +53,10 @@ def work_copy(lay: Layout, name: str) -> Path:
     return dest
 
 
-def remove_work_copy(path: Path) -> None:
-    """rmtree that also gets through folders agent code made unreadable (chmod 000, at any
-    depth): every folder is made ours-rwx top-down before the removal. (An onerror that retries
-    the failed call cannot: Python 3.11's rmtree reports os.open, which needs flags, and a
-    retried scandir removes nothing.) Links are never followed or chmodded."""
-    def own(d: str) -> None:
-        with suppress(OSError):
-            if not os.path.islink(d):
-                os.chmod(d, stat.S_IRWXU)
-    own(str(path))
-    for d, dirs, _files in os.walk(path, onerror=lambda e: None):
-        for name in dirs:
-            own(os.path.join(d, name))
-    shutil.rmtree(path, ignore_errors=True)
+def remove_work_copy(path: Path) -> Cleaned:
+    """Remove a stage's work copy whatever agent code left in it (fsclean: any depth, chmod 000,
+    links, FIFOs, odd names); one that will not go is set aside, so the next stage starts."""
+    return remove_tree(path)
 
 
 def _copy_tree(root: Path, commit: str, dest: Path) -> None:
@@ -139,9 +128,9 @@ def read_only_hint(lay: Layout, reason: str) -> str:
     if m is None:
         return ""
     path = m.group(1)
-    marker = f"/{RUNS_DIR}/{lay.run_dir.name}/.sandbox/work/"
-    if marker in path:
-        path = path.split(marker, 1)[1].split("/", 1)[-1]
+    marker = f"{lay.scratch}/work/"
+    if path.startswith(marker):
+        path = path[len(marker):].split("/", 1)[-1]
     elif path.startswith(str(lay.root) + "/"):
         path = path[len(str(lay.root)) + 1:]
     elif path.startswith("/"):

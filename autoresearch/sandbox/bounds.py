@@ -6,10 +6,44 @@ import collections
 import contextlib
 import os
 import threading
+import time
 from pathlib import Path
 from typing import IO
 
 from .spec import _KILL_WAIT_S, SandboxSpec
+
+
+class _StartClock:
+    """When trusted start-up code said agent code starts: the first `marker` in the output. Agent
+    code runs only after the real one, so it cannot move the clock; later copies are ignored."""
+
+    def __init__(self, marker: bytes | None):
+        self.marker, self.at, self._tail = marker, None, b""
+        self.lock = threading.Lock()
+
+    def feed(self, chunk: bytes) -> None:
+        if self.marker is None or self.at is not None:
+            return
+        with self.lock:
+            buf = self._tail + chunk
+            if self.marker in buf:
+                self.at, self._tail = time.monotonic(), b""
+            else:
+                self._tail = buf[-(len(self.marker) - 1):] if len(self.marker) > 1 else b""
+
+    def deadline(self, start: float, timeout_s: float, startup_s: float) -> float:
+        """When the process is killed: timeout_s after the marker; startup_s after start until it."""
+        if self.marker is None:
+            return start + timeout_s
+        return start + startup_s if self.at is None else self.at + timeout_s
+
+    def seconds(self, start: float, end: float) -> tuple[float | None, float | None]:
+        """(agent seconds, start-up seconds) of a run that ended at `end`."""
+        if self.marker is None:
+            return end - start, None
+        if self.at is None:
+            return None, None
+        return end - self.at, self.at - start
 
 
 class _LogSink:
@@ -26,7 +60,11 @@ class _LogSink:
         self.cut = 0
         self.lock = threading.Lock()
 
+    clock: _StartClock | None = None                   # sees every chunk, before any cut
+
     def write(self, chunk: bytes) -> None:
+        if self.clock is not None:
+            self.clock.feed(chunk)
         if self.f is None or not chunk:
             return
         with self.lock:

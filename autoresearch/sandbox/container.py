@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .bounds import _Capture, _DiskWatch, _LogSink
+from .bounds import _Capture, _DiskWatch, _LogSink, _StartClock
 from .cgroups import _read_int, _remove_docker_parent
 from .gpus import GpuHost, cvd_of, docker_device_request, select
 from .host import HOSTS, sandbox_ids
@@ -28,6 +28,10 @@ class _ContainerRun:
         self.api, self.image_id, self.spec = api, image_id, spec
         self.cg_parent, self.cg_dir = cg_parent, cg_dir
         self.log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
+        self.clock = _StartClock(spec.start_marker if self.log is not None else None)
+        if self.log is not None:
+            self.log.clock = self.clock
+        self.ended: float | None = None
         self.cap = _Capture(spec.stdout_limit)
         self.cid: str | None = None
         self.watchdog = None
@@ -48,7 +52,8 @@ class _ContainerRun:
     def start(self) -> None:
         api, spec = self.api, self.spec
         self.cid = self._create()
-        self.watchdog = _start_watchdog(self.name, spec.timeout_s + _WATCHDOG_MARGIN_S, self.cg_parent)
+        limit = spec.timeout_s + (spec.startup_s if self.clock.marker is not None else 0.0)
+        self.watchdog = _start_watchdog(self.name, limit + _WATCHDOG_MARGIN_S, self.cg_parent)
         if spec.stdin_data is not None or spec.session is not None:
             self.stdin_sock = api.attach_socket(self.cid, params={"stdin": 1, "stream": 1})
         out = api.attach(self.cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
@@ -132,15 +137,43 @@ class _ContainerRun:
                 self.api.kill(self.cid)                # lingering after the session: stopped, not a timeout
 
     def wait(self) -> None:
+        """Until the container exits or its deadline (the start clock's: it moves when the start-up
+        marker arrives) passes; the engine is asked in slices so a moved deadline is seen."""
         import requests
         spec = self.spec
         try:
-            r = self.api.wait(self.cid, timeout=max(0.01, spec.timeout_s - (time.monotonic() - self.start_time)))
-            self.code = int(r.get("StatusCode", -1))
-        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            if time.monotonic() - self.start_time < spec.timeout_s - 0.5:
-                raise                       # the engine went away, not our timeout
-            self.timed_out = True
+            while True:
+                deadline = self.clock.deadline(self.start_time, spec.timeout_s, spec.startup_s)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    if not self._exited_by(deadline):
+                        self.timed_out = True
+                    return
+                step, t0 = max(0.01, min(left, 1.0)), time.monotonic()
+                try:
+                    r = self.api.wait(self.cid, timeout=step)
+                    self.code = int(r.get("StatusCode", -1))
+                    return
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    if time.monotonic() - t0 < step - 0.05:
+                        raise                       # the engine went away, not our slice's timeout
+        finally:
+            self.ended = time.monotonic()
+
+    def _exited_by(self, deadline: float) -> bool:
+        """Did the container exit before `deadline` (monotonic), though the engine said so late (a
+        busy host starves dockerd)? Then its exit code stands; a timeout is only ours to call."""
+        from datetime import datetime, timezone
+        with contextlib.suppress(Exception):
+            st = self.api.inspect_container(self.cid)["State"]
+            if st.get("Running") or not st.get("FinishedAt"):
+                return False
+            stamp = st["FinishedAt"].rstrip("Z")
+            end = datetime.fromisoformat(stamp[:26] if "." in stamp else stamp).replace(tzinfo=timezone.utc)
+            if end.timestamp() <= time.time() - (time.monotonic() - deadline) + 0.25:
+                self.code = int(st.get("ExitCode", -1))
+                return True
+        return False
 
     def stop(self) -> None:
         """Kill and remove the container, join the threads, read and remove the cgroup parent,
@@ -177,10 +210,12 @@ class _ContainerRun:
         peak = self.sampler.peak if self.sampler is not None else self.peak
         code = None if self.code is not None and self.code < 0 else self.code
         disk = watch.exceeded or (spec.disk_bytes is not None and not timed_out and watch.over())
+        agent, startup = self.clock.seconds(self.start_time, self.ended or self.start_time + self.wall)
         return SandboxResult(backend="docker", exit_code=None if timed_out else code, timed_out=timed_out,
                              oom=self.oom, wall_seconds=self.wall, peak_memory_bytes=peak, stdout=bytes(cap.buf),
                              stdout_truncated=cap.truncated, limits="docker", disk_exceeded=disk,
-                             log_cut_bytes=self.cut)
+                             log_cut_bytes=self.cut, agent_seconds=agent, startup_seconds=startup,
+                             startup_timed_out=timed_out and self.clock.marker is not None and self.clock.at is None)
 
 
 def _hosts_file() -> str:

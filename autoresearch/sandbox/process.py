@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-from .bounds import _Capture, _DiskWatch, _LogSink
+from .bounds import _Capture, _DiskWatch, _LogSink, _StartClock
 from .cgroups import _Cgroups
 from .gpus import selected_gpus
 from .spec import _KILL_WAIT_S, SandboxResult, SandboxSpec, SandboxUnavailable
@@ -142,6 +142,9 @@ class _ProcessRun:
         gpu = bool(selected_gpus(spec.gpus, spec.env))
         self.limits = self.cg.kind if self.cg else ("rlimit-as" if not gpu else "none")
         self.log = _LogSink(spec.log_path, spec.log_limit) if spec.log_path else None
+        self.clock = _StartClock(spec.start_marker if self.log is not None else None)
+        if self.log is not None:
+            self.log.clock = self.clock
         self.proc: subprocess.Popen[bytes] | None = None
         self.threads: list[threading.Thread] = []
         self.cap = _Capture(spec.stdout_limit)
@@ -153,6 +156,7 @@ class _ProcessRun:
         self.sampled_peak = 0
         self.watch = _DiskWatch(spec, kill=lambda: None)     # wait() does the killing
         self.wall, self.oom, self.peak, self.cut = 0.0, False, None, 0
+        self.ended: float | None = None                   # when wait() returned: the process's end, for the clock
 
     def start(self, argv: list[str], pass_fds: tuple[int, ...]) -> None:
         spec, log = self.spec, self.log
@@ -201,12 +205,18 @@ class _ProcessRun:
     def wait(self) -> None:
         """Until the process exits, the deadline passes, the disk watch fires or a finished session's
         grace runs out; without a cgroup, sample the tree's peak memory meanwhile."""
+        try:
+            self._wait()
+        finally:
+            self.ended = time.monotonic()
+
+    def _wait(self) -> None:
         proc, spec = self.proc, self.spec
         assert proc is not None
-        deadline = self.start_time + spec.timeout_s
         delay = 0.002
         next_sample = self.start_time
         while True:
+            deadline = self.clock.deadline(self.start_time, spec.timeout_s, spec.startup_s)
             pid, st, _ = os.wait4(proc.pid, os.WNOHANG)
             if pid:
                 self.status = st
@@ -243,7 +253,8 @@ class _ProcessRun:
             if stream is not None:
                 with contextlib.suppress(OSError, ValueError):
                     stream.close()
-        self.wall = time.monotonic() - self.start_time
+        self.end_time = time.monotonic()
+        self.wall = self.end_time - self.start_time
         self.oom = cg.oom_killed() if cg is not None else False
         self.peak = cg.peak() if cg is not None else None
         if cg is not None:
@@ -264,6 +275,9 @@ class _ProcessRun:
         if not oom and not timed_out and code not in (0, None) and self.limits == "rlimit-as":
             oom = any(_OOM_TEXT.search(t) for t in (_tail(spec.log_path), bytes(self.err_tail.buf),
                                                      bytes(cap.buf[-65536:])))
+        agent, startup = self.clock.seconds(self.start_time, self.ended or self.start_time + self.wall)
         return SandboxResult(backend=self.name, exit_code=code, timed_out=timed_out, oom=oom, wall_seconds=self.wall,
                              peak_memory_bytes=peak, stdout=bytes(cap.buf), stdout_truncated=cap.truncated,
-                             limits=self.limits, disk_exceeded=disk, log_cut_bytes=self.cut)
+                             limits=self.limits, disk_exceeded=disk, log_cut_bytes=self.cut,
+                             agent_seconds=agent, startup_seconds=startup,
+                             startup_timed_out=timed_out and self.clock.marker is not None and self.clock.at is None)

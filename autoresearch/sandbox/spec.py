@@ -43,6 +43,11 @@ Contracts the caller can rely on:
   imported once without any pull, which runs the host's interpreter and venv
   bind-mounted read-only. Always build specs from `backend.runtime()`.
 - `describe()` is the one line to print saying which sandbox ran.
+- `start_marker` (with a log): the clock of `timeout_s` starts when that byte string first
+  appears in the output, printed by trusted start-up code in the sandbox before any agent code
+  runs (run/startup.py); until then the process gets `startup_s`. Agent code runs only after the
+  real marker, so a copy it prints changes nothing. `result.agent_seconds` is the time from the
+  marker to the end (the wall time when there is no marker); `startup_seconds` the time before it.
 """
 from __future__ import annotations
 
@@ -92,6 +97,8 @@ class SandboxSpec:
     owner: str = ""                   # project id: docker labels, so orphans are reaped per project only
     session: Callable[[IO[bytes], IO[bytes]], None] | None = None  # talks over stdin/stdout while it runs
     session_grace_s: float = 10.0     # after the session returns, time to exit before a kill
+    start_marker: bytes | None = None  # trusted start-up's "agent code starts now" line: timeout_s counts from it
+    startup_s: float = 0.0            # with start_marker: the longest the start-up may take (not counted)
 
 
 @dataclass
@@ -107,6 +114,9 @@ class SandboxResult:
     limits: str = ""                  # how memory/pids were enforced, e.g. "cgroup-v1", "docker", "rlimit-as"
     disk_exceeded: bool = False       # killed for writing more than disk_bytes
     log_cut_bytes: int = 0            # bytes cut from the middle of the log (log_limit)
+    agent_seconds: float | None = None    # from the start marker to the end (the wall time without one)
+    startup_seconds: float | None = None  # before the start marker; None when there is none (or it never came)
+    startup_timed_out: bool = False       # killed at startup_s before the marker: the start-up, not agent code
 
 
 @dataclass(frozen=True)

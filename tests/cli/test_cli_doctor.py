@@ -19,6 +19,14 @@ ALLOW = DENY.replace('"deny"', '"allow"')
 # a tiny but real policy: deny pip, allow the rest
 GUARD = f"""if grep -q 'pip install'; then echo '{DENY}'; else echo '{ALLOW}'; fi"""
 
+_XDG = {k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}   # the session's keys and state
+
+
+@pytest.fixture(autouse=True)
+def private_claude_config(tmp_path, monkeypatch):
+    """run_checks starts a Claude Code session (the canary): never in the real user's config."""
+    monkeypatch.setenv("CLAUDE_CONFIG_DIR", str(tmp_path / "claude-config"))
+
 
 def project(tmp: Path, settings: dict | None) -> Path:
     root = tmp / "proj"
@@ -116,8 +124,10 @@ def test_claude_cli_version_is_reported():
 
 def test_doctor_command_exit_code(tmp_path):
     root = project(tmp_path, None)
+    home = tmp_path / "home"                      # the canary starts a Claude Code session: not in the real HOME
+    (home / ".claude").mkdir(parents=True)
     p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor"], cwd=root, capture_output=True, text=True,
-                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
+                       env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(home), **_XDG})
     assert p.returncode == 1
     assert "check(s) failed" in p.stdout and "hooks" in p.stdout
 
@@ -125,7 +135,9 @@ def test_doctor_command_exit_code(tmp_path):
 def test_doctor_json_is_the_report_model_and_matches_the_table(tmp_path):
     from autoresearch.cli.doctor import DoctorReport
     root = project(tmp_path, None)
-    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250", "HOME": str(Path.home())}
+    home = tmp_path / "home"
+    (home / ".claude").mkdir(parents=True)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "250", "HOME": str(home)}
     p = subprocess.run([sys.executable, "-m", "autoresearch", "doctor", "--json"], cwd=root, capture_output=True,
                        text=True, env=env)
     assert p.returncode == 1                                   # the same verdict as the table: hooks missing
@@ -163,3 +175,28 @@ def test_another_claude_version_is_probed_offline_and_only_a_real_change_warns(t
     c = check_claude(ROOT, None)
     assert c.level == level, c
     assert "9.9.9" in c.found and "CI tests 2.1.337" in c.found and said in c.found, c.found
+
+
+@pytest.mark.claude
+def test_the_canary_needs_the_guard_to_deny_in_a_real_session(tmp_path, monkeypatch):
+    """doctor's canary starts Claude Code in the project as `claude` would: with the project's
+    wiring the guard denies its call; without it (as when a plugin fails to load) the call runs,
+    and the check fails naming the fix."""
+    from autoresearch.cli.canary import check_canary
+    from e2e.harness import cli_path, make_project
+    from conftest import need
+    need("claude", cli_path() is not None, "the Claude Code CLI bundled in claude-agent-sdk is missing")
+    proj = make_project(tmp_path)
+    for k in list(os.environ):
+        if k.startswith(("ANTHROPIC_", "CLAUDE")):
+            monkeypatch.delenv(k)
+    for k, v in proj.env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("PATH", f"{cli_path().parent}:{os.environ['PATH']}")
+    ok = check_canary(proj.root, None)
+    assert ok.level == "ok" and "denied by the guard" in ok.found, ok
+    settings = proj.root / ".claude" / "settings.json"
+    settings.write_text(json.dumps({"env": json.loads(settings.read_text())["env"]}))
+    bad = check_canary(proj.root, None)
+    assert bad.level == "fail" and "RAN: no guard stopped it" in bad.found, bad
+    assert "autoresearch init" in bad.fix and "marketplace add" in bad.fix, bad

@@ -11,12 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.run.layout import final_log
 from autoresearch.run.runner import run_experiment
 from autoresearch.cli.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 BRANCH = "autoresearch/20260102-010000"
+
+_XDG = {k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME")}   # the session's keys and state
 
 
 def _git(root: Path, *args: str) -> None:
@@ -81,7 +84,7 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
 
     p = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                        capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                            "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
+                                                            "HOME": str(Path.home()), **_XDG})
     assert p.returncode == 0, p.stdout + p.stderr
     assert "held-out test split" in p.stdout and "evaluated now" in p.stdout
     recs = read_records(root)
@@ -92,12 +95,13 @@ def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_a
         assert e.test is not None and 0.5 < e.test < 8.5          # bits per byte of a real model on real text
         assert e.test != e.val                                   # a different split gives a different number
     assert rec.best.test != rec.baseline.test
-    assert (root / ".autoresearch" / f"final-{better.run_id}.eval.log").is_file()
+    assert final_log(root, better.run_id).is_file(), "what the model printed: the human's log, in the state folder"
+    assert not list((root / ".autoresearch").glob("*.log")), "nothing the model printed is in the project"
 
     # once: asking again prints the record and does not evaluate again
     p2 = subprocess.run([sys.executable, "-m", "autoresearch", "final", "--backend", "bwrap"], cwd=root,
                         capture_output=True, text=True, env={"PATH": "/usr/bin:/bin", "COLUMNS": "200",
-                                                             "HOME": str(Path.home()), "XDG_CONFIG_HOME": os.environ["XDG_CONFIG_HOME"]})
+                                                             "HOME": str(Path.home()), **_XDG})
     assert p2.returncode == 0 and "already evaluated" in p2.stdout
     assert len(read_records(root)) == 1
     assert json.loads((root / ".autoresearch" / "final.json").read_text())[0]["again"] is False

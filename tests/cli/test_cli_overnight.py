@@ -58,6 +58,8 @@ def test_the_command_runs_a_night_that_ends_when_the_loop_says_so(proj):
     assert st.status == "done" and st.sessions == 1 and st.errors == 0 and st.session_id
     kinds = [ln[1] for ln in log_lines(proj)]
     assert kinds[0] == "night" and "tool" in kinds and "result" in kinds and kinds[-1] == "night"
+    canary = [ln[2] for ln in log_lines(proj) if ln[1] == "canary"]
+    assert canary[-1] == "`echo autoresearch-canary` was denied by the guard", canary   # checked before the night
     assert last_session(proj.root) == st.session_id
     # the project's settings were used: its SessionStart hook spoke to the model
     assert any("autoresearch loop state" in t for t in api.shown())
@@ -143,6 +145,57 @@ def test_a_project_without_guard_wiring_gets_the_bundle_as_plugin_or_is_refused(
     monkeypatch.setattr(driver, "BUNDLE", tmp_path / "not-a-plugin")
     with pytest.raises(DriverError, match="does not wire the autoresearch guard"):
         Night(proj, 1)
+
+
+def _plugin_night(proj: Project, tmp_path: Path, monkeypatch, api: FakeAPI, experiments: str) -> tuple[Night, Path]:
+    """A project without guard wiring of its own, and a copy of the bundle the night loads as its plugin."""
+    import json
+    import shutil
+    import autoresearch.cli.overnight as driver
+    settings = proj.root / ".claude" / "settings.json"
+    settings.write_text(json.dumps({"env": json.loads(settings.read_text())["env"]}))   # no wiring: plugin mode
+    plugin = tmp_path / "market" / "autoresearch"
+    for part in (".claude-plugin", "hooks", "autoresearch"):
+        shutil.copytree(ROOT / part, plugin / part, ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(driver, "BUNDLE", plugin)
+    env = dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS=experiments)
+    for k in list(os.environ):
+        if k.startswith(("ANTHROPIC_", "CLAUDE")):
+            monkeypatch.delenv(k)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    night = Night(proj.root, 0.05, env=env, backoff=(0.2,))
+    assert night.plugin == str(plugin)
+    return night, plugin
+
+
+def test_with_the_plugin_loaded_the_canary_passes_and_the_night_runs(proj, tmp_path, monkeypatch):
+    with FakeAPI([say("Looking around.") + bash("ls"), end_turn("done")], project=str(proj.root)) as api:
+        night, _ = _plugin_night(proj, tmp_path, monkeypatch, api, "0")
+        st = asyncio.run(night.run())
+    assert st.status == "done", st
+    assert [ln[2] for ln in log_lines(proj) if ln[1] == "canary"][-1] == \
+        "`echo autoresearch-canary` was denied by the guard"
+    [ls] = api.results()
+    assert ls.name == "Bash" and not ls.is_error          # the plugin's guard allowed it explicitly
+
+
+def test_without_the_guard_the_night_stops_before_the_first_experiment_naming_the_fix(proj, tmp_path, monkeypatch):
+    """The plugin the night would load is gone by the time the session starts (a moved marketplace
+    folder: Claude Code then runs without its hooks and says nothing). The canary's call is not
+    denied by the guard, so the night ends before the agent's first turn, with the fix."""
+    script = [say("Starting.") + bash('./run.sh -m "baseline"'), end_turn("done")]
+    with FakeAPI(script, project=str(proj.root)) as api:
+        night, plugin = _plugin_night(proj, tmp_path, monkeypatch, api, "1")
+        plugin.parent.rename(tmp_path / "moved")          # the marketplace folder moves
+        st = asyncio.run(night.run())
+        assert api.requests == [], "the agent's session started without the guard"
+    assert st.status == "fatal" and "before the first experiment" in st.reason, st
+    assert "RAN: no guard stopped it" in st.reason and "autoresearch doctor" in st.reason, st
+    assert "marketplace add" in st.reason and "failed to load" in st.reason, st
+    assert not (proj.root / "runs").exists() or not any((proj.root / "runs").iterdir())
+    kinds = [ln[1] for ln in log_lines(proj)]
+    assert "canary" in kinds and "fatal" in kinds and "start" not in kinds, kinds
 
 
 def test_hours_must_be_positive(proj):

@@ -303,8 +303,10 @@ def test_status_json_with_a_maximised_metric_counts_improvement_upwards(tmp_path
     night = [("keep", 0.60, "baseline"), ("keep", 0.65, "wider"), ("discard", 0.64, "deeper"),
              ("keep", 0.70, "mixup")]
     root = make_project(tmp_path, night=night)
+    # a maximised metric is declared by the project's own evaluation (inline here): the built-in one is val_bpb
     text = (root / "program.md").read_text().replace("direction: minimize", "direction: maximize")
-    text = text.replace("floor: 0.5", "floor: 1.5")
+    text = text.replace("floor: 0.5", "floor: 1.5").replace("\nbudget:", "\nrun: {mode: inline, command: [python, "
+                                                              "train.py], metric_regex: 'val_acc (.*)'}\nbudget:", 1)
     (root / "program.md").write_text(text)
     from autoresearch.cli.status import Report
     rep = Report.model_validate_json(cli(root, "status", "--json").stdout)

@@ -38,7 +38,8 @@ def init(root: Path, spec: tuple[str, str, str], *extra: str) -> subprocess.Comp
     return subprocess.run([str(ROOT / ".venv" / "bin" / "autoresearch"), "init", "-C", str(root), "--command", command,
                            "--metric", metric, "--direction", direction, "--budget", "5", "--backend", "bwrap",
                            "--check-seconds", "10", *extra], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(root.parent)})
+                          env={"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(root.parent),
+                               **{k: os.environ[k] for k in ("XDG_CONFIG_HOME", "XDG_STATE_HOME") if k in os.environ}})
 
 
 def checks(root: Path) -> list[dict]:

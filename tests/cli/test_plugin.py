@@ -298,3 +298,33 @@ def test_the_plugin_icon_is_a_small_svg_the_manifest_names_and_the_pack_ships(tm
     p = subprocess.run([str(ROOT / "scripts" / "pack-plugin.sh"), str(market)], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert (market / icon).read_bytes() == path.read_bytes()
+
+
+def test_the_plugins_messages_name_the_plugins_own_fix():
+    """A plain project with only the plugin has no scripts/bootstrap.sh and no .venv of ours: every
+    message in the plugin's hooks names the plugin's own install script instead."""
+    text = json.dumps(plugin_hooks(load_settings(ROOT)))
+    assert "scripts/bootstrap.sh" in json.dumps(load_settings(ROOT)), "the bundle's own wiring names bootstrap.sh"
+    assert "scripts/bootstrap.sh" not in text and ".venv is missing" not in text
+    assert "${CLAUDE_PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set" in text
+
+
+@pytest.mark.parametrize("event, key", [("Stop", "stopReason"), ("SessionStart", "hookSpecificOutput")])
+def test_without_any_python_the_plugins_loop_hooks_answer_valid_json_with_the_plugins_fix(tmp_path, event, key):
+    """No interpreter anywhere: the Stop and SessionStart hooks still print well-formed JSON (their
+    messages sit inside shell quotes) that names the plugin's own fix."""
+    proj, plugin = tmp_path / "proj", tmp_path / "plugin"
+    proj.mkdir()
+    (proj / "program.md").write_text("---\n---\n")
+    (plugin / "scripts").mkdir(parents=True)
+    (plugin / "scripts" / "plugin-deps.sh").write_text("#!/bin/sh\nexit 1\n")
+    (plugin / "scripts" / "plugin-deps.sh").chmod(0o755)
+    [group] = plugin_hooks(load_settings(ROOT))["hooks"][event]
+    env = {"PATH": "/usr/bin:/bin", "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": str(plugin),
+           "CLAUDE_PLUGIN_DATA": str(tmp_path / "data")}
+    p = subprocess.run(["sh", "-c", group["hooks"][0]["command"]], cwd=proj, env=env, capture_output=True, text=True,
+                       input="{}", timeout=60)
+    out = json.loads(p.stdout.strip().splitlines()[-1])
+    text = json.dumps(out)
+    assert key in out and "plugin-deps.sh with CLAUDE_PLUGIN_DATA set" in text, (p.stdout, p.stderr)
+    assert "bootstrap.sh" not in text

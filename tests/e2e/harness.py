@@ -66,6 +66,12 @@ class Project:
     def git(self, *args: str) -> str:
         return _git(self.root, *args)
 
+    def eval_log(self, run_id: str) -> str:
+        """What run_id's model servers printed: the human-only log in the state folder (outside the project)."""
+        from autoresearch.flows import state_dir
+        from autoresearch.run.layout import project_id
+        return (Path(state_dir(project_id(self.root), self.env)) / "logs" / run_id / "eval.log").read_text()
+
     def branch(self) -> str:
         return self.git("rev-parse", "--abbrev-ref", "HEAD").strip()
 
@@ -110,6 +116,7 @@ def base_env(home: Path) -> dict[str, str]:
         "HOME": str(home),
         "CLAUDE_CONFIG_DIR": str(home / ".claude"),
         "XDG_CONFIG_HOME": str(home / ".config"),
+        "XDG_STATE_HOME": str(home / ".local" / "state"),
         "GIT_CONFIG_NOSYSTEM": "1",
         "ANTHROPIC_API_KEY": "sk-ant-e2e-fake",
         "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",

@@ -153,7 +153,7 @@ def test_nanogpt_like_repo(tmp_path: Path) -> None:
     assert rs["0003"]["metric_value"] < rs["0001"]["metric_value"] - 0.5
     # the forged printed value is only log text; the record is what eval.py measured
     assert "val loss 0.0000" in proj.read("runs/0004/train.log") and rs["0004"]["metric_value"] > 1.0
-    assert f"held-out val loss {rs['0004']['metric_value']:.4f}" in proj.read("runs/0004/eval.log")
+    assert f"held-out val loss {rs['0004']['metric_value']:.4f}" in proj.eval_log("0004")
     # nanoGPT's out_dir: written in each stage's work copy, never into the project
     assert "saved checkpoint to out" in proj.read("runs/0001/train.log") and not proj.path("out").exists()
     assert proj.path("runs/0003/out/ckpt.pt").is_file()
@@ -213,6 +213,6 @@ def test_clip_like_repo(tmp_path: Path) -> None:
     # the evaluator split: eval.py asked the model server; the forged prints are only log text
     assert rs["0004"]["extra"]["eval_requests"] > 0 and rs["0004"]["extra"]["eval_servers"] == 2
     assert "val acc 1.0" in proj.read("runs/0004/train.log") and rs["0004"]["metric_value"] < 1.0
-    assert f"{rs['0004']['metric_value']:.4f}" in proj.read("runs/0004/eval.log")
+    assert f"{rs['0004']['metric_value']:.4f}" in proj.eval_log("0004")
     # Hydra's run folder: written in the work copy (the run's metrics.json too), never into the project
     assert "run folder: outputs/" in proj.read("runs/0001/train.log") and not proj.path("outputs").exists()

@@ -155,12 +155,22 @@ def test_unwritable_cache_still_decides(world: World) -> None:
 
 # Every module a Bash decision imports (the package, its hot-path modules, the command language);
 # explain.py is for humans and never on the hook's path.
-HOT_PATH = ["__init__.py", "respond.py", "policy.py", "tools.py", "paths.py", "cmdlang.py"]
+HOT_PATH = ["__init__.py", "respond.py", "policy.py", "tools.py", "paths.py", "search.py", "cmdlang.py"]
 
 
 def test_the_hot_path_list_names_every_guard_module() -> None:
     found = {p.name for p in (ROOT / "autoresearch" / "guard").glob("*.py")}
-    assert found - {"explain.py"} == set(HOT_PATH), found
+    assert found - {"explain.py", "urls.py"} == set(HOT_PATH), found
+
+
+def test_broken_url_module_is_a_deny_for_web_fetch(tmp_path) -> None:
+    """urls.py loads only for WebFetch (in a `web: true` phase): broken, it denies that call."""
+    text = (ROOT / "program.md").read_text().replace("phase: hyperparameters", "phase: moonshot")
+    w = World(tmp_path, program=text)
+    assert w.tool("WebFetch", url="https://93.184.216.34/", prompt="x").decision == "allow"
+    (w.root / "autoresearch" / "guard" / "urls.py").write_text("raise RuntimeError('half-written upgrade')\n")
+    got = w.tool("WebFetch", url="https://93.184.216.34/", prompt="x")
+    assert got.decision == "deny" and "half-written upgrade" in got.stderr, got
 
 
 @pytest.mark.parametrize("module", HOT_PATH)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from autoresearch.run.layout import eval_log
 from autoresearch.run.metrics import RunMetrics, load_verified
 from autoresearch.run.queue import read_entry
 from loop_support import ROOT, Project, clean_env
@@ -63,6 +64,8 @@ def test_a_wave_of_four_spreads_over_both_nodes_and_is_decided(tmp_path, cluster
         assert m.extra["node"] in nodes and m.extra["executor"] == "ray"
         assert (proj.path / "runs" / r / "train.log").stat().st_size > 0
         assert (proj.path / "runs" / r / "diff.patch").is_file()
+        assert eval_log(proj.path, r).is_file() and not (proj.path / "runs" / r / "eval.log").exists(), \
+            "the node's eval log comes back into the head's state folder, outside the project"
     assert "LEARNING_RATE = 6e-3" in (proj.path / "runs" / runs[1] / "diff.patch").read_text()
     proj.note("wave of 4 learning rates on ray")
     r = proj.decide()

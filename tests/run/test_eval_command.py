@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.run.layout import eval_log, final_log, state_folder
+
 from experiment_support import BACKENDS, git_env, log_of, metrics, require_backend, run_sh
 
 from autoresearch.program import ConfigError, parse_program
@@ -103,8 +105,8 @@ def test_the_frozen_eval_script_measures_the_checkpoint_and_forgeries_are_ignore
     assert "PROBE read held-out: FileNotFoundError" in log         # held-out data never reaches TRAIN
     assert "PROBE write channel: done" not in log                  # the eval channel is not TRAIN's
     assert "evaluate: ok val_acc 0.8" in log and "eval.py: accuracy" not in log   # its prints: eval.log only
-    assert "eval.py: accuracy 0.8" in (proj / "runs" / "0001" / "eval.log").read_text()
-    assert not (proj / "runs" / "0001" / ".metric").exists()
+    assert "eval.py: accuracy 0.8" in eval_log(proj, "0001").read_text()
+    assert not (proj / "runs" / "0001" / "eval.log").exists() and not (state_folder(proj) / "runs" / "0001").exists()
 
 
 @pytest.mark.slow
@@ -266,4 +268,4 @@ def test_final_runs_the_eval_command_with_the_final_mounts(tmp_path, bwrap_avail
     (tmp_path / "held" / "held.txt").write_text("9 1\n1 1\n")        # the held-out split final sees: 1 of 2
     got = score_run(proj, load_program(proj), "0001", backend="bwrap")
     assert (got.status, got.value) == ("ok", 0.5), got.reason
-    assert "stage final" in (proj / ".autoresearch" / "final-0001.eval.log").read_text()
+    assert "stage final" in final_log(proj, "0001").read_text()

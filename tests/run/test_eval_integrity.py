@@ -4,9 +4,11 @@ server; the trusted scorer holds the held-out bytes, computes the loss and hides
 
 One honest checkpoint is trained once (module fixture). Each test pairs it (or a crafted
 checkpoint) with a train.py variant and runs the real EVAL stage, experiment.run_eval: the
-model server as a real process (backend none; the bwrap and docker transports are covered in
-test_experiment_isolation.py and tests/sandbox/test_sandbox.py), the scorer in this process. Every hostile
-model must end `invalid` (or crash/timeout), or score no better than the honest one."""
+model servers as real processes under every backend (none, bwrap, docker), the scorer in this
+process. Every hostile model must end `invalid` (or crash/timeout), or score no better than the
+honest one. Issue 24 adds logit shifts and sentinel logits (the checks compare float64 log-softmax
+with an absolute tolerance), and, as whole ./run.sh runs, training through the old grace and a
+deep hostile folder tree."""
 from __future__ import annotations
 
 import importlib.util
@@ -22,19 +24,21 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from experiment_support import HONEST, ROOT
+from experiment_support import BACKENDS, HONEST, ROOT, require_backend
 
 from autoresearch.program import load_program
 from autoresearch.run.evaluate import run_eval
 from autoresearch.run.layout import EVAL_LOG, Layout
 from autoresearch.run.outcome import eval_status
 from autoresearch.run.specs import base_env
-from autoresearch.sandbox import NoneBackend
+from autoresearch.sandbox import NoneBackend, choose_backend
 
 sys.path.insert(0, str(ROOT))
 import prepare  # noqa: E402
 
 FORWARD_END = "        return self.head(self.ln_f(x))"
+# every hostile family on every backend: the model server as a plain process, under bwrap, under docker
+ALL_BACKENDS = ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id) for b in BACKENDS]
 
 
 def replace_once(code: str, old: str, new: str) -> str:
@@ -76,8 +80,8 @@ def project(base: Path, name: str, code: str, floor: float | None = None, eval_s
     return proj
 
 
-def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None) -> SimpleNamespace:
-    """The real EVAL stage: (status, reason, scorer result, what the model printed)."""
+def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None, backend: str = "none") -> SimpleNamespace:
+    """The real EVAL stage under `backend`: (status, reason, scorer result, what the model printed)."""
     lay = Layout(proj, proj / "runs" / "0001", "train.py")
     target = lay.out / "model.pt"
     target.unlink(missing_ok=True)
@@ -86,7 +90,7 @@ def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None) -> S
     split_file = (tmp or proj) / "split.bin"
     split_file.write_bytes(split)
     program = load_program(proj)
-    sandbox = NoneBackend()
+    sandbox = NoneBackend() if backend == "none" else choose_backend(backend)
     log = lay.run_dir / EVAL_LOG
     log.write_text("")
     res, result = run_eval(sandbox, program, lay, None, base_env(sandbox, lay, str(proj), 0, 0), split_file, log)
@@ -111,8 +115,10 @@ def honest(tmp_path_factory, data_dir):
     return SimpleNamespace(proj=proj, ckpt=out / "model.pt", val=val, first=first, value=first.value, base=base)
 
 
-def run_variant(honest, name: str, code: str, ckpt: Path | None = None, **program) -> SimpleNamespace:
-    return evaluate(project(honest.base, name, code, **program), ckpt or honest.ckpt, honest.val, honest.base)
+def run_variant(honest, name: str, code: str, ckpt: Path | None = None, backend: str = "none",
+                **program) -> SimpleNamespace:
+    return evaluate(project(honest.base, f"{name}-{backend}", code, **program), ckpt or honest.ckpt, honest.val,
+                    honest.base, backend)
 
 
 def not_better(r: SimpleNamespace, honest) -> bool:
@@ -155,7 +161,7 @@ def test_checks_are_mixed_into_every_request_and_the_honest_model_passes_them_wi
     r = honest.first.result
     assert r["servers"] == 2 and r["requests"] == 36 and r["check_windows"] == 64, r   # (512 + 64) / 16
     assert r["check_windows"] / (r["requests"] * prepare.EVAL_BATCH) >= 0.10
-    assert r["check_max_rel_diff"] < 1e-5, "an honest model sits far inside the 1e-4 tolerance"
+    assert r["check_max_diff_nats"] < 1e-5, "an honest model sits far inside the 2e-3 nats tolerance"
 
 
 def test_every_request_has_a_check_answered_by_the_other_server():
@@ -194,30 +200,36 @@ def test_float16_logits_are_accepted(honest):
 
 # ------------------------------------------------------------------ the five families of issue 13
 
-def test_family1_peeking_once_in_eval_mode_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family1_peeking_once_in_eval_mode_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     """Causal while training (or while it thinks it is probed), peeks once in eval mode."""
     code = with_module_code(HONEST, PEEK)
     code = with_forward(code, "        return logits if self.training else _peek(idx, logits)\n")
-    r = run_variant(honest, "f1-eval-mode", code)
+    r = run_variant(honest, "f1-eval-mode", code, backend=backend)
     assert r.status == "invalid" and r.reason.startswith("the model looks ahead"), r.reason
 
 
-def test_family1b_an_overridden_eval_is_never_called(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family1b_an_overridden_eval_is_never_called(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, PEEK)
     code = replace_once(code, "    def forward(self, idx):\n",
                         "    def eval(self):\n        self._peeking = True\n        return super().eval()\n\n"
                         "    def forward(self, idx):\n")
     code = with_forward(code, "        return _peek(idx, logits) if getattr(self, '_peeking', False) else logits\n")
-    r = run_variant(honest, "f1b-eval-override", code)
+    r = run_variant(honest, "f1b-eval-override", code, backend=backend)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "eval mode is set without calling agent code"
 
 
 @pytest.mark.parametrize("after", [7, 15])
-def test_family2_counting_calls_then_peeking_is_invalid(honest, after):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family2_counting_calls_then_peeking_is_invalid(honest, after, request, backend):
+    require_backend(request, backend)
     """Causal for as many calls as a probe would make (7), or until near the end (15 of each server's 18)."""
     code = with_module_code(HONEST, PEEK + "_CALLS = [0]\n")
     code = with_forward(code, f"        _CALLS[0] += 1\n        return _peek(idx, logits) if _CALLS[0] > {after} else logits\n")
-    r = run_variant(honest, f"f2-count-{after}", code)
+    r = run_variant(honest, f"f2-count-{after}", code, backend=backend)
     assert r.status == "invalid", (r.status, r.reason)
 
 
@@ -269,10 +281,12 @@ def _predict(idx, logits, big):
 '''
 
 
-def test_family3_reading_the_evaluators_memory_finds_nothing(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family3_reading_the_evaluators_memory_finds_nothing(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, MEMORY_READER)
     code = with_forward(code, "        return _predict(idx, logits, _steal())\n")
-    r = run_variant(honest, "f3-memory", code)
+    r = run_variant(honest, "f3-memory", code, backend=backend)
     assert "FOUND 0" in r.printed, "the attack ran and found no held-out bytes in its process"
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, (r.status, r.reason)
 
@@ -288,10 +302,12 @@ class _Liar(torch.Tensor):
 '''
 
 
-def test_family4_a_tensor_subclass_cannot_fake_the_loss(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family4_a_tensor_subclass_cannot_fake_the_loss(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, FAKE_LOSS)
     code = with_forward(code, "        return logits.as_subclass(_Liar)\n")
-    r = run_variant(honest, "f4-liar", code)
+    r = run_variant(honest, "f4-liar", code, backend=backend)
     assert not_better(r, honest), (r.status, r.value, honest.value)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9, "the loss is computed from the raw numbers"
 
@@ -312,11 +328,13 @@ def _forge():
 
 
 @pytest.mark.parametrize("when", ["import", "forward"])
-def test_family5_writing_the_result_itself_is_not_a_result(honest, when):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_family5_writing_the_result_itself_is_not_a_result(honest, when, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, WRITER + ("_forge()\n" if when == "import" else ""))
     if when == "forward":
         code = with_forward(code, "        _forge()\n        return logits\n")
-    r = run_variant(honest, f"f5-writer-{when}", code)
+    r = run_variant(honest, f"f5-writer-{when}", code, backend=backend)
     assert r.status in ("invalid", "crash") and r.value is None, (r.status, r.reason)
     assert "0.0001" not in (r.reason or "")
 
@@ -343,34 +361,44 @@ def _recall(idx, logits):
 '''
 
 
-def test_remembering_earlier_requests_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_remembering_earlier_requests_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, HISTORY)
     code = with_forward(code, "        return _recall(idx, logits)\n")
-    r = run_variant(honest, "history", code)
+    r = run_variant(honest, "history", code, backend=backend)
     assert r.status == "invalid", (r.status, r.reason, r.value, honest.value)
 
 
-def test_non_causal_attention_is_invalid(honest):
-    r = run_variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"))
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_non_causal_attention_is_invalid(honest, request, backend):
+    require_backend(request, backend)
+    r = run_variant(honest, "noncausal", replace_once(HONEST, "is_causal=True", "is_causal=False"), backend=backend)
     assert r.status == "invalid" and r.reason.startswith("the model looks ahead")
 
 
-def test_mixing_sequences_in_a_batch_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_mixing_sequences_in_a_batch_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = replace_once(HONEST, FORWARD_END, "        x = x + x.mean(0, keepdim=True)\n" + FORWARD_END)
-    r = run_variant(honest, "batchmix", code)
+    r = run_variant(honest, "batchmix", code, backend=backend)
     assert r.status == "invalid" and "other sequences in the batch" in r.reason
 
 
-def test_randomness_left_on_in_eval_is_invalid(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_randomness_left_on_in_eval_is_invalid(honest, request, backend):
+    require_backend(request, backend)
     code = replace_once(HONEST, FORWARD_END, "        x = F.dropout(x, 0.2, training=True)\n" + FORWARD_END)
-    r = run_variant(honest, "dropout", code)
+    r = run_variant(honest, "dropout", code, backend=backend)
     assert r.status == "invalid" and "deterministic" in r.reason
 
 
-def test_patching_torch_in_the_server_changes_nothing_it_can_use(honest):
+@pytest.mark.parametrize("backend", ALL_BACKENDS)
+def test_patching_torch_in_the_server_changes_nothing_it_can_use(honest, request, backend):
+    require_backend(request, backend)
     code = with_module_code(HONEST, "F.cross_entropy = lambda *a, **k: torch.zeros(())\n"
                                     "torch.Tensor.sum = lambda self, *a, **k: self.new_zeros(())\n")
-    r = run_variant(honest, "patches", code)
+    r = run_variant(honest, "patches", code, backend=backend)
     assert r.status == "ok" and abs(r.value - honest.value) < 1e-9
 
 
@@ -440,3 +468,186 @@ def test_value_past_the_physical_floor_is_invalid(honest):
 def test_too_little_held_out_data_is_invalid(honest):
     r = evaluate(honest.proj, honest.ckpt, honest.val[: prepare.EVAL_BYTES // 2], honest.base)
     assert r.status == "invalid" and "too short" in r.reason
+
+
+# ------------------------------------------------------------------ issue 24: checks judge what is scored
+
+def _toy_plan(seed: int):
+    from autoresearch.run.scorer import Plan
+    rng = np.random.default_rng(seed)
+    x, y = prepare.eval_windows(np.frombuffer(rng.integers(0, 64, 2**17 + 1, dtype=np.uint8).tobytes(), dtype=np.uint8))
+    return Plan.make(x, y, prepare.EVAL_BATCH, rng), x
+
+
+def _toy_logits(windows: np.ndarray, peek: bool) -> np.ndarray:
+    """A causal toy model (logits from the byte at each position), or one that also peeks at the next."""
+    n, T = windows.shape
+    z = np.zeros((n, T, 256), dtype=np.float32)
+    z[..., 64:] = -20.0                                  # bytes the toy corpus never has: all but impossible
+    z[np.arange(n)[:, None], np.arange(T)[None, :], (windows.astype(np.int64) * 7) % 64] = 3.0
+    if peek:
+        nxt = np.roll(windows, -1, axis=1).astype(np.int64)
+        z[np.arange(n)[:, None], np.arange(T - 1)[None, :], nxt[:, :-1]] += 30.0
+    return z
+
+
+def _kept(plan, x, peek: bool, transform) -> dict:
+    real = transform(_toy_logits(x, peek))
+    checks = transform(_toy_logits(plan.check_windows, peek))
+    need = {c.origin for c in plan.checks}
+    kept = {("check", c): checks[c] for c in range(len(plan.checks))}
+    kept.update({("real", i): real[i] for i in need})
+    return kept
+
+
+SCORE_PRESERVING = {
+    "identity": lambda z: z,
+    "shift +5000": lambda z: z + np.float32(5000),
+    "shift -3000": lambda z: z - np.float32(3000),
+    "per-position shift": lambda z: z + np.arange(z.shape[1], dtype=np.float32)[None, :, None] * 10,
+    "never-occurring bytes at -9000": lambda z: np.where(np.arange(256) >= 64, np.float32(-9000), z),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCORE_PRESERVING))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_score_preserving_transformation_changes_what_a_check_accepts(name, seed):
+    """The checks compare float64 log-softmax with an absolute tolerance: a transformation of the
+    logits that leaves the score unchanged leaves every check's verdict (and drift) unchanged."""
+    from autoresearch.run.scorer import TOLERANCE, Scorer, Verdict
+    plan, x = _toy_plan(seed)
+    f = SCORE_PRESERVING[name]
+    for peek in (False, True):
+        base = {k: prepare.window_nats(v[None], plan.targets[k[1]][None] if k[0] == "real" else
+                                       plan.targets[plan.checks[k[1]].origin][None]).sum()
+                for k, v in _kept(plan, x, peek, lambda z: z).items()}
+        moved = {k: prepare.window_nats(v[None], plan.targets[k[1]][None] if k[0] == "real" else
+                                        plan.targets[plan.checks[k[1]].origin][None]).sum()
+                 for k, v in _kept(plan, x, peek, f).items()}
+        assert all(abs(base[k] - moved[k]) < 1e-2 for k in base), "the transformation preserves the score"
+        verdicts = []
+        for transform in (lambda z: z, f):
+            try:
+                verdicts.append(("ok", round(Scorer._verify(plan, _kept(plan, x, peek, transform), TOLERANCE["<f4"]), 6)))
+            except Verdict as v:
+                verdicts.append((v.status, v.reason.split(" by ")[0].split(" at position")[0]))
+        assert verdicts[0] == verdicts[1], (name, peek, verdicts)
+        assert verdicts[0][0] == ("invalid" if peek else "ok"), verdicts
+
+
+def test_logits_out_of_range_or_not_finite_are_refused_before_any_check():
+    from autoresearch.run.scorer import LOGIT_LIMIT
+    assert LOGIT_LIMIT <= 1e4
+
+
+LOGIT_SHIFT = '''
+def _shift(logits, c):
+    return logits + c
+'''
+
+SENTINEL = '''
+def _sentinel(logits, value):
+    """Bytes that never occur in the corpus (here: >= 128) pushed to `value`: the score is unchanged."""
+    out = logits.clone()
+    out[..., 128:] = value
+    return out
+'''
+
+
+@pytest.mark.parametrize("backend", ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id)
+                                                 for b in __import__("experiment_support").BACKENDS])
+@pytest.mark.parametrize("attack", ["shift-1e6", "shift-5e3", "sentinel-1e9", "sentinel-9e3"])
+def test_family6_logit_shift_and_sentinels_cannot_widen_a_check(honest, request, attack, backend):
+    """A peeking model that adds a huge constant to every logit, or pushes never-occurring bytes to
+    a huge negative value, used to widen the (relative) tolerance until every peek passed."""
+    from experiment_support import require_backend
+    require_backend(request, backend)
+    code = with_module_code(HONEST, PEEK + LOGIT_SHIFT + SENTINEL)
+    kind, value = attack.split("-")
+    call = f"_shift(_peek(idx, logits), {value})" if kind == "shift" else f"_sentinel(_peek(idx, logits), -{value})"
+    r = run_variant(honest, f"f6-{attack}", with_forward(code, f"        return {call}\n"), backend=backend)
+    assert r.status == "invalid", (r.status, r.reason, r.value, honest.value)
+    assert ("beyond +-" in r.reason) if value in ("1e6", "1e9") else r.reason.startswith("the model looks ahead")
+
+
+@pytest.mark.parametrize("backend", ["none"] + [pytest.param(b.values[0], marks=b.marks, id=b.id)
+                                                 for b in __import__("experiment_support").BACKENDS])
+@pytest.mark.parametrize("kind", ["shift", "sentinel"])
+def test_an_honest_model_that_shifts_its_logits_or_sets_sentinels_passes_every_check(honest, request, kind, backend):
+    from experiment_support import require_backend
+    require_backend(request, backend)
+    code = with_forward(with_module_code(HONEST, LOGIT_SHIFT + SENTINEL),
+                        "        return " + ("_shift(logits, 5e3)" if kind == "shift" else "_sentinel(logits, -9e3)") + "\n")
+    r = run_variant(honest, f"f6-honest-{kind}", code, backend=backend)
+    assert r.status == "ok", (r.status, r.reason)
+    assert r.result["check_max_diff_nats"] < 1e-3
+    if kind == "shift":                                  # float32 at 5000 rounds at 5e-4: the score barely moves
+        assert abs(r.value - honest.value) < 1e-2, (r.value, honest.value)
+
+
+# ------------------------------------------------------------------ issue 24: whole runs, both backends
+
+GRACE_READER = '''
+import re as _re
+_GRACE = float(_re.search(r"grace_seconds:\\s*([0-9.]+)", open("program.md").read()).group(1))
+'''
+STOP_LINE = "    stop_at = STARTED + TRAIN_SECONDS * (1 - SAVE_MARGIN) - t0     # seconds of training left after set-up\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", __import__("experiment_support").BACKENDS)
+@pytest.mark.parametrize("overrun", ["through-the-grace", "through-the-save-margin"])
+def test_family7_training_past_the_budget_gains_no_more_than_the_save_margin(tmp_path, request, backend, overrun):
+    """A train.py that reads the grace from program.md and trains until just before the old kill
+    (budget + grace) is killed at budget + the save margin; one that knows the margin gets at most it."""
+    from experiment_support import make_project, metrics, require_backend, run_sh
+    from autoresearch.program.sections import save_margin
+    require_backend(request, backend)
+    extra = "budget + _GRACE - 1" if overrun == "through-the-grace" else f"budget + {save_margin(3):g} - 0.8"
+    code = with_module_code(HONEST, GRACE_READER)
+    code = replace_once(code, STOP_LINE, f"    budget = TRAIN_SECONDS\n    stop_at = STARTED + {extra} - t0\n")
+    proj = make_project(tmp_path / "p", train_py=code, grace_seconds=60)
+    run_sh(proj, "-m", overrun, "--backend", backend, "--budget", "3")
+    m = metrics(proj)
+    assert m["agent_seconds"] <= 3 + save_margin(3) + 0.5, m["agent_seconds"]
+    if overrun == "through-the-grace":
+        assert m["status"] == "timeout" and "save margin" in m["reason"], (m["status"], m["reason"])
+    else:
+        assert m["status"] in ("ok", "timeout"), (m["status"], m["reason"])
+
+
+DEEP_TREE = '''
+def _hostile_tree(where):
+    """A 3,000-deep folder chain, a folder chmod 000 with files in it, a FIFO, an odd name."""
+    fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(3000):
+        os.mkdir("d", dir_fd=fd)
+        nxt = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = nxt
+    os.close(fd)
+    locked = os.path.join(where, "locked")
+    os.makedirs(os.path.join(locked, "inner"))
+    open(os.path.join(locked, "inner", "f"), "w").write("x")
+    os.chmod(os.path.join(locked, "inner"), 0)
+    os.chmod(locked, 0)
+    os.mkfifo(os.path.join(where, "fifo"))
+    open(os.path.join(os.fsencode(where), b"bad\\xffname"), "w").write("x")
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", __import__("experiment_support").BACKENDS)
+def test_family8_a_deep_hostile_tree_in_the_work_copy_and_out_never_stops_the_next_run(tmp_path, request, backend):
+    from experiment_support import make_project, metrics, require_backend, run_sh, with_main_prelude
+    require_backend(request, backend)
+    code = with_main_prelude(HONEST, "_hostile_tree(os.getcwd())\n_hostile_tree(OUT_DIR)", helpers=DEEP_TREE)
+    proj = make_project(tmp_path / "p", train_py=code)
+    for n in ("0001", "0002"):
+        p = run_sh(proj, "-m", f"deep tree {n}", "--backend", backend, "--budget", "8")
+        m = metrics(proj, n)
+        assert p.returncode in (0, 1) and m["status"] != "interrupted", (p.stdout + p.stderr)[-2000:]
+        assert not (proj / "runs" / n / ".sandbox").exists(), "scratch and work copies are gone"
+        assert "cleanup" not in m["extra"], m["extra"]["cleanup"]
+        assert m["status"] == "ok", (m["status"], m["reason"])
+        assert "d/" in m["extra"]["out_removed"] and "fifo" in m["extra"]["out_removed"]

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from autoresearch.run.layout import eval_log
+
 from experiment_support import git_env, log_of, metrics, run_sh
 
 from autoresearch.program import parse_program
@@ -115,12 +117,12 @@ def test_the_trusted_script_measures_retrieval_and_the_model_sees_no_labels(tmp_
     m = _run(proj)
     assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), m["reason"]
     assert m["extra"]["eval_requests"] == 6 and m["extra"]["eval_check_requests"] == 6     # checks: 1.0
-    assert m["extra"]["eval_servers"] == 2 and m["extra"]["eval_check_max_rel_diff"] == 0.0
-    eval_log = (proj / "runs" / "0001" / "eval.log").read_text()
-    assert "PROBE read labels: FileNotFoundError" in eval_log and "PROBE read labels: done" not in eval_log
-    assert "PROBE write metric: done" not in eval_log and "PROBE write metric: " in eval_log
-    assert "PROBE import agent code: ModuleNotFoundError" in eval_log       # the script never runs agent code
-    assert "PROBE project holds: ['eval.py']" in eval_log
+    assert m["extra"]["eval_servers"] == 2 and m["extra"]["eval_check_max_diff"] == 0.0
+    printed = eval_log(proj, "0001").read_text()
+    assert "PROBE read labels: FileNotFoundError" in printed and "PROBE read labels: done" not in printed
+    assert "PROBE write metric: done" not in printed and "PROBE write metric: " in printed
+    assert "PROBE import agent code: ModuleNotFoundError" in printed       # the script never runs agent code
+    assert "PROBE project holds: ['eval.py']" in printed
     assert f"evaluate: ok val_acc {(N - 2) / N}" in log_of(proj) and "val_acc: 1.0" not in log_of(proj)
 
 

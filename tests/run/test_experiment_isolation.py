@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.run.layout import eval_log
+
 from experiment_support import (BACKENDS, HONEST, log_of, make_project, metrics, require_backend, run_sh,
                                 split_log, with_main_prelude)
 
@@ -166,7 +168,7 @@ def test_eval_forward_cannot_read_the_validation_data(adversarial):
     _, evals = split_log(adversarial["log"])
     assert "evaluate: ok" in evals, "the EVAL stage ran"
     assert "FWD" not in evals, "what the model prints in EVAL stays out of train.log"
-    printed = (adversarial["proj"] / "runs" / "0002" / "eval.log").read_text(errors="replace")
+    printed = eval_log(adversarial["proj"], "0002").read_text(errors="replace")
     probes = _probes(printed, "FWD")
     assert probes.get("val-file") == "blocked" and probes.get("val-split") == "blocked", printed[:2000]
     assert re.search(r"^FWD stdin 0$", printed, re.M), "the model server's stdin is not agent code's to read"

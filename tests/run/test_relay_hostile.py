@@ -42,10 +42,10 @@ def _serve(answer, rfd: int, wfd: int) -> None:
             pass
 
 
-def drive(*answers, checks: float = 0.0, limit: int = 1 << 20) -> tuple[Relay, bytes]:
+def drive(*answers, checks: float = 0.0, limit: int = 1 << 20, compare: dict | None = None) -> tuple[Relay, bytes]:
     """One request of a (4, 3) float batch through a real Relay to fake servers; (relay, the
     tag the script got back)."""
-    relay = Relay(checks=checks, servers=len(answers), limit=limit, wait_s=10)
+    relay = Relay(checks=checks, servers=len(answers), limit=limit, wait_s=10, compare=compare or {})
     threads, ends = [], []
     for k, answer in enumerate(answers):
         to_srv, to_relay = os.pipe(), os.pipe()
@@ -117,7 +117,7 @@ def test_an_honest_server_passes_and_the_figures_carry_one_digit():
     centered = lambda factor: lambda i: P.arrays(P.ARRAYS_OUT, {"y": logits(i, factor)})
     relay, tag = drive(centered(1.0), centered(1 + 1.234567e-6), checks=1.0)
     assert relay.verdict is None and tag == P.ARRAYS_OUT
-    v = relay.stats["check_max_rel_diff"]
+    v = relay.stats["check_max_diff"]
     assert 0 < v < 1e-4 and v == float(f"{v:.0e}"), relay.stats      # not 1.23456...e-6: no free channel
 
 
@@ -177,3 +177,70 @@ def test_the_default_scorer_quotes_no_number_or_own_type_either(said):
         scorer._message(io.BytesIO(frame[4:]), P.FAILED, True)
     assert MARK not in v.value.reason and "99999999" not in v.value.reason, v.value.reason
     assert "the model" in v.value.reason
+
+
+# ------------------------------------------------------------------ issue 24: compared as scored (eval.compare)
+
+def _sentinel(i, value: float, bump: float = 0.0):
+    """Logits over 3 classes with most of the batch's entries pushed to `value`: the spread of the
+    row grows with |value|; the class that is scored moves by `bump` (an answer from memory)."""
+    y = logits(i, dtype=np.float64)
+    wide = np.concatenate([y, np.full((y.shape[0], 12), value)], axis=1)
+    wide[:, 0] += bump
+    return P.arrays(P.ARRAYS_OUT, {"y": wide})
+
+
+@pytest.mark.parametrize("value", [-1e9, -5e3])
+def test_sentinel_outputs_cannot_widen_a_log_softmax_check(value):
+    """Relative to the row's spread alone (eval.compare: spread, the legacy mode), sentinels at -1e9
+    (a softmax ignores them) widen the check until a memory-driven 0.5 shift passes. Undeclared, the
+    absolute difference counts too, so it fails; declared as scored (log_softmax, absolute nats) it
+    fails; sentinels beyond +-1e4 are refused outright."""
+    if value == -1e9:
+        relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0,
+                         compare={"y": "spread"})
+        assert relay.verdict is None, "the legacy spread-relative mode is widened by sentinels (hence the default)"
+    relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason, relay.stats
+    relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value, 0.5), checks=1.0,
+                     compare={"y": "log_softmax"})
+    assert relay.verdict is not None and relay.verdict.status == "invalid", relay.stats
+    want = "beyond +-" if abs(value) > 1e4 else "differently when asked again"
+    assert want in relay.verdict.reason, relay.verdict.reason
+    if abs(value) <= 1e4:
+        relay, _ = drive(lambda i: _sentinel(i, value), lambda i: _sentinel(i, value), checks=1.0,
+                         compare={"*": "log_softmax"})
+        assert relay.verdict is None, relay.verdict
+
+
+@pytest.mark.parametrize("mode", ["log_softmax", "softmax", "raw"])
+def test_a_constant_shift_is_judged_as_scored(mode):
+    """log_softmax and softmax ignore a constant: a shifted honest answer passes, a shifted memory
+    answer fails; raw compares the values themselves."""
+    shifted = lambda c, bump=0.0: lambda i: P.arrays(P.ARRAYS_OUT, {"y": logits(i, offset=c, dtype=np.float64)
+                                                                       + np.eye(1, 3)[0] * bump})
+    relay, _ = drive(shifted(0.0), shifted(5e3 if mode != "raw" else 0.0), checks=1.0, compare={"y": mode})
+    assert relay.verdict is None, relay.verdict
+    relay, _ = drive(shifted(5e3), shifted(5e3, 0.5), checks=1.0, compare={"y": mode})
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
+
+
+def test_argmax_is_compared_exactly_whatever_the_scale():
+    """Accuracy depends on the argmax only: scaled down to 1e-9, a changed winner still fails."""
+    tiny = lambda flip: lambda i: P.arrays(P.ARRAYS_OUT, {"y": (logits(i) * 1e-9 + (np.eye(1, 3)[0] * 1e-8 if flip else 0))})
+    relay, _ = drive(tiny(False), tiny(True), checks=1.0, compare={"y": "argmax"})
+    assert relay.verdict is not None, relay.stats
+    relay, _ = drive(tiny(False), tiny(False), checks=1.0, compare={"y": "argmax"})
+    assert relay.verdict is None
+
+
+def test_undeclared_outputs_are_held_by_both_scales():
+    """Undeclared: the absolute difference catches what sentinels hide from the spread, and the
+    spread catches what scaling down hides from the absolute difference."""
+    relay, _ = drive(lambda i: _sentinel(i, -1e9), lambda i: _sentinel(i, -1e9, 0.5), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
+    tiny = lambda noise: lambda i: P.arrays(P.ARRAYS_OUT, {"y": (i["x"] * 1e-6 + noise).astype(np.float32)})
+    relay, _ = drive(tiny(0.0), tiny(5e-6), checks=1.0)
+    assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
+    relay, _ = drive(tiny(5e-6), tiny(5e-6), checks=1.0)               # answered the same: fine
+    assert relay.verdict is None, relay.verdict

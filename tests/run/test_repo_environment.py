@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from autoresearch.run.layout import eval_log
+
 from experiment_support import BACKENDS, log_of, make_project, metrics, require_backend, run_sh, with_main_prelude
 
 from autoresearch.program import ConfigError, load_program, parse_program
@@ -82,7 +84,7 @@ def test_the_repo_venv_env_and_train_only_mount_reach_the_stages(tmp_path, reque
     p = run_sh(proj, "-m", "repo env", "--backend", backend, "--budget", "2", AUTORESEARCH_DATA=str(cache / "data"))
     assert p.returncode == 0, p.stdout + p.stderr
     train = _probes(log_of(proj))
-    evals = _probes((proj / "runs" / "0001" / "eval.log").read_text())
+    evals = _probes(eval_log(proj, "0001").read_text())
     assert train and evals, "train.py's module code ran in both stages"
     for probe in train + evals:
         assert probe["exe"] == str(py) and probe["prefix"] == str(py.parent.parent), "the repo's venv ran"

@@ -20,6 +20,7 @@ from experiment_support import (BACKENDS, HONEST, git_env, log_of, make_project,
                                 run_sh, split_log, with_main_prelude)
 
 from autoresearch.program import ConfigError, load_program, parse_program
+from autoresearch.run.layout import eval_log, state_folder
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 ALL = BACKENDS + [pytest.param("none", id="none")]
@@ -75,9 +76,10 @@ def test_code_writing_into_its_own_tree_runs_and_the_project_stays_byte_identica
     assert status == [" M train.py", "?? data-untracked/part.txt"], status
     train, _ = split_log(log)
     cwd = train.split("WROTE-OWN-TREE ", 1)[1].split("\n", 1)[0]
-    assert cwd.startswith(str(proj / "runs" / "0001" / ".sandbox" / "work")), cwd
+    scratch = state_folder(proj) / "runs" / "0001"
+    assert cwd.startswith(str(scratch / "work")) and not cwd.startswith(str(proj)), "scratch outside the project"
     assert _tree(proj) == tree and _status(proj) == status, "nothing written in the work copy reached the project"
-    assert not (proj / "runs" / "0001" / ".sandbox").exists(), "the work copies are gone with the run"
+    assert not scratch.exists() and not (proj / "runs" / "0001" / ".sandbox").exists(), "gone with the run"
 
 
 UNTRACKED = '''
@@ -163,7 +165,7 @@ def test_the_cache_outlives_a_run_for_train_and_eval_sees_only_the_read_only_hom
     assert train2["cache_value"] == "from-run-1", "TRAIN of run 2 reads what run 1 cached"
     assert train2["xdg"] == str(cache) and train2["home"] == str(home)
     assert train2["home_file"] == "tool config" and train2["home_write"] != "written", "HOME is read-only"
-    evals = _hc((proj / "runs" / "0002" / "eval.log").read_text())
+    evals = _hc(eval_log(proj, "0002").read_text())
     assert evals and all(e["cache_value"] in ("FileNotFoundError", "PermissionError") and e["xdg"] is None
                          for e in evals), ("EVAL does not see the cache", evals)
     assert all(e["home"] == str(home) and e["home_file"] == "tool config" for e in evals)
@@ -248,7 +250,8 @@ def test_the_copy_holds_the_base_commit_the_snapshot_and_links_to_the_rest(tmp_p
     assert os.readlink(w / ".venv") == str(proj / ".venv")
     assert not any((w / n).exists() or (w / n).is_symlink() for n in ("runs", ".git", ".autoresearch"))
     assert (w / "pkg" / "model.py").stat().st_ino != (proj / "pkg" / "model.py").stat().st_ino, "a copy"
-    assert (lay.skeleton() / "0001" / ".sandbox" / "work" / "train").is_dir(), "its mount point in runs/"
+    assert w == state_folder(proj) / "runs" / "0001" / "work" / "train", "outside the project, in its state folder"
+    assert not (proj / "runs" / "0001" / ".sandbox").exists()
     (w / "pkg" / "model.py").write_text("written in the sandbox")
     assert (proj / "pkg" / "model.py").read_text() == "committed model\n"
 
@@ -361,7 +364,7 @@ def test_a_write_into_a_linked_untracked_folder_gets_the_fix_in_the_crash_reason
     proj = _committed(tmp_path / "p", {"src/m.py": "x\n"})
     (proj / "out").mkdir()
     lay = Layout(proj, proj / "runs" / "0007", "train.py", {})
-    work = f"{proj}/runs/0007/.sandbox/work/train"
+    work = f"{lay.scratch}/work/train"
     for line in (f"train.py exited with code 1: OSError: [Errno 30] Read-only file system: 'out/ckpt.pt'",
                  f"train.py exited with code 1: PermissionError: [Errno 13] Permission denied: '{work}/out/ckpt.pt'",
                  f"train.py exited with code 1: OSError: [Errno 30] Read-only file system: '{proj}/out/a/b.pt'"):

@@ -20,13 +20,18 @@ def test_killed_runners_leave_no_container_and_no_cgroup(docker_available):
     assert (r["containers_left"], r["cgroup_dirs_left"]) == (0, 0), r
 
 
-def test_a_killed_runs_sandbox_folder_is_removed_by_the_next_run_and_a_live_one_kept(tmp_path):
+@pytest.mark.parametrize("where", ["state", "legacy"])
+def test_a_killed_runs_sandbox_folder_is_removed_by_the_next_run_and_a_live_one_kept(tmp_path, where):
+    """The scratch in the state folder, and runs/NNNN/.sandbox an older version left in the project."""
     import subprocess
     import time
 
-    from autoresearch.run.layout import SCRATCH_LOCK, sweep_scratch
+    from autoresearch.run.layout import SCRATCH_LOCK, state_folder, sweep_scratch
     root = tmp_path / "p"
-    dead, live, fresh = (root / "runs" / n / ".sandbox" for n in ("0001", "0002", "0003"))
+    for n in ("0001", "0002", "0003"):
+        (root / "runs" / n).mkdir(parents=True)
+    dead, live, fresh = (root / "runs" / n / ".sandbox" if where == "legacy" else state_folder(root) / "runs" / n
+                         for n in ("0001", "0002", "0003"))
     for d in (dead, live, fresh):
         (d / "runs").mkdir(parents=True)
         (d / SCRATCH_LOCK).touch()

@@ -1,0 +1,77 @@
+"""TRAIN's trusted start-up, inside the sandbox: warm up, say that agent code starts, run it.
+
+    python -I startup.py run  SCRIPT [ARGS...]   the train script, in this process
+    python -I startup.py exec ARGV...            run.launcher / run.command: exec'd after the warm-up
+
+The budget is the agent's compute (ARCHITECTURE rule 12): the interpreter's start and the heavy
+imports (torch, numpy) are the harness's cost, not the experiment's, and on a busy machine they
+can take many seconds. So this file imports them first, then prints MARKER; the sandbox starts
+the budget's clock when it sees the marker in the output (SandboxSpec.start_marker) and kills
+agent code at budget + the save margin after it. Until the marker the run gets
+budget.grace_seconds, uncounted.
+
+No agent code may run before the marker: -I ignores PYTHONPATH, the current folder, the user
+site and PYTHON* variables, so neither a sitecustomize.py nor a torch.py in the work copy is
+imported by the warm-up. `run` then sets up what `python SCRIPT` would have (sys.argv, sys.path
+with the script's folder and PYTHONPATH first, unbuffered output, no bytecode) and runs the
+script as __main__. Standard library only: it runs under whatever run.python is.
+"""
+import os
+import sys
+import time
+
+MARKER = "[autoresearch: start-up done; agent code starts now, and with it the budget's clock]"
+WARM = ("numpy", "torch", "torch.nn", "torch.nn.functional", "torch.optim", "torch._dynamo")   # AdamW imports _dynamo
+
+
+def warm_up() -> float:
+    """Import the heavy modules the project's interpreter has; returns the seconds it took."""
+    t0 = time.monotonic()
+    import importlib
+    for name in WARM:
+        try:
+            importlib.import_module(name)
+        except Exception:                               # noqa: BLE001 -- a missing module is the script's to report
+            pass
+    return time.monotonic() - t0
+
+
+def _as_python_would(script: str) -> None:
+    """sys.argv, sys.path and the output as `python SCRIPT` (with this environment) has them."""
+    env = os.environ
+    extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    sys.path[:0] = [os.path.dirname(os.path.abspath(script))] + extra
+    if env.get("PYTHONDONTWRITEBYTECODE"):
+        sys.dont_write_bytecode = True
+    if env.get("PYTHONUNBUFFERED"):
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.reconfigure(line_buffering=True, write_through=True)   # type: ignore[union-attr]
+            except (AttributeError, ValueError):
+                pass
+
+
+def main(argv: list) -> int:
+    if len(argv) < 2 or argv[0] not in ("run", "exec"):
+        print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV...", file=sys.stderr)
+        return 2
+    took = warm_up()
+    sys.stdout.flush()
+    sys.stderr.write(f"\n{MARKER} (warm-up {took:.1f} s)\n")
+    sys.stderr.flush()
+    if argv[0] == "exec":
+        try:
+            os.execvp(argv[1], argv[1:])
+        except OSError as e:
+            print(f"cannot run {argv[1]!r}: {e.strerror}", file=sys.stderr)
+            return 127
+    script = argv[1]
+    sys.argv = argv[1:]
+    _as_python_would(script)
+    import runpy
+    runpy.run_path(script, run_name="__main__")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
