@@ -53,6 +53,7 @@ from __future__ import annotations
 import errno
 import os
 import contextlib
+import shutil
 import time
 from pathlib import Path
 
