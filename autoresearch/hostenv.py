@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Set by the harness or the sandbox: a run.env entry may not replace them (the fix is named).
 ENV_RESERVED = {"PATH": "the sandbox sets it from the interpreter", "HOME": "use sandbox.home",
-                "PYTHONPATH": "the harness sets it (the project, and the evaluator's package)",
+                "PYTHONPATH": "the harness sets it: list the repo's own source folders in run.source_roots",
                 "PYTHONHOME": "use run.python for another interpreter",
                 "LD_PRELOAD": "not allowed", "LD_AUDIT": "not allowed", "LD_LIBRARY_PATH": "not allowed",
                 "CUDA_VISIBLE_DEVICES": "use sandbox.gpus", "TMPDIR": "the sandbox's /tmp is private"}

@@ -163,7 +163,8 @@ class Project:
                  seed: int | None = None, finished: bool = True, copy: bool = True,
                  metrics: str | None = "write", age_s: float = 60, budget: float = 2.0,
                  steps_per_s: float | None = 50.0, purpose: str = "experiment", identity: bool = True,
-                 checkpoint: bool = True) -> str:
+                 checkpoint: bool = True, reason: str | None = None, log: str | None = None,
+                 device: str | None = None) -> str:
         """runs/NNNN/ for the current editable set, as the runner leaves it (no training).
         `budget` goes into the fingerprint; identity=False writes a run from before snapshots;
         `checkpoint`: out/model.pt (b"weights of NNNN"), as TRAIN saves it."""
@@ -175,7 +176,7 @@ class Project:
             (d / "out" / "model.pt").write_bytes(f"weights of {rid}".encode())
         if copy:
             shutil.copy2(self.path / "train.py", d / "train.py")
-        (d / "train.log").write_text("step 1 loss 5.5\n")
+        (d / "train.log").write_text(log if log is not None else "step 1 loss 5.5\n")
         try:
             code = program_code(load_program(self.path), self.path)     # the runner's editable set
         except ConfigError:                                             # a test that breaks program.md
@@ -186,7 +187,7 @@ class Project:
                        metric_value=value if status == "ok" else None, direction="minimize",
                        train_py_sha256=self.sha(), seed=seed if seed is not None else int(rid),
                        budget_seconds=2, grace_seconds=5, train_seconds=2.0, peak_memory_gb=0.25,
-                       sandbox="none", description=desc, reason=None if status == "ok" else f"{status} in test",
+                       sandbox="none", description=desc, reason=None if status == "ok" else reason or f"{status} in test", device=device,
                        started_at=started, finished_at=started + timedelta(seconds=5) if finished else None,
                        purpose=purpose, steps_per_s=steps_per_s if status == "ok" else None)
         if identity:

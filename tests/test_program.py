@@ -284,6 +284,32 @@ def test_run_outputs_name_a_results_folder_and_never_code(outputs, words):
     assert parse_program("---\nrun: {outputs: [out, outputs/, wandb]}\n---\n").run.outputs == ["out", "outputs", "wandb"]
 
 
+def test_eval_command_and_run_command_share_one_rule():
+    """Issue 29: words run.command accepts (a Hydra `${oc.env:...}`, a quoted argument with a space,
+    a YAML number) are accepted by eval.command too, as the same argv; both refuse a line break."""
+    words = "python eval.py data.root=${oc.env:HELD} --name 'a b' --k 5"
+    want = ["python", "eval.py", "data.root=${oc.env:HELD}", "--name", "a b", "--k", "5"]
+    p = parse_program(f"---\nrun: {{mode: eval_command, command: \"{words.replace('eval.py', 'train.py')}\"}}\n"
+                      f"eval: {{command: \"{words}\", files: [eval.py]}}\n---\n")
+    assert p.eval.command == want and p.run.command == [w.replace("eval.py", "train.py") for w in want]
+    listed = parse_program("---\nrun: {mode: eval_command, command: [python, train.py, --lr, 0.001]}\n"
+                           "eval: {command: [python, eval.py, 'x=${oc.env:HELD}', --k, 5], files: [eval.py]}\n---\n")
+    assert listed.eval.command[-3:] == ["x=${oc.env:HELD}", "--k", "5"] and listed.run.command[-1] == "0.001"
+    for bad in ('[python, "eval.py\\nrm"]', "[python, '']"):
+        for key in ("eval", "run"):
+            text = ("---\nrun: {mode: eval_command, command: " + (bad if key == "run" else "[python, train.py]")
+                    + "}\neval: {command: " + (bad if key == "eval" else "[python, eval.py]") + ", files: [eval.py]}\n---\n")
+            with pytest.raises(ConfigError, match="line break|empty"):
+                parse_program(text)
+
+
+def test_source_roots_are_project_folders():
+    assert parse_program("---\nrun: {source_roots: [src, lib/]}\n---\n").run.source_roots == ["src", "lib"]
+    for bad in ("/abs", "../up", "src/*"):
+        with pytest.raises(ConfigError, match="source_roots"):
+            parse_program(f"---\nrun: {{source_roots: ['{bad}']}}\n---\n")
+
+
 @pytest.mark.parametrize("metric", ["{name: val_bpb, direction: maximize}", "{name: val_acc, direction: minimize}",
                                     "{name: accuracy, direction: maximize}"])
 def test_the_built_in_evaluation_declares_val_bpb_minimize_and_a_contradiction_is_refused(tmp_path, metric):

@@ -187,9 +187,10 @@ def _report_commands(sub) -> None:
     p = add("doctor", "check the sandbox backends, GPU, Claude Code, hook wiring and data, and say how to fix them",
             doctor, {1: "a check failed, or the --trial did not produce a metric"})
     p.add_argument("--json", action="store_true", help="print the checks as JSON (doctor.DoctorReport)")
-    p.add_argument("--trial", type=float, nargs="?", const=30.0, metavar="SECONDS",
-                   help="then run the command once in the sandbox, as init's check does (default 30 s), "
-                        "after a program.md change; nothing is recorded as an experiment")
+    p.add_argument("--trial", type=float, nargs="?", const=0.0, metavar="SECONDS",
+                   help="then run the command once in the sandbox, as init's check does (default: the budget "
+                        "init's check used, else 30 s), after a program.md change; ready only if it produced "
+                        "a metric; nothing is recorded as an experiment")
 
     def final(a):
         from .final import main as run
@@ -276,7 +277,8 @@ def _loop_commands(sub) -> None:
         return run(_project(a), runs=a.runs, budget=a.budget, backend=a.backend)
     p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
                          "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate,
-            {1: "sigma not stored: fewer than two runs succeeded, or their fingerprints differ"})
+            {1: "sigma not stored: fewer than two runs succeeded, their fingerprints differ, or every seed gave "
+                "the bit-identical result (the repo ignores the seed; noise unknown)"})
     p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")

@@ -17,7 +17,21 @@ from pathlib import Path
 from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
-from ..loop.state import add_measurement_run, record_calibration
+from ..loop.state import add_measurement_run, record_calibration, record_seed_ignored
+from ..run.identity import program_code
+from ..run.seeds import fixed_seeds, reads_harness_seed
+
+
+def seed_ignored_text(metric: str, value: float, seeds: list[int], where: list[str], reads: bool) -> str:
+    """The calibrate report (and status's line) when every seed gave the same bits."""
+    at = ("; the seed is fixed at " + "; ".join(where)) if where else \
+        ("; the code reads AUTORESEARCH_SEED but something else fixes the randomness" if reads else
+         "; no constant seed was found in the tracked code (it may come from a library default or the data order)")
+    return (f"the repo ignores the seed: {len(seeds)} runs with seeds {', '.join(map(str, seeds))} gave the "
+            f"bit-identical {metric} {value!r}{at}. Noise is UNKNOWN, not zero: sigma is not stored, so the keep "
+            f"threshold stays min_improvement, and a change that only moves the random sequence can look like a "
+            f"win. Fix: seed from the harness, e.g. torch.manual_seed(int(os.environ.get('AUTORESEARCH_SEED', "
+            f"1337))), then run `autoresearch calibrate` again")
 
 
 def main(root: Path, runs: int | None = None, budget: float | None = None, backend: str | None = None) -> int:
@@ -75,6 +89,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
               "changed during calibration); sigma not stored. Calibrate again.", file=sys.stderr)
         return 1
     fp = next(iter(fps)) or None
+    if len(set(values)) == 1:
+        return _seed_ignored(root, program, values, ids, seeds, fp, console)
     cal = record_calibration(root, values, ids, seeds, sha or "", budget_s, fp)
     table = Table(title=f"noise of {program.metric.name} over seeds")
     for col in ("run", "seed", program.metric.name):
@@ -89,3 +105,15 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
                   f"max(min_improvement {program.min_improvement:g}, {program.noise.k_sigma:g} x sigma) = "
                   f"[bold]{threshold(program, cal.sigma):.6f}[/]")
     return 0
+
+
+def _seed_ignored(root: Path, program, values: list[float], ids: list[str], seeds: list[int], fp: str | None,
+                  console) -> int:
+    """Bit-identical results over different seeds: say where the repo fixes its seed; store no sigma."""
+    code = program_code(program, root)
+    where = fixed_seeds(root, code, program.run.command)
+    record_seed_ignored(root, values[0], ids, seeds, where, fp)
+    from rich.markup import escape
+    console.print("[bold red]not calibrated:[/] " + escape(seed_ignored_text(
+        program.metric.name, values[0], seeds, where, reads_harness_seed(root, code))), highlight=False)
+    return 1

@@ -319,8 +319,9 @@ class DoctorReport(BaseModel):
     schema_version: int = SCHEMA_VERSION             # cli/jsonout.py: bumped when a field changes meaning
     root: str
     checks: list[Check]
-    ready: bool                         # no check failed (and the trial, when asked for, started)
+    ready: bool                         # no check failed (and the trial, when asked for, produced a metric)
     trial: CheckReport | None = None    # --trial: init's check, run again
+    trial_problem: str | None = None    # --trial: why it produced no metric (then not ready)
 
     @property
     def failed(self) -> list[str]:
@@ -329,8 +330,11 @@ class DoctorReport(BaseModel):
 
 def _trial(root: Path, seconds: float, console=None) -> CheckReport:
     """init's check again (the command once, briefly, in the sandbox), with today's program.md;
-    its progress lines go to `console` (none for --json)."""
-    from .initcheck import check_project
+    its progress lines go to `console` (none for --json). `seconds` 0: the budget the last check
+    (init's) used."""
+    from .initcheck import check_project, last_check_seconds
+    if seconds == 0:
+        seconds = last_check_seconds(root)
     if not seconds > 0:
         raise SystemExit("autoresearch doctor: --trial needs a positive number of seconds")
     return check_project(root, seconds, say=(lambda _s: None) if console is None else
@@ -339,6 +343,7 @@ def _trial(root: Path, seconds: float, console=None) -> CheckReport:
 
 def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
     from rich.console import Console
+    from .initcheck import no_metric
     from rich.table import Table
     checks = run_checks(root)
     report = DoctorReport(root=str(root), checks=checks, ready=not any(c.level == "fail" for c in checks))
@@ -346,7 +351,8 @@ def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
     if as_json:
         if trial is not None and program_ok:
             report.trial = _trial(root, trial)
-            report.ready = report.ready and report.trial.failure is None
+            report.trial_problem = no_metric(report.trial)
+            report.ready = report.ready and report.trial_problem is None
         print(report.model_dump_json(indent=2))
         return 0 if report.ready else 1
     style = {"ok": "green", "warn": "yellow", "fail": "bold red", "info": "cyan"}
@@ -364,7 +370,8 @@ def main(root: Path, as_json: bool = False, trial: float | None = None) -> int:
         from .initcheck import render
         report.trial = _trial(root, trial, console)
         render(report.trial, console)
-        if report.trial.failure:
+        if (why := no_metric(report.trial)) is not None:
+            console.print(f"not ready: {why}", style="bold red", markup=False, highlight=False)
             failed.append("trial")
     if failed:
         print(f"{len(failed)} check(s) failed: {', '.join(failed)}")

@@ -104,7 +104,11 @@ def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def program_text(o: InitOptions, script: str) -> str:
+    from .machine import sandbox_limits
+    from .repodeps import imported, offline_env
     run: dict = {"mode": o.mode, "train_script": script}
+    if env := offline_env(imported(o.path.resolve())):     # W&B, Hugging Face, timm: no network in a run
+        run["env"] = env
     if o.mode == "inline":
         run |= {"command": o.command, "metric_regex": o.metric_regex or default_regex(o.metric)}
     if o.mode == "eval_command":
@@ -119,7 +123,7 @@ def program_text(o: InitOptions, script: str) -> str:
         "editable": list(dict.fromkeys([script, *o.editable, "scratchpad.md"])),
         "min_improvement": 0.0,
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
-        "sandbox": {"backend": o.sandbox, "memory_gb": 8, "pids": 512},
+        "sandbox": {"backend": o.sandbox, **sandbox_limits(o.command)},     # sized to this machine and launcher
         "run": run,
         **({"eval": {"command": o.eval_command, "files": eval_files(o)}} if o.mode == "eval_command" else {}),
         "deadline_hours": 10,
@@ -324,6 +328,13 @@ def main(args) -> int:
     if opts.mode == "inline":
         console.print(Panel(INLINE_GUARANTEE + "\n\n" + LAST_RESORT,
                             title="inline mode: what is and is not guaranteed", border_style="yellow"))
+    from .repodeps import cache_note, imported
+    mods = imported(res.root)
+    if mods:
+        console.print(f"  offline: the code imports {', '.join(sorted(mods))}; program.md's run.env keeps them off "
+                      "the network (runs have none)", markup=False, highlight=False)
+    if note := cache_note(mods):
+        console.print(f"  note: {note}", style="yellow", markup=False, highlight=False)
     from .initcheck import check_and_show
     code = check_and_show(res.root, args, console)      # runs the command once (not with --no-check)
     print("\nNext:\n"

@@ -20,6 +20,7 @@ everything else is a warning.
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shutil
 from pathlib import Path
@@ -184,6 +185,33 @@ def check_project(root: Path, seconds: float, say=lambda _s: None) -> CheckRepor
     return _finish(root, rep)
 
 
+DEFAULT_CHECK_SECONDS = 30.0
+
+
+def last_check_seconds(root: Path) -> float:
+    """The budget of the last check (init's, or an earlier trial's): `doctor --trial` runs the same,
+    so a trial is not a shorter, easier test than the one init ran."""
+    with contextlib.suppress(OSError, ValueError):
+        s = float(json.loads((Path(root) / STATE_DIR / CHECKS_DIR / "report.json").read_text())["check_seconds"])
+        if s > 0:
+            return s
+    return DEFAULT_CHECK_SECONDS
+
+
+def no_metric(rep: CheckReport) -> str | None:
+    """Why the check's first run is not a result the loop could use (None: it produced a metric).
+    A run that started but timed out or crashed is not "ready"."""
+    if rep.failure:
+        return rep.failure
+    first = rep.runs[0] if rep.runs else None
+    if first is None or first.status != "ok" or first.value is None:
+        what = (first.status or "no run") if first else "no run"
+        why = f": {first.reason}" if first and first.reason else ""
+        return (f"the trial produced no metric ({what}{why}"
+                + (f"; see {first.folder}/train.log" if first and first.folder else "") + ")")
+    return None
+
+
 def _last(lines: list[str]) -> str:
     return next((ln for ln in reversed(lines) if ln.strip()), "no output")
 
@@ -274,8 +302,13 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    "the output shows a CUDA error although this machine has a GPU: check that the sandbox "
                    "sees it (autoresearch doctor)")
     if len(rep.runs) == 2 and _same(rep.runs[0], rep.runs[1]):
+        from ..run.identity import program_code
+        from ..run.seeds import fixed_seeds
+        where = fixed_seeds(root, program_code(program, root), program.run.command)
         out.append(f"the seed is ignored: seeds {rep.runs[0].seed} and {rep.runs[1].seed} gave the identical "
-                   f"{first.value:g}, so calibrate would report sigma = 0; make the code read AUTORESEARCH_SEED")
+                   f"{first.value:g}, so calibrate would report sigma = 0"
+                   + (f" (the seed is fixed at {'; '.join(where[:3])})" if where else "")
+                   + "; make the code read AUTORESEARCH_SEED")
     elif len(rep.runs) == 1:
         out.append("the seed check was skipped: the first run gave no value")
     return out

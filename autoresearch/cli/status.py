@@ -85,6 +85,7 @@ class Report(BaseModel):
     fingerprint: str | None = None     # what the latest runs are compared under (budget, backend, device...)
     new_baseline: str | None = None    # set when the fingerprint changed on this branch: what and since when
     sigma_at: str | None = None        # the budget sigma was calibrated at
+    seed_ignored: str | None = None    # calibrate saw bit-identical seeds: noise unknown, and where the seed is fixed
     summary: Summary | None = None
     crashes: list[CrashInfo] = []
     awaiting_decision: list[AwaitingDecision] = []   # finished runs the Stop hook has not decided yet
@@ -159,6 +160,7 @@ def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str
     pause = state.paused(root)
     bud = remaining(program, st, rows, branch, None, pause)
     out: dict = {"sigma": st.sigma, "paused": (pause.reason or "paused") if pause else None,
+                 "seed_ignored": st.seed_ignored,
                  "left": bud.left, "done": bud.done, "limit": bud.limit, "deadline": bud.deadline_at,
                  "spent": bud.reason}
     if st.finished_at is not None:
@@ -180,6 +182,9 @@ def gather(root: Path, branch: str | None = None) -> Report:
     fp, new_base, sig_fp, sig_at = _fingerprints(root, rows)
     if sig_fp is not None:
         sigma = sig_fp
+    ignored = _seed_ignored(st["seed_ignored"], sigma, program.metric.name)
+    if ignored:
+        sigma = None                          # sigma 0 from bit-identical seeds is no measurement
     return Report(
         root=str(root), metric=program.metric.name, direction=program.metric.direction, branch=shown,
         phase=program.phase, focus=" ".join(program.current.focus.split()), rows=rows, best=best,
@@ -188,11 +193,24 @@ def gather(root: Path, branch: str | None = None) -> Report:
         phase_max=st["limit"], budget_left=st["left"], spent=st["spent"],
         deadline=f"{deadline:%Y-%m-%d %H:%M} UTC" if deadline else None,
         sigma=sigma, threshold=threshold(program, sigma), paused=st["paused"], finished=st.get("finished"),
-        fingerprint=fp, new_baseline=new_base, sigma_at=sig_at,
+        fingerprint=fp, new_baseline=new_base, sigma_at=sig_at, seed_ignored=ignored,
         summary=summarize(rows, program) if rows else None, crashes=crash_reasons(root, rows),
         awaiting_decision=awaiting_decision(root, program, all_rows),
         wave=wave_in_flight(root),
     )
+
+
+def _seed_ignored(note, sigma: float | None, metric: str) -> str | None:
+    """Why noise is unknown although calibrate ran: its seeds gave bit-identical results (or an
+    old state holds sigma exactly 0, which only such runs give)."""
+    if note is not None and not sigma:
+        where = f"; fixed at {'; '.join(note.where[:3])}" if note.where else ""
+        return (f"unknown: the repo ignores the seed ({len(note.run_ids)} seeds gave the bit-identical {metric} "
+                f"{note.value:.6g}{where}); make it read AUTORESEARCH_SEED and calibrate again")
+    if sigma == 0:
+        return ("unknown: sigma 0 means every calibration seed gave the bit-identical result (the repo ignores "
+                "the seed); make it read AUTORESEARCH_SEED and calibrate again")
+    return None
 
 
 def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | None, float | None, str | None]:
@@ -288,7 +306,9 @@ def render(rep: Report, last: int | None = 20) -> "object":
     noise = (f"sigma {rep.sigma:.4f}" + (f" (calibrated at a {rep.sigma_at})" if rep.sigma_at else "")
              + f", keep threshold {rep.threshold:.4f}" if rep.sigma is not None
              else f"not calibrated (run `autoresearch calibrate`); keep threshold {_num(rep.threshold)}")
-    head.add_row("noise", noise)
+    if rep.seed_ignored:
+        noise = f"{rep.seed_ignored}; not calibrated, keep threshold {_num(rep.threshold)}"
+    head.add_row("noise", Text(noise, style="yellow") if rep.seed_ignored else noise)
     if rep.fingerprint:
         head.add_row("compared under", rep.fingerprint)
     _notes(head, rep)

@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from ..program import ConfigError, Program
 from ..ledger import LedgerRow
 from . import messages
+from .decide import ENV_NOTE
 from .state import LoopState, Pause, now
 
 MAX_EXPERIMENTS_ENV = "AUTORESEARCH_MAX_EXPERIMENTS"
@@ -65,10 +66,11 @@ def remaining(program: Program, st: LoopState, rows: list[LedgerRow], branch: st
     at = at or now()
     limit_env = session_limit()
     if limit_env is not None:
-        done = sum(1 for r in rows if session and r.session == session)
+        done = sum(1 for r in rows if session and r.session == session and not r.note.startswith(ENV_NOTE))
         limit, source = limit_env, MAX_EXPERIMENTS_ENV
     else:
-        done = sum(1 for r in rows if branch and r.branch == branch and r.phase == program.phase)
+        done = sum(1 for r in rows if branch and r.branch == branch and r.phase == program.phase
+                   and not r.note.startswith(ENV_NOTE))     # an environment crash is no experiment
         limit, source = program.current.max_experiments, "phase"
     left = max(limit - done, 0)
     deadline_at = hours_left = None

@@ -4,6 +4,7 @@ keep, discard, crash, or ask for a confirming run. No I/O here, so every cell is
     latest run not ok (crash|timeout|oom|invalid|interrupted|missing) -> crash (revert)
     no best yet on this run branch                                     -> keep  (the baseline)
     improvement <= threshold                                           -> discard
+        (bit-identical to the best: "no effect", the change never reached the run)
     improvement >= threshold + confirm_margin                          -> keep
     threshold < improvement < threshold + confirm_margin (a narrow win):
         2+ ok runs of this train.py (confirmed; the mean decided)     -> keep
@@ -23,6 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from ..program import Metric, Program
 
 Action = Literal["keep", "discard", "crash", "confirm"]
+NO_EFFECT = "no effect"   # bit-identical to the best: the change never reached the run (overridden?)
+ENV_NOTE = "environment:"  # a ledger row's note: a crash the environment caused (blame.py), not counted
 EPS = 1e-9          # float noise: 2.00 - 1.99 is 0.010000000000000009, which is not "more than 0.01"
 
 
@@ -66,7 +69,7 @@ def verdict(runs: list[RunView], best: float | None, metric: Metric, thresh: flo
     imp = metric.improvement(value, best)
     common = dict(value=value, delta=value - best, improvement=imp, threshold=thresh, n_ok=len(oks))
     if imp <= thresh + EPS:
-        note = "worse" if imp < 0 else "within noise"
+        note = "worse" if imp < 0 else NO_EFFECT if value == best else "within noise"
         if len(oks) > 1:
             note = f"not confirmed (mean of {len(oks)})"
         return Verdict(action="discard", note=note, **common)

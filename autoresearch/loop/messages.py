@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from ..ledger import LedgerRow, best_row, branch_rows
 from ..program import Program
-from .decide import Verdict
+from .decide import NO_EFFECT, Verdict
 
 if TYPE_CHECKING:                         # types only: allowance words its state through this module
     from ..run.metrics import RunMetrics
@@ -40,6 +40,16 @@ def _fmt(v: float | None) -> str:
 def short(text: str, n: int = 160) -> str:
     t = " ".join(text.split())
     return t if len(t) <= n else t[: n - 1] + "…"
+
+
+def _train(program: Program) -> str:
+    return program.run.train_script
+
+
+def _code(program: Program) -> str:
+    """The code a revert puts back, by name: the training script, and the rest of the editable set."""
+    rest = [p for p in program.editable_patterns() if p not in (program.run.train_script, SCRATCHPAD)]
+    return _train(program) + (f" (and the editable {', '.join(rest[:4])})" if rest else "")
 
 
 def _focus(program: Program) -> str:
@@ -147,14 +157,22 @@ def confirm(program: Program, v: Verdict, cands: list[RunRecord]) -> str:
     return (f"autoresearch: run {last.run_id} beat the best by {v.improvement:.6f} {program.metric.name}, more than "
             f"the threshold {v.threshold:.6f} but less than threshold + confirm_margin "
             f"({v.threshold + program.noise.confirm_margin:.6f}): not kept yet. Confirm it with another seed: "
-            f"leave train.py as it is and run ./run.sh -m \"confirm: {short(desc, 80)}\", then end your turn; "
+            f"leave {_train(program)} as it is and run ./run.sh -m \"confirm: {short(desc, 80)}\", then end your turn; "
             f"the mean of both runs decides.")
 
 
 # --- Stop: after a decision ----------------------------------------------------------------
 
+def _overridden(program: Program, overriders: list[str] | None) -> str:
+    if overriders:
+        return (f"The training command (program.md run.command) passes {', '.join(overriders)}: a value there "
+                f"wins over a default edited in code; change the setting where it takes effect.")
+    return ("Something sets it after your edit (a config file the code loads, a command-line flag, a later "
+            "assignment): change it where it takes effect.")
+
+
 def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, allowance: Allowance,
-            prev_best: float | None) -> str:
+            prev_best: float | None, overriders: list[str] | None = None) -> str:
     m = program.metric.name
     head = f"autoresearch: experiment #{row.experiment} (run {row.run_id})"
     if v.action == "keep":
@@ -165,21 +183,26 @@ def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, al
                     f"{v.threshold:.6f}). Committed {commit or ''}.")
     elif v.action == "discard" and prev_best is None:
         what = (f"was NOT JUDGED ({v.note}): {m} {_fmt(v.value)}. Runs are compared only within one fingerprint, "
-                f"so the budget change STARTS A NEW BASELINE on the branch. train.py is back to the best version; "
+                f"so the budget change STARTS A NEW BASELINE on the branch. {_code(program)} is back to the best version; "
                 f"your change stays in runs/{row.run_id}/diff.patch. Next: run the best's code as it is first "
                 f"(./run.sh -m \"baseline at the new fingerprint\"), end your turn, then re-apply your change.")
         return f"{head} {what} {allowance.line()}."
+    elif v.action == "discard" and v.note == NO_EFFECT:
+        what = (f"had NO EFFECT: {m} {v.value:.6f} is bit-identical to the best, so the change did not reach the "
+                f"run at all. Is this setting overridden? {_overridden(program, overriders)} {_code(program)} is "
+                f"back to the best version; the change stays in runs/{row.run_id}/diff.patch.")
     elif v.action == "discard":
         what = (f"DISCARDED ({v.note}): {m} {v.value:.6f} vs best {prev_best:.6f} ({v.delta:+.6f}; "
-                f"a keep needs to beat it by more than {v.threshold:.6f}). train.py is back to the best version; "
-                f"the change stays in runs/{row.run_id}/diff.patch.")
+                f"a keep needs to beat it by more than {v.threshold:.6f}). {_code(program)} is back to the best "
+                f"version; the change stays in runs/{row.run_id}/diff.patch.")
     else:
         what = (f"CRASHED ({row.run_status}{': ' + short(row.note, 200) if row.note and row.note != row.run_status else ''}). "
-                f"train.py is back to the best version; see runs/{row.run_id}/train.log.")
+                f"A crash is never kept, so {_code(program)} is back to the best version; your change stays in "
+                f"runs/{row.run_id}/diff.patch; see runs/{row.run_id}/train.log.")
     best = row.best if row.best is not None else prev_best
     return (f"{head} {what} Best so far: {_fmt(best)}. {allowance.line()}. Phase '{program.phase}' focus: "
             f"{_focus(program)}. Next: record this in scratchpad.md, form ONE new "
-            f"hypothesis, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+            f"hypothesis, edit {_train(program)}, run ./run.sh -m \"<what and why>\", then end your turn.")
 
 
 def remeasured(program: Program, run: RunRecord, ok: bool, new_base: bool, fp_change: str, after: float | None,
@@ -212,6 +235,23 @@ def contended(program: Program, run: RunRecord, why: str, train: str) -> str:
             f"then end your turn.")
 
 
+def env_crash(program: Program, run: RunRecord, cause) -> str:
+    """A crash blamed on the environment (blame.py), the first time: not the agent's fault."""
+    desc = short(run.metrics.description if run.metrics else "", 60)
+    return (f"autoresearch: run {run.run_id} CRASHED because of the ENVIRONMENT, not your change: {cause.what}. "
+            f"It is recorded but not counted as an experiment, and nothing was reverted: {_code(program)} is left "
+            f"as it is. The fix is a setting a human changes: {cause.fix}. Run it once more as it is "
+            f"(./run.sh -m \"rerun: {desc}\"), then end your turn; if it crashes the same way, the loop stops "
+            f"for the human.")
+
+
+def env_crash_stop(program: Program, run: RunRecord, cause) -> str:
+    """The same environment crash again: the agent stops; the human has the fix."""
+    return (f"autoresearch: the loop stopped: run {run.run_id} crashed because of the ENVIRONMENT again "
+            f"({cause.what}), so every further run would too. Nothing was reverted and nothing is lost; "
+            f"{_code(program)} is as the agent left it. Fix: {cause.fix}. Then start the agent again.")
+
+
 def phase_moved(old: Program, limit: int, new: Program) -> str:
     """The lead line when a spent phase handed over to the next one."""
     return f"Phase '{old.phase}' has used its {limit} experiments; program.md now says phase: {new.phase}. "
@@ -219,7 +259,7 @@ def phase_moved(old: Program, limit: int, new: Program) -> str:
 
 def new_phase_next(program: Program, allowance: Allowance) -> str:
     return (f"Its focus: {_focus(program)}. {allowance.line()}. Next: form ONE "
-            f"hypothesis for this phase, edit train.py, run ./run.sh -m \"<what and why>\", then end your turn.")
+            f"hypothesis for this phase, edit {_train(program)}, run ./run.sh -m \"<what and why>\", then end your turn.")
 
 
 # --- Stop: nothing to decide ---------------------------------------------------------------
@@ -321,7 +361,10 @@ def session_context(program: Program, st, rows: list[LedgerRow], branch: str | N
              f"- Phase '{program.phase}': {short(program.current.focus, 240)}",
              f"- Run branch: {branch or '(none yet: the first decision starts one)'}; best {m}: "
              f"{_fmt(best) if best is not None else 'none yet (the first run is the baseline)'}; "
-             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma is not None else " (noise not calibrated)")
+             f"keep threshold {thresh:.6f}" + (f" (sigma {st.sigma:.6f})" if st.sigma else
+                                                 " (noise UNKNOWN: the repo ignores the seed)"
+                                                 if st.sigma == 0 or getattr(st, "seed_ignored", None)
+                                                 else " (noise not calibrated)")
              + ".",
              f"- Budget: {allowance.line()}." + (f" STOP: {allowance.reason}." if allowance.spent else "")]
     if mine:
@@ -332,7 +375,7 @@ def session_context(program: Program, st, rows: list[LedgerRow], branch: str | N
         lines.append("- scratchpad.md 'Next experiments': " + short(next_experiments, 400))
     if waiting:
         lines.append(waiting)
-    lines.append("Go on with program.md's loop: read scratchpad.md, one hypothesis, edit train.py, "
+    lines.append(f"Go on with program.md's loop: read scratchpad.md, one hypothesis, edit {_train(program)}, "
                  "./run.sh -m \"<what and why>\", update scratchpad.md, end your turn.")
     return "\n".join(lines)
 

@@ -25,13 +25,15 @@ from ..run.identity import program_code, snapshot_of
 from ..run.layout import CHECKPOINT
 from . import journal, messages
 from .allowance import remaining
+from .blame import EnvCause, consecutive
 from .context import Context
-from .decide import Verdict
+from ..run.seeds import overriders
+from .decide import NO_EFFECT, Verdict
 from .journal import Journal, LoopError
 from .messages import SCRATCHPAD, allow, block
 from .phases import advance_if_spent
 from .runscan import RunRecord
-from .state import LastDecision, LoopState, now, paused, state_dir
+from .state import LastDecision, LoopState, now, paused, read_state, state_dir, write_state
 
 WAVE_NOT_BEST = "wave: not the best of its wave (its best comparable run was judged)"
 
@@ -149,6 +151,28 @@ def contended(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
     return reply
 
 
+def env_crash(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
+              others: list[RunRecord], thresh: float, cause: EnvCause) -> dict:
+    """A crash the environment caused (blame.py): a row that counts as no experiment, no git --
+    the code stays as it is, with the setting a human changes. The same cause twice in a row lets
+    the agent stop: another run could only crash the same way."""
+    exp0 = _next_exp(ctx)
+    rows = superseded_rows(program, st, ctx, others, thresh, exp0)
+    r = cands[-1]
+    rows.append(run_row(program, ctx, r, exp0 + len(rows), "crash", None, thresh, st.sigma,
+                        f"{cause.note}; not counted, nothing reverted; fix: {cause.fix}", runs=cands,
+                        prev_best=ctx.best, best=ctx.best))
+    again = consecutive(ctx.rows, ctx.branch, cause.kind) >= 1
+    reply = (allow(messages.env_crash_stop(program, r, cause)) if again
+             else block(messages.env_crash(program, r, cause)))
+    record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    if again:                          # a finish, as a spent budget's: overnight ends instead of sending it on
+        done = read_state(root)
+        done.finished_at, done.finish_reason = now(), f"environment crash twice: {cause.kind}; fix: {cause.fix}"
+        write_state(root, done)
+    return reply
+
+
 def checkpoint_missing(program: Program, runs: list[RunRecord]) -> str | None:
     """The first missing checkpoint among `runs` (what `autoresearch final` scores: out/model.pt, or
     with eval.command whatever TRAIN saved in out/), or None. Inline mode keeps none."""
@@ -202,7 +226,8 @@ def apply_verdict(root: Path, program: Program, st: LoopState, ctx: Context, can
         reply = allow(messages.summary(program, ctx.branch, all_rows, messages.stopping(finish)))
     else:
         finish = None
-        reply = block(moved + messages.outcome(program, v, rows[-1], journal.COMMIT_MARK, allowance, ctx.best))
+        hint = overriders(root, program.run.command) if v.note == NO_EFFECT else None
+        reply = block(moved + messages.outcome(program, v, rows[-1], journal.COMMIT_MARK, allowance, ctx.best, hint))
     j = Journal(action=status, run_id=last.run_id, rows=rows,
                 keep_row=len(rows) - 1 if v.action == "keep" else None, commit_files=commit_files,
                 revert_files=revert_files, message=message, metric_name=program.metric.name,

@@ -43,6 +43,18 @@ class Calibration(BaseModel):
     at: datetime
 
 
+class SeedIgnored(BaseModel):
+    """`autoresearch calibrate` saw bit-identical results over different seeds: the repo ignores
+    AUTORESEARCH_SEED. Noise is unknown (never stored as sigma 0); `where` names the constant seeds."""
+    model_config = ConfigDict(extra="ignore")
+    value: float
+    run_ids: list[str]
+    seeds: list[int] = []
+    where: list[str] = []                    # file:line of constant seeds (run/seeds.py)
+    fingerprint: str | None = None
+    at: datetime
+
+
 class LastDecision(BaseModel):
     model_config = ConfigDict(extra="ignore")
     run_id: str
@@ -62,6 +74,7 @@ class LoopState(BaseModel):
     finish_reason: str | None = None
     calibration: Calibration | None = None   # the latest one (any fingerprint)
     calibrations: dict[str, Calibration] = {}   # fingerprint key -> its calibration
+    seed_ignored: SeedIgnored | None = None  # the latest calibrate found the seed has no effect
     last_decision: LastDecision | None = None
     idle_stops: int = 0                      # consecutive stops with nothing to decide
     measurement_runs: list[str] = []         # calibration runs: measurements, never decisions
@@ -216,15 +229,34 @@ def record_calibration(root: Path, values: list[float], run_ids: list[str], seed
     fingerprint (budget, eval, device...) it was measured under."""
     if len(values) < 2:
         raise ValueError(f"calibration needs at least 2 successful runs, got {len(values)}")
+    if len(set(values)) == 1:
+        raise ValueError("bit-identical values over different seeds measure no noise: record_seed_ignored")
     cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=run_ids, seeds=seeds,
                       train_py_sha256=sha, budget_seconds=budget_seconds, fingerprint=fingerprint, at=now())
     with loop_lock(root):
         st = read_state(root)
         st.calibration = cal
+        st.seed_ignored = None
         if fingerprint:
             st.calibrations[fingerprint] = cal
         write_state(root, st)
     return cal
+
+
+def record_seed_ignored(root: Path, value: float, run_ids: list[str], seeds: list[int], where: list[str],
+                        fingerprint: str | None) -> SeedIgnored:
+    """Calibration runs were bit-identical: no sigma is stored (any earlier one for this
+    fingerprint is dropped: it measured other code), and status says why."""
+    note = SeedIgnored(value=value, run_ids=run_ids, seeds=seeds, where=where, fingerprint=fingerprint, at=now())
+    with loop_lock(root):
+        st = read_state(root)
+        st.seed_ignored = note
+        if fingerprint:
+            st.calibrations.pop(fingerprint, None)
+        if st.calibration is not None and st.calibration.fingerprint in (None, fingerprint):
+            st.calibration = None
+        write_state(root, st)
+    return note
 
 
 def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
@@ -242,8 +274,8 @@ def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
             groups.setdefault(m.fingerprint.key, []).append(m)
     out = {}
     for key, ms in groups.items():
-        if len(ms) >= 2:
-            vals = [m.metric_value for m in ms if m.metric_value is not None]
+        vals = [m.metric_value for m in ms if m.metric_value is not None]
+        if len(vals) >= 2 and len(set(vals)) > 1:     # bit-identical: the seed is ignored, no noise measured
             out[key] = Calibration(sigma=statistics.stdev(vals), values=vals, run_ids=[m.run_id for m in ms],
                                    seeds=[m.seed for m in ms], train_py_sha256=ms[-1].train_py_sha256,
                                    budget_seconds=ms[-1].budget_seconds, fingerprint=key, at=ms[-1].started_at)

@@ -19,6 +19,8 @@ Stop, in order, under the loop lock:
   3. undecided runs of the current code (identity.snapshot of the editable set):
        scratchpad.md unchanged since the last decision      -> block: say what to add
        steps/s far below comparable runs                    -> row (contended), no git: run it again
+       a crash the environment caused (blame.py)            -> row (not counted), no git: the human's
+                                                               setting; the same cause twice: allow the stop
        the branch tip's own code                            -> row (re-measured the best), no git
        no best measured at this fingerprint (budget change) -> not judged: revert; the best's code
                                                                run next starts a new baseline
@@ -64,11 +66,13 @@ from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
 from ..run.exits import DISK_FULL_MARK
+from ..run.identity import program_code
 from ..run.keys import key_problem
 from ..run.metrics import KEY_MISSING
 from ..run.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
+from .blame import environment_cause
 from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
 from .decide import Verdict, threshold, verdict
 from .messages import SCRATCHPAD, allow, block
@@ -274,6 +278,10 @@ def _decide_current(root: Path, program: Program, st: LoopState, ctx: Context, c
     busy = contention(root, cands[-1]) if cands[-1].status == "ok" else None
     if busy:
         return record.contended(root, program, st, ctx, cands, others, thresh, busy)
+    cause = environment_cause(root, program, cands[-1], ctx.head, program_code(program, root),
+                              best_code=not ctx.has_keeps or ctx.cur_snap == ctx.head_snap)
+    if cause:
+        return record.env_crash(root, program, st, ctx, cands, others, thresh, cause)
     if ctx.has_keeps and ctx.cur_snap == ctx.head_snap:
         return record.remeasure(root, program, st, ctx, cands, others, thresh, sig)
     if ctx.has_keeps and ctx.best is None:

@@ -164,7 +164,10 @@ class Executor(_Strict):
     kind: Literal["local", "ray"] = "local"
     slots: int | None = Field(None, ge=1, le=256)   # None: one per GPU the sandbox may use, else 1
     address: str | None = None                      # ray: "auto", "ray://head:10001", "10.0.0.5:6379"
-    resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default)
+    resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default: gpus_per_run)
+    # GPUs one run takes (an 8-rank torchrun or Lightning run: 8): a local wave packs runs by it,
+    # each slot gets that many GPUs of its own; ray asks each task for that many
+    gpus_per_run: int = Field(1, ge=1, le=64)
 
     @model_validator(mode="after")
     def _ray_needs(self) -> "Executor":
@@ -195,6 +198,27 @@ def _launcher(v: Any) -> Any:
     return words
 
 
+def _argv(v: Any) -> Any:
+    """run.command and eval.command, one rule: argv words, never run by a shell, so any text is one
+    word as written (`${oc.env:DATA}`, a quoted 'a b'); a string is split like a shell would; YAML
+    numbers become words. Only an empty word, a NUL or a line break is refused."""
+    if v is None:
+        return v
+    try:
+        words = shlex.split(v) if isinstance(v, str) else v
+    except ValueError as e:                       # an unclosed quote
+        raise ValueError(f"{v!r}: {e}") from None
+    if isinstance(words, list):
+        words = [str(w) if isinstance(w, (int, float)) and not isinstance(w, bool) else w for w in words]
+    if not isinstance(words, list) or not words or not all(isinstance(w, str) for w in words):
+        raise ValueError("give the command's words, such as python train.py --config cfg.yaml "
+                         "or [python, train.py, --config, cfg.yaml]")
+    for w in words:
+        if not w or "\0" in w or "\n" in w or "\r" in w:
+            raise ValueError(f"{w!r}: a command word may not be empty or hold a NUL or a line break")
+    return words
+
+
 class Run(_Strict):
     """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
     `eval_command`: TRAIN, then the human's frozen `eval.command` in its own sandbox writes the metric.
@@ -214,8 +238,13 @@ class Run(_Strict):
     # stage's work copy gets them empty and writable, not linked read-only to the project's own
     # (which earlier runs by hand left there, untracked)
     outputs: list[str] = []
+    # folders of the project put on the model servers' import path (besides the project and the
+    # loaded file's own folder), for a repo whose code imports `from utils import ...` out of src/:
+    # set here by the human, never by PYTHONPATH in run.env (the harness owns that)
+    source_roots: list[str] = []
 
     _launcher = field_validator("launcher", mode="before")(_launcher)
+    _command = field_validator("command", mode="before")(_argv)
 
     @field_validator("outputs")
     @classmethod
@@ -229,6 +258,16 @@ class Run(_Strict):
                                  "out or outputs (not runs/, .git or .autoresearch; no '..', no glob)")
             out.append(str(PurePosixPath(f)))
         return list(dict.fromkeys(out))
+
+    @field_validator("source_roots")
+    @classmethod
+    def _roots(cls, v: list[str]) -> list[str]:
+        for f in v:
+            parts = PurePosixPath(f).parts
+            if not parts or f.startswith("/") or ".." in parts or not _OUTPUT_NAME.fullmatch(f):
+                raise ValueError(f"run.source_roots {f!r}: a project-relative folder of the repo's code, such as "
+                                 "src (no '..', no glob)")
+        return list(dict.fromkeys(str(PurePosixPath(f)) for f in v))
     _python = field_validator("python", mode="before")(check_python)
     _env = field_validator("env", mode="before")(check_env)
 
@@ -261,7 +300,7 @@ class Eval(_Strict):
     compare: dict[str, Literal["log_softmax", "softmax", "argmax", "raw", "spread"]] = {}
     max_mb: float = Field(256, gt=0, le=16384)   # split: largest request or answer
 
-    _command = field_validator("command", mode="before")(_launcher)
+    _command = field_validator("command", mode="before")(_argv)      # one rule with run.command
 
     @field_validator("model")
     @classmethod

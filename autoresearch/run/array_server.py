@@ -22,16 +22,16 @@ import traceback
 from pathlib import Path
 
 from . import protocol as P
-from .model_server import Failed
+from .model_server import Failed, import_path
 
 MAX_REQUEST = 1 << 34                 # the relay bounds requests by eval.max_mb; this only guards a broken pipe
 
 
-def load(project: Path, entry: str, out: str):
+def load(project: Path, entry: str, out: str, roots: list[str] | None = None):
     """predict, from `entry` (file.py:function) called with the checkpoint folder."""
     import importlib.util
     rel, _, func = entry.partition(":")
-    sys.path.insert(0, str(project))
+    import_path(project, rel, roots or [])
     try:
         spec = importlib.util.spec_from_file_location(Path(rel).stem, project / rel)
         if spec is None or spec.loader is None:
@@ -92,10 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--project", required=True)
     ap.add_argument("--entry", required=True, help="file.py:function, called with --out, returning predict")
     ap.add_argument("--out", required=True, help="the TRAIN checkpoint folder")
+    ap.add_argument("--source-root", action="append", default=[], help="a project folder to import from "
+                    "(run.source_roots)")
     args = ap.parse_args(argv)
     rfile, wfile = P.server_channels()
     try:
-        predict = load(Path(args.project).resolve(), args.entry, args.out)
+        predict = load(Path(args.project).resolve(), args.entry, args.out, args.source_root)
         P.write_all(wfile, P.message(P.READY, json.dumps({"entry": args.entry})))
         serve(predict, rfile, wfile)
     except Failed as e:

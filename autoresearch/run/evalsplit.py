@@ -81,6 +81,7 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
             str(work), "--entry", program.eval.model, "--out", str(lay.out)]
+    argv += [f"--source-root={r}" for r in program.run.source_roots]
     return SandboxSpec(argv=argv, mounts=mounts, env=env,
                        **{**_limits(program, lay, log, session), "cwd": str(work),
                           "disk_bytes": int(program.sandbox.disk_gb * 2**30)})

@@ -34,10 +34,20 @@ class Refused(Exception):
     """The input is refused (status invalid), e.g. a checkpoint that is not plain tensors."""
 
 
+def import_path(project: Path, script: str, roots: list[str]) -> None:
+    """What `python <script>` would see, and the human's run.source_roots: the script's own folder
+    first (a flat `from utils import ...` beside it works), then each root, then the project. Only
+    folders inside the project; PYTHONPATH itself is the harness's."""
+    found = [project / Path(script).parent, *(project / r for r in roots), project]
+    for p in reversed(list(dict.fromkeys(Path(os.path.normpath(p)) for p in found))):
+        if p == project or project in p.parents:        # normalised, not resolved: a linked folder counts
+            sys.path.insert(0, str(p))
+
+
 def load(args: argparse.Namespace):
     """(model, torch, device description): the agent's model, in eval mode, on the device."""
     project = Path(args.project).resolve()
-    sys.path.insert(0, str(project))
+    import_path(project, args.script, args.source_root)
     import importlib.util
 
     import torch
@@ -129,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Answer the trusted scorer's requests with the agent model's logits.")
     ap.add_argument("--project", required=True, help="the project folder (prepare.py and the train script)")
     ap.add_argument("--script", default="train.py", help="the agent's training file, relative to --project")
+    ap.add_argument("--source-root", action="append", default=[], help="a project folder to import from "
+                    "(run.source_roots)")
     ap.add_argument("--checkpoint", required=True, help="the TRAIN stage's model.pt")
     ap.add_argument("--vocab", type=int, required=True, help="logits per position (prepare.VOCAB_SIZE)")
     args = ap.parse_args(argv)

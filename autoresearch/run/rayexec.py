@@ -38,7 +38,11 @@ from .layout import EVAL_LOG, RUNS_DIR, eval_log, new_log
 from .metrics import RunMetrics, _mac, host_check
 from .queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
 
-DEFAULT_RESOURCES = {"GPU": 1.0}
+def wanted(program) -> dict[str, float]:
+    """What each task asks of the cluster: executor.resources, else executor.gpus_per_run GPUs."""
+    return dict(program.executor.resources or {"GPU": float(program.executor.gpus_per_run)})
+
+
 RAY_HINT = "pip install -e '.[ray]' (the Ray executor is an optional extra)"
 
 
@@ -87,7 +91,7 @@ def cluster_slots(program) -> int:
     if program.executor.slots:
         return program.executor.slots
     ray = connect(program)
-    want = program.executor.resources or DEFAULT_RESOURCES
+    want = wanted(program)
     total = 0
     for node in ray.nodes():
         if node.get("Alive"):
@@ -155,7 +159,7 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
     e = read_entry(root / RUNS_DIR / run_id)
     if e is None:
         raise HarnessError(f"run {run_id} is not a queued run")
-    res = dict(program.executor.resources or DEFAULT_RESOURCES)
+    res = dict(wanted(program))
     opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
             "max_retries": 0, "scheduling_strategy": "SPREAD", "num_returns": "streaming"}
     task = ray.remote(raynode.run_package).options(**opts)
@@ -166,7 +170,7 @@ def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
         if first is None:                              # infeasible, or the autoscaler gave no node
             _cancel(ray, gen, pending)
             return lost(root, e, program, f"no node of the Ray cluster took it within {start_s():g} s: it asks "
-                        f"for {program.executor.resources or DEFAULT_RESOURCES}, the cluster's nodes have "
+                        f"for {wanted(program)}, the cluster's nodes have "
                         f"{_have(ray, program)} (executor.resources; AUTORESEARCH_RAY_START_S sets the wait)")
         node, pending = str(first["node"]), None        # the task started: status shows where it runs
         set_node(root, run_id, node)
@@ -217,7 +221,7 @@ def _next_within(ray, gen, timeout: float) -> tuple[dict | None, threading.Event
 
 def _have(ray, program) -> dict[str, float]:
     """The alive nodes' total of each resource the run asks for."""
-    want = program.executor.resources or DEFAULT_RESOURCES
+    want = wanted(program)
     total: dict[str, float] = dict.fromkeys(want, 0.0)
     for node in ray.nodes():
         if node.get("Alive"):

@@ -54,7 +54,7 @@ def scheduler_alive(root: Path) -> bool:
 
 
 def slots_for(program) -> int:
-    """executor.slots, else one per GPU the sandbox may use, else 1."""
+    """executor.slots, else one per executor.gpus_per_run GPUs the sandbox may use, else 1."""
     if program.executor.slots:
         return program.executor.slots
     if program.executor.kind == "ray":
@@ -63,9 +63,18 @@ def slots_for(program) -> int:
     from ..sandbox import SandboxUnavailable, selected_gpus
     from .specs import gpu_request
     try:
-        return max(1, len(selected_gpus(gpu_request(program))))
+        return max(1, len(selected_gpus(gpu_request(program))) // program.executor.gpus_per_run)
     except SandboxUnavailable:
         return 1
+
+
+def gpu_group(indices: list[int], slot: int, per_run: int) -> list[int]:
+    """Slot K's GPUs: the K-th group of `per_run` (wrapping); all of them when there are fewer."""
+    if per_run >= len(indices):
+        return list(indices)
+    groups = len(indices) // per_run
+    k = slot % groups
+    return list(indices[k * per_run:(k + 1) * per_run])
 
 
 def ensure_scheduler(root: Path) -> None:
@@ -139,14 +148,14 @@ def _loop(root: Path, slots: int) -> None:
 
 
 def pin_slot(program, slot: int, slots: int):
-    """The program for slot K: sandbox.gpus narrowed to the K-th GPU the sandbox may use; with no
+    """The program for slot K: sandbox.gpus narrowed to its executor.gpus_per_run GPUs; with no
     GPU, this process (and so the sandbox) pinned to every slots-th CPU core."""
     from ..sandbox import selected_gpus
     from .specs import gpu_request
     gpus = selected_gpus(gpu_request(program))
     if gpus:
-        one = gpus[slot % len(gpus)].index
-        return program.model_copy(update={"sandbox": program.sandbox.model_copy(update={"gpus": [one]})})
+        mine = gpu_group([g.index for g in gpus], slot, program.executor.gpus_per_run)
+        return program.model_copy(update={"sandbox": program.sandbox.model_copy(update={"gpus": mine})})
     if slots > 1 and hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))
         share = cpus[slot % slots::slots] or cpus

@@ -200,7 +200,7 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
     home, home_env = home_cache(program, data, "train")
     mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
     mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data, TRAIN)
-    env = {**env, **home_env, "PYTHONPATH": str(work)}
+    env = {**env, **home_env, "PYTHONPATH": ":".join([str(work), *(str(work / r) for r in program.run.source_roots)])}
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env["AUTORESEARCH_DATA"] = str(data)
@@ -234,6 +234,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server",
             "--project", str(work), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
+    argv += [f"--source-root={r}" for r in program.run.source_roots]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
                        timeout_s=program.budget.eval_seconds,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,

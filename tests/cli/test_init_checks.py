@@ -59,6 +59,7 @@ def test_the_check_shows_the_matched_line_and_warns_that_the_seed_is_ignored(tmp
     out = p.stdout
     assert "lines run.metric_regex matched:" in out and "> val_acc=0." in out
     assert "the seed is ignored" in out and "sigma = 0" in out and "AUTORESEARCH_SEED" in out
+    assert "the seed is fixed at train.py:" in " ".join(out.split()) and "default=0" in out    # where (issue 29)
     [a, b] = checks(root)                                                  # two seeds, both check runs
     assert (a["purpose"], b["purpose"]) == ("check", "check") and a["seed"] != b["seed"]
     assert a["metric_value"] == b["metric_value"] is not None
@@ -237,3 +238,29 @@ def test_doctor_trial_runs_init_s_check_again_after_program_md_changed(tmp_path,
     rep = json.loads(p.stdout)["trial"]
     assert rep["failure"] is None and len(rep["runs"]) == 2 and rep["runs"][0]["value"] is not None, rep
     assert not (root / "runs").exists() and not (root / "results.tsv").exists()
+
+
+@pytest.mark.bwrap
+def test_doctor_trial_is_not_ready_without_a_metric_and_uses_init_s_budget(tmp_path, bwrap_available):
+    """Issue 29: a trial that started but timed out (or crashed) is not "ready", and a bare --trial
+    runs at the budget init's check used (here 3 s), not a fixed 30 s."""
+    root = tmp_path / "slow"
+    root.mkdir()
+    (root / "train.py").write_text("import time\nprint('start', flush=True)\ntime.sleep(600)\nprint('val=1.0')\n")
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "legacy code"]):
+        subprocess.run(["git", "-C", str(root), "-c", "user.name=t", "-c", "user.email=t@t", *args], check=True)
+    env = {"PATH": "/usr/bin:/bin", "COLUMNS": "200", "HOME": str(root.parent)}
+    p = subprocess.run([str(ROOT / ".venv" / "bin" / "autoresearch"), "init", "-C", str(root), "--command",
+                        "python train.py", "--metric", "val", "--direction", "minimize", "--budget", "5",
+                        "--backend", "bwrap", "--check-seconds", "3"], capture_output=True, text=True,
+                       stdin=subprocess.DEVNULL, env=env)
+    assert report(root)["check_seconds"] == 3, p.stdout + p.stderr
+    ar = [str(ROOT / ".venv" / "bin" / "autoresearch"), "doctor", "-C", str(root)]
+    p = subprocess.run(ar + ["--json", "--trial"], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    rep = json.loads(p.stdout)
+    assert p.returncode == 1 and rep["ready"] is False
+    assert rep["trial"]["check_seconds"] == 3 and rep["trial"]["failure"] is None       # it started
+    assert "no metric (timeout" in rep["trial_problem"]
+    p = subprocess.run(ar + ["--trial"], capture_output=True, text=True, stdin=subprocess.DEVNULL, env=env)
+    assert p.returncode == 1 and "not ready: the trial produced no metric" in " ".join(p.stdout.split())
+    assert "trial" in p.stdout.splitlines()[-1] and "ready" != p.stdout.splitlines()[-1].strip()

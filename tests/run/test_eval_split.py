@@ -181,3 +181,25 @@ def test_doctor_checks_the_eval_model_entry(tmp_path):
     for ok in ("def load(out_dir):\n    pass\n", "from somewhere import load\n", "load = make_loader()\n"):
         (tmp_path / "model.py").write_text(ok)
         assert _check_model_entry(tmp_path, "model.py:load").level == "ok", ok
+
+
+@pytest.mark.slow
+def test_the_model_server_imports_the_repo_s_flat_modules_and_its_source_roots(tmp_path, bwrap_available):
+    """Issue 29: eval.model in src/ doing `from utils import ...` (a module beside it, as `python
+    src/x.py` would find it) and `from common import ...` (lib/, named in run.source_roots): the
+    model server's import path has both, with no PYTHONPATH in run.env."""
+    proj = clip_repo(tmp_path, split="model: src/model.py:load, checks: 0")
+    (proj / "src").mkdir()
+    (proj / "lib").mkdir()
+    (proj / "src" / "utils.py").write_text("import numpy as np\nDTYPE = np.float32\n")
+    (proj / "lib" / "common.py").write_text("def first(x):\n    return x[:, 0] - 1\n")
+    (proj / "src" / "model.py").write_text("from utils import DTYPE\nfrom common import first\n" + MODEL.replace(
+        "np.float32", "DTYPE").replace('batch["text"][:, 0] - 1', 'first(batch["text"])'))
+    (proj / "model.py").unlink()
+    text = (proj / "program.md").read_text()
+    (proj / "program.md").write_text(text.replace("model.py, scratchpad", "src/model.py, scratchpad")
+                                     .replace("run: {mode: eval_command,", "run: {source_roots: [lib], mode: eval_command,"))
+    for cmd in (["git", "add", "-A"], ["git", "commit", "-q", "--no-verify", "-m", "model in src/"]):
+        subprocess.run(cmd, cwd=proj, check=True, env=git_env())
+    m = _run(proj)
+    assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), m["reason"]

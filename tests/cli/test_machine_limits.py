@@ -1,0 +1,58 @@
+"""Issue 29: init sizes the sandbox to the machine and the repo's launcher, instead of a fixed
+memory_gb 8 / pids 512 / 1 GB /dev/shm that an 8-rank torchrun run with DataLoader workers
+cannot fit. The proposal parses as program.md (shm within memory)."""
+from __future__ import annotations
+
+import pytest
+
+from autoresearch.cli import machine
+from autoresearch.cli.init import InitOptions, program_text
+from autoresearch.cli.machine import ranks, sandbox_limits
+from autoresearch.program import parse_program
+
+
+@pytest.mark.parametrize("command,n", [
+    (["python", "train.py"], 1),
+    (["torchrun", "--nproc-per-node", "8", "train.py"], 8),
+    (["torchrun", "--nproc_per_node=4", "train.py"], 4),
+    (["python", "train.py", "trainer.devices=2"], 2),
+    (["python", "train.py", "--devices", "3"], 3)])
+def test_ranks_come_from_the_launcher(command, n):
+    assert ranks(command) == n
+
+
+def test_limits_grow_with_ranks_and_cores_and_fit_the_machine():
+    one = sandbox_limits(["python", "train.py"], memory_gb=64, cpus=16)
+    assert one == {"memory_gb": 8.0, "pids": 512, "shm_gb": 2.0}
+    eight = sandbox_limits(["torchrun", "--nproc-per-node", "8", "train.py"], memory_gb=1024, cpus=128)
+    assert eight["memory_gb"] == 64 and eight["pids"] >= 8 * 128 and eight["shm_gb"] == 16
+    small = sandbox_limits(["torchrun", "--nproc-per-node", "8", "train.py"], memory_gb=16, cpus=4)
+    assert small["memory_gb"] == 12 and small["shm_gb"] <= small["memory_gb"] / 2     # 75% of a small machine
+
+
+def test_init_writes_the_machine_sized_limits(tmp_path, monkeypatch):
+    monkeypatch.setattr(machine, "machine_memory_gb", lambda: 512.0)
+    monkeypatch.setattr(machine.os, "cpu_count", lambda: 64)
+    text = program_text(InitOptions(path=tmp_path, command=["torchrun", "--nproc-per-node", "8", "train.py"],
+                                    metric="val_loss", direction="minimize"), "train.py")
+    sb = parse_program(text).sandbox
+    assert (sb.memory_gb, sb.shm_gb) == (64, 16) and sb.pids == 8 * (64 + 4 * 64)
+
+
+def test_init_sets_offline_modes_for_wandb_and_hugging_face(tmp_path):
+    """Issue 29: runs have no network, so a repo that logs to W&B or loads Hugging Face/timm weights
+    gets the offline settings in run.env, and a note on where the weights must come from."""
+    import subprocess
+    from autoresearch.cli.repodeps import cache_note, imported
+    (tmp_path / "train.py").write_text("import wandb\nfrom timm import create_model\nimport torch\n")
+    (tmp_path / "untracked.py").write_text("import transformers\n")           # not the repo's code
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["git", "add", "train.py"], cwd=tmp_path, check=True)
+    assert imported(tmp_path) == {"wandb", "timm"}
+    env = parse_program(program_text(InitOptions(path=tmp_path, command=["python", "train.py"], metric="val_loss",
+                                                 direction="minimize"), "train.py")).run.env
+    assert env == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    (tmp_path / "home" / ".cache" / "huggingface").mkdir(parents=True)
+    note = cache_note({"timm"}, home=tmp_path / "home")
+    assert "sandbox.cache" in note and str(tmp_path / "home" / ".cache" / "huggingface") in note
+    assert cache_note({"wandb"}) is None
