@@ -134,6 +134,19 @@ def base_commit(root: Path) -> str | None:
     return None
 
 
+def tree_entries(root: Path, commit: str, paths: list[str]) -> dict[str, tuple[str, str]]:
+    """path -> (mode, blob id) at `commit`, for those of `paths` that are blobs there (one git call)."""
+    out: dict[str, tuple[str, str]] = {}
+    if not paths:
+        return out
+    for line in git(root, "ls-tree", "-z", "--full-tree", commit, "--", *paths).stdout.split("\0"):
+        meta, _, path = line.partition("\t")
+        parts = meta.split()
+        if len(parts) == 3 and parts[1] == "blob":
+            out[path] = (parts[0], parts[2])
+    return out
+
+
 def tree_blobs(root: Path, commit: str, skip_top: set[str] = frozenset(), max_size: int | None = None):
     """(path, mode, bytes) of every blob committed at `commit`, exactly as stored: one `git cat-file
     --batch`, no filters or attributes (export-ignore, export-subst, eol, ident: repository-controlled

@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from ..digest import sha256_bytes
 from ..atomic import set_aside, write_atomic
-from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers
+from ..gitops import GitError, current_branch, git, head_commit, identity_env, ref_commit, show_blob, trailers, tree_entries
 from ..ledger import LedgerRow, append_rows
 from ..ledger.durable import write_decision
 from . import messages
@@ -325,7 +325,7 @@ def _is_our_commit(root: Path, commit: str, j: Journal) -> bool:
 
 def _sync_index(root: Path, j: Journal, commit: str) -> None:
     """Point the real index at the committed blobs, so `git status` shows only newer edits."""
-    entries = _ls_tree(root, commit, list(j.commit_files))
+    entries = tree_entries(root, commit, list(j.commit_files))
     args = [a for path, (mode, blob) in entries.items() for a in ("--cacheinfo", f"{mode},{blob},{path}")]
     if args:
         git(root, "update-index", "--add", *args)
@@ -348,19 +348,8 @@ def _revert(root: Path, j: Journal) -> None:
         _write_file(target, want, mode=_file_mode(target))
 
 
-def _ls_tree(root: Path, commit: str, paths: list[str]) -> dict[str, tuple[str, str]]:
-    """path -> (mode, blob) at commit, for the paths that are there (one git call)."""
-    out = {}
-    for line in git(root, "ls-tree", "-z", "--full-tree", commit, "--", *paths).stdout.split("\0"):
-        meta, _, path = line.partition("\t")
-        parts = meta.split()
-        if len(parts) == 3 and parts[1] == "blob":
-            out[path] = (parts[0], parts[2])
-    return out
-
-
 def _modes(root: Path, commit: str, paths: list[str]) -> dict[str, str]:
-    return {p: m if m in ("100644", "100755") else "100644" for p, (m, _) in _ls_tree(root, commit, paths).items()}
+    return {p: m if m in ("100644", "100755") else "100644" for p, (m, _) in tree_entries(root, commit, paths).items()}
 
 
 def _file_mode(path: Path) -> int:

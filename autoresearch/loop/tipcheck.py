@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..gitops import current_branch, git, identity_env, ref_commit, trailers
+from ..gitops import current_branch, git, identity_env, ref_commit, trailers, tree_entries
 from .state import state_dir
 
 RUN = "Autoresearch-Run"
@@ -30,19 +30,6 @@ def last_keep(root: Path, branch: str, tip: str) -> tuple[str, str, str] | None:
         if sha and t.get(RUN) and t.get("Autoresearch-Branch") == branch:
             return sha, t[RUN], t.get("Autoresearch-Experiment", "?")
     return None
-
-
-def _blobs(root: Path, commit: str, paths: list[str]) -> dict[str, tuple[str, str]]:
-    """path -> (mode, blob) at commit, for the paths that are there."""
-    out = {}
-    if not paths:
-        return out
-    for line in git(root, "ls-tree", "-z", "--full-tree", commit, "--", *paths).stdout.split("\0"):
-        meta, _, path = line.partition("\t")
-        parts = meta.split()
-        if len(parts) == 3 and parts[1] == "blob":
-            out[path] = (parts[0], parts[2])
-    return out
 
 
 def _index(root: Path, paths: list[str]) -> dict[str, str]:
@@ -65,7 +52,7 @@ def sync_stale_index(root: Path, commit: str, paths: list[str] | None = None) ->
     """Index entries of the files `commit` changed that still hold its parent's blob get the
     commit's (the rest -- newer staging by a human -- is left alone). Returns the paths fixed."""
     paths = _changed(root, commit) if paths is None else paths
-    now, before = _blobs(root, commit, paths), _blobs(root, f"{commit}^", paths)
+    now, before = tree_entries(root, commit, paths), tree_entries(root, f"{commit}^", paths)
     idx = _index(root, paths)
     stale = [p for p in paths if p in now and p in before and idx.get(p) == before[p][1] != now[p][1]]
     args = [a for p in stale for a in ("--cacheinfo", f"{now[p][0]},{now[p][1]},{p}")]
@@ -89,7 +76,7 @@ def restore_reverted(root: Path, branch: str | None = None) -> str | None:
         sync_stale_index(root, c)
         return None
     paths = _changed(root, c)
-    kept, before, now = _blobs(root, c, paths), _blobs(root, f"{c}^", paths), _blobs(root, tip, paths)
+    kept, before, now = tree_entries(root, c, paths), tree_entries(root, f"{c}^", paths), tree_entries(root, tip, paths)
     reverted = [p for p in paths if p in kept and p in before and now.get(p) == before[p] != kept[p]]
     if not reverted:
         return None
