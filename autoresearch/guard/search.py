@@ -117,12 +117,8 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
     top = os.path.realpath(ctx.abspath(path))
     if not os.path.isdir(top):
         return None
-    for held in ctx.heldout_roots():
-        if under(os.path.realpath(held), top):
-            return f"{path} contains held-out data ({held}): search a folder that does not"
-    for w in ctx.written:
-        if under(w, top):
-            return f"{path} contains {w}, a folder agent code writes: search a folder that does not"
+    if (inside := _holds_hidden(ctx, path, top)) is not None:
+        return f"{inside}: search a folder that does not"
     seen = 0
     stack = [top]
     while stack:
@@ -204,12 +200,8 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
     top = os.path.realpath(ctx.abspath(path))
     if not os.path.isdir(top):
         return None
-    for held in ctx.heldout_roots():
-        if under(os.path.realpath(held), top):
-            return f"{path} contains held-out data ({held})"
-    for w in ctx.written:
-        if under(w, top):
-            return f"{path} contains {w}, a folder agent code writes"
+    if (inside := _holds_hidden(ctx, path, top)) is not None:
+        return inside
     seen = 0
     visited = {top}
     stack = [(top, 0)]
@@ -304,3 +296,14 @@ def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str
         if len(out) >= limit:
             break
     return sorted(out, key=lambda n: (n.rsplit("/", 1)[-1].startswith("."), n))
+
+
+def _holds_hidden(ctx, path: str, top: str) -> str | None:
+    """Why a walk from `top` would reach held-out data or a folder agent code writes (None: it would not)."""
+    for held in ctx.heldout_roots():
+        if under(os.path.realpath(held), top):
+            return f"{path} contains held-out data ({held})"
+    for w in ctx.written:
+        if under(w, top):
+            return f"{path} contains {w}, a folder agent code writes"
+    return None
