@@ -303,7 +303,8 @@ def test_a_runner_killed_9_leaves_no_stale_run_lock(tmp_path):
     (p.path / "train.py").write_text(TINY_TRAIN)
     first = runner(p, "to be killed", SLEEP="2")
     deadline = time.time() + 30
-    while not (p.path / "runs" / "0001" / ".running").exists() and time.time() < deadline:
+    run = p.path / "runs" / "0001"     # train.log is made after the first metrics.json: the run has started
+    while not ((run / ".running").exists() and (run / "train.log").exists()) and time.time() < deadline:
         time.sleep(0.05)
     first.kill()
     first.communicate()
