@@ -17,9 +17,9 @@ from pathlib import Path
 from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
-from ..loop.state import add_measurement_run, record_calibration, record_seed_ignored
+from ..loop.state import REPO_SEED, add_measurement_run, record_calibration, record_seed_ignored
 from ..run.identity import program_code
-from ..run.seeds import fixed_seeds, reads_harness_seed
+from ..run.seeds import fixed_seeds, reads_harness_seed, seed_override
 
 
 def seed_ignored_text(metric: str, value: float, seeds: list[int], where: list[str], reads: bool) -> str:
@@ -90,7 +90,7 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         return 1
     fp = next(iter(fps)) or None
     if len(set(values)) == 1:
-        return _seed_ignored(root, program, values, ids, seeds, fp, console)
+        return _seed_ignored(root, program, values, ids, seeds, fp, console, budget, backend)
     cal = record_calibration(root, values, ids, seeds, sha or "", budget_s, fp)
     table = Table(title=f"noise of {program.metric.name} over seeds")
     for col in ("run", "seed", program.metric.name):
@@ -108,12 +108,60 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
 
 
 def _seed_ignored(root: Path, program, values: list[float], ids: list[str], seeds: list[int], fp: str | None,
-                  console) -> int:
-    """Bit-identical results over different seeds: say where the repo fixes its seed; store no sigma."""
+                  console, budget: float | None = None, backend: str | None = None) -> int:
+    """Bit-identical results over different seeds: say where the repo fixes its seed and store no
+    sigma for the harness's seed; then, when the command line can reach the repo's own seed
+    (seeds.seed_override), measure the noise with it instead (_repo_seed)."""
     code = program_code(program, root)
     where = fixed_seeds(root, code, program.run.command)
     record_seed_ignored(root, values[0], ids, seeds, where, fp)
     from rich.markup import escape
-    console.print("[bold red]not calibrated:[/] " + escape(seed_ignored_text(
+    console.print("[bold red]not calibrated by AUTORESEARCH_SEED:[/] " + escape(seed_ignored_text(
         program.metric.name, values[0], seeds, where, reads_harness_seed(root, code))), highlight=False)
-    return 1
+    override = seed_override(root, program.run.command, where)
+    if override is None:
+        return 1
+    return _repo_seed(root, program, override, len(values), fp, console, budget, backend)
+
+
+def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None, console,
+               budget: float | None, backend: str | None) -> int:
+    """The alternative estimate: run the same code n times with the repo's OWN seed changed on its
+    command line (`seed=N`, `--seed N`). Decisions use this sigma when the harness's seed is
+    ignored: every loop run then uses the repo's fixed seed, so a change that only moves the random
+    sequence shifts the metric by about one draw of exactly this spread."""
+    import sys
+
+    from ..loop.decide import threshold
+    from ..run.runner import HarnessError, run_experiment
+    from ..run.seeds import with_seed
+    shown = " ".join(override)
+    console.print(f"[bold]calibrate[/] again with the repo's own seed: `{shown}`")
+    values, ids, seeds, fps = [], [], [], set()
+    sha = sha256_file(root / program.run.train_script) or ""
+    budget_s = None
+    for i in range(n):
+        seed = i + 1
+        prog = program.model_copy(update={"run": program.run.model_copy(update={"command": with_seed(override, seed)})})
+        try:
+            m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(with_seed(override, seed))}", budget=budget,
+                               seed=seed, backend=backend, echo=sys.stdout, purpose="calibration", program=prog)
+        except HarnessError as e:
+            print(f"autoresearch calibrate: {e}", file=sys.stderr)
+            return 2
+        add_measurement_run(root, m.run_id)
+        ids.append(m.run_id)
+        budget_s = m.budget_seconds
+        fps.add(m.fingerprint.key if m.fingerprint else "")
+        if m.status == "ok" and m.metric_value is not None:
+            values.append(m.metric_value)
+            seeds.append(seed)
+    if len(values) < 2 or len(set(values)) == 1 or fps != {fp or ""}:
+        console.print(f"[bold red]not calibrated:[/] the repo's own seed gave {len(set(values))} distinct value(s) "
+                      f"over {len(values)} successful run(s) of {n}; noise stays unknown")
+        return 1
+    cal = record_calibration(root, values, ids, seeds, sha, budget_s, fp, method="repo-seed", command=override)
+    console.print(f"calibrated with the repo's own seed ({', '.join(f'{v:.6f}' for v in values)}): sigma "
+                  f"{cal.sigma:.6f} -> keep threshold [bold]{threshold(program, cal.sigma):.6f}[/]; loop runs still "
+                  f"use the repo's fixed seed, and a change must beat this spread to be kept")
+    return 0

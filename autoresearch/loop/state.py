@@ -13,6 +13,7 @@ import json
 import statistics
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -30,6 +31,9 @@ def now() -> datetime:
     return datetime.now(timezone.utc)
 
 
+REPO_SEED = "calibrate (repo seed)"      # the description of calibrate's runs with the repo's own seed varied
+
+
 class Calibration(BaseModel):
     """`autoresearch calibrate`: the baseline run N times with different seeds."""
     model_config = ConfigDict(extra="ignore")
@@ -41,6 +45,10 @@ class Calibration(BaseModel):
     budget_seconds: float | None = None      # the budget it was measured at (sigma holds only there)
     fingerprint: str | None = None           # identity.Fingerprint.key of its runs
     at: datetime
+    # harness-seed: AUTORESEARCH_SEED varied; repo-seed: the harness's seed is ignored, so the repo's
+    # own seed was varied on its command line (`command`, {seed} the placeholder). Decisions use either.
+    method: Literal["harness-seed", "repo-seed"] = "harness-seed"
+    command: list[str] = []
 
 
 class SeedIgnored(BaseModel):
@@ -224,7 +232,8 @@ def add_measurement_run(root: Path, run_id: str) -> None:
 
 
 def record_calibration(root: Path, values: list[float], run_ids: list[str], seeds: list[int],
-                       sha: str, budget_seconds: float | None, fingerprint: str | None = None) -> Calibration:
+                       sha: str, budget_seconds: float | None, fingerprint: str | None = None,
+                       method: str = "harness-seed", command: list[str] | None = None) -> Calibration:
     """Store sigma = the sample standard deviation of the baseline's metric over seeds, for the
     fingerprint (budget, eval, device...) it was measured under."""
     if len(values) < 2:
@@ -232,11 +241,12 @@ def record_calibration(root: Path, values: list[float], run_ids: list[str], seed
     if len(set(values)) == 1:
         raise ValueError("bit-identical values over different seeds measure no noise: record_seed_ignored")
     cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=run_ids, seeds=seeds,
-                      train_py_sha256=sha, budget_seconds=budget_seconds, fingerprint=fingerprint, at=now())
+                      train_py_sha256=sha, budget_seconds=budget_seconds, fingerprint=fingerprint, at=now(),
+                      method=method, command=command or [])
     with loop_lock(root):
         st = read_state(root)
         st.calibration = cal
-        st.seed_ignored = None
+        st.seed_ignored = None                  # (repo-seed: the harness's seed is still ignored; cal says how)
         if fingerprint:
             st.calibrations[fingerprint] = cal
         write_state(root, st)
@@ -274,9 +284,12 @@ def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
             groups.setdefault(m.fingerprint.key, []).append(m)
     out = {}
     for key, ms in groups.items():
+        own = [m for m in ms if m.description.startswith(REPO_SEED)]
+        ms = own or ms          # the repo's own seed varied: the harness-seed runs were bit-identical
         vals = [m.metric_value for m in ms if m.metric_value is not None]
         if len(vals) >= 2 and len(set(vals)) > 1:     # bit-identical: the seed is ignored, no noise measured
             out[key] = Calibration(sigma=statistics.stdev(vals), values=vals, run_ids=[m.run_id for m in ms],
                                    seeds=[m.seed for m in ms], train_py_sha256=ms[-1].train_py_sha256,
-                                   budget_seconds=ms[-1].budget_seconds, fingerprint=key, at=ms[-1].started_at)
+                                   budget_seconds=ms[-1].budget_seconds, fingerprint=key, at=ms[-1].started_at,
+                                   method="repo-seed" if own else "harness-seed")
     return out

@@ -154,9 +154,11 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
 
 def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
                    backend: str | None = None, echo: TextIO | None = None,
-                   purpose: str = "experiment", grace: float | None = None) -> RunMetrics:
+                   purpose: str = "experiment", grace: float | None = None,
+                   program: Program | None = None) -> RunMetrics:
     """Run one experiment for root's current train script and record it in runs/NNNN/.
-    `grace` replaces budget.grace_seconds (the uncounted start-up's allowance) for this run.
+    `grace` replaces budget.grace_seconds (the uncounted start-up's allowance) for this run;
+    `program` replaces program.md's (calibrate's run.command with the repo's own seed set).
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
     backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
@@ -164,7 +166,7 @@ def run_experiment(root: Path, message: str, budget: float | None = None, seed: 
     t_start = time.monotonic()
     started = _now()
     root = Path(root).resolve()
-    p = prepare(root, budget, seed, backend, grace)
+    p = prepare(root, budget, seed, backend, grace, program=program)
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
         run_dir = allocate_run_dir(root)

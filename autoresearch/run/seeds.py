@@ -99,3 +99,68 @@ def overriders(root: Path, command: list[str] | None) -> list[str]:
         elif re.fullmatch(r"[+~]{0,2}[A-Za-z_][\w.]*=\S+", word):
             out.append(f"override {word}")
     return out[:MAX_HITS]
+
+
+# ------------------------------------------------------------------ the seed the repo does read
+
+_FLAG_VALUE = re.compile(r"(--?[\w.-]*seed)", re.I)
+_ARGPARSE_FLAG = re.compile(r"""add_argument\(\s*["'](--?[\w-]*seed)["']""", re.I)
+_WORD = re.compile(r"[+~]{0,2}[A-Za-z_][\w.]*=\S*")
+
+
+def _yaml_seed_key(path: Path) -> str | None:
+    """The dotted key of the first integer `*seed` setting in a YAML config (`seed`, `train.seed`)."""
+    import yaml
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+    except (OSError, yaml.YAMLError):
+        return None
+
+    def walk(node, prefix: str) -> str | None:
+        if not isinstance(node, dict):
+            return None
+        for k, v in node.items():
+            if isinstance(k, str) and re.fullmatch(r"(?:\w*_)?seed", k, re.I) and isinstance(v, int) \
+                    and not isinstance(v, bool):
+                return prefix + k
+        for k, v in node.items():
+            if isinstance(k, str) and (hit := walk(v, f"{prefix}{k}.")):
+                return hit
+        return None
+    return walk(doc, "")
+
+
+def seed_override(root: Path, command: list[str] | None, where: list[str]) -> list[str] | None:
+    """The training command with the repo's OWN seed set to `{seed}` (a placeholder), when the
+    place the repo fixes it (`where`, from fixed_seeds) is one the command line can reach:
+
+      run.command: --seed 0 / seed=3      that word's value is replaced
+      a YAML config's `seed: 42`          a Hydra-style override `seed={seed}` (`train.seed=...`) is
+                                          added -- only for a command that already takes such
+                                          `key=value` overrides, so the repo is known to read them
+      argparse `--seed ... default=0`     `--seed {seed}` is added (in the training script only)
+
+    None when no such place is found (a seed fixed in code: only an edit can change it). With it,
+    calibrate measures the noise a change that only moves the random sequence brings."""
+    argv = list(command or [])
+    if not argv:
+        return None
+    for i, word in enumerate(argv):
+        if re.fullmatch(r"(?:--|\+{0,2})[\w.-]*seed[\w.-]*=\d+", word, re.I):
+            return [*argv[:i], word.split("=", 1)[0] + "={seed}", *argv[i + 1:]]
+        if _FLAG_VALUE.fullmatch(word) and i + 1 < len(argv) and argv[i + 1].isdigit():
+            return [*argv[:i + 1], "{seed}", *argv[i + 2:]]
+    hydra = any(_WORD.fullmatch(w) and not w.startswith("-") for w in argv[1:])
+    script = next((w for w in argv if w.endswith(".py") and not w.startswith("-")), None)
+    for hit in where:
+        rel = hit.split(":", 1)[0]
+        if rel.endswith((".yaml", ".yml")) and hydra and (key := _yaml_seed_key(Path(root) / rel)):
+            return [*argv, f"{key}={{seed}}"]
+        if rel == script and (m := _ARGPARSE_FLAG.search(hit)):
+            return [*argv, m.group(1), "{seed}"]
+    return None
+
+
+def with_seed(command: list[str], seed: int) -> list[str]:
+    """seed_override's command for one seed."""
+    return [w.replace("{seed}", str(seed)) for w in command]

@@ -84,3 +84,53 @@ def test_fixed_seed_scan_finds_constants_and_skips_the_harness_seed(tmp_path):
     assert not any(f.startswith("good.py") for f in found)
     assert overriders(p.path, ["python", "train.py", "cfg.yaml", "--lr", "1e-3", "model.width=64"]) == \
         ["config file cfg.yaml", "flag --lr 1e-3", "override model.width=64"]
+
+
+FLAG = """import argparse, random
+ap = argparse.ArgumentParser()
+ap.add_argument("--seed", type=int, default=0)
+random.seed(ap.parse_args().seed)
+print(f"val_bpb: {2 + random.random() / 100:.6f}")
+"""
+
+
+def test_the_repos_own_seed_gives_the_noise_estimate_decisions_use(tmp_path):
+    """Issue 29's other way to estimate noise: the harness's seed is ignored (the command fixes
+    --seed 7), so calibrate re-runs with the repo's own seed changed on its command line, stores
+    that sigma (method repo-seed) for decisions, and a lost state.json rebuilds it from those runs
+    alone (the bit-identical harness-seed runs measured nothing)."""
+    p = Project.create(tmp_path / "proj", program=INLINE.replace("command: [python, train.py]",
+                                                                 "command: [python, train.py, --seed, '7']"))
+    (p.path / "train.py").write_text(FLAG)
+    p.sh("git", "commit", "-qam", "train")
+    r = cli(p, "calibrate", "-n", "2")
+    out = " ".join(r.stdout.split())
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ignores the seed" in out and "python train.py --seed {seed}" in out and "calibrated with the repo's own" in out
+    st = p.state()
+    cal = st.calibration
+    assert cal is not None and cal.method == "repo-seed" and cal.sigma > 0 and cal.seeds == [1, 2]
+    assert cal.command == ["python", "train.py", "--seed", "{seed}"] and len(set(cal.values)) == 2
+    assert st.sigma_for(cal.fingerprint) == cal.sigma and sorted(st.measurement_runs) == ["0001", "0002", "0003", "0004"]
+    logs = [(p.path / "runs" / r / "train.log").read_text() for r in ("0003", "0004")]
+    assert logs[0] != logs[1]
+    rebuilt = calibrations_from_runs(p.path)[cal.fingerprint]
+    assert rebuilt.method == "repo-seed" and rebuilt.values == cal.values and rebuilt.run_ids == ["0003", "0004"]
+    s = " ".join(cli(p, "status").stdout.split())
+    assert "the repo's own seed varied" in s and "not calibrated" not in s, s
+
+
+def test_seed_override_reaches_only_seeds_the_command_line_can_set(tmp_path):
+    from autoresearch.run.seeds import seed_override, with_seed
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "config.yaml").write_text("lr: 1\ntrain:\n  epochs: 3\n  seed: 42\n")
+    hydra = ["python", "train.py", "trainer.devices=2"]
+    assert seed_override(tmp_path, hydra, ["conf/config.yaml:4: seed: 42"]) == [*hydra, "train.seed={seed}"]
+    # a plain command: the repo is not known to take key=value overrides
+    assert seed_override(tmp_path, ["python", "train.py"], ["conf/config.yaml:4: seed: 42"]) is None
+    assert seed_override(tmp_path, ["python", "train.py", "+seed=3"], []) == ["python", "train.py", "+seed={seed}"]
+    argparse_hit = ["train.py:3: ap.add_argument('--seed', type=int, default=0)"]
+    assert seed_override(tmp_path, ["python", "train.py"], argparse_hit) == ["python", "train.py", "--seed", "{seed}"]
+    assert seed_override(tmp_path, ["python", "other.py"], argparse_hit) is None      # not the training script
+    assert seed_override(tmp_path, ["python", "train.py"], ["train.py:2: torch.manual_seed(1337)"]) is None
+    assert with_seed(["python", "train.py", "--seed", "{seed}"], 5) == ["python", "train.py", "--seed", "5"]
