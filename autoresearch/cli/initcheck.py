@@ -296,6 +296,9 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
         out.append(f"the training code needs the module {mod.group(1)!r}, which its environment lacks: "
                    + environment_fix(root, program))
     out += unseen_paths(root, program)
+    from ..loop.blame import network_cause
+    if net := network_cause(text):
+        out.append(f"{net[0]}: {net[1]}")
     if CUDA_SIGNS.search(text):
         out.append("the code needs CUDA, and no GPU is visible on this machine: run the loop on a GPU machine, "
                    "or make the code fall back to the CPU (torch.cuda.is_available())" if not host_has_gpus() else

@@ -21,22 +21,25 @@ OFFLINE: dict[str, dict[str, str]] = {
     "datasets": {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     "timm": {"HF_HUB_OFFLINE": "1"},
     "open_clip": {"HF_HUB_OFFLINE": "1"},
+    "torch.hub": {},        # load_state_dict_from_url / torch.hub.load: from $XDG_CACHE_HOME/torch/hub once cached
 }
-WEIGHTS = ("transformers", "huggingface_hub", "timm", "open_clip", "datasets")
+WEIGHTS = ("transformers", "huggingface_hub", "timm", "open_clip", "datasets", "torch.hub")
+_HUB = re.compile(r"\btorch\.hub\.|\bload_state_dict_from_url\(|\bdownload_url_to_file\(")
 
 
 def imported(root: Path) -> set[str]:
-    """Top-level modules of OFFLINE the repo's tracked Python files import."""
+    """The modules of OFFLINE the repo's tracked Python files import (torch.hub: calls)."""
     p = git(root, "ls-files", "-z", "--", "*.py", check=False)
     files = [f for f in p.stdout.split("\0") if f][:MAX_FILES] if p.returncode == 0 else []
-    rx = re.compile(r"^\s*(?:import|from)\s+(" + "|".join(OFFLINE) + r")\b", re.M)
+    rx = re.compile(r"^\s*(?:import|from)\s+(" + "|".join(m for m in OFFLINE if "." not in m) + r")\b", re.M)
     found: set[str] = set()
     for f in files:
         path = Path(root) / f
         try:
             if path.stat().st_size > MAX_BYTES:
                 continue
-            found |= set(rx.findall(path.read_text(encoding="utf-8", errors="replace")))
+            text = path.read_text(encoding="utf-8", errors="replace")
+            found |= set(rx.findall(text)) | ({"torch.hub"} if _HUB.search(text) else set())
         except OSError:
             continue
     return found
@@ -59,4 +62,6 @@ def cache_note(mods: set[str], home: Path | None = None) -> str | None:
     where = f" ({' and '.join(have)} hold downloads on this machine)" if have else ""
     return (f"the code loads pretrained weights ({', '.join(sorted(mods & set(WEIGHTS)))}), and runs have no "
             f"network: download them once by hand, then set sandbox.cache in program.md to the folder that holds "
-            f"them{where}; run.env has HF_HUB_OFFLINE=1 so a missing file fails at once instead of hanging")
+            f"them{where}" + ("; run.env has HF_HUB_OFFLINE=1 so a missing file fails at once instead of hanging"
+                              if offline_env(mods).get("HF_HUB_OFFLINE") else
+                              " (torch.hub looks in <cache>/torch/hub/checkpoints/)"))

@@ -12,7 +12,7 @@ Two kinds of evidence:
             folder (left by a manual run) the run could not write or found in the way; a module
             the best's own code imports too, or one that is the repo's own file; the sandbox's
             pids or /dev/shm limit.
-  code-tied CUDA on a machine without one, going over sandbox.memory_gb, a timeout, reading
+  code-tied a download (runs have no network), CUDA on a machine without one, going over sandbox.memory_gb, a timeout, reading
             held-out data only the eval stages see (a repo that evaluates inside training): the
             environment's fault only when the code that crashed is the best's own or the
             baseline (no keep yet) -- a change that doubles the batch is the agent's.
@@ -47,6 +47,23 @@ _SHM = re.compile(r"/dev/shm|Bus error|killed by signal 7\b|insufficient shared 
 
 
 _NOT_FOUND = re.compile(r"No such file or directory: '(/[^']+)'")
+# a download or a connection attempt; runs have no network (torch.hub prints `Downloading: "URL" to PATH`)
+NETWORK = re.compile(r"Name or service not known|Temporary failure in name resolution|Network is unreachable|"
+                     r"getaddrinfo failed|Failed to establish a new connection|MaxRetryError|"
+                     r"urlopen error|LocalEntryNotFoundError|offline mode is enabled", re.I)
+_DOWNLOAD = re.compile(r"""Downloading:? ["']?(https?://[^\s"']+)["']?(?: to (\S+))?""")
+
+
+def network_cause(text: str) -> tuple[str, str] | None:
+    """(what, fix) when the output shows a run reaching for the network, which runs never have."""
+    if not NETWORK.search(text):
+        return None
+    d = _DOWNLOAD.search(text)
+    what = (f"the run tried to download {d.group(1)}" + (f" (to {d.group(2)})" if d.group(2) else "")
+            if d else "the run tried to reach the network") + ", and runs have none"
+    return what, ("download it once by hand, outside the loop, into a folder and name that folder in program.md "
+                  "as sandbox.cache (runs see it as $XDG_CACHE_HOME, where torch.hub, Hugging Face and timm look; "
+                  "torch.hub: <cache>/torch/hub/checkpoints/), with the library's offline switch in run.env")
 
 
 def _eval_only(program: Program, path: str) -> str | None:
@@ -65,7 +82,8 @@ def _eval_only(program: Program, path: str) -> str | None:
 
 class EnvCause(BaseModel):
     """An environment crash: what happened, and the setting a human changes."""
-    kind: str      # stale-outputs | read-only | missing-module | pids | shm | eval-in-train | cuda | memory | start-up
+    kind: str      # stale-outputs | read-only | missing-module | pids | shm | eval-in-train | network | cuda | memory
+                   # | start-up
     what: str
     fix: str
 
@@ -157,6 +175,8 @@ def environment_cause(root: Path, program: Program, run: RunRecord, head: str, c
                         f"only the eval stages see: the repo evaluates inside training",
                         fix="move that evaluation into eval.command (it runs with the eval mounts), or switch it "
                             "off in training with a flag on run.command")
+    if net := network_cause(text):
+        return EnvCause(kind="network", what=net[0], fix=net[1])
     if _CUDA.search(text) and (m.device or "cpu").startswith("cpu"):
         return EnvCause(kind="cuda", what="the code asks for CUDA and this machine's runs have no GPU",
                         fix="run the loop on a GPU machine (sandbox.gpus), or a human makes the baseline fall back "

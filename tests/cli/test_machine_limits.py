@@ -45,10 +45,11 @@ def test_init_sets_offline_modes_for_wandb_and_hugging_face(tmp_path):
     import subprocess
     from autoresearch.cli.repodeps import cache_note, imported
     (tmp_path / "train.py").write_text("import wandb\nfrom timm import create_model\nimport torch\n")
+    (tmp_path / "hub.py").write_text("w = torch.hub.load_state_dict_from_url(URL, progress=False)\n")
     (tmp_path / "untracked.py").write_text("import transformers\n")           # not the repo's code
     subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
-    subprocess.run(["git", "add", "train.py"], cwd=tmp_path, check=True)
-    assert imported(tmp_path) == {"wandb", "timm"}
+    subprocess.run(["git", "add", "train.py", "hub.py"], cwd=tmp_path, check=True)
+    assert imported(tmp_path) == {"wandb", "timm", "torch.hub"}
     env = parse_program(program_text(InitOptions(path=tmp_path, command=["python", "train.py"], metric="val_loss",
                                                  direction="minimize"), "train.py")).run.env
     assert env == {"WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
@@ -56,3 +57,5 @@ def test_init_sets_offline_modes_for_wandb_and_hugging_face(tmp_path):
     note = cache_note({"timm"}, home=tmp_path / "home")
     assert "sandbox.cache" in note and str(tmp_path / "home" / ".cache" / "huggingface") in note
     assert cache_note({"wandb"}) is None
+    hub = cache_note({"torch.hub"})
+    assert "torch/hub/checkpoints" in hub and "HF_HUB_OFFLINE" not in hub

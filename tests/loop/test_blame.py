@@ -125,6 +125,25 @@ def test_the_baseline_on_cuda_on_a_cpu_machine_is_the_environment(proj):
     assert "ENVIRONMENT" in r.text and "GPU" in r.text and "train.py is back" not in r.text
 
 
+HUB = ('Downloading: "https://w.example/backbone.pt" to /tmp/.cache/torch/hub/checkpoints/backbone.pt\n' + TRACE
+       + "urllib.error.URLError: <urlopen error [Errno -2] Name or service not known>\n")
+
+
+def test_the_baselines_download_is_the_environment_and_names_sandbox_cache(proj):
+    """Runs have no network: a baseline fetching pretrained weights is told where they must come from;
+    a change that adds a download is the agent's."""
+    proj.fake_run(status="crash", log=HUB)
+    r = proj.decide()
+    assert "ENVIRONMENT" in r.text and "sandbox.cache" in r.text and "https://w.example/backbone.pt" in r.text, r.text
+    assert proj.rows()[-1].note.startswith("environment: network")
+    proj.baseline(2.0)
+    best = proj.read()
+    proj.edit("LEARNING_RATE = 3e-3", "LEARNING_RATE = 1e-2")
+    proj.fake_run(status="crash", log=HUB)
+    r = proj.decide()
+    assert "ENVIRONMENT" not in r.text and proj.read() == best
+
+
 def test_a_change_that_asks_for_cuda_on_a_cpu_machine_is_the_agents(proj):
     proj.baseline(2.0)
     best = proj.read()
