@@ -11,6 +11,7 @@ clone -> `autoresearch init --eval-command ... --editable ...` (its check runs t
 The wall clock from the clone to the first decided experiment is printed (`-s` shows it)."""
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -54,11 +55,11 @@ def loop_script(clock: Clock, crash: list[Turn], keep: list[Turn], forged: list[
     ]
 
 
-def session(proj: Project, script: list[Turn]):
+def session(proj: Project, script: list[Turn], experiments: int = 4):
     with FakeAPI(project=str(proj.root)) as fake:
         fake.script = script
         res = run_claude(proj, fake.url, "Follow program.md. Start now.", timeout=TIMEOUT,
-                         env={"AUTORESEARCH_MAX_EXPERIMENTS": "4", **proj.env})
+                         env={"AUTORESEARCH_MAX_EXPERIMENTS": str(experiments), **proj.env})
         assert res.result["subtype"] == "success" and not res.result["is_error"], res.describe()
         assert fake.overruns == 0 and max(r.step for r in fake.main_requests) == len(script) - 1, res.describe()
         assert res.result["permission_denials"] == [], res.result["permission_denials"]
@@ -216,3 +217,69 @@ def test_clip_like_repo(tmp_path: Path) -> None:
     assert f"{rs['0004']['metric_value']:.4f}" in proj.eval_log("0004")
     # Hydra's run folder: written in the work copy (the run's metrics.json too), never into the project
     assert "run folder: outputs/" in proj.read("runs/0001/train.log") and not proj.path("outputs").exists()
+
+
+# ------------------------------------------------------------------------------------------ Lightning
+
+LT_CFG = "conf/config.yaml"
+LT_COMMAND = "python train.py trainer.devices=2"
+
+
+def test_lightning_like_repo(tmp_path: Path) -> None:
+    """A Lightning-style project (tests/fixtures/lightning_like): DDP over two CPU ranks (gloo) in the
+    sandbox, Hydra-style overrides, a built-in validation whose closing table is the metric (inline
+    mode), torch.hub weights that must come from the cache, W&B-style logging and checkpoints in its
+    own tree. init -> doctor --trial -> baseline -> a decided experiment with the real CLI."""
+    clock = Clock()
+    proj = clone(tmp_path, "lightning_like")
+    cache = tmp_path / "cache"                        # the lab's download cache, outside the repo
+    sh(proj, str(Path(__file__).parents[2] / ".venv" / "bin" / "python"), "scripts/fetch_weights.py", str(cache))
+    init = autoresearch(proj, "init", "-C", ".", "--command", LT_COMMAND, "--metric", "val_loss",
+                        "--direction", "minimize", "--editable", "litclf/", "--editable", LT_CFG,
+                        "--budget", "20", "--backend", "bwrap", "--no-check")
+    out = " ".join((init.stdout + init.stderr).split())
+    assert init.returncode == 0, out
+    # runs have no network: W&B goes offline in run.env; the torch.hub weights are named for sandbox.cache
+    assert "the code imports torch.hub, wandb" in out and "torch/hub/checkpoints" in out, out
+    assert "WANDB_MODE: offline" in proj.read("program.md")
+    clock.mark("init")
+    add_to_front_matter(proj, "  backend: bwrap", f"  cache: {cache}")
+    doctor = autoresearch(proj, "doctor", "-C", ".", "--trial", "20")
+    dout = " ".join((doctor.stdout + doctor.stderr).split())
+    assert doctor.returncode == 0 and "value 0." in dout and dout.rstrip().endswith("ready"), dout
+    # the config's seed: 42 wins over the harness's seed: said, with where (issue 29, honest noise)
+    assert "the seed is ignored" in dout and "conf/config.yaml:2: seed: 42" in dout, dout
+    clock.mark("doctor --trial")
+    commit_setup(proj)
+    base = sh(proj, "./run.sh", "-m", "baseline")
+    assert base.returncode == 0 and "val_loss:" in base.stdout, base.stdout + base.stderr
+    clock.mark("baseline measured")
+
+    script = [
+        say("A baseline is measured but not decided: noting it, then ending my turn.") + read("scratchpad.md"),
+        note("1 | baseline (run 0001, run by hand) | see run 0001 | the reference"),
+        end_turn("Baseline noted."),
+        human(lambda: clock.mark("baseline decided")) + say("Reading the config first.") + read(LT_CFG),
+        edit(LT_CFG, "lr: 0.003", "lr: 0.03"),
+        run("lr 10x: SGD with momentum barely moves in 4 epochs"),
+        note("2 | lr 0.03 | better | expect a keep"),
+        end_turn("Better, I think."),
+    ]
+    session(proj, script, experiments=2)
+    clock.mark("first experiment decided")
+    print("\n" + clock.report("lightning_like"))
+    rs = runs(proj.root)
+    assert list(rs) == ["0001", "0002"] and [rs[k]["status"] for k in rs] == ["ok", "ok"], rs
+    got = rows(proj, "val_loss")
+    assert [r.status for r in got] == ["keep", "keep"], got
+    assert rs["0002"]["metric_value"] < rs["0001"]["metric_value"] - 0.05
+    log = proj.read("runs/0002/train.log")
+    # both ranks trained (one process group of two); the value is the closing table's, not an epoch line's
+    assert re.search(rf"val_loss\s+{rs['0002']['metric_value']:.6f}", log), log[-2000:]
+    assert "Validate metric" in log and "Downloading" not in log
+    keep = proj.git("log", "--format=%H", "-n1", "--grep", "Autoresearch-Run: 0002").strip()
+    assert keep == proj.git("rev-parse", "HEAD").strip()
+    assert set(proj.git("show", "--format=", "--name-only", keep).split()) == {LT_CFG, "scratchpad.md"}
+    assert snapshot_at(proj, keep) == rs["0002"]["snapshot_sha256"]
+    # checkpoints and logs went to the run's work copy, never into the project
+    assert not proj.path("lightning_logs").exists() and not proj.path("wandb").exists()
