@@ -12,7 +12,6 @@ The wall clock from the clone to the first decided experiment is printed (`-s` s
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import pytest
