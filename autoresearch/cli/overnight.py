@@ -327,6 +327,20 @@ def _panel(n: Night):
     return t
 
 
+def disk_warning(root: Path, hours: float, console) -> str | None:
+    """Before the night: say when its runs will not fit on the disk (cli/machine.py disk_plan)."""
+    from ..program import ConfigError, load_program
+    from .machine import disk_plan
+    try:
+        plan = disk_plan(root, load_program(root), hours)
+    except (ConfigError, OSError):
+        return None                          # Night says what is wrong with program.md
+    warning = plan.warning() if plan else None
+    if warning:
+        console.print(f"disk: {warning}", style="yellow", markup=False, highlight=False)
+    return warning
+
+
 def main(root: Path, hours: float, model: str | None = None, prompt: str | None = None, resume: bool = False,
          session: str | None = None) -> int:
     from rich.console import Console
@@ -347,6 +361,7 @@ def main(root: Path, hours: float, model: str | None = None, prompt: str | None 
         except ValueError:
             console.print(f"autoresearch overnight: {RETRY_ENV}={raw!r}: expected seconds", style="red")
             return 2
+    disk_warning(root, hours, console)
     try:
         night = Night(root, hours, model=model, prompt=prompt, resume=sid, backoff=backoff,
                       cli_path=os.environ.get("AUTORESEARCH_CLAUDE_CLI") or None)

@@ -141,12 +141,18 @@ def low_disk(root: Path) -> tuple[int, int] | None:
         u = shutil.disk_usage(root)
     except OSError:
         return None
+    need = min_free(u.total)
+    return (u.free, need) if u.free < need else None
+
+
+def min_free(total: int) -> int:
+    """The free bytes below which the Stop hook ends the night: AUTORESEARCH_MIN_FREE_MB, by
+    default 2% of the disk up to 1 GiB."""
     env = os.environ.get(MIN_FREE_ENV, "")
     try:
-        need = int(float(env) * 2**20) if env else min(2**30, u.total // 50)
+        return int(float(env) * 2**20) if env else min(2**30, total // 50)
     except ValueError:
-        need = min(2**30, u.total // 50)
-    return (u.free, need) if u.free < need else None
+        return min(2**30, total // 50)
 
 
 def _full_disk(root: Path, reply: dict) -> dict:

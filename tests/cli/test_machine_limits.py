@@ -59,3 +59,47 @@ def test_init_sets_offline_modes_for_wandb_and_hugging_face(tmp_path):
     assert cache_note({"wandb"}) is None
     hub = cache_note({"torch.hub"})
     assert "torch/hub/checkpoints" in hub and "HF_HUB_OFFLINE" not in hub
+
+
+def _night(tmp_path, out_mb: int, n: int = 3):
+    """A project with n run folders: a 10 kB log and out_mb MB of checkpoints each."""
+    for i in range(1, n + 1):
+        out = tmp_path / "runs" / f"{i:04d}" / "out"
+        out.mkdir(parents=True)
+        (out.parent / "train.log").write_bytes(b"x" * 10_000)
+        (out / "ckpt.pt").write_bytes(b"\0" * (out_mb * 2**20))
+    return parse_program(program_text(InitOptions(path=tmp_path, command=["python", "train.py"], metric="val_loss",
+                                                  direction="minimize", budget_seconds=20), "train.py"))
+
+
+def test_disk_plan_sizes_a_night_from_the_run_folders_and_warns_when_it_will_not_fit(tmp_path, monkeypatch):
+    """Issue 29: how much disk a night needs (run folders, checkpoints, logs), said before it starts."""
+    from collections import namedtuple
+    from autoresearch.cli.machine import disk_plan
+    from autoresearch.cli.overnight import disk_warning
+    program = _night(tmp_path, out_mb=4)
+    usage = namedtuple("usage", "total used free")
+    free = {"bytes": 10 * 2**30}
+    monkeypatch.setattr(machine.shutil, "disk_usage", lambda _p: usage(100 * 2**30, 0, free["bytes"]))
+    plan = disk_plan(tmp_path, program, hours=8)
+    # 80 s a run (budget 20 + grace 60: no measured pace yet) for 8 h, capped by the phase's 20 experiments + baseline
+    assert plan.runs == 21 and plan.per_run_bytes == 4 * 2**20 + 10_000 and plan.out_bytes == 4 * 2**20
+    assert plan.measured == ["runs/0001", "runs/0002", "runs/0003"] and plan.fits and plan.warning() is None
+    assert disk_plan(tmp_path, program, hours=0.01).runs == 1
+    free["bytes"] = 2**30 + 50 * 2**20            # the reserve (1 GiB) + 50 MB: fits only with checkpoints pruned
+    w = disk_plan(tmp_path, program, hours=8).warning()
+    assert "delete the checkpoints" in w and "stop early" not in w, w
+    free["bytes"] = 2**30 + 2**20                 # not even the logs
+    w = disk_plan(tmp_path, program, hours=8).warning()
+    assert "the night will stop early" in w and "--hours" in w, w
+    (tmp_path / "program.md").write_text(program_text(InitOptions(path=tmp_path, command=["python", "train.py"],
+                                                                  metric="val_loss", direction="minimize"), "train.py"))
+    from rich.console import Console
+    console = Console(record=True, width=300)
+    assert disk_warning(tmp_path, 8, console) and "disk: a night of up to 21 runs" in console.export_text()
+
+
+def test_disk_plan_needs_a_run_to_measure(tmp_path):
+    from autoresearch.cli.machine import disk_plan
+    program = _night(tmp_path, out_mb=0, n=0)
+    assert disk_plan(tmp_path, program, hours=8) is None
