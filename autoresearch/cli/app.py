@@ -278,7 +278,8 @@ def _loop_commands(sub) -> None:
     p = add("calibrate", "run the current train.py N times with different seeds and store the noise sigma "
                          "(the keep threshold becomes max(min_improvement, k_sigma x sigma))", calibrate,
             {1: "sigma not stored: fewer than two runs succeeded, their fingerprints differ, or every seed gave "
-                "the bit-identical result (the repo ignores the seed; noise unknown)"})
+                "the bit-identical result (the repo ignores the seed, and its own seed is out of the command line's "
+                "reach or gave no spread either: noise unknown; when it did, calibrate stores that sigma: 0)"})
     p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
     p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
