@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL_S = 300.0
 FIXTURES = ("nanogpt_like", "clip_like", "lightning_like")
 FIRST = "first experiment decided"
+ORDER = ("init", "doctor --trial", "baseline measured", "baseline decided", FIRST, "session ended")
 
 
 def marks(output: str) -> dict[str, dict[str, float]]:
@@ -46,7 +47,8 @@ def main() -> int:
     p = subprocess.run(cmd + (["-k", a.k] if a.k else []), cwd=ROOT, capture_output=True, text=True)
     wall, load1 = time.monotonic() - t0, os.getloadavg()[0]
     got = marks(p.stdout)
-    names = list(dict.fromkeys(k for ms in got.values() for k in ms))
+    seen = {k for ms in got.values() for k in ms}
+    names = [n for n in ORDER if n in seen] + sorted(seen - set(ORDER))
     table = Table(title=f"clone -> first decided experiment (goal <= {GOAL_S:g} s), seconds from the clone")
     table.add_column("fixture")
     for n in names:
@@ -56,7 +58,7 @@ def main() -> int:
         first = ms.get(FIRST)
         table.add_row(fx, *(f"{ms[n]:.1f}" if n in ms else "-" for n in names),
                       "-" if first is None else ("ok" if first <= GOAL_S else "OVER"))
-    console = Console()
+    console = Console(width=max(Console().width, 150))
     console.print(table)
     console.print(f"pytest exit {p.returncode}, {wall:.0f} s in all; load average {load0:.2f} before, {load1:.2f} "
                   f"after, on {os.cpu_count()} cores")

@@ -306,12 +306,14 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    "sees it (autoresearch doctor)")
     if len(rep.runs) == 2 and _same(rep.runs[0], rep.runs[1]):
         from ..run.identity import program_code
-        from ..run.seeds import fixed_seeds
+        from ..run.seeds import fixed_seeds, seed_override
         where = fixed_seeds(root, program_code(program, root), program.run.command)
+        own = seed_override(root, program.run.command, where)
         out.append(f"the seed is ignored: seeds {rep.runs[0].seed} and {rep.runs[1].seed} gave the identical "
                    f"{first.value:g}, so calibrate would report sigma = 0"
                    + (f" (the seed is fixed at {'; '.join(where[:3])})" if where else "")
-                   + "; make the code read AUTORESEARCH_SEED")
+                   + "; make the code read AUTORESEARCH_SEED"
+                   + (f", or let calibrate vary the repo's own seed: it runs `{' '.join(own)}`" if own else ""))
     elif len(rep.runs) == 1:
         out.append("the seed check was skipped: the first run gave no value")
     return out

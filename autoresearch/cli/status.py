@@ -152,9 +152,6 @@ def awaiting_decision(root: Path, program: Program, rows: list[LedgerRow]) -> li
     return out
 
 
-REPO_SEED_NOTE = "the repo's own seed varied (it ignores AUTORESEARCH_SEED)"    # calibrate's other estimate
-
-
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
     """What the loop itself knows: sigma, the pause, the deadline clock and the budget (loop/allowance.py)."""
     from ..loop import state
@@ -164,7 +161,7 @@ def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str
     bud = remaining(program, st, rows, branch, None, pause)
     out: dict = {"sigma": st.sigma, "paused": (pause.reason or "paused") if pause else None,
                  "seed_ignored": st.seed_ignored,
-                 "repo_seed": st.calibration is not None and st.calibration.method == "repo-seed",
+                 "calibration": st.calibration,
                  "left": bud.left, "done": bud.done, "limit": bud.limit, "deadline": bud.deadline_at,
                  "spent": bud.reason}
     if st.finished_at is not None:
@@ -186,8 +183,8 @@ def gather(root: Path, branch: str | None = None) -> Report:
     fp, new_base, sig_fp, sig_at = _fingerprints(root, rows)
     if sig_fp is not None:
         sigma = sig_fp
-    elif st["repo_seed"] and sigma is not None:
-        sig_at = REPO_SEED_NOTE
+    elif sigma is not None and st["calibration"] is not None and st["calibration"].sigma == sigma:
+        sig_at = _measured_at(st["calibration"])          # no ledger row yet: the latest calibration
     ignored = _seed_ignored(st["seed_ignored"], sigma, program.metric.name)
     if ignored:
         sigma = None                          # sigma 0 from bit-identical seeds is no measurement
@@ -249,10 +246,15 @@ def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | 
     cal = st.calibrations.get(last.fingerprint) or calibrations_from_runs(root).get(last.fingerprint)
     if cal is None and st.calibration is not None and st.calibration.fingerprint is None:
         cal = st.calibration
-    at = (f"{cal.budget_seconds:g} s budget" if cal and cal.budget_seconds else None)
+    return words, note, cal.sigma if cal else None, _measured_at(cal)
+
+
+def _measured_at(cal) -> str | None:
+    """The budget a calibration was measured at, and how when not by the harness's seed."""
+    at = f"{cal.budget_seconds:g} s budget" if cal and cal.budget_seconds else None
     if cal is not None and cal.method == "repo-seed":
-        at = (f"{at}, " if at else "") + REPO_SEED_NOTE
-    return words, note, cal.sigma if cal else None, at
+        at = f"{at or 'its'}, with the repo's own seed varied (it ignores AUTORESEARCH_SEED)"
+    return at
 
 
 def _num(v: float | None, signed: bool = False) -> str:

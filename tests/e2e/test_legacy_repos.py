@@ -248,6 +248,7 @@ def test_lightning_like_repo(tmp_path: Path) -> None:
     assert doctor.returncode == 0 and "value 0." in dout and dout.rstrip().endswith("ready"), dout
     # the config's seed: 42 wins over the harness's seed: said, with where (issue 29, honest noise)
     assert "the seed is ignored" in dout and "conf/config.yaml:2: seed: 42" in dout, dout
+    assert f"calibrate vary the repo's own seed: it runs `{LT_COMMAND} seed={{seed}}`" in dout, dout
     clock.mark("doctor --trial")
     commit_setup(proj)
     base = sh(proj, "./run.sh", "-m", "baseline")
