@@ -296,6 +296,25 @@ def check_data(root: Path, program: Program | None) -> Check:
                  fix=".venv/bin/python prepare.py (fetches and splits the corpus once)")
 
 
+NIGHT_HOURS = 8.0                    # the night doctor sizes the disk for without program.md's deadline_hours
+
+
+def check_disk(root: Path, program: Program | None) -> Check:
+    """Whether a night's runs fit on the disk (cli/machine.py disk_plan), measured on the runs made."""
+    from .machine import disk_plan
+    if program is None:
+        return Check(name="disk", level="info", found="program.md does not load (see above)")
+    hours = program.deadline_hours or NIGHT_HOURS
+    plan = disk_plan(root, program, hours)
+    if plan is None:
+        return Check(name="disk", level="info", found="no run yet to measure: sized after the baseline "
+                     "(`autoresearch overnight` says so before it starts)")
+    gb = f"{plan.need_bytes / 2**30:.1f} GB for up to {plan.runs} runs in {hours:g} h, {plan.free_bytes / 2**30:.1f} GB free"
+    if warning := plan.warning():
+        return Check(name="disk", level="warn", found=gb, fix=warning)
+    return Check(name="disk", level="ok", found=gb)
+
+
 def run_checks(root: Path) -> list[Check]:
     from .canary import check_canary
     from .envcheck import check_eval, check_executor, check_home_cache, check_interpreter, check_mounts
@@ -303,7 +322,7 @@ def run_checks(root: Path) -> list[Check]:
     checks = [check_python(root, program), prog_check]
     steps: list[Callable[[Path, Program | None], Check | list[Check]]] = [
         check_git, check_sandbox, check_gpu, check_gpu_selection, check_interpreter, check_mounts, check_home_cache,
-        check_eval, check_executor, check_claude, check_hooks, check_canary, check_data]
+        check_eval, check_executor, check_claude, check_hooks, check_canary, check_data, check_disk]
     for step in steps:
         try:
             got = step(root, program)

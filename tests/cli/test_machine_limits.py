@@ -97,9 +97,16 @@ def test_disk_plan_sizes_a_night_from_the_run_folders_and_warns_when_it_will_not
     from rich.console import Console
     console = Console(record=True, width=300)
     assert disk_warning(tmp_path, 8, console) and "disk: a night of up to 21 runs" in console.export_text()
+    from autoresearch.cli.doctor import check_disk           # doctor shows it too, for program.md's deadline
+    c = check_disk(tmp_path, program)
+    assert c.level == "warn" and "for up to 21 runs in 10 h" in c.found and "stop early" in c.fix
+    free["bytes"] = 50 * 2**30
+    assert check_disk(tmp_path, program).level == "ok"
 
 
 def test_disk_plan_needs_a_run_to_measure(tmp_path):
     from autoresearch.cli.machine import disk_plan
     program = _night(tmp_path, out_mb=0, n=0)
     assert disk_plan(tmp_path, program, hours=8) is None
+    from autoresearch.cli.doctor import check_disk
+    assert check_disk(tmp_path, program).level == "info"
