@@ -140,23 +140,33 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
     values, ids, seeds, fps = [], [], [], set()
     sha = sha256_file(root / program.run.train_script) or ""
     budget_s = None
-    for i in range(n):
-        seed = i + 1
-        prog = program.model_copy(update={"run": program.run.model_copy(update={"command": with_seed(override, seed)})})
-        try:
-            m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(with_seed(override, seed))}", budget=budget,
-                               seed=seed, backend=backend, echo=sys.stdout, purpose="calibration", program=prog)
-        except HarnessError as e:
-            print(f"autoresearch calibrate: {e}", file=sys.stderr)
-            return 2
-        add_measurement_run(root, m.run_id)
-        ids.append(m.run_id)
-        budget_s = m.budget_seconds
-        fps.add(m.fingerprint.key if m.fingerprint else "")
-        if m.status == "ok" and m.metric_value is not None:
-            values.append(m.metric_value)
-            seeds.append(seed)
-    if len(values) < 2 or len(set(values)) == 1 or fps != {fp or ""}:
+    before = set(run_ids(root))
+    try:
+        for i in range(n):
+            seed = i + 1
+            argv = with_seed(override, seed)
+            prog = program.model_copy(update={"run": program.run.model_copy(update={"command": argv})})
+            try:
+                m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(argv)}", budget=budget, seed=seed,
+                                   backend=backend, echo=sys.stdout, purpose="calibration", program=prog)
+            except HarnessError as e:
+                print(f"autoresearch calibrate: {e}", file=sys.stderr)
+                return 2
+            add_measurement_run(root, m.run_id)
+            ids.append(m.run_id)
+            budget_s = m.budget_seconds
+            fps.add(m.fingerprint.key if m.fingerprint else "")
+            if m.status == "ok" and m.metric_value is not None:
+                values.append(m.metric_value)
+                seeds.append(seed)
+    finally:
+        for rid in set(run_ids(root)) - before:    # interrupted: still a measurement, never an experiment
+            add_measurement_run(root, rid)
+    if fps != {fp or ""}:
+        console.print("[bold red]not calibrated:[/] the runs with the repo's own seed had another fingerprint "
+                      "(budget, backend, device or data changed); calibrate again")
+        return 1
+    if len(values) < 2 or len(set(values)) == 1:
         console.print(f"[bold red]not calibrated:[/] the repo's own seed gave {len(set(values))} distinct value(s) "
                       f"over {len(values)} successful run(s) of {n}; noise stays unknown")
         return 1
