@@ -276,7 +276,7 @@ def test_lightning_like_repo(tmp_path: Path) -> None:
     log = proj.read("runs/0002/train.log")
     # both ranks trained (one process group of two); the value is the closing table's, not an epoch line's
     assert re.search(rf"val_loss\s+{rs['0002']['metric_value']:.6f}", log), log[-2000:]
-    assert "Validate metric" in log and "Downloading" not in log
+    assert all(f"GLOBAL_RANK: {r}, MEMBER: {r + 1}/2" in log for r in (0, 1)) and "Downloading" not in log
     keep = proj.git("log", "--format=%H", "-n1", "--grep", "Autoresearch-Run: 0002").strip()
     assert keep == proj.git("rev-parse", "HEAD").strip()
     assert set(proj.git("show", "--format=", "--name-only", keep).split()) == {LT_CFG, "scratchpad.md"}
