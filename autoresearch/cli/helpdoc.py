@@ -80,7 +80,7 @@ def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
     """One line of exit codes: the parser's own (cli/app.py), or ./run.sh's (run/exits.py)."""
     codes = getattr(p, "exit_codes", None)
     if name == "./run.sh":
-        from ..run.exits import RunExit
+        from ..record.exits import RunExit
         codes = {int(e): e.name.lower().replace("_", " ") for e in RunExit}
     if not codes:
         return []
@@ -98,9 +98,9 @@ BASE_LABELS = {"project": "project", "run": "`runs/NNNN/`", "state": "state fold
 
 
 def flows_markdown() -> str:
-    """The flow table (autoresearch.flows.FLOWS) as the README's threat-model table: every place
+    """The flow table (autoresearch.record.flows.FLOWS) as the README's threat-model table: every place
     and channel, who writes it, who may read it, and what it may hold."""
-    from ..flows import FLOWS
+    from ..record.flows import FLOWS
     lines = ["| place | where | written by | read by | may hold | why |", "|---|---|---|---|---|---|"]
     for f in FLOWS:
         where = f.where if f.base in ("project", "user") else f"{BASE_LABELS[f.base]}: {f.where}"

@@ -65,10 +65,10 @@ from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
-from ..run.exits import DISK_FULL_MARK
-from ..run.identity import program_code
-from ..run.keys import key_problem
-from ..run.metrics import KEY_MISSING
+from ..record.exits import DISK_FULL_MARK
+from ..record.identity import program_code
+from ..record.keys import key_problem
+from ..record.metrics import KEY_MISSING
 from ..run.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining

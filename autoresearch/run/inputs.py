@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from ..program import Program
-from .exits import HarnessError
-from .layout import run_dirs
-from .metrics import METRICS_FILE
+from ..record.exits import HarnessError
+from ..record.layout import run_dirs
+from ..record.metrics import METRICS_FILE
 
 
 def resolve_budget(program: Program, budget: float | None) -> float:

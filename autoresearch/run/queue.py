@@ -25,10 +25,10 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..atomic import write_atomic
-from .exits import HarnessError
-from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, lock_held, run_dirs
-from .identity import snapshot_of
-from .metrics import RunMetrics, load_verified
+from ..record.exits import HarnessError
+from ..record.layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, lock_held, run_dirs
+from ..record.identity import snapshot_of
+from ..record.metrics import RunMetrics, load_verified
 
 QUEUE_FILE = "queue.json"
 SNAPSHOT_DIR = "snapshot"
@@ -146,7 +146,7 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
 def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                    finished: datetime | None = None) -> None:
     """The signed record of a run that has not run (queued) or never will (cancelled): interrupted."""
-    from .identity import snapshot_of
+    from ..record.identity import snapshot_of
     RunMetrics(run_id=e.run_id, status="interrupted", metric_name=program.metric.name,
                direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
                budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,

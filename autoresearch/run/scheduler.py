@@ -25,8 +25,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from .layout import RUN_LOCK, STATE_DIR
-from .metrics import load_verified
+from ..record.layout import RUN_LOCK, STATE_DIR
+from ..record.metrics import load_verified
 from .queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
 
 SCHEDULER_LOCK = "scheduler.lock"
@@ -167,7 +167,7 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
     kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
-    from .exits import HarnessError, RunExit
+    from ..record.exits import HarnessError, RunExit
     from .queue import execute_queued, pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):

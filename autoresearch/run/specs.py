@@ -24,14 +24,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..flows import SERVER, TRAIN, hidden_from, state_home
+from ..record.flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
-from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from ..record.layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
 from .startup import MARKER
 from .workcopy import work_copy
 

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from autoresearch.program import Metric
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.run.queue import entries, read_entry, runner_live
 from loop_support import PROGRAM, ROOT, Project, clean_env
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from autoresearch.run.layout import eval_log
-from autoresearch.run.metrics import RunMetrics, load_verified
+from autoresearch.record.layout import eval_log
+from autoresearch.record.metrics import RunMetrics, load_verified
 from autoresearch.run.queue import read_entry
 from loop_support import ROOT, Project, clean_env
 from ray_support import Cluster, start_cluster

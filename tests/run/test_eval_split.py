@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoresearch.run.layout import eval_log
+from autoresearch.record.layout import eval_log
 
 from experiment_support import git_env, log_of, metrics, run_sh
 

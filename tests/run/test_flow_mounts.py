@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import flows as F
+from autoresearch.record import flows as F
 from autoresearch.program import load_program
-from autoresearch.run.layout import Layout, inside, state_folder
+from autoresearch.record.layout import Layout, inside, state_folder
 from autoresearch.sandbox.bwrap import BwrapBackend
 
 ROOT = Path(__file__).resolve().parents[2]

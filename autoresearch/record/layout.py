@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import write_atomic
-from ..flows import state_dir
+from .flows import state_dir
 from ..fsclean import remove_tree, tidy_tree
 from .exits import RunBusy
 
