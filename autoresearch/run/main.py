@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _queue(args) -> int:
-    from .queue import queue_experiment
+    from .enqueue import queue_experiment
     from .scheduler import ensure_scheduler
     root = project_root()
     e = queue_experiment(root, args.message.strip(), args.budget, args.seed, args.backend)

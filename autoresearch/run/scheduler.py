@@ -168,7 +168,8 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
     from ..record.exits import HarnessError, RunExit
-    from .queue import execute_queued, pending_record
+    from .enqueue import execute_queued
+    from .queue import pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when

@@ -225,7 +225,7 @@ def test_two_queues_at_once_get_two_whole_runs(tmp_path, data_dir):
     threads): distinct run ids, each a whole snapshot and a readable entry."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from autoresearch.run.queue import queue_experiment
+    from autoresearch.run.enqueue import queue_experiment
     from loop_support import ROOT
     w = world(tmp_path)
     shutil.copy2(ROOT / "prepare.py", w.p.path / "prepare.py")
