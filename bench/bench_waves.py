@@ -55,7 +55,7 @@ def breakdown(proj: Path, slots: int, wall: float) -> dict:
     return (the runner's end to its slot freed: for Ray, the results coming back), and idle (the
     rest: waiting for --queue, polling, the decision after the last run)."""
     from autoresearch.record.metrics import load_verified
-    from autoresearch.run.queue import read_entry
+    from autoresearch.record.queue import read_entry
     out = dict.fromkeys(("budget", "train_over", "eval", "harness", "dispatch", "return"), 0.0)
     for d in sorted((proj / "runs").iterdir()):
         m, _ = load_verified(d)

@@ -18,7 +18,7 @@ from ..digest import sha256_file
 from ..program.sections import save_margin
 from .decide import RunView
 from ..record.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
-from ..run.queue import QueueEntry, read_entry, runner_live
+from ..record.queue import QueueEntry, read_entry, runner_live
 from ..record.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
 FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created

@@ -69,7 +69,7 @@ from ..record.exits import DISK_FULL_MARK
 from ..record.identity import program_code
 from ..record.keys import key_problem
 from ..record.metrics import KEY_MISSING
-from ..run.queue import cancel_wave, settle_lost
+from ..record.queue import cancel_wave, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .blame import environment_cause

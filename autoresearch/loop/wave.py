@@ -22,7 +22,7 @@ from ..program import Program
 from ..record.identity import program_code, snapshot_files
 from ..record.layout import RUNS_DIR, eval_log
 from ..gitops import show_blob
-from ..run.queue import read_entry, saved_files, snapshot_intact
+from ..record.queue import read_entry, saved_files, snapshot_intact
 from .context import Context
 from .journal import crash_point
 from .runscan import RunRecord

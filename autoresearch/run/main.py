@@ -84,7 +84,7 @@ def _run(args) -> int:
 def wave(root) -> list:
     """The wave: queued runs no ledger row has decided yet, oldest first."""
     from ..ledger import LedgerError, decided_runs, read_rows
-    from .queue import entries
+    from ..record.queue import entries
     try:
         decided = decided_runs(read_rows(root))
     except (LedgerError, OSError):

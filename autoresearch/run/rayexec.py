@@ -36,7 +36,7 @@ from ..record.identity import snapshot_of
 from .inputs import write_diff
 from ..record.layout import EVAL_LOG, RUNS_DIR, eval_log, new_log
 from ..record.metrics import RunMetrics, _mac, host_check
-from .queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
+from ..record.queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
 
 def wanted(program) -> dict[str, float]:
     """What each task asks of the cluster: executor.resources, else executor.gpus_per_run GPUs."""

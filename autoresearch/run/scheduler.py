@@ -27,7 +27,7 @@ from typing import Iterator
 
 from ..record.layout import RUN_LOCK, STATE_DIR
 from ..record.metrics import load_verified
-from .queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
+from ..record.queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
 
 SCHEDULER_LOCK = "scheduler.lock"
 POLL_S = 0.5
@@ -169,7 +169,7 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     from ..program import load_program
     from ..record.exits import HarnessError, RunExit
     from .enqueue import execute_queued
-    from .queue import pending_record
+    from ..record.queue import pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from autoresearch.run.main import main as run_main
-from autoresearch.run.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
+from autoresearch.record.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
 from loop_support import PROGRAM, Project
 from test_wave_properties import Waves
 
@@ -90,7 +90,7 @@ def test_a_slot_runner_notes_its_own_pid_so_pause_can_stop_it(tmp_path):
     import subprocess
     import sys
 
-    from autoresearch.run.queue import claim
+    from autoresearch.record.queue import claim
     from loop_support import clean_env
     w = world(tmp_path)
     a = variant(w, "LEARNING_RATE = 6e-3")

@@ -34,7 +34,7 @@ from autoresearch.program import load_program
 from autoresearch.record.identity import program_code, snapshot, snapshot_at, snapshot_files, snapshot_of
 from autoresearch.record.layout import allocate_run_dir
 from autoresearch.record.metrics import RunMetrics
-from autoresearch.run.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel_wave, claim, entries, finish,
+from autoresearch.record.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel_wave, claim, entries, finish,
                                     read_entry,
                                     pending_record, saved_files, settle_lost)
 from loop_support import EDITABLE, Project, fingerprint

@@ -15,7 +15,7 @@ import pytest
 
 from autoresearch.program import Metric
 from autoresearch.record.metrics import RunMetrics
-from autoresearch.run.queue import entries, read_entry, runner_live
+from autoresearch.record.queue import entries, read_entry, runner_live
 from loop_support import PROGRAM, ROOT, Project, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap]

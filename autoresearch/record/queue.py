@@ -25,9 +25,9 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..atomic import write_atomic
-from ..record.layout import RUNNING, RUNS_DIR, STATE_DIR, lock_held, run_dirs
-from ..record.identity import snapshot_of
-from ..record.metrics import RunMetrics, load_verified
+from .layout import RUNNING, RUNS_DIR, STATE_DIR, lock_held, run_dirs
+from .identity import snapshot_of
+from .metrics import RunMetrics, load_verified
 
 QUEUE_FILE = "queue.json"
 SNAPSHOT_DIR = "snapshot"
@@ -114,7 +114,7 @@ def queue_lock(root: Path) -> Iterator[None]:
 def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
                    finished: datetime | None = None) -> None:
     """The signed record of a run that has not run (queued) or never will (cancelled): interrupted."""
-    from ..record.identity import snapshot_of
+    from .identity import snapshot_of
     RunMetrics(run_id=e.run_id, status="interrupted", metric_name=program.metric.name,
                direction=program.metric.direction, train_py_sha256=sha, seed=e.seed,
                budget_seconds=e.budget_seconds, grace_seconds=program.budget.grace_seconds,

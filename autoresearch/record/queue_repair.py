@@ -20,8 +20,8 @@ import contextlib
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..record.identity import program_code, snapshot_of
-from ..record.metrics import load_verified
+from .identity import program_code, snapshot_of
+from .metrics import load_verified
 
 LOST = "its queue.json was lost or unreadable; rebuilt from its signed record and snapshot"
 
