@@ -198,3 +198,13 @@ def test_no_name_is_used_that_is_not_defined():
         checkPath(str(f), Reporter(out, err))
     bad = [ln for ln in out.getvalue().splitlines() if "undefined name" in ln or "syntax" in ln.lower()]
     assert not bad and not err.getvalue(), "\n".join(bad) + err.getvalue()
+
+
+def test_the_record_is_reached_through_its_front_door():
+    """run/, loop/, cli/ import `autoresearch.record`, not its modules (the guard: only record.flows,
+    which its hot path loads alone); the front door's every name resolves."""
+    import autoresearch.record as record
+    side_doors = [f"{name} line {line}: {t}" for name, path in modules() if part(name) != RECORD
+                  for line, t in imports_of(name, path) if t.startswith(RECORD + ".") and t != "record.flows"]
+    assert not side_doors, "import these from autoresearch.record instead:\n  " + "\n  ".join(side_doors)
+    assert all(getattr(record, n) is not None for n in record.__all__)

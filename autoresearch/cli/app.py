@@ -231,7 +231,7 @@ def _loop_commands(sub) -> None:
     p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
 
     def keys(a):
-        from ..record.exits import HarnessError
+        from ..record import HarnessError
         try:
             return _keys(a)
         except HarnessError as e:

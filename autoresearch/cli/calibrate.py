@@ -18,7 +18,7 @@ from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
 from ..loop.state import add_measurement_run, record_calibration, record_seed_ignored
-from ..record.identity import program_code
+from ..record import program_code
 from ..run.seeds import fixed_seeds, reads_harness_seed
 
 

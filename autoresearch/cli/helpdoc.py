@@ -80,7 +80,7 @@ def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
     """One line of exit codes: the parser's own (cli/app.py), or ./run.sh's (run/exits.py)."""
     codes = getattr(p, "exit_codes", None)
     if name == "./run.sh":
-        from ..record.exits import RunExit
+        from ..record import RunExit
         codes = {int(e): e.name.lower().replace("_", " ") for e in RunExit}
     if not codes:
         return []

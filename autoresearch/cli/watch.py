@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from ..loop.runscan import load_run
 from ..program import RUN_OVERHEAD_S, ConfigError, load_program
-from ..record.layout import LOG_FILE, RUNS_DIR, run_ids
+from ..record import LOG_FILE, RUNS_DIR, run_ids
 from ..run.progress import LogFollower, clock
 
 RECENT_RUNS = 12                       # only the newest run folders can be in flight

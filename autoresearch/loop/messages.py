@@ -15,7 +15,7 @@ from ..program import Program
 from .decide import NO_EFFECT, Verdict
 
 if TYPE_CHECKING:                         # types only: allowance words its state through this module
-    from ..record.metrics import RunMetrics
+    from ..record import RunMetrics
     from .allowance import Allowance
     from .runscan import RunRecord
 

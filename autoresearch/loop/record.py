@@ -21,8 +21,8 @@ from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
 from ..ledger.durable import row_trailers
 from ..program import Program
-from ..record.identity import program_code, snapshot_of
-from ..record.layout import CHECKPOINT
+from ..record import program_code, snapshot_of
+from ..record import CHECKPOINT
 from . import journal, messages
 from .allowance import remaining
 from .blame import EnvCause, consecutive

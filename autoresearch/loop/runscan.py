@@ -17,9 +17,9 @@ from pydantic import BaseModel, ConfigDict
 from ..digest import sha256_file
 from ..program.sections import save_margin
 from .decide import RunView
-from ..record.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
-from ..record.queue import QueueEntry, read_entry, runner_live
-from ..record.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
+from ..record import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
+from ..record import QueueEntry, read_entry, runner_live
+from ..record import RECORD_ALTERED, RunMetrics, load_verified, read_verified
 
 FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created
 

@@ -19,10 +19,10 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..ledger import branch_rows
 from ..program import Program
-from ..record.identity import program_code, snapshot_files
-from ..record.layout import RUNS_DIR, eval_log
+from ..record import program_code, snapshot_files
+from ..record import RUNS_DIR, eval_log
 from ..gitops import show_blob
-from ..record.queue import read_entry, saved_files, snapshot_intact
+from ..record import read_entry, saved_files, snapshot_intact
 from .context import Context
 from .journal import crash_point
 from .runscan import RunRecord

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..record.exits import HarnessError
-from ..record.identity import snapshot_of
-from ..record.layout import RUNS_DIR, allocate_run_dir
-from ..record.metrics import RunMetrics
-from ..record.queue import SNAPSHOT_DIR, QueueEntry, pending_record, read_entry, saved_files, snapshot_intact
+from ..record import HarnessError
+from ..record import snapshot_of
+from ..record import RUNS_DIR, allocate_run_dir
+from ..record import RunMetrics
+from ..record import SNAPSHOT_DIR, QueueEntry, pending_record, read_entry, saved_files, snapshot_intact
 
 
 def queue_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,

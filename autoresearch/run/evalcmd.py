@@ -30,11 +30,11 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
-from ..record.exits import HarnessError
+from ..record import HarnessError
 from ..record.flows import EVAL_COMMAND
-from ..record.layout import EVAL_LOG, Layout, new_log, private_dir
+from ..record import EVAL_LOG, Layout, new_log, private_dir
 from .logs import append_log, log_tail
-from ..record.metrics import RunMetrics
+from ..record import RunMetrics
 from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
                     python_of, runtime_mounts)
 from .workcopy import put_file, remove_work_copy, work_copy

@@ -24,7 +24,7 @@ from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric, METRIC_FILE
 from .interpreter import interpreter_mounts, resolve
-from ..record.layout import Layout, inside
+from ..record import Layout, inside
 from .relay import Relay
 from .specs import (EVAL_NAME, gpu_request, hidden_splits, hidden_under, home_cache, package_mount, project_id, project_mounts,
                     python_of, runtime_mounts)

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 
 from ..program import Program
-from ..record.exits import HarnessError
-from ..record.layout import run_dirs
-from ..record.metrics import METRICS_FILE
+from ..record import HarnessError
+from ..record import run_dirs
+from ..record import METRICS_FILE
 
 
 def resolve_budget(program: Program, budget: float | None) -> float:

@@ -15,8 +15,8 @@ import sys
 import time
 
 from ..program import ConfigError, load_program, project_root
-from ..record.exits import HarnessError, RunBusy, RunExit, for_status
-from ..record.layout import RUNS_DIR
+from ..record import HarnessError, RunBusy, RunExit, for_status
+from ..record import RUNS_DIR
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -84,7 +84,7 @@ def _run(args) -> int:
 def wave(root) -> list:
     """The wave: queued runs no ledger row has decided yet, oldest first."""
     from ..ledger import LedgerError, decided_runs, read_rows
-    from ..record.queue import entries
+    from ..record import entries
     try:
         decided = decided_runs(read_rows(root))
     except (LedgerError, OSError):
@@ -122,7 +122,7 @@ def wait(root, poll_s: float = 0.25, limit_s: float | None = None) -> int:
 
 def table(root, program) -> str:
     """run, status, metric, description: one line per run of the wave."""
-    from ..record.metrics import load_verified
+    from ..record import load_verified
     lines = [f"{'run':<6} {'status':<11} {program.metric.name:>10}  description"]
     for e in wave(root):
         m, problem = load_verified(root / RUNS_DIR / e.run_id)
@@ -169,7 +169,7 @@ def _guarded(fn) -> int:
 def _mark_disk_full() -> None:
     """Tell the Stop hook (an empty file needs no data blocks): it lets the agent stop, once, instead
     of sending it to run again on a disk that cannot hold a run."""
-    from ..record.exits import DISK_FULL_MARK
+    from ..record import DISK_FULL_MARK
     try:
         d = project_root() / ".autoresearch"
         d.mkdir(exist_ok=True)

@@ -45,15 +45,14 @@ from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
 from .evaluate import eval_stage
-from ..record.exits import HarnessError
-from ..record.keys import signing_key
+from ..record import HarnessError
+from ..record import signing_key
 from .gpu import GpuPeak
-from ..record.identity import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
+from ..record import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from ..record.layout import (LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
-                     run_lock, sweep_scratch)
+from ..record import LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder, run_lock, sweep_scratch
 from .logs import append_log, steps_per_second
-from ..record.metrics import RunMetrics, host_check
+from ..record import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve

@@ -25,9 +25,9 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from ..record.layout import RUN_LOCK, STATE_DIR
-from ..record.metrics import load_verified
-from ..record.queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
+from ..record import RUN_LOCK, STATE_DIR
+from ..record import load_verified
+from ..record import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
 
 SCHEDULER_LOCK = "scheduler.lock"
 POLL_S = 0.5
@@ -167,9 +167,9 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
     kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
-    from ..record.exits import HarnessError, RunExit
+    from ..record import HarnessError, RunExit
     from .enqueue import execute_queued
-    from ..record.queue import pending_record
+    from ..record import pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when

@@ -31,7 +31,7 @@ from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
-from ..record.layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
 from .startup import MARKER
 from .workcopy import work_copy
 
