@@ -20,15 +20,18 @@ LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editabl
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 # the record every stage shares (runs/ layout, signed metrics, identity, queue entries, flow table)
 RECORD = "record"
+# what runs in a sandbox beside agent code (model servers, the eval script's client, the wire format)
+INSIDE = "inside"
 
 # What each part of the package may import from the package (besides itself).
 ALLOWED: dict[str, set[str]] = {
     "sandbox": set(),                                  # runs anything; trusts nothing of ours
     "guard": {"program", "atomic", "editable", "record.flows"},  # the hook's hot path: small and self-contained
-    "run": {"sandbox", RECORD} | LEAVES,
+    "run": {"sandbox", RECORD, INSIDE} | LEAVES,
     "loop": {"run", RECORD} | LEAVES,
     "cli": {"guard", "sandbox", "run", "loop", RECORD} | LEAVES,
-    RECORD: LEAVES,                                    # a leaf: imports no stage (run/loop/cli/guard/sandbox)
+    RECORD: LEAVES,                                    # a leaf: imports no stage
+    INSIDE: set(),                                     # see MODEL_SERVER: only the wire format
     "program": {"hostenv", "editable"},
     "hostenv": set(),
     "editable": set(),
@@ -40,11 +43,12 @@ ALLOWED: dict[str, set[str]] = {
     "__init__": set(),
     "__main__": {"cli"},
 }
-# Agent code runs in the model server's process: it may import nothing of ours but the wire format.
-MODEL_SERVER = {"run.model_server": {"run.protocol"}, "run.protocol": set(),
-                "run.array_server": {"run.protocol", "run.model_server"},
+# inside/ runs in a sandbox with agent code (or a human's eval script): it may import nothing of ours
+# but the wire format (stdlib, numpy, torch otherwise).
+MODEL_SERVER = {"inside.model_server": {"inside.protocol"}, "inside.protocol": set(),
+                "inside.array_server": {"inside.protocol", "inside.model_server"},
                 # the evaluator split's client runs in the eval script's sandbox, without the project
-                "run.evalclient": {"run.protocol"}}
+                "inside.evalclient": {"inside.protocol"}, "inside": set()}
 MAX_MODULE_LINES = 400
 MAX_FUNCTION_LINES = 80
 # module (dotted, under autoresearch) -> why it may be longer than MAX_MODULE_LINES
@@ -146,6 +150,22 @@ def test_no_import_cycles_between_modules():
     for n in sorted(graph):
         if n not in seen:
             visit(n)
+
+
+def test_every_module_inside_is_checked():
+    """A new module under inside/ is added to MODEL_SERVER with what it may import, and uses nothing
+    that the sandbox's interpreter may lack."""
+    import sys
+    assert {m for m, _ in modules() if part(m) == INSIDE} == set(MODEL_SERVER)
+    third = set()
+    for name, path in modules():
+        if part(name) == INSIDE:
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                        else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
+                third |= {f"{name}: {m}" for m in mods if m and m.split(".")[0] not in
+                          sys.stdlib_module_names | {"numpy", "torch", "autoresearch"}}
+    assert not third, f"inside/ may use only the stdlib, numpy and torch: {sorted(third)}"
 
 
 def test_nothing_imports_the_cli():

@@ -26,5 +26,5 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     array_server  the split's model server, INSIDE the sandbox; evalclient, the script's handle
     protocol      the EVAL wire format
 
-This file imports nothing: `python -m autoresearch.run.model_server` executes it inside the sandbox.
+This file imports nothing: `python -m autoresearch.inside.model_server` executes it inside the sandbox.
 """

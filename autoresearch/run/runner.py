@@ -7,7 +7,7 @@
            not counted, killed from outside at budget + a save margin of agent compute (specs.py,
            startup.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
-           autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
+           autoresearch.inside.model_server`: agent code, the checkpoint read-only, no data
            mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
            validation bytes, sends windows over the server's stdin, reads logits from its
            stdout, mixes in hidden checks and computes the loss itself (evaluate.py). What agent

@@ -43,7 +43,7 @@ def load(out):
 EVAL = '''
 import json, os, sys
 import numpy as np
-from autoresearch.run.evalclient import model
+from autoresearch.inside.evalclient import model
 held = os.environ["HELD"]
 try:
     import model as agent_code

@@ -1,6 +1,6 @@
 """The trusted eval script's handle on the agent's model (eval.model, the evaluator split).
 
-    from autoresearch.run.evalclient import model
+    from autoresearch.inside.evalclient import model
     out = model({"image": images})           # dict of numpy arrays in, dict of numpy arrays out
     out = model({"text": tokens}, expect={"embedding": ((None, 64), "float32")})
 
