@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "fsclean"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "fsclean", "frontdoor"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 # the record every stage shares (runs/ layout, signed metrics, identity, queue entries, flow table)
 RECORD = "record"
@@ -38,6 +38,7 @@ ALLOWED: dict[str, set[str]] = {
     "atomic": set(),
     "digest": set(),
     "fsclean": set(),
+    "frontdoor": set(),
     "gitops": set(),
     "ledger": {"program", "gitops", "atomic", "digest"},
     "__init__": set(),
@@ -220,11 +221,17 @@ def test_no_name_is_used_that_is_not_defined():
     assert not bad and not err.getvalue(), "\n".join(bad) + err.getvalue()
 
 
-def test_the_record_is_reached_through_its_front_door():
-    """run/, loop/, cli/ import `autoresearch.record`, not its modules (the guard: only record.flows,
-    which its hot path loads alone); the front door's every name resolves."""
-    import autoresearch.record as record
-    side_doors = [f"{name} line {line}: {t}" for name, path in modules() if part(name) != RECORD
-                  for line, t in imports_of(name, path) if t.startswith(RECORD + ".") and t != "record.flows"]
-    assert not side_doors, "import these from autoresearch.record instead:\n  " + "\n  ".join(side_doors)
-    assert all(getattr(record, n) is not None for n in record.__all__)
+@pytest.mark.parametrize("package", [RECORD, "run"])
+def test_record_and_run_are_reached_through_their_front_doors(package: str):
+    """Other parts import `autoresearch.record` / `autoresearch.run`, not their modules (the guard:
+    only record.flows, which its hot path loads alone). Each front door imports nothing but the lazy
+    loader at import time, so the guard and `./run.sh` pay only for what they use, and every name
+    it lends resolves."""
+    import importlib
+    door = importlib.import_module(f"autoresearch.{package}")
+    side = [f"{name} line {line}: {t}" for name, path in modules() if part(name) != package
+            for line, t in imports_of(name, path) if t.startswith(package + ".") and t != "record.flows"]
+    assert not side, f"import these from autoresearch.{package} instead:\n  " + "\n  ".join(side)
+    init = PKG / package / "__init__.py"
+    assert {t for _, t in imports_of(package, init)} <= {"frontdoor"}, "the front door loads its rooms lazily"
+    assert all(getattr(door, n) is not None for n in door.__all__)

@@ -19,7 +19,7 @@ from ..loop.runscan import run_ids
 from ..digest import sha256_file
 from ..loop.state import add_measurement_run, record_calibration, record_seed_ignored
 from ..record import program_code
-from ..run.seeds import fixed_seeds, reads_harness_seed
+from ..run import fixed_seeds, reads_harness_seed
 
 
 def seed_ignored_text(metric: str, value: float, seeds: list[int], where: list[str], reads: bool) -> str:
@@ -39,7 +39,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     from rich.table import Table
 
     from ..loop.decide import threshold
-    from ..run.runner import HarnessError, run_experiment
+    from ..run import run_experiment
+    from ..record import HarnessError
     from ..gitops import head_commit, show_blob
 
     console = Console()

@@ -130,7 +130,7 @@ def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check
     """What sandbox.gpus gives a run on this host (`host`: a GpuHost, discovered when None), with
     its /dev/shm and launcher; a warning when it asks for more GPUs than are visible, or a launcher
     starts more processes than the run has GPUs."""
-    from ..run.specs import gpu_request
+    from ..run import gpu_request
     from ..sandbox import SandboxUnavailable, selected_gpus
     if program is None:
         return Check(name="gpus: selection", level="info", found="program.md does not load (see above)")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
-from ..run.interpreter import InterpreterError, probe, torch_version
+from ..run import InterpreterError, probe, torch_version
 from .doctor import Check
 
 
@@ -108,7 +108,7 @@ def check_home_cache(root: Path, program: Program | None) -> list[Check]:
         return []
     sb, out = program.sandbox, []
     try:
-        from ..run.inputs import data_folder
+        from ..run import data_folder
         data: Path | None = data_folder(root)
     except Exception:                    # no data yet: check_data says so
         data = None
@@ -144,7 +144,7 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
-    from ..run.rayexec import RAY_HINT, UNREACHABLE_FIX, unreachable
+    from ..run import RAY_HINT, UNREACHABLE_FIX, unreachable
     if importlib.util.find_spec("ray") is None:
         return Check(name="executor", level="fail", found="kind: ray, but Ray is not installed here", fix=RAY_HINT)
     if why := unreachable(ex.address):

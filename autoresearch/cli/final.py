@@ -106,10 +106,10 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
               commit: str | None = None) -> Scored:
     """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes; with `commit`, the
     model's code (the editable set) is that commit's, the code the checkpoint was trained with."""
-    from ..run.evaluate import run_eval
-    from ..run.inputs import data_folder
+    from ..run import run_eval
+    from ..run import data_folder
     from ..record import Layout, final_log, new_log
-    from ..run.outcome import eval_outcome
+    from ..run import eval_outcome
     from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -141,7 +141,7 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Scored:
     """eval.command once more on the kept checkpoint, with the mounts declared for `final` (the
     held-out test data) and $AUTORESEARCH_STAGE=final; eval.files as committed at the base commit."""
-    from ..run.evalcmd import frozen_code, run_evalcmd
+    from ..run import frozen_code, run_evalcmd
     from ..record import HarnessError
     from ..record import final_log, new_log
     from ..sandbox import choose_backend
@@ -171,7 +171,7 @@ def _eval_env(sandbox, program: Program, lay) -> dict[str, str]:
     """The environment the run's EVAL stage had: its own budget and seed (from its signed record),
     so nothing in it tells the model this is the final evaluation."""
     from ..record import read_verified
-    from ..run.specs import base_env, repo_env
+    from ..run import base_env, repo_env
     try:
         m = read_verified(lay.run_dir)
     except (OSError, ValueError) as e:

@@ -64,7 +64,7 @@ def _subcommands(ap: argparse.ArgumentParser, prefix: str) -> list[tuple[str, st
 
 def commands_markdown() -> str:
     """The summary table of every command, then each command's arguments."""
-    from ..run.main import build_parser as run_parser
+    from ..run import build_parser as run_parser
     from .app import build_parser
     top = build_parser()
     cmds = [("./run.sh", run_parser().description or "", run_parser()), ("autoresearch", top.description or "", top)]

@@ -127,7 +127,7 @@ def _park_leftovers(root: Path, counter_before: str | None) -> None:
 def run_once(root: Path, program: Program, seconds: float, seed: int, label: str) -> CheckRun:
     """One check run through the runner; parked in .autoresearch/checks/ afterwards."""
     from ..record import HarnessError, RunBusy
-    from ..run.runner import run_experiment
+    from ..run import run_experiment
     counter = root / STATE_DIR / RUN_COUNTER
     try:
         before: str | None = counter.read_text()
@@ -303,7 +303,7 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    "sees it (autoresearch doctor)")
     if len(rep.runs) == 2 and _same(rep.runs[0], rep.runs[1]):
         from ..record import program_code
-        from ..run.seeds import fixed_seeds
+        from ..run import fixed_seeds
         where = fixed_seeds(root, program_code(program, root), program.run.command)
         out.append(f"the seed is ignored: seeds {rep.runs[0].seed} and {rep.runs[1].seed} gave the identical "
                    f"{first.value:g}, so calibrate would report sigma = 0"

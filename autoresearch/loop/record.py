@@ -27,7 +27,7 @@ from . import journal, messages
 from .allowance import remaining
 from .blame import EnvCause, consecutive
 from .context import Context
-from ..run.seeds import overriders
+from ..run import overriders
 from .decide import NO_EFFECT, Verdict
 from .journal import Journal, LoopError
 from .messages import SCRATCHPAD, allow, block

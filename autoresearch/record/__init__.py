@@ -14,6 +14,8 @@ The front door: `from autoresearch.record import RunMetrics, Layout, ...`. Names
 """
 from __future__ import annotations
 
+from ..frontdoor import lazy
+
 # module -> the names it lends the front door
 _MODULES: dict[str, tuple[str, ...]] = {
     "layout": ("CHECKPOINT", "EVAL_LOG", "LOG_FILE", "Layout", "RUNNING", "RUNS_DIR", "RUN_COUNTER", "RUN_LOCK",
@@ -36,17 +38,4 @@ _RENAMED = {"key_identity": ("keys", "identity"), "mac": ("metrics", "_mac")}
 _EXPORTS: dict[str, tuple[str, str]] = {**{n: (m, n) for m, names in _MODULES.items() for n in names}, **_RENAMED}
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    try:
-        module, attr = _EXPORTS[name]
-    except KeyError:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
-    from importlib import import_module        # here, not above: the guard's import stays os-only
-    value = getattr(import_module(f"{__name__}.{module}"), attr)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_EXPORTS))
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)
