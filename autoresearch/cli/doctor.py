@@ -15,24 +15,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
+from .checks import Check, Level
 from .claudeprobe import verdict
 from .initcheck import CheckReport
 from .jsonout import SCHEMA_VERSION
-
-Level = Literal["ok", "warn", "fail", "info"]
-
-
-class Check(BaseModel):
-    name: str
-    level: Level
-    found: str
-    fix: str = ""
-
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess[str] | None:
     try:

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
 from ..run import InterpreterError, probe, torch_version
-from .doctor import Check
+from .checks import Check
 
 
 def check_interpreter(root: Path, program: Program | None) -> Check:

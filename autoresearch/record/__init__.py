@@ -4,8 +4,7 @@
     metrics       metrics.json: the signed run record, re-checked on the host
     identity      fingerprint (like is compared with like), snapshot of the editable set
     keys          the project's signing keys (named by the record that they signed)
-    queue         a wave's queue: runs/NNNN/queue.json, the saved snapshot, every state change
-    queue_repair  a lost queue.json rebuilt from the signed record and the snapshot
+    queue         a wave's queue: runs/NNNN/queue.json, the saved snapshot, every state change, a lost entry rebuilt
     exits         ./run.sh's exit codes; HarnessError, RunBusy
     flows         the flow table: every path and channel, its writer and its readers
 

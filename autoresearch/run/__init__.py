@@ -16,6 +16,7 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     scorer        the trusted scorer (val bytes, loss, hidden checks)
     evalcmd       eval.command: the human's frozen eval script in its own sandbox
     evalsplit     eval.model: that script without agent code, the model in other sandboxes
+    evalstage     which of the two runs, for EVAL and for final
     relay         the split's trusted relay: every answer checked, hidden re-asks
     enqueue       --queue: a run snapshotted into runs/NNNN/ now, run from there by the scheduler
     rayexec, raynode  the Ray executor: a wave's runs on a cluster's nodes
@@ -31,7 +32,8 @@ from ..frontdoor import lazy
 
 # module -> the names it lends the front door
 _MODULES: dict[str, tuple[str, ...]] = {
-    "evalcmd": ("frozen_code", "run_evalcmd"),
+    "evalcmd": ("frozen_code",),
+    "evalstage": ("run_evalcmd",),
     "evaluate": ("run_eval",),
     "inputs": ("data_folder",),
     "interpreter": ("InterpreterError", "probe", "torch_version"),

@@ -43,7 +43,8 @@ from ..fsclean import remove_tree
 from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
-from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
+from .evalcmd import evaluator_id, frozen_code
+from .evalstage import evalcmd_stage
 from .evaluate import eval_stage
 from ..record import HarnessError
 from ..record import signing_key
