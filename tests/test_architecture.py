@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PKG = ROOT / "autoresearch"
-LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "fsclean", "frontdoor"}
+LEAVES = {"program", "ledger", "gitops", "atomic", "digest", "hostenv", "editable", "fsclean", "frontdoor", "registry"}
 STAGES = {"guard", "sandbox", "run", "loop", "cli"}
 # the record every stage shares (runs/ layout, signed metrics, identity, queue entries, flow table)
 RECORD = "record"
@@ -25,20 +25,21 @@ INSIDE = "inside"
 
 # What each part of the package may import from the package (besides itself).
 ALLOWED: dict[str, set[str]] = {
-    "sandbox": set(),                                  # runs anything; trusts nothing of ours
+    "sandbox": {"registry"},                           # runs anything; trusts nothing of ours
     "guard": {"program", "atomic", "editable", "record.flows"},  # the hook's hot path: small and self-contained
     "run": {"sandbox", RECORD, INSIDE} | LEAVES,
     "loop": {"run", RECORD} | LEAVES,
     "cli": {"guard", "sandbox", "run", "loop", RECORD} | LEAVES,
     RECORD: LEAVES,                                    # a leaf: imports no stage
     INSIDE: set(),                                     # see MODEL_SERVER: only the wire format
-    "program": {"hostenv", "editable"},
+    "program": {"hostenv", "editable", "registry"},
     "hostenv": set(),
     "editable": set(),
     "atomic": set(),
     "digest": set(),
     "fsclean": set(),
     "frontdoor": set(),
+    "registry": set(),                                 # names of backends and executors: import-free
     "gitops": set(),
     "ledger": {"program", "gitops", "atomic", "digest"},
     "__init__": set(),
@@ -234,3 +235,29 @@ def test_record_and_run_are_reached_through_their_front_doors(package: str):
     init = PKG / package / "__init__.py"
     assert {t for _, t in imports_of(package, init)} <= {"frontdoor"}, "the front door loads its rooms lazily"
     assert all(getattr(door, n) is not None for n in door.__all__)
+
+
+def test_backend_and_executor_names_appear_only_in_the_registry():
+    """A decision on a backend's or an executor's name (a comparison, a Literal, a CLI choice)
+    is made through autoresearch/registry.py, so adding one is one module and one line there."""
+    from autoresearch.registry import BACKENDS, EXECUTORS
+    names = set(BACKENDS) | set(EXECUTORS)
+    about = ("backend", "sandbox", "requested", "kind", "executor", ".name")
+    found = []
+    for name, path in modules():
+        if name == "registry":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            consts = []
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(w in ast.unparse(x) for x in sides if not isinstance(x, ast.Constant) for w in about):
+                    consts = [c for x in sides for c in ast.walk(x) if isinstance(c, ast.Constant)]
+            elif isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("Literal"):
+                consts = [c for c in ast.walk(node.slice) if isinstance(c, ast.Constant)]
+                if sum(c.value in names for c in consts) < 2:     # gpus: "all" | "none" is not a backend
+                    consts = []
+            elif isinstance(node, ast.keyword) and node.arg == "choices":
+                consts = [c for c in ast.walk(node.value) if isinstance(c, ast.Constant)]
+            found += [f"{name} line {c.lineno}: {c.value!r}" for c in consts if c.value in names]
+    assert not found, "decide through autoresearch.registry:\n  " + "\n  ".join(found)

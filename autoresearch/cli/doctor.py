@@ -20,6 +20,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
+from ..registry import AUTO, ISOLATING, ISOLATING_CHOICES, isolates, words
 from .checks import Check, Level
 from .claudeprobe import verdict
 from .initcheck import CheckReport
@@ -69,24 +70,23 @@ def check_git(root: Path, program: Program | None) -> Check:
 
 
 def check_sandbox(root: Path, program: Program | None) -> list[Check]:
-    from ..sandbox import BwrapBackend, DockerBackend, SandboxUnavailable, choose_backend
-    want = program.sandbox.backend if program else "auto"
+    from ..sandbox import SandboxUnavailable, backend_named, choose_backend
+    want = program.sandbox.backend if program else AUTO
     image = program.sandbox.image if program else None
     out = []
-    for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
+    for name in ISOLATING:
+        backend = backend_named(name, image)
         ok, why = backend.available()
-        if ok and name == "bwrap":
-            from ..sandbox.bwrapbin import find_bwrap
-            found = find_bwrap()[0]
-            why = found.describe() if found else why      # which binary, and where it came from
-        out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
+        if ok and hasattr(backend, "origin"):
+            why = backend.origin() or why                 # which binary, and where it came from
+        out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want == AUTO else
                                                                           ("fail" if want == name else "info")),
                          found=why if ok else "unavailable", fix="" if ok else why))
     try:
         chosen = choose_backend(want, image)
-        level: Level = "warn" if chosen.name == "none" else "ok"
+        level: Level = "ok" if isolates(chosen.name) else "warn"
         out.append(Check(name="sandbox: chosen", level=level, found=f"{want} -> {chosen.describe()}",
-                         fix="set sandbox.backend to auto, docker or bwrap in program.md" if level == "warn" else ""))
+                         fix=f"set sandbox.backend to {words(ISOLATING_CHOICES)} in program.md" if level == "warn" else ""))
     except SandboxUnavailable as e:
         out.append(Check(name="sandbox: chosen", level="fail", found=f"sandbox.backend {want}: none available",
                          fix=str(e)))

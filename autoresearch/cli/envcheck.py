@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
+from ..registry import EXECUTORS, remote
 from ..run import InterpreterError, probe, torch_version
 from .checks import Check
 
@@ -140,14 +141,15 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
     if program is None:
         return []
     ex = program.executor
-    if ex.kind == "local":
+    if not remote(ex.kind):
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
     from ..run import RAY_HINT, UNREACHABLE_FIX, unreachable
-    if importlib.util.find_spec("ray") is None:
-        return Check(name="executor", level="fail", found="kind: ray, but Ray is not installed here", fix=RAY_HINT)
+    if (need := EXECUTORS[ex.kind]["needs"]) and importlib.util.find_spec(need) is None:
+        return Check(name="executor", level="fail", found=f"kind: {ex.kind}, but {need.capitalize()} is not installed here",
+                     fix=RAY_HINT)
     if why := unreachable(ex.address):
         return Check(name="executor", level="fail", found=why, fix=UNREACHABLE_FIX)
-    return Check(name="executor", level="ok", found=f"kind: ray at {ex.address or 'auto'}; resources per run "
+    return Check(name="executor", level="ok", found=f"kind: {ex.kind} at {ex.address or 'auto'}; resources per run "
                  f"{ex.resources or {'GPU': 1}}")

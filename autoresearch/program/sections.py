@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..editable import is_literal, pattern_problem
 from ..hostenv import check_env, check_folder, check_python
+from ..registry import AUTO, BACKEND_CHOICES, DEFAULT_EXECUTOR, EXECUTORS, REMOTE_EXECUTORS, remote, words
 
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*")
@@ -124,7 +125,7 @@ def _gpus(v: Any) -> Union[str, int, list[int]]:
 
 
 class Sandbox(_Strict):
-    backend: Literal["auto", "docker", "bwrap", "none"] = "auto"
+    backend: Literal[BACKEND_CHOICES] = AUTO          # type: ignore[valid-type]  (registry.py)
     memory_gb: float = Field(8, gt=0)
     pids: int = Field(512, ge=16)
     disk_gb: float = Field(4, gt=0)              # cap on runs/NNNN/out/ while a run goes (a checkpoint fits)
@@ -161,7 +162,7 @@ class Executor(_Strict):
     """Who runs a wave (`./run.sh -m ... --queue`): `local` runs up to `slots` sandboxed runs at once on
     this machine, each on its own GPU (or its share of the CPU cores); `ray` sends each run as a task
     to the Ray cluster at `address`, asking for `resources` (default: one GPU)."""
-    kind: Literal["local", "ray"] = "local"
+    kind: Literal[tuple(EXECUTORS)] = DEFAULT_EXECUTOR   # type: ignore[valid-type]  (registry.py)
     slots: int | None = Field(None, ge=1, le=256)   # None: one per GPU the sandbox may use, else 1
     address: str | None = None                      # ray: "auto", "ray://head:10001", "10.0.0.5:6379"
     resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default: gpus_per_run)
@@ -171,8 +172,9 @@ class Executor(_Strict):
 
     @model_validator(mode="after")
     def _ray_needs(self) -> "Executor":
-        if self.kind == "local" and (self.address or self.resources):
-            raise ValueError("executor: address and resources are for kind: ray; remove them or set kind: ray")
+        if not remote(self.kind) and (self.address or self.resources):
+            kinds = words([f"kind: {k}" for k in REMOTE_EXECUTORS])
+            raise ValueError(f"executor: address and resources are for {kinds}; remove them or set {kinds}")
         return self
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..record import HarnessError
+from ..registry import remote
 from ..record import snapshot_of
 from ..record import RUNS_DIR, allocate_run_dir
 from ..record import RunMetrics
@@ -21,10 +22,10 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
     from .runner import _now as now, prepare
     root = Path(root).resolve()
     p = prepare(root, budget, seed, backend, queued=True)
-    if p.program.executor.kind == "ray":
+    if remote(kind := p.program.executor.kind):
         from .inputs import branch_head
         if (base := branch_head(root)) is None:
-            raise HarnessError("executor kind: ray ships the committed project to the node: commit it first "
+            raise HarnessError(f"executor kind: {kind} ships the committed project to the node: commit it first "
                                "(git add -A && git commit)")
     else:
         base = None

@@ -17,6 +17,7 @@ import time
 from ..program import ConfigError, load_program, project_root
 from ..record import HarnessError, RunBusy, RunExit, for_status
 from ..record import RUNS_DIR
+from ..registry import BACKEND_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-m", "--message", metavar="TEXT", help="what changed and why (recorded with the run)")
     ap.add_argument("--budget", type=float, metavar="SECONDS", help="training budget (default: program.md)")
     ap.add_argument("--seed", type=int, metavar="N", help="seed (default: program seed + earlier runs of this train.py)")
-    ap.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+    ap.add_argument("--backend", choices=BACKEND_CHOICES, help="sandbox (default: program.md)")
     ap.add_argument("--queue", action="store_true", help="queue this snapshot into the wave; return at once")
     ap.add_argument("--wait", action="store_true", help="wait for every queued run of the wave; print a table")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)

@@ -40,6 +40,7 @@ from typing import Iterator, TextIO
 
 from ..digest import sha256_bytes
 from ..fsclean import remove_tree
+from .. import registry
 from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
@@ -124,7 +125,7 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
         program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
     signing_key(root)                             # the project's key must be in this HOME (KeyMissing says the fix)
-    remote = queued and program.executor.kind == "ray"    # queued for a Ray node: checked on the node
+    remote = queued and registry.remote(program.executor.kind)   # queued for a remote node: checked there
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
         if not remote:
@@ -212,7 +213,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
         direction=program.metric.direction, train_py_sha256=sha, seed=seed_n, budget_seconds=budget_s,
         grace_seconds=program.budget.grace_seconds, sandbox=sandbox.name,
-        sandbox_warning=NONE_WARNING if sandbox.name == "none" else None,
+        sandbox_warning=None if registry.isolates(sandbox.name) else NONE_WARNING,
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
         snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
@@ -235,7 +236,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             if head := branch_head(root):
                 metrics.extra["head"] = head
             say(f"run {run_dir.name}: sandbox {sandbox.describe()}")
-            if sandbox.name == "none":
+            if not registry.isolates(sandbox.name):
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
             env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
             _execute(sandbox, program, lay, data, env, budget_s, inline, metrics, frozen[1] if frozen else None)

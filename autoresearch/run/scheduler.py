@@ -25,6 +25,7 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+from .. import registry
 from ..record import RUN_LOCK, STATE_DIR
 from ..record import load_verified
 from ..record import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
@@ -57,7 +58,7 @@ def slots_for(program) -> int:
     """executor.slots, else one per executor.gpus_per_run GPUs the sandbox may use, else 1."""
     if program.executor.slots:
         return program.executor.slots
-    if program.executor.kind == "ray":
+    if registry.remote(program.executor.kind):
         from .rayexec import cluster_slots
         return cluster_slots(program)
     from ..sandbox import SandboxUnavailable, selected_gpus
@@ -175,7 +176,7 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
         finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when
         try:                                               # the scheduler died before noting the pid
             program = load_program(root)
-            if program.executor.kind == "ray" and not here:
+            if registry.remote(program.executor.kind) and not here:
                 from .rayexec import connect, execute_child_ray
                 from .runner import signals_as_interrupt
                 connect(program)                           # first: ray.init installs its own SIGTERM handler
