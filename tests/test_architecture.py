@@ -57,6 +57,18 @@ MAX_FUNCTION_LINES = 80
 LONG_MODULES: dict[str, str] = {}
 # "module:function" -> why it may be longer than MAX_FUNCTION_LINES
 LONG_FUNCTIONS: dict[str, str] = {}
+MAX_PARAMS = 6                     # a function another module calls takes at most this many parameters
+# "module:function" called from another module with more (to be made typed seams: a dataclass or
+# pydantic model of the stage's inputs, as runner._run_locked's Prepared + Asked). Shrink, never grow.
+MANY_PARAMS: set[str] = {
+    "guard.search:reach_problem", "loop.allowance:remaining", "loop.messages:outcome",
+    "loop.messages:remeasured", "loop.messages:session_context", "loop.phases:advance_if_spent",
+    "loop.record:apply_verdict", "loop.record:contended", "loop.record:env_crash", "loop.record:record",
+    "loop.record:remeasure", "loop.record:unkeepable", "loop.state:record_calibration",
+    "run.evalcmd:evalcmd_spec", "run.evalsplit:run_split", "run.evalstage:run_evalcmd",
+    "run.evaluate:run_eval", "run.runner:prepare", "run.runner:run_experiment", "run.runner:run_in",
+    "run.specs:eval_spec", "run.specs:train_spec",
+}
 
 
 def modules() -> list[tuple[str, Path]]:
@@ -261,3 +273,42 @@ def test_backend_and_executor_names_appear_only_in_the_registry():
                 consts = [c for c in ast.walk(node.value) if isinstance(c, ast.Constant)]
             found += [f"{name} line {c.lineno}: {c.value!r}" for c in consts if c.value in names]
     assert not found, "decide through autoresearch.registry:\n  " + "\n  ".join(found)
+
+
+def test_functions_called_across_modules_take_few_parameters():
+    """A stage's seam is a typed model, not a long argument list: a function that another module
+    imports takes at most MAX_PARAMS parameters (MANY_PARAMS: the ones still to convert)."""
+    wide: dict[str, int] = {}
+    for name, path in modules():
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                a = node.args
+                if (n := len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)) > MAX_PARAMS:
+                    wide[f"{name}:{node.name}"] = n
+    import importlib
+    doors = {d: importlib.import_module(f"autoresearch.{d}")._EXPORTS for d in (RECORD, "run")}
+    names = {m for m, _ in modules()}
+    crossing = set()
+    for name, path in modules():
+        here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+        tree = ast.parse(path.read_text())
+        aliases = {}                                    # from . import record: record -> loop.record
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or node.level):
+                base = here[:len(here) - (node.level - 1)] if node.level > 1 else here
+                mod = ".".join([*base, *([node.module] if node.module else [])]) if node.level \
+                    else (node.module or "").removeprefix("autoresearch.")
+                for a in node.names:
+                    if f"{mod}.{a.name}".strip(".") in names:
+                        aliases[a.asname or a.name] = f"{mod}.{a.name}".strip(".")
+                    elif mod in doors and a.name in doors[mod]:
+                        crossing.add(f"{mod}.{doors[mod][a.name][0]}:{doors[mod][a.name][1]}")
+                    elif mod != name:
+                        crossing.add(f"{mod}:{a.name}")
+        crossing |= {f"{aliases[n.value.id]}:{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                     and isinstance(n.value, ast.Name) and n.value.id in aliases and aliases[n.value.id] != name}
+    bad = sorted(f"{k} ({wide[k]} parameters)" for k in wide if k in crossing and k not in MANY_PARAMS)
+    assert not bad, f"more than {MAX_PARAMS} parameters across a module boundary (pass a typed model):\n  " + \
+        "\n  ".join(bad)
+    stale = sorted(MANY_PARAMS - (set(wide) & crossing))
+    assert not stale, f"no longer wide or no longer shared: remove from MANY_PARAMS: {stale}"

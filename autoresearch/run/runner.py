@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from ..digest import sha256_bytes
 from ..fsclean import remove_tree
@@ -185,9 +185,7 @@ def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, e
         with live_progress(echo, run_dir / LOG_FILE, p.budget_s,
                            None if p.inline else p.program.budget.eval_seconds,
                            run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-            return _run_locked(root, p.program, run_dir, p.script, p.code, p.sha, p.files, p.seed_n, p.budget_s,
-                               p.sandbox, p.inline, p.data, message, purpose, started, t_start, live.around(say),
-                               p.frozen)
+            return _run_locked(root, p, run_dir, Asked(message, purpose, started, t_start, live.around(say)))
     finally:
         if running is not None:
             os.close(running)
@@ -195,19 +193,28 @@ def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, e
             (run_dir / RUNNING).unlink()
 
 
-def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
-                files: dict[str, bytes | None],
-                seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
-                purpose: str, started: datetime, t_start: float, say,
-                frozen: tuple[str, dict[str, bytes]] | None = None) -> RunMetrics:
+@dataclass(frozen=True)
+class Asked:
+    """What the caller asked of this run, beside what prepare() checked: why, for what, since when."""
+    message: str
+    purpose: str
+    started: datetime
+    t_start: float                                 # time.monotonic() when asked
+    say: Callable[[str], None]                     # progress lines (a terminal, or nothing)
+
+
+def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetrics:
     """The run itself, with the project's run lock held."""
+    program, sandbox, files, frozen, data = p.program, p.sandbox, p.files, p.frozen, p.data
+    budget_s, seed_n, sha, inline = p.budget_s, p.seed_n, p.sha, p.inline
+    message, purpose, started, t_start, say = ask.message, ask.purpose, ask.started, ask.t_start, ask.say
     evaluator = evaluator_id(*frozen, program) if frozen else evaluator_version(root, program)
     fp = Fingerprint(budget_seconds=budget_s, eval_seconds=program.budget.eval_seconds, mode=program.run.mode,
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator, interpreter=_interpreter(root, program), clock=AGENT_CLOCK)
-    lay = Layout(root, run_dir, script, files, outputs=tuple(program.run.outputs))
+    lay = Layout(root, run_dir, p.script, files, outputs=tuple(program.run.outputs))
     lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
@@ -227,7 +234,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
     home_dir: str | None = None
     try:
         with signals_as_interrupt(signals):
-            lay.script_copy.write_bytes(code)
+            lay.script_copy.write_bytes(p.code)
             lay.out.mkdir()
             lay.log.touch()
             note = write_diff(root, run_dir, files)
