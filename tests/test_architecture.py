@@ -10,6 +10,7 @@ lazy import cannot hide a wrong direction. A failure names the file, the line an
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -82,9 +83,16 @@ def modules() -> list[tuple[str, Path]]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
+def parsed(path: Path) -> ast.Module:
+    """The module's syntax tree, parsed once per session (every test here walks all of them)."""
+    return ast.parse(path.read_text(), str(path))
+
+
+@functools.lru_cache(maxsize=None)
 def imports_of(name: str, path: Path) -> list[tuple[int, str]]:
     """(line, imported module under autoresearch, dotted) for every import of the package."""
-    tree = ast.parse(path.read_text(), str(path))
+    tree = parsed(path)
     is_pkg = path.name == "__init__.py"
     here = name.split(".") if is_pkg else name.split(".")[:-1]
     found = []
@@ -173,7 +181,7 @@ def test_every_module_inside_is_checked():
     third = set()
     for name, path in modules():
         if part(name) == INSIDE:
-            for node in ast.walk(ast.parse(path.read_text())):
+            for node in ast.walk(parsed(path)):
                 mods = ([a.name for a in node.names] if isinstance(node, ast.Import)
                         else [node.module] if isinstance(node, ast.ImportFrom) and not node.level else [])
                 third |= {f"{name}: {m}" for m in mods if m and m.split(".")[0] not in
@@ -259,7 +267,7 @@ def test_backend_and_executor_names_appear_only_in_the_registry():
     for name, path in modules():
         if name == "registry":
             continue
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(parsed(path)):
             consts = []
             if isinstance(node, ast.Compare):
                 sides = [node.left, *node.comparators]
@@ -280,7 +288,7 @@ def test_functions_called_across_modules_take_few_parameters():
     imports takes at most MAX_PARAMS parameters (MANY_PARAMS: the ones still to convert)."""
     wide: dict[str, int] = {}
     for name, path in modules():
-        for node in ast.parse(path.read_text()).body:
+        for node in parsed(path).body:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 a = node.args
                 if (n := len(a.posonlyargs) + len(a.args) + len(a.kwonlyargs)) > MAX_PARAMS:
@@ -291,7 +299,7 @@ def test_functions_called_across_modules_take_few_parameters():
     crossing = set()
     for name, path in modules():
         here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
-        tree = ast.parse(path.read_text())
+        tree = parsed(path)
         aliases = {}                                    # from . import record: record -> loop.record
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and (node.module or node.level):
