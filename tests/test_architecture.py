@@ -60,12 +60,11 @@ LONG_MODULES: dict[str, str] = {}
 LONG_FUNCTIONS: dict[str, str] = {}
 MAX_PARAMS = 6                     # a function another module calls takes at most this many parameters
 # "module:function" called from another module with more (to be made typed seams: a dataclass or
-# pydantic model of the stage's inputs, as runner._run_locked's Prepared + Asked). Shrink, never grow.
+# pydantic model of the stage's inputs, as runner._run_locked's Prepared + Asked, loop.record's Deciding). Shrink, never grow.
 MANY_PARAMS: set[str] = {
     "guard.search:reach_problem", "loop.allowance:remaining", "loop.messages:outcome",
     "loop.messages:remeasured", "loop.messages:session_context", "loop.phases:advance_if_spent",
-    "loop.record:apply_verdict", "loop.record:contended", "loop.record:env_crash", "loop.record:record",
-    "loop.record:remeasure", "loop.record:unkeepable", "loop.state:record_calibration",
+    "loop.state:record_calibration",
     "run.evalcmd:evalcmd_spec", "run.evalsplit:run_split", "run.evalstage:run_evalcmd",
     "run.evaluate:run_eval", "run.runner:prepare", "run.runner:run_experiment", "run.runner:run_in",
     "run.specs:eval_spec", "run.specs:train_spec",
