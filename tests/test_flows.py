@@ -1,4 +1,4 @@
-"""The flow table (autoresearch/flows.py, ARCHITECTURE.md rule 10) is consistent with itself: no
+"""The flow table (autoresearch/record/flows.py, ARCHITECTURE.md rule 10) is consistent with itself: no
 place holds what one of its readers may not see, every stage's scratch is outside the project, and
 the agent's view of runs/ is a short list of names trusted code writes."""
 from __future__ import annotations

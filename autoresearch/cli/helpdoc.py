@@ -1,5 +1,5 @@
 """The README's command tables, generated from the argparse parsers, and its threat-model flow
-table, generated from autoresearch/flows.py, so they cannot drift.
+table, generated from autoresearch/record/flows.py, so they cannot drift.
 
 README.md holds cog blocks (`cogapp`, in the test extra) that print `commands_markdown()` and
 `flows_markdown()`;

@@ -24,8 +24,7 @@ from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
 from ..ledger.durable import row_trailers
 from ..program import Program
-from ..record import program_code, snapshot_of
-from ..record import CHECKPOINT
+from ..record import CHECKPOINT, program_code, snapshot_of
 from . import journal, messages
 from .allowance import remaining
 from .blame import EnvCause, consecutive

@@ -65,11 +65,7 @@ from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
-from ..record import DISK_FULL_MARK
-from ..record import program_code
-from ..record import key_problem
-from ..record import KEY_MISSING
-from ..record import cancel_wave, settle_lost
+from ..record import DISK_FULL_MARK, KEY_MISSING, cancel_wave, key_problem, program_code, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .blame import environment_cause

@@ -7,12 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..record import HarnessError
+from ..record import (HarnessError, QueueEntry, RUNS_DIR, RunMetrics, SNAPSHOT_DIR, allocate_run_dir, pending_record,
+                      read_entry, saved_files, snapshot_intact, snapshot_of)
 from ..registry import remote
-from ..record import snapshot_of
-from ..record import RUNS_DIR, allocate_run_dir
-from ..record import RunMetrics
-from ..record import SNAPSHOT_DIR, QueueEntry, pending_record, read_entry, saved_files, snapshot_intact
 
 
 def queue_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,

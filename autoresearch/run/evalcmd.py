@@ -29,9 +29,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
-from ..record import HarnessError
+from ..record import EVAL_LOG, HarnessError, Layout, private_dir
 from ..record.flows import EVAL_COMMAND
-from ..record import EVAL_LOG, Layout, private_dir
 from .logs import log_tail
 from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
                     python_of, runtime_mounts)

@@ -11,9 +11,7 @@ import os
 from pathlib import Path
 
 from ..program import Program
-from ..record import HarnessError
-from ..record import run_dirs
-from ..record import METRICS_FILE
+from ..record import HarnessError, METRICS_FILE, run_dirs
 
 
 def resolve_budget(program: Program, budget: float | None) -> float:

@@ -15,8 +15,7 @@ import sys
 import time
 
 from ..program import ConfigError, load_program, project_root
-from ..record import HarnessError, RunBusy, RunExit, for_status
-from ..record import RUNS_DIR
+from ..record import HarnessError, RUNS_DIR, RunBusy, RunExit, for_status
 from ..registry import BACKEND_CHOICES
 
 
@@ -37,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """./run.sh; the exit code says how the run ended (autoresearch/run/exits.py)."""
+    """./run.sh; the exit code says how the run ended (autoresearch/record/exits.py)."""
     args = build_parser().parse_args(argv)
     if args.serve or args.execute:
         from .scheduler import execute_child, serve

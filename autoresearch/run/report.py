@@ -6,10 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..program import Program
-from ..record import program_code
-from ..record import LOG_FILE, inside
+from ..record import LOG_FILE, RunMetrics, inside, program_code
 from .logs import log_tail
-from ..record import RunMetrics
 from .outcome import INLINE_WARNING
 
 

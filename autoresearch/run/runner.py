@@ -17,7 +17,7 @@
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
 {metrics.json, train.log, train.py, diff.patch (the whole editable set), out/}. Where each place
-is and who may read it: the flow table, autoresearch/flows.py. metrics.json is written first
+is and who may read it: the flow table, autoresearch/record/flows.py. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
@@ -47,14 +47,12 @@ from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend,
 from .evalcmd import evaluator_id, frozen_code
 from .evalstage import evalcmd_stage
 from .evaluate import eval_stage
-from ..record import HarnessError
-from ..record import signing_key
+from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
+                      clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
+                      run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
 from .gpu import GpuPeak
-from ..record import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from ..record import LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder, run_lock, sweep_scratch
 from .logs import append_log, steps_per_second
-from ..record import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve

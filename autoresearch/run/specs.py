@@ -1,5 +1,5 @@
 """What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
-script and any val/test folder replaced, and what the flow table (autoresearch/flows.py) does not
+script and any val/test folder replaced, and what the flow table (autoresearch/record/flows.py) does not
 show the stage covered; the stage's writable work copy, in the state folder outside the project;
 the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
 the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
