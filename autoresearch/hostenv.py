@@ -65,8 +65,8 @@ class HostMount(BaseModel):
     """A host folder shown read-only in the named stages only: training data to [train], held-out
     data to [eval] or [final] (`autoresearch final`). Symlinks in the project into it then resolve."""
     model_config = ConfigDict(extra="forbid", frozen=True)
-    path: str
-    stages: list[Stage] = Field(min_length=1)
+    path: str                                    # an absolute host folder, outside the project
+    stages: list[Stage] = Field(min_length=1)    # the stages that see it: train, eval, final
 
     _usable = field_validator("path")(lambda cls, v: check_folder(v))
 

@@ -42,7 +42,7 @@ def main() -> int:
     from autoresearch.program import load_program
     from autoresearch.run.evaluate import run_eval
     from autoresearch.run.inputs import data_folder
-    from autoresearch.run.layout import Layout
+    from autoresearch.record.layout import Layout
     from autoresearch.run.outcome import eval_status
     from autoresearch.run.specs import base_env
     from autoresearch.sandbox import choose_backend

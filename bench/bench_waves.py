@@ -54,8 +54,8 @@ def breakdown(proj: Path, slots: int, wall: float) -> dict:
     interpreter start-up; for Ray, the driver, the package, the task's worker and prepare.py),
     return (the runner's end to its slot freed: for Ray, the results coming back), and idle (the
     rest: waiting for --queue, polling, the decision after the last run)."""
-    from autoresearch.run.metrics import load_verified
-    from autoresearch.run.queue import read_entry
+    from autoresearch.record.metrics import load_verified
+    from autoresearch.record.queue import read_entry
     out = dict.fromkeys(("budget", "train_over", "eval", "harness", "dispatch", "return"), 0.0)
     for d in sorted((proj / "runs").iterdir()):
         m, _ = load_verified(d)

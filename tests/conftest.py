@@ -13,12 +13,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
-# Run records are signed with a per-project key under $XDG_CONFIG_HOME (autoresearch.run.metrics):
+# Run records are signed with a per-project key under $XDG_CONFIG_HOME (autoresearch.record.metrics):
 # one throwaway folder for the whole session, so runs fabricated in-process and the hooks run as
 # subprocesses (whose HOME differs) agree on the key, and no test writes to the real ~/.config.
 os.environ["XDG_CONFIG_HOME"] = tempfile.mkdtemp(prefix="autoresearch-test-config-")
 # Stage scratch and the human-only logs live in a state folder outside the project
-# (autoresearch.flows.state_dir): one per session too, never the real ~/.local/state.
+# (autoresearch.record.flows.state_dir): one per session too, never the real ~/.local/state.
 os.environ["XDG_STATE_HOME"] = tempfile.mkdtemp(prefix="autoresearch-test-state-")
 REQUIRED = set(os.environ.get("AUTORESEARCH_REQUIRE", "").split())
 _skipped_required: list[str] = []

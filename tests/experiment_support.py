@@ -79,7 +79,7 @@ def run_sh(project: Path, *args: str, timeout: float = 300, **env: str) -> subpr
 
 def metrics(project: Path, run_id: str = "0001") -> dict:
     sys.path.insert(0, str(ROOT))
-    from autoresearch.run.metrics import RunMetrics
+    from autoresearch.record.metrics import RunMetrics
     return RunMetrics.read(project / "runs" / run_id).model_dump(mode="json")
 
 

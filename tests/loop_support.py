@@ -17,9 +17,9 @@ from pathlib import Path
 
 from autoresearch.gitops import trailers
 from autoresearch.program import ConfigError, load_program
-from autoresearch.run.identity import Fingerprint, program_code, snapshot
+from autoresearch.record.identity import Fingerprint, program_code, snapshot
 from autoresearch.ledger import LedgerRow, read_rows
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.loop.state import LoopState, read_state, write_state
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""The flow table (autoresearch/flows.py, ARCHITECTURE.md rule 10) is consistent with itself: no
+"""The flow table (autoresearch/record/flows.py, ARCHITECTURE.md rule 10) is consistent with itself: no
 place holds what one of its readers may not see, every stage's scratch is outside the project, and
 the agent's view of runs/ is a short list of names trusted code writes."""
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import flows as F
+from autoresearch.record import flows as F
 
 
 @pytest.mark.parametrize("flow", F.FLOWS, ids=[f.name for f in F.FLOWS])
@@ -64,18 +64,18 @@ def test_state_dir_is_keyed_by_a_project_id_and_outside_home_projects(tmp_path):
 
 def test_the_flow_table_imports_nothing_but_os():
     """The guard imports it on every tool call: it must not pull typing, dataclasses, enum."""
-    root = str(Path(F.__file__).resolve().parents[1])
+    root = str(Path(F.__file__).resolve().parents[2])
     code = (f"import sys, os; sys.path.insert(0, {root!r}); import autoresearch; before = set(sys.modules); "
-            "import autoresearch.flows; print(sorted(set(sys.modules) - before))")
+            "import autoresearch.record.flows; print(sorted(set(sys.modules) - before))")
     out = subprocess.run([sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True).stdout
-    assert set(eval(out)) <= {"autoresearch.flows", "__future__"}, out   # __future__: the guard loads it anyway
+    assert set(eval(out)) <= {"autoresearch.frontdoor", "autoresearch.record", "autoresearch.record.flows", "__future__"}, out   # __future__: the guard loads it anyway
 
 
 def test_the_readmes_threat_model_table_is_the_flow_table():
     """README.md's cog block prints flows_markdown(); tests/cli/test_readme_commands.py runs
     `cog --check README.md` over every block, this one included."""
     from autoresearch.cli.helpdoc import flows_markdown
-    readme = (Path(F.__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (Path(F.__file__).resolve().parents[2] / "README.md").read_text()
     table = flows_markdown()
     assert table in readme, "regenerate the README's tables: .venv/bin/cog -r README.md"
     assert all(f"| {f.name} |" in table for f in F.FLOWS)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..registry import AUTO, BACKEND_CHOICES, ISOLATING_CHOICES
+
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="autoresearch", description="Set up, watch and drive the overnight "
@@ -138,9 +140,9 @@ def _init_command(sub) -> None:
                    "may edit, e.g. model.py, src/, 'config/*.py' (repeatable; the train script is always in)")
     p.add_argument("--budget", type=float, default=300, metavar="SECONDS", help="training budget per run (300)")
     p.add_argument("--objective", metavar="TEXT", help="one sentence on what to improve (default: from the metric)")
-    p.add_argument("--backend", choices=["auto", "docker", "bwrap"], default="auto", dest="sandbox",
+    p.add_argument("--backend", choices=ISOLATING_CHOICES, default=AUTO, dest="sandbox",
                    help="sandbox backend for the runs (auto: docker if an engine answers, else bwrap)")
-    p.add_argument("--sandbox", choices=["auto", "docker", "bwrap"], dest="sandbox", action=_Renamed,
+    p.add_argument("--sandbox", choices=ISOLATING_CHOICES, dest="sandbox", action=_Renamed,
                    help=argparse.SUPPRESS)                    # the old name of --backend
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
     p.add_argument("--check-seconds", type=float, default=30, metavar="SECONDS", help="the check run's budget (30)")
@@ -202,7 +204,7 @@ def _report_commands(sub) -> None:
     p.add_argument("--again", action="store_true", help="look at the test split again (recorded as such)")
     p.add_argument("--no-baseline", action="store_true", help="do not score the baseline for comparison")
     p.add_argument("--json", action="store_true", help="print the record as JSON (final.FinalRecord)")
-    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="sandbox (default: program.md)")
 
     def export(a):
         from .export import main as run
@@ -231,7 +233,7 @@ def _loop_commands(sub) -> None:
     p.add_argument("action", choices=["rebuild"], help="rebuild: write results.tsv again from the durable record")
 
     def keys(a):
-        from ..run.exits import HarnessError
+        from ..record import HarnessError
         try:
             return _keys(a)
         except HarnessError as e:
@@ -282,7 +284,7 @@ def _loop_commands(sub) -> None:
                 "reach or gave no spread either: noise unknown; when it did, calibrate stores that sigma: 0)"})
     p.add_argument("-n", "--runs", type=int, metavar="N", help="how many runs (default: noise.calibrate_runs in program.md)")
     p.add_argument("--budget", type=float, metavar="SECONDS", help="training budget per run (default: program.md)")
-    p.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="sandbox (default: program.md)")
 
     def pause(a):
         from .pause import pause as run

@@ -18,8 +18,8 @@ from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
 from ..loop.state import REPO_SEED, add_measurement_run, record_calibration, record_seed_ignored
-from ..run.identity import program_code
-from ..run.seeds import fixed_seeds, reads_harness_seed, seed_override
+from ..record import program_code
+from ..run import fixed_seeds, reads_harness_seed, seed_override
 
 
 def seed_ignored_text(metric: str, value: float, seeds: list[int], where: list[str], reads: bool) -> str:
@@ -39,7 +39,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     from rich.table import Table
 
     from ..loop.decide import threshold
-    from ..run.runner import HarnessError, run_experiment
+    from ..run import run_experiment
+    from ..record import HarnessError
     from ..gitops import head_commit, show_blob
 
     console = Console()
@@ -133,8 +134,8 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
     import sys
 
     from ..loop.decide import threshold
-    from ..run.runner import HarnessError, run_experiment
-    from ..run.seeds import with_seed
+    from ..record import HarnessError
+    from ..run import run_experiment, with_seed
     shown = " ".join(override)
     console.print(f"[bold]calibrate[/] again with the repo's own seed: `{shown}`")
     values, ids, seeds, fps = [], [], [], set()

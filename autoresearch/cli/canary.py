@@ -138,7 +138,7 @@ def check_canary(root: Path, program=None):
     its one call. Reading the wiring is not enough: a plugin Claude Code cannot load is skipped
     without a word to the agent."""
     from .claudecontract import claude_cli
-    from .doctor import Check
+    from .checks import Check
     cli = claude_cli()
     if cli is None:
         return Check(name="hooks: canary", level="fail", found="no Claude Code CLI to start a session with",

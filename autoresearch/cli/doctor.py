@@ -15,24 +15,16 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
+from ..registry import AUTO, ISOLATING, ISOLATING_CHOICES, isolates, words
+from .checks import Check, Level
 from .claudeprobe import verdict
 from .initcheck import CheckReport
 from .jsonout import SCHEMA_VERSION
-
-Level = Literal["ok", "warn", "fail", "info"]
-
-
-class Check(BaseModel):
-    name: str
-    level: Level
-    found: str
-    fix: str = ""
-
 
 def _run(argv: list[str], timeout: float = 30, **kw) -> subprocess.CompletedProcess[str] | None:
     try:
@@ -78,24 +70,23 @@ def check_git(root: Path, program: Program | None) -> Check:
 
 
 def check_sandbox(root: Path, program: Program | None) -> list[Check]:
-    from ..sandbox import BwrapBackend, DockerBackend, SandboxUnavailable, choose_backend
-    want = program.sandbox.backend if program else "auto"
+    from ..sandbox import SandboxUnavailable, backend_named, choose_backend
+    want = program.sandbox.backend if program else AUTO
     image = program.sandbox.image if program else None
     out = []
-    for name, backend in (("docker", DockerBackend(image)), ("bwrap", BwrapBackend())):
+    for name in ISOLATING:
+        backend = backend_named(name, image)
         ok, why = backend.available()
-        if ok and name == "bwrap":
-            from ..sandbox.bwrapbin import find_bwrap
-            found = find_bwrap()[0]
-            why = found.describe() if found else why      # which binary, and where it came from
-        out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want in ("auto",) else
+        if ok and hasattr(backend, "origin"):
+            why = backend.origin() or why                 # which binary, and where it came from
+        out.append(Check(name=f"sandbox: {name}", level="ok" if ok else ("warn" if want == AUTO else
                                                                           ("fail" if want == name else "info")),
                          found=why if ok else "unavailable", fix="" if ok else why))
     try:
         chosen = choose_backend(want, image)
-        level: Level = "warn" if chosen.name == "none" else "ok"
+        level: Level = "ok" if isolates(chosen.name) else "warn"
         out.append(Check(name="sandbox: chosen", level=level, found=f"{want} -> {chosen.describe()}",
-                         fix="set sandbox.backend to auto, docker or bwrap in program.md" if level == "warn" else ""))
+                         fix=f"set sandbox.backend to {words(ISOLATING_CHOICES)} in program.md" if level == "warn" else ""))
     except SandboxUnavailable as e:
         out.append(Check(name="sandbox: chosen", level="fail", found=f"sandbox.backend {want}: none available",
                          fix=str(e)))
@@ -130,7 +121,7 @@ def check_gpu_selection(root: Path, program: Program | None, host=None) -> Check
     """What sandbox.gpus gives a run on this host (`host`: a GpuHost, discovered when None), with
     its /dev/shm and launcher; a warning when it asks for more GPUs than are visible, or a launcher
     starts more processes than the run has GPUs."""
-    from ..run.specs import gpu_request
+    from ..run import gpu_request
     from ..sandbox import SandboxUnavailable, selected_gpus
     if program is None:
         return Check(name="gpus: selection", level="info", found="program.md does not load (see above)")

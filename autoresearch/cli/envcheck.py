@@ -8,8 +8,9 @@ from pathlib import Path
 
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
-from ..run.interpreter import InterpreterError, probe, torch_version
-from .doctor import Check
+from ..registry import EXECUTORS, remote
+from ..run import InterpreterError, probe, torch_version
+from .checks import Check
 
 
 def check_interpreter(root: Path, program: Program | None) -> Check:
@@ -108,7 +109,7 @@ def check_home_cache(root: Path, program: Program | None) -> list[Check]:
         return []
     sb, out = program.sandbox, []
     try:
-        from ..run.inputs import data_folder
+        from ..run import data_folder
         data: Path | None = data_folder(root)
     except Exception:                    # no data yet: check_data says so
         data = None
@@ -140,14 +141,15 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
     if program is None:
         return []
     ex = program.executor
-    if ex.kind == "local":
+    if not remote(ex.kind):
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
-    from ..run.rayexec import RAY_HINT, UNREACHABLE_FIX, unreachable
-    if importlib.util.find_spec("ray") is None:
-        return Check(name="executor", level="fail", found="kind: ray, but Ray is not installed here", fix=RAY_HINT)
+    from ..run import RAY_HINT, UNREACHABLE_FIX, unreachable
+    if (need := EXECUTORS[ex.kind]["needs"]) and importlib.util.find_spec(need) is None:
+        return Check(name="executor", level="fail", found=f"kind: {ex.kind}, but {need.capitalize()} is not installed here",
+                     fix=RAY_HINT)
     if why := unreachable(ex.address):
         return Check(name="executor", level="fail", found=why, fix=UNREACHABLE_FIX)
-    return Check(name="executor", level="ok", found=f"kind: ray at {ex.address or 'auto'}; resources per run "
+    return Check(name="executor", level="ok", found=f"kind: {ex.kind} at {ex.address or 'auto'}; resources per run "
                  f"{ex.resources or {'GPU': 1}}")

@@ -33,7 +33,7 @@ from .. import __version__
 from ..gitops import git
 from ..ledger import LedgerRow, read_rows
 from ..program import load_program
-from ..run.metrics import RunMetrics, load_verified
+from ..record import RunMetrics, load_verified
 from .jsonout import SCHEMA_VERSION
 
 INSTALL = ("autoresearch export mlflow needs the optional `mlflow` extra; install it with:\n"

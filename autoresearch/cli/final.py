@@ -96,7 +96,7 @@ def committed_code(root: Path, program: Program, commit: str) -> dict[str, bytes
     """The editable set's code files as committed at `commit` (what a keep measured): the model
     server builds the model from these, never from the work tree, which may have moved on."""
     from ..gitops import git, show_blob
-    from ..run.identity import code_files
+    from ..record import code_files
     names = git(root, "ls-tree", "-r", "--name-only", "-z", commit).stdout.split("\0")
     files = code_files([n for n in names if n and program.editable_matches(n)] + [program.run.train_script])
     return {f: show_blob(root, commit, f) for f in files}
@@ -106,10 +106,10 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
               commit: str | None = None) -> Scored:
     """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes; with `commit`, the
     model's code (the editable set) is that commit's, the code the checkpoint was trained with."""
-    from ..run.evaluate import run_eval
-    from ..run.inputs import data_folder
-    from ..run.layout import Layout, final_log, new_log
-    from ..run.outcome import eval_outcome
+    from ..run import run_eval
+    from ..run import data_folder
+    from ..record import Layout, final_log, new_log
+    from ..run import eval_outcome
     from ..sandbox import choose_backend
 
     run_dir = root / "runs" / run_id
@@ -141,9 +141,9 @@ def score_run(root: Path, program: Program, run_id: str, split: str = "test", ba
 def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Scored:
     """eval.command once more on the kept checkpoint, with the mounts declared for `final` (the
     held-out test data) and $AUTORESEARCH_STAGE=final; eval.files as committed at the base commit."""
-    from ..run.evalcmd import frozen_code, run_evalcmd
-    from ..run.exits import HarnessError
-    from ..run.layout import final_log, new_log
+    from ..run import frozen_code, run_evalcmd
+    from ..record import HarnessError
+    from ..record import final_log, new_log
     from ..sandbox import choose_backend
     if not lay.out.is_dir():
         raise FinalError(f"{lay.out} is missing: the final evaluation scores the kept run's own checkpoint "
@@ -170,8 +170,8 @@ def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Sc
 def _eval_env(sandbox, program: Program, lay) -> dict[str, str]:
     """The environment the run's EVAL stage had: its own budget and seed (from its signed record),
     so nothing in it tells the model this is the final evaluation."""
-    from ..run.metrics import read_verified
-    from ..run.specs import base_env, repo_env
+    from ..record import read_verified
+    from ..run import base_env, repo_env
     try:
         m = read_verified(lay.run_dir)
     except (OSError, ValueError) as e:
@@ -186,7 +186,7 @@ def check_identity(root: Path, program: Program, row: LedgerRow, run_id: str) ->
     folder would have `final` score the wrong model."""
 
     from ..gitops import git, show_blob, trailers
-    from ..run.metrics import KEY_MISSING, read_verified
+    from ..record import KEY_MISSING, read_verified
     d = root / "runs" / run_id
     ckpt = d / "out" / ("model.pt" if program.eval is None else "")     # eval_command: whatever TRAIN saved
     for need in (ckpt, d / Path(program.run.train_script).name):
@@ -297,7 +297,7 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
          backend: str | None = None, as_json: bool = False) -> int:
     from rich.console import Console
     console = Console()
-    from ..run.exits import HarnessError
+    from ..record import HarnessError
     from ..sandbox import SandboxUnavailable
     try:
         rec, fresh = evaluate_final(root, branch=branch, again=again, baseline=baseline, backend=backend)
@@ -309,7 +309,7 @@ def main(root: Path, branch: str | None = None, again: bool = False, baseline: b
     else:
         console.print(render(rec, fresh))
         if fresh:
-            from ..run.layout import final_log
+            from ..record import final_log
             for e in (rec.best, rec.baseline):
                 for r in (e.runs if e else []):
                     console.print(f"what the model printed for run {r.run_id} (for you only): "

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 if TYPE_CHECKING:
-    from .overnight import Night
+    from .nightstate import NightView as Night
 
 # Errors that waiting will not fix: (HTTP status or the SDK's error kind) -> what the human must do.
 FIX_AUTH = ("log in again (`claude`, then /login) or set a valid ANTHROPIC_API_KEY, then start again "

@@ -1,5 +1,5 @@
 """The README's command tables, generated from the argparse parsers, and its threat-model flow
-table, generated from autoresearch/flows.py, so they cannot drift.
+table, generated from autoresearch/record/flows.py, so they cannot drift.
 
 README.md holds cog blocks (`cogapp`, in the test extra) that print `commands_markdown()` and
 `flows_markdown()`;
@@ -64,7 +64,7 @@ def _subcommands(ap: argparse.ArgumentParser, prefix: str) -> list[tuple[str, st
 
 def commands_markdown() -> str:
     """The summary table of every command, then each command's arguments."""
-    from ..run.main import build_parser as run_parser
+    from ..run import build_parser as run_parser
     from .app import build_parser
     top = build_parser()
     cmds = [("./run.sh", run_parser().description or "", run_parser()), ("autoresearch", top.description or "", top)]
@@ -80,7 +80,7 @@ def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
     """One line of exit codes: the parser's own (cli/app.py), or ./run.sh's (run/exits.py)."""
     codes = getattr(p, "exit_codes", None)
     if name == "./run.sh":
-        from ..run.exits import RunExit
+        from ..record import RunExit
         codes = {int(e): e.name.lower().replace("_", " ") for e in RunExit}
     if not codes:
         return []
@@ -98,9 +98,9 @@ BASE_LABELS = {"project": "project", "run": "`runs/NNNN/`", "state": "state fold
 
 
 def flows_markdown() -> str:
-    """The flow table (autoresearch.flows.FLOWS) as the README's threat-model table: every place
+    """The flow table (autoresearch.record.flows.FLOWS) as the README's threat-model table: every place
     and channel, who writes it, who may read it, and what it may hold."""
-    from ..flows import FLOWS
+    from ..record.flows import FLOWS
     lines = ["| place | where | written by | read by | may hold | why |", "|---|---|---|---|---|---|"]
     for f in FLOWS:
         where = f.where if f.base in ("project", "user") else f"{BASE_LABELS[f.base]}: {f.where}"

@@ -37,6 +37,7 @@ import yaml
 from pydantic import BaseModel, Field
 
 from ..program import Budget, ConfigError, parse_program
+from ..registry import AUTO, ISOLATING_CHOICES
 from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, SCRATCHPAD
 from .wiring import legacy_settings, load_settings, merge_settings, read_settings
 
@@ -60,7 +61,7 @@ class InitOptions(BaseModel):
     editable: list[str] = []                     # more files, folders/ or globs the agent may edit (model.py)
     budget_seconds: float = Field(300, gt=0)
     objective: str | None = None
-    sandbox: Literal["auto", "docker", "bwrap"] = "auto"
+    sandbox: Literal[ISOLATING_CHOICES] = AUTO            # type: ignore[valid-type]  (registry.py)
     force: bool = False
 
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, PrivateAttr
 
 from ..atomic import write_atomic
 from ..program import Program, load_program
-from ..run.layout import RUN_COUNTER, RUNS_DIR, STATE_DIR, run_lock
+from ..record import RUN_COUNTER, RUNS_DIR, STATE_DIR, run_lock
 
 CHECKS_DIR = "checks"                     # .autoresearch/checks/<n>/: one folder per check run
 CHECK_GRACE_S = 10.0                      # a check's start-up allowance is at least this (torch's import)
@@ -126,8 +126,8 @@ def _park_leftovers(root: Path, counter_before: str | None) -> None:
 
 def run_once(root: Path, program: Program, seconds: float, seed: int, label: str) -> CheckRun:
     """One check run through the runner; parked in .autoresearch/checks/ afterwards."""
-    from ..run.exits import HarnessError, RunBusy
-    from ..run.runner import run_experiment
+    from ..record import HarnessError, RunBusy
+    from ..run import run_experiment
     counter = root / STATE_DIR / RUN_COUNTER
     try:
         before: str | None = counter.read_text()
@@ -253,7 +253,7 @@ def unseen_paths(root: Path, program: Program) -> list[str]:
     """Absolute paths the training or eval command names (`--val /x`, `data.root=/x`) that its sandbox
     cannot see: outside the project and under no mount of that stage. Each with the mounts line."""
     from ..hostenv import stage_mounts
-    from ..run.layout import inside
+    from ..record import inside
     out: list[str] = []
     commands = [("train", ["train"], program.run.command or [])]
     if program.run.mode == "eval_command" and program.eval is not None:
@@ -305,8 +305,8 @@ def findings(rep: CheckReport, program: Program, root: Path) -> list[str]:
                    "the output shows a CUDA error although this machine has a GPU: check that the sandbox "
                    "sees it (autoresearch doctor)")
     if len(rep.runs) == 2 and _same(rep.runs[0], rep.runs[1]):
-        from ..run.identity import program_code
-        from ..run.seeds import fixed_seeds, seed_override
+        from ..record import program_code
+        from ..run import fixed_seeds, seed_override
         where = fixed_seeds(root, program_code(program, root), program.run.command)
         own = seed_override(root, program.run.command, where)
         out.append(f"the seed is ignored: seeds {rep.runs[0].seed} and {rep.runs[1].seed} gave the identical "

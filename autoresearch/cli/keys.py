@@ -10,9 +10,9 @@ from pathlib import Path
 
 
 def show(root: Path) -> int:
-    from ..run.keys import identity, key_dir, key_problem, project_keys
-    from ..run.layout import run_ids
-    from ..run.metrics import KEY_MISSING, load_verified
+    from ..record import key_identity as identity, key_dir, key_problem, project_keys
+    from ..record import run_ids
+    from ..record import KEY_MISSING, load_verified
     ident = identity(root)
     if not ident.project:
         print("no signing key yet: the first ./run.sh makes one")
@@ -34,7 +34,7 @@ def show(root: Path) -> int:
 
 
 def export(root: Path, output: str | None) -> int:
-    from ..run.keys import dump_export, export_keys
+    from ..record import dump_export, export_keys
     data = export_keys(root)
     dump_export(data, Path(output) if output and output != "-" else None)
     if output and output != "-":
@@ -45,7 +45,7 @@ def export(root: Path, output: str | None) -> int:
 
 
 def import_(root: Path, source: str) -> int:
-    from ..run.keys import import_keys
+    from ..record import import_keys
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
         ids, warn = import_keys(root, json.loads(text))
@@ -59,7 +59,7 @@ def import_(root: Path, source: str) -> int:
 
 
 def new(root: Path, forget: list[str]) -> int:
-    from ..run.keys import new_key
+    from ..record import new_key
     kid = new_key(root, forget)
     print(f"new signing key {kid}: runs from now on are signed with it"
           + (f"; retired as lost: {', '.join(forget)}" if forget else ""))

@@ -128,8 +128,7 @@ def disk_plan(root: Path, program, hours: float) -> DiskPlan | None:
     """The disk a night of `hours` needs, from the run folders already there (the baseline's, else
     init's check runs); None before any run was made (nothing to measure yet)."""
     from ..loop.stop import min_free
-    from ..run.layout import RUNS_DIR, STATE_DIR, run_ids
-    from ..run.metrics import read_verified
+    from ..record import RUNS_DIR, STATE_DIR, read_verified, run_ids
     root = Path(root)
     folders = [root / RUNS_DIR / r for r in run_ids(root)][-MEASURED:]
     if not folders:

@@ -8,7 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .overnight import Night
+    from .nightstate import NightView as Night
 
 
 def summary(night: "Night") -> str:

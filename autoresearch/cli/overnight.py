@@ -36,11 +36,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from pydantic import BaseModel
-
 from ..atomic import write_atomic
 from ..program import Program, load_program
 from .headless import session
+from .nightstate import OvernightState
 from .notify import notify
 
 LOG_FILE = "overnight.log"
@@ -63,21 +62,6 @@ EXIT_FATAL = 3                                  # the exit status when an error 
 
 class DriverError(RuntimeError):
     """The night cannot start (no guard wiring, invalid program.md, ...); the message says the fix."""
-
-
-class OvernightState(BaseModel):
-    session_id: str | None = None
-    started_at: datetime
-    deadline: datetime
-    sessions: int = 0                  # connections made (first start + resumes)
-    errors: int = 0                    # sessions that ended in an error and were resumed
-    turns: int = 0                     # assistant messages seen
-    tool_calls: int = 0
-    cost_usd: float = 0.0
-    last_action: str = ""
-    status: str = "running"            # running | done | deadline | interrupted | failed | fatal
-    reason: str = ""
-    experiments_at_start: int = 0
 
 
 def _now() -> datetime:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 def pause(root: Path, reason: str, update: bool) -> int:
     from ..loop.state import request_pause
-    from ..run.queue import cancel_wave
+    from ..record import cancel_wave
     now, before = request_pause(root, reason, update=update)
     cancelled, stopped = cancel_wave(root)
     if cancelled or stopped:

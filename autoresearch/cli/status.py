@@ -120,7 +120,7 @@ def summarize(rows: list[LedgerRow], program: Program, top: int = TOP_KEPT) -> S
 
 def crash_reasons(root: Path, rows: list[LedgerRow]) -> list[CrashInfo]:
     """Why each crash happened, from its run's metrics.json (trusted: written by the runner)."""
-    from ..run.metrics import RunMetrics
+    from ..record import RunMetrics
     out = []
     for r in rows:
         if r.status != "crash":
@@ -219,7 +219,7 @@ def _seed_ignored(note, sigma: float | None, metric: str) -> str | None:
 def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | None, float | None, str | None]:
     """(the latest fingerprint in words, the new-baseline note, sigma for it, the budget sigma was
     measured at). Runs are compared only within one fingerprint, so a change is worth a line."""
-    from ..run.metrics import read_verified
+    from ..record import read_verified
     from ..loop.state import calibrations_from_runs, read_state
 
     def fp_of(run_id: str):

@@ -16,8 +16,8 @@ from pydantic import BaseModel
 
 from ..loop.runscan import load_run
 from ..program import RUN_OVERHEAD_S, ConfigError, load_program
-from ..run.layout import LOG_FILE, RUNS_DIR, run_ids
-from ..run.progress import LogFollower, clock
+from ..record import LOG_FILE, RUNS_DIR, run_ids
+from ..run import LogFollower, clock
 
 RECENT_RUNS = 12                       # only the newest run folders can be in flight
 LAST_DECISIONS = 10

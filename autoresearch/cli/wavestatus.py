@@ -19,7 +19,7 @@ class WaveRun(BaseModel):
 
 
 def wave_in_flight(root: Path) -> list[WaveRun]:
-    from ..run.queue import live_entries
+    from ..record import live_entries
     now = datetime.now(timezone.utc)
     return [WaveRun(run_id=e.run_id, state=e.state, slot=e.slot, node=e.node, budget_s=e.budget_seconds,
                     elapsed_s=round((now - e.started_at).total_seconds(), 1) if e.started_at else None,

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .. import flows
+from ..record import flows
 from .policy import Policy
 
 # The harness's own files: never editable, even if a program.md pattern matches them. (Only names

@@ -22,7 +22,6 @@ from pydantic import BaseModel
 
 from ..program import ConfigError, Program
 from ..ledger import LedgerRow
-from . import messages
 from .decide import ENV_NOTE
 from .state import LoopState, Pause, now
 
@@ -43,8 +42,12 @@ class Allowance(BaseModel):
     reason: str | None                   # why it is spent (for the human's summary)
 
     def line(self) -> str:
-        """One short line for the agent."""
-        return messages.allowance_line(self)
+        """One short line for the agent: experiments and hours left."""
+        parts = [f"{self.left} experiment{'s' if self.left != 1 else ''} left"
+                 + (f" in phase '{self.phase}'" if self.limit_source == "phase" else " in this session")]
+        if self.hours_left is not None:
+            parts.append(f"{max(self.hours_left, 0):.1f} h to the deadline")
+        return "; ".join(parts)
 
 
 def session_limit() -> int | None:
@@ -79,12 +82,32 @@ def remaining(program: Program, st: LoopState, rows: list[LedgerRow], branch: st
         hours_left = (deadline_at - at).total_seconds() / 3600
     reason = None
     if paused:
-        reason = messages.paused_reason(paused.reason)
+        reason = paused_reason(paused.reason)
     elif left <= 0:
-        reason = (messages.session_spent(limit, MAX_EXPERIMENTS_ENV) if source != "phase"
-                  else messages.phase_spent(program, limit))
+        reason = (session_spent(limit, MAX_EXPERIMENTS_ENV) if source != "phase"
+                  else phase_spent(program, limit))
     elif hours_left is not None and hours_left <= 0:
-        reason = messages.deadline_passed(program, st.started_at)
+        reason = deadline_passed(program, st.started_at)
     return Allowance(phase=program.phase, done=done, limit=limit, limit_source=source, left=left,
                      deadline_at=deadline_at, hours_left=hours_left, paused=paused,
                      spent=reason is not None, reason=reason)
+
+
+# --- why it is spent, in words (the loop's messages read the Allowance; this module words its own state)
+
+def paused_reason(reason: str) -> str:
+    return "paused" + (f" ({reason})" if reason else "") + ": `autoresearch resume` to go on"
+
+
+def session_spent(limit: int, env: str) -> str:
+    return f"the session's budget of {limit} experiments ({env}) is spent"
+
+
+def phase_spent(program: Program, limit: int) -> str:
+    return (f"phase '{program.phase}' has used its {limit} experiments: edit `phase:` in program.md "
+            f"(or raise max_experiments) to go on")
+
+
+def deadline_passed(program: Program, started_at) -> str:
+    return (f"the deadline ({program.deadline_hours:g} h from {started_at:%Y-%m-%d %H:%M} UTC) has passed: "
+            f"`autoresearch resume` restarts the clock")

@@ -29,7 +29,7 @@ from pydantic import BaseModel
 
 from ..gitops import git, show_blob
 from ..program import Program
-from ..run.logs import log_tail
+from ..run import log_tail
 from .decide import ENV_NOTE
 from .runscan import RunRecord
 

@@ -15,8 +15,7 @@ from ..gitops import RUN_BRANCH_PREFIX, current_branch, git, head_commit, is_run
 from ..ledger import LedgerRow, best_value, branch_rows, decided_runs, read_rows
 from ..ledger.durable import kept_rows_from_git
 from ..program import RUN_OVERHEAD_S, Program
-from ..run.identity import program_code, snapshot, snapshot_at
-from ..run.metrics import read_verified
+from ..record import program_code, read_verified, snapshot, snapshot_at
 from . import messages
 from .runscan import RunRecord, undecided_runs
 from .state import LoopState, calibrations_from_runs

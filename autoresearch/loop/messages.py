@@ -14,8 +14,8 @@ from ..ledger import LedgerRow, best_row, branch_rows
 from ..program import Program
 from .decide import NO_EFFECT, Verdict
 
-if TYPE_CHECKING:                         # types only: allowance words its state through this module
-    from ..run.metrics import RunMetrics
+if TYPE_CHECKING:                         # types only
+    from ..record import RunMetrics
     from .allowance import Allowance
     from .runscan import RunRecord
 
@@ -311,35 +311,6 @@ def summary(program: Program, branch: str | None, rows: list[LedgerRow], lead: s
                      f"commit {best.commit}); baseline {base.value:.6f} ({best.value - base.value:+.6f}).")
     lines.append("`autoresearch status` shows the table.")
     return "\n".join(lines)
-
-
-# --- the allowance, in words ---------------------------------------------------------------
-
-def allowance_line(a: Allowance) -> str:
-    """One short line for the agent: experiments and hours left."""
-    parts = [f"{a.left} experiment{'s' if a.left != 1 else ''} left"
-             + (f" in phase '{a.phase}'" if a.limit_source == "phase" else " in this session")]
-    if a.hours_left is not None:
-        parts.append(f"{max(a.hours_left, 0):.1f} h to the deadline")
-    return "; ".join(parts)
-
-
-def paused_reason(reason: str) -> str:
-    return "paused" + (f" ({reason})" if reason else "") + ": `autoresearch resume` to go on"
-
-
-def session_spent(limit: int, env: str) -> str:
-    return f"the session's budget of {limit} experiments ({env}) is spent"
-
-
-def phase_spent(program: Program, limit: int) -> str:
-    return (f"phase '{program.phase}' has used its {limit} experiments: edit `phase:` in program.md "
-            f"(or raise max_experiments) to go on")
-
-
-def deadline_passed(program: Program, started_at) -> str:
-    return (f"the deadline ({program.deadline_hours:g} h from {started_at:%Y-%m-%d %H:%M} UTC) has passed: "
-            f"`autoresearch resume` restarts the clock")
 
 
 # --- SessionStart and PreCompact -----------------------------------------------------------

@@ -7,12 +7,15 @@ in the journal too, so a call that finishes a killed one answers the same.
 - `contended`:     a run slowed down by another job (a row only: run it again)
 - `record`:        rows only, for runs whose code is gone (superseded)
 
+Each takes a `Deciding`: the inputs one Stop decision works from, whichever way it goes.
+
 Before a revert every code file's content exists somewhere besides the work tree (runs/NNNN/ or
 .autoresearch/reverted/); checkpoints of runs no keep covers are pruned afterwards.
 """
 from __future__ import annotations
 
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..digest import sha256_bytes, sha256_file
@@ -21,13 +24,12 @@ from ..gitops import locked_index
 from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, kept_run_ids
 from ..ledger.durable import row_trailers
 from ..program import Program
-from ..run.identity import program_code, snapshot_of
-from ..run.layout import CHECKPOINT
+from ..record import CHECKPOINT, program_code, snapshot_of
 from . import journal, messages
 from .allowance import remaining
 from .blame import EnvCause, consecutive
 from .context import Context
-from ..run.seeds import overriders
+from ..run import overriders
 from .decide import NO_EFFECT, Verdict
 from .journal import Journal, LoopError
 from .messages import SCRATCHPAD, allow, block
@@ -78,10 +80,28 @@ def _next_exp(ctx: Context) -> int:
     return len(branch_rows(ctx.rows, ctx.branch)) + 1
 
 
-def record(root: Path, program: Program, st: LoopState, ctx: Context, others: list[RunRecord],
-           thresh: float, rows: list[LedgerRow] | None = None, reply: dict | None = None) -> list[LedgerRow]:
+@dataclass
+class Deciding:
+    """What one Stop decision works from, whichever way it goes: the project and its program, the
+    loop state, the context read at the start, the runs of the current code (`cands`, oldest first),
+    the other undecided runs and the keep threshold."""
+    root: Path
+    program: Program
+    st: LoopState
+    ctx: Context
+    cands: list[RunRecord]
+    others: list[RunRecord]
+    thresh: float
+
+    def parts(self) -> tuple[Path, Program, LoopState, Context, list[RunRecord], list[RunRecord], float]:
+        return self.root, self.program, self.st, self.ctx, self.cands, self.others, self.thresh
+
+
+def record(d: Deciding, others: list[RunRecord], rows: list[LedgerRow] | None = None,
+           reply: dict | None = None) -> list[LedgerRow]:
     """Ledger rows, no git: for runs whose code is gone (the agent moved on before a decision),
-    or the given rows (re-measurements, contended runs)."""
+    or the given rows (re-measurements, contended runs); `others`: the runs they record."""
+    root, program, st, ctx, _, _, thresh = d.parts()
     rows = rows or superseded_rows(program, st, ctx, others, thresh, _next_exp(ctx))
     preflight(root)
     last = rows[-1]
@@ -110,10 +130,10 @@ def prune_checkpoints(root: Path, program: Program, runs: list[RunRecord]) -> No
             remove_tree(run.path / "out")
 
 
-def remeasure(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
-              others: list[RunRecord], thresh: float, sig: float | None) -> dict:
+def remeasure(d: Deciding, sig: float | None) -> dict:
     """Runs of the branch tip's own code: they measure the best again (its mean moves), never a
     keep -- a lucky re-run is not an improvement. Under a new fingerprint they are its baseline."""
+    root, program, st, ctx, cands, others, thresh = d.parts()
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)
     m = program.metric
@@ -132,14 +152,14 @@ def remeasure(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
             r.best = after
     reply = block(messages.remeasured(program, cands[-1], views[-1][1].status == "ok", new_base, ctx.fp_change,
                                       after, n, ctx.train))
-    record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    record(d, others + cands, rows=rows, reply=reply)
     return reply
 
 
-def contended(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
-              others: list[RunRecord], thresh: float, why: str) -> dict:
+def contended(d: Deciding, why: str) -> dict:
     """A run that trained far slower than its peers (another job shared the machine) is recorded
     as contended and never kept; the code stays as it is, so the agent simply runs it again."""
+    root, program, st, ctx, cands, others, thresh = d.parts()
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)
     r = cands[-1]
@@ -147,15 +167,15 @@ def contended(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
     rows.append(run_row(program, ctx, r, exp0 + len(rows), "discard", v.value, thresh, st.sigma,
                         f"contended: {why}; not judged", prev_best=ctx.best, best=ctx.best))
     reply = block(messages.contended(program, r, why, ctx.train))
-    record(root, program, st, ctx, others + [r], thresh, rows=rows, reply=reply)
+    record(d, others + [r], rows=rows, reply=reply)
     return reply
 
 
-def env_crash(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
-              others: list[RunRecord], thresh: float, cause: EnvCause) -> dict:
+def env_crash(d: Deciding, cause: EnvCause) -> dict:
     """A crash the environment caused (blame.py): a row that counts as no experiment, no git --
     the code stays as it is, with the setting a human changes. The same cause twice in a row lets
     the agent stop: another run could only crash the same way."""
+    root, program, st, ctx, cands, others, thresh = d.parts()
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)
     r = cands[-1]
@@ -165,7 +185,7 @@ def env_crash(root: Path, program: Program, st: LoopState, ctx: Context, cands: 
     again = consecutive(ctx.rows, ctx.branch, cause.kind) >= 1
     reply = (allow(messages.env_crash_stop(program, r, cause)) if again
              else block(messages.env_crash(program, r, cause)))
-    record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    record(d, others + cands, rows=rows, reply=reply)
     if again:                          # a finish, as a spent budget's: overnight ends instead of sending it on
         done = read_state(root)
         done.finished_at, done.finish_reason = now(), f"environment crash twice: {cause.kind}; fix: {cause.fix}"
@@ -185,10 +205,10 @@ def checkpoint_missing(program: Program, runs: list[RunRecord]) -> str | None:
     return None
 
 
-def unkeepable(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
-               others: list[RunRecord], thresh: float, missing: str) -> dict:
+def unkeepable(d: Deciding, missing: str) -> dict:
     """A run that would be kept but whose checkpoint is gone is never kept (final could not score
     it): a row, no git, the code stays so the agent runs it again."""
+    root, program, st, ctx, cands, others, thresh = d.parts()
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)
     r = cands[-1]
@@ -197,14 +217,14 @@ def unkeepable(root: Path, program: Program, st: LoopState, ctx: Context, cands:
                         f"checkpoint missing ({missing}): not kept, not judged", runs=cands,
                         prev_best=ctx.best, best=ctx.best))
     reply = block(messages.unkeepable(program, r, missing, v.value, ctx.train))
-    record(root, program, st, ctx, others + cands, thresh, rows=rows, reply=reply)
+    record(d, others + cands, rows=rows, reply=reply)
     return reply
 
 
-def apply_verdict(root: Path, program: Program, st: LoopState, ctx: Context, cands: list[RunRecord],
-                  others: list[RunRecord], v: Verdict, thresh: float, sig: float | None) -> dict:
+def apply_verdict(d: Deciding, v: Verdict, sig: float | None) -> dict:
     """Write the decision down (journal), apply it, and return the hook's reply -- which is
     itself in the journal, so a call that finishes a killed one answers the same."""
+    root, program, st, ctx, cands, others, thresh = d.parts()
     preflight(root)
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)

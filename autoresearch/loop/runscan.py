@@ -17,9 +17,8 @@ from pydantic import BaseModel, ConfigDict
 from ..digest import sha256_file
 from ..program.sections import save_margin
 from .decide import RunView
-from ..run.layout import RUNNING as RUNNING_LOCK, RUNS_DIR, lock_held, run_ids
-from ..run.queue import QueueEntry, read_entry, runner_live
-from ..run.metrics import RECORD_ALTERED, RunMetrics, load_verified, read_verified
+from ..record import (QueueEntry, RECORD_ALTERED, RUNNING as RUNNING_LOCK, RUNS_DIR, RunMetrics, load_verified,
+                      lock_held, read_entry, read_verified, run_ids, runner_live)
 
 FRESH_DIR_S = 5.0                         # a run folder without metrics.json younger than this is being created
 

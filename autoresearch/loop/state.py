@@ -272,7 +272,7 @@ def record_seed_ignored(root: Path, value: float, run_ids: list[str], seeds: lis
 def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
     """sigma per fingerprint rebuilt from runs/ (their metrics.json say purpose: calibration), so
     a lost or corrupt state.json does not silently lose it."""
-    from ..run.metrics import RunMetrics, read_verified
+    from ..record import RunMetrics, read_verified
     groups: dict[str, list[RunMetrics]] = {}
     runs = Path(root) / "runs"
     for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:

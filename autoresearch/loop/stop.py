@@ -65,11 +65,7 @@ from ..gitops import GitError, show_blob
 from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
-from ..run.exits import DISK_FULL_MARK
-from ..run.identity import program_code
-from ..run.keys import key_problem
-from ..run.metrics import KEY_MISSING
-from ..run.queue import cancel_wave, settle_lost
+from ..record import DISK_FULL_MARK, KEY_MISSING, cancel_wave, key_problem, program_code, settle_lost
 from . import journal, messages, record, wave
 from .allowance import Allowance, remaining
 from .blame import environment_cause
@@ -281,28 +277,29 @@ def _decide_current(root: Path, program: Program, st: LoopState, ctx: Context, c
     compare_with(root, program, ctx, cands[-1])
     sig = sigma_for(root, st, ctx.fingerprint)
     thresh = threshold(program, sig)
+    d = record.Deciding(root, program, st, ctx, cands, others, thresh)
     busy = contention(root, cands[-1]) if cands[-1].status == "ok" else None
     if busy:
-        return record.contended(root, program, st, ctx, cands, others, thresh, busy)
+        return record.contended(d, busy)
     cause = environment_cause(root, program, cands[-1], ctx.head, program_code(program, root),
                               best_code=not ctx.has_keeps or ctx.cur_snap == ctx.head_snap)
     if cause:
-        return record.env_crash(root, program, st, ctx, cands, others, thresh, cause)
+        return record.env_crash(d, cause)
     if ctx.has_keeps and ctx.cur_snap == ctx.head_snap:
-        return record.remeasure(root, program, st, ctx, cands, others, thresh, sig)
+        return record.remeasure(d, sig)
     if ctx.has_keeps and ctx.best is None:
         v = _not_comparable(program, ctx, cands[-1], thresh)
-        return record.apply_verdict(root, program, st, ctx, cands, others, v, thresh, sig)
+        return record.apply_verdict(d, v, sig)
     can_confirm = not allowance.paused and not (allowance.hours_left is not None and allowance.hours_left <= 0)
     views = [r.view(program.metric.name, program.metric.direction) for r in cands]
     v = verdict(views, ctx.best, program.metric, thresh, program.noise.confirm_margin, can_confirm)
     if v.action == "keep" and (gone := record.checkpoint_missing(program, cands)):
-        return record.unkeepable(root, program, st, ctx, cands, others, thresh, gone)
+        return record.unkeepable(d, gone)
     if v.action == "confirm":
         if others:
-            record.record(root, program, st, ctx, others, thresh)
+            record.record(d, others)
         return block(messages.confirm(program, v, cands))
-    return record.apply_verdict(root, program, st, ctx, cands, others, v, thresh, sig)
+    return record.apply_verdict(d, v, sig)
 
 
 def _not_comparable(program: Program, ctx: Context, run: RunRecord, thresh: float) -> Verdict:
@@ -336,7 +333,8 @@ def _nothing_to_decide(root: Path, program: Program, st: LoopState, ctx: Context
     if its allowance is spent (moving to the next phase first if the program says so), else say
     what to do next."""
     if others:
-        ctx.rows = ctx.rows + record.record(root, program, st, ctx, others, threshold(program, st.sigma))
+        d = record.Deciding(root, program, st, ctx, [], others, threshold(program, st.sigma))
+        ctx.rows = ctx.rows + record.record(d, others)
         allowance = remaining(program, read_state(root), ctx.rows, ctx.branch, ctx.session, paused(root))
     program, allowance, moved = advance_if_spent(root, program, allowance, read_state(root), ctx.rows,
                                                  ctx.branch, ctx.session)

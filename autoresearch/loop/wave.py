@@ -19,10 +19,8 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..ledger import branch_rows
 from ..program import Program
-from ..run.identity import program_code, snapshot_files
-from ..run.layout import RUNS_DIR, eval_log
+from ..record import RUNS_DIR, eval_log, program_code, read_entry, saved_files, snapshot_files, snapshot_intact
 from ..gitops import show_blob
-from ..run.queue import read_entry, saved_files, snapshot_intact
 from .context import Context
 from .journal import crash_point
 from .runscan import RunRecord

@@ -30,18 +30,18 @@ __all__ = ["BUILTIN_METRIC", "PROGRAM_FILE", "RUN_OVERHEAD_S", "Budget", "Config
 
 
 class Program(_Strict):
-    objective: str = ""
-    metric: Metric = Metric()
-    budget: Budget = Budget()
-    editable: list[str] = ["train.py", "scratchpad.md"]
-    min_improvement: float = Field(0.0, ge=0)
-    noise: Noise = Noise()
-    sandbox: Sandbox = Sandbox()
-    run: Run = Run()
-    deadline_hours: float | None = Field(None, gt=0)
+    objective: str = ""                          # one line: what the research is for (the agent reads it)
+    metric: Metric = Metric()                    # what is measured, and which way is better
+    budget: Budget = Budget()                    # the seconds of ONE run (not how many runs)
+    editable: list[str] = ["train.py", "scratchpad.md"]   # the files, folders/ or globs the agent may edit
+    min_improvement: float = Field(0.0, ge=0)    # a keep must beat the best by more than this (and the noise)
+    noise: Noise = Noise()                       # how run-to-run noise sets the keep threshold
+    sandbox: Sandbox = Sandbox()                 # where and within which limits a run executes
+    run: Run = Run()                             # how a run trains and is measured
+    deadline_hours: float | None = Field(None, gt=0)   # the loop stops this long after it started
     seed: int = 0                                # base seed; the harness derives each run's seed from it
-    phase: str = "default"
-    phases: list[Phase] = [Phase(name="default")]
+    phase: str = "default"                       # the current phase (the Stop hook moves it on)
+    phases: list[Phase] = [Phase(name="default")]   # the plan: each phase's focus and experiment count
     on_phase_end: Literal["next", "stop"] = "next"   # a spent phase moves on to the next one, or stops
     keep_checkpoints: Literal["kept", "all"] = "kept"  # "kept": a discarded or crashed run's out/ is deleted
     notify: Notify | None = None                 # `autoresearch overnight`'s end-of-night message

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..editable import is_literal, pattern_problem
 from ..hostenv import check_env, check_folder, check_python
+from ..registry import AUTO, BACKEND_CHOICES, DEFAULT_EXECUTOR, EXECUTORS, REMOTE_EXECUTORS, remote, words
 
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*")
@@ -22,12 +23,12 @@ class _Strict(BaseModel):
 
 
 class Metric(_Strict):
-    name: str = "val_bpb"
-    direction: Literal["minimize", "maximize"] = "minimize"
+    name: str = "val_bpb"                        # the metric's name in results.tsv and the record
+    direction: Literal["minimize", "maximize"] = "minimize"   # which way is better
     # The sane range for this task, in every mode: a value below floor or above ceiling is not a
     # better model but a leak, a forgery or a bug, and the run is marked invalid (never kept).
     floor: float | None = None
-    ceiling: float | None = None
+    ceiling: float | None = None                 # see floor
 
     @model_validator(mode="after")
     def _range(self) -> "Metric":
@@ -76,7 +77,7 @@ class Budget(_Strict):
     """train_seconds is agent compute: its clock starts when agent code starts (after the trusted
     warm-up, which grace_seconds bounds and which is not counted), and agent code is killed at
     train_seconds + save_margin."""
-    train_seconds: float = Field(300, gt=0)
+    train_seconds: float = Field(300, gt=0)      # agent compute per run; killed at this plus a small margin
     grace_seconds: float = Field(60, ge=0)       # the trusted start-up (interpreter, imports): not counted
     eval_seconds: float = Field(300, gt=0)       # the EVAL stage's own hard limit
 
@@ -91,7 +92,7 @@ class Budget(_Strict):
 class Noise(_Strict):
     k_sigma: float = Field(2.0, ge=0)            # threshold = max(min_improvement, k_sigma * sigma)
     confirm_margin: float = Field(0.0, ge=0)     # wins by less than threshold + this are re-run with another seed
-    calibrate_runs: int = Field(3, ge=2)
+    calibrate_runs: int = Field(3, ge=2)         # runs `autoresearch calibrate` makes to measure sigma
 
 
 def _gpus(v: Any) -> Union[str, int, list[int]]:
@@ -124,11 +125,12 @@ def _gpus(v: Any) -> Union[str, int, list[int]]:
 
 
 class Sandbox(_Strict):
-    backend: Literal["auto", "docker", "bwrap", "none"] = "auto"
-    memory_gb: float = Field(8, gt=0)
-    pids: int = Field(512, ge=16)
+    # the sandbox: auto (docker if an engine answers, else bwrap) or one by name; none isolates nothing
+    backend: Literal[BACKEND_CHOICES] = AUTO          # type: ignore[valid-type]  (registry.py)
+    memory_gb: float = Field(8, gt=0)            # memory cap of a stage (cgroup or docker)
+    pids: int = Field(512, ge=16)                # process cap of a stage
     disk_gb: float = Field(4, gt=0)              # cap on runs/NNNN/out/ while a run goes (a checkpoint fits)
-    image: str = "autoresearch-sandbox:latest"
+    image: str = "autoresearch-sandbox:latest"   # docker: the image (container/Dockerfile), else a local one
     # GPUs the run gets: all visible (CUDA_VISIBLE_DEVICES narrows), none, the first N, or host indices
     gpus: Union[Literal["all", "none"], int, list[int]] = "all"
     shm_gb: float | None = Field(None, gt=0)     # /dev/shm: DataLoader workers and NCCL (counts toward memory_gb)
@@ -161,7 +163,8 @@ class Executor(_Strict):
     """Who runs a wave (`./run.sh -m ... --queue`): `local` runs up to `slots` sandboxed runs at once on
     this machine, each on its own GPU (or its share of the CPU cores); `ray` sends each run as a task
     to the Ray cluster at `address`, asking for `resources` (default: one GPU)."""
-    kind: Literal["local", "ray"] = "local"
+    # local: slots on this machine; ray: tasks on the Ray cluster at `address`
+    kind: Literal[tuple(EXECUTORS)] = DEFAULT_EXECUTOR   # type: ignore[valid-type]  (registry.py)
     slots: int | None = Field(None, ge=1, le=256)   # None: one per GPU the sandbox may use, else 1
     address: str | None = None                      # ray: "auto", "ray://head:10001", "10.0.0.5:6379"
     resources: dict[str, float] = {}                 # ray: per task, e.g. {GPU: 1} (the default: gpus_per_run)
@@ -171,8 +174,9 @@ class Executor(_Strict):
 
     @model_validator(mode="after")
     def _ray_needs(self) -> "Executor":
-        if self.kind == "local" and (self.address or self.resources):
-            raise ValueError("executor: address and resources are for kind: ray; remove them or set kind: ray")
+        if not remote(self.kind) and (self.address or self.resources):
+            kinds = words([f"kind: {k}" for k in REMOTE_EXECUTORS])
+            raise ValueError(f"executor: address and resources are for {kinds}; remove them or set {kinds}")
         return self
 
 
@@ -223,8 +227,8 @@ class Run(_Strict):
     """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
     `eval_command`: TRAIN, then the human's frozen `eval.command` in its own sandbox writes the metric.
     `inline`: for legacy code that can only print its own metric -- a weaker guarantee, the last resort."""
-    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"
-    train_script: str = "train.py"
+    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"   # who measures: scorer, eval.command, or the log
+    train_script: str = "train.py"               # the file the agent edits and TRAIN runs
     command: list[str] | None = None             # inline / eval_command mode: the training command
     metric_regex: str | None = None              # inline mode: a regex with one group capturing the metric
     # TRAIN stage only: argv words put before the training script (the interpreter left out), such as
@@ -320,10 +324,10 @@ class Eval(_Strict):
 
 
 class Phase(_Strict):
-    name: str = Field(min_length=1)
-    focus: str = ""
-    max_experiments: int = Field(20, ge=1)
-    web: bool = False
+    name: str = Field(min_length=1)              # the phase's name (`phase:` names the current one)
+    focus: str = ""                              # what the agent works on in this phase
+    max_experiments: int = Field(20, ge=1)       # experiments before the phase is spent
+    web: bool = False                            # the agent may search the web in this phase
     editable: list[str] = []                     # extra editable files in this phase
 
 
@@ -331,6 +335,6 @@ class Notify(_Strict):
     """An end-of-night message, sent by trusted host code (`autoresearch overnight`), never by the
     agent: a shell command (the summary on stdin and in $AUTORESEARCH_SUMMARY) and/or a webhook
     (a JSON POST `{"text": summary, ...}`, e.g. a Slack incoming webhook)."""
-    command: str | None = None
-    webhook: str | None = Field(None, pattern=r"^https?://")
-    timeout_seconds: float = Field(30, gt=0, le=300)
+    command: str | None = None                   # a shell command: the summary on stdin
+    webhook: str | None = Field(None, pattern=r"^https?://")   # a URL that gets the summary as JSON
+    timeout_seconds: float = Field(30, gt=0, le=300)           # for either

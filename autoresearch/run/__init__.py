@@ -6,25 +6,48 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
 
     runner        run_experiment (the two stages, in order, under the run lock)
     main          ./run.sh's command line: one run, --queue, --wait
-    queue         a wave's queue on disk: runs/NNNN/queue.json and the saved snapshot; cancel
     scheduler     the local executor: up to executor.slots runs at once, one per GPU or CPU share
-    exits         ./run.sh's exit codes; HarnessError, RunBusy
     inputs        budget, seed, prepare.py and the data, the evaluator's version, diff.patch
-    layout        runs/NNNN/'s files, the one runs/ listing, run ids never reused, run.lock, .running
     specs         each stage's sandbox: mounts, environment, limits
     evaluate      the EVAL stage: two model servers and the scorer
     outcome       the one outcome ladder: sandbox result (+ scorer result) -> status, reason
     report        what the agent reads after a run
     logs, gpu     train.log (append, tail, steps/s); peak GPU memory polled from outside
-    identity      fingerprint, snapshot of the editable set
-    metrics       metrics.json: the signed run record, re-checked on the host
     scorer        the trusted scorer (val bytes, loss, hidden checks)
-    model_server  runs INSIDE the sandbox with agent code; imports only protocol
     evalcmd       eval.command: the human's frozen eval script in its own sandbox
     evalsplit     eval.model: that script without agent code, the model in other sandboxes
+    evalstage     which of the two runs, for EVAL and for final
     relay         the split's trusted relay: every answer checked, hidden re-asks
-    array_server  the split's model server, INSIDE the sandbox; evalclient, the script's handle
-    protocol      the EVAL wire format
+    enqueue       --queue: a run snapshotted into runs/NNNN/ now, run from there by the scheduler
+    rayexec, raynode  the Ray executor: a wave's runs on a cluster's nodes
+    evalclient    the eval script's handle under its first name (autoresearch.inside.evalclient)
 
-This file imports nothing: `python -m autoresearch.run.model_server` executes it inside the sandbox.
+What runs inside a sandbox is in autoresearch/inside/, the record a run leaves in autoresearch/record/.
+The front door: loop/ and cli/ import `from autoresearch.run import run_experiment, ...`; names load
+on first use, so `./run.sh`'s start-up pays only for what it runs.
 """
+from __future__ import annotations
+
+from ..frontdoor import lazy
+
+# module -> the names it lends the front door
+_MODULES: dict[str, tuple[str, ...]] = {
+    "evalcmd": ("frozen_code",),
+    "evalstage": ("run_evalcmd",),
+    "evaluate": ("run_eval",),
+    "inputs": ("data_folder",),
+    "interpreter": ("InterpreterError", "probe", "torch_version"),
+    "logs": ("log_tail",),
+    "main": ("build_parser",),
+    "outcome": ("eval_outcome",),
+    "progress": ("LogFollower", "clock"),
+    "rayexec": ("RAY_HINT", "UNREACHABLE_FIX", "unreachable"),
+    "runner": ("run_experiment",),
+    "seeds": ("fixed_seeds", "overriders", "reads_harness_seed", "seed_override",
+              "with_seed"),
+    "specs": ("base_env", "gpu_request", "repo_env"),
+}
+_EXPORTS = {n: (m, n) for m, names in _MODULES.items() for n in names}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)
+

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
 import stat
 from pathlib import Path
 
@@ -30,11 +29,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
-from .exits import HarnessError
-from ..flows import EVAL_COMMAND
-from .layout import EVAL_LOG, Layout, new_log, private_dir
-from .logs import append_log, log_tail
-from .metrics import RunMetrics
+from ..record import EVAL_LOG, HarnessError, Layout, private_dir
+from ..record.flows import EVAL_COMMAND
+from .logs import log_tail
 from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
                     python_of, runtime_mounts)
 from .workcopy import put_file, remove_work_copy, work_copy
@@ -202,45 +199,3 @@ def evalcmd_outcome(res: SandboxResult, value: float | None, problem: str | None
     if problem is not None or value is None:
         return "invalid", f"the eval command's metric file is {problem}"
     return "ok", None
-
-
-def run_evalcmd(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                log: Path, stage: str = "eval", figures: dict | None = None
-                ) -> tuple[SandboxResult, str, str | None, float | None]:
-    """The eval script once, on the checkpoint in lay.out: (sandbox result, status, reason, value).
-    With eval.model, the evaluator split (evalsplit.py); its relay's figures go into `figures`."""
-    if program.eval is not None and program.eval.model is not None:
-        from .evalsplit import run_split
-        res, status, reason, value, got = run_split(sandbox, program, lay, env, frozen, log, stage)
-        if figures is not None:
-            figures.update(got)
-        return res, status, reason, value
-    channel = metric_channel(lay)
-    work = work_copy(lay, f"{EVAL_NAME}-cmd")
-    try:
-        res = sandbox.run(evalcmd_spec(sandbox, program, lay, env, frozen, channel, log, stage, work))
-        value, problem = read_metric(channel)
-    finally:
-        remove_work_copy(channel)
-        remove_work_copy(work)                     # what the eval stage wrote into its tree ends with it
-    status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
-    return res, status, reason, value if status == "ok" else None
-
-
-def evalcmd_stage(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                  m: RunMetrics) -> tuple[str, str | None, int | None]:
-    """A run's EVAL stage in eval_command mode, after TRAIN ended ok: fills m (the metric when ok);
-    returns (status, reason, peak memory in bytes)."""
-    cmd = " ".join(program.eval.command) if program.eval else ""
-    append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
-                        f"what it prints goes to the eval log, for humans only: {lay.eval_log} ----\n")
-    figures: dict = {}
-    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {cmd}\n")
-    res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, figures=figures)
-    m.extra.update({f"eval_{k}": v for k, v in figures.items()})
-    m.eval_seconds = round(res.wall_seconds, 3)
-    append_log(lay.log, f"evaluate: ok {program.metric.name} {value}\n" if status == "ok"
-               else f"evaluate: {status}: {reason}\n")
-    if value is not None:
-        m.metric_value = value
-    return status, reason, res.peak_memory_bytes

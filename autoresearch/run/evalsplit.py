@@ -2,9 +2,9 @@
 
     the script   eval.command, eval.files as committed at the base commit, in a sandbox WITHOUT the
                  project: only the frozen files at their paths, the autoresearch package (for
-                 autoresearch.run.evalclient), run.python, the mounts for stage eval (or final), and
+                 autoresearch.inside.evalclient), run.python, the mounts for stage eval (or final), and
                  the metric channel. No checkpoint, no agent code, no network.
-    the model    one or two model servers (autoresearch.run.array_server, two when eval.checks > 0),
+    the model    one or two model servers (autoresearch.inside.array_server, two when eval.checks > 0),
                  each in its own sandbox: the project read-only with the run's snapshot, the
                  checkpoint read-only, the mounts TRAIN saw, no held-out data, no metric channel.
     the relay    here, in the runner (autoresearch.run.relay): the script's requests to the servers,
@@ -18,13 +18,13 @@ import shutil
 import threading
 from pathlib import Path
 
-from ..flows import SERVER
+from ..record.flows import SERVER
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
 from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric, METRIC_FILE
 from .interpreter import interpreter_mounts, resolve
-from .layout import Layout, inside
+from ..record import Layout, inside
 from .relay import Relay
 from .specs import (EVAL_NAME, gpu_request, hidden_splits, hidden_under, home_cache, package_mount, project_id, project_mounts,
                     python_of, runtime_mounts)
@@ -79,7 +79,7 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.array_server", "--project",
+    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.inside.array_server", "--project",
             str(work), "--entry", program.eval.model, "--out", str(lay.out)]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
     return SandboxSpec(argv=argv, mounts=mounts, env=env,

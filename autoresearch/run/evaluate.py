@@ -14,9 +14,8 @@ from pathlib import Path
 from ..program import Program
 from ..sandbox import Backend, SandboxResult
 from .inputs import load_prepare
-from .layout import Layout, new_log
+from ..record import Layout, RunMetrics, new_log
 from .logs import EVAL_BANNER, append_log
-from .metrics import RunMetrics
 from .outcome import eval_outcome
 from .specs import eval_spec
 from .workcopy import remove_work_copy

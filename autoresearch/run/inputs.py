@@ -11,9 +11,7 @@ import os
 from pathlib import Path
 
 from ..program import Program
-from .exits import HarnessError
-from .layout import run_dirs
-from .metrics import METRICS_FILE
+from ..record import HarnessError, METRICS_FILE, run_dirs
 
 
 def resolve_budget(program: Program, budget: float | None) -> float:

@@ -15,8 +15,8 @@ import sys
 import time
 
 from ..program import ConfigError, load_program, project_root
-from .exits import HarnessError, RunBusy, RunExit, for_status
-from .layout import RUNS_DIR
+from ..record import HarnessError, RUNS_DIR, RunBusy, RunExit, for_status
+from ..registry import BACKEND_CHOICES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("-m", "--message", metavar="TEXT", help="what changed and why (recorded with the run)")
     ap.add_argument("--budget", type=float, metavar="SECONDS", help="training budget (default: program.md)")
     ap.add_argument("--seed", type=int, metavar="N", help="seed (default: program seed + earlier runs of this train.py)")
-    ap.add_argument("--backend", choices=["auto", "docker", "bwrap", "none"], help="sandbox (default: program.md)")
+    ap.add_argument("--backend", choices=BACKEND_CHOICES, help="sandbox (default: program.md)")
     ap.add_argument("--queue", action="store_true", help="queue this snapshot into the wave; return at once")
     ap.add_argument("--wait", action="store_true", help="wait for every queued run of the wave; print a table")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """./run.sh; the exit code says how the run ended (autoresearch/run/exits.py)."""
+    """./run.sh; the exit code says how the run ended (autoresearch/record/exits.py)."""
     args = build_parser().parse_args(argv)
     if args.serve or args.execute:
         from .scheduler import execute_child, serve
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _queue(args) -> int:
-    from .queue import queue_experiment
+    from .enqueue import queue_experiment
     from .scheduler import ensure_scheduler
     root = project_root()
     e = queue_experiment(root, args.message.strip(), args.budget, args.seed, args.backend)
@@ -84,7 +84,7 @@ def _run(args) -> int:
 def wave(root) -> list:
     """The wave: queued runs no ledger row has decided yet, oldest first."""
     from ..ledger import LedgerError, decided_runs, read_rows
-    from .queue import entries
+    from ..record import entries
     try:
         decided = decided_runs(read_rows(root))
     except (LedgerError, OSError):
@@ -122,7 +122,7 @@ def wait(root, poll_s: float = 0.25, limit_s: float | None = None) -> int:
 
 def table(root, program) -> str:
     """run, status, metric, description: one line per run of the wave."""
-    from .metrics import load_verified
+    from ..record import load_verified
     lines = [f"{'run':<6} {'status':<11} {program.metric.name:>10}  description"]
     for e in wave(root):
         m, problem = load_verified(root / RUNS_DIR / e.run_id)
@@ -169,7 +169,7 @@ def _guarded(fn) -> int:
 def _mark_disk_full() -> None:
     """Tell the Stop hook (an empty file needs no data blocks): it lets the agent stop, once, instead
     of sending it to run again on a disk that cannot hold a run."""
-    from .exits import DISK_FULL_MARK
+    from ..record import DISK_FULL_MARK
     try:
         d = project_root() / ".autoresearch"
         d.mkdir(exist_ok=True)

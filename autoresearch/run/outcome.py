@@ -15,7 +15,7 @@ from pathlib import Path
 from ..program import Program
 from ..program.sections import save_margin
 from ..sandbox import SandboxResult
-from .layout import EVAL_LOG
+from ..record import EVAL_LOG
 from .logs import log_tail
 
 INLINE_WARNING = ("inline mode: the metric was printed by the training code itself, "

@@ -31,12 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..digest import sha256_bytes
-from .exits import HarnessError
-from .identity import snapshot_of
+from ..record import HarnessError
+from ..record import snapshot_of
 from .inputs import write_diff
-from .layout import EVAL_LOG, RUNS_DIR, eval_log, new_log
-from .metrics import RunMetrics, _mac, host_check
-from .queue import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
+from ..record import EVAL_LOG, RUNS_DIR, eval_log, new_log
+from ..record import RunMetrics, mac as _mac, host_check
+from ..record import QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, finish, read_entry, saved_files, set_node
 
 def wanted(program) -> dict[str, float]:
     """What each task asks of the cluster: executor.resources, else executor.gpus_per_run GPUs."""

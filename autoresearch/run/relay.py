@@ -30,7 +30,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from . import protocol as P
+from ..inside import protocol as P
 from .scorer import Verdict
 
 # After READY the server may have seen held-out inputs, and every reason reaches the agent: what a

@@ -6,17 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..program import Program
-from .identity import program_code
-from .layout import LOG_FILE, inside
+from ..record import LOG_FILE, RunMetrics, inside, program_code
 from .logs import log_tail
-from .metrics import RunMetrics
 from .outcome import INLINE_WARNING
 
 
 def current_best(root: Path, program: Program, m: RunMetrics | None = None) -> tuple[float | None, str | None]:
     """(the best comparable with run `m` -- same fingerprint, measured on the branch tip's code --, why unknown)."""
     from ..gitops import GitError, head_commit
-    from .identity import snapshot_at
+    from ..record import snapshot_at
     from ..ledger import current_best as best
     try:
         fp = m.fingerprint.key if m is not None and m.fingerprint else None

@@ -7,7 +7,7 @@
            not counted, killed from outside at budget + a save margin of agent compute (specs.py,
            startup.py).
     EVAL   two processes. A fresh sandbox runs the model server (`python -m
-           autoresearch.run.model_server`: agent code, the checkpoint read-only, no data
+           autoresearch.inside.model_server`: agent code, the checkpoint read-only, no data
            mounted); the trusted scorer (autoresearch.run.scorer) runs here, holds the
            validation bytes, sends windows over the server's stdin, reads logits from its
            stdout, mixes in hidden checks and computes the loss itself (evaluate.py). What agent
@@ -17,7 +17,7 @@
 
 Nothing the TRAIN stage writes or prints becomes the metric. Artifacts: runs/NNNN/
 {metrics.json, train.log, train.py, diff.patch (the whole editable set), out/}. Where each place
-is and who may read it: the flow table, autoresearch/flows.py. metrics.json is written first
+is and who may read it: the flow table, autoresearch/record/flows.py. metrics.json is written first
 with status `interrupted` and rewritten when the run ends, so a run killed at any
 point is marked interrupted. Exit code: 0 when the experiment ran and was recorded
 (whatever its status), 130 when interrupted, 2 for harness errors (bad arguments,
@@ -36,24 +36,23 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 from ..digest import sha256_bytes
 from ..fsclean import remove_tree
+from .. import registry
 from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
-from .evalcmd import evalcmd_stage, evaluator_id, frozen_code
+from .evalcmd import evaluator_id, frozen_code
+from .evalstage import evalcmd_stage
 from .evaluate import eval_stage
-from .exits import HarnessError
-from .keys import signing_key
+from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
+                      clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
+                      run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
 from .gpu import GpuPeak
-from .identity import AGENT_CLOCK, Fingerprint, data_version, device_class, program_code, snapshot_files, snapshot_of
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from .layout import (LOG_FILE, RUNNING, Layout, allocate_run_dir, clean_out, hold_running, mark_holder,
-                     run_lock, sweep_scratch)
 from .logs import append_log, steps_per_second
-from .metrics import RunMetrics, host_check
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve
@@ -124,7 +123,7 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
         program = program.model_copy(update={"budget": program.budget.model_copy(update={"grace_seconds": grace})})
     budget_s = resolve_budget(program, budget)
     signing_key(root)                             # the project's key must be in this HOME (KeyMissing says the fix)
-    remote = queued and program.executor.kind == "ray"    # queued for a Ray node: checked on the node
+    remote = queued and registry.remote(program.executor.kind)   # queued for a remote node: checked there
     try:
         sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
         if not remote:
@@ -186,9 +185,7 @@ def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, e
         with live_progress(echo, run_dir / LOG_FILE, p.budget_s,
                            None if p.inline else p.program.budget.eval_seconds,
                            run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-            return _run_locked(root, p.program, run_dir, p.script, p.code, p.sha, p.files, p.seed_n, p.budget_s,
-                               p.sandbox, p.inline, p.data, message, purpose, started, t_start, live.around(say),
-                               p.frozen)
+            return _run_locked(root, p, run_dir, Asked(message, purpose, started, t_start, live.around(say)))
     finally:
         if running is not None:
             os.close(running)
@@ -196,25 +193,34 @@ def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, e
             (run_dir / RUNNING).unlink()
 
 
-def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: bytes, sha: str,
-                files: dict[str, bytes | None],
-                seed_n: int, budget_s: float, sandbox: Backend, inline: bool, data: Path | None, message: str,
-                purpose: str, started: datetime, t_start: float, say,
-                frozen: tuple[str, dict[str, bytes]] | None = None) -> RunMetrics:
+@dataclass(frozen=True)
+class Asked:
+    """What the caller asked of this run, beside what prepare() checked: why, for what, since when."""
+    message: str
+    purpose: str
+    started: datetime
+    t_start: float                                 # time.monotonic() when asked
+    say: Callable[[str], None]                     # progress lines (a terminal, or nothing)
+
+
+def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetrics:
     """The run itself, with the project's run lock held."""
+    program, sandbox, files, frozen, data = p.program, p.sandbox, p.files, p.frozen, p.data
+    budget_s, seed_n, sha, inline = p.budget_s, p.seed_n, p.sha, p.inline
+    message, purpose, started, t_start, say = ask.message, ask.purpose, ask.started, ask.t_start, ask.say
     evaluator = evaluator_id(*frozen, program) if frozen else evaluator_version(root, program)
     fp = Fingerprint(budget_seconds=budget_s, eval_seconds=program.budget.eval_seconds, mode=program.run.mode,
                      metric=f"{program.metric.name}:{program.metric.direction}", backend=sandbox.name,
                      device=device_class([d.index for d in selected_gpus(gpu_request(program))]),
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator, interpreter=_interpreter(root, program), clock=AGENT_CLOCK)
-    lay = Layout(root, run_dir, script, files, outputs=tuple(program.run.outputs))
+    lay = Layout(root, run_dir, p.script, files, outputs=tuple(program.run.outputs))
     lay.hold()
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
         direction=program.metric.direction, train_py_sha256=sha, seed=seed_n, budget_seconds=budget_s,
         grace_seconds=program.budget.grace_seconds, sandbox=sandbox.name,
-        sandbox_warning=NONE_WARNING if sandbox.name == "none" else None,
+        sandbox_warning=None if registry.isolates(sandbox.name) else NONE_WARNING,
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
         snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
@@ -228,7 +234,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
     home_dir: str | None = None
     try:
         with signals_as_interrupt(signals):
-            lay.script_copy.write_bytes(code)
+            lay.script_copy.write_bytes(p.code)
             lay.out.mkdir()
             lay.log.touch()
             note = write_diff(root, run_dir, files)
@@ -237,7 +243,7 @@ def _run_locked(root: Path, program: Program, run_dir: Path, script: str, code: 
             if head := branch_head(root):
                 metrics.extra["head"] = head
             say(f"run {run_dir.name}: sandbox {sandbox.describe()}")
-            if sandbox.name == "none":
+            if not registry.isolates(sandbox.name):
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
             env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
             _execute(sandbox, program, lay, data, env, budget_s, inline, metrics, frozen[1] if frozen else None)

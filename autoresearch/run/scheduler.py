@@ -25,9 +25,10 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
-from .layout import RUN_LOCK, STATE_DIR
-from .metrics import load_verified
-from .queue import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
+from .. import registry
+from ..record import RUN_LOCK, STATE_DIR
+from ..record import load_verified
+from ..record import claim, entries, finish, read_entry, settle_lost, slot_free, slot_lock
 
 SCHEDULER_LOCK = "scheduler.lock"
 POLL_S = 0.5
@@ -57,7 +58,7 @@ def slots_for(program) -> int:
     """executor.slots, else one per executor.gpus_per_run GPUs the sandbox may use, else 1."""
     if program.executor.slots:
         return program.executor.slots
-    if program.executor.kind == "ray":
+    if registry.remote(program.executor.kind):
         from .rayexec import cluster_slots
         return cluster_slots(program)
     from ..sandbox import SandboxUnavailable, selected_gpus
@@ -167,14 +168,15 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
     """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
     kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
     from ..program import load_program
-    from .exits import HarnessError, RunExit
-    from .queue import execute_queued, pending_record
+    from ..record import HarnessError, RunExit
+    from .enqueue import execute_queued
+    from ..record import pending_record
     root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
         finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when
         try:                                               # the scheduler died before noting the pid
             program = load_program(root)
-            if program.executor.kind == "ray" and not here:
+            if registry.remote(program.executor.kind) and not here:
                 from .rayexec import connect, execute_child_ray
                 from .runner import signals_as_interrupt
                 connect(program)                           # first: ray.init installs its own SIGTERM handler

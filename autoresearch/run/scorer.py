@@ -43,7 +43,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..program import BUILTIN_METRIC
-from . import protocol as P
+from ..inside import protocol as P
 
 CHECK_FRACTION = 0.11          # of all windows sent; every request gets at least one
 # Tolerances in nats, on float64 log-softmax (absolute: nothing the model returns sets them).

@@ -1,5 +1,5 @@
 """What each stage's sandbox is given: the mounts (the project read-only with runs/, the train
-script and any val/test folder replaced, and what the flow table (autoresearch/flows.py) does not
+script and any val/test folder replaced, and what the flow table (autoresearch/record/flows.py) does not
 show the stage covered; the stage's writable work copy, in the state folder outside the project;
 the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
 the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
@@ -8,7 +8,7 @@ the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them 
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
            writable; behind the trusted start-up (startup.py: the budget counts agent code only),
            killed at budget + save_margin; run.launcher (torchrun ...) before the script.
-    EVAL   one model server (`python -m autoresearch.run.model_server`, never launched) in its own
+    EVAL   one model server (`python -m autoresearch.inside.model_server`, never launched) in its own
            work copy: the project (less the ledger, .git and .autoresearch) and the checkpoint
            read-only, no data, the scorer's session on its stdin/stdout. `final` is the same
            stage to the model: the same folder names (eval-k), environment and mounts.
@@ -24,14 +24,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from ..flows import SERVER, TRAIN, hidden_from, state_home
+from ..record.flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
-from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
 from .startup import MARKER
 from .workcopy import work_copy
 
@@ -231,7 +231,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.run.model_server",
+    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.inside.model_server",
             "--project", str(work), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     argv += [f"--source-root={r}" for r in program.run.source_roots]

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from ..fsclean import Cleaned, remove_tree
 from ..gitops import git, head_commit, tree_blobs
-from .layout import RUNS_DIR, STATE_DIR, Layout, private_dir
+from ..record import RUNS_DIR, STATE_DIR, Layout, private_dir
 
 LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as a link
 LINK_OVER = 64 << 20                         # a tracked blob this big is linked read-only, not copied

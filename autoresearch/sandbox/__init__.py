@@ -51,7 +51,7 @@ Modules, one job each:
 from __future__ import annotations
 
 from .bwrap import BwrapBackend
-from .choose import choose_backend
+from .choose import backend_named, choose_backend
 from .docker import DockerBackend
 from .gpus import GpuDevice, GpuHost, selected_gpus
 from .host import host_has_gpus
@@ -59,5 +59,5 @@ from .none import NoneBackend
 from .spec import NONE_WARNING, Backend, GpuRequest, Mount, SandboxResult, SandboxSpec, SandboxUnavailable
 
 __all__ = ["NONE_WARNING", "Backend", "BwrapBackend", "DockerBackend", "GpuDevice", "GpuHost", "GpuRequest", "Mount",
-           "NoneBackend", "SandboxResult", "SandboxSpec", "SandboxUnavailable", "choose_backend", "host_has_gpus",
+           "NoneBackend", "SandboxResult", "SandboxSpec", "SandboxUnavailable", "backend_named", "choose_backend", "host_has_gpus",
            "selected_gpus"]

@@ -29,6 +29,12 @@ class BwrapBackend:
     name = "bwrap"
     _probe: tuple[bool, str] | None = None   # cached per process: the probe costs a fork
 
+    def origin(self) -> str | None:
+        """Which bwrap binary runs, and where it came from (doctor shows it)."""
+        from .bwrapbin import find_bwrap
+        found = find_bwrap()[0]
+        return found.describe() if found else None
+
     def available(self) -> tuple[bool, str]:
         if BwrapBackend._probe is not None:
             return BwrapBackend._probe

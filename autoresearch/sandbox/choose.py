@@ -1,40 +1,38 @@
-"""Which backend runs: the one asked for by name, or for "auto" docker if an engine answers,
-else bwrap; never silently `none`."""
+"""Which backend runs: the one asked for by name, or for "auto" the first isolating one that is
+available (registry.ISOLATING: docker if an engine answers, else bwrap); never silently `none`."""
 from __future__ import annotations
 
-from .bwrap import BwrapBackend
-from .docker import DockerBackend
-from .none import NoneBackend
+import inspect
+
+from ..registry import AUTO, BACKEND_CHOICES, BACKENDS, ISOLATING, backend_class, isolates, words
 from .spec import Backend, SandboxUnavailable
 
 
-def choose_backend(requested: str = "auto", image: str | None = None) -> Backend:
-    """docker if an engine answers, else bwrap; never silently `none`.
-    An explicit request that cannot be met raises SandboxUnavailable with the fix."""
-    if requested == "none":
-        return NoneBackend()
-    if requested == "docker":
-        d = DockerBackend(image)
-        ok, why = d.available()
-        if not ok:
-            raise SandboxUnavailable(f"sandbox.backend is docker but {why}")
-        return d
-    if requested == "bwrap":
-        b = BwrapBackend()
+def backend_named(name: str, image: str | None = None) -> Backend:
+    """An instance of the registered backend `name` (the image for those that take one)."""
+    cls = backend_class(name)
+    return cls(image) if "image" in inspect.signature(cls).parameters else cls()
+
+
+def choose_backend(requested: str = AUTO, image: str | None = None) -> Backend:
+    """The first available isolating backend for "auto", else the one asked for; never silently
+    an unisolated one. An explicit request that cannot be met raises SandboxUnavailable with the fix."""
+    if requested != AUTO and requested not in BACKENDS:
+        raise SandboxUnavailable(f"unknown sandbox backend {requested!r}: use {words(BACKEND_CHOICES)}")
+    if requested != AUTO:
+        b = backend_named(requested, image)
         ok, why = b.available()
-        if not ok:
-            raise SandboxUnavailable(f"sandbox.backend is bwrap but {why}")
+        if not ok and isolates(requested):
+            raise SandboxUnavailable(f"sandbox.backend is {requested} but {why}")
         return b
-    if requested != "auto":
-        raise SandboxUnavailable(f"unknown sandbox backend {requested!r}: use auto, docker, bwrap or none")
-    d = DockerBackend(image)
-    ok_d, why_d = d.available()
-    if ok_d:
-        return d
-    b = BwrapBackend()
-    ok_b, why_b = b.available()
-    if ok_b:
-        return b
+    whys = []
+    for name in ISOLATING:
+        b = backend_named(name, image)
+        ok, why = b.available()
+        if ok:
+            return b
+        whys.append(why)
+    unisolated = words([n for n in BACKENDS if not isolates(n)])
     raise SandboxUnavailable(
-        "no sandbox available: " + why_d + "; and " + why_b +
-        ". (sandbox.backend: none runs without isolation, only if you accept that.)")
+        "no sandbox available: " + "; and ".join(whys) +
+        f". (sandbox.backend: {unisolated} runs without isolation, only if you accept that.)")

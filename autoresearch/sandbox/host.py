@@ -6,6 +6,7 @@ import os
 import sys
 from pathlib import Path
 
+from ..registry import ISOLATING, words
 from .spec import Mount, Runtime, SandboxSpec, SandboxUnavailable
 
 
@@ -83,7 +84,7 @@ def _prepare_mounts(spec: SandboxSpec, backend: str) -> None:
         if m.writable and os.getuid() == 0:
             _chown_tree(Path(m.source), uid, gid)
         elif not _readable_by(Path(m.source), uid, gids):
-            other = "bwrap" if backend == "docker" else "docker"
+            other = words([n for n in ISOLATING if n != backend])
             raise SandboxUnavailable(
                 f"{backend} runs the sandbox as uid {uid}, which cannot read {m.source} "
                 f"(mode {Path(m.source).stat().st_mode & 0o777:o}): chmod o+rX it, or use sandbox.backend: {other}")

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
+from ..registry import isolates
 from .bounds import _Capture, _DiskWatch, _LogSink, _StartClock
 from .cgroups import _Cgroups
 from .gpus import selected_gpus
@@ -164,7 +165,7 @@ class _ProcessRun:
                                spec.memory_bytes if self.limits == "rlimit-as" else None, spec.disk_bytes)
         try:
             self.proc = subprocess.Popen(
-                argv, env=spec.env, cwd=None if self.name != "none" else spec.cwd,
+                argv, env=spec.env, cwd=None if isolates(self.name) else spec.cwd,
                 stdin=subprocess.PIPE if spec.stdin_data is not None or spec.session else subprocess.DEVNULL,
                 stdout=subprocess.PIPE if spec.capture_stdout or spec.session or log else subprocess.DEVNULL,
                 stderr=subprocess.STDOUT if log and not (spec.capture_stdout or spec.session) else subprocess.PIPE,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.run.layout import final_log
+from autoresearch.record.layout import final_log
 from autoresearch.run.runner import run_experiment
 from autoresearch.cli.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows

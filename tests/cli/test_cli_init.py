@@ -13,7 +13,7 @@ import pytest
 from autoresearch.program import load_program
 from autoresearch.cli.doctor import _hook_input, run_hook, wired_commands
 from autoresearch.ledger import read_rows
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.cli.init import BACKUP_SUFFIX, InitError, InitOptions, init_project
 
 ROOT = Path(__file__).resolve().parents[2]

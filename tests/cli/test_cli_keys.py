@@ -16,7 +16,7 @@ import pytest
 from autoresearch import loop
 from autoresearch.cli.final import read_records
 from autoresearch.ledger import read_rows
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.run.runner import run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -287,7 +287,7 @@ def test_the_panel_shows_the_wave_in_flight(tmp_path):
     from datetime import datetime, timedelta, timezone
 
     from autoresearch.cli.overnight import wave_line
-    from autoresearch.run.queue import QueueEntry
+    from autoresearch.record.queue import QueueEntry
     assert wave_line(tmp_path) is None
     now = datetime.now(timezone.utc)
     for rid, state, slot, node in (("0003", "running", 0, None), ("0004", "running", None, "node-b"),

@@ -272,7 +272,7 @@ def test_plot_refuses_an_unknown_extension_and_writes_nothing(tmp_path):
 # --- machine-readable output and the karpathy-style summary ------------------------------------
 
 def test_status_json_is_the_report_model_with_summary_and_crash_reasons(tmp_path):
-    from autoresearch.run.metrics import RunMetrics
+    from autoresearch.record.metrics import RunMetrics
     from autoresearch.cli.status import Report
     root = make_project(tmp_path)
     run = root / "runs" / "0004"

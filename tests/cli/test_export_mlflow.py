@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from autoresearch.cli import export as export_mod
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from loop_support import Project, clean_env
 
 if os.environ.get("CI"):

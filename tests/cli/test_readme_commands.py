@@ -57,3 +57,19 @@ def test_one_flag_name_per_idea():
     assert sum("--backend" in t for t in sections.values()) >= 4       # run.sh, init, final, calibrate
     assert all("--json" in sections[f"autoresearch {c}"] for c in ("status", "doctor", "final", "export"))
     assert shutil.which("cog", path=str(Path(sys.executable).parent)), "cogapp is in the test extra"
+
+
+def test_the_settings_reference_names_every_setting_with_its_default():
+    """README's program.md table is generated from the models: every field, nested ones too, with
+    the model's own default and choices (a backend added to the registry shows up in it)."""
+    from autoresearch.cli.settingsdoc import settings_markdown
+    from autoresearch.program import Program
+    from autoresearch.registry import BACKEND_CHOICES
+    md = settings_markdown()
+    for name in Program.model_fields:
+        assert name == "body" or f"| `{name}` |" in md, name
+    for key in ("sandbox.memory_gb", "budget.train_seconds", "executor.kind", "phases[].max_experiments"):
+        assert f"| `{key}` |" in md, key
+    row = next(r for r in md.splitlines() if r.startswith("| `sandbox.backend` |"))
+    assert all(f"'{b}'" in row for b in BACKEND_CHOICES) and "`'auto'`" in row
+    assert "| `budget.train_seconds` | float | `300` |" in md

@@ -18,8 +18,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from autoresearch.ledger import LedgerRow, append_rows
-from autoresearch.run.layout import hold_running
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.layout import hold_running
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.cli.watch import in_flight
 
 ROOT = Path(__file__).resolve().parents[2]

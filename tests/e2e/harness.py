@@ -68,8 +68,8 @@ class Project:
 
     def eval_log(self, run_id: str) -> str:
         """What run_id's model servers printed: the human-only log in the state folder (outside the project)."""
-        from autoresearch.flows import state_dir
-        from autoresearch.run.layout import project_id
+        from autoresearch.record.flows import state_dir
+        from autoresearch.record.layout import project_id
         return (Path(state_dir(project_id(self.root), self.env)) / "logs" / run_id / "eval.log").read_text()
 
     def branch(self) -> str:

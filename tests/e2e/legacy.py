@@ -101,10 +101,10 @@ def rows(proj: Project, metric: str) -> list[Row]:
 def editable_code(proj: Project) -> list[str]:
     """The files a snapshot covers, by the program's own matcher."""
     from autoresearch.program import load_program
-    from autoresearch.run.identity import program_code
+    from autoresearch.record.identity import program_code
     return program_code(load_program(proj.root), proj.root)
 
 
 def snapshot_at(proj: Project, commit: str) -> str:
-    from autoresearch.run.identity import snapshot_at as at
+    from autoresearch.record.identity import snapshot_at as at
     return at(proj.root, commit, editable_code(proj))

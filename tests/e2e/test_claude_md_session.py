@@ -15,7 +15,7 @@ import json
 import pytest
 
 from autoresearch.run.evalcmd import METRIC_DIR
-from autoresearch.run.layout import Layout, eval_log
+from autoresearch.record.layout import Layout, eval_log
 from e2e.fake_api import FakeAPI, bash, end_turn, read
 from e2e.harness import Project, run_claude
 

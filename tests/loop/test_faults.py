@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from autoresearch.program import load_program
-from autoresearch.run.layout import allocate_run_dir
+from autoresearch.record.layout import allocate_run_dir
 from autoresearch.cli.final import FinalError, check_identity
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.loop.state import Calibration, now
 from loop_support import PROGRAM, ROOT, Project, clean_env, fingerprint
 

@@ -9,8 +9,8 @@ import pytest
 
 from autoresearch.program import Metric
 from autoresearch.loop.decide import EPS
-from autoresearch.run.exits import for_status
-from autoresearch.run.metrics import RunMetrics
+from autoresearch.record.exits import for_status
+from autoresearch.record.metrics import RunMetrics
 from loop_support import ROOT, Project, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap]

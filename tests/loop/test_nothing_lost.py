@@ -12,8 +12,8 @@ import sys
 import pytest
 
 from autoresearch.ledger.durable import DECISION_FILE
-from autoresearch.run.keys import identity, key_dir, legacy_key_path
-from autoresearch.run.metrics import KEY_LOST, KEY_MISSING, RECORD_ALTERED, RunMetrics, _mac, load_verified
+from autoresearch.record.keys import identity, key_dir, legacy_key_path
+from autoresearch.record.metrics import KEY_LOST, KEY_MISSING, RECORD_ALTERED, RunMetrics, _mac, load_verified
 from loop_support import Project, clean_env
 from test_faults import INLINE, fill, runner, small_disk  # noqa: F401 -- the real tmpfs fixture
 

@@ -36,16 +36,16 @@ from pathlib import Path
 import pytest
 
 from autoresearch import loop
-from autoresearch.run.layout import allocate_run_dir
+from autoresearch.record.layout import allocate_run_dir
 from autoresearch.gitops import git, trailers
-from autoresearch.run.identity import snapshot, snapshot_at
+from autoresearch.record.identity import snapshot, snapshot_at
 from autoresearch.ledger import read_rows
 from autoresearch.ledger.durable import DECISION_FILE
 from autoresearch.loop.runscan import run_ids
 from autoresearch.loop.tipcheck import last_keep
-from autoresearch.run.exits import DISK_FULL_MARK
-from autoresearch.run.keys import identity, key_dir, key_problem
-from autoresearch.run.metrics import RECORD_ALTERED, RunMetrics
+from autoresearch.record.exits import DISK_FULL_MARK
+from autoresearch.record.keys import identity, key_dir, key_problem
+from autoresearch.record.metrics import RECORD_ALTERED, RunMetrics
 from loop_support import EDITABLE, Project, fingerprint
 
 N = int(os.environ.get("AUTORESEARCH_PROPERTY_SEQUENCES", "200"))

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from autoresearch.run.main import main as run_main
-from autoresearch.run.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
+from autoresearch.record.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
 from loop_support import PROGRAM, Project
 from test_wave_properties import Waves
 
@@ -90,7 +90,7 @@ def test_a_slot_runner_notes_its_own_pid_so_pause_can_stop_it(tmp_path):
     import subprocess
     import sys
 
-    from autoresearch.run.queue import claim
+    from autoresearch.record.queue import claim
     from loop_support import clean_env
     w = world(tmp_path)
     a = variant(w, "LEARNING_RATE = 6e-3")
@@ -225,7 +225,7 @@ def test_two_queues_at_once_get_two_whole_runs(tmp_path, data_dir):
     threads): distinct run ids, each a whole snapshot and a readable entry."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from autoresearch.run.queue import queue_experiment
+    from autoresearch.run.enqueue import queue_experiment
     from loop_support import ROOT
     w = world(tmp_path)
     shutil.copy2(ROOT / "prepare.py", w.p.path / "prepare.py")

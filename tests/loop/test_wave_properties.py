@@ -31,10 +31,10 @@ from autoresearch.ledger import read_rows
 from autoresearch.loop.runscan import run_ids
 from autoresearch.loop.state import lift_pause, request_pause
 from autoresearch.program import load_program
-from autoresearch.run.identity import program_code, snapshot, snapshot_at, snapshot_files, snapshot_of
-from autoresearch.run.layout import allocate_run_dir
-from autoresearch.run.metrics import RunMetrics
-from autoresearch.run.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel_wave, claim, entries, finish,
+from autoresearch.record.identity import program_code, snapshot, snapshot_at, snapshot_files, snapshot_of
+from autoresearch.record.layout import allocate_run_dir
+from autoresearch.record.metrics import RunMetrics
+from autoresearch.record.queue import (QUEUE_FILE, SNAPSHOT_DIR, QueueEntry, cancel_wave, claim, entries, finish,
                                     read_entry,
                                     pending_record, saved_files, settle_lost)
 from loop_support import EDITABLE, Project, fingerprint

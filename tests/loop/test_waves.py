@@ -14,8 +14,8 @@ import time
 import pytest
 
 from autoresearch.program import Metric
-from autoresearch.run.metrics import RunMetrics
-from autoresearch.run.queue import entries, read_entry, runner_live
+from autoresearch.record.metrics import RunMetrics
+from autoresearch.record.queue import entries, read_entry, runner_live
 from loop_support import PROGRAM, ROOT, Project, clean_env
 
 pytestmark = [pytest.mark.slow, pytest.mark.bwrap]

@@ -11,9 +11,9 @@ import time
 
 import pytest
 
-from autoresearch.run.layout import eval_log
-from autoresearch.run.metrics import RunMetrics, load_verified
-from autoresearch.run.queue import read_entry
+from autoresearch.record.layout import eval_log
+from autoresearch.record.metrics import RunMetrics, load_verified
+from autoresearch.record.queue import read_entry
 from loop_support import ROOT, Project, clean_env
 from ray_support import Cluster, start_cluster
 from test_waves import make, wait
@@ -140,7 +140,8 @@ def test_a_frozen_eval_script_repo_runs_on_ray_from_the_nodes_commit(tmp_path, c
 
 def test_a_lost_queue_file_keeps_a_ray_runs_base(tmp_path):
     """queue.json lost: the rebuilt entry ships the same commit (kept in the signed record)."""
-    from autoresearch.run.queue import QUEUE_FILE, queue_experiment
+    from autoresearch.record.queue import QUEUE_FILE
+    from autoresearch.run.enqueue import queue_experiment
     p = make(tmp_path)
     text = (p.path / "program.md").read_text().replace(
         "executor: {kind: local, slots: 2}", "executor: {kind: ray, slots: 2, address: '127.0.0.1:1'}")

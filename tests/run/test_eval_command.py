@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.run.layout import eval_log, final_log, state_folder
+from autoresearch.record.layout import eval_log, final_log, state_folder
 
 from experiment_support import BACKENDS, git_env, log_of, metrics, require_backend, run_sh
 
 from autoresearch.program import ConfigError, parse_program
-from autoresearch.run.metrics import RunMetrics, host_check, load_verified
+from autoresearch.record.metrics import RunMetrics, host_check, load_verified
 
 TRAIN = '''
 import json, os

@@ -28,7 +28,7 @@ from experiment_support import BACKENDS, HONEST, ROOT, require_backend
 
 from autoresearch.program import load_program
 from autoresearch.run.evaluate import run_eval
-from autoresearch.run.layout import EVAL_LOG, Layout
+from autoresearch.record.layout import EVAL_LOG, Layout
 from autoresearch.run.outcome import eval_status
 from autoresearch.run.specs import base_env
 from autoresearch.sandbox import NoneBackend, choose_backend

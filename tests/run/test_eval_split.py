@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoresearch.run.layout import eval_log
+from autoresearch.record.layout import eval_log
 
 from experiment_support import git_env, log_of, metrics, run_sh
 
@@ -43,7 +43,7 @@ def load(out):
 EVAL = '''
 import json, os, sys
 import numpy as np
-from autoresearch.run.evalclient import model
+from autoresearch.inside.evalclient import model
 held = os.environ["HELD"]
 try:
     import model as agent_code

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.run.exits import RunExit
+from autoresearch.record.exits import RunExit
 
 from experiment_support import (BACKENDS, HONEST, ROOT, RUN_SH, git_env, log_of, make_project, metrics, program_text,
                                 require_backend, run_env, run_sh, split_log)
 
 from autoresearch.program import parse_program
 from autoresearch.run.inputs import derive_seed
-from autoresearch.run.layout import allocate_run_dir, state_folder
+from autoresearch.record.layout import allocate_run_dir, state_folder
 from autoresearch.run.outcome import eval_status, inline_metric
 
 pytestmark = pytest.mark.usefixtures("data_dir")
@@ -414,7 +414,7 @@ def test_diff_patch_and_snapshot_cover_every_file_of_the_editable_set(tmp_path, 
     """Issue 16: diff.patch was empty for edits outside the training script. Now it holds every
     file of the set (a literal, a glob's files), as the run started, against the branch head."""
     from autoresearch.program import load_program
-    from autoresearch.run.identity import program_code, snapshot
+    from autoresearch.record.identity import program_code, snapshot
     proj = _multi_file_project(tmp_path, SCORE)
     (proj / "model.py").write_text("WIDTH = 96\n")
     (proj / "config" / "small.py").write_text("LR = 2\n")

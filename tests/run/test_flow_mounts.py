@@ -1,4 +1,4 @@
-"""Every stage's mounts agree with the flow table (autoresearch/flows.py): each mount is classified
+"""Every stage's mounts agree with the flow table (autoresearch/record/flows.py): each mount is classified
 by its source into a place of the table, and the stage must be among that place's readers (among
 its writers, for a writable mount); the project entries the table does not show a stage are
 covered; no writable mount is where the agent reads. Real specs, built by the real code, for
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch import flows as F
+from autoresearch.record import flows as F
 from autoresearch.program import load_program
-from autoresearch.run.layout import Layout, inside, state_folder
+from autoresearch.record.layout import Layout, inside, state_folder
 from autoresearch.sandbox.bwrap import BwrapBackend
 
 ROOT = Path(__file__).resolve().parents[2]

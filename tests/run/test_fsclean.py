@@ -152,7 +152,7 @@ def test_tidy_keeps_files_and_folders_and_cuts_what_is_too_deep(tmp_path, outsid
 def test_the_next_run_starts_after_any_hostile_leftovers(tmp_path, outside, seed):
     """A killed run's scratch and out/ hold a hostile tree: the next run's start (sweep_scratch,
     a new run folder, its work copy) neither raises nor is stopped by it."""
-    from autoresearch.run.layout import Layout, allocate_run_dir, clean_out, sweep_scratch
+    from autoresearch.record.layout import Layout, allocate_run_dir, clean_out, sweep_scratch
     from autoresearch.run.workcopy import remove_work_copy, work_copy
     root = tmp_path / "proj"
     (root / "runs" / "0001" / ".sandbox" / "work").mkdir(parents=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from autoresearch.program import ConfigError, parse_program
-from autoresearch.run.identity import device_class
+from autoresearch.record.identity import device_class
 from autoresearch.run.scheduler import gpu_group, pin_slot, slots_for
 from autoresearch.sandbox import gpus as gpus_mod
 from autoresearch.sandbox.gpus import GpuDevice, GpuHost

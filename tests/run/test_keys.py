@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from autoresearch.run.keys import (dump_export, export_keys, identity, import_keys, key_dir, key_id_of, key_problem,
+from autoresearch.record.keys import (dump_export, export_keys, identity, import_keys, key_dir, key_id_of, key_problem,
                                    signing_key)
 
 

@@ -8,8 +8,8 @@ import pytest
 
 from autoresearch.cli.doctor import check_gpu_selection
 from autoresearch.program import parse_program
-from autoresearch.run.identity import device_class
-from autoresearch.run.layout import Layout
+from autoresearch.record.identity import device_class
+from autoresearch.record.layout import Layout
 from autoresearch.run.specs import gpu_request, train_argv
 from autoresearch.sandbox import SandboxSpec, choose_backend
 from autoresearch.sandbox.gpus import GpuDevice, GpuHost

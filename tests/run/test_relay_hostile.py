@@ -19,7 +19,7 @@ import threading
 import numpy as np
 import pytest
 
-from autoresearch.run import protocol as P
+from autoresearch.inside import protocol as P
 from autoresearch.run.relay import Relay
 
 MARK = "Xq7leak"

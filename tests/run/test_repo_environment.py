@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from autoresearch.run.layout import eval_log
+from autoresearch.record.layout import eval_log
 
 from experiment_support import BACKENDS, log_of, make_project, metrics, require_backend, run_sh, with_main_prelude
 

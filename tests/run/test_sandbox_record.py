@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from autoresearch.run.metrics import KEY_MISSING, RECORD_ALTERED, RunMetrics, key_path, load_verified
+from autoresearch.record.metrics import KEY_MISSING, RECORD_ALTERED, RunMetrics, key_path, load_verified
 from loop_support import Project
 
 

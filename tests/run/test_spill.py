@@ -36,7 +36,7 @@ import pytest
 
 from experiment_support import BACKENDS, RUN_SH, git_env, make_project, metrics, require_backend, run_env
 
-from autoresearch.run.layout import eval_log, final_log, state_folder
+from autoresearch.record.layout import eval_log, final_log, state_folder
 
 VAL = re.compile(rb"[A-M]{24,}")
 TEST = re.compile(rb"[N-Z]{24,}")

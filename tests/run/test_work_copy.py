@@ -20,7 +20,7 @@ from experiment_support import (BACKENDS, HONEST, git_env, log_of, make_project,
                                 run_sh, split_log, with_main_prelude)
 
 from autoresearch.program import ConfigError, load_program, parse_program
-from autoresearch.run.layout import eval_log, state_folder
+from autoresearch.record.layout import eval_log, state_folder
 
 pytestmark = pytest.mark.usefixtures("data_dir")
 ALL = BACKENDS + [pytest.param("none", id="none")]
@@ -221,7 +221,7 @@ def _git(proj: Path, *args: str) -> None:
 
 
 def test_the_copy_holds_the_base_commit_the_snapshot_and_links_to_the_rest(tmp_path):
-    from autoresearch.run.layout import Layout
+    from autoresearch.record.layout import Layout
     from autoresearch.run.workcopy import work_copy
     proj = tmp_path / "p"
     (proj / "pkg").mkdir(parents=True)
@@ -257,7 +257,7 @@ def test_the_copy_holds_the_base_commit_the_snapshot_and_links_to_the_rest(tmp_p
 
 
 def test_a_two_thousand_file_repo_is_copied_whole_and_quickly(tmp_path):
-    from autoresearch.run.layout import Layout
+    from autoresearch.record.layout import Layout
     from autoresearch.run.workcopy import work_copy
     proj = tmp_path / "big"
     for i in range(2000):
@@ -340,7 +340,7 @@ def _committed(proj: Path, files: dict[str, str]) -> Path:
 def test_run_outputs_are_empty_real_folders_in_the_copy_not_links(tmp_path):
     """A stale out/ (untracked, left by a run by hand) is linked read-only, unless run.outputs names
     it: then each copy gets it empty and writable, holding only its tracked files."""
-    from autoresearch.run.layout import Layout
+    from autoresearch.record.layout import Layout
     from autoresearch.run.workcopy import work_copy
     proj = _committed(tmp_path / "p", {"outputs/README": "tracked\n"})
     for d in ("out", "outputs/2026-01-01"):
@@ -359,7 +359,7 @@ def test_run_outputs_are_empty_real_folders_in_the_copy_not_links(tmp_path):
 
 
 def test_a_write_into_a_linked_untracked_folder_gets_the_fix_in_the_crash_reason(tmp_path):
-    from autoresearch.run.layout import Layout
+    from autoresearch.record.layout import Layout
     from autoresearch.run.workcopy import read_only_hint
     proj = _committed(tmp_path / "p", {"src/m.py": "x\n"})
     (proj / "out").mkdir()

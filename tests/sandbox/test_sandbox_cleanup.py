@@ -26,7 +26,7 @@ def test_a_killed_runs_sandbox_folder_is_removed_by_the_next_run_and_a_live_one_
     import subprocess
     import time
 
-    from autoresearch.run.layout import SCRATCH_LOCK, state_folder, sweep_scratch
+    from autoresearch.record.layout import SCRATCH_LOCK, state_folder, sweep_scratch
     root = tmp_path / "p"
     for n in ("0001", "0002", "0003"):
         (root / "runs" / n).mkdir(parents=True)

@@ -119,7 +119,7 @@ def test_no_escape(hostile):
 
 
 def test_nothing_is_left_behind(hostile):
-    from autoresearch.run.layout import state_folder
+    from autoresearch.record.layout import state_folder
     assert not (hostile["run"] / ".sandbox").exists()
     assert not (state_folder(hostile["proj"]) / "runs" / hostile["run"].name).exists()
     assert not {d for d in cgroup_dirs() - hostile["cgroups_before"] if not _owner_alive(d)}

@@ -1,6 +1,6 @@
 """The run folder and the runs/ listing: where one run's files live, which run ids exist, how a
 new one is numbered, and the locks that say a run is live. Where each place is and who may read it
-is the flow table's (autoresearch/flows.py); this module only computes the paths.
+is the flow table's (autoresearch/record/flows.py); this module only computes the paths.
 
     runs/NNNN/       one run: metrics.json, train.log, the train script's copy, diff.patch (what the
                      agent may read there, by name), out/ (TRAIN's only writable mount that outlives it)
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..atomic import write_atomic
-from ..flows import state_dir
+from .flows import state_dir
 from ..fsclean import remove_tree, tidy_tree
 from .exits import RunBusy
 

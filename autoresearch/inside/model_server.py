@@ -1,11 +1,11 @@
 """The EVAL model server: agent code answers fixed-shape requests with logits, nothing more.
 
-    python -m autoresearch.run.model_server --project P --checkpoint OUT/model.pt
+    python -m autoresearch.inside.model_server --project P --checkpoint OUT/model.pt
 
 Runs inside the EVAL sandbox with no data mounted. It imports the agent's train script,
 calls build_model(), loads the checkpoint with torch.load(weights_only=True), puts the model
 in eval mode once, says READY, and then answers each request (a batch of uint8 windows) with
-the model's logits (autoresearch.run.protocol). It never sees a validation file, a target beyond
+the model's logits (autoresearch.inside.protocol). It never sees a validation file, a target beyond
 its inputs, the loss, or the result: the trusted scorer in the runner holds those.
 
 This process runs agent code, so nothing in it is trusted: the scorer checks every answer

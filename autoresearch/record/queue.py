@@ -25,9 +25,8 @@ from typing import Iterator, Literal
 from pydantic import BaseModel, ConfigDict
 
 from ..atomic import write_atomic
-from .exits import HarnessError
-from .layout import RUNNING, RUNS_DIR, STATE_DIR, allocate_run_dir, lock_held, run_dirs
-from .identity import snapshot_of
+from .layout import RUNNING, RUNS_DIR, STATE_DIR, lock_held, run_dirs
+from .identity import program_code, snapshot_of
 from .metrics import RunMetrics, load_verified
 
 QUEUE_FILE = "queue.json"
@@ -68,13 +67,12 @@ class QueueEntry(BaseModel):
 def read_entry(run_dir: Path) -> QueueEntry | None:
     """The run's queue entry; None for a run that was not queued. A queued run (it has snapshot/)
     whose queue.json is lost or unreadable (deleted, truncated, invalid) is rebuilt from its signed
-    record and snapshot (queue_repair.py): never dropped from its wave, never run twice."""
+    record and snapshot (rebuilt_entry, below): never dropped from its wave, never run twice."""
     try:
         return QueueEntry.model_validate_json((Path(run_dir) / QUEUE_FILE).read_text())
     except (OSError, ValueError):
         if not (Path(run_dir) / SNAPSHOT_DIR).is_dir():
             return None
-    from .queue_repair import rebuilt_entry
     return rebuilt_entry(Path(run_dir))
 
 
@@ -110,37 +108,6 @@ def queue_lock(root: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def queue_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
-                     backend: str | None = None) -> QueueEntry:
-    """Snapshot the editable set now into a new runs/NNNN/ and queue it (the same checks as a run:
-    a run that could not start is refused now, with the fix, and makes no folder)."""
-    from .runner import _now as now, prepare
-    root = Path(root).resolve()
-    p = prepare(root, budget, seed, backend, queued=True)
-    if p.program.executor.kind == "ray":
-        from .inputs import branch_head
-        if (base := branch_head(root)) is None:
-            raise HarnessError("executor kind: ray ships the committed project to the node: commit it first "
-                               "(git add -A && git commit)")
-    else:
-        base = None
-    run_dir = allocate_run_dir(root)
-    snap = run_dir / (SNAPSHOT_DIR + ".part")      # renamed once whole: snapshot/ implies a full copy
-    for rel, data in p.files.items():
-        if data is not None:
-            (snap / rel).parent.mkdir(parents=True, exist_ok=True)
-            (snap / rel).write_bytes(data)
-    snap.mkdir(exist_ok=True)
-    (run_dir / Path(p.script).name).write_bytes(p.code)   # earlier_runs_of and the Stop hook read it
-    entry = QueueEntry(run_id=run_dir.name, message=message, budget_seconds=p.budget_s, seed=p.seed_n,
-                       backend=backend, base=base, absent=sorted(r for r, d in p.files.items() if d is None),
-                       queued_at=now(), snapshot=snapshot_of(p.files))
-    pending_record(root, entry, p.sha, p.program, "queued, not started yet (rewritten when it runs)")
-    snap.rename(run_dir / SNAPSHOT_DIR)            # then the entry: a kill between leaves a rebuildable run
-    entry.write(root)
-    return entry
 
 
 def pending_record(root: Path, e: QueueEntry, sha: str, program, reason: str,
@@ -260,18 +227,58 @@ def cancel_wave(root: Path, why: str = "cancelled by autoresearch pause",
     return cancelled, stopped
 
 
-def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetrics:
-    """Run a claimed queued run in its folder, from its saved snapshot (called by the scheduler's
-    child for `slot`, with program.md's sandbox.gpus already narrowed to the slot's GPU)."""
-    import time
+# --- a lost queue.json, rebuilt ----------------------------------------------------------
+# A queued run whose runs/NNNN/queue.json is lost or unreadable, rebuilt from what is left.
+#
+# queue.json is written atomically, but a disk error, a human's `rm`, or a kill between the signed
+# record and the entry (queue_experiment writes the record first) can leave a run folder with its
+# snapshot/ and no readable entry. Dropping it would take the run out of its wave: a queued run would
+# never run, and a finished one would be decided as a plain run, outside the wave it was the best of.
+# So the entry is rebuilt from the signed metrics.json and the saved snapshot:
+#
+#     record written at queue time, not finished   -> queued (the scheduler runs it from its snapshot)
+#     record finished by the runner                -> done (its result stands)
+#     record finished at queue time (cancelled)    -> cancelled
+#     record of a started run, no live runner      -> interrupted (running while one holds .running)
+#     no trustworthy record                        -> interrupted: nothing is known, nothing is a result
+#
+# The first writer under the queue lock (claim, finish) persists the rebuilt entry.
 
-    from .runner import _now as now, prepare, run_in
-    root = Path(root).resolve()
-    e = read_entry(root / RUNS_DIR / run_id)
-    if e is None:
-        raise HarnessError(f"run {run_id} is not a queued run")
-    if not snapshot_intact(root, e):
-        raise HarnessError(f"runs/{run_id}/snapshot/ no longer holds the code that was queued (a file lost or "
-                           "changed): it is not run; queue the variant again")
-    p = prepare(root, e.budget_seconds, e.seed, e.backend, files=saved_files(root, e), program=program)
-    return run_in(root, p, root / RUNS_DIR / run_id, e.message, "experiment", None, now(), time.monotonic())
+LOST = "its queue.json was lost or unreadable; rebuilt from its signed record and snapshot"
+
+
+def rebuilt_entry(run_dir: Path):
+    """The QueueEntry rebuilt for run_dir (which has snapshot/ but no readable queue.json)."""
+    root = run_dir.parent.parent
+    m, _ = load_verified(run_dir)
+    if m is None:
+        t = datetime.fromtimestamp(run_dir.stat().st_mtime, timezone.utc)
+        return QueueEntry(run_id=run_dir.name, state="interrupted", message="", budget_seconds=0, seed=0,
+                          queued_at=t, finished_at=t, note=LOST + " (no signed record either)")
+    queued = m.extra.get("wave") == "queued"
+    if m.finished_at is not None:
+        state = "cancelled" if queued else "done"
+    elif queued:
+        state = "queued"
+    else:
+        state = "running" if runner_live(root, run_dir.name) else "interrupted"
+    e = QueueEntry(run_id=run_dir.name, state=state, message=m.description, budget_seconds=m.budget_seconds,
+                   seed=m.seed, queued_at=m.started_at, note=LOST, base=m.extra.get("base"),
+                   finished_at=m.finished_at if state in ("done", "cancelled") else None)
+    for absent in _absent_candidates(root, run_dir, saved_files(root, e)):
+        e.absent = absent
+        if snapshot_of(saved_files(root, e)) == m.snapshot_sha256:
+            break
+    if queued:
+        e.snapshot = m.snapshot_sha256          # the code as queued: a lost snapshot file is never run
+    return e
+
+
+def _absent_candidates(root: Path, run_dir: Path, saved: dict[str, bytes | None]) -> list[list[str]]:
+    """The absent-file lists to try: none, or every code file of the program not in the snapshot."""
+    out: list[list[str]] = [[]]
+    with contextlib.suppress(Exception):
+        from ..program import load_program
+        program = load_program(root)
+        out.append(sorted(f for f in program_code(program, root) if f not in saved))
+    return out

@@ -1,11 +1,11 @@
 """The evaluator split's model server: agent code answers model(inputs) -> outputs, nothing more.
 
-    python -m autoresearch.run.array_server --project P --entry model.py:load --out OUT
+    python -m autoresearch.inside.array_server --project P --entry model.py:load --out OUT
 
 Runs inside its own sandbox with no data mounted, no network, the project and the TRAIN checkpoint
 folder (OUT) read-only. It imports the agent's module, calls load(OUT) once, which returns
 predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray], says READY, then answers each
-ARRAYS request of the host relay (autoresearch.run.protocol) with predict's outputs. It never sees
+ARRAYS request of the host relay (autoresearch.inside.protocol) with predict's outputs. It never sees
 a label, the metric, or the metric file: the human's eval script, in another sandbox, holds them.
 
 Nothing here is trusted: the relay checks every answer (names, batch dimension, dtypes, finite,
