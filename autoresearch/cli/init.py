@@ -42,6 +42,7 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from ..hostenv import run_python
 from ..program import Budget, ConfigError, parse_program
 from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, RUN_SH_PLUGIN, SCRATCHPAD
 from .plugin import in_plugin_install, plugin_project_settings, training_python
@@ -137,11 +138,6 @@ def _merged(existing: dict, ours: dict, wiring: str) -> dict:
     if not out["hooks"]:
         del out["hooks"]
     return out
-
-
-def _run_python(root: Path, python: str | None) -> Path | None:
-    from ..hostenv import run_python
-    return run_python(root, python)
 
 
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -273,7 +269,7 @@ def plan(o: InitOptions) -> dict[str, str]:
         ".claude/settings.json": json.dumps(_merged(existing, settings, wiring), indent=2) + "\n",
         ".gitignore": _gitignore(root),
         ".autoresearch/bundle.json": json.dumps({"bundle": str(bundle), "wiring": wiring,
-                                                 "python": str(_run_python(root, o.python) or python),
+                                                 "python": str(run_python(root, o.python) or python),
                                                  "runner": str(python), "mode": o.mode, "initialised_at":
                                                  datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                                 indent=2) + "\n",
