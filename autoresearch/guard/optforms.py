@@ -268,7 +268,8 @@ def _match_optform(form: OptForm, words: list[Word]) -> Match:
 
 def _git_pathspecs(form: OptForm, words: list[Word], opts, ops: list[int], dashdash) -> list[tuple[str, bool]]:
     """git grep's pattern (the first operand without -e) checked, and its pathspecs, or git
-    ls-files' paths: [(path, given before any `--`, so git would take a missing one for a revision)].
+    ls-files' paths: [(path, given without `--`, so git would take a missing one for a revision)]. With
+    a `--`, git grep takes every word before it for a revision, so none may stand there.
     No pathspec magic (`:(glob)`, `:!x`): a leading `:` is refused; SAFE has no wildcard."""
     prog = " ".join(form.prog)
     if form.operands == "git-grep" and not any(o in ("-e",) for o, _ in opts):
@@ -276,6 +277,9 @@ def _git_pathspecs(form: OptForm, words: list[Word], opts, ops: list[int], dashd
             raise Denied(f"{prog} needs a pattern before any --: {form.usage}")
         _check("TEXT", words[ops[0]], prog)
         ops = ops[1:]
+    if form.operands == "git-grep" and dashdash is not None and any(k < dashdash for k in ops):
+        raise Denied(f"with --, git grep reads the words before it as revisions (it would search a commit's "
+                     f"tree): put the paths after it: {form.usage}")
     out = []
     for k in ops:
         _check("PATH", words[k], prog)
