@@ -154,8 +154,19 @@ def training_python(root: Path, command: list[str]) -> str | None:
         if (Path(root) / rel).is_file():
             return rel
     word = command[0]
-    if Path(word).name.startswith("python"):
-        found = word if word.startswith("/") else shutil.which(word)
-        return os.path.abspath(found) if found else None
-    found = shutil.which("python3")
-    return os.path.abspath(found) if found else None
+    found = (word if word.startswith("/") else shutil.which(word)) if Path(word).name.startswith("python") \
+        else shutil.which("python3")
+    return _interpreter(os.path.abspath(found)) if found else None
+
+
+def _interpreter(found: str) -> str:
+    """The interpreter a launcher runs (a pyenv or asdf shim is a script that picks one); a venv's
+    bin/python stays as it is (sys.executable keeps the venv's path, and so its packages)."""
+    import subprocess
+    try:
+        p = subprocess.run([found, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
+                           timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return found
+    exe = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else ""
+    return exe if exe.startswith("/") else found
