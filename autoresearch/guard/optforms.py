@@ -177,16 +177,24 @@ def _getopt(form: OptForm, words: list[Word], first: int):
         else:
             operands.append(i)
             if form.stop:                        # git grep: everything after the first operand is one too
-                for k in range(i + 1, n):
-                    if words[k].text == "--" and not words[k].quoted and dashdash is None:
-                        dashdash = k
-                    elif dashdash is None and words[k].text.startswith("-"):
-                        raise Denied(f"{words[k].text}: {prog} takes its options before the pattern: {form.usage}")
-                    else:
-                        operands.append(k)
+                dashdash = _rest_operands(form, words, i + 1, operands)
                 break
         i += 1
     return opts, operands, dashdash
+
+
+def _rest_operands(form: OptForm, words: list[Word], start: int, operands: list[int]) -> int | None:
+    """After git grep's first operand: the rest are operands (appended), up to and after a `--`
+    (its index returned); a word before it that starts with `-` is an option too late for git."""
+    dashdash = None
+    for k in range(start, len(words)):
+        if words[k].text == "--" and not words[k].quoted and dashdash is None:
+            dashdash = k
+        elif dashdash is None and words[k].text.startswith("-"):
+            raise Denied(f"{words[k].text}: {' '.join(form.prog)} takes its options before the pattern: {form.usage}")
+        else:
+            operands.append(k)
+    return dashdash
 
 
 def _match_optform(form: OptForm, words: list[Word]) -> Match:
