@@ -1,6 +1,6 @@
 """Plugin-only, from an empty HOME: a researcher who never cloned the bundle installs the plugin
 from a marketplace (the packed tree, as `scripts/pack-plugin.sh` makes it) with the real Claude
-Code CLI, runs the plugin's own `autoresearch init` in a fresh repo of theirs, and the loop runs:
+Code CLI, runs `/autoresearch:init` in a fresh repo of theirs, and the loop runs:
 the baseline and one experiment are decided by the plugin's hooks (the project wires none), and
 `/autoresearch:status` shows them.
 
@@ -84,9 +84,12 @@ def test_plugin_only_from_an_empty_home(tmp_path: Path, claude_cli: Path) -> Non
     sh("git", "init", "-q", "-b", "main")
     sh("git", "add", "-A")
     sh("git", "commit", "-qm", "spiral MLP")
-    out = sh(str(plugin / "scripts" / "autoresearch"), "init", "--command", "python train.py", "--metric", "val_acc",
-             "--direction", "maximize", "--budget", "5", "--backend", "bwrap", "--no-check")
-    assert "/autoresearch:doctor" in out, out
+    init_args = '--command "python train.py" --metric val_acc --direction maximize --budget 5 --backend bwrap --no-check'
+    with FakeAPI([end_turn("Set up; next: check it with /autoresearch:doctor.")], project=str(repo)) as fake:
+        run = run_claude(proj, fake.url, f"/autoresearch:init {init_args}")     # the plugin's own slash command
+        out = "\n".join(fake.shown())
+    assert run.result["subtype"] == "success", run.describe()
+    assert "autoresearch set up in" in out and "/autoresearch:doctor" in out, out[-3000:]
     settings = json.loads(proj.read(".claude/settings.json"))
     assert "hooks" not in settings, "plugin-only: the plugin's hooks decide, the project wires none"
     assert int(settings["env"]["CLAUDE_CODE_STOP_HOOK_BLOCK_CAP"]) >= 100 and "Bash(pip:*)" in settings["permissions"]["deny"]
