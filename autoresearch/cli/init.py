@@ -45,7 +45,7 @@ from pydantic import BaseModel, Field
 from ..hostenv import run_python
 from ..program import Budget, ConfigError, parse_program
 from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, RUN_SH_PLUGIN, SCRATCHPAD
-from .plugin import in_plugin_install, plugin_project_settings, training_python
+from .plugin import in_plugin_install, plugin_enabled, plugin_project_settings, training_python
 from .wiring import legacy_settings, load_settings, merge_settings, read_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
@@ -116,12 +116,15 @@ def locate(o: InitOptions) -> tuple[Path, Path, str]:
     if wiring == "plugin":
         if not (here / "hooks" / "pre_tool_use.py").is_file():
             raise InitError(f"{here} is not the autoresearch plugin (no hooks/pre_tool_use.py): reinstall it")
+        if not plugin_enabled():          # else the project would have no guard at all
+            raise InitError("the autoresearch plugin is not installed and enabled for this user, and plugin wiring leaves "
+                            "the guard to it: claude plugin install autoresearch@<marketplace>, or use a bundle checkout")
         return here, Path(sys.executable), wiring
     return (*bundle_paths(), wiring)
 
 
 def _bundle_settings(bundle: Path, python: Path, bash_ms: int) -> dict:
-    settings = legacy_settings(load_settings(bundle), bundle, python)
+    settings = legacy_settings(load_settings(bundle), bundle, python)      # hooks by absolute path
     env = settings.setdefault("env", {})
     for k in ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS"):
         env[k] = str(max(int(env.get(k, 0) or 0), bash_ms))

@@ -266,7 +266,7 @@ def test_init_editable_refuses_a_bad_pattern_and_writes_nothing(tmp_path, patter
     assert not (root / "program.md").exists()
 
 
-def test_plugin_wiring_replaces_a_bundle_wiring_and_its_run_sh_finds_the_installed_plugin(tmp_path):
+def test_plugin_wiring_replaces_a_bundle_wiring_and_its_run_sh_finds_the_installed_plugin(tmp_path, monkeypatch):
     """init --plugin after a bundle-mode init: the project's autoresearch hooks go (the plugin's
     decide, once), the user's own hook stays, run.python is the repo's .venv. run.sh takes the
     plugin from the config folder's plugin cache at run time, and without one says how to install."""
@@ -279,6 +279,12 @@ def test_plugin_wiring_replaces_a_bundle_wiring_and_its_run_sh_finds_the_install
     settings.write_text(json.dumps(s))
     (root / ".venv" / "bin").mkdir(parents=True)
     (root / ".venv" / "bin" / "python").symlink_to(PY)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CLAUDE_PLUGIN_ROOT", raising=False)
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    with pytest.raises(InitError, match="not installed and enabled"):      # no plugin: no guard at all
+        init_project(opts(root, wiring="plugin", force=True))
+    monkeypatch.setenv("CLAUDE_PLUGIN_ROOT", str(ROOT))
     res = init_project(opts(root, wiring="plugin", force=True))
     assert res.wiring == "plugin"
     s = json.loads(settings.read_text())
