@@ -37,6 +37,7 @@ CALLS = {
     "Bash grep -rn autoresearch/guard (allow)": ("Bash", {"command": 'grep -rn "def match" autoresearch/guard'}),
     "Bash find autoresearch -name (allow)": ("Bash", {"command": 'find autoresearch -name "*.py"'}),
     "Bash git show HEAD~1:train.py (allow)": ("Bash", {"command": "git show HEAD~1:train.py"}),
+    "Bash git grep -n (allow: git ls-files)": ("Bash", {"command": 'git grep -n "def match" -- autoresearch/guard'}),
     "Bash grep -rn . (deny + suggestion)": ("Bash", {"command": "grep -rn LEARNING_RATE ."}),
 }
 

@@ -11,8 +11,8 @@ if [ -e "$dest" ] && [ -n "$(ls -A "$dest" 2>/dev/null)" ]; then
   exit 2
 fi
 mkdir -p "$dest"
-# What the plugin runs: the manifest, hooks, slash commands, the helper, the package, and the set-up
+# What the plugin runs: the manifest, the settings it derives from (init --plugin copies their deny rules), hooks, slash commands, the helper, the package, and the set-up
 # script with its pins (hooks fall back to the project's .venv; see README "As a plugin").
-(cd "$root" && git ls-files -z -- .claude-plugin assets hooks commands autoresearch scripts pyproject.toml README.md \
+(cd "$root" && git ls-files -z -- .claude-plugin .claude/settings.json assets hooks commands autoresearch scripts pyproject.toml README.md \
   | tar --null -T - -cf -) | tar -x -C "$dest"
 echo "packed the plugin into $dest ($(du -sh "$dest" | cut -f1))"

@@ -7,6 +7,7 @@ from here) and reports the errors a human can fix (bad program.md, bad ledger) i
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..registry import AUTO, BACKEND_CHOICES, ISOLATING_CHOICES
@@ -106,7 +107,7 @@ def _init(a) -> int:
         print("autoresearch init: a positional PATH is deprecated, use -C PATH (--project), as every command does",
               file=sys.stderr)
     a.path = a.path or a.legacy_path
-    if a.plugin:
+    if a.plugin and not a.command and os.path.isfile(os.path.join(a.path or ".", "program.md")):
         from .plugin import init_plugin
         return init_plugin(a.path)
     from .init import main as run
@@ -147,9 +148,14 @@ def _init_command(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace existing setup files (saved as *.before-autoresearch)")
     p.add_argument("--check-seconds", type=float, default=30, metavar="SECONDS", help="the check run's budget (30)")
     p.add_argument("--no-check", action="store_true", help="do not run the command once to check the setup")
+    p.add_argument("--python", metavar="INTERPRETER", help="the interpreter training runs with (run.python): the repo's "
+                   "venv, e.g. .venv/bin/python (default: the bundle's; with the plugin: the repo's .venv, else the "
+                   "command's python as found now)")
     p.add_argument("--plugin", action="store_true",
-                   help="plugin-only mode: write just the settings the installed plugin cannot set (the Stop-block "
-                        "cap and the Bash timeout) into .claude/settings.json; nothing else")
+                   help="plugin-only mode: the installed plugin's hooks guard and decide (the default when run from "
+                        "the plugin); the settings get only what a plugin cannot set (the Stop-block cap, the Bash "
+                        "timeout) and permissions.deny. In a project that has program.md already, without "
+                        "--command: write just those settings; nothing else")
 
 
 # --- reporting: status, plot, doctor, final -------------------------------------------------------

@@ -14,7 +14,8 @@ from .checks import Check
 
 
 def check_interpreter(root: Path, program: Program | None) -> Check:
-    """run.python starts, says its version, and imports torch (the model server needs it)."""
+    """run.python starts, says its version, and imports torch when the model server runs under it
+    (two_stage mode; inline and eval_command run only the repo's own code with it)."""
     py = None if program is None else run_python(root, program.run.python)
     if py is None:
         return Check(name="run.python", level="info", found="unset: both stages run the harness's own Python")
@@ -24,6 +25,9 @@ def check_interpreter(root: Path, program: Program | None) -> Check:
         return Check(name="run.python", level="fail", found=str(e),
                      fix="recreate the env (python -m venv --system-site-packages .venv), or fix run.python")
     tv = torch_version(interp.path)
+    if tv is None and program.run.mode != "two_stage":     # no model server of ours runs under it
+        return Check(name="run.python", level="ok", found=f"{py}: Python {interp.version} (prefix {interp.prefix}); "
+                                                          f"no torch, which {program.run.mode} mode does not need")
     if tv is None:
         return Check(name="run.python", level="fail", found=f"{py}: Python {interp.version}, cannot import torch",
                      fix=f"{py} -m pip install torch numpy (the EVAL model server runs under it)")

@@ -87,7 +87,7 @@ def _exits(name: str, p: argparse.ArgumentParser) -> list[str]:
     return ["", "Exit codes: " + "; ".join(f"`{c}` {_cell(t)}" for c, t in sorted(codes.items())) + "."]
 
 
-ACTOR_LABELS = {"agent:read": "agent (Read, Grep, Bash reads)", "agent:edit": "agent (Edit, Write)",
+ACTOR_LABELS = {"agent:read": "agent (Read, Bash searches and reads)", "agent:edit": "agent (Edit, Write)",
                 "train": "TRAIN", "server": "model servers", "eval.command": "eval.command",
                 "final": "final", "host": "host code", "human": "human"}
 HOLD_LABELS = {"agent": "agent-written", "train": "train split", "val": "VALIDATION text", "test": "TEST text",

@@ -5,10 +5,9 @@ What it writes into PATH (and nothing else):
                              budget, mode), a four-phase plan and the agent's instructions
   scratchpad.md              the agent's memory template (kept if it exists)
   run.sh                     `./run.sh -m "why"`: runs one experiment with the installed bundle
-  .claude/settings.json      the bundle's hook wiring, permissions.deny and env, merged into the
-                             repo's own settings (theirs are kept; earlier autoresearch wiring replaced)
+  .claude/settings.json      hook wiring, permissions.deny and env, merged into the repo's own (kept)
   .gitignore                 runs/, results.tsv, .autoresearch/, progress.png
-  .autoresearch/bundle.json  where the bundle and its Python were at init time
+  .autoresearch/bundle.json  where the bundle (or plugin) and its Python were at init time
 
 How the repo gets the package and the hooks: nothing is copied or installed into it. run.sh and
 the hook commands name the installed bundle's scripts and its .venv Python by absolute path,
@@ -16,6 +15,12 @@ recorded at init time (re-run `autoresearch init --force` if the bundle moves). 
 keep the bundle's fail-closed wrapper, so if that Python disappears every guarded tool call is
 denied, not allowed. (The plugin is the alternative: its hooks step aside when the repo wires
 its own, so the two never decide twice.)
+
+Plugin-only (`--plugin`, or automatically when this package runs from an installed plugin rather
+than a bundle checkout): the project's .claude/settings.json gets the permissions.deny and env
+but no hooks, so the installed plugin's hooks guard and decide; run.sh finds the installed plugin
+and its Python (the per-plugin data folder) at run time, so a plugin update does not break it;
+run.python names the repo's own interpreter (the plugin's has no numpy or torch).
 
 Files it would replace are refused unless --force, which first saves them as
 <name>.before-autoresearch (then .before-autoresearch.1, .2, ...: never overwritten). Then it runs
@@ -36,9 +41,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, Field
 
+from ..hostenv import run_python
 from ..program import Budget, ConfigError, parse_program
 from ..registry import AUTO, ISOLATING_CHOICES
-from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, SCRATCHPAD
+from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, RUN_SH_PLUGIN, SCRATCHPAD
+from .plugin import in_plugin_install, plugin_enabled, plugin_project_settings, training_python
 from .wiring import legacy_settings, load_settings, merge_settings, read_settings
 
 BACKUP_SUFFIX = ".before-autoresearch"
@@ -62,6 +69,8 @@ class InitOptions(BaseModel):
     budget_seconds: float = Field(300, gt=0)
     objective: str | None = None
     sandbox: Literal[ISOLATING_CHOICES] = AUTO            # type: ignore[valid-type]  (registry.py)
+    python: str | None = None                    # run.python: the interpreter training runs with
+    wiring: Literal["auto", "bundle", "plugin"] = "auto"   # whose hooks: the bundle checkout's or the plugin's
     force: bool = False
 
 
@@ -71,6 +80,7 @@ class InitResult(BaseModel):
     kept: list[str]
     backups: list[str]
     program_text: str
+    wiring: str = "bundle"
 
 
 def default_regex(metric: str) -> str:
@@ -99,6 +109,40 @@ def bundle_paths() -> tuple[Path, Path]:
     return bundle, Path(sys.prefix) / "bin" / "python"
 
 
+def locate(o: InitOptions) -> tuple[Path, Path, str]:
+    """(bundle or plugin folder, the trusted runner's Python, "bundle" | "plugin")."""
+    here = Path(__file__).resolve().parents[2]
+    wiring = o.wiring if o.wiring != "auto" else "plugin" if in_plugin_install(here) else "bundle"
+    if wiring == "plugin":
+        if not (here / "hooks" / "pre_tool_use.py").is_file():
+            raise InitError(f"{here} is not the autoresearch plugin (no hooks/pre_tool_use.py): reinstall it")
+        if not plugin_enabled():          # else the project would have no guard at all
+            raise InitError("the autoresearch plugin is not installed and enabled for this user, and plugin wiring leaves "
+                            "the guard to it: claude plugin install autoresearch@<marketplace>, or use a bundle checkout")
+        return here, Path(sys.executable), wiring
+    return (*bundle_paths(), wiring)
+
+
+def _bundle_settings(bundle: Path, python: Path, bash_ms: int) -> dict:
+    settings = legacy_settings(load_settings(bundle), bundle, python)      # hooks by absolute path
+    env = settings.setdefault("env", {})
+    for k in ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS"):
+        env[k] = str(max(int(env.get(k, 0) or 0), bash_ms))
+    return settings
+
+
+def _merged(existing: dict, ours: dict, wiring: str) -> dict:
+    """The repo's settings with ours merged in; plugin wiring also drops earlier autoresearch hook
+    wiring (a bundle-mode init before), so the plugin's hooks are the only ones and decide once."""
+    if wiring != "plugin":
+        return merge_settings(existing, ours)
+    out = merge_settings(existing, {**ours, "hooks": {e: [] for e in (existing.get("hooks") or {})}})
+    out["hooks"] = {e: g for e, g in out["hooks"].items() if g}
+    if not out["hooks"]:
+        del out["hooks"]
+    return out
+
+
 def _git(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
     from ..gitops import git
     return git(root, *args, check=False)
@@ -108,6 +152,8 @@ def program_text(o: InitOptions, script: str) -> str:
     from .machine import sandbox_limits
     from .repodeps import imported, offline_env
     run: dict = {"mode": o.mode, "train_script": script}
+    if o.python:
+        run["python"] = o.python
     if env := offline_env(imported(o.path.resolve())):     # W&B, Hugging Face, timm: no network in a run
         run["env"] = env
     if o.mode == "inline":
@@ -199,17 +245,19 @@ def plan(o: InitOptions) -> dict[str, str]:
         raise InitError("two_stage mode needs the trusted evaluator: a prepare.py with the bundle's evaluator "
                         "interface (load_split, eval_windows, evaluate_bpb) and a train.py with build_model(). "
                         "For code that prints its own metric, use --mode inline")
-    bundle, python = bundle_paths()
+    bundle, python, wiring = locate(o)
+    if wiring == "plugin" and o.python is None:
+        o = o.model_copy(update={"python": training_python(root, o.command)})
     text = program_text(o, script)
     try:
         parse_program(text).check_editable(root)
     except ConfigError as e:
         raise InitError(f"the options give an invalid program.md: {e}") from None
-    settings = legacy_settings(load_settings(bundle), bundle, python)
-    env = settings.setdefault("env", {})
-    need = _bash_timeout_ms(o)
-    for k in ("BASH_DEFAULT_TIMEOUT_MS", "BASH_MAX_TIMEOUT_MS"):
-        env[k] = str(max(int(env.get(k, 0) or 0), need))
+    try:
+        settings = plugin_project_settings(bundle, _bash_timeout_ms(o)) if wiring == "plugin" else \
+            _bundle_settings(bundle, python, _bash_timeout_ms(o))
+    except ValueError as e:
+        raise InitError(str(e)) from None
     existing_path = root / ".claude" / "settings.json"
     try:
         existing = read_settings(existing_path)
@@ -218,12 +266,14 @@ def plan(o: InitOptions) -> dict[str, str]:
     files = {
         "program.md": text,
         "scratchpad.md": SCRATCHPAD.format(metric=o.metric),
-        "run.sh": RUN_SH.format(script=script, date=datetime.now(timezone.utc).strftime("%Y-%m-%d"),
-                                bundle=bundle, python=python, py=shlex.quote(str(python))),
-        ".claude/settings.json": json.dumps(merge_settings(existing, settings), indent=2) + "\n",
+        "run.sh": (RUN_SH_PLUGIN if wiring == "plugin" else RUN_SH).format(
+            script=script, date=datetime.now(timezone.utc).strftime("%Y-%m-%d"), bundle=bundle, python=python,
+            py=shlex.quote(str(python)), bundle_q=shlex.quote(str(bundle))),
+        ".claude/settings.json": json.dumps(_merged(existing, settings, wiring), indent=2) + "\n",
         ".gitignore": _gitignore(root),
-        ".autoresearch/bundle.json": json.dumps({"bundle": str(bundle), "python": str(python),
-                                                 "mode": o.mode, "initialised_at":
+        ".autoresearch/bundle.json": json.dumps({"bundle": str(bundle), "wiring": wiring,
+                                                 "python": str(run_python(root, o.python) or python),
+                                                 "runner": str(python), "mode": o.mode, "initialised_at":
                                                  datetime.now(timezone.utc).isoformat(timespec="seconds")},
                                                 indent=2) + "\n",
     }
@@ -283,7 +333,8 @@ def init_project(o: InitOptions) -> InitResult:
         if rel == "run.sh":
             path.chmod(0o755)
         written.append(rel)
-    return InitResult(root=root, written=written, kept=kept, backups=backups, program_text=files["program.md"])
+    return InitResult(root=root, written=written, kept=kept, backups=backups, program_text=files["program.md"],
+                      wiring=json.loads(files[".autoresearch/bundle.json"])["wiring"])
 
 
 def ask_missing(args) -> None:
@@ -316,7 +367,8 @@ def main(args) -> int:
                            eval_files=getattr(args, "eval_file", None) or [],
                            train_script=args.train_script, editable=getattr(args, "editable", None) or [],
                            budget_seconds=args.budget, objective=args.objective,
-                           sandbox=args.sandbox, force=args.force)
+                           sandbox=args.sandbox, force=args.force, python=getattr(args, "python", None),
+                           wiring="plugin" if getattr(args, "plugin", False) else "auto")
         res = init_project(opts)
     except (InitError, ValueError) as e:
         console.print(f"autoresearch init: {e}", style="red", markup=False, highlight=False)
@@ -338,8 +390,9 @@ def main(args) -> int:
         console.print(f"  note: {note}", style="yellow", markup=False, highlight=False)
     from .initcheck import check_and_show
     code = check_and_show(res.root, args, console)      # runs the command once (not with --no-check)
+    doctor = "/autoresearch:doctor in Claude Code" if res.wiring == "plugin" else "autoresearch doctor"
     print("\nNext:\n"
-          "  1. check the setup:            autoresearch doctor\n"
+          f"  1. check the setup:            {doctor}\n"
           "  2. commit it (your branch):    git add program.md scratchpad.md run.sh .claude .gitignore "
           "&& git commit -m 'autoresearch setup'\n"
           "  3. run the baseline once:      ./run.sh -m baseline\n"

@@ -61,6 +61,36 @@ SCRATCHPAD = """# Scratchpad
 -
 """
 
+RUN_SH_PLUGIN = """#!/usr/bin/env bash
+# One experiment for the current {script}:  ./run.sh -m "what changed and why"
+# Written by `autoresearch init` on {date} (plugin mode): the trusted runner is the installed
+# autoresearch Claude Code plugin, found here at run time (its folder moves when the plugin updates);
+# at init it was {bundle}
+set -euo pipefail
+root="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+cfg="${{CLAUDE_CONFIG_DIR:-${{HOME:-/nonexistent}}/.claude}}"
+plugin=""
+for d in "${{CLAUDE_PLUGIN_ROOT:-/nonexistent}}" "$cfg"/plugins/cache/*/autoresearch/* {bundle_q}; do
+  [ -f "$d/autoresearch/run/__main__.py" ] || continue
+  if [ -z "$plugin" ] || [ "$d" -nt "$plugin" ]; then plugin="$d"; fi    # the newest installed version
+  [ "$d" = "${{CLAUDE_PLUGIN_ROOT:-}}" ] && break
+done
+py=""
+for c in "${{CLAUDE_PLUGIN_DATA:-/nonexistent}}/venv/bin/python" "$cfg"/plugins/data/autoresearch-*/venv/bin/python \
+         {py}; do
+  [ -x "$c" ] && {{ py="$c"; break; }}
+done
+if [ -z "$plugin" ] || [ -z "$py" ]; then
+  echo "run.sh: the autoresearch plugin${{plugin:+ ($plugin)}} or its Python is not installed for this user ($cfg):" >&2
+  echo "  install it (claude plugin install autoresearch@<marketplace>) and start a Claude Code session here once," >&2
+  echo "  which installs its Python; or run autoresearch init --force with a bundle checkout" >&2
+  exit 2
+fi
+export CLAUDE_PROJECT_DIR="$root"
+# the package from the plugin folder; never a module from the project (safe path, no user site)
+PYTHONPATH="$plugin" PYTHONSAFEPATH=1 exec "$py" -s -m autoresearch.run "$@"
+"""
+
 RUN_SH = """#!/usr/bin/env bash
 # One experiment for the current {script}:  ./run.sh -m "what changed and why"
 # Written by `autoresearch init` on {date}: the trusted runner is the autoresearch bundle at

@@ -48,6 +48,7 @@ MAX_IDLE_RESUMES = 3
 BACKOFF_S = (15.0, 30.0, 60.0, 120.0, 300.0)
 RETRY_ENV = "AUTORESEARCH_RETRY_SECONDS"         # overrides the first back-off (tests use 1)
 PAUSE_REASON = "overnight: the --hours deadline was reached"
+DEADLINE_REASON = "the --hours deadline was reached"
 BUNDLE = Path(__file__).resolve().parents[2]    # loaded as a plugin when a project does not wire the guard
 
 START_PROMPT = ("Follow program.md: read it and scratchpad.md, then run the research loop on your own, "
@@ -83,6 +84,7 @@ class Night:
         self.backoff, self.max_errors = backoff, max_errors
         self.grace_s = grace_s if grace_s is not None else self.program.budget.experiment_seconds() + 60
         self.on_update = on_update or (lambda n: None)
+        self.on_log: Callable[[str, str], None] = lambda kind, text: None
         self.dir = self.root / ".autoresearch"
         self.dir.mkdir(parents=True, exist_ok=True)
         start = _now()
@@ -141,20 +143,29 @@ class Night:
             return None
 
     def loop_finished(self, since: datetime) -> str | None:
-        """Why the loop let the agent stop (budget spent, deadline, paused), or None if budget remains."""
+        """Why the loop let the agent stop, in words true after this driver exits (its own pause is
+        lifted by then), or None if budget remains."""
         from ..loop import state
-        st = state.read_state(self.root)
-        if st.finished_at is not None and st.finished_at >= since:
-            return st.finish_reason or "the loop's budget is spent"
+        if self._paused_by_us:
+            return DEADLINE_REASON + ": the experiment in flight was decided, then the agent stopped"
         p = state.paused(self.root)
         if p is not None:
-            return f"paused ({p.reason})" if p.reason else "paused"
+            return (f"paused by a human{f' ({p.reason})' if p.reason else ''}: `autoresearch resume`, then "
+                    f"{self.again()}, to go on")
+        st = state.read_state(self.root)
+        if st.finished_at is not None and st.finished_at >= since:
+            return "budget reached: " + (st.finish_reason or "the loop's budget is spent")
         return None
+
+    def again(self) -> str:
+        """The command that picks this night's session up (it needs --hours: a new deadline)."""
+        return f"`autoresearch overnight --hours {self.hours:g} --resume`"
 
     # -- log and state -------------------------------------------------------------------
 
     def log(self, kind: str, text: str) -> None:
         line = f"{_now().isoformat(timespec='seconds')}\t{kind}\t{' '.join(text.split())}\n"
+        self.on_log(kind, ' '.join(text.split()))
         try:
             with open(self.dir / LOG_FILE, "a", encoding="utf-8") as f:
                 f.write(line)
@@ -214,24 +225,25 @@ class Night:
                 return st
             while True:
                 if self.seconds_left() <= 0:
-                    st.status, st.reason = "deadline", "the --hours deadline was reached"
+                    st.status, st.reason = "deadline", DEADLINE_REASON
                     break
                 since = _now()
                 before = self.experiments()
                 end = await session(self, prompt)
                 st.session_id = end.session_id or st.session_id
                 if end.kind == "deadline":
-                    st.status, st.reason = "deadline", end.detail
+                    st.status, st.reason = "deadline", f"{DEADLINE_REASON}: {end.detail}"
                     break
                 if end.kind == "fatal":
-                    st.status, st.reason = "fatal", end.detail
+                    st.status, st.reason = "fatal", f"agent error: {end.detail}"
                     self.log("fatal", end.detail)
                     break
                 if end.kind == "error":
                     st.errors += 1
                     consecutive_errors += 1
                     if st.errors > self.max_errors:
-                        st.status, st.reason = "failed", f"{st.errors} errors; the last: {end.detail}"
+                        st.status, st.reason = "failed", (f"agent error: {st.errors} errors; the last: {end.detail}; "
+                                                          f"{self.again()} picks the session up")
                         break
                     wait = self.backoff[min(consecutive_errors - 1, len(self.backoff) - 1)] if self.backoff else 0
                     wait = min(wait, max(self.seconds_left(), 0))
@@ -248,12 +260,13 @@ class Night:
                 idle = 0 if self.experiments() > before else idle + 1
                 if idle >= MAX_IDLE_RESUMES:
                     st.status = "done"
-                    st.reason = f"the agent stopped {idle} times in a row without a new experiment"
+                    st.reason = (f"nothing left to try: the agent stopped {idle} times in a row without a new "
+                                 "experiment though budget remains (its reasons are in scratchpad.md)")
                     break
                 self.log("continue", "the agent stopped but budget remains: sending it on")
                 prompt = CONTINUE_PROMPT
         except (KeyboardInterrupt, asyncio.CancelledError):
-            st.status, st.reason = "interrupted", "stopped by the user"
+            st.status, st.reason = "interrupted", f"stopped by the user; {self.again()} picks the session up"
             raise
         finally:
             self.lift_our_pause()
@@ -353,16 +366,31 @@ def main(root: Path, hours: float, model: str | None = None, prompt: str | None 
         console.print(f"autoresearch overnight: {e}", style="red")
         return 2
     try:
-        with Live(_panel(night), console=console, refresh_per_second=1, transient=False) as live:
-            night.on_update = lambda n: live.update(_panel(n))
+        if console.is_terminal:
+            with Live(_panel(night), console=console, refresh_per_second=1, transient=False) as live:
+                night.on_update = lambda n: live.update(_panel(n))
+                st = asyncio.run(night.run())
+                live.update(_panel(night))
+        else:                                # a pipe or a file: one plain line per event, as it happens
+            night.on_log = _print_event
             st = asyncio.run(night.run())
-            live.update(_panel(night))
     except KeyboardInterrupt:
-        console.print("stopped by the user; the session can be picked up with `autoresearch overnight --resume`")
+        print(f"interrupted: stopped by the user; {night.again()} picks the session up", flush=True)
         return 130
-    if not console.is_terminal:
-        console.line()                       # Live's last frame ends without a newline off a terminal
-    console.print(f"{st.status}: {st.reason}")
+    print(f"{st.status}: {st.reason}", flush=True)
     if st.status == "fatal":
         return EXIT_FATAL
     return 0 if st.status in ("done", "deadline") else 1
+
+
+PIPE_QUIET = {"cli"}                         # the CLI's own stderr: in overnight.log only
+
+
+def pipe_line(kind: str, text: str) -> str | None:
+    """One event for a pipe: local time, kind, text; no colour or cursor codes, no wrapping."""
+    return None if kind in PIPE_QUIET else f"{datetime.now():%H:%M:%S} {kind:<9} {text}"
+
+
+def _print_event(kind: str, text: str) -> None:
+    if (line := pipe_line(kind, text)) is not None:
+        print(line, flush=True)

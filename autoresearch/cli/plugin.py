@@ -115,3 +115,58 @@ def init_plugin(path: str | None) -> int:
     else:
         print(f"{written} already has the Stop-block cap and the Bash timeout: nothing changed")
     return 0
+
+
+# --- a full init from the installed plugin alone ---------------------------------------------------
+
+def in_plugin_install(bundle: Path) -> bool:
+    """The package runs from an installed plugin, not from a bundle checkout: Claude Code's plugin
+    cache (<config>/plugins/cache/...), or a folder with the plugin manifest but no bundle .venv.
+    init then wires the project for the plugin's own hooks instead of naming this folder's."""
+    bundle = Path(bundle)
+    if "plugins" in bundle.parts and "cache" in bundle.parts:
+        return True
+    return (bundle / ".claude-plugin" / "plugin.json").is_file() and not (bundle / ".venv").is_dir()
+
+
+def plugin_project_settings(bundle: Path, bash_ms: int) -> dict:
+    """.claude/settings.json for a plugin-only project: the bundle's permissions.deny and env (the
+    Stop-block cap, the Bash timeout sized to one experiment) and NO hooks: the plugin's hooks act
+    because the project wires none of its own. Raises ValueError when the plugin lacks its settings."""
+    from .wiring import load_settings
+    try:
+        ours = load_settings(bundle)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"the plugin at {bundle} has no readable .claude/settings.json ({e}): reinstall the "
+                         "plugin (claude plugin install autoresearch@<marketplace>)") from None
+    env = dict(ours.get("env") or {})
+    env[STOP_CAP_KEY] = str(max(int(env.get(STOP_CAP_KEY, 0) or 0), STOP_CAP))
+    for k in TIMEOUT_KEYS:
+        env[k] = str(max(int(env.get(k, 0) or 0), bash_ms))
+    return {"env": env, "permissions": {"deny": list((ours.get("permissions") or {}).get("deny") or [])}}
+
+
+def training_python(root: Path, command: list[str]) -> str | None:
+    """run.python for a plugin-only project (the plugin's own Python has no numpy or torch): the
+    repo's .venv when it has one, else the interpreter its command names as found on PATH now."""
+    import shutil
+    for rel in (".venv/bin/python", "venv/bin/python"):
+        if (Path(root) / rel).is_file():
+            return rel
+    word = command[0]
+    found = (word if word.startswith("/") else shutil.which(word)) if Path(word).name.startswith("python") \
+        else shutil.which("python3")
+    return _interpreter(os.path.abspath(found)) if found else None
+
+
+def _interpreter(found: str) -> str:
+    """The interpreter a launcher runs (a pyenv or asdf shim is a script that picks one); a venv's
+    bin/python stays as it is (sys.executable keeps the venv's path, and so its packages)."""
+    import subprocess
+    try:
+        p = subprocess.run([found, "-c", "import sys; print(sys.executable)"], capture_output=True, text=True,
+                           timeout=30, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError):
+        return found
+    exe = p.stdout.strip().splitlines()[-1] if p.returncode == 0 and p.stdout.strip() else ""
+    return exe if exe.startswith("/") else found

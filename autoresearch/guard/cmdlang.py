@@ -137,8 +137,6 @@ _GROUPS = {
 }
 _KNOWN = {name: msg for msg, names in _GROUPS.items() for name in names.split()}
 _GIT_READS = {                  # read-only git subcommands outside the language: the form that does it
-    "grep": "search with grep -rn PATTERN FOLDER (e.g. grep -rn \"def forward\" src)",
-    "ls-files": "list files with find FOLDER -type f, or ls -R FOLDER",
     "blame": "read the file, and its history with git log -p -- PATH",
     "shortlog": "use git log --oneline -N", "whatchanged": "use git log --stat -N",
 }
@@ -178,7 +176,8 @@ def hint(command, reason: str, root: str | None = None) -> str:
     for t in names:
         if _KNOWN.get(t) == NETWORK:
             return NETWORK.format(t)
-    if names and names[0] == "git" and len(names) > 1 and names[1] not in ("status", "diff", "log", "show"):
+    if names and names[0] == "git" and len(names) > 1 and \
+            names[1] not in ("status", "diff", "log", "show", "grep", "ls-files"):
         sub = names[1]
         if sub in _GIT_READS:
             return f"git {sub} is not one of the forms: {_GIT_READS[sub]}"

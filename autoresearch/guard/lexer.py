@@ -68,16 +68,18 @@ class Word:
 class Match:
     """An accepted command: the form it fits, the argv bash will exec, its PATH operands (each
     judged by the Read policy), the folders it walks (path, follow links, names only, max depth),
-    and git object paths (REV:PATH, judged by name)."""
-    __slots__ = ("template", "argv", "paths", "walks", "names", "words", "implicit")
+    and git object paths (REV:PATH, judged by name); for `git grep`, its pathspecs (search.tracked_problem
+    judges the tracked files they reach)."""
+    __slots__ = ("template", "argv", "paths", "walks", "names", "words", "implicit", "tracked")
 
     def __init__(self, template: str, argv: list[str], paths: list[str], walks=None, names=None,
-                 words=None, implicit=None):
+                 words=None, implicit=None, tracked=None):
         self.template, self.argv, self.paths = template, argv, paths
         self.walks = walks or []        # [(word index or None for the working folder, path, follow, names_only, depth)]
         self.names = names or []
         self.words = words or []
         self.implicit = implicit        # where a search's implied folder would go, as a word index
+        self.tracked = tracked          # git grep: [(pathspec, given before any --: must exist)], else None
 
 
 def _bad_text_char(ch: str) -> str | None:

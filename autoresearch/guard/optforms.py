@@ -19,22 +19,25 @@ class OptForm:
     slot kind; longs: long flags; long_valued: long options taking a value; num: `-N` (a count
     given as the option: `head -50`, `git log -5`; for head/tail only as the first word, as
     coreutils reads it); operands: how the words that are not options are read (see _operands);
-    usage: the form shown to the agent."""
+    usage: the form shown to the agent; stop: options end at the first operand, as git grep reads them."""
     __slots__ = ("prog", "flags", "valued", "longs", "long_valued", "num", "cluster", "operands", "usage",
-                 "examples")
+                 "examples", "stop")
 
     def __init__(self, prog, flags="", valued=None, longs=(), long_valued=None, num=False, cluster=True,
-                 operands="paths+", usage="", examples=()):
+                 operands="paths+", usage="", examples=(), stop=False):
         self.prog, self.flags, self.valued = tuple(prog.split()), flags, dict(valued or {})
         self.longs, self.long_valued = frozenset(longs), dict(long_valued or {})
         self.num, self.cluster, self.operands, self.usage = num, cluster, operands, usage
         self.examples = examples
+        self.stop = stop              # options end at the first operand (git's PARSE_OPT_STOP_AT_NON_OPTION)
 
 
 _GREP_LONG = {"--line-number": "-n", "--ignore-case": "-i", "--recursive": "-r", "--dereference-recursive": "-R",
               "--files-with-matches": "-l", "--count": "-c", "--word-regexp": "-w", "--extended-regexp": "-E",
               "--fixed-strings": "-F", "--invert-match": "-v", "--with-filename": "-H", "--no-filename": "-h",
               "--only-matching": "-o", "--files-without-match": "-L", "--quiet": "-q", "--no-messages": "-s"}
+_GIT_GREP_LONG = ("--line-number", "--ignore-case", "--word-regexp", "--files-with-matches", "--count",
+                  "--invert-match", "--fixed-strings", "--extended-regexp", "--only-matching")
 OPTION_FORMS = (
     OptForm("grep", "nirRlcwEFvHhoLqsx", {"A": "N", "B": "N", "C": "N", "m": "N", "e": "PATTERN"},
             set(_GREP_LONG), {"--include": "GLOB", "--exclude": "GLOB", "--exclude-dir": "GLOB",
@@ -70,6 +73,12 @@ OPTION_FORMS = (
     OptForm("git diff", "", {}, {"--stat", "--name-only", "--name-status", "--cached", "--staged"},
             cluster=False, operands="revs-paths", usage="git diff [--stat] [REV [REV]] [-- PATH...]",
             examples=("git diff", "git diff HEAD~1", "git diff HEAD~1 -- train.py")),
+    # the work tree's tracked files only: never --untracked/--no-index, a revision's tree, -f FILE, -O
+    OptForm("git grep", "nilwcvFEIhHo", {"e": "PATTERN"}, set(_GIT_GREP_LONG), stop=True, operands="git-grep",
+            usage="git grep [-nilwcvFE] [-e PATTERN | PATTERN] [-- PATH...]",
+            examples=('git grep -n "def forward"', "git grep -n attention -- src", "git grep -il -e rope src")),
+    OptForm("git ls-files", operands="git-ls", cluster=False, usage="git ls-files [PATH...]",
+            examples=("git ls-files", "git ls-files src")),
 )
 _BY_PROG = {f.prog: f for f in OPTION_FORMS}
 FIND_FLAGS = {"-print", "-not", "-o", "-a", "-or", "-and", "-empty"}
@@ -167,8 +176,25 @@ def _getopt(form: OptForm, words: list[Word], first: int):
                     raise _Bad(f"{t} is not an allowed option here: {prog} takes {form.usage}", i)
         else:
             operands.append(i)
+            if form.stop:                        # git grep: everything after the first operand is one too
+                dashdash = _rest_operands(form, words, i + 1, operands)
+                break
         i += 1
     return opts, operands, dashdash
+
+
+def _rest_operands(form: OptForm, words: list[Word], start: int, operands: list[int]) -> int | None:
+    """After git grep's first operand: the rest are operands (appended), up to and after a `--`
+    (its index returned); a word before it that starts with `-` is an option too late for git."""
+    dashdash = None
+    for k in range(start, len(words)):
+        if words[k].text == "--" and not words[k].quoted and dashdash is None:
+            dashdash = k
+        elif dashdash is None and words[k].text.startswith("-"):
+            raise Denied(f"{words[k].text}: {' '.join(form.prog)} takes its options before the pattern: {form.usage}")
+        else:
+            operands.append(k)
+    return dashdash
 
 
 def _match_optform(form: OptForm, words: list[Word]) -> Match:
@@ -212,6 +238,11 @@ def _match_optform(form: OptForm, words: list[Word]) -> Match:
             roots = ops or [None]
             walks = [(k, texts[k] if k is not None else ".", follow, "--files" in names, None) for k in roots]
             implicit = len(words) if not ops else None
+    elif form.operands in ("git-grep", "git-ls"):
+        tracked = _git_pathspecs(form, words, opts, ops, dashdash)
+        if form.operands == "git-grep":
+            return Match(form.usage, texts, [p for p, _ in tracked], [], [], words, None, tracked)
+        paths = [p for p, _ in tracked]
     elif form.operands in ("revs-paths", "show"):
         revs = ops if dashdash is None else [k for k in ops if k < dashdash]
         after = [] if dashdash is None else [k for k in ops if k > dashdash]
@@ -241,6 +272,29 @@ def _match_optform(form: OptForm, words: list[Word]) -> Match:
             _check("PATH", words[k], prog)
             paths.append(texts[k])
     return Match(form.usage, texts, paths, walks, gitnames, words, implicit)
+
+
+def _git_pathspecs(form: OptForm, words: list[Word], opts, ops: list[int], dashdash) -> list[tuple[str, bool]]:
+    """git grep's pattern (the first operand without -e) checked, and its pathspecs, or git
+    ls-files' paths: [(path, given without `--`, so git would take a missing one for a revision)]. With
+    a `--`, git grep takes every word before it for a revision, so none may stand there.
+    No pathspec magic (`:(glob)`, `:!x`): a leading `:` is refused; SAFE has no wildcard."""
+    prog = " ".join(form.prog)
+    if form.operands == "git-grep" and not any(o in ("-e",) for o, _ in opts):
+        if not ops or (dashdash is not None and ops[0] > dashdash):
+            raise Denied(f"{prog} needs a pattern before any --: {form.usage}")
+        _check("TEXT", words[ops[0]], prog)
+        ops = ops[1:]
+    if form.operands == "git-grep" and dashdash is not None and any(k < dashdash for k in ops):
+        raise Denied(f"with --, git grep reads the words before it as revisions (it would search a commit's "
+                     f"tree): put the paths after it: {form.usage}")
+    out = []
+    for k in ops:
+        _check("PATH", words[k], prog)
+        if words[k].text.startswith(":"):
+            raise Denied(f"{words[k].text}: pathspec magic (a leading :) is not allowed: name the file or folder")
+        out.append((words[k].text, dashdash is None or k < dashdash))
+    return out
 
 
 def _match_find(form: OptForm, words: list[Word]) -> Match:

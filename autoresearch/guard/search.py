@@ -307,3 +307,46 @@ def _holds_hidden(ctx, path: str, top: str) -> str | None:
         if under(w, top):
             return f"{path} contains {w}, a folder agent code writes"
     return None
+
+
+def tracked_problem(ctx, specs: list[tuple[str, bool]], typed: str = "git grep ...",
+                    limit: int = WALK_LIMIT) -> str | None:
+    """Why `git grep` over these pathspecs may not run (None: it may). It reads the work tree's
+    tracked files only (never untracked or ignored ones, never through a link), so its reach is
+    exactly what `git ls-files` lists from the same folder with the same pathspecs (no magic, no
+    wildcard: the language has none): each of those is judged by name, and one that is a folder
+    (a submodule, which submodule.recurse would search) is refused. A pathspec given before `--`
+    must exist, or git would take it for a revision and search that commit's tree instead."""
+    import subprocess
+    for path, before_dashdash in specs:
+        if before_dashdash and not os.path.lexists(ctx.abspath(path)):
+            return (f"{path} is not a file or folder here, so git would read it as a revision: git grep searches "
+                    f"the work tree's tracked files (name a path, or after --); a commit's file: git show REV:PATH")
+    argv = ["git", "-c", "core.fsmonitor=false", "--no-optional-locks", "ls-files", "-z", "--",
+            *[p for p, _ in specs]]
+    try:          # git's own reading of the pathspecs; ls-files runs no hook, filter or fsmonitor
+        p = subprocess.run(argv, cwd=ctx.cwd, capture_output=True, timeout=10, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"git ls-files could not list what git grep would read ({e}), so it is denied"
+    if p.returncode != 0:
+        err = p.stderr.decode(errors="replace").strip().splitlines()
+        return f"git grep here is denied: git ls-files says {err[-1] if err else f'exit {p.returncode}'}"
+    names = [n for n in p.stdout.decode(errors="surrogateescape").split("\0") if n]
+    if len(names) > limit:
+        return f"git grep would read {len(names)} files: too many to vet; name a folder (git grep ... -- FOLDER)"
+    bad: list[str] = []
+    for n in names:
+        full = os.path.normpath(os.path.join(ctx.cwd, n))
+        why = name_problem(ctx, full)
+        if why is None and os.path.isdir(full) and not os.path.islink(full):
+            why = "is a submodule: it is not searched"
+        if why:
+            if not bad:
+                first = f"git grep would read {n}, which {_tree_why(why) if 'submodule' not in why else why}"
+            bad.append(n)
+    if not bad:
+        return None
+    tops = sorted({n.split("/", 1)[0] for n in names} - {b.split("/", 1)[0] for b in bad})
+    if specs or not tops or len(tops) > 24:
+        return f"{first}: search files and folders that hold nothing off limits (git grep ... -- PATH)"
+    return f"{first}; search the parts you may read: `{typed} -- {' '.join(tops)}`"

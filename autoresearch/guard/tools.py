@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from .paths import WHITESPACE, Context, edit_problem, name_problem, read_problem
-from .search import glob_regex, reach_problem, readable_parts, tree_problem
+from .search import glob_regex, reach_problem, readable_parts, tracked_problem, tree_problem
 from .policy import PolicyError, load_policy
 
 EDIT_TOOLS = {"Edit": "file_path", "Write": "file_path", "MultiEdit": "file_path",
@@ -61,6 +61,10 @@ def bash_problem(ctx: Context, tool_input: dict) -> tuple[str | None, str | None
         why = name_problem(ctx, os.path.normpath(os.path.join(ctx.root, name)))
         if why:
             return f"{name}: {why}", m.template
+    if m.tracked is not None:                 # git grep: the tracked files it reads
+        why = tracked_problem(ctx, m.tracked, typed=" ".join(w.raw for w in m.words))
+        if why:
+            return why, m.template
     for index, path, follow, names_only, depth in m.walks:
         why = reach_problem(ctx, path, follow, names_only, depth)
         if why:

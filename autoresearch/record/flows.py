@@ -6,7 +6,8 @@ A leaf: the guard hook imports it on every tool call, so it imports nothing (pla
 frozensets; no typing, dataclasses or enum at run time).
 
 Who (an actor writes or reads a place):
-    agent:read   the research agent reading: Read, Grep/Glob/LS, Bash's read-only forms (the guard's read check)
+    agent:read   the research agent reading: Read, Bash's read-only forms (grep, find, git grep: the
+                 guard's read check), and Grep/Glob/LS in CLI versions that offer them
     agent:edit   the research agent writing: Edit, Write, NotebookEdit (the guard's edit check)
     train        agent code in TRAIN (sees the train split)
     server       agent code in EVAL's model servers (sees validation windows over the protocol)

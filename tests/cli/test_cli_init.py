@@ -264,3 +264,42 @@ def test_init_editable_refuses_a_bad_pattern_and_writes_nothing(tmp_path, patter
     p = init_cli(root, "--no-check", "--editable", pattern)
     assert p.returncode == 2 and words in p.stdout and pattern in p.stdout, p.stdout + p.stderr
     assert not (root / "program.md").exists()
+
+
+def test_plugin_wiring_replaces_a_bundle_wiring_and_its_run_sh_finds_the_installed_plugin(tmp_path, monkeypatch):
+    """init --plugin after a bundle-mode init: the project's autoresearch hooks go (the plugin's
+    decide, once), the user's own hook stays, run.python is the repo's .venv. run.sh takes the
+    plugin from the config folder's plugin cache at run time, and without one says how to install."""
+    root = legacy(tmp_path)
+    init_project(opts(root))
+    settings = root / ".claude" / "settings.json"
+    mine = {"type": "command", "command": "notify-send done"}
+    s = json.loads(settings.read_text())
+    s["hooks"]["Stop"].append({"hooks": [mine]})
+    settings.write_text(json.dumps(s))
+    (root / ".venv" / "bin").mkdir(parents=True)
+    (root / ".venv" / "bin" / "python").symlink_to(PY)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("CLAUDE_PLUGIN_ROOT", raising=False)
+    monkeypatch.delenv("CLAUDE_CONFIG_DIR", raising=False)
+    with pytest.raises(InitError, match="not installed and enabled"):      # no plugin: no guard at all
+        init_project(opts(root, wiring="plugin", force=True))
+    monkeypatch.setenv("CLAUDE_PLUGIN_ROOT", str(ROOT))
+    res = init_project(opts(root, wiring="plugin", force=True))
+    assert res.wiring == "plugin"
+    s = json.loads(settings.read_text())
+    assert s["hooks"] == {"Stop": [{"hooks": [mine]}]} and "Bash(pip:*)" in s["permissions"]["deny"]
+    assert int(s["env"]["CLAUDE_CODE_STOP_HOOK_BLOCK_CAP"]) >= 100
+    assert load_program(root).run.python == ".venv/bin/python"
+    cfg = tmp_path / "cfg"
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "CLAUDE_CONFIG_DIR": str(cfg)}
+    (root / "run.sh").write_text((root / "run.sh").read_text().replace(str(ROOT), "/nonexistent"))   # moved away
+    p = subprocess.run(["./run.sh", "--help"], cwd=root, capture_output=True, text=True, env=env)
+    assert p.returncode == 2 and "claude plugin install autoresearch@" in p.stderr, p.stderr
+    plugin, data = cfg / "plugins" / "cache" / "m" / "autoresearch" / "0.2.0", cfg / "plugins" / "data" / "autoresearch-m"
+    plugin.parent.mkdir(parents=True)
+    plugin.symlink_to(ROOT)
+    (data / "venv" / "bin").mkdir(parents=True)
+    (data / "venv" / "bin" / "python").symlink_to(PY)
+    p = subprocess.run(["./run.sh", "--help"], cwd=root, capture_output=True, text=True, env=env)
+    assert p.returncode == 0 and "--message" in p.stdout, p.stderr

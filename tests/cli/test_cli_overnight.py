@@ -51,7 +51,12 @@ def test_the_command_runs_a_night_that_ends_when_the_loop_says_so(proj):
                            env=dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS="0",
                                     COLUMNS="120"))
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
-    assert "done:" in p.stdout and "budget" in p.stdout
+    # in a pipe: plain lines, one per event as it happens (no live panel, no escape codes), then why it ended
+    lines = p.stdout.splitlines()
+    assert "\x1b" not in p.stdout and lines, p.stdout
+    events = [ln.split()[1] for ln in lines[:-1]]
+    assert events[0] == "night" and {"canary", "tool", "result"} <= set(events), p.stdout
+    assert lines[-1].startswith("done: budget reached: ") and "resume" not in lines[-1], lines[-1]
     [ls] = api.results()
     assert ls.name == "Bash" and not ls.is_error        # the project's guard allowed it explicitly
     st = OvernightState.model_validate_json(proj.read(".autoresearch/overnight.json"))
@@ -120,6 +125,7 @@ def test_the_deadline_pauses_then_interrupts_and_lifts_its_pause(proj, monkeypat
     with FakeAPI(script, project=str(proj.root)) as api:
         _, st = drive(proj, api, 1.5 / 3600, monkeypatch, grace_s=1.0)
     assert st.status == "deadline", st
+    assert st.reason.startswith("the --hours deadline was reached") and "resume" not in st.reason, st.reason
     assert time.monotonic() - t0 < 60
     log = log_lines(proj)
     assert any(ln[1] == "deadline" and "paused the loop" in ln[2] for ln in log)
@@ -132,7 +138,8 @@ def test_a_users_own_pause_is_left_alone(proj, monkeypatch):
     state.pause(proj.root, "mine")
     with FakeAPI([end_turn("paused, stopping")], project=str(proj.root)) as api:
         _, st = drive(proj, api, 0.05, monkeypatch)
-    assert st.status == "done" and "paused" in st.reason
+    assert st.status == "done" and st.reason.startswith("paused by a human (mine)")
+    assert "`autoresearch resume`, then `autoresearch overnight --hours 0.05 --resume`" in st.reason, st.reason
     assert state.paused(proj.root).reason == "mine"
 
 

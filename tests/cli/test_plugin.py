@@ -22,7 +22,9 @@ PIP = _hook_input(Path("/"), "Bash", {"command": "pip install requests"})
 
 def cli(claude: Path, home: Path, *args: str) -> subprocess.CompletedProcess[str]:
     (home / ".claude").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([str(claude), *args], capture_output=True, text=True, timeout=120, env=base_env(home))
+    # a closed local port as the API: `claude plugin ...` looks up api.anthropic.com otherwise (18 s each offline)
+    env = {**base_env(home), "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}
+    return subprocess.run([str(claude), *args], capture_output=True, text=True, timeout=120, env=env)
 
 
 def plugin_copy(dest: Path) -> Path:

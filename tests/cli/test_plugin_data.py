@@ -77,8 +77,9 @@ def test_installed_plugin_carries_no_venv_and_its_hooks_find_their_deps_in_the_d
     assert p.returncode == 0, p.stderr
     (home / ".claude").mkdir(parents=True)
     env = base_env(home)
+    quick = {**env, "ANTHROPIC_BASE_URL": "http://127.0.0.1:9"}     # else each looks up api.anthropic.com: 18 s offline
     for args in (("plugin", "marketplace", "add", str(market)), ("plugin", "install", "autoresearch@autoresearch")):
-        p = subprocess.run([str(claude_cli), *args], capture_output=True, text=True, timeout=120, env=env)
+        p = subprocess.run([str(claude_cli), *args], capture_output=True, text=True, timeout=120, env=quick)
         assert p.returncode == 0, p.stdout + p.stderr
     cache = home / ".claude" / "plugins" / "cache"
     [plugin] = [h.parent.parent for h in cache.rglob("hooks/hooks.json")]

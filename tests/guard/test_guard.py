@@ -137,6 +137,14 @@ class World:
         (r / "linked" / "key").symlink_to(h / ".ssh" / "id_rsa")          # grep -R would follow these
         (r / "linked" / "out").symlink_to("../runs/0001/out")
         os.mkfifo(r / "notes" / "fifo")                         # a planted FIFO would hang cat or Read
+        # a git repository whose index tracks the source and, as a careless repo might, a secret, an
+        # eval log and a run's out/ file: git grep's reach is the tracked files (nothing is committed)
+        (r / "data").mkdir()
+        (r / "data" / "untracked.txt").write_text("attention (an untracked file git grep never reads)\n")
+        tracked = ["train.py", "program.md", "scratchpad.md", "prepare.py", "README.md", "a.txt", "b.txt",
+                   "src", "notes/ideas.txt", "config/.env", "runs/0001/eval.log", "runs/0001/out/model.txt"]
+        subprocess.run(["git", "init", "-q", f"--separate-git-dir={base / 'gitdir'}", str(r)], check=True)   # .git: a file, as in a worktree
+        subprocess.run(["git", "-C", str(r), "add", "-f", "--", *tracked], check=True)
         scratch = self.state / "projects" / "0123abcd" / "runs" / "0001" / "train"
         scratch.mkdir(parents=True)
         (scratch / "CLAUDE.md").write_text(PLANTED)

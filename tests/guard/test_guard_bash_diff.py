@@ -147,6 +147,13 @@ def option_form(rng: random.Random) -> list[str]:
     ops = []
     if form.operands == "search":
         ops.append(_value(rng, "PATTERN"))
+    if form.operands == "git-grep":             # options, the pattern, then paths (after -- or not)
+        ops += [_value(rng, "PATTERN")] + (["--"] if rng.random() < 0.5 else [])
+        ops += [_value(rng, "PATH") for _ in range(rng.randint(0, 2))]
+        mixed = opts + ops
+        if rng.random() < 0.2:
+            rng.shuffle(mixed)
+        return words + mixed
     if form.operands in ("revs-paths", "show"):
         ops += [rng.choice(REVS) if rng.random() < 0.85 else rng.choice(PLAIN) for _ in range(rng.randint(0, 2))]
         mixed = opts + ops

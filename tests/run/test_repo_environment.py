@@ -212,4 +212,8 @@ def test_doctor_runs_the_repo_interpreter_and_reads_the_mounts(tmp_path):
     bad = check_interpreter(proj, no_torch)
     if subprocess.run([str(bare / "bin" / "python"), "-c", "import torch"], capture_output=True).returncode != 0:
         assert bad.level == "fail" and "cannot import torch" in bad.found and "pip install torch" in bad.fix
+        inline = parse_program(_front(f"run: {{python: {bare / 'bin' / 'python'}, mode: inline, "
+                                      "command: [python, train.py], metric_regex: 'acc=([0-9.]+)'}"))
+        quiet = check_interpreter(proj, inline)           # no model server of ours runs under it: no torch needed
+        assert quiet.level == "ok" and "inline mode does not need" in quiet.found, quiet
     assert check_interpreter(proj, parse_program(_front("run: {}"))).level == "info"
