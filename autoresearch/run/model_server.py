@@ -6,7 +6,7 @@ Runs inside the EVAL sandbox with no data mounted. Its sandbox starts with TRAIN
 warm-up (startup.py: interpreter, torch; -I, so no agent file is on the path) runs while TRAIN
 trains, then it waits for the scorer's GO, which comes only after TRAIN has ended and its
 checkpoint is final (or never: the scorer hangs up and the server exits). Only then does it say
-startup.MARKER (eval_seconds counts from there) and import agent code: the agent's train script,
+protocol.AGENT_STARTS (eval_seconds counts from there) and import agent code: the agent's train script,
 calls build_model(), loads the checkpoint with torch.load(weights_only=True), puts the model
 in eval mode once, says READY, and then answers each request (a batch of uint8 windows) with
 the model's logits (autoresearch.run.protocol). It never sees a validation file, a target beyond
@@ -152,8 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not P.wait_go(rfile):                         # TRAIN did not end ok: no agent code runs at all
             os._exit(0)
-        from .startup import MARKER
-        print(f"\n{MARKER}", file=sys.stderr, flush=True)
+        print(f"\n{P.AGENT_STARTS}", file=sys.stderr, flush=True)
         model, torch, device, desc = load(args)
         P.write_all(wfile, P.message(P.READY, json.dumps({"device": desc})))
         serve(model, torch, device, args.vocab, rfile, wfile)

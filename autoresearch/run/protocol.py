@@ -36,6 +36,8 @@ import traceback
 from typing import Any, BinaryIO, Callable
 
 GO = b"GO01"
+# What a server prints (to its log) between GO and importing agent code: eval_seconds counts from it.
+AGENT_STARTS = "[autoresearch: GO: the checkpoint is final; agent code starts now, and with it eval_seconds]"
 REQUEST = b"WIN1"
 READY = b"RDY1"
 LOGITS_F32 = b"LGT4"

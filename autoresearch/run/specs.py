@@ -32,6 +32,7 @@ from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailabl
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from .layout import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from .protocol import AGENT_STARTS
 from .startup import MARKER
 from .workcopy import work_copy
 
@@ -240,7 +241,7 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=program.budget.eval_seconds, start_marker=STARTUP_MARKER,
+                       timeout_s=program.budget.eval_seconds, start_marker=AGENT_STARTS.encode(),
                        startup_s=max(program.budget.grace_seconds, 1.0) + wait_s,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),

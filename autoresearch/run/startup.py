@@ -4,7 +4,7 @@
     python -I startup.py exec ARGV...            run.launcher / run.command: exec'd after the warm-up
     python -I startup.py module NAME [ARGS...]   a trusted module (the EVAL model server) after the
                                                  warm-up, as `python -m NAME` would run it; it says
-                                                 MARKER itself, when its agent code starts
+                                                 protocol.AGENT_STARTS itself, after GO
 
 The budget is the agent's compute (ARCHITECTURE rule 12): the interpreter's start and the heavy
 imports (torch, numpy) are the harness's cost, not the experiment's, and on a busy machine they

@@ -10,7 +10,6 @@ from pathlib import Path
 
 from autoresearch.run import protocol as P
 from autoresearch.run.specs import STARTUP
-from autoresearch.run.startup import MARKER
 
 PKG = str(Path(__file__).resolve().parents[2])
 SAID = "AGENT CODE IMPORTED"
@@ -39,12 +38,12 @@ def test_agent_code_runs_only_after_go_and_never_without_it(tmp_path):
     go.stdin.flush()
     out, err = hung_up.communicate(b"", timeout=120)
     assert hung_up.returncode == 0, err
-    assert b"warm-up" in err and SAID.encode() not in err and MARKER.encode() not in err, err
+    assert b"warm-up" in err and SAID.encode() not in err and P.AGENT_STARTS.encode() not in err, err
     assert out == b"", out
 
     go.stdin.close()
     text = go.stderr.read().decode(errors="replace")
     go.wait(timeout=120)
-    assert f"{SAID}\n" in text and MARKER in text, text
-    assert text.index(MARKER) < text.index(SAID), "agent code before the clock's marker"
+    assert f"{SAID}\n" in text and P.AGENT_STARTS in text, text
+    assert text.index(P.AGENT_STARTS) < text.index(SAID), "agent code before the clock's marker"
     assert f"{SAID} (torch.py)" not in text, "the warm-up imported a file from the work copy"
