@@ -78,6 +78,8 @@ class Servers:
         if go:
             self.scorer.go.set()
         else:
+            for spec in self.specs:                    # stopped at once, not after its warm-up ends
+                spec.session_grace_s = 0.0
             self.scorer.aborted = True
         try:
             for t in self.threads:
