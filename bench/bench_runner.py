@@ -88,15 +88,16 @@ def full_overhead(name: str, budget: float, proj: Path) -> dict:
     startup = x.get("startup_seconds") or 0.0
     agent = m.get("agent_seconds") or train
     load = x.get("eval_load_seconds") or 0.0
+    ev_wall = x.get("eval_wall_seconds") or ev           # GO to both servers' sandboxes gone
     # Where the all-in seconds go, in the order they happen (each a wall-clock interval; the
     # servers' load overlaps TRAIN once they are warmed early, so it is counted as it waits).
     parts = {"run.sh + runner start-up (before the run's clock)": wall - total,
-             "runner: prepare, diff, work copies, records": total - train - ev,
+             "runner: prepare, diff, work copies, records": total - train - ev_wall,
              "TRAIN trusted warm-up (interpreter, torch)": startup,
              "TRAIN agent code past the budget (save, exit)": agent - budget,
              "TRAIN sandbox start + tear-down": train - startup - agent,
-             "EVAL servers: agent import + checkpoint load (after TRAIN)": load,
-             "EVAL sandbox start + tear-down, scorer": ev - load - compute}
+             "EVAL servers after GO: agent import + checkpoint load": load,
+             "EVAL after GO: scorer, sandboxes ending": ev_wall - load - compute}
     return {"wall": wall, "train": train, "eval": ev, "overhead": wall - train - ev,
             "compute": compute, "all_in": wall - budget - compute, "parts": parts}
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from pathlib import Path
 
 from ..program import Program
@@ -134,8 +135,10 @@ def eval_stage(program: Program, lay: Layout, servers: Servers,
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
                         f"goes to the eval log, for humans only: {lay.eval_log} ----\n")
+    t0 = time.monotonic()
     eres, result = servers.finish(go=True)
     m.eval_seconds = round(eres.wall_seconds, 3)
+    m.extra["eval_wall_seconds"] = round(time.monotonic() - t0, 3)   # GO to both sandboxes gone
     status, reason, value = eval_outcome(eres, result, program)
     append_log(lay.log, eval_line(status, reason, result, program.metric.name))
     if result is not None:
