@@ -1,8 +1,12 @@
 """The EVAL model server: agent code answers fixed-shape requests with logits, nothing more.
 
-    python -m autoresearch.inside.model_server --project P --checkpoint OUT/model.pt
+    python -I .../run/startup.py module autoresearch.inside.model_server --project P --checkpoint OUT/model.pt
 
-Runs inside the EVAL sandbox with no data mounted. It imports the agent's train script,
+Runs inside the EVAL sandbox with no data mounted. Its sandbox starts with TRAIN: the trusted
+warm-up (startup.py: interpreter, torch; -I, so no agent file is on the path) runs while TRAIN
+trains, then it waits for the scorer's GO, which comes only after TRAIN has ended and its
+checkpoint is final (or never: the scorer hangs up and the server exits). Only then does it say
+protocol.AGENT_STARTS (eval_seconds counts from there) and import agent code: the agent's train script,
 calls build_model(), loads the checkpoint with torch.load(weights_only=True), puts the model
 in eval mode once, says READY, and then answers each request (a batch of uint8 windows) with
 the model's logits (autoresearch.inside.protocol). It never sees a validation file, a target beyond
@@ -146,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     rfile, wfile = P.server_channels()
     try:
+        if not P.wait_go(rfile):                         # TRAIN did not end ok: no agent code runs at all
+            os._exit(0)
+        print(f"\n{P.AGENT_STARTS}", file=sys.stderr, flush=True)
         model, torch, device, desc = load(args)
         P.write_all(wfile, P.message(P.READY, json.dumps({"device": desc})))
         serve(model, torch, device, args.vocab, rfile, wfile)

@@ -3,7 +3,8 @@
 Fixed binary frames over the server's stdin (requests) and stdout (answers); nothing else
 crosses. One place for the format, used by both ends:
 
-    scorer -> server   REQUEST  b"WIN1" + u32 batch + u32 context + batch*context uint8 bytes
+    scorer -> server   GO       b"GO01": the checkpoint is final; import agent code now (sent once, first)
+                       REQUEST  b"WIN1" + u32 batch + u32 context + batch*context uint8 bytes
     server -> scorer   READY    b"RDY1" + u32 n + n bytes of UTF-8 JSON ({"device": ...})
                        LOGITS   b"LGT4" + batch*context*vocab float32 (little-endian, C order)
                                 b"LGT2" + the same as float16
@@ -34,6 +35,9 @@ import sys
 import traceback
 from typing import Any, BinaryIO, Callable
 
+GO = b"GO01"
+# What a server prints (to its log) between GO and importing agent code: eval_seconds counts from it.
+AGENT_STARTS = "[autoresearch: GO: the checkpoint is final; agent code starts now, and with it eval_seconds]"
 REQUEST = b"WIN1"
 READY = b"RDY1"
 LOGITS_F32 = b"LGT4"
@@ -87,6 +91,18 @@ def read_exact(f: BinaryIO, n: int) -> bytes:
 def write_all(f: BinaryIO, data: bytes) -> None:
     f.write(data)
     f.flush()
+
+
+def wait_go(f: BinaryIO) -> bool:
+    """A server's gate between its trusted warm-up and agent code: True once GO arrives, False when
+    the scorer hung up without it (TRAIN did not end ok: nothing to evaluate)."""
+    try:
+        tag = read_exact(f, len(GO))
+    except StreamEnded:
+        return False
+    if tag != GO:
+        raise ProtocolError(f"expected GO, got {tag!r}")
+    return True
 
 
 def request(batch: bytes, b: int, t: int) -> bytes:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import threading
+import time
 from pathlib import Path
 
 from ..program import Program
@@ -26,52 +27,84 @@ def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
     once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
     longest wall time, the summed peak memory, the first failure; the scorer's result)."""
-    import numpy as np
+    ev = Servers(sandbox, program, lay, data, env, split_file, log, stage)
+    return ev.finish(go=True)
 
-    from .scorer import SERVERS, Scorer
-    m = program.metric
-    scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
-                    direction=m.direction, metric=m.name)
-    specs = [eval_spec(sandbox, program, lay, data, env, scorer.session(k), log, stage, k) for k in range(SERVERS)]
-    try:
-        return _serve(sandbox, specs, scorer)
-    finally:
-        for spec in specs:                             # no writable storage outlives a model server
+
+class Servers:
+    """The EVAL stage, started early: the model servers' sandboxes start (and warm up: interpreter,
+    torch) at once, and wait for the scorer's GO before any agent code is imported. The runner
+    starts them with TRAIN and calls finish(go=True) once TRAIN ended ok and its checkpoint is
+    final, or finish(go=False) (they exit without running agent code)."""
+
+    def __init__(self, sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
+                 split_file: Path, log: Path, stage: str = "eval", wait_s: float = 0.0):
+        import numpy as np
+
+        from .scorer import SERVERS, Scorer
+        m = program.metric
+        self.scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
+                             direction=m.direction, metric=m.name, go=threading.Event())
+        self.sandbox = sandbox
+        self.specs: list = []
+        self.results: list[SandboxResult | None] = [None] * SERVERS
+        self.errors: list[BaseException] = []
+        try:
+            for k in range(SERVERS):
+                self.specs.append(eval_spec(sandbox, program, lay, data, env, self.scorer.session(k), log, stage, k,
+                                            wait_s))
+        except BaseException:
+            self._remove()
+            raise
+        self.threads = [threading.Thread(target=self._one, args=(k,), daemon=True) for k in range(SERVERS)]
+        for t in self.threads:
+            t.start()
+
+    def _one(self, k: int) -> None:
+        try:
+            self.results[k] = self.sandbox.run(self.specs[k])
+        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
+            self.errors.append(e)
+            self.scorer.aborted = True
+
+    def _remove(self) -> None:
+        for spec in self.specs:                        # no writable storage outlives a model server
             remove_work_copy(Path(spec.cwd))
 
-
-def _serve(sandbox: Backend, specs: list, scorer) -> tuple[SandboxResult, dict]:
-    from .scorer import SERVERS
-    results: list[SandboxResult | None] = [None] * SERVERS
-    errors: list[BaseException] = []
-
-    def one(k: int) -> None:
+    def finish(self, go: bool) -> tuple[SandboxResult, dict]:
+        """GO (or, go=False, hang up: the servers exit without running agent code), wait for both
+        servers, remove their work copies. Returns the merged sandbox result and the scorer's
+        result; after go=False nothing is measured, and it returns (None, {})."""
+        if go:
+            self.scorer.go.set()
+        else:
+            for spec in self.specs:                    # stopped at once, not after its warm-up ends
+                spec.session_grace_s = 0.0
+            self.scorer.aborted = True
         try:
-            results[k] = sandbox.run(specs[k])
-        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
-            errors.append(e)
-            scorer.aborted = True
-
-    others = [threading.Thread(target=one, args=(k,), daemon=True) for k in range(1, SERVERS)]
-    for t in others:
-        t.start()
-    try:
-        results[0] = sandbox.run(specs[0])
-    except BaseException:
-        scorer.aborted = True
-        raise
-    finally:
-        for t in others:
-            t.join()
-    if errors:
-        raise errors[0]
-    done = [r for r in results if r is not None]
-    failed = next((r for r in done if r.timed_out or r.oom or r.exit_code not in (0, None)), done[0])
-    peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
-    merged = dataclasses.replace(failed, wall_seconds=max(r.wall_seconds for r in done),
-                                 timed_out=any(r.timed_out for r in done), oom=any(r.oom for r in done),
-                                 peak_memory_bytes=sum(peaks) if peaks else None)
-    return merged, scorer.finish()
+            for t in self.threads:
+                while t.is_alive():
+                    t.join(0.1)
+        except BaseException:                          # Ctrl-C: the sessions hang up; the servers end
+            self.scorer.aborted = True
+            for t in self.threads:
+                t.join()
+            raise
+        finally:
+            self._remove()
+        if self.errors:
+            raise self.errors[0]
+        if not go:
+            return None, {}                            # type: ignore[return-value]
+        done = [r for r in self.results if r is not None]
+        failed = next((r for r in done if r.timed_out or r.oom or r.exit_code not in (0, None)), done[0])
+        peaks = [r.peak_memory_bytes for r in done if r.peak_memory_bytes is not None]
+        # what the stage took: from GO (the servers' clock) to the last server's end
+        agent = [r.agent_seconds for r in done if r.agent_seconds is not None]
+        merged = dataclasses.replace(failed, wall_seconds=max(agent) if agent else max(r.wall_seconds for r in done),
+                                     timed_out=any(r.timed_out for r in done), oom=any(r.oom for r in done),
+                                     peak_memory_bytes=sum(peaks) if peaks else None)
+        return merged, self.scorer.finish()
 
 
 def eval_line(status: str, reason: str | None, result: dict | None, metric: str) -> str:
@@ -84,17 +117,27 @@ def eval_line(status: str, reason: str | None, result: dict | None, metric: str)
             f"score {r.get('score_seconds')} s, device {r.get('device')})\n")
 
 
-def eval_stage(sandbox: Backend, program: Program, lay: Layout, data: Path, env: dict[str, str],
+def start_servers(sandbox: Backend, program: Program, lay: Layout, data: Path, env: dict[str, str],
+                  train_s: float) -> Servers:
+    """A run's model servers, started before TRAIN (they warm up while it trains; `train_s`: TRAIN's
+    longest, which they may wait for GO)."""
+    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
+    return Servers(sandbox, program, lay, data, env, data / "val" / "val.bin", log, wait_s=train_s)
+
+
+def eval_stage(program: Program, lay: Layout, servers: Servers,
                m: RunMetrics) -> tuple[str, str | None, int | None]:
-    """A run's EVAL stage on the validation split, after TRAIN ended ok: fills m's eval fields (and
-    the metric when ok); returns (status, reason, the servers' peak memory in bytes)."""
+    """A run's EVAL stage on the validation split, after TRAIN ended ok: GO to the started servers;
+    fills m's eval fields (and the metric when ok); returns (status, reason, the servers' peak
+    memory in bytes)."""
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
                         f"goes to the eval log, for humans only: {lay.eval_log} ----\n")
-    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
-    eres, result = run_eval(sandbox, program, lay, data, env, data / "val" / "val.bin", log)
+    t0 = time.monotonic()
+    eres, result = servers.finish(go=True)
     m.eval_seconds = round(eres.wall_seconds, 3)
+    m.extra["eval_wall_seconds"] = round(time.monotonic() - t0, 3)   # GO to both sandboxes gone
     status, reason, value = eval_outcome(eres, result, program)
     append_log(lay.log, eval_line(status, reason, result, program.metric.name))
     if result is not None:

@@ -46,7 +46,7 @@ from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
 from .evalstage import evalcmd_stage
-from .evaluate import eval_stage
+from .evaluate import eval_stage, start_servers
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
                       clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
@@ -287,8 +287,19 @@ def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str
 
 def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
              budget: float, inline: bool, m: RunMetrics, frozen: dict[str, bytes] | None = None) -> None:
-    """Both stages; fills m in place (status, metric, timings, memory, device, reason)."""
-    status, reason, host_peak = _train(sandbox, program, lay, data, env, budget, inline, m)
+    """Both stages; fills m in place (status, metric, timings, memory, device, reason). The
+    two-stage mode's model servers start with TRAIN (their warm-up overlaps it) and import agent
+    code only once TRAIN has ended ok (evaluate.Servers)."""
+    servers = None
+    if not inline and frozen is None and data is not None:
+        servers = start_servers(sandbox, program, lay, data, env,
+                                max(program.budget.grace_seconds, 1.0) + budget + save_margin(budget))
+    try:
+        status, reason, host_peak = _train(sandbox, program, lay, data, env, budget, inline, m)
+    except BaseException:
+        if servers is not None:
+            servers.finish(go=False)
+        raise
     if inline:
         m.mode = "inline"
         status, reason, value = inline_outcome(status, reason, lay.log, program.run.metric_regex)
@@ -302,10 +313,12 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
             if eval_peak is not None:
                 host_peak = max(host_peak or 0, eval_peak)
     elif status == "ok":
-        assert data is not None
-        status, reason, eval_peak = eval_stage(sandbox, program, lay, data, env, m)
+        assert servers is not None
+        status, reason, eval_peak = eval_stage(program, lay, servers, m)
         if eval_peak is not None:
             host_peak = max(host_peak or 0, eval_peak)
+    elif servers is not None:
+        servers.finish(go=False)
     m.extra["host_peak_gb"] = _gb(host_peak)
     m.peak_memory_gb = m.extra.get("gpu_peak_gb") if m.extra.get("gpu_peak_gb") is not None else _gb(host_peak)
     m.status = status  # type: ignore[assignment]

@@ -36,6 +36,7 @@ import json
 import math
 import re
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -71,6 +72,12 @@ class Check:
 
 
 SERVERS = 2
+
+
+def _started() -> threading.Event:
+    e = threading.Event()
+    e.set()
+    return e
 
 
 @dataclass
@@ -171,6 +178,9 @@ class Scorer:
     plan: Plan | None = None
     plan_error: str | None = None
     aborted: bool = False                               # set by the runner when it is interrupted
+    # The servers start (and warm up) with TRAIN; GO goes to them when `go` is set: TRAIN ended ok
+    # and its checkpoint is final. Unset and aborted: the sessions hang up without it.
+    go: threading.Event = field(default_factory=_started)
 
     def __post_init__(self) -> None:
         try:
@@ -183,8 +193,18 @@ class Scorer:
     def session(self, k: int):
         def talk(wfile: BinaryIO, rfile: BinaryIO) -> None:
             part = self.parts[k]
-            t0 = time.monotonic()
             try:
+                while not self.go.wait(0.05):
+                    if self.aborted:
+                        return
+                if self.aborted:
+                    return
+                try:
+                    P.write_all(wfile, P.GO)
+                except OSError:                          # it died warming up: its sandbox says why
+                    part.hangup = "the model server exited before its model was loaded"
+                    return
+                t0 = time.monotonic()
                 self._run(k, part, wfile, rfile, t0)
             except Verdict as v:
                 part.verdict = v

@@ -8,8 +8,9 @@ the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them 
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
            writable; behind the trusted start-up (startup.py: the budget counts agent code only),
            killed at budget + save_margin; run.launcher (torchrun ...) before the script.
-    EVAL   one model server (`python -m autoresearch.inside.model_server`, never launched) in its own
-           work copy: the project (less the ledger, .git and .autoresearch) and the checkpoint
+    EVAL   one model server (autoresearch.inside.model_server behind the trusted warm-up, never
+           launched; started with TRAIN, agent code only after the scorer's GO) in its own work copy:
+           the project (less the ledger, .git and .autoresearch) and the checkpoint
            read-only, no data, the scorer's session on its stdin/stdout. `final` is the same
            stage to the model: the same folder names (eval-k), environment and mounts.
     sandbox.home is HOME (read-only; home_writable: writable in TRAIN, and EVAL gets a fresh one);
@@ -31,6 +32,7 @@ from ..program.sections import save_margin
 from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
+from ..inside.protocol import AGENT_STARTS
 from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
 from .startup import MARKER
 from .workcopy import work_copy
@@ -216,11 +218,14 @@ def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | Non
 
 
 def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-              session, log: Path, stage: str = "eval", k: int = 0) -> SandboxSpec:
+              session, log: Path, stage: str = "eval", k: int = 0, wait_s: float = 0.0) -> SandboxSpec:
     """Model server k's sandbox, in its own work copy: the project and checkpoint read-only, no
     data (but the mounts declared for `stage`), the scorer's session on stdin/stdout, its stderr
     (and anything agent code prints) to `log`. `final` gets exactly what EVAL gets (folder names,
-    environment, mounts as the flow table shows model servers) but the mounts declared for it."""
+    environment, mounts as the flow table shows model servers) but the mounts declared for it.
+    It runs behind the trusted warm-up (startup.py module) and waits for the scorer's GO before
+    agent code: eval_seconds counts from then; until then it may take the grace plus `wait_s`
+    (started with TRAIN: TRAIN's longest)."""
     pkg_mounts, pkg_path = package_mount()
     work = work_copy(lay, f"{EVAL_NAME}-{k}")
     home, home_env = home_cache(program, data, stage)
@@ -231,12 +236,14 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.inside.model_server",
+    python = python_of(backend, program, lay.root)
+    argv = [python, "-I", str(STARTUP), "module", "autoresearch.inside.model_server",
             "--project", str(work), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
     return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=program.budget.eval_seconds,
+                       timeout_s=program.budget.eval_seconds, start_marker=AGENT_STARTS.encode(),
+                       startup_s=max(program.budget.grace_seconds, 1.0) + wait_s,
                        memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
                        gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
                        session=session, log_path=log, disk_bytes=int(program.sandbox.disk_gb * 2**30),

@@ -2,6 +2,9 @@
 
     python -I startup.py run  SCRIPT [ARGS...]   the train script, in this process
     python -I startup.py exec ARGV...            run.launcher / run.command: exec'd after the warm-up
+    python -I startup.py module NAME [ARGS...]   a trusted module (the EVAL model server) after the
+                                                 warm-up, as `python -m NAME` would run it; it says
+                                                 protocol.AGENT_STARTS itself, after GO
 
 The budget is the agent's compute (ARCHITECTURE rule 12): the interpreter's start and the heavy
 imports (torch, numpy) are the harness's cost, not the experiment's, and on a busy machine they
@@ -52,10 +55,17 @@ def _as_python_would(script: str) -> None:
 
 
 def main(argv: list) -> int:
-    if len(argv) < 2 or argv[0] not in ("run", "exec"):
-        print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV...", file=sys.stderr)
+    if len(argv) < 2 or argv[0] not in ("run", "exec", "module"):
+        print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV... | module NAME [ARGS...]", file=sys.stderr)
         return 2
     took = warm_up()
+    if argv[0] == "module":
+        sys.stderr.write(f"[autoresearch: warm-up {took:.1f} s]\n")
+        sys.argv = argv[1:]
+        _as_python_would(os.path.join(os.getcwd(), "-m"))   # `python -m` puts the current folder first
+        import runpy
+        runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        return 0
     sys.stdout.flush()
     sys.stderr.write(f"\n{MARKER} (warm-up {took:.1f} s)\n")
     sys.stderr.flush()

@@ -59,11 +59,35 @@ def remove_work_copy(path: Path) -> Cleaned:
     return remove_tree(path)
 
 
+_read: tuple[tuple[str, str], list[tuple[str, bytes, bytes]]] | None = None   # the last tree read
+KEEP_UP_TO = 256 << 20                          # a tree this big is read again for each copy, not kept
+
+
+def _blobs(root: Path, commit: str):
+    """tree_blobs for (root, commit); a tree of up to KEEP_UP_TO bytes is read once per process: a
+    run's three work copies (TRAIN and two model servers) copy one commit, so git is asked once."""
+    global _read
+    key = (str(root), commit)
+    if _read is not None and _read[0] == key:
+        yield from _read[1]
+        return
+    _read, kept, size = None, [], 0
+    for rel, mode, data in tree_blobs(root, commit, LEFT_OUT, LINK_OVER):
+        size += len(data)
+        if size <= KEEP_UP_TO:
+            kept.append((rel, mode, data))
+        else:
+            kept.clear()
+        yield rel, mode, data
+    if size <= KEEP_UP_TO:
+        _read = key, kept
+
+
 def _copy_tree(root: Path, commit: str, dest: Path) -> None:
     """The committed tree's files into dest, byte for byte (gitops.tree_blobs: no filters, no
     attributes), modes kept, symlinks recreated; submodules and blobs over LINK_OVER are linked
     by _link_rest instead."""
-    for rel, mode, data in tree_blobs(root, commit, LEFT_OUT, LINK_OVER):
+    for rel, mode, data in _blobs(root, commit):
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         if mode == b"120000":

@@ -85,7 +85,8 @@ class DockerBackend:
         somewhere this process cannot see."""
         n = 0
         host = socket.gethostname()
-        for c in self.client().containers.list(all=True, filters={"label": f"{LABEL}.project={owner or '-'}"}):
+        for c in self.client().containers.list(all=True, filters={"label": f"{LABEL}.project={owner or '-'}"},
+                                               ignore_removed=True):   # one removed meanwhile: another run's
             labels = c.labels or {}
             if labels.get(LABEL + ".host") != host:
                 continue
