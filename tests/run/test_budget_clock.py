@@ -83,18 +83,20 @@ def test_no_agent_file_runs_before_the_marker(tmp_path, request, backend):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_an_honest_30s_run_beside_a_cpu_hog_is_not_killed_for_its_startup(tmp_path, request, backend):
+def test_an_honest_run_beside_a_cpu_hog_is_not_killed_for_its_startup(tmp_path, request, backend):
+    """12 s, not the issue's 30 s: the kill margin is max(5%, 3 s) either way, and start-up under the hog
+    (torch imported while 2x the cores spin) is what must stay out of the clock."""
     require_backend(request, backend)
     proj = make_project(tmp_path / "p", eval_seconds=300)
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
     try:
-        p = run_sh(proj, "-m", "honest under load", "--backend", backend, "--budget", "30", timeout=600)
+        p = run_sh(proj, "-m", "honest under load", "--backend", backend, "--budget", str(BUDGET := 12), timeout=600)
     finally:
         for h in hogs:
             h.kill()
             h.wait()
     m = metrics(proj)
     assert m["status"] == "ok", (m["status"], m["reason"], m["agent_seconds"], m["extra"], log_of(proj)[-1500:])
-    assert m["agent_seconds"] <= 30 + save_margin(30), m["agent_seconds"]
+    assert m["agent_seconds"] <= BUDGET + save_margin(BUDGET), m["agent_seconds"]
     assert m["extra"]["startup_seconds"] > 0 and m["train_seconds"] > m["agent_seconds"]
     assert m["fingerprint"]["clock"].startswith("agent")

@@ -122,7 +122,7 @@ def test_the_metric_is_the_evaluators_not_the_forgery(adversarial):
     m = a["m"]
     assert m["status"] == "ok", (m, a["log"][-2000:])
     assert m["sandbox"] == a["backend"]
-    assert 1.5 < m["metric_value"] < 7.9
+    assert 1.5 < m["metric_value"] < 8.5   # the evaluator's bpb, far from the forged 0.0001 (load may slow training)
     forged = a["proj"] / "runs" / "0002" / "out" / "metrics.json"
     assert forged.is_file(), "the forgery was written (to the out folder, where it means nothing)"
     assert "val_bpb: 0.0001" in a["log"], "the fake line was printed, into the log"
