@@ -54,7 +54,7 @@ def loop_script(clock: Clock, crash: list[Turn], keep: list[Turn], forged: list[
     ]
 
 
-def session(proj: Project, script: list[Turn], experiments: int = 4):
+def session(proj: Project, script: list[Turn], experiments: int = 4, crash_run: str = "0002"):
     with FakeAPI(project=str(proj.root)) as fake:
         fake.script = script
         res = run_claude(proj, fake.url, "Follow program.md. Start now.", timeout=TIMEOUT,
@@ -63,7 +63,7 @@ def session(proj: Project, script: list[Turn], experiments: int = 4):
         assert fake.overruns == 0 and max(r.step for r in fake.main_requests) == len(script) - 1, res.describe()
         assert res.result["permission_denials"] == [], res.result["permission_denials"]
         errors = [(r.name, r.input.get("file_path") or r.input.get("command"), r.text[:300])
-                  for r in fake.results() if r.is_error and not r.text.startswith("Exit code 1\nrun 0002:")]
+                  for r in fake.results() if r.is_error and not r.text.startswith(f"Exit code 1\nrun {crash_run}:")]
         assert not errors, errors
         return res, fake
 
@@ -222,13 +222,15 @@ def test_clip_like_repo(tmp_path: Path) -> None:
 
 LT_CFG = "conf/config.yaml"
 LT_COMMAND = "python train.py trainer.devices=2"
+MODULE = "litclf/module.py"
 
 
 def test_lightning_like_repo(tmp_path: Path) -> None:
     """A Lightning-style project (tests/fixtures/lightning_like): DDP over two CPU ranks (gloo) in the
     sandbox, Hydra-style overrides, a built-in validation whose closing table is the metric (inline
     mode), torch.hub weights that must come from the cache, W&B-style logging and checkpoints in its
-    own tree. init -> doctor --trial -> baseline -> a decided experiment with the real CLI."""
+    own tree. init -> doctor --trial -> baseline -> three decided experiments with the real CLI
+    (a keep, a crash in the package, reverted, and a discard)."""
     clock = Clock()
     proj = clone(tmp_path, "lightning_like")
     cache = tmp_path / "cache"                        # the lab's download cache, outside the repo
@@ -264,21 +266,34 @@ def test_lightning_like_repo(tmp_path: Path) -> None:
         run("lr 10x: SGD with momentum barely moves in 4 epochs"),
         note("2 | lr 0.03 | better | expect a keep"),
         end_turn("Better, I think."),
+        human(lambda: clock.mark("first experiment decided")) + read(MODULE),
+        edit(MODULE, "return self.head(self.act(self.backbone(x)))", "return self.head(self.act(self.backbone(x, 2)))"),
+        run("a second input to the backbone"),
+        note("3 | backbone(x, 2) | crashed | reverted"),
+        end_turn("It crashed."),
+        say("A much smaller step instead.") + read(LT_CFG),
+        edit(LT_CFG, "lr: 0.03", "lr: 0.0003"),
+        run("lr 100x smaller"),
+        note("4 | lr 0.0003 | worse | expect a discard"),
+        end_turn("Recorded."),
     ]
-    session(proj, script, experiments=2)
-    clock.mark("first experiment decided")
+    session(proj, script, experiments=4, crash_run="0003")
     print("\n" + clock.report("lightning_like"))
     rs = runs(proj.root)
-    assert list(rs) == ["0001", "0002"] and [rs[k]["status"] for k in rs] == ["ok", "ok"], rs
+    assert list(rs) == ["0001", "0002", "0003", "0004"], rs
+    assert [rs[k]["status"] for k in rs] == ["ok", "ok", "crash", "ok"], {k: rs[k]["reason"] for k in rs}
     got = rows(proj, "val_loss")
-    assert [r.status for r in got] == ["keep", "keep"], got
+    assert [r.status for r in got] == ["keep", "keep", "crash", "discard"], got
+    # the crash and the discard were reverted: the package and the config are the kept ones
+    assert "self.backbone(x))" in proj.read(MODULE) and "lr: 0.03\n" in proj.read(LT_CFG)
+    assert rs["0004"]["metric_value"] > rs["0002"]["metric_value"]
     assert rs["0002"]["metric_value"] < rs["0001"]["metric_value"] - 0.05
     log = proj.read("runs/0002/train.log")
     # both ranks trained (one process group of two); the value is the closing table's, not an epoch line's
     assert re.search(rf"val_loss\s+{rs['0002']['metric_value']:.6f}", log), log[-2000:]
     assert all(f"GLOBAL_RANK: {r}, MEMBER: {r + 1}/2" in log for r in (0, 1)) and "Downloading" not in log
     keep = proj.git("log", "--format=%H", "-n1", "--grep", "Autoresearch-Run: 0002").strip()
-    assert keep == proj.git("rev-parse", "HEAD").strip()
+    assert keep == proj.git("rev-parse", "HEAD").strip()          # the crash and the discard left no commit
     assert set(proj.git("show", "--format=", "--name-only", keep).split()) == {LT_CFG, "scratchpad.md"}
     assert snapshot_at(proj, keep) == rs["0002"]["snapshot_sha256"]
     # checkpoints and logs went to the run's work copy, never into the project
