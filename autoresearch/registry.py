@@ -26,6 +26,9 @@ BACKEND_CHOICES: tuple[str, ...] = (AUTO, *BACKENDS)
 ISOLATING_CHOICES: tuple[str, ...] = (AUTO, *ISOLATING)     # `init` and `doctor` offer only these
 
 # name -> what runs a wave's queued runs (executor.kind in program.md); the first is the default.
+#   module  a remote one's module, which the scheduler and doctor use through executor_module():
+#           HINT, UNREACHABLE_FIX, unreachable(address), connect(program), cluster_slots(program),
+#           execute_child(root, run_id, program) (the local one is the scheduler itself)
 #   remote  runs leave this machine (with the committed project: it must be committed); takes
 #           executor.address and executor.resources
 #   needs   a Python module it needs on this machine (doctor checks it), or ""
@@ -92,6 +95,12 @@ def function(ref: str):
 def remote(executor: str) -> bool:
     """Do this executor's runs leave this machine (the committed project ships with them)?"""
     return bool(EXECUTORS.get(executor, {}).get("remote"))
+
+
+def executor_module(executor: str):
+    """A remote executor's module (see EXECUTORS), imported only now."""
+    from importlib import import_module
+    return import_module(EXECUTORS[executor]["module"])
 
 
 def isolates(backend: str) -> bool:

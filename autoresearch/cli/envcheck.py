@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
-from ..registry import EXECUTORS, remote
+from ..registry import EXECUTORS, executor_module, remote
 from ..run import InterpreterError, probe, torch_version
 from .checks import Check
 
@@ -145,11 +145,11 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
-    from ..run import RAY_HINT, UNREACHABLE_FIX, unreachable
+    mod = executor_module(ex.kind)                # HINT, UNREACHABLE_FIX, unreachable(address)
     if (need := EXECUTORS[ex.kind]["needs"]) and importlib.util.find_spec(need) is None:
         return Check(name="executor", level="fail", found=f"kind: {ex.kind}, but {need.capitalize()} is not installed here",
-                     fix=RAY_HINT)
-    if why := unreachable(ex.address):
-        return Check(name="executor", level="fail", found=why, fix=UNREACHABLE_FIX)
+                     fix=mod.HINT)
+    if why := mod.unreachable(ex.address):
+        return Check(name="executor", level="fail", found=why, fix=mod.UNREACHABLE_FIX)
     return Check(name="executor", level="ok", found=f"kind: {ex.kind} at {ex.address or 'auto'}; resources per run "
                  f"{ex.resources or {'GPU': 1}}")

@@ -39,7 +39,6 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "logs": ("log_tail",),
     "main": ("build_parser",),
         "progress": ("LogFollower", "clock"),
-    "rayexec": ("RAY_HINT", "UNREACHABLE_FIX", "unreachable"),
     "runner": ("run_experiment",),
     "seeds": ("fixed_seeds", "overriders", "reads_harness_seed", "seed_override",
               "with_seed"),
