@@ -69,7 +69,6 @@ EVALUATORS: dict[str, Evaluator] = {
 MODES: tuple[str, ...] = tuple(dict.fromkeys(e.mode for e in EVALUATORS.values()))
 DEFAULT_MODE = MODES[0]
 BUILTIN: tuple[str, str] = next(e.metric for e in EVALUATORS.values() if e.metric)   # the built-in metric
-MODE_OF_BUILTIN = next(e.mode for e in EVALUATORS.values() if e.metric)
 LOG_MODE = next(e.mode for e in EVALUATORS.values() if not e.stage)     # init's default: works on any repo
 SCRIPT_MODE = next(e.mode for e in EVALUATORS.values() if e.script)
 
