@@ -65,8 +65,8 @@ MANY_PARAMS: set[str] = {
     "guard.search:reach_problem", "loop.allowance:remaining", "loop.messages:outcome",
     "loop.messages:remeasured", "loop.messages:session_context", "loop.phases:advance_if_spent",
     "loop.state:record_calibration",
-    "run.evalcmd:evalcmd_spec", "run.evalsplit:run_split", "run.evalstage:run_evalcmd",
-    "run.evaluate:run_eval", "run.runner:prepare", "run.runner:run_experiment", "run.runner:run_in",
+    "run.evalcmd:evalcmd_spec", "run.evalsplit:run_split",
+    "run.runner:prepare", "run.runner:run_experiment", "run.runner:run_in",
     "run.specs:eval_spec", "run.specs:train_spec",
 }
 
@@ -256,12 +256,14 @@ def test_record_and_run_are_reached_through_their_front_doors(package: str):
     assert all(getattr(door, n) is not None for n in door.__all__)
 
 
-def test_backend_and_executor_names_appear_only_in_the_registry():
-    """A decision on a backend's or an executor's name (a comparison, a Literal, a CLI choice)
-    is made through autoresearch/registry.py, so adding one is one module and one line there."""
-    from autoresearch.registry import BACKENDS, EXECUTORS
-    names = set(BACKENDS) | set(EXECUTORS)
-    about = ("backend", "sandbox", "requested", "kind", "executor", ".name")
+def test_backend_executor_and_mode_names_appear_only_in_the_registry():
+    """A decision on a backend's, an executor's or an evaluation mode's name (a comparison, a
+    Literal, a CLI choice) is made through autoresearch/registry.py, so adding one is one module
+    and one line (one Evaluator) there."""
+    from autoresearch.registry import BACKENDS, EVALUATORS, EXECUTORS, MODES
+    names = set(BACKENDS) | set(EXECUTORS) | set(MODES)
+    about = ("backend", "sandbox", "requested", "kind", "executor", ".name", "mode")
+    assert {e.mode for e in EVALUATORS.values()} == set(MODES)
     found = []
     for name, path in modules():
         if name == "registry":

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from ..registry import AUTO, BACKEND_CHOICES, ISOLATING_CHOICES
+from ..registry import AUTO, BACKEND_CHOICES, ISOLATING_CHOICES, LOG_MODE, MODES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -125,7 +125,7 @@ def _init_command(sub) -> None:
     p.add_argument("--command", metavar="CMD", help="the training command, run from the repo root, e.g. 'python train.py'")
     p.add_argument("--metric", metavar="NAME", help="the metric's name, e.g. val_loss")
     p.add_argument("--direction", choices=["minimize", "maximize"], help="whether lower or higher is better")
-    p.add_argument("--mode", choices=["inline", "two_stage", "eval_command"], default="inline",
+    p.add_argument("--mode", choices=MODES, default=LOG_MODE,
                    help="inline (the default without --eval-command, and the last resort): the metric is parsed "
                         "from what the training code prints -- a weaker guarantee; two_stage: the repo has the "
                         "bundle's trusted evaluator (prepare.py); eval_command: set by --eval-command")

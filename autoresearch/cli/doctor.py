@@ -20,7 +20,7 @@ from typing import Callable
 from pydantic import BaseModel
 
 from ..program import ConfigError, Program, load_program
-from ..registry import AUTO, ISOLATING, ISOLATING_CHOICES, isolates, words
+from ..registry import AUTO, ISOLATING, ISOLATING_CHOICES, evaluator, isolates, words
 from .checks import Check, Level
 from .claudeprobe import verdict
 from .initcheck import CheckReport
@@ -266,7 +266,7 @@ def check_hooks(root: Path, program: Program | None) -> list[Check]:
 
 
 def check_data(root: Path, program: Program | None) -> Check:
-    if program is not None and program.run.mode != "two_stage":
+    if program is not None and not evaluator(program.run.mode).data:
         return Check(name="data", level="info", found=f"{program.run.mode} mode: the training command (and the eval "
                      "script) read their own data, from the project or the mounts")
     prep = root / "prepare.py"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..hostenv import ENV_DEFAULTS, run_python
 from ..program import Program
-from ..registry import EXECUTORS, remote
+from ..registry import EXECUTORS, evaluator, executor_module, remote
 from ..run import InterpreterError, probe, torch_version
 from .checks import Check
 
@@ -25,7 +25,7 @@ def check_interpreter(root: Path, program: Program | None) -> Check:
         return Check(name="run.python", level="fail", found=str(e),
                      fix="recreate the env (python -m venv --system-site-packages .venv), or fix run.python")
     tv = torch_version(interp.path)
-    if tv is None and program.run.mode != "two_stage":     # no model server of ours runs under it
+    if tv is None and not evaluator(program.run.mode).data:     # no model server of ours runs under it
         return Check(name="run.python", level="ok", found=f"{py}: Python {interp.version} (prefix {interp.prefix}); "
                                                           f"no torch, which {program.run.mode} mode does not need")
     if tv is None:
@@ -149,11 +149,11 @@ def check_executor(root: Path, program: Program | None) -> Check | list[Check]:
         return Check(name="executor", level="info", found=f"local: {ex.slots or 'one per GPU (else 1)'} slot(s) "
                      "for waves (./run.sh -m ... --queue)")
     import importlib.util
-    from ..run import RAY_HINT, UNREACHABLE_FIX, unreachable
+    mod = executor_module(ex.kind)                # HINT, UNREACHABLE_FIX, unreachable(address)
     if (need := EXECUTORS[ex.kind]["needs"]) and importlib.util.find_spec(need) is None:
         return Check(name="executor", level="fail", found=f"kind: {ex.kind}, but {need.capitalize()} is not installed here",
-                     fix=RAY_HINT)
-    if why := unreachable(ex.address):
-        return Check(name="executor", level="fail", found=why, fix=UNREACHABLE_FIX)
+                     fix=mod.HINT)
+    if why := mod.unreachable(ex.address):
+        return Check(name="executor", level="fail", found=why, fix=mod.UNREACHABLE_FIX)
     return Check(name="executor", level="ok", found=f"kind: {ex.kind} at {ex.address or 'auto'}; resources per run "
                  f"{ex.resources or {'GPU': 1}}")

@@ -104,67 +104,40 @@ def committed_code(root: Path, program: Program, commit: str) -> dict[str, bytes
 
 def score_run(root: Path, program: Program, run_id: str, split: str = "test", backend: str | None = None,
               commit: str | None = None) -> Scored:
-    """One checkpoint through the trusted EVAL stage, scored on `split`'s bytes; with `commit`, the
-    model's code (the editable set) is that commit's, the code the checkpoint was trained with."""
-    from ..run import run_eval
-    from ..run import data_folder
-    from ..record import Layout, final_log, new_log
-    from ..run import eval_outcome
+    """One checkpoint scored once more by program.md's evaluator (registry.EVALUATORS), on
+    `split`, with the `final` mounts and $AUTORESEARCH_STAGE=final; with `commit`, the model's code
+    (the editable set) is that commit's, the code the checkpoint was trained with; eval.files are
+    as committed at the base commit."""
+    from ..record import HarnessError, Layout, final_log, new_log
+    from ..run import EvalJob, data_folder, evaluator_of, frozen_code, measure
     from ..sandbox import choose_backend
 
+    ev = evaluator_of(program)
     run_dir = root / "runs" / run_id
-    script = program.run.train_script
-    lay = Layout(root, run_dir, script, committed_code(root, program, commit) if commit else {}, base=commit,
-                 outputs=tuple(program.run.outputs))
-    if program.eval is not None:
-        return _score_evalcmd(root, program, lay, backend)
-    for need in (lay.out / "model.pt", lay.script_copy):
-        if not need.is_file():
-            raise FinalError(f"{need} is missing: the final evaluation scores the kept run's own checkpoint "
-                             f"and train.py (runs/ must not be deleted)")
-    data = data_folder(root)
-    split_file = data / split / f"{split}.bin"
-    if not split_file.is_file():
-        raise FinalError(f"{split_file} not found: prepare the data first (.venv/bin/python prepare.py)")
-    sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-    log = new_log(final_log(root, run_id), f"final evaluation of run {run_id} on the {split} split\n")
-    try:
-        lay.hold()
-        env = _eval_env(sandbox, program, lay)
-        res, result = run_eval(sandbox, program, lay, data, env, split_file, log, stage="final")
-    finally:
-        lay.cleanup()
-    status, reason, value = eval_outcome(res, result, program)
-    return Scored(run_id=run_id, status=status, value=value, reason=reason, eval_seconds=round(res.wall_seconds, 3))
-
-
-def _score_evalcmd(root: Path, program: Program, lay, backend: str | None) -> Scored:
-    """eval.command once more on the kept checkpoint, with the mounts declared for `final` (the
-    held-out test data) and $AUTORESEARCH_STAGE=final; eval.files as committed at the base commit."""
-    from ..run import frozen_code, run_evalcmd
-    from ..record import HarnessError
-    from ..record import final_log, new_log
-    from ..sandbox import choose_backend
-    if not lay.out.is_dir():
+    lay = Layout(root, run_dir, program.run.train_script, committed_code(root, program, commit) if commit else {},
+                 base=commit, outputs=tuple(program.run.outputs))
+    if ev.script and not lay.out.is_dir():       # the built-in's measure names the file it misses
         raise FinalError(f"{lay.out} is missing: the final evaluation scores the kept run's own checkpoint "
                          f"(runs/ must not be deleted)")
     try:
-        _, frozen = frozen_code(root, program)
+        frozen = frozen_code(root, program)[1] if ev.script else None
     except HarnessError as e:
         raise FinalError(str(e)) from None
     sandbox = choose_backend(backend or program.sandbox.backend, image=program.sandbox.image)
-    log = new_log(final_log(root, lay.run_dir.name),
-                  f"final evaluation of run {lay.run_dir.name} by {' '.join(program.eval.command)}\n")
+    by = f" by {' '.join(program.eval.command)}" if program.eval else f" on the {split} split"
+    log = new_log(final_log(root, run_id), f"final evaluation of run {run_id}{by}\n")
     try:
         lay.hold()
-        env = _eval_env(sandbox, program, lay)
-        res, status, reason, value = run_evalcmd(sandbox, program, lay, env, frozen, log, stage="final")
+        job = EvalJob(sandbox, program, lay, _eval_env(sandbox, program, lay), log, "final",
+                      data_folder(root) if ev.data else None, frozen, split)
+        res, status, reason, value, _ = measure(job)
+    except HarnessError as e:
+        raise FinalError(str(e)) from None
     finally:
         lay.cleanup()
     if status == "ok" and value is not None and (why := program.metric.out_of_range(value)):
         status, reason, value = "invalid", why, None
-    return Scored(run_id=lay.run_dir.name, status=status, value=value, reason=reason,
-                  eval_seconds=round(res.wall_seconds, 3))
+    return Scored(run_id=run_id, status=status, value=value, reason=reason, eval_seconds=round(res.wall_seconds, 3))
 
 
 def _eval_env(sandbox, program: Program, lay) -> dict[str, str]:
@@ -237,7 +210,8 @@ def evaluate_final(root: Path, branch: str | None = None, again: bool = False, b
     """(the record, whether it was evaluated now). Refuses inline mode: no trusted evaluator, no test split.
     With eval.command, that script scores the checkpoints again with the `final` mounts."""
     program = load_program(root)
-    if program.run.mode == "inline":
+    from ..run import evaluator_of
+    if not evaluator_of(program).measure:
         raise FinalError("inline mode has no trusted evaluator and no held-out split: the metric is whatever the "
                          "training code prints, so there is nothing to evaluate once more")
     rows = read_rows(root)

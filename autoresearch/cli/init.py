@@ -43,7 +43,7 @@ from pydantic import BaseModel, Field
 
 from ..hostenv import run_python
 from ..program import Budget, ConfigError, parse_program
-from ..registry import AUTO, ISOLATING_CHOICES
+from ..registry import AUTO, ISOLATING_CHOICES, LOG_MODE, MODES, SCRIPT_MODE, evaluator, from_log
 from .inittext import BODY, INLINE_GUARANTEE, LAST_RESORT, RUN_SH, RUN_SH_PLUGIN, SCRATCHPAD
 from .plugin import in_plugin_install, plugin_enabled, plugin_project_settings, training_python
 from .wiring import legacy_settings, load_settings, merge_settings, read_settings
@@ -60,7 +60,7 @@ class InitOptions(BaseModel):
     command: list[str] = Field(min_length=1)     # the training command, e.g. ["python", "train.py"]
     metric: str = Field(min_length=1)
     direction: Literal["minimize", "maximize"]
-    mode: Literal["inline", "two_stage", "eval_command"] = "inline"
+    mode: Literal[MODES] = LOG_MODE                   # type: ignore[valid-type]  (registry.py)
     metric_regex: str | None = None
     eval_command: list[str] | None = None        # eval_command mode: the human's evaluation script
     eval_files: list[str] = []                   # its files, frozen (default: the .py files in eval_command)
@@ -156,9 +156,9 @@ def program_text(o: InitOptions, script: str) -> str:
         run["python"] = o.python
     if env := offline_env(imported(o.path.resolve())):     # W&B, Hugging Face, timm: no network in a run
         run["env"] = env
-    if o.mode == "inline":
+    if from_log(o.mode):
         run |= {"command": o.command, "metric_regex": o.metric_regex or default_regex(o.metric)}
-    if o.mode == "eval_command":
+    if evaluator(o.mode).script:
         run |= {"command": o.command}
     front = {
         "objective": o.objective or (f"{'Lower' if o.direction == 'minimize' else 'Raise'} {o.metric}, "
@@ -172,7 +172,7 @@ def program_text(o: InitOptions, script: str) -> str:
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},
         "sandbox": {"backend": o.sandbox, **sandbox_limits(o.command)},     # sized to this machine and launcher
         "run": run,
-        **({"eval": {"command": o.eval_command, "files": eval_files(o)}} if o.mode == "eval_command" else {}),
+        **({"eval": {"command": o.eval_command, "files": eval_files(o)}} if evaluator(o.mode).script else {}),
         "deadline_hours": 10,
         "phase": "hyperparameters",
         "phases": [
@@ -190,11 +190,11 @@ def program_text(o: InitOptions, script: str) -> str:
     }
     head = ("# Written by `autoresearch init`. Edit `phase:` to change what the agent works on next;\n"
             "# the guard and the Stop hook read this file on every call.\n")
-    if o.mode == "inline":
+    if from_log(o.mode):
         head += "# " + "\n# ".join(textwrap.wrap(INLINE_GUARANTEE + " " + LAST_RESORT, 96, break_on_hyphens=False)) + "\n"
     body = BODY.format(script=script, metric=o.metric, editable=", ".join(f"`{e}`" for e in front["editable"]),
                        better="lower" if o.direction == "minimize" else "higher",
-                       source=("the last line of its output that matches `run.metric_regex`" if o.mode == "inline"
+                       source=("the last line of its output that matches `run.metric_regex`" if from_log(o.mode)
                                else f"measured by `{shlex.join(o.eval_command)}`, a frozen evaluation script you "
                                "cannot edit, on data you never see" if o.eval_command else "the trusted evaluator"))
     return "---\n" + head + yaml.safe_dump(front, sort_keys=False, width=100) + "---\n" + body
@@ -225,7 +225,7 @@ def plan(o: InitOptions) -> dict[str, str]:
         raise InitError(f"the training script {script} does not exist in {root}")
     if _git(root, "ls-files", "--error-unmatch", script).returncode != 0:
         raise InitError(f"{script} is not committed: the loop reverts it from the branch head, so commit it first")
-    if o.mode == "inline":
+    if from_log(o.mode):
         regex = o.metric_regex or default_regex(o.metric)
         try:
             rx = re.compile(regex)
@@ -234,7 +234,7 @@ def plan(o: InitOptions) -> dict[str, str]:
         if rx.groups < 1:
             raise InitError(f"--metric-regex {regex!r} needs one group capturing the number, e.g. "
                             f"'{o.metric}=([0-9.]+)'")
-    elif o.mode == "eval_command":
+    elif evaluator(o.mode).script:
         if not eval_files(o):
             raise InitError("cannot tell the eval script's files from --eval-command: pass --eval-file FILE")
         for f in eval_files(o):
@@ -362,7 +362,7 @@ def main(args) -> int:
         ask_missing(args)
         ev = getattr(args, "eval_command", None)
         opts = InitOptions(path=Path(args.path or "."), command=shlex.split(args.command), metric=args.metric,
-                           direction=args.direction, mode="eval_command" if ev else args.mode,
+                           direction=args.direction, mode=SCRIPT_MODE if ev else args.mode,
                            metric_regex=args.metric_regex, eval_command=shlex.split(ev) if ev else None,
                            eval_files=getattr(args, "eval_file", None) or [],
                            train_script=args.train_script, editable=getattr(args, "editable", None) or [],
@@ -378,7 +378,7 @@ def main(args) -> int:
                              ("saved", res.backups, " (the previous version)")):
         for rel in rels:
             console.print(f"  {verb}   {rel}{note}", markup=False)
-    if opts.mode == "inline":
+    if from_log(opts.mode):
         console.print(Panel(INLINE_GUARANTEE + "\n\n" + LAST_RESORT,
                             title="inline mode: what is and is not guaranteed", border_style="yellow"))
     from .repodeps import cache_note, imported

@@ -30,6 +30,7 @@ from pydantic import BaseModel, PrivateAttr
 from ..atomic import write_atomic
 from ..program import Program, load_program
 from ..record import RUN_COUNTER, RUNS_DIR, STATE_DIR, run_lock
+from ..registry import from_log
 
 CHECKS_DIR = "checks"                     # .autoresearch/checks/<n>/: one folder per check run
 CHECK_GRACE_S = 10.0                      # a check's start-up allowance is at least this (torch's import)
@@ -153,7 +154,7 @@ def run_once(root: Path, program: Program, seconds: float, seed: int, label: str
                    value=m.metric_value)
     if run.exit_code in (126, 127) or (run.status == "crash" and NOT_STARTED.search("\n".join(run.tail))):
         run.started = False
-    if program.run.mode == "inline" and program.run.metric_regex:
+    if from_log(program.run.mode) and program.run.metric_regex:
         lines, run.values = _parse(text, program.run.metric_regex)
         run.matched = lines[-5:]
         if not lines:
@@ -168,7 +169,7 @@ def check_project(root: Path, seconds: float, say=lambda _s: None) -> CheckRepor
     """Run the checks on an initialised project; see the module docstring."""
     root = Path(root).resolve()
     program = load_program(root)
-    regex = program.run.metric_regex if program.run.mode == "inline" else None
+    regex = program.run.metric_regex if from_log(program.run.mode) else None
     cmd = " ".join(program.run.command or ["python", program.run.train_script])
     rep = CheckReport(mode=program.run.mode, command=cmd, regex=regex, check_seconds=seconds)
     say(f"check: running `{cmd}` once for up to {seconds:g} s in the sandbox, as ./run.sh will")
@@ -256,7 +257,7 @@ def unseen_paths(root: Path, program: Program) -> list[str]:
     from ..record import inside
     out: list[str] = []
     commands = [("train", ["train"], program.run.command or [])]
-    if program.run.mode == "eval_command" and program.eval is not None:
+    if program.eval is not None:
         commands.append(("eval", ["eval", "final"], program.eval.command))
     for stage, stages, argv in commands:
         seen = stage_mounts(program.mounts, stage)

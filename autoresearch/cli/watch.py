@@ -17,6 +17,7 @@ from pydantic import BaseModel
 from ..loop.runscan import load_run
 from ..program import RUN_OVERHEAD_S, ConfigError, load_program
 from ..record import LOG_FILE, RUNS_DIR, run_ids
+from ..registry import from_log
 from ..run import LogFollower, clock
 
 RECENT_RUNS = 12                       # only the newest run folders can be in flight
@@ -50,7 +51,7 @@ def in_flight(root: Path, followers: dict[str, LogFollower]) -> list[InFlight]:
         follower = followers.setdefault(rid, LogFollower(Path(root) / RUNS_DIR / rid / LOG_FILE))
         p = follower.poll()
         elapsed = max(0.0, time.time() - m.started_at.timestamp())
-        eval_budget = None if m.mode == "inline" else b.eval_seconds
+        eval_budget = None if from_log(m.mode) else b.eval_seconds
         out.append(InFlight(run_id=rid, stage=p.stage, elapsed=elapsed, budget=m.budget_seconds,
                             eval_budget=eval_budget, step=p.step, loss=p.loss,
                             description=" ".join(m.description.split())))

@@ -3,9 +3,11 @@
 The bundle wires its hooks as `"$CLAUDE_PROJECT_DIR/.venv/bin/python" ... "$CLAUDE_PROJECT_DIR/hooks/X.py"`.
 Two other places need the same commands with other paths:
 
-- the plugin (hooks/hooks.json): the hook scripts come from `${CLAUDE_PLUGIN_ROOT}`, the interpreter
-  from `${CLAUDE_PLUGIN_DATA}/venv` (installed there by the SessionStart hook on first use, so the
-  plugin folder carries no .venv), else a development checkout's .venv, else the project's. Plugin hooks act only in a project that has a
+- the plugin: hooks/hooks.json has one short command per event, `sh scripts/hook EVENT`, and that
+  entry (generated here) runs the bundle's command for the event with the hook scripts from the
+  plugin root and an interpreter found once, in scripts/autoresearch's order: a development
+  checkout's .venv, else `${CLAUDE_PLUGIN_DATA}/venv` (installed there by the SessionStart hook on
+  first use, so the plugin folder carries no .venv), else the project's. Plugin hooks act only in a project that has a
   program.md (a plugin installed for the user must not lock down every other project), and the
   loop's hooks (Stop, SessionStart, PreCompact) step aside when the project wires them itself, so
   a decision is never made twice. The guard (PreToolUse) never steps aside: a second deny costs
@@ -30,11 +32,12 @@ PLUGIN_ROOT = "${CLAUDE_PLUGIN_ROOT}"
 PROJECT = '"${CLAUDE_PROJECT_DIR:-$PWD}"'
 
 
-DATA_VENV = '"${CLAUDE_PLUGIN_DATA:-/nonexistent}/venv/bin/python"'
-# The plugin's interpreter: the deps installed into Claude Code's per-plugin data folder, else a
-# development checkout's own .venv (--plugin-dir of a bootstrapped bundle), else the project's.
-PICK = (f'py={DATA_VENV}; [ -x "$py" ] || py="{PLUGIN_ROOT}/.venv/bin/python"; '
-        f'[ -x "$py" ] || py={PROJECT}/.venv/bin/python; ')
+ENTRY = "scripts/hook"                    # the plugin's one hook entry, generated (write_plugin_hooks)
+# The interpreter search, once, in scripts/autoresearch's order (a test holds the two to the same
+# lines): this bundle's own .venv (a development checkout, --plugin-dir of a bootstrapped bundle),
+# the plugin's deps in Claude Code's per-plugin data folder, then the project's .venv.
+DATA_PY = 'data_py="${CLAUDE_PLUGIN_DATA:+$CLAUDE_PLUGIN_DATA/venv/bin/python}"'
+SEARCH = 'for py in "$here/.venv/bin/python" $data_py "${CLAUDE_PROJECT_DIR:-$PWD}/.venv/bin/python"; do'
 # The guard never installs anything (it runs on every tool call): no interpreter is a deny that
 # says the fix. SessionStart installs (scripts/plugin-deps.sh; idempotent, fast once done).
 NO_PYTHON = ('[ -x "$py" ] || { echo "autoresearch guard failed: no Python with the plugin\'s dependencies yet, '
@@ -67,7 +70,8 @@ def _hook_script(command: str) -> str:
 
 
 def plugin_hooks(settings: dict) -> dict:
-    """hooks/hooks.json for the plugin, from the bundle's settings.json."""
+    """hooks/hooks.json for the plugin: one short command per event, through the entry. The guard
+    denies when the entry itself cannot run (exit 2: the only exit code that blocks a call)."""
     out: dict = {}
     for event, groups in (settings.get("hooks") or {}).items():
         new_groups = []
@@ -76,22 +80,70 @@ def plugin_hooks(settings: dict) -> dict:
             for h in g.get("hooks", []):
                 if h.get("type") != "command":
                     continue
-                cmd = h["command"]
-                _rewrite(cmd, "", "")                   # refuse an unknown shape before anything else
-                script = _hook_script(cmd)
-                gate = f'[ -f {PROJECT}/program.md ] || exit 0; '
+                _rewrite(h["command"], "", "")          # refuse an unknown shape before anything else
                 if event == "SessionStart":             # first use: the deps go into the data folder
-                    gate += INSTALL
                     h["timeout"] = max(int(h.get("timeout") or 0), INSTALL_TIMEOUT_S)
-                if event in LOOP_EVENTS:
-                    gate += (f'grep -qs "{script}" {PROJECT}/.claude/settings.json && exit 0; ')
-                pick = PICK + (NO_PYTHON if event == "PreToolUse" else "")
-                h["command"] = gate + pick + _plugin_fixes(_rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks"))
+                h["command"] = f'sh "{PLUGIN_ROOT}/{ENTRY}" {event}' + (" || exit 2" if event == "PreToolUse" else "")
             new_groups.append(g)
         out[event] = new_groups
     return {"description": "autoresearch: the fail-closed guard and the keep-or-revert loop "
-                           "(derived from .claude/settings.json by autoresearch.cli.wiring)",
+                           f"({ENTRY}, derived from .claude/settings.json by autoresearch.cli.wiring)",
             "hooks": out}
+
+
+def plugin_entry(settings: dict) -> str:
+    """scripts/hook, the plugin's one hook entry: acts only in a project with a program.md (a plugin
+    installed for the user must not lock down every other project); the loop's hooks step aside
+    when the project wires them itself, so a decision is never made twice (the guard never does: a
+    second deny costs milliseconds, a missing one the sandbox's integrity); finds the interpreter
+    once; then runs the bundle's own command for the event, with its fail-closed wrapper."""
+    gates, bodies = [], []
+    for event, groups in (settings.get("hooks") or {}).items():
+        for g in groups:
+            for h in g.get("hooks", []):
+                if h.get("type") != "command":
+                    continue
+                cmd = h["command"]
+                body = _plugin_fixes(_rewrite(cmd, '"$py"', f"{PLUGIN_ROOT}/hooks"))
+                gate = INSTALL if event == "SessionStart" else ""
+                if event in LOOP_EVENTS:
+                    gate += f'grep -qs "{_hook_script(cmd)}" {PROJECT}/.claude/settings.json && exit 0; '
+                if gate:
+                    gates.append(f"  {event}) {_here(gate).rstrip('; ')};;")
+                bodies.append(f"  {event}) {_here((NO_PYTHON if event == 'PreToolUse' else '') + body)};;")
+    return "\n".join([
+        "#!/bin/sh",
+        "# The plugin's one hook entry: hooks/hooks.json runs `sh scripts/hook EVENT`. GENERATED from the",
+        "# bundle's .claude/settings.json by `python -m autoresearch.cli.wiring` (see its plugin_entry): edit",
+        "# those, not this. The interpreter is found once, in scripts/autoresearch's order.",
+        '# the plugin root: as hooks.json found this script (no fork on the guard\'s hot path), else from $0',
+        'here="${CLAUDE_PLUGIN_ROOT:-$(CDPATH= cd -- "$(dirname -- "$0")/.." && pwd)}"',
+        f"[ -f {PROJECT}/program.md ] || exit 0",
+        'case "$1" in', *gates, "esac",
+        DATA_PY, SEARCH, '  [ -x "$py" ] && break', "done",
+        'case "$1" in', *bodies,
+        '  *) echo "autoresearch: scripts/hook: unknown event $1" >&2; exit 2;;', "esac", ""])
+
+
+def _here(command: str) -> str:
+    """`command` with ${CLAUDE_PLUGIN_ROOT} (which Claude Code expands only in hooks.json itself)
+    as the entry's own $here, closing and reopening a single-quoted string around it."""
+    out, quote, i = [], "", 0
+    while i < len(command):
+        if command.startswith(PLUGIN_ROOT, i):
+            out.append("'\"$here\"'" if quote == "'" else "$here")
+            i += len(PLUGIN_ROOT)
+            continue
+        c = command[i]
+        if c == "\\" and quote != "'":
+            out.append(command[i:i + 2])
+            i += 2
+            continue
+        if c in "'\"" and quote in ("", c):
+            quote = "" if quote else c
+        out.append(c)
+        i += 1
+    return "".join(out)
 
 
 # The bundle's messages name its own set-up; a plain project with only the plugin has neither a
@@ -161,9 +213,13 @@ def _is_ours(command: str) -> bool:
 
 
 def write_plugin_hooks(bundle: Path) -> Path:
-    """Regenerate hooks/hooks.json from .claude/settings.json (`python -m autoresearch.cli.wiring`)."""
+    """Regenerate hooks/hooks.json and scripts/hook from .claude/settings.json
+    (`python -m autoresearch.cli.wiring`)."""
     out = bundle / "hooks" / "hooks.json"
     out.write_text(json.dumps(plugin_hooks(load_settings(bundle)), indent=2) + "\n")
+    entry = bundle / ENTRY
+    entry.write_text(plugin_entry(load_settings(bundle)))
+    entry.chmod(0o755)
     return out
 
 

@@ -25,6 +25,7 @@ from ..ledger import REMEASURE, LedgerRow, best_value, branch_rows, comparable, 
 from ..ledger.durable import row_trailers
 from ..program import Program
 from ..record import CHECKPOINT, program_code, snapshot_of
+from ..registry import from_log
 from . import journal, messages
 from .allowance import remaining
 from .blame import EnvCause, consecutive
@@ -196,7 +197,7 @@ def env_crash(d: Deciding, cause: EnvCause) -> dict:
 def checkpoint_missing(program: Program, runs: list[RunRecord]) -> str | None:
     """The first missing checkpoint among `runs` (what `autoresearch final` scores: out/model.pt, or
     with eval.command whatever TRAIN saved in out/), or None. Inline mode keeps none."""
-    if program.run.mode == "inline":
+    if from_log(program.run.mode):
         return None
     for r in runs:
         out = r.path / "out"

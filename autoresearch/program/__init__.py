@@ -15,6 +15,7 @@ from pydantic import Field, ValidationError, model_validator
 
 from ..editable import editable_regex, frozen_problem, is_literal, match_files, never_editable, pattern_problem
 from ..hostenv import HostMount, host_path_errors
+from ..registry import SCRIPT_MODE, evaluator
 from .sections import (BUILTIN_METRIC, RUN_OVERHEAD_S, Budget, Eval, Executor, Metric, Noise, Notify, Phase, Run, Sandbox,
                        _Strict)
 
@@ -60,16 +61,17 @@ class Program(_Strict):
         for f in self.all_patterns():
             if why := pattern_problem(f) or frozen_problem(f, self.frozen_files()):
                 raise ValueError(f"editable: {why}")
-        if self.eval is not None and self.run.mode != "eval_command":
+        ev = evaluator(self.run.mode)
+        if self.eval is not None and not ev.script:
             raise ValueError("eval: eval.command is set: write run.mode: eval_command (inline is the last resort)")
-        if self.eval is None and self.run.mode == "eval_command":
+        if self.eval is None and ev.script:
             raise ValueError("run.mode: eval_command needs eval: {command: [python, eval.py], files: [eval.py]}")
-        want = BUILTIN_METRIC
-        if self.run.mode == "two_stage" and (self.metric.name, self.metric.direction) != (want.name, want.direction):
-            raise ValueError(f"metric: the built-in evaluation (run.mode two_stage) measures {want.name}, bits per "
-                             f"byte, lower is better: write metric: {{name: {want.name}, direction: "
-                             f"{want.direction}}} (to score something else, use run.mode: eval_command with "
-                             f"your own eval script)")
+        if ev.metric and (self.metric.name, self.metric.direction) != ev.metric:
+            name, direction = ev.metric                  # the evaluator's own, in registry.EVALUATORS
+            better = "lower" if direction == "minimize" else "higher"
+            raise ValueError(f"metric: the built-in evaluation (run.mode {self.run.mode}) measures {name}, {better} "
+                             f"is better: write metric: {{name: {name}, direction: {direction}}} (to score "
+                             f"something else, use run.mode: {SCRIPT_MODE} with your own eval script)")
         code = [self.run.train_script, *self.frozen_files()]
         for out in self.run.outputs:
             clash = [f for f in code if f == out or f.startswith(out + "/") or out.startswith(f + "/")]

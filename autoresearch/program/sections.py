@@ -12,7 +12,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from ..editable import is_literal, pattern_problem
 from ..hostenv import check_env, check_folder, check_python
-from ..registry import AUTO, BACKEND_CHOICES, DEFAULT_EXECUTOR, EXECUTORS, REMOTE_EXECUTORS, remote, words
+from ..registry import (AUTO, BACKEND_CHOICES, BUILTIN, DEFAULT_EXECUTOR, DEFAULT_MODE, EXECUTORS, MODES,
+                        REMOTE_EXECUTORS, from_log, remote, words)
 
 
 _OUTPUT_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_./-]*")
@@ -58,10 +59,10 @@ RUN_OVERHEAD_S = 120.0   # sandbox start-up, data copy, the report: beyond the s
 
 
 # What the built-in evaluation (run.mode two_stage: autoresearch's trusted scorer) measures: it
-# declares its metric, and a program.md that says otherwise is refused (Program's validator), so
+# declares its metric in registry.EVALUATORS, and a program.md that says otherwise is refused (Program's validator), so
 # the loop can never keep the worst model by a flipped direction. eval_command and inline modes
 # declare theirs in program.md.
-BUILTIN_METRIC = Metric(name="val_bpb", direction="minimize")
+BUILTIN_METRIC = Metric(name=BUILTIN[0], direction=BUILTIN[1])
 
 
 SAVE_MARGIN = 0.05                  # agent code is killed at budget x (1 + this) after it starts ...
@@ -227,7 +228,8 @@ class Run(_Strict):
     """How an experiment runs. `two_stage` (default): trusted EVAL stage computes the metric.
     `eval_command`: TRAIN, then the human's frozen `eval.command` in its own sandbox writes the metric.
     `inline`: for legacy code that can only print its own metric -- a weaker guarantee, the last resort."""
-    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"   # who measures: scorer, eval.command, or the log
+    # who measures: scorer, eval.command, or the log
+    mode: Literal[MODES] = DEFAULT_MODE          # type: ignore[valid-type]  (registry.py's EVALUATORS)
     train_script: str = "train.py"               # the file the agent edits and TRAIN runs
     command: list[str] | None = None             # inline / eval_command mode: the training command
     metric_regex: str | None = None              # inline mode: a regex with one group capturing the metric
@@ -277,7 +279,7 @@ class Run(_Strict):
 
     @model_validator(mode="after")
     def _inline_needs(self) -> "Run":
-        if self.mode == "inline" and (not self.command or not self.metric_regex):
+        if from_log(self.mode) and (not self.command or not self.metric_regex):
             raise ValueError("inline mode needs run.command and run.metric_regex")
         return self
 

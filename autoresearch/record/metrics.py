@@ -22,6 +22,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..atomic import write_atomic
+from ..registry import DEFAULT_MODE, MODES, evaluator
 from .identity import Fingerprint
 from .keys import find_key, identity, is_lost, key_dir, missing_key_text, project_keys, signing_key
 
@@ -52,7 +53,7 @@ class RunMetrics(BaseModel):
     device: str | None = None                     # "cpu" or e.g. "cuda:0 (NVIDIA H100)"
     sandbox: str                                  # docker | bwrap | none
     sandbox_warning: str | None = None            # set when the run was not sandboxed
-    mode: Literal["two_stage", "eval_command", "inline"] = "two_stage"
+    mode: Literal[MODES] = DEFAULT_MODE  # type: ignore[valid-type]  (registry.py)
     description: str = ""
     reason: str | None = None                     # one line on why a run is not ok
     eval_bytes: int | None = None
@@ -115,7 +116,7 @@ def host_check(m: RunMetrics) -> tuple[str, str | None] | None:
     if isinstance(ceiling, (int, float)) and v > ceiling:
         return "invalid", f"host check: {m.metric_name} {v:.6g} is above metric.ceiling {ceiling:g} (a leak, a forgery or a bug)"
     want = m.extra.get("eval_bytes_expected")
-    if m.mode == "two_stage" and isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
+    if evaluator(m.mode).data and isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
         return "invalid", f"host check: {m.eval_bytes} bytes were scored, the evaluation needs {want}"
     return None
 

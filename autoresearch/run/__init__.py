@@ -16,7 +16,7 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     scorer        the trusted scorer (val bytes, loss, hidden checks)
     evalcmd       eval.command: the human's frozen eval script in its own sandbox
     evalsplit     eval.model: that script without agent code, the model in other sandboxes
-    evalstage     which of the two runs, for EVAL and for final
+    evalstage     EvalJob and the one dispatch through registry.EVALUATORS (EVAL and final)
     relay         the split's trusted relay: every answer checked, hidden re-asks
     enqueue       --queue: a run snapshotted into runs/NNNN/ now, run from there by the scheduler
     rayexec, raynode  the Ray executor: a wave's runs on a cluster's nodes
@@ -33,15 +33,12 @@ from ..frontdoor import lazy
 # module -> the names it lends the front door
 _MODULES: dict[str, tuple[str, ...]] = {
     "evalcmd": ("frozen_code",),
-    "evalstage": ("run_evalcmd",),
-    "evaluate": ("run_eval",),
+    "evalstage": ("EvalJob", "evaluator_of", "measure"),
     "inputs": ("data_folder",),
     "interpreter": ("InterpreterError", "probe", "torch_version"),
     "logs": ("log_tail",),
     "main": ("build_parser",),
-    "outcome": ("eval_outcome",),
-    "progress": ("LogFollower", "clock"),
-    "rayexec": ("RAY_HINT", "UNREACHABLE_FIX", "unreachable"),
+        "progress": ("LogFollower", "clock"),
     "runner": ("run_experiment",),
     "seeds": ("fixed_seeds", "overriders", "reads_harness_seed", "seed_override",
               "with_seed"),

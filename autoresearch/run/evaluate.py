@@ -17,6 +17,7 @@ from ..sandbox import Backend, SandboxResult
 from .inputs import load_prepare
 from ..record import Layout, RunMetrics, new_log
 from .logs import EVAL_BANNER, append_log
+from .evalstage import EvalJob
 from .outcome import eval_outcome
 from .specs import eval_spec
 from .workcopy import remove_work_copy
@@ -117,19 +118,40 @@ def eval_line(status: str, reason: str | None, result: dict | None, metric: str)
             f"score {r.get('score_seconds')} s, device {r.get('device')})\n")
 
 
-def start_servers(sandbox: Backend, program: Program, lay: Layout, data: Path, env: dict[str, str],
-                  train_s: float) -> Servers:
+def start_servers(job: EvalJob, train_s: float) -> Servers:
     """A run's model servers, started before TRAIN (they warm up while it trains; `train_s`: TRAIN's
     longest, which they may wait for GO)."""
+    lay = job.lay
+    assert job.data is not None
     log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
-    return Servers(sandbox, program, lay, data, env, data / "val" / "val.bin", log, wait_s=train_s)
+    return Servers(job.sandbox, job.program, lay, job.data, job.env, job.data / "val" / "val.bin", log,
+                   wait_s=train_s)
 
 
-def eval_stage(program: Program, lay: Layout, servers: Servers,
-               m: RunMetrics) -> tuple[str, str | None, int | None]:
-    """A run's EVAL stage on the validation split, after TRAIN ended ok: GO to the started servers;
-    fills m's eval fields (and the metric when ok); returns (status, reason, the servers' peak
-    memory in bytes)."""
+def measure_bpb(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:
+    """The built-in evaluation once: job.split's bytes of prepare.py's data, scored by the trusted
+    scorer (the checkpoint and its script copy must be there: HarnessError says which is missing)."""
+    from ..record import HarnessError
+    lay, data = job.lay, job.data
+    for need in (lay.out / "model.pt", lay.script_copy):
+        if not need.is_file():
+            raise HarnessError(f"{need} is missing: the evaluation scores the run's own checkpoint "
+                               f"and train.py (runs/ must not be deleted)")
+    assert data is not None and job.log is not None
+    split_file = data / job.split / f"{job.split}.bin"
+    if not split_file.is_file():
+        raise HarnessError(f"{split_file} not found: prepare the data first (.venv/bin/python prepare.py)")
+    res, result = run_eval(job.sandbox, job.program, lay, data, job.env, split_file, job.log, job.stage)
+    status, reason, value = eval_outcome(res, result, job.program)
+    return res, status, reason, value, result or {}
+
+
+def eval_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | None]:
+    """A run's EVAL stage on the validation split, after TRAIN ended ok: GO to the servers started
+    with TRAIN (job.servers; started now when there are none); fills m's eval fields (and the metric
+    when ok); returns (status, reason, the servers' peak memory in bytes)."""
+    lay, program = job.lay, job.program
+    servers = job.servers if job.servers is not None else start_servers(job, 0.0)
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
         m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..program import Program
 from ..record import HarnessError, METRICS_FILE, run_dirs
+from ..registry import from_log
 
 
 def resolve_budget(program: Program, budget: float | None) -> float:
@@ -71,7 +72,7 @@ def data_folder(root: Path) -> Path:
 def evaluator_version(root: Path, program: Program) -> str:
     """What scores a run, for the fingerprint: the scorer's fixed slice and context (prepare.py),
     or the inline regex. Two runs scored differently are never compared."""
-    if program.run.mode == "inline":
+    if from_log(program.run.mode):
         return f"inline:{hashlib.sha256((program.run.metric_regex or '').encode()).hexdigest()[:12]}"
     try:
         prep = load_prepare(root)

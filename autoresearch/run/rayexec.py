@@ -43,14 +43,14 @@ def wanted(program) -> dict[str, float]:
     return dict(program.executor.resources or {"GPU": float(program.executor.gpus_per_run)})
 
 
-RAY_HINT = "pip install -e '.[ray]' (the Ray executor is an optional extra)"
+HINT = "pip install -e '.[ray]' (the Ray executor is an optional extra)"
 
 
 def _ray():
     try:
         import ray
     except ImportError:
-        raise HarnessError(f"executor kind: ray needs Ray on this machine: {RAY_HINT}") from None
+        raise HarnessError(f"executor kind: ray needs Ray on this machine: {HINT}") from None
     return ray
 
 
@@ -309,7 +309,7 @@ def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
     return m
 
 
-def execute_child_ray(root: Path, run_id: str, program) -> None:
+def execute_child(root: Path, run_id: str, program) -> None:
     """The scheduler's child for a Ray slot: run it on the cluster; the queue entry says how it ended."""
     m = execute_on_ray(root, run_id, program)
     if m.status == "interrupted":

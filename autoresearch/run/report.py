@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..program import Program
 from ..record import LOG_FILE, RunMetrics, inside, program_code
+from ..registry import from_log
 from .logs import log_tail
 from .outcome import INLINE_WARNING
 
@@ -42,7 +43,7 @@ def summary(m: RunMetrics, program: Program, best: float | None, best_note: str 
         else:
             line += f" | {best_note or 'no best yet (this would be the baseline)'}"
         lines.append(line)
-        if m.mode == "inline":
+        if from_log(m.mode):
             lines.append(f"note: {INLINE_WARNING}")
     else:
         tail = log_tail(run_dir / LOG_FILE)

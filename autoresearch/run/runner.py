@@ -33,7 +33,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
@@ -45,8 +45,8 @@ from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
-from .evalstage import evalcmd_stage
-from .evaluate import eval_stage, start_servers
+from .evalstage import EvalJob, eval_stage, evaluator_of
+from .evaluate import start_servers
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
                       clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
@@ -142,8 +142,9 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
     elif files.get(script) is None:
         raise HarnessError(f"the saved snapshot has no {script}")
     code = files[script]                          # type: ignore[assignment]
-    inline = program.run.mode == "inline"
-    data = None if program.run.mode != "two_stage" or remote else data_folder(root)
+    ev = evaluator_of(program)
+    inline = not ev.stage                         # the metric is read from TRAIN's log
+    data = data_folder(root) if ev.data and not remote else None
     frozen = frozen_code(root, program) if program.eval is not None else None   # (base, eval.files' bytes)
     _interpreter(root, program)                   # run.python must run before a run folder is made
     sha = sha256_bytes(code)
@@ -288,37 +289,30 @@ def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str
 def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
              budget: float, inline: bool, m: RunMetrics, frozen: dict[str, bytes] | None = None) -> None:
     """Both stages; fills m in place (status, metric, timings, memory, device, reason). The
-    two-stage mode's model servers start with TRAIN (their warm-up overlaps it) and import agent
+    built-in evaluator's model servers start with TRAIN (their warm-up overlaps it) and import agent
     code only once TRAIN has ended ok (evaluate.Servers)."""
-    servers = None
-    if not inline and frozen is None and data is not None:
-        servers = start_servers(sandbox, program, lay, data, env,
-                                max(program.budget.grace_seconds, 1.0) + budget + save_margin(budget))
+    job = EvalJob(sandbox, program, lay, env, data=data, frozen=frozen)
+    if not inline and evaluator_of(program).data and data is not None:
+        job = replace(job, servers=start_servers(job, max(program.budget.grace_seconds, 1.0) + budget
+                                                 + save_margin(budget)))
     try:
         status, reason, host_peak = _train(sandbox, program, lay, data, env, budget, inline, m)
     except BaseException:
-        if servers is not None:
-            servers.finish(go=False)
+        if job.servers is not None:
+            job.servers.finish(go=False)
         raise
+    m.mode = program.run.mode
     if inline:
-        m.mode = "inline"
         status, reason, value = inline_outcome(status, reason, lay.log, program.run.metric_regex)
         if value is not None:
             m.metric_value = value
         m.extra["warning"] = INLINE_WARNING
-    elif frozen is not None:
-        m.mode = "eval_command"
-        if status == "ok":
-            status, reason, eval_peak = evalcmd_stage(sandbox, program, lay, env, frozen, m)
-            if eval_peak is not None:
-                host_peak = max(host_peak or 0, eval_peak)
     elif status == "ok":
-        assert servers is not None
-        status, reason, eval_peak = eval_stage(program, lay, servers, m)
+        status, reason, eval_peak = eval_stage(job, m)
         if eval_peak is not None:
             host_peak = max(host_peak or 0, eval_peak)
-    elif servers is not None:
-        servers.finish(go=False)
+    elif job.servers is not None:
+        job.servers.finish(go=False)
     m.extra["host_peak_gb"] = _gb(host_peak)
     m.peak_memory_gb = m.extra.get("gpu_peak_gb") if m.extra.get("gpu_peak_gb") is not None else _gb(host_peak)
     m.status = status  # type: ignore[assignment]
@@ -332,7 +326,7 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
 def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
            budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
-    own = inline or program.run.mode == "eval_command" and bool(program.run.command)   # run.command, not the script
+    own = inline or evaluator_of(program).script and bool(program.run.command)   # run.command, not the script
     work = work_copy(lay, "train")
     argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own, where=work)
     spec = train_spec(sandbox, program, lay, data, env, budget, argv, work)

@@ -59,8 +59,7 @@ def slots_for(program) -> int:
     if program.executor.slots:
         return program.executor.slots
     if registry.remote(program.executor.kind):
-        from .rayexec import cluster_slots
-        return cluster_slots(program)
+        return registry.executor_module(program.executor.kind).cluster_slots(program)
     from ..sandbox import SandboxUnavailable, selected_gpus
     from .specs import gpu_request
     try:
@@ -177,11 +176,11 @@ def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = F
         try:                                               # the scheduler died before noting the pid
             program = load_program(root)
             if registry.remote(program.executor.kind) and not here:
-                from .rayexec import connect, execute_child_ray
                 from .runner import signals_as_interrupt
-                connect(program)                           # first: ray.init installs its own SIGTERM handler
+                ex = registry.executor_module(program.executor.kind)
+                ex.connect(program)                        # first: ray.init installs its own SIGTERM handler
                 with signals_as_interrupt([]):             # pause's SIGTERM: cancel the task, then record
-                    execute_child_ray(root, run_id, program)
+                    ex.execute_child(root, run_id, program)
                 return RunExit.OK
             execute_queued(root, run_id, slot, pin_slot(program, slot, slots))
         except KeyboardInterrupt:

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from autoresearch.cli.doctor import DoctorReport, _hook_input, run_hook
-from autoresearch.cli.wiring import WiringError, legacy_settings, load_settings, merge_settings, plugin_hooks
+from autoresearch.cli.wiring import (DATA_PY, ENTRY, SEARCH, WiringError, legacy_settings, load_settings, merge_settings,
+                                     plugin_entry, plugin_hooks)
 from e2e.fake_api import FakeAPI, bash, edit, end_turn, say
 from e2e.harness import Project, base_env, make_project, run_claude
 
@@ -50,19 +51,35 @@ def test_plugin_and_marketplace_validate_strictly(claude_cli, tmp_path):
 
 
 def test_plugin_hooks_are_derived_from_the_bundles_settings():
-    """hooks/hooks.json must equal what autoresearch.cli.wiring derives from .claude/settings.json:
-    regenerate it with `python -m autoresearch.cli.wiring` after changing the settings."""
+    """hooks/hooks.json and its entry (scripts/hook) must equal what autoresearch.cli.wiring derives
+    from .claude/settings.json: regenerate them with `python -m autoresearch.cli.wiring`."""
     assert json.loads((ROOT / "hooks" / "hooks.json").read_text()) == plugin_hooks(load_settings(ROOT))
+    assert (ROOT / ENTRY).read_text() == plugin_entry(load_settings(ROOT))
+    assert os.access(ROOT / ENTRY, os.X_OK)
+
+
+def test_the_hooks_find_the_interpreter_once_in_the_clis_order():
+    """One short command per event, one interpreter search (in the entry, not in hooks.json), and
+    scripts/autoresearch searches the same places in the same order."""
+    commands = json.dumps(plugin_hooks(load_settings(ROOT)))
+    assert ".venv" not in commands and "py=" not in commands
+    entry, cli_script = plugin_entry(load_settings(ROOT)), (ROOT / "scripts" / "autoresearch").read_text()
+    assert entry.count(SEARCH) == 1 and entry.count(".venv/bin/python") == 3     # the search, and SessionStart's install gate
+    lines = [ln.strip() for ln in cli_script.splitlines()]
+    assert DATA_PY in lines and SEARCH in lines
 
 
 def test_every_settings_event_has_a_plugin_hook_through_the_plugin_root():
     settings, hooks = load_settings(ROOT), plugin_hooks(load_settings(ROOT))["hooks"]
     assert set(hooks) == set(settings["hooks"])
-    for groups in hooks.values():
+    for event, groups in hooks.items():
         for g in groups:
             for h in g["hooks"]:
-                assert "$CLAUDE_PROJECT_DIR/hooks/" not in h["command"]
-                assert '"${CLAUDE_PLUGIN_ROOT}/hooks/' in h["command"]
+                assert h["command"].startswith(f'sh "${{CLAUDE_PLUGIN_ROOT}}/{ENTRY}" {event}')
+    entry = plugin_entry(settings)
+    assert "$CLAUDE_PROJECT_DIR/hooks/" not in entry
+    assert all(f"  {event}) " in entry for event in settings["hooks"])
+    assert entry.count('"$here/hooks/') == len(settings["hooks"])
 
 
 def test_an_unknown_command_shape_is_refused_not_guessed():
@@ -124,8 +141,8 @@ def test_loop_hooks_step_aside_when_the_project_wires_its_own(tmp_path):
     shutil.copy(ROOT / "program.md", proj / "program.md")
     shutil.copy(ROOT / ".claude" / "settings.json", proj / ".claude" / "settings.json")
     p = subprocess.run(["sh", "-c", cmd], input="{}", capture_output=True, text=True, cwd=proj,
-                       env={**os.environ, "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": "/nonexistent"})
-    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""   # did not even look for python
+                       env={**os.environ, "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": str(ROOT)})
+    assert p.returncode == 0 and p.stdout == "" and p.stderr == ""   # stepped aside: no decision, no word
 
 
 # --- the real CLI with --plugin-dir ---------------------------------------------------------
@@ -305,10 +322,10 @@ def test_the_plugin_icon_is_a_small_svg_the_manifest_names_and_the_pack_ships(tm
 def test_the_plugins_messages_name_the_plugins_own_fix():
     """A plain project with only the plugin has no scripts/bootstrap.sh and no .venv of ours: every
     message in the plugin's hooks names the plugin's own install script instead."""
-    text = json.dumps(plugin_hooks(load_settings(ROOT)))
+    text = plugin_entry(load_settings(ROOT))
     assert "scripts/bootstrap.sh" in json.dumps(load_settings(ROOT)), "the bundle's own wiring names bootstrap.sh"
     assert "scripts/bootstrap.sh" not in text and ".venv is missing" not in text
-    assert "${CLAUDE_PLUGIN_ROOT}/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set" in text
+    assert text.count('"$here"\'/scripts/plugin-deps.sh with CLAUDE_PLUGIN_DATA set') == 2   # Stop, SessionStart
 
 
 @pytest.mark.parametrize("event, key", [("Stop", "stopReason"), ("SessionStart", "hookSpecificOutput")])
@@ -321,6 +338,7 @@ def test_without_any_python_the_plugins_loop_hooks_answer_valid_json_with_the_pl
     (plugin / "scripts").mkdir(parents=True)
     (plugin / "scripts" / "plugin-deps.sh").write_text("#!/bin/sh\nexit 1\n")
     (plugin / "scripts" / "plugin-deps.sh").chmod(0o755)
+    shutil.copy(ROOT / ENTRY, plugin / ENTRY)
     [group] = plugin_hooks(load_settings(ROOT))["hooks"][event]
     env = {"PATH": "/usr/bin:/bin", "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": str(plugin),
            "CLAUDE_PLUGIN_DATA": str(tmp_path / "data")}
@@ -329,4 +347,4 @@ def test_without_any_python_the_plugins_loop_hooks_answer_valid_json_with_the_pl
     out = json.loads(p.stdout.strip().splitlines()[-1])
     text = json.dumps(out)
     assert key in out and "plugin-deps.sh with CLAUDE_PLUGIN_DATA set" in text, (p.stdout, p.stderr)
-    assert "bootstrap.sh" not in text
+    assert "bootstrap.sh" not in text and f"{plugin}/scripts/plugin-deps.sh" in text

@@ -47,6 +47,7 @@ def test_the_guard_never_installs_and_denies_with_the_fix(tmp_path):
     data.mkdir()
     plugin = tmp_path / "plugin"
     shutil.copytree(ROOT / "hooks", plugin / "hooks")
+    shutil.copytree(ROOT / "scripts", plugin / "scripts")
     env = {**os.environ, "CLAUDE_PROJECT_DIR": str(proj), "CLAUDE_PLUGIN_ROOT": str(plugin),
            "CLAUDE_PLUGIN_DATA": str(data)}
     t = time.monotonic()
