@@ -30,13 +30,24 @@ STARTED = time.time()        # the budget counts from here (the harness imported
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
 
-N_LAYER = 2                 # transformer blocks
-N_HEAD = 4                  # attention heads per block (N_EMBD must divide by it)
-N_EMBD = 64                 # width of the residual stream, in channels
+CPU_MODEL = dict(N_LAYER=2, N_HEAD=4, N_EMBD=64, BATCH_SIZE=16, LEARNING_RATE=3e-3)     # 133k parameters
+GPU_MODEL = dict(N_LAYER=8, N_HEAD=12, N_EMBD=768, BATCH_SIZE=128, LEARNING_RATE=6e-4)  # ~57M: fills an H100 in 300 s
+
+
+def model_config(cuda):
+    """The model for a device class. The evaluator imports this file on the device class that
+    training used (the model servers share the run's GPUs), so build_model() fits the checkpoint."""
+    return GPU_MODEL if cuda else CPU_MODEL
+
+
+_CFG = model_config(torch.cuda.is_available())
+N_LAYER = _CFG["N_LAYER"]               # transformer blocks
+N_HEAD = _CFG["N_HEAD"]                 # attention heads per block (N_EMBD must divide by it)
+N_EMBD = _CFG["N_EMBD"]                 # width of the residual stream, in channels
 MLP_RATIO = 4               # MLP hidden width, as a multiple of N_EMBD
 DROPOUT = 0.0               # probability, in attention and after each sub-layer (training only)
-BATCH_SIZE = 16             # sequences of CONTEXT_LEN bytes per optimiser step
-LEARNING_RATE = 3e-3        # peak AdamW learning rate
+BATCH_SIZE = _CFG["BATCH_SIZE"]         # sequences of CONTEXT_LEN bytes per optimiser step
+LEARNING_RATE = _CFG["LEARNING_RATE"]   # peak AdamW learning rate
 WEIGHT_DECAY = 0.01         # AdamW decoupled weight decay, on matrices only
 BETAS = (0.9, 0.95)         # AdamW moment decay rates
 WARMUP_FRACTION = 0.03      # of the time budget, linear warmup from 0
@@ -199,7 +210,8 @@ def main():
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, os.path.join(OUT_DIR, "model.pt"))
     dt = time.time() - t0
-    print(f"done: {step} steps in {dt:.1f}s ({step / dt:.1f} steps/s); checkpoint saved to {OUT_DIR}/model.pt")
+    print(f"done: {step} steps in {dt:.1f}s ({step / dt:.1f} steps/s, {step * BATCH_SIZE * CONTEXT_LEN / dt:,.0f} tok/s); "
+          f"checkpoint saved to {OUT_DIR}/model.pt")
 
 
 if __name__ == "__main__":
