@@ -30,24 +30,13 @@ STARTED = time.time()        # the budget counts from here (the harness imported
 # ---------------------------------------------------------------------------
 # Hyperparameters (edit these)
 
-CPU_MODEL = dict(N_LAYER=2, N_HEAD=4, N_EMBD=64, BATCH_SIZE=16, LEARNING_RATE=3e-3)     # 133k parameters
-GPU_MODEL = dict(N_LAYER=8, N_HEAD=12, N_EMBD=768, BATCH_SIZE=128, LEARNING_RATE=6e-4)  # ~57M: fills an H100 in 300 s
-
-
-def model_config(cuda):
-    """The model for a device class. The evaluator imports this file on the device class that
-    training used (the model servers share the run's GPUs), so build_model() fits the checkpoint."""
-    return GPU_MODEL if cuda else CPU_MODEL
-
-
-_CFG = model_config(torch.cuda.is_available())
-N_LAYER = _CFG["N_LAYER"]               # transformer blocks
-N_HEAD = _CFG["N_HEAD"]                 # attention heads per block (N_EMBD must divide by it)
-N_EMBD = _CFG["N_EMBD"]                 # width of the residual stream, in channels
+N_LAYER = 2                 # transformer blocks
+N_HEAD = 4                  # attention heads per block (N_EMBD must divide by it)
+N_EMBD = 64                 # width of the residual stream, in channels
 MLP_RATIO = 4               # MLP hidden width, as a multiple of N_EMBD
 DROPOUT = 0.0               # probability, in attention and after each sub-layer (training only)
-BATCH_SIZE = _CFG["BATCH_SIZE"]         # sequences of CONTEXT_LEN bytes per optimiser step
-LEARNING_RATE = _CFG["LEARNING_RATE"]   # peak AdamW learning rate
+BATCH_SIZE = 16             # sequences of CONTEXT_LEN bytes per optimiser step
+LEARNING_RATE = 3e-3        # peak AdamW learning rate
 WEIGHT_DECAY = 0.01         # AdamW decoupled weight decay, on matrices only
 BETAS = (0.9, 0.95)         # AdamW moment decay rates
 WARMUP_FRACTION = 0.03      # of the time budget, linear warmup from 0
@@ -56,6 +45,22 @@ GRAD_CLIP = 1.0             # max global gradient L2 norm
 USE_COMPILE = False         # torch.compile on CUDA (slower start-up, faster steps)
 SAVE_MARGIN = 0.02          # fraction of the budget kept at the end to save the checkpoint
 LOG_EVERY_SECONDS = 10      # seconds between progress lines
+
+# The values above are the CPU model (133k parameters). On CUDA these replace them (edit them there
+# for a GPU run): about 57M parameters, sized to fill a modern GPU (an H100) in a 300 s budget.
+CPU_MODEL = dict(N_LAYER=N_LAYER, N_HEAD=N_HEAD, N_EMBD=N_EMBD, BATCH_SIZE=BATCH_SIZE, LEARNING_RATE=LEARNING_RATE)
+GPU_MODEL = dict(N_LAYER=8, N_HEAD=12, N_EMBD=768, BATCH_SIZE=128, LEARNING_RATE=6e-4)
+
+
+def model_config(cuda):
+    """The model for a device class. The evaluator imports this file on the device class training
+    used (the model servers share the run's GPUs), so build_model() fits the checkpoint."""
+    return GPU_MODEL if cuda else CPU_MODEL
+
+
+_MODEL = model_config(torch.cuda.is_available())
+N_LAYER, N_HEAD, N_EMBD = _MODEL["N_LAYER"], _MODEL["N_HEAD"], _MODEL["N_EMBD"]
+BATCH_SIZE, LEARNING_RATE = _MODEL["BATCH_SIZE"], _MODEL["LEARNING_RATE"]
 
 # ---------------------------------------------------------------------------
 # Given by the harness (do not edit: the harness decides these)
