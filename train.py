@@ -46,6 +46,22 @@ USE_COMPILE = False         # torch.compile on CUDA (slower start-up, faster ste
 SAVE_MARGIN = 0.02          # fraction of the budget kept at the end to save the checkpoint
 LOG_EVERY_SECONDS = 10      # seconds between progress lines
 
+# The values above are the CPU model (133k parameters). On CUDA these replace them (edit them there
+# for a GPU run): about 57M parameters, sized to fill a modern GPU (an H100) in a 300 s budget.
+CPU_MODEL = dict(N_LAYER=N_LAYER, N_HEAD=N_HEAD, N_EMBD=N_EMBD, BATCH_SIZE=BATCH_SIZE, LEARNING_RATE=LEARNING_RATE)
+GPU_MODEL = dict(N_LAYER=8, N_HEAD=12, N_EMBD=768, BATCH_SIZE=128, LEARNING_RATE=6e-4)
+
+
+def model_config(cuda):
+    """The model for a device class. The evaluator imports this file on the device class training
+    used (the model servers share the run's GPUs), so build_model() fits the checkpoint."""
+    return GPU_MODEL if cuda else CPU_MODEL
+
+
+_MODEL = model_config(torch.cuda.is_available())
+N_LAYER, N_HEAD, N_EMBD = _MODEL["N_LAYER"], _MODEL["N_HEAD"], _MODEL["N_EMBD"]
+BATCH_SIZE, LEARNING_RATE = _MODEL["BATCH_SIZE"], _MODEL["LEARNING_RATE"]
+
 # ---------------------------------------------------------------------------
 # Given by the harness (do not edit: the harness decides these)
 
@@ -199,7 +215,8 @@ def main():
     torch.save(model.state_dict(), tmp)
     os.replace(tmp, os.path.join(OUT_DIR, "model.pt"))
     dt = time.time() - t0
-    print(f"done: {step} steps in {dt:.1f}s ({step / dt:.1f} steps/s); checkpoint saved to {OUT_DIR}/model.pt")
+    print(f"done: {step} steps in {dt:.1f}s ({step / dt:.1f} steps/s, {step * BATCH_SIZE * CONTEXT_LEN / dt:,.0f} tok/s); "
+          f"checkpoint saved to {OUT_DIR}/model.pt")
 
 
 if __name__ == "__main__":
