@@ -162,7 +162,7 @@ def _plugin_night(proj: Project, tmp_path: Path, monkeypatch, api: FakeAPI, expe
     settings = proj.root / ".claude" / "settings.json"
     settings.write_text(json.dumps({"env": json.loads(settings.read_text())["env"]}))   # no wiring: plugin mode
     plugin = tmp_path / "market" / "autoresearch"
-    for part in (".claude-plugin", "hooks", "autoresearch"):
+    for part in (".claude-plugin", "hooks", "scripts", "autoresearch"):
         shutil.copytree(ROOT / part, plugin / part, ignore=shutil.ignore_patterns("__pycache__"))
     monkeypatch.setattr(driver, "BUNDLE", plugin)
     env = dict(proj.env, ANTHROPIC_BASE_URL=api.url, AUTORESEARCH_MAX_EXPERIMENTS=experiments)
