@@ -126,7 +126,8 @@ class _ContainerRun:
             threads.append(threading.Thread(target=_feed_socket, args=(self.stdin_sock, spec.stdin_data), daemon=True))
         if self.cg_dir is None:
             self.sampler = _StatsSampler(self.api, self.cid)
-            threads.append(threading.Thread(target=self.sampler.run, daemon=True))
+            self.sampler.thread = threading.Thread(target=self.sampler.run, daemon=True)
+            self.sampler.thread.start()
         return threads
 
     def _talk(self, r_fd: int) -> None:
@@ -193,6 +194,9 @@ class _ContainerRun:
                 t.join(timeout=_KILL_WAIT_S)
         with contextlib.suppress(Exception):
             api.remove_container(cid or self.name, force=True, v=True)
+        if self.sampler is not None and self.sampler.thread is not None:
+            # the engine's stats stream outlives an exited container (dockerd 20.10): it ends at removal
+            self.sampler.thread.join(timeout=_KILL_WAIT_S)
         if self.stdin_sock is not None:
             with contextlib.suppress(Exception):
                 self.stdin_sock.close()
@@ -317,6 +321,7 @@ class _StatsSampler:
 
     def __init__(self, api, cid: str):
         self.api, self.cid, self.peak = api, cid, None
+        self.thread: threading.Thread | None = None
 
     def run(self) -> None:
         with contextlib.suppress(Exception):

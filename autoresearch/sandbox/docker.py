@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 import uuid
 from pathlib import Path
 
@@ -35,6 +36,7 @@ class DockerBackend:
         self._runtime: Runtime | None = None
         self._probe: tuple[bool, str] | None = None
         self._cg_base: Path | bool | None = None
+        self._cg_lock = threading.Lock()
         self._tag = ""
 
     # -- engine and image
@@ -102,15 +104,17 @@ class DockerBackend:
     def _cgroup_parent(self) -> tuple[str | None, Path | None]:
         """A per-run parent cgroup we can read after the container is gone (its max usage is
         the container's peak). Only for a local engine on cgroup v1 with the cgroupfs driver."""
-        if self._cg_base is None:
-            self._cg_base = False
-            with contextlib.suppress(Exception):
-                info = self.client().info()
-                mounts_v1, _ = _cgroup_mounts()
-                if (info.get("CgroupDriver") == "cgroupfs" and str(info.get("CgroupVersion")) == "1"
-                        and "memory" in mounts_v1 and mounts_v1["memory"][1] == "/"
-                        and os.access(mounts_v1["memory"][0], os.W_OK)):
-                    self._cg_base = Path(mounts_v1["memory"][0])
+        with self._cg_lock:          # the two model servers start at once: both must see the answer
+            if self._cg_base is None:
+                base: Path | bool = False
+                with contextlib.suppress(Exception):
+                    info = self.client().info()
+                    mounts_v1, _ = _cgroup_mounts()
+                    if (info.get("CgroupDriver") == "cgroupfs" and str(info.get("CgroupVersion")) == "1"
+                            and "memory" in mounts_v1 and mounts_v1["memory"][1] == "/"
+                            and os.access(mounts_v1["memory"][0], os.W_OK)):
+                        base = Path(mounts_v1["memory"][0])
+                self._cg_base = base
         if not self._cg_base:
             return None, None
         name = f"autoresearch/run-{os.getpid()}-{uuid.uuid4().hex[:8]}"

@@ -576,3 +576,37 @@ def test_sandboxed_code_holds_no_file_descriptor_but_its_stdio(name, request):
     """)
     extra = {f: what for f, what in got.items() if int(f) > 2 and what != "?"}   # "?": the listing's own fd
     assert extra == {}, got
+
+
+@pytest.mark.docker
+def test_two_docker_runs_started_at_once_both_get_the_per_run_cgroup(docker_available):
+    """The two model servers start in two threads on a fresh backend: both must see the engine's
+    cgroup answer (a lost race once sent one to the stats stream, and a 10 s wait at its end)."""
+    b = DockerBackend()
+    b.runtime()
+    go, got = threading.Barrier(2), []
+
+    def one():
+        go.wait()
+        got.append(b._cgroup_parent())
+    ts = [threading.Thread(target=one) for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len({p is None for p, _ in got}) == 1, got
+
+
+@pytest.mark.docker
+def test_without_a_cgroup_the_stats_stream_does_not_hold_the_end_of_a_run(docker_available):
+    """Engines whose cgroups we cannot read (cgroup v2, systemd driver) sample the stats stream,
+    which outlives an exited container: the run still ends when its process does."""
+    from autoresearch.sandbox.spec import _KILL_WAIT_S
+    b = DockerBackend()
+    b.runtime()
+    b._cg_base = False
+    t0 = time.monotonic()
+    r = b.run(spec(b, "import time; x = b'x' * (60 << 20); time.sleep(0.3); print(len(x))", memory=400 << 20))
+    took = time.monotonic() - t0
+    assert r.exit_code == 0 and r.peak_memory_bytes, r
+    assert took < _KILL_WAIT_S, f"{took:.1f} s: the end waited for the stats stream"
