@@ -1,0 +1,105 @@
+"""The loop through the real Claude Code CLI, start to start (prints numbers; not a test).
+
+A scripted model that thinks for no time (tests/e2e/fake_api.py) runs N experiments: the
+baseline, then one learning-rate edit each, a scratchpad note and the end of its turn. Everything
+else is real: the CLI and its hooks (the guard on every tool call, the Stop hook deciding each
+run), ./run.sh training for the budget in the sandbox and the trusted evaluator. What is left
+between one run's start and the next, beyond the budget, is what the harness costs the night.
+Goal (issue 27): at most 3 s an experiment at a 15 s budget.
+
+    .venv/bin/python bench/bench_loop.py [--budget 15] [--experiments 5] [--json]
+
+Columns: `start to start` (from runs/NNNN's started_at to the next's), `run wall` (the runner's
+own total, metrics.json total_seconds), `between runs` (the rest: the run's last line reaching the
+model, its note, the Stop hook's decision, the next edit, ./run.sh's start). The load average
+before and after says how quiet the machine was.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
+GOAL_S = 3.0
+LRS = ("3e-3", "2e-3", "4e-3", "2.5e-3", "3.5e-3", "1.5e-3", "5e-3", "2.2e-3", "2.8e-3", "3.2e-3")
+
+
+def script(n: int):
+    """Baseline, then n-1 experiments that each move the learning rate (a real diff each time)."""
+    from e2e.fake_api import end_turn
+    from e2e.story import change, note, run_experiment
+    turns = [run_experiment("baseline"), note("1 | baseline | see run 0001 | the reference"), end_turn("Baseline.")]
+    for i in range(1, n):
+        old, new = LRS[(i - 1) % len(LRS)], LRS[i % len(LRS)]
+        turns += [change(f"LEARNING_RATE = {old}", f"LEARNING_RATE = {new}"), run_experiment(f"LR {new}"),
+                  note(f"{i + 1} | LR {new} | see run {i + 1:04d} | -"), end_turn(f"LR {new} measured.")]
+    return turns
+
+
+def measure(budget: float, n: int, work: Path) -> dict:
+    from e2e.fake_api import FakeAPI
+    from e2e.harness import make_project, run_claude
+    proj = make_project(work)
+    t0 = time.monotonic()
+    with FakeAPI(project=str(proj.root)) as fake:
+        fake.script = script(n)
+        run = run_claude(proj, fake.url, "Follow program.md. Start now.",
+                         env={"AUTORESEARCH_MAX_EXPERIMENTS": str(n), "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}"},
+                         timeout=n * (budget + 240))
+    session = time.monotonic() - t0
+    runs = []
+    for d in sorted((proj.root / "runs").glob("[0-9][0-9][0-9][0-9]")):
+        m = json.loads((d / "metrics.json").read_text())
+        runs.append({"run": d.name, "status": m["status"], "wall": m.get("total_seconds"),
+                     "started": datetime.fromisoformat(m["started_at"]).timestamp()})
+    rows = []
+    for a, b in zip(runs, runs[1:]):
+        s2s = b["started"] - a["started"]
+        rows.append({"run": a["run"], "status": a["status"], "start_to_start_s": round(s2s, 2),
+                     "run_wall_s": a["wall"], "between_runs_s": round(s2s - (a["wall"] or 0), 2),
+                     "overhead_s": round(s2s - budget, 2)})
+    over = [r["overhead_s"] for r in rows]
+    return {"budget_s": budget, "experiments": len(runs), "session_s": round(session, 1), "rows": rows,
+            "median_overhead_s": round(statistics.median(over), 2) if over else None, "goal_s": GOAL_S,
+            "cli_rc": run.returncode, "cli_result": run.result.get("subtype") if run.events else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--budget", type=float, default=15.0, help="seconds of training per experiment")
+    ap.add_argument("--experiments", type=int, default=5)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    a = ap.parse_args()
+    load0 = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
+        res = measure(a.budget, a.experiments, Path(tmp))
+    res["load_before"], res["load_after"] = round(load0, 2), round(os.getloadavg()[0], 2)
+    if a.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"the loop through the real CLI, {a.budget:g} s budget (goal <= {GOAL_S:g} s an experiment)")
+    for c in ("run", "status", "start to start s", "run wall s", "between runs s", "overhead s"):
+        t.add_column(c, justify="right")
+    for r in res["rows"]:
+        t.add_row(r["run"], r["status"], f"{r['start_to_start_s']:.2f}", f"{r['run_wall_s'] or 0:.2f}",
+                  f"{r['between_runs_s']:.2f}", f"{r['overhead_s']:.2f}")
+    c = Console()
+    c.print(t)
+    c.print(f"median overhead {res['median_overhead_s']} s an experiment beyond the budget "
+            f"({res['experiments']} runs, session {res['session_s']} s, CLI {res['cli_result']}); "
+            f"load {res['load_before']} -> {res['load_after']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
