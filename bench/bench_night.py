@@ -13,10 +13,12 @@ At each history size N (rows in results.tsv) it times:
   stop wired    the Stop hook deciding a finished wave of 16, through the exact command in
                 .claude/settings.json (interpreter start-up included: what Claude Code waits for)
   stop decide   the same decision in-process (loop.stop_hook: the decision work itself), on the next wave
+  (cpu)         the CPU seconds each took, git's included: on a shared machine the wall clock measures
+                the neighbours; CPU time is what a quiet machine would take, but for the disk's fsyncs
   status        autoresearch status (gather + render), in-process
   plot          autoresearch plot (progress.png), in-process
   rebuild       autoresearch ledger rebuild, in-process
-and, from a profile of the in-process decision, what it read: metrics.json records verified,
+and, from a profile of the in-process decision of the wave after, what it read: metrics.json records verified,
 files read, queue.json files read, git processes started. Those counts are what
 keep the decision flat: they depend on the wave, not on the history.
 
@@ -78,7 +80,9 @@ class Point(BaseModel):
     """One history size: seconds for each operation, and what the in-process decision read."""
     history: int
     stop_wired_s: float | None            # None in quick mode (no interpreter start-up measured)
+    stop_wired_cpu_s: float | None        # its CPU seconds (user + sys, git children included)
     stop_decide_s: float
+    stop_decide_cpu_s: float
     status_s: float
     plot_s: float | None                  # None in quick mode (matplotlib's import alone is a second)
     rebuild_s: float
@@ -161,15 +165,15 @@ class Night:
     def decide(self) -> dict:
         return loop.stop_hook({"session_id": "night", "cwd": str(self.root), "stop_hook_active": False})
 
-    def decide_wired(self) -> tuple[float, dict]:
+    def decide_wired(self) -> tuple[float, float, dict]:
         data = json.dumps({"session_id": "night", "cwd": str(self.root), "hook_event_name": "Stop",
                            "stop_hook_active": False})
         env = clean_env(CLAUDE_PROJECT_DIR=str(self.root), HOME=str(self.root.parent), XDG_CONFIG_HOME=str(self.cfg),
                         AUTORESEARCH_MAX_EXPERIMENTS="1000000", AUTORESEARCH_MAX_IDLE_STOPS="1000000")
-        t = time.perf_counter()
+        t, c = time.perf_counter(), _cpu(children=True)
         r = subprocess.run(["/bin/sh", "-c", hook_command(self.root, "Stop")], cwd=self.root, env=env, input=data,
                            capture_output=True, text=True, timeout=120)
-        return time.perf_counter() - t, json.loads(r.stdout) if r.stdout.strip() else {}
+        return time.perf_counter() - t, _cpu(children=True) - c, json.loads(r.stdout) if r.stdout.strip() else {}
 
     def grow_to(self, n: int) -> None:
         """Waves of 13-16 (the last one cut to fit) until results.tsv has n rows."""
@@ -192,6 +196,15 @@ def counts(prof: cProfile.Profile) -> dict[str, int]:
             if fn in name.split("|") and file.endswith(suffix):
                 out[what] += ncalls
     return out
+
+
+def _cpu(children: bool = False) -> float:
+    """CPU seconds (user + sys) of this process and its waited-for children (git), or of the children
+    alone: on a shared machine, what a quiet one would take, give or take the disk's fsyncs."""
+    import resource
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return kids.ru_utime + kids.ru_stime + (0.0 if children else me.ru_utime + me.ru_stime)
 
 
 def timed(fn) -> float:
@@ -219,23 +232,27 @@ def measure(night: Night, n: int, profile_out: Path | None = None, quick: bool =
     t_rebuild = timed(lambda: rebuild(root))
     if (have := night.rows()) != n:
         raise SystemExit(f"ledger rebuild changed the history: {have} rows, expected {n}")
-    t_wired = None
+    t_wired = c_wired = None
     if not quick:
         night.wave(WAVE)
-        t_wired, reply = night.decide_wired()
+        t_wired, c_wired, reply = night.decide_wired()
         _expect_decided(reply, night)
     night.wave(WAVE)
+    t, c = time.perf_counter(), _cpu()
+    reply = night.decide()
+    t_decide, c_decide = time.perf_counter() - t, _cpu() - c
+    _expect_decided(reply, night)
+    night.wave(WAVE)                           # the next wave, profiled: what a decision reads
     prof = cProfile.Profile()
-    t = time.perf_counter()
     prof.enable()
     reply = night.decide()
     prof.disable()
-    t_decide = time.perf_counter() - t
     _expect_decided(reply, night)
     if profile_out is not None:
         pstats.Stats(prof, stream=(s := io.StringIO())).sort_stats("cumulative").print_stats(45)
         profile_out.write_text(s.getvalue())
-    return Point(history=n, stop_wired_s=t_wired, stop_decide_s=t_decide, status_s=t_status, plot_s=t_plot,
+    return Point(history=n, stop_wired_s=t_wired, stop_wired_cpu_s=c_wired, stop_decide_s=t_decide,
+                 stop_decide_cpu_s=c_decide, status_s=t_status, plot_s=t_plot,
                  rebuild_s=t_rebuild, reads=counts(prof))
 
 
@@ -259,10 +276,11 @@ def table(pts: list[Point]):
     from rich.table import Table
     t = Table(title=f"The simulated night: seconds per operation as the history grows (wave of {WAVE}; "
                     f"Stop hook goal <= {GOAL_S} s)")
-    for col in ("history", "stop wired", "stop decide", "status", "plot", "rebuild", *COUNTED):
+    for col in ("history", "stop wired", "(cpu)", "stop decide", "(cpu)", "status", "plot", "rebuild", *COUNTED):
         t.add_column(col, justify="right")
     for p in pts:
-        t.add_row(str(p.history), _s(p.stop_wired_s), _s(p.stop_decide_s), _s(p.status_s), _s(p.plot_s),
+        t.add_row(str(p.history), _s(p.stop_wired_s), _s(p.stop_wired_cpu_s), _s(p.stop_decide_s),
+                  _s(p.stop_decide_cpu_s), _s(p.status_s), _s(p.plot_s),
                   _s(p.rebuild_s), *(str(p.reads[k]) for k in COUNTED))
     return t
 
@@ -291,8 +309,9 @@ def main() -> None:
     last = pts[-1]
     worst = last.stop_wired_s if last.stop_wired_s is not None else last.stop_decide_s
     verdict = "[green]meets[/]" if worst <= GOAL_S else "[red]misses[/]"
-    c.print(f"Stop hook for a wave of {WAVE} at {last.history} rows: {_s(last.stop_wired_s)} s wired "
-            f"({last.stop_decide_s:.3f} s in-process): {verdict} the {GOAL_S} s goal. "
+    c.print(f"Stop hook for a wave of {WAVE} at {last.history} rows: {_s(last.stop_wired_s)} s wired, "
+            f"{_s(last.stop_wired_cpu_s)} s of CPU ({last.stop_decide_s:.3f} s in-process): {verdict} the {GOAL_S} s "
+            f"goal. Load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores. "
             f"Whole night simulated in {time.perf_counter() - t:.0f} s.")
 
 
