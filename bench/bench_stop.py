@@ -8,6 +8,8 @@ on the run branch, then for each case: prepare the situation, and time one Stop 
 Cases: keep (commit), discard (revert), crash (revert), confirm request, scratchpad nag, idle.
 
     .venv/bin/python bench/bench_stop.py [--history 100] [--repeat 5]
+
+One experiment at a time; bench_night.py times waves of 16 as the history grows to 1,000.
 """
 from __future__ import annotations
 
@@ -97,6 +99,11 @@ def main() -> None:
     args = ap.parse_args()
     console = Console(width=120)
     with tempfile.TemporaryDirectory() as tmp:
+        # the project's key under the temporary folder, for the in-process and the wired calls alike
+        # (the wired one runs with HOME set to the project's parent: with the key in ~/.config it
+        # would time the "signing key missing" stop, not a decision)
+        os.environ["XDG_CONFIG_HOME"] = str(Path(tmp) / "config")
+        os.environ["XDG_STATE_HOME"] = str(Path(tmp) / "state")
         p = Project.create(Path(tmp) / "proj")
         os.environ["AUTORESEARCH_MAX_EXPERIMENTS"] = "100000"
         os.environ["AUTORESEARCH_MAX_IDLE_STOPS"] = "100000"

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from ..program import Program, load_program
 from ..loop.decide import threshold
 from ..gitops import current_branch, is_run_branch
-from ..ledger import LedgerRow, best_row, read_rows
+from ..ledger import LedgerRow, best_row, decided_runs, read_rows
 from .wavestatus import WaveRun, render_wave, wave_in_flight
 from .jsonout import SCHEMA_VERSION
 
@@ -180,7 +180,7 @@ def gather(root: Path, branch: str | None = None) -> Report:
     if sigma is None:                         # state.json lost: the ledger still says what was used
         sigma = next((r.sigma for r in reversed(rows) if r.sigma is not None), None)
     deadline = st["deadline"]
-    fp, new_base, sig_fp, sig_at = _fingerprints(root, rows)
+    fp, new_base, sig_fp, sig_at = _fingerprints(root, rows, all_rows)
     if sig_fp is not None:
         sigma = sig_fp
     elif sigma is not None and st["calibration"] is not None and st["calibration"].sigma == sigma:
@@ -216,9 +216,11 @@ def _seed_ignored(note, sigma: float | None, metric: str) -> str | None:
     return None
 
 
-def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | None, float | None, str | None]:
+def _fingerprints(root: Path, rows: list[LedgerRow], all_rows: list[LedgerRow] | None = None
+                  ) -> tuple[str | None, str | None, float | None, str | None]:
     """(the latest fingerprint in words, the new-baseline note, sigma for it, the budget sigma was
-    measured at). Runs are compared only within one fingerprint, so a change is worth a line."""
+    measured at). Runs are compared only within one fingerprint, so a change is worth a line.
+    `all_rows`: the whole ledger (its runs are decided, so none is a calibration to read)."""
     from ..record import read_verified
     from ..loop.state import calibrations_from_runs, read_state
 
@@ -243,7 +245,7 @@ def _fingerprints(root: Path, rows: list[LedgerRow]) -> tuple[str | None, str | 
         change = cur.differs(prev) if cur and prev else "fingerprint changed"
         note = f"{change}: a new baseline since experiment #{keyed[start].experiment}; earlier runs are not compared"
     st = read_state(root)
-    cal = st.calibrations.get(last.fingerprint) or calibrations_from_runs(root).get(last.fingerprint)
+    cal = st.calibrations.get(last.fingerprint) or calibrations_from_runs(root, decided_runs(all_rows or rows)).get(last.fingerprint)
     if cal is None and st.calibration is not None and st.calibration.fingerprint is None:
         cal = st.calibration
     return words, note, cal.sigma if cal else None, _measured_at(cal)

@@ -5,6 +5,7 @@ call; `autoresearch ledger rebuild` by hand); a corrupt one is moved aside first
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -71,20 +72,69 @@ def write_decision(root: Path, row: LedgerRow) -> None:
             write_atomic(d / DECISION_FILE, data)
 
 
-def _decision_rows(root: Path) -> list[LedgerRow]:
-    """Every runs/*/decision.json. One that cannot be parsed (truncated, not UTF-8) is moved aside
-    (decision.json.corrupt-<time>), so the run's decision is written again from the ledger or the
-    branch, and is never read as "undecided" forever."""
+def _decision_rows(root: Path, skip: set[str] | frozenset[str] = frozenset(),
+                   good: list[str] | None = None) -> list[LedgerRow]:
+    """Every runs/*/decision.json (but those of the runs in `skip`). One that cannot be parsed
+    (truncated, not UTF-8) is moved aside (decision.json.corrupt-<time>), so the run's decision is
+    written again from the ledger or the branch, and is never read as "undecided" forever.
+    `good` collects the names of the run folders whose file parsed."""
     runs = Path(root) / "runs"
     out = []
     for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
+        if d.name in skip:
+            continue
         try:
             out.append(LedgerRow.model_validate_json((d / DECISION_FILE).read_bytes()))
         except OSError:
             continue
         except (ValidationError, ValueError):
             set_aside(d / DECISION_FILE)
+            continue
+        if good is not None:
+            good.append(d.name)
     return out
+
+
+# .autoresearch/ (the loop's trusted state; the ledger may not import record.layout's name for it)
+STAMPS_FILE = Path(".autoresearch") / "decision-stamps.json"
+
+
+def _stamp(path: Path) -> list[int] | None:
+    try:
+        s = path.stat()
+    except OSError:
+        return None
+    return [s.st_ino, s.st_size, s.st_mtime_ns]
+
+
+def _checked(root: Path, decided: set[str]) -> tuple[set[str], dict[str, list[int]], dict]:
+    """The decided runs whose decision.json is exactly the file that parsed at an earlier check
+    (same inode, size and mtime, as .autoresearch/decision-stamps.json recorded): ensure() need not
+    parse those again, so a Stop at 1,000 rows of history stats 1,000 files instead of parsing them.
+    The stamps are trusted state (written here, under the loop lock; the agent cannot write
+    .autoresearch/); a stamp that no longer matches -- the file was truncated, replaced, set aside --
+    means the file is parsed again. A lost or unreadable stamps file means everything is parsed."""
+    try:
+        old = json.loads((Path(root) / STAMPS_FILE).read_text())
+        old = old if isinstance(old, dict) else {}
+    except (OSError, ValueError):
+        old = {}
+    runs = Path(root) / "runs"
+    same, now = set(), {}
+    for rid in decided:
+        st = _stamp(runs / rid / DECISION_FILE)
+        if st is not None:
+            now[rid] = st
+            if old.get(rid) == st:
+                same.add(rid)
+    return same, now, old
+
+
+def _save_stamps(root: Path, stamps: dict[str, list[int]]) -> None:
+    try:
+        write_atomic(Path(root) / STAMPS_FILE, json.dumps(stamps, separators=(",", ":")) + "\n")
+    except OSError:
+        pass                                   # only a cache: the next call parses again
 
 
 def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
@@ -124,7 +174,11 @@ def rebuild(root: Path, metric_name: str) -> tuple[list[LedgerRow], str]:
 def ensure(root: Path, metric_name: str) -> str | None:
     """Rebuild results.tsv when it is missing, empty, unreadable, or lacks a keep the branches
     record or a decision runs/ records (a truncated file). Returns what was done (None when it
-    was fine). The caller holds the loop lock."""
+    was fine). The caller holds the loop lock.
+
+    Each call reads what can have changed, not the whole history: the decision.json of runs the
+    ledger does not cover (a truncated ledger), and of covered runs only those whose file changed
+    since it last parsed (_checked); a damaged one is set aside and written again from its row."""
     try:
         rows = read_rows(root)
     except LedgerError:
@@ -132,11 +186,18 @@ def ensure(root: Path, metric_name: str) -> str | None:
     have = {r.run_id for r in rows if r.status == "keep"}
     decided = decided_runs(rows)
     missing = [r for r in kept_rows_from_git(root) if r.run_id not in have]
-    lost = [r for r in _decision_rows(root) if r.run_id not in decided]
+    same, stamps, old = _checked(root, decided)
+    good: list[str] = []
+    lost = [r for r in _decision_rows(root, same, good) if r.run_id not in decided]
     if not missing and not lost:
         runs = Path(root) / "runs"
         for r in rows:                         # a decision.json set aside (damaged) is written again
-            if any((runs / x).is_dir() and not (runs / x / DECISION_FILE).exists() for x in r.runs):
+            if any(x not in same and (runs / x).is_dir() and not (runs / x / DECISION_FILE).exists()
+                   for x in r.runs):
                 write_decision(root, r)
+        fresh = {rid: st for rid in same | (set(good) & decided)
+                 if (st := stamps.get(rid) if rid in same else _stamp(runs / rid / DECISION_FILE)) is not None}
+        if fresh != old:
+            _save_stamps(root, fresh)
         return None
     return rebuild(root, metric_name)[1]

@@ -88,11 +88,12 @@ def pending_runs(root: Path, program: Program, st: LoopState, rows: list[LedgerR
                           extra_s=b.eval_seconds + RUN_OVERHEAD_S)
 
 
-def sigma_for(root: Path, st: LoopState, fingerprint: str) -> float | None:
-    """sigma for this fingerprint: the state's, else rebuilt from the calibration runs in runs/."""
+def sigma_for(root: Path, st: LoopState, fingerprint: str, rows: list[LedgerRow] | None = None) -> float | None:
+    """sigma for this fingerprint: the state's, else rebuilt from the calibration runs in runs/
+    (those no ledger row covers: `rows`)."""
     sig = st.sigma_for(fingerprint or None)
     if sig is None and fingerprint:
-        cal = calibrations_from_runs(root).get(fingerprint)
+        cal = calibrations_from_runs(root, decided_runs(rows or [])).get(fingerprint)
         sig = cal.sigma if cal else None
     return sig
 

@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict
 from ..digest import sha256_file
 from ..program.sections import save_margin
 from .decide import RunView
+from ..ledger import LedgerRow
 from ..record import (QueueEntry, RECORD_ALTERED, RUNNING as RUNNING_LOCK, RUNS_DIR, RunMetrics, load_verified,
                       lock_held, read_entry, read_verified, run_ids, runner_live)
 
@@ -170,17 +171,35 @@ CONTENDED_SAME_CODE = 0.5                 # below half the median of runs of the
 CONTENDED_ANY_CODE = 0.25                 # below a quarter of the median of recent comparable runs
 
 
-def contention(root: Path, run: RunRecord, window: int = 20) -> str | None:
+def contention(root: Path, run: RunRecord, window: int = 20, rows: "list[LedgerRow] | None" = None) -> str | None:
     """Why `run` looks contended (its steps/s far below comparable peers: same fingerprint, same
     code first, else recent runs), or None. Another job on the machine slows a run without
-    changing the code; such a run's metric says nothing about the idea and is never kept."""
+    changing the code; such a run's metric says nothing about the idea and is never kept.
+
+    With `rows` (the ledger), only the records that can be peers are read: every run no row covers
+    (the wave, calibrations), the decided runs of the same code, and the newest decided runs of the
+    same fingerprint until `window` are found -- not all of runs/ (a night's history would make
+    every decision read 1,000 records). This relies on what the ledger already guarantees: trusted
+    code wrote each row from the run's verified record when it was decided (its fingerprint,
+    snapshot and run_status are that record's), and a decided run's record is never rewritten. A
+    row that does not say (rows from before snapshots, a confirmation's earlier runs) is read."""
     m = run.metrics
     if m is None or m.steps_per_s is None or not run.fingerprint:
         return None
     same, anyc = [], []
-    for rid in run_ids(root):
+    by_run = {x: row for row in rows or [] for x in row.runs + [row.run_id]}
+    for rid in reversed(run_ids(root)):                       # newest first: the window is the latest
         if rid == run.run_id:
             continue
+        row = by_run.get(rid)
+        if row is not None:
+            if row.fingerprint and row.fingerprint != run.fingerprint:
+                continue
+            if row.run_id == rid and row.run_status and row.run_status != "ok":
+                continue
+            code = not row.snapshot or not run.snapshot or row.snapshot == run.snapshot
+            if not code and len(anyc) >= window:
+                continue                                      # older than the window, other code
         try:
             o = read_verified(Path(root) / RUNS_DIR / rid)
         except (OSError, ValueError):
@@ -188,6 +207,8 @@ def contention(root: Path, run: RunRecord, window: int = 20) -> str | None:
         if o.status != "ok" or o.steps_per_s is None or not o.fingerprint or o.fingerprint.key != run.fingerprint:
             continue
         (same if o.snapshot_sha256 == run.snapshot else anyc).append(o.steps_per_s)
+    same.reverse()
+    anyc.reverse()
     import statistics
     for peers, factor, what in ((same, CONTENDED_SAME_CODE, "runs of the same code"),
                                 (anyc[-window:], CONTENDED_ANY_CODE, "recent comparable runs")):

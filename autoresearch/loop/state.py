@@ -269,13 +269,17 @@ def record_seed_ignored(root: Path, value: float, run_ids: list[str], seeds: lis
     return note
 
 
-def calibrations_from_runs(root: Path) -> dict[str, Calibration]:
+def calibrations_from_runs(root: Path, decided: set[str] | frozenset[str] = frozenset()) -> dict[str, Calibration]:
     """sigma per fingerprint rebuilt from runs/ (their metrics.json say purpose: calibration), so
-    a lost or corrupt state.json does not silently lose it."""
+    a lost or corrupt state.json does not silently lose it. `decided`: runs a ledger row covers,
+    not read -- a calibration run is a measurement and never decided (pending_runs leaves it out),
+    so no row covers one, and a night's history of experiments is not read at every Stop."""
     from ..record import RunMetrics, read_verified
     groups: dict[str, list[RunMetrics]] = {}
     runs = Path(root) / "runs"
     for d in sorted(runs.iterdir(), key=lambda p: p.name) if runs.is_dir() else []:
+        if d.name in decided:
+            continue
         try:
             m = read_verified(d)
         except (OSError, ValueError):

@@ -62,7 +62,7 @@ from filelock import Timeout as LockTimeout
 from ..digest import sha256_bytes, sha256_file
 from ..fsclean import remove_tree
 from ..gitops import GitError, show_blob
-from ..ledger import LedgerError, LedgerRow, kept_run_ids, read_rows
+from ..ledger import LedgerError, LedgerRow, decided_runs, kept_run_ids, read_rows
 from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
 from ..record import DISK_FULL_MARK, KEY_MISSING, cancel_wave, key_problem, program_code, settle_lost
@@ -235,7 +235,7 @@ def _stop_wave(root: Path, program: Program, data: dict, st: LoopState, ctx: Con
     """Step 1b, else steps 2-5."""
     waved = [r for r in runs if r.wave]
     if waved:                                                          # 1b. a whole wave: its best is judged
-        settle_lost(root, set())                   # a lost runner's entry says so, not "running" forever
+        settle_lost(root, set(), decided_runs(ctx.rows))   # a lost runner's entry says so, not "running" forever
         winner = wave.pick(program, ctx, waved, root)
         nag = scratchpad_problem(root, program, st, ctx, winner)
         if nag:
@@ -275,10 +275,10 @@ def _decide_current(root: Path, program: Program, st: LoopState, ctx: Context, c
     if nag:
         return block(nag)
     compare_with(root, program, ctx, cands[-1])
-    sig = sigma_for(root, st, ctx.fingerprint)
+    sig = sigma_for(root, st, ctx.fingerprint, ctx.rows)
     thresh = threshold(program, sig)
     d = record.Deciding(root, program, st, ctx, cands, others, thresh)
-    busy = contention(root, cands[-1]) if cands[-1].status == "ok" else None
+    busy = contention(root, cands[-1], rows=ctx.rows) if cands[-1].status == "ok" else None
     if busy:
         return record.contended(d, busy)
     cause = environment_cause(root, program, cands[-1], ctx.head, program_code(program, root),

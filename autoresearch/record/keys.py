@@ -137,10 +137,16 @@ def _stamp(p: Path | None) -> tuple:
 
 
 def identity(root: Path) -> Identity:
-    """The project's id and current key id (cached while .git/config is unchanged)."""
+    """The project's id and current key id (cached while .git/config is unchanged; by the path as
+    given too, so verifying a wave's records does not resolve the path for each)."""
+    raw = str(root)
+    hit = _cache.get(raw)
+    if hit is not None and hit[0] == (_stamp(hit[1].config), _stamp(_current_file(hit[1]))):
+        return hit[1]
     root = Path(root).resolve()
     hit = _cache.get(str(root))
     if hit is not None and hit[0] == (_stamp(hit[1].config), _stamp(_current_file(hit[1]))):
+        _cache[raw] = hit
         return hit[1]
     config = _config_file(root)
     if config is None:
@@ -155,7 +161,7 @@ def identity(root: Path) -> Identity:
         ident = Identity(next(iter(_config_get(config, PROJECT_KEY)), None),
                          next(iter(_config_get(config, KEYID_KEY)), None), config,
                          _config_get(config, LOST_KEY, all_=True))
-    _cache[str(root)] = ((_stamp(ident.config), _stamp(_current_file(ident))), ident)
+    _cache[str(root)] = _cache[raw] = ((_stamp(ident.config), _stamp(_current_file(ident))), ident)
     return ident
 
 
@@ -167,12 +173,22 @@ def key_dir(ident: Identity) -> Path:
     return store() / (ident.project or "-")
 
 
+_keys: dict[str, tuple[tuple, bytes]] = {}     # key file -> (its stamp, the key): one read per process
+
+
 def _read_key(path: Path) -> bytes | None:
+    stamp = _stamp(path)
+    hit = _keys.get(str(path))
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     try:
         key = bytes.fromhex(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    return key if key_id_of(key) == path.stem else None     # a file whose name lies is not that key
+    if key_id_of(key) != path.stem:
+        return None                                 # a file whose name lies is not that key
+    _keys[str(path)] = (stamp, key)
+    return key
 
 
 def find_key(root: Path, key_id: str) -> bytes | None:
@@ -221,7 +237,7 @@ def _set_current(root: Path, ident: Identity, kid: str) -> None:
         _config_set(ident.config, KEYID_KEY, kid)
     else:
         write_atomic(key_dir(ident) / CURRENT_FILE, kid + "\n", mode=0o600)
-    _cache.pop(str(Path(root).resolve()), None)
+    _cache.clear()
 
 
 def signing_key(root: Path) -> tuple[str, bytes]:
@@ -235,7 +251,7 @@ def signing_key(root: Path) -> tuple[str, bytes]:
             raise KeyMissing(missing_key_text(root, ident.key_id, ident))
         return ident.key_id, key
     with _lock():
-        _cache.pop(str(Path(root).resolve()), None)
+        _cache.clear()
         ident = identity(root)
         if ident.project and ident.key_id:
             return signing_key(root)
@@ -264,7 +280,7 @@ def new_key(root: Path, forget: list[str] | None = None) -> str:
                 raise HarnessError("`--forget` needs a git repository (the lost key is recorded in .git/config)")
             if f not in ident.lost:
                 _config_set(ident.config, LOST_KEY, f, add=True)
-    _cache.pop(str(Path(root).resolve()), None)
+    _cache.clear()
     return kid
 
 
@@ -331,7 +347,7 @@ def import_keys(root: Path, data: dict) -> tuple[list[str], str | None]:
                 raise ValueError("not a git repository")
             ident.project = str(data.get("project") or secrets.token_hex(12))
             _config_set(ident.config, PROJECT_KEY, ident.project)
-            _cache.pop(str(Path(root).resolve()), None)
+            _cache.clear()
         for key in keys.values():
             _write_key(key_dir(ident), key)
         if not ident.key_id and data.get("current") in keys:

@@ -180,7 +180,8 @@ def run_ids(root: Path) -> list[str]:
     project must be said, not read as "nothing ran")."""
     d = Path(root) / RUNS_DIR
     try:
-        return sorted((p.name for p in d.iterdir() if RUN_ID.match(p.name) and p.is_dir()), key=int)
+        with os.scandir(d) as it:              # the entry's type from the listing: no stat per run (1,000 a night)
+            return sorted((e.name for e in it if RUN_ID.match(e.name) and e.is_dir()), key=int)
     except FileNotFoundError:
         return []
 

@@ -89,9 +89,9 @@ def snapshot_intact(root: Path, e: QueueEntry, measured: str | None = None) -> b
     return all(have == w for w in want)
 
 
-def entries(root: Path) -> list[QueueEntry]:
-    """Every queued run's entry, oldest first."""
-    return [e for d in run_dirs(root) if (e := read_entry(d)) is not None]
+def entries(root: Path, skip: set[str] | frozenset[str] = frozenset()) -> list[QueueEntry]:
+    """Every queued run's entry, oldest first (but those of the runs in `skip`)."""
+    return [e for d in run_dirs(root) if d.name not in skip and (e := read_entry(d)) is not None]
 
 
 def live_entries(root: Path) -> list[QueueEntry]:
@@ -181,12 +181,14 @@ def slot_free(root: Path, slot: int) -> bool:
     return not lock_held(slot_lock(root, slot), exclusive=True)
 
 
-def settle_lost(root: Path, mine: set[str]) -> list[str]:
+def settle_lost(root: Path, mine: set[str], decided: set[str] | frozenset[str] = frozenset()) -> list[str]:
     """Runs marked running whose runner is gone (killed, or the machine restarted) and is not one of
     `mine` (the caller's live children): done when the runner had recorded the run's end (a kill
-    between metrics.json and queue.json), else interrupted. Returns their ids."""
+    between metrics.json and queue.json), else interrupted. Returns their ids. `decided`: runs a
+    ledger row covers, not read (the Stop hook settles a wave before deciding it, and nothing moves
+    a decided run's entry again: a night's history is not re-read at every Stop)."""
     lost = []
-    for e in entries(root):
+    for e in entries(root, decided):
         if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
                 and e.slot is not None and slot_free(root, e.slot):
             m, _ = load_verified(Path(root) / RUNS_DIR / e.run_id)

@@ -269,6 +269,19 @@ def test_a_journal_truncated_after_the_commit_keeps_the_keep_and_syncs_the_index
     kept_run_ok(proj, rid)
 
 
+def test_a_decision_file_damaged_after_it_was_checked_is_still_set_aside_and_written_again(proj):
+    """ensure() parses only the decision.json files that changed since they last parsed (stamps in
+    .autoresearch/): one truncated after a Stop checked it changed, so the next Stop finds it."""
+    proj.baseline(2.0)
+    proj.stop()                                                     # checked: its stamp is recorded
+    assert "0001" in json.loads((proj.path / ".autoresearch" / "decision-stamps.json").read_text())
+    f = proj.path / "runs" / "0001" / DECISION_FILE
+    f.write_bytes(f.read_bytes()[:40])
+    proj.stop()
+    assert decision(proj, "0001")["status"] == "keep"
+    assert list((proj.path / "runs" / "0001").glob(f"{DECISION_FILE}.corrupt-*"))
+
+
 def test_a_corrupt_state_and_a_truncated_decision_file_are_set_aside_and_said(proj):
     proj.baseline(2.0)
     (proj.path / ".autoresearch" / "state.json").write_bytes(b"\x00\xff{")
