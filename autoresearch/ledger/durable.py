@@ -104,12 +104,12 @@ def _stamp(path: Path) -> list[int] | None:
         s = path.stat()
     except OSError:
         return None
-    return [s.st_ino, s.st_size, s.st_mtime_ns]
+    return [s.st_ino, s.st_size, s.st_mtime_ns, s.st_ctime_ns]   # ctime: no one can set it back
 
 
 def _checked(root: Path, decided: set[str]) -> tuple[set[str], dict[str, list[int]], dict]:
     """The decided runs whose decision.json is exactly the file that parsed at an earlier check
-    (same inode, size and mtime, as .autoresearch/decision-stamps.json recorded): ensure() need not
+    (same inode, size, mtime and ctime, as .autoresearch/decision-stamps.json recorded): ensure() need not
     parse those again, so a Stop at 1,000 rows of history stats 1,000 files instead of parsing them.
     The stamps are trusted state (written here, under the loop lock; the agent cannot write
     .autoresearch/); a stamp that no longer matches -- the file was truncated, replaced, set aside --
