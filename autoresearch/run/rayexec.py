@@ -350,6 +350,8 @@ def receive(root: Path, e: QueueEntry, program, out: dict, dispatch: float | Non
     m.extra.update(executor="ray", node=node)
     if dispatch is not None:
         m.extra["dispatch_s"] = round(dispatch, 3)
+    if out.get("job"):
+        m.extra["ray_job"] = str(out["job"])[:64]      # the driver that submitted it: one per scheduler
     m.extra.pop("diff", None)                 # the node has no history: the diff is made here
     if note := write_diff(root, run_dir, files):
         m.extra["diff"] = note

@@ -48,10 +48,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _node_id() -> str:
+def _node_id(what: str = "node") -> str:
+    """This worker's node id (or, `what="job"`, the id of the job, i.e. the driver, that submitted it)."""
     try:
         import ray
-        return ray.get_runtime_context().get_node_id()
+        ctx = ray.get_runtime_context()
+        return ctx.get_job_id() if what == "job" else ctx.get_node_id()
     except Exception:                                   # noqa: BLE001 -- outside a Ray worker (tests)
         return "local"
 
@@ -226,7 +228,7 @@ def _run(packages: tuple[bytes, ...], run_id: str, env: dict[str, str], out_cap:
         run_dir = proj / "runs" / run_id
         files, left = _results(run_dir, out_cap, state)
         keys = sorted((config / "autoresearch" / "keys").rglob("*.key"))   # keys/<project id>/<key id>.key
-        return {"node": _node_id(), "rc": rc, "runner_log": log[-2000:],
+        return {"node": _node_id(), "job": _node_id("job"), "rc": rc, "runner_log": log[-2000:],
                 "metrics": (run_dir / "metrics.json").read_bytes() if (run_dir / "metrics.json").is_file() else None,
                 "key": keys[0].read_bytes() if len(keys) == 1 else None, "files": files, "out_left": left}
     finally:
