@@ -28,7 +28,8 @@ ISOLATING_CHOICES: tuple[str, ...] = (AUTO, *ISOLATING)     # `init` and `doctor
 # name -> what runs a wave's queued runs (executor.kind in program.md); the first is the default.
 #   module  a remote one's module, which the scheduler and doctor use through executor_module():
 #           HINT, UNREACHABLE_FIX, unreachable(address), connect(program), cluster_slots(program),
-#           execute_child(root, run_id, program) (the local one is the scheduler itself)
+#           Driver(program) (one per scheduler) with .execute(root, run_id, program, stop) (the local
+#           one is the scheduler itself)
 #   remote  runs leave this machine (with the committed project: it must be committed); takes
 #           executor.address and executor.resources
 #   needs   a Python module it needs on this machine (doctor checks it), or ""

@@ -50,13 +50,15 @@ def breakdown(proj: Path, slots: int, wall: float) -> dict:
     """Slot-seconds (slots x wall) split by where they went, summed over the wave's runs:
     budget (the ideal's share), train_over (TRAIN beyond its budget: sandbox start-up, imports,
     data, checkpoint), eval (the EVAL stage), harness (the runner outside its stages: snapshot,
-    work copies, records), dispatch (claimed by the scheduler to the runner's clock starting:
-    interpreter start-up; for Ray, the driver, the package, the task's worker and prepare.py),
-    return (the runner's end to its slot freed: for Ray, the results coming back), and idle (the
-    rest: waiting for --queue, polling, the decision after the last run)."""
+    work copies, records), dispatch (claimed by the scheduler to the run starting: locally, to the
+    runner's clock starting, its interpreter start-up; on Ray, to the task starting on its node:
+    the package and the submission through the scheduler's driver, the record's extra.dispatch_s),
+    node_setup (Ray: the task on its node to the runner's clock: unpack, commit, prepare.py, the
+    runner's interpreter), return (the runner's end to its slot freed: for Ray, the results coming
+    back), and idle (the rest: waiting for --queue, polling, the decision after the last run)."""
     from autoresearch.record.metrics import load_verified
     from autoresearch.record.queue import read_entry
-    out = dict.fromkeys(("budget", "train_over", "eval", "harness", "dispatch", "return"), 0.0)
+    out = dict.fromkeys(("budget", "train_over", "eval", "harness", "dispatch", "node_setup", "return"), 0.0)
     for d in sorted((proj / "runs").iterdir()):
         m, _ = load_verified(d)
         e = read_entry(d)
@@ -68,7 +70,10 @@ def breakdown(proj: Path, slots: int, wall: float) -> dict:
         out["harness"] += m.total_seconds - (m.train_seconds or 0) - (m.eval_seconds or 0)
         run_start = (m.finished_at - timedelta(seconds=m.total_seconds)) if m.finished_at else None
         if e.started_at and run_start:
-            out["dispatch"] += (run_start - e.started_at).total_seconds()
+            to_clock = (run_start - e.started_at).total_seconds()
+            on_node = m.extra.get("dispatch_s")
+            out["dispatch"] += to_clock if on_node is None else on_node
+            out["node_setup"] += 0.0 if on_node is None else to_clock - on_node
         if e.finished_at and m.finished_at:
             out["return"] += (e.finished_at - m.finished_at).total_seconds()
     out["idle"] = slots * wall - sum(out.values())
@@ -113,12 +118,13 @@ def main() -> int:
         decided = len({x.run_id for x in rows} | {rid for x in rows for rid in x.runs})
         per_hour = decided * 3600 / wall
         ideal = args.slots * 3600 / args.budget
+        went = breakdown(proj, args.slots, wall)
         print(json.dumps({"executor": args.executor, "slots": args.slots, "budget_s": args.budget, "runs": n, "decided": decided,
                           "wall_s": round(wall, 1), "decided_per_hour": round(per_hour, 1),
                           "ideal_per_hour": round(ideal, 1), "fraction_of_ideal": round(per_hour / ideal, 3),
                           "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120],
-                          "where_the_time_went": breakdown(proj, args.slots, wall)},
-                         indent=2))
+                          "dispatch_per_run_s": round(went["dispatch"] / n, 2),
+                          "where_the_time_went": went}, indent=2))
         if args.keep:
             print(f"project kept: {proj}")
         return 0

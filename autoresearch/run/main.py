@@ -31,7 +31,6 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--execute", metavar="RUN", help=argparse.SUPPRESS)
     ap.add_argument("--slot", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--slots", type=int, default=1, help=argparse.SUPPRESS)
-    ap.add_argument("--here", action="store_true", help=argparse.SUPPRESS)     # a Ray node: run it here
     return ap
 
 
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.serve or args.execute:
         from .scheduler import execute_child, serve
         root = project_root()
-        return serve(root) if args.serve else execute_child(root, args.execute, args.slot, args.slots, args.here)
+        return serve(root) if args.serve else execute_child(root, args.execute, args.slot, args.slots)
     if args.wait:
         if args.message is not None or args.queue:
             print("run.sh: --wait takes no other option: ./run.sh --wait", file=sys.stderr)

@@ -2,11 +2,13 @@
 Ray task on an existing cluster; the node that gets it runs the SAME two-stage sandboxed runner
 (raynode.py), and its results come back into runs/NNNN/ here, on the head.
 
-The scheduler's per-slot child (scheduler.execute_child) calls `execute_on_ray` instead of running
-the run itself; the slot only bounds how many tasks are in flight. Nothing relies on a shared
-filesystem: the task carries its package (the committed tree at the run's base, program.md, the
-queued snapshot, the autoresearch package) and each node prepares the data through prepare.py's
-pinned, hash-checked cache.
+One Ray driver per scheduler (`Driver`): the scheduler connects once and submits every run of the
+wave from a thread of its own (a driver per run cost seconds a run: ray.init, a new job, new
+workers); the slot only bounds how many tasks are in flight. Nothing relies on a shared
+filesystem: the task carries its package, in two parts: the base (the committed tree at the run's
+base and the autoresearch package, put into the cluster's object store once per base commit) and
+the run's overlay (program.md, the queued snapshot and entry); each node prepares the data through
+prepare.py's pinned, hash-checked cache.
 
 Signing: the project's key never leaves the head. The node's runner signs with a key made for that
 task (outside the sandbox's mounts; agent code never sees it) and returns it with the record; here
@@ -27,6 +29,7 @@ import os
 import subprocess
 import tarfile
 import threading
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -108,15 +111,13 @@ def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes, mode: int = 0o644) 
     tar.addfile(info, io.BytesIO(data))
 
 
-def package(root: Path, e: QueueEntry) -> bytes:
+def base_package(root: Path, base: str) -> bytes:
     """tar.gz: project/ (the run's base commit, its blobs byte for byte: the node commits them, so
-    the work copies and the frozen eval.files come from a commit there as here), overlay/ (program.md as here,
-    runs/NNNN/ with the snapshot and queue entry) and harness/autoresearch/ (this package's source)."""
+    the work copies and the frozen eval.files come from a commit there as here) and
+    harness/autoresearch/ (this package's source, as this driver runs it)."""
     import autoresearch
 
     from ..gitops import GitError, tree_blobs
-    root = Path(root)
-    base = e.base or "HEAD"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         try:                                       # the committed bytes exactly (git archive would apply
@@ -130,15 +131,23 @@ def package(root: Path, e: QueueEntry) -> bytes:
         except (subprocess.CalledProcessError, GitError, OSError) as err:
             raise HarnessError(f"cannot package the project at {base} for Ray ({type(err).__name__}): commit the "
                                "project first (git add -A && git commit)") from None
+        pkg = Path(autoresearch.__file__).parent
+        tar.add(pkg, arcname="harness/autoresearch",
+                filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
+    return buf.getvalue()
+
+
+def overlay_package(root: Path, e: QueueEntry) -> bytes:
+    """tar.gz: overlay/, what goes on top of the node's commit: program.md as here and runs/NNNN/
+    with the snapshot and queue entry."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
         if (root / "program.md").is_file():
             _add_bytes(tar, "overlay/program.md", (root / "program.md").read_bytes())
         run = root / RUNS_DIR / e.run_id
         for f in [run / QUEUE_FILE, *sorted((run / SNAPSHOT_DIR).rglob("*"))]:
             if f.is_file() and not f.is_symlink():
                 tar.add(f, arcname=f"overlay/{RUNS_DIR}/{e.run_id}/{f.relative_to(run)}")
-        pkg = Path(autoresearch.__file__).parent
-        tar.add(pkg, arcname="harness/autoresearch",
-                filter=lambda t: None if "__pycache__" in t.name or t.name.endswith(".pyc") else t)
     return buf.getvalue()
 
 
@@ -148,39 +157,73 @@ def _task_env() -> dict[str, str]:
             if k.startswith("AUTORESEARCH_") and k not in ("AUTORESEARCH_DATA", "AUTORESEARCH_CACHE")}
 
 
-# ---------------------------------------------------------------- one run on the cluster
+# ---------------------------------------------------------------- the driver
 
-def execute_on_ray(root: Path, run_id: str, program) -> RunMetrics:
-    """Submit the queued run as a Ray task, wait, record its result here (or `interrupted`)."""
-    ray = connect(program)
-    from . import raynode
-    ray.cloudpickle.register_pickle_by_value(raynode)   # the node needs no autoresearch installed
-    root = Path(root).resolve()
-    e = read_entry(root / RUNS_DIR / run_id)
-    if e is None:
-        raise HarnessError(f"run {run_id} is not a queued run")
-    res = dict(wanted(program))
-    opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
-            "max_retries": 0, "scheduling_strategy": "SPREAD", "num_returns": "streaming"}
-    task = ray.remote(raynode.run_package).options(**opts)
-    gen = task.remote(package(root, e), run_id, _task_env(), int(program.sandbox.disk_gb * 2**30))
-    node, pending = None, None                         # pending: a reader still waits for the first item
-    try:
-        first, pending = _next_within(ray, gen, start_s())
-        if first is None:                              # infeasible, or the autoscaler gave no node
-            _cancel(ray, gen, pending)
-            return lost(root, e, program, f"no node of the Ray cluster took it within {start_s():g} s: it asks "
-                        f"for {wanted(program)}, the cluster's nodes have "
-                        f"{_have(ray, program)} (executor.resources; AUTORESEARCH_RAY_START_S sets the wait)")
-        node, pending = str(first["node"]), None        # the task started: status shows where it runs
-        set_node(root, run_id, node)
-        out = ray.get(next(gen))
-    except KeyboardInterrupt:                          # pause: the task stops its runner, then ends
-        _cancel(ray, gen, pending)
-        raise
-    except (ray.exceptions.RayError, StopIteration) as err:   # node died, worker crashed, cancelled, lost
-        return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}", node)
-    return receive(root, e, program, out)
+class Driver:
+    """One Ray driver per scheduler: connected once, here, it submits every run of the wave (each
+    from its own thread of the scheduler), and ships each base commit's tree and the harness once
+    (an object in the cluster's store) with a small overlay per run."""
+
+    def __init__(self, program) -> None:
+        from . import raynode
+        self.ray = connect(program)
+        self.ray.cloudpickle.register_pickle_by_value(raynode)   # the node needs no autoresearch installed
+        self.task = self.ray.remote(raynode.run_package)
+        self._bases: dict[tuple[Path, str], object] = {}
+        self._lock = threading.Lock()
+
+    def _base(self, root: Path, base: str | None) -> object:
+        """The base package's object (made once per project and commit; HEAD, which moves, every time)."""
+        if base is None:
+            return self.ray.put(base_package(root, "HEAD"))
+        with self._lock:
+            if (root, base) not in self._bases:
+                self._bases[(root, base)] = self.ray.put(base_package(root, base))
+            return self._bases[(root, base)]
+
+    def _submit(self, root: Path, e: QueueEntry, program) -> object:
+        res = dict(wanted(program))
+        opts = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0), "resources": res,
+                "max_retries": 0, "scheduling_strategy": "SPREAD", "num_returns": "streaming"}
+        return self.task.options(**opts).remote(self._base(root, e.base), overlay_package(root, e), e.run_id,
+                                                _task_env(), int(program.sandbox.disk_gb * 2**30))
+
+    def run(self, root: Path, run_id: str, program, stop: threading.Event) -> RunMetrics:
+        """Submit the queued run as a Ray task, wait, record its result here (or `interrupted`).
+        `stop` set (pause's SIGTERM to the scheduler): the task is cancelled and has ended (its
+        runner and sandbox stopped, its folder removed) before KeyboardInterrupt is raised here."""
+        ray, root = self.ray, Path(root).resolve()
+        e = read_entry(root / RUNS_DIR / run_id)
+        if e is None:
+            raise HarnessError(f"run {run_id} is not a queued run")
+        gen = self._submit(root, e, program)
+        nxt, node, dispatch = _Next(ray, gen), None, None
+        try:
+            if not nxt.wait(start_s(), stop):          # infeasible, or the autoscaler gave no node
+                _cancel(ray, gen, nxt.came)
+                return lost(root, e, program, f"no node of the Ray cluster took it within {start_s():g} s: it asks "
+                            f"for {wanted(program)}, the cluster's nodes have "
+                            f"{_have(ray, program)} (executor.resources; AUTORESEARCH_RAY_START_S sets the wait)")
+            node = str(nxt.value()["node"])            # the task started: status shows where it runs
+            dispatch = (datetime.now(timezone.utc) - e.started_at).total_seconds() if e.started_at else None
+            set_node(root, run_id, node)
+            nxt = _Next(ray, gen)
+            nxt.wait(None, stop)
+            out = nxt.value()
+        except KeyboardInterrupt:                      # pause: the task stops its runner, then ends
+            _cancel(ray, gen, nxt.came)
+            raise
+        except (ray.exceptions.RayError, StopIteration) as err:   # node died, worker crashed, cancelled, lost
+            return lost(root, e, program, f"lost on the Ray cluster: {type(err).__name__}: {_first_line(err)}", node)
+        return receive(root, e, program, out, dispatch)
+
+    def execute(self, root: Path, run_id: str, program, stop: threading.Event) -> None:
+        """The scheduler's thread for a Ray slot: run it on the cluster; the queue entry says how it ended."""
+        m = self.run(root, run_id, program, stop)
+        if m.status == "interrupted":
+            finish(root, run_id, "interrupted", m.reason)
+        else:
+            finish(root, run_id, "done")
 
 
 CANCEL_S = 60                # a cancelled task has this long to stop its runner and clean up
@@ -191,32 +234,42 @@ def start_s() -> float:
     return float(os.environ.get("AUTORESEARCH_RAY_START_S", "") or 900)
 
 
-def _reader(ray, gen) -> tuple[dict, threading.Event]:
-    """A thread reading the generator's next item into the dict ("v", or the error as "e"); the
-    Event is set when it came (or the task ended)."""
-    box: dict = {}
-    came = threading.Event()
-
-    def get() -> None:
-        try:
-            box["v"] = ray.get(next(gen))
-        except BaseException as err:                   # noqa: BLE001 -- handed to the caller
-            box["e"] = err
-        came.set()
-
-    threading.Thread(target=get, daemon=True).start()
-    return box, came
+POLL_S = 0.1                 # how often a waiting run looks at its scheduler's stop
 
 
-def _next_within(ray, gen, timeout: float) -> tuple[dict | None, threading.Event]:
-    """The generator's next item, or None when it has not come within timeout (the Event is set
-    when it does come, or the task ends). A task error is raised here."""
-    box, came = _reader(ray, gen)
-    if not came.wait(timeout):
-        return None, came
-    if "e" in box:
-        raise box["e"]
-    return box["v"], came
+class _Next:
+    """The generator's next item, read by a thread of its own (a blocking get is the only way to
+    it), so the wait can be bounded and given up when the scheduler stops. `came` is set when the
+    item came, or the task ended."""
+
+    def __init__(self, ray, gen) -> None:
+        self.box: dict = {}
+        self.came = threading.Event()
+
+        def get() -> None:
+            try:
+                self.box["v"] = ray.get(next(gen))
+            except BaseException as err:               # noqa: BLE001 -- handed to the caller
+                self.box["e"] = err
+            self.came.set()
+
+        threading.Thread(target=get, daemon=True).start()
+
+    def wait(self, timeout: float | None, stop: threading.Event) -> bool:
+        """Did it come within timeout (None: however long it takes)? KeyboardInterrupt when `stop` is set first."""
+        t0 = time.monotonic()
+        while not self.came.wait(POLL_S):
+            if stop.is_set():
+                raise KeyboardInterrupt("the scheduler was stopped")
+            if timeout is not None and time.monotonic() - t0 > timeout:
+                return False
+        return True
+
+    def value(self) -> dict:
+        """The item (a task error is raised here)."""
+        if "e" in self.box:
+            raise self.box["e"]
+        return self.box["v"]
 
 
 def _have(ray, program) -> dict[str, float]:
@@ -230,14 +283,12 @@ def _have(ray, program) -> dict[str, float]:
     return total
 
 
-def _cancel(ray, gen, pending: threading.Event | None = None) -> None:
+def _cancel(ray, gen, pending: threading.Event) -> None:
     """Cancel the task gently (KeyboardInterrupt in it: raynode stops the runner, which stops its
     sandbox, and removes its folder) and wait for it to end: this driver leaving first would kill
     the worker mid-cleanup. Forced (the worker killed) when it has not ended in time. `pending`:
-    a reader already waits on the generator (its event is set when the task has ended)."""
+    set when the item a reader waits for comes, which is when the task has ended."""
     ray.cancel(gen)
-    if pending is None:
-        _, pending = _reader(ray, gen)                 # the next item resolves when the task has ended
     if not pending.wait(CANCEL_S):
         ray.cancel(gen, force=True)
 
@@ -272,8 +323,9 @@ def _extract(run_dir: Path, blob: bytes) -> None:
                 new_log(eval_log(run_dir.parent.parent, run_dir.name), "").write_bytes(f.read())
 
 
-def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
-    """Check the node's record (its task key's signature, then that it is this run), re-sign it here."""
+def receive(root: Path, e: QueueEntry, program, out: dict, dispatch: float | None = None) -> RunMetrics:
+    """Check the node's record (its task key's signature, then that it is this run), re-sign it here
+    (with `dispatch`: the seconds from the run's claim to its task starting on the node)."""
     run_dir = root / RUNS_DIR / e.run_id
     node = str(out.get("node") or "?")
     set_node(root, e.run_id, node)
@@ -296,6 +348,10 @@ def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
     if (bad := host_check(m)) is not None:
         m.status, m.reason, m.metric_value = bad[0], bad[1], None  # type: ignore[assignment]
     m.extra.update(executor="ray", node=node)
+    if dispatch is not None:
+        m.extra["dispatch_s"] = round(dispatch, 3)
+    if out.get("job"):
+        m.extra["ray_job"] = str(out["job"])[:64]      # the driver that submitted it: one per scheduler
     m.extra.pop("diff", None)                 # the node has no history: the diff is made here
     if note := write_diff(root, run_dir, files):
         m.extra["diff"] = note
@@ -307,12 +363,3 @@ def receive(root: Path, e: QueueEntry, program, out: dict) -> RunMetrics:
         m.extra["out_left_on_node"] = ", ".join(out["out_left"])[:300]
     m.write(run_dir)                          # signed with the project's key, here
     return m
-
-
-def execute_child(root: Path, run_id: str, program) -> None:
-    """The scheduler's child for a Ray slot: run it on the cluster; the queue entry says how it ended."""
-    m = execute_on_ray(root, run_id, program)
-    if m.status == "interrupted":
-        finish(root, run_id, "interrupted", m.reason)
-    else:
-        finish(root, run_id, "done")

@@ -1,8 +1,9 @@
 """What a Ray task runs on the node that gets it: standard library only, shipped by value.
 
-The head (rayexec.py) sends one package (tar.gz): `project/` (the committed tree at the run's base,
-program.md as the head reads it, and runs/NNNN/ with the queued snapshot) and `harness/autoresearch/`
-(the trusted package). Here, in a private temp folder (0700) of the node:
+The head (rayexec.py) sends two packages (tar.gz): the base, `project/` (the committed tree at the
+run's base) and `harness/autoresearch/` (the trusted package), the same for every run of that base
+(one object in the cluster's store); and the run's overlay, `overlay/` (program.md as the head reads
+it, runs/NNNN/ with the queued snapshot). Here, in a private temp folder (0700) of the node:
 
     0. the project is committed (one commit, `git init` there) before program.md and runs/NNNN/
        go on top: the work copies hold its tracked files and the frozen eval.files are read from
@@ -47,10 +48,12 @@ def _die_with_parent() -> None:
         pass
 
 
-def _node_id() -> str:
+def _node_id(what: str = "node") -> str:
+    """This worker's node id (or, `what="job"`, the id of the job, i.e. the driver, that submitted it)."""
     try:
         import ray
-        return ray.get_runtime_context().get_node_id()
+        ctx = ray.get_runtime_context()
+        return ctx.get_job_id() if what == "job" else ctx.get_node_id()
     except Exception:                                   # noqa: BLE001 -- outside a Ray worker (tests)
         return "local"
 
@@ -117,11 +120,11 @@ def _commit(proj: Path) -> None:
     run("commit", "-q", "--allow-empty", "--no-verify", "-m", "the run's base, shipped from the head")
 
 
-def run_package(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> Iterator[dict]:
+def run_package(base: bytes, overlay: bytes, run_id: str, env: dict[str, str], out_cap: int) -> Iterator[dict]:
     """A streaming task: first {"node": id} (the head shows where the run is while it runs), then,
     having unpacked, prepared the data and run the two-stage runner, what the head records."""
     yield {"node": _node_id()}
-    yield _run(package, run_id, env, out_cap)
+    yield _run((base, overlay), run_id, env, out_cap)
 
 
 POLL_S = 0.2                 # the task waits in Python, so a cancel (KeyboardInterrupt) lands at once
@@ -194,15 +197,16 @@ def sweep(tmp: Path) -> list[str]:
     return gone
 
 
-def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict:
+def _run(packages: tuple[bytes, ...], run_id: str, env: dict[str, str], out_cap: int) -> dict:
     tmp = Path(tempfile.gettempdir())
     work = Path(tempfile.mkdtemp(prefix=PREFIX, dir=tmp))
     held = os.open(work / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     fcntl.flock(held, fcntl.LOCK_EX)
     sweep(tmp)
     try:
-        with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as tar:
-            tar.extractall(work, filter="tar")    # our own package: links as committed
+        for package in packages:
+            with tarfile.open(fileobj=io.BytesIO(package), mode="r:gz") as tar:
+                tar.extractall(work, filter="tar")    # our own packages: links as committed
         proj, config, state = work / "project", work / "config", work / "state"
         config.mkdir(mode=0o700)
         state.mkdir(mode=0o700)
@@ -220,11 +224,11 @@ def _run(package: bytes, run_id: str, env: dict[str, str], out_cap: int) -> dict
             if rc != 0:
                 raise RuntimeError(f"prepare.py failed on this node ({rc}): {out[-800:]}")
         rc, log = _child([sys.executable, "-m", "autoresearch.run", "--execute", run_id, "--slot", "0", "--slots",
-                          "1", "--here"], proj, penv, work / "runner.log")
+                          "1"], proj, penv, work / "runner.log")
         run_dir = proj / "runs" / run_id
         files, left = _results(run_dir, out_cap, state)
         keys = sorted((config / "autoresearch" / "keys").rglob("*.key"))   # keys/<project id>/<key id>.key
-        return {"node": _node_id(), "rc": rc, "runner_log": log[-2000:],
+        return {"node": _node_id(), "job": _node_id("job"), "rc": rc, "runner_log": log[-2000:],
                 "metrics": (run_dir / "metrics.json").read_bytes() if (run_dir / "metrics.json").is_file() else None,
                 "key": keys[0].read_bytes() if len(keys) == 1 else None, "files": files, "out_left": left}
     finally:

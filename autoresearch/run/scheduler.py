@@ -13,17 +13,24 @@ nodes), or with no GPU to every slots-th CPU core (sched_setaffinity; the finger
 how many cores). Each child writes only its own runs/NNNN/; nobody here writes the ledger (the Stop
 hook does, under the loop lock). A child that dies before recording an end leaves its run
 interrupted (its metrics.json says so from the start), never a result.
+
+A remote executor (Ray) runs no child per run: the scheduler is the cluster's one driver (connected
+once; a driver per run cost seconds of dispatch a run) and each run is a thread of it, holding the
+slot's lock and submitting the run as a task. Its queue entry notes the scheduler's pid: pause's
+SIGTERM stops the scheduler, which cancels every task in flight, waits for each to end, and records
+them interrupted.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .. import registry
 from ..record import RUN_LOCK, STATE_DIR
@@ -107,20 +114,97 @@ def serve(root: Path) -> int:
         os.ftruncate(me, 0)
         os.pwrite(me, f"{os.getpid()}\n".encode(), 0)
         program = load_program(root)
-        slots = slots_for(program)
-        with _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):    # waits for a plain ./run.sh to end
-            _loop(root, slots)
+        stop, wake = threading.Event(), threading.Event()
+        if registry.remote(program.executor.kind):
+            start, slots = _in_threads(root, program, stop)   # first: ray.init installs its own SIGTERM handler
+            stopping = _stop_on_signals(stop, wake)
+        else:
+            start, slots, stopping = _child_runner(root), slots_for(program), contextlib.nullcontext()
+        with _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH), stopping:    # waits for a plain ./run.sh to end
+            _loop(root, slots, start, wake, stop)
     return 0
 
 
-def _watch(p: subprocess.Popen, ended: threading.Event) -> None:
+Start = Callable[[str, int, int], "subprocess.Popen | _InThread"]     # (run id, slot, slots) -> its runner
+
+
+def _child_runner(root: Path) -> Start:
+    """The local executor's runner for a slot: a child process in its own session."""
+    def start(run_id: str, slot: int, slots: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "autoresearch.run", "--execute", run_id, "--slot", str(slot),
+                                 "--slots", str(slots)], cwd=root, stdin=subprocess.DEVNULL,
+                                start_new_session=True, close_fds=True)
+    return start
+
+
+class _InThread:
+    """A remote executor's run in a thread of this scheduler, polled and waited for like a child.
+    `pid`: the scheduler's, when it leads its own process group (pause signals that group)."""
+
+    def __init__(self, work: Callable[[], int], pid: int | None) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+        self._t = threading.Thread(target=self._main, args=(work,), daemon=True)
+        self._t.start()
+
+    def _main(self, work: Callable[[], int]) -> None:
+        rc = -1
+        try:
+            rc = work()
+        finally:
+            self.returncode = rc
+
+    def poll(self) -> int | None:
+        return None if self._t.is_alive() else self.returncode
+
+    def wait(self) -> int | None:
+        self._t.join()
+        return self.returncode
+
+
+def _in_threads(root: Path, program, stop: threading.Event) -> tuple[Start, int]:
+    """The remote executor's runner for a slot: a thread that submits the run through this
+    scheduler's one driver. A driver that cannot connect fails each run with its reason (and fix)."""
+    ex = registry.executor_module(program.executor.kind)
+    failed: Exception | None = None
+    leader = os.getpid() if os.getpgrp() == os.getpid() else None     # ensure_scheduler: its own session
+    try:
+        driver = ex.Driver(program)
+        slots = slots_for(program)
+    except Exception as err:                           # noqa: BLE001 -- each run records it
+        driver, failed, slots = None, err, program.executor.slots or 1
+
+    def start(run_id: str, slot: int, _slots: int) -> _InThread:
+        def work(prog) -> None:
+            if driver is None:
+                raise failed                          # type: ignore[misc]
+            driver.execute(root, run_id, prog, stop)
+        return _InThread(lambda: _guarded(root, run_id, slot, work, leader), leader)
+    return start, slots
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: threading.Event, wake: threading.Event) -> Iterator[None]:
+    """SIGTERM, SIGHUP, SIGINT set `stop` (and wake the loop): the runs in flight are cancelled by
+    their threads, nothing new starts, and the scheduler ends when they have."""
+    def handler(_signum, _frame) -> None:
+        stop.set()
+        wake.set()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _watch(p, ended: threading.Event) -> None:
     """Wake the loop the moment a runner exits (its slot is refilled at once, not at the next poll)."""
     threading.Thread(target=lambda: (p.wait(), ended.set()), daemon=True).start()
 
 
-def _loop(root: Path, slots: int) -> None:
-    procs: dict[int, tuple[subprocess.Popen, str]] = {}
-    ended = threading.Event()
+def _loop(root: Path, slots: int, start: Start, ended: threading.Event, stop: threading.Event) -> None:
+    procs: dict[int, tuple] = {}
     while True:
         ended.clear()
         for k, (p, rid) in list(procs.items()):
@@ -132,16 +216,17 @@ def _loop(root: Path, slots: int) -> None:
         es = entries(root)
         queued = [e for e in es if e.state == "queued"]
         others_running = [e for e in es if e.state == "running" and e.run_id not in mine]
+        if stop.is_set():                              # stopped: the runs in flight end, nothing new starts
+            queued, others_running = [], []
         free = [k for k in range(slots) if k not in procs and slot_free(root, k)]
         for k, e in zip(free, queued):
             if claim(root, e.run_id, k) is None:
                 continue
-            p = subprocess.Popen([sys.executable, "-m", "autoresearch.run", "--execute", e.run_id, "--slot", str(k),
-                                  "--slots", str(slots)], cwd=root, stdin=subprocess.DEVNULL,
-                                 start_new_session=True, close_fds=True)
+            p = start(e.run_id, k, slots)
             procs[k] = (p, e.run_id)
             _watch(p, ended)
-            finish(root, e.run_id, "running", pid=p.pid)
+            if p.pid:
+                finish(root, e.run_id, "running", pid=p.pid)
         if not procs and not queued and not others_running:
             return
         ended.wait(POLL_S)
@@ -163,26 +248,28 @@ def pin_slot(program, slot: int, slots: int):
     return program
 
 
-def execute_child(root: Path, run_id: str, slot: int, slots: int, here: bool = False) -> int:
-    """The scheduler's child for one run on one slot: the same two-stage runner, here or (executor
-    kind ray, unless `here`: this is the node) as a Ray task whose results come back here."""
+def execute_child(root: Path, run_id: str, slot: int, slots: int) -> int:
+    """The scheduler's child for one run on one slot (a local slot, or a Ray node's runner): the
+    same two-stage runner, in its own session (pause can stop it even when the scheduler died
+    before noting the pid)."""
+    from .enqueue import execute_queued
+    root = Path(root).resolve()
+    return _guarded(root, run_id, slot, lambda program: execute_queued(root, run_id, slot,
+                                                                       pin_slot(program, slot, slots)), os.getpid())
+
+
+def _guarded(root: Path, run_id: str, slot: int, work: Callable, pid: int | None) -> int:
+    """Run `work(program)` for the claimed run on `slot`, holding the slot's lock: the queue entry
+    says how it ended (interrupted by a signal, or a harness error that never measured anything,
+    recorded interrupted)."""
     from ..program import load_program
     from ..record import HarnessError, RunExit
-    from .enqueue import execute_queued
     from ..record import pending_record
-    root = Path(root).resolve()
     with _held(slot_lock(root, slot), fcntl.LOCK_EX), _held(root / STATE_DIR / RUN_LOCK, fcntl.LOCK_SH):
-        finish(root, run_id, "running", pid=os.getpid())   # its own session: pause can stop it even when
-        try:                                               # the scheduler died before noting the pid
-            program = load_program(root)
-            if registry.remote(program.executor.kind) and not here:
-                from .runner import signals_as_interrupt
-                ex = registry.executor_module(program.executor.kind)
-                ex.connect(program)                        # first: ray.init installs its own SIGTERM handler
-                with signals_as_interrupt([]):             # pause's SIGTERM: cancel the task, then record
-                    ex.execute_child(root, run_id, program)
-                return RunExit.OK
-            execute_queued(root, run_id, slot, pin_slot(program, slot, slots))
+        if pid:
+            finish(root, run_id, "running", pid=pid)
+        try:
+            work(load_program(root))
         except KeyboardInterrupt:
             finish(root, run_id, "interrupted", "interrupted by a signal; the sandbox was stopped")
             return RunExit.INTERRUPTED

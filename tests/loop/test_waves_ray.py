@@ -2,8 +2,9 @@
 second node with its own {"slot": 2}; each run asks for {"slot": 2}, so one run per node at a time.
 
 A wave of 4 runs spreads over both nodes (both node ids in the records, results re-signed on the
-head) and the Stop hook decides it whole. A node killed in the middle of a wave: its run is recorded
-interrupted (never a result), the other runs are decided."""
+head), all submitted by the scheduler's one Ray driver (one job id in every record), and the Stop
+hook decides it whole. A node killed in the middle of a wave: its run is recorded interrupted
+(never a result), the other runs are decided."""
 from __future__ import annotations
 
 import subprocess
@@ -62,10 +63,13 @@ def test_a_wave_of_four_spreads_over_both_nodes_and_is_decided(tmp_path, cluster
         m, problem = load_verified(proj.path / "runs" / r)          # re-signed here with the project's key
         assert problem is None and m is not None and m.status == "ok", (r, problem, m and m.reason)
         assert m.extra["node"] in nodes and m.extra["executor"] == "ray"
+        assert m.extra["dispatch_s"] >= 0
         assert (proj.path / "runs" / r / "train.log").stat().st_size > 0
         assert (proj.path / "runs" / r / "diff.patch").is_file()
         assert eval_log(proj.path, r).is_file() and not (proj.path / "runs" / r / "eval.log").exists(), \
             "the node's eval log comes back into the head's state folder, outside the project"
+    jobs = {load_verified(proj.path / "runs" / r)[0].extra["ray_job"] for r in runs}
+    assert len(jobs) == 1, f"one Ray driver (the scheduler's) submits every run of the wave: {jobs}"
     assert "LEARNING_RATE = 6e-3" in (proj.path / "runs" / runs[1] / "diff.patch").read_text()
     proj.note("wave of 4 learning rates on ray")
     r = proj.decide()
@@ -76,7 +80,7 @@ def test_a_wave_of_four_spreads_over_both_nodes_and_is_decided(tmp_path, cluster
 
 def test_a_node_killed_mid_wave_leaves_its_run_interrupted(tmp_path, cluster, data_dir):
     proj = ray_project(tmp_path, cluster)
-    runs = [queue(proj, f"run {i}", budget=25, seed=10 + i) for i in range(3)]
+    runs = [queue(proj, f"run {i}", budget=15, seed=10 + i) for i in range(3)]   # killed 3 s into 15
     t0 = time.monotonic()
     while not cluster.runs_on(cluster.worker):
         assert time.monotonic() - t0 < 240, "no run reached the second node"
