@@ -144,9 +144,9 @@ def test_a_killed_runner_is_interrupted_a_restart_resumes_and_pause_cancels(tmp_
         assert m.status == "interrupted" and m.metric_value is None
     assert not (proj.path / "runs" / fourth / "out").exists()          # it never ran
     proj.note("a wave, half killed, half cancelled")
-    proj.decide()
+    r = proj.decide()
     rows = {row.run_id: row for row in proj.rows()}
-    assert {first, second, third, fourth} <= set(rows)
+    assert {first, second, third, fourth} <= set(rows), (r.text, [(x.run_id, x.runs, x.status, x.note) for x in rows.values()])
     for rid in (first, third, fourth):
         assert rows[rid].value is None and rows[rid].status == "crash"
     assert all(e.state not in ("queued", "running") for e in entries(proj.path))

@@ -99,10 +99,10 @@ def test_a_node_killed_mid_wave_leaves_its_run_interrupted(tmp_path, cluster, da
         assert mr.status == "ok" and mr.extra["node"] == cluster.head.node_id, (r, mr.reason)
     assert f"{victim}   interrupted" in out, out
     proj.note("a wave that lost a node")
-    proj.decide()
+    r = proj.decide()
     rows = {row.run_id: row for row in proj.rows()}
     covered = {rid for row in rows.values() for rid in (row.run_id, *row.runs)}  # same code: seeds share a row
-    assert set(runs) <= covered, rows.keys()
+    assert set(runs) <= covered, (r.text, [(x.run_id, x.runs, x.status, x.note) for x in rows.values()])
     assert rows[victim].value is None and rows[victim].status == "crash"
     assert "lost on the Ray cluster" in rows[victim].note
 
