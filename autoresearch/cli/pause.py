@@ -27,7 +27,7 @@ def pause(root: Path, reason: str, update: bool) -> int:
 
 def resume(root: Path, restart_clock: bool) -> int:
     from ..ledger import read_rows
-    from ..loop.allowance import remaining
+    from ..loop.allowance import Tally, remaining
     from ..loop.state import lift_pause, paused
     from ..program import load_program
     from .status import shown_branch
@@ -36,7 +36,7 @@ def resume(root: Path, restart_clock: bool) -> int:
              else "not paused: there was no pause to lift.")
     program = load_program(root)
     rows = read_rows(root)
-    bud = remaining(program, st, rows, shown_branch(root, rows), None, paused(root))
+    bud = remaining(program, st, Tally(rows, shown_branch(root, rows)), paused(root))
     if restart_clock:
         clock = (f" The deadline clock restarted at {st.started_at:%Y-%m-%d %H:%M} UTC"
                  + (f": the loop stops at {bud.deadline_at:%Y-%m-%d %H:%M} UTC." if bud.deadline_at else "."))

@@ -155,10 +155,10 @@ def awaiting_decision(root: Path, program: Program, rows: list[LedgerRow]) -> li
 def _loop_state(root: Path, program: Program, rows: list[LedgerRow], branch: str | None) -> dict:
     """What the loop itself knows: sigma, the pause, the deadline clock and the budget (loop/allowance.py)."""
     from ..loop import state
-    from ..loop.allowance import remaining
+    from ..loop.allowance import Tally, remaining
     st = state.read_state(root)
     pause = state.paused(root)
-    bud = remaining(program, st, rows, branch, None, pause)
+    bud = remaining(program, st, Tally(rows, branch), pause)
     out: dict = {"sigma": st.sigma, "paused": (pause.reason or "paused") if pause else None,
                  "seed_ignored": st.seed_ignored,
                  "calibration": st.calibration,

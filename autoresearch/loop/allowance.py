@@ -16,6 +16,7 @@ something else: the training seconds of ONE run.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from pydantic import BaseModel
@@ -63,9 +64,19 @@ def session_limit() -> int | None:
     return n
 
 
-def remaining(program: Program, st: LoopState, rows: list[LedgerRow], branch: str | None,
-              session: str | None, paused: Pause | None, at: datetime | None = None) -> Allowance:
-    """`rows`: the whole ledger; counted here by branch / phase / session."""
+@dataclass(frozen=True)
+class Tally:
+    """What the allowance counts: the whole ledger, and whose experiments in it are this loop's
+    (the run branch's, in program.md's phase; or the session's, under the per-session override)."""
+    rows: list[LedgerRow]
+    branch: str | None
+    session: str | None = None
+
+
+def remaining(program: Program, st: LoopState, tally: Tally, paused: Pause | None,
+              at: datetime | None = None) -> Allowance:
+    """The experiments and hours left; `tally.rows` are counted here by branch / phase / session."""
+    rows, branch, session = tally.rows, tally.branch, tally.session
     at = at or now()
     limit_env = session_limit()
     if limit_env is not None:

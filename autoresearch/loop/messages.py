@@ -8,7 +8,8 @@ A reply is `block(reason)` (the agent must go on; `reason` tells it how) or `all
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from ..ledger import LedgerRow, best_row, branch_rows
 from ..program import Program
@@ -172,8 +173,9 @@ def _overridden(program: Program, overriders: list[str] | None) -> str:
 
 
 def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, allowance: Allowance,
-            prev_best: float | None, overriders: list[str] | None = None) -> str:
-    m = program.metric.name
+            overriders: list[str] | None = None) -> str:
+    """The decision as the agent reads it; the best it was judged against is the row's prev_best."""
+    m, prev_best = program.metric.name, row.prev_best
     head = f"autoresearch: experiment #{row.experiment} (run {row.run_id})"
     if v.action == "keep":
         if prev_best is None:
@@ -205,13 +207,14 @@ def outcome(program: Program, v: Verdict, row: LedgerRow, commit: str | None, al
             f"hypothesis, edit {_train(program)}, run ./run.sh -m \"<what and why>\", then end your turn.")
 
 
-def remeasured(program: Program, run: RunRecord, ok: bool, new_base: bool, fp_change: str, after: float | None,
-               n: int, train: str) -> str:
-    """Runs of the branch tip's own code: the best measured again, or a new baseline at a new fingerprint."""
-    m = program.metric
+def remeasured(program: Program, run: RunRecord, ok: bool, new_fp: str | None, after: float | None,
+               n: int) -> str:
+    """Runs of the branch tip's own code: the best measured again, or (`new_fp`: what changed in the
+    fingerprint) a new baseline at a new fingerprint."""
+    m, train, fp_change = program.metric, _train(program), new_fp
     if not ok:
         what = f"run {run.run_id} of the best's own code failed ({run.status}); the best is unchanged"
-    elif new_base:
+    elif new_fp is not None:
         what = (f"run {run.run_id} ran the best's code at a new fingerprint ({fp_change}); runs are compared "
                 f"only within one fingerprint, so this STARTS A NEW BASELINE on the branch: {m.name} {_fmt(after)}")
     else:
@@ -323,9 +326,22 @@ def session_problem(e: Exception) -> str:
     return f"autoresearch: {e}"
 
 
-def session_context(program: Program, st, rows: list[LedgerRow], branch: str | None, best: float | None,
-                    thresh: float, allowance: Allowance, next_experiments: str, waiting: str | None) -> str:
+@dataclass(frozen=True)
+class Standing:
+    """Where the loop stands, for a (re)started session: state, ledger, run branch and its best,
+    the keep threshold, the allowance left."""
+    st: Any
+    rows: list[LedgerRow]
+    branch: str | None
+    best: float | None
+    thresh: float
+    allowance: Allowance
+
+
+def session_context(program: Program, where: Standing, next_experiments: str, waiting: str | None) -> str:
     """The compact state summary a (re)started or compacted session needs to go on correctly."""
+    st, rows, branch, best, thresh, allowance = (where.st, where.rows, where.branch, where.best, where.thresh,
+                                                 where.allowance)
     mine = branch_rows(rows, branch)
     m = program.metric.name
     lines = ["autoresearch loop state (from the harness; trust it over memory):",

@@ -17,7 +17,7 @@ from ..atomic import write_atomic
 from ..ledger import LedgerRow
 from ..program import PROGRAM_FILE, ConfigError, Phase, Program, parse_program, split_front_matter
 from . import messages
-from .allowance import Allowance, remaining
+from .allowance import Allowance, Tally, remaining
 from .state import LoopState, paused
 
 _PHASE_LINE = re.compile(r"^phase:[^\n]*$", re.MULTILINE)
@@ -59,8 +59,8 @@ def advance(root: Path, program: Program, phase_spent: bool) -> Program | None:
     return set_phase(root, nxt.name, f"phase '{program.phase}' used its {done} experiments")
 
 
-def advance_if_spent(root: Path, program: Program, allowance: Allowance, st: LoopState, rows: list[LedgerRow],
-                     branch: str, session: str) -> tuple[Program, Allowance, str]:
+def advance_if_spent(root: Path, program: Program, allowance: Allowance, st: LoopState,
+                     tally: Tally) -> tuple[Program, Allowance, str]:
     """A phase that used its experiments hands over to the next one (program.md's `on_phase_end`),
     unless the loop is paused or past its deadline. Returns the program, its allowance and a lead line."""
     a = allowance
@@ -69,4 +69,4 @@ def advance_if_spent(root: Path, program: Program, allowance: Allowance, st: Loo
     new = advance(root, program, phase_spent)
     if new is None:
         return program, allowance, ""
-    return new, remaining(new, st, rows, branch, session, paused(root)), messages.phase_moved(program, a.limit, new)
+    return new, remaining(new, st, tally, paused(root)), messages.phase_moved(program, a.limit, new)

@@ -27,7 +27,7 @@ from ..program import Program
 from ..record import CHECKPOINT, program_code, snapshot_of
 from ..registry import from_log
 from . import journal, messages
-from .allowance import remaining
+from .allowance import Tally, remaining
 from .blame import EnvCause, consecutive
 from .context import Context
 from ..run import overriders
@@ -151,8 +151,8 @@ def remeasure(d: Deciding, sig: float | None) -> dict:
     for r in rows:
         if r.note.startswith(REMEASURE) and r.value is not None:
             r.best = after
-    reply = block(messages.remeasured(program, cands[-1], views[-1][1].status == "ok", new_base, ctx.fp_change,
-                                      after, n, ctx.train))
+    reply = block(messages.remeasured(program, cands[-1], views[-1][1].status == "ok",
+                                      ctx.fp_change if new_base else None, after, n))
     record(d, others + cands, rows=rows, reply=reply)
     return reply
 
@@ -240,15 +240,16 @@ def apply_verdict(d: Deciding, v: Verdict, sig: float | None) -> dict:
     snaps, commit_files, revert_files = _decision_files(root, program, ctx, last, v.action == "keep")
     message = commit_message(program, v, rows[-1], cands, desc) if v.action == "keep" else ""
     all_rows = ctx.rows + rows
-    allowance = remaining(program, st, all_rows, ctx.branch, ctx.session, paused(root))
-    program, allowance, moved = advance_if_spent(root, program, allowance, st, all_rows, ctx.branch, ctx.session)
+    tally = Tally(all_rows, ctx.branch, ctx.session)
+    allowance = remaining(program, st, tally, paused(root))
+    program, allowance, moved = advance_if_spent(root, program, allowance, st, tally)
     if allowance.spent:
         finish = allowance.reason or "budget spent"
         reply = allow(messages.summary(program, ctx.branch, all_rows, messages.stopping(finish)))
     else:
         finish = None
         hint = overriders(root, program.run.command) if v.note == NO_EFFECT else None
-        reply = block(moved + messages.outcome(program, v, rows[-1], journal.COMMIT_MARK, allowance, ctx.best, hint))
+        reply = block(moved + messages.outcome(program, v, rows[-1], journal.COMMIT_MARK, allowance, hint))
     j = Journal(action=status, run_id=last.run_id, rows=rows,
                 keep_row=len(rows) - 1 if v.action == "keep" else None, commit_files=commit_files,
                 revert_files=revert_files, message=message, metric_name=program.metric.name,

@@ -20,7 +20,7 @@ from ..gitops import GitError, current_branch, is_run_branch
 from ..ledger import LedgerError, LedgerRow, current_best, read_rows
 from ..program import ConfigError, Program, load_program, project_root
 from . import journal, messages
-from .allowance import remaining
+from .allowance import Tally, remaining
 from .context import pending_runs
 from .decide import threshold
 from .journal import LoopError
@@ -61,11 +61,11 @@ def session_context(root: Path, source: str = "startup", session: str = "") -> s
     branch = name if is_run_branch(name) else None
     best = current_best(root, program.metric, branch=branch) if branch else None
     try:
-        allowance = remaining(program, st, rows, branch, session, paused(root))
+        allowance = remaining(program, st, Tally(rows, branch, session), paused(root))
     except ConfigError as e:
         return messages.session_problem(e)
-    return messages.session_context(program, st, rows, branch, best, threshold(program, st.sigma), allowance,
-                                    _next_experiments(root), undecided_line(root, program, st, rows))
+    where = messages.Standing(st, rows, branch, best, threshold(program, st.sigma), allowance)
+    return messages.session_context(program, where, _next_experiments(root), undecided_line(root, program, st, rows))
 
 
 def undecided_line(root: Path, program: Program, st: LoopState, rows: list[LedgerRow]) -> str | None:

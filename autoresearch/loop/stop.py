@@ -67,7 +67,7 @@ from ..ledger.durable import ensure
 from ..program import ConfigError, Program, load_program, project_root
 from ..record import DISK_FULL_MARK, KEY_MISSING, cancel_wave, key_problem, program_code, settle_lost
 from . import journal, messages, record, wave
-from .allowance import Allowance, remaining
+from .allowance import Allowance, Tally, remaining
 from .blame import environment_cause
 from .context import Context, SetupError, compare_with, pending_runs, read_context, sigma_for
 from .decide import Verdict, threshold, verdict
@@ -253,7 +253,7 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: Context, runs: lis
     if cands:                           # only runs comparable with the latest one are averaged
         cands = [r for r in cands if r.fingerprint == cands[-1].fingerprint]
     others = [r for r in runs if r not in cands]                       # 2.
-    allowance = remaining(program, st, ctx.rows, ctx.branch, ctx.session, paused(root))
+    allowance = remaining(program, st, Tally(ctx.rows, ctx.branch, ctx.session), paused(root))
     if cands:                                                          # 3.
         return _decide_current(root, program, st, ctx, cands, others, allowance)
     return _nothing_to_decide(root, program, st, ctx, others, allowance)   # 2., 4., 5.
@@ -335,9 +335,9 @@ def _nothing_to_decide(root: Path, program: Program, st: LoopState, ctx: Context
     if others:
         d = record.Deciding(root, program, st, ctx, [], others, threshold(program, st.sigma))
         ctx.rows = ctx.rows + record.record(d, others)
-        allowance = remaining(program, read_state(root), ctx.rows, ctx.branch, ctx.session, paused(root))
-    program, allowance, moved = advance_if_spent(root, program, allowance, read_state(root), ctx.rows,
-                                                 ctx.branch, ctx.session)
+        allowance = remaining(program, read_state(root), Tally(ctx.rows, ctx.branch, ctx.session), paused(root))
+    program, allowance, moved = advance_if_spent(root, program, allowance, read_state(root),
+                                                 Tally(ctx.rows, ctx.branch, ctx.session))
     if allowance.spent:
         return finish(root, program, ctx.branch, ctx.rows, allowance.reason or "budget spent")
     if moved:

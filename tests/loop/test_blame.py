@@ -11,7 +11,7 @@ import pytest
 
 from autoresearch.ledger import LedgerRow
 from autoresearch.loop import messages
-from autoresearch.loop.allowance import remaining
+from autoresearch.loop.allowance import Tally, remaining
 from autoresearch.loop.decide import verdict, RunView, NO_EFFECT
 from autoresearch.loop.state import LoopState
 from autoresearch.program import Metric, parse_program
@@ -45,7 +45,7 @@ def test_a_stale_output_folder_is_an_environment_crash_not_the_agents(proj):
     assert (row.status, row.run_id, row.value) == ("crash", rid, None)
     assert row.note.startswith("environment: read-only") and "add out to run.outputs" in row.note
     program = parse_program(PROGRAM)
-    a = remaining(program, done, proj.rows(), row.branch, None, None)
+    a = remaining(program, done, Tally(proj.rows(), row.branch, None), None)
     assert a.done == 1                                           # only the baseline counts
     # the same cause again: the loop stops for the human instead of crashing all night
     proj.fake_run(status="crash", reason="train.py exited with code 1", log=log)
@@ -204,13 +204,13 @@ def test_messages_name_the_real_training_script_and_editable_set():
     program = parse_program(PROGRAM.replace("editable: [train.py, scratchpad.md]",
                                             "editable: [trainer.py, model.py, scratchpad.md]\nrun: "
                                             "{train_script: trainer.py}"))
-    a = remaining(program, LoopState(), [], "b", None, None)
+    a = remaining(program, LoopState(), Tally([], "b", None), None)
     row = LedgerRow(commit="abc1234", value=None, memory_gb=None, status="crash", description="x", experiment=2,
                     run_id="0002", run_status="crash", branch="b", phase="tune", runs=["0002"],
-                    decided_at=datetime.now(timezone.utc))
+                    decided_at=datetime.now(timezone.utc), prev_best=2.0)
     from autoresearch.loop.decide import Verdict
     texts = [messages.outcome(program, Verdict(action=act, value=v, delta=d, improvement=None, threshold=0.01,
-                                               note=n), row, "c", a, 2.0)
+                                               note=n), row, "c", a)
              for act, v, d, n in (("crash", None, None, "crash"), ("discard", 2.1, 0.1, "worse"),
                                   ("keep", 1.9, -0.1, ""))]
     texts.append(messages.new_phase_next(program, a))

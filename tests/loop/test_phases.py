@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoresearch.loop.phases import advance, advance_if_spent, next_phase, set_phase
-from autoresearch.loop.allowance import MAX_EXPERIMENTS_ENV, remaining
+from autoresearch.loop.allowance import Tally, MAX_EXPERIMENTS_ENV, remaining
 from autoresearch.loop.state import LoopState
 from autoresearch.program import ConfigError, load_program
 from loop_support import PROGRAM
@@ -46,9 +46,9 @@ def test_advance_if_spent_gives_the_new_phase_its_allowance(root):
     program = load_program(root)
     from test_allowance import rows
     ledger = rows(20)
-    a = remaining(program, LoopState(), ledger, "autoresearch/a", "s1", None)
-    new, a2, lead = advance_if_spent(root, program, a, LoopState(), ledger, "autoresearch/a", "s1")
+    a = remaining(program, LoopState(), Tally(ledger, "autoresearch/a", "s1"), None)
+    new, a2, lead = advance_if_spent(root, program, a, LoopState(), Tally(ledger, "autoresearch/a", "s1"))
     assert new.phase == "arch" and not a2.spent and a2.left == 3
     assert lead == "Phase 'tune' has used its 20 experiments; program.md now says phase: arch. "
-    few = remaining(program, LoopState(), rows(3), "autoresearch/a", "s1", None)
-    assert advance_if_spent(root, program, few, LoopState(), rows(3), "autoresearch/a", "s1")[2] == ""
+    few = remaining(program, LoopState(), Tally(rows(3), "autoresearch/a", "s1"), None)
+    assert advance_if_spent(root, program, few, LoopState(), Tally(rows(3), "autoresearch/a", "s1"))[2] == ""
