@@ -65,9 +65,6 @@ MANY_PARAMS: set[str] = {
     "guard.search:reach_problem", "loop.allowance:remaining", "loop.messages:outcome",
     "loop.messages:remeasured", "loop.messages:session_context", "loop.phases:advance_if_spent",
     "loop.state:record_calibration",
-    "run.evalcmd:evalcmd_spec", "run.evalsplit:run_split",
-    "run.runner:prepare", "run.runner:run_experiment", "run.runner:run_in",
-    "run.specs:eval_spec", "run.specs:train_spec",
 }
 
 

@@ -39,7 +39,7 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     from rich.table import Table
 
     from ..loop.decide import threshold
-    from ..run import run_experiment
+    from ..run import RunOptions, run_experiment
     from ..record import HarnessError
     from ..gitops import head_commit, show_blob
 
@@ -62,8 +62,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         for i in range(n):
             console.print(f"[bold]calibrate[/] run {i + 1}/{n} of {script} ({sha[:12] if sha else '?'})")
             try:
-                m = run_experiment(root, f"calibrate {i + 1}/{n}", budget=budget, backend=backend, echo=sys.stdout,
-                                   purpose="calibration")
+                m = run_experiment(root, f"calibrate {i + 1}/{n}", RunOptions(budget=budget, backend=backend,
+                                   purpose="calibration"), echo=sys.stdout)
             except HarnessError as e:
                 print(f"autoresearch calibrate: {e}", file=sys.stderr)
                 return 2
@@ -135,7 +135,7 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
 
     from ..loop.decide import threshold
     from ..record import HarnessError
-    from ..run import run_experiment, with_seed
+    from ..run import RunOptions, run_experiment, with_seed
     shown = " ".join(override)
     console.print(f"[bold]calibrate[/] again with the repo's own seed: `{shown}`")
     values, ids, seeds, fps = [], [], [], set()
@@ -148,8 +148,9 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
             argv = with_seed(override, seed)
             prog = program.model_copy(update={"run": program.run.model_copy(update={"command": argv})})
             try:
-                m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(argv)}", budget=budget, seed=seed,
-                                   backend=backend, echo=sys.stdout, purpose="calibration", program=prog)
+                m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(argv)}", RunOptions(
+                                   budget=budget, seed=seed, backend=backend, purpose="calibration", program=prog),
+                                   echo=sys.stdout)
             except HarnessError as e:
                 print(f"autoresearch calibrate: {e}", file=sys.stderr)
                 return 2
