@@ -62,9 +62,8 @@ MAX_PARAMS = 6                     # a function another module calls takes at mo
 # "module:function" called from another module with more (to be made typed seams: a dataclass or
 # pydantic model of the stage's inputs, as runner._run_locked's Prepared + Asked, loop.record's Deciding). Shrink, never grow.
 MANY_PARAMS: set[str] = {
-    "guard.search:reach_problem", "loop.allowance:remaining", "loop.messages:outcome",
+    "loop.allowance:remaining", "loop.messages:outcome",
     "loop.messages:remeasured", "loop.messages:session_context", "loop.phases:advance_if_spent",
-    "loop.state:record_calibration",
 }
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
-from ..loop.state import REPO_SEED, add_measurement_run, record_calibration, record_seed_ignored
+from ..loop.state import REPO_SEED, Sample, add_measurement_run, record_calibration, record_seed_ignored
 from ..record import program_code
 from ..run import fixed_seeds, reads_harness_seed, seed_override
 
@@ -92,7 +92,7 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     fp = next(iter(fps)) or None
     if len(set(values)) == 1:
         return _seed_ignored(root, program, values, ids, seeds, fp, console, budget, backend)
-    cal = record_calibration(root, values, ids, seeds, sha or "", budget_s, fp)
+    cal = record_calibration(root, Sample(values, ids, seeds, sha or "", budget_s, fp))
     table = Table(title=f"noise of {program.metric.name} over seeds")
     for col in ("run", "seed", program.metric.name):
         table.add_column(col)
@@ -172,7 +172,8 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
         console.print(f"[bold red]not calibrated:[/] the repo's own seed gave {len(set(values))} distinct value(s) "
                       f"over {len(values)} successful run(s) of {n}; noise stays unknown")
         return 1
-    cal = record_calibration(root, values, ids, seeds, sha, budget_s, fp, method="repo-seed", command=override)
+    cal = record_calibration(root, Sample(values, ids, seeds, sha, budget_s, fp), method="repo-seed",
+                             command=override)
     console.print(f"calibrated with the repo's own seed ({', '.join(f'{v:.6f}' for v in values)}): sigma "
                   f"{cal.sigma:.6f} -> keep threshold [bold]{threshold(program, cal.sigma):.6f}[/]; loop runs still "
                   f"use the repo's fixed seed, and a change must beat this spread to be kept")

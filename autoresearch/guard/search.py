@@ -187,7 +187,13 @@ def _tree_why(hidden: str) -> str:
 
 
 def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: bool = False,
-                  depth: int | None = None, limit: int = WALK_LIMIT, spent: list | None = None) -> str | None:
+                  depth: int | None = None) -> str | None:
+    """Why a Bash walk below the folder `path` may not run (None: it may); _reach says how."""
+    return _reach(ctx, path, follow, names_only, depth, WALK_LIMIT, None)
+
+
+def _reach(ctx: Context, path: str, follow: bool, names_only: bool, depth: int | None, limit: int,
+           spent: list | None) -> str | None:
     """Why a Bash walk below the folder `path` may not run (None: it may): `grep -r`/`rg` (read
     every file below), `grep -R` (and follow every link), `find`/`ls -R`/`rg --files` (list every
     name below, to `depth` levels). The rule: the walk's whole reach must be readable. Unlike the
@@ -289,8 +295,9 @@ def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str
                 continue                                              # folder is left out)
         elif not (os.path.isfile(full) or os.path.isdir(full)):
             continue                            # a FIFO, socket or device
-        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or reach_problem(
-                ctx, full, limit=SUGGEST_WALK - spent[0], spent=spent, **walk)):
+        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or _reach(
+                ctx, full, walk.get("follow", False), walk.get("names_only", False), walk.get("depth"),
+                SUGGEST_WALK - spent[0], spent)):
             continue
         out.append(name if path in (".", "./") else f"{path.rstrip('/')}/{name}")
         if len(out) >= limit:
