@@ -22,11 +22,21 @@ from .specs import ServerSlot, StageInputs, eval_spec
 from .workcopy import remove_work_copy
 
 
+def bpb_scorer(inp: StageInputs, split_file: Path):
+    """The built-in scorer (scorer.Scorer) on `split_file`'s bytes, waiting for GO."""
+    import numpy as np
+
+    from .scorer import Scorer
+    m = inp.program.metric
+    return Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(inp.lay.root), floor=m.floor,
+                  direction=m.direction, metric=m.name, go=threading.Event())
+
+
 def run_eval(inp: StageInputs, split_file: Path, log: Path, stage: str = "eval") -> tuple[SandboxResult, dict]:
     """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
     once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
     longest wall time, the summed peak memory, the first failure; the scorer's result)."""
-    ev = Servers(inp, split_file, log, stage)
+    ev = Servers(inp, bpb_scorer(inp, split_file), log, stage)
     return ev.finish(go=True)
 
 
@@ -36,13 +46,11 @@ class Servers:
     starts them with TRAIN and calls finish(go=True) once TRAIN ended ok and its checkpoint is
     final, or finish(go=False) (they exit without running agent code)."""
 
-    def __init__(self, inp: StageInputs, split_file: Path, log: Path, stage: str = "eval", wait_s: float = 0.0):
-        import numpy as np
-
-        from .scorer import SERVERS, Scorer
-        m = inp.program.metric
-        self.scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(inp.lay.root), floor=m.floor,
-                             direction=m.direction, metric=m.name, go=threading.Event())
+    def __init__(self, inp: StageInputs, scorer, log: Path, stage: str = "eval", wait_s: float = 0.0):
+        """`scorer`: what serves the model servers' sessions (scorer.Scorer: session(k), go, aborted,
+        finish()); another built-in metric over the model's logits brings its own."""
+        from .scorer import SERVERS
+        self.scorer = scorer
         self.sandbox = inp.sandbox
         self.specs: list = []
         self.results: list[SandboxResult | None] = [None] * SERVERS
@@ -120,7 +128,7 @@ def start_servers(job: EvalJob, train_s: float) -> Servers:
     lay = job.lay
     assert job.data is not None
     log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
-    return Servers(job.inputs, job.data / "val" / "val.bin", log, wait_s=train_s)
+    return Servers(job.inputs, bpb_scorer(job.inputs, job.data / "val" / "val.bin"), log, wait_s=train_s)
 
 
 def measure_bpb(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:

@@ -46,7 +46,6 @@ from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
 from .evalstage import EvalJob, eval_stage, evaluator_of
-from .evaluate import start_servers
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
                       clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
@@ -303,9 +302,9 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
     code only once TRAIN has ended ok (evaluate.Servers)."""
     sandbox, program, lay, data, env = inp.sandbox, inp.program, inp.lay, inp.data, inp.env
     job = EvalJob(sandbox, program, lay, env, data=data, frozen=frozen)
-    if not inline and evaluator_of(program).data and data is not None:
-        job = replace(job, servers=start_servers(job, max(program.budget.grace_seconds, 1.0) + budget
-                                                 + save_margin(budget)))
+    if not inline and (warm := evaluator_of(program).warm) and data is not None:
+        job = replace(job, servers=registry.function(warm)(job, max(program.budget.grace_seconds, 1.0) + budget
+                                                           + save_margin(budget)))
     try:
         status, reason, host_peak = _train(inp, budget, inline, m)
     except BaseException:
