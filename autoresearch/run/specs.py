@@ -3,6 +3,8 @@ script and any val/test folder replaced, and what the flow table (autoresearch/r
 show the stage covered; the stage's writable work copy, in the state folder outside the project;
 the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
 the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
+Every stage's SandboxSpec comes from stage_spec: the stage's own StageSpec over the run's
+StageInputs, under program.md's limits (memory, pids, GPUs, /dev/shm, disk) and the owner label.
 
     TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
