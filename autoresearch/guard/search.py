@@ -123,11 +123,7 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
     stack = [top]
     while stack:
         dirpath = stack.pop()
-        try:
-            with os.scandir(dirpath) as it:
-                entries = list(it)
-        except OSError:
-            continue
+        entries = _entries(dirpath)
         seen += len(entries)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
@@ -136,12 +132,9 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
                 continue
             full = os.path.join(dirpath, e.name)
             rel = os.path.relpath(full, top)
-            try:
-                is_link = e.is_symlink()
-                is_dir = not is_link and e.is_dir(follow_symlinks=False)
-                is_file = not is_link and e.is_file(follow_symlinks=False)
-            except OSError:
+            if (kind := _kind(e)) is None:
                 continue
+            is_link, is_dir, is_file = kind
             hidden = name_problem(ctx, full)
             matched = pattern is None or pattern.fullmatch(rel) or pattern.fullmatch(e.name)
             if is_dir:
@@ -215,11 +208,7 @@ def _reach(ctx: Context, path: str, follow: bool, names_only: bool, depth: int |
         dirpath, level = stack.pop()
         if depth is not None and level >= depth:
             continue
-        try:
-            with os.scandir(dirpath) as it:
-                entries = list(it)
-        except OSError:
-            continue
+        entries = _entries(dirpath)
         seen += len(entries)
         if spent is not None:
             spent[0] += len(entries)
@@ -227,12 +216,9 @@ def _reach(ctx: Context, path: str, follow: bool, names_only: bool, depth: int |
             return f"{path} holds more than {limit} entries: too large to vet"
         for e in entries:
             full = dirpath + "/" + e.name
-            try:
-                is_link = e.is_symlink()
-                is_dir = not is_link and e.is_dir(follow_symlinks=False)
-                is_file = not is_link and e.is_file(follow_symlinks=False)
-            except OSError:
+            if (kind := _kind(e)) is None:
                 continue
+            is_link, is_dir, is_file = kind
             if is_link and not follow:          # not followed inside the walk: not read, only named
                 continue
             if names_only and not is_dir and not is_link:
@@ -258,6 +244,24 @@ def _reach(ctx: Context, path: str, follow: bool, names_only: bool, depth: int |
             if not is_file:
                 return f"{path} contains {_rel(full, top)}, which is not a regular file (a FIFO, socket or device)"
     return None
+
+
+def _entries(dirpath: str) -> list:
+    """The folder's entries; none when it cannot be listed (the walk then does not enter it)."""
+    try:
+        with os.scandir(dirpath) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _kind(e: os.DirEntry) -> tuple[bool, bool, bool] | None:
+    """(a link, a folder, a regular file) of an entry, links not followed; None when it cannot be told."""
+    try:
+        link = e.is_symlink()
+        return link, not link and e.is_dir(follow_symlinks=False), not link and e.is_file(follow_symlinks=False)
+    except OSError:
+        return None
 
 
 def _rel(full: str, top: str) -> str:
