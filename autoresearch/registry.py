@@ -52,6 +52,8 @@ class Evaluator:
     #                        reason, peak bytes); "": no EVAL stage, the metric is read from TRAIN's log
     measure: str = ""      # "module:function" scoring a checkpoint once, (EvalJob) -> (sandbox result,
     #                        status, reason, value, figures): `final` scores with it; "": nothing to score
+    warm: str = ""         # "module:function" starting its model servers with TRAIN, (EvalJob, TRAIN's longest
+    #                        seconds) -> servers with finish(go) (EvalJob.servers); "": none
     data: bool = False     # reads prepare.py's data folder (the splits) on this machine
     script: bool = False   # the human's frozen eval script (program.md's eval: section)
     split: bool = False    # the evaluator split: chosen by eval.model within its mode
@@ -60,7 +62,7 @@ class Evaluator:
 # name -> Evaluator; the first one's mode is run.mode's default.
 EVALUATORS: dict[str, Evaluator] = {
     "bpb": Evaluator("two_stage", ("val_bpb", "minimize"), "autoresearch.run.evaluate:eval_stage",
-                     "autoresearch.run.evaluate:measure_bpb", data=True),
+                     "autoresearch.run.evaluate:measure_bpb", "autoresearch.run.evaluate:start_servers", data=True),
     "command": Evaluator("eval_command", None, "autoresearch.run.evalstage:evalcmd_stage",
                          "autoresearch.run.evalstage:measure_command", script=True),
     "model": Evaluator("eval_command", None, "autoresearch.run.evalstage:evalcmd_stage",

@@ -17,7 +17,7 @@ from pathlib import Path
 from ..program import load_program
 from ..loop.runscan import run_ids
 from ..digest import sha256_file
-from ..loop.state import REPO_SEED, add_measurement_run, record_calibration, record_seed_ignored
+from ..loop.state import REPO_SEED, Sample, add_measurement_run, record_calibration, record_seed_ignored
 from ..record import program_code
 from ..run import fixed_seeds, reads_harness_seed, seed_override
 
@@ -39,7 +39,7 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     from rich.table import Table
 
     from ..loop.decide import threshold
-    from ..run import run_experiment
+    from ..run import RunOptions, run_experiment
     from ..record import HarnessError
     from ..gitops import head_commit, show_blob
 
@@ -62,8 +62,8 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
         for i in range(n):
             console.print(f"[bold]calibrate[/] run {i + 1}/{n} of {script} ({sha[:12] if sha else '?'})")
             try:
-                m = run_experiment(root, f"calibrate {i + 1}/{n}", budget=budget, backend=backend, echo=sys.stdout,
-                                   purpose="calibration")
+                m = run_experiment(root, f"calibrate {i + 1}/{n}", RunOptions(budget=budget, backend=backend,
+                                   purpose="calibration"), echo=sys.stdout)
             except HarnessError as e:
                 print(f"autoresearch calibrate: {e}", file=sys.stderr)
                 return 2
@@ -92,7 +92,7 @@ def main(root: Path, runs: int | None = None, budget: float | None = None, backe
     fp = next(iter(fps)) or None
     if len(set(values)) == 1:
         return _seed_ignored(root, program, values, ids, seeds, fp, console, budget, backend)
-    cal = record_calibration(root, values, ids, seeds, sha or "", budget_s, fp)
+    cal = record_calibration(root, Sample(values, ids, seeds, sha or "", budget_s, fp))
     table = Table(title=f"noise of {program.metric.name} over seeds")
     for col in ("run", "seed", program.metric.name):
         table.add_column(col)
@@ -135,7 +135,7 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
 
     from ..loop.decide import threshold
     from ..record import HarnessError
-    from ..run import run_experiment, with_seed
+    from ..run import RunOptions, run_experiment, with_seed
     shown = " ".join(override)
     console.print(f"[bold]calibrate[/] again with the repo's own seed: `{shown}`")
     values, ids, seeds, fps = [], [], [], set()
@@ -148,8 +148,9 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
             argv = with_seed(override, seed)
             prog = program.model_copy(update={"run": program.run.model_copy(update={"command": argv})})
             try:
-                m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(argv)}", budget=budget, seed=seed,
-                                   backend=backend, echo=sys.stdout, purpose="calibration", program=prog)
+                m = run_experiment(root, f"{REPO_SEED} {i + 1}/{n}: {' '.join(argv)}", RunOptions(
+                                   budget=budget, seed=seed, backend=backend, purpose="calibration", program=prog),
+                                   echo=sys.stdout)
             except HarnessError as e:
                 print(f"autoresearch calibrate: {e}", file=sys.stderr)
                 return 2
@@ -171,7 +172,8 @@ def _repo_seed(root: Path, program, override: list[str], n: int, fp: str | None,
         console.print(f"[bold red]not calibrated:[/] the repo's own seed gave {len(set(values))} distinct value(s) "
                       f"over {len(values)} successful run(s) of {n}; noise stays unknown")
         return 1
-    cal = record_calibration(root, values, ids, seeds, sha, budget_s, fp, method="repo-seed", command=override)
+    cal = record_calibration(root, Sample(values, ids, seeds, sha, budget_s, fp), method="repo-seed",
+                             command=override)
     console.print(f"calibrated with the repo's own seed ({', '.join(f'{v:.6f}' for v in values)}): sigma "
                   f"{cal.sigma:.6f} -> keep threshold [bold]{threshold(program, cal.sigma):.6f}[/]; loop runs still "
                   f"use the repo's fixed seed, and a change must beat this spread to be kept")

@@ -92,7 +92,7 @@ def verify(root: Path, row: LedgerRow) -> tuple[dict[str, RunMetrics] | None, st
     return records, None
 
 
-def project_id(root: Path) -> str:
+def lineage_id(root: Path) -> str:
     """The project's first commit (short): stable when the folder moves, the same in every clone."""
     roots = git(root, "rev-list", "--max-parents=0", "HEAD", check=False).stdout.split()
     return sorted(roots)[0][:12] if roots else Path(root).resolve().name
@@ -220,7 +220,7 @@ def _log(client, eid: str, root: Path, row: LedgerRow, records: dict[str, RunMet
 def export(root: Path, rows: list[LedgerRow], client, experiment: str, artifacts: str | None,
            metric_name: str, warn=print) -> list[Exported]:
     """Log each row not already in the experiment; returns what became of every row."""
-    project = project_id(root)
+    project = lineage_id(root)
     eid = _experiment(client, experiment, artifacts)
     have = _existing(client, eid, project)
     out = []
@@ -270,7 +270,7 @@ def main(root: Path, tracking_uri: str | None = None, experiment: str | None = N
         print(f"autoresearch export: MLflow at {uri}: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
     count = {a: sum(1 for d in done if d.action == a) for a in ("logged", "existing", "skipped")}
-    rep = ExportReport(tracking_uri=uri, experiment=name, project=project_id(root), rows=done, **count)
+    rep = ExportReport(tracking_uri=uri, experiment=name, project=lineage_id(root), rows=done, **count)
     if as_json:
         print(json.dumps(rep.model_dump(mode="json"), indent=2))
     else:

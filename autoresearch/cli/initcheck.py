@@ -128,15 +128,15 @@ def _park_leftovers(root: Path, counter_before: str | None) -> None:
 def run_once(root: Path, program: Program, seconds: float, seed: int, label: str) -> CheckRun:
     """One check run through the runner; parked in .autoresearch/checks/ afterwards."""
     from ..record import HarnessError, RunBusy
-    from ..run import run_experiment
+    from ..run import RunOptions, run_experiment
     counter = root / STATE_DIR / RUN_COUNTER
     try:
         before: str | None = counter.read_text()
     except OSError:
         before = None
     try:
-        m = run_experiment(root, f"autoresearch init: check ({label})", budget=seconds, seed=seed,
-                           purpose="check", grace=check_grace(program, seconds))
+        m = run_experiment(root, f"autoresearch init: check ({label})", RunOptions(
+                           budget=seconds, seed=seed, purpose="check", grace=check_grace(program, seconds)))
     except (HarnessError, RunBusy) as e:
         return CheckRun(label=label, seed=seed, started=False, reason=str(e))
     except BaseException:                              # Ctrl-C, a harness bug: still never left in runs/
@@ -147,7 +147,7 @@ def run_once(root: Path, program: Program, seconds: float, seed: int, label: str
         text = (folder / "train.log").read_text(encoding="utf-8", errors="replace")
     except OSError:
         text = ""
-    code = m.extra.get("train_exit_code")
+    code = m.train_exit_code
     run = CheckRun(label=label, seed=seed, started=True, status=m.status, reason=m.reason,
                    exit_code=code if isinstance(code, int) else None, seconds=m.train_seconds,
                    folder=str(folder.relative_to(root)), tail=[ln.rstrip() for ln in text.splitlines()[-TAIL:]],

@@ -239,17 +239,24 @@ def resolve(ctx: Context, path: str) -> tuple[str | None, str | None]:
     return cur, None
 
 
+def _malformed(path, missing: str) -> str | None:
+    """Why `path` is no path to judge at all (`missing`: none given), else None."""
+    if not isinstance(path, str) or not path:
+        return missing
+    if "\x00" in path:
+        return "NUL bytes are not allowed in paths"
+    if path.strip(WHITESPACE) != path:
+        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
+    return None
+
+
 def read_problem(ctx: Context, path, what: str = "read") -> str | None:
     """Why `path` may not be read (None: it may). Judged as spelled and as resolved step by step
     (links and `..` as the kernel takes them, from the raw path as a shell passes it and from the
     normalised one Claude Code opens), so no spelling reaches what another hides; and only a regular
     file or a folder is read."""
-    if not isinstance(path, str) or not path:
-        return "no path given"
-    if "\x00" in path:
-        return "NUL bytes are not allowed in paths"
-    if path.strip(WHITESPACE) != path:
-        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
+    if (bad := _malformed(path, "no path given")) is not None:
+        return bad
     joined = os.path.join(ctx.cwd, ctx.abspath(path) if path.startswith("~") else path)
     p = os.path.normpath(joined)
     why = name_problem(ctx, p)
@@ -278,12 +285,8 @@ def edit_problem(ctx: Context, path) -> str | None:
     """Why the file at `path` may not be edited (None: it may)."""
     editable = ctx.policy.editable
     allowed = f"you may edit only {', '.join(editable)} (phase {ctx.policy.phase})"
-    if not isinstance(path, str) or not path:
-        return "no file path given"
-    if "\x00" in path:
-        return "NUL bytes are not allowed in paths"
-    if path.strip(WHITESPACE) != path:
-        return f"{path!r}: leading or trailing whitespace is not allowed in a path"
+    if (bad := _malformed(path, "no file path given")) is not None:
+        return bad
     joined = os.path.join(ctx.cwd, path)
     if ".." in joined.split("/"):
         return f"paths with '..' are not allowed: {allowed}"

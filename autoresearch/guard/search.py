@@ -123,11 +123,7 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
     stack = [top]
     while stack:
         dirpath = stack.pop()
-        try:
-            with os.scandir(dirpath) as it:
-                entries = list(it)
-        except OSError:
-            continue
+        entries = _entries(dirpath)
         seen += len(entries)
         if seen > WALK_LIMIT:
             return f"{path} is too large to vet: search a smaller folder"
@@ -136,12 +132,9 @@ def tree_problem(ctx: Context, path: str, pattern=None) -> str | None:
                 continue
             full = os.path.join(dirpath, e.name)
             rel = os.path.relpath(full, top)
-            try:
-                is_link = e.is_symlink()
-                is_dir = not is_link and e.is_dir(follow_symlinks=False)
-                is_file = not is_link and e.is_file(follow_symlinks=False)
-            except OSError:
+            if (kind := _kind(e)) is None:
                 continue
+            is_link, is_dir, is_file = kind
             hidden = name_problem(ctx, full)
             matched = pattern is None or pattern.fullmatch(rel) or pattern.fullmatch(e.name)
             if is_dir:
@@ -187,7 +180,13 @@ def _tree_why(hidden: str) -> str:
 
 
 def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: bool = False,
-                  depth: int | None = None, limit: int = WALK_LIMIT, spent: list | None = None) -> str | None:
+                  depth: int | None = None) -> str | None:
+    """Why a Bash walk below the folder `path` may not run (None: it may); _reach says how."""
+    return _reach(ctx, path, follow, names_only, depth, WALK_LIMIT, None)
+
+
+def _reach(ctx: Context, path: str, follow: bool, names_only: bool, depth: int | None, limit: int,
+           spent: list | None) -> str | None:
     """Why a Bash walk below the folder `path` may not run (None: it may): `grep -r`/`rg` (read
     every file below), `grep -R` (and follow every link), `find`/`ls -R`/`rg --files` (list every
     name below, to `depth` levels). The rule: the walk's whole reach must be readable. Unlike the
@@ -209,11 +208,7 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
         dirpath, level = stack.pop()
         if depth is not None and level >= depth:
             continue
-        try:
-            with os.scandir(dirpath) as it:
-                entries = list(it)
-        except OSError:
-            continue
+        entries = _entries(dirpath)
         seen += len(entries)
         if spent is not None:
             spent[0] += len(entries)
@@ -221,12 +216,9 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
             return f"{path} holds more than {limit} entries: too large to vet"
         for e in entries:
             full = dirpath + "/" + e.name
-            try:
-                is_link = e.is_symlink()
-                is_dir = not is_link and e.is_dir(follow_symlinks=False)
-                is_file = not is_link and e.is_file(follow_symlinks=False)
-            except OSError:
+            if (kind := _kind(e)) is None:
                 continue
+            is_link, is_dir, is_file = kind
             if is_link and not follow:          # not followed inside the walk: not read, only named
                 continue
             if names_only and not is_dir and not is_link:
@@ -252,6 +244,24 @@ def reach_problem(ctx: Context, path: str, follow: bool = False, names_only: boo
             if not is_file:
                 return f"{path} contains {_rel(full, top)}, which is not a regular file (a FIFO, socket or device)"
     return None
+
+
+def _entries(dirpath: str) -> list:
+    """The folder's entries; none when it cannot be listed (the walk then does not enter it)."""
+    try:
+        with os.scandir(dirpath) as it:
+            return list(it)
+    except OSError:
+        return []
+
+
+def _kind(e: os.DirEntry) -> tuple[bool, bool, bool] | None:
+    """(a link, a folder, a regular file) of an entry, links not followed; None when it cannot be told."""
+    try:
+        link = e.is_symlink()
+        return link, not link and e.is_dir(follow_symlinks=False), not link and e.is_file(follow_symlinks=False)
+    except OSError:
+        return None
 
 
 def _rel(full: str, top: str) -> str:
@@ -289,8 +299,9 @@ def readable_parts(ctx: Context, path: str, limit: int = 24, **walk) -> list[str
                 continue                                              # folder is left out)
         elif not (os.path.isfile(full) or os.path.isdir(full)):
             continue                            # a FIFO, socket or device
-        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or reach_problem(
-                ctx, full, limit=SUGGEST_WALK - spent[0], spent=spent, **walk)):
+        if os.path.isdir(full) and (spent[0] >= SUGGEST_WALK or _reach(
+                ctx, full, walk.get("follow", False), walk.get("names_only", False), walk.get("depth"),
+                SUGGEST_WALK - spent[0], spent)):
             continue
         out.append(name if path in (".", "./") else f"{path.rstrip('/')}/{name}")
         if len(out) >= limit:

@@ -16,34 +16,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import traceback
+from typing import BinaryIO
 from pathlib import Path
 
 from . import protocol as P
-from .model_server import Failed, import_path
+from .model_server import Failed, import_file, import_path
 
 MAX_REQUEST = 1 << 34                 # the relay bounds requests by eval.max_mb; this only guards a broken pipe
 
 
 def load(project: Path, entry: str, out: str, roots: list[str] | None = None):
     """predict, from `entry` (file.py:function) called with the checkpoint folder."""
-    import importlib.util
     rel, _, func = entry.partition(":")
     import_path(project, rel, roots or [])
-    try:
-        spec = importlib.util.spec_from_file_location(Path(rel).stem, project / rel)
-        if spec is None or spec.loader is None:
-            raise Failed(f"cannot import {rel}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[Path(rel).stem] = module
-        spec.loader.exec_module(module)
-    except Failed:
-        raise
-    except Exception as e:
-        traceback.print_exc()
-        raise Failed(f"importing {rel} failed: {type(e).__name__}: {e}") from None
+    module = import_file(project, rel)
     factory = getattr(module, func, None)
     if not callable(factory):
         raise Failed(f"{rel} has no function {func}(out_dir) for the evaluator to call (eval.model: {entry})")
@@ -95,17 +83,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--source-root", action="append", default=[], help="a project folder to import from "
                     "(run.source_roots)")
     args = ap.parse_args(argv)
-    rfile, wfile = P.server_channels()
-    try:
+
+    def body(rfile: BinaryIO, wfile: BinaryIO) -> None:
         predict = load(Path(args.project).resolve(), args.entry, args.out, args.source_root)
         P.write_all(wfile, P.message(P.READY, json.dumps({"entry": args.entry})))
         serve(predict, rfile, wfile)
-    except Failed as e:
-        P.write_all(wfile, P.message(P.FAILED, str(e)))
-    except (P.ProtocolError, BrokenPipeError) as e:
-        print(f"array_server: {e}", file=sys.stderr, flush=True)
-    sys.stderr.flush()
-    os._exit(0)                                          # agent atexit handlers and threads never run
+
+    P.serve_main("array_server", body, {Failed: P.FAILED})
+    return 0
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ import json
 import os
 import sys
 import traceback
+from typing import BinaryIO
 from pathlib import Path
 
 from . import protocol as P
@@ -36,6 +37,26 @@ class Failed(Exception):
 
 class Refused(Exception):
     """The input is refused (status invalid), e.g. a checkpoint that is not plain tensors."""
+
+
+def import_file(project: Path, rel: str):
+    """The agent's file `rel` imported as a module under its stem (Failed, with the reason, when
+    it cannot be: its traceback goes to the human-only log)."""
+    import importlib.util
+    path = project / rel
+    try:
+        spec = importlib.util.spec_from_file_location(path.stem, path)
+        if spec is None or spec.loader is None:
+            raise Failed(f"cannot import {rel}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[path.stem] = module
+        spec.loader.exec_module(module)
+    except Failed:
+        raise
+    except Exception as e:
+        traceback.print_exc()
+        raise Failed(f"importing {rel} failed: {type(e).__name__}: {e}") from None
+    return module
 
 
 def import_path(project: Path, script: str, roots: list[str]) -> None:
@@ -52,8 +73,6 @@ def load(args: argparse.Namespace):
     """(model, torch, device description): the agent's model, in eval mode, on the device."""
     project = Path(args.project).resolve()
     import_path(project, args.script, args.source_root)
-    import importlib.util
-
     import torch
     torch_load = torch.load                              # bound before agent code can rebind it
     torch.manual_seed(0)
@@ -62,19 +81,7 @@ def load(args: argparse.Namespace):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     desc = f"cuda:0 ({torch.cuda.get_device_name(0)})" if device == "cuda" else "cpu"
 
-    script = project / args.script
-    try:
-        spec = importlib.util.spec_from_file_location(script.stem, script)
-        if spec is None or spec.loader is None:
-            raise Failed(f"cannot import {args.script}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[script.stem] = module
-        spec.loader.exec_module(module)
-    except Failed:
-        raise
-    except Exception as e:
-        traceback.print_exc()
-        raise Failed(f"importing {args.script} failed: {type(e).__name__}: {e}") from None
+    module = import_file(project, args.script)
     build = getattr(module, "build_model", None)
     if not callable(build):
         raise Failed(f"{args.script} has no build_model() for the evaluator to call")
@@ -148,22 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--checkpoint", required=True, help="the TRAIN stage's model.pt")
     ap.add_argument("--vocab", type=int, required=True, help="logits per position (prepare.VOCAB_SIZE)")
     args = ap.parse_args(argv)
-    rfile, wfile = P.server_channels()
-    try:
+
+    def body(rfile: BinaryIO, wfile: BinaryIO) -> None:
         if not P.wait_go(rfile):                         # TRAIN did not end ok: no agent code runs at all
             os._exit(0)
         print(f"\n{P.AGENT_STARTS}", file=sys.stderr, flush=True)
         model, torch, device, desc = load(args)
         P.write_all(wfile, P.message(P.READY, json.dumps({"device": desc})))
         serve(model, torch, device, args.vocab, rfile, wfile)
-    except Refused as e:
-        P.write_all(wfile, P.message(P.REFUSED, str(e)))
-    except Failed as e:
-        P.write_all(wfile, P.message(P.FAILED, str(e)))
-    except (P.ProtocolError, BrokenPipeError) as e:
-        print(f"model_server: {e}", file=sys.stderr, flush=True)
-    sys.stderr.flush()
-    os._exit(0)                                          # agent atexit handlers and threads never run
+
+    P.serve_main("model_server", body, {Refused: P.REFUSED, Failed: P.FAILED})
+    return 0
 
 
 if __name__ == "__main__":

@@ -205,6 +205,23 @@ def server_channels() -> tuple[BinaryIO, BinaryIO]:
     return rfile, wfile
 
 
+def serve_main(name: str, body: Callable[[BinaryIO, BinaryIO], None],
+               answers: dict[type[BaseException], bytes]) -> None:
+    """A server's main once its arguments are parsed: `body(requests, answers)` on the private
+    channels; an exception of a type in `answers` is sent as that tag with its message (the
+    verdict the other side records), a broken channel is said on stderr. Then os._exit(0): agent
+    atexit handlers and threads never run."""
+    rfile, wfile = server_channels()
+    try:
+        body(rfile, wfile)
+    except tuple(answers) as e:
+        write_all(wfile, message(next(tag for cls, tag in answers.items() if isinstance(e, cls)), str(e)))
+    except (ProtocolError, BrokenPipeError) as e:
+        print(f"{name}: {e}", file=sys.stderr, flush=True)
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def run_server(main: Callable[[], object]) -> None:
     """A server's __main__: an unexpected error is a traceback on stderr and exit 3; agent atexit
     handlers and threads never run (main ends with os._exit)."""

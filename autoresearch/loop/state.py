@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -231,17 +232,29 @@ def add_measurement_run(root: Path, run_id: str) -> None:
             write_state(root, st)
 
 
-def record_calibration(root: Path, values: list[float], run_ids: list[str], seeds: list[int],
-                       sha: str, budget_seconds: float | None, fingerprint: str | None = None,
-                       method: str = "harness-seed", command: list[str] | None = None) -> Calibration:
+@dataclass(frozen=True)
+class Sample:
+    """What calibration measured: the baseline's values over seeds, their runs, the code (sha) and
+    budget they ran, and the fingerprint they share."""
+    values: list[float]
+    run_ids: list[str]
+    seeds: list[int]
+    sha: str
+    budget_seconds: float | None
+    fingerprint: str | None = None
+
+
+def record_calibration(root: Path, sample: Sample, method: str = "harness-seed",
+                       command: list[str] | None = None) -> Calibration:
     """Store sigma = the sample standard deviation of the baseline's metric over seeds, for the
     fingerprint (budget, eval, device...) it was measured under."""
+    values, fingerprint = sample.values, sample.fingerprint
     if len(values) < 2:
         raise ValueError(f"calibration needs at least 2 successful runs, got {len(values)}")
     if len(set(values)) == 1:
         raise ValueError("bit-identical values over different seeds measure no noise: record_seed_ignored")
-    cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=run_ids, seeds=seeds,
-                      train_py_sha256=sha, budget_seconds=budget_seconds, fingerprint=fingerprint, at=now(),
+    cal = Calibration(sigma=statistics.stdev(values), values=values, run_ids=sample.run_ids, seeds=sample.seeds,
+                      train_py_sha256=sample.sha, budget_seconds=sample.budget_seconds, fingerprint=fingerprint, at=now(),
                       method=method, command=command or [])
     with loop_lock(root):
         st = read_state(root)

@@ -241,9 +241,9 @@ def state_home(env=None) -> str:
     return os.path.join(os.path.abspath(base), "autoresearch")
 
 
-def state_dir(project_id: str, env=None) -> str:
+def state_dir(sid: str, env=None) -> str:
     """One project's state folder (stage scratch, the metric channel, human-only logs), keyed by
-    `project_id` (the project's real path, hashed: nothing the agent can write)."""
-    if not project_id or not all(c in "0123456789abcdef" for c in project_id):
-        raise ValueError(f"not a project id: {project_id!r}")
-    return os.path.join(state_home(env), "projects", project_id)
+    `sid` (layout.state_id: the project's real path, hashed: nothing the agent can write)."""
+    if not sid or not all(c in "0123456789abcdef" for c in sid):
+        raise ValueError(f"not a state id: {sid!r}")
+    return os.path.join(state_home(env), "projects", sid)

@@ -51,15 +51,16 @@ def inside(path: Path, root: Path) -> bool:
     return path == root or root in path.parents
 
 
-def project_id(root: Path) -> str:
-    """Short id of the project (its real path, which the agent cannot change): docker labels, and
-    the key of the project's state folder."""
+def state_id(root: Path) -> str:
+    """Short id of the project's folder (its real path, which the agent cannot change): the key of
+    its state folder, and docker's owner label. Not the project's identity (keys.identity: survives
+    a move, names its signing keys) nor export's lineage id (its first commit)."""
     return hashlib.sha256(str(Path(root).resolve()).encode()).hexdigest()[:16]
 
 
 def state_folder(root: Path) -> Path:
     """The project's state folder outside the project (flows.state_dir)."""
-    return Path(state_dir(project_id(root)))
+    return Path(state_dir(state_id(root)))
 
 
 def eval_log(root: Path, run_id: str) -> Path:

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ..atomic import write_atomic
 from ..registry import DEFAULT_MODE, MODES, evaluator
@@ -31,6 +31,7 @@ METRICS_FILE = "metrics.json"
 RECORD_ALTERED = "result record altered"
 KEY_MISSING = "signing key missing"        # the record is fine as far as anyone knows; its key is not here
 KEY_LOST = "signing key lost"              # retired with `keys new --forget`: the run cannot be verified, ever
+TYPED_EXTRA = ("metric_floor", "metric_ceiling", "eval_bytes_expected", "train_exit_code", "gpu_peak_gb")
 
 
 class RunMetrics(BaseModel):
@@ -59,7 +60,13 @@ class RunMetrics(BaseModel):
     eval_bytes: int | None = None
     started_at: datetime
     finished_at: datetime | None = None
-    extra: dict[str, float | int | str | None] = Field(default_factory=dict)
+    # what the host re-checks an "ok" against (host_check), and reads back: typed, not in `extra`
+    metric_floor: float | None = None             # program.md's metric.floor when the run started
+    metric_ceiling: float | None = None           # metric.ceiling
+    eval_bytes_expected: int | None = None        # prepare.EVAL_BYTES: the scorer must score at least these
+    train_exit_code: int | None = None            # TRAIN's exit status (None: killed at its limit)
+    gpu_peak_gb: float | None = None              # TRAIN's peak GPU memory, polled from outside
+    extra: dict[str, float | int | str | None] = Field(default_factory=dict)   # the rest: for humans
     # identity (issue 14): what ran, and what it may be compared with (None in runs made before)
     snapshot_sha256: str | None = None            # identity.snapshot over the editable set's code files
     fingerprint: Fingerprint | None = None        # budget, eval, backend, device class, data version
@@ -67,6 +74,31 @@ class RunMetrics(BaseModel):
     steps_per_s: float | None = None              # training steps / train_seconds (from the log; contention check)
     key_id: str | None = None                     # keys.key_id_of the signing key (None: signed before key ids)
     signature: str | None = None                  # HMAC-SHA256 (hex) of the rest, by the runner
+
+    @model_validator(mode="before")
+    @classmethod
+    def _typed_from_extra(cls, data):
+        """Records written before these fields carry them in `extra`: read them from there. The
+        signature covers the JSON as written (load_verified checks it before parsing), so such a
+        record verifies unchanged."""
+        if isinstance(data, dict) and isinstance(data.get("extra"), dict):
+            extra = dict(data["extra"])
+            lifted = {k: extra.pop(k) for k in TYPED_EXTRA if k in extra and data.get(k) is None}
+            if lifted:
+                data = {**data, **lifted, "extra": extra}
+        return data
+
+    @property
+    def queued(self) -> bool:
+        """A queued run's pending record (record/queue.py), not yet started. Kept in `extra` ("wave":
+        "queued", its "base" commit) as written: tests and older readers read it there."""
+        return self.extra.get("wave") == "queued"
+
+    @property
+    def queued_base(self) -> str | None:
+        """The commit a queued run for a remote executor ships (None: none recorded)."""
+        base = self.extra.get("base")
+        return base if isinstance(base, str) else None
 
     def write(self, run_dir: Path) -> None:
         """Sign and write atomically. The project is run_dir's grandparent (root/runs/NNNN).
@@ -101,22 +133,22 @@ def _mac(key: bytes, body: dict) -> str:
 
 def host_check(m: RunMetrics) -> tuple[str, str | None] | None:
     """Re-apply the sanity checks outside the evaluator's process, from the signed record, in every
-    mode (two-stage, eval_command, inline): a finite value, not below `extra.metric_floor` nor above
-    `extra.metric_ceiling` (a forged or leaked number), and for the scorer at least
-    `extra.eval_bytes_expected` bytes scored. None when an "ok" passes (or the run is not "ok"),
+    mode (two-stage, eval_command, inline): a finite value, not below `metric_floor` nor above
+    `metric_ceiling` (a forged or leaked number), and for the scorer at least
+    `eval_bytes_expected` bytes scored. None when an "ok" passes (or the run is not "ok"),
     else ("invalid", reason)."""
     if m.status != "ok":
         return None
     v = m.metric_value
     if v is None or not math.isfinite(v):
         return "invalid", f"host check: the value {v!r} is not finite"
-    floor, ceiling = m.extra.get("metric_floor"), m.extra.get("metric_ceiling")
-    if isinstance(floor, (int, float)) and v < floor:
+    floor, ceiling = m.metric_floor, m.metric_ceiling
+    if floor is not None and v < floor:
         return "invalid", f"host check: {m.metric_name} {v:.6g} is below metric.floor {floor:g} (a leak, a forgery or a bug)"
-    if isinstance(ceiling, (int, float)) and v > ceiling:
+    if ceiling is not None and v > ceiling:
         return "invalid", f"host check: {m.metric_name} {v:.6g} is above metric.ceiling {ceiling:g} (a leak, a forgery or a bug)"
-    want = m.extra.get("eval_bytes_expected")
-    if evaluator(m.mode).data and isinstance(want, int) and (m.eval_bytes is None or m.eval_bytes < want):
+    want = m.eval_bytes_expected
+    if evaluator(m.mode).data and want is not None and (m.eval_bytes is None or m.eval_bytes < want):
         return "invalid", f"host check: {m.eval_bytes} bytes were scored, the evaluation needs {want}"
     return None
 

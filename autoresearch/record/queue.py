@@ -192,7 +192,7 @@ def settle_lost(root: Path, mine: set[str], decided: set[str] | frozenset[str] =
         if e.state == "running" and e.run_id not in mine and not runner_live(root, e.run_id) \
                 and e.slot is not None and slot_free(root, e.slot):
             m, _ = load_verified(Path(root) / RUNS_DIR / e.run_id)
-            if m is not None and m.finished_at is not None and m.extra.get("wave") != "queued":
+            if m is not None and m.finished_at is not None and not m.queued:
                 finish(root, e.run_id, "done", "its runner was lost after it recorded the run's end")
             else:
                 finish(root, e.run_id, "interrupted", "its runner was lost (killed, or the machine restarted)")
@@ -257,7 +257,7 @@ def rebuilt_entry(run_dir: Path):
         t = datetime.fromtimestamp(run_dir.stat().st_mtime, timezone.utc)
         return QueueEntry(run_id=run_dir.name, state="interrupted", message="", budget_seconds=0, seed=0,
                           queued_at=t, finished_at=t, note=LOST + " (no signed record either)")
-    queued = m.extra.get("wave") == "queued"
+    queued = m.queued
     if m.finished_at is not None:
         state = "cancelled" if queued else "done"
     elif queued:
@@ -265,7 +265,7 @@ def rebuilt_entry(run_dir: Path):
     else:
         state = "running" if runner_live(root, run_dir.name) else "interrupted"
     e = QueueEntry(run_id=run_dir.name, state=state, message=m.description, budget_seconds=m.budget_seconds,
-                   seed=m.seed, queued_at=m.started_at, note=LOST, base=m.extra.get("base"),
+                   seed=m.seed, queued_at=m.started_at, note=LOST, base=m.queued_base,
                    finished_at=m.finished_at if state in ("done", "cancelled") else None)
     for absent in _absent_candidates(root, run_dir, saved_files(root, e)):
         e.absent = absent

@@ -8,7 +8,7 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     main          ./run.sh's command line: one run, --queue, --wait
     scheduler     the local executor: up to executor.slots runs at once, one per GPU or CPU share
     inputs        budget, seed, prepare.py and the data, the evaluator's version, diff.patch
-    specs         each stage's sandbox: mounts, environment, limits
+    specs         each stage's sandbox: mounts, environment; stage_spec, the one SandboxSpec builder (limits)
     evaluate      the EVAL stage: two model servers and the scorer
     outcome       the one outcome ladder: sandbox result (+ scorer result) -> status, reason
     report        what the agent reads after a run
@@ -38,8 +38,8 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "interpreter": ("InterpreterError", "probe", "torch_version"),
     "logs": ("log_tail",),
     "main": ("build_parser",),
-        "progress": ("LogFollower", "clock"),
-    "runner": ("run_experiment",),
+    "progress": ("LogFollower", "clock"),
+    "runner": ("RunOptions", "run_experiment"),
     "seeds": ("fixed_seeds", "overriders", "reads_harness_seed", "seed_override",
               "with_seed"),
     "specs": ("base_env", "gpu_request", "repo_env"),

@@ -16,9 +16,9 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
                      backend: str | None = None) -> QueueEntry:
     """Snapshot the editable set now into a new runs/NNNN/ and queue it (the same checks as a run:
     a run that could not start is refused now, with the fix, and makes no folder)."""
-    from .runner import _now as now, prepare
+    from .runner import RunOptions, _now as now, prepare
     root = Path(root).resolve()
-    p = prepare(root, budget, seed, backend, queued=True)
+    p = prepare(root, RunOptions(budget, seed, backend), queued=True)
     if remote(kind := p.program.executor.kind):
         from .inputs import branch_head
         if (base := branch_head(root)) is None:
@@ -46,9 +46,7 @@ def queue_experiment(root: Path, message: str, budget: float | None = None, seed
 def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetrics:
     """Run a claimed queued run in its folder, from its saved snapshot (called by the scheduler's
     child for `slot`, with program.md's sandbox.gpus already narrowed to the slot's GPU)."""
-    import time
-
-    from .runner import _now as now, prepare, run_in
+    from .runner import Asked, RunOptions, prepare, run_in
     root = Path(root).resolve()
     e = read_entry(root / RUNS_DIR / run_id)
     if e is None:
@@ -56,5 +54,5 @@ def execute_queued(root: Path, run_id: str, slot: int, program=None) -> RunMetri
     if not snapshot_intact(root, e):
         raise HarnessError(f"runs/{run_id}/snapshot/ no longer holds the code that was queued (a file lost or "
                            "changed): it is not run; queue the variant again")
-    p = prepare(root, e.budget_seconds, e.seed, e.backend, files=saved_files(root, e), program=program)
-    return run_in(root, p, root / RUNS_DIR / run_id, e.message, "experiment", None, now(), time.monotonic())
+    p = prepare(root, RunOptions(e.budget_seconds, e.seed, e.backend, program=program), files=saved_files(root, e))
+    return run_in(root, p, root / RUNS_DIR / run_id, Asked(e.message))

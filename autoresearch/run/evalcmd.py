@@ -23,17 +23,18 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from ..program import Program
-from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
-from ..record import EVAL_LOG, HarnessError, Layout, private_dir
+from ..sandbox import Mount, SandboxResult, SandboxSpec
+from ..record import HarnessError, Layout, private_dir
 from ..record.flows import EVAL_COMMAND
 from .logs import log_tail
-from .specs import (EVAL_NAME, environment_mounts, gpu_request, hidden_splits, home_cache, project_id, project_mounts,
-                    python_of, runtime_mounts)
+from .outcome import Wording, ended, ladder
+from .specs import EVAL_NAME, StageInputs, StageSpec, python_of, shared_mounts, stage_spec
 from .workcopy import put_file, remove_work_copy, work_copy
 
 METRIC_DIR = "metric"                    # <state>/runs/NNNN/metric/: the eval script's channel
@@ -116,26 +117,33 @@ def frozen_mounts(lay: Layout, frozen: dict[str, bytes]) -> list[Mount]:
     return mounts
 
 
-def evalcmd_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                 channel: Path, log: Path, stage: str = "eval", work: Path | None = None) -> SandboxSpec:
+@dataclass(frozen=True)
+class ScriptRun:
+    """The eval script's stage: eval.files' committed bytes, its metric channel and log, and the
+    stage whose declared mounts it sees (eval, or final)."""
+    frozen: dict[str, bytes]
+    channel: Path
+    log: Path
+    stage: str = "eval"
+
+
+def evalcmd_spec(inp: StageInputs, run: ScriptRun, work: Path | None = None) -> SandboxSpec:
     """The eval script's sandbox, run in `work` (its own writable copy of the snapshot, eval.files
     in it as committed at the base commit): the project read-only with eval.files replaced the same
     way, the checkpoint read-only, the `stage` mounts, the metric channel. Made here when None."""
+    lay = inp.lay
     if work is None:
         work = work_copy(lay, f"{EVAL_NAME}-cmd")
-    home, home_env = home_cache(program, None, stage)
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += hidden_splits(program, lay, None, stage) + project_mounts(lay, None, EVAL_COMMAND) + [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, frozen)
-    for rel, data in sorted(frozen.items()):
+    mounts, env = shared_mounts(inp, run.stage, EVAL_COMMAND, None)
+    mounts += [Mount(lay.out, str(lay.out))] + frozen_mounts(lay, run.frozen)
+    for rel, data in sorted(run.frozen.items()):
         put_file(work, rel, data)                  # the committed bytes, never the work tree's
-    mounts += [Mount(work, str(work), writable=True), Mount(channel, str(channel), writable=True)]
-    env = {**env, **home_env, "PYTHONPATH": str(work), "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
-           "AUTORESEARCH_STAGE": stage}
-    return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
-                       cwd=str(work), timeout_s=program.budget.eval_seconds,
-                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30), log_path=log,
-                       disk_bytes=int(program.sandbox.disk_gb * 2**30), owner=project_id(lay.root))
+    mounts += [Mount(work, str(work), writable=True), Mount(run.channel, str(run.channel), writable=True)]
+    env.update({"PYTHONPATH": str(work), "AUTORESEARCH_METRIC_FILE": str(run.channel / METRIC_FILE),
+                "AUTORESEARCH_STAGE": run.stage})
+    return stage_spec(inp, StageSpec(argv=eval_argv(python_of(inp.sandbox, inp.program, lay.root), inp.program),
+                                     mounts=mounts, env=env, cwd=work, log=run.log,
+                                     timeout_s=inp.program.budget.eval_seconds))
 
 
 def read_metric(channel: Path) -> tuple[float | None, str | None]:
@@ -177,24 +185,23 @@ def _exception_type(log: Path) -> str:
 
 
 def evalcmd_outcome(res: SandboxResult, value: float | None, problem: str | None, program: Program,
-                    log: Path, log_name: str = EVAL_LOG) -> tuple[str, str | None, float | None]:
-    """(status, reason, value) of the eval script's stage. The process's end decides first: a
-    metric written by a script that then failed is not a result."""
-    cmd = " ".join(program.eval.command) if program.eval else "eval.command"
-    if res.disk_exceeded:
-        return "crash", f"the eval command ({cmd}) wrote more than {METRIC_MAX_BYTES * 16} bytes to its metric folder"
-    if res.timed_out:
-        return "timeout", f"the eval command ({cmd}) ran past eval_seconds {program.budget.eval_seconds:g} s"
-    if res.oom:
-        return "oom", f"the eval command ({cmd}) went over the memory limit ({program.sandbox.memory_gb:g} GB)"
-    if res.exit_code != 0:
-        code = res.exit_code
-        why = f"was killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
+                    log: Path) -> tuple[str, str | None]:
+    """(status, reason) of the eval script's stage. The process's end decides first: a metric
+    written by a script that then failed is not a result."""
+    what = f"the eval command ({' '.join(program.eval.command) if program.eval else 'eval.command'})"
+
+    def crash(code: int | None) -> str:
         exc = _exception_type(log)
-        return "crash", (f"the eval command ({cmd}) {why}" + (f" ({exc})" if exc else "")
-                         + f"; its output is in {log_name} (for humans only)")
+        return f"{what} {ended(code, 'was ')}" + (f" ({exc})" if exc else "") + \
+            f"; its output is in {log.name} (for humans only)"
+
+    if (out := ladder(res, Wording(
+            what=what, memory_gb=program.sandbox.memory_gb, crash=crash,
+            disk=f"{what} wrote more than {METRIC_MAX_BYTES * 16} bytes to its metric folder",
+            timeout=f"{what} ran past eval_seconds {program.budget.eval_seconds:g} s"))) is not None:
+        return out
     if problem == "missing":
-        return "crash", (f"the eval command ({cmd}) exited 0 but wrote no metric: it must write "
+        return "crash", (f"{what} exited 0 but wrote no metric: it must write "
                          f"{{\"value\": <number>}} to $AUTORESEARCH_METRIC_FILE")
     if problem is not None or value is None:
         return "invalid", f"the eval command's metric file is {problem}"

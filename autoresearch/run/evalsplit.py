@@ -21,21 +21,15 @@ from pathlib import Path
 from ..record.flows import SERVER
 from ..hostenv import stage_mounts
 from ..program import Program
-from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec
-from .evalcmd import eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric, METRIC_FILE
+from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec, Session
+from .evalcmd import METRIC_FILE, ScriptRun, eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric
 from .interpreter import interpreter_mounts, resolve
-from ..record import Layout, inside
+from ..record import inside
+from .outcome import Wording, ladder
 from .relay import Relay
-from .specs import (EVAL_NAME, gpu_request, hidden_splits, hidden_under, home_cache, package_mount, project_id, project_mounts,
-                    python_of, runtime_mounts)
+from .specs import (EVAL_NAME, StageInputs, StageSpec, hidden_splits, hidden_under, home_cache, package_mount,
+                    project_mounts, python_of, runtime_mounts, stage_spec)
 from .workcopy import remove_work_copy, work_copy
-
-
-def _limits(program: Program, lay: Layout, log: Path, session) -> dict:
-    return dict(cwd=str(lay.root), timeout_s=program.budget.eval_seconds,
-                memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30), log_path=log,
-                session=session, owner=project_id(lay.root))
 
 
 def _interpreter(backend: Backend, program: Program, root: Path, project_shown: bool) -> list[Mount]:
@@ -51,25 +45,27 @@ def _interpreter(backend: Backend, program: Program, root: Path, project_shown: 
     return mounts
 
 
-def script_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-                channel: Path, log: Path, session, stage: str) -> SandboxSpec:
+def script_spec(inp: StageInputs, run: ScriptRun, session: Session) -> SandboxSpec:
     """The trusted eval script's sandbox: no project, no checkpoint; the frozen files, the client
     package, the `stage` mounts, the metric channel (its only writable mount)."""
+    backend, program, lay = inp.sandbox, inp.program, inp.lay
     pkg_mounts, pkg_path = package_mount()
     mounts = runtime_mounts(backend, lay.root) + _interpreter(backend, program, lay.root, False)
-    mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, stage)]
-    mounts += hidden_splits(program, lay, None, stage) + frozen_mounts(lay, frozen) + pkg_mounts + [Mount(channel, str(channel), writable=True)]
-    env = {k: v for k, v in env.items() if k != "AUTORESEARCH_OUT"}
-    env.update({"PYTHONPATH": f"{lay.root}:{pkg_path}", "AUTORESEARCH_METRIC_FILE": str(channel / METRIC_FILE),
-                "AUTORESEARCH_STAGE": stage})
-    return SandboxSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts, env=env,
-                       disk_bytes=64 << 14, **_limits(program, lay, log, session))
+    mounts += [Mount(p.resolve(), str(p)) for p in stage_mounts(program.mounts, run.stage)]
+    mounts += hidden_splits(program, lay, None, run.stage) + frozen_mounts(lay, run.frozen) + pkg_mounts
+    mounts += [Mount(run.channel, str(run.channel), writable=True)]
+    env = {k: v for k, v in inp.env.items() if k != "AUTORESEARCH_OUT"}
+    env.update({"PYTHONPATH": f"{lay.root}:{pkg_path}", "AUTORESEARCH_METRIC_FILE": str(run.channel / METRIC_FILE),
+                "AUTORESEARCH_STAGE": run.stage})
+    return stage_spec(inp, StageSpec(argv=eval_argv(python_of(backend, program, lay.root), program), mounts=mounts,
+                                     env=env, cwd=lay.root, log=run.log, timeout_s=program.budget.eval_seconds,
+                                     session=session, disk_bytes=64 << 14))
 
 
-def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, str], log: Path,
-                session, work: Path) -> SandboxSpec:
+def server_spec(inp: StageInputs, log: Path, session: Session, work: Path) -> SandboxSpec:
     """A model server's sandbox, run in `work` (its own writable copy of the run's snapshot): the
     project and the checkpoint read-only, the mounts TRAIN saw, nothing held out."""
+    backend, program, lay = inp.sandbox, inp.program, inp.lay
     assert program.eval is not None and program.eval.model is not None
     pkg_mounts, pkg_path = package_mount()
     home, home_env = home_cache(program, None, "eval")
@@ -78,31 +74,30 @@ def server_spec(backend: Backend, program: Program, lay: Layout, env: dict[str, 
     mounts += hidden_under(lay, stage_mounts(program.mounts, "train") + [Path(m.target) for m in home], None)
     mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
-    env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env = {**inp.env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
     argv = [python_of(backend, program, lay.root), "-m", "autoresearch.inside.array_server", "--project",
             str(work), "--entry", program.eval.model, "--out", str(lay.out)]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env,
-                       **{**_limits(program, lay, log, session), "cwd": str(work),
-                          "disk_bytes": int(program.sandbox.disk_gb * 2**30)})
+    return stage_spec(inp, StageSpec(argv=argv, mounts=mounts, env=env, cwd=work, log=log,
+                                     timeout_s=program.budget.eval_seconds, session=session))
 
 
 def _server_outcome(results: list[SandboxResult], program: Program) -> tuple[str, str] | None:
     """Why a model server vanished, from its sandbox result; None when none says."""
     for r in results:
-        if r.oom:
-            return "oom", f"the model server went over the memory limit ({program.sandbox.memory_gb:g} GB)"
-        if r.timed_out:
-            return "timeout", f"the model server ran past eval_seconds {program.budget.eval_seconds:g} s"
-        if r.exit_code not in (0, None):
-            return "crash", f"the model server exited with code {r.exit_code}; its output is in the eval log"
+        if (out := ladder(r, Wording(
+                what="the model server", memory_gb=program.sandbox.memory_gb, ok_codes=(0, None),
+                timeout=f"the model server ran past eval_seconds {program.budget.eval_seconds:g} s",
+                crash=lambda code: f"the model server exited with code {code}; its output is in the eval log"))):
+            return out
     return None
 
 
-def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, str], frozen: dict[str, bytes],
-              log: Path, stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None, dict]:
+def run_split(inp: StageInputs, frozen: dict[str, bytes], log: Path,
+              stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None, dict]:
     """The eval script once, its model() served by the agent's code in other sandboxes:
     (the script's sandbox result, status, reason, value, the relay's figures)."""
+    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
     ev = program.eval
     assert ev is not None
     relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, compare=dict(ev.compare),
@@ -116,7 +111,7 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
         work = None
         try:
             work = work_copy(lay, f"{EVAL_NAME}-srv-{k}")          # the same name in final
-            results.append(sandbox.run(server_spec(sandbox, program, lay, env, log, relay.server_session(k), work)))
+            results.append(sandbox.run(server_spec(inp, log, relay.server_session(k), work)))
         except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
             errors.append(e)
         finally:
@@ -128,7 +123,7 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
     for t in threads:
         t.start()
     try:
-        res = sandbox.run(script_spec(sandbox, program, lay, env, frozen, channel, log, relay.client_session(), stage))
+        res = sandbox.run(script_spec(inp, ScriptRun(frozen, channel, log, stage), relay.client_session()))
         value, problem = read_metric(channel)
     finally:
         relay.done.set()
@@ -143,5 +138,5 @@ def run_split(sandbox: Backend, program: Program, lay: Layout, env: dict[str, st
         if relay.hangup and (why := _server_outcome(results, program)) is not None:
             status, reason = why                        # why the server vanished: its sandbox says
         return res, status, reason, None, figures
-    status, reason = evalcmd_outcome(res, value, problem, program, log, log.name)
+    status, reason = evalcmd_outcome(res, value, problem, program, log)
     return res, status, reason, value if status == "ok" else None, figures

@@ -7,17 +7,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from ..program import Program
 from ..registry import Evaluator, evaluator, function
 from ..record import Layout, RunMetrics, new_log
 from ..sandbox import Backend, SandboxResult
-from .evalcmd import evalcmd_outcome, evalcmd_spec, metric_channel, read_metric
+from .evalcmd import ScriptRun, evalcmd_outcome, evalcmd_spec, metric_channel, read_metric
 from .evalsplit import run_split
 from .logs import append_log
-from .specs import EVAL_NAME
+from .specs import EVAL_NAME, StageInputs
 from .workcopy import remove_work_copy, work_copy
+
+
+class WarmServers(Protocol):
+    """Model servers started with TRAIN (evaluate.Servers): told GO once TRAIN ended ok (they then
+    score the checkpoint), or hung up on (they exit without running agent code)."""
+
+    def finish(self, go: bool) -> tuple[SandboxResult, dict]: ...
 
 
 @dataclass(frozen=True)
@@ -32,7 +39,12 @@ class EvalJob:
     data: Path | None = None                   # prepare.py's data folder (Evaluator.data)
     frozen: dict[str, bytes] | None = None     # eval.files as committed (Evaluator.script)
     split: str = "val"
-    servers: Any = None                        # evaluate.Servers started with TRAIN (the built-in's warm start)
+    servers: WarmServers | None = None         # started with TRAIN (the built-in's warm start)
+
+    @property
+    def inputs(self) -> StageInputs:
+        """What the stage's sandboxes are built from (specs.stage_spec)."""
+        return StageInputs(self.sandbox, self.program, self.lay, self.env, self.data)
 
 
 def evaluator_of(program: Program) -> Evaluator:
@@ -58,19 +70,19 @@ def measure_command(job: EvalJob) -> tuple[SandboxResult, str, str | None, float
     channel = metric_channel(lay)
     work = work_copy(lay, f"{EVAL_NAME}-cmd")
     try:
-        res = sandbox.run(evalcmd_spec(sandbox, program, lay, job.env, job.frozen, channel, job.log, job.stage, work))
+        res = sandbox.run(evalcmd_spec(job.inputs, ScriptRun(job.frozen, channel, job.log, job.stage), work))
         value, problem = read_metric(channel)
     finally:
         remove_work_copy(channel)
         remove_work_copy(work)                     # what the eval stage wrote into its tree ends with it
-    status, reason = evalcmd_outcome(res, value, problem, program, job.log, job.log.name)
+    status, reason = evalcmd_outcome(res, value, problem, program, job.log)
     return res, status, reason, value if status == "ok" else None, {}
 
 
 def measure_split(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:
     """eval.command without the project, its model() served by the agent's code (evalsplit.py)."""
     assert job.frozen is not None and job.log is not None
-    return run_split(job.sandbox, job.program, job.lay, job.env, job.frozen, job.log, job.stage)
+    return run_split(job.inputs, job.frozen, job.log, job.stage)
 
 
 def evalcmd_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | None]:

@@ -12,23 +12,31 @@ import threading
 import time
 from pathlib import Path
 
-from ..program import Program
-from ..sandbox import Backend, SandboxResult
+from ..sandbox import SandboxResult
 from .inputs import load_prepare
-from ..record import Layout, RunMetrics, new_log
+from ..record import RunMetrics, new_log
 from .logs import EVAL_BANNER, append_log
 from .evalstage import EvalJob
 from .outcome import eval_outcome
-from .specs import eval_spec
+from .specs import ServerSlot, StageInputs, eval_spec
 from .workcopy import remove_work_copy
 
 
-def run_eval(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-             split_file: Path, log: Path, stage: str = "eval") -> tuple[SandboxResult, dict]:
+def bpb_scorer(inp: StageInputs, split_file: Path):
+    """The built-in scorer (scorer.Scorer) on `split_file`'s bytes, waiting for GO."""
+    import numpy as np
+
+    from .scorer import Scorer
+    m = inp.program.metric
+    return Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(inp.lay.root), floor=m.floor,
+                  direction=m.direction, metric=m.name, go=threading.Event())
+
+
+def run_eval(inp: StageInputs, split_file: Path, log: Path, stage: str = "eval") -> tuple[SandboxResult, dict]:
     """The EVAL stage on `split_file`'s bytes: two model servers, each in its own sandbox, run at
     once and served by one trusted scorer. Returns (the servers' sandbox results merged: the
     longest wall time, the summed peak memory, the first failure; the scorer's result)."""
-    ev = Servers(sandbox, program, lay, data, env, split_file, log, stage)
+    ev = Servers(inp, bpb_scorer(inp, split_file), log, stage)
     return ev.finish(go=True)
 
 
@@ -38,22 +46,18 @@ class Servers:
     starts them with TRAIN and calls finish(go=True) once TRAIN ended ok and its checkpoint is
     final, or finish(go=False) (they exit without running agent code)."""
 
-    def __init__(self, sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-                 split_file: Path, log: Path, stage: str = "eval", wait_s: float = 0.0):
-        import numpy as np
-
-        from .scorer import SERVERS, Scorer
-        m = program.metric
-        self.scorer = Scorer(np.fromfile(split_file, dtype=np.uint8), load_prepare(lay.root), floor=m.floor,
-                             direction=m.direction, metric=m.name, go=threading.Event())
-        self.sandbox = sandbox
+    def __init__(self, inp: StageInputs, scorer, log: Path, stage: str = "eval", wait_s: float = 0.0):
+        """`scorer`: what serves the model servers' sessions (scorer.Scorer: session(k), go, aborted,
+        finish()); another built-in metric over the model's logits brings its own."""
+        from .scorer import SERVERS
+        self.scorer = scorer
+        self.sandbox = inp.sandbox
         self.specs: list = []
         self.results: list[SandboxResult | None] = [None] * SERVERS
         self.errors: list[BaseException] = []
         try:
             for k in range(SERVERS):
-                self.specs.append(eval_spec(sandbox, program, lay, data, env, self.scorer.session(k), log, stage, k,
-                                            wait_s))
+                self.specs.append(eval_spec(inp, ServerSlot(self.scorer.session(k), log, stage, k, wait_s)))
         except BaseException:
             self._remove()
             raise
@@ -124,8 +128,7 @@ def start_servers(job: EvalJob, train_s: float) -> Servers:
     lay = job.lay
     assert job.data is not None
     log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
-    return Servers(job.sandbox, job.program, lay, job.data, job.env, job.data / "val" / "val.bin", log,
-                   wait_s=train_s)
+    return Servers(job.inputs, bpb_scorer(job.inputs, job.data / "val" / "val.bin"), log, wait_s=train_s)
 
 
 def measure_bpb(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:
@@ -141,7 +144,7 @@ def measure_bpb(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | N
     split_file = data / job.split / f"{job.split}.bin"
     if not split_file.is_file():
         raise HarnessError(f"{split_file} not found: prepare the data first (.venv/bin/python prepare.py)")
-    res, result = run_eval(job.sandbox, job.program, lay, data, job.env, split_file, job.log, job.stage)
+    res, result = run_eval(job.inputs, split_file, job.log, job.stage)
     status, reason, value = eval_outcome(res, result, job.program)
     return res, status, reason, value, result or {}
 
@@ -153,7 +156,7 @@ def eval_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | None
     lay, program = job.lay, job.program
     servers = job.servers if job.servers is not None else start_servers(job, 0.0)
     with contextlib.suppress(Exception):         # what the host re-checks the evaluator's byte count against
-        m.extra["eval_bytes_expected"] = int(load_prepare(lay.root).EVAL_BYTES)
+        m.eval_bytes_expected = int(load_prepare(lay.root).EVAL_BYTES)
     append_log(lay.log, f"\n{EVAL_BANNER} (autoresearch.run.scorer); what the model prints "
                         f"goes to the eval log, for humans only: {lay.eval_log} ----\n")
     t0 = time.monotonic()

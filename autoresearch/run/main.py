@@ -67,14 +67,14 @@ def _queue(args) -> int:
 
 def _run(args) -> int:
     from .report import current_best, summary
-    from .runner import run_experiment
+    from .runner import RunOptions, run_experiment
     root = project_root()
     program = load_program(root)
     if waiting := [e.run_id for e in wave(root) if e.state in ("queued", "running")]:
         raise RunBusy(f"a wave is in flight (runs {', '.join(waiting)}): ./run.sh --wait for it, end your turn "
                       f"so it is decided, then run again (or queue this one with --queue)")
-    m = run_experiment(root, args.message.strip(), budget=args.budget, seed=args.seed,
-                       backend=args.backend, echo=sys.stdout)
+    m = run_experiment(root, args.message.strip(), RunOptions(budget=args.budget, seed=args.seed,
+                       backend=args.backend), echo=sys.stdout)
     best, note = current_best(root, program, m)
     print("\n".join(summary(m, program, best, note, root / RUNS_DIR / m.run_id, root)), flush=True)
     return for_status(m.status)

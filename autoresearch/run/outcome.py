@@ -1,16 +1,21 @@
 """The outcome ladder: what a stage's sandbox result (and the scorer's result) mean for the run,
-as (status, reason). One ladder for every caller: the runner's TRAIN and EVAL stages and
-`autoresearch final`.
+as (status, reason). One ladder for every caller: the runner's TRAIN and EVAL stages, eval.command,
+the evaluator split and `autoresearch final`.
 
-    TRAIN   disk limit > timeout > oom > exit code (crash, with the line that ended the traceback) > ok
-    EVAL    the scorer's verdict, unless the server vanished first: then timeout > oom > exit code
+    ladder  any stage's sandbox result, in that stage's Wording: disk limit > start-up timeout >
+            timeout > oom > exit code > ok (TRAIN, EVAL's model servers, eval.command, the split's
+            servers)
+    TRAIN   the ladder; a crash quotes the line that ended the traceback
+    EVAL    the scorer's verdict, unless the server vanished first: then the ladder
     inline  the last match of run.metric_regex in the log, or a crash when there is none
 """
 from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..program import Program
 from ..program.sections import save_margin
@@ -34,30 +39,57 @@ def _exception_line(lines: list[str]) -> str:
     return next((ln for ln in reversed(lines) if ln.strip() and not ln.startswith(" ")), "")
 
 
-def _crash_reason(res: SandboxResult, log: Path, what: str) -> str:
-    last = _exception_line(log_tail(log, 40))
-    code = res.exit_code
-    why = f"killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
-    return f"{what} {why}" + (f": {last[:200]}" if last else "")
+def ended(code: int | None, was: str = "") -> str:
+    """How a process ended, in words: "killed by signal 9" (was="was ": "was killed by ...") or
+    "exited with code 3"."""
+    return f"{was}killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
+
+
+@dataclass(frozen=True)
+class Wording:
+    """How one stage's sandbox end reads for the agent: `what` names the process; the sentences the
+    stage's own limits need. A sentence left empty is a check the stage does not make."""
+    what: str                                   # "train.py", "the eval command (python eval.py)"
+    timeout: str                                # killed at its time limit
+    memory_gb: float                            # sandbox.memory_gb, said on oom
+    crash: Callable[[int | None], str]          # the exit code -> the reason
+    oom_tail: str = ""                          # after "went over the memory limit (N GB)"
+    disk: str = ""                              # killed for writing more than its disk limit
+    startup: str = ""                           # the trusted start-up ran past its grace
+    ok_codes: tuple[int | None, ...] = (0,)     # exit codes that are no failure; (): any end is one
+
+
+def ladder(res: SandboxResult, w: Wording) -> tuple[str, str] | None:
+    """The one ladder from a sandbox result to (status, reason), for every stage: disk limit >
+    start-up timeout > timeout > oom > exit code; None when the process ended well."""
+    if res.disk_exceeded and w.disk:
+        return "crash", w.disk
+    if res.startup_timed_out and w.startup:
+        return "timeout", w.startup
+    if res.timed_out:
+        return "timeout", w.timeout
+    if res.oom:
+        return "oom", f"{w.what} went over the memory limit ({w.memory_gb:g} GB){w.oom_tail}"
+    if res.exit_code not in w.ok_codes:
+        return "crash", w.crash(res.exit_code)
+    return None
 
 
 def train_status(res: SandboxResult, program: Program, budget: float, log: Path, what: str) -> tuple[str, str | None]:
-    if res.disk_exceeded:
-        return "crash", (f"disk limit: {what} wrote more than sandbox.disk_gb {program.sandbox.disk_gb:g} GB "
-                         f"to its out/ folder and was killed")
-    if res.startup_timed_out:
-        return "timeout", (f"the trusted start-up (the interpreter and its imports, before {what} began) took more "
-                           f"than budget.grace_seconds {program.budget.grace_seconds:g} s: the machine is overloaded; "
-                           f"nothing of {what} ran")
-    if res.timed_out:
-        return "timeout", (f"{what} ran past its budget {budget:g} s + the save margin {save_margin(budget):g} s "
-                           f"(agent compute, counted from when its code started) and was killed; make it finish "
-                           f"and save in time")
-    if res.oom:
-        return "oom", f"{what} went over the memory limit ({program.sandbox.memory_gb:g} GB) and was killed"
-    if res.exit_code != 0:
-        return "crash", _crash_reason(res, log, what)
-    return "ok", None
+    def crash(code: int | None) -> str:
+        last = _exception_line(log_tail(log, 40))
+        return f"{what} {ended(code)}" + (f": {last[:200]}" if last else "")
+
+    return ladder(res, Wording(
+        what=what, memory_gb=program.sandbox.memory_gb, crash=crash, oom_tail=" and was killed",
+        disk=(f"disk limit: {what} wrote more than sandbox.disk_gb {program.sandbox.disk_gb:g} GB "
+              f"to its out/ folder and was killed"),
+        startup=(f"the trusted start-up (the interpreter and its imports, before {what} began) took more "
+                 f"than budget.grace_seconds {program.budget.grace_seconds:g} s: the machine is overloaded; "
+                 f"nothing of {what} ran"),
+        timeout=(f"{what} ran past its budget {budget:g} s + the save margin {save_margin(budget):g} s "
+                 f"(agent compute, counted from when its code started) and was killed; make it finish "
+                 f"and save in time"))) or ("ok", None)
 
 
 def eval_status(res: SandboxResult, result: dict | None, program: Program) -> tuple[str, str | None]:
@@ -69,15 +101,14 @@ def eval_status(res: SandboxResult, result: dict | None, program: Program) -> tu
         if status == "ok" and not (isinstance(result.get("value"), (int, float)) and math.isfinite(result["value"])):
             return "invalid", f"the evaluator returned no finite value ({result.get('value')!r})"
         return status, reason
-    if res.timed_out:
-        return "timeout", f"the evaluation ran past eval_seconds {program.budget.eval_seconds:g} s"
-    if res.oom:
-        return "oom", f"the evaluation went over the memory limit ({program.sandbox.memory_gb:g} GB)"
-    code = res.exit_code
-    why = f"killed by signal {code - 128}" if code is not None and code > 128 else f"exited with code {code}"
-    return "crash", (f"the model server {why} before the evaluation ended"
-                     + (f" ({result['reason']})" if result and result.get("reason") else "")
-                     + f"; its output is in {EVAL_LOG} (for humans only)")
+    said = f" ({result['reason']})" if result and result.get("reason") else ""
+    out = ladder(res, Wording(
+        what="the evaluation", memory_gb=program.sandbox.memory_gb, ok_codes=(),
+        timeout=f"the evaluation ran past eval_seconds {program.budget.eval_seconds:g} s",
+        crash=lambda code: (f"the model server {ended(code)} before the evaluation ended{said}; "
+                            f"its output is in {EVAL_LOG} (for humans only)")))
+    assert out is not None                      # ok_codes=(): every end is a failure
+    return out
 
 
 def eval_outcome(res: SandboxResult, result: dict | None, program: Program) -> tuple[str, str | None, float | None]:

@@ -33,7 +33,7 @@ import signal
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterator, TextIO
@@ -46,7 +46,6 @@ from ..program.sections import save_margin
 from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
 from .evalstage import EvalJob, eval_stage, evaluator_of
-from .evaluate import start_servers
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
                       clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
@@ -56,7 +55,7 @@ from .logs import append_log, steps_per_second
 from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve
-from .specs import base_env, gpu_request, python_of, repo_env, train_argv, train_spec
+from .specs import StageInputs, base_env, gpu_request, python_of, repo_env, train_argv, train_spec
 from .workcopy import read_only_hint, remove_work_copy, work_copy
 
 
@@ -109,11 +108,24 @@ class Prepared:
     frozen: tuple[str, dict[str, bytes]] | None = None   # eval_command: (base commit, eval.files' bytes)
 
 
-def prepare(root: Path, budget: float | None = None, seed: int | None = None, backend: str | None = None,
-            grace: float | None = None, files: dict[str, bytes | None] | None = None,
-            program: Program | None = None, queued: bool = False) -> Prepared:
+@dataclass(frozen=True)
+class RunOptions:
+    """What a caller may set for one run beside its message. `grace` replaces budget.grace_seconds
+    (the uncounted start-up's allowance); `program` replaces program.md's (calibrate's run.command
+    with the repo's own seed set); `purpose`: calibration and check runs are never decided."""
+    budget: float | None = None
+    seed: int | None = None
+    backend: str | None = None
+    purpose: str = "experiment"
+    grace: float | None = None
+    program: Program | None = None
+
+
+def prepare(root: Path, opts: RunOptions, files: dict[str, bytes | None] | None = None,
+            queued: bool = False) -> Prepared:
     """program.md, the backend, the data, the interpreter and the snapshot (the work tree's editable
     set, or `files`: a queued run's saved snapshot). Raises HarnessError with the fix."""
+    budget, seed, backend, grace, program = opts.budget, opts.seed, opts.backend, opts.grace, opts.program
     if program is None:
         try:
             program = load_program(root)
@@ -152,30 +164,38 @@ def prepare(root: Path, budget: float | None = None, seed: int | None = None, ba
                     derive_seed(root, program, sha, seed), files, frozen)
 
 
-def run_experiment(root: Path, message: str, budget: float | None = None, seed: int | None = None,
-                   backend: str | None = None, echo: TextIO | None = None,
-                   purpose: str = "experiment", grace: float | None = None,
-                   program: Program | None = None) -> RunMetrics:
-    """Run one experiment for root's current train script and record it in runs/NNNN/.
-    `grace` replaces budget.grace_seconds (the uncounted start-up's allowance) for this run;
-    `program` replaces program.md's (calibrate's run.command with the repo's own seed set).
+def run_experiment(root: Path, message: str, opts: RunOptions = RunOptions(), echo: TextIO | None = None) -> RunMetrics:
+    """Run one experiment for root's current train script and record it in runs/NNNN/ (`opts`:
+    budget, seed, backend, grace, program, purpose).
 
     Raises HarnessError before any run folder exists when it cannot run (program.md,
     backend, data, train script); KeyboardInterrupt (also on SIGTERM/SIGHUP) after the
     run is recorded as interrupted and its sandbox cleaned up. `echo` gets progress lines."""
-    t_start = time.monotonic()
-    started = _now()
+    ask = Asked(message, opts.purpose)
     root = Path(root).resolve()
-    p = prepare(root, budget, seed, backend, grace, program=program)
+    p = prepare(root, opts)
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
         run_dir = allocate_run_dir(root)
         mark_holder(lock_fd, run_dir.name)
-        return run_in(root, p, run_dir, message, purpose, echo, started, t_start)
+        return run_in(root, p, run_dir, ask, echo)
 
 
-def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, echo: TextIO | None,
-           started: datetime, t_start: float) -> RunMetrics:
+def _quiet(_line: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Asked:
+    """What the caller asked of this run, beside what prepare() checked: why, for what, since when."""
+    message: str
+    purpose: str = "experiment"
+    started: datetime = field(default_factory=_now)
+    t_start: float = field(default_factory=time.monotonic)   # time.monotonic() when asked
+    say: Callable[[str], None] = _quiet                       # progress lines (a terminal, or nothing)
+
+
+def run_in(root: Path, p: Prepared, run_dir: Path, ask: Asked, echo: TextIO | None = None) -> RunMetrics:
     """The run in its (new or queued) folder, marked live by runs/NNNN/.running while it goes."""
     def say(line: str) -> None:
         if echo is not None:
@@ -186,22 +206,12 @@ def run_in(root: Path, p: Prepared, run_dir: Path, message: str, purpose: str, e
         with live_progress(echo, run_dir / LOG_FILE, p.budget_s,
                            None if p.inline else p.program.budget.eval_seconds,
                            run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-            return _run_locked(root, p, run_dir, Asked(message, purpose, started, t_start, live.around(say)))
+            return _run_locked(root, p, run_dir, replace(ask, say=live.around(say)))
     finally:
         if running is not None:
             os.close(running)
         with contextlib.suppress(OSError):
             (run_dir / RUNNING).unlink()
-
-
-@dataclass(frozen=True)
-class Asked:
-    """What the caller asked of this run, beside what prepare() checked: why, for what, since when."""
-    message: str
-    purpose: str
-    started: datetime
-    t_start: float                                 # time.monotonic() when asked
-    say: Callable[[str], None]                     # progress lines (a terminal, or nothing)
 
 
 def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetrics:
@@ -224,10 +234,8 @@ def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetric
         sandbox_warning=None if registry.isolates(sandbox.name) else NONE_WARNING,
         mode=program.run.mode, description=message, started_at=started,
         reason="did not finish: interrupted or killed (rewritten when a run ends)",
-        snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose)  # type: ignore[arg-type]
-    for k, v in (("metric_floor", program.metric.floor), ("metric_ceiling", program.metric.ceiling)):
-        if v is not None:                        # the host re-checks every mode's value against them
-            metrics.extra[k] = v
+        snapshot_sha256=snapshot_of(files), fingerprint=fp, purpose=purpose,  # type: ignore[arg-type]
+        metric_floor=program.metric.floor, metric_ceiling=program.metric.ceiling)   # host_check, every mode
     if frozen:
         metrics.extra["eval_base"] = frozen[0]
     metrics.write(run_dir)
@@ -247,7 +255,8 @@ def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetric
             if not registry.isolates(sandbox.name):
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
             env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
-            _execute(sandbox, program, lay, data, env, budget_s, inline, metrics, frozen[1] if frozen else None)
+            _execute(StageInputs(sandbox, program, lay, env, data), budget_s, inline, metrics,
+                     frozen[1] if frozen else None)
     except KeyboardInterrupt:
         _finish_unmeasured(metrics, run_dir, t_start,
                            f"interrupted by {signals[-1] if signals else 'SIGINT (Ctrl-C)'}; the sandbox was stopped")
@@ -286,17 +295,18 @@ def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str
     m.write(run_dir)
 
 
-def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-             budget: float, inline: bool, m: RunMetrics, frozen: dict[str, bytes] | None = None) -> None:
+def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
+             frozen: dict[str, bytes] | None = None) -> None:
     """Both stages; fills m in place (status, metric, timings, memory, device, reason). The
     built-in evaluator's model servers start with TRAIN (their warm-up overlaps it) and import agent
     code only once TRAIN has ended ok (evaluate.Servers)."""
+    sandbox, program, lay, data, env = inp.sandbox, inp.program, inp.lay, inp.data, inp.env
     job = EvalJob(sandbox, program, lay, env, data=data, frozen=frozen)
-    if not inline and evaluator_of(program).data and data is not None:
-        job = replace(job, servers=start_servers(job, max(program.budget.grace_seconds, 1.0) + budget
-                                                 + save_margin(budget)))
+    if not inline and (warm := evaluator_of(program).warm) and data is not None:
+        job = replace(job, servers=registry.function(warm)(job, max(program.budget.grace_seconds, 1.0) + budget
+                                                           + save_margin(budget)))
     try:
-        status, reason, host_peak = _train(sandbox, program, lay, data, env, budget, inline, m)
+        status, reason, host_peak = _train(inp, budget, inline, m)
     except BaseException:
         if job.servers is not None:
             job.servers.finish(go=False)
@@ -314,7 +324,7 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
     elif job.servers is not None:
         job.servers.finish(go=False)
     m.extra["host_peak_gb"] = _gb(host_peak)
-    m.peak_memory_gb = m.extra.get("gpu_peak_gb") if m.extra.get("gpu_peak_gb") is not None else _gb(host_peak)
+    m.peak_memory_gb = m.gpu_peak_gb if m.gpu_peak_gb is not None else _gb(host_peak)
     m.status = status  # type: ignore[assignment]
     m.reason = reason
     if (bad := host_check(m)) is not None:           # the evaluator's checks again, outside its process
@@ -323,13 +333,13 @@ def _execute(sandbox: Backend, program: Program, lay: Layout, data: Path | None,
         m.metric_value = None
 
 
-def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-           budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
+def _train(inp: StageInputs, budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
     """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
+    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
     own = inline or evaluator_of(program).script and bool(program.run.command)   # run.command, not the script
     work = work_copy(lay, "train")
     argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own, where=work)
-    spec = train_spec(sandbox, program, lay, data, env, budget, argv, work)
+    spec = train_spec(inp, budget, argv, work)
     gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
     try:
         with GpuPeak(gpus) as gpu:
@@ -342,9 +352,8 @@ def _train(sandbox: Backend, program: Program, lay: Layout, data: Path | None, e
         m.extra["startup_seconds"] = round(res.startup_seconds, 3)   # the trusted warm-up: not counted
     m.extra["save_margin_seconds"] = round(save_margin(budget), 3)
     m.extra["limits"] = res.limits
-    m.extra["train_exit_code"] = res.exit_code
-    if gpu.peak_bytes is not None:
-        m.extra["gpu_peak_gb"] = _gb(gpu.peak_bytes)
+    m.train_exit_code = res.exit_code
+    m.gpu_peak_gb = _gb(gpu.peak_bytes)
     m.device = "cuda" if gpus else "cpu"
     what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if own else lay.script
     status, reason = train_status(res, program, budget, lay.log, what)

@@ -276,7 +276,7 @@ def _guarded(root: Path, run_id: str, slot: int, work: Callable, pid: int | None
         except Exception as e:                        # harness error: the run never measured anything
             e_ = read_entry(root / "runs" / run_id)
             m, _ = load_verified(root / "runs" / run_id)
-            if e_ is not None and (m is None or m.extra.get("wave") == "queued"):    # never started
+            if e_ is not None and (m is None or m.queued):    # never started
                 with contextlib.suppress(Exception):
                     from ..digest import sha256_file
                     sha = sha256_file(root / "runs" / run_id / Path(load_program(root).run.train_script).name)

@@ -3,6 +3,8 @@ script and any val/test folder replaced, and what the flow table (autoresearch/r
 show the stage covered; the stage's writable work copy, in the state folder outside the project;
 the runtime; the package for the model server), the environment (budget, seed, out/ folder), and
 the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them to the flow table.
+Every stage's SandboxSpec comes from stage_spec: the stage's own StageSpec over the run's
+StageInputs, under program.md's limits (memory, pids, GPUs, /dev/shm, disk) and the owner label.
 
     TRAIN  runs in its work copy (workcopy.py: writable, counted in sandbox.disk_gb, gone after
            the stage), the project read-only at its path, the train split only, runs/NNNN/out/
@@ -23,21 +25,20 @@ the limits. The sandbox enforces them; tests/run/test_flow_mounts.py holds them 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..record.flows import SERVER, TRAIN, hidden_from, state_home
 from ..hostenv import stage_mounts
 from ..program import Program
 from ..program.sections import save_margin
-from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable
+from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailable, Session
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from ..inside.protocol import AGENT_STARTS
-from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, project_id
+from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, state_id
 from .startup import MARKER
 from .workcopy import work_copy
-
-__all__ = ["project_id"]        # re-exported: callers label containers with it
 
 EVAL_NAME = "eval"              # the model servers' and eval.command's folder names, in EVAL and in final alike
 STARTUP = Path(__file__).resolve().with_name("startup.py")
@@ -168,6 +169,56 @@ def gpu_request(program: Program) -> GpuRequest:
     return None if g == "none" else tuple(g) if isinstance(g, list) else g
 
 
+@dataclass(frozen=True)
+class StageInputs:
+    """What every stage's sandbox is built from: the backend, program.md, the run's layout, the
+    environment every stage starts from (base_env + repo_env), prepare.py's data folder (None: none)."""
+    sandbox: Backend
+    program: Program
+    lay: Layout
+    env: dict[str, str]
+    data: Path | None = None
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """One stage's sandbox as what differs between stages; stage_spec adds what they all share
+    (program.md's sandbox limits, the GPUs, the owner label)."""
+    argv: list[str]
+    mounts: list[Mount]
+    env: dict[str, str]
+    cwd: Path
+    log: Path
+    timeout_s: float
+    session: Session | None = None
+    start_marker: bytes | None = None         # behind the trusted start-up: timeout_s counts from it
+    startup_s: float = 0.0
+    disk_bytes: int | None = None             # None: sandbox.disk_gb
+
+
+def stage_spec(inp: StageInputs, st: StageSpec) -> SandboxSpec:
+    """The one SandboxSpec builder: `st` under program.md's sandbox limits (memory, pids, GPUs,
+    /dev/shm, disk), labelled with the project's state id (docker reaps orphans per project)."""
+    sb = inp.program.sandbox
+    return SandboxSpec(argv=st.argv, mounts=st.mounts, env=st.env, cwd=str(st.cwd), timeout_s=st.timeout_s,
+                       memory_bytes=int(sb.memory_gb * 2**30), pids=sb.pids, gpus=gpu_request(inp.program),
+                       shm_bytes=int(sb.shm * 2**30), log_path=st.log, session=st.session,
+                       start_marker=st.start_marker, startup_s=st.startup_s,
+                       disk_bytes=int(sb.disk_gb * 2**30) if st.disk_bytes is None else st.disk_bytes,
+                       owner=state_id(inp.lay.root))
+
+
+def shared_mounts(inp: StageInputs, stage: str, flow: str, data: Path | None) -> tuple[list[Mount], dict[str, str]]:
+    """What TRAIN, the model servers and eval.command all see, and the environment that goes with it:
+    the runtime, run.python and the `stage` mounts, sandbox.home/cache, the held-out folders hidden
+    under them, and the project as the flow table shows it to `flow` (with `data`'s splits hidden)."""
+    backend, program, lay = inp.sandbox, inp.program, inp.lay
+    home, home_env = home_cache(program, data, stage)
+    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
+    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data, flow)
+    return mounts, {**inp.env, **home_env}
+
+
 def train_argv(python: str, program: Program, lay: Layout, inline: bool, where: Path | None = None) -> list[str]:
     """The TRAIN command: the script under the sandbox's Python (inline: run.command, its python
     made the sandbox's), after run.launcher when set. A launcher runs the script with its own
@@ -191,34 +242,38 @@ def with_startup(python: str, argv: list[str]) -> list[str]:
     return [python, "-I", str(STARTUP), "exec", *argv]
 
 
-def train_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-               budget: float, argv: list[str], work: Path | None = None) -> SandboxSpec:
+def train_spec(inp: StageInputs, budget: float, argv: list[str], work: Path | None = None) -> SandboxSpec:
     """TRAIN's sandbox, run in `work` (its work copy; made here when None: argv then names the
     project's script, for callers that build no copy). argv runs behind the trusted start-up:
     the budget's clock starts when agent code does, and it is killed at budget + save_margin;
     the start-up itself gets budget.grace_seconds, uncounted."""
+    program, lay, data = inp.program, inp.lay, inp.data
     work = work if work is not None else work_copy(lay, "train")
-    python = python_of(backend, program, lay.root)
-    home, home_env = home_cache(program, data, "train")
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, "train") + home
-    mounts += hidden_splits(program, lay, data, "train") + project_mounts(lay, data, TRAIN)
-    env = {**env, **home_env, "PYTHONPATH": ":".join([str(work), *(str(work / r) for r in program.run.source_roots)])}
+    mounts, env = shared_mounts(inp, "train", TRAIN, data)
+    env["PYTHONPATH"] = ":".join([str(work), *(str(work / r) for r in program.run.source_roots)])
     if data is not None:
         mounts.append(Mount(data / "train", str(data / "train")))
         env["AUTORESEARCH_DATA"] = str(data)
     mounts += [Mount(lay.out, str(lay.out), writable=True), Mount(work, str(work), writable=True)]
     mounts += [m for m in package_mount()[0] if not inside(m.source, lay.root)]     # startup.py, read-only
-    return SandboxSpec(argv=with_startup(python, argv), mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=budget + save_margin(budget), start_marker=STARTUP_MARKER,
-                       startup_s=max(program.budget.grace_seconds, 1.0),
-                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
-                       log_path=lay.log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
-                       owner=project_id(lay.root))
+    return stage_spec(inp, StageSpec(argv=with_startup(python_of(inp.sandbox, program, lay.root), argv),
+                                     mounts=mounts, env=env, cwd=work, log=lay.log,
+                                     timeout_s=budget + save_margin(budget), start_marker=STARTUP_MARKER,
+                                     startup_s=max(program.budget.grace_seconds, 1.0)))
 
 
-def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None, env: dict[str, str],
-              session, log: Path, stage: str = "eval", k: int = 0, wait_s: float = 0.0) -> SandboxSpec:
+@dataclass(frozen=True)
+class ServerSlot:
+    """Which model server an EVAL sandbox is: the scorer's session with it, its log, the mounts
+    declared for `stage` (eval or final), its number k, and how long it may wait for GO (`wait_s`)."""
+    session: Session | None
+    log: Path
+    stage: str = "eval"
+    k: int = 0
+    wait_s: float = 0.0
+
+
+def eval_spec(inp: StageInputs, slot: ServerSlot) -> SandboxSpec:
     """Model server k's sandbox, in its own work copy: the project and checkpoint read-only, no
     data (but the mounts declared for `stage`), the scorer's session on stdin/stdout, its stderr
     (and anything agent code prints) to `log`. `final` gets exactly what EVAL gets (folder names,
@@ -226,25 +281,21 @@ def eval_spec(backend: Backend, program: Program, lay: Layout, data: Path | None
     It runs behind the trusted warm-up (startup.py module) and waits for the scorer's GO before
     agent code: eval_seconds counts from then; until then it may take the grace plus `wait_s`
     (started with TRAIN: TRAIN's longest)."""
+    program, lay = inp.program, inp.lay
     pkg_mounts, pkg_path = package_mount()
-    work = work_copy(lay, f"{EVAL_NAME}-{k}")
-    home, home_env = home_cache(program, data, stage)
-    mounts = runtime_mounts(backend, lay.root) + environment_mounts(backend, program, lay.root, stage) + home
-    mounts += hidden_splits(program, lay, data, stage) + project_mounts(lay, data, SERVER) + [Mount(lay.out, str(lay.out))]
+    work = work_copy(lay, f"{EVAL_NAME}-{slot.k}")
+    mounts, env = shared_mounts(inp, slot.stage, SERVER, inp.data)
+    mounts += [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
-    env = {**env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+    env.update({"PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"})
     if "OMP_NUM_THREADS" not in env:                   # the servers run at once: share the cores, not fight
         from .scorer import SERVERS
         env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // SERVERS))
-    python = python_of(backend, program, lay.root)
-    argv = [python, "-I", str(STARTUP), "module", "autoresearch.inside.model_server",
+    argv = [python_of(inp.sandbox, program, lay.root), "-I", str(STARTUP), "module", "autoresearch.inside.model_server",
             "--project", str(work), "--script", lay.script,
             "--checkpoint", str(lay.out / CHECKPOINT), "--vocab", str(int(load_prepare(lay.root).VOCAB_SIZE))]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
-    return SandboxSpec(argv=argv, mounts=mounts, env=env, cwd=str(work),
-                       timeout_s=program.budget.eval_seconds, start_marker=AGENT_STARTS.encode(),
-                       startup_s=max(program.budget.grace_seconds, 1.0) + wait_s,
-                       memory_bytes=int(program.sandbox.memory_gb * 2**30), pids=program.sandbox.pids,
-                       gpus=gpu_request(program), shm_bytes=int(program.sandbox.shm * 2**30),
-                       session=session, log_path=log, disk_bytes=int(program.sandbox.disk_gb * 2**30),
-                       owner=project_id(lay.root))
+    return stage_spec(inp, StageSpec(argv=argv, mounts=mounts, env=env, cwd=work, log=slot.log,
+                                     timeout_s=program.budget.eval_seconds, session=slot.session,
+                                     start_marker=AGENT_STARTS.encode(),
+                                     startup_s=max(program.budget.grace_seconds, 1.0) + slot.wait_s))

@@ -56,8 +56,8 @@ from .docker import DockerBackend
 from .gpus import GpuDevice, GpuHost, selected_gpus
 from .host import host_has_gpus
 from .none import NoneBackend
-from .spec import NONE_WARNING, Backend, GpuRequest, Mount, SandboxResult, SandboxSpec, SandboxUnavailable
+from .spec import NONE_WARNING, Backend, GpuRequest, Mount, SandboxResult, SandboxSpec, SandboxUnavailable, Session
 
 __all__ = ["NONE_WARNING", "Backend", "BwrapBackend", "DockerBackend", "GpuDevice", "GpuHost", "GpuRequest", "Mount",
-           "NoneBackend", "SandboxResult", "SandboxSpec", "SandboxUnavailable", "backend_named", "choose_backend", "host_has_gpus",
+           "NoneBackend", "SandboxResult", "SandboxSpec", "SandboxUnavailable", "Session", "backend_named", "choose_backend", "host_has_gpus",
            "selected_gpus"]

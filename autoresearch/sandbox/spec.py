@@ -69,6 +69,7 @@ _KILL_WAIT_S = 10.0                           # how long to wait for a killed tr
 # ---------------------------------------------------------------- data types
 
 GpuRequest = Union[None, Literal["all"], int, tuple[int, ...]]   # see gpus.py
+Session = Callable[[IO[bytes], IO[bytes]], None]                 # talks to the process over its stdin/stdout
 
 @dataclass(frozen=True)
 class Mount:
@@ -95,7 +96,7 @@ class SandboxSpec:
     disk_bytes: int | None = None     # cap on what the writable mounts hold, enforced while it runs (kill)
     log_limit: int = DEFAULT_LOG_LIMIT  # bytes this run may add to log_path: head + marker + tail beyond it
     owner: str = ""                   # project id: docker labels, so orphans are reaped per project only
-    session: Callable[[IO[bytes], IO[bytes]], None] | None = None  # talks over stdin/stdout while it runs
+    session: Session | None = None    # talks over stdin/stdout while it runs
     session_grace_s: float = 10.0     # after the session returns, time to exit before a kill
     start_marker: bytes | None = None  # trusted start-up's "agent code starts now" line: timeout_s counts from it
     startup_s: float = 0.0            # with start_marker: the longest the start-up may take (not counted)

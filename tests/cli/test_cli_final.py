@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from autoresearch.record.layout import final_log
-from autoresearch.run.runner import run_experiment
+from autoresearch.run.runner import RunOptions, run_experiment
 from autoresearch.cli.final import FinalError, FinalRecord, evaluate_final, read_records
 from autoresearch.ledger import LedgerRow, append_rows
 
@@ -75,8 +75,8 @@ def test_final_names_a_missing_checkpoint(tmp_path, data_dir):
 @pytest.mark.slow
 def test_final_scores_best_and_baseline_on_test_once(tmp_path, data_dir, bwrap_available):
     root = project(tmp_path)
-    a = run_experiment(root, "baseline", budget=2, seed=1, backend="bwrap")
-    b = run_experiment(root, "same code, another seed", budget=2, seed=2, backend="bwrap")
+    a = run_experiment(root, "baseline", RunOptions(budget=2, seed=1, backend="bwrap"))
+    b = run_experiment(root, "same code, another seed", RunOptions(budget=2, seed=2, backend="bwrap"))
     assert a.status == b.status == "ok", (a.reason, b.reason)
     worse, better = sorted([a, b], key=lambda m: -m.metric_value)
     keep(root, 1, worse.metric_value, "baseline", [worse.run_id])

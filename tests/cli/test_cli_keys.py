@@ -17,7 +17,7 @@ from autoresearch import loop
 from autoresearch.cli.final import read_records
 from autoresearch.ledger import read_rows
 from autoresearch.record.metrics import RunMetrics
-from autoresearch.run.runner import run_experiment
+from autoresearch.run.runner import RunOptions, run_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_a_copied_project_under_another_home_scores_its_best_once_the_key_is_imp
     _git(root, "init", "-q", "-b", "main")
     _git(root, "add", ".")
     _git(root, "commit", "-qm", "base")
-    m = run_experiment(root, "baseline", budget=2, seed=1, backend="bwrap")
+    m = run_experiment(root, "baseline", RunOptions(budget=2, seed=1, backend="bwrap"))
     assert m.status == "ok", m.reason
     with open(root / "scratchpad.md", "a") as f:
         f.write("\n- baseline measured\n")

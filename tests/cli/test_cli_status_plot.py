@@ -82,7 +82,7 @@ def test_gather_counts_best_budget_and_sigma(tmp_path):
 
 def test_gather_reads_the_pause_and_calibration_from_the_loop_state(tmp_path):
     root = make_project(tmp_path)
-    state.record_calibration(root, [2.30, 2.31, 2.32], ["0101", "0102", "0103"], [1, 2, 3], "x", 300)
+    state.record_calibration(root, state.Sample([2.30, 2.31, 2.32], ["0101", "0102", "0103"], [1, 2, 3], "x", 300))
     state.pause(root, "going to bed")
     rep = gather(root)
     assert rep.sigma == pytest.approx(0.01)

@@ -186,7 +186,7 @@ def test_a_run_left_half_written_by_a_killed_export_is_redone_once(tmp_path):
     row = p.rows()[0]
     c = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     eid = c.create_experiment("night")
-    project = export_mod.project_id(p.path)
+    project = export_mod.lineage_id(p.path)
     half = c.create_run(eid, tags={"autoresearch.key": export_mod.row_key(project, row),
                                    "autoresearch.project": project, "autoresearch.run_id": row.run_id})
     done = export_mod.export(p.path, p.rows(), c, "night", None, "val_bpb", warn=lambda m: None)

@@ -69,8 +69,8 @@ class Project:
     def eval_log(self, run_id: str) -> str:
         """What run_id's model servers printed: the human-only log in the state folder (outside the project)."""
         from autoresearch.record.flows import state_dir
-        from autoresearch.record.layout import project_id
-        return (Path(state_dir(project_id(self.root), self.env)) / "logs" / run_id / "eval.log").read_text()
+        from autoresearch.record.layout import state_id
+        return (Path(state_dir(state_id(self.root), self.env)) / "logs" / run_id / "eval.log").read_text()
 
     def branch(self) -> str:
         return self.git("rev-parse", "--abbrev-ref", "HEAD").strip()

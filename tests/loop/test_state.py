@@ -64,8 +64,8 @@ def test_measurements_and_calibration(tmp_path):
     state.add_measurement_run(tmp_path, "0003")
     assert read_state(tmp_path).measurement_runs == ["0003"]
     with pytest.raises(ValueError):
-        state.record_calibration(tmp_path, [1.0], ["0003"], [1], "sha", 2.0, "fp")
-    cal = state.record_calibration(tmp_path, [1.0, 1.2], ["0003", "0004"], [1, 2], "sha", 2.0, "fp")
+        state.record_calibration(tmp_path, state.Sample([1.0], ["0003"], [1], "sha", 2.0, "fp"))
+    cal = state.record_calibration(tmp_path, state.Sample([1.0, 1.2], ["0003", "0004"], [1, 2], "sha", 2.0, "fp"))
     st = read_state(tmp_path)
     assert cal.sigma == pytest.approx(0.1414213, rel=1e-5) and st.sigma == cal.sigma
     assert st.sigma_for("fp") == cal.sigma and st.sigma_for("other") is None

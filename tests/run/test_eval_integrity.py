@@ -30,7 +30,7 @@ from autoresearch.program import load_program
 from autoresearch.run.evaluate import run_eval
 from autoresearch.record.layout import EVAL_LOG, Layout
 from autoresearch.run.outcome import eval_status
-from autoresearch.run.specs import base_env
+from autoresearch.run.specs import StageInputs, base_env
 from autoresearch.sandbox import NoneBackend, choose_backend
 
 sys.path.insert(0, str(ROOT))
@@ -93,7 +93,7 @@ def evaluate(proj: Path, ckpt: Path, split: bytes, tmp: Path | None = None, back
     sandbox = NoneBackend() if backend == "none" else choose_backend(backend)
     log = lay.run_dir / EVAL_LOG
     log.write_text("")
-    res, result = run_eval(sandbox, program, lay, None, base_env(sandbox, lay, str(proj), 0, 0), split_file, log)
+    res, result = run_eval(StageInputs(sandbox, program, lay, base_env(sandbox, lay, str(proj), 0, 0)), split_file, log)
     lay.cleanup()
     status, reason = eval_status(res, result, program)
     return SimpleNamespace(status=status, reason=reason, result=result or {}, printed=log.read_text(errors="replace"),

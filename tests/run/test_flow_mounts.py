@@ -60,8 +60,8 @@ def classify(m, lay: Layout, data: Path) -> str | None:
 
 
 def _specs(tmp: Path):
-    from autoresearch.run.evalcmd import evalcmd_spec, metric_channel
-    from autoresearch.run.specs import base_env, eval_spec, train_argv, train_spec
+    from autoresearch.run.evalcmd import ScriptRun, evalcmd_spec, metric_channel
+    from autoresearch.run.specs import ServerSlot, StageInputs, base_env, eval_spec, train_argv, train_spec
     proj, data = _project(tmp)
     program = load_program(proj)
     backend = BwrapBackend()
@@ -72,13 +72,13 @@ def _specs(tmp: Path):
     lay.out.mkdir()
     env = base_env(backend, lay, "/tmp", 5, 1)
     argv = train_argv(backend.runtime().python, program, lay, False)
+    inp, log = StageInputs(backend, program, lay, env, data), lay.run_dir / "x.log"
     specs = {
-        F.TRAIN: train_spec(backend, program, lay, data, env, 5, argv),
-        F.SERVER: eval_spec(backend, program, lay, data, env, None, lay.run_dir / "x.log", "eval", 0),
-        F.FINAL: eval_spec(backend, program, lay, data, env, None, lay.run_dir / "x.log", "final", 0),
-        F.EVAL_COMMAND: evalcmd_spec(backend, program, lay, env, {}, metric_channel(lay), lay.run_dir / "x.log"),
-        F.FINAL + "-cmd": evalcmd_spec(backend, program, lay, env, {}, metric_channel(lay), lay.run_dir / "x.log",
-                                       "final"),
+        F.TRAIN: train_spec(inp, 5, argv),
+        F.SERVER: eval_spec(inp, ServerSlot(None, log, "eval", 0)),
+        F.FINAL: eval_spec(inp, ServerSlot(None, log, "final", 0)),
+        F.EVAL_COMMAND: evalcmd_spec(inp, ScriptRun({}, metric_channel(lay), log)),
+        F.FINAL + "-cmd": evalcmd_spec(inp, ScriptRun({}, metric_channel(lay), log, "final")),
     }
     return lay, data, specs
 
@@ -148,7 +148,7 @@ def test_no_stage_scratch_is_inside_the_project(built):
 def test_a_declared_home_never_shows_the_state_folder_or_the_keys(tmp_path, monkeypatch):
     """sandbox.home as the user's HOME (read-only, or writable in TRAIN) holds ~/.local/state and
     ~/.config: every stage gets an empty stand-in over the state folder (the eval logs) and the keys."""
-    from autoresearch.run.specs import eval_spec, base_env, train_argv, train_spec
+    from autoresearch.run.specs import ServerSlot, StageInputs, eval_spec, base_env, train_argv, train_spec
     home = tmp_path / "home"
     monkeypatch.setenv("XDG_STATE_HOME", str(home / ".local" / "state"))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
@@ -165,9 +165,10 @@ def test_a_declared_home_never_shows_the_state_folder_or_the_keys(tmp_path, monk
         lay = Layout(proj, proj / "runs" / "0001", "train.py", {})
         lay.run_dir.mkdir(parents=True, exist_ok=True)
         env = base_env(backend, lay, "/tmp", 5, 1)
-        specs = [train_spec(backend, program, lay, data, env, 5, train_argv("python", program, lay, False))]
+        inp = StageInputs(backend, program, lay, env, data)
+        specs = [train_spec(inp, 5, train_argv("python", program, lay, False))]
         if not writable:
-            specs.append(eval_spec(backend, program, lay, data, env, None, lay.run_dir / "x.log", "eval", 0))
+            specs.append(eval_spec(inp, ServerSlot(None, lay.run_dir / "x.log", "eval", 0)))
         for spec in specs:
             got = {m.target: m for m in spec.mounts}
             assert str(home) in got, "the home is shown"

@@ -83,6 +83,29 @@ def test_the_host_recheck_refuses_a_signed_value_past_the_floor_or_short_of_byte
     assert m is not None and m.status == "invalid" and "bytes" in (m.reason or "")
 
 
+def test_a_record_written_before_the_typed_bounds_still_verifies_and_is_still_rechecked(tmp_path):
+    """metrics.json files from before metric_floor/eval_bytes_expected/... were fields carry them in
+    `extra`, signed as written: they verify unchanged, and the host still enforces them."""
+    import json
+    from datetime import datetime, timezone
+
+    from autoresearch.record.keys import signing_key
+    from autoresearch.record.metrics import METRICS_FILE, _mac
+    run = tmp_path / "p" / "runs" / "0001"
+    run.mkdir(parents=True)
+    kid, key = signing_key(tmp_path / "p")
+    for value, status in ((0.9, "ok"), (0.01, "invalid")):
+        body = dict(run_id="0001", status="ok", metric_name="val_bpb", direction="minimize", train_py_sha256="x",
+                    seed=1, budget_seconds=1, grace_seconds=1, sandbox="bwrap", metric_value=value,
+                    started_at=datetime.now(timezone.utc).isoformat(), eval_bytes=131072, key_id=kid,
+                    extra={"metric_floor": 0.3, "eval_bytes_expected": 131072, "train_exit_code": 0, "limits": "x"})
+        body["signature"] = _mac(key, body)
+        (run / METRICS_FILE).write_text(json.dumps(body))
+        m, problem = load_verified(run)
+        assert m is not None and problem is None and m.status == status, (problem, m)
+        assert (m.metric_floor, m.eval_bytes_expected, m.train_exit_code, m.extra) == (0.3, 131072, 0, {"limits": "x"})
+
+
 def test_a_record_whose_key_is_not_here_names_the_missing_key_not_tampering(tmp_path, monkeypatch):
     run = tmp_path / "p" / "runs" / "0001"
     run.mkdir(parents=True)

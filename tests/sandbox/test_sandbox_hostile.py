@@ -124,8 +124,8 @@ def test_nothing_is_left_behind(hostile):
     assert not (state_folder(hostile["proj"]) / "runs" / hostile["run"].name).exists()
     assert not {d for d in cgroup_dirs() - hostile["cgroups_before"] if not _owner_alive(d)}
     if hostile["backend"] == "docker":
-        from autoresearch.run.specs import project_id
+        from autoresearch.record import state_id
         ps = subprocess.run(["docker", "ps", "-aq", "--filter",
-                             f"label=org.autoresearch.sandbox.project={project_id(hostile['proj'])}"],
+                             f"label=org.autoresearch.sandbox.project={state_id(hostile['proj'])}"],
                             capture_output=True, text=True, check=True)
         assert ps.stdout.strip() == ""
