@@ -160,15 +160,21 @@ def remeasure(d: Deciding, sig: float | None) -> dict:
 def contended(d: Deciding, why: str) -> dict:
     """A run that trained far slower than its peers (another job shared the machine) is recorded
     as contended and never kept; the code stays as it is, so the agent simply runs it again."""
+    r = d.cands[-1]
+    return _not_judged(d, f"contended: {why}; not judged", [r], messages.contended(d.program, r, why, d.ctx.train))
+
+
+def _not_judged(d: Deciding, note: str, runs: list[RunRecord], text: str) -> dict:
+    """The latest run recorded as a discard that was not judged (`runs`: what its row covers); the
+    code stays as it is and `text` sends the agent to run it again."""
     root, program, st, ctx, cands, others, thresh = d.parts()
     exp0 = _next_exp(ctx)
     rows = superseded_rows(program, st, ctx, others, thresh, exp0)
-    r = cands[-1]
-    v = r.view(program.metric.name, program.metric.direction)
-    rows.append(run_row(program, ctx, r, exp0 + len(rows), "discard", v.value, thresh, st.sigma,
-                        f"contended: {why}; not judged", prev_best=ctx.best, best=ctx.best))
-    reply = block(messages.contended(program, r, why, ctx.train))
-    record(d, others + [r], rows=rows, reply=reply)
+    v = cands[-1].view(program.metric.name, program.metric.direction)
+    rows.append(run_row(program, ctx, cands[-1], exp0 + len(rows), "discard", v.value, thresh, st.sigma, note,
+                        runs=runs, prev_best=ctx.best, best=ctx.best))
+    reply = block(text)
+    record(d, others + runs, rows=rows, reply=reply)
     return reply
 
 
@@ -209,17 +215,10 @@ def checkpoint_missing(program: Program, runs: list[RunRecord]) -> str | None:
 def unkeepable(d: Deciding, missing: str) -> dict:
     """A run that would be kept but whose checkpoint is gone is never kept (final could not score
     it): a row, no git, the code stays so the agent runs it again."""
-    root, program, st, ctx, cands, others, thresh = d.parts()
-    exp0 = _next_exp(ctx)
-    rows = superseded_rows(program, st, ctx, others, thresh, exp0)
-    r = cands[-1]
-    v = r.view(program.metric.name, program.metric.direction)
-    rows.append(run_row(program, ctx, r, exp0 + len(rows), "discard", v.value, thresh, st.sigma,
-                        f"checkpoint missing ({missing}): not kept, not judged", runs=cands,
-                        prev_best=ctx.best, best=ctx.best))
-    reply = block(messages.unkeepable(program, r, missing, v.value, ctx.train))
-    record(d, others + cands, rows=rows, reply=reply)
-    return reply
+    r, program = d.cands[-1], d.program
+    value = r.view(program.metric.name, program.metric.direction).value
+    return _not_judged(d, f"checkpoint missing ({missing}): not kept, not judged", d.cands,
+                       messages.unkeepable(program, r, missing, value, d.ctx.train))
 
 
 def apply_verdict(d: Deciding, v: Verdict, sig: float | None) -> dict:
