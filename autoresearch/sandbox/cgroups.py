@@ -16,15 +16,19 @@ from .host import _pid_alive
 from .spec import _KILL_WAIT_S
 
 
+def _lines(path: str) -> list[str]:
+    """A /proc file's lines; none where it cannot be read (no /proc: no cgroups to use)."""
+    try:
+        return Path(path).read_text().splitlines()
+    except OSError:
+        return []
+
+
 def _cgroup_mounts() -> tuple[dict[str, tuple[str, str]], tuple[str, str] | None]:
     """(v1 controller -> (mountpoint, mount root), v2 (mountpoint, mount root)) from mountinfo."""
     v1: dict[str, tuple[str, str]] = {}
     v2 = None
-    try:
-        lines = Path("/proc/self/mountinfo").read_text().splitlines()
-    except OSError:
-        return v1, v2
-    for line in lines:
+    for line in _lines("/proc/self/mountinfo"):
         pre, _, post = line.partition(" - ")
         f, g = pre.split(), post.split()
         if len(g) < 3 or len(f) < 5:
@@ -41,11 +45,7 @@ def _cgroup_mounts() -> tuple[dict[str, tuple[str, str]], tuple[str, str] | None
 def _own_cgroups() -> tuple[dict[str, str], str | None]:
     v1: dict[str, str] = {}
     v2 = None
-    try:
-        lines = Path("/proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return v1, v2
-    for line in lines:
+    for line in _lines("/proc/self/cgroup"):
         _, ctrls, path = line.split(":", 2)
         if ctrls == "":
             v2 = path

@@ -15,22 +15,18 @@ _DENY = ("mount", "umount2", "pivot_root", "chroot", "setns", "open_tree", "move
          "ptrace", "process_vm_readv", "process_vm_writev", "kexec_load", "kexec_file_load", "init_module",
          "finit_module", "delete_module", "swapon", "swapoff", "reboot", "acct", "syslog", "quotactl",
          "open_by_handle_at", "name_to_handle_at", "userfaultfd")
-_SYSCALLS = {   # (audit arch, {name: number}) per machine
-    "x86_64": (0xC000003E, dict(
-        mount=165, umount2=166, pivot_root=155, chroot=161, setns=308, open_tree=428, move_mount=429,
-        fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, keyctl=250, add_key=248,
-        request_key=249, bpf=321, perf_event_open=298, ptrace=101, process_vm_readv=310,
-        process_vm_writev=311, kexec_load=246, kexec_file_load=320, init_module=175, finit_module=313,
-        delete_module=176, swapon=167, swapoff=168, reboot=169, acct=163, syslog=103, quotactl=179,
-        open_by_handle_at=304, name_to_handle_at=303, userfaultfd=323, clone=56, unshare=272, clone3=435)),
-    "aarch64": (0xC00000B7, dict(
-        mount=40, umount2=39, pivot_root=41, chroot=51, setns=268, open_tree=428, move_mount=429,
-        fsopen=430, fsconfig=431, fsmount=432, fspick=433, mount_setattr=442, keyctl=219, add_key=217,
-        request_key=218, bpf=280, perf_event_open=241, ptrace=117, process_vm_readv=270,
-        process_vm_writev=271, kexec_load=104, kexec_file_load=294, init_module=105, finit_module=273,
-        delete_module=106, swapon=224, swapoff=225, reboot=142, acct=89, syslog=116, quotactl=60,
-        open_by_handle_at=265, name_to_handle_at=264, userfaultfd=282, clone=220, unshare=97, clone3=435)),
-}
+_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}   # machine -> its audit arch
+_NR = dict(   # syscall -> (its number on x86_64, on aarch64)
+    mount=(165, 40), umount2=(166, 39), pivot_root=(155, 41), chroot=(161, 51), setns=(308, 268),
+    open_tree=(428, 428), move_mount=(429, 429), fsopen=(430, 430), fsconfig=(431, 431), fsmount=(432, 432),
+    fspick=(433, 433), mount_setattr=(442, 442), keyctl=(250, 219), add_key=(248, 217), request_key=(249, 218),
+    bpf=(321, 280), perf_event_open=(298, 241), ptrace=(101, 117), process_vm_readv=(310, 270),
+    process_vm_writev=(311, 271), kexec_load=(246, 104), kexec_file_load=(320, 294), init_module=(175, 105),
+    finit_module=(313, 273), delete_module=(176, 106), swapon=(167, 224), swapoff=(168, 225), reboot=(169, 142),
+    acct=(163, 89), syslog=(103, 116), quotactl=(179, 60), open_by_handle_at=(304, 265),
+    name_to_handle_at=(303, 264), userfaultfd=(323, 282), clone=(56, 220), unshare=(272, 97), clone3=(435, 435))
+_SYSCALLS = {m: (arch, {name: nr[i] for name, nr in _NR.items()})   # (audit arch, {name: number}) per machine
+             for i, (m, arch) in enumerate(_ARCH.items())}
 _CLONE_NEWUSER = 0x10000000
 
 
