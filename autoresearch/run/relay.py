@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..inside import protocol as P
-from .scorer import Verdict
+from .scorer import EvalEnded
 
 # After READY the server may have seen held-out inputs, and every reason reaches the agent: what a
 # server says or sends then passes only as fixed text (an exception type only if a known one).
@@ -92,7 +92,7 @@ class Server:
     w: BinaryIO | None = None
     r: BinaryIO | None = None
     ready: threading.Event = field(default_factory=threading.Event)
-    problem: Verdict | None = None
+    problem: EvalEnded | None = None
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Relay:
     servers: int = 2
     wait_s: float = 600.0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(secrets.randbits(128)))
-    verdict: Verdict | None = None
+    verdict: EvalEnded | None = None
     hangup: bool = False                      # a server vanished: its sandbox result says why
     done: threading.Event = field(default_factory=threading.Event)
     stats: dict = field(default_factory=lambda: {"requests": 0, "check_requests": 0, "check_max_diff": 0.0})
@@ -124,12 +124,12 @@ class Relay:
                     P.read_message_body(r)
                     s.w, s.r = w, r
                 elif tag in (P.FAILED, P.REFUSED):      # before any request: it has seen no held-out input
-                    s.problem = Verdict("crash" if tag == P.FAILED else "invalid",
+                    s.problem = EvalEnded("crash" if tag == P.FAILED else "invalid",
                                         " ".join(P.read_message_body(r).split())[:400])
                 else:
-                    s.problem = Verdict("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
+                    s.problem = EvalEnded("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
             except P.ProtocolError as e:
-                s.problem = Verdict("crash", f"the model server exited before it was ready ({e})")
+                s.problem = EvalEnded("crash", f"the model server exited before it was ready ({e})")
                 self.hangup = True
             finally:
                 s.ready.set()
@@ -141,14 +141,14 @@ class Relay:
         def talk(w: BinaryIO, r: BinaryIO) -> None:
             try:
                 self._serve(w, r)
-            except Verdict as v:
+            except EvalEnded as v:
                 self.verdict = self.verdict or v
                 with suppress(OSError, ValueError):
                     P.write_all(w, P.message(P.FAILED if v.status == "crash" else P.REFUSED, v.reason))
             except (P.ProtocolError, OSError, ValueError):
                 pass                                    # the script broke off: its own exit decides
             except Exception as e:                      # noqa: BLE001 -- fail closed: never an unjudged run
-                self.verdict = self.verdict or Verdict("crash", f"the relay failed ({type(e).__name__}); "
+                self.verdict = self.verdict or EvalEnded("crash", f"the relay failed ({type(e).__name__}); "
                                                                 f"the evaluation is void")
             finally:
                 self.done.set()
@@ -157,13 +157,13 @@ class Relay:
     def _serve(self, w: BinaryIO, r: BinaryIO) -> None:
         while tag := r.read(4):
             if tag == P.REFUSED:                        # the (trusted) script refused an answer
-                raise Verdict("invalid", " ".join(P.read_message_body(r).split())[:400])
+                raise EvalEnded("invalid", " ".join(P.read_message_body(r).split())[:400])
             if tag != P.ARRAYS_IN:
                 raise P.ProtocolError(f"the eval script sent {tag!r}")
             inputs = P.read_arrays(r, self.limit)
             batch = {a.shape[0] if a.ndim else -1 for a in inputs.values()}
             if len(batch) != 1 or min(batch) < 1:
-                raise Verdict("crash", "the eval script's inputs need one batch size as every array's first "
+                raise EvalEnded("crash", "the eval script's inputs need one batch size as every array's first "
                                        "dimension (at least 1)")
             n, k = self.stats["requests"], self.stats["requests"] % self.servers
             out = self._ask(k, inputs, min(batch), n)
@@ -176,7 +176,7 @@ class Relay:
     def _ask(self, k: int, inputs: Arrays, batch: int, n: int) -> Arrays:
         s = self.srv[k]
         if not s.ready.wait(self.wait_s):
-            raise Verdict("timeout", f"the model server was not ready after {self.wait_s:g} s")
+            raise EvalEnded("timeout", f"the model server was not ready after {self.wait_s:g} s")
         if s.problem is not None:
             raise s.problem
         assert s.w is not None and s.r is not None
@@ -188,29 +188,29 @@ class Relay:
                 known = _FAILED.match(one)                # a known type, never its words
                 one = f"the model failed during evaluation: {P.exception_name(known.group(1))}" if known \
                     else "the model failed"
-                raise Verdict("crash", f"{one}; the traceback is in the eval log (for humans only)")
+                raise EvalEnded("crash", f"{one}; the traceback is in the eval log (for humans only)")
             if tag != P.ARRAYS_OUT:
-                raise Verdict("invalid", f"the model server broke the protocol: an unknown tag for request {n + 1}")
+                raise EvalEnded("invalid", f"the model server broke the protocol: an unknown tag for request {n + 1}")
             out = P.read_arrays(s.r, self.limit)
         except (P.StreamEnded, OSError) as e:
             self.hangup = True
-            raise Verdict("crash", f"the model server stopped answering ({type(e).__name__})") from None
+            raise EvalEnded("crash", f"the model server stopped answering ({type(e).__name__})") from None
         except P.ProtocolError as e:                  # its words are ours: it quotes nothing the server sent
-            raise Verdict("invalid", f"the model server broke the protocol: {e}") from None
-        except Verdict:
+            raise EvalEnded("invalid", f"the model server broke the protocol: {e}") from None
+        except EvalEnded:
             raise
         except Exception:                             # noqa: BLE001 -- anything else a server's frame causes
-            raise Verdict("invalid", "the model server broke the protocol: an answer the relay cannot read") from None
+            raise EvalEnded("invalid", "the model server broke the protocol: an answer the relay cannot read") from None
         for i, a in enumerate(out.values()):
             if a.ndim < 1 or a.shape[0] != batch:
-                raise Verdict("invalid", f"the model's output number {i + 1} does not have the batch ({batch}) as "
+                raise EvalEnded("invalid", f"the model's output number {i + 1} does not have the batch ({batch}) as "
                                          f"its first dimension")
             if a.dtype.kind == "f" and not np.isfinite(a).all():
-                raise Verdict("invalid", f"the model's output number {i + 1} contains NaN or inf")
+                raise EvalEnded("invalid", f"the model's output number {i + 1} contains NaN or inf")
         for i, (name, a) in enumerate(out.items()):
             if self.mode(name) in ("log_softmax", "softmax") and a.dtype.kind == "f" and a.size \
                     and float(np.abs(a).max()) > LOGIT_LIMIT:
-                raise Verdict("invalid", f"the model's output number {i + 1} reaches beyond +-{LOGIT_LIMIT:g}: "
+                raise EvalEnded("invalid", f"the model's output number {i + 1} reaches beyond +-{LOGIT_LIMIT:g}: "
                                          f"return logits of a sane scale (what is scored is their softmax)")
         return out
 
@@ -238,13 +238,13 @@ class Relay:
         got = self._ask(k, check, batch, n)
         self.stats["check_requests"] += 1
         if got.keys() != out.keys():
-            raise Verdict("invalid", "the model answered a repeated request with other output names")
+            raise EvalEnded("invalid", "the model answered a repeated request with other output names")
         for name in out:
             refs = []
             for row, (s, i) in enumerate(rows):
                 ref = src[s][1].get(name)
                 if ref is None or ref.shape[1:] != got[name][row].shape or ref.dtype != got[name][row].dtype:
-                    raise Verdict("invalid", "the model's output changed shape or dtype for the same input")
+                    raise EvalEnded("invalid", "the model's output changed shape or dtype for the same input")
                 refs.append(ref[i])
             batch_scale = spread(np.stack(refs)) if refs and refs[0].dtype.kind == "f" else 0.0
             for row, ref in enumerate(refs):
@@ -252,7 +252,7 @@ class Relay:
                 # one significant digit: a value the model sets must not carry held-out inputs out
                 self.stats["check_max_diff"] = max(self.stats["check_max_diff"], float(f"{rel:.0e}"))
                 if rel > self.tolerance:
-                    raise Verdict("invalid", f"the model answered the same input differently when asked again "
+                    raise EvalEnded("invalid", f"the model answered the same input differently when asked again "
                                              f"(by more than eval.tolerance {self.tolerance:g}): "
                                              f"predict must be deterministic and remember nothing between requests"
                                              + (", and a row's answer must not depend on its batch-mates"

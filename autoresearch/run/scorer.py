@@ -139,7 +139,7 @@ class Plan:
                         for kind, i in self.slots[srv][r])
 
 
-class Verdict(Exception):
+class EvalEnded(Exception):
     """End the evaluation: status and one-line reason."""
 
     def __init__(self, status: str, reason: str):
@@ -150,7 +150,7 @@ class Verdict(Exception):
 @dataclass
 class Part:
     """What one server's session produced."""
-    verdict: Verdict | None = None
+    verdict: EvalEnded | None = None
     hangup: str | None = None                           # the server vanished: the sandbox says why
     device: str = ""
     dtype: str = "<f4"
@@ -206,12 +206,12 @@ class Scorer:
                     return
                 t0 = time.monotonic()
                 self._run(k, part, wfile, rfile, t0)
-            except Verdict as v:
+            except EvalEnded as v:
                 part.verdict = v
             except P.ProtocolError as e:
                 part.hangup = f"the model server stopped answering ({e})"
             except Exception as e:                       # noqa: BLE001 -- never leave the runner without a result
-                part.verdict = Verdict("crash", f"scorer error: {type(e).__name__}: {e}")
+                part.verdict = EvalEnded("crash", f"scorer error: {type(e).__name__}: {e}")
             finally:
                 part.done = True
         return talk
@@ -230,24 +230,24 @@ class Scorer:
                       f"{(int(self.prepare.EVAL_BATCH), int(self.prepare.CONTEXT_LEN), int(self.prepare.VOCAB_SIZE))}"
             one += "; the traceback is in the EVAL log (for humans only): reproduce it on a batch of training data"
         if tag == P.FAILED:
-            raise Verdict("crash", one)
+            raise EvalEnded("crash", one)
         if tag == P.REFUSED:
-            raise Verdict("invalid", one)
+            raise EvalEnded("invalid", one)
         return text
 
     def _run(self, k: int, part: Part, wfile: BinaryIO, rfile: BinaryIO, t0: float) -> None:
         if self.plan is None:
-            raise Verdict("invalid", self.plan_error or "no plan")
+            raise EvalEnded("invalid", self.plan_error or "no plan")
         plan = self.plan
         V, B, T = int(self.prepare.VOCAB_SIZE), int(self.prepare.EVAL_BATCH), int(self.prepare.CONTEXT_LEN)
         tag = P.read_exact(rfile, 4)
         if tag not in P.MESSAGE_TAGS:
-            raise Verdict("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
+            raise EvalEnded("invalid", f"the model server broke the protocol: {tag!r} instead of READY")
         try:
             hello = json.loads(self._message(rfile, tag, False))
             part.device = str(hello.get("device"))[:100]
         except (ValueError, AttributeError):
-            raise Verdict("invalid", "the model server broke the protocol: an unreadable READY") from None
+            raise EvalEnded("invalid", "the model server broke the protocol: an unreadable READY") from None
         t_ready = time.monotonic()
         part.load_seconds = round(t_ready - t0, 3)
         slots = plan.slots[k]
@@ -263,17 +263,17 @@ class Scorer:
             send(r)
         for r in range(n_req):
             if self.aborted:
-                raise Verdict("crash", "the evaluation was interrupted")
+                raise EvalEnded("crash", "the evaluation was interrupted")
             tag = P.read_exact(rfile, 4)
             if tag in P.MESSAGE_TAGS:
                 self._message(rfile, tag, True)
-                raise Verdict("invalid", f"the model server broke the protocol: a message instead of logits "
+                raise EvalEnded("invalid", f"the model server broke the protocol: a message instead of logits "
                                          f"for request {r + 1}")
             if tag not in P.LOGIT_TAGS:
-                raise Verdict("invalid", f"the model server broke the protocol: tag {tag!r} for request {r + 1}")
+                raise EvalEnded("invalid", f"the model server broke the protocol: tag {tag!r} for request {r + 1}")
             dt = P.LOGIT_TAGS[tag]
             if r and dt != part.dtype:
-                raise Verdict("invalid", "the model server changed the logits dtype between requests")
+                raise EvalEnded("invalid", "the model server changed the logits dtype between requests")
             part.dtype = dt
             logits = np.frombuffer(P.read_exact(rfile, B * T * V * np.dtype(dt).itemsize), dtype=dt).reshape(B, T, V)
             part.worst = max(part.worst, time.monotonic() - sent_at[r])
@@ -281,9 +281,9 @@ class Scorer:
                 send(r + PIPELINE)
             peak = float(np.abs(logits).max())          # one pass: NaN propagates, inf is > the limit
             if not math.isfinite(peak):
-                raise Verdict("invalid", "the model's logits contain NaN or inf")
+                raise EvalEnded("invalid", "the model's logits contain NaN or inf")
             if peak > LOGIT_LIMIT:
-                raise Verdict("invalid", f"the model's logits reach {peak:.3g}, beyond +-{LOGIT_LIMIT:g}: return "
+                raise EvalEnded("invalid", f"the model's logits reach {peak:.3g}, beyond +-{LOGIT_LIMIT:g}: return "
                                          f"logits of a sane scale (log-probabilities are fine); the score only "
                                          f"depends on their log-softmax")
             reals = [(row, i) for row, (kind, i) in enumerate(slots[r]) if kind == "real"]
@@ -331,14 +331,14 @@ class Scorer:
             nats, scored = sum(p.nats for p in self.parts), sum(p.scored for p in self.parts)
             bpb = nats / scored / math.log(2)
             if not math.isfinite(bpb):
-                raise Verdict("invalid", f"the loss is {bpb} (NaN or inf)")
+                raise EvalEnded("invalid", f"the loss is {bpb} (NaN or inf)")
             if scored < int(self.prepare.EVAL_BYTES):
-                raise Verdict("invalid", f"only {scored} bytes were scored, the evaluation needs "
+                raise EvalEnded("invalid", f"only {scored} bytes were scored, the evaluation needs "
                                          f"{self.prepare.EVAL_BYTES}")
             if self.floor is not None and bpb < self.floor:       # a lower bound, as metric.floor is everywhere
-                raise Verdict("invalid", f"{self.metric} {bpb:.4f} is past the physical floor {self.floor} for this "
+                raise EvalEnded("invalid", f"{self.metric} {bpb:.4f} is past the physical floor {self.floor} for this "
                                          f"corpus: a leak or a bug, not a better model")
-        except Verdict as v:
+        except EvalEnded as v:
             return {"status": v.status, "reason": v.reason}
         return {"status": "ok", "value": bpb, "bytes": scored, "device": self.parts[0].device,
                 "load_seconds": max(p.load_seconds for p in self.parts),
@@ -366,10 +366,10 @@ class Scorer:
                 continue
             pos = int(np.argmax(diff > tol))
             if chk.kind == "splice":
-                raise Verdict("invalid", f"the model looks ahead: its log-probabilities at position {pos} changed by "
+                raise EvalEnded("invalid", f"the model looks ahead: its log-probabilities at position {pos} changed by "
                                          f"{float(diff[pos]):.3g} nats when only bytes after position {chk.t} "
                                          f"changed; keep attention (and everything else) causal")
-            raise Verdict("invalid", f"the same window got different log-probabilities when sent again (by "
+            raise EvalEnded("invalid", f"the same window got different log-probabilities when sent again (by "
                                      f"{worst:.3g} nats at position {pos}): in eval mode the output must be "
                                      f"deterministic (no dropout or sampling) and must not depend on the other "
                                      f"sequences in the batch or on earlier requests")

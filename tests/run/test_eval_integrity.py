@@ -514,7 +514,7 @@ SCORE_PRESERVING = {
 def test_no_score_preserving_transformation_changes_what_a_check_accepts(name, seed):
     """The checks compare float64 log-softmax with an absolute tolerance: a transformation of the
     logits that leaves the score unchanged leaves every check's verdict (and drift) unchanged."""
-    from autoresearch.run.scorer import TOLERANCE, Scorer, Verdict
+    from autoresearch.run.scorer import TOLERANCE, Scorer, EvalEnded
     plan, x = _toy_plan(seed)
     f = SCORE_PRESERVING[name]
     for peek in (False, True):
@@ -529,7 +529,7 @@ def test_no_score_preserving_transformation_changes_what_a_check_accepts(name, s
         for transform in (lambda z: z, f):
             try:
                 verdicts.append(("ok", round(Scorer._verify(plan, _kept(plan, x, peek, transform), TOLERANCE["<f4"]), 6)))
-            except Verdict as v:
+            except EvalEnded as v:
                 verdicts.append((v.status, v.reason.split(" by ")[0].split(" at position")[0]))
         assert verdicts[0] == verdicts[1], (name, peek, verdicts)
         assert verdicts[0][0] == ("invalid" if peek else "ok"), verdicts

@@ -170,10 +170,10 @@ def test_the_default_scorer_quotes_no_number_or_own_type_either(said):
     import io
 
     import prepare
-    from autoresearch.run.scorer import Scorer, Verdict
+    from autoresearch.run.scorer import Scorer, EvalEnded
     scorer = Scorer(np.random.default_rng(0).integers(0, 256, 1 << 16).astype(np.uint8), prepare)
     frame = P.message(P.FAILED, said)
-    with pytest.raises(Verdict) as v:
+    with pytest.raises(EvalEnded) as v:
         scorer._message(io.BytesIO(frame[4:]), P.FAILED, True)
     assert MARK not in v.value.reason and "99999999" not in v.value.reason, v.value.reason
     assert "the model" in v.value.reason
