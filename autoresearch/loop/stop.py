@@ -250,8 +250,10 @@ def _stop_wave(root: Path, program: Program, data: dict, st: LoopState, ctx: Con
 def _decide(root: Path, program: Program, st: LoopState, ctx: Context, runs: list[RunRecord]) -> dict:
     """Steps 2-5 over the finished runs."""
     cands = [r for r in runs if ctx.cur_sha and r.same_code(ctx.cur_snap, ctx.cur_sha)]
-    if cands:                           # only runs comparable with the latest one are averaged
-        cands = [r for r in cands if r.fingerprint == cands[-1].fingerprint]
+    if cands:                           # only runs comparable with the latest that measured are averaged
+        ref = next((r for r in reversed(cands) if r.status == "ok" and r.fingerprint), cands[-1])
+        cands = [r for r in cands if r.fingerprint == ref.fingerprint]   # a run that never measured (no
+        #   fingerprint: killed before its first record, cancelled, lost on a node) is not the reference
     others = [r for r in runs if r not in cands]                       # 2.
     allowance = remaining(program, st, Tally(ctx.rows, ctx.branch, ctx.session), paused(root))
     if cands:                                                          # 3.

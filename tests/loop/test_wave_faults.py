@@ -259,3 +259,21 @@ def test_a_run_killed_while_being_queued_is_never_half_run(tmp_path):
     r = decide(w)
     got = rows(w)
     assert got[a].value is not None and got[b].status == "crash" and got[b].value is None, r
+
+
+def test_the_best_is_judged_when_the_newest_run_of_its_code_never_measured(tmp_path):
+    """Two runs of one code (seeds, or the same idea queued twice); the newer one's runner died before
+    its first record (no fingerprint, interrupted). The wave's best is the older one: it must be
+    judged (and kept), not written off as "not the best of its wave" beside a crash row."""
+    w = world(tmp_path)
+    a1 = variant(w, "LEARNING_RATE = 6e-3")
+    a2 = w.queue()                                           # the same code again
+    w.sched(value=1.5)
+    w.sched(fault="kill_claimed")
+    w.sched()                                                # a new scheduler settles the lost one
+    assert read_entry(w.p.path / "runs" / a2).state == "interrupted"
+    r = decide(w)
+    covering = {rid: row for row in w.p.rows() for rid in (row.run_id, *row.runs)}
+    assert covering[a1].status == "keep" and covering[a1].value == 1.5, (r, covering[a1])
+    assert a2 in covering and covering[a2].value is None
+    assert "6e-3" in w.p.committed("train.py")
