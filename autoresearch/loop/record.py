@@ -39,6 +39,7 @@ from .runscan import RunRecord
 from .state import LastDecision, LoopState, now, paused, read_state, state_dir, write_state
 
 WAVE_NOT_BEST = "wave: not the best of its wave (its best comparable run was judged)"
+INTERRUPTED_BESIDE = "interrupted: never a result (the runs of its code that measured were judged)"
 
 
 def run_row(program: Program, ctx: Context, r: RunRecord, exp: int, status: str, value: float | None,
@@ -63,7 +64,8 @@ def superseded_rows(program: Program, st: LoopState, ctx: Context, others: list[
     for i, r in enumerate(others):
         v = r.view(program.metric.name, program.metric.direction)
         ok = v.status == "ok"
-        why = WAVE_NOT_BEST if r.wave else ("superseded: the code changed (or the fingerprint differs) before "
+        why = WAVE_NOT_BEST if r.wave else (INTERRUPTED_BESIDE if r.status == "interrupted" else
+                                            "superseded: the code changed (or the fingerprint differs) before "
                                             "this run was decided")
         if not ok and r.wave:
             why += f"; {r.problem or (r.metrics.reason if r.metrics else '')}"

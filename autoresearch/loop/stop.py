@@ -254,6 +254,9 @@ def _decide(root: Path, program: Program, st: LoopState, ctx: Context, runs: lis
         ref = next((r for r in reversed(cands) if r.status == "ok" and r.fingerprint), cands[-1])
         cands = [r for r in cands if r.fingerprint == ref.fingerprint]   # a run that never measured (no
         #   fingerprint: killed before its first record, cancelled, lost on a node) is not the reference
+        if ref.status == "ok":          # an interrupted run (a pause, a kill, a lost node) says nothing of
+            cands = [r for r in cands if r.status != "interrupted"]   # the code and has no checkpoint for
+            #   `final`: a row of its own, never bundled into (or crashing) the judgement of the measured runs
     others = [r for r in runs if r not in cands]                       # 2.
     allowance = remaining(program, st, Tally(ctx.rows, ctx.branch, ctx.session), paused(root))
     if cands:                                                          # 3.

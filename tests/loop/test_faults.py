@@ -315,8 +315,9 @@ def test_a_runner_killed_9_leaves_no_stale_run_lock(tmp_path):
     p.note("noted")
     r = p.stop()
     assert "still running" not in r.text and "BASELINE" in r.text
-    [row] = p.rows()                                                           # decided, with the run after it
-    assert row.runs == ["0001", "0002"] and row.value == 2.0
+    rows = {row.run_id: row for row in p.rows()}              # decided: the killed run on a row of its own
+    assert rows["0002"].status == "keep" and rows["0002"].runs == ["0002"] and rows["0002"].value == 2.0, rows
+    assert rows["0001"].status == "crash" and rows["0001"].value is None and "interrupted" in rows["0001"].note
 
 
 def test_the_run_lock_is_the_kernels_flock(tmp_path):

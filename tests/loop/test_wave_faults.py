@@ -12,6 +12,7 @@ import time
 import pytest
 
 from autoresearch.run.main import main as run_main
+from autoresearch.record.metrics import RunMetrics
 from autoresearch.record.queue import QUEUE_FILE, SNAPSHOT_DIR, entries, read_entry
 from loop_support import PROGRAM, Project
 from test_wave_properties import Waves
@@ -277,3 +278,21 @@ def test_the_best_is_judged_when_the_newest_run_of_its_code_never_measured(tmp_p
     assert covering[a1].status == "keep" and covering[a1].value == 1.5, (r, covering[a1])
     assert a2 in covering and covering[a2].value is None
     assert "6e-3" in w.p.committed("train.py")
+
+
+def test_a_same_code_run_interrupted_after_the_best_does_not_crash_the_best(tmp_path):
+    """A run of the best's code measured, then another run of that code was interrupted (paused,
+    killed, its node lost) after its first record: an interruption says nothing of the code, so
+    the measured run is judged (kept) and the interrupted one gets a row of its own."""
+    w = world(tmp_path)
+    a1 = variant(w, "LEARNING_RATE = 6e-3")
+    a2 = w.queue()
+    w.sched(value=1.5)
+    w.sched(value=1.6)
+    m = RunMetrics.read(w.p.path / "runs" / a2)            # as the runner records a run stopped mid-way
+    m.status, m.metric_value, m.reason = "interrupted", None, "interrupted by the test"
+    m.write(w.p.path / "runs" / a2)
+    r = decide(w)
+    covering = {rid: row for row in w.p.rows() for rid in (row.run_id, *row.runs)}
+    assert covering[a1].status == "keep" and covering[a1].value == 1.5, (r, covering[a1])
+    assert covering[a2].run_id == a2 and covering[a2].status == "crash" and covering[a2].value is None

@@ -150,6 +150,7 @@ def test_a_killed_runner_is_interrupted_a_restart_resumes_and_pause_cancels(tmp_
     # before its first record leaves no fingerprint, so run 0001 may share the never-run 0004's)
     covering = {rid: row for row in rows for rid in (row.run_id, *row.runs)}
     assert {first, second, third, fourth} <= set(covering), (r.text, [(x.run_id, x.runs, x.status, x.note) for x in rows])
-    for rid in (first, third, fourth):
-        assert covering[rid].value is None and covering[rid].status == "crash", covering[rid]
+    assert covering[second].status == "keep" and covering[second].value is not None, covering[second]   # the baseline
+    for rid in (first, third, fourth):                 # interrupted or never run: rows of their own, not judged
+        assert covering[rid].run_id == rid and covering[rid].value is None and covering[rid].status == "crash"
     assert all(e.state not in ("queued", "running") for e in entries(proj.path))
