@@ -14,7 +14,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..atomic import write_atomic
-from ..ledger import LedgerRow
 from ..program import PROGRAM_FILE, ConfigError, Phase, Program, parse_program, split_front_matter
 from . import messages
 from .allowance import Allowance, Tally, remaining
