@@ -211,11 +211,11 @@ def remeasured(program: Program, run: RunRecord, ok: bool, new_fp: str | None, a
                n: int) -> str:
     """Runs of the branch tip's own code: the best measured again, or (`new_fp`: what changed in the
     fingerprint) a new baseline at a new fingerprint."""
-    m, train, fp_change = program.metric, _train(program), new_fp
+    m, train = program.metric, _train(program)
     if not ok:
         what = f"run {run.run_id} of the best's own code failed ({run.status}); the best is unchanged"
     elif new_fp is not None:
-        what = (f"run {run.run_id} ran the best's code at a new fingerprint ({fp_change}); runs are compared "
+        what = (f"run {run.run_id} ran the best's code at a new fingerprint ({new_fp}); runs are compared "
                 f"only within one fingerprint, so this STARTS A NEW BASELINE on the branch: {m.name} {_fmt(after)}")
     else:
         what = (f"run {run.run_id} ran the best's own code again: it RE-MEASURED the best (not a keep; nothing "
