@@ -166,7 +166,7 @@ def program_text(o: InitOptions, script: str) -> str:
                                         if o.eval_command else "printed by ")
                                      + f"`{shlex.join(o.command)}`, within a fixed training-time budget."),
         "metric": {"name": o.metric, "direction": o.direction},
-        "budget": {"train_seconds": o.budget_seconds, "grace_seconds": 60, "eval_seconds": 300},
+        "budget": {"train_seconds": o.budget_seconds, "grace_seconds": Budget().grace_seconds, "eval_seconds": 300},
         "editable": list(dict.fromkeys([script, *o.editable, "scratchpad.md"])),
         "min_improvement": 0.0,
         "noise": {"k_sigma": 2.0, "confirm_margin": 0.0, "calibrate_runs": 3},

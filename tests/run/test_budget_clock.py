@@ -13,7 +13,7 @@ import pytest
 
 from experiment_support import BACKENDS, log_of, make_project, metrics, require_backend, run_sh, split_log
 
-from autoresearch.program.sections import save_margin
+from autoresearch.program.sections import Budget, save_margin
 from autoresearch.run.specs import STARTUP, STARTUP_MARKER, with_startup
 from autoresearch.sandbox import NoneBackend, SandboxSpec
 from autoresearch.sandbox.bounds import _StartClock
@@ -81,13 +81,18 @@ def test_no_agent_file_runs_before_the_marker(tmp_path, request, backend):
     assert "EARLY" not in train and "checkpoint saved" in train, train[-2000:]
 
 
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_honest_run_beside_a_cpu_hog_is_not_killed_for_its_startup(tmp_path, request, backend):
     """12 s, not the issue's 30 s: the kill margin is max(5%, 3 s) either way, and start-up under the hog
-    (torch imported while 2x the cores spin) is what must stay out of the clock."""
+    (torch imported while 2x the cores spin) is what must stay out of the clock. The start-up gets the
+    grace `init` writes (60 s), not the suite's short 20 s: under the hog a docker start-up took 8.5 s
+    on a quiet 2-core machine and over 20 s on a busier CI machine; the grace bounds a hung start-up,
+    and this test is about the agent's clock, not about how fast a starved container starts."""
     require_backend(request, backend)
-    proj = make_project(tmp_path / "p", eval_seconds=300)
+    proj = make_project(tmp_path / "p", eval_seconds=300, grace_seconds=(grace := Budget().grace_seconds))
     hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * (os.cpu_count() or 1))]
     try:
         p = run_sh(proj, "-m", "honest under load", "--backend", backend, "--budget", str(BUDGET := 12), timeout=600)
@@ -97,6 +102,7 @@ def test_an_honest_run_beside_a_cpu_hog_is_not_killed_for_its_startup(tmp_path, 
             h.wait()
     m = metrics(proj)
     assert m["status"] == "ok", (m["status"], m["reason"], m["agent_seconds"], m["extra"], log_of(proj)[-1500:])
+    assert m["extra"]["startup_seconds"] < grace
     assert m["agent_seconds"] <= BUDGET + save_margin(BUDGET), m["agent_seconds"]
     assert m["extra"]["startup_seconds"] > 0 and m["train_seconds"] > m["agent_seconds"]
     assert m["fingerprint"]["clock"].startswith("agent")
