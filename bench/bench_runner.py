@@ -9,9 +9,12 @@
             (so sandbox start-up, torch imports, checkpoint save and load count too).
 
 Goals (issue 27): all-in overhead <= 2 s with bwrap, <= 3 s with docker, on a quiet machine.
-With --full it also prints where the all-in seconds go (from the run's metrics.json).
+With --full it also prints where the all-in seconds go (from the run's metrics.json). With --warm
+(AUTORESEARCH_WARM=1, run/warm.py) it times the second of two runs, --think seconds apart (the
+agent's turn, while the next run's sandboxes warm up).
 
-    .venv/bin/python bench/bench_runner.py [--full] [--budget 30] [--repeat 7] [--backends docker bwrap none]
+    .venv/bin/python bench/bench_runner.py [--full [--warm [--think 20]]] [--budget 30] [--repeat 7]
+                                           [--backends docker bwrap none]
 """
 from __future__ import annotations
 
@@ -69,11 +72,21 @@ def project_copy(dest: Path) -> Path:
     return dest
 
 
-def full_overhead(name: str, budget: float, proj: Path) -> dict:
+def full_overhead(name: str, budget: float, proj: Path, think: float | None = None) -> dict:
+    """One ./run.sh timed (`think`: warm, after a first run and that many seconds of waiting)."""
+    import os
+    env = dict(os.environ)
+    argv = ["./run.sh", "-m", f"bench {name}", "--budget", str(budget), "--backend", name]
+    if think is not None:
+        env["AUTORESEARCH_WARM"] = "1"
+        subprocess.run(argv, cwd=proj, capture_output=True, text=True, env=env)
+        time.sleep(think)
     t = time.perf_counter()
-    p = subprocess.run(["./run.sh", "-m", f"bench {name}", "--budget", str(budget), "--backend", name],
-                       cwd=proj, capture_output=True, text=True)
+    p = subprocess.run(argv, cwd=proj, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t
+    if think is not None:
+        from autoresearch.run.warm import discard_all
+        discard_all(proj.resolve())
     runs = sorted((proj / "runs").glob("[0-9]*"))
     m = json.loads((runs[-1] / "metrics.json").read_text()) if runs else {}
     if p.returncode != 0 or m.get("status") != "ok":
@@ -89,11 +102,13 @@ def full_overhead(name: str, budget: float, proj: Path) -> dict:
     agent = m.get("agent_seconds") or train
     load = x.get("eval_load_seconds") or 0.0
     ev_wall = x.get("eval_wall_seconds") or ev           # GO to both servers' sandboxes gone
+    servers_warm = x.get("servers_warm_seconds") or 0.0  # warm: TRAIN's GO waited for the servers' warm-up
     # Where the all-in seconds go, in the order they happen (each a wall-clock interval; the
     # servers' load overlaps TRAIN once they are warmed early, so it is counted as it waits).
     parts = {"run.sh + runner start-up (before the run's clock)": wall - total,
-             "runner: prepare, diff, work copies, records": total - train - ev_wall,
+             "runner: prepare, diff, work copies, records": total - train - ev_wall - servers_warm,
              "TRAIN trusted warm-up (interpreter, torch)": startup,
+             "warm: GO waited for the model servers' warm-up": servers_warm,
              "TRAIN agent code past the budget (save, exit)": agent - budget,
              "TRAIN sandbox start + tear-down": train - startup - agent,
              "EVAL servers after GO: agent import + checkpoint load": load,
@@ -108,6 +123,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=7)
     ap.add_argument("--full", action="store_true", help="also time ./run.sh end to end")
     ap.add_argument("--budget", type=float, default=30.0)
+    ap.add_argument("--warm", action="store_true", help="with --full: the next run's sandboxes warmed (run/warm.py)")
+    ap.add_argument("--think", type=float, default=20.0, help="with --warm: seconds between the two runs")
     args = ap.parse_args()
     console = Console()
 
@@ -129,7 +146,7 @@ def main() -> None:
     if not args.full:
         return
     goals = {"bwrap": 2.0, "docker": 3.0}
-    t = Table(title=f"./run.sh harness overhead at a {args.budget:g} s budget")
+    t = Table(title=f"./run.sh harness overhead at a {args.budget:g} s budget" + (" (warm)" if args.warm else ""))
     for col in ("backend", "run.sh wall s", "train stage s", "eval stage s", "overhead s",
                 "eval compute s", "all-in overhead s", "goal s"):
         t.add_column(col, justify="right" if col != "backend" else "left")
@@ -138,7 +155,7 @@ def main() -> None:
         Path(tmp).chmod(0o755)              # docker's sandbox user must be able to enter the project
         proj = project_copy(Path(tmp))
         for name in avail:
-            r = full_overhead(name, args.budget, proj)
+            r = full_overhead(name, args.budget, proj, args.think if args.warm else None)
             if "error" in r:
                 t.add_row(name, "failed", str(r.get("status")), "", r["error"][-60:], "")
                 console.print(f"[red]{name} failed:[/red]\n{r['error']}")

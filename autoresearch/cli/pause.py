@@ -8,8 +8,10 @@ from pathlib import Path
 def pause(root: Path, reason: str, update: bool) -> int:
     from ..loop.state import request_pause
     from ..record import cancel_wave
+    from ..run import discard_all
     now, before = request_pause(root, reason, update=update)
     cancelled, stopped = cancel_wave(root)
+    discard_all(root)                                 # no warm next run waits through a pause
     if cancelled or stopped:
         print(f"wave cancelled: {len(cancelled)} queued runs cancelled ({', '.join(cancelled) or '-'}), "
               f"{len(stopped)} running ones interrupted ({', '.join(stopped) or '-'}); none becomes a result.")

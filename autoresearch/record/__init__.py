@@ -19,8 +19,8 @@ from ..frontdoor import lazy
 _MODULES: dict[str, tuple[str, ...]] = {
     "layout": ("CHECKPOINT", "EVAL_LOG", "LOG_FILE", "Layout", "RUNNING", "RUNS_DIR", "RUN_COUNTER", "RUN_LOCK",
         "STATE_DIR", "allocate_run_dir", "clean_out", "eval_log", "final_log", "hold_running", "inside",
-        "lock_held", "mark_holder", "new_log", "private_dir", "state_id", "run_dirs", "run_ids", "run_lock",
-        "sweep_scratch"),
+        "lock_held", "mark_holder", "new_log", "private_dir", "reserve_run_id", "state_folder", "state_id", "run_dirs",
+        "run_ids", "run_lock", "sweep_scratch", "take_run_id"),
     "metrics": ("KEY_MISSING", "METRICS_FILE", "RECORD_ALTERED", "RunMetrics", "host_check", "load_verified",
         "read_verified"),
     "identity": ("AGENT_CLOCK", "Fingerprint", "code_files", "data_version", "device_class", "program_code",

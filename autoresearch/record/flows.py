@@ -156,6 +156,10 @@ FLOWS = (
          "outside the project, so nothing agent code writes there reaches the agent or a later stage", private=True),
     Flow("stage stand-ins", "state", "runs/NNNN/{code,frozen,empty,runs}/", (HOST,), (*_STAGES_R, HOST),
          "the snapshot's files, eval.files as committed, empty folders over hidden parts"),
+    Flow("warm TRAIN", "state", "warm/NNNN/ (script, out/, go/, train.log, state.json, result.json)", (TRAIN, HOST),
+         (TRAIN, HOST), "the next run's TRAIN sandbox, warmed while the agent thinks (run/warm.py): the script's "
+         "copy and out/ staged until runs/NNNN exists, go.json (the seed) read-only; moved into runs/NNNN or "
+         "removed", private=True),
     Flow("metric channel", "state", "runs/NNNN/metric/metric.json", (EVAL_COMMAND, FINAL), (EVAL_COMMAND, FINAL, HOST),
          "eval.command's {\"value\": n}, made fresh for each; read by the host, signed by the runner",
          private=True),

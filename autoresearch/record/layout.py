@@ -253,6 +253,27 @@ def allocate_run_dir(root: Path) -> Path:
             n = reserve_run_id(root, n)
 
 
+def take_run_id(root: Path, want: int) -> Path | None:
+    """runs/<want> for a run id reserved earlier (a warm TRAIN's, run/warm.py), if it is still the
+    next one: the last reserved, above every folder, trailer and ledger id. Else None."""
+    runs = root / RUNS_DIR
+    existing = run_dirs(root)
+    floor = max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
+    try:
+        last = int((Path(root) / STATE_DIR / RUN_COUNTER).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    if want <= floor or last != want:
+        return None
+    d = runs / f"{want:04d}"
+    try:
+        runs.mkdir(exist_ok=True)
+        d.mkdir()
+    except OSError:
+        return None
+    return d
+
+
 # ---------------------------------------------------------------- one run at a time
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     relay         the split's trusted relay: every answer checked, hidden re-asks
     enqueue       --queue: a run snapshotted into runs/NNNN/ now, run from there by the scheduler
     rayexec, raynode  the Ray executor: a wave's runs on a cluster's nodes
+    warm, warmhold, warmspec  the next run's sandboxes warmed while the agent thinks (AUTORESEARCH_WARM=1)
     evalclient    the eval script's handle under its first name (autoresearch.inside.evalclient)
 
 What runs inside a sandbox is in autoresearch/inside/, the record a run leaves in autoresearch/record/.
@@ -43,6 +44,7 @@ _MODULES: dict[str, tuple[str, ...]] = {
     "seeds": ("fixed_seeds", "overriders", "reads_harness_seed", "seed_override",
               "with_seed"),
     "specs": ("base_env", "gpu_request", "repo_env"),
+    "warm": ("discard_all",),
 }
 _EXPORTS = {n: (m, n) for m, names in _MODULES.items() for n in names}
 __all__ = sorted(_EXPORTS)

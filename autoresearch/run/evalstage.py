@@ -26,6 +26,8 @@ class WarmServers(Protocol):
 
     def finish(self, go: bool) -> tuple[SandboxResult, dict]: ...
 
+    def warmed(self) -> bool: ...               # their warm-up is over (a warm TRAIN's GO waits for it)
+
 
 @dataclass(frozen=True)
 class EvalJob:

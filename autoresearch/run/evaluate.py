@@ -46,18 +46,25 @@ class Servers:
     starts them with TRAIN and calls finish(go=True) once TRAIN ended ok and its checkpoint is
     final, or finish(go=False) (they exit without running agent code)."""
 
-    def __init__(self, inp: StageInputs, scorer, log: Path, stage: str = "eval", wait_s: float = 0.0):
+    def __init__(self, inp: StageInputs, scorer, log: Path, stage: str = "eval", wait_s: float = 0.0,
+                 held=None):
         """`scorer`: what serves the model servers' sessions (scorer.Scorer: session(k), go, aborted,
-        finish()); another built-in metric over the model's logits brings its own."""
+        finish()); another built-in metric over the model's logits brings its own. `held`: a warm
+        holder's (warm.Warm) servers, already warm: their work copies are filled in place, their
+        sessions relayed (it raises warm.NotThisRun when they are not the ones this run needs)."""
         from .scorer import SERVERS
         self.scorer = scorer
-        self.sandbox = inp.sandbox
+        self.log = log
+        self.sandbox = inp.sandbox if held is None else held.backend()
         self.specs: list = []
         self.results: list[SandboxResult | None] = [None] * SERVERS
         self.errors: list[BaseException] = []
         try:
             for k in range(SERVERS):
-                self.specs.append(eval_spec(inp, ServerSlot(self.scorer.session(k), log, stage, k, wait_s)))
+                self.specs.append(eval_spec(inp, ServerSlot(self.scorer.session(k), log, stage, k, wait_s,
+                                                            "fresh" if held is None else "fill")))
+            if held is not None:
+                held.check_servers(self.specs, inp.lay)
         except BaseException:
             self._remove()
             raise
@@ -71,6 +78,16 @@ class Servers:
         except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
             self.errors.append(e)
             self.scorer.aborted = True
+
+    def warmed(self) -> bool:
+        """Are both servers past their warm-up (or ended)? Read from their log, which only trusted
+        code (startup.py) writes before GO."""
+        from .startup import WARMED
+        try:
+            n = self.log.read_bytes().count(WARMED.encode())
+        except OSError:
+            n = 0
+        return n >= len(self.threads) or not all(t.is_alive() for t in self.threads)
 
     def _remove(self) -> None:
         for spec in self.specs:                        # no writable storage outlives a model server
@@ -122,13 +139,13 @@ def eval_line(status: str, reason: str | None, result: dict | None, metric: str)
             f"score {r.get('score_seconds')} s, device {r.get('device')})\n")
 
 
-def start_servers(job: EvalJob, train_s: float) -> Servers:
+def start_servers(job: EvalJob, train_s: float, held=None) -> Servers:
     """A run's model servers, started before TRAIN (they warm up while it trains; `train_s`: TRAIN's
-    longest, which they may wait for GO)."""
+    longest, which they may wait for GO); `held`: a warm holder's, warmed while the agent thought."""
     lay = job.lay
     assert job.data is not None
-    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
-    return Servers(job.inputs, bpb_scorer(job.inputs, job.data / "val" / "val.bin"), log, wait_s=train_s)
+    log = lay.eval_log if held is not None else new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}\n")
+    return Servers(job.inputs, bpb_scorer(job.inputs, job.data / "val" / "val.bin"), log, wait_s=train_s, held=held)
 
 
 def measure_bpb(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:

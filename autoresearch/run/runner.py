@@ -43,9 +43,9 @@ from ..fsclean import remove_tree
 from .. import registry
 from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
-from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
+from ..sandbox import NONE_WARNING, Backend, SandboxSpec, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
-from .evalstage import EvalJob, eval_stage, evaluator_of
+from .evalstage import EvalJob, WarmServers, eval_stage, evaluator_of
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
                       clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
@@ -56,6 +56,7 @@ from .outcome import INLINE_WARNING, inline_outcome, train_status
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve
 from .specs import StageInputs, base_env, gpu_request, python_of, repo_env, train_argv, train_spec
+from . import warm
 from .workcopy import read_only_hint, remove_work_copy, work_copy
 
 
@@ -174,11 +175,16 @@ def run_experiment(root: Path, message: str, opts: RunOptions = RunOptions(), ec
     ask = Asked(message, opts.purpose)
     root = Path(root).resolve()
     p = prepare(root, opts)
+    warmable = warm.wanted(p.sandbox.name, opts.program is opts.grace is None and opts.purpose == "experiment")
     with run_lock(root) as lock_fd:
         sweep_scratch(root)                       # a killed runner's .sandbox: no other run is live now
-        run_dir = allocate_run_dir(root)
+        held = warm.take(root) if warmable else warm.discard_all(root)
+        run_dir = held.run_dir if held is not None else allocate_run_dir(root)
         mark_holder(lock_fd, run_dir.name)
-        return run_in(root, p, run_dir, ask, echo)
+        m = run_in(root, p, run_dir, ask, echo, held)
+        if warmable:                              # the next run's TRAIN warms up while the agent thinks
+            warm.start_next(root, opts.budget, opts.backend)
+        return m
 
 
 def _quiet(_line: str) -> None:
@@ -195,8 +201,10 @@ class Asked:
     say: Callable[[str], None] = _quiet                       # progress lines (a terminal, or nothing)
 
 
-def run_in(root: Path, p: Prepared, run_dir: Path, ask: Asked, echo: TextIO | None = None) -> RunMetrics:
-    """The run in its (new or queued) folder, marked live by runs/NNNN/.running while it goes."""
+def run_in(root: Path, p: Prepared, run_dir: Path, ask: Asked, echo: TextIO | None = None,
+           held: warm.Warm | None = None) -> RunMetrics:
+    """The run in its (new or queued) folder, marked live by runs/NNNN/.running while it goes;
+    `held`: its TRAIN sandbox, warmed while the agent thought (warm.py)."""
     def say(line: str) -> None:
         if echo is not None:
             print(line, file=echo, flush=True)
@@ -206,7 +214,7 @@ def run_in(root: Path, p: Prepared, run_dir: Path, ask: Asked, echo: TextIO | No
         with live_progress(echo, run_dir / LOG_FILE, p.budget_s,
                            None if p.inline else p.program.budget.eval_seconds,
                            run_dir.name) as live:     # a terminal only: the agent's output is unchanged
-            return _run_locked(root, p, run_dir, replace(ask, say=live.around(say)))
+            return _run_locked(root, p, run_dir, replace(ask, say=live.around(say)), held)
     finally:
         if running is not None:
             os.close(running)
@@ -214,7 +222,7 @@ def run_in(root: Path, p: Prepared, run_dir: Path, ask: Asked, echo: TextIO | No
             (run_dir / RUNNING).unlink()
 
 
-def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetrics:
+def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked, held: warm.Warm | None = None) -> RunMetrics:
     """The run itself, with the project's run lock held."""
     program, sandbox, files, frozen, data = p.program, p.sandbox, p.files, p.frozen, p.data
     budget_s, seed_n, sha, inline = p.budget_s, p.seed_n, p.sha, p.inline
@@ -226,7 +234,7 @@ def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetric
                      data=data_version(None if data is None else data / "val" / "val.bin"),
                      evaluator=evaluator, interpreter=_interpreter(root, program), clock=AGENT_CLOCK)
     lay = Layout(root, run_dir, p.script, files, outputs=tuple(program.run.outputs))
-    lay.hold()
+    warm.hold_or_refresh(held, lay)               # a holder holds the scratch until its sandbox ends
     metrics = RunMetrics(
         run_id=run_dir.name, status="interrupted", metric_name=program.metric.name,
         direction=program.metric.direction, train_py_sha256=sha, seed=seed_n, budget_seconds=budget_s,
@@ -256,7 +264,7 @@ def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetric
                 home_dir = tempfile.mkdtemp(prefix="autoresearch-home-")
             env = repo_env(base_env(sandbox, lay, home_dir or "/tmp", budget_s, seed_n), program, root)
             _execute(StageInputs(sandbox, program, lay, env, data), budget_s, inline, metrics,
-                     frozen[1] if frozen else None)
+                     frozen[1] if frozen else None, held)
     except KeyboardInterrupt:
         _finish_unmeasured(metrics, run_dir, t_start,
                            f"interrupted by {signals[-1] if signals else 'SIGINT (Ctrl-C)'}; the sandbox was stopped")
@@ -268,6 +276,7 @@ def _run_locked(root: Path, p: Prepared, run_dir: Path, ask: Asked) -> RunMetric
         _finish_unmeasured(metrics, run_dir, t_start, f"harness error: {type(e).__name__}: {e}")
         raise
     finally:
+        warm.end(held)                           # whatever happened, no holder outlives its run
         if left := lay.cleanup():                # never raises: what stays is set aside and said
             metrics.extra["cleanup"] = left[:500]
         if home_dir:
@@ -296,17 +305,15 @@ def _finish_unmeasured(m: RunMetrics, run_dir: Path, t_start: float, reason: str
 
 
 def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
-             frozen: dict[str, bytes] | None = None) -> None:
+             frozen: dict[str, bytes] | None = None, held: warm.Warm | None = None) -> None:
     """Both stages; fills m in place (status, metric, timings, memory, device, reason). The
     built-in evaluator's model servers start with TRAIN (their warm-up overlaps it) and import agent
     code only once TRAIN has ended ok (evaluate.Servers)."""
     sandbox, program, lay, data, env = inp.sandbox, inp.program, inp.lay, inp.data, inp.env
-    job = EvalJob(sandbox, program, lay, env, data=data, frozen=frozen)
-    if not inline and (warm := evaluator_of(program).warm) and data is not None:
-        job = replace(job, servers=registry.function(warm)(job, max(program.budget.grace_seconds, 1.0) + budget
-                                                           + save_margin(budget)))
+    job, held = _warm_start(EvalJob(sandbox, program, lay, env, data=data, frozen=frozen), inp, budget, inline,
+                            m, held)
     try:
-        status, reason, host_peak = _train(inp, budget, inline, m)
+        status, reason, host_peak = _train(inp, budget, inline, m, held, job.servers)
     except BaseException:
         if job.servers is not None:
             job.servers.finish(go=False)
@@ -333,17 +340,40 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
         m.metric_value = None
 
 
-def _train(inp: StageInputs, budget: float, inline: bool, m: RunMetrics) -> tuple[str, str | None, int | None]:
-    """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
+def _warm_start(job: EvalJob, inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
+                held: warm.Warm | None) -> tuple[EvalJob, warm.Warm | None]:
+    """The built-in evaluator's model servers, started with TRAIN (their warm-up overlaps it), and
+    a warm run's holder checked (warm.start_stages). Returns (the job, the holder still in use)."""
+    warmer = None if inline or inp.data is None else evaluator_of(inp.program).warm
+    start = registry.function(warmer) if warmer else None
+    train_s = max(inp.program.budget.grace_seconds, 1.0) + budget + save_margin(budget)
+    servers, held = warm.start_stages(held, inp.lay, lambda work: train_sandbox(inp, budget, inline, work)[2],
+                                      None if start is None else lambda *h: start(job, train_s, *h), m.extra)
+    return replace(job, servers=servers), held
+
+
+def train_sandbox(inp: StageInputs, budget: float, inline: bool, work: Path) -> tuple[bool, list[str], SandboxSpec]:
+    """TRAIN's command and sandbox in the work copy `work`: (is it run.command's own, argv, spec)."""
     sandbox, program, lay = inp.sandbox, inp.program, inp.lay
     own = inline or evaluator_of(program).script and bool(program.run.command)   # run.command, not the script
-    work = work_copy(lay, "train")
     argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own, where=work)
-    spec = train_spec(inp, budget, argv, work)
+    return bool(own), argv, train_spec(inp, budget, argv, work)
+
+
+def _train(inp: StageInputs, budget: float, inline: bool, m: RunMetrics, held: warm.Warm | None = None,
+           servers: WarmServers | None = None) -> tuple[str, str | None, int | None]:
+    """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
+    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
+    work = work_copy(lay, "train", in_place=held is not None)   # a holder's sandbox mounts it: filled in place
+    own, argv, spec = train_sandbox(inp, budget, inline, work)
     gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
     try:
         with GpuPeak(gpus) as gpu:
-            res = sandbox.run(spec)
+            if held is None:
+                res = sandbox.run(spec)
+            else:
+                res, more = held.run(lay, spec, lay.script_copy.read_bytes(), servers)
+                m.extra.update(more)
     finally:
         remove_work_copy(work)                        # what TRAIN wrote into its tree ends with it
     m.train_seconds = round(res.wall_seconds, 3)

@@ -36,7 +36,7 @@ from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailabl
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from ..inside.protocol import AGENT_STARTS
-from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, state_id
+from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, private_dir, state_id
 from .startup import MARKER
 from .workcopy import work_copy
 
@@ -271,6 +271,8 @@ class ServerSlot:
     stage: str = "eval"
     k: int = 0
     wait_s: float = 0.0
+    work: str = "fresh"                       # its work copy: fresh; "empty" (a warm holder's, filled later);
+                                              # "fill" (the holder's, filled in place: its sandbox mounts it)
 
 
 def eval_spec(inp: StageInputs, slot: ServerSlot) -> SandboxSpec:
@@ -283,7 +285,11 @@ def eval_spec(inp: StageInputs, slot: ServerSlot) -> SandboxSpec:
     (started with TRAIN: TRAIN's longest)."""
     program, lay = inp.program, inp.lay
     pkg_mounts, pkg_path = package_mount()
-    work = work_copy(lay, f"{EVAL_NAME}-{slot.k}")
+    if slot.work == "empty":
+        work = private_dir(lay.scratch / "work") / f"{EVAL_NAME}-{slot.k}"
+        work.mkdir()
+    else:
+        work = work_copy(lay, f"{EVAL_NAME}-{slot.k}", in_place=slot.work == "fill")
     mounts, env = shared_mounts(inp, slot.stage, SERVER, inp.data)
     mounts += [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]

@@ -5,6 +5,11 @@
     python -I startup.py module NAME [ARGS...]   a trusted module (the EVAL model server) after the
                                                  warm-up, as `python -m NAME` would run it; it says
                                                  protocol.AGENT_STARTS itself, after GO
+    python -I startup.py wait GO_DIR run|exec ...  the next run's TRAIN, warmed while the agent thinks
+                                                 (run/warm.py): after the warm-up it waits until the
+                                                 runner writes GO_DIR/go.json (the work copy is then
+                                                 complete), takes the run's seed from it, and goes on
+                                                 as `run`/`exec` would
 
 The budget is the agent's compute (ARCHITECTURE rule 12): the interpreter's start and the heavy
 imports (torch, numpy) are the harness's cost, not the experiment's, and on a busy machine they
@@ -19,6 +24,7 @@ imported by the warm-up. `run` then sets up what `python SCRIPT` would have (sys
 with the script's folder and PYTHONPATH first, unbuffered output, no bytecode) and runs the
 script as __main__. Standard library only: it runs under whatever run.python is.
 """
+import json
 import os
 import sys
 import time
@@ -39,6 +45,25 @@ def warm_up() -> float:
     return time.monotonic() - t0
 
 
+WARMED = "[autoresearch: warm-up"      # a model server's line once its warm-up is over (module mode)
+GO_FILE = "go.json"
+GO_ENV = ("AUTORESEARCH_SEED",)         # what differs between one warm run and the next: nothing else may
+GO_POLL_S = 0.005
+
+
+def wait_for_go(go_dir: str) -> None:
+    """Block until the runner's GO_DIR/go.json exists (it is renamed into place whole), then take
+    the run's own values of GO_ENV from it. Anything else in it is ignored."""
+    path = os.path.join(go_dir, GO_FILE)
+    while not os.path.exists(path):
+        time.sleep(GO_POLL_S)
+    with open(path, encoding="utf-8") as f:
+        env = json.load(f).get("env", {})
+    for k in GO_ENV:
+        if isinstance(env.get(k), str):
+            os.environ[k] = env[k]
+
+
 def _as_python_would(script: str) -> None:
     """sys.argv, sys.path and the output as `python SCRIPT` (with this environment) has them."""
     env = os.environ
@@ -55,12 +80,21 @@ def _as_python_would(script: str) -> None:
 
 
 def main(argv: list) -> int:
+    go_dir = None
+    if len(argv) >= 4 and argv[0] == "wait" and argv[2] in ("run", "exec"):
+        go_dir, argv = argv[1], argv[2:]
     if len(argv) < 2 or argv[0] not in ("run", "exec", "module"):
-        print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV... | module NAME [ARGS...]", file=sys.stderr)
+        print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV... | module NAME [ARGS...] "
+              "| wait GO_DIR run|exec ...", file=sys.stderr)
         return 2
     took = warm_up()
+    if go_dir is not None:
+        sys.stderr.write(f"[autoresearch: warm-up {took:.1f} s, done before this run was asked for]\n")
+        sys.stderr.flush()
+        wait_for_go(go_dir)
+        took = 0.0
     if argv[0] == "module":
-        sys.stderr.write(f"[autoresearch: warm-up {took:.1f} s]\n")
+        sys.stderr.write(f"{WARMED} {took:.1f} s]\n")
         sys.argv = argv[1:]
         _as_python_would(os.path.join(os.getcwd(), "-m"))   # `python -m` puts the current folder first
         import runpy

@@ -31,14 +31,19 @@ LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as
 LINK_OVER = 64 << 20                         # a tracked blob this big is linked read-only, not copied
 
 
-def work_copy(lay: Layout, name: str) -> Path:
+def work_copy(lay: Layout, name: str, in_place: bool = False) -> Path:
     """A fresh writable copy of the project snapshot for one stage (`train`, `eval-0`, ...), at
-    <state>/runs/NNNN/work/<name>, outside the project."""
+    <state>/runs/NNNN/work/<name>, outside the project. `in_place`: into that folder as it is (a
+    warm TRAIN's sandbox already mounts it), which must be an empty folder."""
     dest = lay.scratch / "work" / name
-    if dest.exists() or dest.is_symlink():
-        remove_work_copy(dest)
-    private_dir(dest.parent)
-    dest.mkdir()
+    if in_place:
+        if dest.is_symlink() or not dest.is_dir() or any(dest.iterdir()):
+            raise RuntimeError(f"{dest} is not an empty folder: cannot fill it as a work copy")
+    else:
+        if dest.exists() or dest.is_symlink():
+            remove_work_copy(dest)
+        private_dir(dest.parent)
+        dest.mkdir()
     if lay.base is None:                       # fixed by the first stage: every stage copies one tree
         lay.base = head_commit(lay.root) or ""
     if lay.base:

@@ -90,6 +90,16 @@ def _prepare_mounts(spec: SandboxSpec, backend: str) -> None:
                 f"(mode {Path(m.source).stat().st_mode & 0o777:o}): chmod o+rX it, or use sandbox.backend: {other}")
 
 
+def give_writable(spec: SandboxSpec) -> None:
+    """The writable mounts to the sandbox user again (root host: 65534), for files the host wrote
+    into them after the sandbox started (a warm TRAIN's work copy, filled at GO)."""
+    if os.getuid() == 0:
+        uid, gid = sandbox_ids()
+        for m in spec.mounts:
+            if m.writable:
+                _chown_tree(Path(m.source), uid, gid)
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
