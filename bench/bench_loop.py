@@ -7,7 +7,10 @@ run), ./run.sh training for the budget in the sandbox and the trusted evaluator.
 between one run's start and the next, beyond the budget, is what the harness costs the night.
 Goal (issue 27): at most 3 s an experiment at a 15 s budget.
 
-    .venv/bin/python bench/bench_loop.py [--budget 15] [--experiments 5] [--json]
+    .venv/bin/python bench/bench_loop.py [--budget 15] [--experiments 5] [--think 0] [--warm] [--json]
+
+--think S: the model takes S seconds before each edit (a real model's turn; the default is none).
+--warm: AUTORESEARCH_WARM=1 (run/warm.py: the next run's sandboxes start while the model thinks).
 
 Columns: `start to start` (from runs/NNNN's started_at to the next's), `run wall` (the runner's
 own total, metrics.json total_seconds), `between runs` (the rest: the run's last line reaching the
@@ -32,28 +35,33 @@ GOAL_S = 3.0
 LRS = ("3e-3", "2e-3", "4e-3", "2.5e-3", "3.5e-3", "1.5e-3", "5e-3", "2.2e-3", "2.8e-3", "3.2e-3")
 
 
-def script(n: int):
-    """Baseline, then n-1 experiments that each move the learning rate (a real diff each time)."""
-    from e2e.fake_api import end_turn
+def script(n: int, think: float = 0.0):
+    """Baseline, then n-1 experiments that each move the learning rate (a real diff each time),
+    each edit `think` seconds after the turn before it."""
+    from e2e.fake_api import Block, Turn, end_turn
     from e2e.story import change, note, run_experiment
     turns = [run_experiment("baseline"), note("1 | baseline | see run 0001 | the reference"), end_turn("Baseline.")]
+    thinking = Turn((Block("action", action=lambda: time.sleep(think)),)) if think > 0 else Turn()
     for i in range(1, n):
         old, new = LRS[(i - 1) % len(LRS)], LRS[i % len(LRS)]
-        turns += [change(f"LEARNING_RATE = {old}", f"LEARNING_RATE = {new}"), run_experiment(f"LR {new}"),
+        turns += [thinking + change(f"LEARNING_RATE = {old}", f"LEARNING_RATE = {new}"), run_experiment(f"LR {new}"),
                   note(f"{i + 1} | LR {new} | see run {i + 1:04d} | -"), end_turn(f"LR {new} measured.")]
     return turns
 
 
-def measure(budget: float, n: int, work: Path) -> dict:
+def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = False) -> dict:
     from e2e.fake_api import FakeAPI
     from e2e.harness import make_project, run_claude
     proj = make_project(work)
     t0 = time.monotonic()
     with FakeAPI(project=str(proj.root)) as fake:
-        fake.script = script(n)
+        fake.script = script(n, think)
+        env = {"AUTORESEARCH_MAX_EXPERIMENTS": str(n), "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}"}
         run = run_claude(proj, fake.url, "Follow program.md. Start now.",
-                         env={"AUTORESEARCH_MAX_EXPERIMENTS": str(n), "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}"},
-                         timeout=n * (budget + 240))
+                         env={**env, "AUTORESEARCH_WARM": "1"} if warm else env, timeout=n * (budget + think + 240))
+    if warm:
+        from autoresearch.run.warm import discard_all
+        discard_all(proj.root.resolve())
     session = time.monotonic() - t0
     runs = []
     for d in sorted((proj.root / "runs").glob("[0-9][0-9][0-9][0-9]")):
@@ -65,9 +73,9 @@ def measure(budget: float, n: int, work: Path) -> dict:
         s2s = b["started"] - a["started"]
         rows.append({"run": a["run"], "status": a["status"], "start_to_start_s": round(s2s, 2),
                      "run_wall_s": a["wall"], "between_runs_s": round(s2s - (a["wall"] or 0), 2),
-                     "overhead_s": round(s2s - budget, 2)})
+                     "overhead_s": round(s2s - budget - think, 2)})
     over = [r["overhead_s"] for r in rows]
-    return {"budget_s": budget, "experiments": len(runs), "session_s": round(session, 1), "rows": rows,
+    return {"budget_s": budget, "think_s": think, "warm": warm, "experiments": len(runs), "session_s": round(session, 1), "rows": rows,
             "median_overhead_s": round(statistics.median(over), 2) if over else None, "goal_s": GOAL_S,
             "cli_rc": run.returncode, "cli_result": run.result.get("subtype") if run.events else None}
 
@@ -77,17 +85,20 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=15.0, help="seconds of training per experiment")
     ap.add_argument("--experiments", type=int, default=5)
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    ap.add_argument("--think", type=float, default=0.0, help="seconds the model takes before each edit")
+    ap.add_argument("--warm", action="store_true", help="AUTORESEARCH_WARM=1: the next run warmed while it thinks")
     a = ap.parse_args()
     load0 = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        res = measure(a.budget, a.experiments, Path(tmp))
+        res = measure(a.budget, a.experiments, Path(tmp), a.think, a.warm)
     res["load_before"], res["load_after"] = round(load0, 2), round(os.getloadavg()[0], 2)
     if a.json:
         print(json.dumps(res, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
-    t = Table(title=f"the loop through the real CLI, {a.budget:g} s budget (goal <= {GOAL_S:g} s an experiment)")
+    t = Table(title=f"the loop through the real CLI, {a.budget:g} s budget, {a.think:g} s thinking"
+                    f"{', warm' if a.warm else ''} (goal <= {GOAL_S:g} s an experiment beyond both)")
     for c in ("run", "status", "start to start s", "run wall s", "between runs s", "overhead s"):
         t.add_column(c, justify="right")
     for r in res["rows"]:

@@ -19,7 +19,7 @@ way (their stdin/stdout relayed to the runner's scorer, warmhold.HeldServers), a
 for their warm-up, which would otherwise take the budget's CPU. A holder nobody takes ends
 after IDLE_S; `autoresearch pause` and a run without the opt-in stop it.
 
-    <state>/warm/NNNN/  script, out/, go/go.json, train.log, state.json, result.json, claimed,
+    <state>/warm/NNNN/  pid, script, out/, go/go.json, train.log, state.json, result*.json, claimed,
                         holder.log -- host and TRAIN only (flows: warm TRAIN)
 """
 from __future__ import annotations
@@ -95,6 +95,9 @@ def _state(st: Staged) -> dict:
 def discard(st: Staged) -> None:
     """Stop a holder (its sandbox ends without running agent code) and remove its folder."""
     pid = _state(st).get("pid")
+    if not isinstance(pid, int):                 # still setting up: the pid start_next wrote
+        with contextlib.suppress(OSError, ValueError):
+            pid = int((st.dir / "pid").read_text())
     if isinstance(pid, int) and _alive(pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
@@ -321,8 +324,9 @@ def start_next(root: Path, budget: float | None, backend: str | None) -> None:
     argv += ["--budget", repr(budget)] if budget is not None else []
     argv += ["--backend", backend] if backend else []
     with open(st.holder_log, "ab") as log:
-        subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, close_fds=True)
+        p = subprocess.Popen(argv, cwd=root, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                             start_new_session=True, close_fds=True)
+    (st.dir / "pid").write_text(str(p.pid))        # discard() can stop it before it says so itself
 
 
 class Relayed:

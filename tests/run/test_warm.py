@@ -171,11 +171,13 @@ def test_a_changed_program_md_starts_the_run_cold(proj, bwrap_available):
 @pytest.mark.slow
 @pytest.mark.bwrap
 def test_an_interrupted_warm_run_is_recorded_and_leaves_no_holder(proj, bwrap_available):
-    (proj / "train.py").write_text(PROBE + 'import time\ntime.sleep(600)\n')
-    assert run_sh(proj, "-m", "cold", "--backend", "bwrap", "--budget", "2", **WARM).returncode == 0
+    (proj / "train.py").write_text(PROBE)                       # ends at once (no checkpoint: a crash)
+    run_sh(proj, "-m", "cold", "--backend", "bwrap", "--budget", "60", **WARM)
+    assert metrics(proj, "0001")["status"] == "crash"
     _wait(lambda: _warm_ready(proj), what="the holder's warm-up")
+    (proj / "train.py").write_text(PROBE + 'import time\ntime.sleep(600)\n')
     rid = _staged(proj)[0].name
-    p = subprocess.Popen([str(RUN_SH), "-m", "interrupt me", "--backend", "bwrap", "--budget", "2"], cwd=proj,
+    p = subprocess.Popen([str(RUN_SH), "-m", "interrupt me", "--backend", "bwrap", "--budget", "60"], cwd=proj,
                          env=run_env(**WARM), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait(lambda: (proj / "runs" / rid / "train.log").is_file()
@@ -187,6 +189,7 @@ def test_an_interrupted_warm_run_is_recorded_and_leaves_no_holder(proj, bwrap_av
             p.kill()
             p.wait()
     assert p.returncode == 130
+    assert "done before this run was asked for" in log_of(proj, rid), "the warm sandbox ran it"
     m = metrics(proj, rid)
     assert m["status"] == "interrupted" and "SIGTERM" in m["reason"]
     _wait(lambda: not _holders_of(proj), 30, "the holder to go")
