@@ -66,12 +66,17 @@ def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = 
     runs = []
     for d in sorted((proj.root / "runs").glob("[0-9][0-9][0-9][0-9]")):
         m = json.loads((d / "metrics.json").read_text())
+        x = m.get("extra") or {}
+        how = (f"warm {x['warm_waited_seconds']:.1f}+{x.get('servers_warm_seconds', 0):.1f} s"
+               if "warm_waited_seconds" in x else "given up" if "warm" in x else "cold")
         runs.append({"run": d.name, "status": m["status"], "wall": m.get("total_seconds"),
-                     "started": datetime.fromisoformat(m["started_at"]).timestamp()})
+                     "started": datetime.fromisoformat(m["started_at"]).timestamp(), "how": how,
+                     "startup_s": x.get("startup_seconds")})
     rows = []
     for a, b in zip(runs, runs[1:]):
         s2s = b["started"] - a["started"]
-        rows.append({"run": a["run"], "status": a["status"], "start_to_start_s": round(s2s, 2),
+        rows.append({"run": a["run"], "status": a["status"], "sandboxes": a["how"], "startup_s": a["startup_s"],
+                     "start_to_start_s": round(s2s, 2),
                      "run_wall_s": a["wall"], "between_runs_s": round(s2s - (a["wall"] or 0), 2),
                      "overhead_s": round(s2s - budget - think, 2)})
     over = [r["overhead_s"] for r in rows]
@@ -99,10 +104,12 @@ def main() -> int:
     from rich.table import Table
     t = Table(title=f"the loop through the real CLI, {a.budget:g} s budget, {a.think:g} s thinking"
                     f"{', warm' if a.warm else ''} (goal <= {GOAL_S:g} s an experiment beyond both)")
-    for c in ("run", "status", "start to start s", "run wall s", "between runs s", "overhead s"):
+    for c in ("run", "status", "sandboxes", "TRAIN start-up s", "start to start s", "run wall s", "between runs s",
+              "overhead s"):
         t.add_column(c, justify="right")
     for r in res["rows"]:
-        t.add_row(r["run"], r["status"], f"{r['start_to_start_s']:.2f}", f"{r['run_wall_s'] or 0:.2f}",
+        t.add_row(r["run"], r["status"], r["sandboxes"], f"{r['startup_s'] or 0:.2f}",
+                  f"{r['start_to_start_s']:.2f}", f"{r['run_wall_s'] or 0:.2f}",
                   f"{r['between_runs_s']:.2f}", f"{r['overhead_s']:.2f}")
     c = Console()
     c.print(t)
