@@ -59,8 +59,9 @@ def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = 
         env = {"AUTORESEARCH_MAX_EXPERIMENTS": str(n), "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}"}
         run = run_claude(proj, fake.url, "Follow program.md. Start now.",
                          env={**env, "AUTORESEARCH_WARM": "1"} if warm else env, timeout=n * (budget + think + 240))
-    if warm:
+    if warm:                                  # the holder of a next run nobody asks for, in the CLI's state folder
         from autoresearch.run.warm import discard_all
+        os.environ.update({k: v for k, v in proj.env.items() if k in ("XDG_STATE_HOME", "AUTORESEARCH_STATE")})
         discard_all(proj.root.resolve())
     session = time.monotonic() - t0
     runs = []

@@ -40,7 +40,7 @@ from typing import Callable
 from ..atomic import write_atomic
 from ..fsclean import remove_tree
 from ..record import Layout, clean_out, private_dir, reserve_run_id, take_run_id
-from ..sandbox import SandboxResult, SandboxSpec, give_writable
+from ..sandbox import SandboxResult, SandboxSpec, give_writable, pid_alive
 from .startup import GO_ENV, GO_FILE
 from .warmspec import Staged, spec_key, staged, train_work, warm_root, warmed
 
@@ -73,12 +73,8 @@ def _alive(pid: int) -> bool:
     with contextlib.suppress(ChildProcessError):
         if os.waitpid(pid, os.WNOHANG)[0] == pid:     # our own child (a test's in-process runs): reaped
             return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    if not pid_alive(pid):
         return False
-    except PermissionError:
-        return True
     try:
         return b"autoresearch.run.warmhold" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:

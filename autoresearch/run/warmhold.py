@@ -32,6 +32,8 @@ from .warm import idle_s
 from .warmspec import Staged, spec_key, staged, warm_root, warmed
 
 TOKEN_BYTES = 16
+STOPS = {signal.SIGTERM, signal.SIGHUP, signal.SIGINT}
+ORPHAN_POLL_S = 2.0
 
 
 def hold(root: Path, n: int, budget: float | None, backend: str | None) -> int:
@@ -42,13 +44,15 @@ def hold(root: Path, n: int, budget: float | None, backend: str | None) -> int:
     def stop(signum, _frame):
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
-    for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+    for s in STOPS:
         signal.signal(s, stop)
-    lay: Layout | None = None
-    servers: HeldServers | None = None
+    leftovers: list[Path] = []                          # what goes if no run takes it (paths fixed now:
+    servers: HeldServers | None = None                  # a deleted project has no state id to find them by)
     try:
+        threading.Thread(target=_orphaned, args=(root, st), daemon=True).start()
         p = prepare(root, RunOptions(budget=budget, backend=backend))
         lay = Layout(root, root / RUNS_DIR / f"{n:04d}", p.script, p.files, outputs=tuple(p.program.run.outputs))
+        leftovers.append(lay.scratch)
         lay.hold()                                      # the next run's sweep leaves this scratch alone
         work = private_dir(lay.scratch / "work") / "train"
         work.mkdir()
@@ -60,6 +64,7 @@ def hold(root: Path, n: int, budget: float | None, backend: str | None) -> int:
         spec = train_sandbox(inp, p.budget_s, p.inline, work)[2]
         wait = idle_s()
         if not p.inline and p.data is not None and evaluator_of(p.program).warm:
+            leftovers.append(lay.eval_log.parent)       # the servers' warm-up lines: no run's
             servers = HeldServers(inp, st, wait + spec.startup_s + spec.timeout_s)
         write_atomic(st.state, json.dumps({
             "pid": os.getpid(), "key": spec_key(warmed(spec, lay, st, 0)), "idle_until": time.time() + wait,
@@ -74,15 +79,24 @@ def hold(root: Path, n: int, budget: float | None, backend: str | None) -> int:
             servers.hang_up()
             servers.join()
     finally:
-        if servers is not None:
+        for s in STOPS:                                 # a second stop cannot cut the clean-up short
+            signal.signal(s, signal.SIG_IGN)
+        if servers is not None:                         # whatever ended it: no server outlives it
+            servers.hang_up()
+            servers.join()
             servers.close()
         if not st.claimed.exists():
-            if lay is not None:
-                lay.cleanup()
-                if servers is not None:
-                    remove_tree(lay.eval_log.parent)     # the servers' warm-up lines: no run's
-            remove_tree(st.dir)
+            for path in [st.dir, *leftovers]:
+                remove_tree(path)
     return 0
+
+
+def _orphaned(root: Path, st: Staged) -> None:
+    """A holder whose project or staged folder is gone (a deleted checkout, a discard that could
+    not signal it) ends as if stopped."""
+    while root.is_dir() and st.dir.is_dir():
+        time.sleep(ORPHAN_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _train(sandbox, spec: SandboxSpec, st: Staged) -> None:
@@ -129,7 +143,8 @@ class HeldServers:
 
     def _one(self, k: int) -> None:
         res = self.sandbox.run(self.specs[k])
-        write_atomic(self.st.dir / f"result-eval-{k}.json", json.dumps(_jsonable(res)))
+        if self.st.dir.is_dir():                        # (never recreated once the holder removed it)
+            write_atomic(self.st.dir / f"result-eval-{k}.json", json.dumps(_jsonable(res)))
 
     def _accept(self, k: int) -> socket.socket | None:
         while not self.closed.is_set():

@@ -54,7 +54,7 @@ from .bwrap import BwrapBackend
 from .choose import backend_named, choose_backend
 from .docker import DockerBackend
 from .gpus import GpuDevice, GpuHost, selected_gpus
-from .host import give_writable, host_has_gpus
+from .host import give_writable, host_has_gpus, pid_alive
 from .none import NoneBackend
 from .spec import NONE_WARNING, Backend, GpuRequest, Mount, SandboxResult, SandboxSpec, SandboxUnavailable, Session
 

@@ -12,7 +12,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .host import _pid_alive
+from .host import pid_alive
 from .spec import _KILL_WAIT_S
 
 
@@ -78,7 +78,7 @@ def _remove_stale(base: Path) -> None:
         for d in base.iterdir():
             parts = d.name.split("-")
             if len(parts) == 3 and parts[0] == "autoresearch" and parts[1].isdigit() \
-                    and not _pid_alive(int(parts[1])):
+                    and not pid_alive(int(parts[1])):
                 kind = "cgroup-v2" if (d / "cgroup.kill").exists() or (d / "memory.max").exists() else "cgroup-v1"
                 stale = _Cgroups(kind, {"unified" if kind == "cgroup-v2" else "stale": d})
                 stale.kill_all()

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from .cgroups import _cgroup_mounts, _remove_docker_parent
 from .container import _ContainerRun
-from .host import _pid_alive, _prepare_mounts
+from .host import pid_alive, _prepare_mounts
 from .image import resolve_image
 from .process import _signals_deferred
 from .spec import LABEL, LOCAL_IMAGE_REPO, Runtime, SandboxResult, SandboxSpec, SandboxUnavailable, _check_spec
@@ -93,7 +93,7 @@ class DockerBackend:
             if labels.get(LABEL + ".host") != host:
                 continue
             pid = int(labels.get(LABEL + ".pid", "0") or 0)
-            if pid and not _pid_alive(pid):
+            if pid and not pid_alive(pid):
                 with contextlib.suppress(Exception):
                     c.remove(force=True)
                     n += 1

@@ -100,7 +100,7 @@ def give_writable(spec: SandboxSpec) -> None:
                 _chown_tree(Path(m.source), uid, gid)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

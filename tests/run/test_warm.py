@@ -214,6 +214,20 @@ def test_a_holder_nobody_takes_ends_by_itself_and_leaves_nothing(proj, bwrap_ava
 
 @pytest.mark.slow
 @pytest.mark.bwrap
+def test_a_holder_whose_project_is_deleted_ends(tmp_path, bwrap_available):
+    import shutil
+    proj = make_project(tmp_path / "p", train_py=PROBE + HONEST)
+    assert run_sh(proj, "-m", "cold", "--backend", "bwrap", **WARM).returncode == 0
+    _wait(lambda: bool(_holders_of(proj)), 30, "the holder")
+    staged = _staged(proj)
+    shutil.rmtree(proj)
+    _wait(lambda: not _holders_of(proj), 30, "the orphaned holder to end")
+    left = {str(d): sorted(os.listdir(d)) for d in staged if d.exists()}
+    assert not left, (left, [(d / "holder.log").read_text()[-6000:] for d in staged if (d / "holder.log").exists()])
+
+
+@pytest.mark.slow
+@pytest.mark.bwrap
 def test_without_the_opt_in_no_holder_is_started_and_a_stale_one_is_stopped(proj, bwrap_available):
     assert run_sh(proj, "-m", "plain", "--backend", "bwrap").returncode == 0
     assert not _holders_of(proj) and not _staged(proj)

@@ -304,7 +304,7 @@ def test_keyboard_interrupt_leaves_nothing(name, request):
         assert our_containers() == []
 
 
-def _kill_runner_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+def _kill_runner_mid_run(backend: str, tmp_path: Path, before_kill=None) -> tuple[subprocess.Popen, str]:
     """A runner process with a sandboxed sleeper, killed with SIGKILL (no cleanup can run)."""
     marker = f"orphan-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "runner.py"
@@ -319,6 +319,8 @@ def _kill_runner_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Popen
     while not sandbox_started(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert sandbox_started(marker), "the sandboxed process never started"
+    if before_kill is not None:
+        before_kill(p)
     p.kill()
     p.wait()
     return p, marker
@@ -326,11 +328,24 @@ def _kill_runner_mid_run(backend: str, tmp_path: Path) -> tuple[subprocess.Popen
 
 @pytest.mark.docker
 def test_docker_orphan_of_a_killed_runner_is_removed(docker_available, tmp_path):
-    """kill -9 of run.sh cannot run any cleanup; the next run removes what it left."""
-    p, marker = _kill_runner_mid_run("docker", tmp_path)
+    """kill -9 of run.sh cannot run any cleanup; the next run removes what it left. The run's
+    detached watchdog would remove it first (it often wins on a quiet machine), so it is stopped
+    before the kill: this is the sweep's test."""
+    p, marker = _kill_runner_mid_run("docker", tmp_path, before_kill=_stop_watchdogs)
     assert our_containers(p.pid), "expected the killed runner to leave its container"
     assert DockerBackend().cleanup_orphans() >= 1
     assert our_containers(p.pid) == [] and marker_procs(marker) == []
+
+
+def _stop_watchdogs(runner: subprocess.Popen) -> None:
+    """SIGKILL the docker watchdogs (sandbox/watchdog.py) watching `runner`."""
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(b"sandbox.watchdog" in a for a in argv) and str(runner.pid).encode() in argv:
+            os.kill(int(d.name), signal.SIGKILL)
 
 
 @pytest.mark.bwrap
