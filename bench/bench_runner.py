@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -74,7 +75,6 @@ def project_copy(dest: Path) -> Path:
 
 def full_overhead(name: str, budget: float, proj: Path, think: float | None = None) -> dict:
     """One ./run.sh timed (`think`: warm, after a first run and that many seconds of waiting)."""
-    import os
     env = dict(os.environ)
     argv = ["./run.sh", "-m", f"bench {name}", "--budget", str(budget), "--backend", name]
     if think is not None:

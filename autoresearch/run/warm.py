@@ -125,10 +125,7 @@ def _holders(root: Path) -> list[Staged]:
 
 def take(root: Path) -> "Warm | None":
     """Under the run lock: the live holder for the id this run is given (runs/NNNN made), or None;
-    every other holder is stopped."""
-    if not enabled():
-        discard_all(root)
-        return None
+    every other holder is stopped. The caller has decided the run is warmable (wanted())."""
     found = None
     for st in _holders(root):
         s = _state(st)
