@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 import pytest
 
 from autoresearch.program import Metric
-from autoresearch.ledger import (KARPATHY, OURS, LedgerError, LedgerRow, append_rows, columns, current_best,
+from autoresearch.ledger import (KARPATHY, OURS, LedgerError, LedgerRow, append_rows, begin, columns, current_best,
                                  decided_runs, read_rows)
 
 BR = "autoresearch/20260101-000000"
@@ -28,6 +28,30 @@ def test_karpathys_columns_come_first_named_for_the_metric(tmp_path):
     header = (tmp_path / "results.tsv").read_text().splitlines()[0].split("\t")
     assert header[:5] == ["commit", "val_bpb", "memory_gb", "status", "description"]
     assert header == columns("val_bpb") and header[5:] == OURS and len(KARPATHY) == 5
+
+
+def test_begin_writes_only_the_header_and_never_over_a_ledger(tmp_path):
+    assert begin(tmp_path, "val_bpb") is True
+    assert (tmp_path / "results.tsv").read_text() == "\t".join(columns("val_bpb")) + "\n"
+    assert read_rows(tmp_path) == [] and [p.name for p in tmp_path.iterdir()] == ["results.tsv"]
+    append_rows(tmp_path, [row("0001")], "val_bpb")               # the Stop hook's first row goes under it
+    text = (tmp_path / "results.tsv").read_text()
+    assert begin(tmp_path, "other") is False and (tmp_path / "results.tsv").read_text() == text
+    assert [r.run_id for r in read_rows(tmp_path)] == ["0001"]
+
+
+def test_begin_never_replaces_a_ledger_written_while_it_ran(tmp_path, monkeypatch):
+    import os
+    real = os.link
+
+    def first_the_stop_hook(src, dst):                            # a row lands between the check and the link
+        append_rows(tmp_path, [row("0001")], "val_bpb")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "link", first_the_stop_hook)
+    assert begin(tmp_path, "val_bpb") is False
+    assert [r.run_id for r in read_rows(tmp_path)] == ["0001"]
+    assert [p.name for p in tmp_path.iterdir()] == ["results.tsv"]
 
 
 def test_round_trip_keeps_every_field(tmp_path):

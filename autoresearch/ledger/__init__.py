@@ -44,6 +44,7 @@ never a torn line. Callers hold the loop lock (`state.loop_lock`) around writes.
 from __future__ import annotations
 
 import csv
+import os
 import io
 import math
 from datetime import datetime, timezone
@@ -239,6 +240,24 @@ def append_rows(root: Path, new: list[LedgerRow], metric_name: str) -> list[Ledg
         return []
     _write(path, rows + todo, header[1] if header else metric_name)
     return todo
+
+
+def begin(root: Path, metric_name: str) -> bool:
+    """The ledger's header, when there is no ledger yet (True when this wrote it). A warm run's model
+    servers (run/warm.py) hide results.tsv only where it exists when they start, so a ledger made
+    after would stop them being used. Never replaces a file: a writer that got there first wins."""
+    path = ledger_path(root)
+    if path.exists():
+        return False
+    tmp = path.with_name(f".{LEDGER_FILE}.{os.getpid()}.new")
+    tmp.write_text("\t".join(columns(metric_name)) + "\n", encoding="utf-8")
+    try:
+        os.link(tmp, path)                             # exclusive: never over a row another writer made
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _write(path: Path, rows: list[LedgerRow], metric_col: str) -> None:

@@ -183,7 +183,7 @@ def run_experiment(root: Path, message: str, opts: RunOptions = RunOptions(), ec
         mark_holder(lock_fd, run_dir.name)
         m = run_in(root, p, run_dir, ask, echo, held)
         if warmable:                              # the next run's TRAIN warms up while the agent thinks
-            warm.start_next(root, opts.budget, opts.backend)
+            warm.start_next(root, opts.budget, opts.backend, p.program.metric.name)
         return m
 
 

@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from .. import ledger
 from ..atomic import write_atomic
 from ..fsclean import remove_tree
 from ..record import Layout, clean_out, private_dir, reserve_run_id, take_run_id
@@ -307,9 +308,12 @@ def _link(src: Path, dst: Path) -> bool:
         return False
 
 
-def start_next(root: Path, budget: float | None, backend: str | None) -> None:
-    """After a run, under the run lock: reserve the next id and start its holder (detached)."""
+def start_next(root: Path, budget: float | None, backend: str | None, metric_name: str) -> None:
+    """After a run, under the run lock: reserve the next id and start its holder (detached). The
+    ledger is begun first: the model servers hide it only if it exists, and the Stop hook is
+    about to make it (the first run's holder would otherwise never be taken)."""
     discard_all(root)
+    ledger.begin(root, metric_name)
     n = reserve_run_id(root, 0)
     st = Staged(private_dir(warm_root(root)) / f"{n:04d}")
     st.dir.mkdir(mode=0o700)

@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from experiment_support import (BACKENDS, HONEST, RUN_SH, log_of, make_project, metrics, require_backend,
                                 run_env, run_sh)
 
+from autoresearch.ledger import LedgerRow, append_rows
 from autoresearch.run.startup import MARKER
 from autoresearch.run.warm import discard_all, warm_root
 
@@ -68,6 +70,11 @@ def _warm_ready(proj: Path) -> bool:
                for d in _staged(proj) if (d / "train.log").is_file())
 
 
+def _row(rid: str) -> LedgerRow:
+    return LedgerRow(commit="abc1234", value=1.0, status="keep", experiment=int(rid), run_id=rid, runs=[rid],
+                     run_status="ok", phase="tune", branch="autoresearch/x", decided_at=datetime.now(timezone.utc))
+
+
 def _set_tag(proj: Path, tag: str) -> None:
     t = proj / "train.py"
     t.write_text(t.read_text().replace('TAG = "v1"', f'TAG = "{tag}"'))
@@ -85,6 +92,8 @@ def test_a_warm_run_is_measured_from_go_and_runs_its_own_snapshot_and_seed(proj,
     holder = _staged(proj)[0]
     assert not any((holder / "out").iterdir()), "nothing ran in the holder before GO"
     assert "probe" not in (holder / "train.log").read_text() and MARKER not in (holder / "train.log").read_text()
+    assert (proj / "results.tsv").read_text().startswith("commit\t"), "begun before the holder, so that"
+    append_rows(proj, [_row("0001")], "val_bpb")          # the Stop hook's first row does not stop its use
     _set_tag(proj, "v2")                                  # the agent's edit, after the holder started
     r = run_sh(proj, "-m", "warm", "--backend", backend, **WARM)
     assert r.returncode == 0, r.stderr[-2000:]
