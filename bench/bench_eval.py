@@ -44,7 +44,7 @@ def main() -> int:
     from autoresearch.run.inputs import data_folder
     from autoresearch.record.layout import Layout
     from autoresearch.run.outcome import eval_status
-    from autoresearch.run.specs import base_env
+    from autoresearch.run.specs import StageInputs, base_env
     from autoresearch.sandbox import choose_backend
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-eval-"))
@@ -84,8 +84,8 @@ def main() -> int:
 
         def run_after() -> tuple[float, float]:
             t = time.monotonic()
-            res, result = run_eval(sandbox, program, lay, data, base_env(sandbox, lay, "/tmp", 0, 0),
-                                   data / "val" / "val.bin", tmp / "eval.log")
+            inp = StageInputs(sandbox, program, lay, base_env(sandbox, lay, "/tmp", 0, 0), data)
+            res, result = run_eval(inp, data / "val" / "val.bin", tmp / "eval.log")
             wall = time.monotonic() - t
             status, reason = eval_status(res, result, program)
             assert status == "ok" and result is not None, (status, reason)

@@ -2,6 +2,8 @@
 
   stage   : one sandbox stage start-up + tear-down = backend.run() wall time for `python -c pass`
             minus the same command run directly (median of --repeat runs). An experiment has two.
+            `session MB/s`: a model server's answers through a stage's session (150 MB for the
+            default EVAL; docker's go over two FIFOs, sandbox/fifos.py, not the attach stream).
   full    : (with --full) ./run.sh wall time - train seconds - eval seconds, at --budget seconds
             (issue 3's definition), in a throwaway copy of the project so nothing here changes.
             "overhead" takes the stages' wall times as train/eval seconds (what runs outside the
@@ -56,6 +58,34 @@ def stage_overhead(name: str, repeat: int) -> tuple[float, float, float]:
         subprocess.run([rt.python if Path(rt.python).exists() else sys.executable, "-c", "pass"], check=True)
         direct.append(time.perf_counter() - t)
     return statistics.median(walls), statistics.median(direct), first_setup
+
+
+ANSWER = "import os, sys\nn = int(sys.argv[1])\nwhile os.read(0, 1):\n    os.write(1, bytes(n))\n"
+
+
+def session_rate(name: str, requests: int = 72, size: int = 2_000_000) -> float:
+    """MB/s of a model server's answers through a stage's session (a byte asks for `size` bytes back,
+    as the scorer asks for a batch's logits: about 150 MB for the default task's EVAL)."""
+    b = choose_backend(name)
+    rt = b.runtime()
+    took: list[float] = []
+
+    def session(w, r) -> None:
+        t = time.perf_counter()
+        for _ in range(requests):
+            w.write(b"?")
+            w.flush()
+            got = 0
+            while got < size:
+                chunk = r.read1(1 << 20)
+                assert chunk, "the session ended early"
+                got += len(chunk)
+        took.append(time.perf_counter() - t)
+
+    r = b.run(SandboxSpec(argv=[rt.python, "-c", ANSWER, str(size)], mounts=rt.mounts, env=dict(rt.env), cwd="/tmp",
+                          timeout_s=120, memory_bytes=1 << 30, session=session))
+    assert took and r.exit_code == 0, r
+    return requests * size / 1e6 / took[0]
 
 
 def project_copy(dest: Path) -> Path:
@@ -129,18 +159,19 @@ def main() -> None:
     console = Console()
 
     t = Table(title="sandbox stage overhead (python -c pass)")
-    for col in ("backend", "run() wall s", "direct s", "overhead per stage s", "x2 stages s", "one-time setup s"):
+    for col in ("backend", "run() wall s", "direct s", "overhead per stage s", "x2 stages s", "one-time setup s",
+                "session MB/s"):
         t.add_column(col, justify="right" if col != "backend" else "left")
     avail = []
     for name in args.backends:
         try:
             wall, direct, setup = stage_overhead(name, args.repeat)
         except SandboxUnavailable as e:
-            t.add_row(name, "-", "-", f"unavailable: {e}"[:60], "-", "-")
+            t.add_row(name, "-", "-", f"unavailable: {e}"[:60], "-", "-", "-")
             continue
         avail.append(name)
         t.add_row(name, f"{wall:.3f}", f"{direct:.3f}", f"{wall - direct:.3f}", f"{2 * (wall - direct):.3f}",
-                  f"{setup:.3f}")
+                  f"{setup:.3f}", f"{session_rate(name):.0f}")
     console.print(t)
 
     if not args.full:

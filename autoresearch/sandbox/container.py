@@ -5,8 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
-import stat
-import tempfile
 import threading
 import time
 import uuid
@@ -15,7 +13,8 @@ from pathlib import Path
 from .bounds import _Capture, _DiskWatch, _LogSink, _StartClock
 from .cgroups import _read_int, _remove_docker_parent
 from .gpus import GpuHost, cvd_of, docker_device_request, select
-from .host import HOSTS, sandbox_ids
+from .fifos import SESSION_DIR, Fifos, command
+from .host import HOSTS, sandbox_ids, user_dir
 from .process import _talk
 from .spec import _KILL_WAIT_S, LABEL, SandboxResult, SandboxSpec, SandboxUnavailable
 from .watchdog import _WATCHDOG_MARGIN_S, _start_watchdog
@@ -38,6 +37,7 @@ class _ContainerRun:
         self.watch = _DiskWatch(spec, kill=lambda: api.kill(self.cid) if self.cid else None)
         self.threads: list[threading.Thread] = []
         self.stdin_sock = None
+        self.fifos: Fifos | None = None             # a session's pipes (fifos.py)
         self.stop_wait = threading.Event()          # set at stop: the session's grace wait ends
         self.sampler: _StatsSampler | None = None
         self.start_time = time.monotonic()
@@ -51,10 +51,12 @@ class _ContainerRun:
 
     def start(self) -> None:
         api, spec = self.api, self.spec
+        if spec.session is not None:
+            self.fifos = Fifos()
         self.cid = self._create()
         limit = spec.timeout_s + (spec.startup_s if self.clock.marker is not None else 0.0)
         self.watchdog = _start_watchdog(self.name, limit + _WATCHDOG_MARGIN_S, self.cg_parent)
-        if spec.stdin_data is not None or spec.session is not None:
+        if spec.stdin_data is not None:
             self.stdin_sock = api.attach_socket(self.cid, params={"stdin": 1, "stream": 1})
         out = api.attach(self.cid, stdout=True, stderr=True, stream=True, logs=True, demux=True)
         api.start(self.cid)
@@ -94,7 +96,9 @@ class _ContainerRun:
             network_mode="none", read_only=True, tmpfs={"/tmp": "rw,exec,nosuid,nodev,mode=1777"},
             mounts=[docker.types.Mount(m.target, str(m.source), type="bind", read_only=not m.writable)
                     for m in sorted(spec.mounts, key=lambda m: len(Path(m.target).parts))]
-            + [docker.types.Mount("/etc/hosts", _hosts_file(), type="bind", read_only=True)],
+            + [docker.types.Mount("/etc/hosts", _hosts_file(), type="bind", read_only=True)]
+            + ([docker.types.Mount(SESSION_DIR, str(self.fifos.dir), type="bind", read_only=True)]
+               if self.fifos is not None else []),
             cap_drop=["ALL"], security_opt=["no-new-privileges"], init=True,   # and docker's default seccomp
             log_config=docker.types.LogConfig(type="json-file", config={"max-size": "1m", "max-file": "1"}),
             ulimits=[docker.types.Ulimit(name="fsize", soft=spec.disk_bytes, hard=spec.disk_bytes)]
@@ -102,7 +106,7 @@ class _ContainerRun:
             mem_limit=spec.memory_bytes, memswap_limit=spec.memory_bytes, pids_limit=spec.pids, shm_size=spec.shm_bytes,
             group_add=[str(g) for g in sorted(set(os.getgroups()) - {gid})] if os.getuid() != 0 else None,
             **extra)
-        stdin = spec.stdin_data is not None or spec.session is not None
+        stdin = spec.stdin_data is not None
         c = api.create_container(
             name=self.name, image=self.image_id, command=_one_stream(spec), environment=env, working_dir=spec.cwd,
             user=f"{uid}:{gid}", hostname="sandbox", network_disabled=True, host_config=host_config,
@@ -115,13 +119,9 @@ class _ContainerRun:
         """Threads that talk the session (or feed stdin), demultiplex the output, sample memory."""
         spec = self.spec
         threads = []
-        sink = None
         if spec.session is not None:
-            assert self.stdin_sock is not None
-            r_fd, w_fd = os.pipe()
-            sink = _PipeSink(w_fd)
-            threads.append(threading.Thread(target=self._talk, args=(r_fd,), daemon=True))
-        threads.append(threading.Thread(target=_pump, args=(out, spec, self.cap, self.log, sink), daemon=True))
+            threads.append(threading.Thread(target=self._talk, daemon=True))
+        threads.append(threading.Thread(target=_pump, args=(out, spec, self.cap, self.log), daemon=True))
         if self.stdin_sock is not None and spec.session is None:
             threads.append(threading.Thread(target=_feed_socket, args=(self.stdin_sock, spec.stdin_data), daemon=True))
         if self.cg_dir is None:
@@ -130,9 +130,11 @@ class _ContainerRun:
             self.sampler.thread.start()
         return threads
 
-    def _talk(self, r_fd: int) -> None:
+    def _talk(self) -> None:
         spec = self.spec
-        _talk(spec.session, _SocketWriter(self.stdin_sock), os.fdopen(r_fd, "rb"), [])   # type: ignore[arg-type]
+        assert self.fifos is not None and spec.session is not None
+        stdin, stdout = self.fifos.connect(lambda: self.ended is not None or self.stop_wait.is_set())
+        _talk(spec.session, stdin, stdout, [])
         if not self.stop_wait.wait(spec.session_grace_s):
             with contextlib.suppress(Exception):
                 self.api.kill(self.cid)                # lingering after the session: stopped, not a timeout
@@ -200,6 +202,8 @@ class _ContainerRun:
         if self.stdin_sock is not None:
             with contextlib.suppress(Exception):
                 self.stdin_sock.close()
+        if self.fifos is not None:
+            self.fifos.remove()
         if self.cg_dir is not None:
             self.peak = _read_int(self.cg_dir / "memory.max_usage_in_bytes")
             _remove_docker_parent(self.cg_parent)
@@ -226,12 +230,7 @@ def _hosts_file() -> str:
     """/etc/hosts for containers (network "none" leaves the engine's empty; torchrun's rendezvous
     needs localhost): one file per host user, in a folder only that user may write, never removed,
     so a killed runner leaves nothing behind."""
-    d = Path(tempfile.gettempdir()) / f"autoresearch-{os.getuid()}"
-    with contextlib.suppress(FileExistsError):
-        d.mkdir(mode=0o700)
-    st = d.lstat()
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
-        raise SandboxUnavailable(f"{d} is not a folder of this user that only it may write: remove it")
+    d = user_dir()
     f = d / "hosts"
     if not f.is_file() or f.read_bytes() != HOSTS:
         tmp = d / f"hosts.{os.getpid()}"
@@ -241,70 +240,27 @@ def _hosts_file() -> str:
     return str(f)
 
 
-def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None", sink: "_PipeSink | None" = None) -> None:
-    try:
-        with contextlib.suppress(Exception):
-            for out, err in stream:
-                if out and sink is not None:
-                    sink.write(out)
-                elif out and spec.capture_stdout:
-                    cap.add(out)
-                elif out and log is not None:
-                    log.write(out)
-                if err and log is not None:
-                    log.write(err)
-    finally:
-        if sink is not None:
-            sink.close()
+def _pump(stream, spec: SandboxSpec, cap: _Capture, log: "_LogSink | None") -> None:
+    """The attach stream: stderr (and stdout, unless a session has it) to the log or the capture."""
+    with contextlib.suppress(Exception):
+        for out, err in stream:
+            if out and spec.capture_stdout:
+                cap.add(out)
+            elif out and log is not None:
+                log.write(out)
+            if err and log is not None:
+                log.write(err)
 
 
 def _one_stream(spec: SandboxSpec) -> list[str]:
     """The container's command. When both streams go to the log, stderr is pointed at stdout
     inside the container: the engine reads two pipes separately, which reorders lines and can
     even splice a stdout line into a traceback ("ValueErrorseed is 11")."""
-    if spec.capture_stdout or spec.session is not None:
+    if spec.session is not None:
+        return command(spec.argv)
+    if spec.capture_stdout:
         return list(spec.argv)
     return ["/bin/sh", "-c", 'exec "$@" 2>&1', "sh", *spec.argv]
-
-
-class _PipeSink:
-    """The container's stdout, demultiplexed, into a pipe the session reads. Once the session
-    has closed its end, output is dropped, so the pump never blocks and stderr keeps flowing."""
-
-    def __init__(self, fd: int):
-        self.fd: int | None = fd
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view and self.fd is not None:
-            try:
-                view = view[os.write(self.fd, view):]
-            except OSError:
-                self.close()
-
-    def close(self) -> None:
-        if self.fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-            self.fd = None
-
-
-class _SocketWriter:
-    """The attach socket as the session's stdin: write sends, close is EOF (half-close)."""
-
-    def __init__(self, sock):
-        self.raw = getattr(sock, "_sock", sock)
-
-    def write(self, data: bytes) -> int:
-        self.raw.sendall(data)
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            self.raw.shutdown(socket.SHUT_WR)
 
 
 def _feed_socket(sock, data: bytes) -> None:

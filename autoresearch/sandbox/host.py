@@ -3,7 +3,9 @@ non-root user it runs as, and making its mounts usable by that user."""
 from __future__ import annotations
 
 import os
+import stat
 import sys
+import tempfile
 from pathlib import Path
 
 from ..registry import ISOLATING, words
@@ -98,6 +100,20 @@ def give_writable(spec: SandboxSpec) -> None:
         for m in spec.mounts:
             if m.writable:
                 _chown_tree(Path(m.source), uid, gid)
+
+
+def user_dir() -> Path:
+    """The host user's own folder in the temp dir (0700; never removed): what a container is given
+    from the host (its /etc/hosts, its session pipes) lives here, where no other user can swap it."""
+    d = Path(tempfile.gettempdir()) / f"autoresearch-{os.getuid()}"
+    try:
+        d.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = d.lstat()
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o022:
+        raise SandboxUnavailable(f"{d} is not a folder of this user that only it may write: remove it")
+    return d
 
 
 def pid_alive(pid: int) -> bool:

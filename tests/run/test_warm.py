@@ -19,7 +19,7 @@ import pytest
 from experiment_support import (BACKENDS, HONEST, RUN_SH, log_of, make_project, metrics, require_backend,
                                 run_env, run_sh)
 
-from autoresearch.ledger import LedgerRow, append_rows
+from autoresearch.ledger import LedgerRow, append_rows, begin
 from autoresearch.run.startup import MARKER
 from autoresearch.run.warm import discard_all, warm_root
 
@@ -152,6 +152,7 @@ def test_agent_code_in_a_warm_train_sees_exactly_what_a_cold_one_sees(tmp_path, 
     once in a whole-suite run, and they hold nothing a run wrote."""
     require_backend(request, backend)
     proj = make_project(tmp_path / "p", train_py=SPY + HONEST)
+    begin(proj, "val_bpb")                                # the project as the warm run will find it (warm.start_next)
     try:
         assert run_sh(proj, "-m", "cold", "--backend", backend, **WARM).returncode == 0
         _wait(lambda: _warm_ready(proj), what="the holder's warm-up")

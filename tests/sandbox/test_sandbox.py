@@ -576,6 +576,65 @@ def test_a_session_talks_to_the_process_in_binary_and_ends_it(backend, tmp_path,
     assert "to the log, not the session" in text and "ABC" not in text
 
 
+SESSION_VIEW = """
+    import json, os, stat, sys
+    d = "/run/autoresearch-session"
+    seen = {"fds": [os.readlink(f"/proc/self/fd/{f}") for f in (0, 1)], "listing": sorted(os.listdir(d)),
+            "fifos": [stat.S_ISFIFO(os.stat(f"{d}/{n}").st_mode) for n in ("in", "out")],
+            "mine": [os.stat(f"{d}/{n}").st_uid == os.getuid() for n in ("in", "out")]}
+    os.write(1, (json.dumps(seen) + "\\n").encode())
+    os.read(0, 1)
+"""
+
+
+@pytest.mark.docker
+def test_a_docker_session_runs_over_its_own_pipes_in_a_folder_only_it_sees(docker_available):
+    """A docker session's streams are two FIFOs (sandbox/fifos.py), not the engine's attach stream:
+    fd 0 and 1 are them, the folder holds nothing else and only this container mounts it (the other
+    model server, started beside it, sees no such folder), it is 0700 on the host, and it is gone
+    after the run."""
+    from autoresearch.sandbox.fifos import SESSION_DIR, _base
+    b = choose_backend("docker")
+    seen: dict = {}
+
+    def session(w, r):
+        seen.update(json.loads(r.readline()))
+        seen["host"] = [(p.stat().st_mode & 0o777, sorted(c.name for c in p.iterdir()))
+                        for p in _base().iterdir() if p.name.startswith(f"{os.getpid()}-")]
+        seen["beside"] = run_json(b, f"import json, os; print(json.dumps(os.path.exists({SESSION_DIR!r})))")
+        w.write(b"x")
+        w.flush()
+
+    r = b.run(spec(b, SESSION_VIEW, capture_stdout=False, session=session, timeout=60))
+    assert r.exit_code == 0, r
+    assert seen["fds"] == [f"{SESSION_DIR}/in", f"{SESSION_DIR}/out"], seen
+    assert seen["listing"] == ["in", "out"] and seen["fifos"] == [True, True] and seen["mine"] == [True, True]
+    assert seen["host"] == [(0o700, ["in", "out"])] and seen["beside"] is False, seen
+    assert not [p for p in _base().iterdir() if p.name.startswith(f"{os.getpid()}-")]
+
+
+def test_session_pipes_to_a_container_that_never_opened_them_end_at_once(tmp_path, monkeypatch):
+    """If the container ends before it opens its pipes, the session sees what a process that died
+    at once gives (EPIPE on write, EOF on read) instead of waiting; a killed runner's folder is
+    swept by the next one."""
+    from autoresearch.sandbox import fifos
+    monkeypatch.setattr(fifos, "user_dir", lambda: tmp_path)
+    stale = tmp_path / "sessions" / "999999999-x"
+    stale.mkdir(parents=True)
+    os.mkfifo(stale / "in")
+    f = fifos.Fifos()
+    assert not stale.exists() and f.dir.parent == tmp_path / "sessions"
+    t = time.monotonic()
+    w, r = f.connect(lambda: time.monotonic() > t + 0.2)
+    assert 0.2 <= time.monotonic() - t < 5
+    assert r.read() == b""
+    with pytest.raises(BrokenPipeError):
+        w.write(b"x" * 100_000)
+        w.flush()
+    f.remove()
+    assert not f.dir.exists()
+
+
 @pytest.mark.parametrize("name", [pytest.param("docker", marks=pytest.mark.docker),
                                   pytest.param("bwrap", marks=pytest.mark.bwrap)])
 def test_sandboxed_code_holds_no_file_descriptor_but_its_stdio(name, request):
