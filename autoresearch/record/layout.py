@@ -235,15 +235,19 @@ def _ledger_run_ids(root: Path) -> list[int]:
         return []
 
 
+def _used(root: Path) -> int:
+    """The highest run id the project shows: a folder in runs/, a keep commit's trailer, a ledger row."""
+    existing = run_dirs(root)
+    return max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
+
+
 def allocate_run_dir(root: Path) -> Path:
     """runs/NNNN with a number never used before in this project: above every folder in runs/,
     the counter in trusted state, every run id in the run branches' trailers and the ledger --
     so deleting runs/ cannot make a new run take a decided run's id. mkdir is the lock."""
     runs = root / RUNS_DIR
     runs.mkdir(exist_ok=True)
-    existing = run_dirs(root)
-    floor = max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
-    n = reserve_run_id(root, floor)
+    n = reserve_run_id(root, _used(root))
     while True:
         d = runs / f"{n:04d}"
         try:
@@ -257,8 +261,7 @@ def take_run_id(root: Path, want: int) -> Path | None:
     """runs/<want> for a run id reserved earlier (a warm TRAIN's, run/warm.py), if it is still the
     next one: the last reserved, above every folder, trailer and ledger id. Else None."""
     runs = root / RUNS_DIR
-    existing = run_dirs(root)
-    floor = max([int(existing[-1].name) if existing else 0] + _trailer_run_ids(root) + _ledger_run_ids(root))
+    floor = _used(root)
     try:
         last = int((Path(root) / STATE_DIR / RUN_COUNTER).read_text().strip() or 0)
     except (OSError, ValueError):
