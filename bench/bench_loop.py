@@ -15,7 +15,9 @@ Goal (issue 27): at most 3 s an experiment at a 15 s budget.
 Columns: `start to start` (from runs/NNNN's started_at to the next's), `run wall` (the runner's
 own total, metrics.json total_seconds), `between runs` (the rest: the run's last line reaching the
 model, its note, the Stop hook's decision, the next edit, ./run.sh's start). The load average
-before and after says how quiet the machine was.
+before and after says how quiet the machine was. Last, the machine's busy CPU-seconds per
+experiment (/proc/stat, every process): wall >= busy / cores, so busy / cores - budget - think is
+a floor on the overhead that no scheduling of the same work can beat on this machine.
 """
 from __future__ import annotations
 
@@ -49,12 +51,60 @@ def script(n: int, think: float = 0.0):
     return turns
 
 
+def busy_cpu_s() -> float:
+    """CPU-seconds this machine has been busy since boot: every core, every process (/proc/stat)."""
+    with open("/proc/stat") as f:
+        user, nice, system, _idle, _iowait, irq, softirq, steal = map(int, f.readline().split()[1:9])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+class BusySampler:
+    """(time, busy CPU-seconds) every 50 ms while the session runs, to read the machine's busy time
+    between any two runs' starts."""
+
+    def __init__(self) -> None:
+        import threading
+        self.points: list[tuple[float, float]] = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            self.points.append((time.time(), busy_cpu_s()))
+            time.sleep(0.05)
+
+    def __enter__(self) -> "BusySampler":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+
+    def at(self, t: float) -> float:
+        return min(self.points, key=lambda p: abs(p[0] - t))[1]
+
+
+def cpu_floor(sampler: BusySampler, starts: list[float], budget: float, think: float) -> dict:
+    """The machine's busy CPU-seconds per experiment, start to start, and what they imply: the
+    whole machine cannot do that work in less wall time than busy / cores, so no scheduling of
+    it here costs less than busy / cores - budget - think an experiment (training itself can use
+    at most budget x cores of it; the rest is the harness's, the CLI's and anything else's)."""
+    if len(starts) < 2 or not sampler.points:
+        return {}
+    cores = os.cpu_count() or 1
+    per = (sampler.at(starts[-1]) - sampler.at(starts[0])) / (len(starts) - 1)
+    return {"busy_cpu_s_per_experiment": round(per, 2), "cores": cores,
+            "beyond_training_cpu_s": round(max(0.0, per - budget * cores), 2),
+            "floor_overhead_s": round(max(0.0, per / cores - budget - think), 2)}
+
+
 def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = False) -> dict:
     from e2e.fake_api import FakeAPI
     from e2e.harness import make_project, run_claude
     proj = make_project(work)
     t0 = time.monotonic()
-    with FakeAPI(project=str(proj.root)) as fake:
+    with FakeAPI(project=str(proj.root)) as fake, BusySampler() as sampler:
         fake.script = script(n, think)
         env = {"AUTORESEARCH_MAX_EXPERIMENTS": str(n), "AUTORESEARCH_TRAIN_SECONDS": f"{budget:g}"}
         run = run_claude(proj, fake.url, "Follow program.md. Start now.",
@@ -70,7 +120,7 @@ def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = 
         x = m.get("extra") or {}
         how = (f"warm {x['warm_waited_seconds']:.1f}+{x.get('servers_warm_seconds', 0):.1f} s"
                if "warm_waited_seconds" in x else "given up" if "warm" in x else "cold")
-        runs.append({"run": d.name, "status": m["status"], "wall": m.get("total_seconds"),
+        runs.append({"run": d.name, "status": m["status"], "backend": m.get("sandbox"), "wall": m.get("total_seconds"),
                      "started": datetime.fromisoformat(m["started_at"]).timestamp(), "how": how,
                      "startup_s": x.get("startup_seconds")})
     rows = []
@@ -81,7 +131,8 @@ def measure(budget: float, n: int, work: Path, think: float = 0.0, warm: bool = 
                      "run_wall_s": a["wall"], "between_runs_s": round(s2s - (a["wall"] or 0), 2),
                      "overhead_s": round(s2s - budget - think, 2)})
     over = [r["overhead_s"] for r in rows]
-    return {"budget_s": budget, "think_s": think, "warm": warm, "experiments": len(runs), "session_s": round(session, 1), "rows": rows,
+    return {**cpu_floor(sampler, [r["started"] for r in runs], budget, think),
+            "backends": sorted({r["backend"] for r in runs if r["backend"]}),"budget_s": budget, "think_s": think, "warm": warm, "experiments": len(runs), "session_s": round(session, 1), "rows": rows,
             "median_overhead_s": round(statistics.median(over), 2) if over else None, "goal_s": GOAL_S,
             "cli_rc": run.returncode, "cli_result": run.result.get("subtype") if run.events else None}
 
@@ -115,8 +166,13 @@ def main() -> int:
     c = Console()
     c.print(t)
     c.print(f"median overhead {res['median_overhead_s']} s an experiment beyond the budget "
-            f"({res['experiments']} runs, session {res['session_s']} s, CLI {res['cli_result']}); "
+            f"({res['experiments']} runs, {'/'.join(res['backends'])}, session {res['session_s']} s, "
+            f"CLI {res['cli_result']}); "
             f"load {res['load_before']} -> {res['load_after']}")
+    if "floor_overhead_s" in res:
+        c.print(f"the machine was busy {res['busy_cpu_s_per_experiment']} CPU-s an experiment, start to start "
+                f"({res['beyond_training_cpu_s']} beyond budget x {res['cores']} cores): on this machine no "
+                f"schedule of that work costs less than {res['floor_overhead_s']} s an experiment beyond the budget")
     return 0
 
 
