@@ -184,6 +184,9 @@ FLOWS = (
     # inside one sandbox
     Flow("sandbox HOME and TMPDIR", "sandbox", "/tmp (HOME=/tmp, TMPDIR=/tmp)", _STAGES_R, _STAGES_R,
          "a private tmpfs per sandbox, gone with it", private=True),
+    Flow("scorer session", "sandbox", "a model server's stdin and stdout (docker: FIFOs at /run/autoresearch-session)",
+         (SERVER, HOST), (SERVER, HOST), "windows to the server, logits back; one per server, mounted into it alone "
+         "(sandbox/fifos.py)", content=("val",), private=True),
     Flow("declared home", "user", "sandbox.home (program.md)", (TRAIN, HUMAN), (TRAIN, SERVER, FINAL, HUMAN),
          "writable in TRAIN only with home_writable; then EVAL gets a fresh one"),
     Flow("declared cache", "user", "sandbox.cache (program.md)", (TRAIN, HUMAN), (TRAIN, SERVER, FINAL, HUMAN),
