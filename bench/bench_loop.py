@@ -169,7 +169,7 @@ def main() -> int:
             f"({res['experiments']} runs, {'/'.join(res['backends'])}, session {res['session_s']} s, "
             f"CLI {res['cli_result']}); "
             f"load {res['load_before']} -> {res['load_after']}")
-    if "floor_overhead_s" in res:
+    if "floor_overhead_s" in res and not a.think:          # (the model's idle thinking makes the bound empty)
         c.print(f"the machine was busy {res['busy_cpu_s_per_experiment']} CPU-s an experiment, start to start "
                 f"({res['beyond_training_cpu_s']} beyond budget x {res['cores']} cores): on this machine no "
                 f"schedule of that work costs less than {res['floor_overhead_s']} s an experiment beyond the budget")
