@@ -154,8 +154,9 @@ FLOWS = (
     Flow("stage scratch", "state", "runs/NNNN/<stage>/ (work copies: train, eval-0, eval-1, eval-cmd)",
          (*_STAGES_R, HOST), (*_STAGES_R, HOST), "each stage's writable copy of the snapshot; removed when the stage ends; "
          "outside the project, so nothing agent code writes there reaches the agent or a later stage", private=True),
-    Flow("stage stand-ins", "state", "runs/NNNN/{code,frozen,empty,runs}/", (HOST,), (*_STAGES_R, HOST),
-         "the snapshot's files, eval.files as committed, empty folders over hidden parts"),
+    Flow("stage stand-ins", "state", "runs/NNNN/{code,frozen,empty,runs,go}/", (HOST,), (*_STAGES_R, HOST),
+         "the snapshot's files, eval.files as committed, empty folders over hidden parts, a cold TRAIN's GO "
+         "(go.json: the run's seed)"),
     Flow("warm TRAIN", "state", "warm/NNNN/ (script, out/, go/, train.log, state.json, result.json)", (TRAIN, HOST),
          (TRAIN, HOST), "the next run's TRAIN sandbox, warmed while the agent thinks (run/warm.py): the script's "
          "copy and out/ staged until runs/NNNN exists, go.json (the seed) read-only; moved into runs/NNNN or "

@@ -370,7 +370,7 @@ def _train(inp: StageInputs, budget: float, inline: bool, m: RunMetrics, held: w
     try:
         with GpuPeak(gpus) as gpu:
             if held is None:
-                res = sandbox.run(spec)
+                res = warm.run_cold(sandbox, spec, lay, servers)
             else:
                 res, more = held.run(lay, spec, lay.script_copy.read_bytes(), servers)
                 m.extra.update(more)

@@ -10,6 +10,8 @@
                                                  runner writes GO_DIR/go.json (the work copy is then
                                                  complete), takes the run's seed from it, and goes on
                                                  as `run`/`exec` would
+    python -I startup.py gate GO_DIR run|exec ...  a cold TRAIN beside the model servers: the same wait,
+                                                 for the runner's GO once their warm-up is over too
 
 The budget is the agent's compute (ARCHITECTURE rule 12): the interpreter's start and the heavy
 imports (torch, numpy) are the harness's cost, not the experiment's, and on a busy machine they
@@ -81,18 +83,23 @@ def _as_python_would(script: str) -> None:
 
 def main(argv: list) -> int:
     go_dir = None
-    if len(argv) >= 4 and argv[0] == "wait" and argv[2] in ("run", "exec"):
+    gate = argv[0] if argv and argv[0] in ("wait", "gate") else None
+    if gate is not None and len(argv) >= 4 and argv[2] in ("run", "exec"):
         go_dir, argv = argv[1], argv[2:]
     if len(argv) < 2 or argv[0] not in ("run", "exec", "module"):
         print("usage: startup.py run SCRIPT [ARGS...] | exec ARGV... | module NAME [ARGS...] "
-              "| wait GO_DIR run|exec ...", file=sys.stderr)
+              "| wait|gate GO_DIR run|exec ...", file=sys.stderr)
         return 2
     took = warm_up()
-    if go_dir is not None:
+    if go_dir is not None and gate == "wait":
         sys.stderr.write(f"[autoresearch: warm-up {took:.1f} s, done before this run was asked for]\n")
         sys.stderr.flush()
         wait_for_go(go_dir)
         took = 0.0
+    elif go_dir is not None:
+        t0 = time.monotonic()
+        wait_for_go(go_dir)
+        sys.stderr.write(f"[autoresearch: then {time.monotonic() - t0:.1f} s for the model servers' warm-up]\n")
     if argv[0] == "module":
         sys.stderr.write(f"{WARMED} {took:.1f} s]\n")
         sys.argv = argv[1:]

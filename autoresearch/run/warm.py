@@ -33,17 +33,16 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
 
 from .. import ledger
-from ..atomic import write_atomic
 from ..fsclean import remove_tree
 from ..record import Layout, clean_out, private_dir, reserve_run_id, take_run_id
 from ..sandbox import SandboxResult, SandboxSpec, give_writable, pid_alive
-from .startup import GO_ENV, GO_FILE
-from .warmspec import Staged, spec_key, staged, train_work, warm_root, warmed
+from .warmspec import Staged, gated, send_go, spec_key, staged, train_work, warm_root, warmed
 
 WARM_ENV = "AUTORESEARCH_WARM"              # "1": warm the next run's TRAIN
 IDLE_ENV = "AUTORESEARCH_WARM_IDLE_S"
@@ -197,8 +196,7 @@ class Warm:
         while servers is not None and not servers.warmed() and time.monotonic() < t_ask + spec.startup_s:
             time.sleep(POLL_S)
         t_go = time.monotonic()
-        write_atomic(self.st.go / GO_FILE, json.dumps({"env": {k: spec.env[k] for k in GO_ENV if k in spec.env}}),
-                     mode=0o644)
+        send_go(self.st.go, spec)
         try:
             r = self._result()
         except BaseException:
@@ -241,6 +239,37 @@ class Warm:
 
     def done(self) -> None:
         remove_tree(self.st.dir)
+
+
+GATE_SHARE = 0.8      # a cold TRAIN's GO waits for the model servers at most this share of its grace
+
+
+def run_cold(sandbox, spec: SandboxSpec, lay: Layout, servers) -> SandboxResult:
+    """A cold TRAIN. Beside the model servers (`servers`: evalstage.WarmServers) its start-up
+    waits, after its own warm-up, until theirs is over too, as a warm run's GO does: no warm-up
+    takes the budget's CPU, warm or cold alike. It waits at most GATE_SHARE of its grace, so a
+    slow server never gets TRAIN killed for its start-up."""
+    if servers is None:
+        return sandbox.run(spec)
+    go = lay.scratch / "go"
+    go.mkdir(mode=0o755)
+    go.chmod(0o755)                                  # (whatever the umask): the sandbox user reads it
+    spec = gated(spec, go)
+    done = threading.Event()
+
+    def release() -> None:
+        end = time.monotonic() + spec.startup_s * GATE_SHARE
+        while not done.is_set() and not servers.warmed() and time.monotonic() < end:
+            time.sleep(POLL_S)
+        send_go(go, spec)
+
+    t = threading.Thread(target=release, daemon=True)
+    t.start()
+    try:
+        return sandbox.run(spec)
+    finally:
+        done.set()
+        t.join()
 
 
 def hold_or_refresh(held: Warm | None, lay: Layout) -> None:

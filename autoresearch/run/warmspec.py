@@ -7,9 +7,10 @@ import hashlib
 import json
 from pathlib import Path
 
+from ..atomic import write_atomic
 from ..record import Layout, state_folder
 from ..sandbox import Mount, SandboxSpec
-from .startup import GO_ENV
+from .startup import GO_ENV, GO_FILE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,15 +48,24 @@ def staged(spec: SandboxSpec, lay: Layout, st: Staged) -> SandboxSpec:
                                              for m in spec.mounts])
 
 
-def warmed(spec: SandboxSpec, lay: Layout, st: Staged, wait_s: float) -> SandboxSpec:
-    """`spec` (TRAIN's, as the runner builds it for `lay`) as a holder runs it: staged, go/ mounted
-    read-only, the start-up waiting for go.json (its allowance: the grace plus `wait_s`), the log
-    staged."""
-    spec = staged(spec, lay, st)
+def gated(spec: SandboxSpec, go: Path, wait_s: float = 0.0, mode: str = "gate") -> SandboxSpec:
+    """TRAIN's `spec` with its start-up waiting, after the warm-up, for `go`/go.json (the folder
+    mounted read-only; its allowance: the grace plus `wait_s`). send_go lets it go. `mode`:
+    startup.py's "gate" (a cold run) or "wait" (a holder's, warm.py)."""
     python, flag, startup, *rest = spec.argv
-    return dataclasses.replace(spec, argv=[python, flag, startup, "wait", str(st.go), *rest],
-                               mounts=[*spec.mounts, Mount(st.go, str(st.go))], log_path=st.log,
-                               startup_s=spec.startup_s + wait_s)
+    return dataclasses.replace(spec, argv=[python, flag, startup, mode, str(go), *rest],
+                               mounts=[*spec.mounts, Mount(go, str(go))], startup_s=spec.startup_s + wait_s)
+
+
+def send_go(go: Path, spec: SandboxSpec) -> None:
+    """GO for a gated TRAIN: go.json, carrying the run's own values of startup.GO_ENV."""
+    write_atomic(go / GO_FILE, json.dumps({"env": {k: spec.env[k] for k in GO_ENV if k in spec.env}}), mode=0o644)
+
+
+def warmed(spec: SandboxSpec, lay: Layout, st: Staged, wait_s: float) -> SandboxSpec:
+    """`spec` (TRAIN's, as the runner builds it for `lay`) as a holder runs it: staged, gated on
+    go/ (its allowance: the grace plus `wait_s`), the log staged."""
+    return dataclasses.replace(gated(staged(spec, lay, st), st.go, wait_s, "wait"), log_path=st.log)
 
 
 def spec_key(spec: SandboxSpec) -> str:

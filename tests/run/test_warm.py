@@ -163,6 +163,10 @@ def test_agent_code_in_a_warm_train_sees_exactly_what_a_cold_one_sees(tmp_path, 
         go_norm = re.sub(r"/warm/\d{4,}", "/warm/NNNN", go)
         assert go_norm in warm["mounts"] and go_norm not in cold["mounts"]
         warm["mounts"].remove(go_norm)
+        cold_go = [m for m in cold["mounts"] if m.endswith("/runs/NNNN/go")]   # a cold TRAIN is gated too
+        assert len(cold_go) == 1 and not [m for m in warm["mounts"] if m.endswith("/runs/NNNN/go")], cold_go
+        cold["mounts"].remove(cold_go[0])
+        assert "for the model servers' warm-up]" in log_of(proj, "0001").split(MARKER)[0]
         assert warm == cold
     finally:
         discard_all(proj.resolve())
@@ -253,3 +257,56 @@ def test_without_the_opt_in_no_holder_is_started_and_a_stale_one_is_stopped(proj
     assert run_sh(proj, "-m", "plain again", "--backend", "bwrap").returncode == 0
     assert not _holders_of(proj) and not _staged(proj), "a run without the opt-in stops a holder"
     assert os.environ.get("AUTORESEARCH_WARM", "") != "1", "the suite runs cold unless a test opts in"
+
+
+class _Sandbox:
+    """A backend whose "sandbox" is the gated start-up's wait: it ends once go.json is there."""
+
+    def __init__(self) -> None:
+        self.spec = None
+        self.go_at: float | None = None
+
+    def run(self, spec):
+        self.spec = spec
+        if "gate" in spec.argv:
+            go = Path(spec.argv[spec.argv.index("gate") + 1]) / "go.json"
+            while not go.exists():
+                time.sleep(0.005)
+            self.go_at = time.monotonic()
+            self.go = json.loads(go.read_text())
+        return "result"
+
+
+class _Servers:
+    def __init__(self, ready_in: float) -> None:
+        self.ready_at = time.monotonic() + ready_in
+
+    def warmed(self) -> bool:
+        return time.monotonic() >= self.ready_at
+
+
+def test_a_cold_trains_go_waits_for_the_model_servers_warm_up_at_most_its_share_of_the_grace(tmp_path):
+    """warm.run_cold: a cold TRAIN beside the model servers gets GO (with the run's seed) only once
+    their warm-up is over, as a warm one does, so none takes the budget's CPU; never later than
+    GATE_SHARE of its grace; without servers its spec is run as built."""
+    from autoresearch.run.warm import GATE_SHARE, run_cold
+    from autoresearch.sandbox import SandboxSpec
+
+    class Lay:
+        scratch = tmp_path
+
+    spec = SandboxSpec(argv=["python", "-I", "startup.py", "run", "train.py"], mounts=[], cwd="/w",
+                       env={"AUTORESEARCH_SEED": "7", "OTHER": "x"}, timeout_s=10, memory_bytes=1, startup_s=2.0)
+    sb = _Sandbox()
+    t0 = time.monotonic()
+    assert run_cold(sb, spec, Lay, _Servers(0.4)) == "result"
+    assert sb.spec.argv == ["python", "-I", "startup.py", "gate", str(tmp_path / "go"), "run", "train.py"]
+    assert sb.spec.mounts[-1].source == tmp_path / "go" and not sb.spec.mounts[-1].writable
+    assert 0.4 <= sb.go_at - t0 < 1.0 and sb.go == {"env": {"AUTORESEARCH_SEED": "7"}}
+    (tmp_path / "go" / "go.json").unlink()
+    (tmp_path / "go").rmdir()
+    t0 = time.monotonic()
+    run_cold(sb, spec, Lay, _Servers(60))                   # servers that never warm up: GO all the same
+    assert GATE_SHARE * 2.0 <= sb.go_at - t0 < 2.0
+    plain = _Sandbox()
+    assert run_cold(plain, spec, Lay, None) == "result" and plain.spec is spec
