@@ -83,11 +83,7 @@ class Fifos:
             with contextlib.suppress(OSError):
                 os.close(self.out_fd)
             self.out_fd = None
-        for name in ("in", "out"):
-            with contextlib.suppress(OSError):
-                (self.dir / name).unlink()
-        with contextlib.suppress(OSError):
-            self.dir.rmdir()
+        _remove(self.dir)
 
 
 def _dead() -> tuple[IO[bytes], IO[bytes]]:
@@ -104,9 +100,14 @@ def _sweep() -> None:
         for d in _base().iterdir():
             pid = d.name.split("-", 1)[0]
             if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-                for f in ("in", "out"):
-                    with contextlib.suppress(OSError):
-                        (d / f).unlink()
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+                _remove(d)
+
+
+def _remove(d: Path) -> None:
+    """A session folder: its two pipes, then itself (the sandbox cannot import fsclean)."""
+    for name in ("in", "out"):
+        with contextlib.suppress(OSError):
+            (d / name).unlink()
+    with contextlib.suppress(OSError):
+        d.rmdir()
 
