@@ -19,7 +19,6 @@ import os
 import time
 
 import torch
-import torch._dynamo  # noqa: F401 -- AdamW imports it on first use: here, before the clock starts
 import torch.nn as nn
 import torch.nn.functional as F
 

@@ -70,3 +70,22 @@ def test_the_disk_watch_kills_once_the_writable_mounts_hold_too_much(tmp_path):
         (out / "big").write_bytes(b"x" * 1_000_000)
         assert killed.wait(5)
     assert watch.exceeded and watch.over()
+
+
+def test_the_disk_watch_polls_as_often_as_the_headroom_needs(tmp_path):
+    """Far from the limit a poll a second is enough (walking a work copy 20 times a second took
+    CPU from the training); near it, every 50 ms, so what passes the limit is what a writer puts
+    there in 50 ms, as before."""
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)],
+                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=64 << 30)
+    w = _DiskWatch(spec, kill=lambda: None)
+    assert w.next_wait(0, 10) > 0.95
+    assert w.next_wait((64 << 30) - (100 << 20), 10) == w.INTERVAL_S           # 100 MB left
+    assert w.next_wait(0, w.MAX_ENTRIES - 1000) == w.INTERVAL_S                # 1,000 files left
+    half = (64 << 30) - w.WRITE_BPS // 2                                       # half a second left
+    assert abs(w.next_wait(half, 10) - 0.5) < 1e-6
+    with w:
+        time.sleep(1.6)
+    assert 1 <= w.polls <= 3, w.polls
