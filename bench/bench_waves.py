@@ -13,11 +13,16 @@ slots: S}); R runs queued at once with `./run.sh -m ... --queue` (distinct seeds
 then the Stop hook decides the wave. The clock runs from the first --queue to the decision written;
 decided = the wave's ledger rows. The gap to the ideal is what a run costs beyond its budget:
 sandbox start-up, the EVAL stage, the scheduler's polling, and the decision.
+
+cpu_ceiling: the machine's busy CPU-seconds over the wave (/proc/stat, every process, the training
+included) divided by its cores is a wall time no schedule of the same work beats here, so
+decided x B / S over it is the best fraction of the ideal this work allows on this machine.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -90,6 +95,7 @@ def main() -> int:
     ap.add_argument("--keep", action="store_true", help="keep the throwaway project (its path is printed)")
     args = ap.parse_args()
     n = args.runs or 2 * args.slots
+    cores = os.cpu_count() or 1
     tmp = Path(tempfile.mkdtemp(prefix="bench-waves-"))
     cluster = None
     try:
@@ -99,7 +105,8 @@ def main() -> int:
         proj = project(tmp / "proj", args.slots, args.budget, args.backend, cluster and cluster.address)
         from autoresearch.ledger import read_rows
         from autoresearch.loop import stop_hook
-        t0 = time.monotonic()
+        from bench_loop import busy_cpu_s
+        t0, busy0 = time.monotonic(), busy_cpu_s()
         for i in range(n):
             r = subprocess.run([str(ROOT / "run.sh"), "-m", f"bench run {i}", "--queue", "--seed", str(i)],
                                cwd=proj, capture_output=True, text=True)
@@ -113,7 +120,7 @@ def main() -> int:
         with open(proj / "scratchpad.md", "a") as f:
             f.write("- the wave's results\n")
         reply = stop_hook({"cwd": str(proj), "session_id": "bench"})
-        wall = time.monotonic() - t0
+        wall, busy = time.monotonic() - t0, busy_cpu_s() - busy0
         rows = [x for x in read_rows(proj) if x.session == "bench" or True]
         decided = len({x.run_id for x in rows} | {rid for x in rows for rid in x.runs})
         per_hour = decided * 3600 / wall
@@ -124,6 +131,8 @@ def main() -> int:
                           "ideal_per_hour": round(ideal, 1), "fraction_of_ideal": round(per_hour / ideal, 3),
                           "decision": (reply.get("reason") or reply.get("systemMessage") or "").splitlines()[0][:120],
                           "dispatch_per_run_s": round(went["dispatch"] / n, 2),
+                          "busy_cpu_s_per_run": round(busy / n, 1),
+                          "cpu_ceiling": round(min(1.0, decided * args.budget / args.slots / (busy / cores)), 3),
                           "where_the_time_went": went}, indent=2))
         if args.keep:
             print(f"project kept: {proj}")
