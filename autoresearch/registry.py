@@ -66,7 +66,8 @@ EVALUATORS: dict[str, Evaluator] = {
     "command": Evaluator("eval_command", None, "autoresearch.run.evalstage:evalcmd_stage",
                          "autoresearch.run.evalstage:measure_command", script=True),
     "model": Evaluator("eval_command", None, "autoresearch.run.evalstage:evalcmd_stage",
-                       "autoresearch.run.evalstage:measure_split", script=True, split=True),
+                       "autoresearch.run.evalstage:measure_split", "autoresearch.run.evalsplit:start_split",
+                       script=True, split=True),
     "log": Evaluator("inline"),                  # the last line of TRAIN's output matching run.metric_regex
 }
 MODES: tuple[str, ...] = tuple(dict.fromkeys(e.mode for e in EVALUATORS.values()))

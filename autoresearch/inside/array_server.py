@@ -1,9 +1,12 @@
 """The evaluator split's model server: agent code answers model(inputs) -> outputs, nothing more.
 
-    python -m autoresearch.inside.array_server --project P --entry model.py:load --out OUT
+    python -I .../run/startup.py module autoresearch.inside.array_server --project P --entry model.py:load --out OUT
 
-Runs inside its own sandbox with no data mounted, no network, the project and the TRAIN checkpoint
-folder (OUT) read-only. It imports the agent's module, calls load(OUT) once, which returns
+Runs inside its own sandbox, behind the trusted warm-up (startup.py: interpreter, torch; -I, so no
+agent file is on the path), which runs while TRAIN trains; it imports agent code only after the
+relay's GO (TRAIN ended ok and its checkpoint is final; protocol.AGENT_STARTS, and eval_seconds,
+count from then). No data mounted, no network, the project and the TRAIN checkpoint folder (OUT)
+read-only. It imports the agent's module, calls load(OUT) once, which returns
 predict(inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray], says READY, then answers each
 ARRAYS request of the host relay (autoresearch.inside.protocol) with predict's outputs. It never sees
 a label, the metric, or the metric file: the human's eval script, in another sandbox, holds them.
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from typing import BinaryIO
@@ -85,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body(rfile: BinaryIO, wfile: BinaryIO) -> None:
+        if not P.wait_go(rfile):                         # TRAIN did not end ok: no agent code runs at all
+            os._exit(0)
+        print(f"\n{P.AGENT_STARTS}", file=sys.stderr, flush=True)
         predict = load(Path(args.project).resolve(), args.entry, args.out, args.source_root)
         P.write_all(wfile, P.message(P.READY, json.dumps({"entry": args.entry})))
         serve(predict, rfile, wfile)

@@ -18,6 +18,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from ..inside.protocol import AGENT_STARTS
 from ..record.flows import SERVER
 from ..hostenv import stage_mounts
 from ..program import Program
@@ -27,8 +28,8 @@ from .interpreter import interpreter_mounts, resolve
 from ..record import inside
 from .outcome import Wording, ladder
 from .relay import Relay
-from .specs import (EVAL_NAME, StageInputs, StageSpec, hidden_splits, hidden_under, home_cache, package_mount,
-                    project_mounts, python_of, runtime_mounts, stage_spec)
+from .specs import (EVAL_NAME, STARTUP, StageInputs, StageSpec, hidden_splits, hidden_under, home_cache,
+                    package_mount, project_mounts, python_of, runtime_mounts, stage_spec)
 from .workcopy import remove_work_copy, work_copy
 
 
@@ -62,9 +63,12 @@ def script_spec(inp: StageInputs, run: ScriptRun, session: Session) -> SandboxSp
                                      session=session, disk_bytes=64 << 14))
 
 
-def server_spec(inp: StageInputs, log: Path, session: Session, work: Path) -> SandboxSpec:
+def server_spec(inp: StageInputs, log: Path, session: Session, work: Path, wait_s: float = 0.0) -> SandboxSpec:
     """A model server's sandbox, run in `work` (its own writable copy of the run's snapshot): the
-    project and the checkpoint read-only, the mounts TRAIN saw, nothing held out."""
+    project and the checkpoint read-only, the mounts TRAIN saw, nothing held out. It runs behind the
+    trusted warm-up (startup.py module) and waits for the relay's GO before agent code: eval_seconds
+    counts from then; until then it may take the grace plus `wait_s` (started with TRAIN: TRAIN's
+    longest)."""
     backend, program, lay = inp.sandbox, inp.program, inp.lay
     assert program.eval is not None and program.eval.model is not None
     pkg_mounts, pkg_path = package_mount()
@@ -75,11 +79,13 @@ def server_spec(inp: StageInputs, log: Path, session: Session, work: Path) -> Sa
     mounts += project_mounts(lay, None, SERVER) + [Mount(lay.out, str(lay.out))]
     mounts += [m for m in pkg_mounts if not inside(m.source, lay.root)] + [Mount(work, str(work), writable=True)]
     env = {**inp.env, **home_env, "PYTHONPATH": f"{work}:{pkg_path}", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
-    argv = [python_of(backend, program, lay.root), "-m", "autoresearch.inside.array_server", "--project",
-            str(work), "--entry", program.eval.model, "--out", str(lay.out)]
+    argv = [python_of(backend, program, lay.root), "-I", str(STARTUP), "module", "autoresearch.inside.array_server",
+            "--project", str(work), "--entry", program.eval.model, "--out", str(lay.out)]
     argv += [f"--source-root={r}" for r in program.run.source_roots]
     return stage_spec(inp, StageSpec(argv=argv, mounts=mounts, env=env, cwd=work, log=log,
-                                     timeout_s=program.budget.eval_seconds, session=session))
+                                     timeout_s=program.budget.eval_seconds, session=session,
+                                     start_marker=AGENT_STARTS.encode(),
+                                     startup_s=max(program.budget.grace_seconds, 1.0) + wait_s))
 
 
 def _server_outcome(results: list[SandboxResult], program: Program) -> tuple[str, str] | None:
@@ -93,45 +99,113 @@ def _server_outcome(results: list[SandboxResult], program: Program) -> tuple[str
     return None
 
 
-def run_split(inp: StageInputs, frozen: dict[str, bytes], log: Path,
-              stage: str = "eval") -> tuple[SandboxResult, str, str | None, float | None, dict]:
-    """The eval script once, its model() served by the agent's code in other sandboxes:
-    (the script's sandbox result, status, reason, value, the relay's figures)."""
-    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
-    ev = program.eval
-    assert ev is not None
-    relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance, compare=dict(ev.compare),
-                  limit=int(ev.max_mb * 2**20),
-                  servers=2 if ev.checks > 0 else 1, wait_s=program.budget.eval_seconds)
-    channel = metric_channel(lay)
-    results: list[SandboxResult] = []
-    errors: list[BaseException] = []
+class SplitServers:
+    """The evaluator split's model servers and their relay, started early: with TRAIN (`wait_s`:
+    TRAIN's longest), they warm up while it trains and import agent code only after GO. The
+    runner calls finish(go=False) when TRAIN did not end ok (they exit without running agent
+    code); otherwise run_split tells them GO and runs the script against them."""
 
-    def server(k: int) -> None:
-        work = None
+    def __init__(self, inp: StageInputs, log: Path, wait_s: float = 0.0) -> None:
+        ev = inp.program.eval
+        assert ev is not None
+        self.inp, self.log = inp, log
+        self.relay = Relay(checks=ev.checks, mix=ev.batch_independent, tolerance=ev.tolerance,
+                           compare=dict(ev.compare), limit=int(ev.max_mb * 2**20),
+                           servers=2 if ev.checks > 0 else 1, wait_s=inp.program.budget.eval_seconds)
+        self.results: list[SandboxResult] = []
+        self.errors: list[BaseException] = []
+        self.specs: list[SandboxSpec] = []
         try:
-            work = work_copy(lay, f"{EVAL_NAME}-srv-{k}")          # the same name in final
-            results.append(sandbox.run(server_spec(inp, log, relay.server_session(k), work)))
-        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
-            errors.append(e)
-        finally:
-            relay.srv[k].ready.set()                    # a server that never started wakes the relay
-            if work is not None:
-                remove_work_copy(work)
+            for k in range(self.relay.servers):
+                work = work_copy(inp.lay, f"{EVAL_NAME}-srv-{k}")          # the same names in final
+                self.specs.append(server_spec(inp, log, self.relay.server_session(k), work, wait_s))
+        except BaseException:
+            self._remove()
+            raise
+        self.threads = [threading.Thread(target=self._server, args=(k,), daemon=True)
+                        for k in range(self.relay.servers)]
+        for t in self.threads:
+            t.start()
 
-    threads = [threading.Thread(target=server, args=(k,), daemon=True) for k in range(relay.servers)]
-    for t in threads:
-        t.start()
+    def _server(self, k: int) -> None:
+        try:
+            self.results.append(self.inp.sandbox.run(self.specs[k]))
+        except BaseException as e:                     # noqa: BLE001 -- re-raised in the caller's thread
+            self.errors.append(e)
+            self.relay.aborted = True
+        finally:
+            self.relay.srv[k].ready.set()               # a server that never started wakes the relay
+
+    def _remove(self) -> None:
+        for spec in self.specs:                        # no writable storage outlives a model server
+            remove_work_copy(Path(spec.cwd))
+
+    def warmed(self) -> bool:
+        """Are the servers past their warm-up (or ended)? Read from their log, which only trusted
+        code (startup.py) writes before GO."""
+        from .startup import WARMED
+        try:
+            n = self.log.read_bytes().count(WARMED.encode())
+        except OSError:
+            n = 0
+        return n >= len(self.threads) or not all(t.is_alive() for t in self.threads)
+
+    def finish(self, go: bool) -> tuple[SandboxResult | None, dict]:
+        """GO, or (go=False) hang up: the servers exit without running agent code. Waits for them
+        when it hangs up (run_split waits after GO, once the script has ended)."""
+        if go:
+            self.relay.go.set()
+            return None, {}
+        for spec in self.specs:                        # stopped at once, not after their warm-up ends
+            spec.session_grace_s = 0.0
+        self.relay.aborted = True
+        self.relay.done.set()
+        self.join()
+        return None, {}
+
+    def join(self) -> None:
+        try:
+            for t in self.threads:
+                while t.is_alive():
+                    t.join(0.1)
+        except BaseException:                          # Ctrl-C: the sessions hang up; the servers end
+            self.relay.aborted = True
+            self.relay.done.set()
+            for t in self.threads:
+                t.join()
+            raise
+        finally:
+            self._remove()
+        if self.errors:
+            raise self.errors[0]
+
+
+def start_split(job, train_s: float) -> SplitServers:
+    """The evaluator split's servers for a run's EVAL stage, started with TRAIN (registry: the
+    "model" evaluator's `warm`); their log is the run's eval log, begun here."""
+    from ..record import new_log
+    lay = job.lay
+    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {' '.join(job.program.eval.command)}\n")
+    return SplitServers(job.inputs, log, wait_s=train_s)
+
+
+def run_split(inp: StageInputs, frozen: dict[str, bytes], log: Path, stage: str = "eval",
+              servers: SplitServers | None = None) -> tuple[SandboxResult, str, str | None, float | None, dict]:
+    """The eval script once, its model() served by the agent's code in other sandboxes (`servers`,
+    started with TRAIN, or now): (the script's sandbox result, status, reason, value, the relay's
+    figures)."""
+    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
+    servers = servers if servers is not None else SplitServers(inp, log)
+    relay, results = servers.relay, servers.results
+    servers.finish(go=True)
+    channel = metric_channel(lay)
     try:
         res = sandbox.run(script_spec(inp, ScriptRun(frozen, channel, log, stage), relay.client_session()))
         value, problem = read_metric(channel)
     finally:
         relay.done.set()
-        for t in threads:
-            t.join()
+        servers.join()
         shutil.rmtree(channel, ignore_errors=True)
-    if errors:
-        raise errors[0]
     figures = {**relay.stats, "servers": relay.servers}
     if relay.verdict is not None:
         status, reason = relay.verdict.status, relay.verdict.reason

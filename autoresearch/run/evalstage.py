@@ -14,7 +14,7 @@ from ..registry import Evaluator, evaluator, function
 from ..record import Layout, RunMetrics, new_log
 from ..sandbox import Backend, SandboxResult
 from .evalcmd import ScriptRun, evalcmd_outcome, evalcmd_spec, metric_channel, read_metric
-from .evalsplit import run_split
+from .evalsplit import SplitServers, run_split
 from .logs import append_log
 from .specs import EVAL_NAME, StageInputs
 from .workcopy import remove_work_copy, work_copy
@@ -84,7 +84,7 @@ def measure_command(job: EvalJob) -> tuple[SandboxResult, str, str | None, float
 def measure_split(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:
     """eval.command without the project, its model() served by the agent's code (evalsplit.py)."""
     assert job.frozen is not None and job.log is not None
-    return run_split(job.inputs, job.frozen, job.log, job.stage)
+    return run_split(job.inputs, job.frozen, job.log, job.stage, job.servers)   # type: ignore[arg-type]
 
 
 def evalcmd_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | None]:
@@ -94,7 +94,8 @@ def evalcmd_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | N
     cmd = " ".join(program.eval.command) if program.eval else ""
     append_log(lay.log, f"\n---- EVAL: {cmd} (eval.files as committed at {m.extra.get('eval_base', '?')}); "
                         f"what it prints goes to the eval log, for humans only: {lay.eval_log} ----\n")
-    log = new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {cmd}\n")
+    log = job.servers.log if isinstance(job.servers, SplitServers) else \
+        new_log(lay.eval_log, f"eval log of run {lay.run_dir.name}: {cmd}\n")      # split servers began it
     res, status, reason, value, figures = measure(replace(job, log=log))
     m.extra.update({f"eval_{k}": v for k, v in figures.items()})
     m.eval_seconds = round(res.wall_seconds, 3)

@@ -109,6 +109,10 @@ class Relay:
     verdict: EvalEnded | None = None
     hangup: bool = False                      # a server vanished: its sandbox result says why
     done: threading.Event = field(default_factory=threading.Event)
+    # The servers may start with TRAIN (evalsplit.SplitServers): GO goes to them once `go` is set
+    # (TRAIN ended ok, its checkpoint is final); aborted without it, the sessions hang up instead.
+    go: threading.Event = field(default_factory=threading.Event)
+    aborted: bool = False
     stats: dict = field(default_factory=lambda: {"requests": 0, "check_requests": 0, "check_max_diff": 0.0})
     prev: tuple[Arrays, Arrays] | None = None
 
@@ -119,6 +123,15 @@ class Relay:
         def talk(w: BinaryIO, r: BinaryIO) -> None:
             s = self.srv[k]
             try:
+                while not self.go.wait(0.05):
+                    if self.aborted:
+                        return
+                if self.aborted:
+                    return
+                try:
+                    P.write_all(w, P.GO)
+                except OSError:                          # it died warming up: its sandbox says why
+                    raise P.ProtocolError("it ended during its warm-up") from None
                 tag = P.read_exact(r, 4)
                 if tag == P.READY:
                     P.read_message_body(r)

@@ -342,9 +342,10 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
 
 def _warm_start(job: EvalJob, inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
                 held: warm.Warm | None) -> tuple[EvalJob, warm.Warm | None]:
-    """The built-in evaluator's model servers, started with TRAIN (their warm-up overlaps it), and
+    """The evaluator's model servers (the built-in's, the split's), started with TRAIN (their warm-up overlaps it), and
     a warm run's holder checked (warm.start_stages). Returns (the job, the holder still in use)."""
-    warmer = None if inline or inp.data is None else evaluator_of(inp.program).warm
+    ev = evaluator_of(inp.program)
+    warmer = None if inline or ev.data and inp.data is None else ev.warm
     start = registry.function(warmer) if warmer else None
     train_s = max(inp.program.budget.grace_seconds, 1.0) + budget + save_margin(budget)
     servers, held = warm.start_stages(held, inp.lay, lambda work: train_sandbox(inp, budget, inline, work)[2],

@@ -291,19 +291,21 @@ def start_stages(held: Warm | None, lay: Layout, train_spec: Callable[[Path], Sa
                  start_servers: Callable[..., object] | None, note: dict) -> tuple[object, Warm | None]:
     """A run's model servers (`start_servers()`, or with the holder's: `start_servers(held)`) and
     the holder still in use: it is given up (the run starts cold) unless its TRAIN sandbox is the
-    one `train_spec(work)` builds and it holds the model servers exactly when the run has them."""
+    one `train_spec(work)` builds and the model servers it holds, if any, are the run's. A holder of
+    TRAIN alone (the evaluator split's servers are never held) is kept, its servers started now."""
     work = train_work(lay)
-    if held is not None and (not held.fits(train_spec(work), lay, work) or held.serves != (start_servers is not None)):
+    if held is not None and (not held.fits(train_spec(work), lay, work) or held.serves and start_servers is None):
         give_up(held, lay, note)
         held = None
     if start_servers is None:
         return None, held
-    if held is not None:
+    if held is not None and held.serves:
         try:
             return start_servers(held), held
         except NotThisRun:
             give_up(held, lay, note)
-    return start_servers(), None
+            held = None
+    return start_servers(), held
 
 
 def give_up(held: Warm, lay: Layout, note: dict) -> None:

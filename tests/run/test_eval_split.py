@@ -203,3 +203,62 @@ def test_the_model_server_imports_the_repo_s_flat_modules_and_its_source_roots(t
         subprocess.run(cmd, cwd=proj, check=True, env=git_env())
     m = _run(proj)
     assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), m["reason"]
+
+
+SLOW_TRAIN = TRAIN.replace("import json, os\n", "import json, os, sys, time\ntime.sleep(2)\n") + '''
+open(os.path.join(os.environ["AUTORESEARCH_OUT"], "ended"), "w").write(repr(time.time()))
+sys.exit(int(os.environ.get("FAIL", "0")))
+'''
+WHEN = "import sys, time\nprint(f'PROBE model imported at {time.time()!r}', file=sys.stderr, flush=True)\n"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True])
+def test_the_split_s_servers_warm_up_with_train_and_run_agent_code_only_after_it(tmp_path, bwrap_available, fail):
+    """The model servers start (and import torch) while TRAIN trains: agent code in them runs only
+    once TRAIN has ended ok, and never when it failed (they hang up after their warm-up)."""
+    from autoresearch.inside.protocol import AGENT_STARTS
+    from autoresearch.run.startup import WARMED
+    proj = clip_repo(tmp_path, model=WHEN + MODEL)
+    (proj / "train.py").write_text(SLOW_TRAIN)
+    if fail:
+        (proj / "program.md").write_text((proj / "program.md").read_text().replace("env: {", "env: {FAIL: '1', "))
+    subprocess.run(["git", "commit", "-qam", "slow"], cwd=proj, check=True, env=git_env())
+    p = run_sh(proj, "-m", "warm split", "--backend", "bwrap", timeout=240)
+    m = metrics(proj, "0001")
+    printed = eval_log(proj, "0001").read_text()
+    assert printed.count(WARMED) == 2, printed                      # both servers warmed up, with TRAIN
+    if fail:
+        assert m["status"] == "crash" and "PROBE model imported" not in printed, (m, printed)
+        assert AGENT_STARTS not in printed
+        return
+    assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), (m["reason"], p.stdout, printed)
+    ended = float((proj / "runs" / "0001" / "out" / "ended").read_text())
+    imported = [float(line.split(" at ")[1]) for line in printed.splitlines() if "PROBE model imported at" in line]
+    assert len(imported) == 2 and min(imported) > ended, (imported, ended)
+    assert printed.index(WARMED) < printed.index(AGENT_STARTS)
+    assert m["eval_seconds"] < 2 + 5, m                              # from GO: not the servers' warm-up
+
+
+@pytest.mark.slow
+def test_a_warm_train_runs_beside_the_split_s_fresh_servers(tmp_path, bwrap_available):
+    """AUTORESEARCH_WARM=1 holds TRAIN alone for the evaluator split (its servers are never held):
+    the next run takes the warm TRAIN and starts its servers with it, scored as a cold run is."""
+    import time
+    from autoresearch.run.warm import discard_all, warm_root
+    proj = clip_repo(tmp_path)
+    try:
+        assert run_sh(proj, "-m", "cold", "--backend", "bwrap", timeout=240, AUTORESEARCH_WARM="1").returncode == 0
+        end = time.monotonic() + 60
+        root = warm_root(proj.resolve())
+        while time.monotonic() < end and not any(
+                "done before this run was asked for" in (d / "train.log").read_text(errors="replace")
+                for d in (root.iterdir() if root.is_dir() else []) if (d / "train.log").is_file()):
+            time.sleep(0.2)                                        # the holder's TRAIN has warmed up
+        p = run_sh(proj, "-m", "warm", "--backend", "bwrap", timeout=240, AUTORESEARCH_WARM="1")
+        m = metrics(proj, "0002")
+        assert (m["status"], m["metric_value"]) == ("ok", (N - 2) / N), (m["reason"], p.stdout, p.stderr)
+        assert "warm_waited_seconds" in m["extra"] and "not used" not in m["extra"].get("warm", ""), m["extra"]
+        assert m["extra"]["eval_servers"] == 2
+    finally:
+        discard_all(proj.resolve())

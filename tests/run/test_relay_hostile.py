@@ -32,9 +32,12 @@ def _header(arrays: list[dict] | str) -> bytes:
 
 
 def _serve(answer, rfd: int, wfd: int) -> None:
-    """A fake model server: READY, then `answer(inputs)` bytes for each request."""
+    """A fake model server: GO awaited (as the real one does), READY, then `answer(inputs)` bytes
+    for each request."""
     with open(rfd, "rb", buffering=0) as r, open(wfd, "wb", buffering=0) as w:
         try:
+            if not P.wait_go(r):
+                return
             w.write(P.message(P.READY, "{}"))
             while r.read(4):
                 w.write(answer(P.read_arrays(r, 1 << 30)))
@@ -46,6 +49,7 @@ def drive(*answers, checks: float = 0.0, limit: int = 1 << 20, compare: dict | N
     """One request of a (4, 3) float batch through a real Relay to fake servers; (relay, the
     tag the script got back)."""
     relay = Relay(checks=checks, servers=len(answers), limit=limit, wait_s=10, compare=compare or {})
+    relay.go.set()                                   # TRAIN ended ok: the servers may load the model
     threads, ends = [], []
     for k, answer in enumerate(answers):
         to_srv, to_relay = os.pipe(), os.pipe()
@@ -244,3 +248,22 @@ def test_undeclared_outputs_are_held_by_both_scales():
     assert relay.verdict is not None and "differently when asked again" in relay.verdict.reason
     relay, _ = drive(tiny(5e-6), tiny(5e-6), checks=1.0)               # answered the same: fine
     assert relay.verdict is None, relay.verdict
+
+
+def test_without_go_a_server_gets_nothing_and_an_abort_hangs_up():
+    """Started with TRAIN, a server waits: the relay writes nothing to it until GO, and when TRAIN
+    fails (aborted) the session ends without GO, so the server never imports agent code."""
+    relay = Relay(servers=1, wait_s=10)
+    to_srv, to_relay = os.pipe(), os.pipe()
+    w, r = open(to_srv[1], "wb", buffering=0), open(to_relay[0], "rb", buffering=0)
+    talk = threading.Thread(target=relay.server_session(0), args=(w, r), daemon=True)
+    talk.start()
+    assert not select.select([to_srv[0]], [], [], 0.3)[0]          # nothing before GO
+    relay.aborted = True
+    talk.join(5)
+    assert not talk.is_alive() and relay.srv[0].ready.is_set()
+    w.close()                                                      # the sandbox's end of the session
+    with open(to_srv[0], "rb", buffering=0) as srv:
+        assert P.wait_go(srv) is False                             # the server exits before agent code
+    r.close()
+    os.close(to_relay[1])
