@@ -262,3 +262,14 @@ def test_a_warm_train_runs_beside_the_split_s_fresh_servers(tmp_path, bwrap_avai
         assert m["extra"]["eval_servers"] == 2
     finally:
         discard_all(proj.resolve())
+
+
+@pytest.mark.slow
+def test_final_scores_a_split_run_with_servers_started_then(tmp_path, bwrap_available):
+    """`final` starts the split's servers itself (no TRAIN to start with) and tells them GO at once."""
+    from autoresearch.cli.final import score_run
+    from autoresearch.program import load_program
+    proj = clip_repo(tmp_path, model=WHEN + MODEL)
+    assert _run(proj)["status"] == "ok"
+    s = score_run(proj, load_program(proj), "0001", backend="bwrap")
+    assert (s.status, s.value) == ("ok", (N - 2) / N), s
