@@ -25,6 +25,7 @@ from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec, Session
 from .evalcmd import METRIC_FILE, ScriptRun, eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric
 from .interpreter import interpreter_mounts, resolve
+from .logs import servers_warmed
 from ..record import inside
 from .outcome import Wording, ladder
 from .relay import Relay
@@ -141,14 +142,7 @@ class SplitServers:
             remove_work_copy(Path(spec.cwd))
 
     def warmed(self) -> bool:
-        """Are the servers past their warm-up (or ended)? Read from their log, which only trusted
-        code (startup.py) writes before GO."""
-        from .startup import WARMED
-        try:
-            n = self.log.read_bytes().count(WARMED.encode())
-        except OSError:
-            n = 0
-        return n >= len(self.threads) or not all(t.is_alive() for t in self.threads)
+        return servers_warmed(self.log, self.threads)
 
     def finish(self, go: bool) -> tuple[SandboxResult | None, dict]:
         """GO, or (go=False) hang up: the servers exit without running agent code. Waits for them

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..sandbox import SandboxResult
 from .inputs import load_prepare
 from ..record import RunMetrics, new_log
-from .logs import EVAL_BANNER, append_log
+from .logs import EVAL_BANNER, append_log, servers_warmed
 from .evalstage import EvalJob
 from .outcome import eval_outcome
 from .specs import ServerSlot, StageInputs, eval_spec
@@ -80,14 +80,7 @@ class Servers:
             self.scorer.aborted = True
 
     def warmed(self) -> bool:
-        """Are both servers past their warm-up (or ended)? Read from their log, which only trusted
-        code (startup.py) writes before GO."""
-        from .startup import WARMED
-        try:
-            n = self.log.read_bytes().count(WARMED.encode())
-        except OSError:
-            n = 0
-        return n >= len(self.threads) or not all(t.is_alive() for t in self.threads)
+        return servers_warmed(self.log, self.threads)
 
     def _remove(self) -> None:
         for spec in self.specs:                        # no writable storage outlives a model server

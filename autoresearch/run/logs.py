@@ -42,3 +42,14 @@ def steps_per_second(log: Path, train_seconds: float | None) -> float | None:
         return None
     steps = [int(m.group(1)) for m in STEP_LINE.finditer(text)]
     return round(steps[-1] / train_seconds, 3) if steps else None
+
+
+def servers_warmed(log: Path, threads: list) -> bool:
+    """Are model servers started with TRAIN past their warm-up (or ended)? Read from their log, in
+    which only trusted code (startup.py: one WARMED line each) writes before GO."""
+    from .startup import WARMED
+    try:
+        n = log.read_bytes().count(WARMED.encode())
+    except OSError:
+        n = 0
+    return n >= len(threads) or not all(t.is_alive() for t in threads)

@@ -31,7 +31,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from ..inside import protocol as P
-from .scorer import EvalEnded
+from .scorer import EvalEnded, gate
 
 # After READY the server may have seen held-out inputs, and every reason reaches the agent: what a
 # server says or sends then passes only as fixed text (an exception type only if a known one).
@@ -123,15 +123,11 @@ class Relay:
         def talk(w: BinaryIO, r: BinaryIO) -> None:
             s = self.srv[k]
             try:
-                while not self.go.wait(0.05):
-                    if self.aborted:
-                        return
-                if self.aborted:
+                got = gate(self.go, lambda: self.aborted, w)
+                if got == "abort":
                     return
-                try:
-                    P.write_all(w, P.GO)
-                except OSError:                          # it died warming up: its sandbox says why
-                    raise P.ProtocolError("it ended during its warm-up") from None
+                if got == "dead":                        # it died warming up: its sandbox says why
+                    raise P.ProtocolError("it ended during its warm-up")
                 tag = P.read_exact(r, 4)
                 if tag == P.READY:
                     P.read_message_body(r)

@@ -39,7 +39,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -162,6 +162,22 @@ class Part:
     done: bool = False
 
 
+def gate(go: threading.Event, aborted: Callable[[], bool], w: BinaryIO) -> str:
+    """Hold a model server's session until `go` (TRAIN ended ok, its checkpoint final): "go" once
+    GO is written; "abort" when the run was aborted first (the session hangs up, and the server
+    exits before agent code); "dead" when the server had already ended (its sandbox says why)."""
+    while not go.wait(0.05):
+        if aborted():
+            return "abort"
+    if aborted():
+        return "abort"
+    try:
+        P.write_all(w, P.GO)
+    except OSError:
+        return "dead"
+    return "go"
+
+
 @dataclass
 class Scorer:
     """One evaluation. `session(k)` is server k's stdio session (run them concurrently, one
@@ -194,15 +210,10 @@ class Scorer:
         def talk(wfile: BinaryIO, rfile: BinaryIO) -> None:
             part = self.parts[k]
             try:
-                while not self.go.wait(0.05):
-                    if self.aborted:
-                        return
-                if self.aborted:
-                    return
-                try:
-                    P.write_all(wfile, P.GO)
-                except OSError:                          # it died warming up: its sandbox says why
+                got = gate(self.go, lambda: self.aborted, wfile)
+                if got == "dead":
                     part.hangup = "the model server exited before its model was loaded"
+                if got != "go":
                     return
                 t0 = time.monotonic()
                 self._run(k, part, wfile, rfile, t0)
