@@ -84,7 +84,8 @@ def measure_command(job: EvalJob) -> tuple[SandboxResult, str, str | None, float
 def measure_split(job: EvalJob) -> tuple[SandboxResult, str, str | None, float | None, dict]:
     """eval.command without the project, its model() served by the agent's code (evalsplit.py)."""
     assert job.frozen is not None and job.log is not None
-    return run_split(job.inputs, job.frozen, job.log, job.stage, job.servers)   # type: ignore[arg-type]
+    servers = job.servers if isinstance(job.servers, SplitServers) else None     # started with TRAIN, or now
+    return run_split(job.inputs, job.frozen, job.log, job.stage, servers)
 
 
 def evalcmd_stage(job: EvalJob, m: RunMetrics) -> tuple[str, str | None, int | None]:
