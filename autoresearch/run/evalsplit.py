@@ -25,7 +25,7 @@ from ..program import Program
 from ..sandbox import Backend, Mount, SandboxResult, SandboxSpec, Session
 from .evalcmd import METRIC_FILE, ScriptRun, eval_argv, evalcmd_outcome, frozen_mounts, metric_channel, read_metric
 from .interpreter import interpreter_mounts, resolve
-from .logs import servers_warmed
+from .logs import join_servers, servers_warmed
 from ..record import inside
 from .outcome import Wording, ladder
 from .relay import Relay
@@ -158,16 +158,11 @@ class SplitServers:
         return None, {}
 
     def join(self) -> None:
-        try:
-            for t in self.threads:
-                while t.is_alive():
-                    t.join(0.1)
-        except BaseException:                          # Ctrl-C: the sessions hang up; the servers end
+        def hang_up() -> None:
             self.relay.aborted = True
             self.relay.done.set()
-            for t in self.threads:
-                t.join()
-            raise
+        try:
+            join_servers(self.threads, hang_up)
         finally:
             self._remove()
         if self.errors:

@@ -15,7 +15,7 @@ from pathlib import Path
 from ..sandbox import SandboxResult
 from .inputs import load_prepare
 from ..record import RunMetrics, new_log
-from .logs import EVAL_BANNER, append_log, servers_warmed
+from .logs import EVAL_BANNER, append_log, join_servers, servers_warmed
 from .evalstage import EvalJob
 from .outcome import eval_outcome
 from .specs import ServerSlot, StageInputs, eval_spec
@@ -97,14 +97,7 @@ class Servers:
                 spec.session_grace_s = 0.0
             self.scorer.aborted = True
         try:
-            for t in self.threads:
-                while t.is_alive():
-                    t.join(0.1)
-        except BaseException:                          # Ctrl-C: the sessions hang up; the servers end
-            self.scorer.aborted = True
-            for t in self.threads:
-                t.join()
-            raise
+            join_servers(self.threads, lambda: setattr(self.scorer, "aborted", True))
         finally:
             self._remove()
         if self.errors:

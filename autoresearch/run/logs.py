@@ -53,3 +53,17 @@ def servers_warmed(log: Path, threads: list) -> bool:
     except OSError:
         n = 0
     return n >= len(threads) or not all(t.is_alive() for t in threads)
+
+
+def join_servers(threads: list, hang_up) -> None:
+    """Wait for the model servers' threads; on Ctrl-C, `hang_up()` (their sessions end, so do
+    the servers), wait for them all the same, and re-raise."""
+    try:
+        for t in threads:
+            while t.is_alive():
+                t.join(0.1)
+    except BaseException:
+        hang_up()
+        for t in threads:
+            t.join()
+        raise
