@@ -137,7 +137,7 @@ def full_overhead(name: str, budget: float, proj: Path, think: float | None = No
     # servers' load overlaps TRAIN once they are warmed early, so it is counted as it waits).
     parts = {"run.sh + runner start-up (before the run's clock)": wall - total,
              "runner: prepare, diff, work copies, records": total - train - ev_wall - servers_warm,
-             "TRAIN trusted warm-up (interpreter, torch)": startup,
+             "TRAIN trusted warm-up (interpreter, torch; cold: the work copies and servers' start beside it)": startup,
              "warm: GO waited for the model servers' warm-up": servers_warm,
              "TRAIN agent code past the budget (save, exit)": agent - budget,
              "TRAIN sandbox start + tear-down": train - startup - agent,

@@ -8,6 +8,7 @@ the result is signed into runs/NNNN/metrics.json and summarised for the agent.
     main          ./run.sh's command line: one run, --queue, --wait
     scheduler     the local executor: up to executor.slots runs at once, one per GPU or CPU share
     inputs        budget, seed, prepare.py and the data, the evaluator's version, diff.patch
+    trainstage    the TRAIN stage: a cold one starts first, its work copy filled as it warms up
     specs         each stage's sandbox: mounts, environment; stage_spec, the one SandboxSpec builder (limits)
     evaluate      the EVAL stage: two model servers and the scorer
     outcome       the one outcome ladder: sandbox result (+ scorer result) -> status, reason

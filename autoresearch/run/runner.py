@@ -43,29 +43,24 @@ from ..fsclean import remove_tree
 from .. import registry
 from ..program import ConfigError, Program, load_program
 from ..program.sections import save_margin
-from ..sandbox import NONE_WARNING, Backend, SandboxSpec, SandboxUnavailable, choose_backend, selected_gpus
+from ..sandbox import NONE_WARNING, Backend, SandboxUnavailable, choose_backend, selected_gpus
 from .evalcmd import evaluator_id, frozen_code
-from .evalstage import EvalJob, WarmServers, eval_stage, evaluator_of
+from .evalstage import EvalJob, eval_stage, evaluator_of
 from ..record import (AGENT_CLOCK, Fingerprint, HarnessError, LOG_FILE, Layout, RUNNING, RunMetrics, allocate_run_dir,
-                      clean_out, data_version, device_class, hold_running, host_check, mark_holder, program_code,
+                      data_version, device_class, hold_running, host_check, mark_holder, program_code,
                       run_lock, signing_key, snapshot_files, snapshot_of, sweep_scratch)
-from .gpu import GpuPeak
 from .inputs import branch_head, data_folder, derive_seed, evaluator_version, resolve_budget, write_diff
-from .logs import append_log, steps_per_second
-from .outcome import INLINE_WARNING, inline_outcome, train_status
+from .logs import steps_per_second
+from .outcome import INLINE_WARNING, inline_outcome
 from .progress import live_progress
 from .interpreter import InterpreterError, resolve
-from .specs import StageInputs, base_env, gpu_request, python_of, repo_env, train_argv, train_spec
+from .specs import StageInputs, base_env, gpu_request, repo_env
 from . import warm
-from .workcopy import read_only_hint, remove_work_copy, work_copy
+from .trainstage import Beside, gb as _gb, train_sandbox, train_stage
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
-
-
-def _gb(n: int | float | None) -> float | None:
-    return None if n is None else round(n / 2**30, 3)
 
 
 @contextlib.contextmanager
@@ -310,14 +305,15 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
     built-in evaluator's model servers start with TRAIN (their warm-up overlaps it) and import agent
     code only once TRAIN has ended ok (evaluate.Servers)."""
     sandbox, program, lay, data, env = inp.sandbox, inp.program, inp.lay, inp.data, inp.env
-    job, held = _warm_start(EvalJob(sandbox, program, lay, env, data=data, frozen=frozen), inp, budget, inline,
-                            m, held)
+    job = EvalJob(sandbox, program, lay, env, data=data, frozen=frozen)
+    beside = _beside(job, inp, budget, inline, m, held)
     try:
-        status, reason, host_peak = _train(inp, budget, inline, m, held, job.servers)
+        status, reason, host_peak = train_stage(inp, budget, inline, m, beside)
     except BaseException:
-        if job.servers is not None:
-            job.servers.finish(go=False)
+        if beside.servers is not None:
+            beside.servers.finish(go=False)
         raise
+    job = replace(job, servers=beside.servers)
     m.mode = program.run.mode
     if inline:
         status, reason, value = inline_outcome(status, reason, lay.log, program.run.metric_regex)
@@ -340,60 +336,14 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
         m.metric_value = None
 
 
-def _warm_start(job: EvalJob, inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
-                held: warm.Warm | None) -> tuple[EvalJob, warm.Warm | None]:
-    """The evaluator's model servers (the built-in's, the split's), started with TRAIN (their warm-up overlaps it), and
-    a warm run's holder checked (warm.start_stages). Returns (the job, the holder still in use)."""
+def _beside(job: EvalJob, inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
+            held: warm.Warm | None) -> Beside:
+    """What runs beside TRAIN: a warm run's holder, checked (warm.start_stages), and what gives the
+    evaluator's model servers (the built-in's, the split's), whose warm-up overlaps TRAIN's."""
     ev = evaluator_of(inp.program)
     warmer = None if inline or ev.data and inp.data is None else ev.warm
     start = registry.function(warmer) if warmer else None
     train_s = max(inp.program.budget.grace_seconds, 1.0) + budget + save_margin(budget)
-    servers, held = warm.start_stages(held, inp.lay, lambda work: train_sandbox(inp, budget, inline, work)[2],
-                                      None if start is None else lambda *h: start(job, train_s, *h), m.extra)
-    return replace(job, servers=servers), held
-
-
-def train_sandbox(inp: StageInputs, budget: float, inline: bool, work: Path) -> tuple[bool, list[str], SandboxSpec]:
-    """TRAIN's command and sandbox in the work copy `work`: (is it run.command's own, argv, spec)."""
-    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
-    own = inline or evaluator_of(program).script and bool(program.run.command)   # run.command, not the script
-    argv = train_argv(python_of(sandbox, program, lay.root), program, lay, own, where=work)
-    return bool(own), argv, train_spec(inp, budget, argv, work)
-
-
-def _train(inp: StageInputs, budget: float, inline: bool, m: RunMetrics, held: warm.Warm | None = None,
-           servers: WarmServers | None = None) -> tuple[str, str | None, int | None]:
-    """The TRAIN stage; fills m's train fields. Returns (status, reason, the host's peak memory in bytes)."""
-    sandbox, program, lay = inp.sandbox, inp.program, inp.lay
-    work = work_copy(lay, "train", in_place=held is not None)   # a holder's sandbox mounts it: filled in place
-    own, argv, spec = train_sandbox(inp, budget, inline, work)
-    gpus = [d.index for d in selected_gpus(spec.gpus, spec.env)]
-    try:
-        with GpuPeak(gpus) as gpu:
-            if held is None:
-                res = warm.run_cold(sandbox, spec, lay, servers)
-            else:
-                res, more = held.run(lay, spec, lay.script_copy.read_bytes(), servers)
-                m.extra.update(more)
-    finally:
-        remove_work_copy(work)                        # what TRAIN wrote into its tree ends with it
-    m.train_seconds = round(res.wall_seconds, 3)
-    m.agent_seconds = None if res.agent_seconds is None else round(res.agent_seconds, 3)
-    if res.startup_seconds is not None:
-        m.extra["startup_seconds"] = round(res.startup_seconds, 3)   # the trusted warm-up: not counted
-    m.extra["save_margin_seconds"] = round(save_margin(budget), 3)
-    m.extra["limits"] = res.limits
-    m.train_exit_code = res.exit_code
-    m.gpu_peak_gb = _gb(gpu.peak_bytes)
-    m.device = "cuda" if gpus else "cpu"
-    what = " ".join(Path(a).name if i == 0 else a for i, a in enumerate(argv[:3])) if own else lay.script
-    status, reason = train_status(res, program, budget, lay.log, what)
-    if status == "crash" and reason:
-        reason += read_only_hint(lay, reason)
-    if res.log_cut_bytes:
-        m.extra["log_cut_bytes"] = res.log_cut_bytes
-    if removed := clean_out(lay.out):
-        m.extra["out_removed"] = ", ".join(removed)[:500] + (f" ({len(removed)} entries)" if len(removed) > 1 else "")
-        append_log(lay.log, f"\n[autoresearch: removed from out/ (only regular files and folders are kept): "
-                            f"{m.extra['out_removed']}]\n")
-    return status, reason, res.peak_memory_bytes
+    give, held = warm.start_stages(held, inp.lay, lambda work: train_sandbox(inp, budget, inline, work)[2],
+                                   None if start is None else lambda *h: start(job, train_s, *h), m.extra)
+    return Beside(held, give)  # type: ignore[arg-type]

@@ -36,9 +36,9 @@ from ..sandbox import Backend, GpuRequest, Mount, SandboxSpec, SandboxUnavailabl
 from .inputs import load_prepare
 from .interpreter import interpreter_mounts, resolve
 from ..inside.protocol import AGENT_STARTS
-from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, private_dir, state_id
+from ..record import CHECKPOINT, RUNS_DIR, Layout, inside, state_id
 from .startup import MARKER
-from .workcopy import work_copy
+from .workcopy import empty_work, work_copy
 
 EVAL_NAME = "eval"              # the model servers' and eval.command's folder names, in EVAL and in final alike
 STARTUP = Path(__file__).resolve().with_name("startup.py")
@@ -286,8 +286,7 @@ def eval_spec(inp: StageInputs, slot: ServerSlot) -> SandboxSpec:
     program, lay = inp.program, inp.lay
     pkg_mounts, pkg_path = package_mount()
     if slot.work == "empty":
-        work = private_dir(lay.scratch / "work") / f"{EVAL_NAME}-{slot.k}"
-        work.mkdir()
+        work = empty_work(lay, f"{EVAL_NAME}-{slot.k}")
     else:
         work = work_copy(lay, f"{EVAL_NAME}-{slot.k}", in_place=slot.work == "fill")
     mounts, env = shared_mounts(inp, slot.stage, SERVER, inp.data)

@@ -55,16 +55,23 @@ WARMED = "[autoresearch: warm-up"      # a model server's line once its warm-up 
 GO_FILE = "go.json"
 GO_ENV = ("AUTORESEARCH_SEED",)         # what differs between one warm run and the next: nothing else may
 GO_POLL_S = 0.005
+OFF = "off"                             # go.json {"off": true}: end before agent code (trainstage.py)
+CALLED_OFF = 3
 
 
 def wait_for_go(go_dir: str) -> None:
     """Block until the runner's GO_DIR/go.json exists (it is renamed into place whole), then take
-    the run's own values of GO_ENV from it. Anything else in it is ignored."""
+    the run's own values of GO_ENV from it, or exit when it calls the run off. Anything else in it
+    is ignored."""
     path = os.path.join(go_dir, GO_FILE)
     while not os.path.exists(path):
         time.sleep(GO_POLL_S)
     with open(path, encoding="utf-8") as f:
-        env = json.load(f).get("env", {})
+        go = json.load(f)
+    if go.get(OFF) is True:                     # the runner's set-up failed: no agent code at all
+        sys.stderr.write("[autoresearch: the runner called this run off before agent code]\n")
+        sys.exit(CALLED_OFF)
+    env = go.get("env", {})
     for k in GO_ENV:
         if isinstance(env.get(k), str):
             os.environ[k] = env[k]

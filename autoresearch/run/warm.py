@@ -33,7 +33,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -42,7 +41,7 @@ from .. import ledger
 from ..fsclean import remove_tree
 from ..record import Layout, clean_out, private_dir, reserve_run_id, take_run_id
 from ..sandbox import SandboxResult, SandboxSpec, give_writable, pid_alive
-from .warmspec import Staged, gated, send_go, spec_key, staged, train_work, warm_root, warmed
+from .warmspec import Staged, send_go, spec_key, staged, train_work, warm_root, warmed
 
 WARM_ENV = "AUTORESEARCH_WARM"              # "1": warm the next run's TRAIN
 IDLE_ENV = "AUTORESEARCH_WARM_IDLE_S"
@@ -241,37 +240,6 @@ class Warm:
         remove_tree(self.st.dir)
 
 
-GATE_SHARE = 0.8      # a cold TRAIN's GO waits for the model servers at most this share of its grace
-
-
-def run_cold(sandbox, spec: SandboxSpec, lay: Layout, servers) -> SandboxResult:
-    """A cold TRAIN. Beside the model servers (`servers`: evalstage.WarmServers) its start-up
-    waits, after its own warm-up, until theirs is over too, as a warm run's GO does: no warm-up
-    takes the budget's CPU, warm or cold alike. It waits at most GATE_SHARE of its grace, so a
-    slow server never gets TRAIN killed for its start-up."""
-    if servers is None:
-        return sandbox.run(spec)
-    go = lay.scratch / "go"
-    go.mkdir(mode=0o755)
-    go.chmod(0o755)                                  # (whatever the umask): the sandbox user reads it
-    spec = gated(spec, go)
-    done = threading.Event()
-
-    def release() -> None:
-        end = time.monotonic() + spec.startup_s * GATE_SHARE
-        while not done.is_set() and not servers.warmed() and time.monotonic() < end:
-            time.sleep(POLL_S)
-        send_go(go, spec)
-
-    t = threading.Thread(target=release, daemon=True)
-    t.start()
-    try:
-        return sandbox.run(spec)
-    finally:
-        done.set()
-        t.join()
-
-
 def hold_or_refresh(held: Warm | None, lay: Layout) -> None:
     """A cold run holds its scratch; a warm one's holder holds it, and gets the run's snapshot."""
     if held is None:
@@ -288,24 +256,24 @@ def end(held: Warm | None) -> None:
 
 
 def start_stages(held: Warm | None, lay: Layout, train_spec: Callable[[Path], SandboxSpec],
-                 start_servers: Callable[..., object] | None, note: dict) -> tuple[object, Warm | None]:
-    """A run's model servers (`start_servers()`, or with the holder's: `start_servers(held)`) and
-    the holder still in use: it is given up (the run starts cold) unless its TRAIN sandbox is the
-    one `train_spec(work)` builds and the model servers it holds, if any, are the run's. A holder of
-    TRAIN alone (the evaluator split's servers are never held) is kept, its servers started now."""
+                 start_servers: Callable[..., object] | None, note: dict) -> tuple[Callable[[], object] | None, Warm | None]:
+    """What gives the run's model servers (None: it has none), and the holder still in use. The
+    holder is given up (the run starts cold) unless its TRAIN sandbox is the one `train_spec(work)`
+    builds and the model servers it holds, if any, are the run's: those are taken now
+    (`start_servers(held)`). A holder of TRAIN alone (the evaluator split's servers are never
+    held) is kept, its servers started now. A cold run's start beside its TRAIN (trainstage.py)."""
     work = train_work(lay)
     if held is not None and (not held.fits(train_spec(work), lay, work) or held.serves and start_servers is None):
         give_up(held, lay, note)
         held = None
-    if start_servers is None:
-        return None, held
-    if held is not None and held.serves:
-        try:
-            return start_servers(held), held
-        except NotThisRun:
-            give_up(held, lay, note)
-            held = None
-    return start_servers(), held
+    if start_servers is None or held is None:
+        return start_servers, held
+    try:
+        servers = start_servers(held) if held.serves else start_servers()
+    except NotThisRun:
+        give_up(held, lay, note)
+        return start_servers, None
+    return (lambda: servers), held
 
 
 def give_up(held: Warm, lay: Layout, note: dict) -> None:

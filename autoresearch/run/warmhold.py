@@ -26,7 +26,8 @@ from ..fsclean import remove_tree
 from ..record import RUNS_DIR, Layout, new_log, private_dir
 from ..sandbox import SandboxResult, SandboxSpec
 from .evalstage import evaluator_of
-from .runner import RunOptions, prepare, train_sandbox
+from .runner import RunOptions, prepare
+from .trainstage import train_sandbox
 from .specs import ServerSlot, StageInputs, base_env, eval_spec, repo_env
 from .warm import idle_s
 from .warmspec import Staged, spec_key, staged, warm_root, warmed

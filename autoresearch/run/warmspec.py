@@ -10,7 +10,7 @@ from pathlib import Path
 from ..atomic import write_atomic
 from ..record import Layout, state_folder
 from ..sandbox import Mount, SandboxSpec
-from .startup import GO_ENV, GO_FILE
+from .startup import GO_ENV, GO_FILE, OFF
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +60,11 @@ def gated(spec: SandboxSpec, go: Path, wait_s: float = 0.0, mode: str = "gate") 
 def send_go(go: Path, spec: SandboxSpec) -> None:
     """GO for a gated TRAIN: go.json, carrying the run's own values of startup.GO_ENV."""
     write_atomic(go / GO_FILE, json.dumps({"env": {k: spec.env[k] for k in GO_ENV if k in spec.env}}), mode=0o644)
+
+
+def call_off(go: Path) -> None:
+    """A gated TRAIN's start-up ends without running agent code (the runner's set-up failed)."""
+    write_atomic(go / GO_FILE, json.dumps({OFF: True}), mode=0o644)
 
 
 def warmed(spec: SandboxSpec, lay: Layout, st: Staged, wait_s: float) -> SandboxSpec:

@@ -31,6 +31,17 @@ LEFT_OUT = {RUNS_DIR, ".git", STATE_DIR}     # never in a work copy, not even as
 LINK_OVER = 64 << 20                         # a tracked blob this big is linked read-only, not copied
 
 
+def empty_work(lay: Layout, name: str) -> Path:
+    """A stage's work copy as a new empty folder, for a sandbox started before it is filled (a warm
+    holder's, a cold TRAIN's: trainstage.py); work_copy(in_place=True) fills it."""
+    dest = lay.scratch / "work" / name
+    if dest.exists() or dest.is_symlink():
+        remove_work_copy(dest)
+    private_dir(dest.parent)
+    dest.mkdir()
+    return dest
+
+
 def work_copy(lay: Layout, name: str, in_place: bool = False) -> Path:
     """A fresh writable copy of the project snapshot for one stage (`train`, `eval-0`, ...), at
     <state>/runs/NNNN/work/<name>, outside the project. `in_place`: into that folder as it is (a
@@ -40,10 +51,7 @@ def work_copy(lay: Layout, name: str, in_place: bool = False) -> Path:
         if dest.is_symlink() or not dest.is_dir() or any(dest.iterdir()):
             raise RuntimeError(f"{dest} is not an empty folder: cannot fill it as a work copy")
     else:
-        if dest.exists() or dest.is_symlink():
-            remove_work_copy(dest)
-        private_dir(dest.parent)
-        dest.mkdir()
+        empty_work(lay, name)
     if lay.base is None:                       # fixed by the first stage: every stage copies one tree
         lay.base = head_commit(lay.root) or ""
     if lay.base:
