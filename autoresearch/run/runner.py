@@ -56,7 +56,7 @@ from .progress import live_progress
 from .interpreter import InterpreterError, resolve
 from .specs import StageInputs, base_env, gpu_request, repo_env
 from . import warm
-from .trainstage import Beside, gb as _gb, train_sandbox, train_stage
+from .trainstage import Beside, gb, train_sandbox, train_stage
 
 
 def _now() -> datetime:
@@ -326,8 +326,8 @@ def _execute(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
             host_peak = max(host_peak or 0, eval_peak)
     elif job.servers is not None:
         job.servers.finish(go=False)
-    m.extra["host_peak_gb"] = _gb(host_peak)
-    m.peak_memory_gb = m.gpu_peak_gb if m.gpu_peak_gb is not None else _gb(host_peak)
+    m.extra["host_peak_gb"] = gb(host_peak)
+    m.peak_memory_gb = m.gpu_peak_gb if m.gpu_peak_gb is not None else gb(host_peak)
     m.status = status  # type: ignore[assignment]
     m.reason = reason
     if (bad := host_check(m)) is not None:           # the evaluator's checks again, outside its process

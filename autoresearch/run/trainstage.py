@@ -1,11 +1,12 @@
 """The TRAIN stage: its work copy, its sandbox and what the record keeps of it (runner.py runs it).
 
-A cold TRAIN beside the model servers starts first (issue 27). A run's critical path used to be: build the model servers (their specs and work copies), build
-TRAIN's work copy, and only then start TRAIN's sandbox, whose trusted warm-up (the interpreter,
-torch: 2-4 s) came last. Now TRAIN's sandbox starts with its work copy still empty, and while it
-warms up a set-up thread fills the work copy in place (as a warm holder's is, warm.py), gives it
-to the sandbox user, starts the model servers, and sends GO once their warm-up is over too, so
-no warm-up takes the budget's CPU, cold or warm alike.
+A cold TRAIN beside the model servers starts first (issue 27). A run's critical path used to be:
+build the model servers (their specs and work copies), build TRAIN's work copy, and only then
+start TRAIN's sandbox, whose trusted warm-up (the interpreter, torch: 2-4 s) came last. Now
+TRAIN's sandbox starts with its work copy still empty, and while it warms up a set-up thread
+fills the work copy in place (as a warm holder's is, warm.py), gives it to the sandbox user,
+starts the model servers, and sends GO once their warm-up is over too, so no warm-up takes the
+budget's CPU, cold or warm alike.
 
 No agent code runs before GO: the trusted start-up (startup.py `gate`) waits for go/go.json in a
 read-only folder, and go.json is written only once the work copy is complete. If the set-up fails,
@@ -15,7 +16,6 @@ the set-up's error is then the run's.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -30,12 +30,11 @@ from .gpu import GpuPeak
 from .logs import append_log
 from .outcome import train_status
 from .specs import StageInputs, python_of, train_argv, train_spec
-from .warmspec import call_off, gated, send_go
+from .warmspec import await_warm_up, call_off, gated, send_go
 from .workcopy import empty_work, read_only_hint, remove_work_copy, work_copy
 
 GATE_SHARE = 0.8      # GO waits for the model servers at most this share of TRAIN's grace
 SET_UP_S = 60.0       # the set-up's own allowance, on top of the grace (it takes about a second)
-POLL_S = 0.01
 
 
 def gb(n: int | float | None) -> float | None:
@@ -68,9 +67,7 @@ def run_cold(sandbox, spec: SandboxSpec, lay: Layout, fill: Callable[[], object]
             failed.append(e)
             call_off(go)
             return
-        end = time.monotonic() + grace * GATE_SHARE
-        while not done.is_set() and not servers.warmed() and time.monotonic() < end:
-            time.sleep(POLL_S)
+        await_warm_up(servers, grace * GATE_SHARE, done)
         send_go(go, spec)
 
     t = threading.Thread(target=set_up, name="train-set-up", daemon=True)
@@ -124,7 +121,8 @@ def train_stage(inp: StageInputs, budget: float, inline: bool, m: RunMetrics,
             elif held is None:
                 res = sandbox.run(spec)
             else:
-                started += [start()] if start is not None else []
+                if start is not None:
+                    started.append(start())             # the holder's servers, or fresh ones
                 res, more = held.run(lay, spec, lay.script_copy.read_bytes(), beside.servers)
                 m.extra.update(more)
     finally:

@@ -41,7 +41,7 @@ from .. import ledger
 from ..fsclean import remove_tree
 from ..record import Layout, clean_out, private_dir, reserve_run_id, take_run_id
 from ..sandbox import SandboxResult, SandboxSpec, give_writable, pid_alive
-from .warmspec import Staged, send_go, spec_key, staged, train_work, warm_root, warmed
+from .warmspec import Staged, await_warm_up, send_go, spec_key, staged, train_work, warm_root, warmed
 
 WARM_ENV = "AUTORESEARCH_WARM"              # "1": warm the next run's TRAIN
 IDLE_ENV = "AUTORESEARCH_WARM_IDLE_S"
@@ -192,8 +192,7 @@ class Warm:
         give_writable(spec)                          # the work copy just filled: the sandbox user's, as cold
         linked = _link(self.st.log, lay.log)
         t_ask = time.monotonic()
-        while servers is not None and not servers.warmed() and time.monotonic() < t_ask + spec.startup_s:
-            time.sleep(POLL_S)
+        await_warm_up(servers, spec.startup_s)
         t_go = time.monotonic()
         send_go(self.st.go, spec)
         try:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import threading
+import time
 from pathlib import Path
 
 from ..atomic import write_atomic
@@ -60,6 +62,16 @@ def gated(spec: SandboxSpec, go: Path, wait_s: float = 0.0, mode: str = "gate") 
 def send_go(go: Path, spec: SandboxSpec) -> None:
     """GO for a gated TRAIN: go.json, carrying the run's own values of startup.GO_ENV."""
     write_atomic(go / GO_FILE, json.dumps({"env": {k: spec.env[k] for k in GO_ENV if k in spec.env}}), mode=0o644)
+
+
+def await_warm_up(servers, within_s: float, stop: threading.Event | None = None) -> None:
+    """Until the model servers (evalstage.WarmServers; None: there are none) have warmed up, for
+    at most `within_s`, or until `stop` is set: GO waits for this, warm or cold alike, so no
+    warm-up takes the budget's CPU."""
+    end = time.monotonic() + within_s
+    while (servers is not None and not servers.warmed() and time.monotonic() < end
+           and not (stop is not None and stop.is_set())):
+        time.sleep(0.01)
 
 
 def call_off(go: Path) -> None:

@@ -62,25 +62,26 @@ def lay(tmp_path):
     return Lay
 
 
-def _fill(work: Path, took: float = 0.3):
+def _fill(work: Path, took: float = 0.3, done: list | None = None):
     def fill() -> None:
         time.sleep(took)                       # a work copy takes a while: the sandbox is already up
         (work / "train.py").write_text("print('agent')\n")
+        if done is not None:
+            done.append(time.monotonic())
     return fill
 
 
 def test_the_sandbox_starts_first_and_gets_go_after_the_work_copy_and_the_servers_warm_up(lay, tmp_path):
     work = tmp_path / "work"
-    sb, started = _Sandbox(work), []
-    t0 = time.monotonic()
+    sb, started, filled = _Sandbox(work), [], []
     servers = _Servers(0.0)
 
     def start():
         servers.ready_at = time.monotonic() + 0.4       # its warm-up starts when it is started
         return servers
 
-    assert run_cold(sb, _spec(work), lay, _fill(work), start, started) == "result"
-    assert sb.started_at - t0 < 0.2, "TRAIN's sandbox waited for the set-up"
+    assert run_cold(sb, _spec(work), lay, _fill(work, done=filled), start, started) == "result"
+    assert sb.started_at < filled[0], "TRAIN's sandbox waited for the set-up"
     assert sb.seen == ["train.py"], "GO before the work copy was complete"
     assert started == [servers] and sb.go_at >= servers.ready_at
     assert sb.go == {"env": {"AUTORESEARCH_SEED": "7"}}, "go.json carries the run's seed and nothing else"
@@ -112,9 +113,24 @@ def test_a_set_up_that_fails_calls_train_off_and_is_the_runs_error(lay, tmp_path
     assert sb.go == {startup.OFF: True} and started == []
 
 
-def _startup(go: Path, script: Path) -> subprocess.CompletedProcess:
+def _startup(go: Path, script: Path) -> subprocess.Popen:
     argv = [sys.executable, "-I", startup.__file__, "gate", str(go), "run", str(script)]
     return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _warmed_up(pid: int, timeout: float = 120.0) -> None:
+    """Until the process's CPU time stops growing (its warm-up is over; it polls for go.json)."""
+    def ticks() -> int:
+        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(f[11]) + int(f[12])
+    end, last = time.monotonic() + timeout, -100
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        now = ticks()
+        if now - last <= 5:                   # under 10% of a core: waiting, not importing
+            return
+        last = now
+    raise AssertionError("the start-up never settled")
 
 
 def test_the_real_start_up_runs_no_agent_code_when_called_off_and_the_script_after_go(tmp_path):
@@ -128,7 +144,7 @@ def test_the_real_start_up_runs_no_agent_code_when_called_off_and_the_script_aft
         go = tmp_path / f"go-{off}"
         go.mkdir()
         p = _startup(go, script)
-        time.sleep(0.3)
+        _warmed_up(p.pid)
         assert p.poll() is None and not ran.exists(), "agent code ran before GO"
         if off:
             call_off(go)
