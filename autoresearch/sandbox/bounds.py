@@ -20,6 +20,7 @@ class _StartClock:
     def __init__(self, marker: bytes | None):
         self.marker, self.at, self._tail = marker, None, b""
         self.lock = threading.Lock()
+        self.seen = threading.Event()            # set with `at`: the disk watch starts walking then
 
     def feed(self, chunk: bytes) -> None:
         if self.marker is None or self.at is not None:
@@ -28,6 +29,7 @@ class _StartClock:
             buf = self._tail + chunk
             if self.marker in buf:
                 self.at, self._tail = time.monotonic(), b""
+                self.seen.set()
             else:
                 self._tail = buf[-(len(self.marker) - 1):] if len(self.marker) > 1 else b""
 
@@ -137,17 +139,23 @@ class _DiskWatch:
     2-core machine. So the next poll comes when the headroom could first be gone at the fastest
     rates a sandbox can write (WRITE_BPS, NEW_FILES_PER_S), never later than MAX_INTERVAL_S and
     never sooner than INTERVAL_S: what a writer can put past the limit is what it writes in
-    INTERVAL_S, as it was with a fixed 50 ms."""
+    INTERVAL_S, as it was with a fixed 50 ms.
+
+    With a start clock whose marker the trusted start-up prints (TRAIN, the model servers), the
+    walks begin at the marker: until then only the trusted warm-up runs, and a model server waits
+    out the whole of TRAIN (a warm holder, the agent's thinking) before it, so its walks took
+    CPU from the training for nothing. The first walk comes as the marker is seen."""
     INTERVAL_S = 0.05
     MAX_INTERVAL_S = 1.0
     WRITE_BPS = 8 << 30             # faster than a page cache fills on the machines we run on
     NEW_FILES_PER_S = 200_000       # new files a second, likewise (an entry past MAX_ENTRIES is over)
     MAX_ENTRIES = 200_000
 
-    def __init__(self, spec: SandboxSpec, kill) -> None:
+    def __init__(self, spec: SandboxSpec, kill, clock: _StartClock | None = None) -> None:
         self.limit = spec.disk_bytes
         self.paths = [Path(m.source) for m in spec.mounts if m.writable and Path(m.source).is_dir()]
         self.kill, self.exceeded, self.polls = kill, False, 0
+        self.clock = clock if clock is not None and clock.marker is not None else None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -159,6 +167,11 @@ class _DiskWatch:
 
     def _run(self) -> None:
         wait = self.INTERVAL_S
+        if self.clock is not None:                   # no agent code before the marker: nothing to walk
+            while not self.clock.seen.wait(self.INTERVAL_S):
+                if self._stop.is_set():
+                    return
+            wait = 0.0
         while not self._stop.wait(wait):
             self.polls += 1
             used, n = _usage(self.paths, self.MAX_ENTRIES)

@@ -34,7 +34,7 @@ class _ContainerRun:
         self.cap = _Capture(spec.stdout_limit)
         self.cid: str | None = None
         self.watchdog = None
-        self.watch = _DiskWatch(spec, kill=lambda: api.kill(self.cid) if self.cid else None)
+        self.watch = _DiskWatch(spec, kill=lambda: api.kill(self.cid) if self.cid else None, clock=self.clock)
         self.threads: list[threading.Thread] = []
         self.stdin_sock = None
         self.fifos: Fifos | None = None             # a session's pipes (fifos.py)

@@ -155,7 +155,7 @@ class _ProcessRun:
         self.status: int | None = None
         self.timed_out = False
         self.sampled_peak = 0
-        self.watch = _DiskWatch(spec, kill=lambda: None)     # wait() does the killing
+        self.watch = _DiskWatch(spec, kill=lambda: None, clock=self.clock)     # wait() does the killing
         self.wall, self.oom, self.peak, self.cut = 0.0, False, None, 0
         self.ended: float | None = None                   # when wait() returned: the process's end, for the clock
 

@@ -7,7 +7,7 @@ import io
 import threading
 import time
 
-from autoresearch.sandbox.bounds import _Capture, _disk_usage, _DiskWatch, _LogSink
+from autoresearch.sandbox.bounds import _Capture, _disk_usage, _DiskWatch, _LogSink, _StartClock
 from autoresearch.sandbox.spec import Mount, SandboxSpec
 
 CHUNKS = [f"{i:03d}-------\n".encode() for i in range(30)]     # 30 lines of 11 bytes
@@ -89,3 +89,37 @@ def test_the_disk_watch_polls_as_often_as_the_headroom_needs(tmp_path):
     with w:
         time.sleep(1.6)
     assert 1 <= w.polls <= 3, w.polls
+
+
+def test_the_disk_watch_walks_from_the_start_marker_on_and_at_once(tmp_path):
+    """Behind a trusted start-up (TRAIN, a model server waiting out TRAIN) nothing of the agent's
+    runs before the marker, so no walk is spent on it; what is there when the marker comes is
+    walked at once, and a limit already passed kills at once."""
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)],
+                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=500_000)
+    clock, killed = _StartClock(b"[GO]"), threading.Event()
+    with _DiskWatch(spec, kill=killed.set, clock=clock) as watch:
+        (out / "big").write_bytes(b"x" * 1_000_000)
+        time.sleep(0.4)
+        assert watch.polls == 0 and not killed.is_set(), "walked before agent code could run"
+        t0 = time.monotonic()
+        clock.feed(b"warm-up done\n[GO]\n")
+        assert killed.wait(5)
+        assert time.monotonic() - t0 < 0.3, "the first walk waited for the pacing, not the marker"
+    assert watch.exceeded and watch.polls == 1
+
+
+def test_a_disk_watch_whose_marker_never_comes_ends_without_a_walk(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    spec = SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)],
+                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=500_000)
+    t0 = time.monotonic()
+    with _DiskWatch(spec, kill=lambda: None, clock=_StartClock(b"[GO]")) as watch:
+        time.sleep(0.2)
+    assert watch.polls == 0 and time.monotonic() - t0 < 1.0
+    with _DiskWatch(spec, kill=lambda: None, clock=_StartClock(None)) as plain:  # no marker: walks from the start
+        time.sleep(0.2)
+    assert plain.polls >= 1
