@@ -91,14 +91,18 @@ def test_the_disk_watch_polls_as_often_as_the_headroom_needs(tmp_path):
     assert 1 <= w.polls <= 3, w.polls
 
 
+def _one_writable(tmp_path, disk_bytes: int):
+    """A spec whose only writable mount is tmp_path/out, capped at disk_bytes."""
+    out = tmp_path / "out"
+    out.mkdir()
+    return out, SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)], env={}, cwd="/tmp",
+                            timeout_s=1, memory_bytes=1 << 20, disk_bytes=disk_bytes)
+
 def test_the_disk_watch_walks_from_the_start_marker_on_and_at_once(tmp_path):
     """Behind a trusted start-up (TRAIN, a model server waiting out TRAIN) nothing of the agent's
     runs before the marker, so no walk is spent on it; what is there when the marker comes is
     walked at once, and a limit already passed kills at once."""
-    out = tmp_path / "out"
-    out.mkdir()
-    spec = SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)],
-                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=500_000)
+    out, spec = _one_writable(tmp_path, 500_000)
     clock, killed = _StartClock(b"[GO]"), threading.Event()
     with _DiskWatch(spec, kill=killed.set, clock=clock) as watch:
         (out / "big").write_bytes(b"x" * 1_000_000)
@@ -112,10 +116,7 @@ def test_the_disk_watch_walks_from_the_start_marker_on_and_at_once(tmp_path):
 
 
 def test_a_disk_watch_whose_marker_never_comes_ends_without_a_walk(tmp_path):
-    out = tmp_path / "out"
-    out.mkdir()
-    spec = SandboxSpec(argv=["true"], mounts=[Mount(out, str(out), writable=True)],
-                       env={}, cwd="/tmp", timeout_s=1, memory_bytes=1 << 20, disk_bytes=500_000)
+    _, spec = _one_writable(tmp_path, 500_000)
     t0 = time.monotonic()
     with _DiskWatch(spec, kill=lambda: None, clock=_StartClock(b"[GO]")) as watch:
         time.sleep(0.2)
